@@ -16,6 +16,21 @@
 //! tables, so the managed memory itself is never touched.
 //! [`metadata_bytes`] tells the kernel how much heap [`PhysAllocator::new`] will take, before it
 //! has a heap to allocate from.
+//!
+//! ```
+//! use lull_buddy::{metadata_bytes, PhysAllocator, ZoneKind};
+//!
+//! // 1 MiB .. 256 MiB usable; no ZONE_DMA, so everything below 4 GiB is DMA32.
+//! let usable = [0x10_0000..0x1000_0000];
+//! let heap_for_tables = metadata_bytes(&usable, false);
+//! assert!(heap_for_tables < 600 * 1024);
+//! let mut pages = PhysAllocator::new(&usable, false)?;
+//! let block = pages.alloc(2, ZoneKind::Normal)?; // no Normal memory: served from DMA32
+//! assert_eq!(pages.zone_of(block), Some(ZoneKind::Dma32));
+//! pages.free(block, 2)?;
+//! assert_eq!(pages.free_pages(), pages.total_pages());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
