@@ -145,12 +145,16 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
         }
         free_ranges = next;
     }
-    let Some(heap) = free_ranges
-        .as_slice()
-        .iter()
-        .find(|range| range.end - range.start >= heap_bytes && range.end <= (4 << 30))
-        .map(|range| range.start..range.start + heap_bytes)
-    else {
+    // Prefer RAM above 16 MiB so ZONE_DMA (when built) stays free for devices that need it,
+    // as Linux keeps early allocations out of the DMA zone.
+    let fits_from = |floor: u64| {
+        free_ranges.as_slice().iter().find_map(|range| {
+            let start = range.start.max(floor);
+            let end = range.end.min(4 << 30);
+            (end > start && end - start >= heap_bytes).then_some(start..start + heap_bytes)
+        })
+    };
+    let Some(heap) = fits_from(16 << 20).or_else(|| fits_from(0)) else {
         crate::console::emergency_print(format_args!(
             "Lull: no RAM range of {} KiB below 4 GiB for the kernel heap\n",
             heap_bytes / 1024
