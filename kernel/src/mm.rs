@@ -275,6 +275,14 @@ pub fn meminfo() -> String {
         }
         out.push('\n');
     }
+    let total_present: u64 = layout.ram.iter().map(|r| r.end - r.start).sum::<u64>() / PAGE_SIZE;
+    let _ = writeln!(
+        out,
+        "Total    {:>8} {:>10}             {:>10}",
+        total_present,
+        pages.total_pages(),
+        pages.free_pages()
+    );
     let _ = writeln!(out, "(pages of 4 KiB; present = RAM in the zone, managed = in the buddy allocator)");
     out
 }

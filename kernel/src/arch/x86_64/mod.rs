@@ -45,6 +45,10 @@ pub fn software_interrupt_0x80() {
 extern "C" fn kernel_entry(start_info_address: u32) -> ! {
     let entry_tsc = cpu::rdtsc();
     serial::init();
+    if cfg!(feature = "boot-baseline") {
+        serial::write_bytes(b"lull-baseline\n");
+        cpu::halt_forever();
+    }
     match pvh::read_start_info(start_info_address) {
         Ok(boot_info) => crate::start_kernel(boot_info, entry_tsc),
         Err(error) => {
