@@ -8,7 +8,10 @@ const ERROR_CODE_VECTORS: [u32; 10] = [8, 10, 11, 12, 13, 14, 17, 21, 29, 30];
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
-    println!("cargo:rustc-link-arg=-T{}", manifest_dir.join("linker.ld").display());
+    println!(
+        "cargo:rustc-link-arg=-T{}",
+        manifest_dir.join("linker.ld").display()
+    );
     println!("cargo:rerun-if-changed=linker.ld");
     println!("cargo:rerun-if-changed=build.rs");
     let git = std::process::Command::new("git")
@@ -19,7 +22,10 @@ fn main() {
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=LULL_GIT_REVISION={git}");
-    println!("cargo:rustc-env=LULL_PROFILE={}", std::env::var("PROFILE").unwrap_or_default());
+    println!(
+        "cargo:rustc-env=LULL_PROFILE={}",
+        std::env::var("PROFILE").unwrap_or_default()
+    );
     println!("cargo:rerun-if-changed=../.git/HEAD");
 
     // One stub per vector: push a dummy error code where the CPU does not, push the vector

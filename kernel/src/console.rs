@@ -39,8 +39,12 @@ struct Console {
     log: LogRing,
 }
 
-static CONSOLE: IrqSafeLock<Console> =
-    IrqSafeLock::new(Console { log: LogRing { bytes: [0; LOG_BYTES], written: 0 } });
+static CONSOLE: IrqSafeLock<Console> = IrqSafeLock::new(Console {
+    log: LogRing {
+        bytes: [0; LOG_BYTES],
+        written: 0,
+    },
+});
 
 /// Messages at or below this level reach the serial console (all reach the log ring).
 static CONSOLE_LOGLEVEL: AtomicU8 = AtomicU8::new(7);
@@ -84,8 +88,17 @@ pub fn log(level: u8, args: fmt::Arguments<'_>) {
     let ns = crate::time::uptime_ns();
     let mut console = CONSOLE.lock();
     let to_serial = level <= console_loglevel();
-    let mut writer = LogWriter { console: &mut console, to_serial };
-    let _ = write!(writer, "[{:5}.{:06}] {}\n", ns / 1_000_000_000, (ns / 1000) % 1_000_000, args);
+    let mut writer = LogWriter {
+        console: &mut console,
+        to_serial,
+    };
+    let _ = writeln!(
+        writer,
+        "[{:5}.{:06}] {}",
+        ns / 1_000_000_000,
+        (ns / 1000) % 1_000_000,
+        args
+    );
 }
 
 /// Writes text to the console only (shell output), not the log.
@@ -98,7 +111,10 @@ pub fn print(args: fmt::Arguments<'_>) {
 pub fn emergency_print(args: fmt::Arguments<'_>) {
     match CONSOLE.try_lock() {
         Some(mut console) => {
-            let mut writer = LogWriter { console: &mut console, to_serial: true };
+            let mut writer = LogWriter {
+                console: &mut console,
+                to_serial: true,
+            };
             let _ = writer.write_fmt(args);
         }
         None => {
@@ -110,7 +126,9 @@ pub fn emergency_print(args: fmt::Arguments<'_>) {
 /// Copies the whole log ring (oldest first) into `out`.
 pub fn read_log(out: &mut alloc::vec::Vec<u8>) {
     let console = CONSOLE.lock();
-    console.log.for_each_chunk(|chunk| out.extend_from_slice(chunk));
+    console
+        .log
+        .for_each_chunk(|chunk| out.extend_from_slice(chunk));
 }
 
 /// Kernel log at the default level (6, "info").

@@ -19,63 +19,101 @@ macro_rules! ensure {
     };
 }
 
-const TESTS: &[(&str, fn() -> TestResult)] = &[
+type TestCase = (&'static str, fn() -> TestResult);
+
+const TESTS: &[TestCase] = &[
     ("heap_allocates_and_frees", heap_allocates_and_frees),
-    ("page_allocator_serves_every_zone", page_allocator_serves_every_zone),
-    ("page_allocator_coalesces_on_hardware", page_allocator_coalesces_on_hardware),
+    (
+        "page_allocator_serves_every_zone",
+        page_allocator_serves_every_zone,
+    ),
+    (
+        "page_allocator_coalesces_on_hardware",
+        page_allocator_coalesces_on_hardware,
+    ),
     ("zone_dma_matches_build", zone_dma_matches_build),
     ("freed_pages_are_writable", freed_pages_are_writable),
     ("command_line_stored_exactly", command_line_stored_exactly),
     ("tsc_calibration_is_plausible", tsc_calibration_is_plausible),
     ("uptime_is_monotonic", uptime_is_monotonic),
-    ("software_interrupt_reaches_dispatch", software_interrupt_reaches_dispatch),
+    (
+        "software_interrupt_reaches_dispatch",
+        software_interrupt_reaches_dispatch,
+    ),
     ("acpi_tables_found", acpi_tables_found),
-    ("procfs_reads_and_validates_writes", procfs_reads_and_validates_writes),
+    (
+        "procfs_reads_and_validates_writes",
+        procfs_reads_and_validates_writes,
+    ),
 ];
 
 fn heap_allocates_and_frees() -> TestResult {
     let (used_before, _) = arch::heap::usage();
-    let mut blocks: Vec<Vec<u8>> = (0..64).map(|i| alloc::vec![i as u8; 1024 * (i + 1)]).collect();
+    let mut blocks: Vec<Vec<u8>> = (0..64)
+        .map(|i| alloc::vec![i as u8; 1024 * (i + 1)])
+        .collect();
     for (i, block) in blocks.iter().enumerate() {
         ensure!(block.iter().all(|&b| b == i as u8), "block {i} corrupted");
     }
     blocks.clear();
     blocks.shrink_to_fit();
     let (used_after, _) = arch::heap::usage();
-    ensure!(used_after <= used_before + 64, "heap leaked: {used_before} -> {used_after}");
+    ensure!(
+        used_after <= used_before + 64,
+        "heap leaked: {used_before} -> {used_after}"
+    );
     Ok(())
 }
 
 fn page_allocator_serves_every_zone() -> TestResult {
     let (_, free_before) = mm::page_counts();
-    let page = mm::alloc_pages(0, ZoneKind::Normal).ok_or("Normal request (with fallback) failed")?;
+    let page =
+        mm::alloc_pages(0, ZoneKind::Normal).ok_or("Normal request (with fallback) failed")?;
     let dma32 = mm::alloc_pages(3, ZoneKind::Dma32).ok_or("DMA32 order-3 request failed")?;
     ensure!(dma32 < (4 << 30), "DMA32 page above 4 GiB: {dma32:#x}");
-    ensure!(dma32 % (8 * 4096) == 0, "order-3 block misaligned: {dma32:#x}");
+    ensure!(
+        dma32 % (8 * 4096) == 0,
+        "order-3 block misaligned: {dma32:#x}"
+    );
     mm::free_pages(page, 0)?;
     mm::free_pages(dma32, 3)?;
-    ensure!(mm::free_pages(dma32, 3).is_err(), "double free was accepted");
+    ensure!(
+        mm::free_pages(dma32, 3).is_err(),
+        "double free was accepted"
+    );
     let (_, free_after) = mm::page_counts();
-    ensure!(free_before == free_after, "free pages {free_before} -> {free_after}");
+    ensure!(
+        free_before == free_after,
+        "free pages {free_before} -> {free_after}"
+    );
     Ok(())
 }
 
 fn page_allocator_coalesces_on_hardware() -> TestResult {
     let (_, free_before) = mm::page_counts();
-    let pages: Vec<u64> = (0..512).filter_map(|_| mm::alloc_pages(0, ZoneKind::Dma32)).collect();
+    let pages: Vec<u64> = (0..512)
+        .filter_map(|_| mm::alloc_pages(0, ZoneKind::Dma32))
+        .collect();
     ensure!(pages.len() == 512, "only {} of 512 pages", pages.len());
     for &page in pages.iter().rev() {
         mm::free_pages(page, 0)?;
     }
-    let big = mm::alloc_pages(9, ZoneKind::Dma32).ok_or("no order-9 block after freeing 512 pages")?;
+    let big =
+        mm::alloc_pages(9, ZoneKind::Dma32).ok_or("no order-9 block after freeing 512 pages")?;
     mm::free_pages(big, 9)?;
     let (_, free_after) = mm::page_counts();
-    ensure!(free_before == free_after, "free pages {free_before} -> {free_after}");
+    ensure!(
+        free_before == free_after,
+        "free pages {free_before} -> {free_after}"
+    );
     Ok(())
 }
 
 fn zone_dma_matches_build() -> TestResult {
-    ensure!(mm::has_dma_zone() == mm::WITH_DMA_ZONE, "DMA zone presence differs from the build");
+    ensure!(
+        mm::has_dma_zone() == mm::WITH_DMA_ZONE,
+        "DMA zone presence differs from the build"
+    );
     let result = mm::alloc_pages(0, ZoneKind::Dma);
     if mm::WITH_DMA_ZONE {
         let page = result.ok_or("DMA zone empty")?;
@@ -89,17 +127,29 @@ fn zone_dma_matches_build() -> TestResult {
 
 fn freed_pages_are_writable() -> TestResult {
     let page = mm::alloc_pages(4, ZoneKind::Normal).ok_or("order-4 allocation failed")?;
-    ensure!(!mm::reserved_ranges().iter().any(|(r, _)| r.contains(&page)), "page in a reserved range");
+    ensure!(
+        !mm::reserved_ranges().iter().any(|(r, _)| r.contains(&page)),
+        "page in a reserved range"
+    );
     let sum = arch::scribble_and_sum(page, 16 * 4096);
     mm::free_pages(page, 4)?;
-    ensure!(sum == (16 * 4096 / 8) * 0xA5A5_A5A5, "page contents did not read back: {sum:#x}");
+    ensure!(
+        sum == (16 * 4096 / 8) * 0xA5A5_A5A5,
+        "page contents did not read back: {sum:#x}"
+    );
     Ok(())
 }
 
 fn command_line_stored_exactly() -> TestResult {
     let line = params::command_line();
-    ensure!(line.len() == line.iter().position(|&b| b == 0).unwrap_or(line.len()), "NUL inside");
-    ensure!(params::command_line_sha256().len() == 64, "bad digest length");
+    ensure!(
+        line.len() == line.iter().position(|&b| b == 0).unwrap_or(line.len()),
+        "NUL inside"
+    );
+    ensure!(
+        params::command_line_sha256().len() == 64,
+        "bad digest length"
+    );
     Ok(())
 }
 
@@ -123,7 +173,10 @@ fn software_interrupt_reaches_dispatch() -> TestResult {
     let before = interrupts::count(0x80);
     arch::software_interrupt_0x80();
     arch::software_interrupt_0x80();
-    ensure!(interrupts::count(0x80) == before + 2, "vector 0x80 count did not advance by 2");
+    ensure!(
+        interrupts::count(0x80) == before + 2,
+        "vector 0x80 count did not advance by 2"
+    );
     Ok(())
 }
 
@@ -141,11 +194,23 @@ fn acpi_tables_found() -> TestResult {
 }
 
 fn procfs_reads_and_validates_writes() -> TestResult {
-    ensure!(procfs::read("/proc/version")?.starts_with("Lull version"), "bad /proc/version");
-    ensure!(procfs::read("/proc/nonexistent").is_err(), "missing file read succeeded");
-    ensure!(procfs::write("/proc/sys/kernel/printk", "banana").is_err(), "bad value accepted");
+    ensure!(
+        procfs::read("/proc/version")?.starts_with("Lull version"),
+        "bad /proc/version"
+    );
+    ensure!(
+        procfs::read("/proc/nonexistent").is_err(),
+        "missing file read succeeded"
+    );
+    ensure!(
+        procfs::write("/proc/sys/kernel/printk", "banana").is_err(),
+        "bad value accepted"
+    );
     procfs::write("/proc/sys/kernel/printk", "7")?;
-    ensure!(procfs::write("/proc/version", "x").is_err(), "read-only file written");
+    ensure!(
+        procfs::write("/proc/version", "x").is_err(),
+        "read-only file written"
+    );
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
+// A test build runs the in-kernel tests instead of the shell, so the shell path is unused there.
+#![cfg_attr(feature = "ktest", allow(dead_code))]
 
 extern crate alloc;
 
@@ -12,6 +14,7 @@ extern crate alloc;
 mod arch;
 mod console;
 mod idle;
+mod irq;
 #[cfg(feature = "ktest")]
 mod ktest;
 mod mm;
@@ -27,7 +30,7 @@ use core::fmt::Write;
 use spin::Once;
 
 use arch::acpi::AcpiInfo;
-use arch::{apic, interrupts, BootInfo};
+use arch::BootInfo;
 
 /// ACPI information found at boot (absent on machines without ACPI).
 static ACPI: Once<Option<AcpiInfo>> = Once::new();
@@ -43,7 +46,11 @@ impl core::fmt::Display for Version {
             env!("CARGO_PKG_VERSION"),
             env!("LULL_GIT_REVISION"),
             env!("LULL_PROFILE"),
-            if cfg!(feature = "zone-dma") { ", zone-dma" } else { "" }
+            if cfg!(feature = "zone-dma") {
+                ", zone-dma"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -75,11 +82,17 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     mm::init(&boot, mem_limit);
     params::init(boot.command_line);
     apply_console_params();
-    printk!("tsc: {}.{:03} MHz ({method})", tsc_hz / 1_000_000, (tsc_hz / 1000) % 1000);
+    printk!(
+        "tsc: {}.{:03} MHz ({method})",
+        tsc_hz / 1_000_000,
+        (tsc_hz / 1000) % 1000
+    );
     printk!("cpu: {}", arch::cpu::brand());
     printk!("cmdline: {} bytes", boot.command_line.len());
 
-    let acpi = ACPI.call_once(|| arch::acpi::discover(boot.rsdp_address)).as_ref();
+    let acpi = ACPI
+        .call_once(|| arch::acpi::discover(boot.rsdp_address))
+        .as_ref();
     match acpi {
         Some(info) => {
             for warning in &info.warnings {
@@ -87,7 +100,11 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
             }
             let mut tables = String::new();
             for signature in &info.tables {
-                let _ = write!(tables, " {}", core::str::from_utf8(signature).unwrap_or("????"));
+                let _ = write!(
+                    tables,
+                    " {}",
+                    core::str::from_utf8(signature).unwrap_or("????")
+                );
             }
             printk!(
                 "ACPI: RSDP at {:#x} rev {}, tables:{tables}; {} CPU(s), {} IOAPIC(s){}",
@@ -95,7 +112,11 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
                 info.revision,
                 info.local_apic_ids.len(),
                 info.io_apics.len(),
-                if info.hardware_reduced { ", hardware-reduced" } else { "" }
+                if info.hardware_reduced {
+                    ", hardware-reduced"
+                } else {
+                    ""
+                }
             );
         }
         None => pr_warn!("ACPI: no RSDP found; poweroff falls back to isa-debug-exit"),
@@ -123,38 +144,41 @@ fn apply_console_params() {
     }
 }
 
-/// Routes COM1 through the IOAPIC (honouring MADT overrides) to this CPU.
+/// Enables the APICs and routes COM1's interrupt to the shell.
 fn setup_interrupts(acpi: Option<&AcpiInfo>) {
-    apic::init_local(interrupts::SPURIOUS_VECTOR);
-    let Some(info) = acpi else { return };
-    let Some(entry) = info.io_apics.first() else {
-        pr_warn!("irq: no IOAPIC in the MADT; console input will not work");
-        return;
-    };
-    let ioapic = apic::IoApic { base: entry.address, gsi_base: entry.gsi_base };
-    ioapic.mask_all();
-    let isa_irq = arch::serial::COM1_IRQ;
-    let (gsi, level, active_low) = info
-        .overrides
-        .iter()
-        .find(|o| o.isa_irq == isa_irq)
-        .map(|o| (o.gsi, o.level_triggered, o.active_low))
-        .unwrap_or((isa_irq as u32, false, false));
-    let vector = interrupts::DEVICE_VECTOR_BASE + gsi as u8;
-    interrupts::set_handler(vector, shell::serial_interrupt);
-    ioapic.route(gsi - entry.gsi_base, vector, apic::local_apic_id(), level, active_low);
-    printk!("irq: COM1 (IRQ {isa_irq}) -> GSI {gsi} -> vector {vector:#x}");
+    irq::init(acpi);
+    if let Err(why) = irq::request_isa_irq(
+        acpi,
+        arch::serial::COM1_IRQ,
+        "ttyS0",
+        shell::serial_interrupt,
+    ) {
+        pr_warn!("irq: COM1 input unavailable ({why}); the shell cannot read input");
+    }
 }
 
 fn register_proc_files() {
     use procfs::{register, ProcFile};
-    register(ProcFile { path: "/proc/version", read: Some(|| version_line() + "\n"), write: None });
+    register(ProcFile {
+        path: "/proc/version",
+        read: Some(|| version_line() + "\n"),
+        write: None,
+    });
     register(ProcFile {
         path: "/proc/cmdline",
         read: Some(|| String::from_utf8_lossy(params::command_line()).into_owned() + "\n"),
         write: None,
     });
-    register(ProcFile { path: "/proc/meminfo", read: Some(mm::meminfo), write: None });
+    register(ProcFile {
+        path: "/proc/meminfo",
+        read: Some(mm::meminfo),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/interrupts",
+        read: Some(irq::proc_interrupts),
+        write: None,
+    });
     register(ProcFile {
         path: "/proc/uptime",
         read: Some(|| {
@@ -187,7 +211,9 @@ fn register_proc_files() {
             }
             "p" => panic!("sysrq: panic requested from /proc/sysrq-trigger"),
             "o" => power_off(),
-            other => Err(alloc::format!("unknown sysrq command {other:?} (c: crash, p: panic, o: poweroff)")),
+            other => Err(alloc::format!(
+                "unknown sysrq command {other:?} (c: crash, p: panic, o: poweroff)"
+            )),
         }),
     });
 }

@@ -70,7 +70,11 @@ struct EarlyRanges {
 
 impl EarlyRanges {
     fn new() -> Self {
-        Self { items: [const { 0..0 }; 128], len: 0, dropped: 0 }
+        Self {
+            items: [const { 0..0 }; 128],
+            len: 0,
+            dropped: 0,
+        }
     }
     fn push(&mut self, range: Range<u64>) {
         if range.start >= range.end {
@@ -113,13 +117,19 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
     let boot_holes: [(Range<u64>, &'static str); 5] = [
         (0..0x10_0000, "firmware and low memory"),
         (page_down(image.start)..page_up(image.end), "kernel image"),
-        (page_down(boot.start_info_address)..page_up(boot.start_info_address + 64), "PVH start info"),
+        (
+            page_down(boot.start_info_address)..page_up(boot.start_info_address + 64),
+            "PVH start info",
+        ),
         (
             page_down(boot.memory_map_address)
                 ..page_up(boot.memory_map_address + 24 * boot.memory_map.len() as u64),
             "memory map",
         ),
-        (page_down(boot.command_line_address)..page_up(command_line_end), "boot command line"),
+        (
+            page_down(boot.command_line_address)..page_up(command_line_end),
+            "boot command line",
+        ),
     ];
 
     // 3. Carve the heap from the first free range large enough: page-allocator metadata plus
@@ -177,7 +187,10 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
     };
     *PAGES.lock() = Some(allocator);
     if ram.dropped != 0 {
-        crate::pr_warn!("mm: memory map has more than 128 RAM ranges; {} ignored", ram.dropped);
+        crate::pr_warn!(
+            "mm: memory map has more than 128 RAM ranges; {} ignored",
+            ram.dropped
+        );
     }
 
     // 5. Page tables covering all RAM.
@@ -188,6 +201,15 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
         Err(_) => panic!("out of memory building the kernel page tables"),
     };
 
+    for (range, label) in &reserved {
+        if range.end > range.start {
+            crate::printk!(
+                "mm: reserved [{:#010x}-{:#010x}] {label}",
+                range.start,
+                range.end - 1
+            );
+        }
+    }
     *LAYOUT.lock() = Some(MemoryLayout {
         ram: ram.as_slice().to_vec(),
         reserved,
@@ -209,22 +231,35 @@ pub fn alloc_pages(order: u8, zone: ZoneKind) -> Option<u64> {
     PAGES.lock().as_mut()?.alloc(order, zone).ok()
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Frees pages obtained from [`alloc_pages`].
 pub fn free_pages(address: u64, order: u8) -> Result<(), String> {
     match PAGES.lock().as_mut() {
-        Some(pages) => pages.free(address, order).map_err(|e| alloc::format!("{e}")),
+        Some(pages) => pages
+            .free(address, order)
+            .map_err(|e| alloc::format!("{e}")),
         None => Err(String::from("page allocator not initialised")),
     }
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// (total, free) pages managed by the page allocator.
 pub fn page_counts() -> (u64, u64) {
-    PAGES.lock().as_ref().map(|p| (p.total_pages(), p.free_pages())).unwrap_or((0, 0))
+    PAGES
+        .lock()
+        .as_ref()
+        .map(|p| (p.total_pages(), p.free_pages()))
+        .unwrap_or((0, 0))
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Whether the page allocator has a DMA zone.
 pub fn has_dma_zone() -> bool {
-    PAGES.lock().as_ref().map(|p| p.has_dma_zone()).unwrap_or(false)
+    PAGES
+        .lock()
+        .as_ref()
+        .map(|p| p.has_dma_zone())
+        .unwrap_or(false)
 }
 
 fn zone_range(kind: ZoneKind) -> Range<u64> {
@@ -251,12 +286,28 @@ pub fn meminfo() -> String {
     let usable: u64 = layout.ram.iter().map(|r| r.end - r.start).sum();
     let (heap_used, heap_free) = arch::heap::usage();
     let _ = writeln!(out, "MemTotal:       {:>10} kB", usable / 1024);
-    let _ = writeln!(out, "MemFree:        {:>10} kB", pages.free_pages() * PAGE_SIZE / 1024);
-    let _ = writeln!(out, "FirmwareRAM:    {:>10} kB", layout.firmware_ram_bytes / 1024);
+    let _ = writeln!(
+        out,
+        "MemFree:        {:>10} kB",
+        pages.free_pages() * PAGE_SIZE / 1024
+    );
+    let _ = writeln!(
+        out,
+        "FirmwareRAM:    {:>10} kB",
+        layout.firmware_ram_bytes / 1024
+    );
     let _ = writeln!(out, "HeapUsed:       {:>10} kB", heap_used / 1024);
     let _ = writeln!(out, "HeapFree:       {:>10} kB", heap_free / 1024);
-    let _ = writeln!(out, "PageTables:     {:>10} kB", layout.page_table_frames as u64 * PAGE_SIZE / 1024);
-    let _ = writeln!(out, "Zone      present    managed   reserved       free   free per order 0..{}", ORDER_COUNT - 1);
+    let _ = writeln!(
+        out,
+        "PageTables:     {:>10} kB",
+        layout.page_table_frames as u64 * PAGE_SIZE / 1024
+    );
+    let _ = writeln!(
+        out,
+        "Zone      present    managed   reserved       free   free per order 0..{}",
+        ORDER_COUNT - 1
+    );
     for stats in pages.zones() {
         let range = zone_range(stats.kind);
         let present: u64 = layout.ram.iter().map(|r| overlap(r, &range)).sum::<u64>() / PAGE_SIZE;
@@ -283,11 +334,19 @@ pub fn meminfo() -> String {
         pages.total_pages(),
         pages.free_pages()
     );
-    let _ = writeln!(out, "(pages of 4 KiB; present = RAM in the zone, managed = in the buddy allocator)");
+    let _ = writeln!(
+        out,
+        "(pages of 4 KiB; present = RAM in the zone, managed = in the buddy allocator)"
+    );
     out
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Labelled reserved ranges (for `dmesg`-style reports and tests).
 pub fn reserved_ranges() -> Vec<(Range<u64>, &'static str)> {
-    LAYOUT.lock().as_ref().map(|l| l.reserved.clone()).unwrap_or_default()
+    LAYOUT
+        .lock()
+        .as_ref()
+        .map(|l| l.reserved.clone())
+        .unwrap_or_default()
 }

@@ -21,7 +21,12 @@ pub const CONSOLE_PARAMS: &[ParamSpec] = &[
         default: "7",
         help: "Messages at or below this level are printed on the console (0-8).",
     },
-    ParamSpec { name: "quiet", kind: Kind::Flag, default: "", help: "Console log level 4." },
+    ParamSpec {
+        name: "quiet",
+        kind: Kind::Flag,
+        default: "",
+        help: "Console log level 4.",
+    },
 ];
 
 /// Parameters of memory management (`mem=` is also read early, before the heap exists).
@@ -98,7 +103,9 @@ pub fn command_line() -> &'static [u8] {
 
 /// The parsed command line. Panics only if called before `init` (a kernel bug).
 pub fn parsed() -> &'static Parsed {
-    PARSED.get().expect("params::init runs before any subsystem reads parameters")
+    PARSED
+        .get()
+        .expect("params::init runs before any subsystem reads parameters")
 }
 
 /// SHA-256 of the stored command line, as lowercase hex.

@@ -17,14 +17,20 @@ struct InputRing {
     throttled: bool,
 }
 
-static INPUT: IrqSafeLock<InputRing> =
-    IrqSafeLock::new(InputRing { bytes: [0; 4096], head: 0, len: 0, throttled: false });
+static INPUT: IrqSafeLock<InputRing> = IrqSafeLock::new(InputRing {
+    bytes: [0; 4096],
+    head: 0,
+    len: 0,
+    throttled: false,
+});
 
 /// COM1 interrupt handler (hard-IRQ context): moves received bytes into the input ring.
 pub fn serial_interrupt(_vector: u8) {
     let mut input = INPUT.lock();
     while input.len < input.bytes.len() {
-        let Some(byte) = serial::try_read_byte() else { return };
+        let Some(byte) = serial::try_read_byte() else {
+            return;
+        };
         let tail = (input.head + input.len) % input.bytes.len();
         input.bytes[tail] = byte;
         input.len += 1;
@@ -104,16 +110,66 @@ struct Command {
 }
 
 const COMMANDS: &[Command] = &[
-    Command { name: "help", usage: "help", help: "list commands", run: cmd_help },
-    Command { name: "uname", usage: "uname [-a]", help: "kernel name, version and build", run: cmd_uname },
-    Command { name: "uptime", usage: "uptime", help: "time since boot", run: cmd_uptime },
-    Command { name: "cmdline", usage: "cmdline [-v]", help: "command line length and SHA-256 (-v: text)", run: cmd_cmdline },
-    Command { name: "meminfo", usage: "meminfo", help: "memory, zones and free pages per order", run: cmd_meminfo },
-    Command { name: "dmesg", usage: "dmesg", help: "kernel log", run: cmd_dmesg },
-    Command { name: "cat", usage: "cat PATH...", help: "print a /proc file", run: cmd_cat },
-    Command { name: "echo", usage: "echo TEXT [> PATH]", help: "print text, or write it to a /proc file", run: cmd_echo },
-    Command { name: "ls", usage: "ls [DIR]", help: "list /proc files", run: cmd_ls },
-    Command { name: "poweroff", usage: "poweroff", help: "shut down (ACPI S5)", run: cmd_poweroff },
+    Command {
+        name: "help",
+        usage: "help",
+        help: "list commands",
+        run: cmd_help,
+    },
+    Command {
+        name: "uname",
+        usage: "uname [-a]",
+        help: "kernel name, version and build",
+        run: cmd_uname,
+    },
+    Command {
+        name: "uptime",
+        usage: "uptime",
+        help: "time since boot",
+        run: cmd_uptime,
+    },
+    Command {
+        name: "cmdline",
+        usage: "cmdline [-v]",
+        help: "command line length and SHA-256 (-v: text)",
+        run: cmd_cmdline,
+    },
+    Command {
+        name: "meminfo",
+        usage: "meminfo",
+        help: "memory, zones and free pages per order",
+        run: cmd_meminfo,
+    },
+    Command {
+        name: "dmesg",
+        usage: "dmesg",
+        help: "kernel log",
+        run: cmd_dmesg,
+    },
+    Command {
+        name: "cat",
+        usage: "cat PATH...",
+        help: "print a /proc file",
+        run: cmd_cat,
+    },
+    Command {
+        name: "echo",
+        usage: "echo TEXT [> PATH]",
+        help: "print text, or write it to a /proc file",
+        run: cmd_echo,
+    },
+    Command {
+        name: "ls",
+        usage: "ls [DIR]",
+        help: "list /proc files",
+        run: cmd_ls,
+    },
+    Command {
+        name: "poweroff",
+        usage: "poweroff",
+        help: "shut down (ACPI S5)",
+        run: cmd_poweroff,
+    },
 ];
 
 fn cmd_help(_: &[&str], _: &str) {
@@ -137,7 +193,11 @@ fn cmd_uptime(_: &[&str], _: &str) {
 
 fn cmd_cmdline(args: &[&str], _: &str) {
     let line = crate::params::command_line();
-    kprintln!("length={} sha256={}", line.len(), crate::params::command_line_sha256());
+    kprintln!(
+        "length={} sha256={}",
+        line.len(),
+        crate::params::command_line_sha256()
+    );
     if args.first() == Some(&"-v") {
         kprintln!("{}", String::from_utf8_lossy(line));
     }
@@ -210,6 +270,12 @@ pub fn execute(line: &str) {
 
 /// Enables the UART interrupt and runs the shell forever.
 pub fn run() -> ! {
+    if let Some(byte) = serial::take_early_byte() {
+        let mut input = INPUT.lock();
+        input.bytes[0] = byte;
+        input.head = 0;
+        input.len = 1;
+    }
     serial::set_rx_interrupt(true);
     let mut previous_was_cr = false;
     loop {

@@ -22,14 +22,19 @@ pub struct IrqSafeGuard<'a, T> {
 impl<T> IrqSafeLock<T> {
     /// Creates an unlocked lock.
     pub const fn new(value: T) -> Self {
-        Self { inner: spin::Mutex::new(value) }
+        Self {
+            inner: spin::Mutex::new(value),
+        }
     }
 
     /// Disables interrupts, then spins until the lock is ours.
     pub fn lock(&self) -> IrqSafeGuard<'_, T> {
         let interrupts_were_enabled = cpu::interrupts_enabled();
         cpu::disable_interrupts();
-        IrqSafeGuard { guard: Some(self.inner.lock()), interrupts_were_enabled }
+        IrqSafeGuard {
+            guard: Some(self.inner.lock()),
+            interrupts_were_enabled,
+        }
     }
 
     /// Takes the lock if it is free (used by the emergency console path).
@@ -37,7 +42,10 @@ impl<T> IrqSafeLock<T> {
         let interrupts_were_enabled = cpu::interrupts_enabled();
         cpu::disable_interrupts();
         match self.inner.try_lock() {
-            Some(guard) => Some(IrqSafeGuard { guard: Some(guard), interrupts_were_enabled }),
+            Some(guard) => Some(IrqSafeGuard {
+                guard: Some(guard),
+                interrupts_were_enabled,
+            }),
             None => {
                 if interrupts_were_enabled {
                     cpu::enable_interrupts();

@@ -72,7 +72,10 @@ fn read_bytes(address: u64, length: usize) -> &'static [u8] {
 }
 
 fn u16_at(bytes: &[u8], offset: usize) -> u16 {
-    bytes.get(offset..offset + 2).map(|b| u16::from_le_bytes([b[0], b[1]])).unwrap_or(0)
+    bytes
+        .get(offset..offset + 2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .unwrap_or(0)
 }
 
 fn u32_at(bytes: &[u8], offset: usize) -> u32 {
@@ -108,11 +111,19 @@ fn generic_address(bytes: &[u8], offset: usize) -> Option<GenericAddress> {
         1 => AddressSpace::Io,
         other => AddressSpace::Other(other),
     };
-    Some(GenericAddress { space, bit_width: raw[1], address })
+    Some(GenericAddress {
+        space,
+        bit_width: raw[1],
+        address,
+    })
 }
 
 fn io_block(port: u32) -> Option<GenericAddress> {
-    (port != 0).then_some(GenericAddress { space: AddressSpace::Io, bit_width: 0, address: port as u64 })
+    (port != 0).then_some(GenericAddress {
+        space: AddressSpace::Io,
+        bit_width: 0,
+        address: port as u64,
+    })
 }
 
 /// Finds the RSDP: the loader's pointer if it gave one, else the BIOS areas (EBDA, E0000-FFFFF).
@@ -159,7 +170,11 @@ fn table(address: u64) -> Option<&'static [u8]> {
 pub fn discover(rsdp_hint: Option<u64>) -> Option<AcpiInfo> {
     let rsdp_address = find_rsdp(rsdp_hint)?;
     let rsdp = read_bytes(rsdp_address, 36);
-    let mut info = AcpiInfo { rsdp_address, revision: rsdp[15], ..AcpiInfo::default() };
+    let mut info = AcpiInfo {
+        rsdp_address,
+        revision: rsdp[15],
+        ..AcpiInfo::default()
+    };
     info.oem_id.copy_from_slice(&rsdp[9..15]);
     let (root, entry_size) = if info.revision >= 2 && u64_at(rsdp, 24) != 0 {
         (u64_at(rsdp, 24), 8)
@@ -167,16 +182,22 @@ pub fn discover(rsdp_hint: Option<u64>) -> Option<AcpiInfo> {
         (u32_at(rsdp, 16) as u64, 4)
     };
     let Some(root_table) = table(root) else {
-        info.warnings.push(alloc::format!("ACPI: root table at {root:#x} is invalid"));
+        info.warnings
+            .push(alloc::format!("ACPI: root table at {root:#x} is invalid"));
         return Some(info);
     };
     let entries = (root_table.len() - 36) / entry_size;
     for index in 0..entries {
         let offset = 36 + index * entry_size;
-        let address =
-            if entry_size == 8 { u64_at(root_table, offset) } else { u32_at(root_table, offset) as u64 };
+        let address = if entry_size == 8 {
+            u64_at(root_table, offset)
+        } else {
+            u32_at(root_table, offset) as u64
+        };
         let Some(bytes) = table(address) else {
-            info.warnings.push(alloc::format!("ACPI: table at {address:#x} failed its checksum; skipped"));
+            info.warnings.push(alloc::format!(
+                "ACPI: table at {address:#x} failed its checksum; skipped"
+            ));
             continue;
         };
         let mut signature = [0u8; 4];
@@ -202,14 +223,22 @@ fn parse_fadt(info: &mut AcpiInfo, fadt: &[u8]) {
     info.pm_timer_32bit = flags & (1 << 8) != 0;
     info.hardware_reduced = flags & (1 << 20) != 0;
     let extended = fadt.len() >= 244;
-    info.pm1a_event_block =
-        extended.then(|| generic_address(fadt, 148)).flatten().or_else(|| io_block(u32_at(fadt, 56)));
-    info.pm1a_control_block =
-        extended.then(|| generic_address(fadt, 172)).flatten().or_else(|| io_block(u32_at(fadt, 64)));
-    info.pm1b_control_block =
-        extended.then(|| generic_address(fadt, 184)).flatten().or_else(|| io_block(u32_at(fadt, 68)));
-    info.pm_timer =
-        extended.then(|| generic_address(fadt, 208)).flatten().or_else(|| io_block(u32_at(fadt, 76)));
+    info.pm1a_event_block = extended
+        .then(|| generic_address(fadt, 148))
+        .flatten()
+        .or_else(|| io_block(u32_at(fadt, 56)));
+    info.pm1a_control_block = extended
+        .then(|| generic_address(fadt, 172))
+        .flatten()
+        .or_else(|| io_block(u32_at(fadt, 64)));
+    info.pm1b_control_block = extended
+        .then(|| generic_address(fadt, 184))
+        .flatten()
+        .or_else(|| io_block(u32_at(fadt, 68)));
+    info.pm_timer = extended
+        .then(|| generic_address(fadt, 208))
+        .flatten()
+        .or_else(|| io_block(u32_at(fadt, 76)));
     if fadt.len() >= 256 {
         info.sleep_control = generic_address(fadt, 244);
     }
@@ -223,7 +252,9 @@ fn parse_fadt(info: &mut AcpiInfo, fadt: &[u8]) {
             info.tables.push(*b"DSDT");
             info.s5_sleep_type = find_s5_sleep_type(dsdt);
         }
-        None => info.warnings.push(alloc::format!("ACPI: DSDT at {dsdt_address:#x} is invalid")),
+        None => info
+            .warnings
+            .push(alloc::format!("ACPI: DSDT at {dsdt_address:#x} is invalid")),
     }
 }
 
@@ -233,15 +264,16 @@ fn parse_madt(info: &mut AcpiInfo, madt: &[u8]) {
         let kind = madt[offset];
         let length = madt[offset + 1] as usize;
         if length < 2 || offset + length > madt.len() {
-            info.warnings.push(alloc::format!("ACPI: MADT entry at offset {offset} is malformed"));
+            info.warnings.push(alloc::format!(
+                "ACPI: MADT entry at offset {offset} is malformed"
+            ));
             break;
         }
         let entry = &madt[offset..offset + length];
         match kind {
-            0 if length >= 8 => {
-                if u32_at(entry, 4) & 0b11 != 0 {
-                    info.local_apic_ids.push(entry[3] as u32);
-                }
+            // Enabled or online-capable processors only.
+            0 if length >= 8 && u32_at(entry, 4) & 0b11 != 0 => {
+                info.local_apic_ids.push(entry[3] as u32);
             }
             1 if length >= 12 => info.io_apics.push(IoApicEntry {
                 id: entry[2],
@@ -257,10 +289,8 @@ fn parse_madt(info: &mut AcpiInfo, madt: &[u8]) {
                     level_triggered: (flags >> 2) & 0b11 == 0b11,
                 });
             }
-            9 if length >= 16 => {
-                if u32_at(entry, 8) & 0b11 != 0 {
-                    info.local_apic_ids.push(u32_at(entry, 4));
-                }
+            9 if length >= 16 && u32_at(entry, 8) & 0b11 != 0 => {
+                info.local_apic_ids.push(u32_at(entry, 4));
             }
             _ => {}
         }
@@ -290,6 +320,7 @@ fn find_s5_sleep_type(dsdt: &[u8]) -> Option<u8> {
     }
 }
 
+#[allow(dead_code)] // the ACPI PM timer clocksource and the SCI handler read through this
 /// Reads a register described by a Generic Address Structure.
 pub fn read_register(register: GenericAddress, width_bytes: u8) -> u32 {
     match register.space {
@@ -325,8 +356,13 @@ pub fn write_register(register: GenericAddress, width_bytes: u8, value: u32) {
             // SAFETY: as for `read_register`.
             unsafe {
                 match width_bytes {
-                    1 => core::ptr::write_volatile(register.address as usize as *mut u8, value as u8),
-                    2 => core::ptr::write_volatile(register.address as usize as *mut u16, value as u16),
+                    1 => {
+                        core::ptr::write_volatile(register.address as usize as *mut u8, value as u8)
+                    }
+                    2 => core::ptr::write_volatile(
+                        register.address as usize as *mut u16,
+                        value as u16,
+                    ),
                     _ => core::ptr::write_volatile(register.address as usize as *mut u32, value),
                 }
             }

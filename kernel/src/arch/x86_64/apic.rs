@@ -120,8 +120,9 @@ impl IoApic {
         }
     }
 
-    /// Routes `pin` to `vector` on the CPU with APIC ID `destination`.
-    pub fn route(&self, pin: u32, vector: u8, destination: u32, level: bool, active_low: bool) {
+    /// Routes global system interrupt `gsi` to `vector` on the CPU with APIC ID `destination`.
+    pub fn route(&self, gsi: u32, vector: u8, destination: u32, level: bool, active_low: bool) {
+        let pin = gsi - self.gsi_base;
         let mut low = vector as u32;
         if active_low {
             low |= 1 << 13;

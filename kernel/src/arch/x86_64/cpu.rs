@@ -1,7 +1,7 @@
 //! CPU-level primitives: interrupt flag, halting, timestamps, CPUID, MSRs, control registers.
 
 use core::arch::asm;
-use core::arch::x86_64::{CpuidResult, __cpuid_count, _rdtsc};
+use core::arch::x86_64::{__cpuid_count, _rdtsc, CpuidResult};
 
 /// Returns whether maskable interrupts are enabled on this CPU.
 pub fn interrupts_enabled() -> bool {
@@ -16,11 +16,6 @@ pub fn disable_interrupts() {
 /// Enables maskable interrupts.
 pub fn enable_interrupts() {
     x86_64::instructions::interrupts::enable();
-}
-
-/// Runs `f` with interrupts disabled, restoring the previous state afterwards.
-pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
-    x86_64::instructions::interrupts::without_interrupts(f)
 }
 
 /// Atomically enables interrupts and halts until the next one (`sti; hlt`: the one-instruction

@@ -18,6 +18,7 @@ pub const NMI_IST: u16 = 1;
 const IST_STACK_SIZE: usize = 16 * 1024;
 
 #[repr(align(16))]
+#[allow(dead_code)] // only its address is used: the CPU writes to it
 struct IstStack([u8; IST_STACK_SIZE]);
 
 static mut DOUBLE_FAULT_STACK: IstStack = IstStack([0; IST_STACK_SIZE]);
@@ -51,7 +52,12 @@ pub fn init_boot_cpu() {
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
         let tss = gdt.append(Descriptor::tss_segment(tss));
-        CpuTables { gdt, code, data, tss }
+        CpuTables {
+            gdt,
+            code,
+            data,
+            tss,
+        }
     });
     tables.gdt.load();
     // SAFETY: the selectors come from the GDT just loaded and describe flat 64-bit kernel

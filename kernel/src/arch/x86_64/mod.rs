@@ -34,6 +34,7 @@ pub fn init_boot_cpu() {
     interrupts::init();
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Makes a software interrupt on `vector` (used by in-kernel tests of the entry path).
 pub fn software_interrupt_0x80() {
     // SAFETY: vector 0x80 has an IDT gate whose stub saves and restores all registers.
@@ -53,7 +54,7 @@ extern "C" fn kernel_entry(start_info_address: u32) -> ! {
         Ok(boot_info) => crate::start_kernel(boot_info, entry_tsc),
         Err(error) => {
             crate::console::emergency_print(format_args!(
-                "Lull: unusable PVH start info at {start_info_address:#x}: {error:?}\n"
+                "Lull: unusable PVH start info at {start_info_address:#x}: {error}\n"
             ));
             power::exit_failure(power::EXIT_PANIC)
         }
@@ -69,6 +70,7 @@ pub fn trigger_null_read() -> u64 {
     unsafe { core::ptr::read_volatile(address as *const u64) }
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Fills `bytes` at physical `address` with a pattern and sums it back (in-kernel tests of
 /// pages the page allocator handed out). `address` must come from `mm::alloc_pages`.
 pub fn scribble_and_sum(address: u64, bytes: usize) -> u64 {

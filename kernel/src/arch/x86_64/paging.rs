@@ -43,7 +43,7 @@ pub fn install_identity_map(top: u64, source: FrameSource<'_>) -> Result<usize, 
     let mut gib = 0u64;
     while gib * GIB < top {
         let pml4_index = (gib / 512) as usize;
-        if gib % 512 == 0 {
+        if gib.is_multiple_of(512) {
             pdpt = zeroed_frame(source)?;
             frames += 1;
             // SAFETY: `pml4` is a zeroed frame we own; index < 512.

@@ -1,7 +1,7 @@
 //! The 8254 PIT, used only to calibrate the TSC at boot (channel 0, read-back, no interrupt).
 
-use super::port::{inb, outb};
 use super::cpu;
+use super::port::{inb, outb};
 
 /// PIT input clock in Hz.
 pub const PIT_HZ: u64 = 1_193_182;

@@ -10,8 +10,10 @@ const DEBUG_EXIT_PORT: u16 = 0xf4;
 pub const EXIT_PANIC: u8 = 1;
 /// Status written for a fatal CPU exception: QEMU exits with 5.
 pub const EXIT_EXCEPTION: u8 = 2;
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
 /// In-kernel tests all passed: QEMU exits with 0x21 = 33.
 pub const EXIT_TESTS_PASSED: u8 = 0x10;
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
 /// In-kernel tests failed: QEMU exits with 0x23 = 35.
 pub const EXIT_TESTS_FAILED: u8 = 0x11;
 
@@ -53,7 +55,10 @@ pub fn power_off(info: Option<&AcpiInfo>) -> ! {
 
 /// Resets the CPU by loading an empty IDT and raising an exception.
 fn triple_fault() -> ! {
-    let pointer = x86_64::structures::DescriptorTablePointer { limit: 0, base: x86_64::VirtAddr::zero() };
+    let pointer = x86_64::structures::DescriptorTablePointer {
+        limit: 0,
+        base: x86_64::VirtAddr::zero(),
+    };
     // SAFETY: deliberately loads an empty IDT and traps, which resets the machine; nothing
     // runs afterwards.
     unsafe {

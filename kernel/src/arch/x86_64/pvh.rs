@@ -49,6 +49,20 @@ pub enum BootInfoError {
     NoMemoryMap,
 }
 
+impl core::fmt::Display for BootInfoError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BootInfoError::BadMagic(magic) => {
+                write!(
+                    f,
+                    "magic {magic:#x}, expected {START_INFO_MAGIC:#x} (not a PVH loader?)"
+                )
+            }
+            BootInfoError::NoMemoryMap => f.write_str("no memory map (start info version < 1)"),
+        }
+    }
+}
+
 /// Reads the start info at `address`.
 pub fn read_start_info(address: u32) -> Result<BootInfo, BootInfoError> {
     // SAFETY: the PVH protocol passes the physical address of a valid `hvm_start_info` in

@@ -1,5 +1,7 @@
 //! 16550 UART on COM1: the console (polled output, interrupt-driven input).
 
+use core::sync::atomic::{AtomicU16, Ordering};
+
 use super::port::{inb, outb};
 
 /// COM1 base I/O port.
@@ -18,8 +20,17 @@ const LSR_DATA_READY: u8 = 1 << 0;
 const LSR_TX_EMPTY: u8 = 1 << 5;
 const IER_RX_AVAILABLE: u8 = 1 << 0;
 
-/// Programs COM1 for 115200 8N1 with FIFOs; interrupts stay off until `enable_rx_interrupt`.
+/// A byte that arrived before the FIFOs were enabled (0x100 | byte), handed to the shell.
+static EARLY_BYTE: AtomicU16 = AtomicU16::new(0);
+
+/// Programs COM1 for 115200 8N1 with FIFOs; interrupts stay off until `set_rx_interrupt`.
+///
+/// Input may already be waiting (commands piped into QEMU before the kernel ran): the UART
+/// holds one byte while its FIFOs are off, and enabling them clears it, so it is saved first.
 pub fn init() {
+    if let Some(byte) = try_read_byte() {
+        EARLY_BYTE.store(0x100 | byte as u16, Ordering::Relaxed);
+    }
     outb(COM1 + INTERRUPT_ENABLE, 0);
     outb(COM1 + LINE_CONTROL, 0x80); // DLAB on
     outb(COM1 + DATA, 1); // divisor 1 = 115200 baud
@@ -61,5 +72,14 @@ pub fn try_read_byte() -> Option<u8> {
 /// Turns the receive interrupt on or off (off = flow control: QEMU holds input while the FIFO
 /// is full, so nothing is lost while the kernel's input ring drains).
 pub fn set_rx_interrupt(enabled: bool) {
-    outb(COM1 + INTERRUPT_ENABLE, if enabled { IER_RX_AVAILABLE } else { 0 });
+    outb(
+        COM1 + INTERRUPT_ENABLE,
+        if enabled { IER_RX_AVAILABLE } else { 0 },
+    );
+}
+
+/// Takes the byte saved by `init`, if any.
+pub fn take_early_byte() -> Option<u8> {
+    let saved = EARLY_BYTE.swap(0, Ordering::Relaxed);
+    (saved & 0x100 != 0).then_some(saved as u8)
 }
