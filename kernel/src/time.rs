@@ -16,11 +16,11 @@ pub fn set_boot_tsc(tsc: u64) {
 }
 
 /// Measures the TSC frequency. Prefers CPUID leaf 0x15/0x16 and the hypervisor timing leaf,
-/// falls back to a 2 ms PIT measurement.
+/// falls back to a 1 ms PIT measurement (±0.1%).
 pub fn calibrate() -> (u64, &'static str) {
     let (hz, method) = tsc_hz_from_cpuid()
         .map(|hz| (hz, "cpuid"))
-        .or_else(|| pit::calibrate_tsc_hz(2386).map(|hz| (hz, "PIT")))
+        .or_else(|| pit::calibrate_tsc_hz(1193).map(|hz| (hz, "PIT")))
         .unwrap_or((1_000_000_000, "assumed"));
     TSC_HZ.store(hz, Ordering::Relaxed);
     (hz, method)

@@ -19,10 +19,11 @@ impl Variant {
         }
     }
 
-    /// A name for the built file: `lull`, `lull-ktest+zone-dma`, ...
+    /// A name for the built file: `lull-shell`, `lull-ktest+zone-dma`, ... (never `lull`,
+    /// which cargo overwrites with whichever variant it built last).
     fn file_name(&self) -> String {
         if self.features.is_empty() {
-            "lull".to_string()
+            "lull-shell".to_string()
         } else {
             format!("lull-{}", self.features.join("+"))
         }
@@ -61,8 +62,6 @@ pub fn build(variant: &Variant) -> Result<PathBuf, String> {
     let out_dir = kernel_dir.join("target/x86_64-unknown-none").join(profile);
     let built = out_dir.join("lull");
     let named = out_dir.join(variant.file_name());
-    if named != built {
-        std::fs::copy(&built, &named).map_err(|e| format!("copy {}: {e}", built.display()))?;
-    }
+    std::fs::copy(&built, &named).map_err(|e| format!("copy {}: {e}", built.display()))?;
     Ok(named)
 }
