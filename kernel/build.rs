@@ -26,7 +26,18 @@ fn main() {
         "cargo:rustc-env=LULL_PROFILE={}",
         std::env::var("PROFILE").unwrap_or_default()
     );
-    println!("cargo:rerun-if-changed=../.git/HEAD");
+    // Rebuild the banner when HEAD moves (a new commit or a checkout).
+    if let Some(git_dir) = std::process::Command::new("git")
+        .args(["rev-parse", "--absolute-git-dir"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    {
+        for watched in ["HEAD", "refs/heads", "packed-refs"] {
+            println!("cargo:rerun-if-changed={git_dir}/{watched}");
+        }
+    }
 
     // One stub per vector: push a dummy error code where the CPU does not, push the vector
     // number, and jump to the common entry in arch/x86_64/interrupts.rs.
