@@ -15,6 +15,12 @@ const LAPIC_ID: usize = 0x20;
 const LAPIC_EOI: usize = 0xB0;
 const LAPIC_SPURIOUS: usize = 0xF0;
 const LAPIC_LVT_TIMER: usize = 0x320;
+const LAPIC_TIMER_INITIAL: usize = 0x380;
+const LAPIC_TIMER_CURRENT: usize = 0x390;
+const LAPIC_TIMER_DIVIDE: usize = 0x3E0;
+const LVT_TIMER_PERIODIC: u32 = 1 << 17;
+const LVT_TIMER_TSC_DEADLINE: u32 = 2 << 17;
+const IA32_TSC_DEADLINE: u32 = 0x6E0;
 const LAPIC_LVT_LINT0: usize = 0x350;
 const LAPIC_LVT_LINT1: usize = 0x360;
 const LAPIC_LVT_ERROR: usize = 0x370;
@@ -132,5 +138,65 @@ impl IoApic {
         }
         self.write(0x11 + 2 * pin, destination << 24);
         self.write(0x10 + 2 * pin, low);
+    }
+}
+
+/// The local APIC timer of this CPU. Its input clock is the bus clock divided by 1.
+pub mod timer {
+    use super::*;
+
+    /// Whether this CPU supports TSC-deadline mode (CPUID.01H:ECX[24]).
+    pub fn tsc_deadline_supported() -> bool {
+        cpu::cpuid(1, 0).ecx & (1 << 24) != 0
+    }
+
+    /// Stops the timer and masks its interrupt.
+    pub fn stop() {
+        lapic_write(LAPIC_LVT_TIMER, LVT_MASKED);
+        lapic_write(LAPIC_TIMER_INITIAL, 0);
+        if tsc_deadline_supported() {
+            // SAFETY: IA32_TSC_DEADLINE exists when CPUID reports TSC-deadline support;
+            // writing 0 disarms it.
+            unsafe { cpu::wrmsr(IA32_TSC_DEADLINE, 0) };
+        }
+    }
+
+    /// Counts `ticks` bus clocks (divide by 1) once, then interrupts on `vector`.
+    pub fn oneshot(vector: u8, ticks: u32) {
+        lapic_write(LAPIC_TIMER_DIVIDE, 0b1011);
+        lapic_write(LAPIC_LVT_TIMER, vector as u32);
+        lapic_write(LAPIC_TIMER_INITIAL, ticks.max(1));
+    }
+
+    /// Interrupts on `vector` every `ticks` bus clocks.
+    pub fn periodic(vector: u8, ticks: u32) {
+        lapic_write(LAPIC_TIMER_DIVIDE, 0b1011);
+        lapic_write(LAPIC_LVT_TIMER, vector as u32 | LVT_TIMER_PERIODIC);
+        lapic_write(LAPIC_TIMER_INITIAL, ticks.max(1));
+    }
+
+    /// Switches the LVT to TSC-deadline mode on `vector` (disarmed until `arm_deadline`).
+    pub fn deadline_mode(vector: u8) {
+        lapic_write(LAPIC_LVT_TIMER, vector as u32 | LVT_TIMER_TSC_DEADLINE);
+    }
+
+    /// Arms TSC-deadline mode: interrupt when the TSC reaches `tsc` (0 disarms).
+    pub fn arm_deadline(tsc: u64) {
+        if tsc_deadline_supported() {
+            // SAFETY: the MSR exists (checked above); any value is a valid deadline.
+            unsafe { cpu::wrmsr(IA32_TSC_DEADLINE, tsc) };
+        }
+    }
+
+    /// Current count of the one-shot/periodic counter.
+    pub fn current_count() -> u32 {
+        lapic_read(LAPIC_TIMER_CURRENT)
+    }
+
+    /// Starts a masked one-shot count of `ticks` (for calibration).
+    pub fn start_masked_count(ticks: u32) {
+        lapic_write(LAPIC_TIMER_DIVIDE, 0b1011);
+        lapic_write(LAPIC_LVT_TIMER, LVT_MASKED);
+        lapic_write(LAPIC_TIMER_INITIAL, ticks);
     }
 }

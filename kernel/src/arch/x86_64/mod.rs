@@ -6,6 +6,7 @@ mod boot;
 pub mod cpu;
 mod gdt;
 pub mod heap;
+pub mod hpet;
 pub mod interrupts;
 pub mod paging;
 pub mod pit;

@@ -39,3 +39,24 @@ pub fn calibrate_tsc_hz(pit_ticks: u16) -> Option<u64> {
         }
     }
 }
+
+/// Fires IRQ 0 once after `count` PIT ticks (mode 0). `count` is clamped to 1..=65535.
+pub fn oneshot(count: u64) {
+    let count = count.clamp(1, 0xFFFF) as u16;
+    outb(0x43, 0x30);
+    outb(0x40, count as u8);
+    outb(0x40, (count >> 8) as u8);
+}
+
+/// Fires IRQ 0 every `count` PIT ticks (mode 2).
+pub fn periodic(count: u64) {
+    let count = count.clamp(2, 0xFFFF) as u16;
+    outb(0x43, 0x34);
+    outb(0x40, count as u8);
+    outb(0x40, (count >> 8) as u8);
+}
+
+/// Stops channel 0 (mode 0 with no count written leaves it idle).
+pub fn shutdown() {
+    outb(0x43, 0x30);
+}
