@@ -17,7 +17,9 @@ extern crate alloc;
 
 pub mod clockevents;
 pub mod clocksource;
+pub mod hrtimer;
 pub mod timekeeping;
+pub mod timer_stats;
 
 #[cfg(test)]
 #[allow(dead_code, reason = "fakes shared by tests of every layer")]
