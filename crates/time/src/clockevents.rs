@@ -333,7 +333,6 @@ impl<D: ClockEventDevice> ClockEvent<D> {
         self.handler_name
     }
 
-    #[allow(dead_code, reason = "set by the tick layer")]
     pub(crate) fn set_handler_name(&mut self, name: &'static str) {
         self.handler_name = name;
     }

@@ -18,6 +18,7 @@ extern crate alloc;
 pub mod clockevents;
 pub mod clocksource;
 pub mod hrtimer;
+pub mod tick;
 pub mod timekeeping;
 pub mod timer_stats;
 
