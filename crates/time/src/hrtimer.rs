@@ -539,11 +539,16 @@ impl<F: TimerFunction> HrTimerCpuBase<F> {
         let mut best = u64::MAX;
         for clock in ClockId::ALL {
             let queue = &self.queues[clock as usize];
-            let mut candidates = queue.iter().take(2);
-            let head = candidates.find(|t| Some(*t.value) != excluded.map(|e| e.index));
-            if let Some(head) = head {
-                best = best.min(self.to_monotonic(clock, head.expiry));
-            }
+            // The cached head is O(1); only when it is the excluded timer do we look behind it.
+            let head_expiry = match queue.peek() {
+                None => continue,
+                Some(head) if Some(*head.value) != excluded.map(|e| e.index) => head.expiry,
+                Some(_) => match queue.iter().nth(1) {
+                    Some(second) => second.expiry,
+                    None => continue,
+                },
+            };
+            best = best.min(self.to_monotonic(clock, head_expiry));
         }
         (best != u64::MAX).then_some(best)
     }
