@@ -401,6 +401,8 @@ impl<F: TimerFunction> HrTimerCpuBase<F> {
         id: HrTimerId,
         now: u64,
     ) -> Result<(), HrTimerError> {
+        // Validate first: a stale id must not free the slot's new owner.
+        self.timer(id)?;
         let cancel = self.cancel(device, id, now);
         let slot = &mut self.slots[id.index as usize];
         slot.timer = None;

@@ -980,7 +980,7 @@ fn first_grid_point_after(jiffies: &JiffiesClock, now: u64) -> u64 {
     if now < base {
         return base;
     }
-    base + ((now - base) / period + 1) * period
+    base.saturating_add(((now - base) / period + 1).saturating_mul(period))
 }
 
 fn advance_jiffies<C: TickContext>(jiffies: &mut JiffiesClock, now: u64, context: &mut C) -> u64 {

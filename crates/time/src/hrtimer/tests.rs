@@ -241,6 +241,16 @@ fn destroyed_ids_are_refused() {
         Err(HrTimerError::StaleId)
     );
     assert_eq!(base.cancel(&mut device, t, 0), Err(HrTimerError::StaleId));
+    // Regression: destroying through a stale id must not free the slot's new owner, and an
+    // id from nowhere must be refused rather than indexing out of bounds.
+    assert_eq!(base.destroy(&mut device, t, 0), Err(HrTimerError::StaleId));
+    assert!(base.expires(reused).is_ok());
+    let foreign = HrTimerCpuBase::<Named>::new(1).create(ClockId::Monotonic, Named("x"), 0);
+    let mut other = HrTimerCpuBase::<Named>::new(2);
+    assert_eq!(
+        other.destroy(&mut device, foreign.unwrap(), 0),
+        Err(HrTimerError::StaleId)
+    );
 }
 
 #[test]
