@@ -1,0 +1,373 @@
+//! Host tests for hrtimer bases against a fake event device and a fake clock.
+
+use super::*;
+use crate::clockevents::ClockEvent;
+use crate::test_support::{DeviceCall, FakeEventDevice};
+use proptest::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Named(&'static str);
+
+impl TimerFunction for Named {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+}
+
+fn oneshot_device() -> ClockEvent<FakeEventDevice> {
+    let mut device = ClockEvent::new(FakeEventDevice::lapic(), 4_000_000).unwrap();
+    device.switch_state(ClockEventState::Shutdown).unwrap();
+    device.switch_state(ClockEventState::OneShot).unwrap();
+    device
+}
+
+fn high_res_base(device: &mut ClockEvent<FakeEventDevice>) -> HrTimerCpuBase<Named> {
+    let mut base = HrTimerCpuBase::new(0);
+    base.switch_to_high_res(device, 0).unwrap();
+    base
+}
+
+#[test]
+fn device_is_reprogrammed_only_when_the_head_changes() {
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let a = base.create(ClockId::Monotonic, Named("a"), 0).unwrap();
+    let b = base.create(ClockId::Monotonic, Named("b"), 0).unwrap();
+    let c = base.create(ClockId::Monotonic, Named("c"), 0).unwrap();
+    base.start(&mut device, a, 1_000_000, HrTimerMode::Absolute, 0, 0, None)
+        .unwrap();
+    assert_eq!(device.device().next_event_calls(), 1);
+    assert_eq!(base.expires_next(), Some(1_000_000));
+    // Later timer: head unchanged, no hardware access.
+    base.start(&mut device, b, 2_000_000, HrTimerMode::Absolute, 0, 0, None)
+        .unwrap();
+    assert_eq!(device.device().next_event_calls(), 1);
+    // Earlier timer: new head, reprogrammed.
+    base.start(&mut device, c, 500_000, HrTimerMode::Absolute, 0, 0, None)
+        .unwrap();
+    assert_eq!(device.device().next_event_calls(), 2);
+    assert_eq!(
+        device.device().calls.last(),
+        Some(&DeviceCall::Next(500_000))
+    );
+    // Cancelling a non-head timer: no reprogram; cancelling the head: reprogram.
+    assert_eq!(base.cancel(&mut device, b, 0), Ok(true));
+    assert_eq!(device.device().next_event_calls(), 2);
+    assert_eq!(base.cancel(&mut device, c, 0), Ok(true));
+    assert_eq!(device.device().next_event_calls(), 3);
+    assert_eq!(base.expires_next(), Some(1_000_000));
+    assert_eq!(base.cancel(&mut device, c, 0), Ok(false));
+    // Last timer gone: the device is stopped, not left armed.
+    base.cancel(&mut device, a, 0).unwrap();
+    assert_eq!(device.state(), ClockEventState::OneShotStopped);
+    assert_eq!(base.expires_next(), None);
+}
+
+#[test]
+fn timers_never_run_before_soft_expiry_even_on_spurious_interrupts() {
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let t = base.create(ClockId::Monotonic, Named("t"), 7).unwrap();
+    base.start(
+        &mut device,
+        t,
+        10_000,
+        HrTimerMode::Relative,
+        0,
+        1_000,
+        None,
+    )
+    .unwrap();
+    let mut fired = Vec::new();
+    let ran = base
+        .interrupt(&mut device, 10_999, |f| {
+            fired.push(f.data());
+            HrTimerRestart::NoRestart
+        })
+        .unwrap();
+    assert_eq!((ran, fired.len()), (0, 0));
+    // Early interrupt: the device is re-armed for the remaining time.
+    assert_eq!(device.device().calls.last(), Some(&DeviceCall::Next(1000)));
+    base.interrupt(&mut device, 11_000, |f| {
+        fired.push(f.data());
+        HrTimerRestart::NoRestart
+    })
+    .unwrap();
+    assert_eq!(fired, [7]);
+    assert!(!base.is_queued(t));
+}
+
+#[test]
+fn slack_lets_timers_share_one_interrupt() {
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let lazy = base.create(ClockId::Monotonic, Named("lazy"), 1).unwrap();
+    let exact = base.create(ClockId::Monotonic, Named("exact"), 2).unwrap();
+    base.start(
+        &mut device,
+        lazy,
+        100_000,
+        HrTimerMode::Absolute,
+        100_000,
+        0,
+        None,
+    )
+    .unwrap();
+    base.start(
+        &mut device,
+        exact,
+        150_000,
+        HrTimerMode::Absolute,
+        0,
+        0,
+        None,
+    )
+    .unwrap();
+    // Programmed for the earliest *hard* expiry: 150 µs, not 100 µs.
+    assert_eq!(base.expires_next(), Some(150_000));
+    let mut fired = Vec::new();
+    base.interrupt(&mut device, 150_000, |f| {
+        fired.push(f.data());
+        HrTimerRestart::NoRestart
+    })
+    .unwrap();
+    fired.sort();
+    assert_eq!(fired, [1, 2]);
+}
+
+#[test]
+fn periodic_callback_forwards_and_counts_overruns() {
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let t = base
+        .create(ClockId::Monotonic, Named("periodic"), 0)
+        .unwrap();
+    base.start(&mut device, t, 1_000, HrTimerMode::Absolute, 0, 0, None)
+        .unwrap();
+    let mut overruns = Vec::new();
+    // Late by 3.5 periods: forward skips the missed ones.
+    base.interrupt(&mut device, 4_500, |f| {
+        overruns.push(f.forward(1_000));
+        HrTimerRestart::Restart
+    })
+    .unwrap();
+    assert_eq!(overruns, [4]);
+    assert_eq!(base.expires(t), Ok((5_000, 5_000)));
+    assert!(base.is_queued(t));
+    assert_eq!(base.expires_next(), Some(5_000));
+}
+
+#[test]
+fn restart_without_forward_does_not_loop() {
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let t = base.create(ClockId::Monotonic, Named("stuck"), 0).unwrap();
+    base.start(&mut device, t, 10, HrTimerMode::Absolute, 0, 0, None)
+        .unwrap();
+    let ran = base
+        .interrupt(&mut device, 20, |_| HrTimerRestart::Restart)
+        .unwrap();
+    assert_eq!(ran, 1);
+    assert!(base.is_queued(t));
+    assert_eq!(base.counters().nr_retries, 1);
+}
+
+#[test]
+fn forward_outside_callback() {
+    let mut base: HrTimerCpuBase<Named> = HrTimerCpuBase::new(0);
+    let mut device = oneshot_device();
+    let t = base.create(ClockId::Monotonic, Named("f"), 0).unwrap();
+    assert_eq!(base.forward(t, 0, 0), Err(HrTimerError::ZeroInterval));
+    // Expiry 0, now 2500, interval 1000: moves to 3000 with 3 overruns.
+    assert_eq!(base.forward(t, 2_500, 1_000), Ok(3));
+    assert_eq!(base.forward(t, 2_500, 1_000), Ok(0));
+    base.start(&mut device, t, 1, HrTimerMode::Relative, 0, 0, None)
+        .unwrap();
+    assert_eq!(base.forward(t, 10, 1), Err(HrTimerError::Queued));
+}
+
+#[test]
+fn realtime_timers_follow_clock_changes() {
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let epoch_2024 = 1_704_067_200_000_000_000u64;
+    base.set_realtime_offset(&mut device, epoch_2024 as i64, 0)
+        .unwrap();
+    let alarm = base.create(ClockId::Realtime, Named("alarm"), 1).unwrap();
+    // Wall-clock alarm 10 s from boot.
+    base.start(
+        &mut device,
+        alarm,
+        epoch_2024 + 10_000_000_000,
+        HrTimerMode::Absolute,
+        0,
+        0,
+        None,
+    )
+    .unwrap();
+    assert_eq!(base.expires_next(), Some(10_000_000_000));
+    // At 1 s, the wall clock is set 9 s forward: the alarm is now due.
+    base.set_realtime_offset(
+        &mut device,
+        epoch_2024 as i64 + 9_000_000_000,
+        1_000_000_000,
+    )
+    .unwrap();
+    assert_eq!(base.expires_next(), Some(1_000_000_000));
+    let mut fired = 0;
+    base.interrupt(&mut device, 1_000_000_000, |f| {
+        assert_eq!(f.clock(), ClockId::Realtime);
+        assert!(f.now() >= f.soft_expires());
+        fired += 1;
+        HrTimerRestart::NoRestart
+    })
+    .unwrap();
+    assert_eq!(fired, 1);
+}
+
+#[test]
+fn destroyed_ids_are_refused() {
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let t = base.create(ClockId::Monotonic, Named("t"), 0).unwrap();
+    base.start(&mut device, t, 100, HrTimerMode::Absolute, 0, 0, None)
+        .unwrap();
+    base.destroy(&mut device, t, 0).unwrap();
+    assert_eq!(base.queued_count(), 0);
+    let reused = base.create(ClockId::Monotonic, Named("u"), 0).unwrap();
+    assert_eq!(reused.index(), t.index());
+    assert_eq!(
+        base.start(&mut device, t, 1, HrTimerMode::Absolute, 0, 0, None),
+        Err(HrTimerError::StaleId)
+    );
+    assert_eq!(base.cancel(&mut device, t, 0), Err(HrTimerError::StaleId));
+    // Regression: destroying through a stale id must not free the slot's new owner, and an
+    // id from nowhere must be refused rather than indexing out of bounds.
+    assert_eq!(base.destroy(&mut device, t, 0), Err(HrTimerError::StaleId));
+    assert!(base.expires(reused).is_ok());
+    let foreign = HrTimerCpuBase::<Named>::new(1).create(ClockId::Monotonic, Named("x"), 0);
+    let mut other = HrTimerCpuBase::<Named>::new(2);
+    assert_eq!(
+        other.destroy(&mut device, foreign.unwrap(), 0),
+        Err(HrTimerError::StaleId)
+    );
+}
+
+#[test]
+fn next_event_without_skips_excluded_head() {
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let tick = base.create(ClockId::Monotonic, Named("tick"), 0).unwrap();
+    let other = base.create(ClockId::Monotonic, Named("other"), 0).unwrap();
+    base.start(&mut device, tick, 10, HrTimerMode::Absolute, 0, 0, None)
+        .unwrap();
+    assert_eq!(base.next_event_without(Some(tick)), None);
+    base.start(&mut device, other, 50, HrTimerMode::Absolute, 5, 0, None)
+        .unwrap();
+    assert_eq!(base.next_event_without(Some(tick)), Some(55));
+    assert_eq!(base.next_event(), Some(10));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Start {
+        timer: usize,
+        delay: u64,
+        slack: u64,
+        realtime: bool,
+    },
+    Cancel(usize),
+    /// Let time run to the programmed event (plus a small interrupt latency).
+    RunToEvent(u64),
+    /// A spurious interrupt (another device, an IPI) after some delay.
+    Spurious(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0usize..8, prop_oneof![0u64..2_000, 0u64..5_000_000, 0u64..10_000_000_000],
+              prop_oneof![Just(0u64), 0u64..100_000], any::<bool>())
+            .prop_map(|(timer, delay, slack, realtime)| Op::Start { timer, delay, slack, realtime }),
+        1 => (0usize..8).prop_map(Op::Cancel),
+        4 => (0u64..3_000).prop_map(Op::RunToEvent),
+        2 => (0u64..3_000_000).prop_map(Op::Spurious),
+    ]
+}
+
+proptest! {
+    /// Against a fake clock and fake device: no timer ever runs before its soft expiry; a
+    /// timer runs by its hard expiry (or the device's minimum delta after being started) plus
+    /// the interrupt latency; every started, uncancelled timer runs exactly once.
+    #[test]
+    fn never_early_and_on_time(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut device = oneshot_device();
+        let mut base = high_res_base(&mut device);
+        let offset = 1_000_000_000_000i64;
+        base.set_realtime_offset(&mut device, offset, 0).unwrap();
+        let min_delta = device.min_delta_ns();
+        let ids: Vec<(HrTimerId, HrTimerId)> = (0..8u64).map(|i| (
+            base.create(ClockId::Monotonic, Named("mono"), i).unwrap(),
+            base.create(ClockId::Realtime, Named("real"), i + 100).unwrap(),
+        )).collect();
+        let mut now = 0u64;
+        // data -> (soft mono, latest allowed mono)
+        let mut pending: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+        let run = |base: &mut HrTimerCpuBase<Named>, device: &mut ClockEvent<FakeEventDevice>,
+                       now: u64, pending: &mut std::collections::BTreeMap<u64, (u64, u64)>,
+                       latency: u64| -> Result<(), TestCaseError> {
+            let mut fired = Vec::new();
+            base.interrupt(device, now, |f| { fired.push((f.data(), f.now(), f.soft_expires())); HrTimerRestart::NoRestart }).unwrap();
+            for (data, clock_now, soft) in fired {
+                prop_assert!(clock_now >= soft, "timer {} ran early", data);
+                let (soft_mono, latest) = pending.remove(&data).expect("ran a timer that was not pending");
+                prop_assert!(now >= soft_mono);
+                prop_assert!(now <= latest + latency, "timer {} late: now {} latest {}", data, now, latest);
+            }
+            Ok(())
+        };
+        for op in ops {
+            match op {
+                Op::Start { timer, delay, slack, realtime } => {
+                    let (mono_id, real_id) = ids[timer];
+                    let (id, data) = if realtime { (real_id, timer as u64 + 100) } else { (mono_id, timer as u64) };
+                    let expires = base.clock_now(if realtime { ClockId::Realtime } else { ClockId::Monotonic }, now) + delay;
+                    base.start(&mut device, id, expires, HrTimerMode::Absolute, slack, now, None).unwrap();
+                    let soft_mono = now + delay;
+                    let latest = (soft_mono + slack).max(now + min_delta);
+                    pending.insert(data, (soft_mono, latest));
+                }
+                Op::Cancel(timer) => {
+                    let (mono_id, real_id) = ids[timer];
+                    if base.cancel(&mut device, mono_id, now).unwrap() { pending.remove(&(timer as u64)); }
+                    if base.cancel(&mut device, real_id, now).unwrap() { pending.remove(&(timer as u64 + 100)); }
+                }
+                Op::RunToEvent(latency) => {
+                    if let Some(event) = device.next_event_ns() {
+                        prop_assert!(device.state() == ClockEventState::OneShot);
+                        now = now.max(event) + latency;
+                        run(&mut base, &mut device, now, &mut pending, latency)?;
+                    } else {
+                        prop_assert!(pending.is_empty(), "timers pending but device stopped");
+                    }
+                }
+                Op::Spurious(delay) => {
+                    // Only if the device would not have fired first.
+                    let target = now + delay;
+                    if device.next_event_ns().is_none_or(|e| e > target) {
+                        now = target;
+                        run(&mut base, &mut device, now, &mut pending, 0)?;
+                    }
+                }
+            }
+        }
+        // Drain: everything still pending runs, each by its deadline.
+        let mut guard = 0;
+        while let Some(event) = device.next_event_ns() {
+            now = now.max(event);
+            run(&mut base, &mut device, now, &mut pending, 0)?;
+            guard += 1;
+            prop_assert!(guard < 10_000);
+        }
+        prop_assert!(pending.is_empty(), "lost timers: {:?}", pending);
+    }
+}
