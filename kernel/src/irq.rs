@@ -64,6 +64,22 @@ pub fn request_isa_irq(
     Ok(vector)
 }
 
+/// Routes global system interrupt `gsi` to `vector` on this CPU (handler installed by the
+/// caller with `interrupts::set_handler`).
+pub fn route_gsi(gsi: u32, vector: u8, name: &'static str, level: bool, active_low: bool) {
+    let Some(ioapic) = *IOAPIC.lock() else { return };
+    let mut lines = LINES.lock();
+    lines.retain(|line| line.gsi != gsi);
+    lines.push(Line {
+        vector,
+        gsi,
+        level,
+        name,
+    });
+    drop(lines);
+    ioapic.route(gsi, vector, apic::local_apic_id(), level, active_low);
+}
+
 /// Renders `/proc/interrupts` (one CPU for now; a column per CPU once SMP is up).
 pub fn proc_interrupts() -> String {
     let mut out = String::from("           CPU0\n");
@@ -78,6 +94,11 @@ pub fn proc_interrupts() -> String {
             line.name
         );
     }
+    let _ = writeln!(
+        out,
+        " LOC: {:>10}   Local timer interrupts",
+        crate::time::local_timer_interrupts()
+    );
     let _ = writeln!(
         out,
         " SPU: {:>10}   Spurious interrupts",

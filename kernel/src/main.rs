@@ -13,7 +13,6 @@ extern crate alloc;
 #[allow(unsafe_code)] // The arch boundary: the only module allowed to use `unsafe`.
 mod arch;
 mod console;
-mod idle;
 mod irq;
 #[cfg(feature = "ktest")]
 mod ktest;
@@ -123,6 +122,10 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     }
 
     setup_interrupts(acpi);
+    time::init(acpi);
+    #[cfg(feature = "ktest")]
+    ktest::run_device_tests();
+    time::start_tick();
     register_proc_files();
     printk!("boot: kernel ready in {} us", time::uptime_ns() / 1000);
 
@@ -178,6 +181,16 @@ fn register_proc_files() {
         path: "/proc/interrupts",
         read: Some(irq::proc_interrupts),
         write: None,
+    });
+    register(ProcFile {
+        path: "/proc/timer_list",
+        read: Some(time::proc_timer_list),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/timer_stats",
+        read: Some(time::proc_timer_stats),
+        write: Some(time::proc_timer_stats_write),
     });
     register(ProcFile {
         path: "/proc/uptime",

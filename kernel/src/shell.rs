@@ -59,7 +59,7 @@ fn read_byte() -> u8 {
             }
         }
         // Nothing to do: sleep until an interrupt (atomically with enabling interrupts).
-        crate::idle::idle_once();
+        crate::time::idle();
     }
 }
 

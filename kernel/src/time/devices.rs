@@ -101,7 +101,8 @@ impl ClockSource for AcpiPmSource {
 pub enum TickDevice {
     /// LAPIC timer, TSC-deadline mode: programmed with an absolute TSC value.
     LapicDeadline { tsc_hz: u64 },
-    /// LAPIC timer, one-shot/periodic count mode at the calibrated bus clock.
+    /// LAPIC timer, one-shot/periodic count mode at the calibrated bus clock divided by 16
+    /// (as Linux: 32 bits then reach over a minute, so an idle CPU need not wake for it).
     Lapic { bus_hz: u64 },
     /// An HPET comparator routed to an IOAPIC input.
     Hpet { hpet: Hpet, timer: u8, gsi: u8 },
@@ -131,7 +132,9 @@ impl ClockEventDevice for TickDevice {
 
     fn features(&self) -> Features {
         match self {
-            TickDevice::LapicDeadline { .. } => Features::ONESHOT | Features::DEADLINE | Features::PER_CPU,
+            TickDevice::LapicDeadline { .. } => {
+                Features::ONESHOT | Features::DEADLINE | Features::PER_CPU
+            }
             TickDevice::Lapic { .. } => Features::ONESHOT | Features::PERIODIC | Features::PER_CPU,
             TickDevice::Hpet { hpet, timer, .. } if hpet.periodic_capable(*timer) => {
                 Features::ONESHOT | Features::PERIODIC
@@ -182,9 +185,10 @@ impl ClockEventDevice for TickDevice {
     fn set_state_periodic(&mut self, period_cycles: u64) -> Result<(), DeviceError> {
         match self {
             TickDevice::LapicDeadline { .. } => return Err(DeviceError::Unsupported),
-            TickDevice::Lapic { .. } => {
-                apic::timer::periodic(LOCAL_TIMER_VECTOR, period_cycles.min(u32::MAX as u64) as u32)
-            }
+            TickDevice::Lapic { .. } => apic::timer::periodic(
+                LOCAL_TIMER_VECTOR,
+                period_cycles.min(u32::MAX as u64) as u32,
+            ),
             TickDevice::Hpet { hpet, timer, gsi } => {
                 if !hpet.periodic_capable(*timer) {
                     return Err(DeviceError::Unsupported);

@@ -1,4 +1,4 @@
-//! Early timekeeping: the TSC, calibrated against the PIT at boot, gives uptime.
+//! Early timekeeping: the TSC, calibrated at boot, gives uptime until the clocksource layer is up.
 //!
 //! The full time subsystem (clocksources, clock event devices, hrtimers, NO_HZ) builds on
 //! this; until then uptime is TSC-based with a frequency measured once.

@@ -141,9 +141,12 @@ impl IoApic {
     }
 }
 
-/// The local APIC timer of this CPU. Its input clock is the bus clock divided by 1.
+/// The local APIC timer of this CPU. Its input clock is the bus clock divided by 16.
 pub mod timer {
     use super::*;
+
+    /// Divide configuration register value for "divide by 16".
+    const DIVIDE_BY_16: u32 = 0b0011;
 
     /// Whether this CPU supports TSC-deadline mode (CPUID.01H:ECX[24]).
     pub fn tsc_deadline_supported() -> bool {
@@ -161,16 +164,16 @@ pub mod timer {
         }
     }
 
-    /// Counts `ticks` bus clocks (divide by 1) once, then interrupts on `vector`.
+    /// Counts `ticks` timer clocks once, then interrupts on `vector`.
     pub fn oneshot(vector: u8, ticks: u32) {
-        lapic_write(LAPIC_TIMER_DIVIDE, 0b1011);
+        lapic_write(LAPIC_TIMER_DIVIDE, DIVIDE_BY_16);
         lapic_write(LAPIC_LVT_TIMER, vector as u32);
         lapic_write(LAPIC_TIMER_INITIAL, ticks.max(1));
     }
 
     /// Interrupts on `vector` every `ticks` bus clocks.
     pub fn periodic(vector: u8, ticks: u32) {
-        lapic_write(LAPIC_TIMER_DIVIDE, 0b1011);
+        lapic_write(LAPIC_TIMER_DIVIDE, DIVIDE_BY_16);
         lapic_write(LAPIC_LVT_TIMER, vector as u32 | LVT_TIMER_PERIODIC);
         lapic_write(LAPIC_TIMER_INITIAL, ticks.max(1));
     }
@@ -195,7 +198,7 @@ pub mod timer {
 
     /// Starts a masked one-shot count of `ticks` (for calibration).
     pub fn start_masked_count(ticks: u32) {
-        lapic_write(LAPIC_TIMER_DIVIDE, 0b1011);
+        lapic_write(LAPIC_TIMER_DIVIDE, DIVIDE_BY_16);
         lapic_write(LAPIC_LVT_TIMER, LVT_MASKED);
         lapic_write(LAPIC_TIMER_INITIAL, ticks);
     }

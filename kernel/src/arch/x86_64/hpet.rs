@@ -45,7 +45,13 @@ impl Hpet {
         if base == 0 || base >= (1 << 32) {
             return None;
         }
-        let probe = Hpet { base, period_fs: 0, timers: 0, counter_64bit: false, legacy_capable: false };
+        let probe = Hpet {
+            base,
+            period_fs: 0,
+            timers: 0,
+            counter_64bit: false,
+            legacy_capable: false,
+        };
         let capabilities = probe.read(CAPABILITIES);
         let period_fs = capabilities >> 32;
         // The specification bounds the period at 100 ns (10 MHz minimum).

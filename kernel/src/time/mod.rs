@@ -1,0 +1,739 @@
+//! Time: clocksources, timekeeping, clock event devices, hrtimers, the tick and NO_HZ idle.
+//!
+//! The logic lives in the portable, host-tested `lull-time` crates; this module binds it to
+//! the hardware (`devices.rs`) and to the kernel (interrupts, idle, procfs, shell).
+//!
+//! Locks, outermost first (each is IRQ-safe): `CPU_TIME` → `JIFFIES` → `CLOCKS`.
+//! `CLOCKS` is a leaf and may be taken from any context, including timer callbacks.
+
+mod devices;
+mod early;
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use lull_cmdline::{Kind, ParamSpec};
+use lull_time::clockevents::ClockEventDevice;
+use lull_time::clocksource::{
+    ClockSource, ClockSourceId, ClockSourceRegistry, Watchdog, WatchdogVerdict,
+};
+use lull_time::hrtimer::{ClockId, FiringTimer, HrTimerId, HrTimerMode, HrTimerRestart};
+use lull_time::tick::{
+    JiffiesClock, PerCpuTime, TickConfig, TickContext, TimerFunction, WheelAction, WheelFunction,
+    HZ,
+};
+use lull_time::timekeeping::Timekeeper;
+use lull_time::timer_stats::StartInfo;
+
+use crate::arch::acpi::AcpiInfo;
+use crate::arch::{apic, cpu, hpet::Hpet, interrupts};
+use crate::sync::IrqSafeLock;
+use crate::{pr_warn, printk};
+
+pub use devices::{TickDevice, LOCAL_TIMER_VECTOR};
+pub use early::{calibrate, set_boot_tsc, tsc_hz};
+
+/// Time parameters.
+pub const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "clocksource",
+        kind: Kind::Str,
+        default: "",
+        help: "Use this clocksource (tsc, hpet, acpi_pm) instead of the best rated one.",
+    },
+    ParamSpec {
+        name: "nohz",
+        kind: Kind::Bool,
+        default: "on",
+        help: "Stop the periodic tick while a CPU idles (off: tick at HZ always).",
+    },
+    ParamSpec {
+        name: "highres",
+        kind: Kind::Bool,
+        default: "on",
+        help: "Run the tick device in one-shot mode for high-resolution timers.",
+    },
+];
+
+type PerCpu = PerCpuTime<TickDevice, TimeContext>;
+
+/// Clocksources and timekeeping (a leaf lock).
+struct Clocks {
+    registry: ClockSourceRegistry,
+    sources: Vec<Box<dyn ClockSource + Send>>,
+    current: ClockSourceId,
+    timekeeper: Timekeeper,
+    /// Monotonic ns the early TSC clock had reached when the timekeeper took over.
+    base_ns: u64,
+    watchdog: Option<Watchdog>,
+}
+
+static CLOCKS: IrqSafeLock<Option<Clocks>> = IrqSafeLock::new(None);
+static JIFFIES: IrqSafeLock<Option<JiffiesClock>> = IrqSafeLock::new(None);
+/// CPU 0's time state (per-CPU once secondary CPUs start).
+static CPU_TIME: IrqSafeLock<Option<PerCpu>> = IrqSafeLock::new(None);
+/// Whether idle may stop the tick (nohz on, one-shot device, clocksource verified).
+static NOHZ_READY: AtomicBool = AtomicBool::new(false);
+static NOHZ_WANTED: AtomicBool = AtomicBool::new(true);
+/// Vector the tick device interrupts on.
+static TICK_VECTOR: AtomicU64 = AtomicU64::new(LOCAL_TIMER_VECTOR as u64);
+
+/// Callbacks' view of the kernel (Linux's context for `update_process_times` & co).
+///
+/// Callbacks run with `CPU_TIME` and `JIFFIES` held, so they must not take those locks: what
+/// they need from them is carried here.
+pub struct TimeContext {
+    /// Jiffies as of this interrupt (kept current by `jiffies_advanced`).
+    jiffies: u64,
+}
+
+impl TimeContext {
+    fn new(jiffies: &JiffiesClock) -> Self {
+        Self {
+            jiffies: jiffies.jiffies(),
+        }
+    }
+}
+
+impl TickContext for TimeContext {
+    fn jiffies_advanced(&mut self, ticks: u64, _now_ns: u64) {
+        self.jiffies += ticks;
+        // Fold the elapsed cycles into the timekeeper before a narrow counter can wrap.
+        if let Some(clocks) = CLOCKS.lock().as_mut() {
+            let cycles = clocks.sources[clocks.current.index()].read();
+            clocks.timekeeper.update(cycles);
+        }
+    }
+}
+
+/// Nanoseconds since boot (CLOCK_MONOTONIC).
+pub fn uptime_ns() -> u64 {
+    let clocks = CLOCKS.lock();
+    match clocks.as_ref() {
+        Some(clocks) => {
+            let cycles = clocks.sources[clocks.current.index()].read();
+            clocks.base_ns + clocks.timekeeper.monotonic_ns(cycles)
+        }
+        None => early::uptime_ns(),
+    }
+}
+
+/// Name of the clocksource in use.
+pub fn current_clocksource() -> &'static str {
+    CLOCKS
+        .lock()
+        .as_ref()
+        .and_then(|c| c.registry.get(c.current).map(|info| info.name))
+        .unwrap_or("tsc-early")
+}
+
+/// Registered clocksources: (name, rating, frequency, unstable, verified, current).
+pub fn clocksources() -> Vec<(&'static str, u32, u64, bool, bool, bool)> {
+    let clocks = CLOCKS.lock();
+    let Some(clocks) = clocks.as_ref() else {
+        return Vec::new();
+    };
+    clocks
+        .registry
+        .iter()
+        .map(|(id, info)| {
+            (
+                info.name,
+                info.rating,
+                info.frequency_hz,
+                info.unstable,
+                info.valid_for_high_res,
+                id == clocks.current,
+            )
+        })
+        .collect()
+}
+
+/// Reads clocksource `name` directly (for in-kernel tests).
+pub fn read_clocksource(name: &str) -> Option<(u64, u64, u64)> {
+    let clocks = CLOCKS.lock();
+    let clocks = clocks.as_ref()?;
+    let id = clocks.registry.find(name)?;
+    let info = clocks.registry.get(id)?;
+    Some((
+        clocks.sources[id.index()].read(),
+        info.frequency_hz,
+        info.mask,
+    ))
+}
+
+/// Hardware found at boot that the time code can drive.
+pub struct Hardware {
+    pub hpet: Option<Hpet>,
+    /// IOAPIC input the HPET comparator 0 is routed to.
+    pub hpet_gsi: Option<u8>,
+    /// IOAPIC input of the PIT (ISA IRQ 0 after overrides).
+    pub pit_gsi: Option<u8>,
+    pub lapic_bus_hz: u64,
+    pub tsc_deadline: bool,
+}
+
+static HARDWARE: spin::Once<Hardware> = spin::Once::new();
+
+/// Everything found at boot (for tests and `/proc/timer_list`).
+pub fn hardware() -> Option<&'static Hardware> {
+    HARDWARE.get()
+}
+
+fn invariant_tsc() -> bool {
+    cpu::cpuid(0x8000_0000, 0).eax >= 0x8000_0007 && cpu::cpuid(0x8000_0007, 0).edx & (1 << 8) != 0
+}
+
+/// Measures the LAPIC timer's input clock against the (calibrated) TSC over ~1 ms.
+fn calibrate_lapic_bus_hz() -> u64 {
+    let tsc_hz = tsc_hz().max(1);
+    apic::timer::start_masked_count(u32::MAX);
+    let start_tsc = cpu::rdtsc();
+    let start_count = apic::timer::current_count();
+    while cpu::rdtsc() - start_tsc < tsc_hz / 1000 {
+        core::hint::spin_loop();
+    }
+    let end_count = apic::timer::current_count();
+    let elapsed_tsc = cpu::rdtsc() - start_tsc;
+    apic::timer::stop();
+    let ticks = start_count.saturating_sub(end_count) as u128;
+    (ticks * tsc_hz as u128 / elapsed_tsc.max(1) as u128) as u64
+}
+
+/// Registers clocksources, selects one (honouring `clocksource=`), starts timekeeping, and
+/// probes the clock event hardware. Called once on the boot CPU, interrupts disabled.
+pub fn init(acpi: Option<&AcpiInfo>) {
+    let parsed = crate::params::parsed();
+    let mut registry = ClockSourceRegistry::new();
+    let mut sources: Vec<Box<dyn ClockSource + Send>> = Vec::new();
+    let invariant = invariant_tsc();
+    let tsc = devices::TscSource {
+        hz: tsc_hz(),
+        invariant,
+    };
+    let mut add = |source: Box<dyn ClockSource + Send>, needs_watchdog: bool| match registry
+        .register(source.as_ref(), needs_watchdog)
+    {
+        Ok(_) => sources.push(source),
+        Err(error) => pr_warn!("clocksource: {error}"),
+    };
+    add(Box::new(tsc), !invariant);
+    let hpet = acpi
+        .and_then(|info| info.hpet_address)
+        .and_then(Hpet::probe);
+    if let Some(hpet) = hpet {
+        hpet.enable(false);
+        add(Box::new(devices::HpetSource(hpet)), false);
+    }
+    if let Some(register) = acpi.and_then(|info| info.pm_timer) {
+        let bits32 = acpi.is_some_and(|info| info.pm_timer_32bit);
+        add(Box::new(devices::AcpiPmSource { register, bits32 }), false);
+    }
+
+    let wanted = parsed
+        .get_str("clocksource")
+        .filter(|name| !name.is_empty());
+    let current = match registry.select(wanted) {
+        Ok(id) => id,
+        Err(error) => {
+            pr_warn!("clocksource: {error}");
+            registry.select(None).unwrap_or_else(|_| {
+                registry
+                    .iter()
+                    .next()
+                    .map(|(id, _)| id)
+                    .expect("tsc registered")
+            })
+        }
+    };
+    // Watchdog reference: the best-rated source other than the TSC.
+    let watchdog = registry
+        .iter()
+        .filter(|(_, info)| info.name != "tsc")
+        .max_by_key(|(_, info)| info.rating)
+        .map(|(id, _)| Watchdog::new(id));
+    let info = registry
+        .get(current)
+        .expect("selected source exists")
+        .clone();
+    let base_ns = early::uptime_ns();
+    let timekeeper = Timekeeper::new(current, &info, sources[current.index()].read());
+    printk!(
+        "clocksource: {} ({} Hz, rating {}){}; registered:{}",
+        info.name,
+        info.frequency_hz,
+        info.rating,
+        if wanted.is_some() { " by request" } else { "" },
+        registry.iter().fold(String::new(), |mut s, (_, i)| {
+            s.push(' ');
+            s.push_str(i.name);
+            s
+        })
+    );
+    *CLOCKS.lock() = Some(Clocks {
+        registry,
+        sources,
+        current,
+        timekeeper,
+        base_ns,
+        watchdog,
+    });
+
+    // Clock event hardware.
+    let pit_gsi = acpi
+        .map(|info| {
+            info.overrides
+                .iter()
+                .find(|o| o.isa_irq == 0)
+                .map_or(0, |o| o.gsi as u8)
+        })
+        .or(Some(0));
+    let hpet_gsi = hpet.and_then(|h| {
+        let capabilities = h.route_capabilities(0);
+        (16..24u8).rev().find(|gsi| capabilities & (1 << gsi) != 0)
+    });
+    let lapic_bus_hz = calibrate_lapic_bus_hz();
+    let tsc_deadline = apic::timer::tsc_deadline_supported();
+    printk!(
+        "clockevents: lapic {} Hz{}{}{}",
+        lapic_bus_hz,
+        if tsc_deadline { ", lapic-deadline" } else { "" },
+        if hpet_gsi.is_some() { ", hpet" } else { "" },
+        if pit_gsi.is_some() { ", pit" } else { "" }
+    );
+    HARDWARE.call_once(|| Hardware {
+        hpet,
+        hpet_gsi,
+        pit_gsi,
+        lapic_bus_hz,
+        tsc_deadline,
+    });
+    NOHZ_WANTED.store(parsed.get_bool("nohz").unwrap_or(true), Ordering::Relaxed);
+}
+
+/// Every clock event device available on this machine, best first.
+pub fn available_devices() -> Vec<TickDevice> {
+    let Some(hw) = hardware() else {
+        return Vec::new();
+    };
+    let mut devices = Vec::new();
+    if hw.tsc_deadline {
+        devices.push(TickDevice::LapicDeadline { tsc_hz: tsc_hz() });
+    }
+    if hw.lapic_bus_hz > 0 {
+        devices.push(TickDevice::Lapic {
+            bus_hz: hw.lapic_bus_hz,
+        });
+    }
+    if let (Some(hpet), Some(gsi)) = (hw.hpet, hw.hpet_gsi) {
+        devices.push(TickDevice::Hpet {
+            hpet,
+            timer: 0,
+            gsi,
+        });
+    }
+    if hw.pit_gsi.is_some() {
+        devices.push(TickDevice::Pit);
+    }
+    devices.sort_by_key(|d| core::cmp::Reverse(d.rating()));
+    devices
+}
+
+/// The interrupt vector a device raises.
+pub fn device_vector(device: &TickDevice) -> u8 {
+    let gsi = match device {
+        TickDevice::LapicDeadline { .. } | TickDevice::Lapic { .. } => return LOCAL_TIMER_VECTOR,
+        TickDevice::Hpet { gsi, .. } => *gsi,
+        TickDevice::Pit => hardware().and_then(|h| h.pit_gsi).unwrap_or(0),
+    };
+    interrupts::DEVICE_VECTOR_BASE + gsi
+}
+
+/// Routes a global (IOAPIC) device's line to its vector.
+pub fn route_device(device: &TickDevice) {
+    let gsi = match device {
+        TickDevice::Hpet { gsi, .. } => *gsi,
+        TickDevice::Pit => hardware().and_then(|h| h.pit_gsi).unwrap_or(0),
+        _ => return,
+    };
+    crate::irq::route_gsi(
+        gsi as u32,
+        device_vector(device),
+        device.name(),
+        false,
+        false,
+    );
+}
+
+/// Starts the tick on the boot CPU with the best device. Called once, interrupts disabled.
+pub fn start_tick() {
+    let parsed = crate::params::parsed();
+    let Some(device) = available_devices().into_iter().next() else {
+        pr_warn!("clockevents: no clock event device; timers will not fire");
+        return;
+    };
+    let mut config = TickConfig {
+        nohz: parsed.get_bool("nohz").unwrap_or(true),
+        high_res: parsed.get_bool("highres").unwrap_or(true),
+        ..TickConfig::default()
+    };
+    if let Some(clocks) = CLOCKS.lock().as_ref() {
+        config.max_deferment_ns = clocks.timekeeper.max_deferment_ns();
+    }
+    let vector = device_vector(&device);
+    route_device(&device);
+    interrupts::set_handler(vector, timer_interrupt);
+    TICK_VECTOR.store(vector as u64, Ordering::Relaxed);
+    let name = device.name();
+    let now = uptime_ns();
+    let mut jiffies_guard = JIFFIES.lock();
+    let jiffies = jiffies_guard.insert(JiffiesClock::new(0, now, HZ).expect("HZ is valid"));
+    match PerCpu::new(0, device, config, jiffies) {
+        Ok(mut percpu) => {
+            if let Err(error) = percpu.start(now, jiffies) {
+                pr_warn!("tick: cannot start on {name}: {error:?}");
+            }
+            let watchdog = percpu.timer_create(
+                WheelFunction {
+                    name: "clocksource_watchdog",
+                    function: clocksource_watchdog,
+                },
+                0,
+                true,
+            );
+            if let Ok(id) = watchdog {
+                let _ = percpu.timer_modify(
+                    id,
+                    jiffies.jiffies() + WATCHDOG_INTERVAL_JIFFIES,
+                    now,
+                    StartInfo::kernel("clocksource_start_watchdog"),
+                );
+            }
+            printk!(
+                "tick: {name} in {:?} mode, HZ={HZ}, nohz {}, highres {}",
+                percpu.mode(),
+                if config.nohz { "on" } else { "off" },
+                if config.high_res { "on" } else { "off" }
+            );
+            *CPU_TIME.lock() = Some(percpu);
+        }
+        Err(error) => pr_warn!("tick: {name} unusable: {error:?}"),
+    }
+    drop(jiffies_guard);
+    update_nohz_ready();
+}
+
+/// Watchdog period: 0.5 s, as Linux's WATCHDOG_INTERVAL.
+const WATCHDOG_INTERVAL_JIFFIES: u64 = HZ as u64 / 2;
+
+/// Deferrable wheel timer: checks the watched clocksource against the reference. Being
+/// deferrable it never wakes an idle CPU; it runs while the CPU is awake anyway.
+fn clocksource_watchdog(context: &mut TimeContext, _data: u64) -> WheelAction {
+    // Messages are printed after CLOCKS is released: printk reads the clock.
+    let mut message: Option<String> = None;
+    {
+        let mut guard = CLOCKS.lock();
+        let Some(clocks) = guard.as_mut() else {
+            return WheelAction::Done;
+        };
+        let Some(watchdog) = clocks.watchdog.as_mut() else {
+            return WheelAction::Done;
+        };
+        let reference = watchdog.reference();
+        let Some(tsc) = clocks.registry.find("tsc") else {
+            return WheelAction::Done;
+        };
+        let reference_cycles = clocks.sources[reference.index()].read();
+        let tsc_cycles = clocks.sources[tsc.index()].read();
+        let reference_name = clocks.registry.get(reference).map_or("?", |i| i.name);
+        match watchdog.check(&mut clocks.registry, reference_cycles, tsc, tsc_cycles) {
+            Ok(WatchdogVerdict::Verified) => {
+                message = Some(alloc::format!(
+                    "clocksource: tsc verified against {reference_name}"
+                ));
+            }
+            Ok(WatchdogVerdict::Unstable {
+                watched_ns,
+                reference_ns,
+            }) => {
+                let mut text = alloc::format!(
+                    "clocksource: marking tsc unstable (tsc counted {watched_ns} ns, {reference_name} {reference_ns} ns)"
+                );
+                if clocks.current == tsc {
+                    if let Ok(next) = clocks.registry.select(None) {
+                        let old_cycles = clocks.sources[tsc.index()].read();
+                        let new_cycles = clocks.sources[next.index()].read();
+                        if let Some(info) = clocks.registry.get(next).cloned() {
+                            clocks
+                                .timekeeper
+                                .change_source(next, &info, old_cycles, new_cycles);
+                            clocks.current = next;
+                            text.push_str("; switched to ");
+                            text.push_str(info.name);
+                        }
+                    }
+                }
+                message = Some(text);
+            }
+            _ => {}
+        }
+    }
+    if let Some(message) = message {
+        printk!("{message}");
+    }
+    update_nohz_ready();
+    WheelAction::RearmAt(context.jiffies + WATCHDOG_INTERVAL_JIFFIES)
+}
+
+fn update_nohz_ready() {
+    let verified = CLOCKS
+        .lock()
+        .as_ref()
+        .and_then(|c| c.registry.get(c.current).map(|i| i.valid_for_high_res))
+        .unwrap_or(false);
+    let ready = verified && NOHZ_WANTED.load(Ordering::Relaxed);
+    if ready && !NOHZ_READY.swap(true, Ordering::Relaxed) {
+        printk!(
+            "NOHZ: tickless idle enabled (clocksource {})",
+            current_clocksource()
+        );
+    }
+}
+
+/// Jiffies since boot.
+pub fn current_jiffies() -> u64 {
+    JIFFIES.lock().as_ref().map_or(0, |j| j.jiffies())
+}
+
+/// The tick device's interrupt handler (hard-IRQ context).
+fn timer_interrupt(_vector: u8) {
+    let now = uptime_ns();
+    let mut percpu = CPU_TIME.lock();
+    let mut jiffies = JIFFIES.lock();
+    if let (Some(percpu), Some(jiffies)) = (percpu.as_mut(), jiffies.as_mut()) {
+        let mut context = TimeContext::new(jiffies);
+        let _ = percpu.interrupt(now, jiffies, &mut context);
+    }
+}
+
+/// Sleeps the CPU until the next interrupt, stopping the tick first if nothing is due soon
+/// (NO_HZ idle). Called with interrupts disabled; returns with them enabled.
+pub fn idle() {
+    let tickless = NOHZ_READY.load(Ordering::Relaxed);
+    if tickless {
+        let now = uptime_ns();
+        let mut percpu = CPU_TIME.lock();
+        let mut jiffies = JIFFIES.lock();
+        if let (Some(percpu), Some(jiffies)) = (percpu.as_mut(), jiffies.as_mut()) {
+            let _ = percpu.idle_enter(now, jiffies);
+        }
+    }
+    cpu::enable_interrupts_and_halt();
+    if tickless {
+        cpu::disable_interrupts();
+        let now = uptime_ns();
+        {
+            let mut percpu = CPU_TIME.lock();
+            let mut jiffies = JIFFIES.lock();
+            if let (Some(percpu), Some(jiffies)) = (percpu.as_mut(), jiffies.as_mut()) {
+                let mut context = TimeContext::new(jiffies);
+                let _ = percpu.idle_exit(now, jiffies, &mut context);
+            }
+        }
+        cpu::enable_interrupts();
+    }
+}
+
+// ---- sleeping ------------------------------------------------------------------------------
+
+/// Wake-up flags for sleepers (one per concurrent sleeper; today one thread sleeps at a time).
+static SLEEP_WOKEN: AtomicBool = AtomicBool::new(false);
+static SLEEP_TIMER: IrqSafeLock<Option<HrTimerId>> = IrqSafeLock::new(None);
+
+fn wake_sleeper(
+    _context: &mut TimeContext,
+    _timer: &mut FiringTimer<TimerFunction<TimeContext>>,
+) -> HrTimerRestart {
+    SLEEP_WOKEN.store(true, Ordering::Release);
+    HrTimerRestart::NoRestart
+}
+
+/// Sleeps until monotonic time `deadline_ns` on an absolute hrtimer, idling (tickless) in the
+/// meantime. Returns the monotonic time at wake-up. Never returns before the deadline.
+pub fn sleep_until(deadline_ns: u64, site: &'static str) -> u64 {
+    cpu::disable_interrupts();
+    let started = {
+        let now = uptime_ns();
+        let mut guard = CPU_TIME.lock();
+        let Some(percpu) = guard.as_mut() else {
+            drop(guard);
+            cpu::enable_interrupts();
+            return busy_wait_until(deadline_ns);
+        };
+        let mut timer_slot = SLEEP_TIMER.lock();
+        let id = match *timer_slot {
+            Some(id) => id,
+            None => match percpu.hrtimer_create(
+                ClockId::Monotonic,
+                TimerFunction::new("hrtimer_wakeup", wake_sleeper),
+                0,
+            ) {
+                Ok(id) => *timer_slot.insert(id),
+                Err(_) => {
+                    drop(timer_slot);
+                    drop(guard);
+                    cpu::enable_interrupts();
+                    return busy_wait_until(deadline_ns);
+                }
+            },
+        };
+        SLEEP_WOKEN.store(false, Ordering::Relaxed);
+        percpu
+            .hrtimer_start(
+                id,
+                deadline_ns,
+                HrTimerMode::Absolute,
+                0,
+                now,
+                StartInfo::kernel(site),
+            )
+            .is_ok()
+    };
+    if !started {
+        cpu::enable_interrupts();
+        return busy_wait_until(deadline_ns);
+    }
+    while !SLEEP_WOKEN.load(Ordering::Acquire) {
+        idle(); // returns with interrupts enabled
+        cpu::disable_interrupts();
+    }
+    cpu::enable_interrupts();
+    uptime_ns()
+}
+
+fn busy_wait_until(deadline_ns: u64) -> u64 {
+    loop {
+        let now = uptime_ns();
+        if now >= deadline_ns {
+            return now;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Sleeps for `ns` nanoseconds.
+pub fn sleep_ns(ns: u64) {
+    sleep_until(uptime_ns().saturating_add(ns), "sleep_ns");
+}
+
+/// Sleeps for `ms` milliseconds.
+pub fn msleep(ms: u64) {
+    sleep_until(
+        uptime_ns().saturating_add(ms.saturating_mul(1_000_000)),
+        "msleep",
+    );
+}
+
+// ---- shell timers ----------------------------------------------------------------------------
+
+static SHELL_TIMERS_FIRED: AtomicU64 = AtomicU64::new(0);
+
+fn shell_timer_fn(
+    _context: &mut TimeContext,
+    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
+) -> HrTimerRestart {
+    SHELL_TIMERS_FIRED.fetch_add(1, Ordering::Relaxed);
+    let late_ns = timer.now().saturating_sub(timer.soft_expires());
+    printk!(
+        "timer: shell timer {} fired ({} ns after its expiry)",
+        timer.data(),
+        late_ns
+    );
+    HrTimerRestart::NoRestart
+}
+
+/// Starts a one-shot hrtimer `delay_ns` from now from the shell (it shows up in timer_list
+/// while pending and in timer_stats as started by `shell_timer_command`). Returns its id.
+pub fn start_shell_timer(delay_ns: u64) -> Result<u32, String> {
+    let now = uptime_ns();
+    let mut guard = CPU_TIME.lock();
+    let percpu = guard.as_mut().ok_or("no tick device")?;
+    let serial = SHELL_TIMER_SERIAL.fetch_add(1, Ordering::Relaxed) + 1;
+    let id = percpu
+        .hrtimer_create(
+            ClockId::Monotonic,
+            TimerFunction::new("shell_timer_fn", shell_timer_fn),
+            serial,
+        )
+        .map_err(|e| alloc::format!("{e:?}"))?;
+    let start = StartInfo {
+        site: "shell_timer_command",
+        pid: 1,
+        comm: lull_time::timer_stats::TaskComm::new("shell"),
+    };
+    percpu
+        .hrtimer_start(id, delay_ns, HrTimerMode::Relative, 0, now, start)
+        .map_err(|e| alloc::format!("{e:?}"))?;
+    Ok(serial as u32)
+}
+
+static SHELL_TIMER_SERIAL: AtomicU64 = AtomicU64::new(0);
+
+/// How many shell timers have fired.
+pub fn shell_timers_fired() -> u64 {
+    SHELL_TIMERS_FIRED.load(Ordering::Relaxed)
+}
+
+// ---- procfs ----------------------------------------------------------------------------------
+
+/// `/proc/timer_list`.
+pub fn proc_timer_list() -> String {
+    let now = uptime_ns();
+    let percpu = CPU_TIME.lock();
+    let jiffies = JIFFIES.lock();
+    let mut out = String::new();
+    match (percpu.as_ref(), jiffies.as_ref()) {
+        (Some(percpu), Some(jiffies)) => {
+            let _ = lull_time::timer_list::write_timer_list(&mut out, now, jiffies, &[percpu]);
+        }
+        _ => out.push_str("timer_list: time subsystem not started\n"),
+    }
+    out
+}
+
+/// `/proc/timer_stats` (read).
+pub fn proc_timer_stats() -> String {
+    let now = uptime_ns();
+    let percpu = CPU_TIME.lock();
+    let mut out = String::new();
+    match percpu.as_ref() {
+        Some(percpu) => {
+            let _ = lull_time::timer_stats::write_report(&mut out, now, &[percpu.timer_stats()]);
+        }
+        None => out.push_str("timer_stats: time subsystem not started\n"),
+    }
+    out
+}
+
+/// `/proc/timer_stats` (write `1` start, `0` stop).
+pub fn proc_timer_stats_write(value: &str) -> Result<(), String> {
+    let now = uptime_ns();
+    let mut percpu = CPU_TIME.lock();
+    let percpu = percpu.as_mut().ok_or("time subsystem not started")?;
+    percpu
+        .timer_stats_mut()
+        .write_control(value.trim().as_bytes(), now)
+        .map_err(|_| String::from("write 1 to start collecting, 0 to stop"))
+}
+
+/// Local timer interrupts delivered to this CPU (the `LOC` line of /proc/interrupts).
+pub fn local_timer_interrupts() -> u64 {
+    interrupts::count(LOCAL_TIMER_VECTOR)
+}
+
+/// The vector the tick device uses.
+pub fn tick_vector() -> u8 {
+    TICK_VECTOR.load(Ordering::Relaxed) as u8
+}
