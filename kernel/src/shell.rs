@@ -165,6 +165,30 @@ const COMMANDS: &[Command] = &[
         run: cmd_ls,
     },
     Command {
+        name: "sleep",
+        usage: "sleep SECONDS",
+        help: "sleep on an hrtimer (tickless idle meanwhile)",
+        run: cmd_sleep,
+    },
+    Command {
+        name: "timer",
+        usage: "timer MILLISECONDS",
+        help: "start a one-shot hrtimer (see timer_list/timer_stats)",
+        run: cmd_timer,
+    },
+    Command {
+        name: "latency",
+        usage: "latency [SECONDS]",
+        help: "1 kHz absolute-timer wake-up latency (cyclictest-like)",
+        run: cmd_latency,
+    },
+    Command {
+        name: "clocksource",
+        usage: "clocksource",
+        help: "registered clocksources and the one in use",
+        run: cmd_clocksource,
+    },
+    Command {
         name: "poweroff",
         usage: "poweroff",
         help: "shut down (ACPI S5)",
@@ -247,6 +271,96 @@ fn cmd_ls(args: &[&str], _: &str) {
     match procfs::list(directory) {
         Ok(listing) => kprint!("{listing}"),
         Err(error) => kprintln!("ls: {directory}: {error}"),
+    }
+}
+
+/// Parses a non-negative decimal number of seconds (`1`, `0.25`) into nanoseconds.
+fn parse_seconds(text: &str) -> Option<u64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 9 || (whole.is_empty() && fraction.is_empty()) {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let mut nanos = 0u64;
+    for (index, digit) in fraction.chars().enumerate() {
+        nanos += digit.to_digit(10)? as u64 * 10u64.pow(8 - index as u32);
+    }
+    whole.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+fn cmd_sleep(args: &[&str], _: &str) {
+    match args.first().and_then(|a| parse_seconds(a)) {
+        Some(ns) if ns <= 3600 * 1_000_000_000 => crate::time::sleep_ns(ns),
+        _ => kprintln!("sleep: expected a duration in seconds up to 3600 (e.g. 1 or 0.25)"),
+    }
+}
+
+fn cmd_timer(args: &[&str], _: &str) {
+    let Some(ms) = args
+        .first()
+        .and_then(|a| a.parse::<u64>().ok())
+        .filter(|ms| *ms <= 86_400_000)
+    else {
+        kprintln!("timer: expected a delay in milliseconds (0..=86400000)");
+        return;
+    };
+    match crate::time::start_shell_timer(ms * 1_000_000) {
+        Ok(id) => kprintln!("timer {id}: fires in {ms} ms"),
+        Err(why) => kprintln!("timer: {why}"),
+    }
+}
+
+fn cmd_latency(args: &[&str], _: &str) {
+    let seconds = match args.first() {
+        None => 10,
+        Some(text) => match text.parse::<u64>() {
+            Ok(s) if (1..=600).contains(&s) => s,
+            _ => {
+                kprintln!("latency: expected a duration of 1..=600 seconds");
+                return;
+            }
+        },
+    };
+    let period_ns = 1_000_000;
+    let report = crate::time::measure_latency(seconds * 1000, period_ns);
+    kprintln!(
+        "latency: {} samples at 1000 Hz: min {} us, avg {} us, p50 {} us, p99 {} us, max {} us",
+        report.samples,
+        report.min_ns / 1000,
+        report.total_ns / report.samples.max(1) / 1000,
+        report.percentile_us(500),
+        report.percentile_us(990),
+        report.max_ns / 1000
+    );
+    kprintln!("latency histogram (us count):");
+    for (bucket, count) in report.histogram.iter().enumerate() {
+        if *count > 0 {
+            kprintln!("{bucket:06} {count:06}");
+        }
+    }
+    kprintln!("latency: end");
+}
+
+fn cmd_clocksource(_: &[&str], _: &str) {
+    for (name, rating, hz, unstable, verified, current) in crate::time::clocksources() {
+        kprintln!(
+            "{}{:<8} rating {:>3}  {:>11} Hz  {}",
+            if current { "*" } else { " " },
+            name,
+            rating,
+            hz,
+            if unstable {
+                "unstable"
+            } else if verified {
+                "verified"
+            } else {
+                "unverified"
+            }
+        );
     }
 }
 
