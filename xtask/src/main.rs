@@ -3,8 +3,10 @@
 mod bench;
 mod e2e;
 mod kernel;
+mod linuxref;
 mod qemu;
 mod tools;
+mod trace;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
@@ -312,9 +314,17 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
 fn cmd_bench(args: &[String]) -> Result<(), String> {
     let options = parse_options(args)?;
     tools::ensure_qemu()?;
-    let rows = bench::boot_time(options.runs.max(1))?;
+    let mut rows = bench::boot_time(options.runs.max(1))?;
     let out_dir = kernel::repo_root().join("bench-out");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let linux = linuxref::measure_linux(&linuxref::LinuxRefOptions::default())?;
+    for row in linux.rows() {
+        println!("{row}");
+        rows.push(row);
+    }
+    let histogram = out_dir.join("linux-latency-histogram.txt");
+    std::fs::write(&histogram, linux.latency.histogram_text())
+        .map_err(|e| format!("{}: {e}", histogram.display()))?;
     let path = out_dir.join("boot.txt");
     std::fs::write(&path, rows.join("\n") + "\n")
         .map_err(|e| format!("{}: {e}", path.display()))?;
