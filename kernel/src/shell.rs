@@ -384,12 +384,6 @@ pub fn execute(line: &str) {
 
 /// Enables the UART interrupt and runs the shell forever.
 pub fn run() -> ! {
-    if let Some(byte) = serial::take_early_byte() {
-        let mut input = INPUT.lock();
-        input.bytes[0] = byte;
-        input.head = 0;
-        input.len = 1;
-    }
     serial::set_rx_interrupt(true);
     let mut previous_was_cr = false;
     loop {

@@ -70,3 +70,146 @@ pub fn boot_time(runs: usize) -> Result<Vec<String>, String> {
     }
     Ok(rows)
 }
+
+/// Interrupts a Lull guest took while idle at its prompt, counted from QEMU's trace.
+pub struct IdleMeasurement {
+    pub counts: crate::trace::Counts,
+    pub lapic_timer_per_s: f64,
+    pub other_per_s: f64,
+}
+
+/// Boots `kernel` with tracing, lets it settle 1 s at the prompt, counts interrupts over an
+/// idle window of `seconds`, then powers it off.
+pub fn measure_lull_idle(
+    kernel: &std::path::Path,
+    append: &str,
+    seconds: u64,
+    cpus: u32,
+) -> Result<IdleMeasurement, String> {
+    let log = crate::kernel::repo_root()
+        .join("target/trace")
+        .join(format!(
+            "lull-idle-{}-{}.log",
+            cpus,
+            append.replace(['=', ' '], "_")
+        ));
+    let mut config = QemuConfig::new(kernel);
+    config.append = append.to_string();
+    config.cpus = cpus;
+    crate::trace::enable(&mut config, &log)?;
+    let mut guest = Guest::spawn(&config)?;
+    guest.expect("lull> ", Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let start = std::time::SystemTime::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let end = std::time::SystemTime::now();
+    guest.send(b"poweroff\n")?;
+    let code = guest.wait_exit(Duration::from_secs(30))?;
+    if code != 0 {
+        return Err(format!(
+            "guest exited with {code} after the idle window:\n{}",
+            guest.output()
+        ));
+    }
+    let counts = crate::trace::count_events(
+        &log,
+        crate::trace::trim_window(start, end, Duration::from_millis(100)),
+    )?;
+    Ok(IdleMeasurement {
+        lapic_timer_per_s: counts.per_second(counts.lapic_timer),
+        other_per_s: counts.per_second(counts.other_deliveries()),
+        counts,
+    })
+}
+
+/// Lull's wake-up latency as its `latency` shell command reports it.
+pub struct LullLatency {
+    pub samples: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    /// `(µs, count)` per non-empty bucket.
+    pub histogram: Vec<(u64, u64)>,
+}
+
+fn number_after(line: &str, key: &str) -> Option<u64> {
+    line.split(key)
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .trim_end_matches(',')
+        .parse()
+        .ok()
+}
+
+/// Parses the output of `latency N`.
+pub fn parse_lull_latency(output: &str) -> Result<LullLatency, String> {
+    let summary = output
+        .lines()
+        .find(|l| l.starts_with("latency: ") && l.contains(" samples at "))
+        .ok_or_else(|| format!("no latency summary in:\n{output}"))?;
+    let samples = summary
+        .strip_prefix("latency: ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("bad summary {summary:?}"))?;
+    let field =
+        |key: &str| number_after(summary, key).ok_or_else(|| format!("no {key:?} in {summary:?}"));
+    let mut histogram = Vec::new();
+    let mut inside = false;
+    for line in output.lines() {
+        if line.starts_with("latency histogram") {
+            inside = true;
+            continue;
+        }
+        if line.starts_with("latency: end") {
+            break;
+        }
+        if inside {
+            let mut words = line.split_whitespace();
+            if let (Some(us), Some(count)) = (words.next(), words.next()) {
+                if let (Ok(us), Ok(count)) = (us.parse(), count.parse()) {
+                    histogram.push((us, count));
+                }
+            }
+        }
+    }
+    Ok(LullLatency {
+        samples,
+        p50_us: field("p50 ")?,
+        p99_us: field("p99 ")?,
+        max_us: field("max ")?,
+        histogram,
+    })
+}
+
+/// Boots Lull and runs `latency SECONDS` in its shell.
+pub fn measure_lull_latency(kernel: &std::path::Path, seconds: u64) -> Result<LullLatency, String> {
+    let mut guest = Guest::spawn(&QemuConfig::new(kernel))?;
+    guest.expect("lull> ", Duration::from_secs(60))?;
+    let output = guest.run(
+        &format!("latency {seconds}"),
+        Duration::from_secs(seconds * 20 + 60),
+    )?;
+    guest.send(b"poweroff\n")?;
+    let _ = guest.wait_exit(Duration::from_secs(30));
+    parse_lull_latency(&output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_latency_output() {
+        let text = "latency: 3 samples at 1000 Hz: min 20 us, avg 30 us, p50 25 us, p99 40 us, max 41 us\n\
+                    latency histogram (us count):\n000020 000001\n000025 000001\n000041 000001\nlatency: end\n";
+        let parsed = parse_lull_latency(text).unwrap();
+        assert_eq!(
+            (parsed.samples, parsed.p50_us, parsed.p99_us, parsed.max_us),
+            (3, 25, 40, 41)
+        );
+        assert_eq!(parsed.histogram, vec![(20, 1), (25, 1), (41, 1)]);
+        assert!(parse_lull_latency("nothing").is_err());
+    }
+}

@@ -72,6 +72,26 @@ pub const TESTS: &[Test] = &[
         name: "panic_reports_location_and_exits_nonzero",
         run: panic_reports_location_and_exits_nonzero,
     },
+    Test {
+        name: "idle_nohz_takes_no_timer_interrupts",
+        run: idle_nohz_takes_no_timer_interrupts,
+    },
+    Test {
+        name: "idle_nohz_off_ticks_at_hz",
+        run: idle_nohz_off_ticks_at_hz,
+    },
+    Test {
+        name: "timer_list_and_timer_stats_show_a_shell_timer",
+        run: timer_list_and_timer_stats_show_a_shell_timer,
+    },
+    Test {
+        name: "clocksource_override_and_bad_name",
+        run: clocksource_override_and_bad_name,
+    },
+    Test {
+        name: "sleep_and_latency_commands",
+        run: sleep_and_latency_commands,
+    },
 ];
 
 fn shell_kernel() -> Result<std::path::PathBuf, String> {
@@ -363,4 +383,141 @@ fn panic_reports_location_and_exits_nonzero() -> TestResult {
     );
     ensure!(code == 3, "QEMU exited with {code}, expected 3 (panic)");
     Ok(())
+}
+
+/// The dynticks claim, measured from outside: QEMU's trace counts LAPIC timer interrupts
+/// while the shell sits idle for 10 s.
+fn idle_nohz_takes_no_timer_interrupts() -> TestResult {
+    let idle = crate::bench::measure_lull_idle(&shell_kernel()?, "", 10, 1)?;
+    ensure!(
+        idle.counts.lapic_timer <= 1,
+        "{} LAPIC timer interrupts in the idle window (at most 1 allowed): {}",
+        idle.counts.lapic_timer,
+        idle.counts.describe()
+    );
+    Ok(())
+}
+
+/// The same measurement with `nohz=off` sees the periodic tick, so the check above can fail.
+fn idle_nohz_off_ticks_at_hz() -> TestResult {
+    let idle = crate::bench::measure_lull_idle(&shell_kernel()?, "nohz=off", 10, 1)?;
+    ensure!(
+        (200.0..=300.0).contains(&idle.lapic_timer_per_s),
+        "nohz=off: {:.1} LAPIC timer interrupts/s, expected about HZ=250: {}",
+        idle.lapic_timer_per_s,
+        idle.counts.describe()
+    );
+    Ok(())
+}
+
+fn timer_list_and_timer_stats_show_a_shell_timer() -> TestResult {
+    let mut guest = boot(&QemuConfig::new(&shell_kernel()?))?;
+    let reply = guest.run("echo 1 > /proc/timer_stats", STEP)?;
+    ensure!(reply.trim().is_empty(), "starting timer_stats: {reply:?}");
+    let reply = guest.run("timer 60000", STEP)?;
+    ensure!(reply.contains("fires in 60000 ms"), "timer: {reply:?}");
+    let list = guest.run("cat /proc/timer_list", STEP)?;
+    for expected in [
+        "Timer List Version: v0.9",
+        "shell_timer_fn, S:01, shell_timer_command, shell/1",
+        "tick_sched_timer",
+        "Clock Event Device: ",
+        ".tick_stopped   :",
+        "jiffies: ",
+    ] {
+        ensure!(
+            list.contains(expected),
+            "timer_list lacks {expected:?}:\n{list}"
+        );
+    }
+    let reply = guest.run("timer 20", STEP)?;
+    ensure!(reply.contains("fires in 20 ms"), "timer: {reply:?}");
+    guest.run("sleep 0.2", STEP)?;
+    let stats = guest.run("cat /proc/timer_stats", STEP)?;
+    for expected in [
+        "Timer Stats Version: v0.2",
+        "Sample period:",
+        "shell            shell_timer_command (shell_timer_fn)",
+        "total events",
+    ] {
+        ensure!(
+            stats.contains(expected),
+            "timer_stats lacks {expected:?}:\n{stats}"
+        );
+    }
+    let reply = guest.run("echo 0 > /proc/timer_stats", STEP)?;
+    ensure!(reply.trim().is_empty(), "stopping timer_stats: {reply:?}");
+    let reply = guest.run("echo maybe > /proc/timer_stats", STEP)?;
+    ensure!(
+        reply.contains("Invalid argument"),
+        "bad control accepted: {reply:?}"
+    );
+    let interrupts = guest.run("cat /proc/interrupts", STEP)?;
+    ensure!(
+        interrupts.contains(" LOC: ") && interrupts.contains("ttyS0"),
+        "/proc/interrupts:\n{interrupts}"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
+fn clocksource_override_and_bad_name() -> TestResult {
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.append = "clocksource=acpi_pm".into();
+    let mut guest = boot(&config)?;
+    let reply = guest.run("clocksource", STEP)?;
+    ensure!(reply.contains("*acpi_pm"), "acpi_pm not selected:\n{reply}");
+    poweroff_exits_zero(&mut guest)?;
+    config.append = "clocksource=sundial".into();
+    let mut guest = Guest::spawn(&config)?;
+    let log = guest.expect("lull> ", BOOT)?;
+    ensure!(
+        log.contains("sundial"),
+        "no warning about the unknown clocksource:\n{log}"
+    );
+    let reply = guest.run("clocksource", STEP)?;
+    ensure!(
+        reply.contains("*hpet") || reply.contains("*tsc"),
+        "default not kept:\n{reply}"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
+fn seconds_from_uptime(reply: &str) -> Option<f64> {
+    reply
+        .trim()
+        .strip_prefix("up ")?
+        .strip_suffix(" s")?
+        .parse()
+        .ok()
+}
+
+fn sleep_and_latency_commands() -> TestResult {
+    let mut guest = boot(&QemuConfig::new(&shell_kernel()?))?;
+    let before = seconds_from_uptime(&guest.run("uptime", STEP)?).ok_or("bad uptime")?;
+    guest.run("sleep 0.5", STEP)?;
+    let after = seconds_from_uptime(&guest.run("uptime", STEP)?).ok_or("bad uptime")?;
+    ensure!(
+        after - before >= 0.5,
+        "sleep 0.5 returned after {:.3} s",
+        after - before
+    );
+    let reply = guest.run("sleep banana", STEP)?;
+    ensure!(
+        reply.contains("expected a duration"),
+        "bad sleep argument: {reply:?}"
+    );
+    let output = guest.run("latency 1", Duration::from_secs(60))?;
+    let latency = crate::bench::parse_lull_latency(&output)?;
+    ensure!(
+        latency.samples == 1000,
+        "latency took {} samples",
+        latency.samples
+    );
+    ensure!(
+        latency.p50_us <= latency.p99_us && latency.p99_us <= latency.max_us,
+        "inconsistent: {output}"
+    );
+    let total: u64 = latency.histogram.iter().map(|(_, c)| c).sum();
+    ensure!(total == 1000, "histogram holds {total} samples");
+    poweroff_exits_zero(&mut guest)
 }

@@ -1,7 +1,5 @@
 //! 16550 UART on COM1: the console (polled output, interrupt-driven input).
 
-use core::sync::atomic::{AtomicU16, Ordering};
-
 use super::port::{inb, outb};
 
 /// COM1 base I/O port.
@@ -11,7 +9,6 @@ pub const COM1_IRQ: u8 = 4;
 
 const DATA: u16 = 0;
 const INTERRUPT_ENABLE: u16 = 1;
-const FIFO_CONTROL: u16 = 2;
 const LINE_CONTROL: u16 = 3;
 const MODEM_CONTROL: u16 = 4;
 const LINE_STATUS: u16 = 5;
@@ -20,23 +17,18 @@ const LSR_DATA_READY: u8 = 1 << 0;
 const LSR_TX_EMPTY: u8 = 1 << 5;
 const IER_RX_AVAILABLE: u8 = 1 << 0;
 
-/// A byte that arrived before the FIFOs were enabled (0x100 | byte), handed to the shell.
-static EARLY_BYTE: AtomicU16 = AtomicU16::new(0);
-
-/// Programs COM1 for 115200 8N1 with FIFOs; interrupts stay off until `set_rx_interrupt`.
+/// Programs COM1 for 115200 8N1; interrupts stay off until `set_rx_interrupt`.
 ///
-/// Input may already be waiting (commands piped into QEMU before the kernel ran): the UART
-/// holds one byte while its FIFOs are off, and enabling them clears it, so it is saved first.
+/// The FIFO control register is deliberately left as firmware set it: changing the FIFO
+/// enable bit clears the receive buffer, and input may already be waiting (commands piped
+/// into QEMU before the kernel ran). Unread bytes simply wait in the UART (QEMU holds further
+/// input until there is room) and raise the interrupt once it is enabled.
 pub fn init() {
-    if let Some(byte) = try_read_byte() {
-        EARLY_BYTE.store(0x100 | byte as u16, Ordering::Relaxed);
-    }
     outb(COM1 + INTERRUPT_ENABLE, 0);
     outb(COM1 + LINE_CONTROL, 0x80); // DLAB on
     outb(COM1 + DATA, 1); // divisor 1 = 115200 baud
     outb(COM1 + INTERRUPT_ENABLE, 0);
     outb(COM1 + LINE_CONTROL, 0x03); // 8N1, DLAB off
-    outb(COM1 + FIFO_CONTROL, 0xC7); // enable + clear FIFOs, 14-byte trigger
     outb(COM1 + MODEM_CONTROL, 0x0B); // DTR, RTS, OUT2 (routes the IRQ)
 }
 
@@ -76,10 +68,4 @@ pub fn set_rx_interrupt(enabled: bool) {
         COM1 + INTERRUPT_ENABLE,
         if enabled { IER_RX_AVAILABLE } else { 0 },
     );
-}
-
-/// Takes the byte saved by `init`, if any.
-pub fn take_early_byte() -> Option<u8> {
-    let saved = EARLY_BYTE.swap(0, Ordering::Relaxed);
-    (saved & 0x100 != 0).then_some(saved as u8)
 }
