@@ -282,14 +282,15 @@ pub fn init(acpi: Option<&AcpiInfo>) {
     });
 
     // Clock event hardware.
-    let pit_gsi = acpi
-        .map(|info| {
-            info.overrides
-                .iter()
-                .find(|o| o.isa_irq == 0)
-                .map_or(0, |o| o.gsi as u8)
-        })
-        .or(Some(0));
+    // The PIT is used as a clock event device only where the MADT says where IRQ 0 arrives
+    // (PC-style wiring, as on q35). QEMU's microvm lists no override and its PIT interrupt
+    // does not reach the IOAPIC input the identity mapping would imply.
+    let pit_gsi = acpi.and_then(|info| {
+        info.overrides
+            .iter()
+            .find(|o| o.isa_irq == 0)
+            .map(|o| o.gsi as u8)
+    });
     let hpet_gsi = hpet.and_then(|h| {
         let capabilities = h.route_capabilities(0);
         (16..24u8).rev().find(|gsi| capabilities & (1 << gsi) != 0)

@@ -166,6 +166,12 @@ pub fn set_handler(vector: u8, handler: IrqHandler) {
     HANDLERS[vector as usize].store(handler as *mut (), Ordering::Release);
 }
 
+/// Removes the handler for `vector` (its interrupts are then acknowledged and ignored).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // the device tests borrow vectors
+pub fn clear_handler(vector: u8) {
+    HANDLERS[vector as usize].store(core::ptr::null_mut(), Ordering::Release);
+}
+
 /// How many times `vector` has been delivered on this CPU since boot.
 pub fn count(vector: u8) -> u64 {
     COUNTS[vector as usize].load(Ordering::Relaxed)
