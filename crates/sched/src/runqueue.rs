@@ -10,7 +10,7 @@ pub(crate) type FairKey = (u128, u64, TaskId);
 
 /// Per-CPU scheduling state. The current task is *not* in the queues (Linux keeps the current
 /// fair task out of its tree too); `nr_running` counts it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct RunQueue {
     pub(crate) online: bool,
     pub(crate) current: Option<TaskId>,

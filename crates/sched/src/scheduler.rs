@@ -127,7 +127,7 @@ enum Arrival {
 /// Context rules for the kernel: every method must be called with this structure locked and
 /// with interrupts disabled on the calling CPU; `caller_cpu` is the CPU making the call (it
 /// decides whether an IPI is needed).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Scheduler {
     config: SchedConfig,
     cpus: Vec<RunQueue>,
