@@ -425,9 +425,11 @@ impl Scheduler {
                     TaskState::Running if !record.affinity.contains(cpu) => {
                         // Its affinity changed while it ran: push it to an allowed CPU.
                         let affinity = record.affinity;
-                        record.involuntary_switches += 1;
                         match self.select_cpu(affinity, cpu) {
                             Some(target) => {
+                                if let Some(record) = self.tasks.get_mut(&previous_id) {
+                                    record.involuntary_switches += 1;
+                                }
                                 let placement =
                                     self.activate(previous_id, target, cpu, now, Arrival::Migrated);
                                 if placement.send_resched_ipi {

@@ -603,6 +603,7 @@ fn narrowing_the_affinity_of_a_running_task_pushes_it_away_at_its_next_switch() 
     let info = sched.task_info(task).unwrap();
     assert_eq!((info.cpu, info.state), (1, TaskState::Runnable));
     assert_eq!(info.cpu_time_ns, 2 * MS);
+    assert_eq!((info.involuntary_switches, info.migrations), (1, 1));
     sched.check_consistency().unwrap();
 }
 

@@ -405,6 +405,59 @@ proptest! {
         prop_assert_eq!(charged, u128::from(total));
     }
 
+    /// A wake-up storm: tasks on four CPUs go to sleep while wakers fire at random moments,
+    /// including between `prepare_to_sleep` and `schedule()`. A task woken after it announced
+    /// its sleep never ends up asleep, and a woken sleeper is always runnable again.
+    #[test]
+    fn a_wake_up_storm_loses_no_wake_up(
+        events in proptest::collection::vec((0u8..4, 0usize..12, 0usize..CPUS), 1..400)
+    ) {
+        let mut sched = scheduler(CPUS);
+        let tasks: Vec<TaskId> = (0..12)
+            .map(|i| sched.spawn(fair(0), CpuSet::ALL, i % CPUS, 0).unwrap().0)
+            .collect();
+        for cpu in 0..CPUS {
+            let _ = sched.pick_next(cpu, 0).unwrap();
+        }
+        // Per task: a wake-up arrived after its latest prepare_to_sleep.
+        let mut woken_since_prepare = [false; 12];
+        let mut now = 0;
+        for (kind, task_index, cpu) in events {
+            now += 10_000;
+            let task = tasks[task_index];
+            match kind {
+                0 => {
+                    if let Some(current) = sched.current(cpu) {
+                        if sched.prepare_to_sleep(current).is_ok() {
+                            let index = tasks.iter().position(|&t| t == current).unwrap();
+                            woken_since_prepare[index] = false;
+                        }
+                    }
+                }
+                1 => {
+                    let before = sched.task_info(task).unwrap().state;
+                    sched.wake_up(task, cpu, now).unwrap();
+                    let after = sched.task_info(task).unwrap().state;
+                    prop_assert!(!matches!(after, TaskState::Sleeping | TaskState::PreparingToSleep),
+                        "woken task is {after:?} (was {before:?})");
+                    woken_since_prepare[task_index] = true;
+                }
+                _ => {
+                    let previous = sched.current(cpu);
+                    let _ = sched.pick_next(cpu, now).unwrap();
+                    if let Some(previous) = previous {
+                        let index = tasks.iter().position(|&t| t == previous).unwrap();
+                        let state = sched.task_info(previous).unwrap().state;
+                        if woken_since_prepare[index] {
+                            prop_assert_ne!(state, TaskState::Sleeping, "lost wake-up");
+                        }
+                    }
+                }
+            }
+            prop_assert!(sched.check_consistency().is_ok());
+        }
+    }
+
     /// Real-time tasks of random priorities released at once on one CPU run in priority order,
     /// FIFO among equals.
     #[test]
