@@ -55,13 +55,13 @@ fn main() {
         }
         let switch = per_call(|_| {
             now += 1_000_000;
-            black_box(sched.pick_next(0, now).expect("pick"));
+            let _ = black_box(sched.pick_next(0, now).expect("pick"));
         });
         // A tick every 100 us on CPU 1, switching when it says so (every few ticks).
         let tick = per_call(|_| {
             now += 100_000;
             if sched.tick(1, now).expect("tick") {
-                black_box(sched.pick_next(1, now).expect("pick"));
+                let _ = black_box(sched.pick_next(1, now).expect("pick"));
             }
         });
         let deadline = per_call(|_| {
@@ -75,7 +75,7 @@ fn main() {
                 return;
             };
             sched.prepare_to_sleep(task).expect("prepare");
-            black_box(sched.pick_next(3, now).expect("pick"));
+            let _ = black_box(sched.pick_next(3, now).expect("pick"));
             let woke = sched.wake_up(task, 0, now).expect("wake");
             black_box(matches!(woke, Wakeup::Placed(_)));
         });
