@@ -1,1 +1,323 @@
-fn main() {}
+//! xtask: build, run, test and benchmark Lull (`cargo xtask help`).
+
+mod bench;
+mod e2e;
+mod kernel;
+mod qemu;
+mod tools;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use kernel::Variant;
+use qemu::{Guest, Machine, QemuConfig};
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+  build [--debug] [--features F,...]   build the kernel; prints the ELF path as the last line
+  run [--debug] [--machine q35|microvm] [--memory MiB] [--cpus N] [--features F,...] [-- KERNEL ARGS...]
+                                       boot the kernel in QEMU (TCG) with the console on this terminal
+  test [--tier host|kernel|e2e] [--filter TEXT]
+                                       run every test tier (host, in-kernel, end-to-end)
+  bench [--runs N]                     run the benchmarks (results go in BENCHMARKS.md)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build") => cmd_build(&args[1..]),
+        Some("run") => cmd_run(&args[1..]),
+        Some("test") => cmd_test(&args[1..]),
+        Some("bench") => cmd_bench(&args[1..]),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Options shared by build and run.
+struct Options {
+    release: bool,
+    features: Vec<&'static str>,
+    machine: Machine,
+    memory_mib: u32,
+    cpus: u32,
+    kernel_args: Vec<String>,
+    tier: Option<String>,
+    filter: Option<String>,
+    runs: usize,
+}
+
+const KNOWN_FEATURES: &[&str] = &["zone-dma", "ktest", "boot-baseline"];
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        release: true,
+        features: Vec::new(),
+        machine: Machine::Q35,
+        memory_mib: 256,
+        cpus: 1,
+        kernel_args: Vec::new(),
+        tier: None,
+        filter: None,
+        runs: 5,
+    };
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let mut value = |name: &str| iter.next().cloned().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--debug" => options.release = false,
+            "--release" => options.release = true,
+            "--features" => {
+                for feature in value("--features")?.split(',').filter(|f| !f.is_empty()) {
+                    let known = KNOWN_FEATURES
+                        .iter()
+                        .find(|k| **k == feature)
+                        .ok_or(format!(
+                            "unknown kernel feature {feature:?} (known: {KNOWN_FEATURES:?})"
+                        ))?;
+                    options.features.push(known);
+                }
+            }
+            "--machine" => options.machine = Machine::parse(&value("--machine")?)?,
+            "--memory" => {
+                options.memory_mib = value("--memory")?
+                    .parse()
+                    .map_err(|_| "--memory takes MiB")?
+            }
+            "--cpus" => {
+                options.cpus = value("--cpus")?
+                    .parse()
+                    .map_err(|_| "--cpus takes a number")?
+            }
+            "--tier" => options.tier = Some(value("--tier")?),
+            "--filter" => options.filter = Some(value("--filter")?),
+            "--runs" => {
+                options.runs = value("--runs")?
+                    .parse()
+                    .map_err(|_| "--runs takes a number")?
+            }
+            "--" => {
+                options.kernel_args = iter.by_ref().cloned().collect();
+            }
+            other => return Err(format!("unknown option {other:?}\n\n{HELP}")),
+        }
+    }
+    Ok(options)
+}
+
+fn cmd_build(args: &[String]) -> Result<(), String> {
+    let options = parse_options(args)?;
+    let elf = kernel::build(&Variant {
+        features: options.features,
+        release: options.release,
+    })?;
+    println!("{}", elf.display());
+    Ok(())
+}
+
+fn cmd_run(args: &[String]) -> Result<(), String> {
+    let options = parse_options(args)?;
+    tools::ensure_qemu()?;
+    let elf = kernel::build(&Variant {
+        features: options.features,
+        release: options.release,
+    })?;
+    let mut config = QemuConfig::new(&elf);
+    config.machine = options.machine;
+    config.memory_mib = options.memory_mib;
+    config.cpus = options.cpus;
+    config.append = options.kernel_args.join(" ");
+    eprintln!(
+        "xtask: booting {} (QEMU TCG; type 'poweroff' to leave)",
+        elf.display()
+    );
+    let status = config
+        .command()
+        .status()
+        .map_err(|e| format!("cannot start QEMU: {e}"))?;
+    let code = status.code().unwrap_or(-1);
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "QEMU exited with status {code} ({})",
+            qemu::describe_exit(code)
+        ))
+    }
+}
+
+/// Tally of one test tier.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    failures: Vec<String>,
+}
+
+/// Runs `cargo test` on the host workspace, streaming its output and counting its results.
+fn host_tier(tally: &mut Tally) -> Result<(), String> {
+    println!("== tier 1: host tests (cargo test --workspace)");
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(kernel::repo_root())
+        .args(["test", "--workspace", "--color", "never"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo test: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("{line}");
+        // "test result: ok. 29 passed; 0 failed; 0 ignored; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let number = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().strip_suffix(word).map(|n| {
+                            n.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .to_string()
+                        })
+                    })
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0)
+            };
+            tally.passed += number("passed");
+            tally.failed += number("failed");
+        }
+    }
+    let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    if !status.success() {
+        tally.failed += 1;
+        tally.failures.push("host: cargo test failed".into());
+    }
+    Ok(())
+}
+
+/// Boots test builds of the kernel and reads their `N passed, N failed` line and exit status.
+fn kernel_tier(tally: &mut Tally) -> Result<(), String> {
+    println!("== tier 2: in-kernel tests (QEMU TCG)");
+    let suites: [(&str, Vec<&'static str>, Machine); 3] = [
+        ("q35", vec!["ktest"], Machine::Q35),
+        ("microvm", vec!["ktest"], Machine::Microvm),
+        ("q35 zone-dma", vec!["ktest", "zone-dma"], Machine::Q35),
+    ];
+    for (label, features, machine) in suites {
+        let elf = kernel::build(&Variant {
+            features,
+            release: true,
+        })?;
+        let mut config = QemuConfig::new(&elf);
+        config.machine = machine;
+        config.memory_mib = 512;
+        let mut guest = Guest::spawn(&config)?;
+        let code = guest.wait_exit(Duration::from_secs(120))?;
+        let output = guest.output();
+        for line in output.lines().filter(|l| l.contains("ktest ")) {
+            println!("  [{label}] {}", line.split("] ").nth(1).unwrap_or(line));
+        }
+        let summary = output
+            .lines()
+            .rev()
+            .find(|l| l.ends_with(" failed") && l.contains(" passed, "));
+        let (passed, failed) = summary
+            .and_then(|line| {
+                let mut words = line.split_whitespace();
+                let passed = words.next()?.parse::<usize>().ok()?;
+                let failed = words.nth(1)?.parse::<usize>().ok()?;
+                Some((passed, failed))
+            })
+            .unwrap_or((0, 0));
+        tally.passed += passed;
+        tally.failed += failed;
+        if code != 33 || failed > 0 || passed == 0 {
+            tally.failed += 1;
+            tally.failures.push(format!(
+                "kernel [{label}]: exit status {code}, {passed} passed, {failed} failed"
+            ));
+            println!("{output}");
+        }
+        println!("  [{label}] {passed} passed, {failed} failed (QEMU status {code})");
+    }
+    Ok(())
+}
+
+fn e2e_tier(tally: &mut Tally, filter: Option<&str>) -> Result<(), String> {
+    println!("== tier 3: end-to-end tests (real kernel in QEMU TCG, driven over the serial port)");
+    for test in e2e::TESTS {
+        if filter.is_some_and(|f| !test.name.contains(f)) {
+            continue;
+        }
+        let started = Instant::now();
+        match (test.run)() {
+            Ok(()) => {
+                tally.passed += 1;
+                println!(
+                    "test e2e::{} ... ok ({:.1} s)",
+                    test.name,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(why) => {
+                tally.failed += 1;
+                println!("test e2e::{} ... FAILED\n{why}", test.name);
+                tally.failures.push(format!("e2e::{}", test.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_test(args: &[String]) -> Result<(), String> {
+    let options = parse_options(args)?;
+    tools::ensure_qemu()?;
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let tier = options.tier.as_deref();
+    if tier.is_none() || tier == Some("host") {
+        host_tier(&mut tally)?;
+    }
+    if tier.is_none() || tier == Some("kernel") {
+        kernel_tier(&mut tally)?;
+    }
+    if tier.is_none() || tier == Some("e2e") {
+        e2e_tier(&mut tally, options.filter.as_deref())?;
+    }
+    if let Some(other) = tier.filter(|t| !["host", "kernel", "e2e"].contains(t)) {
+        return Err(format!("unknown tier {other:?} (host, kernel, e2e)"));
+    }
+    println!("== {:.0} s", started.elapsed().as_secs_f64());
+    for failure in &tally.failures {
+        println!("FAILED: {failure}");
+    }
+    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed == 0 && tally.passed > 0 {
+        Ok(())
+    } else {
+        Err(format!("{} failed", tally.failed))
+    }
+}
+
+fn cmd_bench(args: &[String]) -> Result<(), String> {
+    let options = parse_options(args)?;
+    tools::ensure_qemu()?;
+    let rows = bench::boot_time(options.runs.max(1))?;
+    let out_dir = kernel::repo_root().join("bench-out");
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let path = out_dir.join("boot.txt");
+    std::fs::write(&path, rows.join("\n") + "\n")
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("xtask: results written to {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,449 @@
+//! The registry into which each kernel subsystem declares its typed parameters.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::kind::{parse_value, Kind, Value};
+use crate::parsed::Parsed;
+use crate::tokenize::normalize_name_byte;
+
+/// The declaration of one kernel parameter.
+///
+/// Declarations are `'static` data, written next to the subsystem that owns the parameter:
+///
+/// ```
+/// use lull_cmdline::{Kind, ParamSpec};
+///
+/// pub const HZ: ParamSpec = ParamSpec {
+///     name: "hz",
+///     kind: Kind::U64 { min: 100, max: 1000 },
+///     default: "250",
+///     help: "Rate of the periodic tick while a CPU is busy, in Hz.",
+/// };
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// The name as written on the command line. `-` and `_` are interchangeable when matching.
+    pub name: &'static str,
+    /// Which values are accepted.
+    pub kind: Kind,
+    /// The value used when the parameter is absent or its value is refused, written as it would
+    /// be on the command line (`"250"`, `"64M"`, `"off"`). Must itself be a valid value of
+    /// `kind`; for [`Kind::Flag`] it must be `""`.
+    pub default: &'static str,
+    /// One sentence for people reading a parameter listing.
+    pub help: &'static str,
+}
+
+/// Why a declaration was refused. Every case is a mistake in kernel code, never in user input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeclareError {
+    /// A parameter with this name (counting `-` and `_` as equal) is already declared.
+    Duplicate {
+        /// The name declared twice.
+        name: &'static str,
+    },
+    /// The name could never be written as one command-line word: it is empty, contains a
+    /// byte that is not printable ASCII, contains `=` or `"`, or has no letter or digit
+    /// (which would clash with the `--` separator).
+    InvalidName {
+        /// The refused name.
+        name: &'static str,
+    },
+    /// A [`Kind::U64`] whose `min` is greater than its `max`, so no value would be accepted.
+    EmptyRange {
+        /// The parameter's name.
+        name: &'static str,
+        /// The declared minimum.
+        min: u64,
+        /// The declared maximum.
+        max: u64,
+    },
+    /// A [`Kind::Choice`] with no choices.
+    EmptyChoice {
+        /// The parameter's name.
+        name: &'static str,
+    },
+    /// The default is not a value the kind accepts.
+    InvalidDefault {
+        /// The parameter's name.
+        name: &'static str,
+        /// The refused default.
+        default: &'static str,
+        /// The parameter's kind, which says what was expected.
+        kind: Kind,
+    },
+}
+
+impl fmt::Display for DeclareError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeclareError::Duplicate { name } => {
+                write!(formatter, "parameter {name} is declared twice")
+            }
+            DeclareError::InvalidName { name } => write!(
+                formatter,
+                "parameter name {name:?} cannot be written on a command line \
+                 (use printable ASCII with a letter or digit, and no '=' or '\"')"
+            ),
+            DeclareError::EmptyRange { name, min, max } => write!(
+                formatter,
+                "parameter {name} accepts no value: its range {min}..={max} is empty"
+            ),
+            DeclareError::EmptyChoice { name } => {
+                write!(formatter, "parameter {name} has an empty list of choices")
+            }
+            DeclareError::InvalidDefault {
+                name,
+                default,
+                kind,
+            } => write!(
+                formatter,
+                "parameter {name} has default {default:?}, which is not {kind}",
+                kind = DefaultExpectation(*kind)
+            ),
+        }
+    }
+}
+
+/// Words the expectation for a default, where a [`Kind::Flag`] must have an empty one.
+struct DefaultExpectation(Kind);
+
+impl fmt::Display for DefaultExpectation {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Kind::Flag => formatter.write_str("empty (a flag is off unless given)"),
+            kind => write!(formatter, "{kind}"),
+        }
+    }
+}
+
+impl core::error::Error for DeclareError {}
+
+/// A declared parameter with its default already converted, so getters never re-parse.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) spec: ParamSpec,
+    pub(crate) default: Value,
+}
+
+/// The set of declared kernel parameters.
+///
+/// Subsystems declare their parameters at boot (or as a `&[ParamSpec]` table passed to
+/// [`declare_all`](Registry::declare_all)); the kernel then calls [`parse`](Registry::parse)
+/// once on the command line and hands the [`Parsed`] result to whoever needs a value.
+///
+/// ```
+/// use lull_cmdline::{Kind, ParamSpec, Registry};
+///
+/// let mut registry = Registry::new();
+/// registry
+///     .declare_all(&[
+///         ParamSpec { name: "quiet", kind: Kind::Flag, default: "", help: "Less boot output." },
+///         ParamSpec {
+///             name: "hz",
+///             kind: Kind::U64 { min: 100, max: 1000 },
+///             default: "250",
+///             help: "Tick rate while busy.",
+///         },
+///     ])
+///     .unwrap();
+/// let parsed = registry.parse(b"quiet hz=abc splash");
+/// assert!(parsed.flag("quiet"));
+/// assert_eq!(parsed.get_u64("hz"), Some(250));
+/// let warnings: Vec<String> = parsed.warnings().collect();
+/// assert_eq!(
+///     warnings,
+///     [
+///         "cmdline: unknown parameters ignored: splash",
+///         "cmdline: invalid value \"abc\" for hz (expected an integer in 100..=1000); \
+///          using default 250",
+///     ]
+/// );
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    /// Declarations in the order they were made.
+    entries: Vec<Entry>,
+    /// Normalized name (`-` replaced by `_`) to index in `entries`: one O(log n) lookup per
+    /// token instead of a scan over every declaration.
+    by_name: BTreeMap<Box<[u8]>, usize>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub const fn new() -> Self {
+        Registry {
+            entries: Vec::new(),
+            by_name: BTreeMap::new(),
+        }
+    }
+
+    /// Declares one parameter. Refuses a name already declared (with `-` and `_` counted as
+    /// equal), a name that cannot be written on a command line, a kind that accepts nothing,
+    /// and a default the kind does not accept.
+    pub fn declare(&mut self, spec: ParamSpec) -> Result<(), DeclareError> {
+        let default = validate(&spec)?;
+        let key = normalized(spec.name.as_bytes());
+        if self.by_name.contains_key(&key) {
+            return Err(DeclareError::Duplicate { name: spec.name });
+        }
+        self.by_name.insert(key, self.entries.len());
+        self.entries.push(Entry { spec, default });
+        Ok(())
+    }
+
+    /// Declares every parameter of `specs`, or none of them: on the first refusal the
+    /// declarations this call already made are withdrawn and the error is returned.
+    pub fn declare_all(&mut self, specs: &[ParamSpec]) -> Result<(), DeclareError> {
+        let already_declared = self.entries.len();
+        for spec in specs {
+            if let Err(error) = self.declare(*spec) {
+                for withdrawn in self.entries.drain(already_declared..) {
+                    self.by_name
+                        .remove(normalized(withdrawn.spec.name.as_bytes()).as_ref());
+                }
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// The declaration of `name` (`-` and `_` interchangeable), if any.
+    pub fn spec(&self, name: &str) -> Option<&ParamSpec> {
+        self.index_of(name.as_bytes())
+            .map(|index| &self.entries[index].spec)
+    }
+
+    /// Every declaration, in the order declared (for a parameter listing).
+    pub fn specs(&self) -> impl ExactSizeIterator<Item = &ParamSpec> + '_ {
+        self.entries.iter().map(|entry| &entry.spec)
+    }
+
+    /// The number of declared parameters.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing has been declared.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Parses a whole command line against the declared parameters.
+    ///
+    /// Never fails and never panics: unknown parameters, refused values and non-UTF-8 bytes
+    /// are collected in the result (see [`Parsed::warnings`]) and every declared parameter
+    /// still has a value, its default if need be. When a parameter is given several times the
+    /// last accepted occurrence wins; a refused occurrence leaves the earlier value in place,
+    /// as Linux does when a setter fails.
+    pub fn parse(&self, line: &[u8]) -> Parsed {
+        Parsed::new(self.clone(), line)
+    }
+
+    /// Declarations in order, for [`Parsed`].
+    pub(crate) fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Finds a declaration by name. `scratch` is reused across calls so that parsing a long
+    /// line normalizes every token's name without allocating for each one.
+    pub(crate) fn index_of_with(&self, name: &[u8], scratch: &mut Vec<u8>) -> Option<usize> {
+        scratch.clear();
+        scratch.extend(name.iter().copied().map(normalize_name_byte));
+        self.by_name.get(scratch.as_slice()).copied()
+    }
+
+    /// Finds a declaration by name (`-` and `_` interchangeable).
+    pub(crate) fn index_of(&self, name: &[u8]) -> Option<usize> {
+        if name.contains(&b'-') {
+            self.index_of_with(name, &mut Vec::new())
+        } else {
+            self.by_name.get(name).copied()
+        }
+    }
+}
+
+/// Checks a declaration on its own and returns its converted default.
+fn validate(spec: &ParamSpec) -> Result<Value, DeclareError> {
+    let name = spec.name;
+    let writable = spec
+        .name
+        .bytes()
+        .all(|byte| byte.is_ascii_graphic() && byte != b'=' && byte != b'"');
+    if !writable || !spec.name.bytes().any(|byte| byte.is_ascii_alphanumeric()) {
+        return Err(DeclareError::InvalidName { name });
+    }
+    match spec.kind {
+        Kind::U64 { min, max } if min > max => {
+            return Err(DeclareError::EmptyRange { name, min, max });
+        }
+        Kind::Choice([]) => return Err(DeclareError::EmptyChoice { name }),
+        _ => {}
+    }
+    let invalid_default = DeclareError::InvalidDefault {
+        name,
+        default: spec.default,
+        kind: spec.kind,
+    };
+    match spec.kind {
+        // A flag's default is "not given": there is no way to write "off" for a flag.
+        Kind::Flag if spec.default.is_empty() => Ok(Value::Bool(false)),
+        Kind::Flag => Err(invalid_default),
+        kind => parse_value(kind, Some(spec.default.as_bytes())).map_err(|_| invalid_default),
+    }
+}
+
+/// `name` with every `-` replaced by `_`, the form the registry is keyed by.
+fn normalized(name: &[u8]) -> Box<[u8]> {
+    name.iter().copied().map(normalize_name_byte).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    fn spec(name: &'static str, kind: Kind, default: &'static str) -> ParamSpec {
+        ParamSpec {
+            name,
+            kind,
+            default,
+            help: "",
+        }
+    }
+
+    #[test]
+    fn declares_and_finds_by_either_separator() {
+        let mut registry = Registry::new();
+        registry.declare(spec("log-level", Kind::Str, "")).unwrap();
+        assert_eq!(registry.spec("log_level").unwrap().name, "log-level");
+        assert_eq!(registry.spec("log-level").unwrap().name, "log-level");
+        assert!(registry.spec("loglevel").is_none());
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_names_are_refused_even_with_other_separator() {
+        let mut registry = Registry::new();
+        registry.declare(spec("a_b", Kind::Flag, "")).unwrap();
+        assert_eq!(
+            registry.declare(spec("a-b", Kind::Str, "")),
+            Err(DeclareError::Duplicate { name: "a-b" })
+        );
+        assert_eq!(registry.len(), 1);
+        assert_eq!(registry.spec("a-b").unwrap().kind, Kind::Flag);
+    }
+
+    #[test]
+    fn unwritable_names_are_refused() {
+        for name in [
+            "",
+            "a b",
+            "a=b",
+            "a\"b",
+            "--",
+            "_",
+            "\u{e9}t\u{e9}",
+            "tab\t",
+        ] {
+            assert_eq!(
+                Registry::new().declare(spec(name, Kind::Flag, "")),
+                Err(DeclareError::InvalidName { name }),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_that_accept_nothing_are_refused() {
+        assert_eq!(
+            Registry::new().declare(spec("x", Kind::U64 { min: 2, max: 1 }, "1")),
+            Err(DeclareError::EmptyRange {
+                name: "x",
+                min: 2,
+                max: 1
+            })
+        );
+        assert_eq!(
+            Registry::new().declare(spec("x", Kind::Choice(&[]), "")),
+            Err(DeclareError::EmptyChoice { name: "x" })
+        );
+    }
+
+    #[test]
+    fn defaults_must_be_valid_values() {
+        let cases = [
+            spec("f", Kind::Flag, "on"),
+            spec("b", Kind::Bool, ""),
+            spec("n", Kind::U64 { min: 1, max: 9 }, "10"),
+            spec("s", Kind::Size, "12X"),
+            spec("c", Kind::Choice(&["a", "b"]), "c"),
+        ];
+        for case in cases {
+            assert_eq!(
+                Registry::new().declare(case),
+                Err(DeclareError::InvalidDefault {
+                    name: case.name,
+                    default: case.default,
+                    kind: case.kind
+                }),
+                "{case:?}"
+            );
+        }
+        let mut registry = Registry::new();
+        registry.declare(spec("s", Kind::Str, "")).unwrap();
+        registry.declare(spec("z", Kind::Size, "64M")).unwrap();
+    }
+
+    #[test]
+    fn declare_all_is_all_or_nothing() {
+        let mut registry = Registry::new();
+        registry.declare(spec("keep", Kind::Flag, "")).unwrap();
+        let result = registry.declare_all(&[
+            spec("first", Kind::Flag, ""),
+            spec("second", Kind::Flag, ""),
+            spec("first", Kind::Flag, ""),
+        ]);
+        assert_eq!(result, Err(DeclareError::Duplicate { name: "first" }));
+        assert_eq!(registry.len(), 1);
+        assert!(registry.spec("first").is_none());
+        assert!(registry.spec("second").is_none());
+        // The withdrawn names can be declared again.
+        registry
+            .declare_all(&[
+                spec("first", Kind::Flag, ""),
+                spec("second", Kind::Bool, "no"),
+            ])
+            .unwrap();
+        let names: Vec<&str> = registry.specs().map(|spec| spec.name).collect();
+        assert_eq!(names, ["keep", "first", "second"]);
+    }
+
+    #[test]
+    fn errors_explain_themselves() {
+        assert_eq!(
+            DeclareError::InvalidDefault {
+                name: "hz",
+                default: "5",
+                kind: Kind::U64 {
+                    min: 100,
+                    max: 1000
+                }
+            }
+            .to_string(),
+            "parameter hz has default \"5\", which is not an integer in 100..=1000"
+        );
+        assert_eq!(
+            DeclareError::InvalidDefault {
+                name: "quiet",
+                default: "on",
+                kind: Kind::Flag
+            }
+            .to_string(),
+            "parameter quiet has default \"on\", which is not empty (a flag is off unless given)"
+        );
+    }
+}

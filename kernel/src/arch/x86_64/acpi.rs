@@ -1,0 +1,372 @@
+//! ACPI table discovery: RSDP → XSDT/RSDT → FADT (power control, PM timer, SCI), MADT (CPUs,
+//! IOAPICs, interrupt source overrides), HPET, and the `\_S5` sleep type from the DSDT.
+//!
+//! Tables live in firmware-reserved memory, identity-mapped. Every table's checksum is
+//! verified before it is trusted; a bad one is skipped with a warning, never a crash.
+
+use alloc::vec::Vec;
+
+/// A Generic Address Structure (ACPI 5.2.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenericAddress {
+    pub space: AddressSpace,
+    pub bit_width: u8,
+    pub address: u64,
+}
+
+/// Where a `GenericAddress` points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressSpace {
+    Memory,
+    Io,
+    Other(u8),
+}
+
+/// One interrupt source override from the MADT (ISA IRQ → GSI with polarity/trigger).
+#[derive(Debug, Clone, Copy)]
+pub struct InterruptOverride {
+    pub isa_irq: u8,
+    pub gsi: u32,
+    pub active_low: bool,
+    pub level_triggered: bool,
+}
+
+/// One IOAPIC from the MADT.
+#[derive(Debug, Clone, Copy)]
+pub struct IoApicEntry {
+    pub id: u8,
+    pub address: u64,
+    pub gsi_base: u32,
+}
+
+/// What Lull uses from the ACPI tables.
+#[derive(Debug, Clone, Default)]
+pub struct AcpiInfo {
+    pub rsdp_address: u64,
+    pub revision: u8,
+    pub oem_id: [u8; 6],
+    pub tables: Vec<[u8; 4]>,
+    pub local_apic_ids: Vec<u32>,
+    pub io_apics: Vec<IoApicEntry>,
+    pub overrides: Vec<InterruptOverride>,
+    pub sci_irq: Option<u16>,
+    pub smi_command_port: u32,
+    pub acpi_enable_value: u8,
+    pub pm1a_event_block: Option<GenericAddress>,
+    pub pm1_event_length: u8,
+    pub pm1a_control_block: Option<GenericAddress>,
+    pub pm1b_control_block: Option<GenericAddress>,
+    pub pm_timer: Option<GenericAddress>,
+    pub pm_timer_32bit: bool,
+    pub hardware_reduced: bool,
+    pub sleep_control: Option<GenericAddress>,
+    pub s5_sleep_type: Option<u8>,
+    pub hpet_address: Option<u64>,
+    pub warnings: Vec<alloc::string::String>,
+}
+
+fn read_bytes(address: u64, length: usize) -> &'static [u8] {
+    // SAFETY: callers pass ranges inside ACPI tables (or the BIOS area being scanned), which
+    // firmware keeps reserved and the kernel keeps identity-mapped for its whole life.
+    unsafe { core::slice::from_raw_parts(address as usize as *const u8, length) }
+}
+
+fn u16_at(bytes: &[u8], offset: usize) -> u16 {
+    bytes
+        .get(offset..offset + 2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .unwrap_or(0)
+}
+
+fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+    bytes
+        .get(offset..offset + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0)
+}
+
+fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+    bytes
+        .get(offset..offset + 8)
+        .map(|b| {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(b);
+            u64::from_le_bytes(raw)
+        })
+        .unwrap_or(0)
+}
+
+fn checksum_ok(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |sum, b| sum.wrapping_add(*b)) == 0
+}
+
+fn generic_address(bytes: &[u8], offset: usize) -> Option<GenericAddress> {
+    let raw = bytes.get(offset..offset + 12)?;
+    let address = u64_at(raw, 4);
+    if address == 0 {
+        return None;
+    }
+    let space = match raw[0] {
+        0 => AddressSpace::Memory,
+        1 => AddressSpace::Io,
+        other => AddressSpace::Other(other),
+    };
+    Some(GenericAddress {
+        space,
+        bit_width: raw[1],
+        address,
+    })
+}
+
+fn io_block(port: u32) -> Option<GenericAddress> {
+    (port != 0).then_some(GenericAddress {
+        space: AddressSpace::Io,
+        bit_width: 0,
+        address: port as u64,
+    })
+}
+
+/// Finds the RSDP: the loader's pointer if it gave one, else the BIOS areas (EBDA, E0000-FFFFF).
+fn find_rsdp(hint: Option<u64>) -> Option<u64> {
+    if let Some(address) = hint {
+        if read_bytes(address, 8) == b"RSD PTR " {
+            return Some(address);
+        }
+    }
+    let ebda = (u16_at(read_bytes(0x40E, 2), 0) as u64) << 4;
+    let mut areas: Vec<(u64, u64)> = Vec::new();
+    if (0x80000..0xA0000).contains(&ebda) {
+        areas.push((ebda, ebda + 1024));
+    }
+    areas.push((0xE0000, 0x100000));
+    for (start, end) in areas {
+        let mut address = start;
+        while address + 20 <= end {
+            let candidate = read_bytes(address, 20);
+            if &candidate[..8] == b"RSD PTR " && checksum_ok(candidate) {
+                return Some(address);
+            }
+            address += 16;
+        }
+    }
+    None
+}
+
+/// Reads a table header and returns the whole table if its checksum holds.
+fn table(address: u64) -> Option<&'static [u8]> {
+    if address == 0 {
+        return None;
+    }
+    let header = read_bytes(address, 36);
+    let length = u32_at(header, 4) as usize;
+    if !(36..=16 * 1024 * 1024).contains(&length) {
+        return None;
+    }
+    let bytes = read_bytes(address, length);
+    checksum_ok(bytes).then_some(bytes)
+}
+
+/// Discovers and parses the tables Lull uses. `None` when there is no ACPI at all.
+pub fn discover(rsdp_hint: Option<u64>) -> Option<AcpiInfo> {
+    let rsdp_address = find_rsdp(rsdp_hint)?;
+    let rsdp = read_bytes(rsdp_address, 36);
+    let mut info = AcpiInfo {
+        rsdp_address,
+        revision: rsdp[15],
+        ..AcpiInfo::default()
+    };
+    info.oem_id.copy_from_slice(&rsdp[9..15]);
+    let (root, entry_size) = if info.revision >= 2 && u64_at(rsdp, 24) != 0 {
+        (u64_at(rsdp, 24), 8)
+    } else {
+        (u32_at(rsdp, 16) as u64, 4)
+    };
+    let Some(root_table) = table(root) else {
+        info.warnings
+            .push(alloc::format!("ACPI: root table at {root:#x} is invalid"));
+        return Some(info);
+    };
+    let entries = (root_table.len() - 36) / entry_size;
+    for index in 0..entries {
+        let offset = 36 + index * entry_size;
+        let address = if entry_size == 8 {
+            u64_at(root_table, offset)
+        } else {
+            u32_at(root_table, offset) as u64
+        };
+        let Some(bytes) = table(address) else {
+            info.warnings.push(alloc::format!(
+                "ACPI: table at {address:#x} failed its checksum; skipped"
+            ));
+            continue;
+        };
+        let mut signature = [0u8; 4];
+        signature.copy_from_slice(&bytes[..4]);
+        info.tables.push(signature);
+        match &signature {
+            b"FACP" => parse_fadt(&mut info, bytes),
+            b"APIC" => parse_madt(&mut info, bytes),
+            b"HPET" => info.hpet_address = generic_address(bytes, 40).map(|g| g.address),
+            _ => {}
+        }
+    }
+    Some(info)
+}
+
+fn parse_fadt(info: &mut AcpiInfo, fadt: &[u8]) {
+    let sci = u16_at(fadt, 46);
+    info.sci_irq = Some(sci);
+    info.smi_command_port = u32_at(fadt, 48);
+    info.acpi_enable_value = fadt.get(52).copied().unwrap_or(0);
+    info.pm1_event_length = fadt.get(88).copied().unwrap_or(0);
+    let flags = u32_at(fadt, 112);
+    info.pm_timer_32bit = flags & (1 << 8) != 0;
+    info.hardware_reduced = flags & (1 << 20) != 0;
+    let extended = fadt.len() >= 244;
+    info.pm1a_event_block = extended
+        .then(|| generic_address(fadt, 148))
+        .flatten()
+        .or_else(|| io_block(u32_at(fadt, 56)));
+    info.pm1a_control_block = extended
+        .then(|| generic_address(fadt, 172))
+        .flatten()
+        .or_else(|| io_block(u32_at(fadt, 64)));
+    info.pm1b_control_block = extended
+        .then(|| generic_address(fadt, 184))
+        .flatten()
+        .or_else(|| io_block(u32_at(fadt, 68)));
+    info.pm_timer = extended
+        .then(|| generic_address(fadt, 208))
+        .flatten()
+        .or_else(|| io_block(u32_at(fadt, 76)));
+    if fadt.len() >= 256 {
+        info.sleep_control = generic_address(fadt, 244);
+    }
+    let dsdt_address = if fadt.len() >= 148 && u64_at(fadt, 140) != 0 {
+        u64_at(fadt, 140)
+    } else {
+        u32_at(fadt, 40) as u64
+    };
+    match table(dsdt_address) {
+        Some(dsdt) => {
+            info.tables.push(*b"DSDT");
+            info.s5_sleep_type = find_s5_sleep_type(dsdt);
+        }
+        None => info
+            .warnings
+            .push(alloc::format!("ACPI: DSDT at {dsdt_address:#x} is invalid")),
+    }
+}
+
+fn parse_madt(info: &mut AcpiInfo, madt: &[u8]) {
+    let mut offset = 44;
+    while offset + 2 <= madt.len() {
+        let kind = madt[offset];
+        let length = madt[offset + 1] as usize;
+        if length < 2 || offset + length > madt.len() {
+            info.warnings.push(alloc::format!(
+                "ACPI: MADT entry at offset {offset} is malformed"
+            ));
+            break;
+        }
+        let entry = &madt[offset..offset + length];
+        match kind {
+            // Enabled or online-capable processors only.
+            0 if length >= 8 && u32_at(entry, 4) & 0b11 != 0 => {
+                info.local_apic_ids.push(entry[3] as u32);
+            }
+            1 if length >= 12 => info.io_apics.push(IoApicEntry {
+                id: entry[2],
+                address: u32_at(entry, 4) as u64,
+                gsi_base: u32_at(entry, 8),
+            }),
+            2 if length >= 10 => {
+                let flags = u16_at(entry, 8);
+                info.overrides.push(InterruptOverride {
+                    isa_irq: entry[3],
+                    gsi: u32_at(entry, 4),
+                    active_low: flags & 0b11 == 0b11,
+                    level_triggered: (flags >> 2) & 0b11 == 0b11,
+                });
+            }
+            9 if length >= 16 && u32_at(entry, 8) & 0b11 != 0 => {
+                info.local_apic_ids.push(u32_at(entry, 4));
+            }
+            _ => {}
+        }
+        offset += length;
+    }
+}
+
+/// Finds `Name(_S5, Package(){ SLP_TYPa, ... })` in AML and returns SLP_TYPa.
+fn find_s5_sleep_type(dsdt: &[u8]) -> Option<u8> {
+    let body = &dsdt[36..];
+    let position = body.windows(4).position(|w| w == b"_S5_")?;
+    let mut cursor = position + 4;
+    if *body.get(cursor)? != 0x12 {
+        return None; // not a PackageOp
+    }
+    cursor += 1;
+    let lead = *body.get(cursor)?;
+    cursor += 1 + (lead >> 6) as usize; // PkgLength: extra bytes in bits 6-7
+    cursor += 1; // NumElements
+    match *body.get(cursor)? {
+        0x00 => Some(0),
+        0x01 => Some(1),
+        0x0A => body.get(cursor + 1).copied(),
+        0xFF => Some(0xFF),
+        other if other < 0x10 => Some(other),
+        _ => None,
+    }
+}
+
+#[allow(dead_code)] // the ACPI PM timer clocksource and the SCI handler read through this
+/// Reads a register described by a Generic Address Structure.
+pub fn read_register(register: GenericAddress, width_bytes: u8) -> u32 {
+    match register.space {
+        AddressSpace::Io => match width_bytes {
+            1 => super::port::inb(register.address as u16) as u32,
+            2 => super::port::inw(register.address as u16) as u32,
+            _ => super::port::inl(register.address as u16),
+        },
+        AddressSpace::Memory => {
+            // SAFETY: ACPI fixed-hardware registers in memory space are MMIO below 4 GiB,
+            // identity-mapped uncached; the width comes from the FADT.
+            unsafe {
+                match width_bytes {
+                    1 => core::ptr::read_volatile(register.address as usize as *const u8) as u32,
+                    2 => core::ptr::read_volatile(register.address as usize as *const u16) as u32,
+                    _ => core::ptr::read_volatile(register.address as usize as *const u32),
+                }
+            }
+        }
+        AddressSpace::Other(_) => 0,
+    }
+}
+
+/// Writes a register described by a Generic Address Structure.
+pub fn write_register(register: GenericAddress, width_bytes: u8, value: u32) {
+    match register.space {
+        AddressSpace::Io => match width_bytes {
+            1 => super::port::outb(register.address as u16, value as u8),
+            2 => super::port::outw(register.address as u16, value as u16),
+            _ => super::port::outl(register.address as u16, value),
+        },
+        AddressSpace::Memory => {
+            // SAFETY: as for `read_register`.
+            unsafe {
+                match width_bytes {
+                    1 => {
+                        core::ptr::write_volatile(register.address as usize as *mut u8, value as u8)
+                    }
+                    2 => core::ptr::write_volatile(
+                        register.address as usize as *mut u16,
+                        value as u16,
+                    ),
+                    _ => core::ptr::write_volatile(register.address as usize as *mut u32, value),
+                }
+            }
+        }
+        AddressSpace::Other(_) => {}
+    }
+}

@@ -1,0 +1,85 @@
+//! 16550 UART on COM1: the console (polled output, interrupt-driven input).
+
+use core::sync::atomic::{AtomicU16, Ordering};
+
+use super::port::{inb, outb};
+
+/// COM1 base I/O port.
+pub const COM1: u16 = 0x3f8;
+/// COM1's ISA interrupt line.
+pub const COM1_IRQ: u8 = 4;
+
+const DATA: u16 = 0;
+const INTERRUPT_ENABLE: u16 = 1;
+const FIFO_CONTROL: u16 = 2;
+const LINE_CONTROL: u16 = 3;
+const MODEM_CONTROL: u16 = 4;
+const LINE_STATUS: u16 = 5;
+
+const LSR_DATA_READY: u8 = 1 << 0;
+const LSR_TX_EMPTY: u8 = 1 << 5;
+const IER_RX_AVAILABLE: u8 = 1 << 0;
+
+/// A byte that arrived before the FIFOs were enabled (0x100 | byte), handed to the shell.
+static EARLY_BYTE: AtomicU16 = AtomicU16::new(0);
+
+/// Programs COM1 for 115200 8N1 with FIFOs; interrupts stay off until `set_rx_interrupt`.
+///
+/// Input may already be waiting (commands piped into QEMU before the kernel ran): the UART
+/// holds one byte while its FIFOs are off, and enabling them clears it, so it is saved first.
+pub fn init() {
+    if let Some(byte) = try_read_byte() {
+        EARLY_BYTE.store(0x100 | byte as u16, Ordering::Relaxed);
+    }
+    outb(COM1 + INTERRUPT_ENABLE, 0);
+    outb(COM1 + LINE_CONTROL, 0x80); // DLAB on
+    outb(COM1 + DATA, 1); // divisor 1 = 115200 baud
+    outb(COM1 + INTERRUPT_ENABLE, 0);
+    outb(COM1 + LINE_CONTROL, 0x03); // 8N1, DLAB off
+    outb(COM1 + FIFO_CONTROL, 0xC7); // enable + clear FIFOs, 14-byte trigger
+    outb(COM1 + MODEM_CONTROL, 0x0B); // DTR, RTS, OUT2 (routes the IRQ)
+}
+
+/// Sends one byte, waiting for room in the transmitter.
+pub fn write_byte(byte: u8) {
+    let mut spins = 0u32;
+    while inb(COM1 + LINE_STATUS) & LSR_TX_EMPTY == 0 && spins < 100_000 {
+        core::hint::spin_loop();
+        spins += 1;
+    }
+    outb(COM1 + DATA, byte);
+}
+
+/// Sends bytes, turning `\n` into `\r\n` as a terminal expects.
+pub fn write_bytes(bytes: &[u8]) {
+    for &byte in bytes {
+        if byte == b'\n' {
+            write_byte(b'\r');
+        }
+        write_byte(byte);
+    }
+}
+
+/// Returns a received byte, if one is waiting.
+pub fn try_read_byte() -> Option<u8> {
+    if inb(COM1 + LINE_STATUS) & LSR_DATA_READY != 0 {
+        Some(inb(COM1 + DATA))
+    } else {
+        None
+    }
+}
+
+/// Turns the receive interrupt on or off (off = flow control: QEMU holds input while the FIFO
+/// is full, so nothing is lost while the kernel's input ring drains).
+pub fn set_rx_interrupt(enabled: bool) {
+    outb(
+        COM1 + INTERRUPT_ENABLE,
+        if enabled { IER_RX_AVAILABLE } else { 0 },
+    );
+}
+
+/// Takes the byte saved by `init`, if any.
+pub fn take_early_byte() -> Option<u8> {
+    let saved = EARLY_BYTE.swap(0, Ordering::Relaxed);
+    (saved & 0x100 != 0).then_some(saved as u8)
+}

@@ -1,0 +1,87 @@
+//! Device interrupt lines: routing ISA/GSI lines through the IOAPIC to handlers, and the
+//! `/proc/interrupts` view of how often each fired.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use crate::arch::acpi::AcpiInfo;
+use crate::arch::{apic, interrupts};
+use crate::sync::IrqSafeLock;
+
+/// A requested line, for `/proc/interrupts`.
+#[derive(Clone, Copy)]
+struct Line {
+    vector: u8,
+    gsi: u32,
+    level: bool,
+    name: &'static str,
+}
+
+/// Requested lines (a leaf lock).
+static LINES: IrqSafeLock<Vec<Line>> = IrqSafeLock::new(Vec::new());
+static IOAPIC: IrqSafeLock<Option<apic::IoApic>> = IrqSafeLock::new(None);
+
+/// Enables the local APIC and masks every IOAPIC input. Called once at boot.
+pub fn init(acpi: Option<&AcpiInfo>) {
+    apic::init_local(interrupts::SPURIOUS_VECTOR);
+    let Some(entry) = acpi.and_then(|info| info.io_apics.first()) else {
+        crate::pr_warn!("irq: no IOAPIC in the MADT; device interrupts are unavailable");
+        return;
+    };
+    let ioapic = apic::IoApic {
+        base: entry.address,
+        gsi_base: entry.gsi_base,
+    };
+    ioapic.mask_all();
+    *IOAPIC.lock() = Some(ioapic);
+}
+
+/// Routes ISA interrupt `isa_irq` (honouring the MADT's source overrides) to `handler` on this
+/// CPU. The handler runs in hard-IRQ context with interrupts disabled and must not allocate.
+pub fn request_isa_irq(
+    acpi: Option<&AcpiInfo>,
+    isa_irq: u8,
+    name: &'static str,
+    handler: interrupts::IrqHandler,
+) -> Result<u8, &'static str> {
+    let ioapic = (*IOAPIC.lock()).ok_or("no IOAPIC")?;
+    let (gsi, level, active_low) = acpi
+        .and_then(|info| info.overrides.iter().find(|o| o.isa_irq == isa_irq))
+        .map(|o| (o.gsi, o.level_triggered, o.active_low))
+        .unwrap_or((isa_irq as u32, false, false));
+    let vector =
+        u8::try_from(interrupts::DEVICE_VECTOR_BASE as u32 + gsi).map_err(|_| "GSI too large")?;
+    interrupts::set_handler(vector, handler);
+    LINES.lock().push(Line {
+        vector,
+        gsi,
+        level,
+        name,
+    });
+    ioapic.route(gsi, vector, apic::local_apic_id(), level, active_low);
+    crate::printk!("irq: {name} (IRQ {isa_irq}) -> GSI {gsi} -> vector {vector:#x}");
+    Ok(vector)
+}
+
+/// Renders `/proc/interrupts` (one CPU for now; a column per CPU once SMP is up).
+pub fn proc_interrupts() -> String {
+    let mut out = String::from("           CPU0\n");
+    for line in LINES.lock().iter() {
+        let _ = writeln!(
+            out,
+            "{:>4}: {:>10}   IO-APIC {:>3}-{}   {}",
+            line.gsi,
+            interrupts::count(line.vector),
+            line.gsi,
+            if line.level { "fasteoi" } else { "edge" },
+            line.name
+        );
+    }
+    let _ = writeln!(
+        out,
+        " SPU: {:>10}   Spurious interrupts",
+        interrupts::count(interrupts::SPURIOUS_VECTOR)
+    );
+    out
+}

@@ -1,0 +1,241 @@
+//! Lull: a tickless, paravirtualized x86_64 kernel.
+//!
+//! Boot order: PVH entry (arch) → console → CPU tables → TSC calibration → memory (heap, zones,
+//! page tables) → command line → ACPI → interrupts → shell (or the in-kernel tests).
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+// A test build runs the in-kernel tests instead of the shell, so the shell path is unused there.
+#![cfg_attr(feature = "ktest", allow(dead_code))]
+
+extern crate alloc;
+
+#[allow(unsafe_code)] // The arch boundary: the only module allowed to use `unsafe`.
+mod arch;
+mod console;
+mod idle;
+mod irq;
+#[cfg(feature = "ktest")]
+mod ktest;
+mod mm;
+mod params;
+mod procfs;
+mod shell;
+mod sync;
+mod time;
+
+use alloc::string::String;
+use core::fmt::Write;
+
+use spin::Once;
+
+use arch::acpi::AcpiInfo;
+use arch::BootInfo;
+
+/// ACPI information found at boot (absent on machines without ACPI).
+static ACPI: Once<Option<AcpiInfo>> = Once::new();
+
+/// The one-line banner: name, version, build (formats without allocating).
+pub struct Version;
+
+impl core::fmt::Display for Version {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "Lull version {} (build {}, {}{}) x86_64",
+            env!("CARGO_PKG_VERSION"),
+            env!("LULL_GIT_REVISION"),
+            env!("LULL_PROFILE"),
+            if cfg!(feature = "zone-dma") {
+                ", zone-dma"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// The banner as a string.
+pub fn version_line() -> String {
+    alloc::format!("{Version}")
+}
+
+/// ACPI tables found at boot, if any.
+pub fn acpi() -> Option<&'static AcpiInfo> {
+    ACPI.get().and_then(|info| info.as_ref())
+}
+
+/// Orderly shutdown: ACPI S5 (QEMU exits 0), with the documented fallbacks.
+pub fn power_off() -> ! {
+    printk!("reboot: Power down");
+    arch::power::power_off(acpi())
+}
+
+/// Called by the arch entry code with the loader's boot information.
+pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
+    time::set_boot_tsc(entry_tsc);
+    arch::init_boot_cpu();
+    let (tsc_hz, method) = time::calibrate();
+    printk!("{Version}");
+
+    let mem_limit = params::early_mem_limit(boot.command_line);
+    mm::init(&boot, mem_limit);
+    params::init(boot.command_line);
+    apply_console_params();
+    printk!(
+        "tsc: {}.{:03} MHz ({method})",
+        tsc_hz / 1_000_000,
+        (tsc_hz / 1000) % 1000
+    );
+    printk!("cpu: {}", arch::cpu::brand());
+    printk!("cmdline: {} bytes", boot.command_line.len());
+
+    let acpi = ACPI
+        .call_once(|| arch::acpi::discover(boot.rsdp_address))
+        .as_ref();
+    match acpi {
+        Some(info) => {
+            for warning in &info.warnings {
+                pr_warn!("{warning}");
+            }
+            let mut tables = String::new();
+            for signature in &info.tables {
+                let _ = write!(
+                    tables,
+                    " {}",
+                    core::str::from_utf8(signature).unwrap_or("????")
+                );
+            }
+            printk!(
+                "ACPI: RSDP at {:#x} rev {}, tables:{tables}; {} CPU(s), {} IOAPIC(s){}",
+                info.rsdp_address,
+                info.revision,
+                info.local_apic_ids.len(),
+                info.io_apics.len(),
+                if info.hardware_reduced {
+                    ", hardware-reduced"
+                } else {
+                    ""
+                }
+            );
+        }
+        None => pr_warn!("ACPI: no RSDP found; poweroff falls back to isa-debug-exit"),
+    }
+
+    setup_interrupts(acpi);
+    register_proc_files();
+    printk!("boot: kernel ready in {} us", time::uptime_ns() / 1000);
+
+    #[cfg(feature = "ktest")]
+    ktest::run_and_exit();
+    #[cfg(not(feature = "ktest"))]
+    shell::run()
+}
+
+fn apply_console_params() {
+    let parsed = params::parsed();
+    if parsed.flag("quiet") {
+        console::set_console_loglevel(4);
+    }
+    if parsed.is_set("loglevel") {
+        if let Some(level) = parsed.get_u64("loglevel") {
+            console::set_console_loglevel(level as u8);
+        }
+    }
+}
+
+/// Enables the APICs and routes COM1's interrupt to the shell.
+fn setup_interrupts(acpi: Option<&AcpiInfo>) {
+    irq::init(acpi);
+    if let Err(why) = irq::request_isa_irq(
+        acpi,
+        arch::serial::COM1_IRQ,
+        "ttyS0",
+        shell::serial_interrupt,
+    ) {
+        pr_warn!("irq: COM1 input unavailable ({why}); the shell cannot read input");
+    }
+}
+
+fn register_proc_files() {
+    use procfs::{register, ProcFile};
+    register(ProcFile {
+        path: "/proc/version",
+        read: Some(|| version_line() + "\n"),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/cmdline",
+        read: Some(|| String::from_utf8_lossy(params::command_line()).into_owned() + "\n"),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/meminfo",
+        read: Some(mm::meminfo),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/interrupts",
+        read: Some(irq::proc_interrupts),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/uptime",
+        read: Some(|| {
+            let ns = time::uptime_ns();
+            alloc::format!("{}.{:02}\n", ns / 1_000_000_000, (ns / 10_000_000) % 100)
+        }),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/sys/kernel/printk",
+        read: Some(|| alloc::format!("{}\n", console::console_loglevel())),
+        write: Some(|value| {
+            let level: u8 = value
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .filter(|&v| v <= 8)
+                .ok_or_else(|| alloc::format!("expected a log level 0-8, got {value:?}"))?;
+            console::set_console_loglevel(level);
+            Ok(())
+        }),
+    });
+    register(ProcFile {
+        path: "/proc/sysrq-trigger",
+        read: None,
+        write: Some(|value| match value.trim() {
+            "c" => {
+                crash_by_null_dereference();
+                Ok(())
+            }
+            "p" => panic!("sysrq: panic requested from /proc/sysrq-trigger"),
+            "o" => power_off(),
+            other => Err(alloc::format!(
+                "unknown sysrq command {other:?} (c: crash, p: panic, o: poweroff)"
+            )),
+        }),
+    });
+}
+
+/// sysrq 'c': a deliberate null-pointer read, to exercise the exception report.
+fn crash_by_null_dereference() {
+    let value = arch::trigger_null_read();
+    printk!("sysrq: read {value:#x} from address 0 without a fault (page 0 is mapped?)");
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    arch::cpu::disable_interrupts();
+    match info.location() {
+        Some(location) => console::emergency_print(format_args!(
+            "\nKernel panic at {}:{}:{}: {}\n",
+            location.file(),
+            location.line(),
+            location.column(),
+            info.message()
+        )),
+        None => console::emergency_print(format_args!("\nKernel panic: {}\n", info.message())),
+    }
+    arch::power::exit_failure(arch::power::EXIT_PANIC)
+}

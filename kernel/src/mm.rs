@@ -1,0 +1,352 @@
+//! Memory management at boot: the firmware memory map, the kernel heap, the physical page
+//! allocator (zones + buddy, from `lull-buddy`) and the kernel page tables.
+//!
+//! Boot does not touch RAM it does not use: the page allocator keeps its state in side tables
+//! on the heap, and page tables are built with large pages.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use core::ops::Range;
+
+use lull_buddy::{PhysAllocator, ZoneKind, ORDER_COUNT, PAGE_SIZE};
+
+use crate::arch::{self, BootInfo, MEMORY_RAM};
+use crate::sync::IrqSafeLock;
+
+/// Whether this kernel was built with ZONE_DMA.
+pub const WITH_DMA_ZONE: bool = cfg!(feature = "zone-dma");
+
+/// Heap reserved beyond the page allocator's metadata, for everything else the kernel keeps.
+const HEAP_BASE_BYTES: u64 = 16 << 20;
+
+/// Page allocator, behind its lock (a leaf lock: nothing is taken while holding it).
+static PAGES: IrqSafeLock<Option<PhysAllocator>> = IrqSafeLock::new(None);
+
+/// What boot learnt about memory, for `meminfo`.
+struct MemoryLayout {
+    /// Usable RAM from the firmware map (after `mem=`), page aligned.
+    ram: Vec<Range<u64>>,
+    /// What the kernel itself holds outside the page allocator, with a label.
+    reserved: Vec<(Range<u64>, &'static str)>,
+    /// Bytes of RAM (type 1) the firmware map reported, before `mem=`.
+    firmware_ram_bytes: u64,
+    page_table_frames: usize,
+}
+
+static LAYOUT: IrqSafeLock<Option<MemoryLayout>> = IrqSafeLock::new(None);
+
+fn page_down(value: u64) -> u64 {
+    value & !(PAGE_SIZE - 1)
+}
+
+fn page_up(value: u64) -> u64 {
+    value.saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
+/// Subtracts `hole` from every range in `ranges`.
+fn subtract(ranges: &[Range<u64>], hole: &Range<u64>, out: &mut Vec<Range<u64>>) {
+    for range in ranges {
+        if hole.end <= range.start || hole.start >= range.end {
+            out.push(range.clone());
+            continue;
+        }
+        if range.start < hole.start {
+            out.push(range.start..hole.start);
+        }
+        if hole.end < range.end {
+            out.push(hole.end..range.end);
+        }
+    }
+}
+
+/// A small fixed scratch list used before the heap exists (the memory map is short; entries
+/// beyond the capacity are ignored with a warning after the heap is up).
+struct EarlyRanges {
+    items: [Range<u64>; 128],
+    len: usize,
+    dropped: usize,
+}
+
+impl EarlyRanges {
+    fn new() -> Self {
+        Self {
+            items: [const { 0..0 }; 128],
+            len: 0,
+            dropped: 0,
+        }
+    }
+    fn push(&mut self, range: Range<u64>) {
+        if range.start >= range.end {
+            return;
+        }
+        if self.len < self.items.len() {
+            self.items[self.len] = range;
+            self.len += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
+    fn as_slice(&self) -> &[Range<u64>] {
+        &self.items[..self.len]
+    }
+}
+
+/// Brings up the heap, the page allocator and the page tables. `mem_limit` is `mem=`.
+pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
+    // 1. Usable RAM from the memory map, page aligned, capped by mem=.
+    let mut ram = EarlyRanges::new();
+    let mut firmware_ram_bytes = 0u64;
+    for entry in boot.memory_map {
+        if entry.kind != MEMORY_RAM {
+            continue;
+        }
+        firmware_ram_bytes += entry.size;
+        let start = page_up(entry.address);
+        let mut end = page_down(entry.address.saturating_add(entry.size));
+        if let Some(limit) = mem_limit {
+            end = end.min(page_down(limit));
+        }
+        ram.push(start..end);
+    }
+
+    // 2. What must not be handed out: low memory (firmware, boot structures), the kernel
+    //    image, the start info, the memory map and the command line where the loader put them.
+    let image = arch::kernel_image_range();
+    let command_line_end = boot.command_line_address + boot.command_line.len() as u64 + 1;
+    let boot_holes: [(Range<u64>, &'static str); 5] = [
+        (0..0x10_0000, "firmware and low memory"),
+        (page_down(image.start)..page_up(image.end), "kernel image"),
+        (
+            page_down(boot.start_info_address)..page_up(boot.start_info_address + 64),
+            "PVH start info",
+        ),
+        (
+            page_down(boot.memory_map_address)
+                ..page_up(boot.memory_map_address + 24 * boot.memory_map.len() as u64),
+            "memory map",
+        ),
+        (
+            page_down(boot.command_line_address)..page_up(command_line_end),
+            "boot command line",
+        ),
+    ];
+
+    // 3. Carve the heap from the first free range large enough: page-allocator metadata plus
+    //    room for everything else, including a generous margin for the command line.
+    let heap_bytes = page_up(
+        lull_buddy::metadata_bytes(ram.as_slice(), WITH_DMA_ZONE) as u64
+            + HEAP_BASE_BYTES
+            + 16 * boot.command_line.len() as u64,
+    );
+    let mut free_ranges = EarlyRanges::new();
+    for range in ram.as_slice() {
+        free_ranges.push(range.clone());
+    }
+    for (hole, _) in &boot_holes {
+        let mut next = EarlyRanges::new();
+        for range in free_ranges.as_slice() {
+            if hole.end <= range.start || hole.start >= range.end {
+                next.push(range.clone());
+                continue;
+            }
+            next.push(range.start..hole.start.max(range.start));
+            next.push(hole.end.min(range.end)..range.end);
+        }
+        free_ranges = next;
+    }
+    // Prefer RAM above 16 MiB so ZONE_DMA (when built) stays free for devices that need it,
+    // as Linux keeps early allocations out of the DMA zone.
+    let fits_from = |floor: u64| {
+        free_ranges.as_slice().iter().find_map(|range| {
+            let start = range.start.max(floor);
+            let end = range.end.min(4 << 30);
+            (end > start && end - start >= heap_bytes).then_some(start..start + heap_bytes)
+        })
+    };
+    let Some(heap) = fits_from(16 << 20).or_else(|| fits_from(0)) else {
+        crate::console::emergency_print(format_args!(
+            "Lull: no RAM range of {} KiB below 4 GiB for the kernel heap\n",
+            heap_bytes / 1024
+        ));
+        arch::power::exit_failure(arch::power::EXIT_PANIC);
+    };
+    // SAFETY-free: the heap range is usable RAM that nothing else owns; arch does the unsafe.
+    arch::heap::init_region(heap.clone());
+
+    // 4. The page allocator gets everything else.
+    let mut reserved: Vec<(Range<u64>, &'static str)> = boot_holes.to_vec();
+    reserved.push((heap.clone(), "kernel heap"));
+    let mut managed: Vec<Range<u64>> = free_ranges.as_slice().to_vec();
+    let mut next = Vec::new();
+    subtract(&managed, &heap, &mut next);
+    managed = next;
+    let allocator = match PhysAllocator::new(&managed, WITH_DMA_ZONE) {
+        Ok(allocator) => allocator,
+        Err(error) => panic!("page allocator: {error}"),
+    };
+    *PAGES.lock() = Some(allocator);
+    if ram.dropped != 0 {
+        crate::pr_warn!(
+            "mm: memory map has more than 128 RAM ranges; {} ignored",
+            ram.dropped
+        );
+    }
+
+    // 5. Page tables covering all RAM.
+    let top = ram.as_slice().iter().map(|r| r.end).max().unwrap_or(0);
+    let mut source = || alloc_pages(0, ZoneKind::Dma32);
+    let page_table_frames = match arch::paging::install_identity_map(top, &mut source) {
+        Ok(frames) => frames,
+        Err(_) => panic!("out of memory building the kernel page tables"),
+    };
+
+    for (range, label) in &reserved {
+        if range.end > range.start {
+            crate::printk!(
+                "mm: reserved [{:#010x}-{:#010x}] {label}",
+                range.start,
+                range.end - 1
+            );
+        }
+    }
+    *LAYOUT.lock() = Some(MemoryLayout {
+        ram: ram.as_slice().to_vec(),
+        reserved,
+        firmware_ram_bytes,
+        page_table_frames,
+    });
+    crate::printk!(
+        "mm: {} MiB usable RAM, heap {} KiB at {:#x}, {} page-table frames, ZONE_DMA {}",
+        ram.as_slice().iter().map(|r| r.end - r.start).sum::<u64>() >> 20,
+        heap_bytes / 1024,
+        heap.start,
+        page_table_frames,
+        if WITH_DMA_ZONE { "built" } else { "not built" }
+    );
+}
+
+/// Allocates `2^order` contiguous pages from `zone` (with Linux fallback to lower zones).
+pub fn alloc_pages(order: u8, zone: ZoneKind) -> Option<u64> {
+    PAGES.lock().as_mut()?.alloc(order, zone).ok()
+}
+
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+/// Frees pages obtained from [`alloc_pages`].
+pub fn free_pages(address: u64, order: u8) -> Result<(), String> {
+    match PAGES.lock().as_mut() {
+        Some(pages) => pages
+            .free(address, order)
+            .map_err(|e| alloc::format!("{e}")),
+        None => Err(String::from("page allocator not initialised")),
+    }
+}
+
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+/// (total, free) pages managed by the page allocator.
+pub fn page_counts() -> (u64, u64) {
+    PAGES
+        .lock()
+        .as_ref()
+        .map(|p| (p.total_pages(), p.free_pages()))
+        .unwrap_or((0, 0))
+}
+
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+/// Whether the page allocator has a DMA zone.
+pub fn has_dma_zone() -> bool {
+    PAGES
+        .lock()
+        .as_ref()
+        .map(|p| p.has_dma_zone())
+        .unwrap_or(false)
+}
+
+fn zone_range(kind: ZoneKind) -> Range<u64> {
+    match kind {
+        ZoneKind::Dma => 0..16 << 20,
+        ZoneKind::Dma32 if WITH_DMA_ZONE => 16 << 20..4 << 30,
+        ZoneKind::Dma32 => 0..4 << 30,
+        ZoneKind::Normal => 4 << 30..u64::MAX,
+    }
+}
+
+fn overlap(a: &Range<u64>, b: &Range<u64>) -> u64 {
+    a.end.min(b.end).saturating_sub(a.start.max(b.start))
+}
+
+/// Renders the `meminfo` report (also `/proc/meminfo`).
+pub fn meminfo() -> String {
+    let mut out = String::new();
+    let layout = LAYOUT.lock();
+    let pages = PAGES.lock();
+    let (Some(layout), Some(pages)) = (layout.as_ref(), pages.as_ref()) else {
+        return String::from("memory not initialised\n");
+    };
+    let usable: u64 = layout.ram.iter().map(|r| r.end - r.start).sum();
+    let (heap_used, heap_free) = arch::heap::usage();
+    let _ = writeln!(out, "MemTotal:       {:>10} kB", usable / 1024);
+    let _ = writeln!(
+        out,
+        "MemFree:        {:>10} kB",
+        pages.free_pages() * PAGE_SIZE / 1024
+    );
+    let _ = writeln!(
+        out,
+        "FirmwareRAM:    {:>10} kB",
+        layout.firmware_ram_bytes / 1024
+    );
+    let _ = writeln!(out, "HeapUsed:       {:>10} kB", heap_used / 1024);
+    let _ = writeln!(out, "HeapFree:       {:>10} kB", heap_free / 1024);
+    let _ = writeln!(
+        out,
+        "PageTables:     {:>10} kB",
+        layout.page_table_frames as u64 * PAGE_SIZE / 1024
+    );
+    let _ = writeln!(
+        out,
+        "Zone      present    managed   reserved       free   free per order 0..{}",
+        ORDER_COUNT - 1
+    );
+    for stats in pages.zones() {
+        let range = zone_range(stats.kind);
+        let present: u64 = layout.ram.iter().map(|r| overlap(r, &range)).sum::<u64>() / PAGE_SIZE;
+        let reserved = present.saturating_sub(stats.present_pages);
+        let _ = write!(
+            out,
+            "{:<8} {:>8} {:>10} {:>10} {:>10}  ",
+            stats.kind.name(),
+            present,
+            stats.present_pages,
+            reserved,
+            stats.free_pages
+        );
+        for count in stats.free_blocks {
+            let _ = write!(out, " {count}");
+        }
+        out.push('\n');
+    }
+    let total_present: u64 = layout.ram.iter().map(|r| r.end - r.start).sum::<u64>() / PAGE_SIZE;
+    let _ = writeln!(
+        out,
+        "Total    {:>8} {:>10}             {:>10}",
+        total_present,
+        pages.total_pages(),
+        pages.free_pages()
+    );
+    let _ = writeln!(
+        out,
+        "(pages of 4 KiB; present = RAM in the zone, managed = in the buddy allocator)"
+    );
+    out
+}
+
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+/// Labelled reserved ranges (for `dmesg`-style reports and tests).
+pub fn reserved_ranges() -> Vec<(Range<u64>, &'static str)> {
+    LAYOUT
+        .lock()
+        .as_ref()
+        .map(|l| l.reserved.clone())
+        .unwrap_or_default()
+}

@@ -1,0 +1,119 @@
+//! The kernel command line: stored at its exact size, parsed against every subsystem's
+//! declared parameters.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use core::fmt::Write;
+
+use lull_cmdline::{Kind, ParamSpec, Parsed, Registry};
+use sha2::{Digest, Sha256};
+use spin::Once;
+
+/// The command line as the loader gave it, copied to the heap at its exact length.
+static COMMAND_LINE: Once<Box<[u8]>> = Once::new();
+static PARSED: Once<Parsed> = Once::new();
+
+/// Parameters of the console and log.
+pub const CONSOLE_PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "loglevel",
+        kind: Kind::U64 { min: 0, max: 8 },
+        default: "7",
+        help: "Messages at or below this level are printed on the console (0-8).",
+    },
+    ParamSpec {
+        name: "quiet",
+        kind: Kind::Flag,
+        default: "",
+        help: "Console log level 4.",
+    },
+];
+
+/// Parameters of memory management (`mem=` is also read early, before the heap exists).
+pub const MM_PARAMS: &[ParamSpec] = &[ParamSpec {
+    name: "mem",
+    kind: Kind::Size,
+    default: "0",
+    help: "Use at most this much RAM (K/M/G suffixes); 0 means all of it.",
+}];
+
+/// Every subsystem's declarations, in one place so that duplicates are caught at boot.
+const ALL_PARAMS: &[&[ParamSpec]] = &[CONSOLE_PARAMS, MM_PARAMS];
+
+/// Reads `mem=` straight from boot memory, before the heap exists.
+pub fn early_mem_limit(line: &[u8]) -> Option<u64> {
+    let value = lull_cmdline::lookup(line, "mem")??;
+    let registry_free_parse = core::str::from_utf8(value).ok()?;
+    parse_size(registry_free_parse).filter(|&bytes| bytes >= 16 << 20)
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'k' | b'K' => (&text[..text.len() - 1], 10),
+        b'm' | b'M' => (&text[..text.len() - 1], 20),
+        b'g' | b'G' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    let value = match digits.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+        None => digits.parse::<u64>().ok()?,
+    };
+    value.checked_mul(1u64 << shift)
+}
+
+/// Copies the command line to the heap and parses it; prints one warning line for unknown
+/// parameters and one per malformed value. Called once the heap is up.
+pub fn init(boot_line: &[u8]) {
+    let stored = COMMAND_LINE.call_once(|| Box::from(boot_line));
+    let mut registry = Registry::new();
+    for specs in ALL_PARAMS {
+        if let Err(error) = registry.declare_all(specs) {
+            crate::pr_err!("cmdline: bad parameter declaration: {error:?}");
+        }
+    }
+    let parsed = PARSED.call_once(|| registry.parse(stored));
+    let unknown = parsed.unknown();
+    if !unknown.is_empty() {
+        // One line, kept readable even for a megabyte of unknown words.
+        let mut line = String::from("cmdline: unknown parameters ignored:");
+        for word in unknown.iter().take(16) {
+            let _ = write!(line, " {}", truncate(word, 64));
+        }
+        if unknown.len() > 16 {
+            let _ = write!(line, " ... ({} in all)", unknown.len());
+        }
+        crate::pr_warn!("{line}");
+    }
+    for error in parsed.errors() {
+        crate::pr_warn!("cmdline: {error}");
+    }
+}
+
+fn truncate(text: &str, limit: usize) -> &str {
+    match text.char_indices().nth(limit) {
+        Some((index, _)) => &text[..index],
+        None => text,
+    }
+}
+
+/// The stored command line (empty before `init`).
+pub fn command_line() -> &'static [u8] {
+    COMMAND_LINE.get().map(|line| &line[..]).unwrap_or(&[])
+}
+
+/// The parsed command line. Panics only if called before `init` (a kernel bug).
+pub fn parsed() -> &'static Parsed {
+    PARSED
+        .get()
+        .expect("params::init runs before any subsystem reads parameters")
+}
+
+/// SHA-256 of the stored command line, as lowercase hex.
+pub fn command_line_sha256() -> String {
+    let digest = Sha256::digest(command_line());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}

@@ -1,0 +1,286 @@
+//! The serial shell: `lull> ` on COM1, with line editing, fed by the UART interrupt.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::arch::{cpu, serial};
+use crate::procfs;
+use crate::sync::IrqSafeLock;
+use crate::{kprint, kprintln};
+
+/// Bytes received but not yet read by the shell. When it fills, the UART's receive interrupt
+/// is switched off (QEMU then holds further input) until the shell drains it: nothing is lost.
+struct InputRing {
+    bytes: [u8; 4096],
+    head: usize,
+    len: usize,
+    throttled: bool,
+}
+
+static INPUT: IrqSafeLock<InputRing> = IrqSafeLock::new(InputRing {
+    bytes: [0; 4096],
+    head: 0,
+    len: 0,
+    throttled: false,
+});
+
+/// COM1 interrupt handler (hard-IRQ context): moves received bytes into the input ring.
+pub fn serial_interrupt(_vector: u8) {
+    let mut input = INPUT.lock();
+    while input.len < input.bytes.len() {
+        let Some(byte) = serial::try_read_byte() else {
+            return;
+        };
+        let tail = (input.head + input.len) % input.bytes.len();
+        input.bytes[tail] = byte;
+        input.len += 1;
+    }
+    input.throttled = true;
+    serial::set_rx_interrupt(false);
+}
+
+/// Waits (halted, interrupts on) for the next input byte.
+fn read_byte() -> u8 {
+    loop {
+        cpu::disable_interrupts();
+        {
+            let mut input = INPUT.lock();
+            if input.len > 0 {
+                let byte = input.bytes[input.head];
+                input.head = (input.head + 1) % input.bytes.len();
+                input.len -= 1;
+                if input.throttled {
+                    input.throttled = false;
+                    serial::set_rx_interrupt(true);
+                }
+                drop(input);
+                cpu::enable_interrupts();
+                return byte;
+            }
+        }
+        // Nothing to do: sleep until an interrupt (atomically with enabling interrupts).
+        crate::idle::idle_once();
+    }
+}
+
+/// Reads one line with backspace editing. `\r`, `\n` and `\r\n` all end a line.
+fn read_line(previous_was_cr: &mut bool) -> String {
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let byte = read_byte();
+        match byte {
+            b'\n' if *previous_was_cr => {
+                *previous_was_cr = false;
+                continue;
+            }
+            b'\r' | b'\n' => {
+                *previous_was_cr = byte == b'\r';
+                kprint!("\n");
+                return String::from_utf8_lossy(&line).into_owned();
+            }
+            0x08 | 0x7f => {
+                *previous_was_cr = false;
+                if line.pop().is_some() {
+                    kprint!("\x08 \x08");
+                }
+            }
+            0x03 => {
+                *previous_was_cr = false;
+                kprint!("^C\n");
+                return String::new();
+            }
+            byte if byte == b'\t' || (0x20..0x7f).contains(&byte) || byte >= 0x80 => {
+                *previous_was_cr = false;
+                line.push(byte);
+                if byte < 0x80 {
+                    kprint!("{}", byte as char);
+                }
+            }
+            _ => *previous_was_cr = false,
+        }
+    }
+}
+
+/// A shell command: name, one-line help, implementation.
+struct Command {
+    name: &'static str,
+    usage: &'static str,
+    help: &'static str,
+    run: fn(&[&str], &str),
+}
+
+const COMMANDS: &[Command] = &[
+    Command {
+        name: "help",
+        usage: "help",
+        help: "list commands",
+        run: cmd_help,
+    },
+    Command {
+        name: "uname",
+        usage: "uname [-a]",
+        help: "kernel name, version and build",
+        run: cmd_uname,
+    },
+    Command {
+        name: "uptime",
+        usage: "uptime",
+        help: "time since boot",
+        run: cmd_uptime,
+    },
+    Command {
+        name: "cmdline",
+        usage: "cmdline [-v]",
+        help: "command line length and SHA-256 (-v: text)",
+        run: cmd_cmdline,
+    },
+    Command {
+        name: "meminfo",
+        usage: "meminfo",
+        help: "memory, zones and free pages per order",
+        run: cmd_meminfo,
+    },
+    Command {
+        name: "dmesg",
+        usage: "dmesg",
+        help: "kernel log",
+        run: cmd_dmesg,
+    },
+    Command {
+        name: "cat",
+        usage: "cat PATH...",
+        help: "print a /proc file",
+        run: cmd_cat,
+    },
+    Command {
+        name: "echo",
+        usage: "echo TEXT [> PATH]",
+        help: "print text, or write it to a /proc file",
+        run: cmd_echo,
+    },
+    Command {
+        name: "ls",
+        usage: "ls [DIR]",
+        help: "list /proc files",
+        run: cmd_ls,
+    },
+    Command {
+        name: "poweroff",
+        usage: "poweroff",
+        help: "shut down (ACPI S5)",
+        run: cmd_poweroff,
+    },
+];
+
+fn cmd_help(_: &[&str], _: &str) {
+    for command in COMMANDS {
+        kprintln!("  {:<22} {}", command.usage, command.help);
+    }
+}
+
+fn cmd_uname(args: &[&str], _: &str) {
+    if args.first() == Some(&"-a") {
+        kprintln!("{}", crate::version_line());
+    } else {
+        kprintln!("Lull");
+    }
+}
+
+fn cmd_uptime(_: &[&str], _: &str) {
+    let ns = crate::time::uptime_ns();
+    kprintln!("up {}.{:06} s", ns / 1_000_000_000, (ns / 1000) % 1_000_000);
+}
+
+fn cmd_cmdline(args: &[&str], _: &str) {
+    let line = crate::params::command_line();
+    kprintln!(
+        "length={} sha256={}",
+        line.len(),
+        crate::params::command_line_sha256()
+    );
+    if args.first() == Some(&"-v") {
+        kprintln!("{}", String::from_utf8_lossy(line));
+    }
+}
+
+fn cmd_meminfo(_: &[&str], _: &str) {
+    kprint!("{}", crate::mm::meminfo());
+}
+
+fn cmd_dmesg(_: &[&str], _: &str) {
+    let mut log = Vec::new();
+    crate::console::read_log(&mut log);
+    kprint!("{}", String::from_utf8_lossy(&log));
+}
+
+fn cmd_cat(args: &[&str], _: &str) {
+    if args.is_empty() {
+        kprintln!("cat: missing file operand (usage: cat PATH...)");
+    }
+    for path in args {
+        match procfs::read(path) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("cat: {path}: {error}"),
+        }
+    }
+}
+
+fn cmd_echo(_: &[&str], rest: &str) {
+    match rest.rsplit_once('>') {
+        Some((value, path)) => {
+            let path = path.trim();
+            let value = value.trim();
+            if path.is_empty() {
+                kprintln!("echo: missing file after '>'");
+                return;
+            }
+            if let Err(error) = procfs::write(path, value) {
+                kprintln!("echo: {path}: {error}");
+            }
+        }
+        None => kprintln!("{}", rest.trim()),
+    }
+}
+
+fn cmd_ls(args: &[&str], _: &str) {
+    let directory = args.first().copied().unwrap_or("/proc");
+    match procfs::list(directory) {
+        Ok(listing) => kprint!("{listing}"),
+        Err(error) => kprintln!("ls: {directory}: {error}"),
+    }
+}
+
+fn cmd_poweroff(_: &[&str], _: &str) {
+    crate::power_off();
+}
+
+/// Runs one command line.
+pub fn execute(line: &str) {
+    let line = line.trim();
+    if line.is_empty() {
+        return;
+    }
+    let (name, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let args: Vec<&str> = rest.split_whitespace().collect();
+    match COMMANDS.iter().find(|command| command.name == name) {
+        Some(command) => (command.run)(&args, rest),
+        None => kprintln!("{name}: command not found (try 'help')"),
+    }
+}
+
+/// Enables the UART interrupt and runs the shell forever.
+pub fn run() -> ! {
+    if let Some(byte) = serial::take_early_byte() {
+        let mut input = INPUT.lock();
+        input.bytes[0] = byte;
+        input.head = 0;
+        input.len = 1;
+    }
+    serial::set_rx_interrupt(true);
+    let mut previous_was_cr = false;
+    loop {
+        kprint!("lull> ");
+        let line = read_line(&mut previous_was_cr);
+        execute(&line);
+    }
+}

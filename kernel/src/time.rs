@@ -1,0 +1,65 @@
+//! Early timekeeping: the TSC, calibrated against the PIT at boot, gives uptime.
+//!
+//! The full time subsystem (clocksources, clock event devices, hrtimers, NO_HZ) builds on
+//! this; until then uptime is TSC-based with a frequency measured once.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::{cpu, pit};
+
+static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// Records the TSC value at kernel entry (uptime zero).
+pub fn set_boot_tsc(tsc: u64) {
+    BOOT_TSC.store(tsc, Ordering::Relaxed);
+}
+
+/// Measures the TSC frequency. Prefers CPUID leaf 0x15/0x16 and the hypervisor timing leaf,
+/// falls back to a 1 ms PIT measurement (±0.1%).
+pub fn calibrate() -> (u64, &'static str) {
+    let (hz, method) = tsc_hz_from_cpuid()
+        .map(|hz| (hz, "cpuid"))
+        .or_else(|| pit::calibrate_tsc_hz(1193).map(|hz| (hz, "PIT")))
+        .unwrap_or((1_000_000_000, "assumed"));
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    (hz, method)
+}
+
+fn tsc_hz_from_cpuid() -> Option<u64> {
+    let max_leaf = cpu::cpuid(0, 0).eax;
+    if max_leaf >= 0x15 {
+        let leaf = cpu::cpuid(0x15, 0);
+        if leaf.eax != 0 && leaf.ebx != 0 && leaf.ecx != 0 {
+            return Some(leaf.ecx as u64 * leaf.ebx as u64 / leaf.eax as u64);
+        }
+    }
+    // Hypervisor timing leaf (VMware/KVM convention): TSC frequency in kHz.
+    let hypervisor = cpu::cpuid(1, 0).ecx & (1 << 31) != 0;
+    if hypervisor && cpu::cpuid(0x4000_0000, 0).eax >= 0x4000_0010 {
+        let khz = cpu::cpuid(0x4000_0010, 0).eax as u64;
+        if khz != 0 {
+            return Some(khz * 1000);
+        }
+    }
+    None
+}
+
+/// TSC frequency in Hz (0 before calibration).
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// Converts TSC cycles to nanoseconds without overflow for centuries of uptime.
+fn cycles_to_ns(cycles: u64) -> u64 {
+    let hz = tsc_hz();
+    if hz == 0 {
+        return 0;
+    }
+    ((cycles as u128 * 1_000_000_000) / hz as u128) as u64
+}
+
+/// Nanoseconds since kernel entry.
+pub fn uptime_ns() -> u64 {
+    cycles_to_ns(cpu::rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed)))
+}

@@ -1,0 +1,366 @@
+//! End-to-end tests: boot the real kernel under QEMU (TCG), drive its serial shell, and assert
+//! on what it prints and on how QEMU exits.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::kernel::{self, Variant};
+use crate::qemu::{Guest, Machine, QemuConfig};
+
+const BOOT: Duration = Duration::from_secs(30);
+const STEP: Duration = Duration::from_secs(15);
+
+type TestResult = Result<(), String>;
+
+macro_rules! ensure {
+    ($condition:expr, $($message:tt)*) => {
+        if !$condition {
+            return Err(format!($($message)*));
+        }
+    };
+}
+
+/// One end-to-end test.
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn() -> TestResult,
+}
+
+pub const TESTS: &[Test] = &[
+    Test {
+        name: "boot_to_prompt_and_poweroff_q35",
+        run: boot_to_prompt_and_poweroff_q35,
+    },
+    Test {
+        name: "boot_to_prompt_and_poweroff_microvm",
+        run: boot_to_prompt_and_poweroff_microvm,
+    },
+    Test {
+        name: "piped_commands_meminfo_matches_ram",
+        run: piped_commands_meminfo_matches_ram,
+    },
+    Test {
+        name: "hundred_kib_command_line_on_microvm",
+        run: hundred_kib_command_line_on_microvm,
+    },
+    Test {
+        name: "malformed_parameters_warn_and_boot_continues",
+        run: malformed_parameters_warn_and_boot_continues,
+    },
+    Test {
+        name: "zone_dma_only_when_built",
+        run: zone_dma_only_when_built,
+    },
+    Test {
+        name: "line_editing_and_unknown_command",
+        run: line_editing_and_unknown_command,
+    },
+    Test {
+        name: "procfs_cat_and_echo",
+        run: procfs_cat_and_echo,
+    },
+    Test {
+        name: "dmesg_holds_the_boot_log",
+        run: dmesg_holds_the_boot_log,
+    },
+    Test {
+        name: "exception_report_and_nonzero_exit",
+        run: exception_report_and_nonzero_exit,
+    },
+    Test {
+        name: "panic_reports_location_and_exits_nonzero",
+        run: panic_reports_location_and_exits_nonzero,
+    },
+];
+
+fn shell_kernel() -> Result<std::path::PathBuf, String> {
+    kernel::build(&Variant::shell(true))
+}
+
+fn boot(config: &QemuConfig) -> Result<Guest, String> {
+    let mut guest = Guest::spawn(config)?;
+    guest.expect("lull> ", BOOT)?;
+    Ok(guest)
+}
+
+fn poweroff_exits_zero(guest: &mut Guest) -> TestResult {
+    guest.send(b"poweroff\n")?;
+    let code = guest.wait_exit(STEP)?;
+    ensure!(code == 0, "poweroff: QEMU exited with {code}, expected 0");
+    Ok(())
+}
+
+fn boot_and_poweroff(machine: Machine) -> TestResult {
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.machine = machine;
+    let mut guest = Guest::spawn(&config)?;
+    let banner = guest.expect("lull> ", BOOT)?;
+    ensure!(
+        banner.contains("Lull version 0.1.0"),
+        "no banner in:\n{banner}"
+    );
+    let uname = guest.run("uname -a", STEP)?;
+    ensure!(
+        uname.contains("Lull version") && uname.contains("x86_64"),
+        "uname -a: {uname}"
+    );
+    let uptime = guest.run("uptime", STEP)?;
+    ensure!(
+        uptime.starts_with("up ") && uptime.contains(" s"),
+        "uptime: {uptime}"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
+fn boot_to_prompt_and_poweroff_q35() -> TestResult {
+    boot_and_poweroff(Machine::Q35)
+}
+
+fn boot_to_prompt_and_poweroff_microvm() -> TestResult {
+    boot_and_poweroff(Machine::Microvm)
+}
+
+/// The issue's own check: commands piped into stdin before the prompt appears are not lost;
+/// meminfo's zone totals match `-m 512`; `cmdline` reports `length=5`; QEMU exits by itself.
+fn piped_commands_meminfo_matches_ram() -> TestResult {
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.memory_mib = 512;
+    config.append = "a=1 b".into();
+    let mut guest = Guest::spawn(&config)?;
+    guest.send(b"meminfo\ncmdline\npoweroff\n")?;
+    let code = guest.wait_exit(BOOT)?;
+    let output = guest.output();
+    ensure!(code == 0, "QEMU exited with {code}; output:\n{output}");
+    let expected_hash = hex(&Sha256::digest(b"a=1 b"));
+    ensure!(
+        output.contains(&format!("length=5 sha256={expected_hash}")),
+        "cmdline line missing:\n{output}"
+    );
+    let total = output
+        .lines()
+        .find(|line| line.starts_with("Total "))
+        .ok_or_else(|| format!("no Total row in meminfo:\n{output}"))?;
+    let present: u64 = total
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("bad Total row: {total}"))?;
+    let present_kib = present * 4;
+    // Firmware keeps 640 KiB-1 MiB (VGA and BIOS) for itself; everything else is in a zone.
+    ensure!(
+        (511 * 1024..=512 * 1024).contains(&present_kib),
+        "zones hold {present_kib} KiB, expected 512 MiB less at most 1 MiB of firmware holes"
+    );
+    let zone_sum: u64 = output
+        .lines()
+        .filter(|line| line.starts_with("DMA") || line.starts_with("Normal"))
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    ensure!(
+        zone_sum == present,
+        "per-zone present pages sum to {zone_sum}, total says {present}"
+    );
+    ensure!(
+        output.contains("unknown parameters ignored: a=1 b"),
+        "no unknown-parameter warning"
+    );
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A command line of exactly 100 KiB (QEMU's argv limit is 128 KiB) arrives intact.
+fn hundred_kib_command_line_on_microvm() -> TestResult {
+    let mut line = String::new();
+    let mut index = 0;
+    while line.len() < 100 * 1024 {
+        line.push_str(&format!("param{index}=\"value {index} with spaces\" "));
+        index += 1;
+    }
+    line.truncate(100 * 1024 - 8);
+    line.push_str(" -- init");
+    ensure!(
+        line.len() == 100 * 1024,
+        "test bug: line is {} bytes",
+        line.len()
+    );
+    let expected = format!(
+        "length={} sha256={}",
+        line.len(),
+        hex(&Sha256::digest(line.as_bytes()))
+    );
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.machine = Machine::Microvm;
+    config.append = line;
+    let mut guest = boot(&config)?;
+    let reply = guest.run("cmdline", STEP)?;
+    ensure!(
+        reply.contains(&expected),
+        "expected {expected:?}, got {reply:?}"
+    );
+    let dmesg = guest.run("dmesg", STEP)?;
+    ensure!(
+        dmesg.contains("in all)"),
+        "unknown-parameter warning not summarised:\n{dmesg}"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
+fn malformed_parameters_warn_and_boot_continues() -> TestResult {
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.append = "loglevel=abc mem=12Q quiet=1".into();
+    let mut guest = Guest::spawn(&config)?;
+    let boot_log = guest.expect("lull> ", BOOT)?;
+    for expected in [
+        "invalid value \"abc\" for loglevel (expected an integer in 0..=8); using default 7",
+        "invalid value \"12Q\" for mem",
+        "using default 0",
+    ] {
+        ensure!(
+            boot_log.contains(expected),
+            "missing {expected:?} in boot log:\n{boot_log}"
+        );
+    }
+    let uptime = guest.run("uptime", STEP)?;
+    ensure!(
+        uptime.starts_with("up "),
+        "shell broken after bad parameters: {uptime}"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
+fn dma_row(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some("DMA"))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+}
+
+fn zone_dma_only_when_built() -> TestResult {
+    for (features, want_dma) in [(vec![], false), (vec!["zone-dma"], true)] {
+        let elf = kernel::build(&Variant {
+            features: features.clone(),
+            release: true,
+        })?;
+        let mut guest = boot(&QemuConfig::new(&elf))?;
+        let meminfo = guest.run("meminfo", STEP)?;
+        match (dma_row(&meminfo), want_dma) {
+            (None, false) => {}
+            (Some(present), true) => ensure!(present > 3000, "DMA zone has only {present} pages"),
+            (row, _) => {
+                return Err(format!(
+                    "features {features:?}: DMA row {row:?} in:\n{meminfo}"
+                ))
+            }
+        }
+        ensure!(meminfo.contains("DMA32"), "no DMA32 zone:\n{meminfo}");
+        poweroff_exits_zero(&mut guest)?;
+    }
+    Ok(())
+}
+
+fn line_editing_and_unknown_command() -> TestResult {
+    let mut guest = boot(&QemuConfig::new(&shell_kernel()?))?;
+    guest.send(b"helq\x7fp\n")?;
+    let help = guest.expect("lull> ", STEP)?;
+    ensure!(
+        help.contains("list commands") && help.contains("poweroff"),
+        "help after backspace:\n{help}"
+    );
+    let reply = guest.run("frobnicate now", STEP)?;
+    ensure!(
+        reply.trim() == "frobnicate: command not found (try 'help')",
+        "unknown command: {reply:?}"
+    );
+    // \r\n (a terminal) must not run an extra empty command or lose the next one.
+    guest.send(b"uptime\r\n")?;
+    let reply = guest.expect("lull> ", STEP)?;
+    ensure!(reply.contains("up "), "CRLF line: {reply:?}");
+    poweroff_exits_zero(&mut guest)
+}
+
+fn procfs_cat_and_echo() -> TestResult {
+    let mut guest = boot(&QemuConfig::new(&shell_kernel()?))?;
+    let reply = guest.run("echo 3 > /proc/sys/kernel/printk", STEP)?;
+    ensure!(reply.trim().is_empty(), "echo printed {reply:?}");
+    let reply = guest.run("cat /proc/sys/kernel/printk", STEP)?;
+    ensure!(reply.trim() == "3", "printk level reads {reply:?}");
+    let reply = guest.run("echo banana > /proc/sys/kernel/printk", STEP)?;
+    ensure!(
+        reply.contains("Invalid argument"),
+        "bad value accepted: {reply:?}"
+    );
+    let reply = guest.run("cat /proc/nonexistent", STEP)?;
+    ensure!(
+        reply.contains("No such file or directory"),
+        "missing file: {reply:?}"
+    );
+    let reply = guest.run("echo x > /proc/version", STEP)?;
+    ensure!(
+        reply.contains("read-only"),
+        "read-only file written: {reply:?}"
+    );
+    let reply = guest.run("ls /proc", STEP)?;
+    ensure!(
+        reply.contains("meminfo") && reply.contains("cmdline"),
+        "ls /proc: {reply:?}"
+    );
+    let reply = guest.run("cat /proc/version", STEP)?;
+    ensure!(
+        reply.starts_with("Lull version"),
+        "/proc/version: {reply:?}"
+    );
+    let reply = guest.run("echo hello world", STEP)?;
+    ensure!(reply.trim() == "hello world", "echo: {reply:?}");
+    poweroff_exits_zero(&mut guest)
+}
+
+fn dmesg_holds_the_boot_log() -> TestResult {
+    let mut guest = boot(&QemuConfig::new(&shell_kernel()?))?;
+    let reply = guest.run("dmesg", STEP)?;
+    for expected in ["Lull version", "] mm: ", "ACPI: RSDP", "boot: kernel ready"] {
+        ensure!(
+            reply.contains(expected),
+            "dmesg lacks {expected:?}:\n{reply}"
+        );
+    }
+    poweroff_exits_zero(&mut guest)
+}
+
+fn exception_report_and_nonzero_exit() -> TestResult {
+    let mut guest = boot(&QemuConfig::new(&shell_kernel()?))?;
+    guest.send(b"echo c > /proc/sysrq-trigger\n")?;
+    let code = guest.wait_exit(STEP)?;
+    let output = guest.output();
+    for expected in [
+        "CPU exception 14: page fault (#PF)",
+        "CR2: 0x0000000000000000",
+        "RIP: 0x",
+        "R15 0x",
+        "page not present on read in kernel mode",
+        "System halted.",
+    ] {
+        ensure!(
+            output.contains(expected),
+            "report lacks {expected:?}:\n{output}"
+        );
+    }
+    ensure!(code == 5, "QEMU exited with {code}, expected 5 (exception)");
+    Ok(())
+}
+
+fn panic_reports_location_and_exits_nonzero() -> TestResult {
+    let mut guest = boot(&QemuConfig::new(&shell_kernel()?))?;
+    guest.send(b"echo p > /proc/sysrq-trigger\n")?;
+    let code = guest.wait_exit(STEP)?;
+    let output = guest.output();
+    ensure!(
+        output.contains("Kernel panic at src/main.rs:") && output.contains("panic requested"),
+        "panic report missing:\n{output}"
+    );
+    ensure!(code == 3, "QEMU exited with {code}, expected 3 (panic)");
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Running the kernel under QEMU and talking to its serial console from the host.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Which QEMU machine model to boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    Q35,
+    Microvm,
+}
+
+impl Machine {
+    pub fn parse(name: &str) -> Result<Machine, String> {
+        match name {
+            "q35" => Ok(Machine::Q35),
+            "microvm" => Ok(Machine::Microvm),
+            other => Err(format!(
+                "unknown machine {other:?} (expected q35 or microvm)"
+            )),
+        }
+    }
+
+    fn qemu_name(self) -> &'static str {
+        match self {
+            Machine::Q35 => "q35",
+            Machine::Microvm => "microvm",
+        }
+    }
+}
+
+/// How to start QEMU.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub kernel: PathBuf,
+    pub machine: Machine,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub append: String,
+    pub extra: Vec<String>,
+}
+
+impl QemuConfig {
+    pub fn new(kernel: &Path) -> Self {
+        QemuConfig {
+            kernel: kernel.to_path_buf(),
+            machine: Machine::Q35,
+            memory_mib: 256,
+            cpus: 1,
+            append: String::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// The QEMU command line: TCG, serial on stdio, no display, isa-debug-exit for statuses,
+    /// and `-no-reboot` so a triple fault ends QEMU instead of looping.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("qemu-system-x86_64");
+        command
+            .args(["-M", self.machine.qemu_name(), "-accel", "tcg"])
+            .args([
+                "-m",
+                &self.memory_mib.to_string(),
+                "-smp",
+                &self.cpus.to_string(),
+            ])
+            .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+            .arg("-kernel")
+            .arg(&self.kernel);
+        if !self.append.is_empty() {
+            command.arg("-append").arg(&self.append);
+        }
+        command.args(&self.extra);
+        command
+    }
+}
+
+/// What QEMU's exit status means for a Lull guest.
+pub fn describe_exit(code: i32) -> &'static str {
+    match code {
+        0 => "powered off",
+        3 => "kernel panic",
+        5 => "CPU exception",
+        33 => "in-kernel tests passed",
+        35 => "in-kernel tests failed",
+        _ => "unexpected status",
+    }
+}
+
+struct Shared {
+    output: Mutex<Vec<u8>>,
+    changed: Condvar,
+}
+
+/// A running guest whose serial console the host reads and writes.
+pub struct Guest {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    shared: Arc<Shared>,
+    /// Bytes of output already matched by `expect`.
+    consumed: usize,
+}
+
+impl Guest {
+    /// Starts QEMU with piped stdin/stdout.
+    pub fn spawn(config: &QemuConfig) -> Result<Guest, String> {
+        let mut child = config
+            .command()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+        let shared = Arc::new(Shared {
+            output: Mutex::new(Vec::new()),
+            changed: Condvar::new(),
+        });
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || pump(stream, &shared));
+        }
+        Ok(Guest {
+            stdin: child.stdin.take(),
+            child,
+            shared,
+            consumed: 0,
+        })
+    }
+
+    /// Everything the guest printed so far, with `\r` removed.
+    pub fn output(&self) -> String {
+        let output = self.shared.output.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&output).replace('\r', "")
+    }
+
+    /// Waits until `needle` appears after the last match; returns the text up to and including
+    /// it (from the previous match on).
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        let mut output = self.shared.output.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let text = String::from_utf8_lossy(&output[self.consumed..]).replace('\r', "");
+            if let Some(position) = text.find(needle) {
+                // Advance `consumed` by the raw bytes that produced `text[..end]`.
+                let end = position + needle.len();
+                let mut raw = 0;
+                let mut cooked = 0;
+                let bytes = &output[self.consumed..];
+                while cooked < end && raw < bytes.len() {
+                    if bytes[raw] != b'\r' {
+                        cooked += 1;
+                    }
+                    raw += 1;
+                }
+                self.consumed += raw;
+                return Ok(text[..end].to_string());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let tail: String = text
+                    .chars()
+                    .rev()
+                    .take(2000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                return Err(format!(
+                    "timed out after {timeout:?} waiting for {needle:?}; output was:\n{tail}"
+                ));
+            }
+            output = self
+                .shared
+                .changed
+                .wait_timeout(output, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Sends raw bytes to the serial port.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
+        stdin
+            .write_all(bytes)
+            .and_then(|_| stdin.flush())
+            .map_err(|e| format!("write to guest: {e}"))
+    }
+
+    /// Types a command at the prompt and returns what it printed before the next prompt.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<String, String> {
+        self.send(format!("{command}\n").as_bytes())?;
+        let text = self.expect("lull> ", timeout)?;
+        // Drop the echoed command line and the trailing prompt.
+        let body = text.strip_suffix("lull> ").unwrap_or(&text);
+        let body = match body.find('\n') {
+            Some(newline) if body[..newline].trim_end() == command => &body[newline + 1..],
+            _ => body,
+        };
+        Ok(body.to_string())
+    }
+
+    /// Waits for QEMU to exit; returns its status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<i32, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status.code().unwrap_or(-1)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    return Err(format!(
+                        "QEMU did not exit within {timeout:?}; output:\n{}",
+                        self.output()
+                    ));
+                }
+                Err(e) => return Err(format!("waiting for QEMU: {e}")),
+            }
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn pump(mut stream: Box<dyn Read + Send>, shared: &Shared) {
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut output = shared.output.lock().unwrap_or_else(|e| e.into_inner());
+                output.extend_from_slice(&buffer[..n]);
+                shared.changed.notify_all();
+            }
+        }
+    }
+    shared.changed.notify_all();
+}
