@@ -393,10 +393,21 @@ pub fn run_started(started: Started, options: &RunOptions, main_entered: Instant
         machine,
         events,
         vcpus_running_at,
+        phases,
     } = started;
     if options.timing {
         let since_main = vcpus_running_at.duration_since(main_entered).as_secs_f64() * 1e6;
-        eprintln!("{{\"event\":\"vcpus_running\",\"since_main_us\":{since_main:.0}}}");
+        let phases: serde_json::Map<String, serde_json::Value> = phases
+            .iter()
+            .map(|(name, took)| {
+                (
+                    name.to_string(),
+                    serde_json::json!((took.as_secs_f64() * 1e6).round()),
+                )
+            })
+            .collect();
+        let line = serde_json::json!({"event": "vcpus_running", "since_main_us": since_main.round(), "phases_us": phases});
+        eprintln!("{line}");
     }
     let terminal = RawTerminal::enter();
     let bus = machine.bus();

@@ -165,6 +165,29 @@ pub struct Started {
     pub events: Receiver<VmEvent>,
     /// When the last vCPU thread entered its run loop.
     pub vcpus_running_at: Instant,
+    /// Time spent in each setup phase, in order (for `--timing` and the benchmarks).
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// Records how long each setup phase took.
+struct PhaseClock {
+    last: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl PhaseClock {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.phases.push((phase, now - self.last));
+        self.last = now;
+    }
 }
 
 fn host_error(what: &'static str) -> impl FnOnce(std::io::Error) -> MachineError {
@@ -211,7 +234,9 @@ fn build_bus(
 impl Machine {
     /// Boots `config.kernel` (a PVH ELF) with serial output to `output`.
     pub fn boot(config: &MachineConfig, output: SerialOutput) -> Result<Started, MachineError> {
+        let mut clock = PhaseClock::new();
         let kvm = open_kvm()?;
+        clock.lap("open_kvm");
         let maximum = kvm.get_max_vcpus().min(255);
         if config.vcpus == 0 || usize::from(config.vcpus) > maximum {
             return Err(MachineError::VcpuCount {
@@ -233,7 +258,9 @@ impl Machine {
             tables.rsdp_address(),
         )?;
 
+        clock.lap("memory_and_kernel");
         let vm = Vm::create(&kvm, &memory)?;
+        clock.lap("create_vm");
         let (bus, serial_interrupt) = build_bus(
             &vm,
             |trigger| Ok(SerialConsole::new(trigger, output)),
@@ -271,15 +298,31 @@ impl Machine {
             vcpu.select_readable_msrs(msr_candidates.as_slice())?;
             vcpus.push(vcpu);
         }
-        Ok(Self::start(vm, memory, bus, serial_interrupt, vcpus, None))
+        clock.lap("devices_and_vcpus");
+        Ok(Self::start(
+            vm,
+            memory,
+            bus,
+            serial_interrupt,
+            vcpus,
+            None,
+            clock,
+        ))
     }
 
     /// Restores the snapshot in `directory` into this process, serial output to `output`.
     pub fn restore(directory: &Path, output: SerialOutput) -> Result<Started, MachineError> {
+        let mut clock = PhaseClock::new();
         let state = snapshot::read_state(directory)?;
+        clock.lap("read_state");
         let kvm = open_kvm()?;
+        clock.lap("open_kvm");
         let memory = GuestMemory::restore(directory.join(MEMORY_FILE_NAME), &state.memory)?;
-        let vm = Vm::restore(Vm::create(&kvm, &memory)?, &state.vm)?;
+        clock.lap("map_memory");
+        let vm = Vm::create(&kvm, &memory)?;
+        clock.lap("create_vm");
+        let vm = Vm::restore(vm, &state.vm)?;
+        clock.lap("restore_vm_state");
         let (bus, serial_interrupt) = build_bus(
             &vm,
             |trigger| {
@@ -314,6 +357,7 @@ impl Machine {
                 vcpu_state,
             )?);
         }
+        clock.lap("devices_and_vcpus");
         Ok(Self::start(
             vm,
             memory,
@@ -321,6 +365,7 @@ impl Machine {
             serial_interrupt,
             vcpus,
             Some(directory.to_path_buf()),
+            clock,
         ))
     }
 
@@ -331,6 +376,7 @@ impl Machine {
         serial_interrupt: EventFd,
         vcpus: Vec<Vcpu>,
         restored_from: Option<PathBuf>,
+        mut clock: PhaseClock,
     ) -> Started {
         static KICK_HANDLER: Once = Once::new();
         KICK_HANDLER.call_once(|| {
@@ -379,6 +425,7 @@ impl Machine {
             let _ = started.recv();
         }
         let vcpus_running_at = Instant::now();
+        clock.lap("start_vcpu_threads");
         let machine = Machine {
             vm,
             memory,
@@ -395,6 +442,7 @@ impl Machine {
             machine,
             events,
             vcpus_running_at,
+            phases: clock.phases,
         }
     }
 

@@ -247,8 +247,11 @@ impl RateTracker {
 pub struct HostMemory {
     pub rss_kib: u64,
     pub guest_memory_rss_kib: u64,
-    /// RSS excluding guest RAM: the VMM's own footprint.
+    /// RSS excluding guest RAM: the VMM's own footprint, shared library pages included.
     pub vmm_rss_kib: u64,
+    /// Pages of that footprint private to this process (what each extra VM really costs:
+    /// the binary's and libc's pages are shared between VMMs).
+    pub vmm_private_kib: u64,
 }
 
 /// Sums `Rss:` of /proc/self/smaps, attributing mappings inside `guest_ranges` to the guest.
@@ -261,6 +264,7 @@ pub fn host_memory(guest_ranges: &[(usize, usize)]) -> io::Result<HostMemory> {
 pub fn host_memory_from_smaps(smaps: &str, guest_ranges: &[(usize, usize)]) -> HostMemory {
     let mut total = 0;
     let mut guest = 0;
+    let mut private = 0;
     let mut in_guest = false;
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
@@ -272,16 +276,24 @@ pub fn host_memory_from_smaps(smaps: &str, guest_ranges: &[(usize, usize)]) -> H
                 continue;
             }
         }
-        if let Some(rest) = line.strip_prefix("Rss:") {
-            let kib: u64 = rest
-                .trim()
+        let kib = |rest: &str| -> u64 {
+            rest.trim()
                 .trim_end_matches("kB")
                 .trim()
                 .parse()
-                .unwrap_or(0);
-            total += kib;
+                .unwrap_or(0)
+        };
+        if let Some(rest) = line.strip_prefix("Rss:") {
+            total += kib(rest);
             if in_guest {
-                guest += kib;
+                guest += kib(rest);
+            }
+        } else if let Some(rest) = line
+            .strip_prefix("Private_Clean:")
+            .or_else(|| line.strip_prefix("Private_Dirty:"))
+        {
+            if !in_guest {
+                private += kib(rest);
             }
         }
     }
@@ -289,6 +301,7 @@ pub fn host_memory_from_smaps(smaps: &str, guest_ranges: &[(usize, usize)]) -> H
         rss_kib: total,
         guest_memory_rss_kib: guest,
         vmm_rss_kib: total - guest,
+        vmm_private_kib: private,
     }
 }
 
@@ -370,16 +383,17 @@ Size:               1024 kB
 Rss:                 512 kB
 55aa00000000-55aa00010000 r-xp 00000000 08:01 1 /usr/bin/lull-vmm
 Rss:                  40 kB
+Private_Clean:         8 kB
+Private_Dirty:         4 kB
 ";
         let memory = host_memory_from_smaps(smaps, &[(0x7f00_0000_0000, 0x10_0000)]);
-        assert_eq!(
-            memory,
-            HostMemory {
-                rss_kib: 552,
-                guest_memory_rss_kib: 512,
-                vmm_rss_kib: 40
-            }
-        );
+        let expected = HostMemory {
+            rss_kib: 552,
+            guest_memory_rss_kib: 512,
+            vmm_rss_kib: 40,
+            vmm_private_kib: 12,
+        };
+        assert_eq!(memory, expected);
     }
 
     #[test]
