@@ -10,10 +10,58 @@ const HYPERVISOR_BIT: u32 = 1 << 31;
 /// CPUID.1:EDX bit 28: more than one logical processor per package (HTT).
 const HTT_BIT: u32 = 1 << 28;
 
+/// Brand string reported when the host's is missing (some nested hypervisors report none).
+const FALLBACK_BRAND: &[u8; 48] =
+    b"Lull VMM virtual CPU\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+
+/// Fills leaves 0x8000_0002..=0x8000_0004 with [`FALLBACK_BRAND`] when they are absent or zero.
+fn ensure_brand_string(cpuid: &mut CpuId) {
+    let brand_leaves = 0x8000_0002..=0x8000_0004u32;
+    let present_and_set = cpuid.as_slice().iter().any(|entry| {
+        brand_leaves.contains(&entry.function)
+            && (entry.eax | entry.ebx | entry.ecx | entry.edx) != 0
+    });
+    if present_and_set {
+        return;
+    }
+    let words: Vec<u32> = FALLBACK_BRAND
+        .chunks(4)
+        .map(|chunk| u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+        .collect();
+    for (leaf_index, function) in brand_leaves.enumerate() {
+        let [eax, ebx, ecx, edx] = [0, 1, 2, 3].map(|register| words[leaf_index * 4 + register]);
+        let existing = cpuid
+            .as_mut_slice()
+            .iter_mut()
+            .find(|entry| entry.function == function);
+        match existing {
+            Some(entry) => (entry.eax, entry.ebx, entry.ecx, entry.edx) = (eax, ebx, ecx, edx),
+            None => {
+                let entry = kvm_bindings::kvm_cpuid_entry2 {
+                    function,
+                    eax,
+                    ebx,
+                    ecx,
+                    edx,
+                    ..Default::default()
+                };
+                // A full table keeps the host's (empty) brand; nothing breaks without one.
+                let _ = cpuid.push(entry);
+            }
+        }
+    }
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == 0x8000_0000 && entry.eax < 0x8000_0004 {
+            entry.eax = 0x8000_0004;
+        }
+    }
+}
+
 /// Adapts the host-supported CPUID for vCPU `index` of `vcpu_count` (one package, one core
 /// per vCPU, APIC ID = index).
 pub fn vcpu_cpuid(supported: &CpuId, index: u8, vcpu_count: u8, tsc_deadline: bool) -> CpuId {
     let mut cpuid = supported.clone();
+    ensure_brand_string(&mut cpuid);
     let apic_id = u32::from(index);
     let count = u32::from(vcpu_count.max(1));
     // Bits needed to number the cores in the package (x2APIC topology shift).
@@ -101,6 +149,21 @@ mod tests {
         assert_ne!(leaf1.ecx & HYPERVISOR_BIT, 0);
         let core_level = find(&cpuid, 0xb, 1);
         assert_eq!((core_level.eax, core_level.ebx, core_level.edx), (2, 4, 3));
+    }
+
+    #[test]
+    fn missing_brand_string_is_filled_in() {
+        let mut extended = entry(0x8000_0000, 0);
+        extended.eax = 0x8000_0001;
+        let supported = CpuId::from_entries(&[entry(1, 0), extended]).unwrap();
+        let cpuid = vcpu_cpuid(&supported, 0, 1, false);
+        assert_eq!(find(&cpuid, 0x8000_0000, 0).eax, 0x8000_0004);
+        let first = find(&cpuid, 0x8000_0002, 0);
+        assert_eq!(&first.eax.to_le_bytes(), b"Lull");
+        let mut host_brand = entry(0x8000_0002, 0);
+        host_brand.eax = u32::from_le_bytes(*b"Host");
+        let kept = vcpu_cpuid(&CpuId::from_entries(&[host_brand]).unwrap(), 0, 1, false);
+        assert_eq!(&find(&kept, 0x8000_0002, 0).eax.to_le_bytes(), b"Host");
     }
 
     #[test]
