@@ -1,6 +1,4 @@
-//! lull-vmm: the microVM monitor that hosts Lull on /dev/kvm.
-
+//! lull-vmm command line: see `lull-vmm help`.
 fn main() {
-    eprintln!("lull-vmm: not implemented yet");
-    std::process::exit(2);
+    std::process::exit(lull_vmm::cli::main());
 }

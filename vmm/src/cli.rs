@@ -1,0 +1,778 @@
+//! The `lull-vmm` command line: `run`, `restore`, the API client subcommands, and `bench`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::api::{self, client};
+use crate::console::{self, RawTerminal, StdoutWriter};
+use crate::devices::{lock, MachineRequest};
+use crate::machine::{Machine, MachineConfig, Started};
+use crate::metrics::{MetricsReport, RateTracker};
+use crate::vstate::vcpu::VmEvent;
+
+pub const USAGE: &str = "\
+lull-vmm: the microVM monitor that hosts Lull on /dev/kvm
+
+USAGE:
+  lull-vmm run --kernel ELF [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH] [RUN OPTIONS]
+  lull-vmm restore --snapshot DIR [RUN OPTIONS]
+  lull-vmm pause|resume|power-button|info --api SOCKET
+  lull-vmm snapshot --api SOCKET --path DIR [--leave-paused]
+  lull-vmm metrics --api SOCKET [--interval-ms N] [--json]
+  lull-vmm bench [--kernel ELF] [--sizes-mib 128,1024] [--json]
+  lull-vmm write-test-guest PATH    write the built-in PVH test guest (see vmm/src/test_guest)
+
+RUN OPTIONS:
+  --api-sock PATH           serve the control API (REST/JSON, see vmm/api.yaml) on a Unix socket
+  --metrics-file PATH       append a JSON line of metrics every --metrics-interval-ms (default 1000)
+  --timing                  print a JSON line on stderr when all vCPUs run
+
+Defaults: 1 vCPU, 128 MiB, empty command line. The serial console is stdin/stdout (raw mode when
+stdin is a terminal; Ctrl-A x quits). Exit status: the guest's (0 on ACPI poweroff; (N<<1)|1
+for a write of N to the isa-debug-exit port 0xf4), 1 on VM failure, 2 on usage errors.
+";
+
+/// Why the command line was not understood.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UsageError {
+    #[error("no command given")]
+    NoCommand,
+    #[error("unknown command '{0}'")]
+    UnknownCommand(String),
+    #[error("unknown option '{option}' for '{command}'")]
+    UnknownOption { command: String, option: String },
+    #[error("option {0} needs a value")]
+    MissingValue(String),
+    #[error("option {option}: '{value}' is not a valid {expected}")]
+    InvalidValue {
+        option: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("'{command}' needs {option}")]
+    MissingOption {
+        command: String,
+        option: &'static str,
+    },
+    #[error("give either --cmdline or --cmdline-file, not both")]
+    TwoCommandLines,
+    #[error("cannot read command line file {path}: {reason}")]
+    CommandLineFile { path: PathBuf, reason: String },
+}
+
+/// Options shared by `run` and `restore`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    pub api_sock: Option<PathBuf>,
+    pub metrics_file: Option<PathBuf>,
+    pub metrics_interval_ms: u64,
+    pub timing: bool,
+}
+
+/// A request to a running lull-vmm's API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAction {
+    Info,
+    Pause,
+    Resume,
+    PowerButton,
+    Snapshot {
+        path: PathBuf,
+        leave_paused: bool,
+    },
+    Metrics {
+        interval_ms: Option<u64>,
+        json: bool,
+    },
+}
+
+/// Options of `bench`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchOptions {
+    pub kernel: Option<PathBuf>,
+    pub sizes_mib: Vec<u64>,
+    pub json: bool,
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Run {
+        config: MachineConfig,
+        options: RunOptions,
+    },
+    Restore {
+        snapshot: PathBuf,
+        options: RunOptions,
+    },
+    Api {
+        socket: PathBuf,
+        action: ApiAction,
+    },
+    Bench(BenchOptions),
+    WriteTestGuest(PathBuf),
+    Help,
+}
+
+struct Arguments<'a> {
+    command: String,
+    rest: std::slice::Iter<'a, String>,
+}
+
+impl<'a> Arguments<'a> {
+    fn value(&mut self, option: &str) -> Result<&'a String, UsageError> {
+        self.rest
+            .next()
+            .ok_or_else(|| UsageError::MissingValue(option.to_string()))
+    }
+
+    fn number<T: std::str::FromStr>(
+        &mut self,
+        option: &str,
+        expected: &'static str,
+    ) -> Result<T, UsageError> {
+        let value = self.value(option)?;
+        value.parse().map_err(|_| UsageError::InvalidValue {
+            option: option.to_string(),
+            value: value.clone(),
+            expected,
+        })
+    }
+
+    fn unknown(&self, option: &str) -> UsageError {
+        UsageError::UnknownOption {
+            command: self.command.clone(),
+            option: option.to_string(),
+        }
+    }
+}
+
+fn parse_run_option(
+    arguments: &mut Arguments,
+    option: &str,
+    options: &mut RunOptions,
+) -> Result<bool, UsageError> {
+    match option {
+        "--api-sock" => options.api_sock = Some(PathBuf::from(arguments.value(option)?)),
+        "--metrics-file" => options.metrics_file = Some(PathBuf::from(arguments.value(option)?)),
+        "--metrics-interval-ms" => {
+            options.metrics_interval_ms = arguments.number(option, "number of milliseconds")?;
+            if options.metrics_interval_ms == 0 {
+                return Err(UsageError::InvalidValue {
+                    option: option.into(),
+                    value: "0".into(),
+                    expected: "positive interval",
+                });
+            }
+        }
+        "--timing" => options.timing = true,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Parses `args` (without the program name).
+pub fn parse(args: &[String]) -> Result<Command, UsageError> {
+    let Some((command, rest)) = args.split_first() else {
+        return Err(UsageError::NoCommand);
+    };
+    let mut arguments = Arguments {
+        command: command.clone(),
+        rest: rest.iter(),
+    };
+    let mut options = RunOptions {
+        metrics_interval_ms: 1000,
+        ..Default::default()
+    };
+    match command.as_str() {
+        "help" | "--help" | "-h" => Ok(Command::Help),
+        "run" => {
+            let (mut kernel, mut vcpus, mut memory_mib) = (None, 1u8, 128u64);
+            let (mut cmdline, mut cmdline_file) = (None::<Vec<u8>>, None::<PathBuf>);
+            while let Some(option) = arguments.rest.next() {
+                match option.as_str() {
+                    "--kernel" => kernel = Some(PathBuf::from(arguments.value(option)?)),
+                    "--vcpus" => vcpus = arguments.number(option, "vCPU count (1-255)")?,
+                    "--memory" => memory_mib = arguments.number(option, "size in MiB")?,
+                    "--cmdline" => cmdline = Some(arguments.value(option)?.as_bytes().to_vec()),
+                    "--cmdline-file" => {
+                        cmdline_file = Some(PathBuf::from(arguments.value(option)?))
+                    }
+                    other => {
+                        if !parse_run_option(&mut arguments, other, &mut options)? {
+                            return Err(arguments.unknown(other));
+                        }
+                    }
+                }
+            }
+            let kernel = kernel.ok_or(UsageError::MissingOption {
+                command: "run".into(),
+                option: "--kernel ELF",
+            })?;
+            let cmdline = match (cmdline, cmdline_file) {
+                (Some(_), Some(_)) => return Err(UsageError::TwoCommandLines),
+                (Some(cmdline), None) => cmdline,
+                // The file is the command line byte for byte (no newline stripping): what the
+                // guest sees must hash the same as the file.
+                (None, Some(path)) => {
+                    std::fs::read(&path).map_err(|e| UsageError::CommandLineFile {
+                        path,
+                        reason: e.to_string(),
+                    })?
+                }
+                (None, None) => Vec::new(),
+            };
+            Ok(Command::Run {
+                config: MachineConfig {
+                    kernel,
+                    vcpus,
+                    memory_mib,
+                    cmdline,
+                },
+                options,
+            })
+        }
+        "restore" => {
+            let mut snapshot = None;
+            while let Some(option) = arguments.rest.next() {
+                match option.as_str() {
+                    "--snapshot" => snapshot = Some(PathBuf::from(arguments.value(option)?)),
+                    other => {
+                        if !parse_run_option(&mut arguments, other, &mut options)? {
+                            return Err(arguments.unknown(other));
+                        }
+                    }
+                }
+            }
+            let snapshot = snapshot.ok_or(UsageError::MissingOption {
+                command: "restore".into(),
+                option: "--snapshot DIR",
+            })?;
+            Ok(Command::Restore { snapshot, options })
+        }
+        "pause" | "resume" | "power-button" | "info" | "snapshot" | "metrics" => {
+            let (mut socket, mut path, mut leave_paused) = (None, None, false);
+            let (mut interval_ms, mut json) = (None, false);
+            while let Some(option) = arguments.rest.next() {
+                match (command.as_str(), option.as_str()) {
+                    (_, "--api") => socket = Some(PathBuf::from(arguments.value(option)?)),
+                    ("snapshot", "--path") => path = Some(PathBuf::from(arguments.value(option)?)),
+                    ("snapshot", "--leave-paused") => leave_paused = true,
+                    ("metrics", "--interval-ms") => {
+                        interval_ms = Some(arguments.number(option, "number of milliseconds")?)
+                    }
+                    ("metrics", "--json") => json = true,
+                    (_, other) => return Err(arguments.unknown(other)),
+                }
+            }
+            let socket = socket.ok_or(UsageError::MissingOption {
+                command: command.clone(),
+                option: "--api SOCKET",
+            })?;
+            let action = match command.as_str() {
+                "pause" => ApiAction::Pause,
+                "resume" => ApiAction::Resume,
+                "power-button" => ApiAction::PowerButton,
+                "info" => ApiAction::Info,
+                "metrics" => ApiAction::Metrics { interval_ms, json },
+                _ => ApiAction::Snapshot {
+                    path: path.ok_or(UsageError::MissingOption {
+                        command: command.clone(),
+                        option: "--path DIR",
+                    })?,
+                    leave_paused,
+                },
+            };
+            Ok(Command::Api { socket, action })
+        }
+        "bench" => {
+            let mut bench = BenchOptions {
+                kernel: None,
+                sizes_mib: vec![128, 1024],
+                json: false,
+            };
+            while let Some(option) = arguments.rest.next() {
+                match option.as_str() {
+                    "--kernel" => bench.kernel = Some(PathBuf::from(arguments.value(option)?)),
+                    "--json" => bench.json = true,
+                    "--sizes-mib" => {
+                        let value = arguments.value(option)?;
+                        bench.sizes_mib = value
+                            .split(',')
+                            .map(|size| size.trim().parse())
+                            .collect::<Result<_, _>>()
+                            .map_err(|_| UsageError::InvalidValue {
+                                option: option.clone(),
+                                value: value.clone(),
+                                expected: "comma-separated list of MiB",
+                            })?;
+                    }
+                    other => return Err(arguments.unknown(other)),
+                }
+            }
+            Ok(Command::Bench(bench))
+        }
+        "write-test-guest" => {
+            let path = arguments.value("PATH")?;
+            Ok(Command::WriteTestGuest(PathBuf::from(path)))
+        }
+        other => Err(UsageError::UnknownCommand(other.to_string())),
+    }
+}
+
+/// Entry point; returns the process exit status.
+pub fn main() -> i32 {
+    let main_entered = Instant::now();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse(&args) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("lull-vmm: {error}\n\n{USAGE}");
+            return 2;
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{USAGE}");
+            0
+        }
+        Command::Run { config, options } => match Machine::boot(&config, Box::new(StdoutWriter)) {
+            Ok(started) => run_started(started, &options, main_entered),
+            Err(error) => {
+                eprintln!("lull-vmm: cannot start the VM: {error}");
+                1
+            }
+        },
+        Command::Restore { snapshot, options } => {
+            match Machine::restore(&snapshot, Box::new(StdoutWriter)) {
+                Ok(started) => run_started(started, &options, main_entered),
+                Err(error) => {
+                    eprintln!("lull-vmm: cannot restore {}: {error}", snapshot.display());
+                    1
+                }
+            }
+        }
+        Command::Api { socket, action } => match api_command(&socket, &action) {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("lull-vmm: {error}");
+                1
+            }
+        },
+        Command::Bench(options) => crate::bench::main(&options),
+        Command::WriteTestGuest(path) => {
+            match std::fs::write(&path, crate::test_guest::pvh_elf()) {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("lull-vmm: cannot write {}: {error}", path.display());
+                    1
+                }
+            }
+        }
+    }
+}
+
+/// Binds the API socket, replacing a stale socket file (never a regular file).
+fn bind_api_socket(path: &Path) -> std::io::Result<UnixListener> {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if metadata.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    UnixListener::bind(path)
+}
+
+/// Serves a started machine until the guest powers off or fails; returns the exit status.
+pub fn run_started(started: Started, options: &RunOptions, main_entered: Instant) -> i32 {
+    let Started {
+        machine,
+        events,
+        vcpus_running_at,
+        phases,
+    } = started;
+    if options.timing {
+        let since_main = vcpus_running_at.duration_since(main_entered).as_secs_f64() * 1e6;
+        let phases: serde_json::Map<String, serde_json::Value> = phases
+            .iter()
+            .map(|(name, took)| {
+                (
+                    name.to_string(),
+                    serde_json::json!((took.as_secs_f64() * 1e6).round()),
+                )
+            })
+            .collect();
+        let line = serde_json::json!({"event": "vcpus_running", "since_main_us": since_main.round(), "phases_us": phases});
+        eprintln!("{line}");
+    }
+    let terminal = RawTerminal::enter();
+    let bus = machine.bus();
+    let quit = machine.event_sender();
+    let machine = Arc::new(Mutex::new(machine));
+    if let Err(error) = console::spawn_stdin_forwarder(bus.serial.clone(), quit, terminal.is_raw())
+    {
+        eprintln!("lull-vmm: no console input: {error}");
+    }
+    if let Some(path) = &options.api_sock {
+        match bind_api_socket(path)
+            .and_then(|listener| api::spawn_server(listener, machine.clone()))
+        {
+            Ok(_) => {}
+            Err(error) => {
+                drop(terminal);
+                eprintln!(
+                    "lull-vmm: cannot serve the API on {}: {error}",
+                    path.display()
+                );
+                return 1;
+            }
+        }
+    }
+    if let Some(path) = &options.metrics_file {
+        if let Err(error) = spawn_metrics_writer(path, options.metrics_interval_ms, machine.clone())
+        {
+            eprintln!(
+                "lull-vmm: cannot write metrics to {}: {error}",
+                path.display()
+            );
+        }
+    }
+    let status = match events.recv() {
+        Ok(VmEvent::Machine(MachineRequest::PowerOff)) => 0,
+        Ok(VmEvent::Machine(MachineRequest::Reset)) => {
+            eprintln!("\r\nlull-vmm: the guest asked for a reset; lull-vmm does not reboot guests, exiting");
+            0
+        }
+        Ok(VmEvent::Machine(MachineRequest::DebugExit(value))) => ((value << 1) | 1) as i32,
+        Ok(VmEvent::Failed { index, reason }) => {
+            eprintln!("\r\nlull-vmm: vCPU {index} failed: {reason}");
+            1
+        }
+        Ok(VmEvent::HostQuit) => 0,
+        Err(_) => 1,
+    };
+    drop(terminal);
+    if let Some(path) = &options.api_sock {
+        let _ = std::fs::remove_file(path);
+    }
+    status
+}
+
+fn spawn_metrics_writer(
+    path: &Path,
+    interval_ms: u64,
+    machine: Arc<Mutex<Machine>>,
+) -> std::io::Result<()> {
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let mut tracker = RateTracker::default();
+            loop {
+                std::thread::sleep(Duration::from_millis(interval_ms));
+                let report = lock(&machine).metrics_with(&mut tracker);
+                let Ok(mut line) = serde_json::to_vec(&report) else {
+                    continue;
+                };
+                line.push(b'\n');
+                if file.write_all(&line).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn api_command(socket: &Path, action: &ApiAction) -> Result<(), client::ClientError> {
+    match action {
+        ApiAction::Info => println!(
+            "{}",
+            String::from_utf8_lossy(&client::request(socket, "GET", "/vm", b"")?)
+        ),
+        ApiAction::Pause => {
+            client::request(socket, "PUT", "/vm/pause", b"")?;
+        }
+        ApiAction::Resume => {
+            client::request(socket, "PUT", "/vm/resume", b"")?;
+        }
+        ApiAction::PowerButton => {
+            client::request(socket, "PUT", "/vm/power-button", b"")?;
+        }
+        ApiAction::Snapshot { path, leave_paused } => {
+            // Convenience over the strict API: pause if running, resume afterwards unless asked not to.
+            let info: serde_json::Value =
+                serde_json::from_slice(&client::request(socket, "GET", "/vm", b"")?)
+                    .unwrap_or_default();
+            let was_running = info["state"] == "running";
+            if was_running {
+                client::request(socket, "PUT", "/vm/pause", b"")?;
+            }
+            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let body = serde_json::json!({ "path": absolute }).to_string();
+            let result = client::request(socket, "PUT", "/vm/snapshot", body.as_bytes());
+            if was_running && !leave_paused {
+                client::request(socket, "PUT", "/vm/resume", b"")?;
+            }
+            println!("{}", String::from_utf8_lossy(&result?));
+        }
+        ApiAction::Metrics { interval_ms, json } => {
+            let mut body = client::request(socket, "GET", "/vm/metrics", b"")?;
+            if let Some(interval) = interval_ms {
+                std::thread::sleep(Duration::from_millis(*interval));
+                body = client::request(socket, "GET", "/vm/metrics", b"")?;
+            }
+            if *json {
+                println!("{}", String::from_utf8_lossy(&body));
+            } else {
+                match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(report) => print!("{}", format_metrics(&report)),
+                    Err(_) => println!("{}", String::from_utf8_lossy(&body)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Human-readable metrics: per vCPU, the idle-cost figures first.
+pub fn format_metrics(report: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let number = |value: &serde_json::Value| value.as_f64().unwrap_or(0.0);
+    out += &format!(
+        "state {}  uptime {:.1} s  rates over the last {:.2} s\n",
+        report["state"].as_str().unwrap_or("?"),
+        number(&report["uptime_seconds"]),
+        number(&report["interval_seconds"])
+    );
+    for rates in report["rates"].as_array().into_iter().flatten() {
+        let kvm = &rates["kvm_per_second"];
+        out += &format!(
+            "vcpu{}: wakeups/s {:.1}  exits/s {:.1}  irq injections/s {:.1}  halted {}\n",
+            rates["index"],
+            number(&kvm["halt_wakeup"]),
+            number(&kvm["exits"]),
+            number(&kvm["irq_injections"]),
+            rates["halted_fraction"]
+                .as_f64()
+                .map_or("n/a".to_string(), |f| format!("{:.1}%", f * 100.0)),
+        );
+        let mut by_reason: Vec<String> = Vec::new();
+        for (reason, value) in kvm.as_object().into_iter().flatten() {
+            if reason.ends_with("_exits") && number(value) > 0.0 {
+                by_reason.push(format!("{reason} {:.1}", number(value)));
+            }
+        }
+        for (reason, value) in rates["vmm_exits_per_second"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            if number(value) > 0.0 {
+                by_reason.push(format!("vmm:{reason} {:.1}", number(value)));
+            }
+        }
+        if !by_reason.is_empty() {
+            out += &format!("  exits/s by reason: {}\n", by_reason.join(", "));
+        }
+    }
+    let host = &report["host"];
+    out += &format!(
+        "host: VMM RSS {} KiB (excluding guest RAM), guest RAM resident {} KiB\n",
+        host["vmm_rss_kib"], host["guest_memory_rss_kib"]
+    );
+    out
+}
+
+/// Metrics as JSON (for tests and tools that hold a report).
+pub fn metrics_json(report: &MetricsReport) -> String {
+    serde_json::to_string(report).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn run_with_defaults() {
+        let Command::Run { config, options } = parse(&args("run --kernel k.elf")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            config,
+            MachineConfig {
+                kernel: "k.elf".into(),
+                vcpus: 1,
+                memory_mib: 128,
+                cmdline: vec![]
+            }
+        );
+        assert_eq!(options.metrics_interval_ms, 1000);
+        assert_eq!(options.api_sock, None);
+    }
+
+    #[test]
+    fn run_with_everything() {
+        let command = parse(&args(
+            "run --kernel k --vcpus 4 --memory 1024 --cmdline nohz=off --api-sock /s --metrics-file /m --metrics-interval-ms 250 --timing",
+        ))
+        .unwrap();
+        let Command::Run { config, options } = command else {
+            panic!()
+        };
+        assert_eq!(
+            (config.vcpus, config.memory_mib, config.cmdline),
+            (4, 1024, b"nohz=off".to_vec())
+        );
+        assert_eq!(options.api_sock, Some(PathBuf::from("/s")));
+        assert_eq!(options.metrics_file, Some(PathBuf::from("/m")));
+        assert_eq!(options.metrics_interval_ms, 250);
+        assert!(options.timing);
+    }
+
+    #[test]
+    fn cmdline_file_is_taken_byte_for_byte() {
+        let path = std::env::temp_dir().join(format!("lull-cmdline-{}", std::process::id()));
+        std::fs::write(&path, b"a b\n").unwrap();
+        let Command::Run { config, .. } = parse(&args(&format!(
+            "run --kernel k --cmdline-file {}",
+            path.display()
+        )))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(config.cmdline, b"a b\n");
+    }
+
+    #[test]
+    fn usage_errors_are_typed() {
+        assert_eq!(parse(&[]), Err(UsageError::NoCommand));
+        assert_eq!(
+            parse(&args("fly")),
+            Err(UsageError::UnknownCommand("fly".into()))
+        );
+        assert!(matches!(
+            parse(&args("run")),
+            Err(UsageError::MissingOption { .. })
+        ));
+        assert_eq!(
+            parse(&args("run --kernel")),
+            Err(UsageError::MissingValue("--kernel".into()))
+        );
+        assert!(matches!(
+            parse(&args("run --kernel k --vcpus many")),
+            Err(UsageError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            parse(&args("run --kernel k --vcpus 300")),
+            Err(UsageError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            parse(&args("run --kernel k --metrics-interval-ms 0")),
+            Err(UsageError::InvalidValue { .. })
+        ));
+        assert_eq!(
+            parse(&args("run --kernel k --cmdline a --cmdline-file b")),
+            Err(UsageError::TwoCommandLines)
+        );
+        assert!(matches!(
+            parse(&args("run --kernel k --cmdline-file /nonexistent/x")),
+            Err(UsageError::CommandLineFile { .. })
+        ));
+        assert!(matches!(
+            parse(&args("run --kernel k --bogus")),
+            Err(UsageError::UnknownOption { .. })
+        ));
+        assert!(matches!(
+            parse(&args("pause")),
+            Err(UsageError::MissingOption { .. })
+        ));
+        assert!(matches!(
+            parse(&args("snapshot --api s")),
+            Err(UsageError::MissingOption { .. })
+        ));
+        assert!(matches!(
+            parse(&args("pause --api s --path p")),
+            Err(UsageError::UnknownOption { .. })
+        ));
+    }
+
+    #[test]
+    fn api_subcommands() {
+        assert_eq!(
+            parse(&args("snapshot --api /s --path /d --leave-paused")),
+            Ok(Command::Api {
+                socket: "/s".into(),
+                action: ApiAction::Snapshot {
+                    path: "/d".into(),
+                    leave_paused: true
+                }
+            })
+        );
+        assert_eq!(
+            parse(&args("metrics --api /s --interval-ms 500 --json")),
+            Ok(Command::Api {
+                socket: "/s".into(),
+                action: ApiAction::Metrics {
+                    interval_ms: Some(500),
+                    json: true
+                }
+            })
+        );
+        assert_eq!(
+            parse(&args("power-button --api /s")),
+            Ok(Command::Api {
+                socket: "/s".into(),
+                action: ApiAction::PowerButton
+            })
+        );
+        assert_eq!(
+            parse(&args("restore --snapshot /d --api-sock /s")).unwrap(),
+            Command::Restore {
+                snapshot: "/d".into(),
+                options: RunOptions {
+                    api_sock: Some("/s".into()),
+                    metrics_interval_ms: 1000,
+                    ..Default::default()
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn bench_sizes_parse() {
+        let Command::Bench(options) = parse(&args("bench --sizes-mib 64,256")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(options.sizes_mib, vec![64, 256]);
+        assert!(matches!(
+            parse(&args("bench --sizes-mib 1,x")),
+            Err(UsageError::InvalidValue { .. })
+        ));
+    }
+
+    #[test]
+    fn metrics_format_shows_idle_cost_first() {
+        let report = serde_json::json!({
+            "state": "running", "uptime_seconds": 3.0, "interval_seconds": 1.0,
+            "rates": [{"index": 0, "kvm_per_second": {"halt_wakeup": 0.0, "exits": 2.0, "io_exits": 2.0},
+                       "vmm_exits_per_second": {"io_serial": 2.0}, "halted_fraction": 0.99}],
+            "host": {"vmm_rss_kib": 2048, "guest_memory_rss_kib": 100}
+        });
+        let text = format_metrics(&report);
+        assert!(text.contains("vcpu0: wakeups/s 0.0  exits/s 2.0"), "{text}");
+        assert!(text.contains("halted 99.0%"), "{text}");
+        assert!(
+            text.contains("io_exits 2.0") && text.contains("vmm:io_serial 2.0"),
+            "{text}"
+        );
+        assert!(text.contains("VMM RSS 2048 KiB"), "{text}");
+    }
+}

@@ -1,0 +1,671 @@
+//! A running VM: boot from a kernel or restore from a snapshot, then pause, resume, snapshot,
+//! press the power button and report metrics. One `Machine` per process.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Cap, Kvm};
+use linux_loader::loader::{elf::Elf, KernelLoader, PvhBootCapability};
+use serde::Serialize;
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::arch::{acpi, cpuid, layout, pvh, regs};
+use crate::devices::acpi_pm::{AcpiPm, IrqLine};
+use crate::devices::serial::{SerialConsole, SerialOutput};
+use crate::devices::{lock, PortIoBus};
+use crate::metrics::{self, KvmStats, MetricsReport, RateTracker, VcpuSample};
+use crate::persist::Persist;
+use crate::snapshot::{self, SnapshotError, SnapshotState, MEMORY_FILE_NAME};
+use crate::vstate::memory::{GuestMemory, MemoryError};
+use crate::vstate::vcpu::{
+    self, Vcpu, VcpuCommand, VcpuContext, VcpuError, VcpuExitCounters, VcpuResponse, VmEvent,
+};
+use crate::vstate::vm::{KvmIrqLine, Vm, VmError};
+
+/// Largest XSAVE area the snapshot format stores (`struct kvm_xsave`).
+const MAX_XSAVE_BYTES: i32 = 4096;
+/// How long a vCPU may take to acknowledge a command before it is declared stuck.
+const VCPU_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    pub kernel: PathBuf,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    pub cmdline: Vec<u8>,
+}
+
+/// Why a machine operation failed. Messages say what to do where there is something to do.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    BootData(#[from] pvh::PvhError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot open kernel {path}: {source}")]
+    OpenKernel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot load kernel {path}: {source}")]
+    LoadKernel {
+        path: PathBuf,
+        source: linux_loader::loader::Error,
+    },
+    #[error("kernel {path} has no PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY)")]
+    NoPvhEntry { path: PathBuf },
+    #[error("vCPU count must be 1 to {maximum}, not {requested}")]
+    VcpuCount { requested: u8, maximum: usize },
+    #[error("this host's XSAVE area is {0} bytes; lull-vmm snapshots hold at most 4096")]
+    XsaveTooLarge(i32),
+    #[error("{what}: {source}")]
+    Host {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot {operation}: the VM is {state}")]
+    InvalidState {
+        operation: &'static str,
+        state: RunState,
+    },
+    #[error("vCPU {index} did not answer {command} within {seconds} s")]
+    VcpuUnresponsive {
+        index: u8,
+        command: &'static str,
+        seconds: u64,
+    },
+    #[error("cannot create snapshot directory {path}: {source}")]
+    SnapshotDirectory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Whether vCPUs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Paused,
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+        })
+    }
+}
+
+/// Outcome of a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotReport {
+    pub path: PathBuf,
+    pub state_bytes: u64,
+    pub memory_file_bytes: u64,
+    pub memory_written_bytes: u64,
+    pub duration_ms: f64,
+}
+
+/// Static facts about the VM (GET /vm).
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineInfo {
+    pub state: RunState,
+    pub vcpus: usize,
+    pub memory_bytes: u64,
+    pub restored_from: Option<PathBuf>,
+}
+
+struct VcpuHandle {
+    index: u8,
+    thread: Option<JoinHandle<()>>,
+    commands: Sender<VcpuCommand>,
+    responses: Receiver<VcpuResponse>,
+    counters: Arc<VcpuExitCounters>,
+    stats: Option<KvmStats>,
+}
+
+/// A VM with running (or paused) vCPU threads.
+pub struct Machine {
+    vm: Vm,
+    memory: GuestMemory,
+    bus: Arc<PortIoBus>,
+    vcpus: Vec<VcpuHandle>,
+    state: RunState,
+    started_at: Instant,
+    api_rates: RateTracker,
+    restored_from: Option<PathBuf>,
+    events: Sender<VmEvent>,
+    // Kept so the irqfd stays registered for the machine's lifetime.
+    _serial_interrupt: EventFd,
+}
+
+/// A started machine and the channel on which its vCPUs report poweroff or failure.
+pub struct Started {
+    pub machine: Machine,
+    pub events: Receiver<VmEvent>,
+    /// When the last vCPU thread entered its run loop.
+    pub vcpus_running_at: Instant,
+    /// Time spent in each setup phase, in order (for `--timing` and the benchmarks).
+    pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// Records how long each setup phase took.
+struct PhaseClock {
+    last: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl PhaseClock {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.phases.push((phase, now - self.last));
+        self.last = now;
+    }
+}
+
+fn host_error(what: &'static str) -> impl FnOnce(std::io::Error) -> MachineError {
+    move |source| MachineError::Host { what, source }
+}
+
+fn open_kvm() -> Result<Kvm, MachineError> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    let xsave_size = kvm.check_extension_int(Cap::Xsave2);
+    if xsave_size > MAX_XSAVE_BYTES {
+        return Err(MachineError::XsaveTooLarge(xsave_size));
+    }
+    Ok(kvm)
+}
+
+/// Devices and their interrupt wiring.
+fn build_bus(
+    vm: &Vm,
+    serial: impl FnOnce(EventFd) -> Result<SerialConsole, MachineError>,
+    acpi_pm: impl FnOnce(Arc<dyn IrqLine>) -> AcpiPm,
+) -> Result<(Arc<PortIoBus>, EventFd), MachineError> {
+    let serial_interrupt =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(host_error("creating an eventfd"))?;
+    vm.fd
+        .register_irqfd(&serial_interrupt, acpi::COM1_IRQ)
+        .map_err(|source| VmError::Kvm {
+            operation: "KVM_IRQFD",
+            source,
+        })?;
+    let serial_trigger = serial_interrupt
+        .try_clone()
+        .map_err(host_error("duplicating an eventfd"))?;
+    let sci: Arc<dyn IrqLine> = Arc::new(KvmIrqLine {
+        vm: vm.fd.clone(),
+        gsi: acpi::SCI_IRQ,
+    });
+    let bus = PortIoBus {
+        serial: Arc::new(Mutex::new(serial(serial_trigger)?)),
+        acpi_pm: Arc::new(Mutex::new(acpi_pm(sci))),
+    };
+    Ok((Arc::new(bus), serial_interrupt))
+}
+
+impl Machine {
+    /// Boots `config.kernel` (a PVH ELF) with serial output to `output`.
+    pub fn boot(config: &MachineConfig, output: SerialOutput) -> Result<Started, MachineError> {
+        let mut clock = PhaseClock::new();
+        let kvm = open_kvm()?;
+        clock.lap("open_kvm");
+        let maximum = kvm.get_max_vcpus().min(255);
+        if config.vcpus == 0 || usize::from(config.vcpus) > maximum {
+            return Err(MachineError::VcpuCount {
+                requested: config.vcpus,
+                maximum,
+            });
+        }
+        let layout =
+            layout::MemoryLayout::new(config.memory_mib << 20, config.cmdline.len() as u64)?;
+        let memory = GuestMemory::anonymous(&layout.ram_regions)?;
+        let entry = load_kernel(&memory, &config.kernel)?;
+        regs::write_boot_gdt(&memory.mmap).map_err(pvh::PvhError::from)?;
+        let tables = acpi::build_tables(config.vcpus)?;
+        tables.write_to(&memory.mmap)?;
+        pvh::write_boot_data(
+            &memory.mmap,
+            &layout,
+            &config.cmdline,
+            tables.rsdp_address(),
+        )?;
+
+        clock.lap("memory_and_kernel");
+        let vm = Vm::create(&kvm, &memory)?;
+        clock.lap("create_vm");
+        let (bus, serial_interrupt) = build_bus(
+            &vm,
+            |trigger| Ok(SerialConsole::new(trigger, output)),
+            AcpiPm::new,
+        )?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| VmError::Kvm {
+                operation: "KVM_GET_SUPPORTED_CPUID",
+                source,
+            })?;
+        let msr_candidates = kvm.get_msr_index_list().map_err(|source| VmError::Kvm {
+            operation: "KVM_GET_MSR_INDEX_LIST",
+            source,
+        })?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let mut vcpus = Vec::new();
+        for index in 0..config.vcpus {
+            let fd = vm
+                .fd
+                .create_vcpu(u64::from(index))
+                .map_err(|source| VmError::Kvm {
+                    operation: "KVM_CREATE_VCPU",
+                    source,
+                })?;
+            let mut vcpu = Vcpu {
+                index,
+                fd,
+                msr_indices: Vec::new(),
+            };
+            vcpu.configure_for_boot(
+                &cpuid::vcpu_cpuid(&supported, index, config.vcpus, tsc_deadline),
+                entry,
+            )?;
+            vcpu.select_readable_msrs(msr_candidates.as_slice())?;
+            vcpus.push(vcpu);
+        }
+        clock.lap("devices_and_vcpus");
+        Ok(Self::start(
+            vm,
+            memory,
+            bus,
+            serial_interrupt,
+            vcpus,
+            None,
+            clock,
+        ))
+    }
+
+    /// Restores the snapshot in `directory` into this process, serial output to `output`.
+    pub fn restore(directory: &Path, output: SerialOutput) -> Result<Started, MachineError> {
+        let mut clock = PhaseClock::new();
+        let state = snapshot::read_state(directory)?;
+        clock.lap("read_state");
+        let kvm = open_kvm()?;
+        clock.lap("open_kvm");
+        let memory = GuestMemory::restore(directory.join(MEMORY_FILE_NAME), &state.memory)?;
+        clock.lap("map_memory");
+        let vm = Vm::create(&kvm, &memory)?;
+        clock.lap("create_vm");
+        let vm = Vm::restore(vm, &state.vm)?;
+        clock.lap("restore_vm_state");
+        let (bus, serial_interrupt) = build_bus(
+            &vm,
+            |trigger| {
+                SerialConsole::restore((trigger, output), &state.serial).map_err(|e| {
+                    MachineError::Host {
+                        what: "restoring the serial port",
+                        source: std::io::Error::other(e),
+                    }
+                })
+            },
+            |sci| match AcpiPm::restore(sci, &state.acpi_pm) {
+                Ok(device) => device,
+                Err(never) => match never {},
+            },
+        )?;
+        let mut vcpus = Vec::new();
+        for (index, vcpu_state) in state.vcpus.iter().enumerate() {
+            let index = index as u8;
+            let fd = vm
+                .fd
+                .create_vcpu(u64::from(index))
+                .map_err(|source| VmError::Kvm {
+                    operation: "KVM_CREATE_VCPU",
+                    source,
+                })?;
+            vcpus.push(Vcpu::restore(
+                Vcpu {
+                    index,
+                    fd,
+                    msr_indices: Vec::new(),
+                },
+                vcpu_state,
+            )?);
+        }
+        clock.lap("devices_and_vcpus");
+        Ok(Self::start(
+            vm,
+            memory,
+            bus,
+            serial_interrupt,
+            vcpus,
+            Some(directory.to_path_buf()),
+            clock,
+        ))
+    }
+
+    fn start(
+        vm: Vm,
+        memory: GuestMemory,
+        bus: Arc<PortIoBus>,
+        serial_interrupt: EventFd,
+        vcpus: Vec<Vcpu>,
+        restored_from: Option<PathBuf>,
+        mut clock: PhaseClock,
+    ) -> Started {
+        static KICK_HANDLER: Once = Once::new();
+        KICK_HANDLER.call_once(|| {
+            // Without the handler a kick would kill the process; failing to install it is a
+            // broken host, and pause would then be impossible, so say so loudly.
+            if let Err(error) = vcpu::install_kick_handler() {
+                eprintln!(
+                    "lull-vmm: cannot install the vCPU kick handler ({error}); pause will not work"
+                );
+            }
+        });
+        let (event_sender, events) = mpsc::channel();
+        let (started_sender, started) = mpsc::channel();
+        let mut handles = Vec::new();
+        for vcpu in vcpus {
+            let (command_sender, commands) = mpsc::channel();
+            let (response_sender, responses) = mpsc::channel();
+            let counters = Arc::new(VcpuExitCounters::default());
+            let stats = KvmStats::open(&vcpu.fd).ok();
+            let index = vcpu.index;
+            let context = VcpuContext {
+                bus: bus.clone(),
+                commands,
+                responses: response_sender,
+                events: event_sender.clone(),
+                counters: counters.clone(),
+                started: started_sender.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .stack_size(256 << 10)
+                .spawn(move || vcpu.run_loop(context))
+                .expect("spawning a vCPU thread");
+            handles.push(VcpuHandle {
+                index,
+                thread: Some(thread),
+                commands: command_sender,
+                responses,
+                counters,
+                stats,
+            });
+        }
+        drop(started_sender);
+        for _ in 0..handles.len() {
+            // An Err means a thread died before starting; its failure shows up on first use.
+            let _ = started.recv();
+        }
+        let vcpus_running_at = Instant::now();
+        clock.lap("start_vcpu_threads");
+        let machine = Machine {
+            vm,
+            memory,
+            bus,
+            vcpus: handles,
+            state: RunState::Running,
+            started_at: Instant::now(),
+            api_rates: RateTracker::default(),
+            restored_from,
+            events: event_sender,
+            _serial_interrupt: serial_interrupt,
+        };
+        Started {
+            machine,
+            events,
+            vcpus_running_at,
+            phases: clock.phases,
+        }
+    }
+
+    /// The devices (the console forwarder writes guest input into `bus.serial`).
+    pub fn bus(&self) -> Arc<PortIoBus> {
+        self.bus.clone()
+    }
+
+    /// A sender on the machine's event channel (for host-side quit requests).
+    pub fn event_sender(&self) -> Sender<VmEvent> {
+        self.events.clone()
+    }
+
+    pub fn state(&self) -> RunState {
+        self.state
+    }
+
+    pub fn info(&self) -> MachineInfo {
+        MachineInfo {
+            state: self.state,
+            vcpus: self.vcpus.len(),
+            memory_bytes: self.memory.regions.iter().map(|r| r.size).sum(),
+            restored_from: self.restored_from.clone(),
+        }
+    }
+
+    fn command_all(
+        &mut self,
+        command: fn() -> VcpuCommand,
+        name: &'static str,
+        kick: bool,
+    ) -> Result<Vec<VcpuResponse>, MachineError> {
+        for handle in &self.vcpus {
+            // A send fails only if the thread is gone; its missing answer reports that below.
+            let _ = handle.commands.send(command());
+            if kick {
+                if let Some(thread) = &handle.thread {
+                    let _ = thread.kill(vcpu::kick_signal());
+                }
+            }
+        }
+        let mut responses = Vec::new();
+        for handle in &self.vcpus {
+            let response = handle
+                .responses
+                .recv_timeout(VCPU_RESPONSE_TIMEOUT)
+                .map_err(|_| MachineError::VcpuUnresponsive {
+                    index: handle.index,
+                    command: name,
+                    seconds: VCPU_RESPONSE_TIMEOUT.as_secs(),
+                })?;
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    /// Stops all vCPUs at an instruction boundary (pending port reads completed).
+    pub fn pause(&mut self) -> Result<(), MachineError> {
+        if self.state != RunState::Running {
+            return Err(MachineError::InvalidState {
+                operation: "pause",
+                state: self.state,
+            });
+        }
+        self.command_all(|| VcpuCommand::Pause, "pause", true)?;
+        self.state = RunState::Paused;
+        Ok(())
+    }
+
+    pub fn resume(&mut self) -> Result<(), MachineError> {
+        if self.state != RunState::Paused {
+            return Err(MachineError::InvalidState {
+                operation: "resume",
+                state: self.state,
+            });
+        }
+        self.command_all(|| VcpuCommand::Resume, "resume", false)?;
+        self.state = RunState::Running;
+        Ok(())
+    }
+
+    /// Writes a snapshot of the paused VM into `directory` (created if missing).
+    pub fn snapshot(&mut self, directory: &Path) -> Result<SnapshotReport, MachineError> {
+        if self.state != RunState::Paused {
+            return Err(MachineError::InvalidState {
+                operation: "snapshot (pause it first)",
+                state: self.state,
+            });
+        }
+        let begin = Instant::now();
+        std::fs::create_dir_all(directory).map_err(|source| MachineError::SnapshotDirectory {
+            path: directory.to_path_buf(),
+            source,
+        })?;
+        let mut vcpu_states = Vec::new();
+        for response in self.command_all(|| VcpuCommand::Save, "save", false)? {
+            if let VcpuResponse::Saved(result) = response {
+                vcpu_states.push((*result)?);
+            }
+        }
+        let state = SnapshotState {
+            vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+            memory: self.memory.save()?,
+            vm: self.vm.save()?,
+            vcpus: vcpu_states,
+            serial: lock(&self.bus.serial)
+                .save()
+                .map_err(|e| MachineError::Host {
+                    what: "saving the serial port",
+                    source: std::io::Error::other(e),
+                })?,
+            acpi_pm: match lock(&self.bus.acpi_pm).save() {
+                Ok(state) => state,
+                Err(never) => match never {},
+            },
+        };
+        let memory_report = self.memory.write_file(&directory.join(MEMORY_FILE_NAME))?;
+        let state_bytes = snapshot::write_state(directory, &state)?;
+        Ok(SnapshotReport {
+            path: directory.to_path_buf(),
+            state_bytes,
+            memory_file_bytes: memory_report.file_bytes,
+            memory_written_bytes: memory_report.written_bytes,
+            duration_ms: begin.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Presses the ACPI power button (PWRBTN_STS; SCI if the guest enabled it).
+    pub fn press_power_button(&self) {
+        lock(&self.bus.acpi_pm).press_power_button();
+    }
+
+    /// Cumulative counters now (no rates).
+    pub fn samples(&self) -> Vec<VcpuSample> {
+        self.vcpus
+            .iter()
+            .map(|handle| VcpuSample {
+                index: handle.index,
+                kvm: handle
+                    .stats
+                    .as_ref()
+                    .and_then(|stats| stats.read().ok())
+                    .unwrap_or_default(),
+                vmm_exits: handle
+                    .counters
+                    .snapshot()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Metrics with rates since `tracker`'s previous sample.
+    pub fn metrics_with(&self, tracker: &mut RateTracker) -> MetricsReport {
+        let now = Instant::now();
+        let vcpus = self.samples();
+        let (interval_seconds, rates) = tracker.rates(self.started_at, now, &vcpus);
+        MetricsReport {
+            uptime_seconds: now.duration_since(self.started_at).as_secs_f64(),
+            interval_seconds,
+            state: self.state.to_string(),
+            vcpus,
+            rates,
+            host: metrics::host_memory(&self.memory.host_ranges()).unwrap_or_default(),
+        }
+    }
+
+    /// Metrics with rates since the previous API request (or boot).
+    pub fn metrics(&mut self) -> MetricsReport {
+        let mut tracker = std::mem::take(&mut self.api_rates);
+        let report = self.metrics_with(&mut tracker);
+        self.api_rates = tracker;
+        report
+    }
+
+    /// Host address ranges of guest RAM.
+    pub fn guest_memory_ranges(&self) -> Vec<(usize, usize)> {
+        self.memory.host_ranges()
+    }
+
+    /// Stops and joins every vCPU thread.
+    pub fn stop(&mut self) {
+        for handle in &self.vcpus {
+            let _ = handle.commands.send(VcpuCommand::Stop);
+            if let Some(thread) = &handle.thread {
+                let _ = thread.kill(vcpu::kick_signal());
+            }
+        }
+        for handle in &mut self.vcpus {
+            if let Some(thread) = handle.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Loads a PVH ELF and returns its 32-bit entry point.
+fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<u64, MachineError> {
+    let mut file = File::open(path).map_err(|source| MachineError::OpenKernel {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let loaded = Elf::load(
+        &memory.mmap,
+        None,
+        &mut file,
+        Some(GuestAddress(layout::HIGH_MEMORY_START)),
+    )
+    .map_err(|source| MachineError::LoadKernel {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match loaded.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(entry) => Ok(entry.0),
+        _ => Err(MachineError::NoPvhEntry {
+            path: path.to_path_buf(),
+        }),
+    }
+}

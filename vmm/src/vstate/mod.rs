@@ -1,0 +1,4 @@
+//! KVM-backed VM state: guest memory, the VM (irqchip, PIT, clock) and the vCPUs.
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,648 @@
+//! A vCPU: boot configuration, its run loop on its own thread, pause/resume by signal, and
+//! the per-vCPU state a snapshot needs.
+//!
+//! Pausing: the controller queues a command and sends [`kick_signal`] to the vCPU thread.
+//! The handler sets `kvm_run.immediate_exit`, so KVM_RUN returns EINTR whether the signal
+//! landed before or during the call; the loop then reads its commands. Before reporting
+//! itself paused the vCPU re-enters KVM_RUN once with `immediate_exit` set, which completes
+//! a pending port/MMIO read, so the saved registers never miss an IN's result.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::{Deserialize, Serialize};
+
+use crate::arch::regs;
+use crate::devices::{MachineRequest, PortDevice, PortIoBus};
+use crate::persist::Persist;
+
+/// Why a vCPU could not be configured, saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("vCPU {index}: KVM {operation} failed: {source}")]
+    Kvm {
+        index: u8,
+        operation: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(
+        "vCPU {index}: KVM accepted only {accepted} of {total} MSRs; MSR {msr:#x} was refused"
+    )]
+    MsrRefused {
+        index: u8,
+        accepted: usize,
+        total: usize,
+        msr: u32,
+    },
+    #[error("vCPU {index}: too many {what} entries ({count}) for KVM")]
+    TooManyEntries {
+        index: u8,
+        what: &'static str,
+        count: usize,
+    },
+}
+
+/// Per-vCPU counters of exits to the VMM, by reason (the VMM's own view of guest cost).
+#[derive(Debug, Default)]
+pub struct VcpuExitCounters {
+    pub io_serial: AtomicU64,
+    pub io_acpi_pm: AtomicU64,
+    pub io_debug_exit: AtomicU64,
+    pub io_i8042: AtomicU64,
+    pub io_unclaimed: AtomicU64,
+    pub mmio: AtomicU64,
+    pub hlt: AtomicU64,
+    /// KVM_RUN interrupted by a kick (pause, stop) or another signal.
+    pub interrupted: AtomicU64,
+    pub other: AtomicU64,
+}
+
+impl VcpuExitCounters {
+    fn count_port(&self, device: PortDevice) {
+        let counter = match device {
+            PortDevice::Serial => &self.io_serial,
+            PortDevice::AcpiPm => &self.io_acpi_pm,
+            PortDevice::DebugExit => &self.io_debug_exit,
+            PortDevice::I8042 => &self.io_i8042,
+            PortDevice::Unclaimed => &self.io_unclaimed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (name, value) pairs, in a stable order.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        vec![
+            ("io_serial", load(&self.io_serial)),
+            ("io_acpi_pm", load(&self.io_acpi_pm)),
+            ("io_debug_exit", load(&self.io_debug_exit)),
+            ("io_i8042", load(&self.io_i8042)),
+            ("io_unclaimed", load(&self.io_unclaimed)),
+            ("mmio", load(&self.mmio)),
+            ("hlt", load(&self.hlt)),
+            ("interrupted", load(&self.interrupted)),
+            ("other", load(&self.other)),
+        ]
+    }
+}
+
+/// Orders from the controller to a vCPU thread.
+#[derive(Debug)]
+pub enum VcpuCommand {
+    Pause,
+    Resume,
+    Save,
+    Stop,
+}
+
+/// Answers from a vCPU thread to the controller.
+#[derive(Debug)]
+pub enum VcpuResponse {
+    Paused,
+    Resumed,
+    Saved(Box<Result<VcpuState, VcpuError>>),
+    Stopped,
+}
+
+/// Something a vCPU reports to the whole VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The guest asked for poweroff, reset or a debug exit.
+    Machine(MachineRequest),
+    /// The vCPU cannot continue (triple fault, entry failure, KVM error).
+    Failed { index: u8, reason: String },
+    /// The host user asked to quit (console escape).
+    HostQuit,
+}
+
+/// A vCPU and its KVM fd.
+pub struct Vcpu {
+    pub index: u8,
+    pub fd: VcpuFd,
+    /// MSRs saved in snapshots (those of KVM_GET_MSR_INDEX_LIST that this vCPU can read).
+    pub msr_indices: Vec<u32>,
+}
+
+/// Saved form of a vCPU (Firecracker's set, in KVM's get order).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VcpuState {
+    pub index: u8,
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    pub mp_state: kvm_mp_state,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub debug_regs: kvm_debugregs,
+    pub lapic: kvm_lapic_state,
+    pub msrs: Vec<kvm_msr_entry>,
+    pub vcpu_events: kvm_vcpu_events,
+    pub tsc_khz: Option<u32>,
+}
+
+/// Largest MSR batch KVM takes in one KVM_GET_MSRS/KVM_SET_MSRS.
+const MSR_BATCH: usize = 256;
+
+/// LAPIC register offsets and delivery modes for LINT0/LINT1 (what a BIOS programs).
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+
+impl Vcpu {
+    fn error(&self, operation: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError + '_ {
+        move |source| VcpuError::Kvm {
+            index: self.index,
+            operation,
+            source,
+        }
+    }
+
+    /// Sets CPUID and the PVH entry state: registers, segments, FPU, MSRs, LINT0/LINT1.
+    pub fn configure_for_boot(&self, cpuid: &CpuId, entry: u64) -> Result<(), VcpuError> {
+        self.fd
+            .set_cpuid2(cpuid)
+            .map_err(self.error("KVM_SET_CPUID2"))?;
+        let msrs = regs::boot_msrs();
+        let written = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.error("KVM_SET_MSRS"))?;
+        if written != msrs.as_slice().len() {
+            return Err(VcpuError::MsrRefused {
+                index: self.index,
+                accepted: written,
+                total: msrs.as_slice().len(),
+                msr: msrs.as_slice()[written].index,
+            });
+        }
+        let sregs = self.fd.get_sregs().map_err(self.error("KVM_GET_SREGS"))?;
+        self.fd
+            .set_sregs(&regs::boot_sregs(sregs))
+            .map_err(self.error("KVM_SET_SREGS"))?;
+        self.fd
+            .set_regs(&regs::boot_regs(entry))
+            .map_err(self.error("KVM_SET_REGS"))?;
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(self.error("KVM_SET_FPU"))?;
+        let mut lapic = self.fd.get_lapic().map_err(self.error("KVM_GET_LAPIC"))?;
+        set_lapic_delivery_mode(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
+        set_lapic_delivery_mode(&mut lapic, APIC_LVT1, APIC_MODE_NMI);
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(self.error("KVM_SET_LAPIC"))?;
+        Ok(())
+    }
+
+    /// Keeps the MSRs of `candidates` that this vCPU can read (KVM lists some that a given
+    /// host CPU lacks; GET_MSRS stops at the first of those).
+    pub fn select_readable_msrs(&mut self, candidates: &[u32]) -> Result<(), VcpuError> {
+        let entries = self.read_msrs(candidates, true)?;
+        self.msr_indices = entries.iter().map(|entry| entry.index).collect();
+        Ok(())
+    }
+
+    fn read_msrs(
+        &self,
+        indices: &[u32],
+        skip_unreadable: bool,
+    ) -> Result<Vec<kvm_msr_entry>, VcpuError> {
+        let mut result = Vec::with_capacity(indices.len());
+        let mut remaining = indices;
+        while !remaining.is_empty() {
+            let batch = &remaining[..remaining.len().min(MSR_BATCH)];
+            let entries: Vec<kvm_msr_entry> = batch
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::TooManyEntries {
+                index: self.index,
+                what: "MSR",
+                count: entries.len(),
+            })?;
+            let read = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(self.error("KVM_GET_MSRS"))?;
+            result.extend_from_slice(&msrs.as_slice()[..read]);
+            if read < batch.len() {
+                if !skip_unreadable {
+                    return Err(VcpuError::MsrRefused {
+                        index: self.index,
+                        accepted: result.len(),
+                        total: indices.len(),
+                        msr: batch[read],
+                    });
+                }
+                remaining = &remaining[read + 1..];
+            } else {
+                remaining = &remaining[read..];
+            }
+        }
+        Ok(result)
+    }
+
+    fn write_msrs(&self, entries: &[kvm_msr_entry]) -> Result<(), VcpuError> {
+        for (batch_number, batch) in entries.chunks(MSR_BATCH).enumerate() {
+            let msrs = Msrs::from_entries(batch).map_err(|_| VcpuError::TooManyEntries {
+                index: self.index,
+                what: "MSR",
+                count: batch.len(),
+            })?;
+            let written = self
+                .fd
+                .set_msrs(&msrs)
+                .map_err(self.error("KVM_SET_MSRS"))?;
+            if written < batch.len() {
+                return Err(VcpuError::MsrRefused {
+                    index: self.index,
+                    accepted: batch_number * MSR_BATCH + written,
+                    total: entries.len(),
+                    msr: batch[written].index,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn set_lapic_delivery_mode(lapic: &mut kvm_lapic_state, register: usize, mode: u32) {
+    let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[register + i] as u8);
+    let value = u32::from_le_bytes(bytes);
+    let value = (value & !0x700) | (mode << 8);
+    for (i, byte) in value.to_le_bytes().iter().enumerate() {
+        lapic.regs[register + i] = *byte as _;
+    }
+}
+
+/// Saving reads every piece KVM keeps for the vCPU; restoring writes them to a new vCPU in
+/// the order that keeps dependencies right (LAPIC before MSRs for TSC-deadline, events last).
+impl Persist for Vcpu {
+    type State = VcpuState;
+    type RestoreArgs = Vcpu;
+    type Error = VcpuError;
+
+    fn save(&self) -> Result<VcpuState, VcpuError> {
+        let mp_state = self
+            .fd
+            .get_mp_state()
+            .map_err(self.error("KVM_GET_MP_STATE"))?;
+        let regs = self.fd.get_regs().map_err(self.error("KVM_GET_REGS"))?;
+        let sregs = self.fd.get_sregs().map_err(self.error("KVM_GET_SREGS"))?;
+        let xsave = self.fd.get_xsave().map_err(self.error("KVM_GET_XSAVE"))?;
+        let xcrs = self.fd.get_xcrs().map_err(self.error("KVM_GET_XCRS"))?;
+        let debug_regs = self
+            .fd
+            .get_debug_regs()
+            .map_err(self.error("KVM_GET_DEBUGREGS"))?;
+        let lapic = self.fd.get_lapic().map_err(self.error("KVM_GET_LAPIC"))?;
+        let tsc_khz = self.fd.get_tsc_khz().ok();
+        let cpuid = self
+            .fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(self.error("KVM_GET_CPUID2"))?
+            .as_slice()
+            .to_vec();
+        let msrs = self.read_msrs(&self.msr_indices, false)?;
+        let vcpu_events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(self.error("KVM_GET_VCPU_EVENTS"))?;
+        Ok(VcpuState {
+            index: self.index,
+            cpuid,
+            mp_state,
+            regs,
+            sregs,
+            xsave,
+            xcrs,
+            debug_regs,
+            lapic,
+            msrs,
+            vcpu_events,
+            tsc_khz,
+        })
+    }
+
+    fn restore(mut vcpu: Vcpu, state: &VcpuState) -> Result<Vcpu, VcpuError> {
+        let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::TooManyEntries {
+            index: vcpu.index,
+            what: "CPUID",
+            count: state.cpuid.len(),
+        })?;
+        vcpu.fd
+            .set_cpuid2(&cpuid)
+            .map_err(vcpu.error("KVM_SET_CPUID2"))?;
+        vcpu.fd
+            .set_mp_state(state.mp_state)
+            .map_err(vcpu.error("KVM_SET_MP_STATE"))?;
+        vcpu.fd
+            .set_regs(&state.regs)
+            .map_err(vcpu.error("KVM_SET_REGS"))?;
+        vcpu.fd
+            .set_sregs(&state.sregs)
+            .map_err(vcpu.error("KVM_SET_SREGS"))?;
+        // SAFETY: `state.xsave` is a full `kvm_xsave` (4 KiB) as KVM_GET_XSAVE returned it;
+        // the host's XSAVE area fits it (KVM_CAP_XSAVE2 ≤ 4096 is checked at VM creation).
+        unsafe { vcpu.fd.set_xsave(&state.xsave) }.map_err(vcpu.error("KVM_SET_XSAVE"))?;
+        vcpu.fd
+            .set_xcrs(&state.xcrs)
+            .map_err(vcpu.error("KVM_SET_XCRS"))?;
+        vcpu.fd
+            .set_debug_regs(&state.debug_regs)
+            .map_err(vcpu.error("KVM_SET_DEBUGREGS"))?;
+        vcpu.fd
+            .set_lapic(&state.lapic)
+            .map_err(vcpu.error("KVM_SET_LAPIC"))?;
+        vcpu.write_msrs(&state.msrs)?;
+        vcpu.fd
+            .set_vcpu_events(&state.vcpu_events)
+            .map_err(vcpu.error("KVM_SET_VCPU_EVENTS"))?;
+        vcpu.msr_indices = state.msrs.iter().map(|entry| entry.index).collect();
+        Ok(vcpu)
+    }
+}
+
+thread_local! {
+    /// This thread's `kvm_run` page, for the kick handler. Const-initialised and without a
+    /// destructor, so reading it from a signal handler is async-signal-safe.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The real-time signal that kicks vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: the pointer is this thread's kvm_run mapping, set by `run_loop` and cleared
+        // before the VcpuFd (which owns the mapping) is dropped; a volatile byte write is
+        // async-signal-safe.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the kick handler; call once before starting vCPU threads.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), handle_kick)
+}
+
+/// What a vCPU thread needs besides its vCPU.
+pub struct VcpuContext {
+    pub bus: Arc<PortIoBus>,
+    pub commands: Receiver<VcpuCommand>,
+    pub responses: Sender<VcpuResponse>,
+    pub events: Sender<VmEvent>,
+    pub counters: Arc<VcpuExitCounters>,
+    /// Told once, when the thread is about to enter KVM_RUN for the first time.
+    pub started: Sender<u8>,
+}
+
+enum LoopControl {
+    Continue,
+    /// Stop running the guest and wait for commands (after a machine request or failure).
+    Park,
+}
+
+impl Vcpu {
+    /// Runs the vCPU until told to stop. Called on the vCPU's own thread.
+    pub fn run_loop(mut self, context: VcpuContext) {
+        KVM_RUN.with(|cell| cell.set(self.fd.get_kvm_run() as *mut kvm_run));
+        let _ = context.started.send(self.index);
+        let stopped = 'outer: loop {
+            // Commands first: a kick may have been for one.
+            while let Ok(command) = context.commands.try_recv() {
+                match command {
+                    VcpuCommand::Pause => {
+                        if self.paused(&context, true) {
+                            break 'outer true;
+                        }
+                    }
+                    VcpuCommand::Stop => break 'outer true,
+                    VcpuCommand::Resume => {
+                        let _ = context.responses.send(VcpuResponse::Resumed);
+                    }
+                    VcpuCommand::Save => {
+                        let _ = context
+                            .responses
+                            .send(VcpuResponse::Saved(Box::new(self.save())));
+                    }
+                }
+            }
+            match self.run_once(&context) {
+                LoopControl::Continue => {}
+                LoopControl::Park => {
+                    if self.paused(&context, false) {
+                        break true;
+                    }
+                }
+            }
+        };
+        KVM_RUN.with(|cell| cell.set(std::ptr::null_mut()));
+        if stopped {
+            let _ = context.responses.send(VcpuResponse::Stopped);
+        }
+    }
+
+    /// Pause: complete pending I/O, report (if `announce`: parking after a machine request
+    /// answers no command), serve commands until Resume (false) or Stop (true).
+    fn paused(&mut self, context: &VcpuContext, announce: bool) -> bool {
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+        let _ = self.fd.kvmclock_ctrl(); // tells a kvmclock guest it was paused; EINVAL otherwise
+        if announce {
+            let _ = context.responses.send(VcpuResponse::Paused);
+        }
+        loop {
+            match context.commands.recv() {
+                Ok(VcpuCommand::Resume) => {
+                    let _ = context.responses.send(VcpuResponse::Resumed);
+                    return false;
+                }
+                Ok(VcpuCommand::Save) => {
+                    let _ = context
+                        .responses
+                        .send(VcpuResponse::Saved(Box::new(self.save())));
+                }
+                Ok(VcpuCommand::Pause) => {
+                    let _ = context.responses.send(VcpuResponse::Paused);
+                }
+                Ok(VcpuCommand::Stop) | Err(_) => return true,
+            }
+        }
+    }
+
+    fn run_once(&mut self, context: &VcpuContext) -> LoopControl {
+        let counters = &context.counters;
+        let index = self.index;
+        let exit = self.fd.run();
+        let failure = match exit {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                counters.count_port(context.bus.read(port, data));
+                return LoopControl::Continue;
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let (device, request) = context.bus.write(port, data);
+                counters.count_port(device);
+                let Some(request) = request else {
+                    return LoopControl::Continue;
+                };
+                let _ = context.events.send(VmEvent::Machine(request));
+                return LoopControl::Park;
+            }
+            Ok(VcpuExit::MmioRead(_, data)) => {
+                counters.mmio.fetch_add(1, Ordering::Relaxed);
+                data.fill(0xff);
+                return LoopControl::Continue;
+            }
+            Ok(VcpuExit::MmioWrite(..)) => {
+                counters.mmio.fetch_add(1, Ordering::Relaxed);
+                return LoopControl::Continue;
+            }
+            Ok(VcpuExit::Hlt) => {
+                counters.hlt.fetch_add(1, Ordering::Relaxed);
+                return LoopControl::Continue;
+            }
+            Ok(VcpuExit::Shutdown) => "triple fault (KVM_EXIT_SHUTDOWN)".to_string(),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                format!("VM entry failed: hardware reason {reason:#x} on host CPU {cpu}")
+            }
+            Ok(VcpuExit::InternalError) => "KVM internal error (emulation failure)".to_string(),
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                let request = if kind == kvm_bindings::KVM_SYSTEM_EVENT_RESET {
+                    MachineRequest::Reset
+                } else {
+                    MachineRequest::PowerOff
+                };
+                let _ = context.events.send(VmEvent::Machine(request));
+                return LoopControl::Park;
+            }
+            Ok(other) => {
+                counters.other.fetch_add(1, Ordering::Relaxed);
+                format!("unexpected exit {other:?}")
+            }
+            Err(error) if error.errno() == libc::EINTR => {
+                counters.interrupted.fetch_add(1, Ordering::Relaxed);
+                self.fd.set_kvm_immediate_exit(0);
+                return LoopControl::Continue;
+            }
+            Err(error) if error.errno() == libc::EAGAIN => return LoopControl::Continue,
+            Err(error) => format!("KVM_RUN failed: {error}"),
+        };
+        let _ = context.events.send(VmEvent::Failed {
+            index,
+            reason: failure,
+        });
+        LoopControl::Park
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::layout::RamRegion;
+    use crate::vstate::memory::GuestMemory;
+    use crate::vstate::vm::Vm;
+
+    fn vcpu_on_new_vm(kvm: &kvm_ioctls::Kvm) -> (Vm, Vcpu, GuestMemory) {
+        let memory = GuestMemory::anonymous(&[RamRegion {
+            guest_address: 0,
+            size: 2 << 20,
+        }])
+        .unwrap();
+        let vm = Vm::create(kvm, &memory).unwrap();
+        let fd = vm.fd.create_vcpu(0).unwrap();
+        let mut vcpu = Vcpu {
+            index: 0,
+            fd,
+            msr_indices: Vec::new(),
+        };
+        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        vcpu.configure_for_boot(
+            &crate::arch::cpuid::vcpu_cpuid(&supported, 0, 1, true),
+            0x100000,
+        )
+        .unwrap();
+        let msr_list = kvm.get_msr_index_list().unwrap();
+        vcpu.select_readable_msrs(msr_list.as_slice()).unwrap();
+        (vm, vcpu, memory)
+    }
+
+    #[test]
+    fn lapic_delivery_mode_is_written_in_bits_8_to_10() {
+        let mut lapic = kvm_lapic_state::default();
+        lapic.regs[APIC_LVT0 + 2] = 1; // a masked bit (16) that must survive
+        set_lapic_delivery_mode(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
+        assert_eq!(lapic.regs[APIC_LVT0 + 1] as u8, 0x07);
+        assert_eq!(lapic.regs[APIC_LVT0 + 2] as u8, 1);
+    }
+
+    /// Saves a configured vCPU with distinctive registers and MSRs, restores into a vCPU of a
+    /// second VM, saves again: registers, segments, LAPIC, XSAVE and MSRs come back equal.
+    #[test]
+    fn vcpu_state_round_trips_through_a_second_vm() {
+        let Some(kvm) = crate::testing::kvm_or_skip("vcpu_state_round_trips_through_a_second_vm")
+        else {
+            return;
+        };
+        let (_vm, vcpu, _memory) = vcpu_on_new_vm(&kvm);
+        let mut regs = vcpu.fd.get_regs().unwrap();
+        regs.rax = 0x1122_3344;
+        regs.r15 = 0xfeed_f00d;
+        vcpu.fd.set_regs(&regs).unwrap();
+        let tsc_aux = kvm_msr_entry {
+            index: 0xc000_0103,
+            data: 7,
+            ..Default::default()
+        };
+        let _ = vcpu.fd.set_msrs(&Msrs::from_entries(&[tsc_aux]).unwrap());
+        let state = vcpu.save().unwrap();
+        assert!(!state.msrs.is_empty());
+        let json = serde_json::to_vec(&state).unwrap();
+        let state: VcpuState = serde_json::from_slice(&json).unwrap();
+
+        let (_vm2, fresh, _memory2) = vcpu_on_new_vm(&kvm);
+        let restored = Vcpu::restore(fresh, &state).unwrap();
+        let again = restored.save().unwrap();
+        assert_eq!(again.regs.rax, 0x1122_3344);
+        assert_eq!(again.regs.r15, 0xfeed_f00d);
+        assert_eq!(again.regs.rip, state.regs.rip);
+        assert_eq!(again.sregs.cr0, state.sregs.cr0);
+        assert_eq!(again.sregs.cs.base, state.sregs.cs.base);
+        assert_eq!(again.lapic.regs[..0x400], state.lapic.regs[..0x400]);
+        assert_eq!(again.xsave.region[..], state.xsave.region[..]);
+        assert_eq!(again.xcrs.xcrs[0].value, state.xcrs.xcrs[0].value);
+        let msr =
+            |s: &VcpuState, index: u32| s.msrs.iter().find(|m| m.index == index).map(|m| m.data);
+        for entry in &state.msrs {
+            if entry.index == regs::MSR_IA32_TSC {
+                continue; // keeps counting
+            }
+            assert_eq!(
+                msr(&again, entry.index),
+                Some(entry.data),
+                "MSR {:#x}",
+                entry.index
+            );
+        }
+        assert_eq!(
+            msr(&again, regs::MSR_IA32_MISC_ENABLE).map(|v| v & 1),
+            Some(1)
+        );
+        assert_eq!(again.cpuid.len(), state.cpuid.len());
+    }
+}

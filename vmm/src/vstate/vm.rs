@@ -1,0 +1,256 @@
+//! The KVM VM: memory slots, the in-kernel irqchip (PIC + IOAPIC + LAPICs), the PIT, GSI
+//! routing, and the VM-wide state a snapshot needs (irqchip, PIT, kvmclock).
+
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_irq_routing_entry, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
+    kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use serde::{Deserialize, Serialize};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::arch::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::devices::acpi_pm::IrqLine;
+use crate::persist::Persist;
+use crate::vstate::memory::GuestMemory;
+
+/// Number of IOAPIC pins KVM's in-kernel IOAPIC has.
+const IOAPIC_PINS: u32 = 24;
+
+/// Why a VM could not be created, saved or restored. `operation` names the KVM call.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you in the kvm group?)")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM {operation} failed: {source}")]
+    Kvm {
+        operation: &'static str,
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn kvm_error(operation: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { operation, source }
+}
+
+/// A KVM VM with its irqchip and PIT.
+pub struct Vm {
+    pub fd: Arc<VmFd>,
+}
+
+/// Saved form of the VM-wide KVM state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    /// kvmclock at save time; restored as-is, so guest time continues from the save point.
+    pub clock: kvm_clock_data,
+}
+
+impl Vm {
+    /// Creates a VM with `memory` registered, an in-kernel irqchip, a PIT, and PC routing.
+    pub fn create(kvm: &Kvm, memory: &GuestMemory) -> Result<Self, VmError> {
+        let fd = kvm.create_vm().map_err(kvm_error("KVM_CREATE_VM"))?;
+        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_error("KVM_SET_TSS_ADDR"))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_error("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        for (slot, region) in memory.mmap.iter().enumerate() {
+            let memory_region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping of `memory_size` bytes owned by `memory`,
+            // which the caller keeps alive as long as the VM (both live in the same `Machine`).
+            unsafe { fd.set_user_memory_region(memory_region) }
+                .map_err(kvm_error("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        fd.create_irq_chip()
+            .map_err(kvm_error("KVM_CREATE_IRQCHIP"))?;
+        let pit_config = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit_config)
+            .map_err(kvm_error("KVM_CREATE_PIT2"))?;
+        fd.set_gsi_routing(&pc_gsi_routing())
+            .map_err(kvm_error("KVM_SET_GSI_ROUTING"))?;
+        Ok(Self { fd: Arc::new(fd) })
+    }
+
+    fn irqchip(&self, chip_id: u32, operation: &'static str) -> Result<kvm_irqchip, VmError> {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        self.fd
+            .get_irqchip(&mut chip)
+            .map_err(kvm_error(operation))?;
+        Ok(chip)
+    }
+}
+
+/// GSI routing of a PC: GSI 0-15 to the PICs (except the cascade, 2) and GSI 0-23 to the
+/// IOAPIC, with GSI 0 (the PIT) on IOAPIC pin 2 to match the MADT's interrupt override.
+fn pc_gsi_routing() -> KvmIrqRouting {
+    let mut entries = Vec::new();
+    let mut route = |gsi: u32, irqchip: u32, pin: u32| {
+        let mut entry = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        entry.u.irqchip.irqchip = irqchip;
+        entry.u.irqchip.pin = pin;
+        entries.push(entry);
+    };
+    for gsi in 0..16 {
+        if gsi == 2 {
+            continue;
+        }
+        if gsi < 8 {
+            route(gsi, KVM_IRQCHIP_PIC_MASTER, gsi);
+        } else {
+            route(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8);
+        }
+    }
+    for gsi in 0..IOAPIC_PINS {
+        match gsi {
+            0 => route(0, KVM_IRQCHIP_IOAPIC, 2),
+            2 => {}
+            _ => route(gsi, KVM_IRQCHIP_IOAPIC, gsi),
+        }
+    }
+    KvmIrqRouting::from_entries(&entries).expect("39 routes fit KVM's routing table")
+}
+
+/// A level-triggered GSI driven with KVM_IRQ_LINE (the ACPI SCI).
+pub struct KvmIrqLine {
+    pub vm: Arc<VmFd>,
+    pub gsi: u32,
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, asserted: bool) {
+        // Fails only if the irqchip is gone, i.e. the VM is being torn down.
+        let _ = self.vm.set_irq_line(self.gsi, asserted);
+    }
+}
+
+/// Saving irqchip, PIT and kvmclock; restore applies them to a freshly created VM.
+impl Persist for Vm {
+    type State = VmState;
+    type RestoreArgs = Vm;
+    type Error = VmError;
+
+    fn save(&self) -> Result<VmState, VmError> {
+        let mut clock = self.fd.get_clock().map_err(kvm_error("KVM_GET_CLOCK"))?;
+        // Only the value matters; SET_CLOCK rejects GET_CLOCK's informational flags.
+        clock.flags = 0;
+        clock.realtime = 0;
+        clock.host_tsc = 0;
+        Ok(VmState {
+            pic_master: self.irqchip(KVM_IRQCHIP_PIC_MASTER, "KVM_GET_IRQCHIP(PIC master)")?,
+            pic_slave: self.irqchip(KVM_IRQCHIP_PIC_SLAVE, "KVM_GET_IRQCHIP(PIC slave)")?,
+            ioapic: self.irqchip(KVM_IRQCHIP_IOAPIC, "KVM_GET_IRQCHIP(IOAPIC)")?,
+            pit: self.fd.get_pit2().map_err(kvm_error("KVM_GET_PIT2"))?,
+            clock,
+        })
+    }
+
+    fn restore(vm: Vm, state: &VmState) -> Result<Vm, VmError> {
+        vm.fd
+            .set_irqchip(&state.pic_master)
+            .map_err(kvm_error("KVM_SET_IRQCHIP(PIC master)"))?;
+        vm.fd
+            .set_irqchip(&state.pic_slave)
+            .map_err(kvm_error("KVM_SET_IRQCHIP(PIC slave)"))?;
+        vm.fd
+            .set_irqchip(&state.ioapic)
+            .map_err(kvm_error("KVM_SET_IRQCHIP(IOAPIC)"))?;
+        vm.fd
+            .set_pit2(&state.pit)
+            .map_err(kvm_error("KVM_SET_PIT2"))?;
+        let mut clock = state.clock;
+        clock.flags = 0;
+        vm.fd
+            .set_clock(&clock)
+            .map_err(kvm_error("KVM_SET_CLOCK"))?;
+        Ok(vm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::layout::RamRegion;
+
+    #[test]
+    fn routing_matches_the_madt_overrides() {
+        let routing = pc_gsi_routing();
+        let entries = routing.as_slice();
+        let ioapic_pin = |gsi: u32| {
+            entries
+                .iter()
+                .find(|e| e.gsi == gsi && unsafe_free_irqchip(e) == KVM_IRQCHIP_IOAPIC)
+                .map(unsafe_free_pin)
+        };
+        assert_eq!(ioapic_pin(0), Some(2));
+        assert_eq!(ioapic_pin(2), None);
+        assert_eq!(ioapic_pin(9), Some(9));
+        assert_eq!(ioapic_pin(23), Some(23));
+        assert_eq!(entries.len(), 15 + 23);
+    }
+
+    fn unsafe_free_irqchip(entry: &kvm_irq_routing_entry) -> u32 {
+        // SAFETY: every entry built by pc_gsi_routing is of type IRQCHIP, so `irqchip` is the
+        // initialised union member.
+        unsafe { entry.u.irqchip.irqchip }
+    }
+
+    fn unsafe_free_pin(entry: &kvm_irq_routing_entry) -> u32 {
+        // SAFETY: as above.
+        unsafe { entry.u.irqchip.pin }
+    }
+
+    /// Saves a VM's irqchip/PIT/clock, restores into a second VM, saves again: equal.
+    #[test]
+    fn vm_state_round_trips_through_a_second_vm() {
+        let Some(kvm) = crate::testing::kvm_or_skip("vm_state_round_trips_through_a_second_vm")
+        else {
+            return;
+        };
+        let regions = [RamRegion {
+            guest_address: 0,
+            size: 2 << 20,
+        }];
+        let first = Vm::create(&kvm, &GuestMemory::anonymous(&regions).unwrap()).unwrap();
+        // Make the state non-default: raise the SCI line (IOAPIC pin 9 level).
+        first.fd.set_irq_line(9, true).unwrap();
+        let state = first.save().unwrap();
+        let json = serde_json::to_vec(&state).unwrap();
+        let state: VmState = serde_json::from_slice(&json).unwrap();
+
+        let memory = GuestMemory::anonymous(&regions).unwrap();
+        let second = Vm::restore(Vm::create(&kvm, &memory).unwrap(), &state).unwrap();
+        let again = second.save().unwrap();
+        let bytes = |chip: &kvm_irqchip| serde_json::to_vec(chip).unwrap();
+        assert_eq!(bytes(&again.ioapic), bytes(&state.ioapic));
+        assert_eq!(bytes(&again.pic_master), bytes(&state.pic_master));
+        assert_eq!(bytes(&again.pic_slave), bytes(&state.pic_slave));
+        assert_eq!(again.pit.channels[0].count, state.pit.channels[0].count);
+        assert!(
+            again.clock.clock >= state.clock.clock,
+            "guest clock never goes backwards"
+        );
+        assert!(again.clock.clock - state.clock.clock < 5_000_000_000);
+    }
+}

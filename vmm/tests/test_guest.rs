@@ -1,0 +1,330 @@
+//! Integration tests with the built-in PVH test guest (no kernel build needed): boot, console,
+//! 1 MiB command line, API (good and bad requests), power button, snapshot → restore in a new
+//! process, damaged snapshots, idle cost from the metrics. Skip where /dev/kvm is absent.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use lull_vmm::test_guest::{expected_ready_line, READY_BANNER};
+
+const BOOT: Duration = Duration::from_secs(60);
+
+#[test]
+fn boots_echoes_console_input_and_powers_off_on_q() {
+    if !kvm_available("boots_echoes_console_input_and_powers_off_on_q") {
+        return;
+    }
+    let dir = scratch("echo");
+    let guest = test_guest(&dir);
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        "echo mode",
+        "--vcpus",
+        "2",
+    ]);
+    let after = vmm.wait_for(&expected_ready_line(b"echo mode"), BOOT);
+    vmm.send(b"lull");
+    vmm.wait_for_from(after, "lull", BOOT);
+    vmm.send(b"q");
+    assert_eq!(vmm.wait_exit(BOOT).code(), Some(0), "S5 poweroff exits 0");
+}
+
+#[test]
+fn megabyte_command_line_file_arrives_intact() {
+    if !kvm_available("megabyte_command_line_file_arrives_intact") {
+        return;
+    }
+    let dir = scratch("cmdline");
+    let guest = test_guest(&dir);
+    // 1 MiB, not starting with 'h' (which would make the guest idle without polling).
+    let cmdline: Vec<u8> = (0..1usize << 20)
+        .map(|i| b"abcdefg =,.0123456789"[i % 21])
+        .collect();
+    let path = dir.join("cmdline");
+    std::fs::write(&path, &cmdline).unwrap();
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline-file",
+        path.to_str().unwrap(),
+    ]);
+    vmm.wait_for(&expected_ready_line(&cmdline), Duration::from_secs(120));
+    vmm.send(b"q");
+    assert_eq!(vmm.wait_exit(BOOT).code(), Some(0));
+}
+
+#[test]
+fn power_button_makes_the_guest_power_off() {
+    if !kvm_available("power_button_makes_the_guest_power_off") {
+        return;
+    }
+    let dir = scratch("button");
+    let guest = test_guest(&dir);
+    let socket = dir.join("api.sock");
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        "x",
+        "--api-sock",
+        socket.to_str().unwrap(),
+    ]);
+    vmm.wait_for(READY_BANNER, BOOT);
+    wait_for_socket(&socket, BOOT);
+    let (ok, _, errors) = client(&["power-button", "--api", socket.to_str().unwrap()]);
+    assert!(ok, "{errors}");
+    assert_eq!(vmm.wait_exit(BOOT).code(), Some(0));
+    assert!(!socket.exists(), "the API socket is removed at exit");
+}
+
+#[test]
+fn bad_api_requests_get_typed_errors_and_the_vm_keeps_running() {
+    if !kvm_available("bad_api_requests_get_typed_errors_and_the_vm_keeps_running") {
+        return;
+    }
+    let dir = scratch("badapi");
+    let guest = test_guest(&dir);
+    let socket = dir.join("api.sock");
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        "x",
+        "--api-sock",
+        socket.to_str().unwrap(),
+    ]);
+    let after = vmm.wait_for(READY_BANNER, BOOT);
+    wait_for_socket(&socket, BOOT);
+
+    assert!(raw_api(&socket, b"NONSENSE\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(raw_api(&socket, b"GET /vm/nothing HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    assert!(raw_api(&socket, b"GET /vm/pause HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    let bad_json = raw_api(
+        &socket,
+        b"PUT /vm/snapshot HTTP/1.1\r\nContent-Length: 5\r\n\r\n{\"pa",
+    );
+    assert!(
+        bad_json.starts_with("HTTP/1.1 400") && bad_json.contains("bad_request"),
+        "{bad_json}"
+    );
+    let too_big = raw_api(
+        &socket,
+        b"PUT /vm/snapshot HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n",
+    );
+    assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
+    let (ok, _, errors) = client(&["resume", "--api", socket.to_str().unwrap()]);
+    assert!(!ok && errors.contains("invalid_state"), "{errors}");
+    let running = raw_api(
+        &socket,
+        b"PUT /vm/snapshot HTTP/1.1\r\nContent-Length: 15\r\n\r\n{\"path\":\"/tmp\"}",
+    );
+    assert!(
+        running.starts_with("HTTP/1.1 409"),
+        "snapshot needs a paused VM: {running}"
+    );
+
+    // Pause/resume round trip, then the guest still answers.
+    assert!(client(&["pause", "--api", socket.to_str().unwrap()]).0);
+    let (ok, _, errors) = client(&["pause", "--api", socket.to_str().unwrap()]);
+    assert!(!ok && errors.contains("invalid_state"), "{errors}");
+    assert!(client(&["resume", "--api", socket.to_str().unwrap()]).0);
+    vmm.send(b"k");
+    vmm.wait_for_from(after, "k", BOOT);
+    vmm.send(b"q");
+    assert_eq!(vmm.wait_exit(BOOT).code(), Some(0));
+}
+
+#[test]
+fn snapshot_restores_in_a_new_process_and_the_guest_continues() {
+    if !kvm_available("snapshot_restores_in_a_new_process_and_the_guest_continues") {
+        return;
+    }
+    let dir = scratch("snapshot");
+    let guest = test_guest(&dir);
+    let socket = dir.join("api.sock");
+    let snapshot = dir.join("snap");
+    let mut source = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        "x",
+        "--memory",
+        "64",
+        "--api-sock",
+        socket.to_str().unwrap(),
+    ]);
+    source.wait_for(READY_BANNER, BOOT);
+    wait_for_socket(&socket, BOOT);
+    let (ok, report, errors) = client(&[
+        "snapshot",
+        "--api",
+        socket.to_str().unwrap(),
+        "--path",
+        snapshot.to_str().unwrap(),
+        "--leave-paused",
+    ]);
+    assert!(ok, "{errors}");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["memory_file_bytes"], 64 << 20);
+    assert!(
+        report["memory_written_bytes"].as_u64().unwrap() < 1 << 20,
+        "sparse: {report}"
+    );
+    source.kill();
+
+    let mut restored = Vmm::spawn(&[
+        "restore",
+        "--snapshot",
+        snapshot.to_str().unwrap(),
+        "--timing",
+    ]);
+    restored.send(b"r");
+    restored.wait_for("r", BOOT);
+    assert!(
+        !restored.output().contains(READY_BANNER),
+        "the guest continued, it did not reboot"
+    );
+    assert!(restored.errors().contains("vcpus_running"));
+    restored.send(b"q");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+
+    // A second restore from the same snapshot works too (the memory file was mapped privately).
+    let mut again = Vmm::spawn(&["restore", "--snapshot", snapshot.to_str().unwrap()]);
+    again.send(b"q");
+    assert_eq!(again.wait_exit(BOOT).code(), Some(0));
+}
+
+#[test]
+fn damaged_snapshots_are_refused_with_a_clear_error() {
+    if !kvm_available("damaged_snapshots_are_refused_with_a_clear_error") {
+        return;
+    }
+    let dir = scratch("damaged");
+    let guest = test_guest(&dir);
+    let socket = dir.join("api.sock");
+    let snapshot = dir.join("snap");
+    let mut source = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        "hidle",
+        "--memory",
+        "16",
+        "--api-sock",
+        socket.to_str().unwrap(),
+    ]);
+    source.wait_for(READY_BANNER, BOOT);
+    wait_for_socket(&socket, BOOT);
+    assert!(
+        client(&[
+            "snapshot",
+            "--api",
+            socket.to_str().unwrap(),
+            "--path",
+            snapshot.to_str().unwrap()
+        ])
+        .0
+    );
+
+    let state_path = snapshot.join("state");
+    let state = std::fs::read(&state_path).unwrap();
+    let restore_error = || {
+        let (ok, _, errors) = client(&["restore", "--snapshot", snapshot.to_str().unwrap()]);
+        assert!(!ok);
+        errors
+    };
+    let mut corrupted = state.clone();
+    corrupted[200] ^= 0x10;
+    std::fs::write(&state_path, &corrupted).unwrap();
+    assert!(restore_error().contains("corrupted"));
+    std::fs::write(&state_path, &state[..state.len() / 2]).unwrap();
+    assert!(restore_error().contains("truncated"));
+    let mut other_version = state.clone();
+    other_version[8] = 99;
+    std::fs::write(&state_path, &other_version).unwrap();
+    assert!(restore_error().contains("version 99"));
+    std::fs::write(&state_path, &state).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(snapshot.join("memory"))
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    assert!(restore_error().contains("memory file"));
+
+    // The source VM is unaffected.
+    let (ok, info, _) = client(&["info", "--api", socket.to_str().unwrap()]);
+    assert!(ok && info.contains("running"), "{info}");
+    assert!(client(&["power-button", "--api", socket.to_str().unwrap()]).0);
+    // The idle guest ('h') halts with interrupts off and never polls the button: stop it.
+    source.kill();
+}
+
+#[test]
+fn idle_guest_costs_nothing_in_the_metrics_and_the_metrics_file_fills() {
+    if !kvm_available("idle_guest_costs_nothing_in_the_metrics_and_the_metrics_file_fills") {
+        return;
+    }
+    let dir = scratch("metrics");
+    let guest = test_guest(&dir);
+    let socket = dir.join("api.sock");
+    let metrics = dir.join("metrics.jsonl");
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        "halt",
+        "--api-sock",
+        socket.to_str().unwrap(),
+        "--metrics-file",
+        metrics.to_str().unwrap(),
+        "--metrics-interval-ms",
+        "200",
+    ]);
+    vmm.wait_for(READY_BANNER, BOOT);
+    wait_for_socket(&socket, BOOT);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, json, errors) = client(&[
+        "metrics",
+        "--api",
+        socket.to_str().unwrap(),
+        "--interval-ms",
+        "500",
+        "--json",
+    ]);
+    assert!(ok, "{errors}");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rates = &report["rates"][0];
+    assert!(
+        rates["kvm_per_second"]["exits"].as_f64().unwrap() < 5.0,
+        "{rates}"
+    );
+    assert!(
+        rates["kvm_per_second"]["halt_wakeup"].as_f64().unwrap() < 1.0,
+        "{rates}"
+    );
+    assert!(
+        report["vcpus"][0]["kvm"]["halt_exits"].as_u64().is_some(),
+        "KVM stats present: {report}"
+    );
+    assert!(report["host"]["vmm_rss_kib"].as_u64().unwrap() > 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = std::fs::read_to_string(&metrics).unwrap();
+    assert!(lines.lines().count() >= 2, "{lines}");
+    for line in lines.lines() {
+        let sample: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(sample["rates"][0]["kvm_per_second"].is_object());
+    }
+    vmm.kill();
+}
