@@ -7,13 +7,28 @@
 //!
 //! Costs (n = number of queued timers):
 //!
-//! | operation                         | cost          |
-//! |-----------------------------------|---------------|
-//! | [`TimerQueue::insert`]            | O(log n)      |
-//! | [`TimerQueue::remove`]            | O(log n)      |
-//! | [`TimerQueue::peek`]              | O(1) (cached) |
-//! | [`TimerQueue::pop`]               | O(log n)      |
-//! | [`TimerQueue::get`] / `expiry`    | O(1)          |
+//! | operation                         | cost                              |
+//! |-----------------------------------|-----------------------------------|
+//! | [`TimerQueue::insert`]            | O(log n), O(1) expected for random expiries |
+//! | [`TimerQueue::remove`]            | O(log n)                          |
+//! | [`TimerQueue::set_expiry`]        | O(log n)                          |
+//! | [`TimerQueue::peek`]              | O(1)                              |
+//! | [`TimerQueue::pop`]               | O(log n)                          |
+//! | [`TimerQueue::get`] / `expiry`    | O(1)                              |
+//! | [`TimerQueue::iter`], k items     | O(k log k), lazily                |
+//!
+//! # Layout
+//!
+//! The order lives in an indexed 4-ary implicit min-heap: one contiguous `Vec` of 16-byte
+//! entries (expiry, sequence, slot), plus a slot -> heap-position array so a handle finds its
+//! entry in O(1). Compared with a balanced tree this allocates nothing per timer, keeps the
+//! four children of a node in one 64-byte cache line, and halves the depth of a binary heap,
+//! so the cost of an operation stays nearly flat from a thousand to a hundred thousand
+//! timers. Payloads stay in their own slot array and are never moved by the heap.
+//!
+//! Sequences are 32-bit to keep entries compact. When the counter runs out the queue
+//! renumbers its entries in order (once every ~4 billion inserts; O(n log n), no allocation),
+//! so FIFO order among equal expiries holds for ever.
 //!
 //! Handles are `(slot index, generation)` pairs. Every time a slot is freed its generation is
 //! bumped, so a handle kept after its timer was removed or expired is *refused* with
@@ -29,8 +44,9 @@
 
 extern crate alloc;
 
-use alloc::collections::BTreeMap;
+use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
+use core::cmp::Reverse;
 use core::fmt;
 
 /// Names one queued timer. Cheap to copy; refused once the timer has left the queue.
@@ -76,15 +92,53 @@ impl fmt::Display for QueueFull {
 /// Marks the end of the free-slot list.
 const NO_SLOT: u32 = u32::MAX;
 
+/// Children per heap node. Four 16-byte entries fill one 64-byte cache line, and a 4-ary heap
+/// is half as deep as a binary one, so a sift touches few lines; wider nodes cost more
+/// comparisons per level than the saved depth pays for.
+const ARITY: usize = 4;
+const _: () = assert!(ARITY == 4, "earliest_child unrolls a family of four");
+
+/// One heap element: everything a sift compares or moves, and nothing else (16 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HeapEntry {
+    expiry: u64,
+    /// `sequence << 32 | slot`. The sequence is the insertion order among equal expiries (see
+    /// [`TimerQueue::take_sequence`]); the slot holds the payload and `positions[slot]` points
+    /// back here. Sequences are unique, so `(expiry, order)` sorts exactly like
+    /// `(expiry, sequence)`, and as one 128-bit number it compares without branches.
+    order: u64,
+}
+
+impl HeapEntry {
+    #[inline]
+    fn new(expiry: u64, sequence: u32, slot: u32) -> Self {
+        Self {
+            expiry,
+            order: (u64::from(sequence) << 32) | u64::from(slot),
+        }
+    }
+
+    #[inline]
+    fn slot(self) -> u32 {
+        // Truncation keeps the low half, which is the slot.
+        self.order as u32
+    }
+
+    /// The queue order: earlier expiry first, then earlier insertion.
+    #[inline]
+    fn key(self) -> u128 {
+        (u128::from(self.expiry) << 64) | u128::from(self.order)
+    }
+
+    #[inline]
+    fn goes_before(self, other: HeapEntry) -> bool {
+        self.key() < other.key()
+    }
+}
+
 enum SlotState<T> {
-    Occupied {
-        expiry: u64,
-        sequence: u64,
-        value: T,
-    },
-    Vacant {
-        next_free: u32,
-    },
+    Occupied { value: T },
+    Vacant { next_free: u32 },
 }
 
 struct Slot<T> {
@@ -116,13 +170,15 @@ pub struct RemovedTimer<T> {
 
 /// Ordered queue of timers; see the crate documentation.
 pub struct TimerQueue<T> {
-    /// `(expiry, sequence) -> slot index`: the order of expiry.
-    order: BTreeMap<(u64, u64), u32>,
+    /// Implicit 4-ary min-heap by `(expiry, sequence)`; `heap[0]` is the earliest timer.
+    heap: Vec<HeapEntry>,
+    /// `positions[slot]` is the heap index of the slot's entry while the slot is occupied
+    /// (meaningless while vacant). Kept apart from `slots` so sifts touch 4-byte words only.
+    positions: Vec<u32>,
     slots: Vec<Slot<T>>,
     free_head: u32,
-    next_sequence: u64,
-    /// Cached first entry of `order`, so `peek` is O(1).
-    earliest: Option<((u64, u64), u32)>,
+    /// Next insertion sequence; `u32::MAX` is never handed out (it triggers renumbering).
+    next_sequence: u32,
 }
 
 impl<T> Default for TimerQueue<T> {
@@ -135,32 +191,27 @@ impl<T> TimerQueue<T> {
     /// An empty queue. Does not allocate.
     pub const fn new() -> Self {
         Self {
-            order: BTreeMap::new(),
+            heap: Vec::new(),
+            positions: Vec::new(),
             slots: Vec::new(),
             free_head: NO_SLOT,
             next_sequence: 0,
-            earliest: None,
         }
     }
 
     /// Number of queued timers.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.heap.len()
     }
 
     /// True when no timer is queued.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.heap.is_empty()
     }
 
     /// Queues `value` to expire at `expiry`. Among equal expiries, earlier inserts come first.
     pub fn insert(&mut self, expiry: u64, value: T) -> Result<TimerHandle, QueueFull> {
-        let sequence = self.next_sequence;
-        let state = SlotState::Occupied {
-            expiry,
-            sequence,
-            value,
-        };
+        let state = SlotState::Occupied { value };
         let index = if self.free_head != NO_SLOT {
             let index = self.free_head;
             let slot = &mut self.slots[index as usize];
@@ -180,33 +231,35 @@ impl<T> TimerQueue<T> {
                 generation: 0,
                 state,
             });
+            self.positions.push(0);
             index
         };
-        self.next_sequence += 1;
-        let key = (expiry, sequence);
-        self.order.insert(key, index);
-        if self.earliest.is_none_or(|(head_key, _)| key < head_key) {
-            self.earliest = Some((key, index));
-        }
+        // Taken before the push: renumbering sorts the entries already queued.
+        let sequence = self.take_sequence();
+        let position = self.heap.len();
+        self.heap.push(HeapEntry::new(expiry, sequence, index));
+        self.sift_up(position);
         Ok(TimerHandle {
             index,
             generation: self.slots[index as usize].generation,
         })
     }
 
-    fn occupied(&self, handle: TimerHandle) -> Result<(u64, u64, &T), StaleHandle> {
+    /// The value of an occupied slot named by a live handle.
+    fn occupied(&self, handle: TimerHandle) -> Result<&T, StaleHandle> {
         match self.slots.get(handle.index as usize) {
             Some(Slot {
                 generation,
-                state:
-                    SlotState::Occupied {
-                        expiry,
-                        sequence,
-                        value,
-                    },
-            }) if *generation == handle.generation => Ok((*expiry, *sequence, value)),
+                state: SlotState::Occupied { value },
+            }) if *generation == handle.generation => Ok(value),
             _ => Err(StaleHandle),
         }
+    }
+
+    /// Heap index of the entry of a live handle.
+    fn position(&self, handle: TimerHandle) -> Result<usize, StaleHandle> {
+        self.occupied(handle)?;
+        Ok(self.positions[handle.index as usize] as usize)
     }
 
     /// True while `handle` names a queued timer.
@@ -216,12 +269,13 @@ impl<T> TimerQueue<T> {
 
     /// The expiry of a queued timer.
     pub fn expiry(&self, handle: TimerHandle) -> Result<u64, StaleHandle> {
-        self.occupied(handle).map(|(expiry, _, _)| expiry)
+        let position = self.position(handle)?;
+        Ok(self.heap[position].expiry)
     }
 
     /// The payload of a queued timer.
     pub fn get(&self, handle: TimerHandle) -> Result<&T, StaleHandle> {
-        self.occupied(handle).map(|(_, _, value)| value)
+        self.occupied(handle)
     }
 
     /// The payload of a queued timer, mutably (its expiry cannot change this way).
@@ -229,106 +283,245 @@ impl<T> TimerQueue<T> {
         match self.slots.get_mut(handle.index as usize) {
             Some(Slot {
                 generation,
-                state: SlotState::Occupied { value, .. },
+                state: SlotState::Occupied { value },
             }) if *generation == handle.generation => Ok(value),
             _ => Err(StaleHandle),
         }
     }
 
-    /// The earliest timer, without removing it. O(1).
-    pub fn peek(&self) -> Option<QueuedTimer<'_, T>> {
-        let ((expiry, _), index) = self.earliest?;
-        let slot = &self.slots[index as usize];
+    /// The queued timer of a heap entry.
+    fn queued(&self, entry: HeapEntry) -> Option<QueuedTimer<'_, T>> {
+        let slot = self.slots.get(entry.slot() as usize)?;
         match &slot.state {
-            SlotState::Occupied { value, .. } => Some(QueuedTimer {
+            SlotState::Occupied { value } => Some(QueuedTimer {
                 handle: TimerHandle {
-                    index,
+                    index: entry.slot(),
                     generation: slot.generation,
                 },
-                expiry,
+                expiry: entry.expiry,
                 value,
             }),
+            // Heap entries only name occupied slots.
             SlotState::Vacant { .. } => None,
         }
     }
 
+    /// The earliest timer, without removing it. O(1).
+    pub fn peek(&self) -> Option<QueuedTimer<'_, T>> {
+        self.queued(*self.heap.first()?)
+    }
+
     /// Expiry of the earliest timer. O(1).
     pub fn earliest_expiry(&self) -> Option<u64> {
-        self.earliest.map(|((expiry, _), _)| expiry)
+        self.heap.first().map(|entry| entry.expiry)
     }
 
     /// Removes a queued timer and hands back its expiry and payload.
     pub fn remove(&mut self, handle: TimerHandle) -> Result<(u64, T), StaleHandle> {
-        let (expiry, sequence, _) = self.occupied(handle)?;
-        self.order.remove(&(expiry, sequence));
-        if self
-            .earliest
-            .is_some_and(|(_, index)| index == handle.index)
-        {
-            self.earliest = self.order.first_key_value().map(|(k, v)| (*k, *v));
-        }
-        let value = self.free_slot(handle.index).ok_or(StaleHandle)?;
-        Ok((expiry, value))
+        let position = self.position(handle)?;
+        let entry = self.remove_at(position).ok_or(StaleHandle)?;
+        let value = self.free_slot(entry.slot()).ok_or(StaleHandle)?;
+        Ok((entry.expiry, value))
     }
 
     /// Moves a queued timer to a new expiry, keeping its handle. It goes behind timers that
     /// already have the same expiry (as if it were inserted now).
     pub fn set_expiry(&mut self, handle: TimerHandle, expiry: u64) -> Result<(), StaleHandle> {
-        let (old_expiry, old_sequence, _) = self.occupied(handle)?;
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        self.order.remove(&(old_expiry, old_sequence));
-        self.order.insert((expiry, sequence), handle.index);
-        if let SlotState::Occupied {
-            expiry: slot_expiry,
-            sequence: slot_sequence,
-            ..
-        } = &mut self.slots[handle.index as usize].state
-        {
-            *slot_expiry = expiry;
-            *slot_sequence = sequence;
+        self.position(handle)?;
+        // Taken before reading the position: renumbering may move the entry.
+        let sequence = self.take_sequence();
+        let position = self.positions[handle.index as usize] as usize;
+        let old = self.heap[position];
+        let new = HeapEntry::new(expiry, sequence, old.slot());
+        self.heap[position] = new;
+        if new.goes_before(old) {
+            self.sift_up(position);
+        } else {
+            self.sift_down(position);
         }
-        self.earliest = self.order.first_key_value().map(|(k, v)| (*k, *v));
         Ok(())
     }
 
     /// Removes and returns the earliest timer.
     pub fn pop(&mut self) -> Option<RemovedTimer<T>> {
-        let (_, index) = self.earliest?;
-        let generation = self.slots[index as usize].generation;
-        let handle = TimerHandle { index, generation };
-        let (expiry, value) = self.remove(handle).ok()?;
+        let entry = self.remove_at(0)?;
+        let generation = self.slots[entry.slot() as usize].generation;
+        let value = self.free_slot(entry.slot())?;
         Some(RemovedTimer {
-            handle,
-            expiry,
+            handle: TimerHandle {
+                index: entry.slot(),
+                generation,
+            },
+            expiry: entry.expiry,
             value,
         })
     }
 
     /// Removes and returns the earliest timer if its expiry is at or before `now`.
     pub fn pop_expired(&mut self, now: u64) -> Option<RemovedTimer<T>> {
-        match self.earliest {
-            Some(((expiry, _), _)) if expiry <= now => self.pop(),
+        match self.heap.first() {
+            Some(entry) if entry.expiry <= now => self.pop(),
             _ => None,
         }
     }
 
     /// Queued timers in expiry order.
+    ///
+    /// Lazy: the first item is the heap root, and each further item costs O(log k) for the
+    /// k-th, so `iter().nth(1)` (the timer behind the earliest) is cheap even in a large
+    /// queue. Walking past the first item allocates a small frontier of candidates.
     pub fn iter(&self) -> impl Iterator<Item = QueuedTimer<'_, T>> + '_ {
-        self.order.iter().filter_map(move |(&(expiry, _), &index)| {
-            let slot = &self.slots[index as usize];
-            match &slot.state {
-                SlotState::Occupied { value, .. } => Some(QueuedTimer {
-                    handle: TimerHandle {
-                        index,
-                        generation: slot.generation,
-                    },
-                    expiry,
-                    value,
-                }),
-                SlotState::Vacant { .. } => None,
+        OrderedWalk {
+            queue: self,
+            started: false,
+            frontier: BinaryHeap::new(),
+        }
+    }
+
+    /// Hands out the next insertion sequence. When the 32-bit counter is exhausted the queued
+    /// entries are renumbered 0..len in queue order first, which keeps every relative order
+    /// (and so FIFO among equal expiries) and leaves the heap valid: a sorted array is a heap.
+    fn take_sequence(&mut self) -> u32 {
+        if self.next_sequence == u32::MAX {
+            self.renumber_sequences();
+        }
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        sequence
+    }
+
+    /// O(n log n), in place, once every ~2^32 inserts or re-expiries.
+    fn renumber_sequences(&mut self) {
+        self.heap.sort_unstable_by_key(|entry| entry.key());
+        let mut next = 0u32;
+        for (position, entry) in (0u32..).zip(self.heap.iter_mut()) {
+            *entry = HeapEntry::new(entry.expiry, position, entry.slot());
+            self.positions[entry.slot() as usize] = position;
+            next = position + 1;
+        }
+        // At most u32::MAX - 1 slots exist, so `next` < u32::MAX: a fresh sequence remains.
+        self.next_sequence = next;
+    }
+
+    /// Writes `entry` at heap index `position` and records where it went.
+    #[inline]
+    fn place(&mut self, position: usize, entry: HeapEntry) {
+        self.heap[position] = entry;
+        // Heap indices fit u32: there is at most one entry per slot and slots are u32-indexed.
+        self.positions[entry.slot() as usize] = position as u32;
+    }
+
+    /// Moves the entry at `position` towards the root until its parent goes before it.
+    fn sift_up(&mut self, mut position: usize) {
+        let entry = self.heap[position];
+        while position > 0 {
+            let parent = (position - 1) / ARITY;
+            let parent_entry = self.heap[parent];
+            if !entry.goes_before(parent_entry) {
+                break;
             }
-        })
+            self.place(position, parent_entry);
+            position = parent;
+        }
+        self.place(position, entry);
+    }
+
+    /// Heap index of the earliest child of the node whose children start at `first_child`
+    /// (which must be in the heap).
+    #[inline]
+    fn earliest_child(&self, first_child: usize) -> usize {
+        match self.heap.get(first_child..first_child + ARITY) {
+            // A full family: a fixed two-round tournament the compiler turns into
+            // conditional moves, since which child wins is a coin toss for random expiries.
+            Some(&[a, b, c, d]) => {
+                let (left, left_key) = if b.key() < a.key() {
+                    (1, b.key())
+                } else {
+                    (0, a.key())
+                };
+                let (right, right_key) = if d.key() < c.key() {
+                    (3, d.key())
+                } else {
+                    (2, c.key())
+                };
+                first_child + if right_key < left_key { right } else { left }
+            }
+            // The last, partial family.
+            _ => {
+                let mut best = first_child;
+                for child in first_child + 1..self.heap.len() {
+                    if self.heap[child].goes_before(self.heap[best]) {
+                        best = child;
+                    }
+                }
+                best
+            }
+        }
+    }
+
+    /// Moves the entry at `position` towards the leaves until no child goes before it.
+    fn sift_down(&mut self, mut position: usize) {
+        let entry = self.heap[position];
+        let len = self.heap.len();
+        loop {
+            let first_child = position * ARITY + 1;
+            if first_child >= len {
+                break;
+            }
+            let best = self.earliest_child(first_child);
+            let best_entry = self.heap[best];
+            if !best_entry.goes_before(entry) {
+                break;
+            }
+            self.place(position, best_entry);
+            position = best;
+        }
+        self.place(position, entry);
+    }
+
+    /// Takes the earliest entry out of the heap. The hole at the root moves down along the
+    /// earliest children to a leaf and the last entry fills it from there (Floyd's method):
+    /// the last entry belongs near the leaves anyway, so this skips comparing it on the way
+    /// down.
+    fn remove_root(&mut self) -> Option<HeapEntry> {
+        let last = self.heap.pop()?;
+        let Some(&root) = self.heap.first() else {
+            return Some(last);
+        };
+        let len = self.heap.len();
+        let mut hole = 0;
+        loop {
+            let first_child = hole * ARITY + 1;
+            if first_child >= len {
+                break;
+            }
+            let best = self.earliest_child(first_child);
+            self.place(hole, self.heap[best]);
+            hole = best;
+        }
+        self.heap[hole] = last;
+        self.sift_up(hole);
+        Some(root)
+    }
+
+    /// Takes the entry at heap index `position` out of the heap, filling the hole with the
+    /// last entry and restoring the order around it.
+    fn remove_at(&mut self, position: usize) -> Option<HeapEntry> {
+        if position == 0 {
+            return self.remove_root();
+        }
+        let last = self.heap.pop()?;
+        if position == self.heap.len() {
+            return Some(last);
+        }
+        let removed = *self.heap.get(position)?;
+        self.heap[position] = last;
+        if last.goes_before(self.heap[(position - 1) / ARITY]) {
+            self.sift_up(position);
+        } else {
+            self.sift_down(position);
+        }
+        Some(removed)
     }
 
     /// Empties the slot, bumps its generation (so old handles are refused) and recycles it
@@ -346,9 +539,51 @@ impl<T> TimerQueue<T> {
             self.free_head = index;
         }
         match old {
-            SlotState::Occupied { value, .. } => Some(value),
+            SlotState::Occupied { value } => Some(value),
             // Callers validate occupancy first, so this is not reached.
             SlotState::Vacant { .. } => None,
+        }
+    }
+}
+
+/// In-order walk of the heap: a small min-heap of candidate entries, seeded with the root;
+/// taking the least candidate adds its children. The k-th item costs O(log k), not O(n).
+struct OrderedWalk<'a, T> {
+    queue: &'a TimerQueue<T>,
+    started: bool,
+    /// Candidates as `(key, heap index)`, least first.
+    frontier: BinaryHeap<Reverse<(u128, usize)>>,
+}
+
+impl<'a, T> Iterator for OrderedWalk<'a, T> {
+    type Item = QueuedTimer<'a, T>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let heap = &self.queue.heap;
+        let position = if self.started {
+            self.frontier.pop()?.0 .1
+        } else {
+            self.started = true;
+            if heap.is_empty() {
+                return None;
+            }
+            0
+        };
+        let first_child = position * ARITY + 1;
+        let children = heap.iter().enumerate().skip(first_child).take(ARITY);
+        self.frontier
+            .extend(children.map(|(child, entry)| Reverse((entry.key(), child))));
+        self.queue.queued(heap[position])
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // Items not yet yielded: everything before the walk starts, else at least the
+        // frontier (the rest hides below it).
+        if self.started {
+            (self.frontier.len(), Some(self.queue.heap.len()))
+        } else {
+            let len = self.queue.heap.len();
+            (len, Some(len))
         }
     }
 }
