@@ -686,6 +686,96 @@ mod tests {
         assert_ne!(next.index(), h.index());
     }
 
+    #[test]
+    fn fifo_ties_survive_sequence_renumbering() {
+        let mut queue = TimerQueue::new();
+        // Three sequences left before the counter runs out.
+        queue.next_sequence = u32::MAX - 3;
+        let names = ["t0", "t1", "t2", "t3", "t4", "t5", "t6"];
+        for (i, name) in names.iter().enumerate() {
+            // Alternating expiries: ties at 7 and at 3, inserted across the renumbering.
+            queue.insert(if i % 2 == 0 { 7 } else { 3 }, *name).unwrap();
+        }
+        assert!(
+            queue.next_sequence < 100,
+            "the counter was renumbered, not wrapped"
+        );
+        assert_heap_invariants(&queue);
+        let order: Vec<_> = core::iter::from_fn(|| queue.pop().map(|t| t.value)).collect();
+        assert_eq!(order, ["t1", "t3", "t5", "t0", "t2", "t4", "t6"]);
+    }
+
+    #[test]
+    fn set_expiry_renumbering_keeps_the_moved_timer_last_among_equals() {
+        let mut queue = TimerQueue::new();
+        queue.next_sequence = u32::MAX - 2;
+        let a = queue.insert(5, 'a').unwrap();
+        queue.insert(5, 'b').unwrap();
+        // The counter is exhausted here: set_expiry renumbers, then takes a fresh sequence.
+        queue.set_expiry(a, 5).unwrap();
+        queue.insert(5, 'c').unwrap();
+        assert_heap_invariants(&queue);
+        let order: Vec<_> = core::iter::from_fn(|| queue.pop().map(|t| t.value)).collect();
+        assert_eq!(order, ['b', 'a', 'c']);
+    }
+
+    #[test]
+    fn second_earliest_is_found_without_walking_the_queue() {
+        let mut queue = TimerQueue::new();
+        for expiry in (0..10_000u64).rev() {
+            queue.insert(expiry * 2, expiry).unwrap();
+        }
+        let mut walk = queue.iter();
+        assert_eq!(walk.next().map(|t| t.expiry), Some(0));
+        assert_eq!(walk.next().map(|t| t.expiry), Some(2));
+        // Only the root's and the second's children were visited, not the whole queue.
+        assert!(walk.size_hint().0 <= 2 * ARITY);
+    }
+
+    /// Many timers (a deep heap) under a deterministic mix of operations, checked against a
+    /// sorted model at the end: the proptest's queues stay small, this one is ~6 levels deep.
+    #[test]
+    fn large_random_workload_pops_in_model_order() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let mut queue = TimerQueue::new();
+        // (expiry, sequence, handle)
+        let mut model: Vec<(u64, u64, TimerHandle)> = Vec::new();
+        for sequence in 0..20_000u64 {
+            match random(4) {
+                0 | 1 => {
+                    let expiry = random(5_000);
+                    let handle = queue.insert(expiry, sequence).unwrap();
+                    model.push((expiry, sequence, handle));
+                }
+                2 if !model.is_empty() => {
+                    let victim = model.swap_remove(random(model.len() as u64) as usize);
+                    assert_eq!(queue.remove(victim.2).map(|(e, _)| e), Ok(victim.0));
+                }
+                3 if !model.is_empty() => {
+                    let i = random(model.len() as u64) as usize;
+                    let expiry = random(5_000);
+                    queue.set_expiry(model[i].2, expiry).unwrap();
+                    model[i].0 = expiry;
+                    model[i].1 = sequence;
+                }
+                _ => {}
+            }
+        }
+        assert_heap_invariants(&queue);
+        assert!(queue.len() > 2_000);
+        model.sort();
+        let popped: Vec<_> =
+            core::iter::from_fn(|| queue.pop().map(|t| (t.expiry, t.handle))).collect();
+        let expected: Vec<_> = model.iter().map(|m| (m.0, m.2)).collect();
+        assert_eq!(popped, expected);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u64),
@@ -703,57 +793,122 @@ mod tests {
         ]
     }
 
+    /// Checks the heap's own bookkeeping: parents go before children, every entry's slot
+    /// points back at it and is occupied, sequences were handed out, no other slot is
+    /// occupied.
+    fn assert_heap_invariants<T>(queue: &TimerQueue<T>) {
+        assert_eq!(queue.positions.len(), queue.slots.len());
+        for (position, entry) in queue.heap.iter().enumerate() {
+            if position > 0 {
+                let parent = queue.heap[(position - 1) / ARITY];
+                assert!(
+                    parent.goes_before(*entry),
+                    "heap order broken at {position}"
+                );
+            }
+            let slot = entry.slot() as usize;
+            assert_eq!(queue.positions[slot] as usize, position);
+            assert!(matches!(
+                queue.slots[slot].state,
+                SlotState::Occupied { .. }
+            ));
+            assert!(entry.order >> 32 < u64::from(queue.next_sequence));
+        }
+        let occupied = queue
+            .slots
+            .iter()
+            .filter(|slot| matches!(slot.state, SlotState::Occupied { .. }))
+            .count();
+        assert_eq!(occupied, queue.heap.len());
+    }
+
+    /// Runs `ops` on `queue` (empty) and on a Vec kept sorted by (expiry, insertion order),
+    /// checking after each step that they agree and that handles of timers that left are
+    /// refused.
+    fn check_against_sorted_vec_model(
+        mut queue: TimerQueue<u32>,
+        ops: Vec<Op>,
+    ) -> Result<(), TestCaseError> {
+        // Model: (expiry, sequence, handle, id)
+        let mut model: Vec<(u64, u64, TimerHandle, u32)> = Vec::new();
+        let mut gone: Vec<TimerHandle> = Vec::new();
+        let mut sequence = 0u64;
+        let mut next_id = 0u32;
+        for op in ops {
+            match op {
+                Op::Insert(expiry) => {
+                    let h = queue.insert(expiry, next_id).unwrap();
+                    model.push((expiry, sequence, h, next_id));
+                    sequence += 1;
+                    next_id += 1;
+                }
+                Op::Remove(i) if !model.is_empty() => {
+                    let (expiry, _, h, id) = model.remove(i % model.len());
+                    prop_assert_eq!(queue.remove(h), Ok((expiry, id)));
+                    gone.push(h);
+                }
+                Op::Reexpire(i, expiry) if !model.is_empty() => {
+                    let i = i % model.len();
+                    queue.set_expiry(model[i].2, expiry).unwrap();
+                    model[i].0 = expiry;
+                    model[i].1 = sequence;
+                    sequence += 1;
+                }
+                Op::Pop => {
+                    model.sort();
+                    let expected = if model.is_empty() {
+                        None
+                    } else {
+                        Some(model.remove(0))
+                    };
+                    let got = queue.pop();
+                    prop_assert_eq!(
+                        got.as_ref().map(|t| (t.expiry, t.handle, t.value)),
+                        expected.map(|(e, _, h, id)| (e, h, id))
+                    );
+                    if let Some(t) = got {
+                        gone.push(t.handle);
+                    }
+                }
+                _ => {}
+            }
+            model.sort();
+            prop_assert_eq!(queue.len(), model.len());
+            prop_assert_eq!(queue.peek().map(|t| t.handle), model.first().map(|m| m.2));
+            prop_assert_eq!(queue.earliest_expiry(), model.first().map(|m| m.0));
+            let listed: Vec<_> = queue.iter().map(|t| (t.expiry, t.handle)).collect();
+            let expected: Vec<_> = model.iter().map(|m| (m.0, m.2)).collect();
+            prop_assert_eq!(listed, expected);
+            for m in &model {
+                prop_assert_eq!(queue.expiry(m.2), Ok(m.0));
+                prop_assert_eq!(queue.get(m.2), Ok(&m.3));
+            }
+            for h in &gone {
+                prop_assert!(!queue.contains(*h));
+            }
+            assert_heap_invariants(&queue);
+        }
+        Ok(())
+    }
+
     proptest! {
         /// The queue behaves like a Vec kept sorted by (expiry, insertion order), and handles of
         /// timers that left are always refused.
         #[test]
         fn matches_sorted_vec_model(ops in proptest::collection::vec(op(), 1..200)) {
+            check_against_sorted_vec_model(TimerQueue::new(), ops)?;
+        }
+
+        /// The same, with the 32-bit sequence counter running out within the first steps, so
+        /// the in-order renumbering happens (often repeatedly) mid-sequence.
+        #[test]
+        fn matches_sorted_vec_model_across_sequence_renumbering(
+            ops in proptest::collection::vec(op(), 1..200),
+            left in 1u32..40,
+        ) {
             let mut queue = TimerQueue::new();
-            // Model: (expiry, sequence, handle, id)
-            let mut model: Vec<(u64, u64, TimerHandle, u32)> = Vec::new();
-            let mut gone: Vec<TimerHandle> = Vec::new();
-            let mut sequence = 0u64;
-            let mut next_id = 0u32;
-            for op in ops {
-                match op {
-                    Op::Insert(expiry) => {
-                        let h = queue.insert(expiry, next_id).unwrap();
-                        model.push((expiry, sequence, h, next_id));
-                        sequence += 1;
-                        next_id += 1;
-                    }
-                    Op::Remove(i) if !model.is_empty() => {
-                        let (expiry, _, h, id) = model.remove(i % model.len());
-                        prop_assert_eq!(queue.remove(h), Ok((expiry, id)));
-                        gone.push(h);
-                    }
-                    Op::Reexpire(i, expiry) if !model.is_empty() => {
-                        let i = i % model.len();
-                        queue.set_expiry(model[i].2, expiry).unwrap();
-                        model[i].0 = expiry;
-                        model[i].1 = sequence;
-                        sequence += 1;
-                    }
-                    Op::Pop => {
-                        model.sort();
-                        let expected = if model.is_empty() { None } else { Some(model.remove(0)) };
-                        let got = queue.pop();
-                        prop_assert_eq!(got.as_ref().map(|t| (t.expiry, t.handle, t.value)),
-                            expected.map(|(e, _, h, id)| (e, h, id)));
-                        if let Some(t) = got { gone.push(t.handle); }
-                    }
-                    _ => {}
-                }
-                model.sort();
-                prop_assert_eq!(queue.len(), model.len());
-                prop_assert_eq!(queue.peek().map(|t| t.handle), model.first().map(|m| m.2));
-                let listed: Vec<_> = queue.iter().map(|t| (t.expiry, t.handle)).collect();
-                let expected: Vec<_> = model.iter().map(|m| (m.0, m.2)).collect();
-                prop_assert_eq!(listed, expected);
-                for h in &gone {
-                    prop_assert!(!queue.contains(*h));
-                }
-            }
+            queue.next_sequence = u32::MAX - left;
+            check_against_sorted_vec_model(queue, ops)?;
         }
     }
 }
