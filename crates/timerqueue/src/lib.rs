@@ -136,14 +136,14 @@ impl HeapEntry {
     }
 }
 
-enum SlotState<T> {
-    Occupied { value: T },
-    Vacant { next_free: u32 },
-}
-
+/// Where a timer's payload lives, and everything a handle needs checked, in one place: a
+/// handle lookup touches one slot and then its heap entry.
 struct Slot<T> {
     generation: u32,
-    state: SlotState<T>,
+    /// Occupied: the heap index of the slot's entry. Vacant: the next free slot.
+    link: u32,
+    /// `Some` exactly while the slot holds a queued timer.
+    value: Option<T>,
 }
 
 /// A queued timer as seen through [`TimerQueue::peek`] and [`TimerQueue::iter`].
@@ -172,9 +172,6 @@ pub struct RemovedTimer<T> {
 pub struct TimerQueue<T> {
     /// Implicit 4-ary min-heap by `(expiry, sequence)`; `heap[0]` is the earliest timer.
     heap: Vec<HeapEntry>,
-    /// `positions[slot]` is the heap index of the slot's entry while the slot is occupied
-    /// (meaningless while vacant). Kept apart from `slots` so sifts touch 4-byte words only.
-    positions: Vec<u32>,
     slots: Vec<Slot<T>>,
     free_head: u32,
     /// Next insertion sequence; `u32::MAX` is never handed out (it triggers renumbering).
@@ -192,7 +189,6 @@ impl<T> TimerQueue<T> {
     pub const fn new() -> Self {
         Self {
             heap: Vec::new(),
-            positions: Vec::new(),
             slots: Vec::new(),
             free_head: NO_SLOT,
             next_sequence: 0,
@@ -211,16 +207,11 @@ impl<T> TimerQueue<T> {
 
     /// Queues `value` to expire at `expiry`. Among equal expiries, earlier inserts come first.
     pub fn insert(&mut self, expiry: u64, value: T) -> Result<TimerHandle, QueueFull> {
-        let state = SlotState::Occupied { value };
         let index = if self.free_head != NO_SLOT {
             let index = self.free_head;
             let slot = &mut self.slots[index as usize];
-            self.free_head = match slot.state {
-                SlotState::Vacant { next_free } => next_free,
-                // The free list only ever links vacant slots.
-                SlotState::Occupied { .. } => NO_SLOT,
-            };
-            slot.state = state;
+            self.free_head = slot.link;
+            slot.value = Some(value);
             index
         } else {
             let index = u32::try_from(self.slots.len()).map_err(|_| QueueFull)?;
@@ -229,9 +220,9 @@ impl<T> TimerQueue<T> {
             }
             self.slots.push(Slot {
                 generation: 0,
-                state,
+                link: 0,
+                value: Some(value),
             });
-            self.positions.push(0);
             index
         };
         // Taken before the push: renumbering sorts the entries already queued.
@@ -245,21 +236,17 @@ impl<T> TimerQueue<T> {
         })
     }
 
-    /// The value of an occupied slot named by a live handle.
-    fn occupied(&self, handle: TimerHandle) -> Result<&T, StaleHandle> {
+    /// The occupied slot named by a live handle.
+    fn occupied(&self, handle: TimerHandle) -> Result<&Slot<T>, StaleHandle> {
         match self.slots.get(handle.index as usize) {
-            Some(Slot {
-                generation,
-                state: SlotState::Occupied { value },
-            }) if *generation == handle.generation => Ok(value),
+            Some(slot) if slot.generation == handle.generation && slot.value.is_some() => Ok(slot),
             _ => Err(StaleHandle),
         }
     }
 
     /// Heap index of the entry of a live handle.
     fn position(&self, handle: TimerHandle) -> Result<usize, StaleHandle> {
-        self.occupied(handle)?;
-        Ok(self.positions[handle.index as usize] as usize)
+        self.occupied(handle).map(|slot| slot.link as usize)
     }
 
     /// True while `handle` names a queued timer.
@@ -275,16 +262,15 @@ impl<T> TimerQueue<T> {
 
     /// The payload of a queued timer.
     pub fn get(&self, handle: TimerHandle) -> Result<&T, StaleHandle> {
-        self.occupied(handle)
+        self.occupied(handle)?.value.as_ref().ok_or(StaleHandle)
     }
 
     /// The payload of a queued timer, mutably (its expiry cannot change this way).
     pub fn get_mut(&mut self, handle: TimerHandle) -> Result<&mut T, StaleHandle> {
         match self.slots.get_mut(handle.index as usize) {
-            Some(Slot {
-                generation,
-                state: SlotState::Occupied { value },
-            }) if *generation == handle.generation => Ok(value),
+            Some(slot) if slot.generation == handle.generation => {
+                slot.value.as_mut().ok_or(StaleHandle)
+            }
             _ => Err(StaleHandle),
         }
     }
@@ -292,18 +278,15 @@ impl<T> TimerQueue<T> {
     /// The queued timer of a heap entry.
     fn queued(&self, entry: HeapEntry) -> Option<QueuedTimer<'_, T>> {
         let slot = self.slots.get(entry.slot() as usize)?;
-        match &slot.state {
-            SlotState::Occupied { value } => Some(QueuedTimer {
-                handle: TimerHandle {
-                    index: entry.slot(),
-                    generation: slot.generation,
-                },
-                expiry: entry.expiry,
-                value,
-            }),
-            // Heap entries only name occupied slots.
-            SlotState::Vacant { .. } => None,
-        }
+        // Heap entries only name occupied slots, so `value` is there.
+        Some(QueuedTimer {
+            handle: TimerHandle {
+                index: entry.slot(),
+                generation: slot.generation,
+            },
+            expiry: entry.expiry,
+            value: slot.value.as_ref()?,
+        })
     }
 
     /// The earliest timer, without removing it. O(1).
@@ -330,7 +313,7 @@ impl<T> TimerQueue<T> {
         self.position(handle)?;
         // Taken before reading the position: renumbering may move the entry.
         let sequence = self.take_sequence();
-        let position = self.positions[handle.index as usize] as usize;
+        let position = self.slots[handle.index as usize].link as usize;
         let old = self.heap[position];
         let new = HeapEntry::new(expiry, sequence, old.slot());
         self.heap[position] = new;
@@ -396,7 +379,7 @@ impl<T> TimerQueue<T> {
         let mut next = 0u32;
         for (position, entry) in (0u32..).zip(self.heap.iter_mut()) {
             *entry = HeapEntry::new(entry.expiry, position, entry.slot());
-            self.positions[entry.slot() as usize] = position;
+            self.slots[entry.slot() as usize].link = position;
             next = position + 1;
         }
         // At most u32::MAX - 1 slots exist, so `next` < u32::MAX: a fresh sequence remains.
@@ -408,7 +391,7 @@ impl<T> TimerQueue<T> {
     fn place(&mut self, position: usize, entry: HeapEntry) {
         self.heap[position] = entry;
         // Heap indices fit u32: there is at most one entry per slot and slots are u32-indexed.
-        self.positions[entry.slot() as usize] = position as u32;
+        self.slots[entry.slot() as usize].link = position as u32;
     }
 
     /// Moves the entry at `position` towards the root until its parent goes before it.
@@ -528,21 +511,16 @@ impl<T> TimerQueue<T> {
     /// unless its generation is exhausted.
     fn free_slot(&mut self, index: u32) -> Option<T> {
         let slot = &mut self.slots[index as usize];
-        let old = core::mem::replace(&mut slot.state, SlotState::Vacant { next_free: NO_SLOT });
+        let value = slot.value.take();
         // When the generation is exhausted the slot is retired (not put back on the free list):
         // a wrapped generation could make an ancient handle valid again.
         if let Some(next) = slot.generation.checked_add(1) {
             slot.generation = next;
-            slot.state = SlotState::Vacant {
-                next_free: self.free_head,
-            };
+            slot.link = self.free_head;
             self.free_head = index;
         }
-        match old {
-            SlotState::Occupied { value } => Some(value),
-            // Callers validate occupancy first, so this is not reached.
-            SlotState::Vacant { .. } => None,
-        }
+        // Callers validate occupancy first, so this is `Some`.
+        value
     }
 }
 
@@ -797,7 +775,6 @@ mod tests {
     /// points back at it and is occupied, sequences were handed out, no other slot is
     /// occupied.
     fn assert_heap_invariants<T>(queue: &TimerQueue<T>) {
-        assert_eq!(queue.positions.len(), queue.slots.len());
         for (position, entry) in queue.heap.iter().enumerate() {
             if position > 0 {
                 let parent = queue.heap[(position - 1) / ARITY];
@@ -807,17 +784,14 @@ mod tests {
                 );
             }
             let slot = entry.slot() as usize;
-            assert_eq!(queue.positions[slot] as usize, position);
-            assert!(matches!(
-                queue.slots[slot].state,
-                SlotState::Occupied { .. }
-            ));
+            assert_eq!(queue.slots[slot].link as usize, position);
+            assert!(queue.slots[slot].value.is_some());
             assert!(entry.order >> 32 < u64::from(queue.next_sequence));
         }
         let occupied = queue
             .slots
             .iter()
-            .filter(|slot| matches!(slot.state, SlotState::Occupied { .. }))
+            .filter(|slot| slot.value.is_some())
             .count();
         assert_eq!(occupied, queue.heap.len());
     }
