@@ -44,10 +44,14 @@
 
 extern crate alloc;
 
+mod heap;
+
 use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 use core::fmt;
+
+use heap::{Heap, HeapEntry};
 
 /// Names one queued timer. Cheap to copy; refused once the timer has left the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -92,50 +96,6 @@ impl fmt::Display for QueueFull {
 /// Marks the end of the free-slot list.
 const NO_SLOT: u32 = u32::MAX;
 
-/// Children per heap node. Four 16-byte entries fill one 64-byte cache line, and a 4-ary heap
-/// is half as deep as a binary one, so a sift touches few lines; wider nodes cost more
-/// comparisons per level than the saved depth pays for.
-const ARITY: usize = 4;
-const _: () = assert!(ARITY == 4, "earliest_child unrolls a family of four");
-
-/// One heap element: everything a sift compares or moves, and nothing else (16 bytes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct HeapEntry {
-    expiry: u64,
-    /// `sequence << 32 | slot`. The sequence is the insertion order among equal expiries (see
-    /// [`TimerQueue::take_sequence`]); the slot holds the payload and `positions[slot]` points
-    /// back here. Sequences are unique, so `(expiry, order)` sorts exactly like
-    /// `(expiry, sequence)`, and as one 128-bit number it compares without branches.
-    order: u64,
-}
-
-impl HeapEntry {
-    #[inline]
-    fn new(expiry: u64, sequence: u32, slot: u32) -> Self {
-        Self {
-            expiry,
-            order: (u64::from(sequence) << 32) | u64::from(slot),
-        }
-    }
-
-    #[inline]
-    fn slot(self) -> u32 {
-        // Truncation keeps the low half, which is the slot.
-        self.order as u32
-    }
-
-    /// The queue order: earlier expiry first, then earlier insertion.
-    #[inline]
-    fn key(self) -> u128 {
-        (u128::from(self.expiry) << 64) | u128::from(self.order)
-    }
-
-    #[inline]
-    fn goes_before(self, other: HeapEntry) -> bool {
-        self.key() < other.key()
-    }
-}
-
 /// Where a timer's payload lives, and everything a handle needs checked, in one place: a
 /// handle lookup touches one slot and then its heap entry.
 struct Slot<T> {
@@ -170,8 +130,8 @@ pub struct RemovedTimer<T> {
 
 /// Ordered queue of timers; see the crate documentation.
 pub struct TimerQueue<T> {
-    /// Implicit 4-ary min-heap by `(expiry, sequence)`; `heap[0]` is the earliest timer.
-    heap: Vec<HeapEntry>,
+    /// Implicit 4-ary min-heap by `(expiry, sequence)`; position 0 is the earliest timer.
+    heap: Heap,
     slots: Vec<Slot<T>>,
     free_head: u32,
     /// Next insertion sequence; `u32::MAX` is never handed out (it triggers renumbering).
@@ -188,7 +148,7 @@ impl<T> TimerQueue<T> {
     /// An empty queue. Does not allocate.
     pub const fn new() -> Self {
         Self {
-            heap: Vec::new(),
+            heap: Heap::new(),
             slots: Vec::new(),
             free_head: NO_SLOT,
             next_sequence: 0,
@@ -202,7 +162,7 @@ impl<T> TimerQueue<T> {
 
     /// True when no timer is queued.
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.heap.len() == 0
     }
 
     /// Queues `value` to expire at `expiry`. Among equal expiries, earlier inserts come first.
@@ -227,9 +187,11 @@ impl<T> TimerQueue<T> {
         };
         // Taken before the push: renumbering sorts the entries already queued.
         let sequence = self.take_sequence();
-        let position = self.heap.len();
-        self.heap.push(HeapEntry::new(expiry, sequence, index));
-        self.sift_up(position);
+        let slots = &mut self.slots;
+        self.heap.push(
+            HeapEntry::new(expiry, sequence, index),
+            &mut |entry, position| link(slots, entry, position),
+        );
         Ok(TimerHandle {
             index,
             generation: self.slots[index as usize].generation,
@@ -257,7 +219,7 @@ impl<T> TimerQueue<T> {
     /// The expiry of a queued timer.
     pub fn expiry(&self, handle: TimerHandle) -> Result<u64, StaleHandle> {
         let position = self.position(handle)?;
-        Ok(self.heap[position].expiry)
+        Ok(self.heap.get(position).expiry)
     }
 
     /// The payload of a queued timer.
@@ -291,7 +253,7 @@ impl<T> TimerQueue<T> {
 
     /// The earliest timer, without removing it. O(1).
     pub fn peek(&self) -> Option<QueuedTimer<'_, T>> {
-        self.queued(*self.heap.first()?)
+        self.queued(self.heap.first()?)
     }
 
     /// Expiry of the earliest timer. O(1).
@@ -302,7 +264,13 @@ impl<T> TimerQueue<T> {
     /// Removes a queued timer and hands back its expiry and payload.
     pub fn remove(&mut self, handle: TimerHandle) -> Result<(u64, T), StaleHandle> {
         let position = self.position(handle)?;
-        let entry = self.remove_at(position).ok_or(StaleHandle)?;
+        let slots = &mut self.slots;
+        let entry = self
+            .heap
+            .remove(position, &mut |entry, position| {
+                link(slots, entry, position)
+            })
+            .ok_or(StaleHandle)?;
         let value = self.free_slot(entry.slot()).ok_or(StaleHandle)?;
         Ok((entry.expiry, value))
     }
@@ -314,20 +282,21 @@ impl<T> TimerQueue<T> {
         // Taken before reading the position: renumbering may move the entry.
         let sequence = self.take_sequence();
         let position = self.slots[handle.index as usize].link as usize;
-        let old = self.heap[position];
-        let new = HeapEntry::new(expiry, sequence, old.slot());
-        self.heap[position] = new;
-        if new.goes_before(old) {
-            self.sift_up(position);
-        } else {
-            self.sift_down(position);
-        }
+        let slots = &mut self.slots;
+        self.heap.replace(
+            position,
+            HeapEntry::new(expiry, sequence, handle.index),
+            &mut |entry, position| link(slots, entry, position),
+        );
         Ok(())
     }
 
     /// Removes and returns the earliest timer.
     pub fn pop(&mut self) -> Option<RemovedTimer<T>> {
-        let entry = self.remove_at(0)?;
+        let slots = &mut self.slots;
+        let entry = self
+            .heap
+            .remove(0, &mut |entry, position| link(slots, entry, position))?;
         let generation = self.slots[entry.slot() as usize].generation;
         let value = self.free_slot(entry.slot())?;
         Some(RemovedTimer {
@@ -375,136 +344,10 @@ impl<T> TimerQueue<T> {
 
     /// O(n log n), in place, once every ~2^32 inserts or re-expiries.
     fn renumber_sequences(&mut self) {
-        self.heap.sort_unstable_by_key(|entry| entry.key());
-        let mut next = 0u32;
-        for (position, entry) in (0u32..).zip(self.heap.iter_mut()) {
-            *entry = HeapEntry::new(entry.expiry, position, entry.slot());
-            self.slots[entry.slot() as usize].link = position;
-            next = position + 1;
-        }
-        // At most u32::MAX - 1 slots exist, so `next` < u32::MAX: a fresh sequence remains.
-        self.next_sequence = next;
-    }
-
-    /// Writes `entry` at heap index `position` and records where it went.
-    #[inline]
-    fn place(&mut self, position: usize, entry: HeapEntry) {
-        self.heap[position] = entry;
-        // Heap indices fit u32: there is at most one entry per slot and slots are u32-indexed.
-        self.slots[entry.slot() as usize].link = position as u32;
-    }
-
-    /// Moves the entry at `position` towards the root until its parent goes before it.
-    fn sift_up(&mut self, mut position: usize) {
-        let entry = self.heap[position];
-        while position > 0 {
-            let parent = (position - 1) / ARITY;
-            let parent_entry = self.heap[parent];
-            if !entry.goes_before(parent_entry) {
-                break;
-            }
-            self.place(position, parent_entry);
-            position = parent;
-        }
-        self.place(position, entry);
-    }
-
-    /// Heap index of the earliest child of the node whose children start at `first_child`
-    /// (which must be in the heap).
-    #[inline]
-    fn earliest_child(&self, first_child: usize) -> usize {
-        match self.heap.get(first_child..first_child + ARITY) {
-            // A full family: a fixed two-round tournament the compiler turns into
-            // conditional moves, since which child wins is a coin toss for random expiries.
-            Some(&[a, b, c, d]) => {
-                let (left, left_key) = if b.key() < a.key() {
-                    (1, b.key())
-                } else {
-                    (0, a.key())
-                };
-                let (right, right_key) = if d.key() < c.key() {
-                    (3, d.key())
-                } else {
-                    (2, c.key())
-                };
-                first_child + if right_key < left_key { right } else { left }
-            }
-            // The last, partial family.
-            _ => {
-                let mut best = first_child;
-                for child in first_child + 1..self.heap.len() {
-                    if self.heap[child].goes_before(self.heap[best]) {
-                        best = child;
-                    }
-                }
-                best
-            }
-        }
-    }
-
-    /// Moves the entry at `position` towards the leaves until no child goes before it.
-    fn sift_down(&mut self, mut position: usize) {
-        let entry = self.heap[position];
-        let len = self.heap.len();
-        loop {
-            let first_child = position * ARITY + 1;
-            if first_child >= len {
-                break;
-            }
-            let best = self.earliest_child(first_child);
-            let best_entry = self.heap[best];
-            if !best_entry.goes_before(entry) {
-                break;
-            }
-            self.place(position, best_entry);
-            position = best;
-        }
-        self.place(position, entry);
-    }
-
-    /// Takes the earliest entry out of the heap. The hole at the root moves down along the
-    /// earliest children to a leaf and the last entry fills it from there (Floyd's method):
-    /// the last entry belongs near the leaves anyway, so this skips comparing it on the way
-    /// down.
-    fn remove_root(&mut self) -> Option<HeapEntry> {
-        let last = self.heap.pop()?;
-        let Some(&root) = self.heap.first() else {
-            return Some(last);
-        };
-        let len = self.heap.len();
-        let mut hole = 0;
-        loop {
-            let first_child = hole * ARITY + 1;
-            if first_child >= len {
-                break;
-            }
-            let best = self.earliest_child(first_child);
-            self.place(hole, self.heap[best]);
-            hole = best;
-        }
-        self.heap[hole] = last;
-        self.sift_up(hole);
-        Some(root)
-    }
-
-    /// Takes the entry at heap index `position` out of the heap, filling the hole with the
-    /// last entry and restoring the order around it.
-    fn remove_at(&mut self, position: usize) -> Option<HeapEntry> {
-        if position == 0 {
-            return self.remove_root();
-        }
-        let last = self.heap.pop()?;
-        if position == self.heap.len() {
-            return Some(last);
-        }
-        let removed = *self.heap.get(position)?;
-        self.heap[position] = last;
-        if last.goes_before(self.heap[(position - 1) / ARITY]) {
-            self.sift_up(position);
-        } else {
-            self.sift_down(position);
-        }
-        Some(removed)
+        let slots = &mut self.slots;
+        self.next_sequence = self
+            .heap
+            .renumber(&mut |entry, position| link(slots, entry, position));
     }
 
     /// Empties the slot, bumps its generation (so old handles are refused) and recycles it
@@ -522,6 +365,13 @@ impl<T> TimerQueue<T> {
         // Callers validate occupancy first, so this is `Some`.
         value
     }
+}
+
+/// Points the slot of `entry` at its new heap `position`.
+#[inline]
+fn link<T>(slots: &mut [Slot<T>], entry: HeapEntry, position: usize) {
+    // Heap positions fit u32: there is at most one entry per slot and slots are u32-indexed.
+    slots[entry.slot() as usize].link = position as u32;
 }
 
 /// In-order walk of the heap: a small min-heap of candidate entries, seeded with the root;
@@ -542,16 +392,16 @@ impl<'a, T> Iterator for OrderedWalk<'a, T> {
             self.frontier.pop()?.0 .1
         } else {
             self.started = true;
-            if heap.is_empty() {
+            if heap.len() == 0 {
                 return None;
             }
             0
         };
-        let first_child = position * ARITY + 1;
-        let children = heap.iter().enumerate().skip(first_child).take(ARITY);
-        self.frontier
-            .extend(children.map(|(child, entry)| Reverse((entry.key(), child))));
-        self.queue.queued(heap[position])
+        self.frontier.extend(
+            heap.children(position)
+                .map(|child| Reverse((heap.get(child).key(), child))),
+        );
+        self.queue.queued(heap.get(position))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -707,7 +557,7 @@ mod tests {
         assert_eq!(walk.next().map(|t| t.expiry), Some(0));
         assert_eq!(walk.next().map(|t| t.expiry), Some(2));
         // Only the root's and the second's children were visited, not the whole queue.
-        assert!(walk.size_hint().0 <= 2 * ARITY);
+        assert!(walk.size_hint().0 <= 2 * heap::ARITY);
     }
 
     /// Many timers (a deep heap) under a deterministic mix of operations, checked against a
@@ -775,18 +625,13 @@ mod tests {
     /// points back at it and is occupied, sequences were handed out, no other slot is
     /// occupied.
     fn assert_heap_invariants<T>(queue: &TimerQueue<T>) {
-        for (position, entry) in queue.heap.iter().enumerate() {
-            if position > 0 {
-                let parent = queue.heap[(position - 1) / ARITY];
-                assert!(
-                    parent.goes_before(*entry),
-                    "heap order broken at {position}"
-                );
-            }
+        queue.heap.assert_valid();
+        for position in 0..queue.heap.len() {
+            let entry = queue.heap.get(position);
             let slot = entry.slot() as usize;
             assert_eq!(queue.slots[slot].link as usize, position);
             assert!(queue.slots[slot].value.is_some());
-            assert!(entry.order >> 32 < u64::from(queue.next_sequence));
+            assert!(entry.sequence() < queue.next_sequence);
         }
         let occupied = queue
             .slots
