@@ -14,10 +14,7 @@ pub(crate) const ARITY: usize = 4;
 /// Unused places before the root, which align the families of children (see module docs).
 const PAD: usize = ARITY - 1;
 
-const _: () = assert!(
-    ARITY.is_power_of_two(),
-    "earliest_child plays a knock-out tournament"
-);
+const _: () = assert!(ARITY == 4, "earliest_child plays a tournament of four");
 const _: () = assert!(core::mem::size_of::<Family>() == ARITY * core::mem::size_of::<HeapEntry>());
 
 /// One heap element: everything a sift compares or moves, and nothing else (16 bytes).
@@ -134,21 +131,31 @@ impl Heap {
         if first >= self.len {
             return None;
         }
-        let family = &self.families[parent + 1].0;
-        // A fixed knock-out tournament, which compiles to conditional moves: which child wins
+        let [a, b, c, d] = self.families[parent + 1].0;
+        // A fixed two-round tournament, which compiles to conditional moves: which child wins
         // is a coin toss for random expiries, so branches would mispredict half the time.
-        let mut contenders: [(usize, u128); ARITY] =
-            core::array::from_fn(|lane| (lane, family[lane].key()));
-        let mut width = ARITY;
-        while width > 1 {
-            width /= 2;
-            for i in 0..width {
-                let (left, right) = (contenders[2 * i], contenders[2 * i + 1]);
-                contenders[i] = if right.1 < left.1 { right } else { left };
+        let (left, left_entry) = if b.goes_before(a) { (1, b) } else { (0, a) };
+        let (right, right_entry) = if d.goes_before(c) { (3, d) } else { (2, c) };
+        let (lane, entry) = if right_entry.goes_before(left_entry) {
+            (right, right_entry)
+        } else {
+            (left, left_entry)
+        };
+        Some((first + lane, entry))
+    }
+
+    /// Starts loading the families of the grandchildren of `parent` (four adjacent lines), so
+    /// the next level of a sift finds its family in cache instead of waiting for memory: with
+    /// 100 000 timers the lower levels are out of L2, and a sift is otherwise a chain of
+    /// dependent loads, one per level.
+    #[inline]
+    fn touch_grandchildren(&self, parent: usize) {
+        let first = parent * ARITY + 2;
+        if let Some(families) = self.families.get(first..first + ARITY) {
+            for family in families {
+                core::hint::black_box(family.0[0].expiry);
             }
         }
-        let lane = contenders[0].0;
-        Some((first + lane, family[lane]))
     }
 
     /// Writes `entry` at `position` and reports it.
@@ -227,6 +234,7 @@ impl Heap {
     fn fill_root(&mut self, last: HeapEntry, moved: &mut impl FnMut(HeapEntry, usize)) {
         let mut hole = 0;
         while let Some((child, child_entry)) = self.earliest_child(hole) {
+            self.touch_grandchildren(hole);
             self.put(hole, child_entry, moved);
             hole = child;
         }
