@@ -110,15 +110,20 @@ impl Rng {
 
 /// A structure under test holding timers `0..n`, each armed or not.
 trait Timers: Sized {
+    /// What the structure names a timer by; looked up before the clock starts, so the timed
+    /// loops measure the structure, not the benchmark's own index.
+    type Key: Copy;
     const NAME: &'static str;
     /// Expiries are drawn from `1..=RANGE` (absolute).
     const RANGE: u64;
     /// A structure with `expiries.len()` timers, timer `i` armed at `expiries[i]`.
     fn filled(expiries: &[u64]) -> Self;
-    /// Re-arms pending timer `timer` at `expiry`.
-    fn start(&mut self, timer: usize, expiry: u64);
-    /// Cancels pending timer `timer`.
-    fn cancel(&mut self, timer: usize);
+    /// The current key of timer `timer`.
+    fn key(&self, timer: usize) -> Self::Key;
+    /// Re-arms a pending timer at `expiry`.
+    fn start(&mut self, key: Self::Key, expiry: u64);
+    /// Cancels a pending timer.
+    fn cancel(&mut self, key: Self::Key);
     /// Arms cancelled timer `timer` at `expiry`.
     fn rearm(&mut self, timer: usize, expiry: u64);
     /// Runs every pending timer; returns how many ran.
@@ -133,11 +138,11 @@ struct HrTimers {
 }
 
 impl HrTimers {
-    fn arm(&mut self, timer: usize, expiry: u64) {
+    fn arm(&mut self, id: HrTimerId, expiry: u64) {
         self.base
             .start(
                 &mut self.device,
-                self.ids[timer],
+                id,
                 expiry,
                 HrTimerMode::Absolute,
                 0,
@@ -149,6 +154,7 @@ impl HrTimers {
 }
 
 impl Timers for HrTimers {
+    type Key = HrTimerId;
     const NAME: &'static str = "hrtimer";
     /// 10 s of monotonic ns.
     const RANGE: u64 = 10_000_000_000;
@@ -164,24 +170,25 @@ impl Timers for HrTimers {
             .collect();
         let mut timers = HrTimers { device, base, ids };
         for (timer, &expiry) in expiries.iter().enumerate() {
-            timers.arm(timer, expiry);
+            timers.arm(timers.ids[timer], expiry);
         }
         timers
     }
 
-    fn start(&mut self, timer: usize, expiry: u64) {
-        self.arm(timer, expiry);
+    fn key(&self, timer: usize) -> HrTimerId {
+        self.ids[timer]
     }
 
-    fn cancel(&mut self, timer: usize) {
-        assert!(self
-            .base
-            .cancel(&mut self.device, self.ids[timer], 0)
-            .unwrap());
+    fn start(&mut self, id: HrTimerId, expiry: u64) {
+        self.arm(id, expiry);
+    }
+
+    fn cancel(&mut self, id: HrTimerId) {
+        assert!(self.base.cancel(&mut self.device, id, 0).unwrap());
     }
 
     fn rearm(&mut self, timer: usize, expiry: u64) {
-        self.arm(timer, expiry);
+        self.arm(self.ids[timer], expiry);
     }
 
     fn expire_all(&mut self) -> usize {
@@ -204,6 +211,7 @@ struct WheelTimers {
 }
 
 impl Timers for WheelTimers {
+    type Key = WheelHandle;
     const NAME: &'static str = "wheel";
     /// 100 000 jiffies (400 s at HZ = 250).
     const RANGE: u64 = 100_000;
@@ -217,12 +225,16 @@ impl Timers for WheelTimers {
         WheelTimers { wheel, handles }
     }
 
-    fn start(&mut self, timer: usize, expiry: u64) {
-        self.wheel.modify(self.handles[timer], expiry).unwrap();
+    fn key(&self, timer: usize) -> WheelHandle {
+        self.handles[timer]
     }
 
-    fn cancel(&mut self, timer: usize) {
-        self.wheel.cancel(self.handles[timer]).unwrap();
+    fn start(&mut self, handle: WheelHandle, expiry: u64) {
+        self.wheel.modify(handle, expiry).unwrap();
+    }
+
+    fn cancel(&mut self, handle: WheelHandle) {
+        self.wheel.cancel(handle).unwrap();
     }
 
     fn rearm(&mut self, timer: usize, expiry: u64) {
@@ -269,12 +281,12 @@ fn round<T: Timers>(n: usize) -> Figures {
     let mut rng = Rng(SEED);
     let mut timers = T::filled(&random_expiries::<T>(&mut rng, n));
 
-    let picks: Vec<(usize, u64)> = (0..START_OPS)
-        .map(|_| (rng.index_below(n), 1 + rng.below(T::RANGE)))
+    let picks: Vec<(T::Key, u64)> = (0..START_OPS)
+        .map(|_| (timers.key(rng.index_below(n)), 1 + rng.below(T::RANGE)))
         .collect();
     let clock = Instant::now();
-    for &(timer, expiry) in &picks {
-        timers.start(timer, expiry);
+    for &(key, expiry) in &picks {
+        timers.start(key, expiry);
     }
     let start = ns_per_op(clock.elapsed(), picks.len());
 
@@ -289,9 +301,10 @@ fn round<T: Timers>(n: usize) -> Figures {
             order.swap(k, j);
         }
         let victims = &order[..batch];
+        let keys: Vec<T::Key> = victims.iter().map(|&timer| timers.key(timer)).collect();
         let clock = Instant::now();
-        for &timer in victims {
-            timers.cancel(timer);
+        for &key in &keys {
+            timers.cancel(key);
         }
         cancel_time += clock.elapsed();
         cancelled += batch;
