@@ -12,8 +12,9 @@
 //! - Every size does the same number of timed operations ([`START_OPS`], [`CANCEL_OPS`],
 //!   [`EXPIRE_OPS`]): small sizes repeat their phase, so no figure rests on a few hundred
 //!   operations or on a cold first pass.
-//! - One untimed warm-up round per size, then [`ROUNDS`] timed rounds; the figure is the best
-//!   round (least disturbed by other processes), with the median printed next to it.
+//! - One untimed warm-up pass, then [`ROUNDS`] timed passes; each pass runs one round of each
+//!   structure at each size in turn, so a busy spell of the other builders hits every size
+//!   alike. The figure is the best round (least disturbed), the median is printed next to it.
 //!
 //! Phases, on N pending timers:
 //! - start: re-arm a random pending timer at a new random expiry (N stays constant);
@@ -32,8 +33,8 @@ use lull_time::hrtimer::{
 use lull_wheel::{TimerWheel, WheelHandle};
 
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
-/// Timed rounds per size (after one warm-up round).
-const ROUNDS: usize = 7;
+/// Timed rounds per structure and size (after one warm-up pass).
+const ROUNDS: usize = 15;
 /// Re-arms timed per round, at every size.
 const START_OPS: usize = 100_000;
 /// Cancels timed per round, at every size (in batches of N/10).
@@ -339,29 +340,46 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Measures `T` at every size; prints each figure; returns the best figures per size.
-fn measure<T: Timers>() -> Vec<Figures> {
+/// Every structure's rounds at every size, `[structure][size][round]`.
+type Rounds = Vec<Vec<Vec<Figures>>>;
+
+/// One round of every structure at every size, in turn.
+fn pass(rounds: &mut Rounds) {
+    for (structure, run) in [
+        round::<HrTimers> as fn(usize) -> Figures,
+        round::<WheelTimers>,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (size, &n) in SIZES.iter().enumerate() {
+            rounds[structure][size].push(run(n));
+        }
+    }
+}
+
+/// Prints best and median of one structure's rounds per size and operation; returns the
+/// best figures per size.
+fn report(name: &str, by_size: &[Vec<Figures>]) -> Vec<Figures> {
     SIZES
         .iter()
-        .map(|&n| {
-            round::<T>(n); // warm-up: caches, allocator, branch predictors
-            let rounds: Vec<Figures> = (0..ROUNDS).map(|_| round::<T>(n)).collect();
-            let mut best = Figures::default();
+        .zip(by_size)
+        .map(|(&n, rounds)| {
+            let mut best = [0.0; 3];
             for (op_index, (op, _)) in Figures::default().by_op().into_iter().enumerate() {
                 let mut values: Vec<f64> = rounds.iter().map(|r| r.by_op()[op_index].1).collect();
-                let best_value = values.iter().copied().fold(f64::INFINITY, f64::min);
+                best[op_index] = values.iter().copied().fold(f64::INFINITY, f64::min);
                 let median_value = median(&mut values);
                 println!(
-                    "{:<8} n={n:<7} op={op:<7} {best_value:>8.1} ns/op  (median {median_value:.1})",
-                    T::NAME
+                    "{name:<8} n={n:<7} op={op:<7} {:>8.1} ns/op  (median {median_value:.1})",
+                    best[op_index]
                 );
-                match op_index {
-                    0 => best.start = best_value,
-                    1 => best.cancel = best_value,
-                    _ => best.expire = best_value,
-                }
             }
-            best
+            Figures {
+                start: best[0],
+                cancel: best[1],
+                expire: best[2],
+            }
         })
         .collect()
 }
@@ -390,8 +408,17 @@ fn verdict(name: &str, by_size: &[Figures]) -> bool {
 }
 
 fn main() {
-    let hrtimer = measure::<HrTimers>();
-    let wheel = measure::<WheelTimers>();
+    let mut rounds: Rounds = vec![vec![Vec::new(); SIZES.len()]; 2];
+    // Warm-up pass (caches, allocator, branch predictors), discarded.
+    pass(&mut rounds);
+    rounds = vec![vec![Vec::new(); SIZES.len()]; 2];
+    // Sizes and structures take turns, so a busy spell on the shared machine hits all of
+    // them alike instead of spoiling one size's every round.
+    for _ in 0..ROUNDS {
+        pass(&mut rounds);
+    }
+    let hrtimer = report(HrTimers::NAME, &rounds[0]);
+    let wheel = report(WheelTimers::NAME, &rounds[1]);
     verdict(HrTimers::NAME, &hrtimer);
     verdict(WheelTimers::NAME, &wheel);
 }
