@@ -1,5 +1,6 @@
 //! Scale benchmark of the bare queue (no hrtimer base around it): ns per re-arm (remove +
-//! insert), remove and pop with 1k, 10k and 100k queued timers.
+//! insert), re-arm in place (`set_expiry`), remove and pop with 1k, 10k and 100k queued
+//! timers.
 //!
 //! Run: `cargo run --release -p lull-timerqueue --example queue_scale`
 //!
@@ -50,8 +51,8 @@ fn ns_per_op(elapsed: Duration, ops: usize) -> f64 {
     elapsed.as_nanos() as f64 / ops as f64
 }
 
-/// One round at size `n`: `[rearm, remove, pop]` in ns per operation.
-fn round(n: usize) -> [f64; 3] {
+/// One round at size `n`: `[rearm, set_expiry, remove, pop]` in ns per operation.
+fn round(n: usize) -> [f64; 4] {
     let mut rng = Rng(SEED);
     let (mut queue, mut handles) = filled(&mut rng, n);
 
@@ -64,6 +65,12 @@ fn round(n: usize) -> [f64; 3] {
         handles[timer] = queue.insert(expiry, value).unwrap();
     }
     let rearm = ns_per_op(clock.elapsed(), picks.len());
+
+    let clock = Instant::now();
+    for &(timer, expiry) in &picks {
+        queue.set_expiry(handles[timer], expiry ^ 1).unwrap();
+    }
+    let reexpire = ns_per_op(clock.elapsed(), picks.len());
 
     let batch = (n / 10).max(1);
     let mut order: Vec<usize> = (0..n).collect();
@@ -97,30 +104,31 @@ fn round(n: usize) -> [f64; 3] {
         pop_time += clock.elapsed();
     }
     let pop = ns_per_op(pop_time, popped);
-    [rearm, remove, pop]
+    [rearm, reexpire, remove, pop]
 }
 
 fn main() {
     let mut best_by_size = Vec::new();
     for n in SIZES {
         round(n); // warm-up
-        let mut best = [f64::INFINITY; 3];
+        let mut best = [f64::INFINITY; 4];
         for _ in 0..ROUNDS {
             for (best, figure) in best.iter_mut().zip(round(n)) {
                 *best = best.min(figure);
             }
         }
         println!(
-            "queue n={n:<7} rearm {:>6.1}  remove {:>6.1}  pop {:>6.1} ns/op",
-            best[0], best[1], best[2]
+            "queue n={n:<7} rearm {:>6.1}  set_expiry {:>6.1}  remove {:>6.1}  pop {:>6.1} ns/op",
+            best[0], best[1], best[2], best[3]
         );
         best_by_size.push(best);
     }
     let (small, large) = (best_by_size[0], best_by_size[SIZES.len() - 1]);
     println!(
-        "queue 100k/1k: rearm x{:.2}, remove x{:.2}, pop x{:.2}",
+        "queue 100k/1k: rearm x{:.2}, set_expiry x{:.2}, remove x{:.2}, pop x{:.2}",
         large[0] / small[0],
         large[1] / small[1],
-        large[2] / small[2]
+        large[2] / small[2],
+        large[3] / small[3]
     );
 }
