@@ -449,10 +449,22 @@ impl<F: TimerFunction> HrTimerCpuBase<F> {
             HrTimerMode::Relative => self.clock_now(clock, now).saturating_add(expires),
         };
         let hard = soft.saturating_add(slack_ns);
-        self.dequeue(id)?;
-        let handle = self.queues[clock as usize]
-            .insert(hard, id.index)
-            .map_err(|_| HrTimerError::Full)?;
+        // Re-arming a queued timer moves it in place (it goes behind equal expiries, as a
+        // fresh insert would) instead of a remove plus an insert.
+        let state = self.timer(id)?.state;
+        let handle = match state {
+            TimerState::Enqueued(handle)
+                if self.queues[clock as usize].set_expiry(handle, hard).is_ok() =>
+            {
+                handle
+            }
+            _ => {
+                self.dequeue(id)?;
+                self.queues[clock as usize]
+                    .insert(hard, id.index)
+                    .map_err(|_| HrTimerError::Full)?
+            }
+        };
         let timer = self.timer_mut(id)?;
         timer.soft_expires = soft;
         timer.hard_expires = hard;
