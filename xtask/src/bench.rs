@@ -213,3 +213,83 @@ mod tests {
         assert!(parse_lull_latency("nothing").is_err());
     }
 }
+
+/// Plots both latency histograms into one PNG with gnuplot (installed with apt-get if root).
+pub fn plot_latency(lull: &std::path::Path, linux: &std::path::Path, png: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    crate::tools::ensure("gnuplot", "gnuplot-nox")?;
+    let script = format!(
+        "set terminal png size 1000,600\n\
+         set output '{png}'\n\
+         set title 'Wake-up latency, 1 kHz absolute timer, QEMU q35 TCG 1 vCPU'\n\
+         set xlabel 'latency (us, log scale)'\n\
+         set ylabel 'samples (log scale)'\n\
+         set logscale xy\n\
+         set grid\n\
+         plot '{lull}' using ($1+1):2 with impulses lw 2 title 'Lull (latency 10)', \\\n\
+              '{linux}' using ($1+1):2 with points pt 7 ps 0.5 title 'Linux 6.1 (cyclictest)'\n",
+        png = png.display(),
+        lull = lull.display(),
+        linux = linux.display()
+    );
+    let mut child = std::process::Command::new("gnuplot")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run gnuplot: {e}"))?;
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("gnuplot: {e}"))?;
+    let status = child.wait().map_err(|e| format!("gnuplot: {e}"))?;
+    if !status.success() {
+        return Err(format!("gnuplot failed ({status})"));
+    }
+    Ok(png.to_path_buf())
+}
+
+/// Runs the host-side timer scale benchmark and returns its per-structure lines.
+pub fn timer_scale() -> Result<Vec<String>, String> {
+    let output = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(crate::kernel::repo_root())
+        .args(["run", "--quiet", "--release", "-p", "lull-time", "--example", "timer_scale"])
+        .output()
+        .map_err(|e| format!("cannot run timer_scale: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("timer_scale failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("hrtimer") || l.starts_with("wheel") || l.starts_with("verdict"))
+        .map(|l| format!("timer scale (cargo run --release -p lull-time --example timer_scale): {l}"))
+        .collect())
+}
+
+/// Runs `lull-vmm bench` with the real kernel when /dev/kvm is there.
+pub fn vmm(kernel: &std::path::Path) -> Result<Vec<String>, String> {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return Ok(vec!["vmm: skipped (no /dev/kvm on this machine)".into()]);
+    }
+    let root = crate::kernel::repo_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(&cargo)
+        .current_dir(&root)
+        .args(["build", "--quiet", "--release", "-p", "lull-vmm"])
+        .status()
+        .map_err(|e| format!("cannot build lull-vmm: {e}"))?;
+    if !status.success() {
+        return Err("building lull-vmm failed".into());
+    }
+    let output = std::process::Command::new(root.join("target/release/lull-vmm"))
+        .arg("bench")
+        .arg("--kernel")
+        .arg(kernel)
+        .output()
+        .map_err(|e| format!("cannot run lull-vmm bench: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("lull-vmm bench failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).lines().map(|l| format!("vmm: {l}")).collect())
+}
