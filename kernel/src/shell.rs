@@ -165,6 +165,12 @@ const COMMANDS: &[Command] = &[
         run: cmd_ls,
     },
     Command {
+        name: "date",
+        usage: "date",
+        help: "wall-clock time (UTC, from the RTC at boot)",
+        run: cmd_date,
+    },
+    Command {
         name: "sleep",
         usage: "sleep SECONDS",
         help: "sleep on an hrtimer (tickless idle meanwhile)",
@@ -290,6 +296,14 @@ fn parse_seconds(text: &str) -> Option<u64> {
         nanos += digit.to_digit(10)? as u64 * 10u64.pow(8 - index as u32);
     }
     whole.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+fn cmd_date(_: &[&str], _: &str) {
+    let ns = crate::time::realtime_ns();
+    kprintln!(
+        "{} UTC",
+        crate::time::format_utc(ns.div_euclid(1_000_000_000))
+    );
 }
 
 fn cmd_sleep(args: &[&str], _: &str) {

@@ -215,7 +215,11 @@ mod tests {
 }
 
 /// Plots both latency histograms into one PNG with gnuplot (installed with apt-get if root).
-pub fn plot_latency(lull: &std::path::Path, linux: &std::path::Path, png: &std::path::Path) -> Result<std::path::PathBuf, String> {
+pub fn plot_latency(
+    lull: &std::path::Path,
+    linux: &std::path::Path,
+    png: &std::path::Path,
+) -> Result<std::path::PathBuf, String> {
     crate::tools::ensure("gnuplot", "gnuplot-nox")?;
     let script = format!(
         "set terminal png size 1000,600\n\
@@ -251,19 +255,33 @@ pub fn plot_latency(lull: &std::path::Path, linux: &std::path::Path, png: &std::
 
 /// Runs the host-side timer scale benchmark and returns its per-structure lines.
 pub fn timer_scale() -> Result<Vec<String>, String> {
-    let output = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(crate::kernel::repo_root())
-        .args(["run", "--quiet", "--release", "-p", "lull-time", "--example", "timer_scale"])
-        .output()
-        .map_err(|e| format!("cannot run timer_scale: {e}"))?;
+    let output =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(crate::kernel::repo_root())
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "lull-time",
+                "--example",
+                "timer_scale",
+            ])
+            .output()
+            .map_err(|e| format!("cannot run timer_scale: {e}"))?;
     if !output.status.success() {
-        return Err(format!("timer_scale failed: {}", String::from_utf8_lossy(&output.stderr)));
+        return Err(format!(
+            "timer_scale failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     let text = String::from_utf8_lossy(&output.stdout);
     Ok(text
         .lines()
         .filter(|l| l.starts_with("hrtimer") || l.starts_with("wheel") || l.starts_with("verdict"))
-        .map(|l| format!("timer scale (cargo run --release -p lull-time --example timer_scale): {l}"))
+        .map(|l| {
+            format!("timer scale (cargo run --release -p lull-time --example timer_scale): {l}")
+        })
         .collect())
 }
 
@@ -289,7 +307,13 @@ pub fn vmm(kernel: &std::path::Path) -> Result<Vec<String>, String> {
         .output()
         .map_err(|e| format!("cannot run lull-vmm bench: {e}"))?;
     if !output.status.success() {
-        return Err(format!("lull-vmm bench failed: {}", String::from_utf8_lossy(&output.stderr)));
+        return Err(format!(
+            "lull-vmm bench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
-    Ok(String::from_utf8_lossy(&output.stdout).lines().map(|l| format!("vmm: {l}")).collect())
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| format!("vmm: {l}"))
+        .collect())
 }

@@ -501,6 +501,18 @@ fn sleep_and_latency_commands() -> TestResult {
         "sleep 0.5 returned after {:.3} s",
         after - before
     );
+    let date = guest.run("date", STEP)?;
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs() as i64;
+    let guest_seconds =
+        parse_utc(date.trim()).ok_or_else(|| format!("bad date output {date:?}"))?;
+    ensure!(
+        (guest_seconds - host).abs() <= 5,
+        "guest date {date:?} is {} s off the host",
+        guest_seconds - host
+    );
     let reply = guest.run("sleep banana", STEP)?;
     ensure!(
         reply.contains("expected a duration"),
@@ -520,4 +532,21 @@ fn sleep_and_latency_commands() -> TestResult {
     let total: u64 = latency.histogram.iter().map(|(_, c)| c).sum();
     ensure!(total == 1000, "histogram holds {total} samples");
     poweroff_exits_zero(&mut guest)
+}
+
+/// Parses `YYYY-MM-DD HH:MM:SS UTC` into Unix seconds.
+fn parse_utc(text: &str) -> Option<i64> {
+    let text = text.strip_suffix(" UTC")?;
+    let (date, time) = text.split_once(' ')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (year, month, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':').map(|p| p.parse::<i64>());
+    let (hour, minute, second) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }

@@ -322,7 +322,9 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
         None => BENCH_PARTS.iter().map(|p| p.to_string()).collect(),
     };
     if let Some(unknown) = parts.iter().find(|p| !BENCH_PARTS.contains(&p.as_str())) {
-        return Err(format!("unknown benchmark {unknown:?} (known: {BENCH_PARTS:?})"));
+        return Err(format!(
+            "unknown benchmark {unknown:?} (known: {BENCH_PARTS:?})"
+        ));
     }
     let wants = |part: &str| parts.iter().any(|p| p == part);
     let out_dir = kernel::repo_root().join("bench-out");
@@ -370,9 +372,14 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
             median.p99_us,
             median.max_us
         ));
-        let text: String = median.histogram.iter().map(|(us, n)| format!("{us} {n}\n")).collect();
+        let text: String = median
+            .histogram
+            .iter()
+            .map(|(us, n)| format!("{us} {n}\n"))
+            .collect();
         let path = out_dir.join("lull-latency-histogram.txt");
-        std::fs::write(&path, format!("# latency_us count\n{text}")).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, format!("# latency_us count\n{text}"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         lull_histogram = Some(path);
     }
     let mut linux_histogram = None;
@@ -382,7 +389,8 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
             record(row);
         }
         let path = out_dir.join("linux-latency-histogram.txt");
-        std::fs::write(&path, linux.latency.histogram_text()).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, linux.latency.histogram_text())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         linux_histogram = Some(path);
     }
     if let (Some(lull), Some(linux)) = (&lull_histogram, &linux_histogram) {
@@ -402,7 +410,8 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
         }
     }
     let path = out_dir.join("results.txt");
-    std::fs::write(&path, rows.join("\n") + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(&path, rows.join("\n") + "\n")
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     println!("xtask: results written to {}", path.display());
     Ok(())
 }

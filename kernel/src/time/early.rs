@@ -34,6 +34,13 @@ fn tsc_hz_from_cpuid() -> Option<u64> {
             return Some(leaf.ecx as u64 * leaf.ebx as u64 / leaf.eax as u64);
         }
     }
+    // Leaf 0x16: processor base frequency in MHz (the TSC runs at it on parts without 0x15).
+    if max_leaf >= 0x16 {
+        let mhz = cpu::cpuid(0x16, 0).eax as u64 & 0xFFFF;
+        if mhz != 0 {
+            return Some(mhz * 1_000_000);
+        }
+    }
     // Hypervisor timing leaf (VMware/KVM convention): TSC frequency in kHz.
     let hypervisor = cpu::cpuid(1, 0).ecx & (1 << 31) != 0;
     if hypervisor && cpu::cpuid(0x4000_0000, 0).eax >= 0x4000_0010 {

@@ -108,6 +108,59 @@ impl TickContext for TimeContext {
     }
 }
 
+/// CLOCK_REALTIME minus CLOCK_MONOTONIC, in ns (set from the RTC at boot).
+static REALTIME_OFFSET_NS: core::sync::atomic::AtomicI64 = core::sync::atomic::AtomicI64::new(0);
+
+/// Days from 1970-01-01 to the given civil date (proleptic Gregorian calendar).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month = month as i64;
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day as i64 - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+fn unix_seconds(rtc: &crate::arch::rtc::RtcTime) -> i64 {
+    days_from_civil(rtc.year as i64, rtc.month, rtc.day) * 86_400
+        + rtc.hour as i64 * 3600
+        + rtc.minute as i64 * 60
+        + rtc.second as i64
+}
+
+/// Wall-clock nanoseconds since the Unix epoch (CLOCK_REALTIME).
+pub fn realtime_ns() -> i64 {
+    uptime_ns() as i64 + REALTIME_OFFSET_NS.load(Ordering::Relaxed)
+}
+
+/// Formats a Unix time as `YYYY-MM-DD HH:MM:SS` (the inverse of `days_from_civil`).
+pub fn format_utc(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    alloc::format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
 /// Nanoseconds since boot (CLOCK_MONOTONIC).
 pub fn uptime_ns() -> u64 {
     let clocks = CLOCKS.lock();
@@ -151,6 +204,7 @@ pub fn clocksources() -> Vec<(&'static str, u32, u64, bool, bool, bool)> {
         .collect()
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Reads clocksource `name` directly (for in-kernel tests).
 pub fn read_clocksource(name: &str) -> Option<(u64, u64, u64)> {
     let clocks = CLOCKS.lock();
@@ -272,6 +326,27 @@ pub fn init(acpi: Option<&AcpiInfo>) {
             s
         })
     );
+    let mut timekeeper = timekeeper;
+    match crate::arch::rtc::read() {
+        Some(rtc) => {
+            let epoch_ns = unix_seconds(&rtc) * 1_000_000_000;
+            let cycles = sources[current.index()].read();
+            timekeeper.set_realtime(epoch_ns, cycles);
+            // Our monotonic clock is `base_ns` + the timekeeper's; keep the offset against ours.
+            let monotonic = base_ns + timekeeper.monotonic_ns(cycles);
+            REALTIME_OFFSET_NS.store(epoch_ns - monotonic as i64, Ordering::Relaxed);
+            printk!(
+                "rtc: {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                rtc.year,
+                rtc.month,
+                rtc.day,
+                rtc.hour,
+                rtc.minute,
+                rtc.second
+            );
+        }
+        None => pr_warn!("rtc: no usable CMOS clock; realtime starts at the epoch"),
+    }
     *CLOCKS.lock() = Some(Clocks {
         registry,
         sources,
@@ -418,6 +493,7 @@ pub fn start_tick() {
                 if config.nohz { "on" } else { "off" },
                 if config.high_res { "on" } else { "off" }
             );
+            let _ = percpu.set_realtime_offset(REALTIME_OFFSET_NS.load(Ordering::Relaxed), now);
             *CPU_TIME.lock() = Some(percpu);
         }
         Err(error) => pr_warn!("tick: {name} unusable: {error:?}"),
@@ -503,6 +579,7 @@ fn update_nohz_ready() {
     }
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Jiffies since boot.
 pub fn current_jiffies() -> u64 {
     JIFFIES.lock().as_ref().map_or(0, |j| j.jiffies())
@@ -629,6 +706,7 @@ pub fn sleep_ns(ns: u64) {
     sleep_until(uptime_ns().saturating_add(ns), "sleep_ns");
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Sleeps for `ms` milliseconds.
 pub fn msleep(ms: u64) {
     sleep_until(
@@ -639,13 +717,10 @@ pub fn msleep(ms: u64) {
 
 // ---- shell timers ----------------------------------------------------------------------------
 
-static SHELL_TIMERS_FIRED: AtomicU64 = AtomicU64::new(0);
-
 fn shell_timer_fn(
     _context: &mut TimeContext,
     timer: &mut FiringTimer<TimerFunction<TimeContext>>,
 ) -> HrTimerRestart {
-    SHELL_TIMERS_FIRED.fetch_add(1, Ordering::Relaxed);
     let late_ns = timer.now().saturating_sub(timer.soft_expires());
     printk!(
         "timer: shell timer {} fired ({} ns after its expiry)",
@@ -681,11 +756,6 @@ pub fn start_shell_timer(delay_ns: u64) -> Result<u32, String> {
 }
 
 static SHELL_TIMER_SERIAL: AtomicU64 = AtomicU64::new(0);
-
-/// How many shell timers have fired.
-pub fn shell_timers_fired() -> u64 {
-    SHELL_TIMERS_FIRED.load(Ordering::Relaxed)
-}
 
 // ---- procfs ----------------------------------------------------------------------------------
 
@@ -734,11 +804,6 @@ pub fn local_timer_interrupts() -> u64 {
     interrupts::count(LOCAL_TIMER_VECTOR)
 }
 
-/// The vector the tick device uses.
-pub fn tick_vector() -> u8 {
-    TICK_VECTOR.load(Ordering::Relaxed) as u8
-}
-
 // ---- latency measurement ---------------------------------------------------------------------
 
 /// Histogram bucket width and range for wake-up lateness.
@@ -747,7 +812,6 @@ pub const LATENCY_BUCKETS_US: usize = 10_000;
 /// Wake-up lateness of a thread sleeping on an absolute periodic hrtimer (cyclictest's view).
 pub struct LatencyReport {
     pub samples: u64,
-    pub period_ns: u64,
     /// `histogram[n]` = samples late by n..n+1 µs; the last bucket also holds everything later.
     pub histogram: Vec<u32>,
     pub max_ns: u64,
@@ -775,7 +839,6 @@ impl LatencyReport {
 pub fn measure_latency(samples: u64, period_ns: u64) -> LatencyReport {
     let mut report = LatencyReport {
         samples: 0,
-        period_ns,
         histogram: alloc::vec![0; LATENCY_BUCKETS_US],
         max_ns: 0,
         min_ns: u64::MAX,

@@ -23,9 +23,7 @@ const TIMER_32BIT_MODE: u64 = 1 << 8;
 pub struct Hpet {
     base: u64,
     period_fs: u64,
-    timers: u8,
     counter_64bit: bool,
-    legacy_capable: bool,
 }
 
 impl Hpet {
@@ -48,9 +46,7 @@ impl Hpet {
         let probe = Hpet {
             base,
             period_fs: 0,
-            timers: 0,
             counter_64bit: false,
-            legacy_capable: false,
         };
         let capabilities = probe.read(CAPABILITIES);
         let period_fs = capabilities >> 32;
@@ -61,9 +57,7 @@ impl Hpet {
         Some(Hpet {
             base,
             period_fs,
-            timers: (((capabilities >> 8) & 0x1F) + 1) as u8,
             counter_64bit: capabilities & (1 << 13) != 0,
-            legacy_capable: capabilities & (1 << 15) != 0,
         })
     }
 
@@ -72,19 +66,9 @@ impl Hpet {
         1_000_000_000_000_000 / self.period_fs
     }
 
-    /// Number of comparators.
-    pub fn timers(&self) -> u8 {
-        self.timers
-    }
-
     /// Whether the main counter is 64 bits wide (else 32).
     pub fn counter_is_64bit(&self) -> bool {
         self.counter_64bit
-    }
-
-    /// Whether legacy replacement routing (timer 0 → IRQ 0, timer 1 → IRQ 8) exists.
-    pub fn legacy_capable(&self) -> bool {
-        self.legacy_capable
     }
 
     /// Starts the main counter, with or without legacy replacement routing.

@@ -13,6 +13,7 @@ pub mod pit;
 mod port;
 pub mod power;
 pub mod pvh;
+pub mod rtc;
 pub mod serial;
 
 pub use pvh::{BootInfo, MEMORY_RAM};

@@ -1,0 +1,78 @@
+//! The CMOS real-time clock, read once at boot to set the wall clock.
+
+use super::port::{inb, outb};
+
+/// A calendar time as the RTC holds it (UTC by convention on virtual machines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtcTime {
+    pub year: u32,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+}
+
+fn read_register(register: u8) -> u8 {
+    outb(0x70, register | 0x80); // bit 7: keep NMIs masked while selecting
+    inb(0x71)
+}
+
+fn bcd(value: u8) -> u32 {
+    (value & 0x0F) as u32 + (value >> 4) as u32 * 10
+}
+
+fn read_raw() -> [u8; 7] {
+    [
+        read_register(0x00),
+        read_register(0x02),
+        read_register(0x04),
+        read_register(0x07),
+        read_register(0x08),
+        read_register(0x09),
+        read_register(0x32),
+    ]
+}
+
+/// Reads the RTC, waiting out an update in progress and re-reading until two reads agree.
+/// `None` when no sane RTC answers (all-ones reads, out-of-range fields).
+pub fn read() -> Option<RtcTime> {
+    let mut previous = None;
+    for _ in 0..10 {
+        let mut spins = 0;
+        while read_register(0x0A) & 0x80 != 0 && spins < 100_000 {
+            spins += 1;
+        }
+        let raw = read_raw();
+        if previous == Some(raw) {
+            break;
+        }
+        previous = Some(raw);
+    }
+    let raw = previous?;
+    let status_b = read_register(0x0B);
+    let binary = status_b & 0x04 != 0;
+    let decode = |v: u8| if binary { v as u32 } else { bcd(v) };
+    let mut hour = decode(raw[2] & 0x7F);
+    if status_b & 0x02 == 0 && raw[2] & 0x80 != 0 {
+        hour = (hour % 12) + 12; // 12-hour mode, PM
+    }
+    let century = match decode(raw[6]) {
+        c @ 19..=21 => c,
+        _ => 20,
+    };
+    let time = RtcTime {
+        year: century * 100 + decode(raw[5]),
+        month: decode(raw[4]),
+        day: decode(raw[3]),
+        hour,
+        minute: decode(raw[1]),
+        second: decode(raw[0]),
+    };
+    let sane = (1..=12).contains(&time.month)
+        && (1..=31).contains(&time.day)
+        && time.hour < 24
+        && time.minute < 60
+        && time.second < 61;
+    sane.then_some(time)
+}
