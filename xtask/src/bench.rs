@@ -196,24 +196,6 @@ pub fn measure_lull_latency(kernel: &std::path::Path, seconds: u64) -> Result<Lu
     parse_lull_latency(&output)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_latency_output() {
-        let text = "latency: 3 samples at 1000 Hz: min 20 us, avg 30 us, p50 25 us, p99 40 us, max 41 us\n\
-                    latency histogram (us count):\n000020 000001\n000025 000001\n000041 000001\nlatency: end\n";
-        let parsed = parse_lull_latency(text).unwrap();
-        assert_eq!(
-            (parsed.samples, parsed.p50_us, parsed.p99_us, parsed.max_us),
-            (3, 25, 40, 41)
-        );
-        assert_eq!(parsed.histogram, vec![(20, 1), (25, 1), (41, 1)]);
-        assert!(parse_lull_latency("nothing").is_err());
-    }
-}
-
 /// Plots both latency histograms into one PNG with gnuplot (installed with apt-get if root).
 pub fn plot_latency(
     lull: &std::path::Path,
@@ -316,4 +298,22 @@ pub fn vmm(kernel: &std::path::Path) -> Result<Vec<String>, String> {
         .lines()
         .map(|l| format!("vmm: {l}"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_latency_output() {
+        let text = "latency: 3 samples at 1000 Hz: min 20 us, avg 30 us, p50 25 us, p99 40 us, max 41 us\n\
+                    latency histogram (us count):\n000020 000001\n000025 000001\n000041 000001\nlatency: end\n";
+        let parsed = parse_lull_latency(text).unwrap();
+        assert_eq!(
+            (parsed.samples, parsed.p50_us, parsed.p99_us, parsed.max_us),
+            (3, 25, 40, 41)
+        );
+        assert_eq!(parsed.histogram, vec![(20, 1), (25, 1), (41, 1)]);
+        assert!(parse_lull_latency("nothing").is_err());
+    }
 }
