@@ -35,6 +35,11 @@ pub fn init(acpi: Option<&AcpiInfo>) {
     };
     ioapic.mask_all();
     *IOAPIC.lock() = Some(ioapic);
+    crate::pm::register_notifier(crate::pm::Notifier {
+        name: "irq",
+        priority: -10,
+        call: pm_notifier,
+    });
 }
 
 /// Routes ISA interrupt `isa_irq` (honouring the MADT's source overrides) to `handler` on this
@@ -78,6 +83,13 @@ pub fn route_gsi(gsi: u32, vector: u8, name: &'static str, level: bool, active_l
     });
     drop(lines);
     ioapic.route(gsi, vector, apic::local_apic_id(), level, active_low);
+}
+
+/// PM notifier: masks every device line before power-off.
+fn pm_notifier(_event: crate::pm::PmEvent) {
+    if let Some(ioapic) = *IOAPIC.lock() {
+        ioapic.mask_all();
+    }
 }
 
 /// Renders `/proc/interrupts` (one CPU for now; a column per CPU once SMP is up).

@@ -18,6 +18,7 @@ mod irq;
 mod ktest;
 mod mm;
 mod params;
+mod pm;
 mod procfs;
 mod shell;
 mod sync;
@@ -122,6 +123,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     }
 
     setup_interrupts(acpi);
+    pm::init(acpi);
     time::init(acpi);
     #[cfg(feature = "ktest")]
     ktest::run_device_tests();

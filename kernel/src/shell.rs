@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use crate::arch::{cpu, serial};
 use crate::procfs;
 use crate::sync::IrqSafeLock;
-use crate::{kprint, kprintln};
+use crate::{kprint, kprintln, printk};
 
 /// Bytes received but not yet read by the shell. When it fills, the UART's receive interrupt
 /// is switched off (QEMU then holds further input) until the shell drains it: nothing is lost.
@@ -57,6 +57,11 @@ fn read_byte() -> u8 {
                 cpu::enable_interrupts();
                 return byte;
             }
+        }
+        if crate::pm::shutdown_requested() {
+            cpu::enable_interrupts();
+            printk!("ACPI: power button pressed");
+            crate::pm::power_off();
         }
         // Nothing to do: sleep until an interrupt (atomically with enabling interrupts).
         crate::time::idle();
@@ -379,7 +384,7 @@ fn cmd_clocksource(_: &[&str], _: &str) {
 }
 
 fn cmd_poweroff(_: &[&str], _: &str) {
-    crate::power_off();
+    crate::pm::power_off();
 }
 
 /// Runs one command line.

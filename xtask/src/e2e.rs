@@ -73,6 +73,10 @@ pub const TESTS: &[Test] = &[
         run: panic_reports_location_and_exits_nonzero,
     },
     Test {
+        name: "power_button_from_qemu_system_powerdown",
+        run: power_button_from_qemu_system_powerdown,
+    },
+    Test {
         name: "idle_nohz_takes_no_timer_interrupts",
         run: idle_nohz_takes_no_timer_interrupts,
     },
@@ -549,4 +553,39 @@ fn parse_utc(text: &str) -> Option<i64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// QEMU's `system_powerdown` presses the ACPI power button: the SCI handler sees it, the PM
+/// notifier chain runs, and the guest enters S5 (QEMU exits 0).
+fn power_button_from_qemu_system_powerdown() -> TestResult {
+    let socket = crate::kernel::repo_root().join("target/e2e-monitor.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.extra.push("-monitor".into());
+    config
+        .extra
+        .push(format!("unix:{},server,nowait", socket.display()));
+    let mut guest = boot(&config)?;
+    ensure!(
+        guest.output().contains("power button enabled"),
+        "SCI not set up:\n{}",
+        guest.output()
+    );
+    let mut monitor =
+        std::os::unix::net::UnixStream::connect(&socket).map_err(|e| format!("monitor: {e}"))?;
+    use std::io::Write as _;
+    monitor
+        .write_all(b"system_powerdown\n")
+        .map_err(|e| format!("monitor: {e}"))?;
+    let code = guest.wait_exit(STEP)?;
+    let output = guest.output();
+    for expected in [
+        "ACPI: power button pressed",
+        "pm: notifying clockevents (power off)",
+        "reboot: Power down",
+    ] {
+        ensure!(output.contains(expected), "missing {expected:?}:\n{output}");
+    }
+    ensure!(code == 0, "QEMU exited with {code} after the power button");
+    Ok(())
 }

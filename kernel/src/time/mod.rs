@@ -499,7 +499,22 @@ pub fn start_tick() {
         Err(error) => pr_warn!("tick: {name} unusable: {error:?}"),
     }
     drop(jiffies_guard);
+    crate::pm::register_notifier(crate::pm::Notifier {
+        name: "clockevents",
+        priority: 0,
+        call: pm_notifier,
+    });
     update_nohz_ready();
+}
+
+/// PM notifier: stops the tick device before power-off, so no timer fires mid-shutdown.
+fn pm_notifier(_event: crate::pm::PmEvent) {
+    let now = uptime_ns();
+    let mut percpu = CPU_TIME.lock();
+    let mut jiffies = JIFFIES.lock();
+    if let (Some(percpu), Some(jiffies)) = (percpu.as_mut(), jiffies.as_mut()) {
+        let _ = percpu.stop(now, jiffies);
+    }
 }
 
 /// Watchdog period: 0.5 s, as Linux's WATCHDOG_INTERVAL.

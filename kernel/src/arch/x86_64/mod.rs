@@ -30,6 +30,11 @@ pub fn kernel_image_range() -> core::ops::Range<u64> {
     start..end
 }
 
+/// Writes a byte to an I/O port named by firmware tables (ACPI's SMI command port).
+pub fn port_write_u8(port: u16, value: u8) {
+    port::outb(port, value);
+}
+
 /// Loads the boot CPU's GDT, TSS and IDT. Interrupts stay disabled.
 pub fn init_boot_cpu() {
     gdt::init_boot_cpu();

@@ -1,0 +1,122 @@
+//! Power management: the ACPI power button (SCI) and an orderly shutdown through a notifier
+//! chain that subsystems join (Linux's `register_reboot_notifier` / PM notifiers).
+//!
+//! The SCI handler runs in hard-IRQ context and only records the request; the shutdown itself
+//! runs in thread context (the shell's idle loop notices the request), so notifiers may sleep.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::arch::acpi::{self, AcpiInfo};
+use crate::sync::IrqSafeLock;
+use crate::{pr_warn, printk};
+
+/// Events a notifier is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PmEvent {
+    /// The machine is about to power off (S5).
+    PowerOff,
+}
+
+/// A notifier: name (printed), priority (higher runs first), callback.
+#[derive(Clone, Copy)]
+pub struct Notifier {
+    pub name: &'static str,
+    pub priority: i32,
+    pub call: fn(PmEvent),
+}
+
+static NOTIFIERS: IrqSafeLock<Vec<Notifier>> = IrqSafeLock::new(Vec::new());
+static SHUTDOWN_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+const PM1_STATUS_POWER_BUTTON: u32 = 1 << 8;
+const PM1_ENABLE_POWER_BUTTON: u32 = 1 << 8;
+const PM1_CONTROL_SCI_ENABLE: u32 = 1 << 0;
+
+/// Joins the notifier chain.
+pub fn register_notifier(notifier: Notifier) {
+    let mut notifiers = NOTIFIERS.lock();
+    notifiers.push(notifier);
+    notifiers.sort_by_key(|n| core::cmp::Reverse(n.priority));
+}
+
+/// Whether a shutdown was requested (power button) and not yet carried out.
+pub fn shutdown_requested() -> bool {
+    SHUTDOWN_REQUESTED.load(Ordering::Acquire)
+}
+
+/// Orderly power-off: runs every notifier (printing each), then enters ACPI S5.
+pub fn power_off() -> ! {
+    printk!("pm: powering off");
+    let notifiers: Vec<Notifier> = NOTIFIERS.lock().clone();
+    for notifier in notifiers {
+        printk!("pm: notifying {} (power off)", notifier.name);
+        (notifier.call)(PmEvent::PowerOff);
+    }
+    crate::power_off()
+}
+
+fn event_registers(info: &AcpiInfo) -> Option<(acpi::GenericAddress, acpi::GenericAddress)> {
+    let status = info.pm1a_event_block?;
+    let mut enable = status;
+    enable.address += (info.pm1_event_length / 2).max(2) as u64;
+    Some((status, enable))
+}
+
+/// The SCI handler (hard-IRQ context): acknowledges the power button and records the request.
+fn sci_interrupt(_vector: u8) {
+    let Some((status, _)) = crate::acpi().and_then(event_registers) else {
+        return;
+    };
+    let pending = acpi::read_register(status, 2);
+    if pending & PM1_STATUS_POWER_BUTTON != 0 {
+        acpi::write_register(status, 2, PM1_STATUS_POWER_BUTTON); // write-1-to-clear
+        SHUTDOWN_REQUESTED.store(true, Ordering::Release);
+    }
+}
+
+/// Switches the platform to ACPI mode if needed, enables the power-button event and routes
+/// the SCI. Called once at boot with interrupts disabled.
+pub fn init(info: Option<&AcpiInfo>) {
+    let Some(info) = info else { return };
+    if info.hardware_reduced {
+        // Hardware-reduced ACPI (microvm) signals the button through a GED device in AML,
+        // which Lull does not interpret; poweroff still works through the sleep register.
+        printk!(
+            "ACPI: hardware-reduced platform; power button events need the GED (not supported)"
+        );
+        return;
+    }
+    let (Some(sci), Some((_, enable)), Some(control)) =
+        (info.sci_irq, event_registers(info), info.pm1a_control_block)
+    else {
+        pr_warn!("ACPI: no SCI or PM1 event block; the power button is not available");
+        return;
+    };
+    if acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 && info.smi_command_port != 0 {
+        crate::arch::port_write_u8(info.smi_command_port as u16, info.acpi_enable_value);
+        let mut spins = 0;
+        while acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 && spins < 1_000_000 {
+            spins += 1;
+            core::hint::spin_loop();
+        }
+    }
+    if acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 {
+        pr_warn!("ACPI: could not switch to ACPI mode; the power button is not available");
+        return;
+    }
+    let isa_irq = sci as u8;
+    let (gsi, level, active_low) = info
+        .overrides
+        .iter()
+        .find(|o| o.isa_irq == isa_irq)
+        .map(|o| (o.gsi, o.level_triggered, o.active_low))
+        // Without an override: level-triggered, active-high, as QEMU and lull-vmm wire it.
+        .unwrap_or((isa_irq as u32, true, false));
+    let vector = crate::arch::interrupts::DEVICE_VECTOR_BASE + gsi as u8;
+    crate::arch::interrupts::set_handler(vector, sci_interrupt);
+    crate::irq::route_gsi(gsi, vector, "acpi", level, active_low);
+    let enabled = acpi::read_register(enable, 2);
+    acpi::write_register(enable, 2, enabled | PM1_ENABLE_POWER_BUTTON);
+    printk!("ACPI: SCI on IRQ {sci} (GSI {gsi}, vector {vector:#x}); power button enabled");
+}
