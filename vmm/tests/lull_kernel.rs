@@ -130,7 +130,6 @@ fn snapshot_then_restore_in_a_new_process_keeps_the_shell_and_uptime() {
 }
 
 #[test]
-#[ignore = "needs the kernel's ACPI SCI handler (issue 4, kernel side); run with --ignored once merged"]
 fn power_button_shuts_the_kernel_down_cleanly() {
     let Some(kernel) = lull_kernel("power_button_shuts_the_kernel_down_cleanly") else {
         return;

@@ -19,8 +19,9 @@ const HELP: &str = "\
 cargo xtask <command> [options]
 
   build [--debug] [--features F,...]   build the kernel; prints the ELF path as the last line
-  run [--debug] [--machine q35|microvm] [--memory MiB] [--cpus N] [--features F,...] [-- KERNEL ARGS...]
+  run [--vmm] [--debug] [--machine q35|microvm] [--memory MiB] [--cpus N] [--features F,...] [-- KERNEL ARGS...]
                                        boot the kernel in QEMU (TCG) with the console on this terminal
+                                       (--vmm: on /dev/kvm with lull-vmm instead)
   test [--tier host|kernel|e2e] [--filter TEXT]
                                        run every test tier (host, in-kernel, end-to-end)
   bench [--runs N] [--filter boot,idle,latency,linux,scale,vmm]
@@ -60,6 +61,7 @@ struct Options {
     tier: Option<String>,
     filter: Option<String>,
     runs: usize,
+    vmm: bool,
 }
 
 const KNOWN_FEATURES: &[&str] = &["zone-dma", "ktest", "boot-baseline"];
@@ -75,12 +77,14 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         tier: None,
         filter: None,
         runs: 5,
+        vmm: false,
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let mut value = |name: &str| iter.next().cloned().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
             "--debug" => options.release = false,
+            "--vmm" => options.vmm = true,
             "--release" => options.release = true,
             "--features" => {
                 for feature in value("--features")?.split(',').filter(|f| !f.is_empty()) {
@@ -130,13 +134,50 @@ fn cmd_build(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Boots the kernel on /dev/kvm with lull-vmm instead of QEMU.
+fn run_on_vmm(elf: &std::path::Path, options: &Options) -> Result<(), String> {
+    let root = kernel::repo_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--quiet", "--release", "-p", "lull-vmm"])
+        .status()
+        .map_err(|e| format!("cannot build lull-vmm: {e}"))?;
+    if !status.success() {
+        return Err("building lull-vmm failed".into());
+    }
+    let mut command = Command::new(root.join("target/release/lull-vmm"));
+    command.arg("run").arg("--kernel").arg(elf).args([
+        "--memory",
+        &options.memory_mib.to_string(),
+        "--vcpus",
+        &options.cpus.to_string(),
+    ]);
+    if !options.kernel_args.is_empty() {
+        command.arg("--cmdline").arg(options.kernel_args.join(" "));
+    }
+    eprintln!(
+        "xtask: booting {} on /dev/kvm with lull-vmm (type 'poweroff' to leave)",
+        elf.display()
+    );
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start lull-vmm: {e}"))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        code => Err(format!("lull-vmm exited with {code:?}")),
+    }
+}
+
 fn cmd_run(args: &[String]) -> Result<(), String> {
     let options = parse_options(args)?;
-    tools::ensure_qemu()?;
     let elf = kernel::build(&Variant {
-        features: options.features,
+        features: options.features.clone(),
         release: options.release,
     })?;
+    if options.vmm {
+        return run_on_vmm(&elf, &options);
+    }
+    tools::ensure_qemu()?;
     let mut config = QemuConfig::new(&elf);
     config.machine = options.machine;
     config.memory_mib = options.memory_mib;
@@ -171,9 +212,12 @@ struct Tally {
 
 /// Runs `cargo test` on the host workspace, streaming its output and counting its results.
 fn host_tier(tally: &mut Tally) -> Result<(), String> {
-    println!("== tier 1: host tests (cargo test --workspace)");
+    println!("== tier 1: host tests (cargo test --workspace), VMM integration tests on /dev/kvm");
+    // The VMM's integration tests boot the real kernel (they skip, saying why, without KVM).
+    let kernel = kernel::build(&Variant::shell(true))?;
     let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(kernel::repo_root())
+        .env("LULL_KERNEL", &kernel)
         .args(["test", "--workspace", "--color", "never"])
         .stdout(Stdio::piped())
         .spawn()
