@@ -398,17 +398,28 @@ fn clocksources_count_at_their_rate() -> TestResult {
         sources.len()
     );
     for (name, _, _, _, _, _) in sources {
-        let (first, hz, mask) = time::read_clocksource(name).ok_or("clocksource vanished")?;
-        let tsc_start = cpu::rdtsc();
-        let window = time::tsc_hz() / 200; // 5 ms
-        while cpu::rdtsc() - tsc_start < window {
-            core::hint::spin_loop();
+        // 20 ms windows, best of three: the host may deschedule the vCPU between the two
+        // reads that open or close a window, which shows up as a skew in one window only.
+        let mut best: Option<(u128, u128)> = None;
+        for _ in 0..3 {
+            let tsc_start = cpu::rdtsc();
+            let (first, hz, mask) = time::read_clocksource(name).ok_or("clocksource vanished")?;
+            let window = time::tsc_hz() / 50;
+            while cpu::rdtsc() - tsc_start < window {
+                core::hint::spin_loop();
+            }
+            let (second, _, _) = time::read_clocksource(name).ok_or("clocksource vanished")?;
+            let tsc_ns =
+                (cpu::rdtsc() - tsc_start) as u128 * 1_000_000_000 / time::tsc_hz() as u128;
+            let counted = second.wrapping_sub(first) & mask;
+            ensure!(counted > 0, "{name} did not advance");
+            let counted_ns = counted as u128 * 1_000_000_000 / hz as u128;
+            let error = counted_ns.abs_diff(tsc_ns);
+            if best.is_none_or(|(c, t)| error < c.abs_diff(t)) {
+                best = Some((counted_ns, tsc_ns));
+            }
         }
-        let (second, _, _) = time::read_clocksource(name).ok_or("clocksource vanished")?;
-        let tsc_ns = (cpu::rdtsc() - tsc_start) as u128 * 1_000_000_000 / time::tsc_hz() as u128;
-        let counted = second.wrapping_sub(first) & mask;
-        let counted_ns = counted as u128 * 1_000_000_000 / hz as u128;
-        ensure!(counted > 0, "{name} did not advance");
+        let (counted_ns, tsc_ns) = best.ok_or("no sample")?;
         let ratio_per_mille = counted_ns * 1000 / tsc_ns.max(1);
         ensure!(
             (980..=1020).contains(&ratio_per_mille),

@@ -22,7 +22,10 @@ impl ClockSource for TscSource {
         "tsc"
     }
     fn rating(&self) -> u32 {
-        // Linux: 300; an unreliable (non-invariant) TSC is rated below the HPET.
+        // Linux rates every TSC 300. Lull rates a TSC that is not invariant (for example QEMU's
+        // default CPU model) below the HPET: its frequency is only as good as a 1 ms boot
+        // calibration, while the HPET, PIT and LAPIC timer share one clock in the hypervisor,
+        // so timers measured against the HPET are never early by calibration error.
         if self.invariant {
             300
         } else {

@@ -471,6 +471,10 @@ pub fn start_tick() {
             if let Err(error) = percpu.start(now, jiffies) {
                 pr_warn!("tick: cannot start on {name}: {error:?}");
             }
+            // The watchdog's first sample (its baseline) is taken now, so the TSC can be
+            // verified one interval (0.5 s) after boot.
+            let mut context = TimeContext::new(jiffies);
+            let _ = clocksource_watchdog(&mut context, 0);
             let watchdog = percpu.timer_create(
                 WheelFunction {
                     name: "clocksource_watchdog",

@@ -104,30 +104,37 @@ impl Hpet {
         self.write(register, config);
     }
 
-    fn configure(&self, timer: u8, gsi: u8, periodic: bool) -> u64 {
+    /// Arms comparator `timer` to fire once when the counter reaches `deadline`: the
+    /// comparator is written while the interrupt is disabled, then the interrupt enabled.
+    pub fn arm_oneshot(&self, timer: u8, gsi: u8, deadline: u64) {
+        self.stop(timer);
+        let register = TIMER_BASE + TIMER_STRIDE * timer as u64;
+        self.write(register + 8, deadline);
+        self.write(INTERRUPT_STATUS, 1 << timer);
+        self.configure_enable(timer, gsi);
+    }
+
+    fn configure_enable(&self, timer: u8, gsi: u8) {
         let register = TIMER_BASE + TIMER_STRIDE * timer as u64;
         let mut config = self.read(register);
         config &= !(0x1F << 9 | TIMER_LEVEL | TIMER_PERIODIC | TIMER_32BIT_MODE);
         config |= ((gsi as u64) & 0x1F) << 9 | TIMER_INTERRUPT_ENABLE;
-        if periodic {
-            config |= TIMER_PERIODIC | TIMER_VALUE_SET;
-        }
         self.write(register, config);
-        register
     }
 
-    /// Arms comparator `timer` to fire once when the counter reaches `deadline`.
-    pub fn arm_oneshot(&self, timer: u8, gsi: u8, deadline: u64) {
-        let register = self.configure(timer, gsi, false);
-        self.write(register + 8, deadline);
-        self.write(INTERRUPT_STATUS, 1 << timer);
-    }
-
-    /// Makes comparator `timer` fire every `period` counter ticks, starting one period from now.
+    /// Makes comparator `timer` fire every `period` counter ticks, starting one period from
+    /// now. Comparator and period are written while the interrupt is disabled.
     pub fn arm_periodic(&self, timer: u8, gsi: u8, period: u64) {
-        let register = self.configure(timer, gsi, true);
+        self.stop(timer);
+        let register = TIMER_BASE + TIMER_STRIDE * timer as u64;
+        let mut config = self.read(register);
+        config &= !(0x1F << 9 | TIMER_LEVEL | TIMER_32BIT_MODE | TIMER_INTERRUPT_ENABLE);
+        config |= ((gsi as u64) & 0x1F) << 9 | TIMER_PERIODIC | TIMER_VALUE_SET;
+        self.write(register, config);
         // With VALUE_SET, the first write sets the comparator, the second the period.
         self.write(register + 8, self.counter().wrapping_add(period));
         self.write(register + 8, period);
+        self.write(INTERRUPT_STATUS, 1 << timer);
+        self.write(register, (config & !TIMER_VALUE_SET) | TIMER_INTERRUPT_ENABLE);
     }
 }
