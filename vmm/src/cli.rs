@@ -406,7 +406,12 @@ pub fn run_started(started: Started, options: &RunOptions, main_entered: Instant
                 )
             })
             .collect();
-        let line = serde_json::json!({"event": "vcpus_running", "since_main_us": since_main.round(), "phases_us": phases});
+        let line = serde_json::json!({
+            "event": "vcpus_running",
+            "since_main_us": since_main.round(),
+            "clock_monotonic_ns": crate::bench::clock_monotonic_ns(vcpus_running_at),
+            "phases_us": phases,
+        });
         eprintln!("{line}");
     }
     let terminal = RawTerminal::enter();

@@ -420,11 +420,16 @@ impl Machine {
             });
         }
         drop(started_sender);
+        // The instant the last vCPU thread was about to enter KVM_RUN (as that thread saw
+        // it: this thread's own wake-up is not restore latency).
+        let mut last_started: Option<Instant> = None;
         for _ in 0..handles.len() {
             // An Err means a thread died before starting; its failure shows up on first use.
-            let _ = started.recv();
+            if let Ok(at) = started.recv() {
+                last_started = last_started.max(Some(at));
+            }
         }
-        let vcpus_running_at = Instant::now();
+        let vcpus_running_at = last_started.unwrap_or_else(Instant::now);
         clock.lap("start_vcpu_threads");
         let machine = Machine {
             vm,

@@ -407,8 +407,8 @@ pub struct VcpuContext {
     pub responses: Sender<VcpuResponse>,
     pub events: Sender<VmEvent>,
     pub counters: Arc<VcpuExitCounters>,
-    /// Told once, when the thread is about to enter KVM_RUN for the first time.
-    pub started: Sender<u8>,
+    /// Told once, when the thread is about to enter KVM_RUN for the first time, and when.
+    pub started: Sender<std::time::Instant>,
 }
 
 enum LoopControl {
@@ -421,7 +421,7 @@ impl Vcpu {
     /// Runs the vCPU until told to stop. Called on the vCPU's own thread.
     pub fn run_loop(mut self, context: VcpuContext) {
         KVM_RUN.with(|cell| cell.set(self.fd.get_kvm_run() as *mut kvm_run));
-        let _ = context.started.send(self.index);
+        let _ = context.started.send(std::time::Instant::now());
         let stopped = 'outer: loop {
             // Commands first: a kick may have been for one.
             while let Ok(command) = context.commands.try_recv() {
