@@ -123,6 +123,8 @@ pub struct SnapshotReport {
     pub state_bytes: u64,
     pub memory_file_bytes: u64,
     pub memory_written_bytes: u64,
+    /// Bytes copied from the snapshot this guest was restored from (pages it did not change).
+    pub memory_copied_bytes: u64,
     pub duration_ms: f64,
 }
 
@@ -571,6 +573,7 @@ impl Machine {
             state_bytes,
             memory_file_bytes: memory_report.file_bytes,
             memory_written_bytes: memory_report.written_bytes,
+            memory_copied_bytes: memory_report.copied_bytes,
             duration_ms: begin.elapsed().as_secs_f64() * 1e3,
         })
     }
