@@ -350,14 +350,18 @@ impl Machine {
                     operation: "KVM_CREATE_VCPU",
                     source,
                 })?;
-            vcpus.push(Vcpu::restore(
+            let vcpu = Vcpu::restore(
                 Vcpu {
                     index,
                     fd,
                     msr_indices: Vec::new(),
                 },
                 vcpu_state,
-            )?);
+            )?;
+            if let Some(clock) = &vm.restored_clock {
+                vcpu.restore_tsc(vcpu_state, clock, || vm.clock().ok().map(|now| now.clock))?;
+            }
+            vcpus.push(vcpu);
         }
         clock.lap("devices_and_vcpus");
         Ok(Self::start(
