@@ -19,7 +19,7 @@ pub const USAGE: &str = "\
 lull-vmm: the microVM monitor that hosts Lull on /dev/kvm
 
 USAGE:
-  lull-vmm run --kernel ELF [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH] [RUN OPTIONS]
+  lull-vmm run --kernel ELF|BZIMAGE [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH] [RUN OPTIONS]
   lull-vmm restore --snapshot DIR [RUN OPTIONS]
   lull-vmm pause|resume|power-button|info --api SOCKET
   lull-vmm snapshot --api SOCKET --path DIR [--leave-paused]

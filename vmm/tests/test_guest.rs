@@ -409,3 +409,28 @@ fn snapshot_of_a_restored_guest_keeps_what_it_wrote_after_the_restore() {
         );
     }
 }
+
+/// `--kernel` takes a Linux bzImage too: a minimal one (see `linux_probe_bzimage`) is
+/// entered at `code32_start` with `%esi` at a zero page that carries the kernel's setup
+/// header, the E820 map and the command line, and powers off.
+#[test]
+fn bzimage_is_entered_through_the_linux_boot_protocol() {
+    if !kvm_available("bzimage_is_entered_through_the_linux_boot_protocol") {
+        return;
+    }
+    let dir = scratch("bzimage");
+    let image = dir.join("bzImage");
+    std::fs::write(&image, lull_vmm::test_guest::linux_probe_bzimage()).unwrap();
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        image.to_str().unwrap(),
+        "--memory",
+        "64",
+        "--cmdline",
+        "console=ttyS0 probe=1",
+    ]);
+    // 64 MiB below the 3 GiB hole: 5 E820 entries (see layout::MemoryLayout::memory_map).
+    vmm.wait_for("HdrS F console=ttyS0 probe=1\n", BOOT);
+    assert_eq!(vmm.wait_exit(BOOT).code(), Some(0), "ACPI S5 exits 0");
+}

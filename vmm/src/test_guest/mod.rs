@@ -122,6 +122,33 @@ pub fn pvh_elf() -> Vec<u8> {
     elf
 }
 
+/// `linux_probe.S` (beside this file), assembled for [`LOAD_ADDRESS`].
+const LINUX_PROBE_CODE: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0x8d, 0x9e, 0x02, 0x02, 0x00, 0x00, 0xb9, 0x04, 0x00, 0x00, 0x00, 0x8a,
+    0x03, 0xee, 0x43, 0x49, 0x75, 0xf9, 0xb0, 0x20, 0xee, 0x0f, 0xb6, 0x86, 0xe8, 0x01, 0x00, 0x00,
+    0x04, 0x41, 0xee, 0xb0, 0x20, 0xee, 0x8b, 0x9e, 0x28, 0x02, 0x00, 0x00, 0x8a, 0x03, 0x84, 0xc0,
+    0x74, 0x04, 0xee, 0x43, 0xeb, 0xf6, 0xb0, 0x0a, 0xee, 0x66, 0xba, 0x04, 0x06, 0x66, 0xb8, 0x00,
+    0x34, 0x66, 0xef, 0xfa, 0xf4, 0xeb, 0xfc,
+];
+
+/// A minimal Linux bzImage whose protected-mode code is `linux_probe.S`: it prints the zero
+/// page's header magic, its E820 entry count (as the letter `'A' + n`) and the command line
+/// it points to, then powers off. Lets tests check the Linux boot protocol setup without a
+/// Linux kernel (which these machines could not run at a useful speed anyway).
+pub fn linux_probe_bzimage() -> Vec<u8> {
+    const SETUP_SECTORS: u8 = 1;
+    let setup_bytes = (usize::from(SETUP_SECTORS) + 1) * 512;
+    let mut image = vec![0u8; setup_bytes];
+    image[0x1f1] = SETUP_SECTORS;
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes()); // boot_flag
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+    image[0x211] = 0x01; // loadflags: LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&(LOAD_ADDRESS as u32).to_le_bytes()); // code32_start
+    image.extend_from_slice(LINUX_PROBE_CODE);
+    image
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +172,13 @@ mod tests {
             &(LOAD_ADDRESS as u32).to_le_bytes()
         );
         assert_eq!(&elf[0x1000..], CODE);
+    }
+
+    #[test]
+    fn probe_bzimage_has_a_boot_protocol_header() {
+        let image = linux_probe_bzimage();
+        assert_eq!(&image[0x202..0x206], b"HdrS");
+        assert_eq!(image[0x211] & 1, 1, "loaded high");
+        assert_eq!(&image[1024..], LINUX_PROBE_CODE);
     }
 }

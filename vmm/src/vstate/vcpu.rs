@@ -172,7 +172,11 @@ impl Vcpu {
     }
 
     /// Sets CPUID and the PVH entry state: registers, segments, FPU, MSRs, LINT0/LINT1.
-    pub fn configure_for_boot(&self, cpuid: &CpuId, entry: u64) -> Result<(), VcpuError> {
+    pub fn configure_for_boot(
+        &self,
+        cpuid: &CpuId,
+        entry: regs::KernelEntry,
+    ) -> Result<(), VcpuError> {
         self.fd
             .set_cpuid2(cpuid)
             .map_err(self.error("KVM_SET_CPUID2"))?;
@@ -671,7 +675,7 @@ mod tests {
         let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
         vcpu.configure_for_boot(
             &crate::arch::cpuid::vcpu_cpuid(&supported, 0, 1, true),
-            0x100000,
+            regs::KernelEntry::Pvh(0x100000),
         )
         .unwrap();
         let msr_list = kvm.get_msr_index_list().unwrap();
