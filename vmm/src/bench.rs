@@ -3,12 +3,16 @@
 //! - start → first guest instruction: process spawn → first byte the test guest writes to
 //!   COM1 (its first instructions print), and the VMM's own "vCPUs running" instant;
 //! - per guest size: snapshot time and size (apparent, written, on disk), restore latency
-//!   (process spawn → all vCPUs in KVM_RUN, reported on stderr by `--timing`), and the VMM's
-//!   RSS excluding guest RAM, for a booted guest and for a restored one;
+//!   (process spawn → all vCPUs about to enter KVM_RUN: the child's `--timing` line carries
+//!   that instant as a CLOCK_MONOTONIC timestamp, so the pipe and the reader's wake-up are
+//!   not counted), and the VMM's RSS excluding guest RAM, for a booted and a restored guest;
 //! - idle cost of the guest (KVM halt wakeups and exits per second) with and without
 //!   `nohz=off`, when a kernel is given.
 //!
-//! Every figure is the median of several runs; spawned VMMs are killed afterwards.
+//! The host is shared (two cores, other builds running), so single runs are noisy by
+//! milliseconds: latencies are reported as the median with quartiles and extremes of many
+//! runs, and the restores of different sizes are interleaved (run 1 of every size, then run
+//! 2, …) so that a busy spell of the host hits every size alike. Spawned VMMs are killed.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -22,7 +26,14 @@ use serde_json::Value;
 use crate::api::client;
 use crate::cli::BenchOptions;
 
-const RUNS: usize = 5;
+/// Boots measured for start latency.
+const START_RUNS: usize = 11;
+/// Restores measured per guest size.
+const RESTORE_RUNS: usize = 21;
+/// Pause after killing a measured VMM before the next run. Tearing a VM down costs the host
+/// ~15 ms of kernel work here (KVM frees its MMU and memory-slot metadata), part of it
+/// after the process is reaped; without the pause that work competes with the next run.
+const SETTLE: Duration = Duration::from_millis(100);
 const PROMPT: &str = "lull> ";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -36,14 +47,69 @@ pub struct SizeResult {
     pub memory_file_bytes: u64,
     pub memory_written_bytes: u64,
     pub snapshot_disk_bytes: u64,
-    pub restore_to_vcpus_running_ms: f64,
-    pub restore_in_process_ms: f64,
-    /// Fastest of the runs: the figure least disturbed by other load on a shared host.
-    pub restore_in_process_min_ms: f64,
+    /// Process spawn → all vCPUs running.
+    pub restore_spawn_to_vcpus_running_ms: Spread,
+    /// `main` entered → all vCPUs running (the part the VMM's code controls).
+    pub restore_in_process_ms: Spread,
     pub vmm_rss_kib_booted: u64,
     pub vmm_rss_kib_restored: u64,
     pub vmm_private_kib_booted: u64,
-    pub restore_phases_us: Value,
+    /// Median of each restore phase over the runs, in µs.
+    pub restore_phases_us: serde_json::Map<String, Value>,
+}
+
+/// Distribution of a latency over runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    pub runs: usize,
+    pub median: f64,
+    pub p25: f64,
+    pub p75: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        let at = |fraction: f64| {
+            values
+                .get(((values.len().saturating_sub(1)) as f64 * fraction).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Self {
+            runs: values.len(),
+            median: median(values.clone()),
+            p25: at(0.25),
+            p75: at(0.75),
+            min: at(0.0),
+            max: at(1.0),
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} ms (quartiles {:.2}-{:.2}, range {:.2}-{:.2}, {} runs)",
+            self.median, self.p25, self.p75, self.min, self.max, self.runs
+        )
+    }
+}
+
+/// CLOCK_MONOTONIC at `instant`, in ns: comparable across processes on one host (Rust's
+/// `Instant` is CLOCK_MONOTONIC on Linux but exposes no absolute value).
+pub fn clock_monotonic_ns(instant: Instant) -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    now_ns.saturating_sub(instant.elapsed().as_nanos() as u64)
 }
 
 /// Idle guest cost over a window.
@@ -59,8 +125,10 @@ pub struct IdleResult {
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub guest: String,
-    pub start_to_first_guest_output_ms: f64,
-    pub start_to_vcpus_running_ms: f64,
+    /// Spawn → first byte the test guest writes to COM1, as the parent reads it.
+    pub start_to_first_guest_output_ms: Spread,
+    /// Spawn → vCPUs running, for a boot.
+    pub start_to_vcpus_running_ms: Spread,
     pub sizes: Vec<SizeResult>,
     pub idle: Vec<IdleResult>,
 }
@@ -86,6 +154,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 struct Spawned {
     child: Child,
     spawned_at: Instant,
+    spawned_monotonic_ns: u64,
     stdout_lines: mpsc::Receiver<(Instant, String)>,
     stderr_lines: mpsc::Receiver<(Instant, String)>,
 }
@@ -94,6 +163,7 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        std::thread::sleep(SETTLE);
     }
 }
 
@@ -130,6 +200,7 @@ fn reader(source: impl Read + Send + 'static, by_line: bool) -> mpsc::Receiver<(
 
 fn spawn(args: &[&str]) -> Result<Spawned, BenchError> {
     let spawned_at = Instant::now();
+    let spawned_monotonic_ns = clock_monotonic_ns(spawned_at);
     let mut child = Command::new(std::env::current_exe()?)
         .args(args)
         .stdin(Stdio::null())
@@ -141,6 +212,7 @@ fn spawn(args: &[&str]) -> Result<Spawned, BenchError> {
     Ok(Spawned {
         child,
         spawned_at,
+        spawned_monotonic_ns,
         stdout_lines,
         stderr_lines,
     })
@@ -169,26 +241,42 @@ fn wait_for(
     }
 }
 
-fn since_main_ms(line: &str) -> Option<f64> {
-    let value: Value = serde_json::from_str(line).ok()?;
-    Some(value["since_main_us"].as_f64()? / 1e3)
+/// What a `--timing` line says.
+#[derive(Debug, Clone, PartialEq)]
+struct TimingLine {
+    since_main_ms: f64,
+    clock_monotonic_ns: u64,
+    phases_us: serde_json::Map<String, Value>,
 }
 
-/// (spawn → line, in-process since main, phases) for the `--timing` line.
-fn wait_for_vcpus_running(spawned: &Spawned) -> Result<(f64, f64, Value), BenchError> {
+fn parse_timing_line(line: &str) -> Option<TimingLine> {
+    let value: Value = serde_json::from_str(line).ok()?;
+    if value["event"] != "vcpus_running" {
+        return None;
+    }
+    Some(TimingLine {
+        since_main_ms: value["since_main_us"].as_f64()? / 1e3,
+        clock_monotonic_ns: value["clock_monotonic_ns"].as_u64()?,
+        phases_us: value["phases_us"].as_object().cloned().unwrap_or_default(),
+    })
+}
+
+/// (spawn → vCPUs running in ms, the timing line).
+fn wait_for_vcpus_running(spawned: &Spawned) -> Result<(f64, TimingLine), BenchError> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (at, line) = spawned
+        let (_, line) = spawned
             .stderr_lines
             .recv_timeout(left)
             .map_err(|_| BenchError::Timeout("vcpus_running"))?;
-        if line.contains("vcpus_running") {
-            let outside = at.duration_since(spawned.spawned_at).as_secs_f64() * 1e3;
-            let phases = serde_json::from_str::<Value>(&line)
-                .map(|v| v["phases_us"].clone())
-                .unwrap_or_default();
-            return Ok((outside, since_main_ms(&line).unwrap_or(f64::NAN), phases));
+        if let Some(timing) = parse_timing_line(&line) {
+            let spawn_to_running = timing
+                .clock_monotonic_ns
+                .saturating_sub(spawned.spawned_monotonic_ns)
+                as f64
+                / 1e6;
+            return Ok((spawn_to_running, timing));
         }
     }
 }
@@ -260,10 +348,10 @@ fn boot(
     Ok(spawned)
 }
 
-fn start_latency(test_guest: &Path) -> Result<(f64, f64), BenchError> {
+fn start_latency(test_guest: &Path) -> Result<(Spread, Spread), BenchError> {
     let mut first_output = Vec::new();
     let mut running = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..START_RUNS {
         let spawned = spawn(&[
             "run",
             "--kernel",
@@ -272,32 +360,42 @@ fn start_latency(test_guest: &Path) -> Result<(f64, f64), BenchError> {
             "halt",
             "--timing",
         ])?;
-        let (_, since_main, _) = wait_for_vcpus_running(&spawned)?;
+        let (spawn_to_running, _) = wait_for_vcpus_running(&spawned)?;
         let (at, _) = spawned
             .stdout_lines
             .recv_timeout(BOOT_TIMEOUT)
             .map_err(|_| BenchError::Timeout("guest output"))?;
         first_output.push(at.duration_since(spawned.spawned_at).as_secs_f64() * 1e3);
-        running.push(since_main);
+        running.push(spawn_to_running);
     }
-    Ok((median(first_output), median(running)))
+    Ok((Spread::of(first_output), Spread::of(running)))
 }
 
-fn size_result(
+/// A snapshot taken for one guest size, and what was measured while taking it.
+struct SizeSnapshot {
+    memory_mib: u64,
+    directory: PathBuf,
+    report: Value,
+    snapshot_ms_client: f64,
+    vmm_rss_kib_booted: u64,
+    vmm_private_kib_booted: u64,
+}
+
+fn take_snapshot(
     guest: &Path,
     cmdline: &str,
     ready: &str,
     memory_mib: u64,
     work: &Path,
-) -> Result<SizeResult, BenchError> {
+) -> Result<SizeSnapshot, BenchError> {
     let socket = work.join(format!("bench-{memory_mib}.sock"));
-    let snapshot = work.join(format!("snapshot-{memory_mib}"));
-    let _ = std::fs::remove_dir_all(&snapshot);
+    let directory = work.join(format!("snapshot-{memory_mib}"));
+    let _ = std::fs::remove_dir_all(&directory);
     let booted = boot(guest, memory_mib, cmdline, &socket, ready)?;
     std::thread::sleep(Duration::from_millis(300));
     let (vmm_rss_kib_booted, vmm_private_kib_booted) = vmm_rss_kib(&socket)?;
     client::request(&socket, "PUT", "/vm/pause", b"")?;
-    let body = serde_json::json!({ "path": snapshot }).to_string();
+    let body = serde_json::json!({ "path": directory }).to_string();
     let begin = Instant::now();
     let report: Value = serde_json::from_slice(&client::request(
         &socket,
@@ -308,50 +406,86 @@ fn size_result(
     .map_err(|e| BenchError::Answer(e.to_string()))?;
     let snapshot_ms_client = begin.elapsed().as_secs_f64() * 1e3;
     drop(booted);
-
-    let mut outside = Vec::new();
-    let mut inside = Vec::new();
-    let mut vmm_rss_kib_restored = 0;
-    let mut restore_phases_us = Value::Null;
-    for run in 0..RUNS {
-        let restore_socket = work.join(format!("restore-{memory_mib}.sock"));
-        let spawned = spawn(&[
-            "restore",
-            "--snapshot",
-            &snapshot.to_string_lossy(),
-            "--timing",
-            "--api-sock",
-            &restore_socket.to_string_lossy(),
-        ])?;
-        let (total, since_main, phases) = wait_for_vcpus_running(&spawned)?;
-        outside.push(total);
-        inside.push(since_main);
-        if since_main <= inside.iter().copied().fold(f64::INFINITY, f64::min) {
-            restore_phases_us = phases; // phases of the fastest run: the least disturbed by load
-        }
-        if run == 0 {
-            wait_for_socket(&restore_socket)?;
-            std::thread::sleep(Duration::from_millis(300));
-            vmm_rss_kib_restored = vmm_rss_kib(&restore_socket)?.0;
-        }
-    }
-    let number = |key: &str| report[key].as_u64().unwrap_or(0);
-    Ok(SizeResult {
+    Ok(SizeSnapshot {
         memory_mib,
-        snapshot_ms_vmm: report["duration_ms"].as_f64().unwrap_or(f64::NAN),
+        directory,
+        report,
         snapshot_ms_client,
+        vmm_rss_kib_booted,
+        vmm_private_kib_booted,
+    })
+}
+
+/// Restore measurements of one size, accumulated over interleaved runs.
+#[derive(Default)]
+struct RestoreRuns {
+    spawn_to_running_ms: Vec<f64>,
+    in_process_ms: Vec<f64>,
+    phases_us: Vec<serde_json::Map<String, Value>>,
+    vmm_rss_kib_restored: u64,
+}
+
+fn restore_once(
+    snapshot: &SizeSnapshot,
+    work: &Path,
+    runs: &mut RestoreRuns,
+) -> Result<(), BenchError> {
+    let restore_socket = work.join(format!("restore-{}.sock", snapshot.memory_mib));
+    let spawned = spawn(&[
+        "restore",
+        "--snapshot",
+        &snapshot.directory.to_string_lossy(),
+        "--timing",
+        "--api-sock",
+        &restore_socket.to_string_lossy(),
+    ])?;
+    let (spawn_to_running, timing) = wait_for_vcpus_running(&spawned)?;
+    runs.spawn_to_running_ms.push(spawn_to_running);
+    runs.in_process_ms.push(timing.since_main_ms);
+    runs.phases_us.push(timing.phases_us);
+    if runs.vmm_rss_kib_restored == 0 {
+        wait_for_socket(&restore_socket)?;
+        std::thread::sleep(Duration::from_millis(300));
+        runs.vmm_rss_kib_restored = vmm_rss_kib(&restore_socket)?.0;
+    }
+    Ok(())
+}
+
+/// Median of every phase that appears in the runs.
+fn median_phases(runs: &[serde_json::Map<String, Value>]) -> serde_json::Map<String, Value> {
+    let mut names: Vec<&String> = runs.iter().flat_map(|run| run.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let values = runs
+                .iter()
+                .filter_map(|run| run.get(name).and_then(Value::as_f64))
+                .collect();
+            (name.clone(), serde_json::json!(median(values)))
+        })
+        .collect()
+}
+
+fn size_result(snapshot: SizeSnapshot, runs: RestoreRuns) -> SizeResult {
+    let report = &snapshot.report;
+    let number = |key: &str| report[key].as_u64().unwrap_or(0);
+    SizeResult {
+        memory_mib: snapshot.memory_mib,
+        snapshot_ms_vmm: report["duration_ms"].as_f64().unwrap_or(f64::NAN),
+        snapshot_ms_client: snapshot.snapshot_ms_client,
         state_bytes: number("state_bytes"),
         memory_file_bytes: number("memory_file_bytes"),
         memory_written_bytes: number("memory_written_bytes"),
-        snapshot_disk_bytes: disk_bytes(&snapshot),
-        restore_to_vcpus_running_ms: median(outside),
-        restore_in_process_min_ms: inside.iter().copied().fold(f64::INFINITY, f64::min),
-        restore_in_process_ms: median(inside),
-        vmm_rss_kib_booted,
-        vmm_rss_kib_restored,
-        vmm_private_kib_booted,
-        restore_phases_us,
-    })
+        snapshot_disk_bytes: disk_bytes(&snapshot.directory),
+        restore_spawn_to_vcpus_running_ms: Spread::of(runs.spawn_to_running_ms),
+        restore_in_process_ms: Spread::of(runs.in_process_ms),
+        vmm_rss_kib_booted: snapshot.vmm_rss_kib_booted,
+        vmm_rss_kib_restored: runs.vmm_rss_kib_restored,
+        vmm_private_kib_booted: snapshot.vmm_private_kib_booted,
+        restore_phases_us: median_phases(&runs.phases_us),
+    }
 }
 
 fn idle_cost(kernel: &Path, cmdline: &str, work: &Path) -> Result<IdleResult, BenchError> {
@@ -389,10 +523,21 @@ fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
         Some(kernel) => (kernel.clone(), "", PROMPT),
         None => (test_guest.clone(), "halt", crate::test_guest::READY_BANNER),
     };
-    let mut sizes = Vec::new();
+    let mut snapshots = Vec::new();
     for &memory_mib in &options.sizes_mib {
-        sizes.push(size_result(&guest, cmdline, ready, memory_mib, &work)?);
+        snapshots.push(take_snapshot(&guest, cmdline, ready, memory_mib, &work)?);
     }
+    let mut runs: Vec<RestoreRuns> = snapshots.iter().map(|_| RestoreRuns::default()).collect();
+    for _ in 0..RESTORE_RUNS {
+        for (snapshot, runs) in snapshots.iter().zip(&mut runs) {
+            restore_once(snapshot, &work, runs)?;
+        }
+    }
+    let sizes = snapshots
+        .into_iter()
+        .zip(runs)
+        .map(|(s, r)| size_result(s, r))
+        .collect();
     let mut idle = Vec::new();
     if let Some(kernel) = &options.kernel {
         for cmdline in ["", "nohz=off"] {
@@ -414,12 +559,9 @@ fn run(options: &BenchOptions) -> Result<BenchReport, BenchError> {
 
 /// Human-readable report.
 pub fn format_report(report: &BenchReport) -> String {
-    let mut out = format!(
-        "lull-vmm bench (guest: {}; medians of {RUNS} runs)\n",
-        report.guest
-    );
+    let mut out = format!("lull-vmm bench (guest: {})\n", report.guest);
     out += &format!(
-        "  VMM start -> vCPUs running: {:.2} ms (in process); -> first guest output: {:.2} ms (from spawn)\n",
+        "  boot: spawn -> vCPUs running {}\n  boot: spawn -> first guest output {}\n",
         report.start_to_vcpus_running_ms, report.start_to_first_guest_output_ms
     );
     for size in &report.sizes {
@@ -434,18 +576,23 @@ pub fn format_report(report: &BenchReport) -> String {
             size.state_bytes >> 10,
         );
         out += &format!(
-            "  {} MiB: restore spawn -> vCPUs running {:.2} ms (in process {:.2} ms, fastest {:.2} ms); VMM RSS excl. guest RAM {} KiB booted ({} KiB private), {} KiB restored\n",
+            "  {} MiB: restore spawn -> vCPUs running {}\n  {} MiB: restore main -> vCPUs running {}\n",
             size.memory_mib,
-            size.restore_to_vcpus_running_ms,
+            size.restore_spawn_to_vcpus_running_ms,
+            size.memory_mib,
             size.restore_in_process_ms,
-            size.restore_in_process_min_ms,
+        );
+        out += &format!(
+            "  {} MiB: restore phases (medians, µs): {}\n",
+            size.memory_mib,
+            Value::Object(size.restore_phases_us.clone())
+        );
+        out += &format!(
+            "  {} MiB: VMM RSS excl. guest RAM {} KiB booted ({} KiB private), {} KiB restored\n",
+            size.memory_mib,
             size.vmm_rss_kib_booted,
             size.vmm_private_kib_booted,
             size.vmm_rss_kib_restored,
-        );
-        out += &format!(
-            "  {} MiB: restore phases (fastest run, µs): {}\n",
-            size.memory_mib, size.restore_phases_us
         );
     }
     for idle in &report.idle {
@@ -491,10 +638,34 @@ mod tests {
 
     #[test]
     fn timing_line_parses() {
+        let timing = parse_timing_line(
+            "{\"event\":\"vcpus_running\",\"since_main_us\":1500,\"clock_monotonic_ns\":42,\"phases_us\":{\"a\":1.0}}",
+        )
+        .unwrap();
+        assert_eq!(timing.since_main_ms, 1.5);
+        assert_eq!(timing.clock_monotonic_ns, 42);
+        assert_eq!(timing.phases_us["a"], 1.0);
+        assert_eq!(parse_timing_line("garbage"), None);
+        assert_eq!(parse_timing_line("{\"event\":\"other\"}"), None);
+    }
+
+    #[test]
+    fn spread_reports_quartiles_and_extremes() {
+        let spread = Spread::of(vec![5.0, 1.0, 4.0, 2.0, 3.0]);
         assert_eq!(
-            since_main_ms("{\"event\":\"vcpus_running\",\"since_main_us\":1500}"),
-            Some(1.5)
+            (spread.runs, spread.median, spread.min, spread.max),
+            (5, 3.0, 1.0, 5.0)
         );
-        assert_eq!(since_main_ms("garbage"), None);
+        assert_eq!((spread.p25, spread.p75), (2.0, 4.0));
+    }
+
+    #[test]
+    fn monotonic_timestamps_agree_with_instants() {
+        let earlier = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        let later = Instant::now();
+        let gap = clock_monotonic_ns(later) as i64 - clock_monotonic_ns(earlier) as i64;
+        let expected = later.duration_since(earlier).as_nanos() as i64;
+        assert!((gap - expected).abs() < 200_000, "{gap} vs {expected}");
     }
 }

@@ -19,7 +19,7 @@ pub const USAGE: &str = "\
 lull-vmm: the microVM monitor that hosts Lull on /dev/kvm
 
 USAGE:
-  lull-vmm run --kernel ELF [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH] [RUN OPTIONS]
+  lull-vmm run --kernel ELF|BZIMAGE [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH] [RUN OPTIONS]
   lull-vmm restore --snapshot DIR [RUN OPTIONS]
   lull-vmm pause|resume|power-button|info --api SOCKET
   lull-vmm snapshot --api SOCKET --path DIR [--leave-paused]
@@ -406,7 +406,12 @@ pub fn run_started(started: Started, options: &RunOptions, main_entered: Instant
                 )
             })
             .collect();
-        let line = serde_json::json!({"event": "vcpus_running", "since_main_us": since_main.round(), "phases_us": phases});
+        let line = serde_json::json!({
+            "event": "vcpus_running",
+            "since_main_us": since_main.round(),
+            "clock_monotonic_ns": crate::bench::clock_monotonic_ns(vcpus_running_at),
+            "phases_us": phases,
+        });
         eprintln!("{line}");
     }
     let terminal = RawTerminal::enter();

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm};
-use linux_loader::loader::{elf::Elf, KernelLoader, PvhBootCapability};
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader, PvhBootCapability};
 use serde::Serialize;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
-use crate::arch::{acpi, cpuid, layout, pvh, regs};
+use crate::arch::regs::KernelEntry;
+use crate::arch::{acpi, cpuid, layout, linux_boot, pvh, regs};
 use crate::devices::acpi_pm::{AcpiPm, IrqLine};
 use crate::devices::serial::{SerialConsole, SerialOutput};
 use crate::devices::{lock, PortIoBus};
@@ -70,7 +72,7 @@ pub enum MachineError {
         path: PathBuf,
         source: linux_loader::loader::Error,
     },
-    #[error("kernel {path} has no PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY)")]
+    #[error("kernel {path} is an ELF without a PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY); give a PVH ELF or a Linux bzImage")]
     NoPvhEntry { path: PathBuf },
     #[error("vCPU count must be 1 to {maximum}, not {requested}")]
     VcpuCount { requested: u8, maximum: usize },
@@ -123,6 +125,8 @@ pub struct SnapshotReport {
     pub state_bytes: u64,
     pub memory_file_bytes: u64,
     pub memory_written_bytes: u64,
+    /// Bytes copied from the snapshot this guest was restored from (pages it did not change).
+    pub memory_copied_bytes: u64,
     pub duration_ms: f64,
 }
 
@@ -257,6 +261,19 @@ impl Machine {
             &config.cmdline,
             tables.rsdp_address(),
         )?;
+        let entry = match entry {
+            LoadedKernel::Pvh(address) => KernelEntry::Pvh(address),
+            LoadedKernel::BzImage { entry, header } => {
+                linux_boot::write_boot_params(
+                    &memory.mmap,
+                    &layout,
+                    header,
+                    config.cmdline.len(),
+                    tables.rsdp_address(),
+                )?;
+                KernelEntry::Linux32(entry)
+            }
+        };
 
         clock.lap("memory_and_kernel");
         let vm = Vm::create(&kvm, &memory)?;
@@ -348,14 +365,18 @@ impl Machine {
                     operation: "KVM_CREATE_VCPU",
                     source,
                 })?;
-            vcpus.push(Vcpu::restore(
+            let vcpu = Vcpu::restore(
                 Vcpu {
                     index,
                     fd,
                     msr_indices: Vec::new(),
                 },
                 vcpu_state,
-            )?);
+            )?;
+            if let Some(clock) = &vm.restored_clock {
+                vcpu.restore_tsc(vcpu_state, clock, || vm.clock().ok().map(|now| now.clock))?;
+            }
+            vcpus.push(vcpu);
         }
         clock.lap("devices_and_vcpus");
         Ok(Self::start(
@@ -420,11 +441,16 @@ impl Machine {
             });
         }
         drop(started_sender);
+        // The instant the last vCPU thread was about to enter KVM_RUN (as that thread saw
+        // it: this thread's own wake-up is not restore latency).
+        let mut last_started: Option<Instant> = None;
         for _ in 0..handles.len() {
             // An Err means a thread died before starting; its failure shows up on first use.
-            let _ = started.recv();
+            if let Ok(at) = started.recv() {
+                last_started = last_started.max(Some(at));
+            }
         }
-        let vcpus_running_at = Instant::now();
+        let vcpus_running_at = last_started.unwrap_or_else(Instant::now);
         clock.lap("start_vcpu_threads");
         let machine = Machine {
             vm,
@@ -566,6 +592,7 @@ impl Machine {
             state_bytes,
             memory_file_bytes: memory_report.file_bytes,
             memory_written_bytes: memory_report.written_bytes,
+            memory_copied_bytes: memory_report.copied_bytes,
             duration_ms: begin.elapsed().as_secs_f64() * 1e3,
         })
     }
@@ -646,24 +673,55 @@ impl Drop for Machine {
     }
 }
 
-/// Loads a PVH ELF and returns its 32-bit entry point.
-fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<u64, MachineError> {
+/// A kernel in guest memory, and how to enter it.
+enum LoadedKernel {
+    /// An ELF with a PVH entry point (`XEN_ELFNOTE_PHYS32_ENTRY`), e.g. Lull.
+    Pvh(u64),
+    /// A Linux bzImage: its protected-mode code at `entry` (`code32_start`), and its setup
+    /// header for the zero page.
+    BzImage { entry: u64, header: setup_header },
+}
+
+/// Loads a PVH ELF or, if the file is not an ELF, a Linux bzImage.
+fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<LoadedKernel, MachineError> {
     let mut file = File::open(path).map_err(|source| MachineError::OpenKernel {
         path: path.to_path_buf(),
         source,
     })?;
-    let loaded = Elf::load(
+    let load_error = |source| MachineError::LoadKernel {
+        path: path.to_path_buf(),
+        source,
+    };
+    let elf = Elf::load(
         &memory.mmap,
         None,
         &mut file,
         Some(GuestAddress(layout::HIGH_MEMORY_START)),
-    )
-    .map_err(|source| MachineError::LoadKernel {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    );
+    let loaded = match elf {
+        Ok(loaded) => loaded,
+        Err(linux_loader::loader::Error::Elf(
+            linux_loader::loader::elf::Error::InvalidElfMagicNumber,
+        )) => {
+            let loaded = BzImage::load(
+                &memory.mmap,
+                None,
+                &mut file,
+                Some(GuestAddress(layout::HIGH_MEMORY_START)),
+            )
+            .map_err(load_error)?;
+            let header = loaded.setup_header.ok_or(MachineError::NoPvhEntry {
+                path: path.to_path_buf(),
+            })?;
+            return Ok(LoadedKernel::BzImage {
+                entry: loaded.kernel_load.0,
+                header,
+            });
+        }
+        Err(error) => return Err(load_error(error)),
+    };
     match loaded.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(entry) => Ok(entry.0),
+        PvhBootCapability::PvhEntryPresent(entry) => Ok(LoadedKernel::Pvh(entry.0)),
         _ => Err(MachineError::NoPvhEntry {
             path: path.to_path_buf(),
         }),

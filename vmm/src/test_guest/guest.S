@@ -3,10 +3,14 @@
  * 1. prints "lull-test-guest: ready len=XXXXXXXX hash=XXXXXXXX\n" where len is the command
  *    line's length and hash its FNV-1a-32 hash (lets tests check a 1 MiB command line arrived intact);
  * 2. if the command line starts with 'h': cli; hlt forever (an idle guest that costs nothing);
- * 3. otherwise polls: a byte on COM1 is echoed back ('q' powers off), PWRBTN_STS in PM1a_STS
- *    powers off (S5 via PM1a_CNT with SLP_TYP=5 | SLP_EN).
+ * 3. otherwise polls: a byte on COM1 is echoed back ('q' powers off) and appended to a log in
+ *    guest RAM at 2 MiB (a page nothing else touches; its first word counts the bytes); '?'
+ *    prints the log as "log=<bytes>\n", so tests can check that guest memory written after a
+ *    restore survives a further snapshot. PWRBTN_STS in PM1a_STS powers off (S5 via PM1a_CNT
+ *    with SLP_TYP=5 | SLP_EN).
  * Assembled once with `as --64` (.code32) and `ld -Ttext=0x100000`; the bytes live in mod.rs. */
     .code32
+    .equ LOG, 0x200000          /* byte count (u32), then the bytes */
     .globl _start
 _start:
     mov $0x9f000, %esp          /* a stack in low RAM: PVH provides none */
@@ -53,7 +57,26 @@ received:
     in %dx, %al
     cmp $'q', %al
     je poweroff
+    cmp $'?', %al
+    je replay
+    mov LOG, %ecx               /* append to the log in guest RAM */
+    movb %al, LOG+4(%ecx)
+    incl LOG
     out %al, %dx
+    jmp poll
+replay:
+    mov $log_label, %esi
+    call puts
+    mov LOG, %ecx
+    mov $LOG+4, %esi
+3:  test %ecx, %ecx
+    jz 4f
+    lodsb
+    call putc
+    dec %ecx
+    jmp 3b
+4:  mov $'\n', %al
+    call putc
     jmp poll
 poweroff:
     mov $0x604, %dx             /* PM1a_CNT */
@@ -97,4 +120,5 @@ puthex:
 banner:     .asciz "lull-test-guest: ready"
 len_label:  .asciz " len="
 hash_label: .asciz " hash="
+log_label:  .asciz "log="
 digits:     .ascii "0123456789abcdef"

@@ -1,8 +1,16 @@
 //! Guest RAM: anonymous memory for a fresh boot, or the snapshot's memory file mapped
 //! copy-on-write (MAP_PRIVATE) on restore, so restore cost does not grow with guest size.
+//!
+//! Writing a memory file needs to know which pages the guest changed. The page tables say it
+//! exactly (`/proc/self/pagemap`): a page of a private mapping that this process holds its own
+//! copy of is anonymous (present and not file-backed, or swapped out); any other page is
+//! either untouched (anonymous memory: zero) or still the snapshot file's page. Residency
+//! (mincore) is not enough: a swapped-out page is not resident but holds data, and a page
+//! the guest only read from the snapshot file is resident but unchanged.
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -49,12 +57,14 @@ pub enum MemoryError {
 }
 
 /// Where the guest's RAM comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum MemoryBacking {
-    /// Fresh anonymous memory: untouched pages are known to be zero and not resident.
+    /// Fresh anonymous memory: pages the guest never wrote are zero.
     Anonymous,
-    /// A snapshot's memory file, mapped privately (writes stay in this process).
-    SnapshotFile(PathBuf),
+    /// A snapshot's memory file, mapped privately (writes stay in this process). The file is
+    /// kept open: a later snapshot copies the pages the guest did not change from it, even
+    /// after its name was replaced (e.g. by a snapshot written to the same directory).
+    SnapshotFile { path: PathBuf, file: File },
 }
 
 /// The guest's RAM and how it is backed.
@@ -81,8 +91,12 @@ impl GuestMemoryState {
 pub struct MemoryFileReport {
     /// Apparent size of the file (= guest RAM).
     pub file_bytes: u64,
-    /// Bytes actually written (non-zero pages); the rest are holes.
+    /// Bytes written from guest memory (non-zero pages the guest changed); the rest are
+    /// holes or copied.
     pub written_bytes: u64,
+    /// Bytes copied from the snapshot the guest was restored from (its data extents, in the
+    /// kernel, with copy_file_range); 0 for a booted guest.
+    pub copied_bytes: u64,
 }
 
 impl GuestMemory {
@@ -112,16 +126,43 @@ impl GuestMemory {
             .collect()
     }
 
-    /// Writes guest RAM to `path`, skipping zero pages (they become holes) and, for anonymous
-    /// memory, pages that were never touched. Must be called with all vCPUs paused.
+    /// Writes guest RAM to `path`: the pages the guest changed (see the module comment),
+    /// over a copy of the snapshot it was restored from, if any. Zero pages become holes.
+    /// Must be called with all vCPUs paused.
+    ///
+    /// The file is written under a temporary name and renamed into place, so writing over the
+    /// snapshot this guest was restored from is safe: its RAM stays mapped from the old file,
+    /// which lives on (unnamed) while mapped, and a failed write leaves the old snapshot whole.
     pub fn write_file(&self, path: &Path) -> Result<MemoryFileReport, MemoryError> {
         let write_error = |source| MemoryError::WriteFile {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::create(path).map_err(write_error)?;
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temporary = path.with_file_name(format!(".{name}.tmp"));
+        let result = self.write_file_at(&temporary);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        let report = result.map_err(write_error)?;
+        std::fs::rename(&temporary, path).map_err(write_error)?;
+        Ok(report)
+    }
+
+    fn write_file_at(&self, path: &Path) -> io::Result<MemoryFileReport> {
+        let file = File::create(path)?;
         let total: u64 = self.regions.iter().map(|r| r.size).sum();
-        file.set_len(total).map_err(write_error)?;
+        file.set_len(total)?;
+        let copied = match &self.backing {
+            MemoryBacking::Anonymous => 0,
+            MemoryBacking::SnapshotFile { file: source, .. } => {
+                copy_data_extents(source, &file, total)?
+            }
+        };
+        let restored = matches!(self.backing, MemoryBacking::SnapshotFile { .. });
         let mut file_offset = 0u64;
         let mut written = 0u64;
         for region in self.mmap.iter() {
@@ -131,25 +172,28 @@ impl GuestMemory {
             // for the duration of the borrow; vCPUs are paused, so nothing writes to it while
             // we read (the caller guarantees this), and u8 has no invalid bit patterns.
             let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, length) };
-            let resident = match self.backing {
-                MemoryBacking::Anonymous => resident_pages(base, length).map_err(write_error)?,
-                MemoryBacking::SnapshotFile(_) => vec![true; length.div_ceil(PAGE_SIZE)],
-            };
+            let changed = own_pages(base as usize, length)?;
             let mut page = 0;
-            while page < resident.len() {
-                // Collect a run of resident, non-zero pages and write it with one pwrite.
+            while page < changed.len() {
+                if !changed[page] {
+                    page += 1;
+                    continue;
+                }
+                // A run of changed pages that are all zero, or all not zero.
+                let zero = is_zero_page(bytes, page);
                 let run_start = page;
-                while page < resident.len() && resident[page] && !is_zero_page(bytes, page) {
+                while page < changed.len() && changed[page] && is_zero_page(bytes, page) == zero {
                     page += 1;
                 }
-                if page > run_start {
-                    let start = run_start * PAGE_SIZE;
-                    let end = (page * PAGE_SIZE).min(length);
-                    file.write_all_at(&bytes[start..end], file_offset + start as u64)
-                        .map_err(write_error)?;
+                let start = run_start * PAGE_SIZE;
+                let end = (page * PAGE_SIZE).min(length);
+                let at = file_offset + start as u64;
+                if !zero {
+                    file.write_all_at(&bytes[start..end], at)?;
                     written += (end - start) as u64;
-                } else {
-                    page += 1;
+                } else if restored {
+                    // The copy may hold data the guest has since zeroed.
+                    punch_hole(&file, at, (end - start) as u64)?;
                 }
             }
             file_offset += length as u64;
@@ -157,6 +201,7 @@ impl GuestMemory {
         Ok(MemoryFileReport {
             file_bytes: total,
             written_bytes: written,
+            copied_bytes: copied,
         })
     }
 }
@@ -167,18 +212,125 @@ fn is_zero_page(bytes: &[u8], page: usize) -> bool {
     bytes[start..end].iter().all(|&byte| byte == 0)
 }
 
-/// Which pages of `base..base+length` are resident (mincore). Never-touched anonymous pages
-/// are not, and read as zero, so they need not be read or written.
-fn resident_pages(base: *mut u8, length: usize) -> io::Result<Vec<bool>> {
+/// `/proc/self/pagemap` entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const PAGEMAP_PRESENT: u64 = 1 << 63;
+const PAGEMAP_SWAPPED: u64 = 1 << 62;
+const PAGEMAP_FILE_OR_SHARED_ANONYMOUS: u64 = 1 << 61;
+/// Pagemap entries read per system call (512 KiB of entries = 256 MiB of guest RAM).
+const PAGEMAP_BATCH: usize = 64 * 1024;
+
+/// Which pages of the private mapping `base..base+length` this process holds its own copy
+/// of: present and anonymous, or swapped out. For anonymous memory these are the pages the
+/// guest (or the VMM) touched; for a private file mapping, the pages written since it was
+/// mapped. Others read as zero (anonymous) or as the file.
+fn own_pages(base: usize, length: usize) -> io::Result<Vec<bool>> {
+    let pagemap = File::open("/proc/self/pagemap")?;
     let pages = length.div_ceil(PAGE_SIZE);
-    let mut vector = vec![0u8; pages];
-    // SAFETY: `base` is page-aligned (mmap result) and `length` bytes are mapped; `vector`
-    // has one byte per page as mincore(2) requires.
-    let result = unsafe { libc::mincore(base.cast(), length, vector.as_mut_ptr()) };
-    if result != 0 {
-        return Err(io::Error::last_os_error());
+    let mut own = Vec::with_capacity(pages);
+    let mut buffer = vec![0u8; PAGEMAP_BATCH * 8];
+    let first_page = base / PAGE_SIZE;
+    while own.len() < pages {
+        let count = (pages - own.len()).min(PAGEMAP_BATCH);
+        let entries = &mut buffer[..count * 8];
+        pagemap.read_exact_at(entries, ((first_page + own.len()) * 8) as u64)?;
+        own.extend(entries.chunks_exact(8).map(|entry| {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(entry);
+            let entry = u64::from_ne_bytes(raw);
+            entry & PAGEMAP_SWAPPED != 0
+                || (entry & PAGEMAP_PRESENT != 0 && entry & PAGEMAP_FILE_OR_SHARED_ANONYMOUS == 0)
+        }));
     }
-    Ok(vector.into_iter().map(|flags| flags & 1 != 0).collect())
+    Ok(own)
+}
+
+/// Copies the data extents of `source` (its first `length` bytes) to the same offsets of
+/// `destination`, in the kernel (copy_file_range: a reflink where the file system shares
+/// extents); holes stay holes. Returns the bytes copied.
+fn copy_data_extents(source: &File, destination: &File, length: u64) -> io::Result<u64> {
+    let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        // SAFETY: lseek on an fd we own; it only moves that fd's offset (we use pread/pwrite
+        // and copy_file_range with explicit offsets, so nothing depends on it).
+        let at = unsafe { libc::lseek(source.as_raw_fd(), offset as libc::off_t, whence) };
+        if at < 0 {
+            let error = io::Error::last_os_error();
+            // ENXIO: no data at or after `offset`.
+            return if error.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(error)
+            };
+        }
+        Ok(Some(at as u64))
+    };
+    let mut copied = 0;
+    let mut offset = 0u64;
+    while offset < length {
+        let Some(data) = seek(offset, libc::SEEK_DATA)? else {
+            break;
+        };
+        if data >= length {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(length).min(length);
+        let mut from = data as libc::loff_t;
+        let mut to = data as libc::loff_t;
+        while (from as u64) < hole {
+            // SAFETY: both fds are open files we own; the offsets are valid pointers to
+            // loff_t that the kernel advances; no memory of ours is written otherwise.
+            let done = unsafe {
+                libc::copy_file_range(
+                    source.as_raw_fd(),
+                    &mut from,
+                    destination.as_raw_fd(),
+                    &mut to,
+                    (hole - from as u64) as usize,
+                    0,
+                )
+            };
+            if done < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if done == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "snapshot memory file shrank while it was copied",
+                ));
+            }
+            copied += done as u64;
+        }
+        offset = hole;
+    }
+    Ok(copied)
+}
+
+/// Makes `length` bytes at `offset` of `file` a hole (they read as zero).
+fn punch_hole(file: &File, offset: u64, length: u64) -> io::Result<()> {
+    // SAFETY: fallocate on an fd we own; it only changes that file's contents.
+    let result = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            length as libc::off_t,
+        )
+    };
+    if result == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(error);
+    }
+    // A file system without holes: write the zeros.
+    let zeros = vec![0u8; PAGE_SIZE];
+    let mut at = offset;
+    while at < offset + length {
+        let chunk = (offset + length - at).min(PAGE_SIZE as u64) as usize;
+        file.write_all_at(&zeros[..chunk], at)?;
+        at += chunk as u64;
+    }
+    Ok(())
 }
 
 /// Saving lists the regions (the bytes go to the memory file through
@@ -245,7 +397,7 @@ impl Persist for GuestMemory {
         Ok(Self {
             mmap,
             regions: state.regions.clone(),
-            backing: MemoryBacking::SnapshotFile(path),
+            backing: MemoryBacking::SnapshotFile { path, file },
         })
     }
 }
@@ -320,6 +472,70 @@ mod tests {
             .read_slice(&mut hello, GuestAddress(0x1234))
             .unwrap();
         assert_eq!(&hello, b"HELLO");
+    }
+
+    /// Regression test: a restored guest's memory file must record exactly what changed since
+    /// the restore (written, zeroed, never-before-touched pages) and keep the rest, also when
+    /// it is written over the file the memory is mapped from.
+    #[test]
+    fn snapshot_of_restored_memory_keeps_changes_and_the_rest() {
+        let regions = [RamRegion {
+            guest_address: 0,
+            size: 8 << 20,
+        }];
+        let memory = GuestMemory::anonymous(&regions).unwrap();
+        let page = |n: u64| GuestAddress(n * PAGE_SIZE as u64);
+        for n in [1, 2, 3, 4] {
+            memory.mmap.write_obj(0x1000_u64 + n, page(n)).unwrap();
+        }
+        let path = temp_dir("restored").join("memory");
+        let state = memory.save().unwrap();
+        memory.write_file(&path).unwrap();
+
+        let restored = GuestMemory::restore(path.clone(), &state).unwrap();
+        // Page 1 is only read, page 2 rewritten, page 3 zeroed, page 100 first written now.
+        assert_eq!(restored.mmap.read_obj::<u64>(page(1)).unwrap(), 0x1001);
+        restored.mmap.write_obj(0x2222_u64, page(2)).unwrap();
+        restored.mmap.write_obj(0_u64, page(3)).unwrap();
+        restored.mmap.write_obj(0x6464_u64, page(100)).unwrap();
+        // Over the very file the restored memory is mapped from.
+        let report = restored.write_file(&path).unwrap();
+        assert_eq!(
+            report.written_bytes,
+            2 * PAGE_SIZE as u64,
+            "pages 2 and 100 only: unchanged pages are copied, not read from guest memory"
+        );
+        assert!(report.copied_bytes >= 4 * PAGE_SIZE as u64, "{report:?}");
+        // The restored memory still reads its own view (its old file lives on while mapped).
+        assert_eq!(restored.mmap.read_obj::<u64>(page(4)).unwrap(), 0x1004);
+
+        let again = GuestMemory::restore(path, &state).unwrap();
+        let read = |n| again.mmap.read_obj::<u64>(page(n)).unwrap();
+        assert_eq!(
+            [read(1), read(2), read(3), read(4), read(100), read(5)],
+            [0x1001, 0x2222, 0, 0x1004, 0x6464, 0]
+        );
+    }
+
+    #[test]
+    fn own_pages_are_those_written() {
+        let regions = [RamRegion {
+            guest_address: 0,
+            size: 1 << 20,
+        }];
+        let memory = GuestMemory::anonymous(&regions).unwrap();
+        memory.mmap.write_obj(1u8, GuestAddress(5 * 4096)).unwrap();
+        let (base, length) = memory.host_ranges()[0];
+        let own = own_pages(base, length).unwrap();
+        assert_eq!(own.len(), 256);
+        assert_eq!(
+            own.iter()
+                .enumerate()
+                .filter(|(_, &o)| o)
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>(),
+            vec![5]
+        );
     }
 
     #[test]

@@ -13,15 +13,19 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
-    kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_device_attr, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_regs, kvm_run, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVMIO,
+    KVM_MAX_CPUID_ENTRIES, KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::{Deserialize, Serialize};
 
+use vmm_sys_util::ioctl::ioctl_with_ref;
+
 use crate::arch::regs;
 use crate::devices::{MachineRequest, PortDevice, PortIoBus};
 use crate::persist::Persist;
+use crate::vstate::vm::ClockRestore;
 
 /// Why a vCPU could not be configured, saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +149,8 @@ pub struct VcpuState {
     pub msrs: Vec<kvm_msr_entry>,
     pub vcpu_events: kvm_vcpu_events,
     pub tsc_khz: Option<u32>,
+    /// Guest TSC minus host TSC (KVM_VCPU_TSC_OFFSET), where KVM exposes it.
+    pub tsc_offset: Option<i64>,
 }
 
 /// Largest MSR batch KVM takes in one KVM_GET_MSRS/KVM_SET_MSRS.
@@ -166,7 +172,11 @@ impl Vcpu {
     }
 
     /// Sets CPUID and the PVH entry state: registers, segments, FPU, MSRs, LINT0/LINT1.
-    pub fn configure_for_boot(&self, cpuid: &CpuId, entry: u64) -> Result<(), VcpuError> {
+    pub fn configure_for_boot(
+        &self,
+        cpuid: &CpuId,
+        entry: regs::KernelEntry,
+    ) -> Result<(), VcpuError> {
         self.fd
             .set_cpuid2(cpuid)
             .map_err(self.error("KVM_SET_CPUID2"))?;
@@ -277,6 +287,95 @@ impl Vcpu {
     }
 }
 
+vmm_sys_util::ioctl_iow_nr!(KVM_SET_DEVICE_ATTR, KVMIO, 0xe1, kvm_device_attr);
+vmm_sys_util::ioctl_iow_nr!(KVM_GET_DEVICE_ATTR, KVMIO, 0xe2, kvm_device_attr);
+
+impl Vcpu {
+    /// KVM_VCPU_TSC_OFFSET (guest TSC − host TSC), if this KVM has it (Linux 5.16+).
+    /// kvm-ioctls wraps vCPU device attributes only for Arm, hence the raw ioctl.
+    pub fn tsc_offset(&self) -> Option<i64> {
+        let mut offset = 0i64;
+        let attribute = kvm_device_attr {
+            group: KVM_VCPU_TSC_CTRL,
+            attr: u64::from(KVM_VCPU_TSC_OFFSET),
+            addr: std::ptr::addr_of_mut!(offset) as u64,
+            flags: 0,
+        };
+        // SAFETY: KVM_GET_DEVICE_ATTR on a vCPU fd we own reads `attribute` and writes 8
+        // bytes (a u64 offset) to `attribute.addr`, which points at `offset`, live here.
+        let result = unsafe { ioctl_with_ref(&self.fd, KVM_GET_DEVICE_ATTR(), &attribute) };
+        (result == 0).then_some(offset)
+    }
+
+    fn set_tsc_offset(&self, offset: i64) -> Result<(), VcpuError> {
+        let attribute = kvm_device_attr {
+            group: KVM_VCPU_TSC_CTRL,
+            attr: u64::from(KVM_VCPU_TSC_OFFSET),
+            addr: std::ptr::addr_of!(offset) as u64,
+            flags: 0,
+        };
+        // SAFETY: KVM_SET_DEVICE_ATTR on a vCPU fd we own reads `attribute` and 8 bytes
+        // from `attribute.addr`, which points at `offset`, live here.
+        let result = unsafe { ioctl_with_ref(&self.fd, KVM_SET_DEVICE_ATTR(), &attribute) };
+        if result != 0 {
+            return Err(VcpuError::Kvm {
+                index: self.index,
+                operation: "KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_OFFSET)",
+                source: vmm_sys_util::errno::Error::last(),
+            });
+        }
+        Ok(())
+    }
+
+    /// After [`Persist::restore`]: moves the guest TSC forward by the guest time kvmclock
+    /// moved across the restore (see `Vm::restore`), so TSC and kvmclock keep the relation
+    /// they had at the snapshot. With the TSC offset and the host TSC on both sides, exactly
+    /// (the algorithm of KVM's documentation for KVM_VCPU_TSC_OFFSET); otherwise by writing
+    /// the TSC MSR, as close as two ioctls apart. Then tells a kvmclock guest it was stopped
+    /// (KVM_KVMCLOCK_CTRL), so its watchdogs do not take the jump for a lockup.
+    pub fn restore_tsc(
+        &self,
+        state: &VcpuState,
+        clock: &ClockRestore,
+        clock_now: impl FnOnce() -> Option<u64>,
+    ) -> Result<(), VcpuError> {
+        let khz = state.tsc_khz.or_else(|| self.fd.get_tsc_khz().ok());
+        let cycles = |nanoseconds: u64| -> i64 {
+            (u128::from(nanoseconds) * u128::from(khz.unwrap_or(0)) / 1_000_000) as i64
+        };
+        match (
+            state.tsc_offset,
+            clock.saved_host_tsc,
+            clock.restored_host_tsc,
+            self.tsc_offset(),
+        ) {
+            (Some(saved_offset), Some(saved_host), Some(restored_host), Some(_)) => {
+                let offset = saved_offset
+                    .wrapping_add(cycles(clock.elapsed_ns()))
+                    .wrapping_add(saved_host.wrapping_sub(restored_host) as i64);
+                self.set_tsc_offset(offset)?;
+            }
+            _ => {
+                let saved_tsc = state
+                    .msrs
+                    .iter()
+                    .find(|entry| entry.index == regs::MSR_IA32_TSC);
+                if let (Some(saved_tsc), Some(now)) = (saved_tsc, clock_now()) {
+                    let elapsed = now.saturating_sub(clock.saved_ns);
+                    let entry = kvm_msr_entry {
+                        index: regs::MSR_IA32_TSC,
+                        data: saved_tsc.data.wrapping_add(cycles(elapsed) as u64),
+                        ..Default::default()
+                    };
+                    self.write_msrs(&[entry])?;
+                }
+            }
+        }
+        let _ = self.fd.kvmclock_ctrl(); // EINVAL when the guest has no kvmclock: nothing to tell
+        Ok(())
+    }
+}
+
 fn set_lapic_delivery_mode(lapic: &mut kvm_lapic_state, register: usize, mode: u32) {
     let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[register + i] as u8);
     let value = u32::from_le_bytes(bytes);
@@ -319,6 +418,7 @@ impl Persist for Vcpu {
             .fd
             .get_vcpu_events()
             .map_err(self.error("KVM_GET_VCPU_EVENTS"))?;
+        let tsc_offset = self.tsc_offset();
         Ok(VcpuState {
             index: self.index,
             cpuid,
@@ -332,6 +432,7 @@ impl Persist for Vcpu {
             msrs,
             vcpu_events,
             tsc_khz,
+            tsc_offset,
         })
     }
 
@@ -407,8 +508,8 @@ pub struct VcpuContext {
     pub responses: Sender<VcpuResponse>,
     pub events: Sender<VmEvent>,
     pub counters: Arc<VcpuExitCounters>,
-    /// Told once, when the thread is about to enter KVM_RUN for the first time.
-    pub started: Sender<u8>,
+    /// Told once, when the thread is about to enter KVM_RUN for the first time, and when.
+    pub started: Sender<std::time::Instant>,
 }
 
 enum LoopControl {
@@ -421,7 +522,7 @@ impl Vcpu {
     /// Runs the vCPU until told to stop. Called on the vCPU's own thread.
     pub fn run_loop(mut self, context: VcpuContext) {
         KVM_RUN.with(|cell| cell.set(self.fd.get_kvm_run() as *mut kvm_run));
-        let _ = context.started.send(self.index);
+        let _ = context.started.send(std::time::Instant::now());
         let stopped = 'outer: loop {
             // Commands first: a kick may have been for one.
             while let Ok(command) = context.commands.try_recv() {
@@ -574,7 +675,7 @@ mod tests {
         let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
         vcpu.configure_for_boot(
             &crate::arch::cpuid::vcpu_cpuid(&supported, 0, 1, true),
-            0x100000,
+            regs::KernelEntry::Pvh(0x100000),
         )
         .unwrap();
         let msr_list = kvm.get_msr_index_list().unwrap();
@@ -644,5 +745,56 @@ mod tests {
             Some(1)
         );
         assert_eq!(again.cpuid.len(), state.cpuid.len());
+    }
+
+    /// Regression test: after a restore the guest's TSC and kvmclock have both moved on by
+    /// the interval since the snapshot. Before, kvmclock was set back to its snapshot value
+    /// while the TSC (the host's own under PVM, whatever the VMM writes) had moved on, so the
+    /// guest's two clocks disagreed by the whole interval.
+    #[test]
+    fn restored_tsc_and_kvmclock_move_together() {
+        let Some(kvm) = crate::testing::kvm_or_skip("restored_tsc_and_kvmclock_move_together")
+        else {
+            return;
+        };
+        let (vm, vcpu, _memory) = vcpu_on_new_vm(&kvm);
+        let vm_state = vm.save().unwrap();
+        let vcpu_state = vcpu.save().unwrap();
+        let interval = std::time::Duration::from_millis(100);
+        std::thread::sleep(interval);
+
+        let (fresh_vm, fresh_vcpu, _memory2) = vcpu_on_new_vm(&kvm);
+        let restored_vm = Vm::restore(fresh_vm, &vm_state).unwrap();
+        let restored = Vcpu::restore(fresh_vcpu, &vcpu_state).unwrap();
+        let clock = restored_vm.restored_clock.expect("set by restore");
+        restored
+            .restore_tsc(&vcpu_state, &clock, || {
+                restored_vm.clock().ok().map(|now| now.clock)
+            })
+            .unwrap();
+
+        let tsc = |msrs: &[kvm_msr_entry]| {
+            msrs.iter()
+                .find(|entry| entry.index == regs::MSR_IA32_TSC)
+                .map(|entry| entry.data)
+                .expect("IA32_TSC saved")
+        };
+        let kvmclock_now = restored_vm.clock().unwrap().clock;
+        let tsc_now = tsc(&restored.read_msrs(&[regs::MSR_IA32_TSC], false).unwrap());
+        let khz = vcpu_state
+            .tsc_khz
+            .or_else(|| restored.fd.get_tsc_khz().ok())
+            .unwrap();
+        let kvmclock_moved = kvmclock_now.saturating_sub(vm_state.clock.clock) as f64;
+        let tsc_moved =
+            tsc_now.wrapping_sub(tsc(&vcpu_state.msrs)) as i64 as f64 * 1e6 / f64::from(khz);
+        assert!(
+            kvmclock_moved >= interval.as_nanos() as f64,
+            "kvmclock moved {kvmclock_moved} ns over a {interval:?} interval"
+        );
+        assert!(
+            (tsc_moved - kvmclock_moved).abs() < 5e6,
+            "TSC moved {tsc_moved} ns, kvmclock {kvmclock_moved} ns"
+        );
     }
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_clock_data, kvm_irq_routing_entry, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
-    kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_PIT_SPEAKER_DUMMY,
+    kvm_userspace_memory_region, KvmIrqRouting, KVM_CLOCK_HOST_TSC, KVM_CLOCK_REALTIME,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,39 @@ fn kvm_error(operation: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmErr
 /// A KVM VM with its irqchip and PIT.
 pub struct Vm {
     pub fd: Arc<VmFd>,
+    /// How kvmclock moved across a restore (None for a booted VM); the vCPUs move their TSC
+    /// to match (see `Vcpu::restore_tsc`).
+    pub restored_clock: Option<ClockRestore>,
+}
+
+/// kvmclock at the snapshot and just after it was restored, each with the host TSC KVM read
+/// at the same instant (when KVM reports it: KVM_CLOCK_HOST_TSC, a TSC-clocksource host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockRestore {
+    pub saved_ns: u64,
+    pub saved_host_tsc: Option<u64>,
+    pub restored_ns: u64,
+    pub restored_host_tsc: Option<u64>,
+}
+
+impl ClockRestore {
+    /// Guest time that passed between the snapshot and the restore (kvmclock never goes
+    /// backwards, so never negative).
+    pub fn elapsed_ns(&self) -> u64 {
+        self.restored_ns.saturating_sub(self.saved_ns)
+    }
+}
+
+/// The host TSC in a KVM_GET_CLOCK answer, if KVM filled it in.
+fn host_tsc(clock: &kvm_clock_data) -> Option<u64> {
+    (clock.flags & KVM_CLOCK_HOST_TSC != 0).then_some(clock.host_tsc)
+}
+
+/// CLOCK_REALTIME now, in ns since the epoch (0 if the host clock is before 1970).
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
 }
 
 /// Saved form of the VM-wide KVM state.
@@ -48,18 +82,47 @@ pub struct VmState {
     pub pic_slave: kvm_irqchip,
     pub ioapic: kvm_irqchip,
     pub pit: kvm_pit_state2,
-    /// kvmclock at save time; restored as-is, so guest time continues from the save point.
+    /// KVM_GET_CLOCK at save time, whole: kvmclock, and where KVM gives them
+    /// (KVM_CLOCK_REALTIME, KVM_CLOCK_HOST_TSC) the host's CLOCK_REALTIME and TSC read at
+    /// the same instant.
     pub clock: kvm_clock_data,
+    /// CLOCK_REALTIME read by lull-vmm just after KVM_GET_CLOCK, for kernels that do not
+    /// report it (before Linux 5.16).
+    pub saved_at_realtime_ns: u64,
 }
 
 impl Vm {
-    /// Creates a VM with `memory` registered, an in-kernel irqchip, a PIT, and PC routing.
+    /// Creates a VM and gives it `memory`, an in-kernel irqchip, a PIT and PC routing.
     pub fn create(kvm: &Kvm, memory: &GuestMemory) -> Result<Self, VmError> {
         let fd = kvm.create_vm().map_err(kvm_error("KVM_CREATE_VM"))?;
         fd.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(kvm_error("KVM_SET_TSS_ADDR"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(kvm_error("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        let vm = Self {
+            fd: Arc::new(fd),
+            restored_clock: None,
+        };
+        vm.register_memory(memory)?;
+        vm.create_devices()?;
+        Ok(vm)
+    }
+
+    /// The guest's RAM, one KVM memory slot per region.
+    ///
+    /// Must come before [`Vm::create_devices`]. Creating the irqchip registers I/O devices
+    /// with KVM, which leaves an SRCU grace period pending, and a memory slot change waits
+    /// for it: measured here, registering any slot within ~7 ms after KVM_CREATE_IRQCHIP
+    /// took 5-7 ms, against 0.05-0.3 ms before it.
+    ///
+    /// This is the one step of VM setup whose cost grows with guest size: KVM allocates and
+    /// zeroes per-page metadata for every slot (with shadow paging, as under PVM or without
+    /// EPT/NPT: reverse maps and write-tracking counters, ~10 bytes per 4 KiB page; about
+    /// 0.27 ms per GiB here; with the TDP MMU the reverse maps are allocated lazily). It
+    /// touches no guest page. Running it on another thread while the rest of a restore goes
+    /// on gained nothing measurable on this shared two-core host, and the irqchip and the
+    /// vCPUs must wait for it anyway (above), so it stays in line.
+    fn register_memory(&self, memory: &GuestMemory) -> Result<(), VmError> {
         for (slot, region) in memory.mmap.iter().enumerate() {
             let memory_region = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -70,20 +133,28 @@ impl Vm {
             };
             // SAFETY: the region is a live mapping of `memory_size` bytes owned by `memory`,
             // which the caller keeps alive as long as the VM (both live in the same `Machine`).
-            unsafe { fd.set_user_memory_region(memory_region) }
+            unsafe { self.fd.set_user_memory_region(memory_region) }
                 .map_err(kvm_error("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        fd.create_irq_chip()
+        Ok(())
+    }
+
+    /// In-kernel irqchip (PIC, IOAPIC, LAPICs), PIT, routing.
+    fn create_devices(&self) -> Result<(), VmError> {
+        self.fd
+            .create_irq_chip()
             .map_err(kvm_error("KVM_CREATE_IRQCHIP"))?;
         let pit_config = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit_config)
+        self.fd
+            .create_pit2(pit_config)
             .map_err(kvm_error("KVM_CREATE_PIT2"))?;
-        fd.set_gsi_routing(&pc_gsi_routing())
+        self.fd
+            .set_gsi_routing(&pc_gsi_routing())
             .map_err(kvm_error("KVM_SET_GSI_ROUTING"))?;
-        Ok(Self { fd: Arc::new(fd) })
+        Ok(())
     }
 
     fn irqchip(&self, chip_id: u32, operation: &'static str) -> Result<kvm_irqchip, VmError> {
@@ -152,21 +223,24 @@ impl Persist for Vm {
     type Error = VmError;
 
     fn save(&self) -> Result<VmState, VmError> {
-        let mut clock = self.fd.get_clock().map_err(kvm_error("KVM_GET_CLOCK"))?;
-        // Only the value matters; SET_CLOCK rejects GET_CLOCK's informational flags.
-        clock.flags = 0;
-        clock.realtime = 0;
-        clock.host_tsc = 0;
+        let clock = self.fd.get_clock().map_err(kvm_error("KVM_GET_CLOCK"))?;
+        let saved_at_realtime_ns = realtime_ns();
         Ok(VmState {
             pic_master: self.irqchip(KVM_IRQCHIP_PIC_MASTER, "KVM_GET_IRQCHIP(PIC master)")?,
             pic_slave: self.irqchip(KVM_IRQCHIP_PIC_SLAVE, "KVM_GET_IRQCHIP(PIC slave)")?,
             ioapic: self.irqchip(KVM_IRQCHIP_IOAPIC, "KVM_GET_IRQCHIP(IOAPIC)")?,
             pit: self.fd.get_pit2().map_err(kvm_error("KVM_GET_PIT2"))?,
             clock,
+            saved_at_realtime_ns,
         })
     }
 
-    fn restore(vm: Vm, state: &VmState) -> Result<Vm, VmError> {
+    /// Restores irqchip and PIT, and kvmclock advanced by the host time that passed since the
+    /// snapshot, as KVM documents for migration: the guest sees the interval as elapsed time
+    /// (as after a host suspend), never as time going backwards. The guest's TSC cannot stay
+    /// frozen on every host (under PVM it is the host's TSC, whatever the VMM writes), and
+    /// kvmclock must move with it or the guest's two clocks disagree by the interval.
+    fn restore(mut vm: Vm, state: &VmState) -> Result<Vm, VmError> {
         vm.fd
             .set_irqchip(&state.pic_master)
             .map_err(kvm_error("KVM_SET_IRQCHIP(PIC master)"))?;
@@ -179,12 +253,47 @@ impl Persist for Vm {
         vm.fd
             .set_pit2(&state.pit)
             .map_err(kvm_error("KVM_SET_PIT2"))?;
-        let mut clock = state.clock;
-        clock.flags = 0;
-        vm.fd
-            .set_clock(&clock)
-            .map_err(kvm_error("KVM_SET_CLOCK"))?;
+        vm.restore_clock(state)?;
         Ok(vm)
+    }
+}
+
+impl Vm {
+    /// KVM_SET_CLOCK from the saved clock, advanced by the realtime elapsed since: by KVM
+    /// itself when the saved clock carries KVM_CLOCK_REALTIME (it pairs the realtime read
+    /// with its own clock read), otherwise by lull-vmm's own realtime stamp.
+    fn restore_clock(&mut self, state: &VmState) -> Result<(), VmError> {
+        let saved = state.clock;
+        let by_kernel = kvm_clock_data {
+            flags: KVM_CLOCK_REALTIME,
+            ..saved
+        };
+        let kernel_advanced =
+            saved.flags & KVM_CLOCK_REALTIME != 0 && self.fd.set_clock(&by_kernel).is_ok();
+        if !kernel_advanced {
+            let elapsed = realtime_ns().saturating_sub(state.saved_at_realtime_ns);
+            let by_vmm = kvm_clock_data {
+                clock: saved.clock.saturating_add(elapsed),
+                flags: 0,
+                ..saved
+            };
+            self.fd
+                .set_clock(&by_vmm)
+                .map_err(kvm_error("KVM_SET_CLOCK"))?;
+        }
+        let now = self.fd.get_clock().map_err(kvm_error("KVM_GET_CLOCK"))?;
+        self.restored_clock = Some(ClockRestore {
+            saved_ns: saved.clock,
+            saved_host_tsc: host_tsc(&saved),
+            restored_ns: now.clock,
+            restored_host_tsc: host_tsc(&now),
+        });
+        Ok(())
+    }
+
+    /// kvmclock now, as KVM_GET_CLOCK reports it.
+    pub fn clock(&self) -> Result<kvm_clock_data, VmError> {
+        self.fd.get_clock().map_err(kvm_error("KVM_GET_CLOCK"))
     }
 }
 
@@ -232,7 +341,8 @@ mod tests {
             guest_address: 0,
             size: 2 << 20,
         }];
-        let first = Vm::create(&kvm, &GuestMemory::anonymous(&regions).unwrap()).unwrap();
+        let first_memory = GuestMemory::anonymous(&regions).unwrap();
+        let first = Vm::create(&kvm, &first_memory).unwrap();
         // Make the state non-default: raise the SCI line (IOAPIC pin 9 level).
         first.fd.set_irq_line(9, true).unwrap();
         let state = first.save().unwrap();

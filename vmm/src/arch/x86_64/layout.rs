@@ -20,6 +20,8 @@ pub const BOOT_GDT_ADDRESS: u64 = 0x500;
 pub const PVH_START_INFO_ADDRESS: u64 = 0x6000;
 /// `hvm_memmap_table_entry[]`.
 pub const PVH_MEMMAP_ADDRESS: u64 = 0x7000;
+/// Linux boot protocol zero page (`struct boot_params`, 4 KiB) of a bzImage boot.
+pub const LINUX_BOOT_PARAMS_ADDRESS: u64 = 0x8000;
 /// End of the low reserved boot-data area.
 pub const BOOT_DATA_END: u64 = 0x1_0000;
 /// Start of the Extended BIOS Data Area; RAM below it is usable.

@@ -3,7 +3,7 @@
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{BOOT_GDT_ADDRESS, PVH_START_INFO_ADDRESS};
+use super::layout::{BOOT_GDT_ADDRESS, LINUX_BOOT_PARAMS_ADDRESS, PVH_START_INFO_ADDRESS};
 
 /// Flat 4 GiB GDT entries: null, 32-bit code, 32-bit data, 32-bit TSS (busy).
 const BOOT_GDT: [u64; 4] = [
@@ -83,17 +83,35 @@ pub fn boot_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     sregs
 }
 
-/// General registers for the PVH entry: `%ebx` points at `hvm_start_info`.
-pub fn boot_regs(entry: u64) -> kvm_regs {
-    kvm_regs {
-        rip: entry,
-        rbx: PVH_START_INFO_ADDRESS,
-        rflags: 0x2,
-        ..Default::default()
+/// Where and how a kernel is entered. Both entries run in the flat 32-bit protected mode
+/// [`boot_sregs`] sets up, paging off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelEntry {
+    /// PVH: `%ebx` points at `hvm_start_info`.
+    Pvh(u64),
+    /// Linux 32-bit boot protocol (a bzImage's `code32_start`): `%esi` points at the zero
+    /// page, `%ebp`, `%edi` and `%ebx` are zero.
+    Linux32(u64),
+}
+
+/// General registers for `entry`.
+pub fn boot_regs(entry: KernelEntry) -> kvm_regs {
+    match entry {
+        KernelEntry::Pvh(address) => kvm_regs {
+            rip: address,
+            rbx: PVH_START_INFO_ADDRESS,
+            rflags: 0x2,
+            ..Default::default()
+        },
+        KernelEntry::Linux32(address) => kvm_regs {
+            rip: address,
+            rsi: LINUX_BOOT_PARAMS_ADDRESS,
+            rflags: 0x2,
+            ..Default::default()
+        },
     }
 }
 
-/// x87/SSE state after reset: FCW 0x37f, MXCSR 0x1f80 (all exceptions masked).
 pub fn boot_fpu() -> kvm_fpu {
     kvm_fpu {
         fcw: 0x37f,
@@ -145,6 +163,11 @@ mod tests {
         assert_eq!(sregs.cr0 & 1, 1);
         assert_eq!(sregs.cr0 & (1 << 31), 0);
         assert_eq!(sregs.gdt.base, BOOT_GDT_ADDRESS);
-        assert_eq!(boot_regs(0x100000).rbx, PVH_START_INFO_ADDRESS);
+        assert_eq!(
+            boot_regs(KernelEntry::Pvh(0x100000)).rbx,
+            PVH_START_INFO_ADDRESS
+        );
+        let linux = boot_regs(KernelEntry::Linux32(0x100000));
+        assert_eq!((linux.rip, linux.rsi, linux.rbx), (0x100000, 0x8000, 0));
     }
 }
