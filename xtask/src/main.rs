@@ -215,7 +215,36 @@ fn host_tier(tally: &mut Tally) -> Result<(), String> {
     println!("== tier 1: host tests (cargo test --workspace), VMM integration tests on /dev/kvm");
     // The VMM's integration tests boot the real kernel (they skip, saying why, without KVM).
     let kernel = kernel::build(&Variant::shell(true))?;
-    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    if std::path::Path::new("/dev/kvm").exists() {
+        println!(
+            "VMM integration tests: /dev/kvm present; booting {} (LULL_KERNEL)",
+            kernel.display()
+        );
+    } else {
+        println!(
+            "VMM integration tests: SKIPPED (no /dev/kvm on this machine); each says so itself"
+        );
+    }
+    // A Linux bzImage for the VMM's loader test, if the Linux reference was fetched (bench).
+    let bzimage = std::fs::read_dir(kernel::repo_root().join("target/linuxref/kernel/boot"))
+        .ok()
+        .and_then(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .find(|path| {
+                    path.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                })
+        });
+    match &bzimage {
+        Some(path) => println!("VMM bzImage test: {} (LULL_BZIMAGE)", path.display()),
+        None => println!("VMM bzImage test: SKIPPED (no Linux image; `cargo xtask bench --filter linux` fetches one)"),
+    }
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if let Some(path) = &bzimage {
+        child.env("LULL_BZIMAGE", path);
+    }
+    let mut child = child
         .current_dir(kernel::repo_root())
         .env("LULL_KERNEL", &kernel)
         .args(["test", "--workspace", "--color", "never"])
