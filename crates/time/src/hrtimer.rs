@@ -1,7 +1,7 @@
 //! High-resolution timers: per-CPU bases with one ordered queue per clock.
 //!
 //! Each CPU owns an [`HrTimerCpuBase`] (Linux's `struct hrtimer_cpu_base`) holding one
-//! [`TimerQueue`] per clock ([`ClockId::Monotonic`], [`ClockId::Realtime`]). Timers are
+//! ordered queue ([`KeyedHeap`]) per clock ([`ClockId::Monotonic`], [`ClockId::Realtime`]). Timers are
 //! persistent objects: [`HrTimerCpuBase::create`] makes one, `start`/`cancel` queue and
 //! dequeue it as often as needed, `destroy` frees it — so a handle stays valid across
 //! restarts, as a `struct hrtimer` embedded in its owner does in Linux.
@@ -20,6 +20,16 @@
 //! or an id) that also carries a `&'static str` name for `/proc/timer_list` and
 //! `/proc/timer_stats`. The base does not call them itself: the interrupt code hands each due
 //! timer to a dispatch closure, which returns [`HrTimerRestart`].
+//!
+//! Layout: start, cancel and expiry cost O(log n) in the queue, but with many timers what they
+//! really pay for is cache misses on the per-timer records they touch at random. So each timer
+//! has a 32-byte hot record (expiries, generation, state, clock, heap position), which is all
+//! that start and cancel touch; the callback and data word sit in a parallel table read only
+//! when the timer fires, and the [`StartInfo`] in another, read only by timer_list,
+//! timer_stats and firing when one was recorded. The heap keeps each timer's position in the
+//! hot record itself, so there is no second per-timer table in the queue. With 100 000
+//! timers this keeps the cost per operation within 2x of that with 1 000
+//! (`cargo run --release -p lull-time --example timer_scale`).
 
 use alloc::vec::Vec;
 use core::fmt;
