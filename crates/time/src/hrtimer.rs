@@ -1,8 +1,8 @@
 //! High-resolution timers: per-CPU bases with one ordered queue per clock.
 //!
 //! Each CPU owns an [`HrTimerCpuBase`] (Linux's `struct hrtimer_cpu_base`) holding one
-//! ordered queue ([`KeyedHeap`]) per clock ([`ClockId::Monotonic`], [`ClockId::Realtime`]). Timers are
-//! persistent objects: [`HrTimerCpuBase::create`] makes one, `start`/`cancel` queue and
+//! ordered queue ([`KeyedHeap`]) per clock ([`ClockId::Monotonic`], [`ClockId::Realtime`]).
+//! Timers are persistent objects: [`HrTimerCpuBase::create`] makes one, `start`/`cancel` queue and
 //! dequeue it as often as needed, `destroy` frees it — so a handle stays valid across
 //! restarts, as a `struct hrtimer` embedded in its owner does in Linux.
 //!
