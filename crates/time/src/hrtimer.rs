@@ -2,9 +2,9 @@
 //!
 //! Each CPU owns an [`HrTimerCpuBase`] (Linux's `struct hrtimer_cpu_base`) holding one
 //! ordered queue ([`KeyedHeap`]) per clock ([`ClockId::Monotonic`], [`ClockId::Realtime`]).
-//! Timers are persistent objects: [`HrTimerCpuBase::create`] makes one, `start`/`cancel` queue and
-//! dequeue it as often as needed, `destroy` frees it — so a handle stays valid across
-//! restarts, as a `struct hrtimer` embedded in its owner does in Linux.
+//! Timers are persistent objects: [`HrTimerCpuBase::create`] makes one, `start`/`cancel`
+//! queue and dequeue it as often as needed, `destroy` frees it — so a handle stays valid
+//! across restarts, as a `struct hrtimer` embedded in its owner does in Linux.
 //!
 //! Range timers: a timer has a *soft* expiry (the earliest it may run) and a *hard* expiry
 //! (soft + slack, the latest it should run). Queues are ordered by hard expiry and the device
