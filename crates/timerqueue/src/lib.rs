@@ -1,9 +1,10 @@
 //! Ordered timer queue keyed by absolute u64 expiry with generation-checked handles.
 //!
-//! This is Lull's counterpart of Linux's `lib/timerqueue.c`: the data structure under each
-//! hrtimer clock base. Timers are ordered by `(expiry, insertion sequence)`, so timers with the
-//! same expiry leave the queue in the order they entered it (FIFO), which keeps timer callbacks
-//! deterministic.
+//! This is Lull's counterpart of Linux's `lib/timerqueue.c`. Timers are ordered by
+//! `(expiry, insertion sequence)`, so timers with the same expiry leave the queue in the order
+//! they entered it (FIFO), which keeps timer callbacks deterministic. [`TimerQueue`] is the
+//! self-contained queue (handles, payloads); [`KeyedHeap`] is its heap alone, for an owner
+//! that keeps its own record per timer, and is what each hrtimer clock base uses.
 //!
 //! Costs (n = number of queued timers):
 //!
@@ -26,7 +27,7 @@
 //! (this queue was a `BTreeMap` before) nothing is allocated per timer, nothing is chased
 //! through pointers, and the heap is half as deep as a binary one; with 100 000 timers an
 //! operation touches a handful of cache lines, so its cost grows slowly from a thousand to a
-//! hundred thousand timers (`cargo run --release -p lull-time --example timer_scale`).
+//! hundred thousand timers (`cargo run --release -p lull-timerqueue --example queue_scale`).
 //! Payloads are never moved by the heap.
 //!
 //! Sequences are 32-bit to keep entries compact. When the counter runs out the queue
