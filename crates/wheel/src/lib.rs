@@ -39,24 +39,27 @@
 //!
 //! # Costs
 //!
-//! Insert, cancel and modify are O(1) (amortized, like the slab they live in): each bucket is
-//! an array of slab indices and every entry knows its place in it, so cancel moves the bucket's
-//! last index into the hole. [`TimerWheel::next_expiry`] is O([`LEVEL_DEPTH`]) using one
-//! occupancy bitmap per level. [`TimerWheel::advance_to`] skips straight to the next occupied
-//! bucket, so catching up after a long idle period costs per occupied bucket, not per elapsed
-//! jiffy.
+//! Insert, cancel and modify are O(1) (a slab of entries linked into intrusive doubly linked
+//! bucket lists). [`TimerWheel::next_expiry`] is O([`LEVEL_DEPTH`]) using one occupancy bitmap
+//! per level. [`TimerWheel::advance_to`] skips straight to the next occupied bucket, so catching
+//! up after a long idle period costs per occupied bucket, not per elapsed jiffy.
 //!
-//! Why arrays and not intrusive linked lists (Linux's `hlist`): collecting a due bucket
-//! visits every timer in it, and a list makes that a chain of dependent loads, one cache miss
-//! after another once the slab outgrows the cache (100 000 timers). Walking an array of
-//! indices issues those loads independently, so the CPU overlaps them; the entries are kept
-//! small for the same reason. Handing out due timers keeps bucket order, except that a
-//! cancel moves the bucket's last timer into the cancelled one's place.
+//! With many timers (100 000: the slab outgrows the cache) what costs is cache misses, so:
+//! - Collecting a due bucket walks its list, a chain of dependent loads, one miss after the
+//!   other. The walk goes in from both ends at once: two chains that do not wait for each
+//!   other, so the CPU overlaps their misses.
+//! - Collected timers go to a ready *array*, so handing them out reads entries whose indices
+//!   are all known in advance (independent loads), instead of walking a second list. A
+//!   timer cancelled while waiting there is replaced by the array's last one.
+//! - Every timer collected together shares one bucket expiry, kept once instead of per entry.
+//!
+//! Timers due at the same jiffy are handed out in no promised order.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -155,8 +158,11 @@ pub struct ExpiredTimer<T> {
 struct Entry<T> {
     expires: u64,
     generation: u32,
-    /// In a bucket or the ready list: the entry's position there. Free: the next free entry.
-    link: u32,
+    /// In a bucket: the previous entry of its list.
+    prev: u32,
+    /// In a bucket: the next entry of its list. Ready: its position in the ready list.
+    /// Free: the next free entry.
+    next: u32,
     /// Bucket index, [`READY_LIST`], or [`FREE`].
     location: u16,
     value: Option<T>,
@@ -168,8 +174,9 @@ pub struct TimerWheel<T> {
     clock: u64,
     entries: Vec<Entry<T>>,
     free_head: u32,
-    /// Per bucket: the slab indices of its timers.
-    buckets: Vec<Vec<u32>>,
+    /// Per bucket: first and last entry of its list.
+    heads: Vec<u32>,
+    tails: Vec<u32>,
     /// Due timers of the last collected bucket expiry; `ready[ready_next..]` are still to be
     /// handed out.
     ready: Vec<u32>,
@@ -188,7 +195,8 @@ impl<T> TimerWheel<T> {
             clock: now,
             entries: Vec::new(),
             free_head: NONE,
-            buckets: (0..BUCKET_COUNT).map(|_| Vec::new()).collect(),
+            heads: vec![NONE; BUCKET_COUNT],
+            tails: vec![NONE; BUCKET_COUNT],
             ready: Vec::new(),
             ready_next: 0,
             ready_expiry: now,
@@ -352,10 +360,11 @@ impl<T> TimerWheel<T> {
         if self.free_head != NONE {
             let index = self.free_head;
             let entry = &mut self.entries[index as usize];
-            self.free_head = entry.link;
+            self.free_head = entry.next;
             entry.expires = expires;
             entry.value = Some(value);
-            entry.link = NONE;
+            entry.prev = NONE;
+            entry.next = NONE;
             return Ok(index);
         }
         let index = u32::try_from(self.entries.len()).map_err(|_| WheelError::Full)?;
@@ -365,7 +374,8 @@ impl<T> TimerWheel<T> {
         self.entries.push(Entry {
             expires,
             generation: 0,
-            link: NONE,
+            prev: NONE,
+            next: NONE,
             location: FREE,
             value: Some(value),
         });
@@ -378,10 +388,11 @@ impl<T> TimerWheel<T> {
         let entry = &mut self.entries[index as usize];
         let value = entry.value.take();
         entry.location = FREE;
-        entry.link = NONE;
+        entry.prev = NONE;
+        entry.next = NONE;
         if let Some(next) = entry.generation.checked_add(1) {
             entry.generation = next;
-            entry.link = self.free_head;
+            entry.next = self.free_head;
             self.free_head = index;
         }
         value
@@ -423,46 +434,66 @@ impl<T> TimerWheel<T> {
         bucket_index(level, clock_slot.wrapping_add(LEVEL_MASK))
     }
 
-    /// Appends entry `index` to `bucket`'s array (or the ready list).
+    /// Appends entry `index` to `bucket`'s list (or to the ready list).
     fn link(&mut self, index: u32, bucket: u16) {
-        let list = if bucket == READY_LIST {
-            &mut self.ready
-        } else {
-            let (level, position) = split_bucket(bucket);
-            self.occupied[level] |= 1 << position;
-            &mut self.buckets[bucket as usize]
-        };
-        // Positions fit u32: a list holds distinct slab indices, which are u32.
-        let position = list.len() as u32;
-        list.push(index);
-        let entry = &mut self.entries[index as usize];
-        entry.location = bucket;
-        entry.link = position;
-    }
-
-    /// Takes entry `index` out of its bucket (or the ready list): the list's last entry moves
-    /// into its place.
-    fn unlink(&mut self, index: u32) {
-        let (bucket, position) = {
+        if bucket == READY_LIST {
+            // Positions fit u32: the ready list holds distinct slab indices, which are u32.
+            let position = self.ready.len() as u32;
+            self.ready.push(index);
             let entry = &mut self.entries[index as usize];
-            let place = (entry.location, entry.link as usize);
-            entry.link = NONE;
-            place
-        };
-        let list = if bucket == READY_LIST {
-            &mut self.ready
-        } else {
-            &mut self.buckets[bucket as usize]
-        };
-        if list.get(position) != Some(&index) {
-            // Not where the entry says it is: cannot happen while `link` is kept right.
+            entry.location = READY_LIST;
+            entry.prev = NONE;
+            entry.next = position;
             return;
         }
-        list.swap_remove(position);
-        if let Some(&moved) = list.get(position) {
-            self.entries[moved as usize].link = position as u32;
+        let (level, position) = split_bucket(bucket);
+        self.occupied[level] |= 1 << position;
+        let tail = self.tails[bucket as usize];
+        let entry = &mut self.entries[index as usize];
+        entry.location = bucket;
+        entry.prev = tail;
+        entry.next = NONE;
+        if tail == NONE {
+            self.heads[bucket as usize] = index;
+        } else {
+            self.entries[tail as usize].next = index;
         }
-        if bucket != READY_LIST && self.buckets[bucket as usize].is_empty() {
+        self.tails[bucket as usize] = index;
+    }
+
+    /// Takes entry `index` out of its bucket's list, or out of the ready list (whose last
+    /// entry then moves into its place).
+    fn unlink(&mut self, index: u32) {
+        let (bucket, prev, next) = {
+            let entry = &mut self.entries[index as usize];
+            let place = (entry.location, entry.prev, entry.next);
+            entry.prev = NONE;
+            entry.next = NONE;
+            place
+        };
+        if bucket == READY_LIST {
+            let position = next as usize;
+            if self.ready.get(position) != Some(&index) {
+                // Not where the entry says it is: cannot happen while `next` is kept right.
+                return;
+            }
+            self.ready.swap_remove(position);
+            if let Some(&moved) = self.ready.get(position) {
+                self.entries[moved as usize].next = position as u32;
+            }
+            return;
+        }
+        if prev == NONE {
+            self.heads[bucket as usize] = next;
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        if next == NONE {
+            self.tails[bucket as usize] = prev;
+        } else {
+            self.entries[next as usize].prev = prev;
+        }
+        if prev == NONE && next == NONE {
             let (level, position) = split_bucket(bucket);
             self.occupied[level] &= !(1 << position);
         }
@@ -494,6 +525,16 @@ impl<T> TimerWheel<T> {
         best
     }
 
+    /// Moves entry `index`, just detached from a bucket collected at `due`, to the ready list
+    /// if it is due, or back into the wheel if it was parked beyond the horizon.
+    fn collect(&mut self, index: u32, due: u64) {
+        if time_after_eq(due, self.entries[index as usize].expires) {
+            self.link(index, READY_LIST);
+        } else {
+            self.place(index);
+        }
+    }
+
     /// Collects the next occupied bucket expiry if it is at or before `now`: its timers move
     /// to the ready list (or, if parked beyond the horizon, back into the wheel). Returns
     /// false when nothing more is due by `now` (the clock then moves to `now + 1`).
@@ -517,23 +558,28 @@ impl<T> TimerWheel<T> {
                 break;
             }
             let bucket = bucket_index(level, due >> shift);
-            // Detach the whole array first: a parked timer may be re-queued into this very
+            // Detach the whole list first: a parked timer may be re-queued into this very
             // bucket number (one lap later).
-            let list = core::mem::take(&mut self.buckets[bucket as usize]);
+            let mut front = core::mem::replace(&mut self.heads[bucket as usize], NONE);
+            let mut back = core::mem::replace(&mut self.tails[bucket as usize], NONE);
             self.occupied[level] &= !(1 << (bucket as usize % LEVEL_SIZE));
-            // Independent loads, one per timer: see the crate documentation.
-            for &index in &list {
-                if time_after_eq(due, self.entries[index as usize].expires) {
-                    self.link(index, READY_LIST);
-                } else {
-                    self.place(index);
+            // Walk in from both ends at once: two chains of loads that do not depend on each
+            // other, so the CPU overlaps their cache misses (see the crate documentation).
+            while front != NONE {
+                if front == back {
+                    self.collect(front, due);
+                    break;
                 }
-            }
-            // Hand the allocation back unless a parked timer came back into this bucket.
-            let slot = &mut self.buckets[bucket as usize];
-            if slot.is_empty() {
-                *slot = list;
-                slot.clear();
+                // Read both links before `collect` reuses them for the ready list.
+                let after_front = self.entries[front as usize].next;
+                let before_back = self.entries[back as usize].prev;
+                self.collect(front, due);
+                self.collect(back, due);
+                if after_front == back {
+                    break;
+                }
+                front = after_front;
+                back = before_back;
             }
         }
         true
