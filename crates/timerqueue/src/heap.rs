@@ -6,7 +6,9 @@
 //! and compares the four children without bounds checks, because the unused places of the last
 //! family hold [`HeapEntry::SENTINEL`], which every real entry goes before.
 
+use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
+use core::cmp::Reverse;
 
 /// Children per node. Four 16-byte entries fill one 64-byte line, and a 4-ary heap is half
 /// as deep as a binary one.
@@ -333,6 +335,15 @@ impl Heap {
         self.set(position, entry);
     }
 
+    /// Positions of the entries in queue order, lazily; see [`OrderedPositions`].
+    pub(crate) fn ordered_positions(&self) -> OrderedPositions<'_> {
+        OrderedPositions {
+            heap: self,
+            started: false,
+            frontier: BinaryHeap::new(),
+        }
+    }
+
     /// Checks the layout (tests): parents before children, sentinels after the end.
     #[cfg(test)]
     pub(crate) fn assert_valid(&self) {
@@ -354,6 +365,50 @@ impl Heap {
                 self.families[place / ARITY].0[place % ARITY],
                 HeapEntry::SENTINEL
             );
+        }
+    }
+}
+
+/// In-order walk of a heap: a small min-heap of candidate entries, seeded with the root;
+/// taking the least candidate adds its children. The k-th item costs O(log k), not O(n), so
+/// the timer behind the earliest is cheap to find even in a large queue.
+pub(crate) struct OrderedPositions<'a> {
+    heap: &'a Heap,
+    started: bool,
+    /// Candidates as `(key, heap position)`, least first.
+    frontier: BinaryHeap<Reverse<(u128, usize)>>,
+}
+
+impl Iterator for OrderedPositions<'_> {
+    /// `(position, entry)`.
+    type Item = (usize, HeapEntry);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let heap = self.heap;
+        let position = if self.started {
+            self.frontier.pop()?.0 .1
+        } else {
+            self.started = true;
+            if heap.len() == 0 {
+                return None;
+            }
+            0
+        };
+        self.frontier.extend(
+            heap.children(position)
+                .map(|child| Reverse((heap.get(child).key(), child))),
+        );
+        Some((position, heap.get(position)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // Items not yet yielded: everything before the walk starts, else at least the
+        // frontier (the rest hides below it).
+        if self.started {
+            (self.frontier.len(), Some(self.heap.len()))
+        } else {
+            let len = self.heap.len();
+            (len, Some(len))
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Ordered timer queue keyed by absolute u64 expiry with generation-checked handles.
 //!
-//! This is Lull's counterpart of Linux's `lib/timerqueue.c`: the data structure under each
-//! hrtimer clock base. Timers are ordered by `(expiry, insertion sequence)`, so timers with the
-//! same expiry leave the queue in the order they entered it (FIFO), which keeps timer callbacks
-//! deterministic.
+//! This is Lull's counterpart of Linux's `lib/timerqueue.c`. Timers are ordered by
+//! `(expiry, insertion sequence)`, so timers with the same expiry leave the queue in the order
+//! they entered it (FIFO), which keeps timer callbacks deterministic. [`TimerQueue`] is the
+//! self-contained queue (handles, payloads); [`KeyedHeap`] is its heap alone, for an owner
+//! that keeps its own record per timer, and is what each hrtimer clock base uses.
 //!
 //! Costs (n = number of queued timers):
 //!
@@ -26,7 +27,7 @@
 //! (this queue was a `BTreeMap` before) nothing is allocated per timer, nothing is chased
 //! through pointers, and the heap is half as deep as a binary one; with 100 000 timers an
 //! operation touches a handful of cache lines, so its cost grows slowly from a thousand to a
-//! hundred thousand timers (`cargo run --release -p lull-time --example timer_scale`).
+//! hundred thousand timers (`cargo run --release -p lull-timerqueue --example queue_scale`).
 //! Payloads are never moved by the heap.
 //!
 //! Sequences are 32-bit to keep entries compact. When the counter runs out the queue
@@ -39,6 +40,10 @@
 //! generation counter would wrap is retired for good, so aliasing is impossible even after
 //! 2^32 reuses.
 //!
+//! [`KeyedHeap`] is the same heap without the slots, for an owner that keeps a record per timer
+//! anyway (the hrtimer base): the owner stores each timer's heap position in its own record,
+//! so an operation touches one record per timer instead of two.
+//!
 //! Expiries are plain `u64` values compared with `<`: the queue is meant for monotonic
 //! nanoseconds since boot, which do not wrap for 584 years. (Wrapping tick counters belong in
 //! `lull-wheel`, which compares with wrapping differences.)
@@ -48,10 +53,11 @@
 extern crate alloc;
 
 mod heap;
+mod keyed;
 
-use alloc::collections::BinaryHeap;
+pub use keyed::{KeyedEntry, KeyedHeap, PositionMismatch};
+
 use alloc::vec::Vec;
-use core::cmp::Reverse;
 use core::fmt;
 
 use heap::{Heap, HeapEntry};
@@ -328,8 +334,7 @@ impl<T> TimerQueue<T> {
     pub fn iter(&self) -> impl Iterator<Item = QueuedTimer<'_, T>> + '_ {
         OrderedWalk {
             queue: self,
-            started: false,
-            frontier: BinaryHeap::new(),
+            positions: self.heap.ordered_positions(),
         }
     }
 
@@ -377,45 +382,22 @@ fn link<T>(slots: &mut [Slot<T>], entry: HeapEntry, position: usize) {
     slots[entry.slot() as usize].link = position as u32;
 }
 
-/// In-order walk of the heap: a small min-heap of candidate entries, seeded with the root;
-/// taking the least candidate adds its children. The k-th item costs O(log k), not O(n).
+/// [`TimerQueue::iter`]: the heap's in-order walk, mapped to queued timers.
 struct OrderedWalk<'a, T> {
     queue: &'a TimerQueue<T>,
-    started: bool,
-    /// Candidates as `(key, heap index)`, least first.
-    frontier: BinaryHeap<Reverse<(u128, usize)>>,
+    positions: heap::OrderedPositions<'a>,
 }
 
 impl<'a, T> Iterator for OrderedWalk<'a, T> {
     type Item = QueuedTimer<'a, T>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let heap = &self.queue.heap;
-        let position = if self.started {
-            self.frontier.pop()?.0 .1
-        } else {
-            self.started = true;
-            if heap.len() == 0 {
-                return None;
-            }
-            0
-        };
-        self.frontier.extend(
-            heap.children(position)
-                .map(|child| Reverse((heap.get(child).key(), child))),
-        );
-        self.queue.queued(heap.get(position))
+        let (_, entry) = self.positions.next()?;
+        self.queue.queued(entry)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        // Items not yet yielded: everything before the walk starts, else at least the
-        // frontier (the rest hides below it).
-        if self.started {
-            (self.frontier.len(), Some(self.queue.heap.len()))
-        } else {
-            let len = self.queue.heap.len();
-            (len, Some(len))
-        }
+        self.positions.size_hint()
     }
 }
 

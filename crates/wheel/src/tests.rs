@@ -183,6 +183,122 @@ fn callback_rearming_for_now_does_not_loop() {
     assert_eq!(wheel.pop_expired(4).map(|t| t.value), Some(1));
 }
 
+#[test]
+fn due_timers_can_be_cancelled_or_moved_while_others_are_handed_out() {
+    let mut wheel = TimerWheel::new(0);
+    // Eight timers in one level-1 bucket (granule 8: all collected at 104).
+    let handles: Vec<WheelHandle> = (0..8u32)
+        .map(|i| wheel.insert(97 + u64::from(i), i).unwrap())
+        .collect();
+    let first = wheel.pop_expired(104).unwrap();
+    assert_eq!(first.bucket_expiry, 104);
+    // The rest are due and waiting; a callback cancels one and moves another.
+    let cancel = handles
+        .iter()
+        .copied()
+        .find(|&h| h != first.handle)
+        .unwrap();
+    let moved = handles
+        .iter()
+        .copied()
+        .find(|&h| h != first.handle && h != cancel)
+        .unwrap();
+    let cancelled_value = *wheel.get(cancel).unwrap();
+    assert_eq!(wheel.cancel(cancel), Ok(cancelled_value));
+    wheel.modify(moved, 200).unwrap();
+    assert_eq!(wheel.len(), 6);
+    let rest: Vec<ExpiredTimer<u32>> = core::iter::from_fn(|| wheel.pop_expired(104)).collect();
+    assert_eq!(rest.len(), 5);
+    assert!(rest
+        .iter()
+        .all(|t| t.handle != cancel && t.handle != moved && t.bucket_expiry == 104));
+    let mut values: Vec<u32> = rest.iter().map(|t| t.value).collect();
+    values.push(first.value);
+    values.push(cancelled_value);
+    values.push(*wheel.get(moved).unwrap());
+    values.sort();
+    assert_eq!(values, (0..8).collect::<Vec<_>>());
+    assert_eq!(wheel.next_expiry(), Some(200));
+    assert_eq!(drain(&mut wheel, 200).len(), 1);
+    assert!(wheel.is_empty());
+    assert_eq!(wheel.next_expiry(), None);
+}
+
+#[test]
+fn cancelling_the_only_due_timer_leaves_nothing_due() {
+    let mut wheel = TimerWheel::new(0);
+    let a = wheel.insert(5, 'a').unwrap();
+    let b = wheel.insert(5, 'b').unwrap();
+    let first = wheel.pop_expired(5).unwrap();
+    let other = if first.handle == a { b } else { a };
+    assert_eq!(wheel.next_expiry(), Some(5));
+    wheel.cancel(other).unwrap();
+    assert_eq!(wheel.next_expiry(), None);
+    assert!(wheel.pop_expired(5).is_none());
+}
+
+/// Thousands of timers in large buckets, with cancels, moves and inserts made between the
+/// hand-outs of one collection (as callbacks do): every armed timer runs once, never early,
+/// and cancelled ones never run.
+#[test]
+fn large_random_workload_with_callbacks_matches_a_model() {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let mut wheel = TimerWheel::new(0);
+    let mut model: BTreeMap<WheelHandle, u64> = BTreeMap::new();
+    let mut handles: Vec<WheelHandle> = Vec::new();
+    for _ in 0..20_000 {
+        let expires = random(50_000);
+        let h = wheel.insert(expires, expires).unwrap();
+        model.insert(h, expires);
+        handles.push(h);
+    }
+    let mut now = 0;
+    while !model.is_empty() {
+        now += 1 + random(700);
+        while let Some(timer) = wheel.pop_expired(now) {
+            let expires = model
+                .remove(&timer.handle)
+                .expect("ran once, only if armed");
+            assert_eq!((timer.expires, timer.value), (expires, expires));
+            assert!(time_after_eq(now, expires) && time_after_eq(timer.bucket_expiry, expires));
+            // A "callback": cancel, move or add a random timer.
+            let victim = handles[random(handles.len() as u64) as usize];
+            match random(3) {
+                0 => assert_eq!(
+                    wheel.cancel(victim).is_ok(),
+                    model.remove(&victim).is_some()
+                ),
+                1 => {
+                    let expires = now + random(5_000);
+                    if wheel.modify(victim, expires).is_ok() {
+                        *wheel.get_mut(victim).unwrap() = expires;
+                        model.insert(victim, expires);
+                    }
+                }
+                _ if model.len() < 20_000 => {
+                    let expires = now + random(5_000);
+                    let h = wheel.insert(expires, expires).unwrap();
+                    model.insert(h, expires);
+                    handles.push(h);
+                }
+                _ => {}
+            }
+            assert_eq!(wheel.len(), model.len());
+        }
+        if let Some(next) = wheel.next_expiry() {
+            assert!(!time_after_eq(now, next));
+        }
+        assert!(now < 1_000_000, "wheel stalled with {} timers", model.len());
+    }
+    assert!(wheel.is_empty());
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Insert(u64),

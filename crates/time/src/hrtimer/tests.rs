@@ -268,6 +268,130 @@ fn next_event_without_skips_excluded_head() {
     assert_eq!(base.next_event(), Some(10));
 }
 
+#[test]
+fn start_info_is_kept_across_restarts_and_not_inherited_by_a_reused_slot() {
+    use crate::timer_stats::StartInfo;
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let t = base.create(ClockId::Monotonic, Named("t"), 7).unwrap();
+    let info = StartInfo::kernel("first_site");
+    base.start(&mut device, t, 100, HrTimerMode::Absolute, 0, 0, Some(info))
+        .unwrap();
+    // A restart without start info keeps the recorded one (as before the split).
+    base.start(&mut device, t, 200, HrTimerMode::Absolute, 0, 0, None)
+        .unwrap();
+    let listed: Vec<_> = base.queued(ClockId::Monotonic).collect();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].start, Some(info));
+    assert_eq!(listed[0].function, Named("t"));
+    let mut seen = Vec::new();
+    base.interrupt(&mut device, 200, |firing| {
+        seen.push((
+            firing.data(),
+            firing.function(),
+            firing.start_info().copied(),
+        ));
+        HrTimerRestart::NoRestart
+    })
+    .unwrap();
+    assert_eq!(seen, [(7, Named("t"), Some(info))]);
+    base.destroy(&mut device, t, 200).unwrap();
+    let reused = base.create(ClockId::Monotonic, Named("u"), 8).unwrap();
+    assert_eq!(reused.index(), t.index());
+    assert_eq!(base.expires(reused), Ok((0, 0)));
+    base.start(
+        &mut device,
+        reused,
+        300,
+        HrTimerMode::Absolute,
+        0,
+        200,
+        None,
+    )
+    .unwrap();
+    let listed: Vec<_> = base.queued(ClockId::Monotonic).collect();
+    assert_eq!(listed[0].start, None);
+    assert_eq!(listed[0].function, Named("u"));
+}
+
+/// Thousands of timers (deep heaps, every position index exercised) under a deterministic mix
+/// of start, re-start, cancel, destroy and create, on both clocks: every queued timer is
+/// listed with its expiry, and draining runs exactly the queued ones in hard-expiry order.
+#[test]
+fn large_random_workload_matches_a_model() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    // id -> (clock, Some(hard expiry) while queued)
+    let mut model: std::collections::HashMap<HrTimerId, (ClockId, Option<u64>)> =
+        Default::default();
+    let mut ids: Vec<HrTimerId> = Vec::new();
+    for step in 0..30_000u64 {
+        match random(8) {
+            0..=2 => {
+                let clock = ClockId::ALL[random(2) as usize];
+                let id = base.create(clock, Named("w"), step).unwrap();
+                ids.push(id);
+                model.insert(id, (clock, None));
+            }
+            3 if !ids.is_empty() => {
+                let id = ids.swap_remove(random(ids.len() as u64) as usize);
+                let was_queued = model.remove(&id).unwrap().1.is_some();
+                assert_eq!(base.is_queued(id), was_queued);
+                base.destroy(&mut device, id, 0).unwrap();
+                assert_eq!(base.expires(id), Err(HrTimerError::StaleId));
+            }
+            4 if !ids.is_empty() => {
+                let id = ids[random(ids.len() as u64) as usize];
+                let entry = model.get_mut(&id).unwrap();
+                assert_eq!(base.cancel(&mut device, id, 0), Ok(entry.1.is_some()));
+                entry.1 = None;
+            }
+            _ if !ids.is_empty() => {
+                let id = ids[random(ids.len() as u64) as usize];
+                let (soft, slack) = (1 + random(1_000_000), random(3));
+                base.start(&mut device, id, soft, HrTimerMode::Absolute, slack, 0, None)
+                    .unwrap();
+                model.get_mut(&id).unwrap().1 = Some(soft + slack);
+            }
+            _ => {}
+        }
+    }
+    let queued: usize = model.values().filter(|m| m.1.is_some()).count();
+    assert!(queued > 1_000, "deep heaps: {queued} queued");
+    assert_eq!(base.queued_count(), queued);
+    for clock in ClockId::ALL {
+        let mut expected: Vec<(u64, HrTimerId)> = model
+            .iter()
+            .filter(|(_, m)| m.0 == clock)
+            .filter_map(|(&id, m)| m.1.map(|hard| (hard, id)))
+            .collect();
+        expected.sort();
+        let listed: Vec<(u64, HrTimerId)> =
+            base.queued(clock).map(|q| (q.hard_expires, q.id)).collect();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort();
+        assert_eq!(listed_sorted, expected);
+        assert!(listed.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+    let mut ran = Vec::new();
+    base.run_expired(u64::MAX, |firing| {
+        ran.push(firing.id());
+        HrTimerRestart::NoRestart
+    });
+    assert_eq!(ran.len(), queued);
+    assert_eq!(base.queued_count(), 0);
+    assert!(ran
+        .iter()
+        .all(|id| model[id].1.is_some() && !base.is_queued(*id)));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Start {
