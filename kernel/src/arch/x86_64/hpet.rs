@@ -135,6 +135,9 @@ impl Hpet {
         self.write(register + 8, self.counter().wrapping_add(period));
         self.write(register + 8, period);
         self.write(INTERRUPT_STATUS, 1 << timer);
-        self.write(register, (config & !TIMER_VALUE_SET) | TIMER_INTERRUPT_ENABLE);
+        self.write(
+            register,
+            (config & !TIMER_VALUE_SET) | TIMER_INTERRUPT_ENABLE,
+        );
     }
 }
