@@ -912,6 +912,12 @@ pub fn local_timer_interrupts(cpu: usize) -> u64 {
     interrupts::count_on(cpu, LOCAL_TIMER_VECTOR)
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+/// Whether idle CPUs stop their tick (nohz on and a verified clocksource).
+pub fn nohz_active() -> bool {
+    NOHZ_READY.load(Ordering::Relaxed)
+}
+
 /// One CPU's tick and idle state, for the shell's `cpus`.
 pub struct CpuTickState {
     pub device: &'static str,

@@ -110,24 +110,38 @@ impl Hpet {
         config &= !(0x1F << 9 | TIMER_LEVEL | TIMER_PERIODIC | TIMER_32BIT_MODE);
         config |= ((gsi as u64) & 0x1F) << 9 | TIMER_INTERRUPT_ENABLE;
         if periodic {
-            config |= TIMER_PERIODIC | TIMER_VALUE_SET;
+            config |= TIMER_PERIODIC;
         }
         self.write(register, config);
         register
     }
 
     /// Arms comparator `timer` to fire once when the counter reaches `deadline`.
+    ///
+    /// The comparator is written while the comparator's interrupt is still disabled: enabling
+    /// it first lets the stale comparator (after reset `!0`, which QEMU treats as already
+    /// passed) fire at once, before the new deadline lands. Under host load QEMU's timer thread
+    /// won that race and the in-kernel HPET test saw its one-shot 50 us into a 2 ms delay.
     pub fn arm_oneshot(&self, timer: u8, gsi: u8, deadline: u64) {
-        let register = self.configure(timer, gsi, false);
+        self.stop(timer);
+        let register = TIMER_BASE + TIMER_STRIDE * timer as u64;
         self.write(register + 8, deadline);
         self.write(INTERRUPT_STATUS, 1 << timer);
+        self.configure(timer, gsi, false);
     }
 
     /// Makes comparator `timer` fire every `period` counter ticks, starting one period from now.
+    /// As for one-shot, the comparator is set before the interrupt is enabled (otherwise the
+    /// stale comparator fires at once and the first period is short).
     pub fn arm_periodic(&self, timer: u8, gsi: u8, period: u64) {
-        let register = self.configure(timer, gsi, true);
+        self.stop(timer);
+        let register = TIMER_BASE + TIMER_STRIDE * timer as u64;
+        let config = self.read(register) & !(TIMER_INTERRUPT_ENABLE | TIMER_32BIT_MODE);
+        self.write(register, config | TIMER_PERIODIC | TIMER_VALUE_SET);
         // With VALUE_SET, the first write sets the comparator, the second the period.
         self.write(register + 8, self.counter().wrapping_add(period));
         self.write(register + 8, period);
+        self.write(INTERRUPT_STATUS, 1 << timer);
+        self.configure(timer, gsi, true);
     }
 }
