@@ -73,6 +73,10 @@ const TESTS: &[TestCase] = &[
         secondary_cpus_idle_with_tick_stopped,
     ),
     (
+        "hrtimer_fires_on_the_cpu_that_armed_it",
+        hrtimer_fires_on_the_cpu_that_armed_it,
+    ),
+    (
         "proc_files_have_a_column_per_cpu",
         proc_files_have_a_column_per_cpu,
     ),
@@ -207,6 +211,43 @@ fn secondary_cpus_idle_with_tick_stopped() -> TestResult {
             after - before <= 1,
             "idle CPU {cpu} took {} timer interrupts in 100 ms",
             after - before
+        );
+    }
+    Ok(())
+}
+
+fn arm_probe_timer_here(delay_ns: u64) {
+    if let Err(why) = time::arm_probe_timer(delay_ns) {
+        printk!("ktest: arming the probe timer failed: {why}");
+    }
+}
+
+/// Each CPU's hrtimers run from its own tick device: a timer armed on CPU n (from the
+/// call-function IPI) fires on CPU n and shows as a local timer interrupt there.
+fn hrtimer_fires_on_the_cpu_that_armed_it() -> TestResult {
+    cpu::enable_interrupts();
+    for cpu in smp::online_cpus() {
+        let before = time::local_timer_interrupts(cpu);
+        smp::call_function_single(cpu, arm_probe_timer_here, 2_000_000)
+            .map_err(|e| alloc::format!("CPU {cpu}: {e}"))?;
+        let deadline = time::uptime_ns() + 2_000_000_000;
+        let fired_on = loop {
+            if let Some(fired_on) = time::probe_timer_fired_on(cpu) {
+                break fired_on;
+            }
+            ensure!(
+                time::uptime_ns() < deadline,
+                "the timer armed on CPU {cpu} did not fire within 2 s"
+            );
+            core::hint::spin_loop();
+        };
+        ensure!(
+            fired_on == cpu,
+            "timer armed on CPU {cpu} fired on CPU {fired_on}"
+        );
+        ensure!(
+            time::local_timer_interrupts(cpu) > before,
+            "CPU {cpu}'s timer fired without a local timer interrupt there"
         );
     }
     Ok(())

@@ -843,8 +843,12 @@ static SHELL_TIMER_SERIAL: AtomicU64 = AtomicU64::new(0);
 // ---- procfs ----------------------------------------------------------------------------------
 
 /// Locks the time state of every online CPU that has one, in ascending CPU order (the
-/// documented order for holding several).
-fn lock_all_cpus() -> Vec<crate::sync::IrqSafeGuard<'static, Option<CpuTime>>> {
+/// documented order for holding several). The caller keeps interrupts off for as long as it
+/// holds the guards (`_proof` outlives them), so no guard re-enables interrupts while others
+/// are still held.
+fn lock_all_cpus(
+    _proof: &InterruptsDisabled,
+) -> Vec<crate::sync::IrqSafeGuard<'static, Option<CpuTime>>> {
     crate::smp::online_cpus()
         .map(|cpu| CPU_TIME.on_cpu(cpu).lock())
         .filter(|guard| guard.is_some())
@@ -853,8 +857,9 @@ fn lock_all_cpus() -> Vec<crate::sync::IrqSafeGuard<'static, Option<CpuTime>>> {
 
 /// `/proc/timer_list`: every online CPU's hrtimer bases, tick device and tick-sched state.
 pub fn proc_timer_list() -> String {
+    let interrupts_off = InterruptsDisabled::new();
     let now = uptime_ns();
-    let guards = lock_all_cpus();
+    let guards = lock_all_cpus(&interrupts_off);
     let cpus: Vec<&CpuTime> = guards.iter().filter_map(|guard| guard.as_ref()).collect();
     let jiffies = JIFFIES.lock();
     let mut out = String::new();
@@ -869,8 +874,9 @@ pub fn proc_timer_list() -> String {
 
 /// `/proc/timer_stats` (read): the statistics of every online CPU together.
 pub fn proc_timer_stats() -> String {
+    let interrupts_off = InterruptsDisabled::new();
     let now = uptime_ns();
-    let guards = lock_all_cpus();
+    let guards = lock_all_cpus(&interrupts_off);
     let stats: Vec<&lull_time::timer_stats::TimerStats> = guards
         .iter()
         .filter_map(|guard| guard.as_ref())
@@ -910,6 +916,61 @@ pub fn proc_timer_stats_write(value: &str) -> Result<(), String> {
 /// Local timer interrupts delivered to CPU `cpu` (the `LOC` line of /proc/interrupts).
 pub fn local_timer_interrupts(cpu: usize) -> u64 {
     interrupts::count_on(cpu, LOCAL_TIMER_VECTOR)
+}
+
+/// Per CPU: the CPU index the probe timer armed there fired on, plus one (0: not fired).
+#[cfg(feature = "ktest")]
+static PROBE_FIRED_ON: PerCpu<AtomicU64> = PerCpu::new([const { AtomicU64::new(0) }; MAX_CPUS]);
+
+#[cfg(feature = "ktest")]
+fn probe_timer_fired(
+    _context: &mut TimeContext,
+    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
+) -> HrTimerRestart {
+    let interrupts_off = InterruptsDisabled::new();
+    PROBE_FIRED_ON
+        .on_cpu(timer.data() as usize)
+        .store(interrupts_off.cpu_index() as u64 + 1, Ordering::Release);
+    HrTimerRestart::NoRestart
+}
+
+/// Arms a one-shot hrtimer `delay_ns` from now on this CPU's own base (in-kernel tests: it must
+/// fire on this CPU, from this CPU's tick device). Callable from hard-IRQ context.
+#[cfg(feature = "ktest")]
+pub fn arm_probe_timer(delay_ns: u64) -> Result<(), String> {
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    PROBE_FIRED_ON.on_cpu(cpu).store(0, Ordering::Relaxed);
+    let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
+    let now = uptime_ns();
+    let percpu = guard.as_mut().ok_or("no tick on this CPU")?;
+    let id = percpu
+        .hrtimer_create(
+            ClockId::Monotonic,
+            TimerFunction::new("probe_timer_fired", probe_timer_fired),
+            cpu as u64,
+        )
+        .map_err(|e| alloc::format!("{e:?}"))?;
+    percpu
+        .hrtimer_start(
+            id,
+            delay_ns,
+            HrTimerMode::Relative,
+            0,
+            now,
+            StartInfo::kernel("ktest"),
+        )
+        .map_err(|e| alloc::format!("{e:?}"))?;
+    Ok(())
+}
+
+/// Where the probe timer armed on CPU `cpu` fired (`None`: not yet).
+#[cfg(feature = "ktest")]
+pub fn probe_timer_fired_on(cpu: usize) -> Option<usize> {
+    match PROBE_FIRED_ON.on_cpu(cpu).load(Ordering::Acquire) {
+        0 => None,
+        seen => Some(seen as usize - 1),
+    }
 }
 
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
