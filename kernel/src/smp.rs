@@ -23,6 +23,9 @@ pub const RESCHEDULE_VECTOR: u8 = 0xFD;
 /// Vector of the call-function IPI (Linux's CALL_FUNCTION_SINGLE_VECTOR).
 pub const CALL_FUNCTION_VECTOR: u8 = 0xFB;
 
+// The parameters' defaults below spell MAX_CPUS out (a `ParamSpec` default is a literal).
+const _: () = assert!(MAX_CPUS == 64, "update the nr_cpus/maxcpus defaults");
+
 /// SMP parameters.
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec {

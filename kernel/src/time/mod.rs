@@ -986,6 +986,7 @@ pub struct CpuTickState {
     pub tick_stopped: bool,
     pub idle_calls: u64,
     pub idle_sleeps: u64,
+    /// Time idle since boot, including the current idle period.
     pub idle_sleeptime_ns: u64,
     pub does_jiffies: bool,
 }
@@ -995,6 +996,13 @@ pub fn cpu_tick_state(cpu: usize) -> Option<CpuTickState> {
     let guard = CPU_TIME.on_cpu(cpu).lock();
     let percpu = guard.as_ref()?;
     let sched = percpu.tick_sched();
+    // The idle time so far includes the sleep in progress (the tick-sched total grows only
+    // when the CPU wakes).
+    let ongoing_ns = if sched.idle_active {
+        uptime_ns().saturating_sub(sched.idle_entrytime)
+    } else {
+        0
+    };
     let does_jiffies = JIFFIES
         .lock()
         .as_ref()
@@ -1008,7 +1016,7 @@ pub fn cpu_tick_state(cpu: usize) -> Option<CpuTickState> {
         tick_stopped: sched.tick_stopped,
         idle_calls: sched.idle_calls,
         idle_sleeps: sched.idle_sleeps,
-        idle_sleeptime_ns: sched.idle_sleeptime,
+        idle_sleeptime_ns: sched.idle_sleeptime + ongoing_ns,
         does_jiffies,
     })
 }
