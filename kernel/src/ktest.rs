@@ -77,6 +77,10 @@ const TESTS: &[TestCase] = &[
         hrtimer_fires_on_the_cpu_that_armed_it,
     ),
     (
+        "lock_stress_on_every_cpu_counts_exactly",
+        lock_stress_on_every_cpu_counts_exactly,
+    ),
+    (
         "proc_files_have_a_column_per_cpu",
         proc_files_have_a_column_per_cpu,
     ),
@@ -250,6 +254,44 @@ fn hrtimer_fires_on_the_cpu_that_armed_it() -> TestResult {
             "CPU {cpu}'s timer fired without a local timer interrupt there"
         );
     }
+    Ok(())
+}
+
+/// Shared by every CPU in the stress test. The increment is a separate read and write (with a
+/// pause between) so that two CPUs inside the lock at once would lose counts.
+static STRESS_COUNTER: crate::sync::IrqSafeLock<u64> = crate::sync::IrqSafeLock::new(0);
+const STRESS_ROUNDS: u64 = 20_000;
+
+fn hammer_the_shared_counter(rounds: u64) {
+    for _ in 0..rounds {
+        let mut counter = STRESS_COUNTER.lock();
+        let seen = core::hint::black_box(*counter);
+        core::hint::spin_loop();
+        *counter = seen + 1;
+    }
+}
+
+/// No big lock, but the small ones must hold: every online CPU increments one lock-protected
+/// counter at the same time (call-function IPIs to all CPUs at once, this CPU included), and
+/// not one increment is lost.
+fn lock_stress_on_every_cpu_counts_exactly() -> TestResult {
+    cpu::enable_interrupts();
+    *STRESS_COUNTER.lock() = 0;
+    let cpus: Vec<usize> = smp::online_cpus().collect();
+    let started = time::uptime_ns();
+    smp::call_function_many(&cpus, hammer_the_shared_counter, STRESS_ROUNDS)
+        .map_err(|e| alloc::format!("{e}"))?;
+    let elapsed_us = (time::uptime_ns() - started) / 1000;
+    let total = *STRESS_COUNTER.lock();
+    let expected = STRESS_ROUNDS * cpus.len() as u64;
+    printk!(
+        "ktest smp: {} CPUs x {STRESS_ROUNDS} locked increments in {elapsed_us} us",
+        cpus.len()
+    );
+    ensure!(
+        total == expected,
+        "{total} increments counted, {expected} made"
+    );
     Ok(())
 }
 

@@ -285,13 +285,51 @@ pub fn call_function_single(
 }
 
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
-/// Runs `function(data)` on every other online CPU, one after the other, waiting for each.
-pub fn call_function_others(function: RemoteFunction, data: u64) -> Result<(), CallError> {
+/// Runs `function(data)` on every CPU in `cpus` at the same time (Linux's
+/// `smp_call_function_many` with wait = 1, plus this CPU if listed, which runs it last, while
+/// the others run theirs) and returns once all have run. Every request is queued and every
+/// IPI sent before waiting. Same rules as [`call_function_single`].
+pub fn call_function_many(
+    cpus: &[usize],
+    function: RemoteFunction,
+    data: u64,
+) -> Result<(), CallError> {
+    if let Some(&offline) = cpus.iter().find(|&&cpu| !is_online(cpu)) {
+        return Err(CallError::Offline(offline));
+    }
+    if !cpu::interrupts_enabled() {
+        return Err(CallError::InterruptsDisabled);
+    }
     let me = this_cpu();
-    for cpu in online_cpus().filter(|&cpu| cpu != me) {
-        call_function_single(cpu, function, data)?;
+    let mut pending = Vec::new();
+    for &cpu in cpus.iter().filter(|&&cpu| cpu != me) {
+        let done = Arc::new(AtomicBool::new(false));
+        CALL_QUEUE.on_cpu(cpu).lock().push(CallRequest {
+            function,
+            data,
+            done: Arc::clone(&done),
+        });
+        apic::send_ipi(apic_id(cpu), CALL_FUNCTION_VECTOR);
+        pending.push(done);
+    }
+    if cpus.contains(&me) {
+        let _interrupts_off = InterruptsDisabled::new();
+        function(data);
+    }
+    for done in pending {
+        while !done.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
     }
     Ok(())
+}
+
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+/// Runs `function(data)` on every other online CPU at once and waits for all of them.
+pub fn call_function_others(function: RemoteFunction, data: u64) -> Result<(), CallError> {
+    let me = this_cpu();
+    let others: Vec<usize> = online_cpus().filter(|&cpu| cpu != me).collect();
+    call_function_many(&others, function, data)
 }
 
 /// Sends a reschedule IPI to `cpu` (it wakes from idle and re-checks for work).
