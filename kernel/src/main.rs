@@ -247,6 +247,8 @@ fn crash_by_null_dereference() {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     arch::cpu::disable_interrupts();
+    // The other CPUs halt first, so the report is the last thing the machine does.
+    smp::stop_other_cpus();
     match info.location() {
         Some(location) => console::emergency_print(format_args!(
             "\nKernel panic at {}:{}:{}: {}\n",

@@ -22,6 +22,8 @@ use crate::{pr_warn, printk};
 pub const RESCHEDULE_VECTOR: u8 = 0xFD;
 /// Vector of the call-function IPI (Linux's CALL_FUNCTION_SINGLE_VECTOR).
 pub const CALL_FUNCTION_VECTOR: u8 = 0xFB;
+/// Vector of the stop IPI (Linux's REBOOT_VECTOR): the CPU goes offline and halts for good.
+pub const STOP_VECTOR: u8 = 0xF8;
 
 // The parameters' defaults below spell MAX_CPUS out (a `ParamSpec` default is a literal).
 const _: () = assert!(MAX_CPUS == 64, "update the nr_cpus/maxcpus defaults");
@@ -130,6 +132,50 @@ pub fn init(acpi: Option<&AcpiInfo>) {
     CPUS[0].online.store(true, Ordering::Release);
     interrupts::set_handler(RESCHEDULE_VECTOR, reschedule_interrupt);
     interrupts::set_handler(CALL_FUNCTION_VECTOR, call_function_interrupt);
+    interrupts::set_handler(STOP_VECTOR, stop_interrupt);
+    crate::pm::register_notifier(crate::pm::Notifier {
+        name: "smp",
+        priority: 10,
+        call: pm_notifier,
+    });
+}
+
+/// PM notifier (runs first): the other CPUs stop before devices and ticks are shut down, so
+/// the power-off runs on one CPU (Linux's `smp_send_stop` in `kernel_power_off`).
+fn pm_notifier(_event: crate::pm::PmEvent) {
+    let stopped = stop_other_cpus();
+    if stopped > 0 {
+        printk!("smp: stopped {stopped} other CPU(s)");
+    }
+}
+
+/// Sends every other online CPU the stop IPI and waits (at most ~100 ms) until they say they
+/// are offline. Returns how many stopped. Takes no lock and does not allocate, so the panic
+/// path can use it too.
+pub fn stop_other_cpus() -> usize {
+    let me = InterruptsDisabled::new().cpu_index();
+    let mut sent = 0;
+    for cpu in online_cpus().filter(|&cpu| cpu != me) {
+        apic::send_ipi(apic_id(cpu), STOP_VECTOR);
+        sent += 1;
+    }
+    let start = cpu::rdtsc();
+    let limit = crate::time::tsc_hz().max(1_000_000_000) / 10;
+    while online_cpus().any(|cpu| cpu != me) && cpu::rdtsc().wrapping_sub(start) < limit {
+        core::hint::spin_loop();
+    }
+    sent - online_cpus().filter(|&cpu| cpu != me).count().min(sent)
+}
+
+/// Stop IPI (hard-IRQ context): this CPU leaves for good. Its LAPIC timer is silenced
+/// directly (no time lock: the CPU asking may hold any of them, e.g. when panicking).
+fn stop_interrupt(_vector: u8) {
+    let interrupts_off = InterruptsDisabled::new();
+    apic::timer::stop();
+    CPUS[interrupts_off.cpu_index()]
+        .online
+        .store(false, Ordering::Release);
+    cpu::halt_forever()
 }
 
 /// Brings every possible CPU online, up to `maxcpus=` in all. Called once on the boot CPU,

@@ -655,6 +655,13 @@ fn smp_boots_with_1_2_4_8_cpus() -> TestResult {
             );
         }
         poweroff_exits_zero(&mut guest)?;
+        // Power-off runs on one CPU: the others were stopped first.
+        let stopped = format!("smp: stopped {} other CPU(s)", cpus - 1);
+        ensure!(
+            cpus == 1 || guest.output().contains(&stopped),
+            "{machine:?} -smp {cpus}: no {stopped:?} at power-off:\n{}",
+            guest.output()
+        );
     }
     Ok(())
 }
