@@ -77,6 +77,10 @@ const TESTS: &[TestCase] = &[
         hrtimer_fires_on_the_cpu_that_armed_it,
     ),
     (
+        "tsc_is_synchronized_across_cpus",
+        tsc_is_synchronized_across_cpus,
+    ),
+    (
         "lock_stress_on_every_cpu_counts_exactly",
         lock_stress_on_every_cpu_counts_exactly,
     ),
@@ -253,6 +257,33 @@ fn hrtimer_fires_on_the_cpu_that_armed_it() -> TestResult {
             time::local_timer_interrupts(cpu) > before,
             "CPU {cpu}'s timer fired without a local timer interrupt there"
         );
+    }
+    Ok(())
+}
+
+/// What the TSC read on the CPU a call-function IPI ran on.
+static REMOTE_TSC: AtomicU64 = AtomicU64::new(0);
+
+fn read_tsc_here(_: u64) {
+    REMOTE_TSC.store(cpu::rdtsc(), Ordering::Release);
+}
+
+/// The clocksource may be the TSC, read on whichever CPU asks: every CPU's TSC must lie
+/// between two reads on this CPU that bracket it (Linux's `check_tsc_sync_source`, coarse).
+fn tsc_is_synchronized_across_cpus() -> TestResult {
+    cpu::enable_interrupts();
+    for cpu in smp::online_cpus() {
+        for _ in 0..3 {
+            let before = cpu::rdtsc();
+            smp::call_function_single(cpu, read_tsc_here, 0)
+                .map_err(|e| alloc::format!("CPU {cpu}: {e}"))?;
+            let after = cpu::rdtsc();
+            let remote = REMOTE_TSC.load(Ordering::Acquire);
+            ensure!(
+                before <= remote && remote <= after,
+                "CPU {cpu}'s TSC {remote} is outside [{before}, {after}] read on this CPU"
+            );
+        }
     }
     Ok(())
 }
