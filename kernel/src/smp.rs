@@ -1,5 +1,9 @@
 //! Multiprocessing: which CPUs exist (the ACPI MADT, trimmed by `nr_cpus=`), bringing them
-//! online at boot (`maxcpus=`), and cross-CPU function calls over IPIs.
+//! online at boot (`maxcpus=`), IPIs (call-function to one or many CPUs, reschedule, stop),
+//! and stopping the other CPUs at power-off and panic.
+//!
+//! Which CPUs are online is a set of atomics (no lock): a CPU marks itself online once its
+//! APIC and tick run, and offline when it takes the stop IPI.
 //!
 //! CPU indices are dense: 0 is the boot CPU, then the MADT's other enabled processors in
 //! table order. Every per-CPU structure is indexed by them.

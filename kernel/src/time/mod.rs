@@ -560,7 +560,7 @@ pub fn start_secondary_tick() {
 }
 
 /// PM notifier: stops this CPU's tick device before power-off, so no timer fires mid-shutdown.
-/// (Other CPUs idle with their ticks stopped; nothing on them arms a timer during shutdown.)
+/// (The other CPUs were stopped, timers silenced, by the `smp` notifier, which runs first.)
 fn pm_notifier(_event: crate::pm::PmEvent) {
     let interrupts_off = InterruptsDisabled::new();
     let mut percpu = CPU_TIME.this_cpu(&interrupts_off).lock();
