@@ -24,7 +24,7 @@ static IOAPIC: IrqSafeLock<Option<apic::IoApic>> = IrqSafeLock::new(None);
 
 /// Enables the local APIC and masks every IOAPIC input. Called once at boot.
 pub fn init(acpi: Option<&AcpiInfo>) {
-    apic::init_local(interrupts::SPURIOUS_VECTOR);
+    apic::init_local(interrupts::SPURIOUS_VECTOR, true);
     let Some(entry) = acpi.and_then(|info| info.io_apics.first()) else {
         crate::pr_warn!("irq: no IOAPIC in the MADT; device interrupts are unavailable");
         return;
@@ -92,29 +92,57 @@ fn pm_notifier(_event: crate::pm::PmEvent) {
     }
 }
 
-/// Renders `/proc/interrupts` (one CPU for now; a column per CPU once SMP is up).
+/// Renders `/proc/interrupts`: one column per online CPU, as Linux.
 pub fn proc_interrupts() -> String {
-    let mut out = String::from("           CPU0\n");
+    let cpus: Vec<usize> = crate::smp::online_cpus().collect();
+    let mut out = String::from("     ");
+    for cpu in &cpus {
+        let _ = write!(out, " {:>10}", alloc::format!("CPU{cpu}"));
+    }
+    out.push('\n');
+    let row = |out: &mut String, label: &str, count: &dyn Fn(usize) -> u64, what: &str| {
+        let _ = write!(out, "{label:>4}:");
+        for &cpu in &cpus {
+            let _ = write!(out, " {:>10}", count(cpu));
+        }
+        let _ = writeln!(out, "   {what}");
+    };
     for line in LINES.lock().iter() {
-        let _ = writeln!(
-            out,
-            "{:>4}: {:>10}   IO-APIC {:>3}-{}   {}",
-            line.gsi,
-            interrupts::count(line.vector),
-            line.gsi,
-            if line.level { "fasteoi" } else { "edge" },
-            line.name
+        row(
+            &mut out,
+            &alloc::format!("{}", line.gsi),
+            &|cpu| interrupts::count_on(cpu, line.vector),
+            &alloc::format!(
+                "IO-APIC {:>3}-{}   {}",
+                line.gsi,
+                if line.level { "fasteoi" } else { "edge" },
+                line.name
+            ),
         );
     }
-    let _ = writeln!(
-        out,
-        " LOC: {:>10}   Local timer interrupts",
-        crate::time::local_timer_interrupts()
+    row(
+        &mut out,
+        "LOC",
+        &crate::time::local_timer_interrupts,
+        "Local timer interrupts",
     );
-    let _ = writeln!(
-        out,
-        " SPU: {:>10}   Spurious interrupts",
-        interrupts::count(interrupts::SPURIOUS_VECTOR)
+    row(
+        &mut out,
+        "SPU",
+        &|cpu| interrupts::count_on(cpu, interrupts::SPURIOUS_VECTOR),
+        "Spurious interrupts",
+    );
+    row(
+        &mut out,
+        "RES",
+        &|cpu| interrupts::count_on(cpu, crate::smp::RESCHEDULE_VECTOR),
+        "Rescheduling interrupts",
+    );
+    row(
+        &mut out,
+        "CAL",
+        &|cpu| interrupts::count_on(cpu, crate::smp::CALL_FUNCTION_VECTOR),
+        "Function call interrupts",
     );
     out
 }

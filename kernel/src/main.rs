@@ -1,7 +1,9 @@
 //! Lull: a tickless, paravirtualized x86_64 kernel.
 //!
-//! Boot order: PVH entry (arch) → console → CPU tables → TSC calibration → memory (heap, zones,
-//! page tables) → command line → ACPI → interrupts → shell (or the in-kernel tests).
+//! Boot order: PVH entry (arch, GS base of CPU 0) → console → CPU tables → TSC calibration →
+//! memory (heap, zones, page tables, SMP trampoline page) → command line → ACPI → interrupts →
+//! CPU list (MADT) → time (boot CPU's tick) → secondary CPUs (each starts its own tick, then
+//! idles) → shell (or the in-kernel tests).
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -21,6 +23,7 @@ mod params;
 mod pm;
 mod procfs;
 mod shell;
+mod smp;
 mod sync;
 mod time;
 
@@ -123,11 +126,13 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     }
 
     setup_interrupts(acpi);
+    smp::init(acpi);
     pm::init(acpi);
     time::init(acpi);
     #[cfg(feature = "ktest")]
     ktest::run_device_tests();
     time::start_tick();
+    smp::bring_up_secondary_cpus();
     register_proc_files();
     printk!("boot: kernel ready in {} us", time::uptime_ns() / 1000);
 
@@ -242,6 +247,8 @@ fn crash_by_null_dereference() {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     arch::cpu::disable_interrupts();
+    // The other CPUs halt first, so the report is the last thing the machine does.
+    smp::stop_other_cpus();
     match info.location() {
         Some(location) => console::emergency_print(format_args!(
             "\nKernel panic at {}:{}:{}: {}\n",

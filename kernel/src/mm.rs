@@ -8,6 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use lull_buddy::{PhysAllocator, ZoneKind, ORDER_COUNT, PAGE_SIZE};
 
@@ -35,6 +36,36 @@ struct MemoryLayout {
 }
 
 static LAYOUT: IrqSafeLock<Option<MemoryLayout>> = IrqSafeLock::new(None);
+
+/// The page below 1 MiB set aside for the SMP trampoline (0: none found). Low memory is never
+/// given to the page allocator, so only the boot structures and firmware can be in the way.
+static TRAMPOLINE_PAGE: AtomicU64 = AtomicU64::new(0);
+
+/// Preferred trampoline page (Linux's real-mode trampoline also sits low; 0x8000 is clear of
+/// the BIOS data area, the PVH start info our VMM puts at 0x6000, and the EBDA).
+const PREFERRED_TRAMPOLINE_PAGE: u64 = 0x8000;
+
+/// Picks a page below 640 KiB that the firmware map calls RAM and that holds none of the
+/// boot structures (`avoid`); 0x8000 if it qualifies, else the lowest that does.
+fn pick_trampoline_page(firmware_ram: &[Range<u64>], avoid: &[Range<u64>]) -> Option<u64> {
+    let usable = |page: u64| {
+        let range = page..page + PAGE_SIZE;
+        firmware_ram
+            .iter()
+            .any(|ram| ram.start <= range.start && range.end <= ram.end)
+            && !avoid
+                .iter()
+                .any(|hole| hole.start < range.end && range.start < hole.end)
+    };
+    core::iter::once(PREFERRED_TRAMPOLINE_PAGE)
+        .chain((1..0xA0).map(|page| page * PAGE_SIZE))
+        .find(|&page| usable(page))
+}
+
+/// The page reserved for the SMP trampoline, if boot found one.
+pub fn trampoline_page() -> Option<u64> {
+    Some(TRAMPOLINE_PAGE.load(Ordering::Relaxed)).filter(|&page| page != 0)
+}
 
 fn page_down(value: u64) -> u64 {
     value & !(PAGE_SIZE - 1)
@@ -176,6 +207,23 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
 
     // 4. The page allocator gets everything else.
     let mut reserved: Vec<(Range<u64>, &'static str)> = boot_holes.to_vec();
+    let mut low_avoid: Vec<Range<u64>> = boot_holes[1..].iter().map(|(r, _)| r.clone()).collect();
+    if let Some(rsdp) = boot.rsdp_address {
+        low_avoid.push(page_down(rsdp)..page_up(rsdp + 36));
+    }
+    let firmware_ram: Vec<Range<u64>> = boot
+        .memory_map
+        .iter()
+        .filter(|entry| entry.kind == MEMORY_RAM)
+        .map(|entry| entry.address..entry.address.saturating_add(entry.size))
+        .collect();
+    match pick_trampoline_page(&firmware_ram, &low_avoid) {
+        Some(page) => {
+            TRAMPOLINE_PAGE.store(page, Ordering::Relaxed);
+            reserved.push((page..page + PAGE_SIZE, "SMP trampoline"));
+        }
+        None => crate::pr_warn!("mm: no free RAM page below 640 KiB; only the boot CPU can run"),
+    }
     reserved.push((heap.clone(), "kernel heap"));
     let mut managed: Vec<Range<u64>> = free_ranges.as_slice().to_vec();
     let mut next = Vec::new();

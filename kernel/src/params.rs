@@ -38,7 +38,12 @@ pub const MM_PARAMS: &[ParamSpec] = &[ParamSpec {
 }];
 
 /// Every subsystem's declarations, in one place so that duplicates are caught at boot.
-const ALL_PARAMS: &[&[ParamSpec]] = &[CONSOLE_PARAMS, MM_PARAMS, crate::time::PARAMS];
+const ALL_PARAMS: &[&[ParamSpec]] = &[
+    CONSOLE_PARAMS,
+    MM_PARAMS,
+    crate::time::PARAMS,
+    crate::smp::PARAMS,
+];
 
 /// Reads `mem=` straight from boot memory, before the heap exists.
 pub fn early_mem_limit(line: &[u8]) -> Option<u64> {

@@ -200,6 +200,12 @@ const COMMANDS: &[Command] = &[
         run: cmd_clocksource,
     },
     Command {
+        name: "cpus",
+        usage: "cpus",
+        help: "CPUs: online state, APIC id, tick device, tick stopped, idle statistics",
+        run: cmd_cpus,
+    },
+    Command {
         name: "poweroff",
         usage: "poweroff",
         help: "shut down (ACPI S5)",
@@ -381,6 +387,47 @@ fn cmd_clocksource(_: &[&str], _: &str) {
             }
         );
     }
+}
+
+fn cmd_cpus(_: &[&str], _: &str) {
+    kprintln!(
+        "CPU  APIC  state    tick device     mode      tick     jiffies  idle calls  sleeps  idle s"
+    );
+    for cpu in 0..crate::smp::possible_cpus() {
+        let online = crate::smp::is_online(cpu);
+        let apic = crate::smp::apic_id(cpu);
+        match crate::time::cpu_tick_state(cpu).filter(|_| online) {
+            Some(tick) => kprintln!(
+                "{:>3}  {:>4}  {:<7}  {:<14}  {:<8}  {:<7}  {:<7}  {:>10}  {:>6}  {}.{:03}",
+                cpu,
+                apic,
+                "online",
+                tick.device,
+                tick.mode,
+                if tick.tick_stopped {
+                    "stopped"
+                } else {
+                    "running"
+                },
+                if tick.does_jiffies { "yes" } else { "no" },
+                tick.idle_calls,
+                tick.idle_sleeps,
+                tick.idle_sleeptime_ns / 1_000_000_000,
+                (tick.idle_sleeptime_ns / 1_000_000) % 1000
+            ),
+            None => kprintln!(
+                "{:>3}  {:>4}  {:<7}  -",
+                cpu,
+                apic,
+                if online { "online" } else { "offline" }
+            ),
+        }
+    }
+    kprintln!(
+        "{} online, {} possible",
+        crate::smp::online_count(),
+        crate::smp::possible_cpus()
+    );
 }
 
 fn cmd_poweroff(_: &[&str], _: &str) {

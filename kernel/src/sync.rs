@@ -1,22 +1,29 @@
-//! Locks. `IrqSafeLock` masks local interrupts while held, so data shared with interrupt
-//! handlers cannot deadlock against the code it interrupted.
+//! Locks and per-CPU data. `IrqSafeLock` masks local interrupts while held, so data shared
+//! with interrupt handlers cannot deadlock against the code it interrupted. There is no global
+//! kernel lock: each lock guards one structure and is documented next to it.
 //!
 //! Lock order (outermost first), documented here as the kernel grows:
-//! `console::CONSOLE` is a leaf; `mm::PAGES` is a leaf; `shell` input ring is a leaf.
+//! - `console::CONSOLE` is a leaf; `mm::PAGES` is a leaf; `shell` input ring is a leaf.
+//! - time: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `time::CLOCKS` (see time/mod.rs). Two
+//!   CPUs' `CPU_TIME` locks are only held together by readers of every CPU (timer_list), which
+//!   take them in ascending CPU order.
+//! - smp: `smp::CALL_QUEUE[cpu]` is a leaf (never held while waiting for another CPU).
+//! - `irq::LINES`, `irq::IOAPIC` are leaves.
 
 use core::ops::{Deref, DerefMut};
 
-use crate::arch::cpu;
+pub use crate::arch::percpu::{InterruptsDisabled, MAX_CPUS};
 
 /// A spinlock whose guard keeps local interrupts disabled.
 pub struct IrqSafeLock<T> {
     inner: spin::Mutex<T>,
 }
 
-/// Guard for [`IrqSafeLock`]; restores the interrupt flag when dropped.
+/// Guard for [`IrqSafeLock`]; releases the lock, then restores the interrupt flag.
 pub struct IrqSafeGuard<'a, T> {
-    guard: Option<spin::MutexGuard<'a, T>>,
-    interrupts_were_enabled: bool,
+    // Field order is drop order: the lock is released before interrupts come back on.
+    guard: spin::MutexGuard<'a, T>,
+    interrupts: InterruptsDisabled,
 }
 
 impl<T> IrqSafeLock<T> {
@@ -29,51 +36,64 @@ impl<T> IrqSafeLock<T> {
 
     /// Disables interrupts, then spins until the lock is ours.
     pub fn lock(&self) -> IrqSafeGuard<'_, T> {
-        let interrupts_were_enabled = cpu::interrupts_enabled();
-        cpu::disable_interrupts();
+        let interrupts = InterruptsDisabled::new();
         IrqSafeGuard {
-            guard: Some(self.inner.lock()),
-            interrupts_were_enabled,
+            guard: self.inner.lock(),
+            interrupts,
         }
     }
 
     /// Takes the lock if it is free (used by the emergency console path).
     pub fn try_lock(&self) -> Option<IrqSafeGuard<'_, T>> {
-        let interrupts_were_enabled = cpu::interrupts_enabled();
-        cpu::disable_interrupts();
-        match self.inner.try_lock() {
-            Some(guard) => Some(IrqSafeGuard {
-                guard: Some(guard),
-                interrupts_were_enabled,
-            }),
-            None => {
-                if interrupts_were_enabled {
-                    cpu::enable_interrupts();
-                }
-                None
-            }
-        }
+        let interrupts = InterruptsDisabled::new();
+        let guard = self.inner.try_lock()?;
+        Some(IrqSafeGuard { guard, interrupts })
+    }
+}
+
+impl<T> IrqSafeGuard<'_, T> {
+    /// The proof that interrupts are off while the guard is held.
+    #[allow(dead_code)] // part of the guard's contract; used as per-CPU users appear
+    pub fn interrupts_disabled(&self) -> &InterruptsDisabled {
+        &self.interrupts
     }
 }
 
 impl<T> Deref for IrqSafeGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        self.guard.as_ref().expect("guard is present until drop")
+        &self.guard
     }
 }
 
 impl<T> DerefMut for IrqSafeGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        self.guard.as_mut().expect("guard is present until drop")
+        &mut self.guard
     }
 }
 
-impl<T> Drop for IrqSafeGuard<'_, T> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        if self.interrupts_were_enabled {
-            cpu::enable_interrupts();
-        }
+/// One `T` per CPU. The running CPU's own slot is reached with [`PerCpu::this_cpu`], which
+/// needs proof that the caller cannot migrate while it holds the reference; another CPU's
+/// slot with [`PerCpu::on_cpu`] (for readers such as `/proc/interrupts`, so `T` must be
+/// safe to share: atomics or locks).
+pub struct PerCpu<T> {
+    slots: [T; MAX_CPUS],
+}
+
+impl<T> PerCpu<T> {
+    /// Wraps one value per CPU (index = CPU index).
+    pub const fn new(slots: [T; MAX_CPUS]) -> Self {
+        Self { slots }
+    }
+
+    /// The running CPU's slot.
+    pub fn this_cpu<'a>(&'a self, proof: &'a InterruptsDisabled) -> &'a T {
+        &self.slots[proof.cpu_index()]
+    }
+
+    /// CPU `cpu`'s slot (`cpu` < [`MAX_CPUS`], else the last slot: callers pass indices from
+    /// `smp`, which never hands out larger ones).
+    pub fn on_cpu(&self, cpu: usize) -> &T {
+        &self.slots[cpu.min(MAX_CPUS - 1)]
     }
 }

@@ -96,6 +96,18 @@ pub const TESTS: &[Test] = &[
         name: "sleep_and_latency_commands",
         run: sleep_and_latency_commands,
     },
+    Test {
+        name: "smp_boots_with_1_2_4_8_cpus",
+        run: smp_boots_with_1_2_4_8_cpus,
+    },
+    Test {
+        name: "smp_nr_cpus_and_maxcpus",
+        run: smp_nr_cpus_and_maxcpus,
+    },
+    Test {
+        name: "idle_smp4_nohz_takes_no_timer_interrupts",
+        run: idle_smp4_nohz_takes_no_timer_interrupts,
+    },
 ];
 
 fn shell_kernel() -> Result<std::path::PathBuf, String> {
@@ -587,5 +599,110 @@ fn power_button_from_qemu_system_powerdown() -> TestResult {
         ensure!(output.contains(expected), "missing {expected:?}:\n{output}");
     }
     ensure!(code == 0, "QEMU exited with {code} after the power button");
+    Ok(())
+}
+
+/// The header of `/proc/interrupts`: `CPU0 CPU1 ...`, one per online CPU.
+fn interrupt_columns(interrupts: &str) -> Vec<String> {
+    interrupts
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every CPU QEMU gives comes online on q35 (1, 2, 4, 8 vCPUs) and on microvm (2), each with
+/// its own LAPIC tick device, listed by `cpus` and as a column of `/proc/interrupts`.
+fn smp_boots_with_1_2_4_8_cpus() -> TestResult {
+    let kernel = shell_kernel()?;
+    for (machine, cpus) in [
+        (Machine::Q35, 1u32),
+        (Machine::Q35, 2),
+        (Machine::Q35, 4),
+        (Machine::Q35, 8),
+        (Machine::Microvm, 2),
+    ] {
+        let mut config = QemuConfig::new(&kernel);
+        config.machine = machine;
+        config.cpus = cpus;
+        let mut guest = boot(&config)?;
+        let listing = guest.run("cpus", STEP)?;
+        ensure!(
+            listing.contains(&format!("{cpus} online, {cpus} possible")),
+            "{machine:?} -smp {cpus}: cpus printed:\n{listing}"
+        );
+        let lapic_rows = listing
+            .lines()
+            .filter(|line| line.contains(" online ") && line.contains(" lapic"))
+            .count();
+        ensure!(
+            lapic_rows == cpus as usize,
+            "{machine:?} -smp {cpus}: {lapic_rows} CPUs tick on their LAPIC:\n{listing}"
+        );
+        let interrupts = guest.run("cat /proc/interrupts", STEP)?;
+        let expected: Vec<String> = (0..cpus).map(|cpu| format!("CPU{cpu}")).collect();
+        ensure!(
+            interrupt_columns(&interrupts) == expected,
+            "{machine:?} -smp {cpus}: /proc/interrupts:\n{interrupts}"
+        );
+        let timer_list = guest.run("cat /proc/timer_list", STEP)?;
+        for cpu in 0..cpus {
+            ensure!(
+                timer_list.contains(&format!("cpu: {cpu}\n")),
+                "{machine:?} -smp {cpus}: no CPU {cpu} in /proc/timer_list"
+            );
+        }
+        poweroff_exits_zero(&mut guest)?;
+        // Power-off runs on one CPU: the others were stopped first.
+        let stopped = format!("smp: stopped {} other CPU(s)", cpus - 1);
+        ensure!(
+            cpus == 1 || guest.output().contains(&stopped),
+            "{machine:?} -smp {cpus}: no {stopped:?} at power-off:\n{}",
+            guest.output()
+        );
+    }
+    Ok(())
+}
+
+/// `nr_cpus=3` limits the possible CPUs, `maxcpus=2` those brought up at boot; the rest are
+/// listed offline and have no column in `/proc/interrupts`.
+fn smp_nr_cpus_and_maxcpus() -> TestResult {
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.cpus = 4;
+    config.append = "nr_cpus=3 maxcpus=2".to_string();
+    let mut guest = Guest::spawn(&config)?;
+    let boot_log = guest.expect("lull> ", BOOT)?;
+    ensure!(
+        boot_log.contains("smp: Brought up 2 CPUs (3 possible, nr_cpus), 1 offline"),
+        "boot log:\n{boot_log}"
+    );
+    let listing = guest.run("cpus", STEP)?;
+    ensure!(
+        listing.contains("2 online, 3 possible")
+            && listing
+                .lines()
+                .any(|line| line.trim_start().starts_with("2 ") && line.contains("offline")),
+        "cpus printed:\n{listing}"
+    );
+    let interrupts = guest.run("cat /proc/interrupts", STEP)?;
+    ensure!(
+        interrupt_columns(&interrupts) == ["CPU0", "CPU1"],
+        "/proc/interrupts:\n{interrupts}"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
+/// The dynticks claim on four CPUs: LAPIC timer interrupts summed over every CPU in a 10 s
+/// idle window, counted by QEMU's trace (at most 1, i.e. <= 0.1/s).
+fn idle_smp4_nohz_takes_no_timer_interrupts() -> TestResult {
+    let idle = crate::bench::measure_lull_idle(&shell_kernel()?, "", 10, 4)?;
+    ensure!(
+        idle.counts.lapic_timer <= 1,
+        "-smp 4: {} LAPIC timer interrupts in the idle window (at most 1 allowed): {}",
+        idle.counts.lapic_timer,
+        idle.counts.describe()
+    );
     Ok(())
 }

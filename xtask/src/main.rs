@@ -284,12 +284,15 @@ fn host_tier(tally: &mut Tally) -> Result<(), String> {
 /// Boots test builds of the kernel and reads their `N passed, N failed` line and exit status.
 fn kernel_tier(tally: &mut Tally) -> Result<(), String> {
     println!("== tier 2: in-kernel tests (QEMU TCG)");
-    let suites: [(&str, Vec<&'static str>, Machine); 3] = [
-        ("q35", vec!["ktest"], Machine::Q35),
-        ("microvm", vec!["ktest"], Machine::Microvm),
-        ("q35 zone-dma", vec!["ktest", "zone-dma"], Machine::Q35),
+    // (label, features, machine, vCPUs): the SMP suite must see every vCPU come online.
+    let suites: [(&str, Vec<&'static str>, Machine, u32); 5] = [
+        ("q35", vec!["ktest"], Machine::Q35, 1),
+        ("microvm", vec!["ktest"], Machine::Microvm, 1),
+        ("q35 zone-dma", vec!["ktest", "zone-dma"], Machine::Q35, 1),
+        ("q35 smp4", vec!["ktest"], Machine::Q35, 4),
+        ("microvm smp2", vec!["ktest"], Machine::Microvm, 2),
     ];
-    for (label, features, machine) in suites {
+    for (label, features, machine, cpus) in suites {
         let elf = kernel::build(&Variant {
             features,
             release: true,
@@ -297,6 +300,7 @@ fn kernel_tier(tally: &mut Tally) -> Result<(), String> {
         let mut config = QemuConfig::new(&elf);
         config.machine = machine;
         config.memory_mib = 512;
+        config.cpus = cpus;
         let mut guest = Guest::spawn(&config)?;
         let code = guest.wait_exit(Duration::from_secs(120))?;
         let output = guest.output();
@@ -317,6 +321,13 @@ fn kernel_tier(tally: &mut Tally) -> Result<(), String> {
             .unwrap_or((0, 0));
         tally.passed += passed;
         tally.failed += failed;
+        let all_online = format!("ktest smp: {cpus} CPUs online of {cpus} possible");
+        if !output.contains(&all_online) {
+            tally.failed += 1;
+            tally
+                .failures
+                .push(format!("kernel [{label}]: no line {all_online:?}"));
+        }
         if code != 33 || failed > 0 || passed == 0 {
             tally.failed += 1;
             tally.failures.push(format!(

@@ -3,8 +3,15 @@
 //! The logic lives in the portable, host-tested `lull-time` crates; this module binds it to
 //! the hardware (`devices.rs`) and to the kernel (interrupts, idle, procfs, shell).
 //!
-//! Locks, outermost first (each is IRQ-safe): `CPU_TIME` → `JIFFIES` → `CLOCKS`.
-//! `CLOCKS` is a leaf and may be taken from any context, including timer callbacks.
+//! Every CPU has its own time state (`CPU_TIME[cpu]`: its tick device, hrtimer bases, timer
+//! wheels, tick-sched), reached through the per-CPU guard; only jiffies and the clocksources
+//! are global. Which CPU advances jiffies is decided by `lull-time` (the first CPU with a
+//! running tick takes the duty, and hands it back when its tick stops for idle).
+//!
+//! Locks, outermost first (each is IRQ-safe): `CPU_TIME[cpu]` → `JIFFIES` → `CLOCKS`.
+//! `CLOCKS` is a leaf and may be taken from any context, including timer callbacks. A CPU takes
+//! another CPU's `CPU_TIME` only to read it for procfs/shell, in ascending CPU order when it
+//! holds several (`/proc/timer_list`), and never waits for another CPU while holding one.
 
 mod devices;
 mod early;
@@ -15,7 +22,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lull_cmdline::{Kind, ParamSpec};
-use lull_time::clockevents::ClockEventDevice;
+use lull_time::clockevents::{ClockEventDevice, Features};
 use lull_time::clocksource::{
     ClockSource, ClockSourceId, ClockSourceRegistry, Watchdog, WatchdogVerdict,
 };
@@ -29,7 +36,7 @@ use lull_time::timer_stats::StartInfo;
 
 use crate::arch::acpi::AcpiInfo;
 use crate::arch::{apic, cpu, hpet::Hpet, interrupts};
-use crate::sync::IrqSafeLock;
+use crate::sync::{InterruptsDisabled, IrqSafeLock, PerCpu, MAX_CPUS};
 use crate::{pr_warn, printk};
 
 pub use devices::{TickDevice, LOCAL_TIMER_VECTOR};
@@ -57,7 +64,7 @@ pub const PARAMS: &[ParamSpec] = &[
     },
 ];
 
-type PerCpu = PerCpuTime<TickDevice, TimeContext>;
+type CpuTime = PerCpuTime<TickDevice, TimeContext>;
 
 /// Clocksources and timekeeping (a leaf lock).
 struct Clocks {
@@ -72,8 +79,11 @@ struct Clocks {
 
 static CLOCKS: IrqSafeLock<Option<Clocks>> = IrqSafeLock::new(None);
 static JIFFIES: IrqSafeLock<Option<JiffiesClock>> = IrqSafeLock::new(None);
-/// CPU 0's time state (per-CPU once secondary CPUs start).
-static CPU_TIME: IrqSafeLock<Option<PerCpu>> = IrqSafeLock::new(None);
+/// Each CPU's time state (`None` until that CPU's tick starts).
+static CPU_TIME: PerCpu<IrqSafeLock<Option<CpuTime>>> =
+    PerCpu::new([const { IrqSafeLock::new(None) }; MAX_CPUS]);
+/// The tick configuration the boot CPU chose (secondary CPUs use the same).
+static TICK_CONFIG: spin::Once<TickConfig> = spin::Once::new();
 /// Whether idle may stop the tick (nohz on, one-shot device, clocksource verified).
 static NOHZ_READY: AtomicBool = AtomicBool::new(false);
 static NOHZ_WANTED: AtomicBool = AtomicBool::new(true);
@@ -458,15 +468,19 @@ pub fn start_tick() {
     if let Some(clocks) = CLOCKS.lock().as_ref() {
         config.max_deferment_ns = clocks.timekeeper.max_deferment_ns();
     }
+    let config = *TICK_CONFIG.call_once(|| config);
     let vector = device_vector(&device);
     route_device(&device);
     interrupts::set_handler(vector, timer_interrupt);
     TICK_VECTOR.store(vector as u64, Ordering::Relaxed);
     let name = device.name();
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    let mut slot = CPU_TIME.this_cpu(&interrupts_off).lock();
     let now = uptime_ns();
     let mut jiffies_guard = JIFFIES.lock();
     let jiffies = jiffies_guard.insert(JiffiesClock::new(0, now, HZ).expect("HZ is valid"));
-    match PerCpu::new(0, device, config, jiffies) {
+    match CpuTime::new(cpu as u32, device, config, jiffies) {
         Ok(mut percpu) => {
             if let Err(error) = percpu.start(now, jiffies) {
                 pr_warn!("tick: cannot start on {name}: {error:?}");
@@ -498,11 +512,13 @@ pub fn start_tick() {
                 if config.high_res { "on" } else { "off" }
             );
             let _ = percpu.set_realtime_offset(REALTIME_OFFSET_NS.load(Ordering::Relaxed), now);
-            *CPU_TIME.lock() = Some(percpu);
+            *slot = Some(percpu);
         }
         Err(error) => pr_warn!("tick: {name} unusable: {error:?}"),
     }
     drop(jiffies_guard);
+    drop(slot);
+    drop(interrupts_off);
     crate::pm::register_notifier(crate::pm::Notifier {
         name: "clockevents",
         priority: 0,
@@ -511,10 +527,48 @@ pub fn start_tick() {
     update_nohz_ready();
 }
 
-/// PM notifier: stops the tick device before power-off, so no timer fires mid-shutdown.
-fn pm_notifier(_event: crate::pm::PmEvent) {
+/// Starts this secondary CPU's tick on its own per-CPU device (its LAPIC timer). Called once
+/// on the CPU coming online, interrupts disabled, after the boot CPU's tick started.
+pub fn start_secondary_tick() {
+    let Some(config) = TICK_CONFIG.get().copied() else {
+        pr_warn!("tick: the boot CPU has no tick; this CPU runs without one");
+        return;
+    };
+    // Only a per-CPU device can be this CPU's own (an HPET comparator or the PIT is global).
+    let Some(device) = available_devices()
+        .into_iter()
+        .find(|device| device.features().contains(Features::PER_CPU))
+    else {
+        pr_warn!("tick: no per-CPU clock event device; this CPU runs without a tick");
+        return;
+    };
+    let name = device.name();
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    let mut slot = CPU_TIME.this_cpu(&interrupts_off).lock();
     let now = uptime_ns();
-    let mut percpu = CPU_TIME.lock();
+    let mut jiffies_guard = JIFFIES.lock();
+    let Some(jiffies) = jiffies_guard.as_mut() else {
+        return;
+    };
+    match CpuTime::new(cpu as u32, device, config, jiffies) {
+        Ok(mut percpu) => {
+            if let Err(error) = percpu.start(now, jiffies) {
+                pr_warn!("tick: CPU {cpu} cannot start {name}: {error:?}");
+            }
+            let _ = percpu.set_realtime_offset(REALTIME_OFFSET_NS.load(Ordering::Relaxed), now);
+            *slot = Some(percpu);
+        }
+        Err(error) => pr_warn!("tick: CPU {cpu}: {name} unusable: {error:?}"),
+    }
+}
+
+/// PM notifier: stops this CPU's tick device before power-off, so no timer fires mid-shutdown.
+/// (The other CPUs were stopped, timers silenced, by the `smp` notifier, which runs first.)
+fn pm_notifier(_event: crate::pm::PmEvent) {
+    let interrupts_off = InterruptsDisabled::new();
+    let mut percpu = CPU_TIME.this_cpu(&interrupts_off).lock();
+    let now = uptime_ns();
     let mut jiffies = JIFFIES.lock();
     if let (Some(percpu), Some(jiffies)) = (percpu.as_mut(), jiffies.as_mut()) {
         let _ = percpu.stop(now, jiffies);
@@ -604,10 +658,11 @@ pub fn current_jiffies() -> u64 {
     JIFFIES.lock().as_ref().map_or(0, |j| j.jiffies())
 }
 
-/// The tick device's interrupt handler (hard-IRQ context).
+/// The tick device's interrupt handler (hard-IRQ context): runs this CPU's due timers.
 fn timer_interrupt(_vector: u8) {
+    let interrupts_off = InterruptsDisabled::new();
     let now = uptime_ns();
-    let mut percpu = CPU_TIME.lock();
+    let mut percpu = CPU_TIME.this_cpu(&interrupts_off).lock();
     let mut jiffies = JIFFIES.lock();
     if let (Some(percpu), Some(jiffies)) = (percpu.as_mut(), jiffies.as_mut()) {
         let mut context = TimeContext::new(jiffies);
@@ -615,13 +670,14 @@ fn timer_interrupt(_vector: u8) {
     }
 }
 
-/// Sleeps the CPU until the next interrupt, stopping the tick first if nothing is due soon
+/// Sleeps the CPU until the next interrupt, stopping its tick first if nothing is due soon
 /// (NO_HZ idle). Called with interrupts disabled; returns with them enabled.
 pub fn idle() {
     let tickless = NOHZ_READY.load(Ordering::Relaxed);
     if tickless {
+        let interrupts_off = InterruptsDisabled::new();
         let now = uptime_ns();
-        let mut percpu = CPU_TIME.lock();
+        let mut percpu = CPU_TIME.this_cpu(&interrupts_off).lock();
         let mut jiffies = JIFFIES.lock();
         if let (Some(percpu), Some(jiffies)) = (percpu.as_mut(), jiffies.as_mut()) {
             let _ = percpu.idle_enter(now, jiffies);
@@ -629,53 +685,58 @@ pub fn idle() {
     }
     cpu::enable_interrupts_and_halt();
     if tickless {
-        cpu::disable_interrupts();
+        let interrupts_off = InterruptsDisabled::new();
         let now = uptime_ns();
-        {
-            let mut percpu = CPU_TIME.lock();
-            let mut jiffies = JIFFIES.lock();
-            if let (Some(percpu), Some(jiffies)) = (percpu.as_mut(), jiffies.as_mut()) {
-                let mut context = TimeContext::new(jiffies);
-                let _ = percpu.idle_exit(now, jiffies, &mut context);
-            }
+        let mut percpu = CPU_TIME.this_cpu(&interrupts_off).lock();
+        let mut jiffies = JIFFIES.lock();
+        if let (Some(percpu), Some(jiffies)) = (percpu.as_mut(), jiffies.as_mut()) {
+            let mut context = TimeContext::new(jiffies);
+            let _ = percpu.idle_exit(now, jiffies, &mut context);
         }
-        cpu::enable_interrupts();
     }
 }
 
 // ---- sleeping ------------------------------------------------------------------------------
 
-/// Wake-up flags for sleepers (one per concurrent sleeper; today one thread sleeps at a time).
-static SLEEP_WOKEN: AtomicBool = AtomicBool::new(false);
-static SLEEP_TIMER: IrqSafeLock<Option<HrTimerId>> = IrqSafeLock::new(None);
+/// One sleeper per CPU: its wake-up flag and its (reused) hrtimer. A CPU's sleeper is whatever
+/// runs on it (the shell, a test); there are no threads to switch to yet.
+static SLEEP_WOKEN: PerCpu<AtomicBool> = PerCpu::new([const { AtomicBool::new(false) }; MAX_CPUS]);
+static SLEEP_TIMER: PerCpu<IrqSafeLock<Option<HrTimerId>>> =
+    PerCpu::new([const { IrqSafeLock::new(None) }; MAX_CPUS]);
 
+/// hrtimer callback: wakes the sleeper of the CPU in `data` (the timer's own CPU).
 fn wake_sleeper(
     _context: &mut TimeContext,
-    _timer: &mut FiringTimer<TimerFunction<TimeContext>>,
+    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
 ) -> HrTimerRestart {
-    SLEEP_WOKEN.store(true, Ordering::Release);
+    SLEEP_WOKEN
+        .on_cpu(timer.data() as usize)
+        .store(true, Ordering::Release);
     HrTimerRestart::NoRestart
 }
 
 /// Sleeps until monotonic time `deadline_ns` on an absolute hrtimer, idling (tickless) in the
 /// meantime. Returns the monotonic time at wake-up. Never returns before the deadline.
+/// Called with interrupts enabled; they are enabled on return.
 pub fn sleep_until(deadline_ns: u64, site: &'static str) -> u64 {
     cpu::disable_interrupts();
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
     let started = {
+        let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
         let now = uptime_ns();
-        let mut guard = CPU_TIME.lock();
         let Some(percpu) = guard.as_mut() else {
             drop(guard);
             cpu::enable_interrupts();
             return busy_wait_until(deadline_ns);
         };
-        let mut timer_slot = SLEEP_TIMER.lock();
+        let mut timer_slot = SLEEP_TIMER.this_cpu(&interrupts_off).lock();
         let id = match *timer_slot {
             Some(id) => id,
             None => match percpu.hrtimer_create(
                 ClockId::Monotonic,
                 TimerFunction::new("hrtimer_wakeup", wake_sleeper),
-                0,
+                cpu as u64,
             ) {
                 Ok(id) => *timer_slot.insert(id),
                 Err(_) => {
@@ -686,7 +747,9 @@ pub fn sleep_until(deadline_ns: u64, site: &'static str) -> u64 {
                 }
             },
         };
-        SLEEP_WOKEN.store(false, Ordering::Relaxed);
+        SLEEP_WOKEN
+            .this_cpu(&interrupts_off)
+            .store(false, Ordering::Relaxed);
         percpu
             .hrtimer_start(
                 id,
@@ -698,11 +761,14 @@ pub fn sleep_until(deadline_ns: u64, site: &'static str) -> u64 {
             )
             .is_ok()
     };
+    // Interrupts stay off until `idle` halts (it was made with them off: dropping it keeps
+    // them off). Without a scheduler nothing moves this code to another CPU while it idles.
+    drop(interrupts_off);
     if !started {
         cpu::enable_interrupts();
         return busy_wait_until(deadline_ns);
     }
-    while !SLEEP_WOKEN.load(Ordering::Acquire) {
+    while !SLEEP_WOKEN.on_cpu(cpu).load(Ordering::Acquire) {
         idle(); // returns with interrupts enabled
         cpu::disable_interrupts();
     }
@@ -749,11 +815,13 @@ fn shell_timer_fn(
     HrTimerRestart::NoRestart
 }
 
-/// Starts a one-shot hrtimer `delay_ns` from now from the shell (it shows up in timer_list
-/// while pending and in timer_stats as started by `shell_timer_command`). Returns its id.
+/// Starts a one-shot hrtimer `delay_ns` from now on this CPU from the shell (it shows up in
+/// timer_list while pending and in timer_stats as started by `shell_timer_command`). Returns
+/// its id.
 pub fn start_shell_timer(delay_ns: u64) -> Result<u32, String> {
+    let interrupts_off = InterruptsDisabled::new();
+    let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
     let now = uptime_ns();
-    let mut guard = CPU_TIME.lock();
     let percpu = guard.as_mut().ok_or("no tick device")?;
     let serial = SHELL_TIMER_SERIAL.fetch_add(1, Ordering::Relaxed) + 1;
     let id = percpu
@@ -778,49 +846,183 @@ static SHELL_TIMER_SERIAL: AtomicU64 = AtomicU64::new(0);
 
 // ---- procfs ----------------------------------------------------------------------------------
 
-/// `/proc/timer_list`.
+/// Locks the time state of every online CPU that has one, in ascending CPU order (the
+/// documented order for holding several). The caller keeps interrupts off for as long as it
+/// holds the guards (`_proof` outlives them), so no guard re-enables interrupts while others
+/// are still held.
+fn lock_all_cpus(
+    _proof: &InterruptsDisabled,
+) -> Vec<crate::sync::IrqSafeGuard<'static, Option<CpuTime>>> {
+    crate::smp::online_cpus()
+        .map(|cpu| CPU_TIME.on_cpu(cpu).lock())
+        .filter(|guard| guard.is_some())
+        .collect()
+}
+
+/// `/proc/timer_list`: every online CPU's hrtimer bases, tick device and tick-sched state.
 pub fn proc_timer_list() -> String {
+    let interrupts_off = InterruptsDisabled::new();
     let now = uptime_ns();
-    let percpu = CPU_TIME.lock();
+    let guards = lock_all_cpus(&interrupts_off);
+    let cpus: Vec<&CpuTime> = guards.iter().filter_map(|guard| guard.as_ref()).collect();
     let jiffies = JIFFIES.lock();
     let mut out = String::new();
-    match (percpu.as_ref(), jiffies.as_ref()) {
-        (Some(percpu), Some(jiffies)) => {
-            let _ = lull_time::timer_list::write_timer_list(&mut out, now, jiffies, &[percpu]);
+    match jiffies.as_ref() {
+        Some(jiffies) if !cpus.is_empty() => {
+            let _ = lull_time::timer_list::write_timer_list(&mut out, now, jiffies, &cpus);
         }
         _ => out.push_str("timer_list: time subsystem not started\n"),
     }
     out
 }
 
-/// `/proc/timer_stats` (read).
+/// `/proc/timer_stats` (read): the statistics of every online CPU together.
 pub fn proc_timer_stats() -> String {
+    let interrupts_off = InterruptsDisabled::new();
     let now = uptime_ns();
-    let percpu = CPU_TIME.lock();
+    let guards = lock_all_cpus(&interrupts_off);
+    let stats: Vec<&lull_time::timer_stats::TimerStats> = guards
+        .iter()
+        .filter_map(|guard| guard.as_ref())
+        .map(|percpu| percpu.timer_stats())
+        .collect();
     let mut out = String::new();
-    match percpu.as_ref() {
-        Some(percpu) => {
-            let _ = lull_time::timer_stats::write_report(&mut out, now, &[percpu.timer_stats()]);
-        }
-        None => out.push_str("timer_stats: time subsystem not started\n"),
+    if stats.is_empty() {
+        out.push_str("timer_stats: time subsystem not started\n");
+    } else {
+        let _ = lull_time::timer_stats::write_report(&mut out, now, &stats);
     }
     out
 }
 
-/// `/proc/timer_stats` (write `1` start, `0` stop).
+/// `/proc/timer_stats` (write `1` start, `0` stop), on every online CPU.
 pub fn proc_timer_stats_write(value: &str) -> Result<(), String> {
     let now = uptime_ns();
-    let mut percpu = CPU_TIME.lock();
-    let percpu = percpu.as_mut().ok_or("time subsystem not started")?;
-    percpu
-        .timer_stats_mut()
-        .write_control(value.trim().as_bytes(), now)
-        .map_err(|_| String::from("write 1 to start collecting, 0 to stop"))
+    let mut any = false;
+    for cpu in crate::smp::online_cpus() {
+        let mut guard = CPU_TIME.on_cpu(cpu).lock();
+        let Some(percpu) = guard.as_mut() else {
+            continue;
+        };
+        any = true;
+        percpu
+            .timer_stats_mut()
+            .write_control(value.trim().as_bytes(), now)
+            .map_err(|_| String::from("write 1 to start collecting, 0 to stop"))?;
+    }
+    if any {
+        Ok(())
+    } else {
+        Err(String::from("time subsystem not started"))
+    }
 }
 
-/// Local timer interrupts delivered to this CPU (the `LOC` line of /proc/interrupts).
-pub fn local_timer_interrupts() -> u64 {
-    interrupts::count(LOCAL_TIMER_VECTOR)
+/// Local timer interrupts delivered to CPU `cpu` (the `LOC` line of /proc/interrupts).
+pub fn local_timer_interrupts(cpu: usize) -> u64 {
+    interrupts::count_on(cpu, LOCAL_TIMER_VECTOR)
+}
+
+/// Per CPU: the CPU index the probe timer armed there fired on, plus one (0: not fired).
+#[cfg(feature = "ktest")]
+static PROBE_FIRED_ON: PerCpu<AtomicU64> = PerCpu::new([const { AtomicU64::new(0) }; MAX_CPUS]);
+
+#[cfg(feature = "ktest")]
+fn probe_timer_fired(
+    _context: &mut TimeContext,
+    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
+) -> HrTimerRestart {
+    let interrupts_off = InterruptsDisabled::new();
+    PROBE_FIRED_ON
+        .on_cpu(timer.data() as usize)
+        .store(interrupts_off.cpu_index() as u64 + 1, Ordering::Release);
+    HrTimerRestart::NoRestart
+}
+
+/// Arms a one-shot hrtimer `delay_ns` from now on this CPU's own base (in-kernel tests: it must
+/// fire on this CPU, from this CPU's tick device). Callable from hard-IRQ context.
+#[cfg(feature = "ktest")]
+pub fn arm_probe_timer(delay_ns: u64) -> Result<(), String> {
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    PROBE_FIRED_ON.on_cpu(cpu).store(0, Ordering::Relaxed);
+    let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
+    let now = uptime_ns();
+    let percpu = guard.as_mut().ok_or("no tick on this CPU")?;
+    let id = percpu
+        .hrtimer_create(
+            ClockId::Monotonic,
+            TimerFunction::new("probe_timer_fired", probe_timer_fired),
+            cpu as u64,
+        )
+        .map_err(|e| alloc::format!("{e:?}"))?;
+    percpu
+        .hrtimer_start(
+            id,
+            delay_ns,
+            HrTimerMode::Relative,
+            0,
+            now,
+            StartInfo::kernel("ktest"),
+        )
+        .map_err(|e| alloc::format!("{e:?}"))?;
+    Ok(())
+}
+
+/// Where the probe timer armed on CPU `cpu` fired (`None`: not yet).
+#[cfg(feature = "ktest")]
+pub fn probe_timer_fired_on(cpu: usize) -> Option<usize> {
+    match PROBE_FIRED_ON.on_cpu(cpu).load(Ordering::Acquire) {
+        0 => None,
+        seen => Some(seen as usize - 1),
+    }
+}
+
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+/// Whether idle CPUs stop their tick (nohz on and a verified clocksource).
+pub fn nohz_active() -> bool {
+    NOHZ_READY.load(Ordering::Relaxed)
+}
+
+/// One CPU's tick and idle state, for the shell's `cpus`.
+pub struct CpuTickState {
+    pub device: &'static str,
+    pub mode: &'static str,
+    pub tick_stopped: bool,
+    pub idle_calls: u64,
+    pub idle_sleeps: u64,
+    /// Time idle since boot, including the current idle period.
+    pub idle_sleeptime_ns: u64,
+    pub does_jiffies: bool,
+}
+
+/// The tick state of CPU `cpu` (`None`: it has no tick).
+pub fn cpu_tick_state(cpu: usize) -> Option<CpuTickState> {
+    let guard = CPU_TIME.on_cpu(cpu).lock();
+    let percpu = guard.as_ref()?;
+    let sched = percpu.tick_sched();
+    // The idle time so far includes the sleep in progress (the tick-sched total grows only
+    // when the CPU wakes).
+    let ongoing_ns = if sched.idle_active {
+        uptime_ns().saturating_sub(sched.idle_entrytime)
+    } else {
+        0
+    };
+    let does_jiffies = JIFFIES
+        .lock()
+        .as_ref()
+        .is_some_and(|j| j.do_timer_cpu() == Some(cpu as u32));
+    Some(CpuTickState {
+        device: percpu.event_device().device().name(),
+        mode: match percpu.mode() {
+            lull_time::tick::TickDeviceMode::OneShot => "oneshot",
+            lull_time::tick::TickDeviceMode::Periodic => "periodic",
+        },
+        tick_stopped: sched.tick_stopped,
+        idle_calls: sched.idle_calls,
+        idle_sleeps: sched.idle_sleeps,
+        idle_sleeptime_ns: sched.idle_sleeptime + ongoing_ns,
+        does_jiffies,
+    })
 }
 
 // ---- latency measurement ---------------------------------------------------------------------

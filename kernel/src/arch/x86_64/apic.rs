@@ -14,6 +14,15 @@ const APIC_BASE_ENABLE: u64 = 1 << 11;
 const LAPIC_ID: usize = 0x20;
 const LAPIC_EOI: usize = 0xB0;
 const LAPIC_SPURIOUS: usize = 0xF0;
+const LAPIC_ICR_LOW: usize = 0x300;
+const LAPIC_ICR_HIGH: usize = 0x310;
+/// ICR: the previous IPI is still being sent.
+const ICR_SEND_PENDING: u32 = 1 << 12;
+/// ICR: level assert (required for everything but INIT de-assert).
+const ICR_LEVEL_ASSERT: u32 = 1 << 14;
+const ICR_DELIVERY_FIXED: u32 = 0 << 8;
+const ICR_DELIVERY_INIT: u32 = 5 << 8;
+const ICR_DELIVERY_STARTUP: u32 = 6 << 8;
 const LAPIC_LVT_TIMER: usize = 0x320;
 const LAPIC_TIMER_INITIAL: usize = 0x380;
 const LAPIC_TIMER_CURRENT: usize = 0x390;
@@ -63,9 +72,12 @@ fn disable_legacy_pic() {
 }
 
 /// Enables this CPU's local APIC in xAPIC mode with the spurious vector set and every local
-/// vector table entry masked (the time subsystem programs the timer LVT itself).
-pub fn init_local(spurious_vector: u8) {
-    disable_legacy_pic();
+/// vector table entry masked (the time subsystem programs the timer LVT itself). The boot CPU
+/// also masks the legacy 8259 PICs (once, for the whole machine).
+pub fn init_local(spurious_vector: u8, boot_cpu: bool) {
+    if boot_cpu {
+        disable_legacy_pic();
+    }
     // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU with an APIC (all of them).
     let base_msr = unsafe { cpu::rdmsr(IA32_APIC_BASE) };
     // SAFETY: setting the global-enable bit keeps the same base address.
@@ -81,6 +93,42 @@ pub fn init_local(spurious_vector: u8) {
 /// This CPU's local APIC ID.
 pub fn local_apic_id() -> u32 {
     lapic_read(LAPIC_ID) >> 24
+}
+
+/// Writes the interrupt command register: `low` (vector, delivery mode, level) to the CPU
+/// with APIC ID `destination`. Waits for the previous IPI to leave first. Called with
+/// interrupts disabled, so the two halves of the ICR are not interleaved with another sender
+/// on this CPU (each CPU has its own ICR).
+fn send_command(destination: u32, low: u32) {
+    while lapic_read(LAPIC_ICR_LOW) & ICR_SEND_PENDING != 0 {
+        core::hint::spin_loop();
+    }
+    lapic_write(LAPIC_ICR_HIGH, destination << 24);
+    lapic_write(LAPIC_ICR_LOW, low);
+}
+
+/// Sends a fixed interrupt on `vector` to the CPU with APIC ID `destination`.
+pub fn send_ipi(destination: u32, vector: u8) {
+    let _interrupts_off = super::percpu::InterruptsDisabled::new();
+    send_command(
+        destination,
+        ICR_DELIVERY_FIXED | ICR_LEVEL_ASSERT | vector as u32,
+    );
+}
+
+/// Sends INIT (the CPU resets and waits for a start-up IPI).
+pub(super) fn send_init(destination: u32) {
+    let _interrupts_off = super::percpu::InterruptsDisabled::new();
+    send_command(destination, ICR_DELIVERY_INIT | ICR_LEVEL_ASSERT);
+}
+
+/// Sends a start-up IPI: the CPU starts in real mode at `page_number << 12`.
+pub(super) fn send_startup(destination: u32, page_number: u8) {
+    let _interrupts_off = super::percpu::InterruptsDisabled::new();
+    send_command(
+        destination,
+        ICR_DELIVERY_STARTUP | ICR_LEVEL_ASSERT | page_number as u32,
+    );
 }
 
 /// Signals end of interrupt to the local APIC.

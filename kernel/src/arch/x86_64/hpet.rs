@@ -104,40 +104,44 @@ impl Hpet {
         self.write(register, config);
     }
 
-    /// Arms comparator `timer` to fire once when the counter reaches `deadline`: the
-    /// comparator is written while the interrupt is disabled, then the interrupt enabled.
+    fn configure(&self, timer: u8, gsi: u8, periodic: bool) -> u64 {
+        let register = TIMER_BASE + TIMER_STRIDE * timer as u64;
+        let mut config = self.read(register);
+        config &= !(0x1F << 9 | TIMER_LEVEL | TIMER_PERIODIC | TIMER_32BIT_MODE);
+        config |= ((gsi as u64) & 0x1F) << 9 | TIMER_INTERRUPT_ENABLE;
+        if periodic {
+            config |= TIMER_PERIODIC;
+        }
+        self.write(register, config);
+        register
+    }
+
+    /// Arms comparator `timer` to fire once when the counter reaches `deadline`.
+    ///
+    /// The comparator is written while the comparator's interrupt is still disabled: enabling
+    /// it first lets the stale comparator (after reset `!0`, which QEMU treats as already
+    /// passed) fire at once, before the new deadline lands. Under host load QEMU's timer thread
+    /// won that race and the in-kernel HPET test saw its one-shot 50 us into a 2 ms delay.
     pub fn arm_oneshot(&self, timer: u8, gsi: u8, deadline: u64) {
         self.stop(timer);
         let register = TIMER_BASE + TIMER_STRIDE * timer as u64;
         self.write(register + 8, deadline);
         self.write(INTERRUPT_STATUS, 1 << timer);
-        self.configure_enable(timer, gsi);
+        self.configure(timer, gsi, false);
     }
 
-    fn configure_enable(&self, timer: u8, gsi: u8) {
-        let register = TIMER_BASE + TIMER_STRIDE * timer as u64;
-        let mut config = self.read(register);
-        config &= !(0x1F << 9 | TIMER_LEVEL | TIMER_PERIODIC | TIMER_32BIT_MODE);
-        config |= ((gsi as u64) & 0x1F) << 9 | TIMER_INTERRUPT_ENABLE;
-        self.write(register, config);
-    }
-
-    /// Makes comparator `timer` fire every `period` counter ticks, starting one period from
-    /// now. Comparator and period are written while the interrupt is disabled.
+    /// Makes comparator `timer` fire every `period` counter ticks, starting one period from now.
+    /// As for one-shot, the comparator is set before the interrupt is enabled (otherwise the
+    /// stale comparator fires at once and the first period is short).
     pub fn arm_periodic(&self, timer: u8, gsi: u8, period: u64) {
         self.stop(timer);
         let register = TIMER_BASE + TIMER_STRIDE * timer as u64;
-        let mut config = self.read(register);
-        config &= !(0x1F << 9 | TIMER_LEVEL | TIMER_32BIT_MODE | TIMER_INTERRUPT_ENABLE);
-        config |= ((gsi as u64) & 0x1F) << 9 | TIMER_PERIODIC | TIMER_VALUE_SET;
-        self.write(register, config);
+        let config = self.read(register) & !(TIMER_INTERRUPT_ENABLE | TIMER_32BIT_MODE);
+        self.write(register, config | TIMER_PERIODIC | TIMER_VALUE_SET);
         // With VALUE_SET, the first write sets the comparator, the second the period.
         self.write(register + 8, self.counter().wrapping_add(period));
         self.write(register + 8, period);
         self.write(INTERRUPT_STATUS, 1 << timer);
-        self.write(
-            register,
-            (config & !TIMER_VALUE_SET) | TIMER_INTERRUPT_ENABLE,
-        );
+        self.configure(timer, gsi, true);
     }
 }

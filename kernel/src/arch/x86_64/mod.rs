@@ -9,12 +9,14 @@ pub mod heap;
 pub mod hpet;
 pub mod interrupts;
 pub mod paging;
+pub mod percpu;
 pub mod pit;
 mod port;
 pub mod power;
 pub mod pvh;
 pub mod rtc;
 pub mod serial;
+pub mod smp;
 
 pub use pvh::{BootInfo, MEMORY_RAM};
 
@@ -37,6 +39,7 @@ pub fn port_write_u8(port: u16, value: u8) {
 
 /// Loads the boot CPU's GDT, TSS and IDT. Interrupts stay disabled.
 pub fn init_boot_cpu() {
+    percpu::set_this_cpu(0);
     gdt::init_boot_cpu();
     interrupts::init();
 }
@@ -52,6 +55,8 @@ pub fn software_interrupt_0x80() {
 #[no_mangle]
 extern "C" fn kernel_entry(start_info_address: u32) -> ! {
     let entry_tsc = cpu::rdtsc();
+    // Before anything can read the CPU index (the exception path does).
+    percpu::set_this_cpu(0);
     serial::init();
     if cfg!(feature = "boot-baseline") {
         serial::write_bytes(b"lull-baseline\n");

@@ -1,0 +1,95 @@
+//! Per-CPU areas reached through the GS base, and the interrupts-off guard that proves a
+//! caller stays on one CPU while it uses them.
+//!
+//! Each CPU's `IA32_GS_BASE` points at its own [`CpuArea`]; `gs:[0]` is then the CPU's index
+//! (0 = the boot CPU), read with one instruction and no lock. The areas are built at compile
+//! time and never written afterwards, so the read is always sound once the base is set.
+//! Until a scheduler can migrate threads, interrupts off also means preemption off: the
+//! [`InterruptsDisabled`] guard is the proof that the CPU index read stays true.
+
+use core::marker::PhantomData;
+
+use super::cpu;
+
+/// Most CPUs Lull brings up (Linux's `NR_CPUS`); MADT entries beyond it are ignored.
+pub const MAX_CPUS: usize = 64;
+
+const IA32_GS_BASE: u32 = 0xC000_0101;
+
+/// One CPU's area: what `gs:[offset]` reads. Cache-line sized so CPUs never share a line.
+#[repr(C, align(64))]
+pub struct CpuArea {
+    /// This CPU's index (offset 0).
+    cpu_index: u64,
+}
+
+const fn build_areas() -> [CpuArea; MAX_CPUS] {
+    let mut areas = [const { CpuArea { cpu_index: 0 } }; MAX_CPUS];
+    let mut index = 0;
+    while index < MAX_CPUS {
+        areas[index].cpu_index = index as u64;
+        index += 1;
+    }
+    areas
+}
+
+static AREAS: [CpuArea; MAX_CPUS] = build_areas();
+
+/// Points this CPU's GS base at the area of CPU `cpu_index`. Called first thing on every CPU
+/// (before anything reads the CPU index), with interrupts disabled.
+pub fn set_this_cpu(cpu_index: usize) {
+    let area = &AREAS[cpu_index.min(MAX_CPUS - 1)];
+    // SAFETY: IA32_GS_BASE exists on every x86_64 CPU; the value is the address of a 'static,
+    // never-written area, and nothing else in the kernel uses GS.
+    unsafe { cpu::wrmsr(IA32_GS_BASE, area as *const CpuArea as u64) };
+}
+
+/// Proof that local interrupts are off (and so, today, that the caller cannot be moved to
+/// another CPU): per-CPU data is reached only through a reference to one. Restores the
+/// previous interrupt state when dropped; guards nest if dropped in reverse order.
+pub struct InterruptsDisabled {
+    were_enabled: bool,
+    /// Not `Send`: the proof holds only on the CPU that made it.
+    _this_cpu_only: PhantomData<*const ()>,
+}
+
+impl InterruptsDisabled {
+    /// Disables local interrupts until the guard is dropped.
+    pub fn new() -> Self {
+        let were_enabled = cpu::interrupts_enabled();
+        cpu::disable_interrupts();
+        Self {
+            were_enabled,
+            _this_cpu_only: PhantomData,
+        }
+    }
+
+    /// Index of the CPU this code runs on (0 = the boot CPU).
+    pub fn cpu_index(&self) -> usize {
+        let index: u64;
+        // SAFETY: GS base points at this CPU's 'static `CpuArea` (set by `set_this_cpu` before
+        // interrupts are first enabled); offset 0 is its index. Reading it has no side effects.
+        unsafe {
+            core::arch::asm!(
+                "mov {}, qword ptr gs:[0]",
+                out(reg) index,
+                options(nostack, readonly, preserves_flags)
+            )
+        };
+        index as usize
+    }
+}
+
+impl Default for InterruptsDisabled {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for InterruptsDisabled {
+    fn drop(&mut self) {
+        if self.were_enabled {
+            cpu::enable_interrupts();
+        }
+    }
+}
