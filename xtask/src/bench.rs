@@ -86,14 +86,26 @@ pub fn measure_lull_idle(
     seconds: u64,
     cpus: u32,
 ) -> Result<IdleMeasurement, String> {
+    measure_lull_idle_on(Machine::Q35, kernel, append, seconds, cpus)
+}
+
+/// [`measure_lull_idle`] on a chosen machine model.
+pub fn measure_lull_idle_on(
+    machine: Machine,
+    kernel: &std::path::Path,
+    append: &str,
+    seconds: u64,
+    cpus: u32,
+) -> Result<IdleMeasurement, String> {
     let log = crate::kernel::repo_root()
         .join("target/trace")
         .join(format!(
-            "lull-idle-{}-{}.log",
+            "lull-idle-{machine:?}-{}-{}.log",
             cpus,
             append.replace(['=', ' '], "_")
         ));
     let mut config = QemuConfig::new(kernel);
+    config.machine = machine;
     config.append = append.to_string();
     config.cpus = cpus;
     crate::trace::enable(&mut config, &log)?;
