@@ -425,11 +425,18 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
     }
     let shell = kernel::build(&Variant::shell(true))?;
     if wants("idle") {
-        for append in ["", "nohz=off"] {
-            let idle = bench::measure_lull_idle(&shell, append, 10, 1)?;
+        let cases: [(Machine, u32, &str); 5] = [
+            (Machine::Q35, 1, ""),
+            (Machine::Q35, 1, "nohz=off"),
+            (Machine::Q35, 4, ""),
+            (Machine::Q35, 8, ""),
+            (Machine::Microvm, 1, ""),
+        ];
+        for (machine, cpus, append) in cases {
+            let idle = bench::measure_lull_idle_on(machine, &shell, append, 10, cpus)?;
             record(format!(
-                "idle wakeups Lull ({}, q35 TCG 1 vCPU 256 MiB): LAPIC timer {:.2}/s, other interrupts {:.2}/s \
-                 (counted from the QEMU trace over {})",
+                "idle wakeups Lull ({}, {machine:?} TCG {cpus} vCPU 256 MiB): LAPIC timer {:.2}/s summed over CPUs, \
+                 other interrupts {:.2}/s (counted from the QEMU trace over {})",
                 if append.is_empty() { "NO_HZ" } else { append },
                 idle.lapic_timer_per_s,
                 idle.other_per_s,
