@@ -46,7 +46,7 @@ static CONSOLE: IrqSafeLock<Console> = IrqSafeLock::new(Console {
     },
 });
 
-/// Messages at or below this level reach the serial console (all reach the log ring).
+/// Messages below this level reach the serial console (all reach the log ring).
 static CONSOLE_LOGLEVEL: AtomicU8 = AtomicU8::new(7);
 
 /// Sets the console log level (`/proc/sys/kernel/printk`, `loglevel=`).
@@ -87,7 +87,9 @@ impl Write for LogWriter<'_> {
 pub fn log(level: u8, args: fmt::Arguments<'_>) {
     let ns = crate::time::uptime_ns();
     let mut console = CONSOLE.lock();
-    let to_serial = level <= console_loglevel();
+    // As Linux: a message reaches the console when its level is below the console log level
+    // (default 7: everything but debug messages).
+    let to_serial = level < console_loglevel();
     let mut writer = LogWriter {
         console: &mut console,
         to_serial,
@@ -135,6 +137,12 @@ pub fn read_log(out: &mut alloc::vec::Vec<u8>) {
 #[macro_export]
 macro_rules! printk {
     ($($arg:tt)*) => { $crate::console::log(6, format_args!($($arg)*)) };
+}
+
+/// Kernel log at debug level (7): in the log ring (`dmesg`), not on the console by default.
+#[macro_export]
+macro_rules! pr_debug {
+    ($($arg:tt)*) => { $crate::console::log(7, format_args!($($arg)*)) };
 }
 
 /// Kernel log at warning level (4).

@@ -91,7 +91,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
         (tsc_hz / 1000) % 1000
     );
     printk!("cpu: {}", arch::cpu::brand());
-    printk!("cmdline: {} bytes", boot.command_line.len());
+    pr_debug!("cmdline: {} bytes", boot.command_line.len());
 
     let acpi = ACPI
         .call_once(|| arch::acpi::discover(boot.rsdp_address))

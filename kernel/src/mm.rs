@@ -251,7 +251,7 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
 
     for (range, label) in &reserved {
         if range.end > range.start {
-            crate::printk!(
+            crate::pr_debug!(
                 "mm: reserved [{:#010x}-{:#010x}] {label}",
                 range.start,
                 range.end - 1
