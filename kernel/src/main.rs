@@ -2,8 +2,9 @@
 //!
 //! Boot order: PVH entry (arch, GS base of CPU 0) → console → CPU tables → TSC calibration →
 //! memory (heap, zones, page tables, SMP trampoline page) → command line → ACPI → interrupts →
-//! CPU list (MADT) → time (boot CPU's tick) → secondary CPUs (each starts its own tick, then
-//! idles) → shell (or the in-kernel tests).
+//! CPU list (MADT) → scheduler → time (boot CPU's tick) → secondary CPUs (each starts its own
+//! tick, then runs its idle thread) → the shell (or the in-kernel tests) in a kernel thread,
+//! while the boot code becomes CPU 0's idle thread.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -22,6 +23,7 @@ mod mm;
 mod params;
 mod pm;
 mod procfs;
+mod sched;
 mod shell;
 mod smp;
 mod sync;
@@ -127,6 +129,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
 
     setup_interrupts(acpi);
     smp::init(acpi);
+    sched::init(smp::possible_cpus());
     pm::init(acpi);
     time::init(acpi);
     #[cfg(feature = "ktest")]
@@ -136,10 +139,19 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     register_proc_files();
     printk!("boot: kernel ready in {} us", time::uptime_ns() / 1000);
 
+    // The boot code becomes CPU 0's idle thread; the work runs in kernel threads.
+    // The tests stay on the boot CPU, where several of them expect to run.
     #[cfg(feature = "ktest")]
-    ktest::run_and_exit();
+    let (name, main, cpus): (&str, fn() -> !, _) =
+        ("ktest", ktest::run_and_exit, lull_sched::CpuSet::single(0));
     #[cfg(not(feature = "ktest"))]
-    shell::run()
+    let (name, main, cpus): (&str, fn() -> !, _) = ("shell", shell::run, lull_sched::CpuSet::ALL);
+    if let Err(error) =
+        sched::kthread_spawn(name, lull_sched::SchedClass::NORMAL, cpus, move || main())
+    {
+        panic!("cannot start the {name} thread: {error}");
+    }
+    sched::idle_loop()
 }
 
 fn apply_console_params() {

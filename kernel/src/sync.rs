@@ -9,6 +9,13 @@
 //!   take them in ascending CPU order.
 //! - smp: `smp::CALL_QUEUE[cpu]` is a leaf (never held while waiting for another CPU).
 //! - `irq::LINES`, `irq::IOAPIC` are leaves.
+//! - sched: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `sched::SCHED` (timer callbacks wake
+//!   threads); `SCHED` is the scheduler lock (policy + thread table, not a big kernel lock) and
+//!   never takes a time lock; under it only leaves are taken (`CLOCKS`, a thread's entry slot,
+//!   `mm::PAGES`). A wait queue's waiter list (`sched::WaitQueue`) is a leaf released before
+//!   `SCHED` is taken. No lock is held across a context switch.
+//! - Preemption: code running with interrupts enabled holds no spinlock (every lock masks
+//!   interrupts), so returning from an interrupt into it is a preemption point.
 
 use core::ops::{Deref, DerefMut};
 

@@ -668,6 +668,11 @@ fn timer_interrupt(_vector: u8) {
         let mut context = TimeContext::new(jiffies);
         let _ = percpu.interrupt(now, jiffies, &mut context);
     }
+    drop(jiffies);
+    drop(percpu);
+    // The scheduler lock is taken after the time locks are released (timer callbacks take it
+    // inside them; the tick does not need them).
+    crate::sched::tick();
 }
 
 /// Sleeps the CPU until the next interrupt, stopping its tick first if nothing is due soon
@@ -719,6 +724,9 @@ fn wake_sleeper(
 /// meantime. Returns the monotonic time at wake-up. Never returns before the deadline.
 /// Called with interrupts enabled; they are enabled on return.
 pub fn sleep_until(deadline_ns: u64, site: &'static str) -> u64 {
+    if let Some(thread) = crate::sched::current() {
+        return thread_sleep_until(thread, deadline_ns, site);
+    }
     cpu::disable_interrupts();
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
@@ -774,6 +782,53 @@ pub fn sleep_until(deadline_ns: u64, site: &'static str) -> u64 {
     }
     cpu::enable_interrupts();
     uptime_ns()
+}
+
+/// hrtimer callback: wakes the thread whose id is the timer's data (through the scheduler).
+fn wake_sleeping_thread(
+    _context: &mut TimeContext,
+    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
+) -> HrTimerRestart {
+    crate::sched::wake_up(timer.data());
+    HrTimerRestart::NoRestart
+}
+
+/// A thread's sleep: an absolute hrtimer on this CPU wakes it through the scheduler, and the
+/// CPU runs other threads (or idles tickless) meanwhile. The timer is destroyed on the CPU it
+/// was armed on, wherever the thread runs when it wakes.
+fn thread_sleep_until(thread: u64, deadline_ns: u64, site: &'static str) -> u64 {
+    let armed = {
+        let interrupts_off = InterruptsDisabled::new();
+        let cpu = interrupts_off.cpu_index();
+        let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
+        let now = uptime_ns();
+        guard.as_mut().and_then(|percpu| {
+            let timer = percpu
+                .hrtimer_create(
+                    ClockId::Monotonic,
+                    TimerFunction::new("hrtimer_wakeup", wake_sleeping_thread),
+                    thread,
+                )
+                .ok()?;
+            let start = StartInfo::kernel(site);
+            match percpu.hrtimer_start(timer, deadline_ns, HrTimerMode::Absolute, 0, now, start) {
+                Ok(_) => Some((cpu, timer)),
+                Err(_) => {
+                    let _ = percpu.hrtimer_destroy(timer, now);
+                    None
+                }
+            }
+        })
+    };
+    let Some((cpu, timer)) = armed else {
+        return busy_wait_until(deadline_ns);
+    };
+    crate::sched::sleep_until_condition(|| uptime_ns() >= deadline_ns, |_| {}, |_| {});
+    let woke = uptime_ns();
+    if let Some(percpu) = CPU_TIME.on_cpu(cpu).lock().as_mut() {
+        let _ = percpu.hrtimer_destroy(timer, woke);
+    }
+    woke
 }
 
 fn busy_wait_until(deadline_ns: u64) -> u64 {
