@@ -94,6 +94,10 @@ const TESTS: &[TestCase] = &[
         sleeping_thread_lets_its_cpu_run_others,
     ),
     (
+        "threaded_irq_handles_the_hpet_comparator",
+        threaded_irq_handles_the_hpet_comparator,
+    ),
+    (
         "tsc_is_synchronized_across_cpus",
         tsc_is_synchronized_across_cpus,
     ),
@@ -1111,4 +1115,89 @@ fn sleeping_thread_lets_its_cpu_run_others() -> TestResult {
         )),
         _ => Ok(()),
     }
+}
+
+static HPET_PRIMARY_RUNS: AtomicU64 = AtomicU64::new(0);
+static HPET_THREAD_RUNS: AtomicU64 = AtomicU64::new(0);
+/// Thread handler runs that were not in a kernel thread, or found the line's hard IRQ count
+/// moving while they ran (the one-shot mask failed).
+static HPET_THREAD_WRONG: AtomicU64 = AtomicU64::new(0);
+
+fn hpet_primary(_vector: u8) -> crate::irq::IrqReturn {
+    HPET_PRIMARY_RUNS.fetch_add(1, Ordering::SeqCst);
+    crate::irq::IrqReturn::WakeThread
+}
+
+fn hpet_thread(vector: u8) {
+    if sched::current().is_none() || !cpu::interrupts_enabled() {
+        HPET_THREAD_WRONG.fetch_add(1, Ordering::SeqCst);
+    }
+    let before = interrupts::count(vector);
+    // Sleeping is allowed here; the line stays masked meanwhile.
+    time::msleep(2);
+    if interrupts::count(vector) != before {
+        HPET_THREAD_WRONG.fetch_add(1, Ordering::SeqCst);
+    }
+    HPET_THREAD_RUNS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A real device interrupt (the HPET comparator, idle since the tick moved to the LAPIC)
+/// through `request_threaded_irq` (primary wakes the thread, one-shot line), and through
+/// `request_irq` with forced threading (what `threadirqs` does).
+fn threaded_irq_handles_the_hpet_comparator() -> TestResult {
+    let Some(mut device) = time::available_devices()
+        .into_iter()
+        .find(|device| device.name() == "hpet")
+    else {
+        return Ok(()); // microvm: no HPET
+    };
+    let TickDevice::Hpet { gsi, .. } = device else {
+        return Err(String::from("hpet device of another kind"));
+    };
+    for forced in [false, true] {
+        HPET_PRIMARY_RUNS.store(0, Ordering::SeqCst);
+        HPET_THREAD_RUNS.store(0, Ordering::SeqCst);
+        HPET_THREAD_WRONG.store(0, Ordering::SeqCst);
+        let vector = if forced {
+            crate::irq::request_irq(gsi as u32, "hpet-test", hpet_thread, true)
+        } else {
+            crate::irq::request_threaded_irq(
+                gsi as u32,
+                "hpet-test",
+                Some(hpet_primary),
+                hpet_thread,
+                true,
+            )
+        }
+        .map_err(|e| alloc::format!("request: {e}"))?;
+        let hz = device.frequency_hz();
+        device
+            .set_state_oneshot()
+            .map_err(|e| alloc::format!("oneshot: {e}"))?;
+        let cycles =
+            ns_to_cycles(1_000_000, hz).clamp(device.min_delta_cycles(), device.max_delta_cycles());
+        device
+            .set_next_event(cycles)
+            .map_err(|e| alloc::format!("set_next_event: {e}"))?;
+        let ran = wait_for(2_000, || HPET_THREAD_RUNS.load(Ordering::SeqCst) > 0);
+        let _ = device.set_state_shutdown();
+        interrupts::clear_handler(vector);
+        let mode = if forced {
+            "forced threading"
+        } else {
+            "request_threaded_irq"
+        };
+        ensure!(ran, "{mode}: the handler thread never ran");
+        if !forced {
+            ensure!(
+                HPET_PRIMARY_RUNS.load(Ordering::SeqCst) >= 1,
+                "{mode}: the primary handler never ran"
+            );
+        }
+        ensure!(
+            HPET_THREAD_WRONG.load(Ordering::SeqCst) == 0,
+            "{mode}: the thread handler ran outside a thread or with its line unmasked"
+        );
+    }
+    Ok(())
 }
