@@ -19,6 +19,7 @@ mod console;
 mod irq;
 #[cfg(feature = "ktest")]
 mod ktest;
+mod lockdep;
 mod mm;
 mod params;
 mod pm;
@@ -87,6 +88,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     mm::init(&boot, mem_limit);
     params::init(boot.command_line);
     apply_console_params();
+    lockdep::init();
     printk!(
         "tsc: {}.{:03} MHz ({method})",
         tsc_hz / 1_000_000,
@@ -210,6 +212,11 @@ fn register_proc_files() {
         path: "/proc/timer_stats",
         read: Some(time::proc_timer_stats),
         write: Some(time::proc_timer_stats_write),
+    });
+    register(ProcFile {
+        path: "/proc/lockdep_stats",
+        read: Some(lockdep::proc_stats),
+        write: None,
     });
     register(ProcFile {
         path: "/proc/uptime",

@@ -44,6 +44,7 @@ const ALL_PARAMS: &[&[ParamSpec]] = &[
     crate::time::PARAMS,
     crate::smp::PARAMS,
     crate::irq::PARAMS,
+    crate::lockdep::PARAMS,
 ];
 
 /// Reads `mem=` straight from boot memory, before the heap exists.

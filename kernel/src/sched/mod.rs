@@ -62,7 +62,7 @@ struct State {
     idle: [Option<&'static ThreadContext>; MAX_CPUS],
 }
 
-static SCHED: IrqSafeLock<Option<State>> = IrqSafeLock::new(None);
+static SCHED: IrqSafeLock<Option<State>> = IrqSafeLock::named("sched::SCHED", None);
 
 /// Creates the scheduler for `possible_cpus` CPUs and makes the running boot code CPU 0's idle
 /// thread. Called once on the boot CPU, interrupts disabled, before secondary CPUs start.

@@ -77,8 +77,8 @@ struct Clocks {
     watchdog: Option<Watchdog>,
 }
 
-static CLOCKS: IrqSafeLock<Option<Clocks>> = IrqSafeLock::new(None);
-static JIFFIES: IrqSafeLock<Option<JiffiesClock>> = IrqSafeLock::new(None);
+static CLOCKS: IrqSafeLock<Option<Clocks>> = IrqSafeLock::named("time::CLOCKS", None);
+static JIFFIES: IrqSafeLock<Option<JiffiesClock>> = IrqSafeLock::named("time::JIFFIES", None);
 /// Each CPU's time state (`None` until that CPU's tick starts).
 static CPU_TIME: PerCpu<IrqSafeLock<Option<CpuTime>>> =
     PerCpu::new([const { IrqSafeLock::new(None) }; MAX_CPUS]);
