@@ -90,6 +90,10 @@ const TESTS: &[TestCase] = &[
         ping_pong_between_two_threads,
     ),
     (
+        "two_busy_threads_share_one_cpu_by_preemption",
+        two_busy_threads_share_one_cpu_by_preemption,
+    ),
+    (
         "sleeping_thread_lets_its_cpu_run_others",
         sleeping_thread_lets_its_cpu_run_others,
     ),
@@ -1249,5 +1253,40 @@ fn lockdep_reports_an_inverted_lock_pair() -> TestResult {
     // the test too, and checking goes on.
     let stats = crate::lockdep::proc_stats();
     ensure!(stats.contains("lock-classes"), "lockdep_stats: {stats}");
+    Ok(())
+}
+
+/// Two CPU-bound fair threads on one CPU never block: only preemption (the slice timer or the
+/// tick) lets the second run. Both must progress, with roughly equal CPU time.
+fn two_busy_threads_share_one_cpu_by_preemption() -> TestResult {
+    let cpu = *smp::online_cpus().collect::<Vec<_>>().last().unwrap_or(&0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let stop = Arc::clone(&stop);
+        ids.push(spawn(
+            "busy",
+            SchedClass::NORMAL,
+            CpuSet::single(cpu),
+            move || {
+                while !stop.load(Ordering::Acquire) {
+                    core::hint::spin_loop();
+                }
+            },
+        )?);
+    }
+    time::msleep(200);
+    let infos: Vec<_> = ids.iter().filter_map(|&id| sched::task_info(id)).collect();
+    stop.store(true, Ordering::Release);
+    ensure!(infos.len() == 2, "busy threads vanished");
+    let (a, b) = (infos[0].cpu_time_ns, infos[1].cpu_time_ns);
+    ensure!(
+        a > 0 && b > 0 && a.min(b) * 3 > a.max(b),
+        "CPU time {a} ns vs {b} ns: not shared by preemption"
+    );
+    ensure!(
+        infos[0].involuntary_switches + infos[1].involuntary_switches >= 2,
+        "no involuntary switches between two busy threads"
+    );
     Ok(())
 }

@@ -9,6 +9,8 @@
 //!   take them in ascending CPU order.
 //! - smp: `smp::CALL_QUEUE[cpu]` is a leaf (never held while waiting for another CPU).
 //! - `irq::LINES`, `irq::IOAPIC` are leaves.
+//! - `time::CPU_TIME[cpu]` → `time::PREEMPTION_TIMER[cpu]` (a leaf; the scheduler arms it with
+//!   `SCHED` released).
 //! - sched: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `sched::SCHED` (timer callbacks wake
 //!   threads); `SCHED` is the scheduler lock (policy + thread table, not a big kernel lock) and
 //!   never takes a time lock; under it only leaves are taken (`CLOCKS`, a thread's entry slot,

@@ -3,8 +3,9 @@
 //! with reschedule IPIs, and directed yield.
 //!
 //! The policy (what runs where) is the portable `lull-sched` crate; this module does what it
-//! says: switches stacks (`arch::context`), sends the IPIs it asks for, and calls its `tick`
-//! from the timer interrupt. Each CPU has an idle thread that is not a scheduler task: it runs
+//! says: switches stacks (`arch::context`), sends the IPIs it asks for, calls its `tick` from
+//! the timer interrupt, and arms a per-CPU preemption hrtimer at its
+//! `next_preemption_deadline` after every pick (none for an idle CPU or a lone task). Each CPU has an idle thread that is not a scheduler task: it runs
 //! whenever the policy picks nothing, and it is the tickless idle loop.
 //!
 //! Locks: `SCHED` (IRQ-safe) is the scheduler lock, not a big kernel lock: it guards only the
@@ -219,6 +220,7 @@ fn switch_away(preempt: bool) {
     let cpu = interrupts_off.cpu_index();
     let now = crate::time::uptime_ns();
     let mut reaped: Vec<Arc<Thread>> = Vec::new();
+    let preemption_deadline;
     let switch = {
         let mut guard = SCHED.lock();
         let Some(state) = guard.as_mut() else {
@@ -256,6 +258,7 @@ fn switch_away(preempt: bool) {
                 reaped.push(state.zombies.swap_remove(index));
             }
         }
+        preemption_deadline = state.policy.next_preemption_deadline(cpu);
         if pick.next == pick.previous {
             None
         } else {
@@ -283,6 +286,8 @@ fn switch_away(preempt: bool) {
         }
     };
     drop(reaped);
+    // Preemption is programmed for exactly when the policy wants it (never for a lone task).
+    crate::time::program_preemption(preemption_deadline);
     if let Some((previous, next)) = switch {
         context::switch(previous, next);
     }

@@ -855,6 +855,71 @@ pub fn msleep(ms: u64) {
     );
 }
 
+// ---- scheduler preemption timer ------------------------------------------------------------
+
+/// Per CPU: the scheduler's preemption hrtimer and the deadline it is armed for. Taken inside
+/// `CPU_TIME[cpu]` (a leaf).
+static PREEMPTION_TIMER: PerCpu<IrqSafeLock<(Option<HrTimerId>, Option<u64>)>> =
+    PerCpu::new([const { IrqSafeLock::new((None, None)) }; MAX_CPUS]);
+
+/// hrtimer callback: the running thread's slice is over (or a higher class waits); the
+/// scheduler tick sets need-resched and the switch happens on the way out of the interrupt.
+fn preemption_timer_fired(
+    _context: &mut TimeContext,
+    _timer: &mut FiringTimer<TimerFunction<TimeContext>>,
+) -> HrTimerRestart {
+    let interrupts_off = InterruptsDisabled::new();
+    PREEMPTION_TIMER.this_cpu(&interrupts_off).lock().1 = None;
+    crate::sched::tick();
+    HrTimerRestart::NoRestart
+}
+
+/// Arms this CPU's preemption hrtimer for `deadline_ns` (the scheduler's
+/// `next_preemption_deadline`), or cancels it for `None` (idle, a lone task, a FIFO task), so
+/// preemption does not depend on the tick's rate. Called with no scheduler or time lock held.
+pub fn program_preemption(deadline_ns: Option<u64>) {
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
+    let Some(percpu) = guard.as_mut() else {
+        return;
+    };
+    let mut slot = PREEMPTION_TIMER.this_cpu(&interrupts_off).lock();
+    if slot.1 == deadline_ns {
+        return;
+    }
+    let now = uptime_ns();
+    let id = match slot.0 {
+        Some(id) => id,
+        None if deadline_ns.is_none() => return,
+        None => match percpu.hrtimer_create(
+            ClockId::Monotonic,
+            TimerFunction::new("sched_preemption", preemption_timer_fired),
+            cpu as u64,
+        ) {
+            Ok(id) => *slot.0.insert(id),
+            Err(_) => return,
+        },
+    };
+    let armed = match deadline_ns {
+        Some(deadline) => percpu
+            .hrtimer_start(
+                id,
+                deadline,
+                HrTimerMode::Absolute,
+                0,
+                now,
+                StartInfo::kernel("sched_preemption"),
+            )
+            .is_ok(),
+        None => {
+            let _ = percpu.hrtimer_cancel(id, now);
+            false
+        }
+    };
+    slot.1 = if armed { deadline_ns } else { None };
+}
+
 // ---- shell timers ----------------------------------------------------------------------------
 
 fn shell_timer_fn(
