@@ -789,9 +789,17 @@ fn wake_sleeping_thread(
     _context: &mut TimeContext,
     timer: &mut FiringTimer<TimerFunction<TimeContext>>,
 ) -> HrTimerRestart {
+    SLEEP_TIMER_FIRED.lock().insert(timer.data());
     crate::sched::wake_up(timer.data());
     HrTimerRestart::NoRestart
 }
+
+/// Threads whose sleep timer fired (a leaf lock, taken inside `CPU_TIME`). The sleeper waits for
+/// this rather than re-reading the clock: the timer's verdict is final, so a clock read on
+/// another CPU that lags a little (or a clocksource change) cannot send it back to sleep with
+/// no timer left to wake it.
+static SLEEP_TIMER_FIRED: IrqSafeLock<alloc::collections::BTreeSet<u64>> =
+    IrqSafeLock::new(alloc::collections::BTreeSet::new());
 
 /// A thread's sleep: an absolute hrtimer on this CPU wakes it through the scheduler, and the
 /// CPU runs other threads (or idles tickless) meanwhile. The timer is destroyed on the CPU it
@@ -823,10 +831,18 @@ fn thread_sleep_until(thread: u64, deadline_ns: u64, site: &'static str) -> u64 
     let Some((cpu, timer)) = armed else {
         return busy_wait_until(deadline_ns);
     };
-    crate::sched::sleep_until_condition(|| uptime_ns() >= deadline_ns, |_| {}, |_| {});
+    crate::sched::sleep_until_condition(
+        || SLEEP_TIMER_FIRED.lock().remove(&thread),
+        |_| {},
+        |_| {},
+    );
     let woke = uptime_ns();
     if let Some(percpu) = CPU_TIME.on_cpu(cpu).lock().as_mut() {
         let _ = percpu.hrtimer_destroy(timer, woke);
+    }
+    // Never earlier than asked (the timer fired at its expiry by the clock of its own CPU).
+    if woke < deadline_ns {
+        return busy_wait_until(deadline_ns);
     }
     woke
 }
