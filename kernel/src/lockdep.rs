@@ -66,7 +66,8 @@ pub fn report_count() -> u64 {
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))]
 pub fn recent_reports() -> Vec<String> {
     let _interrupts_off = InterruptsDisabled::new();
-    LAST_REPORTS.lock().clone()
+    let reports = LAST_REPORTS.lock().clone();
+    reports
 }
 
 /// The lock `name` at `site` is about to be taken (blocking) on this CPU.

@@ -94,7 +94,7 @@ pub fn cpu_online() {
         if let Err(error) = state.policy.set_cpu_online(cpu, now) {
             crate::pr_warn!("sched: CPU {cpu}: {error}");
         }
-    }
+    };
 }
 
 /// The id of the running thread (`None` in a CPU's idle thread or before threads exist).
@@ -305,10 +305,14 @@ pub fn preempt_point() {
 fn need_resched_here() -> bool {
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
-    SCHED
+    // Bound to a local: a temporary in the tail expression would be dropped after
+    // `interrupts_off`, i.e. the lock released with interrupts already back on (Rust 2021
+    // drop order), and a timer interrupt taking the lock then deadlocks this CPU.
+    let need = SCHED
         .lock()
         .as_ref()
-        .is_some_and(|state| state.policy.need_resched(cpu))
+        .is_some_and(|state| state.policy.need_resched(cpu));
+    need
 }
 
 /// Interrupt-return hook (interrupts disabled, the interrupted thread had them enabled).
@@ -328,7 +332,7 @@ pub fn tick() {
     let now = crate::time::uptime_ns();
     if let Some(state) = SCHED.lock().as_mut() {
         let _ = state.policy.tick(cpu, now);
-    }
+    };
 }
 
 /// Wakes thread `id` (any context, including hard-IRQ and timer callbacks). Sends the
@@ -462,13 +466,14 @@ pub fn idle_loop() -> ! {
         let work = {
             let interrupts_off = InterruptsDisabled::new();
             let cpu = interrupts_off.cpu_index();
-            SCHED.lock().as_ref().is_some_and(|state| {
+            let work = SCHED.lock().as_ref().is_some_and(|state| {
                 state.policy.need_resched(cpu)
                     || state
                         .policy
                         .cpu_info(cpu)
                         .is_some_and(|info| info.nr_running > 0)
-            })
+            });
+            work
         };
         if work {
             switch_away(false);
