@@ -94,6 +94,10 @@ const TESTS: &[TestCase] = &[
         two_busy_threads_share_one_cpu_by_preemption,
     ),
     (
+        "woken_fifo_thread_preempts_a_busy_fair_thread",
+        woken_fifo_thread_preempts_a_busy_fair_thread,
+    ),
+    (
         "sleeping_thread_lets_its_cpu_run_others",
         sleeping_thread_lets_its_cpu_run_others,
     ),
@@ -1296,6 +1300,62 @@ fn two_busy_threads_share_one_cpu_by_preemption() -> TestResult {
     ensure!(
         infos[0].involuntary_switches + infos[1].involuntary_switches >= 2,
         "no involuntary switches between two busy threads"
+    );
+    Ok(())
+}
+
+/// A real-time FIFO thread woken by its timer preempts a CPU-bound fair thread on its CPU at
+/// once (on the way out of the timer interrupt), not at the fair thread's next slice end.
+fn woken_fifo_thread_preempts_a_busy_fair_thread() -> TestResult {
+    let cpu = *smp::online_cpus().collect::<Vec<_>>().last().unwrap_or(&0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy_stop = Arc::clone(&stop);
+    spawn("busy", SchedClass::NORMAL, CpuSet::single(cpu), move || {
+        while !busy_stop.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+    })?;
+    // 0: not done; else lateness + 1 (ns), with the busy thread still spinning.
+    let result = Arc::new(AtomicU64::new(0));
+    let (rt_result, rt_stop) = (Arc::clone(&result), Arc::clone(&stop));
+    let priority = lull_sched::RtPriority::new(60).map_err(|e| alloc::format!("{e}"))?;
+    spawn(
+        "fifo",
+        SchedClass::RealTime(priority),
+        CpuSet::single(cpu),
+        move || {
+            for _ in 0..5 {
+                let deadline = time::uptime_ns() + 5_000_000;
+                let woke = time::sleep_until(deadline, "ktest_fifo");
+                if rt_stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let late = woke - deadline;
+                rt_result.fetch_max(late + 1, Ordering::AcqRel);
+            }
+        },
+    )?;
+    let finished = wait_for(10_000, || {
+        sched::threads()
+            .iter()
+            .all(|row| row.name != "fifo" || row.info.state == lull_sched::TaskState::Dead)
+    });
+    stop.store(true, Ordering::Release);
+    let worst = result.load(Ordering::Acquire);
+    ensure!(
+        finished && worst > 0,
+        "the FIFO thread did not complete its sleeps beside a busy thread"
+    );
+    printk!(
+        "ktest sched: FIFO thread beside a busy fair thread on CPU {cpu}: worst wake-up lateness {} us",
+        (worst - 1) / 1000
+    );
+    // The fair thread's slice is 6 ms at most and the tick 4 ms: waiting for either would show
+    // as more; TCG on a loaded host is noisy, so the bound is generous.
+    ensure!(
+        worst - 1 < 50_000_000,
+        "FIFO wake-up {} us late beside a busy fair thread",
+        (worst - 1) / 1000
     );
     Ok(())
 }
