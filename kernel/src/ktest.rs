@@ -77,6 +77,39 @@ const TESTS: &[TestCase] = &[
         hrtimer_fires_on_the_cpu_that_armed_it,
     ),
     (
+        "threads_on_every_cpu_count_exactly_under_a_lock",
+        threads_on_every_cpu_count_exactly_under_a_lock,
+    ),
+    ("wakeup_storm_loses_no_wakeup", wakeup_storm_loses_no_wakeup),
+    (
+        "yield_to_runs_the_target_next",
+        yield_to_runs_the_target_next,
+    ),
+    (
+        "ping_pong_between_two_threads",
+        ping_pong_between_two_threads,
+    ),
+    (
+        "two_busy_threads_share_one_cpu_by_preemption",
+        two_busy_threads_share_one_cpu_by_preemption,
+    ),
+    (
+        "woken_fifo_thread_preempts_a_busy_fair_thread",
+        woken_fifo_thread_preempts_a_busy_fair_thread,
+    ),
+    (
+        "sleeping_thread_lets_its_cpu_run_others",
+        sleeping_thread_lets_its_cpu_run_others,
+    ),
+    (
+        "threaded_irq_handles_the_hpet_comparator",
+        threaded_irq_handles_the_hpet_comparator,
+    ),
+    (
+        "lockdep_reports_an_inverted_lock_pair",
+        lockdep_reports_an_inverted_lock_pair,
+    ),
+    (
         "tsc_is_synchronized_across_cpus",
         tsc_is_synchronized_across_cpus,
     ),
@@ -785,4 +818,544 @@ pub fn run_and_exit() -> ! {
         arch::power::EXIT_TESTS_FAILED
     };
     arch::power::exit_failure(status)
+}
+
+// ---- kernel threads and the scheduler ---------------------------------------------------------
+
+use alloc::sync::Arc;
+use core::sync::atomic::AtomicBool;
+
+use lull_sched::{CpuSet, SchedClass};
+
+use crate::sched::{self, Completion};
+use crate::sync::IrqSafeLock;
+
+/// Waits (sleeping in 5 ms steps) until `done()` or `timeout_ms` passed; returns `done()`.
+fn wait_for(timeout_ms: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = time::uptime_ns() + timeout_ms * 1_000_000;
+    while !done() {
+        if time::uptime_ns() > deadline {
+            return done();
+        }
+        time::msleep(5);
+    }
+    true
+}
+
+fn spawn(
+    name: &str,
+    class: SchedClass,
+    cpus: CpuSet,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<u64, String> {
+    sched::kthread_spawn(name, class, cpus, body).map_err(|e| alloc::format!("spawn {name}: {e}"))
+}
+
+/// Threads pinned to every online CPU increment one counter under a spinlock with a split
+/// read-modify-write (a lost update would show); the total must be exact.
+fn threads_on_every_cpu_count_exactly_under_a_lock() -> TestResult {
+    const PER_THREAD: u64 = 20_000;
+    const THREADS_PER_CPU: usize = 2;
+    struct Shared {
+        counter: IrqSafeLock<u64>,
+        finished: Completion,
+        wrong_cpu: AtomicU64,
+    }
+    let shared = Arc::new(Shared {
+        counter: IrqSafeLock::new(0),
+        finished: Completion::new(),
+        wrong_cpu: AtomicU64::new(0),
+    });
+    let cpus: Vec<usize> = smp::online_cpus().collect();
+    for &cpu in &cpus {
+        for _ in 0..THREADS_PER_CPU {
+            let shared = Arc::clone(&shared);
+            spawn(
+                "counter",
+                SchedClass::NORMAL,
+                CpuSet::single(cpu),
+                move || {
+                    for _ in 0..PER_THREAD {
+                        let mut counter = shared.counter.lock();
+                        let value = core::hint::black_box(*counter);
+                        *counter = value + 1;
+                    }
+                    if smp::this_cpu() != cpu {
+                        shared.wrong_cpu.fetch_add(1, Ordering::Relaxed);
+                    }
+                    shared.finished.complete();
+                },
+            )?;
+        }
+    }
+    let threads = (cpus.len() * THREADS_PER_CPU) as u64;
+    for _ in 0..threads {
+        shared.finished.wait();
+    }
+    let total = *shared.counter.lock();
+    ensure!(
+        total == threads * PER_THREAD,
+        "counter {total}, expected {} ({threads} threads on {} CPUs)",
+        threads * PER_THREAD,
+        cpus.len()
+    );
+    ensure!(
+        shared.wrong_cpu.load(Ordering::Relaxed) == 0,
+        "{} pinned threads ran outside their CPU",
+        shared.wrong_cpu.load(Ordering::Relaxed)
+    );
+    printk!(
+        "ktest sched: {threads} threads on {} CPUs counted {total} under one spinlock",
+        cpus.len()
+    );
+    Ok(())
+}
+
+/// Many wakers complete one counted completion many times while a waiter consumes every one:
+/// a lost wake-up would leave the waiter asleep with completions pending.
+fn wakeup_storm_loses_no_wakeup() -> TestResult {
+    const WAKERS: u64 = 8;
+    const PER_WAKER: u64 = 2_000;
+    struct Shared {
+        completion: Completion,
+        consumed: AtomicU64,
+        waiter_done: AtomicBool,
+        wakers_done: AtomicU64,
+    }
+    let shared = Arc::new(Shared {
+        completion: Completion::new(),
+        consumed: AtomicU64::new(0),
+        waiter_done: AtomicBool::new(false),
+        wakers_done: AtomicU64::new(0),
+    });
+    let waiter = Arc::clone(&shared);
+    spawn("storm-waiter", SchedClass::NORMAL, CpuSet::ALL, move || {
+        for _ in 0..WAKERS * PER_WAKER {
+            waiter.completion.wait();
+            waiter.consumed.fetch_add(1, Ordering::Relaxed);
+        }
+        waiter.waiter_done.store(true, Ordering::Release);
+    })?;
+    for _ in 0..WAKERS {
+        let waker = Arc::clone(&shared);
+        spawn("storm-waker", SchedClass::NORMAL, CpuSet::ALL, move || {
+            for round in 0..PER_WAKER {
+                waker.completion.complete();
+                if round % 64 == 0 {
+                    sched::yield_now();
+                }
+            }
+            waker.wakers_done.fetch_add(1, Ordering::Release);
+        })?;
+    }
+    let finished = wait_for(30_000, || shared.waiter_done.load(Ordering::Acquire));
+    ensure!(
+        finished,
+        "waiter stuck after {} of {} completions ({} pending, {} of {WAKERS} wakers done): a wake-up was lost",
+        shared.consumed.load(Ordering::Relaxed),
+        WAKERS * PER_WAKER,
+        shared.completion.pending(),
+        shared.wakers_done.load(Ordering::Relaxed)
+    );
+    ensure!(
+        shared.completion.pending() == 0,
+        "{} completions left over",
+        shared.completion.pending()
+    );
+    Ok(())
+}
+
+/// `yield_to` hands the CPU to a waiting thread on the same CPU: it has run by the time the
+/// yielder runs again.
+fn yield_to_runs_the_target_next() -> TestResult {
+    let mut last_error = String::new();
+    for _attempt in 0..5 {
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        let cpu = smp::this_cpu();
+        let target = spawn(
+            "yield-target",
+            SchedClass::NORMAL,
+            CpuSet::single(cpu),
+            move || {
+                flag.store(true, Ordering::Release);
+            },
+        )?;
+        let runnable_before = sched::task_info(target)
+            .is_some_and(|info| info.state == lull_sched::TaskState::Runnable);
+        if !runnable_before || ran.load(Ordering::Acquire) {
+            last_error = String::from("the target ran before yield_to (preempted); retried");
+            wait_for(1000, || ran.load(Ordering::Acquire));
+            continue;
+        }
+        let yielded = sched::yield_to(target);
+        ensure!(
+            yielded,
+            "yield_to a runnable fair thread on this CPU did not yield"
+        );
+        ensure!(
+            ran.load(Ordering::Acquire),
+            "the yielder ran again before the target"
+        );
+        return Ok(());
+    }
+    Err(last_error)
+}
+
+/// Two threads hand a token back and forth through two completions; reports the cost of one
+/// switch (wake-up + context switch) on one CPU and across two.
+fn ping_pong_between_two_threads() -> TestResult {
+    const ROUNDS: u64 = 5_000;
+    struct Shared {
+        ping: Completion,
+        pong: Completion,
+        finished: AtomicBool,
+    }
+    let cpus: Vec<usize> = smp::online_cpus().collect();
+    let last = *cpus.last().unwrap_or(&0);
+    let mut layouts = alloc::vec![("one CPU", last, last)];
+    if cpus.len() >= 3 {
+        layouts.push(("two CPUs", cpus[1], cpus[2]));
+    }
+    for (label, cpu_a, cpu_b) in layouts {
+        let shared = Arc::new(Shared {
+            ping: Completion::new(),
+            pong: Completion::new(),
+            finished: AtomicBool::new(false),
+        });
+        let responder = Arc::clone(&shared);
+        spawn(
+            "pong",
+            SchedClass::NORMAL,
+            CpuSet::single(cpu_b),
+            move || {
+                for _ in 0..ROUNDS {
+                    responder.ping.wait();
+                    responder.pong.complete();
+                }
+            },
+        )?;
+        let initiator = Arc::clone(&shared);
+        let elapsed = Arc::new(AtomicU64::new(0));
+        let elapsed_out = Arc::clone(&elapsed);
+        let switches_before = sched::context_switches(cpu_a);
+        spawn(
+            "ping",
+            SchedClass::NORMAL,
+            CpuSet::single(cpu_a),
+            move || {
+                let start = time::uptime_ns();
+                for _ in 0..ROUNDS {
+                    initiator.ping.complete();
+                    initiator.pong.wait();
+                }
+                elapsed_out.store(time::uptime_ns() - start, Ordering::Relaxed);
+                initiator.finished.store(true, Ordering::Release);
+            },
+        )?;
+        ensure!(
+            wait_for(60_000, || shared.finished.load(Ordering::Acquire)),
+            "ping-pong on {label} did not finish {ROUNDS} rounds"
+        );
+        let switches = sched::context_switches(cpu_a) - switches_before;
+        let ns = elapsed.load(Ordering::Relaxed);
+        if cpu_a == cpu_b {
+            ensure!(
+                switches >= 2 * ROUNDS,
+                "{switches} context switches for {ROUNDS} round trips on one CPU"
+            );
+        }
+        printk!(
+            "ktest sched: ping-pong on {label} (CPUs {cpu_a},{cpu_b}): {ROUNDS} round trips in {} us, {} ns per one-way hand-off",
+            ns / 1000,
+            ns / (2 * ROUNDS)
+        );
+    }
+    Ok(())
+}
+
+/// A thread sleeping on an hrtimer gives its CPU to another thread (which runs meanwhile), and
+/// is woken by the timer through the scheduler, never early.
+fn sleeping_thread_lets_its_cpu_run_others() -> TestResult {
+    let cpu = *smp::online_cpus().collect::<Vec<_>>().last().unwrap_or(&0);
+    let spins = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sleeper_result = Arc::new(AtomicU64::new(0));
+    let (spins_in, stop_in) = (Arc::clone(&spins), Arc::clone(&stop));
+    let result = Arc::clone(&sleeper_result);
+    let spins_seen = Arc::clone(&spins);
+    spawn(
+        "sleeper",
+        SchedClass::NORMAL,
+        CpuSet::single(cpu),
+        move || {
+            let deadline = time::uptime_ns() + 20_000_000;
+            let before = spins_seen.load(Ordering::Relaxed);
+            let woke = time::sleep_until(deadline, "ktest_sleeper");
+            let ran = spins_seen.load(Ordering::Relaxed) - before;
+            // 1 = early, 2 = the spinner never ran meanwhile, 3 = fine.
+            result.store(
+                if woke < deadline {
+                    1
+                } else if ran == 0 {
+                    2
+                } else {
+                    3
+                },
+                Ordering::Release,
+            );
+        },
+    )?;
+    spawn(
+        "spinner",
+        SchedClass::NORMAL,
+        CpuSet::single(cpu),
+        move || {
+            while !stop_in.load(Ordering::Acquire) {
+                spins_in.fetch_add(1, Ordering::Relaxed);
+                core::hint::spin_loop();
+            }
+        },
+    )?;
+    let finished = wait_for(5_000, || sleeper_result.load(Ordering::Acquire) != 0);
+    stop.store(true, Ordering::Release);
+    ensure!(finished, "the sleeper did not wake within 5 s");
+    match sleeper_result.load(Ordering::Acquire) {
+        1 => Err(String::from("sleep_until returned before its deadline")),
+        2 => Err(String::from(
+            "the CPU did not run another thread while the sleeper slept",
+        )),
+        _ => Ok(()),
+    }
+}
+
+static HPET_PRIMARY_RUNS: AtomicU64 = AtomicU64::new(0);
+static HPET_THREAD_RUNS: AtomicU64 = AtomicU64::new(0);
+/// Thread handler runs that were not in a kernel thread, or found the line's hard IRQ count
+/// moving while they ran (the one-shot mask failed).
+static HPET_THREAD_WRONG: AtomicU64 = AtomicU64::new(0);
+
+fn hpet_primary(_vector: u8) -> crate::irq::IrqReturn {
+    HPET_PRIMARY_RUNS.fetch_add(1, Ordering::SeqCst);
+    crate::irq::IrqReturn::WakeThread
+}
+
+fn hpet_thread(vector: u8) {
+    if sched::current().is_none() || !cpu::interrupts_enabled() {
+        HPET_THREAD_WRONG.fetch_add(1, Ordering::SeqCst);
+    }
+    let before = interrupts::count(vector);
+    // Sleeping is allowed here; the line stays masked meanwhile.
+    time::msleep(2);
+    if interrupts::count(vector) != before {
+        HPET_THREAD_WRONG.fetch_add(1, Ordering::SeqCst);
+    }
+    HPET_THREAD_RUNS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A real device interrupt (the HPET comparator, idle since the tick moved to the LAPIC)
+/// through `request_threaded_irq` (primary wakes the thread, one-shot line), and through
+/// `request_irq` with forced threading (what `threadirqs` does).
+fn threaded_irq_handles_the_hpet_comparator() -> TestResult {
+    let Some(mut device) = time::available_devices()
+        .into_iter()
+        .find(|device| device.name() == "hpet")
+    else {
+        return Ok(()); // microvm: no HPET
+    };
+    let TickDevice::Hpet { gsi, .. } = device else {
+        return Err(String::from("hpet device of another kind"));
+    };
+    for forced in [false, true] {
+        HPET_PRIMARY_RUNS.store(0, Ordering::SeqCst);
+        HPET_THREAD_RUNS.store(0, Ordering::SeqCst);
+        HPET_THREAD_WRONG.store(0, Ordering::SeqCst);
+        let vector = if forced {
+            crate::irq::request_irq(gsi as u32, "hpet-test", hpet_thread, true)
+        } else {
+            crate::irq::request_threaded_irq(
+                gsi as u32,
+                "hpet-test",
+                Some(hpet_primary),
+                hpet_thread,
+                true,
+            )
+        }
+        .map_err(|e| alloc::format!("request: {e}"))?;
+        let hz = device.frequency_hz();
+        device
+            .set_state_oneshot()
+            .map_err(|e| alloc::format!("oneshot: {e}"))?;
+        // Under a loaded host the comparator write can land after the target time; the
+        // device says so and we retry with a longer delay (as clockevents does).
+        let mut programmed = Err(String::new());
+        for delay_ms in [1, 5, 20, 50] {
+            let cycles = ns_to_cycles(delay_ms * 1_000_000, hz)
+                .clamp(device.min_delta_cycles(), device.max_delta_cycles());
+            programmed = device
+                .set_next_event(cycles)
+                .map_err(|e| alloc::format!("set_next_event: {e}"));
+            if programmed.is_ok() {
+                break;
+            }
+        }
+        programmed?;
+        let ran = wait_for(2_000, || HPET_THREAD_RUNS.load(Ordering::SeqCst) > 0);
+        let _ = device.set_state_shutdown();
+        interrupts::clear_handler(vector);
+        let mode = if forced {
+            "forced threading"
+        } else {
+            "request_threaded_irq"
+        };
+        ensure!(ran, "{mode}: the handler thread never ran");
+        if !forced {
+            ensure!(
+                HPET_PRIMARY_RUNS.load(Ordering::SeqCst) >= 1,
+                "{mode}: the primary handler never ran"
+            );
+        }
+        ensure!(
+            HPET_THREAD_WRONG.load(Ordering::SeqCst) == 0,
+            "{mode}: the thread handler ran outside a thread or with its line unmasked"
+        );
+    }
+    Ok(())
+}
+
+static LOCKDEP_TEST_A: IrqSafeLock<u32> = IrqSafeLock::named("ktest::LOCK_A", 0);
+static LOCKDEP_TEST_B: IrqSafeLock<u32> = IrqSafeLock::named("ktest::LOCK_B", 0);
+
+/// Lockdep (turned on here, as `lockdep=1` would) learns A → B from one path and reports the
+/// other path's B → A, naming both locks and sites, without stopping the machine.
+fn lockdep_reports_an_inverted_lock_pair() -> TestResult {
+    crate::lockdep::enable();
+    let before = crate::lockdep::report_count();
+    {
+        let a = LOCKDEP_TEST_A.lock();
+        let b = LOCKDEP_TEST_B.lock();
+        drop(b);
+        drop(a);
+    }
+    ensure!(
+        crate::lockdep::report_count() == before,
+        "the consistent order A then B was reported: {:?}",
+        crate::lockdep::recent_reports()
+    );
+    {
+        let b = LOCKDEP_TEST_B.lock();
+        let a = LOCKDEP_TEST_A.lock();
+        drop(a);
+        drop(b);
+    }
+    ensure!(
+        crate::lockdep::report_count() == before + 1,
+        "{} reports for the inversion, expected 1",
+        crate::lockdep::report_count() - before
+    );
+    let reports = crate::lockdep::recent_reports();
+    let text = reports.last().cloned().unwrap_or_default();
+    ensure!(
+        text.contains("circular")
+            && text.contains("ktest::LOCK_A")
+            && text.contains("ktest::LOCK_B")
+            && text.contains("ktest.rs"),
+        "report does not name both locks and sites: {text}"
+    );
+    // The kernel's own named locks (scheduler, jiffies, clocks) ran under the checker during
+    // the test too, and checking goes on.
+    let stats = crate::lockdep::proc_stats();
+    ensure!(stats.contains("lock-classes"), "lockdep_stats: {stats}");
+    Ok(())
+}
+
+/// Two CPU-bound fair threads on one CPU never block: only preemption (the slice timer or the
+/// tick) lets the second run. Both must progress, with roughly equal CPU time.
+fn two_busy_threads_share_one_cpu_by_preemption() -> TestResult {
+    let cpu = *smp::online_cpus().collect::<Vec<_>>().last().unwrap_or(&0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let stop = Arc::clone(&stop);
+        ids.push(spawn(
+            "busy",
+            SchedClass::NORMAL,
+            CpuSet::single(cpu),
+            move || {
+                while !stop.load(Ordering::Acquire) {
+                    core::hint::spin_loop();
+                }
+            },
+        )?);
+    }
+    time::msleep(200);
+    let infos: Vec<_> = ids.iter().filter_map(|&id| sched::task_info(id)).collect();
+    stop.store(true, Ordering::Release);
+    ensure!(infos.len() == 2, "busy threads vanished");
+    let (a, b) = (infos[0].cpu_time_ns, infos[1].cpu_time_ns);
+    ensure!(
+        a > 0 && b > 0 && a.min(b) * 3 > a.max(b),
+        "CPU time {a} ns vs {b} ns: not shared by preemption"
+    );
+    ensure!(
+        infos[0].involuntary_switches + infos[1].involuntary_switches >= 2,
+        "no involuntary switches between two busy threads"
+    );
+    Ok(())
+}
+
+/// A real-time FIFO thread woken by its timer preempts a CPU-bound fair thread on its CPU at
+/// once (on the way out of the timer interrupt), not at the fair thread's next slice end.
+fn woken_fifo_thread_preempts_a_busy_fair_thread() -> TestResult {
+    let cpu = *smp::online_cpus().collect::<Vec<_>>().last().unwrap_or(&0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy_stop = Arc::clone(&stop);
+    spawn("busy", SchedClass::NORMAL, CpuSet::single(cpu), move || {
+        while !busy_stop.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+    })?;
+    // 0: not done; else lateness + 1 (ns), with the busy thread still spinning.
+    let result = Arc::new(AtomicU64::new(0));
+    let (rt_result, rt_stop) = (Arc::clone(&result), Arc::clone(&stop));
+    let priority = lull_sched::RtPriority::new(60).map_err(|e| alloc::format!("{e}"))?;
+    spawn(
+        "fifo",
+        SchedClass::RealTime(priority),
+        CpuSet::single(cpu),
+        move || {
+            for _ in 0..5 {
+                let deadline = time::uptime_ns() + 5_000_000;
+                let woke = time::sleep_until(deadline, "ktest_fifo");
+                if rt_stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let late = woke - deadline;
+                rt_result.fetch_max(late + 1, Ordering::AcqRel);
+            }
+        },
+    )?;
+    let finished = wait_for(10_000, || {
+        sched::threads()
+            .iter()
+            .all(|row| row.name != "fifo" || row.info.state == lull_sched::TaskState::Dead)
+    });
+    stop.store(true, Ordering::Release);
+    let worst = result.load(Ordering::Acquire);
+    ensure!(
+        finished && worst > 0,
+        "the FIFO thread did not complete its sleeps beside a busy thread"
+    );
+    printk!(
+        "ktest sched: FIFO thread beside a busy fair thread on CPU {cpu}: worst wake-up lateness {} us",
+        (worst - 1) / 1000
+    );
+    // The fair thread's slice is 6 ms at most and the tick 4 ms: waiting for either would show
+    // as more; TCG on a loaded host is noisy, so the bound is generous.
+    ensure!(
+        worst - 1 < 50_000_000,
+        "FIFO wake-up {} us late beside a busy fair thread",
+        (worst - 1) / 1000
+    );
+    Ok(())
 }

@@ -2,8 +2,9 @@
 //!
 //! Boot order: PVH entry (arch, GS base of CPU 0) → console → CPU tables → TSC calibration →
 //! memory (heap, zones, page tables, SMP trampoline page) → command line → ACPI → interrupts →
-//! CPU list (MADT) → time (boot CPU's tick) → secondary CPUs (each starts its own tick, then
-//! idles) → shell (or the in-kernel tests).
+//! CPU list (MADT) → scheduler → time (boot CPU's tick) → secondary CPUs (each starts its own
+//! tick, then runs its idle thread) → the shell (or the in-kernel tests) in a kernel thread,
+//! while the boot code becomes CPU 0's idle thread.
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -18,10 +19,12 @@ mod console;
 mod irq;
 #[cfg(feature = "ktest")]
 mod ktest;
+mod lockdep;
 mod mm;
 mod params;
 mod pm;
 mod procfs;
+mod sched;
 mod shell;
 mod smp;
 mod sync;
@@ -85,6 +88,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     mm::init(&boot, mem_limit);
     params::init(boot.command_line);
     apply_console_params();
+    lockdep::init();
     printk!(
         "tsc: {}.{:03} MHz ({method})",
         tsc_hz / 1_000_000,
@@ -127,6 +131,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
 
     setup_interrupts(acpi);
     smp::init(acpi);
+    sched::init(smp::possible_cpus());
     pm::init(acpi);
     time::init(acpi);
     #[cfg(feature = "ktest")]
@@ -136,10 +141,19 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     register_proc_files();
     printk!("boot: kernel ready in {} us", time::uptime_ns() / 1000);
 
+    // The boot code becomes CPU 0's idle thread; the work runs in kernel threads.
+    // The tests stay on the boot CPU, where several of them expect to run.
     #[cfg(feature = "ktest")]
-    ktest::run_and_exit();
+    let (name, main, cpus): (&str, fn() -> !, _) =
+        ("ktest", ktest::run_and_exit, lull_sched::CpuSet::single(0));
     #[cfg(not(feature = "ktest"))]
-    shell::run()
+    let (name, main, cpus): (&str, fn() -> !, _) = ("shell", shell::run, lull_sched::CpuSet::ALL);
+    if let Err(error) =
+        sched::kthread_spawn(name, lull_sched::SchedClass::NORMAL, cpus, move || main())
+    {
+        panic!("cannot start the {name} thread: {error}");
+    }
+    sched::idle_loop()
 }
 
 fn apply_console_params() {
@@ -198,6 +212,11 @@ fn register_proc_files() {
         path: "/proc/timer_stats",
         read: Some(time::proc_timer_stats),
         write: Some(time::proc_timer_stats_write),
+    });
+    register(ProcFile {
+        path: "/proc/lockdep_stats",
+        read: Some(lockdep::proc_stats),
+        write: None,
     });
     register(ProcFile {
         path: "/proc/uptime",

@@ -43,6 +43,8 @@ const ALL_PARAMS: &[&[ParamSpec]] = &[
     MM_PARAMS,
     crate::time::PARAMS,
     crate::smp::PARAMS,
+    crate::irq::PARAMS,
+    crate::lockdep::PARAMS,
 ];
 
 /// Reads `mem=` straight from boot memory, before the heap exists.

@@ -72,6 +72,7 @@ fn sci_interrupt(_vector: u8) {
     if pending & PM1_STATUS_POWER_BUTTON != 0 {
         acpi::write_register(status, 2, PM1_STATUS_POWER_BUTTON); // write-1-to-clear
         SHUTDOWN_REQUESTED.store(true, Ordering::Release);
+        crate::shell::wake_reader();
     }
 }
 

@@ -29,6 +29,8 @@ pub fn serial_interrupt(_vector: u8) {
     let mut input = INPUT.lock();
     while input.len < input.bytes.len() {
         let Some(byte) = serial::try_read_byte() else {
+            drop(input);
+            INPUT_WAIT.wake_all();
             return;
         };
         let tail = (input.head + input.len) % input.bytes.len();
@@ -37,9 +39,19 @@ pub fn serial_interrupt(_vector: u8) {
     }
     input.throttled = true;
     serial::set_rx_interrupt(false);
+    drop(input);
+    INPUT_WAIT.wake_all();
 }
 
-/// Waits (halted, interrupts on) for the next input byte.
+/// The shell thread waits here for input (or a power-button press).
+static INPUT_WAIT: crate::sched::WaitQueue = crate::sched::WaitQueue::new();
+
+/// Wakes the shell thread (the power button was pressed).
+pub fn wake_reader() {
+    INPUT_WAIT.wake_all();
+}
+
+/// Waits (the thread asleep on `INPUT_WAIT`) for the next input byte.
 fn read_byte() -> u8 {
     loop {
         cpu::disable_interrupts();
@@ -63,8 +75,9 @@ fn read_byte() -> u8 {
             printk!("ACPI: power button pressed");
             crate::pm::power_off();
         }
-        // Nothing to do: sleep until an interrupt (atomically with enabling interrupts).
-        crate::time::idle();
+        cpu::enable_interrupts();
+        // Nothing to do: sleep until the UART interrupt (or the power button) wakes us.
+        INPUT_WAIT.wait_until(|| INPUT.lock().len > 0 || crate::pm::shutdown_requested());
     }
 }
 
@@ -198,6 +211,12 @@ const COMMANDS: &[Command] = &[
         usage: "clocksource",
         help: "registered clocksources and the one in use",
         run: cmd_clocksource,
+    },
+    Command {
+        name: "ps",
+        usage: "ps",
+        help: "kernel threads: id, CPU, state, class/priority, CPU time, context switches",
+        run: cmd_ps,
     },
     Command {
         name: "cpus",
@@ -339,6 +358,12 @@ fn cmd_timer(args: &[&str], _: &str) {
     }
 }
 
+/// Real-time priority of the `latency` thread (cyclictest's customary `-p 80`).
+const LATENCY_PRIORITY: lull_sched::RtPriority = match lull_sched::RtPriority::new(80) {
+    Ok(priority) => priority,
+    Err(_) => lull_sched::RtPriority::MAX,
+};
+
 fn cmd_latency(args: &[&str], _: &str) {
     let seconds = match args.first() {
         None => 10,
@@ -351,7 +376,29 @@ fn cmd_latency(args: &[&str], _: &str) {
         },
     };
     let period_ns = 1_000_000;
-    let report = crate::time::measure_latency(seconds * 1000, period_ns);
+    // The measurement runs in its own real-time FIFO thread (cyclictest's `-p 80`); the shell
+    // sleeps on a completion until it is done.
+    let done = alloc::sync::Arc::new((
+        crate::sched::Completion::new(),
+        IrqSafeLock::new(None::<crate::time::LatencyReport>),
+    ));
+    let for_thread = alloc::sync::Arc::clone(&done);
+    let class = lull_sched::SchedClass::RealTime(LATENCY_PRIORITY);
+    if let Err(error) =
+        crate::sched::kthread_spawn("latency", class, lull_sched::CpuSet::ALL, move || {
+            let report = crate::time::measure_latency(seconds * 1000, period_ns);
+            *for_thread.1.lock() = Some(report);
+            for_thread.0.complete();
+        })
+    {
+        kprintln!("latency: cannot start the measuring thread: {error}");
+        return;
+    }
+    done.0.wait();
+    let Some(report) = done.1.lock().take() else {
+        kprintln!("latency: the measuring thread produced no report");
+        return;
+    };
     kprintln!(
         "latency: {} samples at 1000 Hz: min {} us, avg {} us, p50 {} us, p99 {} us, max {} us",
         report.samples,
@@ -428,6 +475,26 @@ fn cmd_cpus(_: &[&str], _: &str) {
         crate::smp::online_count(),
         crate::smp::possible_cpus()
     );
+}
+
+fn cmd_ps(_: &[&str], _: &str) {
+    kprintln!("  TID  CPU  S  CLS PRI        TIME  CSW(vol/inv)  NAME");
+    for row in crate::sched::threads() {
+        let info = row.info;
+        let time_ms = info.cpu_time_ns / 1_000_000;
+        kprintln!(
+            "{:>5}  {:>3}  {}  {:<7}  {:>6}.{:03}s  {:>6}/{:<6}  {}",
+            info.id.get(),
+            info.cpu,
+            info.state.ps_code(),
+            alloc::format!("{}", info.class),
+            time_ms / 1000,
+            time_ms % 1000,
+            info.voluntary_switches,
+            info.involuntary_switches,
+            row.name
+        );
+    }
 }
 
 fn cmd_poweroff(_: &[&str], _: &str) {

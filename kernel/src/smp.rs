@@ -254,12 +254,10 @@ fn start_one(cpu: usize, trampoline_page: u64) {
 fn secondary_main(cpu: usize) -> ! {
     apic::init_local(interrupts::SPURIOUS_VECTOR, false);
     crate::time::start_secondary_tick();
+    crate::sched::cpu_online();
     printk!("smp: CPU {cpu} (APIC {}) online", apic::local_apic_id());
     CPUS[cpu].online.store(true, Ordering::Release);
-    loop {
-        cpu::disable_interrupts();
-        crate::time::idle();
-    }
+    crate::sched::idle_loop()
 }
 
 // ---- IPIs ------------------------------------------------------------------------------------
@@ -392,8 +390,8 @@ pub fn send_reschedule(cpu: usize) -> Result<(), CallError> {
     Ok(())
 }
 
-/// Reschedule IPI (hard-IRQ context): nothing to do until there is a scheduler; having woken
-/// the CPU from `hlt` is the point.
+/// Reschedule IPI (hard-IRQ context): nothing to do here. Waking the CPU from `hlt` (its idle
+/// loop then looks for work) or returning from the interrupt (a preemption point) is the point.
 fn reschedule_interrupt(_vector: u8) {}
 
 /// Call-function IPI (hard-IRQ context): runs every request queued for this CPU.

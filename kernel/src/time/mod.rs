@@ -77,8 +77,8 @@ struct Clocks {
     watchdog: Option<Watchdog>,
 }
 
-static CLOCKS: IrqSafeLock<Option<Clocks>> = IrqSafeLock::new(None);
-static JIFFIES: IrqSafeLock<Option<JiffiesClock>> = IrqSafeLock::new(None);
+static CLOCKS: IrqSafeLock<Option<Clocks>> = IrqSafeLock::named("time::CLOCKS", None);
+static JIFFIES: IrqSafeLock<Option<JiffiesClock>> = IrqSafeLock::named("time::JIFFIES", None);
 /// Each CPU's time state (`None` until that CPU's tick starts).
 static CPU_TIME: PerCpu<IrqSafeLock<Option<CpuTime>>> =
     PerCpu::new([const { IrqSafeLock::new(None) }; MAX_CPUS]);
@@ -681,6 +681,11 @@ fn timer_interrupt(_vector: u8) {
         let mut context = TimeContext::new(jiffies);
         let _ = percpu.interrupt(now, jiffies, &mut context);
     }
+    drop(jiffies);
+    drop(percpu);
+    // The scheduler lock is taken after the time locks are released (timer callbacks take it
+    // inside them; the tick does not need them).
+    crate::sched::tick();
 }
 
 /// Sleeps the CPU until the next interrupt, stopping its tick first if nothing is due soon
@@ -732,6 +737,9 @@ fn wake_sleeper(
 /// meantime. Returns the monotonic time at wake-up. Never returns before the deadline.
 /// Called with interrupts enabled; they are enabled on return.
 pub fn sleep_until(deadline_ns: u64, site: &'static str) -> u64 {
+    if let Some(thread) = crate::sched::current() {
+        return thread_sleep_until(thread, deadline_ns, site);
+    }
     cpu::disable_interrupts();
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
@@ -789,6 +797,69 @@ pub fn sleep_until(deadline_ns: u64, site: &'static str) -> u64 {
     uptime_ns()
 }
 
+/// hrtimer callback: wakes the thread whose id is the timer's data (through the scheduler).
+fn wake_sleeping_thread(
+    _context: &mut TimeContext,
+    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
+) -> HrTimerRestart {
+    SLEEP_TIMER_FIRED.lock().insert(timer.data());
+    crate::sched::wake_up(timer.data());
+    HrTimerRestart::NoRestart
+}
+
+/// Threads whose sleep timer fired (a leaf lock, taken inside `CPU_TIME`). The sleeper waits for
+/// this rather than re-reading the clock: the timer's verdict is final, so a clock read on
+/// another CPU that lags a little (or a clocksource change) cannot send it back to sleep with
+/// no timer left to wake it.
+static SLEEP_TIMER_FIRED: IrqSafeLock<alloc::collections::BTreeSet<u64>> =
+    IrqSafeLock::new(alloc::collections::BTreeSet::new());
+
+/// A thread's sleep: an absolute hrtimer on this CPU wakes it through the scheduler, and the
+/// CPU runs other threads (or idles tickless) meanwhile. The timer is destroyed on the CPU it
+/// was armed on, wherever the thread runs when it wakes.
+fn thread_sleep_until(thread: u64, deadline_ns: u64, site: &'static str) -> u64 {
+    let armed = {
+        let interrupts_off = InterruptsDisabled::new();
+        let cpu = interrupts_off.cpu_index();
+        let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
+        let now = uptime_ns();
+        guard.as_mut().and_then(|percpu| {
+            let timer = percpu
+                .hrtimer_create(
+                    ClockId::Monotonic,
+                    TimerFunction::new("hrtimer_wakeup", wake_sleeping_thread),
+                    thread,
+                )
+                .ok()?;
+            let start = StartInfo::kernel(site);
+            match percpu.hrtimer_start(timer, deadline_ns, HrTimerMode::Absolute, 0, now, start) {
+                Ok(_) => Some((cpu, timer)),
+                Err(_) => {
+                    let _ = percpu.hrtimer_destroy(timer, now);
+                    None
+                }
+            }
+        })
+    };
+    let Some((cpu, timer)) = armed else {
+        return busy_wait_until(deadline_ns);
+    };
+    crate::sched::sleep_until_condition(
+        || SLEEP_TIMER_FIRED.lock().remove(&thread),
+        |_| {},
+        |_| {},
+    );
+    let woke = uptime_ns();
+    if let Some(percpu) = CPU_TIME.on_cpu(cpu).lock().as_mut() {
+        let _ = percpu.hrtimer_destroy(timer, woke);
+    }
+    // Never earlier than asked (the timer fired at its expiry by the clock of its own CPU).
+    if woke < deadline_ns {
+        return busy_wait_until(deadline_ns);
+    }
+    woke
+}
+
 fn busy_wait_until(deadline_ns: u64) -> u64 {
     loop {
         let now = uptime_ns();
@@ -811,6 +882,71 @@ pub fn msleep(ms: u64) {
         uptime_ns().saturating_add(ms.saturating_mul(1_000_000)),
         "msleep",
     );
+}
+
+// ---- scheduler preemption timer ------------------------------------------------------------
+
+/// Per CPU: the scheduler's preemption hrtimer and the deadline it is armed for. Taken inside
+/// `CPU_TIME[cpu]` (a leaf).
+static PREEMPTION_TIMER: PerCpu<IrqSafeLock<(Option<HrTimerId>, Option<u64>)>> =
+    PerCpu::new([const { IrqSafeLock::new((None, None)) }; MAX_CPUS]);
+
+/// hrtimer callback: the running thread's slice is over (or a higher class waits); the
+/// scheduler tick sets need-resched and the switch happens on the way out of the interrupt.
+fn preemption_timer_fired(
+    _context: &mut TimeContext,
+    _timer: &mut FiringTimer<TimerFunction<TimeContext>>,
+) -> HrTimerRestart {
+    let interrupts_off = InterruptsDisabled::new();
+    PREEMPTION_TIMER.this_cpu(&interrupts_off).lock().1 = None;
+    crate::sched::tick();
+    HrTimerRestart::NoRestart
+}
+
+/// Arms this CPU's preemption hrtimer for `deadline_ns` (the scheduler's
+/// `next_preemption_deadline`), or cancels it for `None` (idle, a lone task, a FIFO task), so
+/// preemption does not depend on the tick's rate. Called with no scheduler or time lock held.
+pub fn program_preemption(deadline_ns: Option<u64>) {
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
+    let Some(percpu) = guard.as_mut() else {
+        return;
+    };
+    let mut slot = PREEMPTION_TIMER.this_cpu(&interrupts_off).lock();
+    if slot.1 == deadline_ns {
+        return;
+    }
+    let now = uptime_ns();
+    let id = match slot.0 {
+        Some(id) => id,
+        None if deadline_ns.is_none() => return,
+        None => match percpu.hrtimer_create(
+            ClockId::Monotonic,
+            TimerFunction::new("sched_preemption", preemption_timer_fired),
+            cpu as u64,
+        ) {
+            Ok(id) => *slot.0.insert(id),
+            Err(_) => return,
+        },
+    };
+    let armed = match deadline_ns {
+        Some(deadline) => percpu
+            .hrtimer_start(
+                id,
+                deadline,
+                HrTimerMode::Absolute,
+                0,
+                now,
+                StartInfo::kernel("sched_preemption"),
+            )
+            .is_ok(),
+        None => {
+            let _ = percpu.hrtimer_cancel(id, now);
+            false
+        }
+    };
+    slot.1 = if armed { deadline_ns } else { None };
 }
 
 // ---- shell timers ----------------------------------------------------------------------------

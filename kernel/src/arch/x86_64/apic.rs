@@ -174,6 +174,24 @@ impl IoApic {
         }
     }
 
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // threaded IRQs have only test users
+    /// Masks or unmasks the redirection entry of `gsi`, keeping its routing.
+    pub fn set_masked(&self, gsi: u32, masked: bool) {
+        let Some(pin) = gsi
+            .checked_sub(self.gsi_base)
+            .filter(|&pin| pin < self.entries())
+        else {
+            return;
+        };
+        let low = self.read(0x10 + 2 * pin);
+        let low = if masked {
+            low | LVT_MASKED
+        } else {
+            low & !LVT_MASKED
+        };
+        self.write(0x10 + 2 * pin, low);
+    }
+
     /// Routes global system interrupt `gsi` to `vector` on the CPU with APIC ID `destination`.
     pub fn route(&self, gsi: u32, vector: u8, destination: u32, level: bool, active_low: bool) {
         let pin = gsi - self.gsi_base;

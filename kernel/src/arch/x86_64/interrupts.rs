@@ -116,6 +116,17 @@ pub const SPURIOUS_VECTOR: u8 = 0xFF;
 /// A device interrupt handler, called in hard-IRQ context with interrupts disabled.
 pub type IrqHandler = fn(vector: u8);
 
+/// Called on the way out of a device interrupt or IPI that interrupted code running with
+/// interrupts enabled (a preemption point: the scheduler may switch threads here).
+pub type ReturnHook = fn();
+
+static RETURN_HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Installs the interrupt-return hook (the scheduler's preemption check).
+pub fn set_return_hook(hook: ReturnHook) {
+    RETURN_HOOK.store(hook as *mut (), Ordering::Release);
+}
+
 static HANDLERS: [AtomicPtr<()>; 256] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
 /// Deliveries per CPU and vector (each CPU increments only its own row, so no lock).
 static COUNTS: [[AtomicU64; 256]; MAX_CPUS] =
@@ -245,6 +256,18 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         handler(vector);
     }
     apic::end_of_interrupt();
+    // Preempt only code that ran with interrupts enabled: it holds no spinlock (every lock
+    // masks interrupts) and no per-CPU reference.
+    const RFLAGS_IF: u64 = 1 << 9;
+    if frame.rflags & RFLAGS_IF != 0 {
+        let hook = RETURN_HOOK.load(Ordering::Acquire);
+        if !hook.is_null() {
+            drop(interrupts_off);
+            // SAFETY: only `set_return_hook` stores into RETURN_HOOK, always a valid `ReturnHook`.
+            let hook: ReturnHook = unsafe { core::mem::transmute::<*mut (), ReturnHook>(hook) };
+            hook();
+        }
+    }
 }
 
 /// Prints a readable report of a CPU exception and stops the machine.

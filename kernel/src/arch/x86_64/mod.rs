@@ -3,6 +3,7 @@
 pub mod acpi;
 pub mod apic;
 mod boot;
+pub mod context;
 pub mod cpu;
 mod gdt;
 pub mod heap;

@@ -3,7 +3,8 @@
 //!
 //! Each CPU's `IA32_GS_BASE` points at its own [`CpuArea`]; `gs:[0]` is then the CPU's index
 //! (0 = the boot CPU), read with one instruction and no lock. The areas are built at compile
-//! time and never written afterwards, so the read is always sound once the base is set.
+//! time; only the `current_task` atomic changes afterwards, so the read is always sound once the
+//! base is set.
 //! Until a scheduler can migrate threads, interrupts off also means preemption off: the
 //! [`InterruptsDisabled`] guard is the proof that the CPU index read stays true.
 
@@ -21,10 +22,18 @@ const IA32_GS_BASE: u32 = 0xC000_0101;
 pub struct CpuArea {
     /// This CPU's index (offset 0).
     cpu_index: u64,
+    /// The id of the thread running on this CPU (offset 8; 0: the CPU's idle thread). Written
+    /// only by this CPU, with interrupts disabled, when it switches threads.
+    current_task: core::sync::atomic::AtomicU64,
 }
 
 const fn build_areas() -> [CpuArea; MAX_CPUS] {
-    let mut areas = [const { CpuArea { cpu_index: 0 } }; MAX_CPUS];
+    let mut areas = [const {
+        CpuArea {
+            cpu_index: 0,
+            current_task: core::sync::atomic::AtomicU64::new(0),
+        }
+    }; MAX_CPUS];
     let mut index = 0;
     while index < MAX_CPUS {
         areas[index].cpu_index = index as u64;
@@ -34,6 +43,30 @@ const fn build_areas() -> [CpuArea; MAX_CPUS] {
 }
 
 static AREAS: [CpuArea; MAX_CPUS] = build_areas();
+
+/// The id of the thread running on this CPU (0: its idle thread). One `gs`-relative load, so
+/// the answer is right even if the caller is preempted and moved right after: a thread's id
+/// does not depend on where it runs.
+pub fn current_task() -> u64 {
+    let id: u64;
+    // SAFETY: GS base points at this CPU's 'static `CpuArea` (set before interrupts are first
+    // enabled); offset 8 is its `current_task` atomic, read with one aligned load.
+    unsafe {
+        core::arch::asm!(
+            "mov {}, qword ptr gs:[8]",
+            out(reg) id,
+            options(nostack, readonly, preserves_flags)
+        )
+    };
+    id
+}
+
+/// Records the thread this CPU is switching to (the scheduler, interrupts disabled).
+pub fn set_current_task(proof: &InterruptsDisabled, task: u64) {
+    AREAS[proof.cpu_index().min(MAX_CPUS - 1)]
+        .current_task
+        .store(task, core::sync::atomic::Ordering::Relaxed);
+}
 
 /// Points this CPU's GS base at the area of CPU `cpu_index`. Called first thing on every CPU
 /// (before anything reads the CPU index), with interrupts disabled.

@@ -1,0 +1,147 @@
+//! Kernel thread contexts and the context switch: callee-saved registers and the stack pointer.
+//!
+//! A thread that is not running is described by its saved stack pointer: the switch pushes the
+//! System V callee-saved registers (`rbp rbx r12..r15`) on the old stack, stores `rsp`, loads
+//! the new thread's `rsp` and pops its registers; `ret` resumes it where it switched out (or, for
+//! a new thread, in a trampoline that calls its entry function). Caller-saved registers are
+//! saved by the compiler around the call; the kernel target has no SSE/x87 state to keep.
+//!
+//! `on_cpu` is Linux's `task_struct::on_cpu`: the scheduler lock is released before the switch,
+//! so another CPU may pick a thread whose registers are still being saved. A CPU switching *to*
+//! a thread first waits until that thread's old CPU cleared `on_cpu`, which the switch does only
+//! after the last write to the old stack. Waits form no cycle: each CPU waits for a thread
+//! chosen strictly earlier than its own.
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+global_asm!(
+    r#"
+    .section .text
+    .global lull_switch_context
+// rdi = &previous.saved_rsp, rsi = &next.saved_rsp, rdx = &previous.on_cpu
+lull_switch_context:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movb $0, (%rdx)
+    movq (%rsi), %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+
+    .global lull_thread_trampoline
+// First code of a new thread: %rbx holds its entry function (`fn() -> !`).
+lull_thread_trampoline:
+    xorl %ebp, %ebp
+    call *%rbx
+    ud2
+    "#,
+    options(att_syntax)
+);
+
+extern "C" {
+    fn lull_switch_context(previous_rsp: *mut u64, next_rsp: *const u64, previous_on_cpu: *mut u8);
+    fn lull_thread_trampoline();
+}
+
+/// What a new thread runs first (it never returns: threads end by exiting).
+pub type ThreadEntry = fn() -> !;
+
+/// A thread's saved CPU state between switches. Contexts live for the whole kernel run
+/// (`'static`), so a context can never be freed while a CPU still switches through it.
+pub struct ThreadContext {
+    /// The stack pointer saved by the last switch away (unused while running).
+    saved_rsp: AtomicU64,
+    /// Whether some CPU is running on (or still switching away from) this context.
+    on_cpu: AtomicBool,
+}
+
+impl ThreadContext {
+    /// The context of the code running right now on this CPU's boot stack (a CPU's idle thread).
+    pub fn for_running_cpu() -> &'static ThreadContext {
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(ThreadContext {
+            saved_rsp: AtomicU64::new(0),
+            on_cpu: AtomicBool::new(true),
+        }))
+    }
+
+    /// A new thread on the stack `stack` (16-byte aligned, owned by the thread for as long as the
+    /// context may be switched to): the first switch to it calls `entry`.
+    /// Returns `None` if the stack is too small or misaligned.
+    pub fn new_thread(
+        stack: core::ops::Range<u64>,
+        entry: ThreadEntry,
+    ) -> Option<&'static ThreadContext> {
+        const FRAME_WORDS: u64 = 7;
+        if !stack.end.is_multiple_of(16) || stack.end.saturating_sub(stack.start) < 4096 {
+            return None;
+        }
+        let frame = stack.end - FRAME_WORDS * 8;
+        // Lowest address first: r15 r14 r13 r12 rbx rbp return-address (the pop order).
+        let words: [u64; FRAME_WORDS as usize] = [
+            0,
+            0,
+            0,
+            0,
+            entry as *const () as usize as u64,
+            0,
+            lull_thread_trampoline as *const () as usize as u64,
+        ];
+        // SAFETY: `frame..stack.end` lies inside the stack the caller handed over (checked to be
+        // at least a page), which is identity-mapped RAM not yet used by anyone; the write is
+        // 8-byte aligned because `stack.end` is 16-byte aligned.
+        unsafe {
+            core::ptr::copy_nonoverlapping(words.as_ptr(), frame as usize as *mut u64, words.len())
+        };
+        Some(alloc::boxed::Box::leak(alloc::boxed::Box::new(
+            ThreadContext {
+                saved_rsp: AtomicU64::new(frame),
+                on_cpu: AtomicBool::new(false),
+            },
+        )))
+    }
+
+    /// Whether a CPU runs on this context (or has not finished switching away from it).
+    pub fn on_cpu(&self) -> bool {
+        self.on_cpu.load(Ordering::Acquire)
+    }
+}
+
+/// Switches this CPU from `previous` (the context running now) to `next`, returning when some
+/// CPU switches back to `previous`. Called with interrupts disabled and no lock held (the
+/// thread resumed next may take any lock). Waits while `next` is still switching away on
+/// another CPU.
+///
+/// The scheduler is the only caller, and the contract it keeps is: `previous` is this CPU's
+/// running context, and `next` is not running anywhere else (it was chosen under the scheduler
+/// lock); its stack is still allocated.
+pub fn switch(previous: &'static ThreadContext, next: &'static ThreadContext) {
+    if core::ptr::eq(previous, next) {
+        return;
+    }
+    while next.on_cpu.swap(true, Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    // SAFETY: `next.saved_rsp` was stored by a previous switch away from `next` (a stack
+    // holding the six callee-saved registers and a return address) or built by `new_thread`
+    // in the same layout, and `on_cpu` now guarantees no other CPU uses that stack. Our own
+    // registers are pushed on the current stack, whose top is stored in `previous` before
+    // `previous.on_cpu` is cleared, so whoever switches back finds a complete frame. The
+    // pointers come from live `'static` atomics.
+    unsafe {
+        lull_switch_context(
+            previous.saved_rsp.as_ptr(),
+            next.saved_rsp.as_ptr(),
+            previous.on_cpu.as_ptr() as *mut u8,
+        )
+    };
+}

@@ -1,0 +1,532 @@
+//! Kernel threads and the scheduler glue: the `lull-sched` policy behind one IRQ-safe lock,
+//! the context switch, per-CPU idle threads, preemption on return from interrupt, wake-ups
+//! with reschedule IPIs, and directed yield.
+//!
+//! The policy (what runs where) is the portable `lull-sched` crate; this module does what it
+//! says: switches stacks (`arch::context`), sends the IPIs it asks for, calls its `tick` from
+//! the timer interrupt, and arms a per-CPU preemption hrtimer at its
+//! `next_preemption_deadline` after every pick (none for an idle CPU or a lone task). Each CPU has an idle thread that is not a scheduler task: it runs
+//! whenever the policy picks nothing, and it is the tickless idle loop.
+//!
+//! Locks: `SCHED` (IRQ-safe) is the scheduler lock, not a big kernel lock: it guards only the
+//! policy and the thread table. It is taken inside `time::CPU_TIME[cpu]` and `time::JIFFIES`
+//! (timer callbacks wake threads), so it never takes those itself; `CLOCKS` is read before it is
+//! taken. Wait-queue locks (`wait.rs`) are released before `SCHED` is taken. No lock is held
+//! across a context switch.
+
+mod wait;
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use lull_sched::{
+    CpuSet, Pick, SchedClass, SchedConfig, SchedError, Scheduler, TaskId, TaskInfo, Wakeup, YieldTo,
+};
+
+use crate::arch::context::{self, ThreadContext};
+use crate::arch::{cpu, interrupts, percpu};
+use crate::sync::{InterruptsDisabled, IrqSafeLock, MAX_CPUS};
+
+pub use wait::{Completion, WaitQueue};
+
+/// Kernel stack of a thread: 64 KiB (order 4), as the boot CPU's.
+const STACK_ORDER: u8 = 4;
+
+/// A kernel thread.
+pub struct Thread {
+    id: TaskId,
+    name: String,
+    context: &'static ThreadContext,
+    /// What the thread runs, taken by the thread itself when it first runs.
+    entry: IrqSafeLock<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
+    /// Base address of the kernel stack pages (freed when the thread is reaped).
+    stack_base: u64,
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        if self.stack_base != 0 {
+            let _ = crate::mm::free_pages(self.stack_base, STACK_ORDER);
+        }
+    }
+}
+
+struct State {
+    policy: Scheduler,
+    /// Every live thread, by task id.
+    threads: BTreeMap<u64, Arc<Thread>>,
+    /// Exited threads whose stacks may still be in use until their CPU switched away.
+    zombies: Vec<Arc<Thread>>,
+    /// Each CPU's idle thread context.
+    idle: [Option<&'static ThreadContext>; MAX_CPUS],
+}
+
+static SCHED: IrqSafeLock<Option<State>> = IrqSafeLock::named("sched::SCHED", None);
+
+/// Creates the scheduler for `possible_cpus` CPUs and makes the running boot code CPU 0's idle
+/// thread. Called once on the boot CPU, interrupts disabled, before secondary CPUs start.
+pub fn init(possible_cpus: usize) {
+    let policy = match Scheduler::new(possible_cpus.max(1), SchedConfig::default()) {
+        Ok(policy) => policy,
+        Err(error) => panic!("sched: {error}"),
+    };
+    let mut idle = [None; MAX_CPUS];
+    idle[0] = Some(ThreadContext::for_running_cpu());
+    *SCHED.lock() = Some(State {
+        policy,
+        threads: BTreeMap::new(),
+        zombies: Vec::new(),
+        idle,
+    });
+    interrupts::set_return_hook(preempt_on_interrupt_return);
+}
+
+/// Marks this secondary CPU online in the scheduler; the running code becomes its idle thread.
+/// Called once on the CPU, interrupts disabled.
+pub fn cpu_online() {
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    let now = crate::time::uptime_ns();
+    if let Some(state) = SCHED.lock().as_mut() {
+        state.idle[cpu] = Some(ThreadContext::for_running_cpu());
+        if let Err(error) = state.policy.set_cpu_online(cpu, now) {
+            crate::pr_warn!("sched: CPU {cpu}: {error}");
+        }
+    };
+}
+
+/// The id of the running thread (`None` in a CPU's idle thread or before threads exist).
+pub fn current() -> Option<u64> {
+    match percpu::current_task() {
+        0 => None,
+        id => Some(id),
+    }
+}
+
+/// Why a thread could not be created.
+#[derive(Debug)]
+pub enum SpawnError {
+    NoMemory,
+    NotStarted,
+    Policy(SchedError),
+}
+
+impl core::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SpawnError::NoMemory => write!(f, "no memory for a kernel stack"),
+            SpawnError::NotStarted => write!(f, "the scheduler is not initialised"),
+            SpawnError::Policy(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+/// Starts a kernel thread running `body` (Linux's `kthread_run`), in `class`, on the CPUs of
+/// `affinity`. Returns its task id. Callable from any context except hard-IRQ.
+pub fn kthread_spawn(
+    name: &str,
+    class: SchedClass,
+    affinity: CpuSet,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<u64, SpawnError> {
+    let stack_base = crate::mm::alloc_pages(STACK_ORDER, lull_buddy::ZoneKind::Normal)
+        .ok_or(SpawnError::NoMemory)?;
+    let stack_top = stack_base + (lull_buddy::PAGE_SIZE << STACK_ORDER);
+    let Some(context) = ThreadContext::new_thread(stack_base..stack_top, thread_start) else {
+        let _ = crate::mm::free_pages(stack_base, STACK_ORDER);
+        return Err(SpawnError::NoMemory);
+    };
+    let now = crate::time::uptime_ns();
+    let placement = {
+        let interrupts_off = InterruptsDisabled::new();
+        let cpu = interrupts_off.cpu_index();
+        let mut guard = SCHED.lock();
+        let Some(state) = guard.as_mut() else {
+            drop(guard);
+            let _ = crate::mm::free_pages(stack_base, STACK_ORDER);
+            return Err(SpawnError::NotStarted);
+        };
+        let (id, placement) = match state.policy.spawn(class, affinity, cpu, now) {
+            Ok(result) => result,
+            Err(error) => {
+                drop(guard);
+                let _ = crate::mm::free_pages(stack_base, STACK_ORDER);
+                return Err(SpawnError::Policy(error));
+            }
+        };
+        state.threads.insert(
+            id.get(),
+            Arc::new(Thread {
+                id,
+                name: String::from(name),
+                context,
+                entry: IrqSafeLock::new(Some(alloc::boxed::Box::new(body))),
+                stack_base,
+            }),
+        );
+        (id, placement)
+    };
+    let (id, placement) = placement;
+    if placement.send_resched_ipi {
+        let _ = crate::smp::send_reschedule(placement.cpu);
+    }
+    preempt_point();
+    Ok(id.get())
+}
+
+/// First code of every thread (from the context-switch trampoline, interrupts disabled, no
+/// lock held): runs its body, then exits.
+fn thread_start() -> ! {
+    let body = current().and_then(|id| {
+        let guard = SCHED.lock();
+        let thread = guard.as_ref()?.threads.get(&id)?;
+        let body = thread.entry.lock().take();
+        body
+    });
+    cpu::enable_interrupts();
+    if let Some(body) = body {
+        body();
+    }
+    exit_current()
+}
+
+/// Ends the running thread (its stack is freed once another thread runs on its CPU).
+pub fn exit_current() -> ! {
+    cpu::disable_interrupts();
+    if let Some(id) = current() {
+        if let Some(state) = SCHED.lock().as_mut() {
+            if let Some(thread) = state.threads.get(&id) {
+                let _ = state.policy.exit(thread.id);
+            }
+        }
+    }
+    switch_away(false);
+    // Unreachable: a dead thread is never picked again.
+    cpu::halt_forever()
+}
+
+/// Gives up the CPU (Linux's `schedule()`): a thread that prepared to sleep sleeps until woken;
+/// a running one goes back to its run queue. Returns when the thread runs again.
+pub fn schedule() {
+    switch_away(false);
+}
+
+/// Picks what runs next on this CPU and switches to it. `preempt`: the current thread is
+/// preempted (it stays runnable even if it was preparing to sleep).
+fn switch_away(preempt: bool) {
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    let now = crate::time::uptime_ns();
+    let mut reaped: Vec<Arc<Thread>> = Vec::new();
+    let preemption_deadline;
+    let switch = {
+        let mut guard = SCHED.lock();
+        let Some(state) = guard.as_mut() else {
+            return;
+        };
+        let pick: Result<Pick, SchedError> = if preempt {
+            state.policy.preempt(cpu, now)
+        } else {
+            state.policy.pick_next(cpu, now)
+        };
+        let Ok(pick) = pick else {
+            return;
+        };
+        if let Some(target) = pick.resched_ipi {
+            let _ = crate::smp::send_reschedule(target);
+        }
+        // A thread that exited has left its CPU's `current` slot: forget it (its stack stays
+        // until the switch away from it has finished).
+        if let Some(previous) = pick.previous {
+            if state.policy.task_info(previous).map(|info| info.state)
+                == Some(lull_sched::TaskState::Dead)
+            {
+                let _ = state.policy.reap(previous);
+                if let Some(thread) = state.threads.remove(&previous.get()) {
+                    state.zombies.push(thread);
+                }
+            }
+        }
+        let mut index = 0;
+        while index < state.zombies.len() {
+            let zombie = &state.zombies[index];
+            if zombie.context.on_cpu() || Some(zombie.id) == pick.previous {
+                index += 1;
+            } else {
+                reaped.push(state.zombies.swap_remove(index));
+            }
+        }
+        preemption_deadline = state.policy.next_preemption_deadline(cpu);
+        if pick.next == pick.previous {
+            None
+        } else {
+            let context_of = |task: Option<TaskId>| match task {
+                Some(task) => state
+                    .threads
+                    .get(&task.get())
+                    .map(|thread| thread.context)
+                    .or_else(|| {
+                        state
+                            .zombies
+                            .iter()
+                            .find(|z| z.id == task)
+                            .map(|z| z.context)
+                    }),
+                None => state.idle[cpu],
+            };
+            match (context_of(pick.previous), context_of(pick.next)) {
+                (Some(previous), Some(next)) => {
+                    percpu::set_current_task(&interrupts_off, pick.next.map_or(0, TaskId::get));
+                    Some((previous, next))
+                }
+                _ => None,
+            }
+        }
+    };
+    drop(reaped);
+    // Preemption is programmed for exactly when the policy wants it (never for a lone task).
+    crate::time::program_preemption(preemption_deadline);
+    if let Some((previous, next)) = switch {
+        context::switch(previous, next);
+    }
+}
+
+/// Preemption point for thread context (after a wake-up, at lock release): switches if this
+/// CPU was asked to reschedule and interrupts are enabled.
+pub fn preempt_point() {
+    if cpu::interrupts_enabled() && current().is_some() && need_resched_here() {
+        switch_away(true);
+    }
+}
+
+/// Whether this CPU has been asked to reschedule.
+fn need_resched_here() -> bool {
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    // Bound to a local: a temporary in the tail expression would be dropped after
+    // `interrupts_off`, i.e. the lock released with interrupts already back on (Rust 2021
+    // drop order), and a timer interrupt taking the lock then deadlocks this CPU.
+    let need = SCHED
+        .lock()
+        .as_ref()
+        .is_some_and(|state| state.policy.need_resched(cpu));
+    need
+}
+
+/// Interrupt-return hook (interrupts disabled, the interrupted thread had them enabled).
+fn preempt_on_interrupt_return() {
+    // The idle thread is not preempted here: its loop checks for work after every halt.
+    if current().is_some() && need_resched_here() {
+        switch_away(true);
+    }
+}
+
+/// The scheduler tick (from the timer interrupt): accounts the running thread and asks for a
+/// reschedule when its slice is over or a higher class waits. The switch itself happens on
+/// the way out of the interrupt.
+pub fn tick() {
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    let now = crate::time::uptime_ns();
+    if let Some(state) = SCHED.lock().as_mut() {
+        let _ = state.policy.tick(cpu, now);
+    };
+}
+
+/// Wakes thread `id` (any context, including hard-IRQ and timer callbacks). Sends the
+/// reschedule IPI the policy asks for; a local reschedule happens at the next preemption point.
+pub fn wake_up(id: u64) {
+    let now = crate::time::uptime_ns();
+    let ipi = {
+        let interrupts_off = InterruptsDisabled::new();
+        let cpu = interrupts_off.cpu_index();
+        let mut guard = SCHED.lock();
+        let Some(state) = guard.as_mut() else {
+            return;
+        };
+        let Some(task) = state.threads.get(&id).map(|thread| thread.id) else {
+            return;
+        };
+        match state.policy.wake_up(task, cpu, now) {
+            Ok(Wakeup::Placed(placement)) if placement.send_resched_ipi => Some(placement.cpu),
+            _ => None,
+        }
+    };
+    if let Some(target) = ipi {
+        let _ = crate::smp::send_reschedule(target);
+    }
+}
+
+/// Announces that the running thread is about to sleep (it is on its wait queue already).
+fn prepare_to_sleep() {
+    let Some(id) = current() else { return };
+    if let Some(state) = SCHED.lock().as_mut() {
+        if let Some(task) = state.threads.get(&id).map(|thread| thread.id) {
+            let _ = state.policy.prepare_to_sleep(task);
+        }
+    }
+}
+
+/// The running thread's condition came true: it will not sleep after all.
+fn finish_wait() {
+    let Some(id) = current() else { return };
+    if let Some(state) = SCHED.lock().as_mut() {
+        if let Some(task) = state.threads.get(&id).map(|thread| thread.id) {
+            let _ = state.policy.finish_wait(task);
+        }
+    }
+}
+
+/// Sleeps until `condition` holds, re-checked after every wake-up (no lost wake-ups: the
+/// thread is marked as preparing to sleep before it checks; a wake-up in between cancels the
+/// sleep). `register`/`unregister` put the thread on and off the waker's list.
+pub(crate) fn sleep_until_condition(
+    mut condition: impl FnMut() -> bool,
+    mut register: impl FnMut(u64),
+    mut unregister: impl FnMut(u64),
+) {
+    let Some(id) = current() else {
+        // Not a thread (a CPU's idle code, or boot before threads): halt until it holds.
+        while !condition() {
+            cpu::disable_interrupts();
+            crate::time::idle();
+        }
+        return;
+    };
+    loop {
+        register(id);
+        prepare_to_sleep();
+        if condition() {
+            finish_wait();
+            unregister(id);
+            return;
+        }
+        schedule();
+        unregister(id);
+    }
+}
+
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+/// `sched_yield()`: lets the other runnable threads of this CPU run first.
+pub fn yield_now() {
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    let now = crate::time::uptime_ns();
+    let yielded = SCHED
+        .lock()
+        .as_mut()
+        .is_some_and(|state| state.policy.yield_now(cpu, now).unwrap_or(false));
+    drop(interrupts_off);
+    if yielded {
+        schedule();
+    }
+}
+
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+/// Directed yield (Linux 2.6.39 `yield_to`): gives the rest of this thread's slice to thread
+/// `target`, which runs next on its CPU. Returns whether it yielded.
+pub fn yield_to(target: u64) -> bool {
+    let yielded = {
+        let interrupts_off = InterruptsDisabled::new();
+        let cpu = interrupts_off.cpu_index();
+        let now = crate::time::uptime_ns();
+        let mut guard = SCHED.lock();
+        let Some(state) = guard.as_mut() else {
+            return false;
+        };
+        let Some(task) = state.threads.get(&target).map(|thread| thread.id) else {
+            return false;
+        };
+        match state.policy.yield_to(cpu, task, now) {
+            Ok(YieldTo::Yielded {
+                target_cpu,
+                send_resched_ipi,
+            }) => Some(send_resched_ipi.then_some(target_cpu)),
+            _ => None,
+        }
+    };
+    match yielded {
+        Some(ipi) => {
+            if let Some(cpu) = ipi {
+                let _ = crate::smp::send_reschedule(cpu);
+            }
+            schedule();
+            true
+        }
+        None => false,
+    }
+}
+
+/// A CPU's idle thread: runs whatever becomes runnable, else sleeps tickless. Never returns.
+pub fn idle_loop() -> ! {
+    loop {
+        cpu::disable_interrupts();
+        let work = {
+            let interrupts_off = InterruptsDisabled::new();
+            let cpu = interrupts_off.cpu_index();
+            let work = SCHED.lock().as_ref().is_some_and(|state| {
+                state.policy.need_resched(cpu)
+                    || state
+                        .policy
+                        .cpu_info(cpu)
+                        .is_some_and(|info| info.nr_running > 0)
+            });
+            work
+        };
+        if work {
+            switch_away(false);
+            continue;
+        }
+        // Halts with interrupts enabled; a wake-up sends this CPU an interrupt (or set the
+        // flag checked above before interrupts went off).
+        crate::time::idle();
+    }
+}
+
+/// One row of `ps`.
+pub struct ThreadRow {
+    pub info: TaskInfo,
+    pub name: String,
+}
+
+/// Every thread, by id, with CPU time accounted up to now.
+pub fn threads() -> Vec<ThreadRow> {
+    let now = crate::time::uptime_ns();
+    let mut guard = SCHED.lock();
+    let Some(state) = guard.as_mut() else {
+        return Vec::new();
+    };
+    for cpu in crate::smp::online_cpus() {
+        let _ = state.policy.account(cpu, now);
+    }
+    state
+        .threads
+        .values()
+        .filter_map(|thread| {
+            Some(ThreadRow {
+                info: state.policy.task_info(thread.id)?,
+                name: thread.name.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A scheduler snapshot of thread `id` (tests).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
+pub fn task_info(id: u64) -> Option<TaskInfo> {
+    let guard = SCHED.lock();
+    let state = guard.as_ref()?;
+    state.policy.task_info(state.threads.get(&id)?.id)
+}
+
+/// Context switches CPU `cpu` has made (tests, `cpus`).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
+pub fn context_switches(cpu: usize) -> u64 {
+    SCHED
+        .lock()
+        .as_ref()
+        .and_then(|state| state.policy.cpu_info(cpu))
+        .map_or(0, |info| info.context_switches)
+}

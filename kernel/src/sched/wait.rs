@@ -1,0 +1,109 @@
+//! Wait queues and completions, built on the scheduler's prepare-to-sleep / wake-up protocol.
+//!
+//! Lock: each queue's waiter list is a leaf IRQ-safe lock, released before the scheduler lock
+//! is taken (wakers take the list, drop it, then wake each waiter).
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sync::IrqSafeLock;
+
+/// Threads waiting for a condition (Linux's `wait_queue_head_t`).
+pub struct WaitQueue {
+    waiters: IrqSafeLock<Vec<u64>>,
+}
+
+impl WaitQueue {
+    /// An empty wait queue.
+    pub const fn new() -> Self {
+        Self {
+            waiters: IrqSafeLock::new(Vec::new()),
+        }
+    }
+
+    /// Sleeps until `condition` is true (Linux's `wait_event`). The waker must make the
+    /// condition true *before* calling [`WaitQueue::wake_all`] or [`WaitQueue::wake_one`].
+    pub fn wait_until(&self, condition: impl FnMut() -> bool) {
+        super::sleep_until_condition(
+            condition,
+            |id| {
+                let mut waiters = self.waiters.lock();
+                if !waiters.contains(&id) {
+                    waiters.push(id);
+                }
+            },
+            |id| self.waiters.lock().retain(|&waiter| waiter != id),
+        );
+    }
+
+    /// Wakes every waiting thread. Callable from any context.
+    pub fn wake_all(&self) {
+        let waiters = core::mem::take(&mut *self.waiters.lock());
+        for id in waiters {
+            super::wake_up(id);
+        }
+    }
+
+    /// Wakes the longest-waiting thread, if any. Callable from any context.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))]
+    pub fn wake_one(&self) {
+        let first = {
+            let mut waiters = self.waiters.lock();
+            (!waiters.is_empty()).then(|| waiters.remove(0))
+        };
+        if let Some(id) = first {
+            super::wake_up(id);
+        }
+    }
+}
+
+impl Default for WaitQueue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A counted completion (Linux's `struct completion`): each `complete` lets one `wait` return.
+pub struct Completion {
+    done: AtomicU64,
+    queue: WaitQueue,
+}
+
+impl Completion {
+    /// A completion with nothing completed yet.
+    pub const fn new() -> Self {
+        Self {
+            done: AtomicU64::new(0),
+            queue: WaitQueue::new(),
+        }
+    }
+
+    /// Signals one completion and wakes the waiters. Callable from any context.
+    pub fn complete(&self) {
+        self.done.fetch_add(1, Ordering::Release);
+        self.queue.wake_all();
+    }
+
+    /// Sleeps until a completion is available and consumes it.
+    pub fn wait(&self) {
+        self.queue.wait_until(|| {
+            self.done
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |done| {
+                    done.checked_sub(1)
+                })
+                .is_ok()
+        });
+    }
+
+    /// Completions signalled and not yet consumed.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))]
+    pub fn pending(&self) -> u64 {
+        self.done.load(Ordering::Acquire)
+    }
+}
+
+impl Default for Completion {
+    fn default() -> Self {
+        Self::new()
+    }
+}
