@@ -11,6 +11,30 @@ use lull_vmm::test_guest::{expected_ready_line, READY_BANNER};
 
 const BOOT: Duration = Duration::from_secs(60);
 
+/// Starts the built-in test guest with `cmdline` (and `--memory`, if given) and an API socket;
+/// returns the VMM and the console position just after the guest's ready banner.
+fn boot_test_guest_with_api(
+    guest: &std::path::Path,
+    cmdline: &str,
+    memory_mib: Option<&str>,
+    socket: &std::path::Path,
+) -> (Vmm, usize) {
+    let mut args = vec![
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        cmdline,
+    ];
+    if let Some(memory) = memory_mib {
+        args.extend(["--memory", memory]);
+    }
+    args.extend(["--api-sock", socket.to_str().unwrap()]);
+    let vmm = Vmm::spawn(&args);
+    let ready = vmm.wait_for(READY_BANNER, BOOT);
+    (vmm, ready)
+}
+
 #[test]
 fn boots_echoes_console_input_and_powers_off_on_q() {
     if !kvm_available("boots_echoes_console_input_and_powers_off_on_q") {
@@ -67,16 +91,7 @@ fn power_button_makes_the_guest_power_off() {
     let dir = scratch("button");
     let guest = test_guest(&dir);
     let socket = dir.join("api.sock");
-    let mut vmm = Vmm::spawn(&[
-        "run",
-        "--kernel",
-        guest.to_str().unwrap(),
-        "--cmdline",
-        "x",
-        "--api-sock",
-        socket.to_str().unwrap(),
-    ]);
-    vmm.wait_for(READY_BANNER, BOOT);
+    let (mut vmm, _) = boot_test_guest_with_api(&guest, "x", None, &socket);
     wait_for_socket(&socket, BOOT);
     let (ok, _, errors) = client(&["power-button", "--api", socket.to_str().unwrap()]);
     assert!(ok, "{errors}");
@@ -92,16 +107,7 @@ fn bad_api_requests_get_typed_errors_and_the_vm_keeps_running() {
     let dir = scratch("badapi");
     let guest = test_guest(&dir);
     let socket = dir.join("api.sock");
-    let mut vmm = Vmm::spawn(&[
-        "run",
-        "--kernel",
-        guest.to_str().unwrap(),
-        "--cmdline",
-        "x",
-        "--api-sock",
-        socket.to_str().unwrap(),
-    ]);
-    let after = vmm.wait_for(READY_BANNER, BOOT);
+    let (mut vmm, after) = boot_test_guest_with_api(&guest, "x", None, &socket);
     wait_for_socket(&socket, BOOT);
 
     assert!(raw_api(&socket, b"NONSENSE\r\n\r\n").starts_with("HTTP/1.1 400"));
@@ -151,18 +157,7 @@ fn snapshot_restores_in_a_new_process_and_the_guest_continues() {
     let guest = test_guest(&dir);
     let socket = dir.join("api.sock");
     let snapshot = dir.join("snap");
-    let mut source = Vmm::spawn(&[
-        "run",
-        "--kernel",
-        guest.to_str().unwrap(),
-        "--cmdline",
-        "x",
-        "--memory",
-        "64",
-        "--api-sock",
-        socket.to_str().unwrap(),
-    ]);
-    source.wait_for(READY_BANNER, BOOT);
+    let (mut source, _) = boot_test_guest_with_api(&guest, "x", Some("64"), &socket);
     wait_for_socket(&socket, BOOT);
     let (ok, report, errors) = client(&[
         "snapshot",
@@ -212,18 +207,7 @@ fn damaged_snapshots_are_refused_with_a_clear_error() {
     let guest = test_guest(&dir);
     let socket = dir.join("api.sock");
     let snapshot = dir.join("snap");
-    let mut source = Vmm::spawn(&[
-        "run",
-        "--kernel",
-        guest.to_str().unwrap(),
-        "--cmdline",
-        "hidle",
-        "--memory",
-        "16",
-        "--api-sock",
-        socket.to_str().unwrap(),
-    ]);
-    source.wait_for(READY_BANNER, BOOT);
+    let (mut source, _) = boot_test_guest_with_api(&guest, "hidle", Some("16"), &socket);
     wait_for_socket(&socket, BOOT);
     assert!(
         client(&[
@@ -358,18 +342,7 @@ fn snapshot_of_a_restored_guest_keeps_what_it_wrote_after_the_restore() {
     let socket = dir.join("api.sock");
     let first = dir.join("first");
     let second = dir.join("second");
-    let mut source = Vmm::spawn(&[
-        "run",
-        "--kernel",
-        guest.to_str().unwrap(),
-        "--cmdline",
-        "x",
-        "--memory",
-        "64",
-        "--api-sock",
-        socket.to_str().unwrap(),
-    ]);
-    let ready = source.wait_for(READY_BANNER, BOOT);
+    let (mut source, ready) = boot_test_guest_with_api(&guest, "x", Some("64"), &socket);
     let ready = source.wait_for_from(ready, "\n", BOOT);
     wait_for_socket(&socket, BOOT);
     source.send(b"ab");
