@@ -15,6 +15,7 @@ extern crate alloc;
 
 #[allow(unsafe_code)] // The arch boundary: the only module allowed to use `unsafe`.
 mod arch;
+mod bench;
 mod console;
 mod irq;
 #[cfg(feature = "ktest")]

@@ -225,12 +225,24 @@ const COMMANDS: &[Command] = &[
         run: cmd_cpus,
     },
     Command {
+        name: "bench",
+        usage: "bench pingpong|ipi|irq|lock [N]",
+        help: "microbenchmarks: context switch, IPI, IRQ latency, lock contention",
+        run: cmd_bench,
+    },
+    Command {
         name: "poweroff",
         usage: "poweroff",
         help: "shut down (ACPI S5)",
         run: cmd_poweroff,
     },
 ];
+
+fn cmd_bench(args: &[&str], _: &str) {
+    if let Err(error) = crate::bench::run(args) {
+        kprintln!("bench: {error}");
+    }
+}
 
 fn cmd_help(_: &[&str], _: &str) {
     for command in COMMANDS {

@@ -208,6 +208,102 @@ pub fn measure_lull_latency(kernel: &std::path::Path, seconds: u64) -> Result<Lu
     parse_lull_latency(&output)
 }
 
+/// One `bench:` line of the kernel's `bench` command, split into its words and `key=value`s.
+#[derive(Debug, PartialEq)]
+pub struct KernelBenchLine {
+    pub words: Vec<String>,
+    pub values: Vec<(String, u64)>,
+}
+
+impl KernelBenchLine {
+    pub fn value(&self, key: &str) -> Option<u64> {
+        self.values.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+    pub fn text(&self, key: &str) -> Option<&str> {
+        let prefix = format!("{key}=");
+        self.words
+            .iter()
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
+    }
+}
+
+/// Parses the `bench: ...` lines of a `bench` command's output; a line starting `bench:`
+/// that has no `key=value` is an error message from the kernel.
+pub fn parse_kernel_bench(output: &str) -> Result<Vec<KernelBenchLine>, String> {
+    let mut lines = Vec::new();
+    for line in output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("bench: "))
+    {
+        let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        let values: Vec<(String, u64)> = words
+            .iter()
+            .filter_map(|w| {
+                let (k, v) = w.split_once('=')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect();
+        if values.is_empty() {
+            return Err(format!("the kernel's bench failed: {line}"));
+        }
+        lines.push(KernelBenchLine { words, values });
+    }
+    if lines.is_empty() {
+        return Err(format!("no bench lines in:\n{output}"));
+    }
+    Ok(lines)
+}
+
+/// SMP benchmarks, in-kernel on q35 TCG `-smp 4` (one boot): thread ping-pong, IPI round trip,
+/// HPET interrupt-to-handler latency hard vs threaded, and lock contention over 1–4 vCPUs.
+/// Times are the guest's TSC (and, for the interrupt, the HPET counter against its own
+/// comparator); TCG on two host cores is noisy, so these are reported, not targets.
+pub fn smp(kernel: &std::path::Path) -> Result<Vec<String>, String> {
+    let mut config = QemuConfig::new(kernel);
+    config.cpus = 4;
+    let mut guest = Guest::spawn(&config)?;
+    guest.expect("lull> ", Duration::from_secs(60))?;
+    let mut rows = Vec::new();
+    let machine = "q35 TCG 4 vCPU 256 MiB";
+    let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0);
+    for line in parse_kernel_bench(&guest.run("bench pingpong 5000", Duration::from_secs(300))?)? {
+        let ns = line.value("ns_per_switch").ok_or("no ns_per_switch")?;
+        let cpus = line.value("cpus").unwrap_or(1);
+        rows.push(format!(
+            "thread ping-pong ({machine}, `bench pingpong 5000`, two fair threads, completions, {}): {} us per hand-off (wake-up + switch)",
+            if cpus == 1 { "same CPU" } else { "two CPUs" },
+            us(ns)
+        ));
+    }
+    for line in parse_kernel_bench(&guest.run("bench ipi 2000", Duration::from_secs(300))?)? {
+        let field = |k: &str| line.value(k).ok_or_else(|| format!("no {k}"));
+        rows.push(format!(
+            "IPI round trip ({machine}, `bench ipi 2000`, call-function wait=1, CPU {} -> {}): min {} us, p50 {} us, p99 {} us, max {} us",
+            field("from")?, field("to")?, us(field("min_ns")?), us(field("p50_ns")?), us(field("p99_ns")?), us(field("max_ns")?)
+        ));
+    }
+    for line in parse_kernel_bench(&guest.run("bench irq 500", Duration::from_secs(300))?)? {
+        let field = |k: &str| line.value(k).ok_or_else(|| format!("no {k}"));
+        rows.push(format!(
+            "IRQ latency {} ({machine}, `bench irq 500`, HPET comparator -> {}; HPET counter minus comparator): min {} us, p50 {} us, p99 {} us, max {} us",
+            line.text("mode").unwrap_or("?"),
+            if line.text("mode") == Some("hard") { "primary handler" } else { "irq thread (FIFO 50)" },
+            us(field("min_ns")?), us(field("p50_ns")?), us(field("p99_ns")?), us(field("max_ns")?)
+        ));
+    }
+    for line in parse_kernel_bench(&guest.run("bench lock 20000", Duration::from_secs(600))?)? {
+        let field = |k: &str| line.value(k).ok_or_else(|| format!("no {k}"));
+        rows.push(format!(
+            "lock contention {} ({machine}, `bench lock 20000`, {} thread(s) on {} CPU(s), one shared counter): {} ns per acquisition, {} us wall",
+            line.text("kind").unwrap_or("?"),
+            field("cpus")?, field("cpus")?, field("ns_per_acquisition")?, field("wall_us")?
+        ));
+    }
+    guest.send(b"poweroff\n")?;
+    let _ = guest.wait_exit(Duration::from_secs(30));
+    Ok(rows)
+}
+
 /// Plots both latency histograms into one PNG with gnuplot (installed with apt-get if root).
 pub fn plot_latency(
     lull: &std::path::Path,
@@ -315,6 +411,18 @@ pub fn vmm(kernel: &std::path::Path) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_kernel_bench_lines() {
+        let output =
+            "bench pingpong\nbench: pingpong cpus=2 rounds=5000 ns_per_switch=32072\nlull> ";
+        let lines = parse_kernel_bench(output).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].value("ns_per_switch"), Some(32072));
+        assert_eq!(lines[0].text("cpus"), Some("2"));
+        assert!(parse_kernel_bench("bench: needs a second CPU").is_err());
+        assert!(parse_kernel_bench("lull> ").is_err());
+    }
 
     #[test]
     fn parses_latency_output() {

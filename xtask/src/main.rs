@@ -24,7 +24,7 @@ cargo xtask <command> [options]
                                        (--vmm: on /dev/kvm with lull-vmm instead)
   test [--tier host|kernel|e2e] [--filter TEXT]
                                        run every test tier (host, in-kernel, end-to-end)
-  bench [--runs N] [--filter boot,idle,latency,linux,scale,vmm]
+  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm]
                                        run the benchmarks (results go in BENCHMARKS.md)
 ";
 
@@ -396,7 +396,7 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
     }
 }
 
-const BENCH_PARTS: &[&str] = &["boot", "idle", "latency", "linux", "scale", "vmm"];
+const BENCH_PARTS: &[&str] = &["boot", "idle", "latency", "linux", "scale", "smp", "vmm"];
 
 fn cmd_bench(args: &[String]) -> Result<(), String> {
     let options = parse_options(args)?;
@@ -492,6 +492,11 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
     }
     if wants("scale") {
         for row in bench::timer_scale()? {
+            record(row);
+        }
+    }
+    if wants("smp") {
+        for row in bench::smp(&shell)? {
             record(row);
         }
     }

@@ -36,6 +36,39 @@ impl WaitQueue {
         );
     }
 
+    /// Sleeps until `condition` is true or `timeout_ns` has passed (Linux's
+    /// `wait_event_timeout`). Returns whether the condition held. Outside a thread it polls.
+    pub fn wait_until_timeout(&self, mut condition: impl FnMut() -> bool, timeout_ns: u64) -> bool {
+        let deadline = crate::time::uptime_ns().saturating_add(timeout_ns);
+        if let Some(thread) = super::current() {
+            let waited = crate::time::thread_wait_until(
+                thread,
+                deadline,
+                "wait_event_timeout",
+                &mut condition,
+                |id| {
+                    let mut waiters = self.waiters.lock();
+                    if !waiters.contains(&id) {
+                        waiters.push(id);
+                    }
+                },
+                |id| self.waiters.lock().retain(|&waiter| waiter != id),
+            );
+            if let Some(met) = waited {
+                return met;
+            }
+        }
+        loop {
+            if condition() {
+                return true;
+            }
+            if crate::time::uptime_ns() >= deadline {
+                return false;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
     /// Wakes every waiting thread. Callable from any context.
     pub fn wake_all(&self) {
         let waiters = core::mem::take(&mut *self.waiters.lock());
@@ -95,8 +128,22 @@ impl Completion {
         });
     }
 
+    /// Like [`Completion::wait`], giving up after `timeout_ns` (Linux's
+    /// `wait_for_completion_timeout`). Returns whether a completion was consumed.
+    pub fn wait_timeout(&self, timeout_ns: u64) -> bool {
+        self.queue.wait_until_timeout(
+            || {
+                self.done
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |done| {
+                        done.checked_sub(1)
+                    })
+                    .is_ok()
+            },
+            timeout_ns,
+        )
+    }
+
     /// Completions signalled and not yet consumed.
-    #[cfg_attr(not(feature = "ktest"), allow(dead_code))]
     pub fn pending(&self) -> u64 {
         self.done.load(Ordering::Acquire)
     }

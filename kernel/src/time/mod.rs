@@ -818,6 +818,29 @@ static SLEEP_TIMER_FIRED: IrqSafeLock<alloc::collections::BTreeSet<u64>> =
 /// CPU runs other threads (or idles tickless) meanwhile. The timer is destroyed on the CPU it
 /// was armed on, wherever the thread runs when it wakes.
 fn thread_sleep_until(thread: u64, deadline_ns: u64, site: &'static str) -> u64 {
+    if thread_wait_until(thread, deadline_ns, site, || false, |_| {}, |_| {}).is_none() {
+        return busy_wait_until(deadline_ns);
+    }
+    let woke = uptime_ns();
+    // Never earlier than asked (the timer fired at its expiry by the clock of its own CPU).
+    if woke < deadline_ns {
+        return busy_wait_until(deadline_ns);
+    }
+    woke
+}
+
+/// Sleeps the running thread until `condition` holds or monotonic time `deadline_ns` passes,
+/// whichever is first (the engine of `wait_event_timeout`). `register`/`unregister` put the
+/// thread on the waker's list, as for `sched::sleep_until_condition`. Returns whether the
+/// condition held, or `None` if no timer could be armed (the caller falls back to polling).
+pub(crate) fn thread_wait_until(
+    thread: u64,
+    deadline_ns: u64,
+    site: &'static str,
+    mut condition: impl FnMut() -> bool,
+    register: impl FnMut(u64),
+    unregister: impl FnMut(u64),
+) -> Option<bool> {
     let armed = {
         let interrupts_off = InterruptsDisabled::new();
         let cpu = interrupts_off.cpu_index();
@@ -841,23 +864,23 @@ fn thread_sleep_until(thread: u64, deadline_ns: u64, site: &'static str) -> u64 
             }
         })
     };
-    let Some((cpu, timer)) = armed else {
-        return busy_wait_until(deadline_ns);
-    };
+    let (cpu, timer) = armed?;
+    let mut met = false;
     crate::sched::sleep_until_condition(
-        || SLEEP_TIMER_FIRED.lock().remove(&thread),
-        |_| {},
-        |_| {},
+        || {
+            met = condition();
+            met || SLEEP_TIMER_FIRED.lock().remove(&thread)
+        },
+        register,
+        unregister,
     );
-    let woke = uptime_ns();
     if let Some(percpu) = CPU_TIME.on_cpu(cpu).lock().as_mut() {
-        let _ = percpu.hrtimer_destroy(timer, woke);
+        let _ = percpu.hrtimer_destroy(timer, uptime_ns());
     }
-    // Never earlier than asked (the timer fired at its expiry by the clock of its own CPU).
-    if woke < deadline_ns {
-        return busy_wait_until(deadline_ns);
-    }
-    woke
+    // The callback runs under `CPU_TIME[cpu]`: once the timer is destroyed it has either run
+    // (its mark is removed here, so it cannot end a later sleep early) or never will.
+    SLEEP_TIMER_FIRED.lock().remove(&thread);
+    Some(met)
 }
 
 fn busy_wait_until(deadline_ns: u64) -> u64 {

@@ -1,0 +1,369 @@
+//! In-kernel microbenchmarks behind the shell's `bench` command: thread ping-pong, IPI round
+//! trip, device-interrupt latency (hard vs threaded handler) and lock contention across CPUs.
+//!
+//! Each prints one `bench:` line per figure in `key=value` form for `cargo xtask bench`, which
+//! boots the kernel, runs them and records the figures. Times come from the TSC (one
+//! instruction, no exit), converted with the calibrated frequency; the interrupt latency comes
+//! from the HPET itself (its counter when the handler runs minus the comparator it fired on).
+//!
+//! Locks: none of its own beyond the benchmark's subject; the interrupt-latency samples are
+//! atomics written by the handlers.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use lull_sched::{CpuSet, SchedClass};
+
+use crate::arch::cpu;
+use crate::sched::{self, Completion};
+use crate::sync::IrqSafeLock;
+
+/// TSC cycles → nanoseconds with the calibrated frequency.
+fn cycles_to_ns(cycles: u64) -> u64 {
+    let hz = crate::time::tsc_hz().max(1);
+    ((cycles as u128 * 1_000_000_000) / hz as u128) as u64
+}
+
+/// Sorted samples' order statistics: min, median, p99, max.
+struct Summary {
+    min: u64,
+    p50: u64,
+    p99: u64,
+    max: u64,
+}
+
+fn summarize(samples: &mut [u64]) -> Option<Summary> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let at = |per_mille: usize| samples[(samples.len() - 1) * per_mille / 1000];
+    Some(Summary {
+        min: samples[0],
+        p50: at(500),
+        p99: at(990),
+        max: samples[samples.len() - 1],
+    })
+}
+
+/// Starts a kernel thread pinned to `cpu`, or says why it could not.
+fn spawn_on(
+    name: &str,
+    cpu: usize,
+    class: SchedClass,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<(), String> {
+    sched::kthread_spawn(name, class, CpuSet::single(cpu), body)
+        .map(|_| ())
+        .map_err(|error| alloc::format!("cannot start thread {name}: {error}"))
+}
+
+// ---- ping-pong -----------------------------------------------------------------------------
+
+/// Two fair threads hand a token back and forth through two completions (Linux's
+/// `perf bench sched pipe`); returns nanoseconds per one-way hand-off (a wake-up plus a
+/// context switch when both share a CPU).
+pub fn ping_pong(rounds: u64, cpu_a: usize, cpu_b: usize) -> Result<u64, String> {
+    struct Shared {
+        ping: Completion,
+        pong: Completion,
+        done: Completion,
+        cycles: AtomicU64,
+    }
+    let shared = Arc::new(Shared {
+        ping: Completion::new(),
+        pong: Completion::new(),
+        done: Completion::new(),
+        cycles: AtomicU64::new(0),
+    });
+    let responder = Arc::clone(&shared);
+    spawn_on("bench-pong", cpu_b, SchedClass::NORMAL, move || {
+        for _ in 0..rounds {
+            responder.ping.wait();
+            responder.pong.complete();
+        }
+    })?;
+    let initiator = Arc::clone(&shared);
+    spawn_on("bench-ping", cpu_a, SchedClass::NORMAL, move || {
+        let start = cpu::rdtsc();
+        for _ in 0..rounds {
+            initiator.ping.complete();
+            initiator.pong.wait();
+        }
+        initiator
+            .cycles
+            .store(cpu::rdtsc().wrapping_sub(start), Ordering::Release);
+        initiator.done.complete();
+    })?;
+    shared.done.wait();
+    Ok(cycles_to_ns(shared.cycles.load(Ordering::Acquire)) / (2 * rounds.max(1)))
+}
+
+// ---- IPI round trip ------------------------------------------------------------------------
+
+static IPI_HITS: AtomicU64 = AtomicU64::new(0);
+
+fn ipi_target(_data: u64) {
+    IPI_HITS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sends `rounds` call-function IPIs to `target` and waits for each to run (Linux's
+/// `smp_call_function_single(wait=1)`): request queued, IPI sent, handler run, completion seen.
+/// Returns the per-round times in nanoseconds.
+pub fn ipi_round_trip(rounds: u64, target: usize) -> Result<Vec<u64>, String> {
+    if target == crate::smp::this_cpu() {
+        return Err(String::from("the target must be another CPU"));
+    }
+    let before = IPI_HITS.load(Ordering::Relaxed);
+    let mut samples = Vec::with_capacity(rounds as usize);
+    for _ in 0..rounds {
+        let start = cpu::rdtsc();
+        crate::smp::call_function_single(target, ipi_target, 0)
+            .map_err(|error| alloc::format!("IPI to CPU {target}: {error}"))?;
+        samples.push(cycles_to_ns(cpu::rdtsc().wrapping_sub(start)));
+    }
+    let hits = IPI_HITS.load(Ordering::Relaxed) - before;
+    if hits != rounds {
+        return Err(alloc::format!("{hits} of {rounds} IPIs ran their function"));
+    }
+    Ok(samples)
+}
+
+// ---- interrupt latency: hard vs threaded ---------------------------------------------------
+
+/// The HPET comparator the latest sample was armed for, and what the handlers saw.
+static IRQ_DEADLINE: AtomicU64 = AtomicU64::new(0);
+static IRQ_HARD_COUNTER: AtomicU64 = AtomicU64::new(0);
+static IRQ_THREAD_COUNTER: AtomicU64 = AtomicU64::new(0);
+static IRQ_THREAD_DONE: Completion = Completion::new();
+/// The vector of the benchmark line, once requested (the line is kept for the next run).
+static IRQ_LINE: spin::Once<Result<u8, String>> = spin::Once::new();
+
+fn hpet_counter() -> u64 {
+    crate::time::hardware()
+        .and_then(|hardware| hardware.hpet.as_ref())
+        .map_or(0, |hpet| hpet.counter())
+}
+
+fn latency_primary(_vector: u8) -> crate::irq::IrqReturn {
+    IRQ_HARD_COUNTER.store(hpet_counter(), Ordering::Release);
+    crate::irq::IrqReturn::WakeThread
+}
+
+fn latency_thread(_vector: u8) {
+    IRQ_THREAD_COUNTER.store(hpet_counter(), Ordering::Release);
+    IRQ_THREAD_DONE.complete();
+}
+
+/// Interrupt-to-handler latency of the HPET comparator 0 (idle on q35, where the tick runs on
+/// the LAPIC): each sample arms the comparator `delay_us` ahead; the primary handler (hard-IRQ
+/// context) and the handler thread (RT FIFO 50, woken by the primary) each read the HPET
+/// counter. Returns (hard, threaded) latencies in nanoseconds, paired per interrupt.
+pub fn irq_latency(samples: u64, delay_us: u64) -> Result<(Vec<u64>, Vec<u64>), String> {
+    let hardware = crate::time::hardware().ok_or("no timer hardware")?;
+    let (Some(hpet), Some(gsi)) = (hardware.hpet.as_ref(), hardware.hpet_gsi) else {
+        return Err(String::from(
+            "no HPET comparator routed to the IOAPIC (q35 has one; microvm does not)",
+        ));
+    };
+    if crate::smp::online_cpus()
+        .filter_map(crate::time::cpu_tick_state)
+        .any(|state| state.device == "hpet")
+    {
+        return Err(String::from(
+            "the HPET is a CPU's tick device; cannot borrow it",
+        ));
+    }
+    let vector = IRQ_LINE
+        .call_once(|| {
+            crate::irq::request_threaded_irq(
+                gsi as u32,
+                "bench-hpet",
+                Some(latency_primary),
+                latency_thread,
+                true,
+            )
+            .map_err(|error| alloc::format!("request_threaded_irq: {error}"))
+        })
+        .clone()?;
+    let hz = hpet.frequency_hz().max(1);
+    let to_ns = |ticks: u64| ((ticks as u128 * 1_000_000_000) / hz as u128) as u64;
+    let delay = (delay_us * hz / 1_000_000).max(1);
+    let (mut hard, mut threaded) = (Vec::new(), Vec::new());
+    let mut missed = 0;
+    while IRQ_THREAD_DONE.pending() > 0 {
+        IRQ_THREAD_DONE.wait(); // a late completion of an earlier, timed-out run
+    }
+    while (hard.len() as u64) < samples {
+        let deadline = {
+            // Armed with interrupts off so the handler cannot see a half-written deadline.
+            let _interrupts_off = crate::sync::InterruptsDisabled::new();
+            let deadline = hpet.counter().wrapping_add(delay);
+            IRQ_DEADLINE.store(deadline, Ordering::Release);
+            IRQ_HARD_COUNTER.store(0, Ordering::Release);
+            hpet.arm_oneshot(0, gsi, deadline);
+            deadline
+        };
+        if !IRQ_THREAD_DONE.wait_timeout(1_000_000_000) {
+            hpet.stop(0);
+            return Err(String::from("the HPET interrupt did not arrive within 1 s"));
+        }
+        let (hard_at, thread_at) = (
+            IRQ_HARD_COUNTER.load(Ordering::Acquire),
+            IRQ_THREAD_COUNTER.load(Ordering::Acquire),
+        );
+        if hard_at < deadline || thread_at < hard_at {
+            // Fired on a comparator write that raced the counter; not a sample.
+            missed += 1;
+            if missed > samples {
+                hpet.stop(0);
+                return Err(alloc::format!(
+                    "{missed} interrupts arrived before their deadline"
+                ));
+            }
+            continue;
+        }
+        hard.push(to_ns(hard_at - deadline));
+        threaded.push(to_ns(thread_at - deadline));
+    }
+    hpet.stop(0);
+    let _ = vector;
+    Ok((hard, threaded))
+}
+
+// ---- lock contention -----------------------------------------------------------------------
+
+/// The contended lock: a counter behind an IRQ-safe spinlock.
+static CONTENDED: IrqSafeLock<u64> = IrqSafeLock::new(0);
+
+/// `threads` threads, one per CPU of `cpus`, each take the one lock `iterations` times to
+/// increment a shared counter. Returns (ns per acquisition, wall ns); errors if the count is
+/// not exact.
+pub fn lock_contention(cpus: &[usize], iterations: u64) -> Result<(u64, u64), String> {
+    struct Shared {
+        ready: AtomicUsize,
+        go: AtomicBool,
+        finished: Completion,
+        end: AtomicU64,
+    }
+    let shared = Arc::new(Shared {
+        ready: AtomicUsize::new(0),
+        go: AtomicBool::new(false),
+        finished: Completion::new(),
+        end: AtomicU64::new(0),
+    });
+    *CONTENDED.lock() = 0;
+    for &cpu in cpus {
+        let shared = Arc::clone(&shared);
+        spawn_on("bench-lock", cpu, SchedClass::NORMAL, move || {
+            shared.ready.fetch_add(1, Ordering::AcqRel);
+            while !shared.go.load(Ordering::Acquire) {
+                core::hint::spin_loop();
+            }
+            for _ in 0..iterations {
+                *CONTENDED.lock() += 1;
+            }
+            shared.end.fetch_max(cpu::rdtsc(), Ordering::AcqRel);
+            shared.finished.complete();
+        })?;
+    }
+    while shared.ready.load(Ordering::Acquire) < cpus.len() {
+        sched::yield_now();
+        core::hint::spin_loop();
+    }
+    let start = cpu::rdtsc();
+    shared.go.store(true, Ordering::Release);
+    for _ in cpus {
+        shared.finished.wait();
+    }
+    let wall = cycles_to_ns(shared.end.load(Ordering::Acquire).wrapping_sub(start));
+    let expected = cpus.len() as u64 * iterations;
+    let counted = *CONTENDED.lock();
+    if counted != expected {
+        return Err(alloc::format!(
+            "lost updates: counted {counted}, expected {expected}"
+        ));
+    }
+    Ok((wall / expected.max(1), wall))
+}
+
+// ---- the shell command ---------------------------------------------------------------------
+
+fn parse_count(arg: Option<&&str>, default: u64, max: u64) -> Result<u64, String> {
+    match arg {
+        None => Ok(default),
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(alloc::format!(
+                "expected a count in 1..={max}, got {text:?}"
+            )),
+        },
+    }
+}
+
+/// `bench pingpong|ipi|irq|lock [COUNT]`: runs one benchmark and prints its `bench:` lines.
+pub fn run(args: &[&str]) -> Result<(), String> {
+    let cpus: Vec<usize> = crate::smp::online_cpus().collect();
+    let last = *cpus.last().unwrap_or(&0);
+    match args.first().copied() {
+        Some("pingpong") => {
+            let rounds = parse_count(args.get(1), 5_000, 1_000_000)?;
+            let ns = ping_pong(rounds, last, last)?;
+            crate::kprintln!("bench: pingpong cpus=1 rounds={rounds} ns_per_switch={ns}");
+            if cpus.len() >= 2 {
+                let other = cpus[cpus.len() - 2];
+                let ns = ping_pong(rounds, other, last)?;
+                crate::kprintln!("bench: pingpong cpus=2 rounds={rounds} ns_per_switch={ns}");
+            }
+            Ok(())
+        }
+        Some("ipi") => {
+            let rounds = parse_count(args.get(1), 2_000, 1_000_000)?;
+            let me = crate::smp::this_cpu();
+            let Some(&target) = cpus.iter().rev().find(|&&cpu| cpu != me) else {
+                return Err(String::from(
+                    "needs a second CPU (boot with -smp 2 or more)",
+                ));
+            };
+            let mut samples = ipi_round_trip(rounds, target)?;
+            if let Some(s) = summarize(&mut samples) {
+                crate::kprintln!(
+                    "bench: ipi from={me} to={target} rounds={rounds} min_ns={} p50_ns={} p99_ns={} max_ns={}",
+                    s.min, s.p50, s.p99, s.max
+                );
+            }
+            Ok(())
+        }
+        Some("irq") => {
+            let samples = parse_count(args.get(1), 500, 100_000)?;
+            let (mut hard, mut threaded) = irq_latency(samples, 200)?;
+            for (mode, samples) in [("hard", &mut hard), ("threaded", &mut threaded)] {
+                if let Some(s) = summarize(samples) {
+                    crate::kprintln!(
+                        "bench: irq mode={mode} samples={} min_ns={} p50_ns={} p99_ns={} max_ns={}",
+                        samples.len(),
+                        s.min,
+                        s.p50,
+                        s.p99,
+                        s.max
+                    );
+                }
+            }
+            Ok(())
+        }
+        Some("lock") => {
+            let iterations = parse_count(args.get(1), 20_000, 10_000_000)?;
+            for count in 1..=cpus.len().min(4) {
+                let (per_acquisition, wall) = lock_contention(&cpus[..count], iterations)?;
+                crate::kprintln!(
+                    "bench: lock kind=irqsafe-spin cpus={count} iterations={iterations} ns_per_acquisition={per_acquisition} wall_us={}",
+                    wall / 1000
+                );
+            }
+            Ok(())
+        }
+        _ => Err(String::from("usage: bench pingpong|ipi|irq|lock [COUNT]")),
+    }
+}
