@@ -18,7 +18,7 @@ use lull_sched::{CpuSet, SchedClass};
 
 use crate::arch::cpu;
 use crate::sched::{self, Completion};
-use crate::sync::IrqSafeLock;
+use crate::sync::{IrqSafeLock, Mutex, RwLock, SpinLock};
 
 /// TSC cycles → nanoseconds with the calibrated frequency.
 fn cycles_to_ns(cycles: u64) -> u64 {
@@ -235,13 +235,69 @@ pub fn irq_latency(samples: u64, delay_us: u64) -> Result<(Vec<u64>, Vec<u64>), 
 
 // ---- lock contention -----------------------------------------------------------------------
 
-/// The contended lock: a counter behind an IRQ-safe spinlock.
-static CONTENDED: IrqSafeLock<u64> = IrqSafeLock::new(0);
+/// The contended locks: a counter behind each kind of lock.
+static CONTENDED_SPIN: SpinLock<u64> = SpinLock::named("bench::CONTENDED_SPIN", 0);
+static CONTENDED_IRQSAFE: IrqSafeLock<u64> = IrqSafeLock::named("bench::CONTENDED_IRQSAFE", 0);
+static CONTENDED_MUTEX: Mutex<u64> = Mutex::named("bench::CONTENDED_MUTEX", 0);
+static CONTENDED_RWLOCK: RwLock<u64> = RwLock::named("bench::CONTENDED_RWLOCK", 0);
 
-/// `threads` threads, one per CPU of `cpus`, each take the one lock `iterations` times to
+/// Which lock a contention run hammers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    /// `SpinLock` (ticket, preemption off).
+    Spin,
+    /// `IrqSafeLock` (ticket, interrupts and preemption off).
+    IrqSafe,
+    /// The sleeping `Mutex`.
+    Mutex,
+    /// The sleeping `RwLock`, taken for writing.
+    RwLockWrite,
+}
+
+impl LockKind {
+    const ALL: [LockKind; 4] = [
+        LockKind::Spin,
+        LockKind::IrqSafe,
+        LockKind::Mutex,
+        LockKind::RwLockWrite,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            LockKind::Spin => "spin",
+            LockKind::IrqSafe => "irqsafe-spin",
+            LockKind::Mutex => "mutex",
+            LockKind::RwLockWrite => "rwlock-write",
+        }
+    }
+
+    fn increment(self) {
+        match self {
+            LockKind::Spin => *CONTENDED_SPIN.lock() += 1,
+            LockKind::IrqSafe => *CONTENDED_IRQSAFE.lock() += 1,
+            LockKind::Mutex => *CONTENDED_MUTEX.lock() += 1,
+            LockKind::RwLockWrite => *CONTENDED_RWLOCK.write() += 1,
+        }
+    }
+
+    fn take_count(self) -> u64 {
+        match self {
+            LockKind::Spin => core::mem::take(&mut *CONTENDED_SPIN.lock()),
+            LockKind::IrqSafe => core::mem::take(&mut *CONTENDED_IRQSAFE.lock()),
+            LockKind::Mutex => core::mem::take(&mut *CONTENDED_MUTEX.lock()),
+            LockKind::RwLockWrite => core::mem::take(&mut *CONTENDED_RWLOCK.write()),
+        }
+    }
+}
+
+/// One thread per CPU of `cpus`, each takes the one lock of `kind` `iterations` times to
 /// increment a shared counter. Returns (ns per acquisition, wall ns); errors if the count is
 /// not exact.
-pub fn lock_contention(cpus: &[usize], iterations: u64) -> Result<(u64, u64), String> {
+pub fn lock_contention(
+    kind: LockKind,
+    cpus: &[usize],
+    iterations: u64,
+) -> Result<(u64, u64), String> {
     struct Shared {
         ready: AtomicUsize,
         go: AtomicBool,
@@ -254,7 +310,7 @@ pub fn lock_contention(cpus: &[usize], iterations: u64) -> Result<(u64, u64), St
         finished: Completion::new(),
         end: AtomicU64::new(0),
     });
-    *CONTENDED.lock() = 0;
+    kind.take_count();
     for &cpu in cpus {
         let shared = Arc::clone(&shared);
         spawn_on("bench-lock", cpu, SchedClass::NORMAL, move || {
@@ -263,7 +319,7 @@ pub fn lock_contention(cpus: &[usize], iterations: u64) -> Result<(u64, u64), St
                 core::hint::spin_loop();
             }
             for _ in 0..iterations {
-                *CONTENDED.lock() += 1;
+                kind.increment();
             }
             shared.end.fetch_max(cpu::rdtsc(), Ordering::AcqRel);
             shared.finished.complete();
@@ -280,7 +336,7 @@ pub fn lock_contention(cpus: &[usize], iterations: u64) -> Result<(u64, u64), St
     }
     let wall = cycles_to_ns(shared.end.load(Ordering::Acquire).wrapping_sub(start));
     let expected = cpus.len() as u64 * iterations;
-    let counted = *CONTENDED.lock();
+    let counted = kind.take_count();
     if counted != expected {
         return Err(alloc::format!(
             "lost updates: counted {counted}, expected {expected}"
@@ -355,12 +411,16 @@ pub fn run(args: &[&str]) -> Result<(), String> {
         }
         Some("lock") => {
             let iterations = parse_count(args.get(1), 20_000, 10_000_000)?;
-            for count in 1..=cpus.len().min(4) {
-                let (per_acquisition, wall) = lock_contention(&cpus[..count], iterations)?;
-                crate::kprintln!(
-                    "bench: lock kind=irqsafe-spin cpus={count} iterations={iterations} ns_per_acquisition={per_acquisition} wall_us={}",
-                    wall / 1000
-                );
+            for kind in LockKind::ALL {
+                for count in 1..=cpus.len().min(4) {
+                    let (per_acquisition, wall) =
+                        lock_contention(kind, &cpus[..count], iterations)?;
+                    crate::kprintln!(
+                        "bench: lock kind={} cpus={count} iterations={iterations} ns_per_acquisition={per_acquisition} wall_us={}",
+                        kind.name(),
+                        wall / 1000
+                    );
+                }
             }
             Ok(())
         }

@@ -1,18 +1,21 @@
 //! Lock-order checking at run time (`lockdep=1`): the portable `lull-lockdep` checker fed by
-//! named [`crate::sync::IrqSafeLock`]s. Problems (inversions, recursive locking) are printed
+//! named locks of `crate::sync` (spinlocks, IRQ-safe spinlocks, mutexes and rwlocks) and
+//! `might_sleep` checks. Problems (inversions, recursive locking) are printed
 //! with both acquisition sites and counted; the machine keeps running.
 //!
-//! Every tracked lock is IRQ-safe, so while one is held its CPU can neither take an interrupt
-//! nor switch threads: a per-CPU held-lock stack is the holder's stack. The checker's own
-//! locks are plain spinlocks taken with interrupts off, never tracked, and leaves.
+//! Held locks are kept per thread (a sleeping lock is held across switches), with hard-IRQ
+//! acquisitions stacked on the interrupted context's locks. The checker's own locks are plain
+//! spinlocks taken with interrupts off, never tracked, and leaves. Reports are printed after
+//! they are released.
 
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lull_lockdep::{AcquireKind, ClassId, ExecContext, HeldLocks, LockKind, Lockdep, Site};
 
-use crate::sync::{InterruptsDisabled, PerCpu, MAX_CPUS};
+use crate::sync::InterruptsDisabled;
 
 /// Lockdep parameters.
 pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
@@ -24,8 +27,10 @@ pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static CHECKER: spin::Mutex<Option<Lockdep>> = spin::Mutex::new(None);
-static HELD: PerCpu<spin::Mutex<Option<HeldLocks>>> =
-    PerCpu::new([const { spin::Mutex::new(None) }; MAX_CPUS]);
+/// Held-lock stacks by holder (see [`holder`]); a leaf taken with interrupts off.
+static HELD: spin::Mutex<BTreeMap<u64, HeldLocks>> = spin::Mutex::new(BTreeMap::new());
+/// Sites already reported by the always-on atomic-sleep check.
+static ATOMIC_SLEEP_SITES: spin::Mutex<Vec<Site>> = spin::Mutex::new(Vec::new());
 static REPORTS: AtomicU64 = AtomicU64::new(0);
 /// The last reports' text (tests read them).
 static LAST_REPORTS: spin::Mutex<Vec<String>> = spin::Mutex::new(Vec::new());
@@ -70,64 +75,146 @@ pub fn recent_reports() -> Vec<String> {
     reports
 }
 
-/// The lock `name` at `site` is about to be taken (blocking) on this CPU.
+/// Whose held-lock stack an acquisition goes on: the running thread's (a sleeping lock stays
+/// held across a switch and may be released on another CPU), or, for code that is not a
+/// thread (a CPU's idle loop, boot), the CPU's. A hard-IRQ handler's locks go on top of the
+/// interrupted context's stack, marked as hard-IRQ, as lull-lockdep expects.
+fn holder() -> u64 {
+    match crate::sched::current() {
+        Some(thread) => thread,
+        None => u64::MAX - crate::arch::percpu::this_cpu_index() as u64,
+    }
+}
+
+fn context() -> ExecContext {
+    let count = crate::arch::percpu::preempt_count();
+    ExecContext {
+        in_hardirq: crate::sync::in_hardirq(),
+        irqs_disabled: !crate::arch::cpu::interrupts_enabled(),
+        preempt_count: count & crate::arch::percpu::PREEMPT_MASK,
+    }
+}
+
+fn publish(printed: Vec<String>) {
+    if printed.is_empty() {
+        return;
+    }
+    REPORTS.fetch_add(printed.len() as u64, Ordering::AcqRel);
+    for text in &printed {
+        crate::pr_warn!("{text}");
+    }
+    let _interrupts_off = InterruptsDisabled::new();
+    let mut last = LAST_REPORTS.lock();
+    last.extend(printed);
+    let excess = last.len().saturating_sub(8);
+    last.drain(..excess);
+}
+
+/// The lock `name` (of `kind`) at `site` is about to be taken by the running context.
 pub fn acquire(
     name: &'static str,
     class: &spin::Once<ClassId>,
+    kind: LockKind,
+    how: AcquireKind,
     site: Site,
-    proof: &InterruptsDisabled,
 ) {
     if !enabled() {
         return;
     }
+    // The context is read before interrupts are masked for the checker's own locks.
+    let context = context();
     let mut printed: Vec<String> = Vec::new();
     {
+        let _interrupts_off = InterruptsDisabled::new();
         let mut checker = CHECKER.lock();
         let Some(checker) = checker.as_mut() else {
             return;
         };
         let class = *class.call_once(|| {
             checker
-                .register_class(name, LockKind::Spin)
+                .register_class(name, kind)
                 .unwrap_or(ClassId::UNTRACKED)
         });
-        let mut held = HELD.this_cpu(proof).lock();
-        let held = held.get_or_insert_with(|| HeldLocks::new(HeldLocks::DEFAULT_CAPACITY));
-        for report in checker.acquire(
-            held,
-            class,
-            site,
-            ExecContext::IRQS_DISABLED,
-            AcquireKind::Blocking,
-        ) {
+        let mut held = HELD.lock();
+        let held = held
+            .entry(holder())
+            .or_insert_with(|| HeldLocks::new(HeldLocks::DEFAULT_CAPACITY));
+        for report in checker.acquire(held, class, site, context, how) {
             printed.push(alloc::format!("{report}"));
         }
     }
-    if !printed.is_empty() {
-        REPORTS.fetch_add(printed.len() as u64, Ordering::AcqRel);
-        for text in &printed {
-            crate::pr_warn!("{text}");
-        }
-        let mut last = LAST_REPORTS.lock();
-        last.extend(printed);
-        let excess = last.len().saturating_sub(8);
-        last.drain(..excess);
-    }
+    publish(printed);
 }
 
-/// The lock of `class` was released on this CPU.
-pub fn release(class: &spin::Once<ClassId>, site: Site, proof: &InterruptsDisabled) {
+/// The lock of `class` was released by the running context.
+pub fn release(class: &spin::Once<ClassId>, site: Site) {
     if !enabled() {
         return;
     }
     let Some(&class) = class.get() else { return };
-    let mut checker = CHECKER.lock();
-    let Some(checker) = checker.as_mut() else {
-        return;
+    let printed = {
+        let _interrupts_off = InterruptsDisabled::new();
+        let mut checker = CHECKER.lock();
+        let Some(checker) = checker.as_mut() else {
+            return;
+        };
+        let mut held = HELD.lock();
+        let report = held
+            .get_mut(&holder())
+            .and_then(|held| checker.release(held, class, site));
+        report.map(|report| alloc::format!("{report}"))
     };
-    if let Some(held) = HELD.this_cpu(proof).lock().as_mut() {
-        let _ = checker.release(held, class, site);
+    publish(printed.into_iter().collect());
+}
+
+/// Linux's `might_sleep()` with lockdep on: reports a possible sleep at `site` in atomic
+/// context (naming the spinlock held, if one is).
+pub fn might_sleep(site: Site) {
+    if !enabled() {
+        return;
     }
+    let context = context();
+    let printed = {
+        let _interrupts_off = InterruptsDisabled::new();
+        let mut checker = CHECKER.lock();
+        let Some(checker) = checker.as_mut() else {
+            return;
+        };
+        let mut held = HELD.lock();
+        let held = held
+            .entry(holder())
+            .or_insert_with(|| HeldLocks::new(HeldLocks::DEFAULT_CAPACITY));
+        checker
+            .might_sleep(held, context, site)
+            .map(|report| alloc::format!("{report}"))
+    };
+    publish(printed.into_iter().collect());
+}
+
+/// The always-on part of `might_sleep` (lockdep off): a sleep at `site` with preemption or
+/// interrupts off is reported once per site, like Linux's "BUG: sleeping function called from
+/// invalid context" (the machine keeps running).
+pub fn report_atomic_sleep(site: Site) {
+    let context = context();
+    let _interrupts_off = InterruptsDisabled::new();
+    {
+        let mut seen = ATOMIC_SLEEP_SITES.lock();
+        if seen.contains(&site) || seen.len() >= 64 {
+            return;
+        }
+        seen.push(site);
+    }
+    drop(_interrupts_off);
+    let why = if context.in_hardirq {
+        String::from("in a hard-interrupt handler")
+    } else if context.irqs_disabled {
+        String::from("interrupts are disabled")
+    } else {
+        alloc::format!("preemption is disabled (count {})", context.preempt_count)
+    };
+    publish(alloc::vec![alloc::format!(
+        "BUG: sleeping function called from invalid context at {site}: {why}"
+    )]);
 }
 
 /// `/proc/lockdep_stats`.

@@ -90,6 +90,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     params::init(boot.command_line);
     apply_console_params();
     lockdep::init();
+    sync::init_spinlocks();
     printk!(
         "tsc: {}.{:03} MHz ({method})",
         tsc_hz / 1_000_000,
@@ -144,6 +145,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
 
     // The boot code becomes CPU 0's idle thread; the work runs in kernel threads.
     // The tests stay on the boot CPU, where several of them expect to run.
+    sync::set_system_running();
     #[cfg(feature = "ktest")]
     let (name, main, cpus): (&str, fn() -> !, _) =
         ("ktest", ktest::run_and_exit, lull_sched::CpuSet::single(0));

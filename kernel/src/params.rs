@@ -45,6 +45,7 @@ const ALL_PARAMS: &[&[ParamSpec]] = &[
     crate::smp::PARAMS,
     crate::irq::PARAMS,
     crate::lockdep::PARAMS,
+    crate::sync::PARAMS,
 ];
 
 /// Reads `mem=` straight from boot memory, before the heap exists.

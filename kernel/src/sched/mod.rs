@@ -40,7 +40,7 @@ pub struct Thread {
     name: String,
     context: &'static ThreadContext,
     /// What the thread runs, taken by the thread itself when it first runs.
-    entry: IrqSafeLock<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
+    entry: crate::sync::SpinLock<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
     /// Base address of the kernel stack pages (freed when the thread is reaped).
     stack_base: u64,
 }
@@ -61,9 +61,44 @@ struct State {
     zombies: Vec<Arc<Thread>>,
     /// Each CPU's idle thread context.
     idle: [Option<&'static ThreadContext>; MAX_CPUS],
+    /// Possible CPUs (the policy's size).
+    nr_cpus: usize,
 }
 
 static SCHED: IrqSafeLock<Option<State>> = IrqSafeLock::named("sched::SCHED", None);
+
+/// The scheduler lock's guard. Dropping it publishes every CPU's reschedule request to the
+/// per-CPU `need_resched` flags (before the lock is released), so preemption checks read one
+/// flag instead of taking the lock.
+struct SchedGuard<'a>(crate::sync::IrqSafeGuard<'a, Option<State>>);
+
+impl Drop for SchedGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.as_ref() {
+            for cpu in 0..state.nr_cpus {
+                percpu::set_need_resched(cpu, state.policy.need_resched(cpu));
+            }
+        }
+    }
+}
+
+impl core::ops::Deref for SchedGuard<'_> {
+    type Target = Option<State>;
+    fn deref(&self) -> &Option<State> {
+        &self.0
+    }
+}
+
+impl core::ops::DerefMut for SchedGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Option<State> {
+        &mut self.0
+    }
+}
+
+#[track_caller]
+fn sched_lock() -> SchedGuard<'static> {
+    SchedGuard(SCHED.lock())
+}
 
 /// Creates the scheduler for `possible_cpus` CPUs and makes the running boot code CPU 0's idle
 /// thread. Called once on the boot CPU, interrupts disabled, before secondary CPUs start.
@@ -74,11 +109,12 @@ pub fn init(possible_cpus: usize) {
     };
     let mut idle = [None; MAX_CPUS];
     idle[0] = Some(ThreadContext::for_running_cpu());
-    *SCHED.lock() = Some(State {
+    *sched_lock() = Some(State {
         policy,
         threads: BTreeMap::new(),
         zombies: Vec::new(),
         idle,
+        nr_cpus: possible_cpus.clamp(1, MAX_CPUS),
     });
     interrupts::set_return_hook(preempt_on_interrupt_return);
 }
@@ -89,7 +125,7 @@ pub fn cpu_online() {
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
     let now = crate::time::uptime_ns();
-    if let Some(state) = SCHED.lock().as_mut() {
+    if let Some(state) = sched_lock().as_mut() {
         state.idle[cpu] = Some(ThreadContext::for_running_cpu());
         if let Err(error) = state.policy.set_cpu_online(cpu, now) {
             crate::pr_warn!("sched: CPU {cpu}: {error}");
@@ -142,7 +178,7 @@ pub fn kthread_spawn(
     let placement = {
         let interrupts_off = InterruptsDisabled::new();
         let cpu = interrupts_off.cpu_index();
-        let mut guard = SCHED.lock();
+        let mut guard = sched_lock();
         let Some(state) = guard.as_mut() else {
             drop(guard);
             let _ = crate::mm::free_pages(stack_base, STACK_ORDER);
@@ -162,7 +198,7 @@ pub fn kthread_spawn(
                 id,
                 name: String::from(name),
                 context,
-                entry: IrqSafeLock::new(Some(alloc::boxed::Box::new(body))),
+                entry: crate::sync::SpinLock::new(Some(alloc::boxed::Box::new(body))),
                 stack_base,
             }),
         );
@@ -180,7 +216,7 @@ pub fn kthread_spawn(
 /// lock held): runs its body, then exits.
 fn thread_start() -> ! {
     let body = current().and_then(|id| {
-        let guard = SCHED.lock();
+        let guard = sched_lock();
         let thread = guard.as_ref()?.threads.get(&id)?;
         let body = thread.entry.lock().take();
         body
@@ -196,7 +232,7 @@ fn thread_start() -> ! {
 pub fn exit_current() -> ! {
     cpu::disable_interrupts();
     if let Some(id) = current() {
-        if let Some(state) = SCHED.lock().as_mut() {
+        if let Some(state) = sched_lock().as_mut() {
             if let Some(thread) = state.threads.get(&id) {
                 let _ = state.policy.exit(thread.id);
             }
@@ -222,7 +258,7 @@ fn switch_away(preempt: bool) {
     let mut reaped: Vec<Arc<Thread>> = Vec::new();
     let preemption_deadline;
     let switch = {
-        let mut guard = SCHED.lock();
+        let mut guard = sched_lock();
         let Some(state) = guard.as_mut() else {
             return;
         };
@@ -289,36 +325,52 @@ fn switch_away(preempt: bool) {
     // Preemption is programmed for exactly when the policy wants it (never for a lone task).
     crate::time::program_preemption(preemption_deadline);
     if let Some((previous, next)) = switch {
+        // The preemption depth belongs to the thread: a thread that sleeps with preemption
+        // off (a bug `might_sleep` reports) gets it back, and the next one starts from its own.
+        let depth = percpu::preempt_count() & percpu::PREEMPT_MASK;
+        if depth != 0 && !preempt {
+            report_scheduling_while_atomic(depth);
+        }
+        percpu::set_preempt_depth(&interrupts_off, 0);
         context::switch(previous, next);
+        percpu::set_preempt_depth(&interrupts_off, depth);
+    }
+}
+
+/// Linux's "BUG: scheduling while atomic": a thread gave up its CPU with preemption disabled
+/// (it holds a spinlock or a per-CPU reference). Reported through `might_sleep`'s channel.
+#[track_caller]
+fn report_scheduling_while_atomic(depth: u32) {
+    static REPORTED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+    if REPORTED.fetch_add(1, core::sync::atomic::Ordering::Relaxed) < 4 {
+        crate::pr_warn!(
+            "BUG: scheduling while atomic: thread {} (preempt depth {depth})",
+            current().unwrap_or(0)
+        );
     }
 }
 
 /// Preemption point for thread context (after a wake-up, at lock release): switches if this
 /// CPU was asked to reschedule and interrupts are enabled.
 pub fn preempt_point() {
-    if cpu::interrupts_enabled() && current().is_some() && need_resched_here() {
+    if cpu::interrupts_enabled()
+        && percpu::preempt_count() == 0
+        && current().is_some()
+        && need_resched_here()
+    {
         switch_away(true);
     }
 }
 
-/// Whether this CPU has been asked to reschedule.
+/// Whether this CPU has been asked to reschedule (its published flag: no lock).
 fn need_resched_here() -> bool {
-    let interrupts_off = InterruptsDisabled::new();
-    let cpu = interrupts_off.cpu_index();
-    // Bound to a local: a temporary in the tail expression would be dropped after
-    // `interrupts_off`, i.e. the lock released with interrupts already back on (Rust 2021
-    // drop order), and a timer interrupt taking the lock then deadlocks this CPU.
-    let need = SCHED
-        .lock()
-        .as_ref()
-        .is_some_and(|state| state.policy.need_resched(cpu));
-    need
+    percpu::need_resched()
 }
 
 /// Interrupt-return hook (interrupts disabled, the interrupted thread had them enabled).
 fn preempt_on_interrupt_return() {
     // The idle thread is not preempted here: its loop checks for work after every halt.
-    if current().is_some() && need_resched_here() {
+    if current().is_some() && percpu::preempt_count() == 0 && need_resched_here() {
         switch_away(true);
     }
 }
@@ -330,7 +382,7 @@ pub fn tick() {
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
     let now = crate::time::uptime_ns();
-    if let Some(state) = SCHED.lock().as_mut() {
+    if let Some(state) = sched_lock().as_mut() {
         let _ = state.policy.tick(cpu, now);
     };
 }
@@ -342,7 +394,7 @@ pub fn wake_up(id: u64) {
     let ipi = {
         let interrupts_off = InterruptsDisabled::new();
         let cpu = interrupts_off.cpu_index();
-        let mut guard = SCHED.lock();
+        let mut guard = sched_lock();
         let Some(state) = guard.as_mut() else {
             return;
         };
@@ -362,7 +414,7 @@ pub fn wake_up(id: u64) {
 /// Announces that the running thread is about to sleep (it is on its wait queue already).
 fn prepare_to_sleep() {
     let Some(id) = current() else { return };
-    if let Some(state) = SCHED.lock().as_mut() {
+    if let Some(state) = sched_lock().as_mut() {
         if let Some(task) = state.threads.get(&id).map(|thread| thread.id) {
             let _ = state.policy.prepare_to_sleep(task);
         }
@@ -372,7 +424,7 @@ fn prepare_to_sleep() {
 /// The running thread's condition came true: it will not sleep after all.
 fn finish_wait() {
     let Some(id) = current() else { return };
-    if let Some(state) = SCHED.lock().as_mut() {
+    if let Some(state) = sched_lock().as_mut() {
         if let Some(task) = state.threads.get(&id).map(|thread| thread.id) {
             let _ = state.policy.finish_wait(task);
         }
@@ -414,8 +466,7 @@ pub fn yield_now() {
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
     let now = crate::time::uptime_ns();
-    let yielded = SCHED
-        .lock()
+    let yielded = sched_lock()
         .as_mut()
         .is_some_and(|state| state.policy.yield_now(cpu, now).unwrap_or(false));
     drop(interrupts_off);
@@ -432,7 +483,7 @@ pub fn yield_to(target: u64) -> bool {
         let interrupts_off = InterruptsDisabled::new();
         let cpu = interrupts_off.cpu_index();
         let now = crate::time::uptime_ns();
-        let mut guard = SCHED.lock();
+        let mut guard = sched_lock();
         let Some(state) = guard.as_mut() else {
             return false;
         };
@@ -466,7 +517,7 @@ pub fn idle_loop() -> ! {
         let work = {
             let interrupts_off = InterruptsDisabled::new();
             let cpu = interrupts_off.cpu_index();
-            let work = SCHED.lock().as_ref().is_some_and(|state| {
+            let work = sched_lock().as_ref().is_some_and(|state| {
                 state.policy.need_resched(cpu)
                     || state
                         .policy
@@ -494,7 +545,7 @@ pub struct ThreadRow {
 /// Every thread, by id, with CPU time accounted up to now.
 pub fn threads() -> Vec<ThreadRow> {
     let now = crate::time::uptime_ns();
-    let mut guard = SCHED.lock();
+    let mut guard = sched_lock();
     let Some(state) = guard.as_mut() else {
         return Vec::new();
     };
@@ -516,7 +567,7 @@ pub fn threads() -> Vec<ThreadRow> {
 /// A scheduler snapshot of thread `id` (tests).
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))]
 pub fn task_info(id: u64) -> Option<TaskInfo> {
-    let guard = SCHED.lock();
+    let guard = sched_lock();
     let state = guard.as_ref()?;
     state.policy.task_info(state.threads.get(&id)?.id)
 }
@@ -524,8 +575,7 @@ pub fn task_info(id: u64) -> Option<TaskInfo> {
 /// Context switches CPU `cpu` has made (tests, `cpus`).
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))]
 pub fn context_switches(cpu: usize) -> u64 {
-    SCHED
-        .lock()
+    sched_lock()
         .as_ref()
         .and_then(|state| state.policy.cpu_info(cpu))
         .map_or(0, |info| info.context_switches)

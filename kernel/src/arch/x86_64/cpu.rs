@@ -44,6 +44,11 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     __cpuid_count(leaf, subleaf)
 }
 
+/// Whether CPUID says a hypervisor runs this CPU (leaf 1, ECX bit 31).
+pub fn running_on_hypervisor() -> bool {
+    cpuid(1, 0).ecx & (1 << 31) != 0
+}
+
 /// Reads a model-specific register.
 ///
 /// # Safety

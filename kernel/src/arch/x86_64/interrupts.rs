@@ -5,7 +5,7 @@ use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use super::percpu::{InterruptsDisabled, MAX_CPUS};
-use super::{apic, cpu, gdt};
+use super::{apic, cpu, gdt, percpu};
 
 /// Register state saved by the entry stubs, lowest address first.
 #[repr(C)]
@@ -253,13 +253,16 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     if !handler.is_null() {
         // SAFETY: only `set_handler` stores into HANDLERS, always a valid `IrqHandler`.
         let handler: IrqHandler = unsafe { core::mem::transmute::<*mut (), IrqHandler>(handler) };
+        // Hard-IRQ context for the handler's duration (lockdep and `might_sleep` see it).
+        percpu::preempt_count_add(percpu::HARDIRQ_OFFSET);
         handler(vector);
+        percpu::preempt_count_sub(percpu::HARDIRQ_OFFSET);
     }
     apic::end_of_interrupt();
-    // Preempt only code that ran with interrupts enabled: it holds no spinlock (every lock
-    // masks interrupts) and no per-CPU reference.
+    // Preempt only code that ran with interrupts enabled and a zero preempt count: it holds
+    // no spinlock and no per-CPU reference (both keep the count raised).
     const RFLAGS_IF: u64 = 1 << 9;
-    if frame.rflags & RFLAGS_IF != 0 {
+    if frame.rflags & RFLAGS_IF != 0 && percpu::preempt_count() == 0 {
         let hook = RETURN_HOOK.load(Ordering::Acquire);
         if !hook.is_null() {
             drop(interrupts_off);

@@ -3,10 +3,10 @@
 //!
 //! Each CPU's `IA32_GS_BASE` points at its own [`CpuArea`]; `gs:[0]` is then the CPU's index
 //! (0 = the boot CPU), read with one instruction and no lock. The areas are built at compile
-//! time; only the `current_task` atomic changes afterwards, so the read is always sound once the
+//! time; only its atomics change afterwards, so the read is always sound once the
 //! base is set.
-//! Until a scheduler can migrate threads, interrupts off also means preemption off: the
-//! [`InterruptsDisabled`] guard is the proof that the CPU index read stays true.
+//! Interrupts off means preemption off, so the [`InterruptsDisabled`] guard proves that the CPU
+//! index read stays true; so does `sync::PreemptDisabled`, built on the preempt count here.
 
 use core::marker::PhantomData;
 
@@ -25,6 +25,13 @@ pub struct CpuArea {
     /// The id of the thread running on this CPU (offset 8; 0: the CPU's idle thread). Written
     /// only by this CPU, with interrupts disabled, when it switches threads.
     current_task: core::sync::atomic::AtomicU64,
+    /// Preemption-disable depth in bits 0..16 and hard-IRQ nesting in bits 16..24, Linux's
+    /// `preempt_count` layout (offset 16). Changed only by this CPU, with one `gs`-relative
+    /// instruction, so an interrupt sees it either before or after.
+    preempt_count: core::sync::atomic::AtomicU32,
+    /// Nonzero when the scheduler wants this CPU to pick again (offset 20; Linux's
+    /// `TIF_NEED_RESCHED`). Written by any CPU under the scheduler lock, read locklessly here.
+    need_resched: core::sync::atomic::AtomicU32,
 }
 
 const fn build_areas() -> [CpuArea; MAX_CPUS] {
@@ -32,6 +39,8 @@ const fn build_areas() -> [CpuArea; MAX_CPUS] {
         CpuArea {
             cpu_index: 0,
             current_task: core::sync::atomic::AtomicU64::new(0),
+            preempt_count: core::sync::atomic::AtomicU32::new(0),
+            need_resched: core::sync::atomic::AtomicU32::new(0),
         }
     }; MAX_CPUS];
     let mut index = 0;
@@ -59,6 +68,97 @@ pub fn current_task() -> u64 {
         )
     };
     id
+}
+
+/// Index of the CPU this code runs on: exact only while the caller cannot migrate (hence
+/// crate-private users wrap it in a guard that proves so).
+pub fn this_cpu_index() -> usize {
+    let index: u64;
+    // SAFETY: GS base points at this CPU's 'static `CpuArea` (set first thing on every CPU);
+    // offset 0 is its index. Reading it has no side effects.
+    unsafe {
+        core::arch::asm!(
+            "mov {}, qword ptr gs:[0]",
+            out(reg) index,
+            options(nostack, readonly, preserves_flags)
+        )
+    };
+    index as usize
+}
+
+/// One level of hard-IRQ nesting in [`preempt_count`].
+pub const HARDIRQ_OFFSET: u32 = 1 << 16;
+/// The preemption-disable part of [`preempt_count`].
+pub const PREEMPT_MASK: u32 = 0xFFFF;
+
+/// Adds `amount` to this CPU's preempt count (one instruction: interrupt-atomic). Also a
+/// compiler barrier, so accesses inside the section are not moved out of it.
+pub fn preempt_count_add(amount: u32) {
+    // SAFETY: GS base points at this CPU's 'static `CpuArea` (set first thing on every CPU);
+    // offset 16 is its `preempt_count` atomic, changed only by this CPU.
+    unsafe {
+        core::arch::asm!(
+            "add dword ptr gs:[16], {0:e}",
+            in(reg) amount,
+            options(nostack)
+        )
+    };
+}
+
+/// Subtracts `amount` from this CPU's preempt count (see [`preempt_count_add`]).
+pub fn preempt_count_sub(amount: u32) {
+    // SAFETY: as in `preempt_count_add`.
+    unsafe {
+        core::arch::asm!(
+            "sub dword ptr gs:[16], {0:e}",
+            in(reg) amount,
+            options(nostack)
+        )
+    };
+}
+
+/// This CPU's preempt count (preemption depth | hard-IRQ nesting << 16).
+pub fn preempt_count() -> u32 {
+    let count: u32;
+    // SAFETY: as in `preempt_count_add`; a plain aligned load.
+    unsafe {
+        core::arch::asm!(
+            "mov {0:e}, dword ptr gs:[16]",
+            out(reg) count,
+            options(nostack, readonly, preserves_flags)
+        )
+    };
+    count
+}
+
+/// Replaces the preemption-disable depth of this CPU (the context switch hands each thread
+/// its own depth), leaving the hard-IRQ bits. Interrupts must be disabled.
+pub fn set_preempt_depth(_proof: &InterruptsDisabled, depth: u32) {
+    let count = preempt_count();
+    let new = (count & !PREEMPT_MASK) | (depth & PREEMPT_MASK);
+    preempt_count_add(new.wrapping_sub(count));
+}
+
+/// Whether the scheduler asked this CPU to reschedule.
+pub fn need_resched() -> bool {
+    let flag: u32;
+    // SAFETY: as in `preempt_count_add`; offset 20 is `need_resched`, a plain aligned load.
+    unsafe {
+        core::arch::asm!(
+            "mov {0:e}, dword ptr gs:[20]",
+            out(reg) flag,
+            options(nostack, readonly, preserves_flags)
+        )
+    };
+    flag != 0
+}
+
+/// Sets or clears CPU `cpu`'s reschedule request (the scheduler, under its lock).
+pub fn set_need_resched(cpu: usize, value: bool) {
+    if let Some(area) = AREAS.get(cpu) {
+        area.need_resched
+            .store(u32::from(value), core::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Records the thread this CPU is switching to (the scheduler, interrupts disabled).
