@@ -26,6 +26,8 @@ macro_rules! ensure {
 
 type TestCase = (&'static str, fn() -> TestResult);
 
+mod locks;
+
 const TESTS: &[TestCase] = &[
     ("heap_allocates_and_frees", heap_allocates_and_frees),
     (
@@ -120,6 +122,26 @@ const TESTS: &[TestCase] = &[
     (
         "proc_files_have_a_column_per_cpu",
         proc_files_have_a_column_per_cpu,
+    ),
+    (
+        "ticket_spinlock_serves_cpus_in_arrival_order",
+        locks::ticket_spinlock_serves_cpus_in_arrival_order,
+    ),
+    (
+        "mutex_holders_sleep_and_count_exactly",
+        locks::mutex_holders_sleep_and_count_exactly,
+    ),
+    (
+        "rwlock_shares_readers_and_excludes_writers",
+        locks::rwlock_shares_readers_and_excludes_writers,
+    ),
+    (
+        "preemption_happens_at_spinlock_release",
+        locks::preemption_happens_at_spinlock_release,
+    ),
+    (
+        "sleeping_lock_under_a_spinlock_is_reported",
+        locks::sleeping_lock_under_a_spinlock_is_reported,
     ),
 ];
 

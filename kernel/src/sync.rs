@@ -125,6 +125,17 @@ impl LockClass {
         }
     }
 
+    /// A sleeping lock is about to be taken: lockdep checks the context and names the lock
+    /// (when tracked); otherwise the always-on `might_sleep` check runs.
+    #[track_caller]
+    fn acquire_sleeping(&self) -> bool {
+        let tracked = self.acquire(LockKind::Sleeping, AcquireKind::Blocking);
+        if !tracked {
+            might_sleep();
+        }
+        tracked
+    }
+
     #[track_caller]
     fn release(&self) {
         crate::lockdep::release(&self.class, lull_lockdep::Site::caller());
@@ -355,6 +366,12 @@ impl<T> SpinLock<T> {
         }
     }
 
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+    /// CPUs queued for the lock behind its holder.
+    pub fn waiters(&self) -> u32 {
+        self.inner.raw.waiters()
+    }
+
     /// Disables preemption, takes a ticket and spins until it is served.
     #[track_caller]
     pub fn lock(&self) -> SpinGuard<'_, T> {
@@ -542,8 +559,7 @@ impl<T> Mutex<T> {
     /// Takes the mutex, sleeping while another thread holds it.
     #[track_caller]
     pub fn lock(&self) -> MutexGuard<'_, T> {
-        might_sleep();
-        let tracked = self.class.acquire(LockKind::Sleeping, AcquireKind::Blocking);
+        let tracked = self.class.acquire_sleeping();
         let mut taken = self.cell.try_lock();
         if taken.is_none() {
             self.waiters.wait_until(|| {
@@ -631,11 +647,15 @@ impl<T> RwLock<T> {
         }
     }
 
+    /// Writers waiting for the lock (tests).
+    pub fn writers_waiting(&self) -> u32 {
+        self.writers_waiting.load(Ordering::Acquire)
+    }
+
     /// Shared access, sleeping while a writer holds or waits for the lock.
     #[track_caller]
     pub fn read(&self) -> ReadGuard<'_, T> {
-        might_sleep();
-        let tracked = self.class.acquire(LockKind::Sleeping, AcquireKind::Blocking);
+        let tracked = self.class.acquire_sleeping();
         let mut taken = None;
         self.waiters.wait_until(|| {
             if self.writers_waiting.load(Ordering::Acquire) == 0 {
@@ -653,8 +673,7 @@ impl<T> RwLock<T> {
     /// Exclusive access, sleeping while readers or a writer hold the lock.
     #[track_caller]
     pub fn write(&self) -> WriteGuard<'_, T> {
-        might_sleep();
-        let tracked = self.class.acquire(LockKind::Sleeping, AcquireKind::Blocking);
+        let tracked = self.class.acquire_sleeping();
         self.writers_waiting.fetch_add(1, Ordering::AcqRel);
         let mut taken = None;
         self.waiters.wait_until(|| {
