@@ -107,7 +107,8 @@ pub enum IrqError {
     NoIoApic,
     /// The GSI has no IOAPIC input or no vector.
     NoSuchLine(u32),
-    /// The line already has a handler (Linux's -EBUSY; lines are not shared).
+    /// The line already has a handler or drives a tick device (Linux's -EBUSY; lines are
+    /// not shared).
     Busy(u32),
     /// The line was not requested (freeing or configuring it makes no sense).
     NotRequested(u32),
@@ -396,13 +397,7 @@ pub fn request_threaded_irq(
             "a thread function without a hard handler needs IRQF_ONESHOT",
         ));
     }
-    if matches!(
-        LINES.lock().get(&irq),
-        Some(Line {
-            owner: Owner::Action(_),
-            ..
-        })
-    ) {
+    if LINES.lock().contains_key(&irq) {
         return Err(IrqError::Busy(irq));
     }
     let action = Arc::new(Action {
@@ -433,28 +428,16 @@ pub fn request_threaded_irq(
     }
     {
         let mut lines = LINES.lock();
-        let previous = lines.get(&irq).cloned();
-        if matches!(
-            previous,
-            Some(Line {
-                owner: Owner::Action(_),
-                ..
-            })
-        ) {
+        if lines.contains_key(&irq) {
             // Lost a race with another request for the same line.
             drop(lines);
             stop_thread(&action);
             return Err(IrqError::Busy(irq));
         }
-        // A tick device line is taken over with its CPU; a new line starts on CPU 0 with every
-        // CPU allowed (Linux's default affinity, no irqbalance).
-        let (affinity, effective_cpu) = match &previous {
-            Some(line) => (line.affinity, line.effective_cpu),
-            None => (
-                u64::MAX >> (64 - crate::smp::possible_cpus().clamp(1, 64)),
-                0,
-            ),
-        };
+        // A new line goes to CPU 0 with every CPU allowed (Linux's default affinity, no
+        // irqbalance).
+        let affinity = u64::MAX >> (64 - crate::smp::possible_cpus().clamp(1, 64));
+        let effective_cpu = 0;
         lines.insert(
             irq,
             Line {
@@ -593,7 +576,8 @@ pub fn route_gsi(gsi: u32, vector: u8, name: &'static str, level: bool, active_l
     with_ioapic(|ioapic| ioapic.route(gsi, vector, apic::local_apic_id(), level, active_low));
 }
 
-/// Releases a tick device line routed with [`route_gsi`] (masked; a driver may request it).
+/// Releases a tick device line routed with [`route_gsi`] (masked; a driver may then request
+/// it: until then `request_irq` refuses it as busy).
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // the device tests borrow the lines
 pub fn release_tick_line(gsi: u32) {
     let mut lines = LINES.lock();

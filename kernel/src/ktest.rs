@@ -1315,6 +1315,14 @@ fn free_irq_waits_for_the_thread_and_stops_it() -> TestResult {
     };
     let gsi = hpet_gsi(&device);
     let thread_name = alloc::format!("irq/{gsi}-hpet-test");
+    // While the time subsystem drives a device on the line, nobody else may request it.
+    time::route_device(&device);
+    let refused = irq::request_irq(gsi, hpet_hard_only, IrqFlags::NONE, "hpet-test");
+    irq::release_tick_line(gsi);
+    ensure!(
+        refused == Err(irq::IrqError::Busy(gsi)),
+        "a tick device's line was handed to a driver: {refused:?}"
+    );
     ensure!(
         irq::free_irq(gsi) == Err(irq::IrqError::NotRequested(gsi)),
         "freeing a line nobody requested was not refused"
@@ -1378,7 +1386,36 @@ fn free_irq_waits_for_the_thread_and_stops_it() -> TestResult {
             "round {round}: a second free_irq was not refused"
         );
     }
+    // A thread handler freeing its own line is refused (it would wait for itself).
+    SELF_FREE_RESULT.store(0, Ordering::SeqCst);
+    irq::request_threaded_irq(
+        gsi,
+        None,
+        Some(hpet_thread_frees_its_line),
+        IrqFlags::ONESHOT,
+        "hpet-test",
+    )
+    .map_err(|e| alloc::format!("request: {e}"))?;
+    let fired = fire_hpet(&mut device);
+    let answered = wait_for(2_000, || SELF_FREE_RESULT.load(Ordering::SeqCst) != 0);
+    let _ = device.set_state_shutdown();
+    irq::free_irq(gsi).map_err(|e| alloc::format!("free after the self-free: {e}"))?;
+    fired?;
+    ensure!(answered, "the self-freeing thread handler never ran");
+    ensure!(
+        SELF_FREE_RESULT.load(Ordering::SeqCst) == 1,
+        "free_irq from the line's own thread was not refused as such"
+    );
     Ok(())
+}
+
+/// 1: `free_irq` from the line's thread answered `FreedFromOwnThread`; 2: anything else.
+static SELF_FREE_RESULT: AtomicU64 = AtomicU64::new(0);
+
+fn hpet_thread_frees_its_line(irq: u32) -> IrqReturn {
+    let refused = irq::free_irq(irq) == Err(irq::IrqError::FreedFromOwnThread(irq));
+    SELF_FREE_RESULT.store(if refused { 1 } else { 2 }, Ordering::SeqCst);
+    IrqReturn::Handled
 }
 
 /// The level interrupt the comparator raises stays asserted until the thread acknowledges it:
