@@ -114,6 +114,10 @@ const TESTS: &[TestCase] = &[
         level_oneshot_line_stays_masked_until_its_thread_ran,
     ),
     (
+        "cpu_masks_parse_and_print_as_linux",
+        cpu_masks_parse_and_print_as_linux,
+    ),
+    (
         "irq_affinity_moves_the_hpet_line",
         irq_affinity_moves_the_hpet_line,
     ),
@@ -1476,6 +1480,51 @@ fn level_thread(irq: u32) -> IrqReturn {
         hpet.clear_level_interrupt(LEVEL_TIMER.load(Ordering::SeqCst) as u8);
     }
     IrqReturn::Handled
+}
+
+/// The text forms of `/proc/irq/N/smp_affinity` and `smp_affinity_list`.
+fn cpu_masks_parse_and_print_as_linux() -> TestResult {
+    for (text, mask) in [
+        ("f", 0xF),
+        ("0x5", 0x5),
+        ("00000001,00000000", 1 << 32),
+        ("000", 0),
+    ] {
+        ensure!(
+            irq::parse_mask(text) == Ok(mask),
+            "{text:?} parsed as {:?}, expected {mask:#x}",
+            irq::parse_mask(text)
+        );
+    }
+    for bad in ["", "g", "1 2", "-1", "1,0000000000000000,0"] {
+        ensure!(irq::parse_mask(bad).is_err(), "mask {bad:?} was accepted");
+    }
+    for (text, mask) in [("0-2,5", 0b10_0111), ("3", 0b1000), (" 1,3 ", 0b1010)] {
+        ensure!(
+            irq::parse_mask_list(text) == Ok(mask),
+            "list {text:?} parsed as {:?}",
+            irq::parse_mask_list(text)
+        );
+        ensure!(
+            irq::format_mask_list(mask) == text.trim(),
+            "{mask:#b} printed as {:?}",
+            irq::format_mask_list(mask)
+        );
+    }
+    for bad in ["", "2-1", "64", "a", "1,,2"] {
+        ensure!(
+            irq::parse_mask_list(bad).is_err(),
+            "list {bad:?} was accepted"
+        );
+    }
+    let digits = smp::possible_cpus().div_ceil(4);
+    ensure!(
+        irq::format_mask(1) == alloc::format!("{:0>digits$}", 1),
+        "mask 1 printed as {:?} for {} CPUs",
+        irq::format_mask(1),
+        smp::possible_cpus()
+    );
+    Ok(())
 }
 
 /// `/proc/irq/N/smp_affinity` moves a line: with the HPET line sent to CPU 1 (and 3), its
