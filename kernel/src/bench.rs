@@ -138,8 +138,6 @@ static IRQ_DEADLINE: AtomicU64 = AtomicU64::new(0);
 static IRQ_HARD_COUNTER: AtomicU64 = AtomicU64::new(0);
 static IRQ_THREAD_COUNTER: AtomicU64 = AtomicU64::new(0);
 static IRQ_THREAD_DONE: Completion = Completion::new();
-/// The vector of the benchmark line, once requested (the line is kept for the next run).
-static IRQ_LINE: spin::Once<Result<u8, String>> = spin::Once::new();
 
 fn hpet_counter() -> u64 {
     crate::time::hardware()
@@ -147,14 +145,15 @@ fn hpet_counter() -> u64 {
         .map_or(0, |hpet| hpet.counter())
 }
 
-fn latency_primary(_vector: u8) -> crate::irq::IrqReturn {
+fn latency_primary(_irq: u32) -> crate::irq::IrqReturn {
     IRQ_HARD_COUNTER.store(hpet_counter(), Ordering::Release);
     crate::irq::IrqReturn::WakeThread
 }
 
-fn latency_thread(_vector: u8) {
+fn latency_thread(_irq: u32) -> crate::irq::IrqReturn {
     IRQ_THREAD_COUNTER.store(hpet_counter(), Ordering::Release);
     IRQ_THREAD_DONE.complete();
+    crate::irq::IrqReturn::Handled
 }
 
 /// Interrupt-to-handler latency of the HPET comparator 0 (idle on q35, where the tick runs on
@@ -176,18 +175,28 @@ pub fn irq_latency(samples: u64, delay_us: u64) -> Result<(Vec<u64>, Vec<u64>), 
             "the HPET is a CPU's tick device; cannot borrow it",
         ));
     }
-    let vector = IRQ_LINE
-        .call_once(|| {
-            crate::irq::request_threaded_irq(
-                gsi as u32,
-                "bench-hpet",
-                Some(latency_primary),
-                latency_thread,
-                true,
-            )
-            .map_err(|error| alloc::format!("request_threaded_irq: {error}"))
-        })
-        .clone()?;
+    crate::irq::request_threaded_irq(
+        gsi as u32,
+        Some(latency_primary),
+        Some(latency_thread),
+        crate::irq::IrqFlags::ONESHOT,
+        "bench-hpet",
+    )
+    .map_err(|error| alloc::format!("request_threaded_irq: {error}"))?;
+    let result = sample_irq_latency(hpet, gsi, samples, delay_us);
+    hpet.stop(0);
+    if let Err(error) = crate::irq::free_irq(gsi as u32) {
+        crate::pr_warn!("bench: free_irq({gsi}): {error}");
+    }
+    result
+}
+
+fn sample_irq_latency(
+    hpet: &crate::arch::hpet::Hpet,
+    gsi: u8,
+    samples: u64,
+    delay_us: u64,
+) -> Result<(Vec<u64>, Vec<u64>), String> {
     let hz = hpet.frequency_hz().max(1);
     let to_ns = |ticks: u64| ((ticks as u128 * 1_000_000_000) / hz as u128) as u64;
     let delay = (delay_us * hz / 1_000_000).max(1);
@@ -207,7 +216,6 @@ pub fn irq_latency(samples: u64, delay_us: u64) -> Result<(Vec<u64>, Vec<u64>), 
             deadline
         };
         if !IRQ_THREAD_DONE.wait_timeout(1_000_000_000) {
-            hpet.stop(0);
             return Err(String::from("the HPET interrupt did not arrive within 1 s"));
         }
         let (hard_at, thread_at) = (
@@ -218,7 +226,6 @@ pub fn irq_latency(samples: u64, delay_us: u64) -> Result<(Vec<u64>, Vec<u64>), 
             // Fired on a comparator write that raced the counter; not a sample.
             missed += 1;
             if missed > samples {
-                hpet.stop(0);
                 return Err(alloc::format!(
                     "{missed} interrupts arrived before their deadline"
                 ));
@@ -228,8 +235,6 @@ pub fn irq_latency(samples: u64, delay_us: u64) -> Result<(Vec<u64>, Vec<u64>), 
         hard.push(to_ns(hard_at - deadline));
         threaded.push(to_ns(thread_at - deadline));
     }
-    hpet.stop(0);
-    let _ = vector;
     Ok((hard, threaded))
 }
 

@@ -18,6 +18,7 @@ mod arch;
 mod bench;
 mod console;
 mod irq;
+mod kmap;
 #[cfg(feature = "ktest")]
 mod ktest;
 mod lockdep;
@@ -131,9 +132,10 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
         None => pr_warn!("ACPI: no RSDP found; poweroff falls back to isa-debug-exit"),
     }
 
-    setup_interrupts(acpi);
+    irq::init(acpi);
     smp::init(acpi);
     sched::init(smp::possible_cpus());
+    request_serial_irq();
     pm::init(acpi);
     time::init(acpi);
     #[cfg(feature = "ktest")]
@@ -171,15 +173,10 @@ fn apply_console_params() {
     }
 }
 
-/// Enables the APICs and routes COM1's interrupt to the shell.
-fn setup_interrupts(acpi: Option<&AcpiInfo>) {
-    irq::init(acpi);
-    if let Err(why) = irq::request_isa_irq(
-        acpi,
-        arch::serial::COM1_IRQ,
-        "ttyS0",
-        shell::serial_interrupt,
-    ) {
+/// Routes COM1's interrupt to the shell (a thread under `threadirqs`, so after the scheduler).
+fn request_serial_irq() {
+    let gsi = irq::isa_irq_to_gsi(arch::serial::COM1_IRQ);
+    if let Err(why) = irq::request_irq(gsi, shell::serial_interrupt, irq::IrqFlags::NONE, "ttyS0") {
         pr_warn!("irq: COM1 input unavailable ({why}); the shell cannot read input");
     }
 }
@@ -205,6 +202,12 @@ fn register_proc_files() {
         path: "/proc/interrupts",
         read: Some(irq::proc_interrupts),
         write: None,
+    });
+    procfs::register_directory(procfs::ProcDirectory {
+        path: "/proc/irq",
+        read: irq::proc_irq_read,
+        write: irq::proc_irq_write,
+        list: irq::proc_irq_list,
     });
     register(ProcFile {
         path: "/proc/timer_list",

@@ -1,8 +1,9 @@
 //! Power management: the ACPI power button (SCI) and an orderly shutdown through a notifier
 //! chain that subsystems join (Linux's `register_reboot_notifier` / PM notifiers).
 //!
-//! The SCI handler runs in hard-IRQ context and only records the request; the shutdown itself
-//! runs in thread context (the shell's idle loop notices the request), so notifiers may sleep.
+//! The SCI is requested with `request_irq` (so `threadirqs` threads it); its handler only
+//! records the request. The shutdown itself runs in thread context (the shell's idle loop
+//! notices the request), so notifiers may sleep.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -63,17 +64,21 @@ fn event_registers(info: &AcpiInfo) -> Option<(acpi::GenericAddress, acpi::Gener
     Some((status, enable))
 }
 
-/// The SCI handler (hard-IRQ context): acknowledges the power button and records the request.
-fn sci_interrupt(_vector: u8) {
+/// The SCI handler (hard-IRQ context, or the line's thread under `threadirqs`; the line is
+/// level-triggered and stays masked until this ran): acknowledges the power button and
+/// records the request.
+fn sci_interrupt(_irq: u32) -> crate::irq::IrqReturn {
     let Some((status, _)) = crate::acpi().and_then(event_registers) else {
-        return;
+        return crate::irq::IrqReturn::None;
     };
     let pending = acpi::read_register(status, 2);
     if pending & PM1_STATUS_POWER_BUTTON != 0 {
         acpi::write_register(status, 2, PM1_STATUS_POWER_BUTTON); // write-1-to-clear
         SHUTDOWN_REQUESTED.store(true, Ordering::Release);
         crate::shell::wake_reader();
+        return crate::irq::IrqReturn::Handled;
     }
+    crate::irq::IrqReturn::None
 }
 
 /// Switches the platform to ACPI mode if needed, enables the power-button event and routes
@@ -106,17 +111,21 @@ pub fn init(info: Option<&AcpiInfo>) {
         pr_warn!("ACPI: could not switch to ACPI mode; the power button is not available");
         return;
     }
-    let isa_irq = sci as u8;
-    let (gsi, level, active_low) = info
-        .overrides
-        .iter()
-        .find(|o| o.isa_irq == isa_irq)
-        .map(|o| (o.gsi, o.level_triggered, o.active_low))
-        // Without an override: level-triggered, active-high, as QEMU and lull-vmm wire it.
-        .unwrap_or((isa_irq as u32, true, false));
-    let vector = crate::arch::interrupts::DEVICE_VECTOR_BASE + gsi as u8;
-    crate::arch::interrupts::set_handler(vector, sci_interrupt);
-    crate::irq::route_gsi(gsi, vector, "acpi", level, active_low);
+    let gsi = crate::irq::isa_irq_to_gsi(sci as u8);
+    // The firmware's override says how the SCI signals; without one, level-triggered and
+    // active-high, as QEMU and lull-vmm wire it.
+    let flags = if crate::irq::firmware_trigger(gsi).is_some() {
+        crate::irq::IrqFlags::NONE
+    } else {
+        crate::irq::IrqFlags::TRIGGER_HIGH
+    };
+    let vector = match crate::irq::request_irq(gsi, sci_interrupt, flags, "acpi") {
+        Ok(vector) => vector,
+        Err(error) => {
+            pr_warn!("ACPI: cannot request the SCI ({error}); the power button is not available");
+            return;
+        }
+    };
     let enabled = acpi::read_register(enable, 2);
     acpi::write_register(enable, 2, enabled | PM1_ENABLE_POWER_BUTTON);
     printk!("ACPI: SCI on IRQ {sci} (GSI {gsi}, vector {vector:#x}); power button enabled");

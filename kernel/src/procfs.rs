@@ -1,4 +1,5 @@
-//! A small in-kernel procfs: named files whose contents are generated on read, some writable.
+//! A small in-kernel procfs: named files whose contents are generated on read, some writable,
+//! and directories whose files a subsystem generates (`/proc/irq/N/...`).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -19,7 +20,19 @@ pub struct ProcFile {
     pub write: Option<WriteFn>,
 }
 
+/// A directory whose entries a subsystem generates (paths below it are passed relative,
+/// `""` being the directory itself).
+#[derive(Clone, Copy)]
+pub struct ProcDirectory {
+    pub path: &'static str,
+    pub read: fn(relative: &str) -> Result<String, ProcError>,
+    pub write: fn(relative: &str, value: &str) -> Result<(), ProcError>,
+    pub list: fn(relative: &str) -> Result<String, ProcError>,
+}
+
 static FILES: IrqSafeLock<Vec<ProcFile>> = IrqSafeLock::new(Vec::new());
+/// Generated directories (a leaf lock, as `FILES`; neither is held while a handler runs).
+static DIRECTORIES: IrqSafeLock<Vec<ProcDirectory>> = IrqSafeLock::new(Vec::new());
 
 /// Errors from procfs operations, worded for the shell.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,6 +62,25 @@ pub fn register(file: ProcFile) {
     files.sort_by(|a, b| a.path.cmp(b.path));
 }
 
+/// Registers a generated directory (replacing one with the same path).
+pub fn register_directory(directory: ProcDirectory) {
+    let mut directories = DIRECTORIES.lock();
+    directories.retain(|existing| existing.path != directory.path);
+    directories.push(directory);
+}
+
+/// The generated directory holding `path`, and `path` relative to it.
+fn find_directory(path: &str) -> Option<(ProcDirectory, String)> {
+    let path = path.trim_end_matches('/');
+    DIRECTORIES.lock().iter().find_map(|directory| {
+        if path == directory.path {
+            return Some((*directory, String::new()));
+        }
+        let relative = path.strip_prefix(directory.path)?.strip_prefix('/')?;
+        Some((*directory, String::from(relative)))
+    })
+}
+
 fn find(path: &str) -> Option<ProcFile> {
     let path = path.trim_end_matches('/');
     FILES.lock().iter().find(|file| file.path == path).copied()
@@ -56,27 +88,38 @@ fn find(path: &str) -> Option<ProcFile> {
 
 /// Reads a file.
 pub fn read(path: &str) -> Result<String, ProcError> {
-    let file = find(path).ok_or(ProcError::NotFound)?;
+    let Some(file) = find(path) else {
+        let (directory, relative) = find_directory(path).ok_or(ProcError::NotFound)?;
+        return (directory.read)(&relative);
+    };
     let read = file.read.ok_or(ProcError::NotReadable)?;
     Ok(read())
 }
 
 /// Writes a value to a file.
 pub fn write(path: &str, value: &str) -> Result<(), ProcError> {
-    let file = find(path).ok_or(ProcError::NotFound)?;
+    let Some(file) = find(path) else {
+        let (directory, relative) = find_directory(path).ok_or(ProcError::NotFound)?;
+        return (directory.write)(&relative, value);
+    };
     let write = file.write.ok_or(ProcError::NotWritable)?;
     write(value).map_err(ProcError::Invalid)
 }
 
 /// Lists the files under `directory` (one level, like `ls`).
 pub fn list(directory: &str) -> Result<String, ProcError> {
+    if let Some((generated, relative)) = find_directory(directory) {
+        return (generated.list)(&relative);
+    }
     let prefix = alloc::format!("{}/", directory.trim_end_matches('/'));
-    let files = FILES.lock();
-    let mut names: Vec<&str> = files
+    let mut paths: Vec<&'static str> = FILES.lock().iter().map(|file| file.path).collect();
+    paths.extend(DIRECTORIES.lock().iter().map(|generated| generated.path));
+    let mut names: Vec<&str> = paths
         .iter()
-        .filter_map(|file| file.path.strip_prefix(prefix.as_str()))
+        .filter_map(|path| path.strip_prefix(prefix.as_str()))
         .map(|rest| rest.split('/').next().unwrap_or(rest))
         .collect();
+    names.sort_unstable();
     names.dedup();
     if names.is_empty() {
         return Err(ProcError::NotFound);

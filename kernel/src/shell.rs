@@ -24,14 +24,15 @@ static INPUT: IrqSafeLock<InputRing> = IrqSafeLock::new(InputRing {
     throttled: false,
 });
 
-/// COM1 interrupt handler (hard-IRQ context): moves received bytes into the input ring.
-pub fn serial_interrupt(_vector: u8) {
+/// COM1 interrupt handler (hard-IRQ context, or the line's thread under `threadirqs`): moves
+/// received bytes into the input ring.
+pub fn serial_interrupt(_irq: u32) -> crate::irq::IrqReturn {
     let mut input = INPUT.lock();
     while input.len < input.bytes.len() {
         let Some(byte) = serial::try_read_byte() else {
             drop(input);
             INPUT_WAIT.wake_all();
-            return;
+            return crate::irq::IrqReturn::Handled;
         };
         let tail = (input.head + input.len) % input.bytes.len();
         input.bytes[tail] = byte;
@@ -41,6 +42,7 @@ pub fn serial_interrupt(_vector: u8) {
     serial::set_rx_interrupt(false);
     drop(input);
     INPUT_WAIT.wake_all();
+    crate::irq::IrqReturn::Handled
 }
 
 /// The shell thread waits here for input (or a power-button press).

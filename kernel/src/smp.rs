@@ -8,12 +8,20 @@
 //! CPU indices are dense: 0 is the boot CPU, then the MADT's other enabled processors in
 //! table order. Every per-CPU structure is indexed by them.
 //!
-//! Locks: `CALL_QUEUE[cpu]` (IRQ-safe) is a leaf: it is held only to push or take requests,
-//! never while running one or waiting for another CPU. No lock is held across an IPI wait.
+//! TLB shootdowns (Linux's `flush_tlb_others`): [`flush_tlb_range`] / [`flush_tlb_all`] flush
+//! this CPU's TLB and send every other online CPU the TLB IPI, then wait until each has
+//! flushed. The wait runs with interrupts disabled (no migration between the local flush and
+//! the choice of targets) and serves this CPU's own flush requests while it spins, so two CPUs
+//! shooting down at once cannot wait for each other.
+//!
+//! Locks: `CALL_QUEUE[cpu]` and `FLUSH_QUEUE[cpu]` (IRQ-safe) are leaves: held only to push or
+//! take requests, never while running one or waiting for another CPU. No lock is held across
+//! an IPI wait, and no caller may hold a spinlock across `flush_tlb_*` (a CPU spinning on it
+//! with interrupts off could never take the IPI).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use lull_cmdline::{Kind, ParamSpec};
 
@@ -26,6 +34,8 @@ use crate::{pr_warn, printk};
 pub const RESCHEDULE_VECTOR: u8 = 0xFD;
 /// Vector of the call-function IPI (Linux's CALL_FUNCTION_SINGLE_VECTOR).
 pub const CALL_FUNCTION_VECTOR: u8 = 0xFB;
+/// Vector of the TLB shootdown IPI (Linux's old INVALIDATE_TLB_VECTOR).
+pub const TLB_FLUSH_VECTOR: u8 = 0xFA;
 /// Vector of the stop IPI (Linux's REBOOT_VECTOR): the CPU goes offline and halts for good.
 pub const STOP_VECTOR: u8 = 0xF8;
 
@@ -137,6 +147,7 @@ pub fn init(acpi: Option<&AcpiInfo>) {
     interrupts::set_handler(RESCHEDULE_VECTOR, reschedule_interrupt);
     interrupts::set_handler(CALL_FUNCTION_VECTOR, call_function_interrupt);
     interrupts::set_handler(STOP_VECTOR, stop_interrupt);
+    interrupts::set_handler(TLB_FLUSH_VECTOR, tlb_flush_interrupt);
     crate::pm::register_notifier(crate::pm::Notifier {
         name: "smp",
         priority: 10,
@@ -402,4 +413,93 @@ fn call_function_interrupt(_vector: u8) {
         (request.function)(request.data);
         request.done.store(true, Ordering::Release);
     }
+}
+
+// ---- TLB shootdowns ---------------------------------------------------------------------------
+
+/// What one CPU must flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlushRange {
+    /// The pages of `[start, end)`.
+    Pages { start: u64, end: u64 },
+    /// Every (non-global) translation.
+    All,
+}
+
+struct FlushRequest {
+    range: FlushRange,
+    done: Arc<AtomicBool>,
+}
+
+static FLUSH_QUEUE: PerCpu<IrqSafeLock<Vec<FlushRequest>>> =
+    PerCpu::new([const { IrqSafeLock::new(Vec::new()) }; MAX_CPUS]);
+/// Flush requests each CPU carried out for another CPU (`/proc/interrupts` TLB row).
+static TLB_SHOOTDOWNS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Shootdowns CPU `cpu` has carried out for other CPUs since boot.
+pub fn tlb_shootdowns(cpu: usize) -> u64 {
+    TLB_SHOOTDOWNS
+        .get(cpu)
+        .map_or(0, |count| count.load(Ordering::Relaxed))
+}
+
+fn flush_here(range: FlushRange) {
+    match range {
+        FlushRange::Pages { start, end } => crate::arch::paging::flush_local_range(start, end),
+        FlushRange::All => crate::arch::paging::flush_local_all(),
+    }
+}
+
+/// Runs the flush requests queued for this CPU.
+fn serve_flush_requests(interrupts_off: &InterruptsDisabled) {
+    let requests = core::mem::take(&mut *FLUSH_QUEUE.this_cpu(interrupts_off).lock());
+    for request in requests {
+        flush_here(request.range);
+        TLB_SHOOTDOWNS[interrupts_off.cpu_index()].fetch_add(1, Ordering::Relaxed);
+        request.done.store(true, Ordering::Release);
+    }
+}
+
+/// TLB IPI (hard-IRQ context).
+fn tlb_flush_interrupt(_vector: u8) {
+    serve_flush_requests(&InterruptsDisabled::new());
+}
+
+/// Flushes `range` here and on every other online CPU, and returns once all have.
+fn flush_tlb_everywhere(range: FlushRange) {
+    let interrupts_off = InterruptsDisabled::new();
+    let me = interrupts_off.cpu_index();
+    flush_here(range);
+    let mut pending: Vec<(usize, Arc<AtomicBool>)> = Vec::new();
+    for cpu in online_cpus().filter(|&cpu| cpu != me) {
+        let done = Arc::new(AtomicBool::new(false));
+        FLUSH_QUEUE.on_cpu(cpu).lock().push(FlushRequest {
+            range,
+            done: Arc::clone(&done),
+        });
+        apic::send_ipi(apic_id(cpu), TLB_FLUSH_VECTOR);
+        pending.push((cpu, done));
+    }
+    for (cpu, done) in pending {
+        // A CPU stopped meanwhile (power-off, panic) no longer translates anything.
+        while !done.load(Ordering::Acquire) && is_online(cpu) {
+            serve_flush_requests(&interrupts_off);
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Flushes the translations of the kernel pages in `[start, end)` on every online CPU
+/// (Linux's `flush_tlb_kernel_range`), after their page-table entries changed. Any context
+/// but hard-IRQ; the caller must hold no spinlock.
+pub fn flush_tlb_range(start: u64, end: u64) {
+    if start < end {
+        flush_tlb_everywhere(FlushRange::Pages { start, end });
+    }
+}
+
+/// Flushes every CPU's whole TLB (Linux's `flush_tlb_all`). Same rules as [`flush_tlb_range`].
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+pub fn flush_tlb_all() {
+    flush_tlb_everywhere(FlushRange::All);
 }

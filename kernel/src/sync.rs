@@ -656,13 +656,20 @@ impl<T> RwLock<T> {
     #[track_caller]
     pub fn read(&self) -> ReadGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        let mut taken = None;
-        self.waiters.wait_until(|| {
+        let try_read = || {
             if self.writers_waiting.load(Ordering::Acquire) == 0 {
-                taken = self.cell.try_read();
+                self.cell.try_read()
+            } else {
+                None
             }
-            taken.is_some()
-        });
+        };
+        let mut taken = try_read();
+        if taken.is_none() {
+            self.waiters.wait_until(|| {
+                taken = try_read();
+                taken.is_some()
+            });
+        }
         ReadGuard {
             guard: taken,
             lock: self,
@@ -674,13 +681,15 @@ impl<T> RwLock<T> {
     #[track_caller]
     pub fn write(&self) -> WriteGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        self.writers_waiting.fetch_add(1, Ordering::AcqRel);
-        let mut taken = None;
-        self.waiters.wait_until(|| {
-            taken = self.cell.try_write();
-            taken.is_some()
-        });
-        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+        let mut taken = self.cell.try_write();
+        if taken.is_none() {
+            self.writers_waiting.fetch_add(1, Ordering::AcqRel);
+            self.waiters.wait_until(|| {
+                taken = self.cell.try_write();
+                taken.is_some()
+            });
+            self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+        }
         WriteGuard {
             guard: taken,
             lock: self,

@@ -18,7 +18,10 @@ use crate::{smp, time};
 pub fn ticket_spinlock_serves_cpus_in_arrival_order() -> TestResult {
     let cpus: Vec<usize> = smp::online_cpus().collect();
     if cpus.len() < 3 {
-        crate::printk!("ktest locks: ticket order needs 3 CPUs; {} online", cpus.len());
+        crate::printk!(
+            "ktest locks: ticket order needs 3 CPUs; {} online",
+            cpus.len()
+        );
         return Ok(());
     }
     let was_test_and_set = crate::sync::set_test_and_set(false);
@@ -35,10 +38,15 @@ pub fn ticket_spinlock_serves_cpus_in_arrival_order() -> TestResult {
         let held = lock.lock();
         for (cpu, expected_waiters) in [(first, 1), (second, 2)] {
             let (queued, done) = (Arc::clone(&lock), Arc::clone(&done));
-            spawn("ticket", SchedClass::NORMAL, CpuSet::single(cpu), move || {
-                queued.lock().push(cpu);
-                done.complete();
-            })?;
+            spawn(
+                "ticket",
+                SchedClass::NORMAL,
+                CpuSet::single(cpu),
+                move || {
+                    queued.lock().push(cpu);
+                    done.complete();
+                },
+            )?;
             // Spin (we hold a spinlock: no sleeping) until the CPU has taken its ticket.
             let deadline = time::uptime_ns() + 2_000_000_000;
             while lock.waiters() < expected_waiters && time::uptime_ns() < deadline {
@@ -84,23 +92,31 @@ pub fn mutex_holders_sleep_and_count_exactly() -> TestResult {
     let switches_before: u64 = cpus.iter().map(|&cpu| sched::context_switches(cpu)).sum();
     for index in 0..threads {
         let cpu = cpus[index % cpus.len()];
-        let (finished, inside, overlap) =
-            (Arc::clone(&finished), Arc::clone(&inside), Arc::clone(&overlap));
-        spawn("mutex", SchedClass::NORMAL, CpuSet::single(cpu), move || {
-            for round in 0..PER_THREAD {
-                let mut counter = COUNTED.lock();
-                if inside.fetch_add(1, Ordering::AcqRel) != 0 {
-                    overlap.store(true, Ordering::Release);
+        let (finished, inside, overlap) = (
+            Arc::clone(&finished),
+            Arc::clone(&inside),
+            Arc::clone(&overlap),
+        );
+        spawn(
+            "mutex",
+            SchedClass::NORMAL,
+            CpuSet::single(cpu),
+            move || {
+                for round in 0..PER_THREAD {
+                    let mut counter = COUNTED.lock();
+                    if inside.fetch_add(1, Ordering::AcqRel) != 0 {
+                        overlap.store(true, Ordering::Release);
+                    }
+                    let value = *counter;
+                    if round % 50 == 0 {
+                        time::sleep_ns(200_000); // sleeping with the mutex held is allowed
+                    }
+                    *counter = value + 1;
+                    inside.fetch_sub(1, Ordering::AcqRel);
                 }
-                let value = *counter;
-                if round % 50 == 0 {
-                    time::sleep_ns(200_000); // sleeping with the mutex held is allowed
-                }
-                *counter = value + 1;
-                inside.fetch_sub(1, Ordering::AcqRel);
-            }
-            finished.complete();
-        })?;
+                finished.complete();
+            },
+        )?;
     }
     for _ in 0..threads {
         if !finished.wait_timeout(60_000_000_000) {
@@ -108,8 +124,11 @@ pub fn mutex_holders_sleep_and_count_exactly() -> TestResult {
         }
     }
     let counted = *COUNTED.lock();
-    let switches: u64 =
-        cpus.iter().map(|&cpu| sched::context_switches(cpu)).sum::<u64>() - switches_before;
+    let switches: u64 = cpus
+        .iter()
+        .map(|&cpu| sched::context_switches(cpu))
+        .sum::<u64>()
+        - switches_before;
     ensure!(
         !overlap.load(Ordering::Acquire),
         "two threads were inside the mutex at once"
@@ -146,15 +165,20 @@ pub fn rwlock_shares_readers_and_excludes_writers() -> TestResult {
             Arc::clone(&release_readers),
             Arc::clone(&done),
         );
-        spawn("reader", SchedClass::NORMAL, CpuSet::single(cpu), move || {
-            let guard = SHARED.read();
-            readers_in.fetch_add(1, Ordering::AcqRel);
-            while !release.load(Ordering::Acquire) {
-                time::msleep(1);
-            }
-            drop(guard);
-            done.complete();
-        })?;
+        spawn(
+            "reader",
+            SchedClass::NORMAL,
+            CpuSet::single(cpu),
+            move || {
+                let guard = SHARED.read();
+                readers_in.fetch_add(1, Ordering::AcqRel);
+                while !release.load(Ordering::Acquire) {
+                    time::msleep(1);
+                }
+                drop(guard);
+                done.complete();
+            },
+        )?;
     }
     ensure!(
         wait_for(5_000, || readers_in.load(Ordering::Acquire) == 2),
@@ -162,23 +186,37 @@ pub fn rwlock_shares_readers_and_excludes_writers() -> TestResult {
         readers_in.load(Ordering::Acquire)
     );
     let (writer_log, writer_done) = (Arc::clone(&log), Arc::clone(&done));
-    spawn("writer", SchedClass::NORMAL, CpuSet::single(cpu), move || {
-        let mut value = SHARED.write();
-        *value += 1;
-        writer_log.lock().push("writer");
-        drop(value);
-        writer_done.complete();
-    })?;
+    spawn(
+        "writer",
+        SchedClass::NORMAL,
+        CpuSet::single(cpu),
+        move || {
+            let mut value = SHARED.write();
+            *value += 1;
+            writer_log.lock().push("writer");
+            drop(value);
+            writer_done.complete();
+        },
+    )?;
     ensure!(
         wait_for(5_000, || SHARED.writers_waiting() == 1),
         "the writer never waited"
     );
     let (late_log, late_done) = (Arc::clone(&log), Arc::clone(&done));
-    spawn("late-reader", SchedClass::NORMAL, CpuSet::single(cpu), move || {
-        let value = *SHARED.read();
-        late_log.lock().push(if value == 1 { "reader-after" } else { "reader-before" });
-        late_done.complete();
-    })?;
+    spawn(
+        "late-reader",
+        SchedClass::NORMAL,
+        CpuSet::single(cpu),
+        move || {
+            let value = *SHARED.read();
+            late_log.lock().push(if value == 1 {
+                "reader-after"
+            } else {
+                "reader-before"
+            });
+            late_done.complete();
+        },
+    )?;
     time::msleep(20);
     ensure!(
         log.lock().is_empty(),
@@ -220,8 +258,11 @@ pub fn preemption_happens_at_spinlock_release() -> TestResult {
     time::msleep(10); // the FIFO thread is asleep on the completion
     let verdict = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(Completion::new());
-    let (fair_verdict, fair_finished, fair_ran) =
-        (Arc::clone(&verdict), Arc::clone(&finished), Arc::clone(&ran));
+    let (fair_verdict, fair_finished, fair_ran) = (
+        Arc::clone(&verdict),
+        Arc::clone(&finished),
+        Arc::clone(&ran),
+    );
     spawn("fair", SchedClass::NORMAL, CpuSet::single(cpu), move || {
         let guard = lock.lock();
         wake.complete();

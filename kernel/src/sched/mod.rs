@@ -460,6 +460,35 @@ pub(crate) fn sleep_until_condition(
     }
 }
 
+/// Moves thread `id` to the CPUs of `affinity` (Linux's `set_cpus_allowed_ptr`); a thread
+/// running or queued elsewhere moves at its next scheduling point (a reschedule IPI asks).
+pub fn set_affinity(id: u64, affinity: CpuSet) -> Result<(), String> {
+    let now = crate::time::uptime_ns();
+    let ipi = {
+        let interrupts_off = InterruptsDisabled::new();
+        let mut guard = sched_lock();
+        let state = guard
+            .as_mut()
+            .ok_or_else(|| String::from("the scheduler is not initialised"))?;
+        let task = state
+            .threads
+            .get(&id)
+            .map(|thread| thread.id)
+            .ok_or_else(|| alloc::format!("no thread {id}"))?;
+        state
+            .policy
+            .set_affinity(task, affinity, interrupts_off.cpu_index(), now)
+            .map_err(|error| alloc::format!("{error}"))?
+            .filter(|placement| placement.send_resched_ipi)
+            .map(|placement| placement.cpu)
+    };
+    if let Some(cpu) = ipi {
+        let _ = crate::smp::send_reschedule(cpu);
+    }
+    preempt_point();
+    Ok(())
+}
+
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// `sched_yield()`: lets the other runnable threads of this CPU run first.
 pub fn yield_now() {

@@ -174,7 +174,6 @@ impl IoApic {
         }
     }
 
-    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // threaded IRQs have only test users
     /// Masks or unmasks the redirection entry of `gsi`, keeping its routing.
     pub fn set_masked(&self, gsi: u32, masked: bool) {
         let Some(pin) = gsi
@@ -190,6 +189,18 @@ impl IoApic {
             low & !LVT_MASKED
         };
         self.write(0x10 + 2 * pin, low);
+    }
+
+    /// Sends `gsi` to the CPU with APIC ID `destination` (physical mode), keeping its vector,
+    /// trigger and mask. One write of the entry's high half, so it is never seen half-updated.
+    pub fn set_destination(&self, gsi: u32, destination: u32) {
+        let Some(pin) = gsi
+            .checked_sub(self.gsi_base)
+            .filter(|&pin| pin < self.entries())
+        else {
+            return;
+        };
+        self.write(0x11 + 2 * pin, destination << 24);
     }
 
     /// Routes global system interrupt `gsi` to `vector` on the CPU with APIC ID `destination`.

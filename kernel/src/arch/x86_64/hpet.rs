@@ -130,6 +130,22 @@ impl Hpet {
         self.configure(timer, gsi, false);
     }
 
+    /// As [`Hpet::arm_oneshot`], but level-triggered: the comparator keeps its interrupt line
+    /// asserted until [`Hpet::clear_level_interrupt`] (the threaded-IRQ tests need a line that
+    /// stays asserted).
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+    pub fn arm_oneshot_level(&self, timer: u8, gsi: u8, deadline: u64) {
+        self.arm_oneshot(timer, gsi, deadline);
+        let register = TIMER_BASE + TIMER_STRIDE * timer as u64;
+        self.write(register, self.read(register) | TIMER_LEVEL);
+    }
+
+    /// Acknowledges comparator `timer`'s level interrupt (its line is deasserted).
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+    pub fn clear_level_interrupt(&self, timer: u8) {
+        self.write(INTERRUPT_STATUS, 1 << timer);
+    }
+
     /// Makes comparator `timer` fire every `period` counter ticks, starting one period from now.
     /// As for one-shot, the comparator is set before the interrupt is enabled (otherwise the
     /// stale comparator fires at once and the first period is short).
