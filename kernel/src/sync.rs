@@ -20,7 +20,13 @@
 //!   CPUs' `CPU_TIME` locks are only held together by readers of every CPU (timer_list), which
 //!   take them in ascending CPU order.
 //! - smp: `smp::CALL_QUEUE[cpu]` is a leaf (never held while waiting for another CPU).
-//! - `irq::LINES`, `irq::IOAPIC` are leaves.
+//! - irq: `irq::LINES` → `irq::IOAPIC` (a leaf serialising the index/data register pair).
+//!   `LINES` is taken by every device interrupt, so nothing under it sleeps, spawns a thread or
+//!   waits for another CPU; line threads are woken after it is released, and `free_irq` holds
+//!   no lock while it waits.
+//! - `smp::FLUSH_QUEUE[cpu]` is a leaf; no spinlock is held across `flush_tlb_*` (it waits for
+//!   the other CPUs). `paging::WINDOW` → `mm::PAGES`, never held across a shootdown.
+//! - `procfs::FILES` and `procfs::DIRECTORIES` are leaves.
 //! - `time::CPU_TIME[cpu]` → `time::PREEMPTION_TIMER[cpu]` (a leaf; the scheduler arms it with
 //!   `SCHED` released).
 //! - sched: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `sched::SCHED` (timer callbacks wake
