@@ -199,17 +199,7 @@ impl InterruptsDisabled {
 
     /// Index of the CPU this code runs on (0 = the boot CPU).
     pub fn cpu_index(&self) -> usize {
-        let index: u64;
-        // SAFETY: GS base points at this CPU's 'static `CpuArea` (set by `set_this_cpu` before
-        // interrupts are first enabled); offset 0 is its index. Reading it has no side effects.
-        unsafe {
-            core::arch::asm!(
-                "mov {}, qword ptr gs:[0]",
-                out(reg) index,
-                options(nostack, readonly, preserves_flags)
-            )
-        };
-        index as usize
+        this_cpu_index()
     }
 }
 
