@@ -539,8 +539,11 @@ fn sleep_and_latency_commands() -> TestResult {
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| e.to_string())?
         .as_secs() as i64;
-    let guest_seconds =
-        parse_utc(date.trim()).ok_or_else(|| format!("bad date output {date:?}"))?;
+    // A kernel message (e.g. the clocksource watchdog's verdict) may land in the output.
+    let guest_seconds = date
+        .lines()
+        .find_map(|line| parse_utc(line.trim()))
+        .ok_or_else(|| format!("bad date output {date:?}"))?;
     ensure!(
         (guest_seconds - host).abs() <= 5,
         "guest date {date:?} is {} s off the host",
