@@ -167,6 +167,23 @@ pub fn release(class: &spin::Once<ClassId>, site: Site) {
     publish(printed.into_iter().collect());
 }
 
+/// Thread `thread` is exiting: its held-lock stack goes, and locks still on it are reported
+/// (Linux's "lock held when returning"; they can never be released now).
+pub fn thread_exited(thread: u64) {
+    if !enabled() {
+        return;
+    }
+    let still_held = {
+        let _interrupts_off = InterruptsDisabled::new();
+        HELD.lock().remove(&thread).map_or(0, |held| held.depth())
+    };
+    if still_held != 0 {
+        publish(alloc::vec![alloc::format!(
+            "lockdep: thread {thread} exited holding {still_held} lock(s)"
+        )]);
+    }
+}
+
 /// Linux's `might_sleep()` with lockdep on: reports a possible sleep at `site` in atomic
 /// context (naming the spinlock held, if one is).
 pub fn might_sleep(site: Site) {

@@ -535,6 +535,71 @@ pub fn set_system_running() {
     SYSTEM_RUNNING.store(true, Ordering::Release);
 }
 
+/// Takes a sleeping lock: `attempt` first, then again after each wake-up on `waiters` until it
+/// succeeds (the wait queue's protocol loses no wake-up between a failed try and the sleep).
+fn take_or_sleep<G>(
+    waiters: &crate::sched::WaitQueue,
+    mut attempt: impl FnMut() -> Option<G>,
+) -> G {
+    let mut taken = attempt();
+    while taken.is_none() {
+        waiters.wait_until(|| {
+            taken = attempt();
+            taken.is_some()
+        });
+    }
+    match taken {
+        Some(guard) => guard,
+        None => unreachable!("the loop exits only with the lock taken"),
+    }
+}
+
+/// Guard of a sleeping lock ([`Mutex`], [`RwLock`]), over the cell's own guard `G`. Dropping
+/// it tells lockdep, releases the cell, then wakes the waiters (one for a mutex, all for a
+/// rwlock, whose readers may all enter).
+pub struct SleepGuard<'a, G> {
+    guard: Option<G>,
+    waiters: &'a crate::sched::WaitQueue,
+    class: Option<&'a LockClass>,
+    wake_all: bool,
+}
+
+/// Guard for [`Mutex`].
+pub type MutexGuard<'a, T> = SleepGuard<'a, spin::mutex::SpinMutexGuard<'a, T>>;
+/// Shared guard for [`RwLock`].
+pub type ReadGuard<'a, T> = SleepGuard<'a, spin::RwLockReadGuard<'a, T>>;
+/// Exclusive guard for [`RwLock`].
+pub type WriteGuard<'a, T> = SleepGuard<'a, spin::RwLockWriteGuard<'a, T>>;
+
+impl<G> Drop for SleepGuard<'_, G> {
+    #[track_caller]
+    fn drop(&mut self) {
+        if let Some(class) = self.class {
+            class.release();
+        }
+        drop(self.guard.take());
+        if self.wake_all {
+            self.waiters.wake_all();
+        } else {
+            self.waiters.wake_one();
+        }
+    }
+}
+
+impl<G: Deref> Deref for SleepGuard<'_, G> {
+    type Target = G::Target;
+    fn deref(&self) -> &G::Target {
+        // The guard is `Some` from construction until drop.
+        self.guard.as_deref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl<G: DerefMut> DerefMut for SleepGuard<'_, G> {
+    fn deref_mut(&mut self) -> &mut G::Target {
+        self.guard.as_deref_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
 /// A sleeping mutual-exclusion lock (Linux's `struct mutex`): a contended taker sleeps on the
 /// lock's wait queue instead of spinning. Thread context only.
 pub struct Mutex<T> {
@@ -542,13 +607,6 @@ pub struct Mutex<T> {
     cell: spin::mutex::SpinMutex<T>,
     waiters: crate::sched::WaitQueue,
     class: LockClass,
-}
-
-/// Guard for [`Mutex`]; unlocking wakes the longest waiter.
-pub struct MutexGuard<'a, T> {
-    guard: Option<spin::mutex::SpinMutexGuard<'a, T>>,
-    lock: &'a Mutex<T>,
-    tracked: bool,
 }
 
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by tests and the benchmarks
@@ -562,59 +620,33 @@ impl<T> Mutex<T> {
         }
     }
 
+    fn guard<'a>(
+        &'a self,
+        cell: spin::mutex::SpinMutexGuard<'a, T>,
+        tracked: bool,
+    ) -> MutexGuard<'a, T> {
+        SleepGuard {
+            guard: Some(cell),
+            waiters: &self.waiters,
+            class: tracked.then_some(&self.class),
+            wake_all: false,
+        }
+    }
+
     /// Takes the mutex, sleeping while another thread holds it.
     #[track_caller]
     pub fn lock(&self) -> MutexGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        let mut taken = self.cell.try_lock();
-        if taken.is_none() {
-            self.waiters.wait_until(|| {
-                taken = self.cell.try_lock();
-                taken.is_some()
-            });
-        }
-        MutexGuard {
-            guard: taken,
-            lock: self,
-            tracked,
-        }
+        let cell = take_or_sleep(&self.waiters, || self.cell.try_lock());
+        self.guard(cell, tracked)
     }
 
     /// Takes the mutex if it is free, without sleeping.
     #[track_caller]
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        let guard = self.cell.try_lock()?;
+        let cell = self.cell.try_lock()?;
         let tracked = self.class.acquire(LockKind::Sleeping, AcquireKind::Try);
-        Some(MutexGuard {
-            guard: Some(guard),
-            lock: self,
-            tracked,
-        })
-    }
-}
-
-impl<T> Drop for MutexGuard<'_, T> {
-    #[track_caller]
-    fn drop(&mut self) {
-        if self.tracked {
-            self.lock.class.release();
-        }
-        drop(self.guard.take());
-        self.lock.waiters.wake_one();
-    }
-}
-
-impl<T> Deref for MutexGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // The guard is `Some` from construction until drop.
-        self.guard.as_deref().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl<T> DerefMut for MutexGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        self.guard.as_deref_mut().unwrap_or_else(|| unreachable!())
+        Some(self.guard(cell, tracked))
     }
 }
 
@@ -625,20 +657,6 @@ pub struct RwLock<T> {
     writers_waiting: AtomicU32,
     waiters: crate::sched::WaitQueue,
     class: LockClass,
-}
-
-/// Shared guard for [`RwLock`].
-pub struct ReadGuard<'a, T> {
-    guard: Option<spin::RwLockReadGuard<'a, T>>,
-    lock: &'a RwLock<T>,
-    tracked: bool,
-}
-
-/// Exclusive guard for [`RwLock`].
-pub struct WriteGuard<'a, T> {
-    guard: Option<spin::RwLockWriteGuard<'a, T>>,
-    lock: &'a RwLock<T>,
-    tracked: bool,
 }
 
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by tests and the benchmarks
@@ -658,91 +676,43 @@ impl<T> RwLock<T> {
         self.writers_waiting.load(Ordering::Acquire)
     }
 
+    fn guard<G>(&self, cell: G, tracked: bool) -> SleepGuard<'_, G> {
+        SleepGuard {
+            guard: Some(cell),
+            waiters: &self.waiters,
+            class: tracked.then_some(&self.class),
+            wake_all: true,
+        }
+    }
+
     /// Shared access, sleeping while a writer holds or waits for the lock.
     #[track_caller]
     pub fn read(&self) -> ReadGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        let try_read = || {
+        let cell = take_or_sleep(&self.waiters, || {
             if self.writers_waiting.load(Ordering::Acquire) == 0 {
                 self.cell.try_read()
             } else {
                 None
             }
-        };
-        let mut taken = try_read();
-        if taken.is_none() {
-            self.waiters.wait_until(|| {
-                taken = try_read();
-                taken.is_some()
-            });
-        }
-        ReadGuard {
-            guard: taken,
-            lock: self,
-            tracked,
-        }
+        });
+        self.guard(cell, tracked)
     }
 
     /// Exclusive access, sleeping while readers or a writer hold the lock.
     #[track_caller]
     pub fn write(&self) -> WriteGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        let mut taken = self.cell.try_write();
-        if taken.is_none() {
-            self.writers_waiting.fetch_add(1, Ordering::AcqRel);
-            self.waiters.wait_until(|| {
-                taken = self.cell.try_write();
-                taken.is_some()
-            });
-            self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
-        }
-        WriteGuard {
-            guard: taken,
-            lock: self,
-            tracked,
-        }
-    }
-}
-
-impl<T> Drop for ReadGuard<'_, T> {
-    #[track_caller]
-    fn drop(&mut self) {
-        if self.tracked {
-            self.lock.class.release();
-        }
-        drop(self.guard.take());
-        self.lock.waiters.wake_all();
-    }
-}
-
-impl<T> Drop for WriteGuard<'_, T> {
-    #[track_caller]
-    fn drop(&mut self) {
-        if self.tracked {
-            self.lock.class.release();
-        }
-        drop(self.guard.take());
-        self.lock.waiters.wake_all();
-    }
-}
-
-impl<T> Deref for ReadGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        self.guard.as_deref().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl<T> Deref for WriteGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        self.guard.as_deref().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl<T> DerefMut for WriteGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        self.guard.as_deref_mut().unwrap_or_else(|| unreachable!())
+        let cell = match self.cell.try_write() {
+            Some(cell) => cell,
+            None => {
+                self.writers_waiting.fetch_add(1, Ordering::AcqRel);
+                let cell = take_or_sleep(&self.waiters, || self.cell.try_write());
+                self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+                cell
+            }
+        };
+        self.guard(cell, tracked)
     }
 }
 

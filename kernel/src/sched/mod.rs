@@ -230,6 +230,9 @@ fn thread_start() -> ! {
 
 /// Ends the running thread (its stack is freed once another thread runs on its CPU).
 pub fn exit_current() -> ! {
+    if let Some(id) = current() {
+        crate::lockdep::thread_exited(id);
+    }
     cpu::disable_interrupts();
     if let Some(id) = current() {
         if let Some(state) = sched_lock().as_mut() {
@@ -338,8 +341,7 @@ fn switch_away(preempt: bool) {
 }
 
 /// Linux's "BUG: scheduling while atomic": a thread gave up its CPU with preemption disabled
-/// (it holds a spinlock or a per-CPU reference). Reported through `might_sleep`'s channel.
-#[track_caller]
+/// (it holds a spinlock or a per-CPU reference).
 fn report_scheduling_while_atomic(depth: u32) {
     static REPORTED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
     if REPORTED.fetch_add(1, core::sync::atomic::Ordering::Relaxed) < 4 {

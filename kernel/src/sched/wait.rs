@@ -21,18 +21,24 @@ impl WaitQueue {
         }
     }
 
+    fn add_waiter(&self, id: u64) {
+        let mut waiters = self.waiters.lock();
+        if !waiters.contains(&id) {
+            waiters.push(id);
+        }
+    }
+
+    fn remove_waiter(&self, id: u64) {
+        self.waiters.lock().retain(|&waiter| waiter != id);
+    }
+
     /// Sleeps until `condition` is true (Linux's `wait_event`). The waker must make the
     /// condition true *before* calling [`WaitQueue::wake_all`] or [`WaitQueue::wake_one`].
     pub fn wait_until(&self, condition: impl FnMut() -> bool) {
         super::sleep_until_condition(
             condition,
-            |id| {
-                let mut waiters = self.waiters.lock();
-                if !waiters.contains(&id) {
-                    waiters.push(id);
-                }
-            },
-            |id| self.waiters.lock().retain(|&waiter| waiter != id),
+            |id| self.add_waiter(id),
+            |id| self.remove_waiter(id),
         );
     }
 
@@ -46,13 +52,8 @@ impl WaitQueue {
                 deadline,
                 "wait_event_timeout",
                 &mut condition,
-                |id| {
-                    let mut waiters = self.waiters.lock();
-                    if !waiters.contains(&id) {
-                        waiters.push(id);
-                    }
-                },
-                |id| self.waiters.lock().retain(|&waiter| waiter != id),
+                |id| self.add_waiter(id),
+                |id| self.remove_waiter(id),
             );
             if let Some(met) = waited {
                 return met;
