@@ -28,7 +28,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::arch::acpi::AcpiInfo;
 use crate::arch::{apic, interrupts};
 use crate::procfs::ProcError;
-use crate::sync::{IrqSafeLock, MAX_CPUS};
+use crate::sync::{IrqSafeLock, Mutex, MAX_CPUS};
 
 /// Interrupt parameters.
 pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
@@ -202,6 +202,9 @@ struct Line {
     effective_cpu: usize,
 }
 
+/// Serialises `request_*irq` and `free_irq` (Linux's per-descriptor `request_mutex`): both
+/// may sleep (starting or stopping the line's thread), so this is a sleeping lock, outermost.
+static REQUEST: Mutex<()> = Mutex::named("irq::REQUEST", ());
 /// Routed lines by GSI.
 static LINES: IrqSafeLock<BTreeMap<u32, Line>> = IrqSafeLock::new(BTreeMap::new());
 /// The IOAPIC (a leaf lock: its registers are an index/data pair and must not interleave).
@@ -397,6 +400,7 @@ pub fn request_threaded_irq(
             "a thread function without a hard handler needs IRQF_ONESHOT",
         ));
     }
+    let _request = REQUEST.lock();
     if LINES.lock().contains_key(&irq) {
         return Err(IrqError::Busy(irq));
     }
@@ -430,7 +434,7 @@ pub fn request_threaded_irq(
     {
         let mut lines = LINES.lock();
         if lines.contains_key(&irq) {
-            // Lost a race with another request for the same line.
+            // A tick device took the line meanwhile (`route_gsi` does not take `REQUEST`).
             drop(lines);
             stop_thread(&action);
             return Err(IrqError::Busy(irq));
@@ -516,39 +520,28 @@ fn stop_thread(action: &Action) {
 /// may then be requested again. Thread context, not from the line's own thread.
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no driver is unloaded yet
 pub fn free_irq(irq: u32) -> Result<(), IrqError> {
-    let action = {
-        let lines = LINES.lock();
-        match lines.get(&irq) {
+    let _request = REQUEST.lock();
+    let (action, vector) = {
+        let mut lines = LINES.lock();
+        let action = match lines.get(&irq) {
             Some(Line {
                 owner: Owner::Action(action),
+                vector,
                 ..
-            }) => Arc::clone(action),
+            }) => (Arc::clone(action), *vector),
             _ => return Err(IrqError::NotRequested(irq)),
+        };
+        if let Some(thread) = &action.0.thread {
+            let id = thread.id.load(Ordering::Acquire);
+            if id != 0 && crate::sched::current() == Some(id) {
+                return Err(IrqError::FreedFromOwnThread(irq));
+            }
         }
-    };
-    if let Some(thread) = &action.thread {
-        let id = thread.id.load(Ordering::Acquire);
-        if id != 0 && crate::sched::current() == Some(id) {
-            return Err(IrqError::FreedFromOwnThread(irq));
-        }
-    }
-    let vector = {
-        let mut lines = LINES.lock();
-        match lines.get(&irq) {
-            Some(Line {
-                owner: Owner::Action(owner),
-                ..
-            }) if Arc::ptr_eq(owner, &action) => {}
-            // Freed by someone else meanwhile.
-            _ => return Err(IrqError::NotRequested(irq)),
-        }
-        let line = lines.remove(&irq);
+        lines.remove(&irq);
         with_ioapic(|ioapic| ioapic.set_masked(irq, true));
-        line.map(|line| line.vector)
+        action
     };
-    if let Some(vector) = vector {
-        interrupts::clear_handler(vector);
-    }
+    interrupts::clear_handler(vector);
     // synchronize_irq: a hard handler that looked the line up before it was removed.
     while action.hard_running.load(Ordering::Acquire) != 0 {
         core::hint::spin_loop();

@@ -121,8 +121,14 @@ pub fn acquire(
     if !enabled() {
         return;
     }
-    // The context is read before interrupts are masked for the checker's own locks.
-    let context = context();
+    // The context is read before interrupts are masked for the checker's own locks. Boot runs
+    // with interrupts off and one thread of control, so a sleeping lock taken then never
+    // sleeps: it is checked as task context (as `might_sleep` skips boot).
+    let context = if kind == LockKind::Sleeping && !crate::sync::system_running() {
+        ExecContext::TASK
+    } else {
+        context()
+    };
     let mut printed: Vec<String> = Vec::new();
     {
         let _interrupts_off = InterruptsDisabled::new();

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::arch::acpi::{self, AcpiInfo};
-use crate::sync::IrqSafeLock;
+use crate::sync::RwLock;
 use crate::{pr_warn, printk};
 
 /// Events a notifier is told about.
@@ -27,7 +27,10 @@ pub struct Notifier {
     pub call: fn(PmEvent),
 }
 
-static NOTIFIERS: IrqSafeLock<Vec<Notifier>> = IrqSafeLock::new(Vec::new());
+/// The chain (Linux's blocking notifier chain, which is also behind an rw_semaphore): read
+/// while notifying, so a notifier may sleep; written when a subsystem joins. Thread context or
+/// boot only, never an interrupt handler.
+static NOTIFIERS: RwLock<Vec<Notifier>> = RwLock::named("pm::NOTIFIERS", Vec::new());
 static SHUTDOWN_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 const PM1_STATUS_POWER_BUTTON: u32 = 1 << 8;
@@ -36,7 +39,7 @@ const PM1_CONTROL_SCI_ENABLE: u32 = 1 << 0;
 
 /// Joins the notifier chain.
 pub fn register_notifier(notifier: Notifier) {
-    let mut notifiers = NOTIFIERS.lock();
+    let mut notifiers = NOTIFIERS.write();
     notifiers.push(notifier);
     notifiers.sort_by_key(|n| core::cmp::Reverse(n.priority));
 }
@@ -49,7 +52,7 @@ pub fn shutdown_requested() -> bool {
 /// Orderly power-off: runs every notifier (printing each), then enters ACPI S5.
 pub fn power_off() -> ! {
     printk!("pm: powering off");
-    let notifiers: Vec<Notifier> = NOTIFIERS.lock().clone();
+    let notifiers: Vec<Notifier> = NOTIFIERS.read().clone();
     for notifier in notifiers {
         printk!("pm: notifying {} (power off)", notifier.name);
         (notifier.call)(PmEvent::PowerOff);

@@ -517,7 +517,7 @@ impl<T> DerefMut for IrqSafeGuard<'_, T> {
 pub fn might_sleep() {
     // Boot runs with interrupts off and sleeps on nothing contended (Linux skips the check
     // while `system_state` is booting, too).
-    if !SYSTEM_RUNNING.load(Ordering::Acquire) {
+    if !system_running() {
         return;
     }
     let site = lull_lockdep::Site::caller();
@@ -533,6 +533,11 @@ static SYSTEM_RUNNING: core::sync::atomic::AtomicBool = core::sync::atomic::Atom
 /// Boot is over (threads run): `might_sleep` checks from now on.
 pub fn set_system_running() {
     SYSTEM_RUNNING.store(true, Ordering::Release);
+}
+
+/// Whether boot is over (Linux's `system_state == SYSTEM_RUNNING`).
+pub fn system_running() -> bool {
+    SYSTEM_RUNNING.load(Ordering::Acquire)
 }
 
 /// Takes a sleeping lock: `attempt` first, then again after each wake-up on `waiters` until it
@@ -609,7 +614,6 @@ pub struct Mutex<T> {
     class: LockClass,
 }
 
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by tests and the benchmarks
 impl<T> Mutex<T> {
     /// An unlocked mutex that lockdep tracks as class `name`.
     pub const fn named(name: &'static str, value: T) -> Self {
@@ -620,33 +624,17 @@ impl<T> Mutex<T> {
         }
     }
 
-    fn guard<'a>(
-        &'a self,
-        cell: spin::mutex::SpinMutexGuard<'a, T>,
-        tracked: bool,
-    ) -> MutexGuard<'a, T> {
+    /// Takes the mutex, sleeping while another thread holds it.
+    #[track_caller]
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        let tracked = self.class.acquire_sleeping();
+        let cell = take_or_sleep(&self.waiters, || self.cell.try_lock());
         SleepGuard {
             guard: Some(cell),
             waiters: &self.waiters,
             class: tracked.then_some(&self.class),
             wake_all: false,
         }
-    }
-
-    /// Takes the mutex, sleeping while another thread holds it.
-    #[track_caller]
-    pub fn lock(&self) -> MutexGuard<'_, T> {
-        let tracked = self.class.acquire_sleeping();
-        let cell = take_or_sleep(&self.waiters, || self.cell.try_lock());
-        self.guard(cell, tracked)
-    }
-
-    /// Takes the mutex if it is free, without sleeping.
-    #[track_caller]
-    pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-        let cell = self.cell.try_lock()?;
-        let tracked = self.class.acquire(LockKind::Sleeping, AcquireKind::Try);
-        Some(self.guard(cell, tracked))
     }
 }
 
@@ -659,7 +647,6 @@ pub struct RwLock<T> {
     class: LockClass,
 }
 
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by tests and the benchmarks
 impl<T> RwLock<T> {
     /// An unlocked lock that lockdep tracks as class `name`.
     pub const fn named(name: &'static str, value: T) -> Self {
@@ -672,6 +659,7 @@ impl<T> RwLock<T> {
     }
 
     /// Writers waiting for the lock (tests).
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn writers_waiting(&self) -> u32 {
         self.writers_waiting.load(Ordering::Acquire)
     }
