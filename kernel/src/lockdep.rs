@@ -4,9 +4,10 @@
 //! with both acquisition sites and counted; the machine keeps running.
 //!
 //! Held locks are kept per thread (a sleeping lock is held across switches), with hard-IRQ
-//! acquisitions stacked on the interrupted context's locks. The checker's own locks are plain
-//! spinlocks taken with interrupts off, never tracked, and leaves. Reports are printed after
-//! they are released.
+//! acquisitions stacked on the interrupted context's locks. The checker's own locks are
+//! unnamed IRQ-safe locks (never tracked; `CHECKER` → `HELD`, the others leaves): their guards
+//! keep interrupts off, so an interrupt handler's own locking can never reach them while they
+//! are held on its CPU. Reports are printed after they are released.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -15,7 +16,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lull_lockdep::{AcquireKind, ClassId, ExecContext, HeldLocks, LockKind, Lockdep, Site};
 
-use crate::sync::InterruptsDisabled;
+use crate::sync::IrqSafeLock;
 
 /// Lockdep parameters.
 pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
@@ -26,19 +27,18 @@ pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
 }];
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static CHECKER: spin::Mutex<Option<Lockdep>> = spin::Mutex::new(None);
+static CHECKER: IrqSafeLock<Option<Lockdep>> = IrqSafeLock::new(None);
 /// Held-lock stacks by holder (see [`holder`]); a leaf taken with interrupts off.
-static HELD: spin::Mutex<BTreeMap<u64, HeldLocks>> = spin::Mutex::new(BTreeMap::new());
+static HELD: IrqSafeLock<BTreeMap<u64, HeldLocks>> = IrqSafeLock::new(BTreeMap::new());
 /// Sites already reported by the always-on atomic-sleep check.
-static ATOMIC_SLEEP_SITES: spin::Mutex<Vec<Site>> = spin::Mutex::new(Vec::new());
+static ATOMIC_SLEEP_SITES: IrqSafeLock<Vec<Site>> = IrqSafeLock::new(Vec::new());
 static REPORTS: AtomicU64 = AtomicU64::new(0);
 /// The last reports' text (tests read them).
-static LAST_REPORTS: spin::Mutex<Vec<String>> = spin::Mutex::new(Vec::new());
+static LAST_REPORTS: IrqSafeLock<Vec<String>> = IrqSafeLock::new(Vec::new());
 
 /// Turns checking on when `lockdep=1` was given. Called once at boot after the command line.
 pub fn init() {
     if crate::params::parsed().get_bool("lockdep").unwrap_or(false) {
-        let _interrupts_off = InterruptsDisabled::new();
         *CHECKER.lock() = Some(Lockdep::new(Default::default()));
         ENABLED.store(true, Ordering::Release);
         crate::printk!("lockdep: lock-order checking enabled");
@@ -48,7 +48,6 @@ pub fn init() {
 /// Turns checking on now (in-kernel tests run without `lockdep=1` on the command line).
 #[cfg(feature = "ktest")]
 pub fn enable() {
-    let _interrupts_off = InterruptsDisabled::new();
     let mut checker = CHECKER.lock();
     if checker.is_none() {
         *checker = Some(Lockdep::new(Default::default()));
@@ -70,7 +69,6 @@ pub fn report_count() -> u64 {
 /// The text of the most recent reports (at most 8).
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))]
 pub fn recent_reports() -> Vec<String> {
-    let _interrupts_off = InterruptsDisabled::new();
     let reports = LAST_REPORTS.lock().clone();
     reports
 }
@@ -103,7 +101,6 @@ fn publish(printed: Vec<String>) {
     for text in &printed {
         crate::pr_warn!("{text}");
     }
-    let _interrupts_off = InterruptsDisabled::new();
     let mut last = LAST_REPORTS.lock();
     last.extend(printed);
     let excess = last.len().saturating_sub(8);
@@ -131,7 +128,6 @@ pub fn acquire(
     };
     let mut printed: Vec<String> = Vec::new();
     {
-        let _interrupts_off = InterruptsDisabled::new();
         let mut checker = CHECKER.lock();
         let Some(checker) = checker.as_mut() else {
             return;
@@ -159,7 +155,6 @@ pub fn release(class: &spin::Once<ClassId>, site: Site) {
     }
     let Some(&class) = class.get() else { return };
     let printed = {
-        let _interrupts_off = InterruptsDisabled::new();
         let mut checker = CHECKER.lock();
         let Some(checker) = checker.as_mut() else {
             return;
@@ -179,10 +174,8 @@ pub fn thread_exited(thread: u64) {
     if !enabled() {
         return;
     }
-    let still_held = {
-        let _interrupts_off = InterruptsDisabled::new();
-        HELD.lock().remove(&thread).map_or(0, |held| held.depth())
-    };
+    // Bound to a local: the guard is dropped at the end of this statement.
+    let still_held = HELD.lock().remove(&thread).map_or(0, |held| held.depth());
     if still_held != 0 {
         publish(alloc::vec![alloc::format!(
             "lockdep: thread {thread} exited holding {still_held} lock(s)"
@@ -198,7 +191,6 @@ pub fn might_sleep(site: Site) {
     }
     let context = context();
     let printed = {
-        let _interrupts_off = InterruptsDisabled::new();
         let mut checker = CHECKER.lock();
         let Some(checker) = checker.as_mut() else {
             return;
@@ -219,7 +211,6 @@ pub fn might_sleep(site: Site) {
 /// invalid context" (the machine keeps running).
 pub fn report_atomic_sleep(site: Site) {
     let context = context();
-    let _interrupts_off = InterruptsDisabled::new();
     {
         let mut seen = ATOMIC_SLEEP_SITES.lock();
         if seen.contains(&site) || seen.len() >= 64 {
@@ -227,7 +218,6 @@ pub fn report_atomic_sleep(site: Site) {
         }
         seen.push(site);
     }
-    drop(_interrupts_off);
     let why = if context.in_hardirq {
         String::from("in a hard-interrupt handler")
     } else if context.irqs_disabled {
@@ -242,7 +232,6 @@ pub fn report_atomic_sleep(site: Site) {
 
 /// `/proc/lockdep_stats`.
 pub fn proc_stats() -> String {
-    let _interrupts_off = InterruptsDisabled::new();
     let checker = CHECKER.lock();
     match checker.as_ref() {
         None => String::from("lockdep: off (boot with lockdep=1)\n"),

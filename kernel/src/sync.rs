@@ -16,9 +16,8 @@
 //!
 //! Lock order (outermost first), documented here as the kernel grows:
 //! - `console::CONSOLE` is a leaf; `mm::PAGES` is a leaf; `shell` input ring is a leaf.
-//! - time: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `time::CLOCKS` (see time/mod.rs). Two
-//!   CPUs' `CPU_TIME` locks are only held together by readers of every CPU (timer_list), which
-//!   take them in ascending CPU order.
+//! - time: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `time::CLOCKS` (see time/mod.rs). No two
+//!   CPUs' `CPU_TIME` locks are held together (readers of every CPU take one at a time).
 //! - smp: `smp::CALL_QUEUE[cpu]` is a leaf (never held while waiting for another CPU).
 //! - irq: `irq::LINES` → `irq::IOAPIC` (a leaf serialising the index/data register pair).
 //!   `LINES` is taken by every device interrupt, so nothing under it sleeps, spawns a thread or

@@ -29,10 +29,7 @@ pub fn write_timer_list<D: ClockEventDevice, C: TickContext>(
     jiffies: &JiffiesClock,
     cpus: &[&PerCpuTime<D, C>],
 ) -> fmt::Result {
-    out.write_str("Timer List Version: v0.9\n")?;
-    writeln!(out, "HRTIMER_MAX_CLOCK_BASES: {CLOCK_BASES}")?;
-    writeln!(out, "now at {} nsecs", ktime(now))?;
-    out.write_str("\n")?;
+    write_header(out, now)?;
     for cpu in cpus {
         write_cpu(out, now, jiffies, cpu)?;
     }
@@ -42,7 +39,18 @@ pub fn write_timer_list<D: ClockEventDevice, C: TickContext>(
     Ok(())
 }
 
-fn write_cpu<D: ClockEventDevice, C: TickContext>(
+/// The header of `/proc/timer_list`. A kernel writes it, then [`write_cpu`] for every CPU,
+/// then [`write_tick_device`] for every CPU, each under that CPU's own lock only (as Linux
+/// does), so reading the file never stalls every CPU's timers at once.
+pub fn write_header(out: &mut dyn Write, now: u64) -> fmt::Result {
+    out.write_str("Timer List Version: v0.9\n")?;
+    writeln!(out, "HRTIMER_MAX_CLOCK_BASES: {CLOCK_BASES}")?;
+    writeln!(out, "now at {} nsecs", ktime(now))?;
+    out.write_str("\n")
+}
+
+/// One CPU's clock bases, queued timers, tick-sched state and jiffies.
+pub fn write_cpu<D: ClockEventDevice, C: TickContext>(
     out: &mut dyn Write,
     now: u64,
     jiffies: &JiffiesClock,
@@ -123,7 +131,8 @@ fn write_cpu<D: ClockEventDevice, C: TickContext>(
     out.write_str("\n")
 }
 
-fn write_tick_device<D: ClockEventDevice, C: TickContext>(
+/// One CPU's tick device and its clock event device.
+pub fn write_tick_device<D: ClockEventDevice, C: TickContext>(
     out: &mut dyn Write,
     cpu: &PerCpuTime<D, C>,
 ) -> fmt::Result {

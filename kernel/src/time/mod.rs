@@ -10,8 +10,9 @@
 //!
 //! Locks, outermost first (each is IRQ-safe): `CPU_TIME[cpu]` → `JIFFIES` → `CLOCKS`.
 //! `CLOCKS` is a leaf and may be taken from any context, including timer callbacks. A CPU takes
-//! another CPU's `CPU_TIME` only to read it for procfs/shell, in ascending CPU order when it
-//! holds several (`/proc/timer_list`), and never waits for another CPU while holding one.
+//! another CPU's `CPU_TIME` only to read it for procfs/shell, one at a time (no two are ever
+//! held together, so lockdep checks them as one class), and never waits for another CPU while
+//! holding one.
 
 mod devices;
 mod early;
@@ -81,7 +82,7 @@ static CLOCKS: IrqSafeLock<Option<Clocks>> = IrqSafeLock::named("time::CLOCKS", 
 static JIFFIES: IrqSafeLock<Option<JiffiesClock>> = IrqSafeLock::named("time::JIFFIES", None);
 /// Each CPU's time state (`None` until that CPU's tick starts).
 static CPU_TIME: PerCpu<IrqSafeLock<Option<CpuTime>>> =
-    PerCpu::new([const { IrqSafeLock::new(None) }; MAX_CPUS]);
+    PerCpu::new([const { IrqSafeLock::named("time::CPU_TIME", None) }; MAX_CPUS]);
 /// The tick configuration the boot CPU chose (secondary CPUs use the same).
 static TICK_CONFIG: spin::Once<TickConfig> = spin::Once::new();
 /// Whether idle may stop the tick (nohz on, one-shot device, clocksource verified).
@@ -720,7 +721,7 @@ pub fn idle() {
 /// runs on it (the shell, a test); there are no threads to switch to yet.
 static SLEEP_WOKEN: PerCpu<AtomicBool> = PerCpu::new([const { AtomicBool::new(false) }; MAX_CPUS]);
 static SLEEP_TIMER: PerCpu<IrqSafeLock<Option<HrTimerId>>> =
-    PerCpu::new([const { IrqSafeLock::new(None) }; MAX_CPUS]);
+    PerCpu::new([const { IrqSafeLock::named("time::SLEEP_TIMER", None) }; MAX_CPUS]);
 
 /// hrtimer callback: wakes the sleeper of the CPU in `data` (the timer's own CPU).
 fn wake_sleeper(
@@ -912,7 +913,7 @@ pub fn msleep(ms: u64) {
 /// Per CPU: the scheduler's preemption hrtimer and the deadline it is armed for. Taken inside
 /// `CPU_TIME[cpu]` (a leaf).
 static PREEMPTION_TIMER: PerCpu<IrqSafeLock<(Option<HrTimerId>, Option<u64>)>> =
-    PerCpu::new([const { IrqSafeLock::new((None, None)) }; MAX_CPUS]);
+    PerCpu::new([const { IrqSafeLock::named("time::PREEMPTION_TIMER", (None, None)) }; MAX_CPUS]);
 
 /// hrtimer callback: the running thread's slice is over (or a higher class waits); the
 /// scheduler tick sets need-resched and the switch happens on the way out of the interrupt.
@@ -1018,51 +1019,54 @@ static SHELL_TIMER_SERIAL: AtomicU64 = AtomicU64::new(0);
 
 // ---- procfs ----------------------------------------------------------------------------------
 
-/// Locks the time state of every online CPU that has one, in ascending CPU order (the
-/// documented order for holding several). The caller keeps interrupts off for as long as it
-/// holds the guards (`_proof` outlives them), so no guard re-enables interrupts while others
-/// are still held.
-fn lock_all_cpus(
-    _proof: &InterruptsDisabled,
-) -> Vec<crate::sync::IrqSafeGuard<'static, Option<CpuTime>>> {
-    crate::smp::online_cpus()
-        .map(|cpu| CPU_TIME.on_cpu(cpu).lock())
-        .filter(|guard| guard.is_some())
-        .collect()
-}
-
 /// `/proc/timer_list`: every online CPU's hrtimer bases, tick device and tick-sched state.
+/// Each CPU's part is written under that CPU's lock alone (Linux takes one base lock at a
+/// time too), so a reader stalls at most one CPU's timers, briefly, never all of them.
 pub fn proc_timer_list() -> String {
-    let interrupts_off = InterruptsDisabled::new();
+    use lull_time::timer_list;
     let now = uptime_ns();
-    let guards = lock_all_cpus(&interrupts_off);
-    let cpus: Vec<&CpuTime> = guards.iter().filter_map(|guard| guard.as_ref()).collect();
-    let jiffies = JIFFIES.lock();
     let mut out = String::new();
-    match jiffies.as_ref() {
-        Some(jiffies) if !cpus.is_empty() => {
-            let _ = lull_time::timer_list::write_timer_list(&mut out, now, jiffies, &cpus);
+    let _ = timer_list::write_header(&mut out, now);
+    let mut started = false;
+    for cpu in crate::smp::online_cpus() {
+        let guard = CPU_TIME.on_cpu(cpu).lock();
+        let Some(percpu) = guard.as_ref() else {
+            continue;
+        };
+        let jiffies = JIFFIES.lock();
+        if let Some(jiffies) = jiffies.as_ref() {
+            started = true;
+            let _ = timer_list::write_cpu(&mut out, now, jiffies, percpu);
         }
-        _ => out.push_str("timer_list: time subsystem not started\n"),
+    }
+    if !started {
+        return String::from("timer_list: time subsystem not started\n");
+    }
+    for cpu in crate::smp::online_cpus() {
+        if let Some(percpu) = CPU_TIME.on_cpu(cpu).lock().as_ref() {
+            let _ = timer_list::write_tick_device(&mut out, percpu);
+        }
     }
     out
 }
 
-/// `/proc/timer_stats` (read): the statistics of every online CPU together.
+/// `/proc/timer_stats` (read): the statistics of every online CPU together. Each CPU's are
+/// copied under its own lock; the report is written with no lock held.
 pub fn proc_timer_stats() -> String {
-    let interrupts_off = InterruptsDisabled::new();
     let now = uptime_ns();
-    let guards = lock_all_cpus(&interrupts_off);
-    let stats: Vec<&lull_time::timer_stats::TimerStats> = guards
-        .iter()
-        .filter_map(|guard| guard.as_ref())
-        .map(|percpu| percpu.timer_stats())
+    let stats: Vec<lull_time::timer_stats::TimerStats> = crate::smp::online_cpus()
+        .filter_map(|cpu| {
+            let guard = CPU_TIME.on_cpu(cpu).lock();
+            let stats = guard.as_ref().map(|percpu| percpu.timer_stats().clone());
+            stats
+        })
         .collect();
     let mut out = String::new();
     if stats.is_empty() {
         out.push_str("timer_stats: time subsystem not started\n");
     } else {
-        let _ = lull_time::timer_stats::write_report(&mut out, now, &stats);
+        let refs: Vec<&lull_time::timer_stats::TimerStats> = stats.iter().collect();
+        let _ = lull_time::timer_stats::write_report(&mut out, now, &refs);
     }
     out
 }
