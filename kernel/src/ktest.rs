@@ -152,6 +152,10 @@ const TESTS: &[TestCase] = &[
         locks::mutex_holders_sleep_and_count_exactly,
     ),
     (
+        "contended_sleeping_locks_lose_no_waiter",
+        locks::contended_sleeping_locks_lose_no_waiter,
+    ),
+    (
         "rwlock_shares_readers_and_excludes_writers",
         locks::rwlock_shares_readers_and_excludes_writers,
     ),

@@ -148,6 +148,61 @@ pub fn mutex_holders_sleep_and_count_exactly() -> TestResult {
     Ok(())
 }
 
+static HANDOFF_MUTEX: Mutex<u64> = Mutex::named("ktest::HANDOFF_MUTEX", 0);
+static HANDOFF_RWLOCK: RwLock<u64> = RwLock::named("ktest::HANDOFF_RWLOCK", 0);
+
+/// Short, hot critical sections on every CPU: a released lock is often grabbed by a thread
+/// that never slept before the woken waiter runs, which then sleeps again. No waiter may be
+/// left asleep on a free lock (a wake-up that lands between a waiter joining the queue and
+/// marking itself as about to sleep used to be lost: the threads then never finished).
+pub fn contended_sleeping_locks_lose_no_waiter() -> TestResult {
+    const PER_THREAD: u64 = 1500;
+    let cpus: Vec<usize> = smp::online_cpus().collect();
+    let threads = cpus.len() * 2;
+    for writer_lock in [false, true] {
+        *HANDOFF_MUTEX.lock() = 0;
+        *HANDOFF_RWLOCK.write() = 0;
+        let finished = Arc::new(Completion::new());
+        for index in 0..threads {
+            let finished = Arc::clone(&finished);
+            let cpu = cpus[index % cpus.len()];
+            spawn(
+                "handoff",
+                SchedClass::NORMAL,
+                CpuSet::single(cpu),
+                move || {
+                    for _ in 0..PER_THREAD {
+                        if writer_lock {
+                            *HANDOFF_RWLOCK.write() += 1;
+                        } else {
+                            *HANDOFF_MUTEX.lock() += 1;
+                        }
+                    }
+                    finished.complete();
+                },
+            )?;
+        }
+        for done in 0..threads {
+            ensure!(
+                finished.wait_timeout(60_000_000_000),
+                "{} {done} of {threads} threads finished within 60 s: a waiter sleeps on a free lock",
+                if writer_lock { "rwlock:" } else { "mutex:" }
+            );
+        }
+        let counted = if writer_lock {
+            *HANDOFF_RWLOCK.write()
+        } else {
+            *HANDOFF_MUTEX.lock()
+        };
+        ensure!(
+            counted == threads as u64 * PER_THREAD,
+            "counted {counted}, expected {}",
+            threads as u64 * PER_THREAD
+        );
+    }
+    Ok(())
+}
+
 static SHARED: RwLock<u64> = RwLock::named("ktest::SHARED", 0);
 
 /// Two readers hold the rwlock at once; a writer waits for both; a reader arriving while the

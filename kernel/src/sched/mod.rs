@@ -433,9 +433,13 @@ fn finish_wait() {
     }
 }
 
-/// Sleeps until `condition` holds, re-checked after every wake-up (no lost wake-ups: the
-/// thread is marked as preparing to sleep before it checks; a wake-up in between cancels the
-/// sleep). `register`/`unregister` put the thread on and off the waker's list.
+/// Sleeps until `condition` holds, re-checked after every wake-up. No wake-up is lost: the
+/// thread is marked as preparing to sleep *before* it joins the waker's list and checks, so a
+/// waker that finds it on the list always cancels the sleep (Linux's `prepare_to_wait` sets
+/// the task state and queues it together). Joining first would let a waker take the list and
+/// "wake" a still-running thread (a no-op) whose check then fails because a third thread took
+/// the lock; it would sleep off the list, never to be woken.
+/// `register`/`unregister` put the thread on and off the waker's list.
 pub(crate) fn sleep_until_condition(
     mut condition: impl FnMut() -> bool,
     mut register: impl FnMut(u64),
@@ -450,8 +454,8 @@ pub(crate) fn sleep_until_condition(
         return;
     };
     loop {
-        register(id);
         prepare_to_sleep();
+        register(id);
         if condition() {
             finish_wait();
             unregister(id);
