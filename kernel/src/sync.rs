@@ -559,13 +559,21 @@ fn take_or_sleep<G>(
 }
 
 /// Guard of a sleeping lock ([`Mutex`], [`RwLock`]), over the cell's own guard `G`. Dropping
-/// it tells lockdep, releases the cell, then wakes the waiters (one for a mutex, all for a
-/// rwlock, whose readers may all enter).
+/// it tells lockdep, releases the cell, then the lock and wakes its waiters.
 pub struct SleepGuard<'a, G> {
     guard: Option<G>,
-    waiters: &'a crate::sched::WaitQueue,
+    unlock: Unlock<'a>,
     class: Option<&'a LockClass>,
-    wake_all: bool,
+}
+
+/// What releasing a sleeping lock does after its cell is released.
+enum Unlock<'a> {
+    /// A mutex: wake the longest waiter.
+    Mutex(&'a crate::sched::WaitQueue),
+    /// A rwlock reader: the last one out wakes the waiters (writers wait for it).
+    Read(&'a RwState),
+    /// A rwlock writer: free the lock and wake every waiter (readers may all enter).
+    Write(&'a RwState),
 }
 
 /// Guard for [`Mutex`].
@@ -582,10 +590,17 @@ impl<G> Drop for SleepGuard<'_, G> {
             class.release();
         }
         drop(self.guard.take());
-        if self.wake_all {
-            self.waiters.wake_all();
-        } else {
-            self.waiters.wake_one();
+        match self.unlock {
+            Unlock::Mutex(waiters) => waiters.wake_one(),
+            Unlock::Read(state) => {
+                if state.word.fetch_sub(1, Ordering::Release) == 1 {
+                    state.waiters.wake_all();
+                }
+            }
+            Unlock::Write(state) => {
+                state.word.store(0, Ordering::Release);
+                state.waiters.wake_all();
+            }
         }
     }
 }
@@ -630,9 +645,8 @@ impl<T> Mutex<T> {
         let cell = take_or_sleep(&self.waiters, || self.cell.try_lock());
         SleepGuard {
             guard: Some(cell),
-            waiters: &self.waiters,
+            unlock: Unlock::Mutex(&self.waiters),
             class: tracked.then_some(&self.class),
-            wake_all: false,
         }
     }
 }
@@ -640,19 +654,70 @@ impl<T> Mutex<T> {
 /// A sleeping reader-writer lock (Linux's `rw_semaphore`): many readers or one writer. A
 /// waiting writer stops new readers from entering, so writers are not starved.
 pub struct RwLock<T> {
+    state: RwState,
+    /// Reached only by holders of `state`'s grant, so its own tries always succeed.
     cell: spin::RwLock<T>,
+    class: LockClass,
+}
+
+/// Who holds a [`RwLock`]: `word` is [`RwState::WRITER`] or the number of readers. A failed
+/// attempt never changes it (a transient reader count, as a try-read may leave for a moment,
+/// could fail a writer's attempt with no holder left to wake it).
+struct RwState {
+    word: AtomicU32,
     writers_waiting: AtomicU32,
     waiters: crate::sched::WaitQueue,
-    class: LockClass,
+}
+
+impl RwState {
+    const WRITER: u32 = 1 << 31;
+
+    fn try_read(&self) -> bool {
+        let mut word = self.word.load(Ordering::Relaxed);
+        loop {
+            if word & Self::WRITER != 0 || self.writers_waiting.load(Ordering::Acquire) != 0 {
+                return false;
+            }
+            match self.word.compare_exchange_weak(
+                word,
+                word + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => word = now,
+            }
+        }
+    }
+
+    fn try_write(&self) -> bool {
+        self.word
+            .compare_exchange(0, Self::WRITER, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+/// Takes a cell guard that the lock's grant makes free (`try` can only fail for an instant,
+/// while a previous holder is between releasing the cell and the grant).
+fn claim_granted<G>(mut attempt: impl FnMut() -> Option<G>) -> G {
+    loop {
+        if let Some(guard) = attempt() {
+            return guard;
+        }
+        core::hint::spin_loop();
+    }
 }
 
 impl<T> RwLock<T> {
     /// An unlocked lock that lockdep tracks as class `name`.
     pub const fn named(name: &'static str, value: T) -> Self {
         Self {
+            state: RwState {
+                word: AtomicU32::new(0),
+                writers_waiting: AtomicU32::new(0),
+                waiters: crate::sched::WaitQueue::new(),
+            },
             cell: spin::RwLock::new(value),
-            writers_waiting: AtomicU32::new(0),
-            waiters: crate::sched::WaitQueue::new(),
             class: LockClass::new(Some(name)),
         }
     }
@@ -660,46 +725,35 @@ impl<T> RwLock<T> {
     /// Writers waiting for the lock (tests).
     #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn writers_waiting(&self) -> u32 {
-        self.writers_waiting.load(Ordering::Acquire)
-    }
-
-    fn guard<G>(&self, cell: G, tracked: bool) -> SleepGuard<'_, G> {
-        SleepGuard {
-            guard: Some(cell),
-            waiters: &self.waiters,
-            class: tracked.then_some(&self.class),
-            wake_all: true,
-        }
+        self.state.writers_waiting.load(Ordering::Acquire)
     }
 
     /// Shared access, sleeping while a writer holds or waits for the lock.
     #[track_caller]
     pub fn read(&self) -> ReadGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        let cell = take_or_sleep(&self.waiters, || {
-            if self.writers_waiting.load(Ordering::Acquire) == 0 {
-                self.cell.try_read()
-            } else {
-                None
-            }
-        });
-        self.guard(cell, tracked)
+        take_or_sleep(&self.state.waiters, || self.state.try_read().then_some(()));
+        SleepGuard {
+            guard: Some(claim_granted(|| self.cell.try_read())),
+            unlock: Unlock::Read(&self.state),
+            class: tracked.then_some(&self.class),
+        }
     }
 
     /// Exclusive access, sleeping while readers or a writer hold the lock.
     #[track_caller]
     pub fn write(&self) -> WriteGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        let cell = match self.cell.try_write() {
-            Some(cell) => cell,
-            None => {
-                self.writers_waiting.fetch_add(1, Ordering::AcqRel);
-                let cell = take_or_sleep(&self.waiters, || self.cell.try_write());
-                self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
-                cell
-            }
-        };
-        self.guard(cell, tracked)
+        if !self.state.try_write() {
+            self.state.writers_waiting.fetch_add(1, Ordering::AcqRel);
+            take_or_sleep(&self.state.waiters, || self.state.try_write().then_some(()));
+            self.state.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        SleepGuard {
+            guard: Some(claim_granted(|| self.cell.try_write())),
+            unlock: Unlock::Write(&self.state),
+            class: tracked.then_some(&self.class),
+        }
     }
 }
 

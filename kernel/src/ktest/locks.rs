@@ -159,23 +159,29 @@ pub fn contended_sleeping_locks_lose_no_waiter() -> TestResult {
     const PER_THREAD: u64 = 1500;
     let cpus: Vec<usize> = smp::online_cpus().collect();
     let threads = cpus.len() * 2;
-    for writer_lock in [false, true] {
+    // Mutex; rwlock writers only; rwlock with every other thread a reader.
+    for mode in ["mutex", "rwlock writers", "rwlock readers and writers"] {
         *HANDOFF_MUTEX.lock() = 0;
         *HANDOFF_RWLOCK.write() = 0;
         let finished = Arc::new(Completion::new());
+        let mut writers = 0;
         for index in 0..threads {
             let finished = Arc::clone(&finished);
             let cpu = cpus[index % cpus.len()];
+            let reader = mode == "rwlock readers and writers" && index % 2 == 1;
+            writers += u64::from(!reader);
             spawn(
                 "handoff",
                 SchedClass::NORMAL,
                 CpuSet::single(cpu),
                 move || {
                     for _ in 0..PER_THREAD {
-                        if writer_lock {
-                            *HANDOFF_RWLOCK.write() += 1;
-                        } else {
-                            *HANDOFF_MUTEX.lock() += 1;
+                        match mode {
+                            "mutex" => *HANDOFF_MUTEX.lock() += 1,
+                            _ if reader => {
+                                core::hint::black_box(*HANDOFF_RWLOCK.read());
+                            }
+                            _ => *HANDOFF_RWLOCK.write() += 1,
                         }
                     }
                     finished.complete();
@@ -185,19 +191,18 @@ pub fn contended_sleeping_locks_lose_no_waiter() -> TestResult {
         for done in 0..threads {
             ensure!(
                 finished.wait_timeout(60_000_000_000),
-                "{} {done} of {threads} threads finished within 60 s: a waiter sleeps on a free lock",
-                if writer_lock { "rwlock:" } else { "mutex:" }
+                "{mode}: {done} of {threads} threads finished within 60 s: a waiter sleeps on a free lock"
             );
         }
-        let counted = if writer_lock {
-            *HANDOFF_RWLOCK.write()
-        } else {
+        let counted = if mode == "mutex" {
             *HANDOFF_MUTEX.lock()
+        } else {
+            *HANDOFF_RWLOCK.write()
         };
         ensure!(
-            counted == threads as u64 * PER_THREAD,
-            "counted {counted}, expected {}",
-            threads as u64 * PER_THREAD
+            counted == writers * PER_THREAD,
+            "{mode}: counted {counted}, expected {}",
+            writers * PER_THREAD
         );
     }
     Ok(())
