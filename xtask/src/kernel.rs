@@ -39,6 +39,7 @@ pub fn repo_root() -> PathBuf {
 /// Builds the kernel and returns the path of a copy of its ELF named after the variant (so
 /// several variants can be used side by side without rebuilding).
 pub fn build(variant: &Variant) -> Result<PathBuf, String> {
+    crate::tools::ensure_kernel_toolchain()?;
     let kernel_dir = repo_root().join("kernel");
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(&kernel_dir).arg("build").arg("--quiet");

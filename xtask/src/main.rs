@@ -18,6 +18,9 @@ use qemu::{Guest, Machine, QemuConfig};
 const HELP: &str = "\
 cargo xtask <command> [options]
 
+  setup                                add what building and testing need: the kernel target and
+                                       rust-src for the pinned toolchain, QEMU (every command does
+                                       this itself; .ci/run calls it before clippy)
   build [--debug] [--features F,...]   build the kernel; prints the ELF path as the last line
   run [--vmm] [--debug] [--machine q35|microvm] [--memory MiB] [--cpus N] [--features F,...] [-- KERNEL ARGS...]
                                        boot the kernel in QEMU (TCG) with the console on this terminal
@@ -31,6 +34,7 @@ cargo xtask <command> [options]
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("setup") => cmd_setup(),
         Some("build") => cmd_build(&args[1..]),
         Some("run") => cmd_run(&args[1..]),
         Some("test") => cmd_test(&args[1..]),
@@ -122,6 +126,13 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         }
     }
     Ok(options)
+}
+
+fn cmd_setup() -> Result<(), String> {
+    tools::ensure_kernel_toolchain()?;
+    tools::ensure_qemu()?;
+    println!("xtask: toolchain (with {}, rust-src) and QEMU are ready", "x86_64-unknown-none");
+    Ok(())
 }
 
 fn cmd_build(args: &[String]) -> Result<(), String> {
