@@ -15,22 +15,13 @@ extern crate alloc;
 
 #[allow(unsafe_code)] // The arch boundary: the only module allowed to use `unsafe`.
 mod arch;
-mod bench;
-mod console;
-mod irq;
-mod kmap;
+mod drivers;
+mod fs;
+mod kernel;
 #[cfg(feature = "ktest")]
 mod ktest;
-mod lockdep;
 mod mm;
-mod params;
-mod pm;
-mod procfs;
-mod sched;
 mod shell;
-mod smp;
-mod sync;
-mod time;
 
 use alloc::string::String;
 use core::fmt::Write;
@@ -39,6 +30,9 @@ use spin::Once;
 
 use arch::acpi::AcpiInfo;
 use arch::BootInfo;
+use fs::procfs;
+use kernel::locking::{self, lockdep};
+use kernel::{irq, params, pm, printk, sched, smp, time};
 
 /// ACPI information found at boot (absent on machines without ACPI).
 static ACPI: Once<Option<AcpiInfo>> = Once::new();
@@ -91,7 +85,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     params::init(boot.command_line);
     apply_console_params();
     lockdep::init();
-    sync::init_spinlocks();
+    locking::init_spinlocks();
     printk!(
         "tsc: {}.{:03} MHz ({method})",
         tsc_hz / 1_000_000,
@@ -147,7 +141,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
 
     // The boot code becomes CPU 0's idle thread; the work runs in kernel threads.
     // The tests stay on the boot CPU, where several of them expect to run.
-    sync::set_system_running();
+    locking::set_system_running();
     #[cfg(feature = "ktest")]
     let (name, main, cpus): (&str, fn() -> !, _) =
         ("ktest", ktest::run_and_exit, lull_sched::CpuSet::single(0));
@@ -164,11 +158,11 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
 fn apply_console_params() {
     let parsed = params::parsed();
     if parsed.flag("quiet") {
-        console::set_console_loglevel(4);
+        printk::set_console_loglevel(4);
     }
     if parsed.is_set("loglevel") {
         if let Some(level) = parsed.get_u64("loglevel") {
-            console::set_console_loglevel(level as u8);
+            printk::set_console_loglevel(level as u8);
         }
     }
 }
@@ -182,7 +176,7 @@ fn request_serial_irq() {
 }
 
 fn register_proc_files() {
-    use procfs::{register, ProcFile};
+    use fs::procfs::{register, ProcFile};
     register(ProcFile {
         path: "/proc/version",
         read: Some(|| version_line() + "\n"),
@@ -234,7 +228,7 @@ fn register_proc_files() {
     });
     register(ProcFile {
         path: "/proc/sys/kernel/printk",
-        read: Some(|| alloc::format!("{}\n", console::console_loglevel())),
+        read: Some(|| alloc::format!("{}\n", printk::console_loglevel())),
         write: Some(|value| {
             let level: u8 = value
                 .split_whitespace()
@@ -242,7 +236,7 @@ fn register_proc_files() {
                 .and_then(|v| v.parse().ok())
                 .filter(|&v| v <= 8)
                 .ok_or_else(|| alloc::format!("expected a log level 0-8, got {value:?}"))?;
-            console::set_console_loglevel(level);
+            printk::set_console_loglevel(level);
             Ok(())
         }),
     });
@@ -275,14 +269,14 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     // The other CPUs halt first, so the report is the last thing the machine does.
     smp::stop_other_cpus();
     match info.location() {
-        Some(location) => console::emergency_print(format_args!(
+        Some(location) => printk::emergency_print(format_args!(
             "\nKernel panic at {}:{}:{}: {}\n",
             location.file(),
             location.line(),
             location.column(),
             info.message()
         )),
-        None => console::emergency_print(format_args!("\nKernel panic: {}\n", info.message())),
+        None => printk::emergency_print(format_args!("\nKernel panic: {}\n", info.message())),
     }
     arch::power::exit_failure(arch::power::EXIT_PANIC)
 }

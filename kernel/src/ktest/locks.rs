@@ -9,8 +9,8 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use lull_sched::{CpuSet, RtPriority, SchedClass};
 
 use super::{spawn, wait_for, TestResult};
-use crate::sched::{self, Completion};
-use crate::sync::{Mutex, PreemptDisabled, RwLock, SpinLock};
+use crate::kernel::locking::{Mutex, PreemptDisabled, RwLock, SpinLock};
+use crate::kernel::sched::{self, Completion};
 use crate::{smp, time};
 
 /// Two CPUs queue for a held ticket lock one after the other; released, it serves them in
@@ -24,7 +24,7 @@ pub fn ticket_spinlock_serves_cpus_in_arrival_order() -> TestResult {
         );
         return Ok(());
     }
-    let was_test_and_set = crate::sync::set_test_and_set(false);
+    let was_test_and_set = crate::kernel::locking::set_test_and_set(false);
     let lock = Arc::new(SpinLock::new(Vec::<usize>::new()));
     let done = Arc::new(Completion::new());
     let mut result = Ok(());
@@ -72,7 +72,7 @@ pub fn ticket_spinlock_serves_cpus_in_arrival_order() -> TestResult {
             break;
         }
     }
-    crate::sync::set_test_and_set(was_test_and_set);
+    crate::kernel::locking::set_test_and_set(was_test_and_set);
     result
 }
 
@@ -359,27 +359,27 @@ static ATOMIC_INNER: Mutex<()> = Mutex::named("ktest::ATOMIC_INNER", ());
 /// Taking a sleeping lock under a spinlock is reported (lockdep on: naming the spinlock; and
 /// the always-on check with preemption disabled), and the machine keeps running.
 pub fn sleeping_lock_under_a_spinlock_is_reported() -> TestResult {
-    crate::lockdep::enable();
-    let before = crate::lockdep::report_count();
+    crate::kernel::locking::lockdep::enable();
+    let before = crate::kernel::locking::lockdep::report_count();
     {
         let _outer = ATOMIC_OUTER.lock();
         let _inner = ATOMIC_INNER.lock(); // uncontended: it does not actually sleep
     }
-    let reports = crate::lockdep::recent_reports();
+    let reports = crate::kernel::locking::lockdep::recent_reports();
     ensure!(
-        crate::lockdep::report_count() > before
+        crate::kernel::locking::lockdep::report_count() > before
             && reports
                 .iter()
                 .any(|r| r.contains("ktest::ATOMIC_INNER") && r.contains("ktest::ATOMIC_OUTER")),
         "no sleeping-while-atomic report naming both locks: {reports:?}"
     );
-    let before = crate::lockdep::report_count();
+    let before = crate::kernel::locking::lockdep::report_count();
     {
         let _pinned = PreemptDisabled::new();
-        crate::sync::might_sleep();
+        crate::kernel::locking::might_sleep();
     }
     ensure!(
-        crate::lockdep::report_count() > before,
+        crate::kernel::locking::lockdep::report_count() > before,
         "might_sleep with preemption disabled was not reported"
     );
     Ok(())

@@ -66,7 +66,7 @@ extern "C" fn kernel_entry(start_info_address: u32) -> ! {
     match pvh::read_start_info(start_info_address) {
         Ok(boot_info) => crate::start_kernel(boot_info, entry_tsc),
         Err(error) => {
-            crate::console::emergency_print(format_args!(
+            crate::kernel::printk::emergency_print(format_args!(
                 "Lull: unusable PVH start info at {start_info_address:#x}: {error}\n"
             ));
             power::exit_failure(power::EXIT_PANIC)

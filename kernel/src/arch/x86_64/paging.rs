@@ -13,7 +13,7 @@
 //! first map allocates the tables). No TLB shootdown is waited for under it.
 
 use super::cpu;
-use crate::sync::IrqSafeLock;
+use crate::kernel::locking::IrqSafeLock;
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;

@@ -38,6 +38,8 @@
 //! - Preemption: returning from an interrupt is a preemption point only when the interrupted
 //!   code had interrupts enabled and a zero preempt count (no spinlock, no per-CPU reference).
 
+pub mod lockdep;
+
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -93,7 +95,7 @@ impl Drop for PreemptDisabled {
         // Linux's `preempt_enable()`: a reschedule asked for while we could not be preempted
         // happens now (only with interrupts on and nothing else holding preemption off).
         if percpu::preempt_count() == 0 && percpu::need_resched() && cpu::interrupts_enabled() {
-            crate::sched::preempt_point();
+            crate::kernel::sched::preempt_point();
         }
     }
 }
@@ -122,8 +124,14 @@ impl LockClass {
     #[track_caller]
     fn acquire(&self, kind: LockKind, how: AcquireKind) -> bool {
         match self.name {
-            Some(name) if crate::lockdep::enabled() => {
-                crate::lockdep::acquire(name, &self.class, kind, how, lull_lockdep::Site::caller());
+            Some(name) if crate::kernel::locking::lockdep::enabled() => {
+                crate::kernel::locking::lockdep::acquire(
+                    name,
+                    &self.class,
+                    kind,
+                    how,
+                    lull_lockdep::Site::caller(),
+                );
                 true
             }
             _ => false,
@@ -143,7 +151,7 @@ impl LockClass {
 
     #[track_caller]
     fn release(&self) {
-        crate::lockdep::release(&self.class, lull_lockdep::Site::caller());
+        crate::kernel::locking::lockdep::release(&self.class, lull_lockdep::Site::caller());
     }
 }
 
@@ -169,7 +177,7 @@ static TEST_AND_SET: core::sync::atomic::AtomicBool = core::sync::atomic::Atomic
 /// 18 s). Linux falls back to a test-and-set lock on a hypervisor without paravirt spinlocks
 /// (`virt_spin_lock`); so does `auto`. Called once at boot, before secondary CPUs start.
 pub fn init_spinlocks() {
-    let choice = crate::params::parsed()
+    let choice = crate::kernel::params::parsed()
         .get_str("spinlock")
         .unwrap_or("auto");
     let hypervisor = cpu::running_on_hypervisor();
@@ -520,10 +528,10 @@ pub fn might_sleep() {
         return;
     }
     let site = lull_lockdep::Site::caller();
-    if crate::lockdep::enabled() {
-        crate::lockdep::might_sleep(site);
+    if crate::kernel::locking::lockdep::enabled() {
+        crate::kernel::locking::lockdep::might_sleep(site);
     } else if percpu::preempt_count() != 0 || !cpu::interrupts_enabled() {
-        crate::lockdep::report_atomic_sleep(site);
+        crate::kernel::locking::lockdep::report_atomic_sleep(site);
     }
 }
 
@@ -542,7 +550,7 @@ pub fn system_running() -> bool {
 /// Takes a sleeping lock: `attempt` first, then again after each wake-up on `waiters` until it
 /// succeeds (the wait queue's protocol loses no wake-up between a failed try and the sleep).
 fn take_or_sleep<G>(
-    waiters: &crate::sched::WaitQueue,
+    waiters: &crate::kernel::sched::WaitQueue,
     mut attempt: impl FnMut() -> Option<G>,
 ) -> G {
     let mut taken = attempt();
@@ -569,7 +577,7 @@ pub struct SleepGuard<'a, G> {
 /// What releasing a sleeping lock does after its cell is released.
 enum Unlock<'a> {
     /// A mutex: wake the longest waiter.
-    Mutex(&'a crate::sched::WaitQueue),
+    Mutex(&'a crate::kernel::sched::WaitQueue),
     /// A rwlock reader: the last one out wakes the waiters (writers wait for it).
     Read(&'a RwState),
     /// A rwlock writer: free the lock and wake every waiter (readers may all enter).
@@ -624,7 +632,7 @@ impl<G: DerefMut> DerefMut for SleepGuard<'_, G> {
 pub struct Mutex<T> {
     /// Only ever try-locked: the holder keeps its guard, everyone else sleeps.
     cell: spin::mutex::SpinMutex<T>,
-    waiters: crate::sched::WaitQueue,
+    waiters: crate::kernel::sched::WaitQueue,
     class: LockClass,
 }
 
@@ -633,7 +641,7 @@ impl<T> Mutex<T> {
     pub const fn named(name: &'static str, value: T) -> Self {
         Self {
             cell: spin::mutex::SpinMutex::new(value),
-            waiters: crate::sched::WaitQueue::new(),
+            waiters: crate::kernel::sched::WaitQueue::new(),
             class: LockClass::new(Some(name)),
         }
     }
@@ -666,7 +674,7 @@ pub struct RwLock<T> {
 struct RwState {
     word: AtomicU32,
     writers_waiting: AtomicU32,
-    waiters: crate::sched::WaitQueue,
+    waiters: crate::kernel::sched::WaitQueue,
 }
 
 impl RwState {
@@ -715,7 +723,7 @@ impl<T> RwLock<T> {
             state: RwState {
                 word: AtomicU32::new(0),
                 writers_waiting: AtomicU32::new(0),
-                waiters: crate::sched::WaitQueue::new(),
+                waiters: crate::kernel::sched::WaitQueue::new(),
             },
             cell: spin::RwLock::new(value),
             class: LockClass::new(Some(name)),

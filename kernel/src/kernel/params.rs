@@ -41,11 +41,11 @@ pub const MM_PARAMS: &[ParamSpec] = &[ParamSpec {
 const ALL_PARAMS: &[&[ParamSpec]] = &[
     CONSOLE_PARAMS,
     MM_PARAMS,
-    crate::time::PARAMS,
-    crate::smp::PARAMS,
-    crate::irq::PARAMS,
-    crate::lockdep::PARAMS,
-    crate::sync::PARAMS,
+    crate::kernel::time::PARAMS,
+    crate::kernel::smp::PARAMS,
+    crate::kernel::irq::PARAMS,
+    crate::kernel::locking::lockdep::PARAMS,
+    crate::kernel::locking::PARAMS,
 ];
 
 /// Reads `mem=` straight from boot memory, before the heap exists.

@@ -27,7 +27,7 @@ use lull_sched::{
 
 use crate::arch::context::{self, ThreadContext};
 use crate::arch::{cpu, interrupts, percpu};
-use crate::sync::{InterruptsDisabled, IrqSafeLock, MAX_CPUS};
+use crate::kernel::locking::{InterruptsDisabled, IrqSafeLock, MAX_CPUS};
 
 pub use wait::{Completion, WaitQueue};
 
@@ -40,7 +40,7 @@ pub struct Thread {
     name: String,
     context: &'static ThreadContext,
     /// What the thread runs, taken by the thread itself when it first runs.
-    entry: crate::sync::SpinLock<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
+    entry: crate::kernel::locking::SpinLock<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
     /// Base address of the kernel stack pages (freed when the thread is reaped).
     stack_base: u64,
 }
@@ -70,7 +70,7 @@ static SCHED: IrqSafeLock<Option<State>> = IrqSafeLock::named("sched::SCHED", No
 /// The scheduler lock's guard. Dropping it publishes every CPU's reschedule request to the
 /// per-CPU `need_resched` flags (before the lock is released), so preemption checks read one
 /// flag instead of taking the lock.
-struct SchedGuard<'a>(crate::sync::IrqSafeGuard<'a, Option<State>>);
+struct SchedGuard<'a>(crate::kernel::locking::IrqSafeGuard<'a, Option<State>>);
 
 impl Drop for SchedGuard<'_> {
     fn drop(&mut self) {
@@ -124,7 +124,7 @@ pub fn init(possible_cpus: usize) {
 pub fn cpu_online() {
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
-    let now = crate::time::uptime_ns();
+    let now = crate::kernel::time::uptime_ns();
     if let Some(state) = sched_lock().as_mut() {
         state.idle[cpu] = Some(ThreadContext::for_running_cpu());
         if let Err(error) = state.policy.set_cpu_online(cpu, now) {
@@ -174,7 +174,7 @@ pub fn kthread_spawn(
         let _ = crate::mm::free_pages(stack_base, STACK_ORDER);
         return Err(SpawnError::NoMemory);
     };
-    let now = crate::time::uptime_ns();
+    let now = crate::kernel::time::uptime_ns();
     let placement = {
         let interrupts_off = InterruptsDisabled::new();
         let cpu = interrupts_off.cpu_index();
@@ -198,7 +198,7 @@ pub fn kthread_spawn(
                 id,
                 name: String::from(name),
                 context,
-                entry: crate::sync::SpinLock::new(Some(alloc::boxed::Box::new(body))),
+                entry: crate::kernel::locking::SpinLock::new(Some(alloc::boxed::Box::new(body))),
                 stack_base,
             }),
         );
@@ -206,7 +206,7 @@ pub fn kthread_spawn(
     };
     let (id, placement) = placement;
     if placement.send_resched_ipi {
-        let _ = crate::smp::send_reschedule(placement.cpu);
+        let _ = crate::kernel::smp::send_reschedule(placement.cpu);
     }
     preempt_point();
     Ok(id.get())
@@ -231,7 +231,7 @@ fn thread_start() -> ! {
 /// Ends the running thread (its stack is freed once another thread runs on its CPU).
 pub fn exit_current() -> ! {
     if let Some(id) = current() {
-        crate::lockdep::thread_exited(id);
+        crate::kernel::locking::lockdep::thread_exited(id);
     }
     cpu::disable_interrupts();
     if let Some(id) = current() {
@@ -257,7 +257,7 @@ pub fn schedule() {
 fn switch_away(preempt: bool) {
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
-    let now = crate::time::uptime_ns();
+    let now = crate::kernel::time::uptime_ns();
     let mut reaped: Vec<Arc<Thread>> = Vec::new();
     let preemption_deadline;
     let switch = {
@@ -274,7 +274,7 @@ fn switch_away(preempt: bool) {
             return;
         };
         if let Some(target) = pick.resched_ipi {
-            let _ = crate::smp::send_reschedule(target);
+            let _ = crate::kernel::smp::send_reschedule(target);
         }
         // A thread that exited has left its CPU's `current` slot: forget it (its stack stays
         // until the switch away from it has finished).
@@ -326,7 +326,7 @@ fn switch_away(preempt: bool) {
     };
     drop(reaped);
     // Preemption is programmed for exactly when the policy wants it (never for a lone task).
-    crate::time::program_preemption(preemption_deadline);
+    crate::kernel::time::program_preemption(preemption_deadline);
     if let Some((previous, next)) = switch {
         // The preemption depth belongs to the thread: a thread that sleeps with preemption
         // off (a bug `might_sleep` reports) gets it back, and the next one starts from its own.
@@ -383,7 +383,7 @@ fn preempt_on_interrupt_return() {
 pub fn tick() {
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
-    let now = crate::time::uptime_ns();
+    let now = crate::kernel::time::uptime_ns();
     if let Some(state) = sched_lock().as_mut() {
         let _ = state.policy.tick(cpu, now);
     };
@@ -392,7 +392,7 @@ pub fn tick() {
 /// Wakes thread `id` (any context, including hard-IRQ and timer callbacks). Sends the
 /// reschedule IPI the policy asks for; a local reschedule happens at the next preemption point.
 pub fn wake_up(id: u64) {
-    let now = crate::time::uptime_ns();
+    let now = crate::kernel::time::uptime_ns();
     let ipi = {
         let interrupts_off = InterruptsDisabled::new();
         let cpu = interrupts_off.cpu_index();
@@ -409,7 +409,7 @@ pub fn wake_up(id: u64) {
         }
     };
     if let Some(target) = ipi {
-        let _ = crate::smp::send_reschedule(target);
+        let _ = crate::kernel::smp::send_reschedule(target);
     }
 }
 
@@ -449,7 +449,7 @@ pub(crate) fn sleep_until_condition(
         // Not a thread (a CPU's idle code, or boot before threads): halt until it holds.
         while !condition() {
             cpu::disable_interrupts();
-            crate::time::idle();
+            crate::kernel::time::idle();
         }
         return;
     };
@@ -469,7 +469,7 @@ pub(crate) fn sleep_until_condition(
 /// Moves thread `id` to the CPUs of `affinity` (Linux's `set_cpus_allowed_ptr`); a thread
 /// running or queued elsewhere moves at its next scheduling point (a reschedule IPI asks).
 pub fn set_affinity(id: u64, affinity: CpuSet) -> Result<(), String> {
-    let now = crate::time::uptime_ns();
+    let now = crate::kernel::time::uptime_ns();
     let ipi = {
         let interrupts_off = InterruptsDisabled::new();
         let mut guard = sched_lock();
@@ -489,7 +489,7 @@ pub fn set_affinity(id: u64, affinity: CpuSet) -> Result<(), String> {
             .map(|placement| placement.cpu)
     };
     if let Some(cpu) = ipi {
-        let _ = crate::smp::send_reschedule(cpu);
+        let _ = crate::kernel::smp::send_reschedule(cpu);
     }
     preempt_point();
     Ok(())
@@ -500,7 +500,7 @@ pub fn set_affinity(id: u64, affinity: CpuSet) -> Result<(), String> {
 pub fn yield_now() {
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
-    let now = crate::time::uptime_ns();
+    let now = crate::kernel::time::uptime_ns();
     let yielded = sched_lock()
         .as_mut()
         .is_some_and(|state| state.policy.yield_now(cpu, now).unwrap_or(false));
@@ -517,7 +517,7 @@ pub fn yield_to(target: u64) -> bool {
     let yielded = {
         let interrupts_off = InterruptsDisabled::new();
         let cpu = interrupts_off.cpu_index();
-        let now = crate::time::uptime_ns();
+        let now = crate::kernel::time::uptime_ns();
         let mut guard = sched_lock();
         let Some(state) = guard.as_mut() else {
             return false;
@@ -536,7 +536,7 @@ pub fn yield_to(target: u64) -> bool {
     match yielded {
         Some(ipi) => {
             if let Some(cpu) = ipi {
-                let _ = crate::smp::send_reschedule(cpu);
+                let _ = crate::kernel::smp::send_reschedule(cpu);
             }
             schedule();
             true
@@ -567,7 +567,7 @@ pub fn idle_loop() -> ! {
         }
         // Halts with interrupts enabled; a wake-up sends this CPU an interrupt (or set the
         // flag checked above before interrupts went off).
-        crate::time::idle();
+        crate::kernel::time::idle();
     }
 }
 
@@ -579,12 +579,12 @@ pub struct ThreadRow {
 
 /// Every thread, by id, with CPU time accounted up to now.
 pub fn threads() -> Vec<ThreadRow> {
-    let now = crate::time::uptime_ns();
+    let now = crate::kernel::time::uptime_ns();
     let mut guard = sched_lock();
     let Some(state) = guard.as_mut() else {
         return Vec::new();
     };
-    for cpu in crate::smp::online_cpus() {
+    for cpu in crate::kernel::smp::online_cpus() {
         let _ = state.policy.account(cpu, now);
     }
     state

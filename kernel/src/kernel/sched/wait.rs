@@ -6,7 +6,7 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sync::IrqSafeLock;
+use crate::kernel::locking::IrqSafeLock;
 
 /// Threads waiting for a condition (Linux's `wait_queue_head_t`).
 pub struct WaitQueue {
@@ -45,9 +45,9 @@ impl WaitQueue {
     /// Sleeps until `condition` is true or `timeout_ns` has passed (Linux's
     /// `wait_event_timeout`). Returns whether the condition held. Outside a thread it polls.
     pub fn wait_until_timeout(&self, mut condition: impl FnMut() -> bool, timeout_ns: u64) -> bool {
-        let deadline = crate::time::uptime_ns().saturating_add(timeout_ns);
+        let deadline = crate::kernel::time::uptime_ns().saturating_add(timeout_ns);
         if let Some(thread) = super::current() {
-            let waited = crate::time::thread_wait_until(
+            let waited = crate::kernel::time::thread_wait_until(
                 thread,
                 deadline,
                 "wait_event_timeout",
@@ -63,7 +63,7 @@ impl WaitQueue {
             if condition() {
                 return true;
             }
-            if crate::time::uptime_ns() >= deadline {
+            if crate::kernel::time::uptime_ns() >= deadline {
                 return false;
             }
             core::hint::spin_loop();

@@ -17,12 +17,12 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use lull_sched::{CpuSet, SchedClass};
 
 use crate::arch::cpu;
-use crate::sched::{self, Completion};
-use crate::sync::{IrqSafeLock, Mutex, RwLock, SpinLock};
+use crate::kernel::locking::{IrqSafeLock, Mutex, RwLock, SpinLock};
+use crate::kernel::sched::{self, Completion};
 
 /// TSC cycles → nanoseconds with the calibrated frequency.
 fn cycles_to_ns(cycles: u64) -> u64 {
-    let hz = crate::time::tsc_hz().max(1);
+    let hz = crate::kernel::time::tsc_hz().max(1);
     ((cycles as u128 * 1_000_000_000) / hz as u128) as u64
 }
 
@@ -113,14 +113,14 @@ fn ipi_target(_data: u64) {
 /// `smp_call_function_single(wait=1)`): request queued, IPI sent, handler run, completion seen.
 /// Returns the per-round times in nanoseconds.
 pub fn ipi_round_trip(rounds: u64, target: usize) -> Result<Vec<u64>, String> {
-    if target == crate::smp::this_cpu() {
+    if target == crate::kernel::smp::this_cpu() {
         return Err(String::from("the target must be another CPU"));
     }
     let before = IPI_HITS.load(Ordering::Relaxed);
     let mut samples = Vec::with_capacity(rounds as usize);
     for _ in 0..rounds {
         let start = cpu::rdtsc();
-        crate::smp::call_function_single(target, ipi_target, 0)
+        crate::kernel::smp::call_function_single(target, ipi_target, 0)
             .map_err(|error| alloc::format!("IPI to CPU {target}: {error}"))?;
         samples.push(cycles_to_ns(cpu::rdtsc().wrapping_sub(start)));
     }
@@ -140,20 +140,20 @@ static IRQ_THREAD_COUNTER: AtomicU64 = AtomicU64::new(0);
 static IRQ_THREAD_DONE: Completion = Completion::new();
 
 fn hpet_counter() -> u64 {
-    crate::time::hardware()
+    crate::kernel::time::hardware()
         .and_then(|hardware| hardware.hpet.as_ref())
         .map_or(0, |hpet| hpet.counter())
 }
 
-fn latency_primary(_irq: u32) -> crate::irq::IrqReturn {
+fn latency_primary(_irq: u32) -> crate::kernel::irq::IrqReturn {
     IRQ_HARD_COUNTER.store(hpet_counter(), Ordering::Release);
-    crate::irq::IrqReturn::WakeThread
+    crate::kernel::irq::IrqReturn::WakeThread
 }
 
-fn latency_thread(_irq: u32) -> crate::irq::IrqReturn {
+fn latency_thread(_irq: u32) -> crate::kernel::irq::IrqReturn {
     IRQ_THREAD_COUNTER.store(hpet_counter(), Ordering::Release);
     IRQ_THREAD_DONE.complete();
-    crate::irq::IrqReturn::Handled
+    crate::kernel::irq::IrqReturn::Handled
 }
 
 /// Interrupt-to-handler latency of the HPET comparator 0 (idle on q35, where the tick runs on
@@ -161,31 +161,31 @@ fn latency_thread(_irq: u32) -> crate::irq::IrqReturn {
 /// context) and the handler thread (RT FIFO 50, woken by the primary) each read the HPET
 /// counter. Returns (hard, threaded) latencies in nanoseconds, paired per interrupt.
 pub fn irq_latency(samples: u64, delay_us: u64) -> Result<(Vec<u64>, Vec<u64>), String> {
-    let hardware = crate::time::hardware().ok_or("no timer hardware")?;
+    let hardware = crate::kernel::time::hardware().ok_or("no timer hardware")?;
     let (Some(hpet), Some(gsi)) = (hardware.hpet.as_ref(), hardware.hpet_gsi) else {
         return Err(String::from(
             "no HPET comparator routed to the IOAPIC (q35 has one; microvm does not)",
         ));
     };
-    if crate::smp::online_cpus()
-        .filter_map(crate::time::cpu_tick_state)
+    if crate::kernel::smp::online_cpus()
+        .filter_map(crate::kernel::time::cpu_tick_state)
         .any(|state| state.device == "hpet")
     {
         return Err(String::from(
             "the HPET is a CPU's tick device; cannot borrow it",
         ));
     }
-    crate::irq::request_threaded_irq(
+    crate::kernel::irq::request_threaded_irq(
         gsi as u32,
         Some(latency_primary),
         Some(latency_thread),
-        crate::irq::IrqFlags::ONESHOT,
+        crate::kernel::irq::IrqFlags::ONESHOT,
         "bench-hpet",
     )
     .map_err(|error| alloc::format!("request_threaded_irq: {error}"))?;
     let result = sample_irq_latency(hpet, gsi, samples, delay_us);
     hpet.stop(0);
-    if let Err(error) = crate::irq::free_irq(gsi as u32) {
+    if let Err(error) = crate::kernel::irq::free_irq(gsi as u32) {
         crate::pr_warn!("bench: free_irq({gsi}): {error}");
     }
     result
@@ -208,7 +208,7 @@ fn sample_irq_latency(
     while (hard.len() as u64) < samples {
         let deadline = {
             // Armed with interrupts off so the handler cannot see a half-written deadline.
-            let _interrupts_off = crate::sync::InterruptsDisabled::new();
+            let _interrupts_off = crate::kernel::locking::InterruptsDisabled::new();
             let deadline = hpet.counter().wrapping_add(delay);
             IRQ_DEADLINE.store(deadline, Ordering::Release);
             IRQ_HARD_COUNTER.store(0, Ordering::Release);
@@ -366,7 +366,7 @@ fn parse_count(arg: Option<&&str>, default: u64, max: u64) -> Result<u64, String
 
 /// `bench pingpong|ipi|irq|lock [COUNT]`: runs one benchmark and prints its `bench:` lines.
 pub fn run(args: &[&str]) -> Result<(), String> {
-    let cpus: Vec<usize> = crate::smp::online_cpus().collect();
+    let cpus: Vec<usize> = crate::kernel::smp::online_cpus().collect();
     let last = *cpus.last().unwrap_or(&0);
     match args.first().copied() {
         Some("pingpong") => {
@@ -382,7 +382,7 @@ pub fn run(args: &[&str]) -> Result<(), String> {
         }
         Some("ipi") => {
             let rounds = parse_count(args.get(1), 2_000, 1_000_000)?;
-            let me = crate::smp::this_cpu();
+            let me = crate::kernel::smp::this_cpu();
             let Some(&target) = cpus.iter().rev().find(|&&cpu| cpu != me) else {
                 return Err(String::from(
                     "needs a second CPU (boot with -smp 2 or more)",

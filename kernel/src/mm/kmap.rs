@@ -21,7 +21,7 @@ fn page_table_frame() -> Option<u64> {
 pub fn map_page(address: u64, frame: u64) -> Result<(), WindowError> {
     let old = paging::set_window_page(address, Some(frame), &mut page_table_frame)?;
     if old.is_some() {
-        crate::smp::flush_tlb_range(address, address + 4096);
+        crate::kernel::smp::flush_tlb_range(address, address + 4096);
     }
     Ok(())
 }
@@ -31,7 +31,7 @@ pub fn map_page(address: u64, frame: u64) -> Result<(), WindowError> {
 pub fn unmap_page(address: u64) -> Result<u64, WindowError> {
     let old = paging::set_window_page(address, None, &mut page_table_frame)?
         .ok_or(WindowError::NotMapped(address))?;
-    crate::smp::flush_tlb_range(address, address + 4096);
+    crate::kernel::smp::flush_tlb_range(address, address + 4096);
     Ok(old)
 }
 

@@ -4,6 +4,8 @@
 //! Boot does not touch RAM it does not use: the page allocator keeps its state in side tables
 //! on the heap, and page tables are built with large pages.
 
+pub mod kmap;
+
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
@@ -13,7 +15,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use lull_buddy::{PhysAllocator, ZoneKind, ORDER_COUNT, PAGE_SIZE};
 
 use crate::arch::{self, BootInfo, MEMORY_RAM};
-use crate::sync::IrqSafeLock;
+use crate::kernel::locking::IrqSafeLock;
 
 /// Whether this kernel was built with ZONE_DMA.
 pub const WITH_DMA_ZONE: bool = cfg!(feature = "zone-dma");
@@ -196,7 +198,7 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
         })
     };
     let Some(heap) = fits_from(16 << 20).or_else(|| fits_from(0)) else {
-        crate::console::emergency_print(format_args!(
+        crate::kernel::printk::emergency_print(format_args!(
             "Lull: no RAM range of {} KiB below 4 GiB for the kernel heap\n",
             heap_bytes / 1024
         ));

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::arch::acpi::{self, AcpiInfo};
-use crate::sync::RwLock;
+use crate::kernel::locking::RwLock;
 use crate::{pr_warn, printk};
 
 /// Events a notifier is told about.
@@ -70,18 +70,18 @@ fn event_registers(info: &AcpiInfo) -> Option<(acpi::GenericAddress, acpi::Gener
 /// The SCI handler (hard-IRQ context, or the line's thread under `threadirqs`; the line is
 /// level-triggered and stays masked until this ran): acknowledges the power button and
 /// records the request.
-fn sci_interrupt(_irq: u32) -> crate::irq::IrqReturn {
+fn sci_interrupt(_irq: u32) -> crate::kernel::irq::IrqReturn {
     let Some((status, _)) = crate::acpi().and_then(event_registers) else {
-        return crate::irq::IrqReturn::None;
+        return crate::kernel::irq::IrqReturn::None;
     };
     let pending = acpi::read_register(status, 2);
     if pending & PM1_STATUS_POWER_BUTTON != 0 {
         acpi::write_register(status, 2, PM1_STATUS_POWER_BUTTON); // write-1-to-clear
         SHUTDOWN_REQUESTED.store(true, Ordering::Release);
         crate::shell::wake_reader();
-        return crate::irq::IrqReturn::Handled;
+        return crate::kernel::irq::IrqReturn::Handled;
     }
-    crate::irq::IrqReturn::None
+    crate::kernel::irq::IrqReturn::None
 }
 
 /// Switches the platform to ACPI mode if needed, enables the power-button event and routes
@@ -114,15 +114,15 @@ pub fn init(info: Option<&AcpiInfo>) {
         pr_warn!("ACPI: could not switch to ACPI mode; the power button is not available");
         return;
     }
-    let gsi = crate::irq::isa_irq_to_gsi(sci as u8);
+    let gsi = crate::kernel::irq::isa_irq_to_gsi(sci as u8);
     // The firmware's override says how the SCI signals; without one, level-triggered and
     // active-high, as QEMU and lull-vmm wire it.
-    let flags = if crate::irq::firmware_trigger(gsi).is_some() {
-        crate::irq::IrqFlags::NONE
+    let flags = if crate::kernel::irq::firmware_trigger(gsi).is_some() {
+        crate::kernel::irq::IrqFlags::NONE
     } else {
-        crate::irq::IrqFlags::TRIGGER_HIGH
+        crate::kernel::irq::IrqFlags::TRIGGER_HIGH
     };
-    let vector = match crate::irq::request_irq(gsi, sci_interrupt, flags, "acpi") {
+    let vector = match crate::kernel::irq::request_irq(gsi, sci_interrupt, flags, "acpi") {
         Ok(vector) => vector,
         Err(error) => {
             pr_warn!("ACPI: cannot request the SCI ({error}); the power button is not available");

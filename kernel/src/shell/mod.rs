@@ -1,11 +1,12 @@
 //! The serial shell: `lull> ` on COM1, with line editing, fed by the UART interrupt.
 
+pub mod bench;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::arch::{cpu, serial};
-use crate::procfs;
-use crate::sync::IrqSafeLock;
+use crate::fs::procfs;
+use crate::kernel::locking::IrqSafeLock;
 use crate::{kprint, kprintln, printk};
 
 /// Bytes received but not yet read by the shell. When it fills, the UART's receive interrupt
@@ -26,13 +27,13 @@ static INPUT: IrqSafeLock<InputRing> = IrqSafeLock::new(InputRing {
 
 /// COM1 interrupt handler (hard-IRQ context, or the line's thread under `threadirqs`): moves
 /// received bytes into the input ring.
-pub fn serial_interrupt(_irq: u32) -> crate::irq::IrqReturn {
+pub fn serial_interrupt(_irq: u32) -> crate::kernel::irq::IrqReturn {
     let mut input = INPUT.lock();
     while input.len < input.bytes.len() {
         let Some(byte) = serial::try_read_byte() else {
             drop(input);
             INPUT_WAIT.wake_all();
-            return crate::irq::IrqReturn::Handled;
+            return crate::kernel::irq::IrqReturn::Handled;
         };
         let tail = (input.head + input.len) % input.bytes.len();
         input.bytes[tail] = byte;
@@ -42,11 +43,11 @@ pub fn serial_interrupt(_irq: u32) -> crate::irq::IrqReturn {
     serial::set_rx_interrupt(false);
     drop(input);
     INPUT_WAIT.wake_all();
-    crate::irq::IrqReturn::Handled
+    crate::kernel::irq::IrqReturn::Handled
 }
 
 /// The shell thread waits here for input (or a power-button press).
-static INPUT_WAIT: crate::sched::WaitQueue = crate::sched::WaitQueue::new();
+static INPUT_WAIT: crate::kernel::sched::WaitQueue = crate::kernel::sched::WaitQueue::new();
 
 /// Wakes the shell thread (the power button was pressed).
 pub fn wake_reader() {
@@ -72,14 +73,14 @@ fn read_byte() -> u8 {
                 return byte;
             }
         }
-        if crate::pm::shutdown_requested() {
+        if crate::kernel::pm::shutdown_requested() {
             cpu::enable_interrupts();
             printk!("ACPI: power button pressed");
-            crate::pm::power_off();
+            crate::kernel::pm::power_off();
         }
         cpu::enable_interrupts();
         // Nothing to do: sleep until the UART interrupt (or the power button) wakes us.
-        INPUT_WAIT.wait_until(|| INPUT.lock().len > 0 || crate::pm::shutdown_requested());
+        INPUT_WAIT.wait_until(|| INPUT.lock().len > 0 || crate::kernel::pm::shutdown_requested());
     }
 }
 
@@ -241,7 +242,7 @@ const COMMANDS: &[Command] = &[
 ];
 
 fn cmd_bench(args: &[&str], _: &str) {
-    if let Err(error) = crate::bench::run(args) {
+    if let Err(error) = crate::shell::bench::run(args) {
         kprintln!("bench: {error}");
     }
 }
@@ -261,16 +262,16 @@ fn cmd_uname(args: &[&str], _: &str) {
 }
 
 fn cmd_uptime(_: &[&str], _: &str) {
-    let ns = crate::time::uptime_ns();
+    let ns = crate::kernel::time::uptime_ns();
     kprintln!("up {}.{:06} s", ns / 1_000_000_000, (ns / 1000) % 1_000_000);
 }
 
 fn cmd_cmdline(args: &[&str], _: &str) {
-    let line = crate::params::command_line();
+    let line = crate::kernel::params::command_line();
     kprintln!(
         "length={} sha256={}",
         line.len(),
-        crate::params::command_line_sha256()
+        crate::kernel::params::command_line_sha256()
     );
     if args.first() == Some(&"-v") {
         kprintln!("{}", String::from_utf8_lossy(line));
@@ -283,7 +284,7 @@ fn cmd_meminfo(_: &[&str], _: &str) {
 
 fn cmd_dmesg(_: &[&str], _: &str) {
     let mut log = Vec::new();
-    crate::console::read_log(&mut log);
+    crate::kernel::printk::read_log(&mut log);
     kprint!("{}", String::from_utf8_lossy(&log));
 }
 
@@ -343,16 +344,16 @@ fn parse_seconds(text: &str) -> Option<u64> {
 }
 
 fn cmd_date(_: &[&str], _: &str) {
-    let ns = crate::time::realtime_ns();
+    let ns = crate::kernel::time::realtime_ns();
     kprintln!(
         "{} UTC",
-        crate::time::format_utc(ns.div_euclid(1_000_000_000))
+        crate::kernel::time::format_utc(ns.div_euclid(1_000_000_000))
     );
 }
 
 fn cmd_sleep(args: &[&str], _: &str) {
     match args.first().and_then(|a| parse_seconds(a)) {
-        Some(ns) if ns <= 3600 * 1_000_000_000 => crate::time::sleep_ns(ns),
+        Some(ns) if ns <= 3600 * 1_000_000_000 => crate::kernel::time::sleep_ns(ns),
         _ => kprintln!("sleep: expected a duration in seconds up to 3600 (e.g. 1 or 0.25)"),
     }
 }
@@ -366,7 +367,7 @@ fn cmd_timer(args: &[&str], _: &str) {
         kprintln!("timer: expected a delay in milliseconds (0..=86400000)");
         return;
     };
-    match crate::time::start_shell_timer(ms * 1_000_000) {
+    match crate::kernel::time::start_shell_timer(ms * 1_000_000) {
         Ok(id) => kprintln!("timer {id}: fires in {ms} ms"),
         Err(why) => kprintln!("timer: {why}"),
     }
@@ -393,14 +394,14 @@ fn cmd_latency(args: &[&str], _: &str) {
     // The measurement runs in its own real-time FIFO thread (cyclictest's `-p 80`); the shell
     // sleeps on a completion until it is done.
     let done = alloc::sync::Arc::new((
-        crate::sched::Completion::new(),
-        IrqSafeLock::new(None::<crate::time::LatencyReport>),
+        crate::kernel::sched::Completion::new(),
+        IrqSafeLock::new(None::<crate::kernel::time::LatencyReport>),
     ));
     let for_thread = alloc::sync::Arc::clone(&done);
     let class = lull_sched::SchedClass::RealTime(LATENCY_PRIORITY);
     if let Err(error) =
-        crate::sched::kthread_spawn("latency", class, lull_sched::CpuSet::ALL, move || {
-            let report = crate::time::measure_latency(seconds * 1000, period_ns);
+        crate::kernel::sched::kthread_spawn("latency", class, lull_sched::CpuSet::ALL, move || {
+            let report = crate::kernel::time::measure_latency(seconds * 1000, period_ns);
             *for_thread.1.lock() = Some(report);
             for_thread.0.complete();
         })
@@ -432,7 +433,7 @@ fn cmd_latency(args: &[&str], _: &str) {
 }
 
 fn cmd_clocksource(_: &[&str], _: &str) {
-    for (name, rating, hz, unstable, verified, current) in crate::time::clocksources() {
+    for (name, rating, hz, unstable, verified, current) in crate::kernel::time::clocksources() {
         kprintln!(
             "{}{:<8} rating {:>3}  {:>11} Hz  {}",
             if current { "*" } else { " " },
@@ -454,10 +455,10 @@ fn cmd_cpus(_: &[&str], _: &str) {
     kprintln!(
         "CPU  APIC  state    tick device     mode      tick     jiffies  idle calls  sleeps  idle s"
     );
-    for cpu in 0..crate::smp::possible_cpus() {
-        let online = crate::smp::is_online(cpu);
-        let apic = crate::smp::apic_id(cpu);
-        match crate::time::cpu_tick_state(cpu).filter(|_| online) {
+    for cpu in 0..crate::kernel::smp::possible_cpus() {
+        let online = crate::kernel::smp::is_online(cpu);
+        let apic = crate::kernel::smp::apic_id(cpu);
+        match crate::kernel::time::cpu_tick_state(cpu).filter(|_| online) {
             Some(tick) => kprintln!(
                 "{:>3}  {:>4}  {:<7}  {:<14}  {:<8}  {:<7}  {:<7}  {:>10}  {:>6}  {}.{:03}",
                 cpu,
@@ -486,14 +487,14 @@ fn cmd_cpus(_: &[&str], _: &str) {
     }
     kprintln!(
         "{} online, {} possible",
-        crate::smp::online_count(),
-        crate::smp::possible_cpus()
+        crate::kernel::smp::online_count(),
+        crate::kernel::smp::possible_cpus()
     );
 }
 
 fn cmd_ps(_: &[&str], _: &str) {
     kprintln!("  TID  CPU  S  CLS PRI        TIME  CSW(vol/inv)  NAME");
-    for row in crate::sched::threads() {
+    for row in crate::kernel::sched::threads() {
         let info = row.info;
         let time_ms = info.cpu_time_ns / 1_000_000;
         kprintln!(
@@ -512,7 +513,7 @@ fn cmd_ps(_: &[&str], _: &str) {
 }
 
 fn cmd_poweroff(_: &[&str], _: &str) {
-    crate::pm::power_off();
+    crate::kernel::pm::power_off();
 }
 
 /// Runs one command line.

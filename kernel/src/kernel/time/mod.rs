@@ -14,7 +14,6 @@
 //! held together, so lockdep checks them as one class), and never waits for another CPU while
 //! holding one.
 
-mod devices;
 mod early;
 
 use alloc::boxed::Box;
@@ -37,10 +36,11 @@ use lull_time::timer_stats::StartInfo;
 
 use crate::arch::acpi::AcpiInfo;
 use crate::arch::{apic, cpu, hpet::Hpet, interrupts};
-use crate::sync::{InterruptsDisabled, IrqSafeLock, PerCpu, MAX_CPUS};
+use crate::kernel::locking::{InterruptsDisabled, IrqSafeLock, PerCpu, MAX_CPUS};
 use crate::{pr_warn, printk};
 
-pub use devices::{TickDevice, LOCAL_TIMER_VECTOR};
+use crate::drivers::clocksource as devices;
+pub use crate::drivers::clocksource::{TickDevice, LOCAL_TIMER_VECTOR};
 pub use early::{calibrate, set_boot_tsc, tsc_hz};
 
 /// Time parameters.
@@ -270,7 +270,7 @@ fn calibrate_lapic_bus_hz() -> u64 {
 /// Registers clocksources, selects one (honouring `clocksource=`), starts timekeeping, and
 /// probes the clock event hardware. Called once on the boot CPU, interrupts disabled.
 pub fn init(acpi: Option<&AcpiInfo>) {
-    let parsed = crate::params::parsed();
+    let parsed = crate::kernel::params::parsed();
     let mut registry = ClockSourceRegistry::new();
     let mut sources: Vec<Box<dyn ClockSource + Send>> = Vec::new();
     let invariant = invariant_tsc();
@@ -458,7 +458,7 @@ pub fn route_device(device: &TickDevice) {
         TickDevice::Pit => hardware().and_then(|h| h.pit_gsi).unwrap_or(0),
         _ => return,
     };
-    crate::irq::route_gsi(
+    crate::kernel::irq::route_gsi(
         gsi as u32,
         device_vector(device),
         device.name(),
@@ -469,7 +469,7 @@ pub fn route_device(device: &TickDevice) {
 
 /// Starts the tick on the boot CPU with the best device. Called once, interrupts disabled.
 pub fn start_tick() {
-    let parsed = crate::params::parsed();
+    let parsed = crate::kernel::params::parsed();
     let Some(device) = available_devices().into_iter().next() else {
         pr_warn!("clockevents: no clock event device; timers will not fire");
         return;
@@ -533,7 +533,7 @@ pub fn start_tick() {
     drop(jiffies_guard);
     drop(slot);
     drop(interrupts_off);
-    crate::pm::register_notifier(crate::pm::Notifier {
+    crate::kernel::pm::register_notifier(crate::kernel::pm::Notifier {
         name: "clockevents",
         priority: 0,
         call: pm_notifier,
@@ -579,7 +579,7 @@ pub fn start_secondary_tick() {
 
 /// PM notifier: stops this CPU's tick device before power-off, so no timer fires mid-shutdown.
 /// (The other CPUs were stopped, timers silenced, by the `smp` notifier, which runs first.)
-fn pm_notifier(_event: crate::pm::PmEvent) {
+fn pm_notifier(_event: crate::kernel::pm::PmEvent) {
     let interrupts_off = InterruptsDisabled::new();
     let mut percpu = CPU_TIME.this_cpu(&interrupts_off).lock();
     let now = uptime_ns();
@@ -686,7 +686,7 @@ fn timer_interrupt(_vector: u8) {
     drop(percpu);
     // The scheduler lock is taken after the time locks are released (timer callbacks take it
     // inside them; the tick does not need them).
-    crate::sched::tick();
+    crate::kernel::sched::tick();
 }
 
 /// Sleeps the CPU until the next interrupt, stopping its tick first if nothing is due soon
@@ -738,7 +738,7 @@ fn wake_sleeper(
 /// meantime. Returns the monotonic time at wake-up. Never returns before the deadline.
 /// Called with interrupts enabled; they are enabled on return.
 pub fn sleep_until(deadline_ns: u64, site: &'static str) -> u64 {
-    if let Some(thread) = crate::sched::current() {
+    if let Some(thread) = crate::kernel::sched::current() {
         return thread_sleep_until(thread, deadline_ns, site);
     }
     cpu::disable_interrupts();
@@ -804,7 +804,7 @@ fn wake_sleeping_thread(
     timer: &mut FiringTimer<TimerFunction<TimeContext>>,
 ) -> HrTimerRestart {
     SLEEP_TIMER_FIRED.lock().insert(timer.data());
-    crate::sched::wake_up(timer.data());
+    crate::kernel::sched::wake_up(timer.data());
     HrTimerRestart::NoRestart
 }
 
@@ -867,7 +867,7 @@ pub(crate) fn thread_wait_until(
     };
     let (cpu, timer) = armed?;
     let mut met = false;
-    crate::sched::sleep_until_condition(
+    crate::kernel::sched::sleep_until_condition(
         || {
             met = condition();
             met || SLEEP_TIMER_FIRED.lock().remove(&thread)
@@ -923,7 +923,7 @@ fn preemption_timer_fired(
 ) -> HrTimerRestart {
     let interrupts_off = InterruptsDisabled::new();
     PREEMPTION_TIMER.this_cpu(&interrupts_off).lock().1 = None;
-    crate::sched::tick();
+    crate::kernel::sched::tick();
     HrTimerRestart::NoRestart
 }
 
@@ -1028,7 +1028,7 @@ pub fn proc_timer_list() -> String {
     let mut out = String::new();
     let _ = timer_list::write_header(&mut out, now);
     let mut started = false;
-    for cpu in crate::smp::online_cpus() {
+    for cpu in crate::kernel::smp::online_cpus() {
         let guard = CPU_TIME.on_cpu(cpu).lock();
         let Some(percpu) = guard.as_ref() else {
             continue;
@@ -1042,7 +1042,7 @@ pub fn proc_timer_list() -> String {
     if !started {
         return String::from("timer_list: time subsystem not started\n");
     }
-    for cpu in crate::smp::online_cpus() {
+    for cpu in crate::kernel::smp::online_cpus() {
         if let Some(percpu) = CPU_TIME.on_cpu(cpu).lock().as_ref() {
             let _ = timer_list::write_tick_device(&mut out, percpu);
         }
@@ -1054,7 +1054,7 @@ pub fn proc_timer_list() -> String {
 /// copied under its own lock; the report is written with no lock held.
 pub fn proc_timer_stats() -> String {
     let now = uptime_ns();
-    let stats: Vec<lull_time::timer_stats::TimerStats> = crate::smp::online_cpus()
+    let stats: Vec<lull_time::timer_stats::TimerStats> = crate::kernel::smp::online_cpus()
         .filter_map(|cpu| {
             let guard = CPU_TIME.on_cpu(cpu).lock();
             let stats = guard.as_ref().map(|percpu| percpu.timer_stats().clone());
@@ -1075,7 +1075,7 @@ pub fn proc_timer_stats() -> String {
 pub fn proc_timer_stats_write(value: &str) -> Result<(), String> {
     let now = uptime_ns();
     let mut any = false;
-    for cpu in crate::smp::online_cpus() {
+    for cpu in crate::kernel::smp::online_cpus() {
         let mut guard = CPU_TIME.on_cpu(cpu).lock();
         let Some(percpu) = guard.as_mut() else {
             continue;

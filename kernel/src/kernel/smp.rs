@@ -27,7 +27,7 @@ use lull_cmdline::{Kind, ParamSpec};
 
 use crate::arch::acpi::AcpiInfo;
 use crate::arch::{apic, cpu, interrupts};
-use crate::sync::{InterruptsDisabled, IrqSafeLock, PerCpu, MAX_CPUS};
+use crate::kernel::locking::{InterruptsDisabled, IrqSafeLock, PerCpu, MAX_CPUS};
 use crate::{pr_warn, printk};
 
 /// Vector of the reschedule IPI (Linux's RESCHEDULE_VECTOR): wakes a CPU to look for work.
@@ -127,7 +127,7 @@ pub fn init(acpi: Option<&AcpiInfo>) {
         );
     }
     FIRMWARE_CPUS.store(ids.len(), Ordering::Relaxed);
-    let parsed = crate::params::parsed();
+    let parsed = crate::kernel::params::parsed();
     let limit = parsed
         .get_u64("nr_cpus")
         .map_or(MAX_CPUS, |n| n as usize)
@@ -148,7 +148,7 @@ pub fn init(acpi: Option<&AcpiInfo>) {
     interrupts::set_handler(CALL_FUNCTION_VECTOR, call_function_interrupt);
     interrupts::set_handler(STOP_VECTOR, stop_interrupt);
     interrupts::set_handler(TLB_FLUSH_VECTOR, tlb_flush_interrupt);
-    crate::pm::register_notifier(crate::pm::Notifier {
+    crate::kernel::pm::register_notifier(crate::kernel::pm::Notifier {
         name: "smp",
         priority: 10,
         call: pm_notifier,
@@ -157,7 +157,7 @@ pub fn init(acpi: Option<&AcpiInfo>) {
 
 /// PM notifier (runs first): the other CPUs stop before devices and ticks are shut down, so
 /// the power-off runs on one CPU (Linux's `smp_send_stop` in `kernel_power_off`).
-fn pm_notifier(_event: crate::pm::PmEvent) {
+fn pm_notifier(_event: crate::kernel::pm::PmEvent) {
     let stopped = stop_other_cpus();
     if stopped > 0 {
         printk!("smp: stopped {stopped} other CPU(s)");
@@ -175,7 +175,7 @@ pub fn stop_other_cpus() -> usize {
         sent += 1;
     }
     let start = cpu::rdtsc();
-    let limit = crate::time::tsc_hz().max(1_000_000_000) / 10;
+    let limit = crate::kernel::time::tsc_hz().max(1_000_000_000) / 10;
     while online_cpus().any(|cpu| cpu != me) && cpu::rdtsc().wrapping_sub(start) < limit {
         core::hint::spin_loop();
     }
@@ -196,7 +196,7 @@ fn stop_interrupt(_vector: u8) {
 /// Brings every possible CPU online, up to `maxcpus=` in all. Called once on the boot CPU,
 /// interrupts disabled, after the boot CPU's time is running (each CPU starts its own tick).
 pub fn bring_up_secondary_cpus() {
-    let parsed = crate::params::parsed();
+    let parsed = crate::kernel::params::parsed();
     let wanted = parsed
         .get_u64("maxcpus")
         .map_or(MAX_CPUS, |n| n as usize)
@@ -241,7 +241,7 @@ fn start_one(cpu: usize, trampoline_page: u64) {
         cpu,
         stack_top,
         trampoline_page,
-        crate::time::tsc_hz(),
+        crate::kernel::time::tsc_hz(),
         secondary_main,
     ) {
         pr_warn!("smp: CPU {cpu} (APIC {apic_id}) did not start: {error}");
@@ -250,7 +250,7 @@ fn start_one(cpu: usize, trampoline_page: u64) {
     }
     // The CPU runs Rust code; wait until it has set up its APIC and tick and says so.
     let start = cpu::rdtsc();
-    let limit = crate::time::tsc_hz().max(1_000_000) * 2;
+    let limit = crate::kernel::time::tsc_hz().max(1_000_000) * 2;
     while !is_online(cpu) {
         if cpu::rdtsc().wrapping_sub(start) > limit {
             pr_warn!("smp: CPU {cpu} (APIC {apic_id}) started but did not come online");
@@ -264,11 +264,11 @@ fn start_one(cpu: usize, trampoline_page: u64) {
 /// its own tick device, then the idle loop (tickless: the tick stops whenever it idles).
 fn secondary_main(cpu: usize) -> ! {
     apic::init_local(interrupts::SPURIOUS_VECTOR, false);
-    crate::time::start_secondary_tick();
-    crate::sched::cpu_online();
+    crate::kernel::time::start_secondary_tick();
+    crate::kernel::sched::cpu_online();
     printk!("smp: CPU {cpu} (APIC {}) online", apic::local_apic_id());
     CPUS[cpu].online.store(true, Ordering::Release);
-    crate::sched::idle_loop()
+    crate::kernel::sched::idle_loop()
 }
 
 // ---- IPIs ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use lull_time::clockevents::{ClockEventDevice, DeviceError, Features};
 
 use crate::arch::{self, cpu, interrupts};
-use crate::time::{self, TickDevice};
+use crate::kernel::time::{self, TickDevice};
 use crate::{mm, params, printk, procfs, smp};
 
 type TestResult = Result<(), String>;
@@ -171,7 +171,10 @@ const TESTS: &[TestCase] = &[
 
 fn every_possible_cpu_comes_online() -> TestResult {
     let info = crate::acpi().ok_or("no ACPI")?;
-    let firmware = info.local_apic_ids.len().clamp(1, crate::sync::MAX_CPUS);
+    let firmware = info
+        .local_apic_ids
+        .len()
+        .clamp(1, crate::kernel::locking::MAX_CPUS);
     let possible = smp::possible_cpus();
     let online = smp::online_count();
     printk!("ktest smp: {online} CPUs online of {possible} possible ({firmware} in the MADT)");
@@ -194,11 +197,11 @@ fn every_possible_cpu_comes_online() -> TestResult {
 }
 
 /// What each CPU saw when the call-function IPI ran there: `cpu index << 32 | APIC id`.
-static RAN_ON: [AtomicU64; crate::sync::MAX_CPUS] =
-    [const { AtomicU64::new(u64::MAX) }; crate::sync::MAX_CPUS];
+static RAN_ON: [AtomicU64; crate::kernel::locking::MAX_CPUS] =
+    [const { AtomicU64::new(u64::MAX) }; crate::kernel::locking::MAX_CPUS];
 
 fn record_where_this_runs(slot: u64) {
-    let interrupts_off = crate::sync::InterruptsDisabled::new();
+    let interrupts_off = crate::kernel::locking::InterruptsDisabled::new();
     let seen = ((interrupts_off.cpu_index() as u64) << 32) | arch::apic::local_apic_id() as u64;
     RAN_ON[slot as usize].store(seen, Ordering::Release);
 }
@@ -238,9 +241,13 @@ fn call_function_ipi_runs_on_each_cpu() -> TestResult {
         }
     }
     ensure!(
-        smp::call_function_single(crate::sync::MAX_CPUS - 1, record_where_this_runs, 0)
-            == Err(smp::CallError::Offline(crate::sync::MAX_CPUS - 1))
-            || smp::possible_cpus() == crate::sync::MAX_CPUS,
+        smp::call_function_single(
+            crate::kernel::locking::MAX_CPUS - 1,
+            record_where_this_runs,
+            0
+        ) == Err(smp::CallError::Offline(
+            crate::kernel::locking::MAX_CPUS - 1
+        )) || smp::possible_cpus() == crate::kernel::locking::MAX_CPUS,
         "a call to an offline CPU was not refused"
     );
     cpu::disable_interrupts();
@@ -369,7 +376,8 @@ fn tsc_is_synchronized_across_cpus() -> TestResult {
 
 /// Shared by every CPU in the stress test. The increment is a separate read and write (with a
 /// pause between) so that two CPUs inside the lock at once would lose counts.
-static STRESS_COUNTER: crate::sync::IrqSafeLock<u64> = crate::sync::IrqSafeLock::new(0);
+static STRESS_COUNTER: crate::kernel::locking::IrqSafeLock<u64> =
+    crate::kernel::locking::IrqSafeLock::new(0);
 const STRESS_ROUNDS: u64 = 20_000;
 
 fn hammer_the_shared_counter(rounds: u64) {
@@ -591,15 +599,15 @@ fn command_line_stored_exactly() -> TestResult {
 }
 
 fn tsc_calibration_is_plausible() -> TestResult {
-    let hz = crate::time::tsc_hz();
+    let hz = crate::kernel::time::tsc_hz();
     ensure!((50_000_000..20_000_000_000).contains(&hz), "TSC at {hz} Hz");
     Ok(())
 }
 
 fn uptime_is_monotonic() -> TestResult {
-    let mut last = crate::time::uptime_ns();
+    let mut last = crate::kernel::time::uptime_ns();
     for _ in 0..1000 {
-        let now = crate::time::uptime_ns();
+        let now = crate::kernel::time::uptime_ns();
         ensure!(now >= last, "uptime went back: {last} -> {now}");
         last = now;
     }
@@ -882,8 +890,8 @@ use core::sync::atomic::AtomicBool;
 
 use lull_sched::{CpuSet, SchedClass};
 
-use crate::sched::{self, Completion};
-use crate::sync::IrqSafeLock;
+use crate::kernel::locking::IrqSafeLock;
+use crate::kernel::sched::{self, Completion};
 
 /// Waits (sleeping in 5 ms steps) until `done()` or `timeout_ms` passed; returns `done()`.
 fn wait_for(timeout_ms: u64, mut done: impl FnMut() -> bool) -> bool {
@@ -1186,7 +1194,7 @@ fn sleeping_thread_lets_its_cpu_run_others() -> TestResult {
 
 // ---- device interrupt lines (request_irq, free_irq, affinity) and TLB shootdowns ------------
 
-use crate::irq::{self, IrqFlags, IrqReturn};
+use crate::kernel::irq::{self, IrqFlags, IrqReturn};
 
 static HPET_PRIMARY_RUNS: AtomicU64 = AtomicU64::new(0);
 static HPET_THREAD_RUNS: AtomicU64 = AtomicU64::new(0);
@@ -1639,12 +1647,12 @@ fn irq_affinity_moves_the_hpet_line() -> TestResult {
 }
 
 /// What each CPU read through the window.
-static WINDOW_READ: [AtomicU64; crate::sync::MAX_CPUS] =
-    [const { AtomicU64::new(0) }; crate::sync::MAX_CPUS];
-const WINDOW_TEST_PAGE: u64 = crate::kmap::WINDOW_BASE + 7 * 4096;
+static WINDOW_READ: [AtomicU64; crate::kernel::locking::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; crate::kernel::locking::MAX_CPUS];
+const WINDOW_TEST_PAGE: u64 = crate::mm::kmap::WINDOW_BASE + 7 * 4096;
 
 fn read_window_here(_: u64) {
-    let value = crate::kmap::read_u64(WINDOW_TEST_PAGE, 8).unwrap_or(u64::MAX);
+    let value = crate::mm::kmap::read_u64(WINDOW_TEST_PAGE, 8).unwrap_or(u64::MAX);
     WINDOW_READ[smp::this_cpu()].store(value, Ordering::Release);
 }
 
@@ -1668,17 +1676,17 @@ fn tlb_shootdown_reaches_every_cpu() -> TestResult {
     let frame_a = mm::alloc_pages(0, ZoneKind::Normal).ok_or("no frame A")?;
     let frame_b = mm::alloc_pages(0, ZoneKind::Normal).ok_or("no frame B")?;
     let result = (|| -> TestResult {
-        let error = |e: crate::kmap::WindowError| alloc::format!("{e}");
-        crate::kmap::map_page(WINDOW_TEST_PAGE, frame_b).map_err(error)?;
-        crate::kmap::write_u64(WINDOW_TEST_PAGE, 8, PATTERN_B).map_err(error)?;
-        crate::kmap::map_page(WINDOW_TEST_PAGE, frame_a).map_err(error)?;
-        crate::kmap::write_u64(WINDOW_TEST_PAGE, 8, PATTERN_A).map_err(error)?;
+        let error = |e: crate::mm::kmap::WindowError| alloc::format!("{e}");
+        crate::mm::kmap::map_page(WINDOW_TEST_PAGE, frame_b).map_err(error)?;
+        crate::mm::kmap::write_u64(WINDOW_TEST_PAGE, 8, PATTERN_B).map_err(error)?;
+        crate::mm::kmap::map_page(WINDOW_TEST_PAGE, frame_a).map_err(error)?;
+        crate::mm::kmap::write_u64(WINDOW_TEST_PAGE, 8, PATTERN_A).map_err(error)?;
         let me = smp::this_cpu();
         let others = smp::online_count() - 1;
         // Control: every CPU caches VA -> A, then the entry changes with a local flush only.
         let wrong = cpus_not_seeing(PATTERN_A)?;
         ensure!(wrong.is_empty(), "CPUs {wrong:?} did not read frame A");
-        crate::kmap::map_page_without_shootdown(WINDOW_TEST_PAGE, frame_b).map_err(error)?;
+        crate::mm::kmap::map_page_without_shootdown(WINDOW_TEST_PAGE, frame_b).map_err(error)?;
         let stale = cpus_not_seeing(PATTERN_B)?;
         ensure!(
             !stale.contains(&me),
@@ -1698,7 +1706,7 @@ fn tlb_shootdown_reaches_every_cpu() -> TestResult {
         // The real thing, both ways: remap (with the shootdown) after every CPU cached the
         // translation.
         for (frame, pattern, name) in [(frame_a, PATTERN_A, "A"), (frame_b, PATTERN_B, "B")] {
-            crate::kmap::map_page(WINDOW_TEST_PAGE, frame).map_err(error)?;
+            crate::mm::kmap::map_page(WINDOW_TEST_PAGE, frame).map_err(error)?;
             let wrong = cpus_not_seeing(pattern)?;
             ensure!(
                 wrong.is_empty(),
@@ -1719,21 +1727,21 @@ fn tlb_shootdown_reaches_every_cpu() -> TestResult {
             "no TLB row in /proc/interrupts"
         );
         ensure!(
-            crate::kmap::unmap_page(WINDOW_TEST_PAGE) == Ok(frame_b),
+            crate::mm::kmap::unmap_page(WINDOW_TEST_PAGE) == Ok(frame_b),
             "unmap did not return frame B"
         );
         ensure!(
-            crate::kmap::read_u64(WINDOW_TEST_PAGE, 8).is_err(),
+            crate::mm::kmap::read_u64(WINDOW_TEST_PAGE, 8).is_err(),
             "an unmapped window page was readable"
         );
         ensure!(
-            crate::kmap::map_page(0x1000, frame_a).is_err()
-                && crate::kmap::map_page(WINDOW_TEST_PAGE, frame_a + 1).is_err(),
+            crate::mm::kmap::map_page(0x1000, frame_a).is_err()
+                && crate::mm::kmap::map_page(WINDOW_TEST_PAGE, frame_a + 1).is_err(),
             "a map outside the window or of a misaligned frame was accepted"
         );
         Ok(())
     })();
-    let _ = crate::kmap::unmap_page(WINDOW_TEST_PAGE);
+    let _ = crate::mm::kmap::unmap_page(WINDOW_TEST_PAGE);
     mm::free_pages(frame_a, 0)?;
     mm::free_pages(frame_b, 0)?;
     result
@@ -1745,8 +1753,8 @@ static LOCKDEP_TEST_B: IrqSafeLock<u32> = IrqSafeLock::named("ktest::LOCK_B", 0)
 /// Lockdep (turned on here, as `lockdep=1` would) learns A → B from one path and reports the
 /// other path's B → A, naming both locks and sites, without stopping the machine.
 fn lockdep_reports_an_inverted_lock_pair() -> TestResult {
-    crate::lockdep::enable();
-    let before = crate::lockdep::report_count();
+    crate::kernel::locking::lockdep::enable();
+    let before = crate::kernel::locking::lockdep::report_count();
     {
         let a = LOCKDEP_TEST_A.lock();
         let b = LOCKDEP_TEST_B.lock();
@@ -1754,9 +1762,9 @@ fn lockdep_reports_an_inverted_lock_pair() -> TestResult {
         drop(a);
     }
     ensure!(
-        crate::lockdep::report_count() == before,
+        crate::kernel::locking::lockdep::report_count() == before,
         "the consistent order A then B was reported: {:?}",
-        crate::lockdep::recent_reports()
+        crate::kernel::locking::lockdep::recent_reports()
     );
     {
         let b = LOCKDEP_TEST_B.lock();
@@ -1765,11 +1773,11 @@ fn lockdep_reports_an_inverted_lock_pair() -> TestResult {
         drop(b);
     }
     ensure!(
-        crate::lockdep::report_count() == before + 1,
+        crate::kernel::locking::lockdep::report_count() == before + 1,
         "{} reports for the inversion, expected 1",
-        crate::lockdep::report_count() - before
+        crate::kernel::locking::lockdep::report_count() - before
     );
-    let reports = crate::lockdep::recent_reports();
+    let reports = crate::kernel::locking::lockdep::recent_reports();
     let text = reports.last().cloned().unwrap_or_default();
     ensure!(
         text.contains("circular")
@@ -1780,7 +1788,7 @@ fn lockdep_reports_an_inverted_lock_pair() -> TestResult {
     );
     // The kernel's own named locks (scheduler, jiffies, clocks) ran under the checker during
     // the test too, and checking goes on.
-    let stats = crate::lockdep::proc_stats();
+    let stats = crate::kernel::locking::lockdep::proc_stats();
     ensure!(stats.contains("lock-classes"), "lockdep_stats: {stats}");
     Ok(())
 }

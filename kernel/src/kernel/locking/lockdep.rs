@@ -1,5 +1,5 @@
 //! Lock-order checking at run time (`lockdep=1`): the portable `lull-lockdep` checker fed by
-//! named locks of `crate::sync` (spinlocks, IRQ-safe spinlocks, mutexes and rwlocks) and
+//! named locks of `crate::kernel::locking` (spinlocks, IRQ-safe spinlocks, mutexes and rwlocks) and
 //! `might_sleep` checks. Problems (inversions, recursive locking) are printed
 //! with both acquisition sites and counted; the machine keeps running.
 //!
@@ -16,7 +16,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lull_lockdep::{AcquireKind, ClassId, ExecContext, HeldLocks, LockKind, Lockdep, Site};
 
-use crate::sync::IrqSafeLock;
+use crate::kernel::locking::IrqSafeLock;
 
 /// Lockdep parameters.
 pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
@@ -38,7 +38,10 @@ static LAST_REPORTS: IrqSafeLock<Vec<String>> = IrqSafeLock::new(Vec::new());
 
 /// Turns checking on when `lockdep=1` was given. Called once at boot after the command line.
 pub fn init() {
-    if crate::params::parsed().get_bool("lockdep").unwrap_or(false) {
+    if crate::kernel::params::parsed()
+        .get_bool("lockdep")
+        .unwrap_or(false)
+    {
         *CHECKER.lock() = Some(Lockdep::new(Default::default()));
         ENABLED.store(true, Ordering::Release);
         crate::printk!("lockdep: lock-order checking enabled");
@@ -78,7 +81,7 @@ pub fn recent_reports() -> Vec<String> {
 /// thread (a CPU's idle loop, boot), the CPU's. A hard-IRQ handler's locks go on top of the
 /// interrupted context's stack, marked as hard-IRQ, as lull-lockdep expects.
 fn holder() -> u64 {
-    match crate::sched::current() {
+    match crate::kernel::sched::current() {
         Some(thread) => thread,
         None => u64::MAX - crate::arch::percpu::this_cpu_index() as u64,
     }
@@ -87,7 +90,7 @@ fn holder() -> u64 {
 fn context() -> ExecContext {
     let count = crate::arch::percpu::preempt_count();
     ExecContext {
-        in_hardirq: crate::sync::in_hardirq(),
+        in_hardirq: crate::kernel::locking::in_hardirq(),
         irqs_disabled: !crate::arch::cpu::interrupts_enabled(),
         preempt_count: count & crate::arch::percpu::PREEMPT_MASK,
     }
@@ -121,7 +124,7 @@ pub fn acquire(
     // The context is read before interrupts are masked for the checker's own locks. Boot runs
     // with interrupts off and one thread of control, so a sleeping lock taken then never
     // sleeps: it is checked as task context (as `might_sleep` skips boot).
-    let context = if kind == LockKind::Sleeping && !crate::sync::system_running() {
+    let context = if kind == LockKind::Sleeping && !crate::kernel::locking::system_running() {
         ExecContext::TASK
     } else {
         context()

@@ -27,8 +27,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::arch::acpi::AcpiInfo;
 use crate::arch::{apic, interrupts};
-use crate::procfs::ProcError;
-use crate::sync::{IrqSafeLock, Mutex, MAX_CPUS};
+use crate::fs::procfs::ProcError;
+use crate::kernel::locking::{IrqSafeLock, Mutex, MAX_CPUS};
 
 /// Interrupt parameters.
 pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
@@ -146,7 +146,7 @@ impl core::fmt::Display for IrqError {
 
 /// Whether `threadirqs` was given.
 pub fn force_threading() -> bool {
-    crate::params::parsed()
+    crate::kernel::params::parsed()
         .get_bool("threadirqs")
         .unwrap_or(false)
 }
@@ -162,9 +162,9 @@ struct LineThread {
     /// The thread left its loop (it exits right after).
     exited: AtomicBool,
     /// The thread sleeps here for `pending` or `stop`.
-    wake: crate::sched::WaitQueue,
+    wake: crate::kernel::sched::WaitQueue,
     /// `free_irq` sleeps here for `exited`.
-    exit_wait: crate::sched::WaitQueue,
+    exit_wait: crate::kernel::sched::WaitQueue,
 }
 
 /// What a requested line runs.
@@ -221,7 +221,7 @@ fn apic_id_of(cpu: usize) -> u32 {
     if cpu == 0 {
         BOOT_APIC_ID.load(Ordering::Relaxed)
     } else {
-        crate::smp::apic_id(cpu)
+        crate::kernel::smp::apic_id(cpu)
     }
 }
 
@@ -241,7 +241,7 @@ pub fn init(acpi: Option<&AcpiInfo>) {
     ioapic.mask_all();
     *slot = Some(ioapic);
     drop(slot);
-    crate::pm::register_notifier(crate::pm::Notifier {
+    crate::kernel::pm::register_notifier(crate::kernel::pm::Notifier {
         name: "irq",
         priority: -10,
         call: pm_notifier,
@@ -299,7 +299,7 @@ fn vector_of(gsi: u32) -> Result<u8, IrqError> {
     // Device vectors must stay below the first system vector (the local timer's).
     u8::try_from(interrupts::DEVICE_VECTOR_BASE as u32 + gsi)
         .ok()
-        .filter(|&vector| vector < crate::time::LOCAL_TIMER_VECTOR)
+        .filter(|&vector| vector < crate::kernel::time::LOCAL_TIMER_VECTOR)
         .ok_or(IrqError::NoSuchLine(gsi))
 }
 
@@ -414,15 +414,15 @@ pub fn request_threaded_irq(
             pending: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             exited: AtomicBool::new(false),
-            wake: crate::sched::WaitQueue::new(),
-            exit_wait: crate::sched::WaitQueue::new(),
+            wake: crate::kernel::sched::WaitQueue::new(),
+            exit_wait: crate::kernel::sched::WaitQueue::new(),
         }),
         hard_running: AtomicU32::new(0),
     });
     if let Some(thread) = &action.thread {
         let for_thread = Arc::clone(&action);
         // A new line goes to CPU 0 (below), and so does its thread until the affinity moves.
-        let id = crate::sched::kthread_spawn(
+        let id = crate::kernel::sched::kthread_spawn(
             &alloc::format!("irq/{irq}-{name}"),
             lull_sched::SchedClass::RealTime(lull_sched::RtPriority::IRQ_THREAD),
             lull_sched::CpuSet::single(0),
@@ -441,7 +441,7 @@ pub fn request_threaded_irq(
         }
         // A new line goes to CPU 0 with every CPU allowed (Linux's default affinity, no
         // irqbalance).
-        let affinity = u64::MAX >> (64 - crate::smp::possible_cpus().clamp(1, 64));
+        let affinity = u64::MAX >> (64 - crate::kernel::smp::possible_cpus().clamp(1, 64));
         let effective_cpu = 0;
         lines.insert(
             irq,
@@ -507,10 +507,10 @@ fn stop_thread(action: &Action) {
     // switched away from it (normally before we run again: it is RT FIFO).
     let id = thread.id.load(Ordering::Acquire);
     for _ in 0..1000 {
-        if id == 0 || crate::sched::task_info(id).is_none() {
+        if id == 0 || crate::kernel::sched::task_info(id).is_none() {
             return;
         }
-        crate::time::msleep(1);
+        crate::kernel::time::msleep(1);
     }
 }
 
@@ -533,7 +533,7 @@ pub fn free_irq(irq: u32) -> Result<(), IrqError> {
         };
         if let Some(thread) = &action.0.thread {
             let id = thread.id.load(Ordering::Acquire);
-            if id != 0 && crate::sched::current() == Some(id) {
+            if id != 0 && crate::kernel::sched::current() == Some(id) {
                 return Err(IrqError::FreedFromOwnThread(irq));
             }
         }
@@ -554,7 +554,7 @@ pub fn free_irq(irq: u32) -> Result<(), IrqError> {
 /// Routes tick device line `gsi` to `vector` on this CPU, edge-triggered (the time subsystem
 /// installs the handler itself with `interrupts::set_handler`; the line's CPU is fixed).
 pub fn route_gsi(gsi: u32, vector: u8, name: &'static str, level: bool, active_low: bool) {
-    let cpu = crate::smp::this_cpu();
+    let cpu = crate::kernel::smp::this_cpu();
     let mut lines = LINES.lock();
     lines.insert(
         gsi,
@@ -588,7 +588,7 @@ pub fn release_tick_line(gsi: u32) {
 }
 
 /// PM notifier: masks every device line before power-off.
-fn pm_notifier(_event: crate::pm::PmEvent) {
+fn pm_notifier(_event: crate::kernel::pm::PmEvent) {
     with_ioapic(|ioapic| ioapic.mask_all());
 }
 
@@ -602,13 +602,13 @@ pub fn set_irq_affinity(irq: u32, mask: u64) -> Result<usize, IrqError> {
     if mask == 0 {
         return Err(IrqError::BadAffinity(String::from("the CPU mask is empty")));
     }
-    let possible = crate::smp::possible_cpus();
+    let possible = crate::kernel::smp::possible_cpus();
     if let Some(cpu) = (possible..MAX_CPUS).find(|&cpu| mask & (1 << cpu) != 0) {
         return Err(IrqError::BadAffinity(alloc::format!(
             "CPU {cpu} does not exist ({possible} possible CPUs)"
         )));
     }
-    let Some(cpu) = crate::smp::online_cpus().find(|&cpu| mask & (1 << cpu) != 0) else {
+    let Some(cpu) = crate::kernel::smp::online_cpus().find(|&cpu| mask & (1 << cpu) != 0) else {
         return Err(IrqError::BadAffinity(alloc::format!(
             "no online CPU in the mask {}",
             format_mask(mask)
@@ -634,7 +634,8 @@ pub fn set_irq_affinity(irq: u32, mask: u64) -> Result<usize, IrqError> {
     // The line's thread follows the interrupt to its CPU (Linux's irq_thread_check_affinity),
     // so the hard half and the thread share a cache.
     if let Some(id) = thread.filter(|&id| id != 0) {
-        if let Err(error) = crate::sched::set_affinity(id, lull_sched::CpuSet::single(cpu)) {
+        if let Err(error) = crate::kernel::sched::set_affinity(id, lull_sched::CpuSet::single(cpu))
+        {
             crate::pr_warn!("irq {irq}: thread {id} stays where it was: {error}");
         }
     }
@@ -651,7 +652,7 @@ pub fn irq_affinity(irq: u32) -> Option<(u64, usize)> {
 
 /// A CPU mask as Linux prints it: hex, one digit per four possible CPUs, a comma every 32.
 pub fn format_mask(mask: u64) -> String {
-    let digits = crate::smp::possible_cpus().clamp(1, 64).div_ceil(4);
+    let digits = crate::kernel::smp::possible_cpus().clamp(1, 64).div_ceil(4);
     let mut out = String::new();
     for digit in (0..digits).rev() {
         let _ = write!(out, "{:x}", (mask >> (digit * 4)) & 0xF);
@@ -814,7 +815,7 @@ pub fn proc_irq_list(relative: &str) -> Result<String, ProcError> {
 
 /// Renders `/proc/interrupts`: one column per online CPU, as Linux.
 pub fn proc_interrupts() -> String {
-    let cpus: Vec<usize> = crate::smp::online_cpus().collect();
+    let cpus: Vec<usize> = crate::kernel::smp::online_cpus().collect();
     let mut out = String::from("     ");
     for cpu in &cpus {
         let _ = write!(out, " {:>10}", alloc::format!("CPU{cpu}"));
@@ -846,7 +847,7 @@ pub fn proc_interrupts() -> String {
     row(
         &mut out,
         "LOC",
-        &crate::time::local_timer_interrupts,
+        &crate::kernel::time::local_timer_interrupts,
         "Local timer interrupts",
     );
     row(
@@ -858,19 +859,19 @@ pub fn proc_interrupts() -> String {
     row(
         &mut out,
         "RES",
-        &|cpu| interrupts::count_on(cpu, crate::smp::RESCHEDULE_VECTOR),
+        &|cpu| interrupts::count_on(cpu, crate::kernel::smp::RESCHEDULE_VECTOR),
         "Rescheduling interrupts",
     );
     row(
         &mut out,
         "CAL",
-        &|cpu| interrupts::count_on(cpu, crate::smp::CALL_FUNCTION_VECTOR),
+        &|cpu| interrupts::count_on(cpu, crate::kernel::smp::CALL_FUNCTION_VECTOR),
         "Function call interrupts",
     );
     row(
         &mut out,
         "TLB",
-        &crate::smp::tlb_shootdowns,
+        &crate::kernel::smp::tlb_shootdowns,
         "TLB shootdowns",
     );
     out

@@ -5,7 +5,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use crate::arch::serial;
-use crate::sync::IrqSafeLock;
+use crate::kernel::locking::IrqSafeLock;
 
 /// Size of the kernel log ring. Old lines are overwritten once it wraps (as Linux's log_buf).
 const LOG_BYTES: usize = 128 * 1024;
@@ -85,7 +85,7 @@ impl Write for LogWriter<'_> {
 
 /// Writes a log line at `level` with an uptime timestamp. Use the `printk!` macro.
 pub fn log(level: u8, args: fmt::Arguments<'_>) {
-    let ns = crate::time::uptime_ns();
+    let ns = crate::kernel::time::uptime_ns();
     let mut console = CONSOLE.lock();
     // As Linux: a message reaches the console when its level is below the console log level
     // (default 7: everything but debug messages).
@@ -136,36 +136,36 @@ pub fn read_log(out: &mut alloc::vec::Vec<u8>) {
 /// Kernel log at the default level (6, "info").
 #[macro_export]
 macro_rules! printk {
-    ($($arg:tt)*) => { $crate::console::log(6, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::kernel::printk::log(6, format_args!($($arg)*)) };
 }
 
 /// Kernel log at debug level (7): in the log ring (`dmesg`), not on the console by default.
 #[macro_export]
 macro_rules! pr_debug {
-    ($($arg:tt)*) => { $crate::console::log(7, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::kernel::printk::log(7, format_args!($($arg)*)) };
 }
 
 /// Kernel log at warning level (4).
 #[macro_export]
 macro_rules! pr_warn {
-    ($($arg:tt)*) => { $crate::console::log(4, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::kernel::printk::log(4, format_args!($($arg)*)) };
 }
 
 /// Kernel log at error level (3).
 #[macro_export]
 macro_rules! pr_err {
-    ($($arg:tt)*) => { $crate::console::log(3, format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::kernel::printk::log(3, format_args!($($arg)*)) };
 }
 
 /// Shell/console output without a timestamp.
 #[macro_export]
 macro_rules! kprint {
-    ($($arg:tt)*) => { $crate::console::print(format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::kernel::printk::print(format_args!($($arg)*)) };
 }
 
 /// Shell/console output line without a timestamp.
 #[macro_export]
 macro_rules! kprintln {
-    () => { $crate::console::print(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::console::print(format_args!("{}\n", format_args!($($arg)*))) };
+    () => { $crate::kernel::printk::print(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::kernel::printk::print(format_args!("{}\n", format_args!($($arg)*))) };
 }

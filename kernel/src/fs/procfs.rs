@@ -5,7 +5,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
-use crate::sync::IrqSafeLock;
+use crate::kernel::locking::IrqSafeLock;
 
 /// Generates a file's contents.
 pub type ReadFn = fn() -> String;

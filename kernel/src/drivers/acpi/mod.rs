@@ -1,0 +1,1 @@
+//! ACPI devices: the power button.

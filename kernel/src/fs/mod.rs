@@ -1,0 +1,3 @@
+//! File-system views: the in-kernel `/proc`.
+
+pub mod procfs;
