@@ -32,7 +32,7 @@ use arch::acpi::AcpiInfo;
 use arch::BootInfo;
 use fs::procfs;
 use kernel::locking::{self, lockdep};
-use kernel::{irq, params, pm, printk, sched, smp, time};
+use kernel::{irq, params, printk, sched, smp, time};
 
 /// ACPI information found at boot (absent on machines without ACPI).
 static ACPI: Once<Option<AcpiInfo>> = Once::new();
@@ -82,7 +82,24 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
 
     let mem_limit = params::early_mem_limit(boot.command_line);
     mm::init(&boot, mem_limit);
-    params::init(boot.command_line);
+    let problems = params::init(
+        boot.command_line,
+        &[
+            printk::PARAMS,
+            mm::PARAMS,
+            time::PARAMS,
+            smp::PARAMS,
+            irq::PARAMS,
+            lockdep::PARAMS,
+            locking::PARAMS,
+        ],
+    );
+    for problem in problems {
+        match problem {
+            params::Problem::Error(line) => pr_err!("{line}"),
+            params::Problem::Warning(line) => pr_warn!("{line}"),
+        }
+    }
     apply_console_params();
     lockdep::init();
     locking::init_spinlocks();
@@ -130,7 +147,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     smp::init(acpi);
     sched::init(smp::possible_cpus());
     request_serial_irq();
-    pm::init(acpi);
+    drivers::acpi::button::init(acpi);
     time::init(acpi);
     #[cfg(feature = "ktest")]
     ktest::run_device_tests();

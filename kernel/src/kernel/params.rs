@@ -3,50 +3,16 @@
 
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt::Write;
 
-use lull_cmdline::{Kind, ParamSpec, Parsed, Registry};
+use lull_cmdline::{ParamSpec, Parsed, Registry};
 use sha2::{Digest, Sha256};
 use spin::Once;
 
 /// The command line as the loader gave it, copied to the heap at its exact length.
 static COMMAND_LINE: Once<Box<[u8]>> = Once::new();
 static PARSED: Once<Parsed> = Once::new();
-
-/// Parameters of the console and log.
-pub const CONSOLE_PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "loglevel",
-        kind: Kind::U64 { min: 0, max: 8 },
-        default: "7",
-        help: "Messages at or below this level are printed on the console (0-8).",
-    },
-    ParamSpec {
-        name: "quiet",
-        kind: Kind::Flag,
-        default: "",
-        help: "Console log level 4.",
-    },
-];
-
-/// Parameters of memory management (`mem=` is also read early, before the heap exists).
-pub const MM_PARAMS: &[ParamSpec] = &[ParamSpec {
-    name: "mem",
-    kind: Kind::Size,
-    default: "0",
-    help: "Use at most this much RAM (K/M/G suffixes); 0 means all of it.",
-}];
-
-/// Every subsystem's declarations, in one place so that duplicates are caught at boot.
-const ALL_PARAMS: &[&[ParamSpec]] = &[
-    CONSOLE_PARAMS,
-    MM_PARAMS,
-    crate::kernel::time::PARAMS,
-    crate::kernel::smp::PARAMS,
-    crate::kernel::irq::PARAMS,
-    crate::kernel::locking::lockdep::PARAMS,
-    crate::kernel::locking::PARAMS,
-];
 
 /// Reads `mem=` straight from boot memory, before the heap exists.
 pub fn early_mem_limit(line: &[u8]) -> Option<u64> {
@@ -69,14 +35,19 @@ fn parse_size(text: &str) -> Option<u64> {
     value.checked_mul(1u64 << shift)
 }
 
-/// Copies the command line to the heap and parses it; prints one warning line for unknown
-/// parameters and one per malformed value. Called once the heap is up.
-pub fn init(boot_line: &[u8]) {
+/// Copies the command line to the heap and parses it against `declarations`: each subsystem's
+/// own `PARAMS`, declared where the subsystem lives (Linux's `early_param`/`module_param`) and
+/// listed by the boot code, so a duplicate name is caught at boot. Prints one warning line for
+/// unknown parameters and one per malformed value. Called once the heap is up.
+pub fn init(boot_line: &[u8], declarations: &[&[ParamSpec]]) -> Vec<Problem> {
     let stored = COMMAND_LINE.call_once(|| Box::from(boot_line));
+    let mut problems = Vec::new();
     let mut registry = Registry::new();
-    for specs in ALL_PARAMS {
+    for specs in declarations {
         if let Err(error) = registry.declare_all(specs) {
-            crate::pr_err!("cmdline: bad parameter declaration: {error:?}");
+            problems.push(Problem::Error(alloc::format!(
+                "cmdline: bad parameter declaration: {error:?}"
+            )));
         }
     }
     let parsed = PARSED.call_once(|| registry.parse(stored));
@@ -90,11 +61,21 @@ pub fn init(boot_line: &[u8]) {
         if unknown.len() > 16 {
             let _ = write!(line, " ... ({} in all)", unknown.len());
         }
-        crate::pr_warn!("{line}");
+        problems.push(Problem::Warning(line));
     }
     for error in parsed.errors() {
-        crate::pr_warn!("cmdline: {error}");
+        problems.push(Problem::Warning(alloc::format!("cmdline: {error}")));
     }
+    problems
+}
+
+/// What `init` found wrong, for the boot code to log (params depends on no other subsystem,
+/// not even the console).
+pub enum Problem {
+    /// A kernel bug: two subsystems declared the same parameter, or a declaration is invalid.
+    Error(String),
+    /// A user's mistake: an unknown parameter or a malformed value (the default is used).
+    Warning(String),
 }
 
 fn truncate(text: &str, limit: usize) -> &str {

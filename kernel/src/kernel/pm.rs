@@ -1,22 +1,24 @@
-//! Power management: the ACPI power button (SCI) and an orderly shutdown through a notifier
-//! chain that subsystems join (Linux's `register_reboot_notifier` / PM notifiers).
+//! Power management: an orderly shutdown through a notifier chain that subsystems join (Linux's
+//! `register_reboot_notifier` / PM notifiers), and shutdown requests from devices.
 //!
-//! The SCI is requested with `request_irq` (so `threadirqs` threads it); its handler only
-//! records the request. The shutdown itself runs in thread context (the shell's idle loop
-//! notices the request), so notifiers may sleep.
+//! A device (the ACPI power button) asks for a shutdown from interrupt context with
+//! `request_shutdown`; that only records the request and tells the atomic chain (Linux's
+//! `atomic_notifier_chain`), whose listeners must not sleep. The shutdown itself runs in
+//! thread context (the shell notices the request), so the blocking chain's notifiers may sleep.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::arch::acpi::{self, AcpiInfo};
-use crate::kernel::locking::RwLock;
-use crate::{pr_warn, printk};
+use crate::kernel::locking::{IrqSafeLock, RwLock};
+use crate::printk;
 
 /// Events a notifier is told about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PmEvent {
     /// The machine is about to power off (S5).
     PowerOff,
+    /// A device asked for an orderly shutdown (the power button); told to the atomic chain.
+    ShutdownRequested,
 }
 
 /// A notifier: name (printed), priority (higher runs first), callback.
@@ -32,16 +34,32 @@ pub struct Notifier {
 /// boot only, never an interrupt handler.
 static NOTIFIERS: RwLock<Vec<Notifier>> = RwLock::named("pm::NOTIFIERS", Vec::new());
 static SHUTDOWN_REQUESTED: AtomicBool = AtomicBool::new(false);
-
-const PM1_STATUS_POWER_BUTTON: u32 = 1 << 8;
-const PM1_ENABLE_POWER_BUTTON: u32 = 1 << 8;
-const PM1_CONTROL_SCI_ENABLE: u32 = 1 << 0;
+/// The atomic chain: listeners called from interrupt context (a leaf lock; they must not sleep
+/// or take a lock that is held with interrupts on).
+static ATOMIC_NOTIFIERS: IrqSafeLock<Vec<Notifier>> = IrqSafeLock::new(Vec::new());
 
 /// Joins the notifier chain.
 pub fn register_notifier(notifier: Notifier) {
     let mut notifiers = NOTIFIERS.write();
     notifiers.push(notifier);
     notifiers.sort_by_key(|n| core::cmp::Reverse(n.priority));
+}
+
+/// Joins the atomic chain (listeners run in interrupt context and must not sleep).
+pub fn register_atomic_notifier(notifier: Notifier) {
+    let mut notifiers = ATOMIC_NOTIFIERS.lock();
+    notifiers.push(notifier);
+    notifiers.sort_by_key(|n| core::cmp::Reverse(n.priority));
+}
+
+/// Records a device's request for an orderly shutdown and tells the atomic chain. Callable from
+/// hard-IRQ context.
+pub fn request_shutdown() {
+    SHUTDOWN_REQUESTED.store(true, Ordering::Release);
+    let notifiers = ATOMIC_NOTIFIERS.lock();
+    for notifier in notifiers.iter() {
+        (notifier.call)(PmEvent::ShutdownRequested);
+    }
 }
 
 /// Whether a shutdown was requested (power button) and not yet carried out.
@@ -58,78 +76,4 @@ pub fn power_off() -> ! {
         (notifier.call)(PmEvent::PowerOff);
     }
     crate::power_off()
-}
-
-fn event_registers(info: &AcpiInfo) -> Option<(acpi::GenericAddress, acpi::GenericAddress)> {
-    let status = info.pm1a_event_block?;
-    let mut enable = status;
-    enable.address += (info.pm1_event_length / 2).max(2) as u64;
-    Some((status, enable))
-}
-
-/// The SCI handler (hard-IRQ context, or the line's thread under `threadirqs`; the line is
-/// level-triggered and stays masked until this ran): acknowledges the power button and
-/// records the request.
-fn sci_interrupt(_irq: u32) -> crate::kernel::irq::IrqReturn {
-    let Some((status, _)) = crate::acpi().and_then(event_registers) else {
-        return crate::kernel::irq::IrqReturn::None;
-    };
-    let pending = acpi::read_register(status, 2);
-    if pending & PM1_STATUS_POWER_BUTTON != 0 {
-        acpi::write_register(status, 2, PM1_STATUS_POWER_BUTTON); // write-1-to-clear
-        SHUTDOWN_REQUESTED.store(true, Ordering::Release);
-        crate::shell::wake_reader();
-        return crate::kernel::irq::IrqReturn::Handled;
-    }
-    crate::kernel::irq::IrqReturn::None
-}
-
-/// Switches the platform to ACPI mode if needed, enables the power-button event and routes
-/// the SCI. Called once at boot with interrupts disabled.
-pub fn init(info: Option<&AcpiInfo>) {
-    let Some(info) = info else { return };
-    if info.hardware_reduced {
-        // Hardware-reduced ACPI (microvm) signals the button through a GED device in AML,
-        // which Lull does not interpret; poweroff still works through the sleep register.
-        printk!(
-            "ACPI: hardware-reduced platform; power button events need the GED (not supported)"
-        );
-        return;
-    }
-    let (Some(sci), Some((_, enable)), Some(control)) =
-        (info.sci_irq, event_registers(info), info.pm1a_control_block)
-    else {
-        pr_warn!("ACPI: no SCI or PM1 event block; the power button is not available");
-        return;
-    };
-    if acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 && info.smi_command_port != 0 {
-        crate::arch::port_write_u8(info.smi_command_port as u16, info.acpi_enable_value);
-        let mut spins = 0;
-        while acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 && spins < 1_000_000 {
-            spins += 1;
-            core::hint::spin_loop();
-        }
-    }
-    if acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 {
-        pr_warn!("ACPI: could not switch to ACPI mode; the power button is not available");
-        return;
-    }
-    let gsi = crate::kernel::irq::isa_irq_to_gsi(sci as u8);
-    // The firmware's override says how the SCI signals; without one, level-triggered and
-    // active-high, as QEMU and lull-vmm wire it.
-    let flags = if crate::kernel::irq::firmware_trigger(gsi).is_some() {
-        crate::kernel::irq::IrqFlags::NONE
-    } else {
-        crate::kernel::irq::IrqFlags::TRIGGER_HIGH
-    };
-    let vector = match crate::kernel::irq::request_irq(gsi, sci_interrupt, flags, "acpi") {
-        Ok(vector) => vector,
-        Err(error) => {
-            pr_warn!("ACPI: cannot request the SCI ({error}); the power button is not available");
-            return;
-        }
-    };
-    let enabled = acpi::read_register(enable, 2);
-    acpi::write_register(enable, 2, enabled | PM1_ENABLE_POWER_BUTTON);
-    printk!("ACPI: SCI on IRQ {sci} (GSI {gsi}, vector {vector:#x}); power button enabled");
 }

@@ -3,9 +3,26 @@
 
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU8, Ordering};
+use lull_cmdline::{Kind, ParamSpec};
 
 use crate::arch::serial;
 use crate::kernel::locking::IrqSafeLock;
+
+/// Parameters of the console and log.
+pub const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "loglevel",
+        kind: Kind::U64 { min: 0, max: 8 },
+        default: "7",
+        help: "Messages at or below this level are printed on the console (0-8).",
+    },
+    ParamSpec {
+        name: "quiet",
+        kind: Kind::Flag,
+        default: "",
+        help: "Console log level 4.",
+    },
+];
 
 /// Size of the kernel log ring. Old lines are overwritten once it wraps (as Linux's log_buf).
 const LOG_BYTES: usize = 128 * 1024;

@@ -11,11 +11,20 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
+use lull_cmdline::{Kind, ParamSpec};
 
 use lull_buddy::{PhysAllocator, ZoneKind, ORDER_COUNT, PAGE_SIZE};
 
 use crate::arch::{self, BootInfo, MEMORY_RAM};
 use crate::kernel::locking::IrqSafeLock;
+
+/// Parameters of memory management (`mem=` is also read early, before the heap exists).
+pub const PARAMS: &[ParamSpec] = &[ParamSpec {
+    name: "mem",
+    kind: Kind::Size,
+    default: "0",
+    help: "Use at most this much RAM (K/M/G suffixes); 0 means all of it.",
+}];
 
 /// Whether this kernel was built with ZONE_DMA.
 pub const WITH_DMA_ZONE: bool = cfg!(feature = "zone-dma");

@@ -50,7 +50,7 @@ pub fn serial_interrupt(_irq: u32) -> crate::kernel::irq::IrqReturn {
 static INPUT_WAIT: crate::kernel::sched::WaitQueue = crate::kernel::sched::WaitQueue::new();
 
 /// Wakes the shell thread (the power button was pressed).
-pub fn wake_reader() {
+fn wake_reader(_event: crate::kernel::pm::PmEvent) {
     INPUT_WAIT.wake_all();
 }
 
@@ -532,6 +532,12 @@ pub fn execute(line: &str) {
 
 /// Enables the UART interrupt and runs the shell forever.
 pub fn run() -> ! {
+    // A shutdown request (the power button) wakes the reader, which then powers off.
+    crate::kernel::pm::register_atomic_notifier(crate::kernel::pm::Notifier {
+        name: "shell",
+        priority: 0,
+        call: wake_reader,
+    });
     serial::set_rx_interrupt(true);
     let mut previous_was_cr = false;
     loop {

@@ -1,1 +1,3 @@
 //! ACPI devices: the power button.
+
+pub mod button;

@@ -1,0 +1,85 @@
+//! The ACPI power button on the fixed-hardware event registers (PM1 status/enable), signalled
+//! through the SCI. Its handler acknowledges the event and asks the PM core for an orderly
+//! shutdown (`pm::request_shutdown`), which runs later in thread context.
+//!
+//! The SCI is requested with `request_irq`, so `threadirqs` threads it.
+
+use crate::arch::acpi::{self, AcpiInfo};
+use crate::{pr_warn, printk};
+
+const PM1_STATUS_POWER_BUTTON: u32 = 1 << 8;
+const PM1_ENABLE_POWER_BUTTON: u32 = 1 << 8;
+const PM1_CONTROL_SCI_ENABLE: u32 = 1 << 0;
+
+fn event_registers(info: &AcpiInfo) -> Option<(acpi::GenericAddress, acpi::GenericAddress)> {
+    let status = info.pm1a_event_block?;
+    let mut enable = status;
+    enable.address += (info.pm1_event_length / 2).max(2) as u64;
+    Some((status, enable))
+}
+
+/// The SCI handler (hard-IRQ context, or the line's thread under `threadirqs`; the line is
+/// level-triggered and stays masked until this ran): acknowledges the power button and
+/// records the request.
+fn sci_interrupt(_irq: u32) -> crate::kernel::irq::IrqReturn {
+    let Some((status, _)) = crate::acpi().and_then(event_registers) else {
+        return crate::kernel::irq::IrqReturn::None;
+    };
+    let pending = acpi::read_register(status, 2);
+    if pending & PM1_STATUS_POWER_BUTTON != 0 {
+        acpi::write_register(status, 2, PM1_STATUS_POWER_BUTTON); // write-1-to-clear
+        crate::kernel::pm::request_shutdown();
+        return crate::kernel::irq::IrqReturn::Handled;
+    }
+    crate::kernel::irq::IrqReturn::None
+}
+
+/// Switches the platform to ACPI mode if needed, enables the power-button event and routes
+/// the SCI. Called once at boot with interrupts disabled.
+pub fn init(info: Option<&AcpiInfo>) {
+    let Some(info) = info else { return };
+    if info.hardware_reduced {
+        // Hardware-reduced ACPI (microvm) signals the button through a GED device in AML,
+        // which Lull does not interpret; poweroff still works through the sleep register.
+        printk!(
+            "ACPI: hardware-reduced platform; power button events need the GED (not supported)"
+        );
+        return;
+    }
+    let (Some(sci), Some((_, enable)), Some(control)) =
+        (info.sci_irq, event_registers(info), info.pm1a_control_block)
+    else {
+        pr_warn!("ACPI: no SCI or PM1 event block; the power button is not available");
+        return;
+    };
+    if acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 && info.smi_command_port != 0 {
+        crate::arch::port_write_u8(info.smi_command_port as u16, info.acpi_enable_value);
+        let mut spins = 0;
+        while acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 && spins < 1_000_000 {
+            spins += 1;
+            core::hint::spin_loop();
+        }
+    }
+    if acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 {
+        pr_warn!("ACPI: could not switch to ACPI mode; the power button is not available");
+        return;
+    }
+    let gsi = crate::kernel::irq::isa_irq_to_gsi(sci as u8);
+    // The firmware's override says how the SCI signals; without one, level-triggered and
+    // active-high, as QEMU and lull-vmm wire it.
+    let flags = if crate::kernel::irq::firmware_trigger(gsi).is_some() {
+        crate::kernel::irq::IrqFlags::NONE
+    } else {
+        crate::kernel::irq::IrqFlags::TRIGGER_HIGH
+    };
+    let vector = match crate::kernel::irq::request_irq(gsi, sci_interrupt, flags, "acpi") {
+        Ok(vector) => vector,
+        Err(error) => {
+            pr_warn!("ACPI: cannot request the SCI ({error}); the power button is not available");
+            return;
+        }
+    };
+    let enabled = acpi::read_register(enable, 2);
+    acpi::write_register(enable, 2, enabled | PM1_ENABLE_POWER_BUTTON);
+    printk!("ACPI: SCI on IRQ {sci} (GSI {gsi}, vector {vector:#x}); power button enabled");
+}
