@@ -1,0 +1,72 @@
+//! In-kernel tests of what boot sets up: the command line, interrupt dispatch, ACPI, procfs.
+
+use alloc::string::String;
+
+use super::TestResult;
+use crate::arch::{self, interrupts};
+use crate::fs::procfs;
+use crate::kernel::params;
+
+pub(super) fn command_line_stored_exactly() -> TestResult {
+    let line = params::command_line();
+    ensure!(
+        line.len() == line.iter().position(|&b| b == 0).unwrap_or(line.len()),
+        "NUL inside"
+    );
+    ensure!(
+        params::command_line_sha256().len() == 64,
+        "bad digest length"
+    );
+    Ok(())
+}
+
+pub(super) fn software_interrupt_reaches_dispatch() -> TestResult {
+    let before = interrupts::count(0x80);
+    arch::software_interrupt_0x80();
+    arch::software_interrupt_0x80();
+    ensure!(
+        interrupts::count(0x80) == before + 2,
+        "vector 0x80 count did not advance by 2"
+    );
+    Ok(())
+}
+
+pub(super) fn acpi_tables_found() -> TestResult {
+    let info = crate::acpi().ok_or("no ACPI")?;
+    ensure!(info.tables.iter().any(|t| t == b"APIC"), "no MADT");
+    ensure!(!info.io_apics.is_empty(), "no IOAPIC");
+    ensure!(!info.local_apic_ids.is_empty(), "no CPU in the MADT");
+    ensure!(info.s5_sleep_type.is_some(), "no \\_S5 in the DSDT");
+    ensure!(
+        info.pm1a_control_block.is_some() || info.sleep_control.is_some(),
+        "no way to enter S5"
+    );
+    Ok(())
+}
+
+pub(super) fn procfs_reads_and_validates_writes() -> TestResult {
+    ensure!(
+        procfs::read("/proc/version")?.starts_with("Lull version"),
+        "bad /proc/version"
+    );
+    ensure!(
+        procfs::read("/proc/nonexistent").is_err(),
+        "missing file read succeeded"
+    );
+    ensure!(
+        procfs::write("/proc/sys/kernel/printk", "banana").is_err(),
+        "bad value accepted"
+    );
+    procfs::write("/proc/sys/kernel/printk", "7")?;
+    ensure!(
+        procfs::write("/proc/version", "x").is_err(),
+        "read-only file written"
+    );
+    Ok(())
+}
+
+impl From<procfs::ProcError> for String {
+    fn from(error: procfs::ProcError) -> String {
+        alloc::format!("{error}")
+    }
+}

@@ -1,0 +1,468 @@
+//! In-kernel tests of device interrupt lines: request_irq, threaded handlers, free_irq,
+//! one-shot level lines, affinity (driven by the HPET comparator).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use lull_time::clockevents::ClockEventDevice;
+
+use super::time_tests::ns_to_cycles;
+use super::{wait_for, TestResult};
+use crate::arch::{cpu, interrupts};
+use crate::fs::procfs;
+use crate::kernel::irq::{self, IrqFlags, IrqReturn};
+use crate::kernel::locking::IrqSafeLock;
+use crate::kernel::sched::{self};
+use crate::kernel::smp;
+use crate::kernel::time::{self, TickDevice};
+
+static HPET_PRIMARY_RUNS: AtomicU64 = AtomicU64::new(0);
+static HPET_THREAD_RUNS: AtomicU64 = AtomicU64::new(0);
+/// Thread handler runs that were not in a kernel thread, or found the line's hard IRQ count
+/// moving while they ran (the one-shot mask failed).
+static HPET_THREAD_WRONG: AtomicU64 = AtomicU64::new(0);
+/// How long the thread handler sleeps (ms), so a test can free the line mid-run.
+static HPET_THREAD_SLEEP_MS: AtomicU64 = AtomicU64::new(2);
+/// Thread handler runs started (finished ones are `HPET_THREAD_RUNS`).
+static HPET_THREAD_STARTS: AtomicU64 = AtomicU64::new(0);
+/// The CPU the last hard handler ran on.
+static HPET_HARD_CPU: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn reset_hpet_counters(thread_sleep_ms: u64) {
+    for counter in [
+        &HPET_PRIMARY_RUNS,
+        &HPET_THREAD_RUNS,
+        &HPET_THREAD_WRONG,
+        &HPET_THREAD_STARTS,
+    ] {
+        counter.store(0, Ordering::SeqCst);
+    }
+    HPET_THREAD_SLEEP_MS.store(thread_sleep_ms, Ordering::SeqCst);
+    HPET_HARD_CPU.store(u64::MAX, Ordering::SeqCst);
+}
+
+fn hpet_primary(_irq: u32) -> IrqReturn {
+    HPET_PRIMARY_RUNS.fetch_add(1, Ordering::SeqCst);
+    HPET_HARD_CPU.store(smp::this_cpu() as u64, Ordering::SeqCst);
+    IrqReturn::WakeThread
+}
+
+fn hpet_hard_only(_irq: u32) -> IrqReturn {
+    HPET_PRIMARY_RUNS.fetch_add(1, Ordering::SeqCst);
+    HPET_HARD_CPU.store(smp::this_cpu() as u64, Ordering::SeqCst);
+    IrqReturn::Handled
+}
+
+fn hpet_thread(irq: u32) -> IrqReturn {
+    HPET_THREAD_STARTS.fetch_add(1, Ordering::SeqCst);
+    if sched::current().is_none() || !cpu::interrupts_enabled() {
+        HPET_THREAD_WRONG.fetch_add(1, Ordering::SeqCst);
+    }
+    let vector = irq::irq_vector(irq).unwrap_or(0);
+    let before = interrupts::count(vector);
+    // Sleeping is allowed here.
+    time::msleep(HPET_THREAD_SLEEP_MS.load(Ordering::SeqCst));
+    if interrupts::count(vector) != before {
+        HPET_THREAD_WRONG.fetch_add(1, Ordering::SeqCst);
+    }
+    HPET_THREAD_RUNS.fetch_add(1, Ordering::SeqCst);
+    IrqReturn::Handled
+}
+
+/// The HPET comparator as a test interrupt source (idle since the tick moved to the LAPIC);
+/// `None` on machines without one (microvm). Its line is released by the time subsystem's
+/// device tests, so drivers may request it.
+fn test_hpet() -> Option<TickDevice> {
+    let device = time::available_devices()
+        .into_iter()
+        .find(|device| device.name() == "hpet")?;
+    if let TickDevice::Hpet { gsi, .. } = device {
+        irq::release_tick_line(gsi as u32);
+    }
+    Some(device)
+}
+
+fn hpet_gsi(device: &TickDevice) -> u32 {
+    match device {
+        TickDevice::Hpet { gsi, .. } => *gsi as u32,
+        _ => u32::MAX,
+    }
+}
+
+/// Arms the HPET comparator once, a few ms ahead. Under a loaded host the comparator write
+/// can land after the target time; the device says so and we retry with a longer delay (as
+/// clockevents does).
+fn fire_hpet(device: &mut TickDevice) -> TestResult {
+    let hz = device.frequency_hz();
+    device
+        .set_state_oneshot()
+        .map_err(|e| alloc::format!("oneshot: {e}"))?;
+    let mut programmed = Err(String::new());
+    for delay_ms in [1, 5, 20, 50] {
+        let cycles = ns_to_cycles(delay_ms * 1_000_000, hz)
+            .clamp(device.min_delta_cycles(), device.max_delta_cycles());
+        programmed = device
+            .set_next_event(cycles)
+            .map_err(|e| alloc::format!("set_next_event: {e}"));
+        if programmed.is_ok() {
+            break;
+        }
+    }
+    Ok(programmed?)
+}
+
+/// A real device interrupt (the HPET comparator) through `request_threaded_irq` (primary wakes
+/// the thread, one-shot line), and through `request_irq` with forced threading (what
+/// `threadirqs` does); each line is freed afterwards.
+pub(super) fn threaded_irq_handles_the_hpet_comparator() -> TestResult {
+    let Some(mut device) = test_hpet() else {
+        skip!("no HPET");
+    };
+    let gsi = hpet_gsi(&device);
+    for forced in [false, true] {
+        reset_hpet_counters(2);
+        if forced {
+            irq::request_irq(gsi, hpet_thread, IrqFlags::FORCE_THREAD, "hpet-test")
+        } else {
+            irq::request_threaded_irq(
+                gsi,
+                Some(hpet_primary),
+                Some(hpet_thread),
+                IrqFlags::ONESHOT,
+                "hpet-test",
+            )
+        }
+        .map_err(|e| alloc::format!("request: {e}"))?;
+        let result = fire_hpet(&mut device);
+        let ran = result.is_ok() && wait_for(2_000, || HPET_THREAD_RUNS.load(Ordering::SeqCst) > 0);
+        let _ = device.set_state_shutdown();
+        irq::free_irq(gsi).map_err(|e| alloc::format!("free: {e}"))?;
+        result?;
+        let mode = if forced {
+            "forced threading"
+        } else {
+            "request_threaded_irq"
+        };
+        ensure!(ran, "{mode}: the handler thread never ran");
+        if !forced {
+            ensure!(
+                HPET_PRIMARY_RUNS.load(Ordering::SeqCst) >= 1,
+                "{mode}: the primary handler never ran"
+            );
+        }
+        ensure!(
+            HPET_THREAD_WRONG.load(Ordering::SeqCst) == 0,
+            "{mode}: the thread handler ran outside a thread or its line fired meanwhile"
+        );
+    }
+    Ok(())
+}
+
+fn irq_thread_listed(name: &str) -> bool {
+    sched::threads()
+        .iter()
+        .any(|row| row.name == name && row.info.state != lull_sched::TaskState::Dead)
+}
+
+/// `free_irq` waits for a thread handler that is mid-run, stops the line's thread (gone from
+/// the thread list), masks the line (a later comparator event reaches no handler and no CPU),
+/// refuses a second free, and the line can be requested again.
+pub(super) fn free_irq_waits_for_the_thread_and_stops_it() -> TestResult {
+    let Some(mut device) = test_hpet() else {
+        skip!("no HPET");
+    };
+    let gsi = hpet_gsi(&device);
+    let thread_name = alloc::format!("irq/{gsi}-hpet-test");
+    // While the time subsystem drives a device on the line, nobody else may request it.
+    time::route_device(&device);
+    let refused = irq::request_irq(gsi, hpet_hard_only, IrqFlags::NONE, "hpet-test");
+    irq::release_tick_line(gsi);
+    ensure!(
+        refused == Err(irq::IrqError::Busy(gsi)),
+        "a tick device's line was handed to a driver: {refused:?}"
+    );
+    ensure!(
+        irq::free_irq(gsi) == Err(irq::IrqError::NotRequested(gsi)),
+        "freeing a line nobody requested was not refused"
+    );
+    ensure!(
+        irq::request_threaded_irq(gsi, None, Some(hpet_thread), IrqFlags::TRIGGER_HIGH, "bad")
+            .is_err(),
+        "a level line with a thread and no hard handler was accepted without IRQF_ONESHOT"
+    );
+    for round in 0..2 {
+        // The thread sleeps 50 ms: free_irq is called while it sleeps and must wait for it.
+        reset_hpet_counters(50);
+        let vector = irq::request_threaded_irq(
+            gsi,
+            Some(hpet_primary),
+            Some(hpet_thread),
+            IrqFlags::ONESHOT,
+            "hpet-test",
+        )
+        .map_err(|e| alloc::format!("round {round}: request: {e}"))?;
+        ensure!(
+            irq::request_irq(gsi, hpet_hard_only, IrqFlags::NONE, "hpet-again")
+                == Err(irq::IrqError::Busy(gsi)),
+            "a second request for a requested line was not refused"
+        );
+        ensure!(
+            irq_thread_listed(&thread_name),
+            "round {round}: no thread {thread_name} after the request"
+        );
+        fire_hpet(&mut device)?;
+        let started = wait_for(2_000, || HPET_THREAD_STARTS.load(Ordering::SeqCst) > 0);
+        ensure!(started, "round {round}: the thread handler never started");
+        irq::free_irq(gsi).map_err(|e| alloc::format!("round {round}: free: {e}"))?;
+        ensure!(
+            HPET_THREAD_RUNS.load(Ordering::SeqCst) == HPET_THREAD_STARTS.load(Ordering::SeqCst),
+            "round {round}: free_irq returned while the thread handler was still running"
+        );
+        ensure!(
+            !irq_thread_listed(&thread_name),
+            "round {round}: thread {thread_name} still listed after free_irq"
+        );
+        ensure!(
+            !procfs::read("/proc/interrupts")?.contains("hpet-test"),
+            "round {round}: the freed line is still in /proc/interrupts"
+        );
+        // Fire again: the line is masked and has no handler.
+        let (primary, delivered) = (
+            HPET_PRIMARY_RUNS.load(Ordering::SeqCst),
+            interrupts::count(vector),
+        );
+        fire_hpet(&mut device)?;
+        time::msleep(60);
+        let _ = device.set_state_shutdown();
+        ensure!(
+            HPET_PRIMARY_RUNS.load(Ordering::SeqCst) == primary
+                && interrupts::count(vector) == delivered,
+            "round {round}: the comparator reached a CPU or handler after free_irq"
+        );
+        ensure!(
+            irq::free_irq(gsi) == Err(irq::IrqError::NotRequested(gsi)),
+            "round {round}: a second free_irq was not refused"
+        );
+    }
+    // A thread handler freeing its own line is refused (it would wait for itself).
+    SELF_FREE_RESULT.store(0, Ordering::SeqCst);
+    irq::request_threaded_irq(
+        gsi,
+        None,
+        Some(hpet_thread_frees_its_line),
+        IrqFlags::ONESHOT,
+        "hpet-test",
+    )
+    .map_err(|e| alloc::format!("request: {e}"))?;
+    let fired = fire_hpet(&mut device);
+    let answered = wait_for(2_000, || SELF_FREE_RESULT.load(Ordering::SeqCst) != 0);
+    let _ = device.set_state_shutdown();
+    irq::free_irq(gsi).map_err(|e| alloc::format!("free after the self-free: {e}"))?;
+    fired?;
+    ensure!(answered, "the self-freeing thread handler never ran");
+    ensure!(
+        SELF_FREE_RESULT.load(Ordering::SeqCst) == 1,
+        "free_irq from the line's own thread was not refused as such"
+    );
+    Ok(())
+}
+
+/// 1: `free_irq` from the line's thread answered `FreedFromOwnThread`; 2: anything else.
+static SELF_FREE_RESULT: AtomicU64 = AtomicU64::new(0);
+
+fn hpet_thread_frees_its_line(irq: u32) -> IrqReturn {
+    let refused = irq::free_irq(irq) == Err(irq::IrqError::FreedFromOwnThread(irq));
+    SELF_FREE_RESULT.store(if refused { 1 } else { 2 }, Ordering::SeqCst);
+    IrqReturn::Handled
+}
+
+/// The level interrupt the comparator raises stays asserted until the thread acknowledges it:
+/// with IRQF_ONESHOT the line stays masked meanwhile (one hard interrupt); unmasked it would
+/// storm.
+pub(super) fn level_oneshot_line_stays_masked_until_its_thread_ran() -> TestResult {
+    let Some(device) = test_hpet() else {
+        skip!("no HPET");
+    };
+    let TickDevice::Hpet { hpet, timer, gsi } = device else {
+        return Err(String::from("hpet device of another kind").into());
+    };
+    LEVEL_TIMER.store(timer as u64, Ordering::SeqCst);
+    *LEVEL_HPET.lock() = Some(hpet);
+    reset_hpet_counters(10);
+    let vector = irq::request_threaded_irq(
+        gsi as u32,
+        None,
+        Some(level_thread),
+        IrqFlags::TRIGGER_HIGH | IrqFlags::ONESHOT,
+        "hpet-level",
+    )
+    .map_err(|e| alloc::format!("request: {e}"))?;
+    let before = interrupts::count(vector);
+    let cycles = ns_to_cycles(2_000_000, hpet.frequency_hz());
+    hpet.arm_oneshot_level(timer, gsi, hpet.counter().wrapping_add(cycles));
+    let ran = wait_for(2_000, || HPET_THREAD_RUNS.load(Ordering::SeqCst) > 0);
+    time::msleep(5);
+    hpet.stop(timer);
+    hpet.clear_level_interrupt(timer);
+    let delivered = interrupts::count(vector) - before;
+    let listed = procfs::read("/proc/interrupts")?;
+    irq::free_irq(gsi as u32).map_err(|e| alloc::format!("free: {e}"))?;
+    ensure!(ran, "the thread of the level line never ran");
+    ensure!(
+        listed.contains("fasteoi   hpet-level"),
+        "the level line is not listed as fasteoi:\n{listed}"
+    );
+    ensure!(
+        HPET_THREAD_WRONG.load(Ordering::SeqCst) == 0,
+        "the level line fired while its thread ran (not masked)"
+    );
+    ensure!(
+        delivered == 1,
+        "{delivered} hard interrupts for one level event (the line was not kept masked)"
+    );
+    Ok(())
+}
+
+static LEVEL_HPET: IrqSafeLock<Option<crate::arch::hpet::Hpet>> = IrqSafeLock::new(None);
+static LEVEL_TIMER: AtomicU64 = AtomicU64::new(0);
+
+/// Thread handler of the level test: the line is still asserted while it sleeps; it then
+/// acknowledges the comparator, which deasserts it.
+fn level_thread(irq: u32) -> IrqReturn {
+    hpet_thread(irq);
+    if let Some(hpet) = *LEVEL_HPET.lock() {
+        hpet.clear_level_interrupt(LEVEL_TIMER.load(Ordering::SeqCst) as u8);
+    }
+    IrqReturn::Handled
+}
+
+/// The text forms of `/proc/irq/N/smp_affinity` and `smp_affinity_list`.
+pub(super) fn cpu_masks_parse_and_print_as_linux() -> TestResult {
+    for (text, mask) in [
+        ("f", 0xF),
+        ("0x5", 0x5),
+        ("00000001,00000000", 1 << 32),
+        ("000", 0),
+    ] {
+        ensure!(
+            irq::parse_mask(text) == Ok(mask),
+            "{text:?} parsed as {:?}, expected {mask:#x}",
+            irq::parse_mask(text)
+        );
+    }
+    for bad in ["", "g", "1 2", "-1", "1,0000000000000000,0"] {
+        ensure!(irq::parse_mask(bad).is_err(), "mask {bad:?} was accepted");
+    }
+    for (text, mask) in [("0-2,5", 0b10_0111), ("3", 0b1000), (" 1,3 ", 0b1010)] {
+        ensure!(
+            irq::parse_mask_list(text) == Ok(mask),
+            "list {text:?} parsed as {:?}",
+            irq::parse_mask_list(text)
+        );
+        ensure!(
+            irq::format_mask_list(mask) == text.trim(),
+            "{mask:#b} printed as {:?}",
+            irq::format_mask_list(mask)
+        );
+    }
+    for bad in ["", "2-1", "64", "a", "1,,2"] {
+        ensure!(
+            irq::parse_mask_list(bad).is_err(),
+            "list {bad:?} was accepted"
+        );
+    }
+    let digits = smp::possible_cpus().div_ceil(4);
+    ensure!(
+        irq::format_mask(1) == alloc::format!("{:0>digits$}", 1),
+        "mask 1 printed as {:?} for {} CPUs",
+        irq::format_mask(1),
+        smp::possible_cpus()
+    );
+    Ok(())
+}
+
+/// `/proc/irq/N/smp_affinity` moves a line: with the HPET line sent to CPU 1 (and 3), its
+/// interrupts are counted there and not on CPU 0. Bad masks are refused and change nothing.
+pub(super) fn irq_affinity_moves_the_hpet_line() -> TestResult {
+    let Some(mut device) = test_hpet() else {
+        skip!("no HPET");
+    };
+    let gsi = hpet_gsi(&device);
+    reset_hpet_counters(0);
+    let vector = irq::request_irq(gsi, hpet_hard_only, IrqFlags::NO_THREAD, "hpet-affinity")
+        .map_err(|e| alloc::format!("request: {e}"))?;
+    let result = (|| -> TestResult {
+        let path = alloc::format!("/proc/irq/{gsi}/smp_affinity");
+        let list_path = alloc::format!("/proc/irq/{gsi}/smp_affinity_list");
+        let all = irq::format_mask(u64::MAX >> (64 - smp::possible_cpus()));
+        ensure!(
+            procfs::read(&path)? == alloc::format!("{all}\n"),
+            "default {path}: {:?}, expected {all}",
+            procfs::read(&path)?
+        );
+        for bad in ["", "banana", "0", "0x0", "10000000000000000"] {
+            ensure!(
+                procfs::write(&path, bad).is_err(),
+                "{path}: {bad:?} was accepted"
+            );
+        }
+        let missing_cpu = smp::possible_cpus();
+        if missing_cpu < 64 {
+            ensure!(
+                irq::set_irq_affinity(gsi, 1 << missing_cpu).is_err(),
+                "a mask naming only CPU {missing_cpu}, which does not exist, was accepted"
+            );
+        }
+        ensure!(
+            procfs::write(&list_path, "3-1").is_err() && procfs::write(&list_path, "x").is_err(),
+            "{list_path}: a bad list was accepted"
+        );
+        ensure!(
+            irq::irq_affinity(gsi).map(|(_, cpu)| cpu) == Some(0),
+            "bad writes changed the line's CPU"
+        );
+        let targets: Vec<usize> = [1, 3]
+            .into_iter()
+            .filter(|&cpu| smp::is_online(cpu))
+            .chain(core::iter::once(0))
+            .collect();
+        for target in targets {
+            if target == 3 {
+                procfs::write(&list_path, "3")?;
+            } else {
+                procfs::write(&path, &alloc::format!("{:x}", 1u64 << target))?;
+            }
+            ensure!(
+                procfs::read(&alloc::format!("/proc/irq/{gsi}/effective_affinity_list"))?
+                    == alloc::format!("{target}\n"),
+                "effective affinity is not CPU {target} after the write"
+            );
+            let counts_before: Vec<u64> = smp::online_cpus()
+                .map(|cpu| interrupts::count_on(cpu, vector))
+                .collect();
+            let runs = HPET_PRIMARY_RUNS.load(Ordering::SeqCst);
+            fire_hpet(&mut device)?;
+            let fired = wait_for(2_000, || HPET_PRIMARY_RUNS.load(Ordering::SeqCst) > runs);
+            ensure!(fired, "the line sent to CPU {target} never fired");
+            let risen: Vec<usize> = smp::online_cpus()
+                .zip(counts_before)
+                .filter(|&(cpu, before)| interrupts::count_on(cpu, vector) > before)
+                .map(|(cpu, _)| cpu)
+                .collect();
+            ensure!(
+                risen == [target],
+                "line sent to CPU {target}: interrupts counted on CPUs {risen:?}"
+            );
+            ensure!(
+                HPET_HARD_CPU.load(Ordering::SeqCst) == target as u64,
+                "the handler ran on CPU {}, not {target}",
+                HPET_HARD_CPU.load(Ordering::SeqCst)
+            );
+        }
+        Ok(())
+    })();
+    let _ = device.set_state_shutdown();
+    irq::free_irq(gsi).map_err(|e| alloc::format!("free: {e}"))?;
+    result
+}
