@@ -1,13 +1,20 @@
 //! In-kernel tests of SMP: CPU bring-up, IPIs, per-CPU ticks and timers, TSC sync, a lock
 //! hammered from every CPU, per-CPU columns in /proc.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::TestResult;
+use lull_time::hrtimer::{ClockId, FiringTimer, HrTimerMode, HrTimerRestart};
+use lull_time::tick::TimerFunction;
+use lull_time::timer_stats::StartInfo;
+
 use crate::arch::{self, cpu, interrupts};
 use crate::fs::procfs;
+use crate::kernel::locking::{InterruptsDisabled, MAX_CPUS};
 use crate::kernel::smp;
+use crate::kernel::time::TimeContext;
 use crate::kernel::time::{self};
 use crate::printk;
 
@@ -150,7 +157,7 @@ pub(super) fn secondary_cpus_idle_with_tick_stopped() -> TestResult {
 }
 
 fn arm_probe_timer_here(delay_ns: u64) {
-    if let Err(why) = time::arm_probe_timer(delay_ns) {
+    if let Err(why) = arm_probe_timer(delay_ns) {
         printk!("ktest: arming the probe timer failed: {why}");
     }
 }
@@ -165,7 +172,7 @@ pub(super) fn hrtimer_fires_on_the_cpu_that_armed_it() -> TestResult {
             .map_err(|e| alloc::format!("CPU {cpu}: {e}"))?;
         let deadline = time::uptime_ns() + 2_000_000_000;
         let fired_on = loop {
-            if let Some(fired_on) = time::probe_timer_fired_on(cpu) {
+            if let Some(fired_on) = probe_timer_fired_on(cpu) {
                 break fired_on;
             }
             ensure!(
@@ -280,4 +287,52 @@ pub(super) fn proc_files_have_a_column_per_cpu() -> TestResult {
         );
     }
     Ok(())
+}
+
+/// Per CPU: the CPU index the probe timer armed there fired on, plus one (0: not fired).
+static PROBE_FIRED_ON: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+fn probe_timer_fired(
+    _context: &mut TimeContext,
+    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
+) -> HrTimerRestart {
+    let interrupts_off = InterruptsDisabled::new();
+    PROBE_FIRED_ON[timer.data() as usize]
+        .store(interrupts_off.cpu_index() as u64 + 1, Ordering::Release);
+    HrTimerRestart::NoRestart
+}
+
+/// Arms a one-shot hrtimer `delay_ns` from now on this CPU's own base (in-kernel tests: it must
+/// fire on this CPU, from this CPU's tick device). Callable from hard-IRQ context.
+fn arm_probe_timer(delay_ns: u64) -> Result<(), String> {
+    time::with_this_cpu_timers(|percpu, now, cpu| {
+        PROBE_FIRED_ON[cpu].store(0, Ordering::Relaxed);
+        let id = percpu
+            .hrtimer_create(
+                ClockId::Monotonic,
+                TimerFunction::new("probe_timer_fired", probe_timer_fired),
+                cpu as u64,
+            )
+            .map_err(|e| alloc::format!("{e:?}"))?;
+        percpu
+            .hrtimer_start(
+                id,
+                delay_ns,
+                HrTimerMode::Relative,
+                0,
+                now,
+                StartInfo::kernel("ktest"),
+            )
+            .map_err(|e| alloc::format!("{e:?}"))?;
+        Ok(())
+    })
+    .unwrap_or(Err(String::from("no tick on this CPU")))
+}
+
+/// Where the probe timer armed on CPU `cpu` fired (`None`: not yet).
+fn probe_timer_fired_on(cpu: usize) -> Option<usize> {
+    match PROBE_FIRED_ON[cpu].load(Ordering::Acquire) {
+        0 => None,
+        seen => Some(seen as usize - 1),
+    }
 }

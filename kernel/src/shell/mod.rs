@@ -1,6 +1,8 @@
 //! The serial shell: `lull> ` on COM1, with line editing, fed by the UART interrupt.
 
 pub mod bench;
+mod latency;
+mod timer;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -367,7 +369,7 @@ fn cmd_timer(args: &[&str], _: &str) {
         kprintln!("timer: expected a delay in milliseconds (0..=86400000)");
         return;
     };
-    match crate::kernel::time::start_shell_timer(ms * 1_000_000) {
+    match timer::start_shell_timer(ms * 1_000_000) {
         Ok(id) => kprintln!("timer {id}: fires in {ms} ms"),
         Err(why) => kprintln!("timer: {why}"),
     }
@@ -395,13 +397,13 @@ fn cmd_latency(args: &[&str], _: &str) {
     // sleeps on a completion until it is done.
     let done = alloc::sync::Arc::new((
         crate::kernel::sched::Completion::new(),
-        IrqSafeLock::new(None::<crate::kernel::time::LatencyReport>),
+        IrqSafeLock::new(None::<latency::LatencyReport>),
     ));
     let for_thread = alloc::sync::Arc::clone(&done);
     let class = lull_sched::SchedClass::RealTime(LATENCY_PRIORITY);
     if let Err(error) =
         crate::kernel::sched::kthread_spawn("latency", class, lull_sched::CpuSet::ALL, move || {
-            let report = crate::kernel::time::measure_latency(seconds * 1000, period_ns);
+            let report = latency::measure_latency(seconds * 1000, period_ns);
             *for_thread.1.lock() = Some(report);
             for_thread.0.complete();
         })

@@ -26,7 +26,7 @@
 //! - `smp::FLUSH_QUEUE[cpu]` is a leaf; no spinlock is held across `flush_tlb_*` (it waits for
 //!   the other CPUs). `paging::WINDOW` → `mm::PAGES`, never held across a shootdown.
 //! - `procfs::FILES` and `procfs::DIRECTORIES` are leaves.
-//! - `time::CPU_TIME[cpu]` → `time::PREEMPTION_TIMER[cpu]` (a leaf; the scheduler arms it with
+//! - `time::CPU_TIME[cpu]` → `sched::PREEMPTION_TIMER[cpu]` (a leaf; the scheduler arms it with
 //!   `SCHED` released).
 //! - sched: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `sched::SCHED` (timer callbacks wake
 //!   threads); `SCHED` is the scheduler lock (policy + thread table, not a big kernel lock) and

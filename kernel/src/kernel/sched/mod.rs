@@ -14,6 +14,7 @@
 //! taken. Wait-queue locks (`wait.rs`) are released before `SCHED` is taken. No lock is held
 //! across a context switch.
 
+mod preempt_timer;
 mod wait;
 
 use alloc::collections::BTreeMap;
@@ -326,7 +327,7 @@ fn switch_away(preempt: bool) {
     };
     drop(reaped);
     // Preemption is programmed for exactly when the policy wants it (never for a lone task).
-    crate::kernel::time::program_preemption(preemption_deadline);
+    preempt_timer::program_preemption(preemption_deadline);
     if let Some((previous, next)) = switch {
         // The preemption depth belongs to the thread: a thread that sleeps with preemption
         // off (a bug `might_sleep` reports) gets it back, and the next one starts from its own.

@@ -15,6 +15,8 @@
 //! holding one.
 
 mod early;
+mod proc;
+mod sleep;
 
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -26,10 +28,8 @@ use lull_time::clockevents::{ClockEventDevice, Features};
 use lull_time::clocksource::{
     ClockSource, ClockSourceId, ClockSourceRegistry, Watchdog, WatchdogVerdict,
 };
-use lull_time::hrtimer::{ClockId, FiringTimer, HrTimerId, HrTimerMode, HrTimerRestart};
 use lull_time::tick::{
-    JiffiesClock, PerCpuTime, TickConfig, TickContext, TimerFunction, WheelAction, WheelFunction,
-    HZ,
+    JiffiesClock, PerCpuTime, TickConfig, TickContext, WheelAction, WheelFunction, HZ,
 };
 use lull_time::timekeeping::Timekeeper;
 use lull_time::timer_stats::StartInfo;
@@ -42,6 +42,9 @@ use crate::{pr_warn, printk};
 use crate::drivers::clocksource as devices;
 pub use crate::drivers::clocksource::{TickDevice, LOCAL_TIMER_VECTOR};
 pub use early::{calibrate, set_boot_tsc, tsc_hz};
+pub use proc::{proc_timer_list, proc_timer_stats, proc_timer_stats_write};
+pub(crate) use sleep::thread_wait_until;
+pub use sleep::{msleep, sleep_ns, sleep_until};
 
 /// Time parameters.
 pub const PARAMS: &[ParamSpec] = &[
@@ -65,7 +68,7 @@ pub const PARAMS: &[ParamSpec] = &[
     },
 ];
 
-type CpuTime = PerCpuTime<TickDevice, TimeContext>;
+pub(crate) type CpuTime = PerCpuTime<TickDevice, TimeContext>;
 
 /// Clocksources and timekeeping (a leaf lock).
 struct Clocks {
@@ -715,444 +718,6 @@ pub fn idle() {
     }
 }
 
-// ---- sleeping ------------------------------------------------------------------------------
-
-/// One sleeper per CPU: its wake-up flag and its (reused) hrtimer. A CPU's sleeper is whatever
-/// runs on it (the shell, a test); there are no threads to switch to yet.
-static SLEEP_WOKEN: PerCpu<AtomicBool> = PerCpu::new([const { AtomicBool::new(false) }; MAX_CPUS]);
-static SLEEP_TIMER: PerCpu<IrqSafeLock<Option<HrTimerId>>> =
-    PerCpu::new([const { IrqSafeLock::named("time::SLEEP_TIMER", None) }; MAX_CPUS]);
-
-/// hrtimer callback: wakes the sleeper of the CPU in `data` (the timer's own CPU).
-fn wake_sleeper(
-    _context: &mut TimeContext,
-    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
-) -> HrTimerRestart {
-    SLEEP_WOKEN
-        .on_cpu(timer.data() as usize)
-        .store(true, Ordering::Release);
-    HrTimerRestart::NoRestart
-}
-
-/// Sleeps until monotonic time `deadline_ns` on an absolute hrtimer, idling (tickless) in the
-/// meantime. Returns the monotonic time at wake-up. Never returns before the deadline.
-/// Called with interrupts enabled; they are enabled on return.
-pub fn sleep_until(deadline_ns: u64, site: &'static str) -> u64 {
-    if let Some(thread) = crate::kernel::sched::current() {
-        return thread_sleep_until(thread, deadline_ns, site);
-    }
-    cpu::disable_interrupts();
-    let interrupts_off = InterruptsDisabled::new();
-    let cpu = interrupts_off.cpu_index();
-    let started = {
-        let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
-        let now = uptime_ns();
-        let Some(percpu) = guard.as_mut() else {
-            drop(guard);
-            cpu::enable_interrupts();
-            return busy_wait_until(deadline_ns);
-        };
-        let mut timer_slot = SLEEP_TIMER.this_cpu(&interrupts_off).lock();
-        let id = match *timer_slot {
-            Some(id) => id,
-            None => match percpu.hrtimer_create(
-                ClockId::Monotonic,
-                TimerFunction::new("hrtimer_wakeup", wake_sleeper),
-                cpu as u64,
-            ) {
-                Ok(id) => *timer_slot.insert(id),
-                Err(_) => {
-                    drop(timer_slot);
-                    drop(guard);
-                    cpu::enable_interrupts();
-                    return busy_wait_until(deadline_ns);
-                }
-            },
-        };
-        SLEEP_WOKEN
-            .this_cpu(&interrupts_off)
-            .store(false, Ordering::Relaxed);
-        percpu
-            .hrtimer_start(
-                id,
-                deadline_ns,
-                HrTimerMode::Absolute,
-                0,
-                now,
-                StartInfo::kernel(site),
-            )
-            .is_ok()
-    };
-    // Interrupts stay off until `idle` halts (it was made with them off: dropping it keeps
-    // them off). Without a scheduler nothing moves this code to another CPU while it idles.
-    drop(interrupts_off);
-    if !started {
-        cpu::enable_interrupts();
-        return busy_wait_until(deadline_ns);
-    }
-    while !SLEEP_WOKEN.on_cpu(cpu).load(Ordering::Acquire) {
-        idle(); // returns with interrupts enabled
-        cpu::disable_interrupts();
-    }
-    cpu::enable_interrupts();
-    uptime_ns()
-}
-
-/// hrtimer callback: wakes the thread whose id is the timer's data (through the scheduler).
-fn wake_sleeping_thread(
-    _context: &mut TimeContext,
-    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
-) -> HrTimerRestart {
-    SLEEP_TIMER_FIRED.lock().insert(timer.data());
-    crate::kernel::sched::wake_up(timer.data());
-    HrTimerRestart::NoRestart
-}
-
-/// Threads whose sleep timer fired (a leaf lock, taken inside `CPU_TIME`). The sleeper waits for
-/// this rather than re-reading the clock: the timer's verdict is final, so a clock read on
-/// another CPU that lags a little (or a clocksource change) cannot send it back to sleep with
-/// no timer left to wake it.
-static SLEEP_TIMER_FIRED: IrqSafeLock<alloc::collections::BTreeSet<u64>> =
-    IrqSafeLock::new(alloc::collections::BTreeSet::new());
-
-/// A thread's sleep: an absolute hrtimer on this CPU wakes it through the scheduler, and the
-/// CPU runs other threads (or idles tickless) meanwhile. The timer is destroyed on the CPU it
-/// was armed on, wherever the thread runs when it wakes.
-fn thread_sleep_until(thread: u64, deadline_ns: u64, site: &'static str) -> u64 {
-    if thread_wait_until(thread, deadline_ns, site, || false, |_| {}, |_| {}).is_none() {
-        return busy_wait_until(deadline_ns);
-    }
-    let woke = uptime_ns();
-    // Never earlier than asked (the timer fired at its expiry by the clock of its own CPU).
-    if woke < deadline_ns {
-        return busy_wait_until(deadline_ns);
-    }
-    woke
-}
-
-/// Sleeps the running thread until `condition` holds or monotonic time `deadline_ns` passes,
-/// whichever is first (the engine of `wait_event_timeout`). `register`/`unregister` put the
-/// thread on the waker's list, as for `sched::sleep_until_condition`. Returns whether the
-/// condition held, or `None` if no timer could be armed (the caller falls back to polling).
-pub(crate) fn thread_wait_until(
-    thread: u64,
-    deadline_ns: u64,
-    site: &'static str,
-    mut condition: impl FnMut() -> bool,
-    register: impl FnMut(u64),
-    unregister: impl FnMut(u64),
-) -> Option<bool> {
-    let armed = {
-        let interrupts_off = InterruptsDisabled::new();
-        let cpu = interrupts_off.cpu_index();
-        let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
-        let now = uptime_ns();
-        guard.as_mut().and_then(|percpu| {
-            let timer = percpu
-                .hrtimer_create(
-                    ClockId::Monotonic,
-                    TimerFunction::new("hrtimer_wakeup", wake_sleeping_thread),
-                    thread,
-                )
-                .ok()?;
-            let start = StartInfo::kernel(site);
-            match percpu.hrtimer_start(timer, deadline_ns, HrTimerMode::Absolute, 0, now, start) {
-                Ok(_) => Some((cpu, timer)),
-                Err(_) => {
-                    let _ = percpu.hrtimer_destroy(timer, now);
-                    None
-                }
-            }
-        })
-    };
-    let (cpu, timer) = armed?;
-    let mut met = false;
-    crate::kernel::sched::sleep_until_condition(
-        || {
-            met = condition();
-            met || SLEEP_TIMER_FIRED.lock().remove(&thread)
-        },
-        register,
-        unregister,
-    );
-    if let Some(percpu) = CPU_TIME.on_cpu(cpu).lock().as_mut() {
-        let _ = percpu.hrtimer_destroy(timer, uptime_ns());
-    }
-    // The callback runs under `CPU_TIME[cpu]`: once the timer is destroyed it has either run
-    // (its mark is removed here, so it cannot end a later sleep early) or never will.
-    SLEEP_TIMER_FIRED.lock().remove(&thread);
-    Some(met)
-}
-
-fn busy_wait_until(deadline_ns: u64) -> u64 {
-    loop {
-        let now = uptime_ns();
-        if now >= deadline_ns {
-            return now;
-        }
-        core::hint::spin_loop();
-    }
-}
-
-/// Sleeps for `ns` nanoseconds.
-pub fn sleep_ns(ns: u64) {
-    sleep_until(uptime_ns().saturating_add(ns), "sleep_ns");
-}
-
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
-/// Sleeps for `ms` milliseconds.
-pub fn msleep(ms: u64) {
-    sleep_until(
-        uptime_ns().saturating_add(ms.saturating_mul(1_000_000)),
-        "msleep",
-    );
-}
-
-// ---- scheduler preemption timer ------------------------------------------------------------
-
-/// Per CPU: the scheduler's preemption hrtimer and the deadline it is armed for. Taken inside
-/// `CPU_TIME[cpu]` (a leaf).
-static PREEMPTION_TIMER: PerCpu<IrqSafeLock<(Option<HrTimerId>, Option<u64>)>> =
-    PerCpu::new([const { IrqSafeLock::named("time::PREEMPTION_TIMER", (None, None)) }; MAX_CPUS]);
-
-/// hrtimer callback: the running thread's slice is over (or a higher class waits); the
-/// scheduler tick sets need-resched and the switch happens on the way out of the interrupt.
-fn preemption_timer_fired(
-    _context: &mut TimeContext,
-    _timer: &mut FiringTimer<TimerFunction<TimeContext>>,
-) -> HrTimerRestart {
-    let interrupts_off = InterruptsDisabled::new();
-    PREEMPTION_TIMER.this_cpu(&interrupts_off).lock().1 = None;
-    crate::kernel::sched::tick();
-    HrTimerRestart::NoRestart
-}
-
-/// Arms this CPU's preemption hrtimer for `deadline_ns` (the scheduler's
-/// `next_preemption_deadline`), or cancels it for `None` (idle, a lone task, a FIFO task), so
-/// preemption does not depend on the tick's rate. Called with no scheduler or time lock held.
-pub fn program_preemption(deadline_ns: Option<u64>) {
-    let interrupts_off = InterruptsDisabled::new();
-    let cpu = interrupts_off.cpu_index();
-    let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
-    let Some(percpu) = guard.as_mut() else {
-        return;
-    };
-    let mut slot = PREEMPTION_TIMER.this_cpu(&interrupts_off).lock();
-    if slot.1 == deadline_ns {
-        return;
-    }
-    let now = uptime_ns();
-    let id = match slot.0 {
-        Some(id) => id,
-        None if deadline_ns.is_none() => return,
-        None => match percpu.hrtimer_create(
-            ClockId::Monotonic,
-            TimerFunction::new("sched_preemption", preemption_timer_fired),
-            cpu as u64,
-        ) {
-            Ok(id) => *slot.0.insert(id),
-            Err(_) => return,
-        },
-    };
-    let armed = match deadline_ns {
-        Some(deadline) => percpu
-            .hrtimer_start(
-                id,
-                deadline,
-                HrTimerMode::Absolute,
-                0,
-                now,
-                StartInfo::kernel("sched_preemption"),
-            )
-            .is_ok(),
-        None => {
-            let _ = percpu.hrtimer_cancel(id, now);
-            false
-        }
-    };
-    slot.1 = if armed { deadline_ns } else { None };
-}
-
-// ---- shell timers ----------------------------------------------------------------------------
-
-fn shell_timer_fn(
-    _context: &mut TimeContext,
-    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
-) -> HrTimerRestart {
-    let late_ns = timer.now().saturating_sub(timer.soft_expires());
-    printk!(
-        "timer: shell timer {} fired ({} ns after its expiry)",
-        timer.data(),
-        late_ns
-    );
-    HrTimerRestart::NoRestart
-}
-
-/// Starts a one-shot hrtimer `delay_ns` from now on this CPU from the shell (it shows up in
-/// timer_list while pending and in timer_stats as started by `shell_timer_command`). Returns
-/// its id.
-pub fn start_shell_timer(delay_ns: u64) -> Result<u32, String> {
-    let interrupts_off = InterruptsDisabled::new();
-    let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
-    let now = uptime_ns();
-    let percpu = guard.as_mut().ok_or("no tick device")?;
-    let serial = SHELL_TIMER_SERIAL.fetch_add(1, Ordering::Relaxed) + 1;
-    let id = percpu
-        .hrtimer_create(
-            ClockId::Monotonic,
-            TimerFunction::new("shell_timer_fn", shell_timer_fn),
-            serial,
-        )
-        .map_err(|e| alloc::format!("{e:?}"))?;
-    let start = StartInfo {
-        site: "shell_timer_command",
-        pid: 1,
-        comm: lull_time::timer_stats::TaskComm::new("shell"),
-    };
-    percpu
-        .hrtimer_start(id, delay_ns, HrTimerMode::Relative, 0, now, start)
-        .map_err(|e| alloc::format!("{e:?}"))?;
-    Ok(serial as u32)
-}
-
-static SHELL_TIMER_SERIAL: AtomicU64 = AtomicU64::new(0);
-
-// ---- procfs ----------------------------------------------------------------------------------
-
-/// `/proc/timer_list`: every online CPU's hrtimer bases, tick device and tick-sched state.
-/// Each CPU's part is written under that CPU's lock alone (Linux takes one base lock at a
-/// time too), so a reader stalls at most one CPU's timers, briefly, never all of them.
-pub fn proc_timer_list() -> String {
-    use lull_time::timer_list;
-    let now = uptime_ns();
-    let mut out = String::new();
-    let _ = timer_list::write_header(&mut out, now);
-    let mut started = false;
-    for cpu in crate::kernel::smp::online_cpus() {
-        let guard = CPU_TIME.on_cpu(cpu).lock();
-        let Some(percpu) = guard.as_ref() else {
-            continue;
-        };
-        let jiffies = JIFFIES.lock();
-        if let Some(jiffies) = jiffies.as_ref() {
-            started = true;
-            let _ = timer_list::write_cpu(&mut out, now, jiffies, percpu);
-        }
-    }
-    if !started {
-        return String::from("timer_list: time subsystem not started\n");
-    }
-    for cpu in crate::kernel::smp::online_cpus() {
-        if let Some(percpu) = CPU_TIME.on_cpu(cpu).lock().as_ref() {
-            let _ = timer_list::write_tick_device(&mut out, percpu);
-        }
-    }
-    out
-}
-
-/// `/proc/timer_stats` (read): the statistics of every online CPU together. Each CPU's are
-/// copied under its own lock; the report is written with no lock held.
-pub fn proc_timer_stats() -> String {
-    let now = uptime_ns();
-    let stats: Vec<lull_time::timer_stats::TimerStats> = crate::kernel::smp::online_cpus()
-        .filter_map(|cpu| {
-            let guard = CPU_TIME.on_cpu(cpu).lock();
-            let stats = guard.as_ref().map(|percpu| percpu.timer_stats().clone());
-            stats
-        })
-        .collect();
-    let mut out = String::new();
-    if stats.is_empty() {
-        out.push_str("timer_stats: time subsystem not started\n");
-    } else {
-        let refs: Vec<&lull_time::timer_stats::TimerStats> = stats.iter().collect();
-        let _ = lull_time::timer_stats::write_report(&mut out, now, &refs);
-    }
-    out
-}
-
-/// `/proc/timer_stats` (write `1` start, `0` stop), on every online CPU.
-pub fn proc_timer_stats_write(value: &str) -> Result<(), String> {
-    let now = uptime_ns();
-    let mut any = false;
-    for cpu in crate::kernel::smp::online_cpus() {
-        let mut guard = CPU_TIME.on_cpu(cpu).lock();
-        let Some(percpu) = guard.as_mut() else {
-            continue;
-        };
-        any = true;
-        percpu
-            .timer_stats_mut()
-            .write_control(value.trim().as_bytes(), now)
-            .map_err(|_| String::from("write 1 to start collecting, 0 to stop"))?;
-    }
-    if any {
-        Ok(())
-    } else {
-        Err(String::from("time subsystem not started"))
-    }
-}
-
-/// Local timer interrupts delivered to CPU `cpu` (the `LOC` line of /proc/interrupts).
-pub fn local_timer_interrupts(cpu: usize) -> u64 {
-    interrupts::count_on(cpu, LOCAL_TIMER_VECTOR)
-}
-
-/// Per CPU: the CPU index the probe timer armed there fired on, plus one (0: not fired).
-#[cfg(feature = "ktest")]
-static PROBE_FIRED_ON: PerCpu<AtomicU64> = PerCpu::new([const { AtomicU64::new(0) }; MAX_CPUS]);
-
-#[cfg(feature = "ktest")]
-fn probe_timer_fired(
-    _context: &mut TimeContext,
-    timer: &mut FiringTimer<TimerFunction<TimeContext>>,
-) -> HrTimerRestart {
-    let interrupts_off = InterruptsDisabled::new();
-    PROBE_FIRED_ON
-        .on_cpu(timer.data() as usize)
-        .store(interrupts_off.cpu_index() as u64 + 1, Ordering::Release);
-    HrTimerRestart::NoRestart
-}
-
-/// Arms a one-shot hrtimer `delay_ns` from now on this CPU's own base (in-kernel tests: it must
-/// fire on this CPU, from this CPU's tick device). Callable from hard-IRQ context.
-#[cfg(feature = "ktest")]
-pub fn arm_probe_timer(delay_ns: u64) -> Result<(), String> {
-    let interrupts_off = InterruptsDisabled::new();
-    let cpu = interrupts_off.cpu_index();
-    PROBE_FIRED_ON.on_cpu(cpu).store(0, Ordering::Relaxed);
-    let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
-    let now = uptime_ns();
-    let percpu = guard.as_mut().ok_or("no tick on this CPU")?;
-    let id = percpu
-        .hrtimer_create(
-            ClockId::Monotonic,
-            TimerFunction::new("probe_timer_fired", probe_timer_fired),
-            cpu as u64,
-        )
-        .map_err(|e| alloc::format!("{e:?}"))?;
-    percpu
-        .hrtimer_start(
-            id,
-            delay_ns,
-            HrTimerMode::Relative,
-            0,
-            now,
-            StartInfo::kernel("ktest"),
-        )
-        .map_err(|e| alloc::format!("{e:?}"))?;
-    Ok(())
-}
-
-/// Where the probe timer armed on CPU `cpu` fired (`None`: not yet).
-#[cfg(feature = "ktest")]
-pub fn probe_timer_fired_on(cpu: usize) -> Option<usize> {
-    match PROBE_FIRED_ON.on_cpu(cpu).load(Ordering::Acquire) {
-        0 => None,
-        seen => Some(seen as usize - 1),
-    }
-}
-
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Whether idle CPUs stop their tick (nohz on and a verified clocksource).
 pub fn nohz_active() -> bool {
@@ -1201,63 +766,20 @@ pub fn cpu_tick_state(cpu: usize) -> Option<CpuTickState> {
     })
 }
 
-// ---- latency measurement ---------------------------------------------------------------------
-
-/// Histogram bucket width and range for wake-up lateness.
-pub const LATENCY_BUCKETS_US: usize = 10_000;
-
-/// Wake-up lateness of a thread sleeping on an absolute periodic hrtimer (cyclictest's view).
-pub struct LatencyReport {
-    pub samples: u64,
-    /// `histogram[n]` = samples late by n..n+1 µs; the last bucket also holds everything later.
-    pub histogram: Vec<u32>,
-    pub max_ns: u64,
-    pub min_ns: u64,
-    pub total_ns: u64,
+/// Local timer interrupts delivered to CPU `cpu` (the `LOC` line of /proc/interrupts).
+pub fn local_timer_interrupts(cpu: usize) -> u64 {
+    interrupts::count_on(cpu, LOCAL_TIMER_VECTOR)
 }
 
-impl LatencyReport {
-    /// The lateness below which `fraction` (0..=1) of samples fall, in µs (bucket upper edge).
-    pub fn percentile_us(&self, fraction_per_mille: u64) -> u64 {
-        let wanted = (self.samples * fraction_per_mille).div_ceil(1000).max(1);
-        let mut seen = 0u64;
-        for (bucket, count) in self.histogram.iter().enumerate() {
-            seen += *count as u64;
-            if seen >= wanted {
-                return bucket as u64;
-            }
-        }
-        LATENCY_BUCKETS_US as u64
-    }
-}
-
-/// Sleeps on an absolute hrtimer every `period_ns` for `samples` periods and records how late
-/// each wake-up was (never early: that would be a bug, and is counted as a failure by tests).
-pub fn measure_latency(samples: u64, period_ns: u64) -> LatencyReport {
-    let mut report = LatencyReport {
-        samples: 0,
-        histogram: alloc::vec![0; LATENCY_BUCKETS_US],
-        max_ns: 0,
-        min_ns: u64::MAX,
-        total_ns: 0,
-    };
-    let mut next = uptime_ns() + period_ns;
-    for _ in 0..samples {
-        let woke = sleep_until(next, "latency_thread");
-        let late = woke.saturating_sub(next);
-        report.samples += 1;
-        report.max_ns = report.max_ns.max(late);
-        report.min_ns = report.min_ns.min(late);
-        report.total_ns += late;
-        let bucket = ((late / 1000) as usize).min(LATENCY_BUCKETS_US - 1);
-        report.histogram[bucket] += 1;
-        next += period_ns;
-        // If we fell behind by more than a period, skip the missed periods (as cyclictest
-        // reports them as latency of the next one rather than a burst of zero-wait wake-ups).
-        let now = uptime_ns();
-        while next <= now {
-            next += period_ns;
-        }
-    }
-    report
+/// Runs `f` on this CPU's time state (its hrtimer bases) with its lock held and interrupts
+/// off, with the current monotonic time and this CPU's index; `None` before this CPU's tick
+/// started. For code outside the time subsystem that owns a timer of its own (the
+/// scheduler's preemption timer, the shell's timers, test probes). `f` must not sleep or take
+/// a time lock.
+pub(crate) fn with_this_cpu_timers<R>(f: impl FnOnce(&mut CpuTime, u64, usize) -> R) -> Option<R> {
+    let interrupts_off = InterruptsDisabled::new();
+    let cpu = interrupts_off.cpu_index();
+    let mut guard = CPU_TIME.this_cpu(&interrupts_off).lock();
+    let percpu = guard.as_mut()?;
+    Some(f(percpu, uptime_ns(), cpu))
 }
