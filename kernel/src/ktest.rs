@@ -49,6 +49,10 @@ const TESTS: &[TestCase] = &[
     ),
     ("acpi_tables_found", acpi_tables_found),
     (
+        "rsdp_scan_validates_and_unmaps",
+        rsdp_scan_validates_and_unmaps,
+    ),
+    (
         "procfs_reads_and_validates_writes",
         procfs_reads_and_validates_writes,
     ),
@@ -628,6 +632,10 @@ fn acpi_tables_found() -> TestResult {
         "no way to enter S5"
     );
     Ok(())
+}
+
+fn rsdp_scan_validates_and_unmaps() -> TestResult {
+    arch::acpi::rsdp_scan_self_test().map_err(String::from)
 }
 
 fn procfs_reads_and_validates_writes() -> TestResult {
