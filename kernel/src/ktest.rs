@@ -635,7 +635,8 @@ fn acpi_tables_found() -> TestResult {
 }
 
 fn rsdp_scan_validates_and_unmaps() -> TestResult {
-    arch::acpi::rsdp_scan_self_test().map_err(String::from)
+    arch::acpi::rsdp_scan_self_test(crate::acpi().map(|info| info.rsdp_address))
+        .map_err(String::from)
 }
 
 fn procfs_reads_and_validates_writes() -> TestResult {

@@ -239,10 +239,11 @@ fn find_rsdp(hint: Option<u64>) -> Option<Rsdp> {
 }
 
 /// The in-kernel test of the RSDP scan: validation rejects a wrong signature or checksum,
-/// BIOS-area copies stay inside the first MiB, and page 0 is read through the window and
-/// unmapped again. Returns what went wrong.
+/// BIOS-area copies stay inside the first MiB, page 0 is read through the window and
+/// unmapped again, and a scan without the loader's hint finds `found_at_boot` when that is
+/// in the BIOS ROM area (QEMU's firmware puts it there). Returns what went wrong.
 #[cfg(feature = "ktest")]
-pub fn rsdp_scan_self_test() -> Result<(), &'static str> {
+pub fn rsdp_scan_self_test(found_at_boot: Option<u64>) -> Result<(), &'static str> {
     let mut rsdp = [0u8; RSDP_V2_LENGTH];
     rsdp[..8].copy_from_slice(b"RSD PTR ");
     rsdp[15] = 2;
@@ -278,6 +279,11 @@ pub fn rsdp_scan_self_test() -> Result<(), &'static str> {
     }
     if crate::kmap::unmap_page(PAGE_0_WINDOW).is_ok() {
         return Err("page 0 stayed mapped in the window");
+    }
+    if let Some(address) = found_at_boot.filter(|a| (0xE0000..BIOS_AREA_END).contains(a)) {
+        if find_rsdp(None).map(|found| found.address) != Some(address) {
+            return Err("the scan without a hint missed the RSDP the loader pointed at");
+        }
     }
     Ok(())
 }
