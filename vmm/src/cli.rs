@@ -19,7 +19,8 @@ pub const USAGE: &str = "\
 lull-vmm: the microVM monitor that hosts Lull on /dev/kvm
 
 USAGE:
-  lull-vmm run --kernel ELF|BZIMAGE [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH] [RUN OPTIONS]
+  lull-vmm run --kernel ELF|BZIMAGE [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH]
+              [--no-rsdp-hint] [RUN OPTIONS]
   lull-vmm restore --snapshot DIR [RUN OPTIONS]
   lull-vmm pause|resume|power-button|info --api SOCKET
   lull-vmm snapshot --api SOCKET --path DIR [--leave-paused]
@@ -31,6 +32,8 @@ RUN OPTIONS:
   --api-sock PATH           serve the control API (REST/JSON, see vmm/api.yaml) on a Unix socket
   --metrics-file PATH       append a JSON line of metrics every --metrics-interval-ms (default 1000)
   --timing                  print a JSON line on stderr when all vCPUs run
+  --no-rsdp-hint            run only: pass no RSDP address in the boot data (as Firecracker);
+                            the kernel must find the ACPI tables by scanning the BIOS areas
 
 Defaults: 1 vCPU, 128 MiB, empty command line. The serial console is stdin/stdout (raw mode when
 stdin is a terminal; Ctrl-A x quits). Exit status: the guest's (0 on ACPI poweroff; (N<<1)|1
@@ -194,6 +197,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         "run" => {
             let (mut kernel, mut vcpus, mut memory_mib) = (None, 1u8, 128u64);
             let (mut cmdline, mut cmdline_file) = (None::<Vec<u8>>, None::<PathBuf>);
+            let mut rsdp_hint = true;
             while let Some(option) = arguments.rest.next() {
                 match option.as_str() {
                     "--kernel" => kernel = Some(PathBuf::from(arguments.value(option)?)),
@@ -203,6 +207,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     "--cmdline-file" => {
                         cmdline_file = Some(PathBuf::from(arguments.value(option)?))
                     }
+                    "--no-rsdp-hint" => rsdp_hint = false,
                     other => {
                         if !parse_run_option(&mut arguments, other, &mut options)? {
                             return Err(arguments.unknown(other));
@@ -233,6 +238,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     vcpus,
                     memory_mib,
                     cmdline,
+                    rsdp_hint,
                 },
                 options,
             })
@@ -616,7 +622,8 @@ mod tests {
                 kernel: "k.elf".into(),
                 vcpus: 1,
                 memory_mib: 128,
-                cmdline: vec![]
+                cmdline: vec![],
+                rsdp_hint: true,
             }
         );
         assert_eq!(options.metrics_interval_ms, 1000);
@@ -626,7 +633,7 @@ mod tests {
     #[test]
     fn run_with_everything() {
         let command = parse(&args(
-            "run --kernel k --vcpus 4 --memory 1024 --cmdline nohz=off --api-sock /s --metrics-file /m --metrics-interval-ms 250 --timing",
+            "run --kernel k --vcpus 4 --memory 1024 --cmdline nohz=off --api-sock /s --metrics-file /m --metrics-interval-ms 250 --timing --no-rsdp-hint",
         ))
         .unwrap();
         let Command::Run { config, options } = command else {
@@ -636,6 +643,7 @@ mod tests {
             (config.vcpus, config.memory_mib, config.cmdline),
             (4, 1024, b"nohz=off".to_vec())
         );
+        assert!(!config.rsdp_hint);
         assert_eq!(options.api_sock, Some(PathBuf::from("/s")));
         assert_eq!(options.metrics_file, Some(PathBuf::from("/m")));
         assert_eq!(options.metrics_interval_ms, 250);

@@ -43,6 +43,10 @@ pub struct MachineConfig {
     pub vcpus: u8,
     pub memory_mib: u64,
     pub cmdline: Vec<u8>,
+    /// Whether the boot data points the kernel at the RSDP (`hvm_start_info.rsdp_paddr`, the
+    /// zero page's `acpi_rsdp_addr`). `false` leaves them 0, as Firecracker does: the kernel
+    /// must then find the RSDP by scanning the BIOS areas (it is at 0xe0000).
+    pub rsdp_hint: bool,
 }
 
 /// Why a machine operation failed. Messages say what to do where there is something to do.
@@ -255,12 +259,12 @@ impl Machine {
         regs::write_boot_gdt(&memory.mmap).map_err(pvh::PvhError::from)?;
         let tables = acpi::build_tables(config.vcpus)?;
         tables.write_to(&memory.mmap)?;
-        pvh::write_boot_data(
-            &memory.mmap,
-            &layout,
-            &config.cmdline,
-            tables.rsdp_address(),
-        )?;
+        let rsdp_hint = if config.rsdp_hint {
+            tables.rsdp_address()
+        } else {
+            0
+        };
+        pvh::write_boot_data(&memory.mmap, &layout, &config.cmdline, rsdp_hint)?;
         let entry = match entry {
             LoadedKernel::Pvh(address) => KernelEntry::Pvh(address),
             LoadedKernel::BzImage { entry, header } => {
@@ -269,7 +273,7 @@ impl Machine {
                     &layout,
                     header,
                     config.cmdline.len(),
-                    tables.rsdp_address(),
+                    rsdp_hint,
                 )?;
                 KernelEntry::Linux32(entry)
             }

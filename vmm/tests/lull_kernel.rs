@@ -152,3 +152,32 @@ fn power_button_shuts_the_kernel_down_cleanly() {
     let status = vmm.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "console:\n{}", vmm.output());
 }
+
+/// Firecracker passes no RSDP address in `hvm_start_info`; Lull must find the tables lull-vmm
+/// put at 0xe0000 by scanning the BIOS areas (reading the EBDA pointer in page 0, which its
+/// page tables leave unmapped, once faulted right after the `cpu:` line).
+#[test]
+fn boots_without_an_rsdp_hint_and_finds_acpi_by_scanning() {
+    let Some(kernel) = lull_kernel("boots_without_an_rsdp_hint_and_finds_acpi_by_scanning") else {
+        return;
+    };
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--no-rsdp-hint",
+    ]);
+    vmm.wait_for(PROMPT, BOOT);
+    let output = vmm.output();
+    let line = output
+        .lines()
+        .find(|line| line.contains("ACPI: RSDP at "))
+        .unwrap_or_else(|| panic!("no ACPI line\n--- console ---\n{output}"));
+    eprintln!("{line}");
+    assert!(line.contains("ACPI: RSDP at 0xe0000 "), "{line}");
+    assert!(line.contains("FACP") && line.contains("APIC"), "{line}");
+    vmm.send(b"poweroff\r");
+    assert_eq!(vmm.wait_exit(BOOT).code(), Some(0), "ACPI S5 exits 0");
+}

@@ -44,6 +44,13 @@ pub(super) fn acpi_tables_found() -> TestResult {
     Ok(())
 }
 
+/// The RSDP scan used when the loader gives no RSDP address: checksums are validated, reads
+/// stay inside the first MiB, page 0 is unmapped again, and the scan finds the boot's RSDP.
+pub(super) fn rsdp_scan_validates_and_unmaps() -> TestResult {
+    arch::acpi::rsdp_scan_self_test(crate::acpi().map(|info| info.rsdp_address))
+        .map_err(|why| String::from(why).into())
+}
+
 pub(super) fn procfs_reads_and_validates_writes() -> TestResult {
     ensure!(
         procfs::read("/proc/version")?.starts_with("Lull version"),

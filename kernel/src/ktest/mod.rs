@@ -96,6 +96,10 @@ const TESTS: &[TestCase] = &[
     ),
     ("acpi_tables_found", boot::acpi_tables_found),
     (
+        "rsdp_scan_validates_and_unmaps",
+        boot::rsdp_scan_validates_and_unmaps,
+    ),
+    (
         "procfs_reads_and_validates_writes",
         boot::procfs_reads_and_validates_writes,
     ),

@@ -3,13 +3,13 @@
 //! that could leave a stale translation behind is followed by a TLB shootdown on every CPU, so
 //! once a call returns no CPU still reaches the old frame through the window.
 //!
-//! Callers own the window addresses they use (there is no allocator for them yet); a caller
-//! must hold no spinlock (the shootdown waits for other CPUs).
+//! Callers own the window addresses they use (there is no allocator for them yet: the in-kernel
+//! tests use page 7, ACPI's scan of physical page 0 page 511); a caller must hold no spinlock
+//! (the shootdown waits for other CPUs).
 
 use lull_buddy::ZoneKind;
 
 use crate::arch::paging;
-#[cfg_attr(not(feature = "ktest"), allow(unused_imports))] // used by the in-kernel tests
 pub use crate::arch::paging::{WindowError, WINDOW_BASE};
 
 fn page_table_frame() -> Option<u64> {
@@ -26,8 +26,16 @@ pub fn map_page(address: u64, frame: u64) -> Result<(), WindowError> {
     Ok(())
 }
 
+/// Maps window page `address` to `frame` read-only (replacing what was there, on every CPU).
+pub fn map_page_readonly(address: u64, frame: u64) -> Result<(), WindowError> {
+    let old = paging::set_window_page_readonly(address, frame, &mut page_table_frame)?;
+    if old.is_some() {
+        crate::smp::flush_tlb_range(address, address + 4096);
+    }
+    Ok(())
+}
+
 /// Unmaps window page `address` on every CPU; returns the frame it mapped.
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 pub fn unmap_page(address: u64) -> Result<u64, WindowError> {
     let old = paging::set_window_page(address, None, &mut page_table_frame)?
         .ok_or(WindowError::NotMapped(address))?;

@@ -2,7 +2,9 @@
 //! IOAPICs, interrupt source overrides), HPET, and the `\_S5` sleep type from the DSDT.
 //!
 //! Tables live in firmware-reserved memory, identity-mapped. Every table's checksum is
-//! verified before it is trusted; a bad one is skipped with a warning, never a crash.
+//! verified before it is trusted; a bad one is skipped with a warning, never a crash. Without
+//! the loader's RSDP pointer the BIOS areas are scanned; page 0 (the EBDA pointer), unmapped
+//! to catch null dereferences, is read through a temporary read-only window mapping.
 
 use alloc::vec::Vec;
 
@@ -66,7 +68,7 @@ pub struct AcpiInfo {
 }
 
 fn read_bytes(address: u64, length: usize) -> &'static [u8] {
-    // SAFETY: callers pass ranges inside ACPI tables (or the BIOS area being scanned), which
+    // SAFETY: callers pass ranges inside ACPI tables (or the first MiB above page 0), which
     // firmware keeps reserved and the kernel keeps identity-mapped for its whole life.
     unsafe { core::slice::from_raw_parts(address as usize as *const u8, length) }
 }
@@ -126,35 +128,170 @@ fn io_block(port: u32) -> Option<GenericAddress> {
     })
 }
 
-/// Finds the RSDP: the loader's pointer if it gave one, else the BIOS areas (EBDA, E0000-FFFFF).
-fn find_rsdp(hint: Option<u64>) -> Option<u64> {
-    if let Some(address) = hint {
-        if read_bytes(address, 8) == b"RSD PTR " {
-            return Some(address);
-        }
+/// End of the first MiB, the legacy BIOS areas: the BIOS data area (page 0), the EBDA and the
+/// BIOS ROM area 0xE0000-0xFFFFF, where firmware without a loader hint leaves the RSDP.
+const BIOS_AREA_END: u64 = 0x10_0000;
+/// The kernel-window page borrowed to read physical page 0 (see `kmap`'s list of owners).
+const PAGE_0_WINDOW: u64 = crate::mm::kmap::WINDOW_BASE + 511 * 4096;
+/// Bytes the checksums of an RSDP cover: revision 0 (ACPI 1.0), revision 2 and later.
+const RSDP_V1_LENGTH: usize = 20;
+const RSDP_V2_LENGTH: usize = 36;
+
+/// Copies `[start, start + length)` of the first MiB into an owned buffer; `None` if the range
+/// leaves the first MiB or page 0 cannot be mapped.
+///
+/// Page 0 (the BIOS data area, holding the EBDA pointer) is unmapped in the kernel's address
+/// space so that null dereferences fault; it is read through a temporary read-only mapping in
+/// the kernel window, unmapped again (on every CPU) before this returns. The rest of the first
+/// MiB is identity-mapped.
+fn copy_bios_area(start: u64, length: usize) -> Option<Vec<u8>> {
+    let end = start.checked_add(length as u64)?;
+    if end > BIOS_AREA_END {
+        return None;
     }
-    let ebda = (u16_at(read_bytes(0x40E, 2), 0) as u64) << 4;
-    let mut areas: Vec<(u64, u64)> = Vec::new();
+    let mut bytes = Vec::with_capacity(length);
+    if start < 4096 {
+        let page_end = end.min(4096);
+        crate::mm::kmap::map_page_readonly(PAGE_0_WINDOW, 0).ok()?;
+        let source = (PAGE_0_WINDOW + start) as usize as *const u8;
+        // SAFETY: `PAGE_0_WINDOW` is this module's window page, mapped just above to physical
+        // page 0 (read-only) and not unmapped until after the copy; `[start, page_end)` lies
+        // within that page. Page 0 is firmware's BIOS data area, which nothing writes.
+        bytes.extend_from_slice(unsafe {
+            core::slice::from_raw_parts(source, (page_end - start) as usize)
+        });
+        let _ = crate::mm::kmap::unmap_page(PAGE_0_WINDOW);
+    }
+    let rest = start.max(4096);
+    if rest < end {
+        bytes.extend_from_slice(read_bytes(rest, (end - rest) as usize));
+    }
+    Some(bytes)
+}
+
+/// Whether `bytes` starts with a valid RSDP: signature, the ACPI 1.0 checksum over the first
+/// 20 bytes and, for revision 2 or later, the extended checksum over all 36 (as Linux's
+/// `acpi_tb_validate_rsdp`; the length field is not trusted).
+fn rsdp_valid(bytes: &[u8]) -> bool {
+    let Some(v1) = bytes.get(..RSDP_V1_LENGTH) else {
+        return false;
+    };
+    if &v1[..8] != b"RSD PTR " || !checksum_ok(v1) {
+        return false;
+    }
+    v1[15] < 2 || bytes.get(..RSDP_V2_LENGTH).is_some_and(checksum_ok)
+}
+
+/// A found RSDP: its address and its first 36 bytes (zero past 20 for revision 0 when the
+/// structure ends a scanned area).
+struct Rsdp {
+    address: u64,
+    bytes: [u8; RSDP_V2_LENGTH],
+}
+
+impl Rsdp {
+    fn new(address: u64, found: &[u8]) -> Self {
+        let mut bytes = [0u8; RSDP_V2_LENGTH];
+        let length = found.len().min(RSDP_V2_LENGTH);
+        bytes[..length].copy_from_slice(&found[..length]);
+        Self { address, bytes }
+    }
+}
+
+/// Scans `area` (a copy of the memory at `base`) for an RSDP on the 16-byte boundaries the
+/// specification puts it on.
+fn scan_for_rsdp(base: u64, area: &[u8]) -> Option<Rsdp> {
+    (0..area.len())
+        .step_by(16)
+        .find(|&offset| rsdp_valid(&area[offset..]))
+        .map(|offset| Rsdp::new(base + offset as u64, &area[offset..]))
+}
+
+/// The RSDP at the loader's hint, if it is one.
+fn rsdp_at(address: u64) -> Option<Rsdp> {
+    let bytes = if address < BIOS_AREA_END {
+        copy_bios_area(
+            address,
+            RSDP_V2_LENGTH.min((BIOS_AREA_END - address) as usize),
+        )?
+    } else {
+        read_bytes(address, RSDP_V2_LENGTH).to_vec()
+    };
+    rsdp_valid(&bytes).then(|| Rsdp::new(address, &bytes))
+}
+
+/// Finds the RSDP: the loader's pointer if it gave one, else the BIOS areas (ACPI 5.2.5.1):
+/// the first KiB of the EBDA, whose segment is the word at 0x40E, then 0xE0000-0xFFFFF.
+/// Firecracker, for one, passes no pointer in `hvm_start_info`.
+fn find_rsdp(hint: Option<u64>) -> Option<Rsdp> {
+    if let Some(rsdp) = hint.and_then(rsdp_at) {
+        return Some(rsdp);
+    }
+    let ebda = copy_bios_area(0x40E, 2).map_or(0, |word| (u16_at(&word, 0) as u64) << 4);
     if (0x80000..0xA0000).contains(&ebda) {
-        areas.push((ebda, ebda + 1024));
-    }
-    areas.push((0xE0000, 0x100000));
-    for (start, end) in areas {
-        let mut address = start;
-        while address + 20 <= end {
-            let candidate = read_bytes(address, 20);
-            if &candidate[..8] == b"RSD PTR " && checksum_ok(candidate) {
-                return Some(address);
-            }
-            address += 16;
+        let length = 1024.min(0xA0000 - ebda) as usize;
+        if let Some(rsdp) = copy_bios_area(ebda, length).and_then(|area| scan_for_rsdp(ebda, &area))
+        {
+            return Some(rsdp);
         }
     }
-    None
+    copy_bios_area(0xE0000, 0x20000).and_then(|area| scan_for_rsdp(0xE0000, &area))
+}
+
+/// The in-kernel test of the RSDP scan: validation rejects a wrong signature or checksum,
+/// BIOS-area copies stay inside the first MiB, page 0 is read through the window and
+/// unmapped again, and a scan without the loader's hint finds `found_at_boot` when that is
+/// in the BIOS ROM area (QEMU's firmware puts it there). Returns what went wrong.
+#[cfg(feature = "ktest")]
+pub fn rsdp_scan_self_test(found_at_boot: Option<u64>) -> Result<(), &'static str> {
+    let mut rsdp = [0u8; RSDP_V2_LENGTH];
+    rsdp[..8].copy_from_slice(b"RSD PTR ");
+    rsdp[15] = 2;
+    rsdp[20] = RSDP_V2_LENGTH as u8;
+    rsdp[8] = 0u8.wrapping_sub(rsdp[..20].iter().fold(0u8, |s, b| s.wrapping_add(*b)));
+    rsdp[32] = 0u8.wrapping_sub(rsdp.iter().fold(0u8, |s, b| s.wrapping_add(*b)));
+    if !rsdp_valid(&rsdp) {
+        return Err("a well-formed revision 2 RSDP was rejected");
+    }
+    if rsdp_valid(&rsdp[..RSDP_V1_LENGTH]) {
+        return Err("a revision 2 RSDP cut short of its extended checksum was accepted");
+    }
+    let mut bad = rsdp;
+    bad[33] ^= 1;
+    if rsdp_valid(&bad) {
+        return Err("a bad extended checksum was accepted");
+    }
+    bad = rsdp;
+    bad[9] ^= 1;
+    if rsdp_valid(&bad) {
+        return Err("a bad ACPI 1.0 checksum was accepted");
+    }
+    let mut area = alloc::vec![0u8; 64];
+    area[32..].copy_from_slice(&rsdp[..32]);
+    area[32 + 15] = 0; // revision 0: only the first 20 bytes count
+    area[32 + 8] = 0;
+    area[32 + 8] = 0u8.wrapping_sub(area[32..52].iter().fold(0u8, |s, b| s.wrapping_add(*b)));
+    if scan_for_rsdp(0xE0000, &area).map(|found| found.address) != Some(0xE0020) {
+        return Err("the scan missed a revision 0 RSDP on a 16-byte boundary");
+    }
+    if copy_bios_area(0xFFFFF, 2).is_some() || copy_bios_area(0x40E, 2).is_none() {
+        return Err("BIOS-area copies are not bounded to the first MiB");
+    }
+    if crate::mm::kmap::unmap_page(PAGE_0_WINDOW).is_ok() {
+        return Err("page 0 stayed mapped in the window");
+    }
+    if let Some(address) = found_at_boot.filter(|a| (0xE0000..BIOS_AREA_END).contains(a)) {
+        if find_rsdp(None).map(|found| found.address) != Some(address) {
+            return Err("the scan without a hint missed the RSDP the loader pointed at");
+        }
+    }
+    Ok(())
 }
 
 /// Reads a table header and returns the whole table if its checksum holds.
 fn table(address: u64) -> Option<&'static [u8]> {
-    if address == 0 {
+    if address < 4096 {
+        // Null, or in page 0, which is not mapped (and holds no tables).
         return None;
     }
     let header = read_bytes(address, 36);
@@ -168,10 +305,10 @@ fn table(address: u64) -> Option<&'static [u8]> {
 
 /// Discovers and parses the tables Lull uses. `None` when there is no ACPI at all.
 pub fn discover(rsdp_hint: Option<u64>) -> Option<AcpiInfo> {
-    let rsdp_address = find_rsdp(rsdp_hint)?;
-    let rsdp = read_bytes(rsdp_address, 36);
+    let found = find_rsdp(rsdp_hint)?;
+    let rsdp = &found.bytes[..];
     let mut info = AcpiInfo {
-        rsdp_address,
+        rsdp_address: found.address,
         revision: rsdp[15],
         ..AcpiInfo::default()
     };

@@ -205,6 +205,24 @@ pub fn set_window_page(
     frame: Option<u64>,
     source: FrameSource<'_>,
 ) -> Result<Option<u64>, WindowError> {
+    set_window_entry(address, frame, WRITABLE, source)
+}
+
+/// As [`set_window_page`], but maps `frame` read-only (CR0.WP is set: a kernel write faults).
+pub fn set_window_page_readonly(
+    address: u64,
+    frame: u64,
+    source: FrameSource<'_>,
+) -> Result<Option<u64>, WindowError> {
+    set_window_entry(address, Some(frame), 0, source)
+}
+
+fn set_window_entry(
+    address: u64,
+    frame: Option<u64>,
+    flags: u64,
+    source: FrameSource<'_>,
+) -> Result<Option<u64>, WindowError> {
     let index = window_index(address)?;
     if let Some(frame) = frame.filter(|frame| !frame.is_multiple_of(4096)) {
         return Err(WindowError::MisalignedFrame(frame));
@@ -220,7 +238,7 @@ pub fn set_window_page(
     // SAFETY: `slot` is an entry of the window's page table (ours, identity-mapped), and the
     // lock serialises every writer.
     let old = unsafe { *slot };
-    let new = frame.map_or(0, |frame| frame | PRESENT | WRITABLE);
+    let new = frame.map_or(0, |frame| frame | PRESENT | flags);
     // SAFETY: as above; the entry maps only window addresses, which nothing else relies on.
     unsafe { core::ptr::write_volatile(slot, new) };
     drop(table);
