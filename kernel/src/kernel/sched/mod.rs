@@ -414,9 +414,9 @@ pub fn wake_up(id: u64) {
     }
 }
 
-/// Announces that the running thread is about to sleep (it is on its wait queue already).
-fn prepare_to_sleep() {
-    let Some(id) = current() else { return };
+/// Marks thread `id` (the running thread) as about to sleep: a wake-up from now on cancels its
+/// next sleep. The wait/wake protocol around it is `lull-waitqueue`'s (see `wait.rs`).
+fn prepare_to_sleep(id: u64) {
     if let Some(state) = sched_lock().as_mut() {
         if let Some(task) = state.threads.get(&id).map(|thread| thread.id) {
             let _ = state.policy.prepare_to_sleep(task);
@@ -424,46 +424,12 @@ fn prepare_to_sleep() {
     }
 }
 
-/// The running thread's condition came true: it will not sleep after all.
-fn finish_wait() {
-    let Some(id) = current() else { return };
+/// Thread `id` (the running thread) found its condition true: it will not sleep after all.
+fn finish_wait(id: u64) {
     if let Some(state) = sched_lock().as_mut() {
         if let Some(task) = state.threads.get(&id).map(|thread| thread.id) {
             let _ = state.policy.finish_wait(task);
         }
-    }
-}
-
-/// Sleeps until `condition` holds, re-checked after every wake-up. No wake-up is lost: the
-/// thread is marked as preparing to sleep *before* it joins the waker's list and checks, so a
-/// waker that finds it on the list always cancels the sleep (Linux's `prepare_to_wait` sets
-/// the task state and queues it together). Joining first would let a waker take the list and
-/// "wake" a still-running thread (a no-op) whose check then fails because a third thread took
-/// the lock; it would sleep off the list, never to be woken.
-/// `register`/`unregister` put the thread on and off the waker's list.
-pub(crate) fn sleep_until_condition(
-    mut condition: impl FnMut() -> bool,
-    mut register: impl FnMut(u64),
-    mut unregister: impl FnMut(u64),
-) {
-    let Some(id) = current() else {
-        // Not a thread (a CPU's idle code, or boot before threads): halt until it holds.
-        while !condition() {
-            cpu::disable_interrupts();
-            crate::kernel::time::idle();
-        }
-        return;
-    };
-    loop {
-        prepare_to_sleep();
-        register(id);
-        if condition() {
-            finish_wait();
-            unregister(id);
-            return;
-        }
-        schedule();
-        unregister(id);
     }
 }
 

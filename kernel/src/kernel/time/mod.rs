@@ -43,7 +43,7 @@ use crate::drivers::clocksource as devices;
 pub use crate::drivers::clocksource::{TickDevice, LOCAL_TIMER_VECTOR};
 pub use early::{calibrate, set_boot_tsc, tsc_hz};
 pub use proc::{proc_timer_list, proc_timer_stats, proc_timer_stats_write};
-pub(crate) use sleep::thread_wait_until;
+pub(crate) use sleep::with_sleep_timer;
 pub use sleep::{msleep, sleep_ns, sleep_until};
 
 /// Time parameters.

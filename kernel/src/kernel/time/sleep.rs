@@ -116,7 +116,12 @@ static SLEEP_TIMER_FIRED: IrqSafeLock<alloc::collections::BTreeSet<u64>> =
 /// CPU runs other threads (or idles tickless) meanwhile. The timer is destroyed on the CPU it
 /// was armed on, wherever the thread runs when it wakes.
 fn thread_sleep_until(thread: u64, deadline_ns: u64, site: &'static str) -> u64 {
-    if thread_wait_until(thread, deadline_ns, site, || false, |_| {}, |_| {}).is_none() {
+    // Nobody else wakes this sleep: a queue of its own, which only the timer's wake-up ends.
+    let alone = crate::kernel::sched::WaitQueue::new();
+    let slept = with_sleep_timer(thread, deadline_ns, site, |expired| {
+        alone.wait_until(expired)
+    });
+    if slept.is_none() {
         return busy_wait_until(deadline_ns);
     }
     let woke = uptime_ns();
@@ -127,18 +132,18 @@ fn thread_sleep_until(thread: u64, deadline_ns: u64, site: &'static str) -> u64 
     woke
 }
 
-/// Sleeps the running thread until `condition` holds or monotonic time `deadline_ns` passes,
-/// whichever is first (the engine of `wait_event_timeout`). `register`/`unregister` put the
-/// thread on the waker's list, as for `sched::sleep_until_condition`. Returns whether the
-/// condition held, or `None` if no timer could be armed (the caller falls back to polling).
-pub(crate) fn thread_wait_until(
+/// Arms a sleep timer for thread `thread` (the running thread) at monotonic `deadline_ns` on
+/// this CPU and runs `wait(expired)`: `expired()` turns true once the timer fired, and the
+/// timer's callback wakes the thread, so a wait on any wait queue can give up at the deadline
+/// (the engine of `wait_event_timeout`). The timer is destroyed afterwards on the CPU it was
+/// armed on. Returns `wait`'s result, or `None` if no timer could be armed (the caller falls
+/// back to polling).
+pub(crate) fn with_sleep_timer<R>(
     thread: u64,
     deadline_ns: u64,
     site: &'static str,
-    mut condition: impl FnMut() -> bool,
-    register: impl FnMut(u64),
-    unregister: impl FnMut(u64),
-) -> Option<bool> {
+    wait: impl FnOnce(&mut dyn FnMut() -> bool) -> R,
+) -> Option<R> {
     let armed = {
         let interrupts_off = InterruptsDisabled::new();
         let cpu = interrupts_off.cpu_index();
@@ -163,22 +168,14 @@ pub(crate) fn thread_wait_until(
         })
     };
     let (cpu, timer) = armed?;
-    let mut met = false;
-    crate::kernel::sched::sleep_until_condition(
-        || {
-            met = condition();
-            met || SLEEP_TIMER_FIRED.lock().remove(&thread)
-        },
-        register,
-        unregister,
-    );
+    let result = wait(&mut || SLEEP_TIMER_FIRED.lock().remove(&thread));
     if let Some(percpu) = CPU_TIME.on_cpu(cpu).lock().as_mut() {
         let _ = percpu.hrtimer_destroy(timer, uptime_ns());
     }
     // The callback runs under `CPU_TIME[cpu]`: once the timer is destroyed it has either run
     // (its mark is removed here, so it cannot end a later sleep early) or never will.
     SLEEP_TIMER_FIRED.lock().remove(&thread);
-    Some(met)
+    Some(result)
 }
 
 fn busy_wait_until(deadline_ns: u64) -> u64 {
