@@ -92,7 +92,9 @@ fn check_kernel_toolchain() -> Result<(), String> {
             .output()
             .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
             .unwrap_or_default();
-        let lib = std::path::Path::new(&sysroot).join("lib/rustlib").join(KERNEL_TARGET);
+        let lib = std::path::Path::new(&sysroot)
+            .join("lib/rustlib")
+            .join(KERNEL_TARGET);
         return if lib.exists() {
             Ok(())
         } else {
@@ -105,7 +107,10 @@ fn check_kernel_toolchain() -> Result<(), String> {
     };
     let add = |args: &[&str]| -> Result<(), String> {
         let shown = format!("rustup {}", args.join(" "));
-        eprintln!("xtask: the pinned toolchain lacks {}; running: {shown}", args[args.len() - 1]);
+        eprintln!(
+            "xtask: the pinned toolchain lacks {}; running: {shown}",
+            args[args.len() - 1]
+        );
         let status = Command::new("rustup")
             .current_dir(crate::kernel::repo_root())
             .args(args)
