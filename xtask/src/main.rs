@@ -325,7 +325,7 @@ fn cargo_test(
     command
         .current_dir(kernel::repo_root())
         .env("LULL_KERNEL", kernel)
-        .args(["test", "--workspace", "--color", "never"]);
+        .args(["test", "--workspace", "--no-fail-fast", "--color", "never"]);
     if !extra.is_empty() {
         command.arg("--").args(extra);
     }
