@@ -134,10 +134,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
 fn cmd_setup() -> Result<(), String> {
     tools::ensure_kernel_toolchain()?;
     tools::ensure_qemu()?;
-    println!(
-        "xtask: toolchain (with {}, rust-src) and QEMU are ready",
-        "x86_64-unknown-none"
-    );
+    println!("xtask: toolchain (with x86_64-unknown-none, rust-src) and QEMU are ready");
     Ok(())
 }
 
