@@ -1,12 +1,43 @@
-//! Helpers for tests that need /dev/kvm: they skip, saying why, where it is missing.
+//! Helpers for tests that need /dev/kvm. Such tests are `#[ignore = "needs /dev/kvm"]`, so a
+//! plain `cargo test` reports them as ignored (skipped) instead of passing without testing
+//! anything; `cargo xtask test` runs them in a second pass (`-- --ignored`) only where KVM is
+//! usable. A test that was asked to run but finds no usable KVM fails, saying why.
+//!
+//! `LULL_NO_KVM=1` hides KVM from the tests (and from `cargo xtask test`), as on a machine
+//! without it.
 
-/// Opens /dev/kvm, or prints why the calling test is skipped and returns `None`.
-pub fn kvm_or_skip(test: &str) -> Option<kvm_ioctls::Kvm> {
-    match kvm_ioctls::Kvm::new() {
-        Ok(kvm) => Some(kvm),
-        Err(error) => {
-            eprintln!("SKIPPED {test}: /dev/kvm unavailable ({error})");
-            None
-        }
+/// The environment variable that hides /dev/kvm from the tests when set to anything but
+/// empty or `0`.
+pub const NO_KVM_ENV: &str = "LULL_NO_KVM";
+
+/// Whether [`NO_KVM_ENV`] asks to hide KVM.
+pub fn kvm_hidden() -> bool {
+    std::env::var_os(NO_KVM_ENV).is_some_and(|value| !value.is_empty() && value != "0")
+}
+
+/// `Ok` when /dev/kvm can be opened read-write and is not hidden; otherwise why not.
+pub fn kvm_usable() -> Result<(), String> {
+    if kvm_hidden() {
+        return Err(format!("{NO_KVM_ENV} is set"));
     }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|error| format!("/dev/kvm unusable ({error})"))
+}
+
+/// Panics, naming `test` and the reason, unless KVM is usable: an ignored KVM test that was
+/// explicitly run must not pass without testing anything.
+pub fn require_kvm(test: &str) {
+    if let Err(why) = kvm_usable() {
+        panic!("{test} needs /dev/kvm: {why}");
+    }
+}
+
+/// Opens KVM for `test`, or panics saying why it cannot.
+pub fn kvm(test: &str) -> kvm_ioctls::Kvm {
+    require_kvm(test);
+    kvm_ioctls::Kvm::new().unwrap_or_else(|error| panic!("{test}: cannot open /dev/kvm: {error}"))
 }

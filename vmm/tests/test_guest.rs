@@ -1,6 +1,7 @@
 //! Integration tests with the built-in PVH test guest (no kernel build needed): boot, console,
 //! 1 MiB command line, API (good and bad requests), power button, snapshot → restore in a new
-//! process, damaged snapshots, idle cost from the metrics. Skip where /dev/kvm is absent.
+//! process, damaged snapshots, idle cost from the metrics. Ignored (skipped) unless run with
+//! `--ignored`, which `cargo xtask test` does where /dev/kvm is usable.
 
 mod common;
 
@@ -36,10 +37,9 @@ fn boot_test_guest_with_api(
 }
 
 #[test]
+#[ignore = "needs /dev/kvm"]
 fn boots_echoes_console_input_and_powers_off_on_q() {
-    if !kvm_available("boots_echoes_console_input_and_powers_off_on_q") {
-        return;
-    }
+    require_kvm("boots_echoes_console_input_and_powers_off_on_q");
     let dir = scratch("echo");
     let guest = test_guest(&dir);
     let mut vmm = Vmm::spawn(&[
@@ -59,10 +59,9 @@ fn boots_echoes_console_input_and_powers_off_on_q() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm"]
 fn megabyte_command_line_file_arrives_intact() {
-    if !kvm_available("megabyte_command_line_file_arrives_intact") {
-        return;
-    }
+    require_kvm("megabyte_command_line_file_arrives_intact");
     let dir = scratch("cmdline");
     let guest = test_guest(&dir);
     // 1 MiB, not starting with 'h' (which would make the guest idle without polling).
@@ -84,10 +83,9 @@ fn megabyte_command_line_file_arrives_intact() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm"]
 fn power_button_makes_the_guest_power_off() {
-    if !kvm_available("power_button_makes_the_guest_power_off") {
-        return;
-    }
+    require_kvm("power_button_makes_the_guest_power_off");
     let dir = scratch("button");
     let guest = test_guest(&dir);
     let socket = dir.join("api.sock");
@@ -100,10 +98,9 @@ fn power_button_makes_the_guest_power_off() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm"]
 fn bad_api_requests_get_typed_errors_and_the_vm_keeps_running() {
-    if !kvm_available("bad_api_requests_get_typed_errors_and_the_vm_keeps_running") {
-        return;
-    }
+    require_kvm("bad_api_requests_get_typed_errors_and_the_vm_keeps_running");
     let dir = scratch("badapi");
     let guest = test_guest(&dir);
     let socket = dir.join("api.sock");
@@ -149,10 +146,9 @@ fn bad_api_requests_get_typed_errors_and_the_vm_keeps_running() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm"]
 fn snapshot_restores_in_a_new_process_and_the_guest_continues() {
-    if !kvm_available("snapshot_restores_in_a_new_process_and_the_guest_continues") {
-        return;
-    }
+    require_kvm("snapshot_restores_in_a_new_process_and_the_guest_continues");
     let dir = scratch("snapshot");
     let guest = test_guest(&dir);
     let socket = dir.join("api.sock");
@@ -199,10 +195,9 @@ fn snapshot_restores_in_a_new_process_and_the_guest_continues() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm"]
 fn damaged_snapshots_are_refused_with_a_clear_error() {
-    if !kvm_available("damaged_snapshots_are_refused_with_a_clear_error") {
-        return;
-    }
+    require_kvm("damaged_snapshots_are_refused_with_a_clear_error");
     let dir = scratch("damaged");
     let guest = test_guest(&dir);
     let socket = dir.join("api.sock");
@@ -255,10 +250,9 @@ fn damaged_snapshots_are_refused_with_a_clear_error() {
 }
 
 #[test]
+#[ignore = "needs /dev/kvm"]
 fn idle_guest_costs_nothing_in_the_metrics_and_the_metrics_file_fills() {
-    if !kvm_available("idle_guest_costs_nothing_in_the_metrics_and_the_metrics_file_fills") {
-        return;
-    }
+    require_kvm("idle_guest_costs_nothing_in_the_metrics_and_the_metrics_file_fills");
     let dir = scratch("metrics");
     let guest = test_guest(&dir);
     let socket = dir.join("api.sock");
@@ -333,10 +327,9 @@ fn snapshot_paused(socket: &std::path::Path, directory: &std::path::Path) -> ser
 /// writes the bytes it receives into a log in its RAM (a page it first wrote before the first
 /// snapshot) and prints the log on `?`.
 #[test]
+#[ignore = "needs /dev/kvm"]
 fn snapshot_of_a_restored_guest_keeps_what_it_wrote_after_the_restore() {
-    if !kvm_available("snapshot_of_a_restored_guest_keeps_what_it_wrote_after_the_restore") {
-        return;
-    }
+    require_kvm("snapshot_of_a_restored_guest_keeps_what_it_wrote_after_the_restore");
     let dir = scratch("resnapshot");
     let guest = test_guest(&dir);
     let socket = dir.join("api.sock");
@@ -387,10 +380,9 @@ fn snapshot_of_a_restored_guest_keeps_what_it_wrote_after_the_restore() {
 /// entered at `code32_start` with `%esi` at a zero page that carries the kernel's setup
 /// header, the E820 map and the command line, and powers off.
 #[test]
+#[ignore = "needs /dev/kvm"]
 fn bzimage_is_entered_through_the_linux_boot_protocol() {
-    if !kvm_available("bzimage_is_entered_through_the_linux_boot_protocol") {
-        return;
-    }
+    require_kvm("bzimage_is_entered_through_the_linux_boot_protocol");
     let dir = scratch("bzimage");
     let image = dir.join("bzImage");
     std::fs::write(&image, lull_vmm::test_guest::linux_probe_bzimage()).unwrap();

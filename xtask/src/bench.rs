@@ -127,6 +127,9 @@ pub fn measure_lull_idle_on(
         &log,
         crate::trace::trim_window(start, end, Duration::from_millis(100)),
     )?;
+    counts
+        .ensure_traced()
+        .map_err(|e| format!("trace {}: {e}", log.display()))?;
     Ok(IdleMeasurement {
         lapic_timer_per_s: counts.per_second(counts.lapic_timer),
         other_per_s: counts.per_second(counts.other_deliveries()),

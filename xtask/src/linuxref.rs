@@ -827,7 +827,7 @@ WARN: stat /dev/cpu_dma_latency failed: No such file or directory
     /// The real thing: boots Debian's Linux twice under QEMU (about 40 s). Run with
     /// `cargo test -p xtask -- --ignored --nocapture linuxref_measures`.
     #[test]
-    #[ignore]
+    #[ignore = "boots Debian's Linux under QEMU (about 40 s); cargo xtask bench measures it"]
     fn linuxref_measures() {
         let reference = measure_linux(&LinuxRefOptions::default()).expect("measured");
         for row in reference.rows() {

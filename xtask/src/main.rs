@@ -48,7 +48,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("xtask: {message}");
+            // `test` has already said why in its closing line, which must stay the last one.
+            if !message.is_empty() {
+                eprintln!("xtask: {message}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -213,28 +216,163 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// Tally of one test tier.
+/// Tally of the test tiers: every test passed, failed or was skipped (with a reason).
 #[derive(Default)]
 struct Tally {
     passed: usize,
     failed: usize,
     failures: Vec<String>,
+    /// `(test, reason)` of each skipped test.
+    skipped: Vec<(String, String)>,
 }
 
-/// Runs `cargo test` on the host workspace, streaming its output and counting its results.
+impl Tally {
+    fn fail(&mut self, what: String) {
+        self.failed += 1;
+        self.failures.push(what);
+    }
+
+    fn skip(&mut self, test: String, reason: String) {
+        self.skipped.push((test, reason));
+    }
+}
+
+/// Set to anything but empty or `0`, hides /dev/kvm from the host tests (and from xtask): the
+/// tests that need it are then reported as skipped, as on a machine without KVM.
+const NO_KVM_ENV: &str = "LULL_NO_KVM";
+
+/// `Ok` when /dev/kvm opens read-write and is not hidden by [`NO_KVM_ENV`]; else why not.
+fn kvm_usable() -> Result<(), String> {
+    if std::env::var_os(NO_KVM_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        return Err(format!("{NO_KVM_ENV} is set"));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|e| format!("cannot open /dev/kvm read-write: {e}"))
+}
+
+/// What one `cargo test` run printed: libtest's per-test lines and its summary lines.
+#[derive(Debug, Default, PartialEq)]
+struct LibtestRun {
+    /// Sums of the `test result:` lines.
+    passed: usize,
+    failed: usize,
+    ignored: usize,
+    /// Tests reported `ok` or `FAILED` by name.
+    ran: Vec<String>,
+    /// `(test, reason)` of each `ignored` line (reason "no reason given" when bare).
+    ignored_tests: Vec<(String, String)>,
+}
+
+impl LibtestRun {
+    /// Takes in one line of libtest's output.
+    fn line(&mut self, line: &str) {
+        // "test result: ok. 29 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; ..."
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let number = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        let part = part.trim();
+                        let part = part.rsplit(". ").next().unwrap_or(part);
+                        part.strip_suffix(word)?.trim().parse::<usize>().ok()
+                    })
+                    .unwrap_or(0)
+            };
+            self.passed += number("passed");
+            self.failed += number("failed");
+            self.ignored += number("ignored");
+            return;
+        }
+        // "test NAME ... ok", "test NAME ... FAILED", "test NAME ... ignored, REASON"
+        let Some((name, outcome)) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.rsplit_once(" ... "))
+        else {
+            return;
+        };
+        if outcome == "ok" || outcome == "FAILED" {
+            self.ran.push(name.to_string());
+        } else if let Some(rest) = outcome.strip_prefix("ignored") {
+            let reason = rest.trim_start_matches(',').trim();
+            let reason = if reason.is_empty() {
+                "no reason given"
+            } else {
+                reason
+            };
+            self.ignored_tests
+                .push((name.to_string(), reason.to_string()));
+        }
+    }
+}
+
+/// Runs `cargo test --workspace` with `extra` libtest arguments, streaming its output; returns
+/// what libtest reported and whether cargo succeeded.
+fn cargo_test(
+    kernel: &std::path::Path,
+    bzimage: Option<&std::path::Path>,
+    extra: &[String],
+) -> Result<(LibtestRun, bool), String> {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if let Some(path) = bzimage {
+        command.env("LULL_BZIMAGE", path);
+    }
+    command
+        .current_dir(kernel::repo_root())
+        .env("LULL_KERNEL", kernel)
+        .args(["test", "--workspace", "--no-fail-fast", "--color", "never"]);
+    if !extra.is_empty() {
+        command.arg("--").args(extra);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo test: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut run = LibtestRun::default();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("{line}");
+        run.line(&line);
+    }
+    let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    Ok((run, status.success()))
+}
+
+/// Why xtask cannot run an ignored test whose `#[ignore = REASON]` names what it needs, or
+/// `None` when it can (KVM usable, `LULL_BZIMAGE` found; `LULL_KERNEL` is always set).
+fn cannot_run(reason: &str, kvm: &Result<(), String>, bzimage: bool) -> Option<String> {
+    let needs_kvm = reason.contains("/dev/kvm");
+    let needs_bzimage = reason.contains("LULL_BZIMAGE");
+    if !needs_kvm && !needs_bzimage {
+        return Some(reason.to_string());
+    }
+    if let (true, Err(why)) = (needs_kvm, kvm) {
+        return Some(format!("{reason}: {why}"));
+    }
+    if needs_bzimage && !bzimage {
+        return Some(format!(
+            "{reason}: no Linux image (`cargo xtask bench --filter linux` fetches one)"
+        ));
+    }
+    None
+}
+
+/// Runs `cargo test` on the host workspace twice: every test not ignored, then (with
+/// `--ignored`) the ignored tests whose needs this machine meets (KVM, a bzImage). Ignored tests
+/// left out are counted as skipped, with their reason.
 fn host_tier(tally: &mut Tally) -> Result<(), String> {
     println!("== tier 1: host tests (cargo test --workspace), VMM integration tests on /dev/kvm");
-    // The VMM's integration tests boot the real kernel (they skip, saying why, without KVM).
+    // The VMM's integration tests boot the real kernel (ignored, so skipped, without KVM).
     let kernel = kernel::build(&Variant::shell(true))?;
-    if std::path::Path::new("/dev/kvm").exists() {
-        println!(
-            "VMM integration tests: /dev/kvm present; booting {} (LULL_KERNEL)",
+    let kvm = kvm_usable();
+    match &kvm {
+        Ok(()) => println!(
+            "KVM tests: /dev/kvm usable; they run in a second pass (-- --ignored), booting {} (LULL_KERNEL)",
             kernel.display()
-        );
-    } else {
-        println!(
-            "VMM integration tests: SKIPPED (no /dev/kvm on this machine); each says so itself"
-        );
+        ),
+        Err(why) => println!("KVM tests: SKIPPED ({why})"),
     }
     // A Linux bzImage for the VMM's loader test, if the Linux reference was fetched (bench).
     let bzimage = std::fs::read_dir(kernel::repo_root().join("target/linuxref/kernel/boot"))
@@ -251,65 +389,257 @@ fn host_tier(tally: &mut Tally) -> Result<(), String> {
         Some(path) => println!("VMM bzImage test: {} (LULL_BZIMAGE)", path.display()),
         None => println!("VMM bzImage test: SKIPPED (no Linux image; `cargo xtask bench --filter linux` fetches one)"),
     }
-    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    if let Some(path) = &bzimage {
-        child.env("LULL_BZIMAGE", path);
+    let (first, success) = cargo_test(&kernel, bzimage.as_deref(), &[])?;
+    tally.passed += first.passed;
+    tally.failed += first.failed;
+    if !success && first.failed == 0 {
+        tally.fail("host: cargo test failed without a failing test (build error?)".into());
+    } else if first.failed > 0 {
+        tally
+            .failures
+            .push(format!("host: {} test(s) failed", first.failed));
     }
-    let mut child = child
-        .current_dir(kernel::repo_root())
-        .env("LULL_KERNEL", &kernel)
-        .args(["test", "--workspace", "--color", "never"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run cargo test: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        println!("{line}");
-        // "test result: ok. 29 passed; 0 failed; 0 ignored; ..."
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let number = |word: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim().strip_suffix(word).map(|n| {
-                            n.trim()
-                                .trim_start_matches("ok. ")
-                                .trim_start_matches("FAILED. ")
-                                .to_string()
-                        })
-                    })
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .unwrap_or(0)
-            };
-            tally.passed += number("passed");
-            tally.failed += number("failed");
+    if first.ignored != first.ignored_tests.len() {
+        tally.fail(format!(
+            "host: libtest counted {} ignored tests but named {}",
+            first.ignored,
+            first.ignored_tests.len()
+        ));
+    }
+    let mut runnable = Vec::new();
+    for (name, reason) in &first.ignored_tests {
+        match cannot_run(reason, &kvm, bzimage.is_some()) {
+            Some(why) => tally.skip(format!("host: {name}"), why),
+            None => runnable.push(name.clone()),
         }
     }
-    let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
-    if !status.success() {
-        tally.failed += 1;
-        tally.failures.push("host: cargo test failed".into());
+    if runnable.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "== tier 1, second pass: {} ignored test(s) this machine can run",
+        runnable.len()
+    );
+    let mut extra = vec!["--ignored".to_string(), "--exact".to_string()];
+    extra.extend(runnable.iter().cloned());
+    let (second, success) = cargo_test(&kernel, bzimage.as_deref(), &extra)?;
+    tally.passed += second.passed;
+    tally.failed += second.failed;
+    if !success && second.failed == 0 {
+        tally.fail("host: cargo test --ignored failed without a failing test".into());
+    } else if second.failed > 0 {
+        tally.failures.push(format!(
+            "host: {} KVM test(s) failed (second pass)",
+            second.failed
+        ));
+    }
+    for name in runnable.iter().filter(|name| !second.ran.contains(name)) {
+        tally.fail(format!("host: {name} did not run in the --ignored pass"));
     }
     Ok(())
 }
 
-/// Boots test builds of the kernel and reads their `N passed, N failed` line and exit status.
+/// One in-kernel test suite: a build booted on a machine, and the tests it is expected to
+/// skip there (the kernel prints `ktest NAME ... skipped: WHY` for those).
+struct KernelSuite {
+    label: &'static str,
+    features: &'static [&'static str],
+    machine: Machine,
+    cpus: u32,
+    skips: &'static [&'static str],
+}
+
+/// microvm has no HPET: the tests that fire its comparator cannot run there.
+const HPET_TESTS: [&str; 4] = [
+    "threaded_irq_handles_the_hpet_comparator",
+    "free_irq_waits_for_the_thread_and_stops_it",
+    "level_oneshot_line_stays_masked_until_its_thread_ran",
+    "irq_affinity_moves_the_hpet_line",
+];
+/// Tests with nothing to check on one CPU (they act on the other CPUs).
+const NEEDS_2_CPUS: [&str; 3] = [
+    "reschedule_ipi_is_delivered",
+    "secondary_cpus_idle_with_tick_stopped",
+    "tsc_is_synchronized_across_cpus",
+];
+/// Two CPUs queue behind a lock held by a third.
+const NEEDS_3_CPUS: [&str; 1] = ["ticket_spinlock_serves_cpus_in_arrival_order"];
+
+/// Every kernel suite with the skips it declares. A skip that is not declared, and a declared
+/// skip that did not happen (the test ran, or no longer exists), fail the suite: edit the
+/// `skips` here when a test gains or loses what it needs.
+const KERNEL_SUITES: &[KernelSuite] = &[
+    KernelSuite {
+        label: "q35",
+        features: &["ktest"],
+        machine: Machine::Q35,
+        cpus: 1,
+        skips: &[
+            NEEDS_2_CPUS[0],
+            NEEDS_2_CPUS[1],
+            NEEDS_2_CPUS[2],
+            NEEDS_3_CPUS[0],
+        ],
+    },
+    KernelSuite {
+        label: "microvm",
+        features: &["ktest"],
+        machine: Machine::Microvm,
+        cpus: 1,
+        skips: &[
+            HPET_TESTS[0],
+            HPET_TESTS[1],
+            HPET_TESTS[2],
+            HPET_TESTS[3],
+            NEEDS_2_CPUS[0],
+            NEEDS_2_CPUS[1],
+            NEEDS_2_CPUS[2],
+            NEEDS_3_CPUS[0],
+        ],
+    },
+    KernelSuite {
+        label: "q35 zone-dma",
+        features: &["ktest", "zone-dma"],
+        machine: Machine::Q35,
+        cpus: 1,
+        skips: &[
+            NEEDS_2_CPUS[0],
+            NEEDS_2_CPUS[1],
+            NEEDS_2_CPUS[2],
+            NEEDS_3_CPUS[0],
+        ],
+    },
+    KernelSuite {
+        label: "q35 smp4",
+        features: &["ktest"],
+        machine: Machine::Q35,
+        cpus: 4,
+        skips: &[],
+    },
+    KernelSuite {
+        label: "microvm smp2",
+        features: &["ktest"],
+        machine: Machine::Microvm,
+        cpus: 2,
+        skips: &[
+            HPET_TESTS[0],
+            HPET_TESTS[1],
+            HPET_TESTS[2],
+            HPET_TESTS[3],
+            NEEDS_3_CPUS[0],
+        ],
+    },
+];
+
+/// What one kernel suite's console said, checked against its declared skips.
+#[derive(Debug, Default, PartialEq)]
+struct KtestReport {
+    passed: usize,
+    failed: usize,
+    /// `(test, reason)` for each `ktest NAME ... skipped: REASON` line.
+    skipped: Vec<(String, String)>,
+    /// Whether the summary line carried a skipped count (kernels before skip reporting print
+    /// only `N passed, N failed`).
+    reports_skips: bool,
+    /// What is wrong beyond failed tests: no summary, undeclared or stale skips.
+    problems: Vec<String>,
+}
+
+/// `N passed, N failed` or `N passed, N failed, N skipped` (after an optional log prefix
+/// ending in `] `).
+fn parse_ktest_summary(line: &str) -> Option<(usize, usize, Option<usize>)> {
+    let text = line.rsplit("] ").next().unwrap_or(line).trim();
+    let parts: Vec<&str> = text.split(", ").collect();
+    let count = |part: &str, word: &str| -> Option<usize> {
+        let (number, rest) = part.split_once(' ')?;
+        if rest != word {
+            return None;
+        }
+        number.parse().ok()
+    };
+    match parts.as_slice() {
+        [p, f] => Some((count(p, "passed")?, count(f, "failed")?, None)),
+        [p, f, s] => Some((
+            count(p, "passed")?,
+            count(f, "failed")?,
+            Some(count(s, "skipped")?),
+        )),
+        _ => None,
+    }
+}
+
+/// Reads a kernel suite's output (`ktest NAME ... ok`, `... FAILED: WHY`, `... skipped: WHY`,
+/// then the summary) and checks its skips against `declared`.
+fn check_ktest_output(output: &str, declared: &[&str]) -> KtestReport {
+    let mut report = KtestReport::default();
+    let mut ran = Vec::new();
+    for line in output.lines() {
+        let Some((name, outcome)) = line
+            .split_once("ktest ")
+            .and_then(|(_, rest)| rest.split_once(" ... "))
+        else {
+            continue;
+        };
+        if let Some(reason) = outcome.strip_prefix("skipped") {
+            let reason = reason.trim_start_matches(':').trim();
+            report.skipped.push((name.to_string(), reason.to_string()));
+        } else if outcome == "ok" || outcome.starts_with("FAILED") {
+            ran.push(name.to_string());
+        }
+    }
+    let summary = output.lines().rev().find_map(parse_ktest_summary);
+    let Some((passed, failed, skipped)) = summary else {
+        report
+            .problems
+            .push("no summary line `N passed, N failed, N skipped`".into());
+        return report;
+    };
+    report.passed = passed;
+    report.failed = failed;
+    report.reports_skips = skipped.is_some();
+    if let Some(skipped) = skipped {
+        if skipped != report.skipped.len() {
+            report.problems.push(format!(
+                "the summary counts {skipped} skipped but {} skip lines were printed",
+                report.skipped.len()
+            ));
+        }
+    }
+    for (name, reason) in &report.skipped {
+        if !declared.contains(&name.as_str()) {
+            report.problems.push(format!(
+                "{name} skipped ({reason}) but the suite does not declare it (KERNEL_SUITES in xtask/src/main.rs)"
+            ));
+        }
+    }
+    if report.reports_skips {
+        for name in declared {
+            if ran.iter().any(|r| r == name) {
+                report.problems.push(format!(
+                    "{name} is declared skipped but ran: remove it from the suite's skips (KERNEL_SUITES in xtask/src/main.rs)"
+                ));
+            } else if !report.skipped.iter().any(|(s, _)| s == name) {
+                report.problems.push(format!(
+                    "{name} is declared skipped but the kernel printed no line for it (renamed or removed?)"
+                ));
+            }
+        }
+    }
+    report
+}
+
+/// Boots test builds of the kernel and reads their per-test lines, their
+/// `N passed, N failed, N skipped` line and exit status.
 fn kernel_tier(tally: &mut Tally) -> Result<(), String> {
     println!("== tier 2: in-kernel tests (QEMU TCG)");
-    // (label, features, machine, vCPUs): the SMP suite must see every vCPU come online.
-    let suites: [(&str, Vec<&'static str>, Machine, u32); 5] = [
-        ("q35", vec!["ktest"], Machine::Q35, 1),
-        ("microvm", vec!["ktest"], Machine::Microvm, 1),
-        ("q35 zone-dma", vec!["ktest", "zone-dma"], Machine::Q35, 1),
-        ("q35 smp4", vec!["ktest"], Machine::Q35, 4),
-        ("microvm smp2", vec!["ktest"], Machine::Microvm, 2),
-    ];
-    for (label, features, machine, cpus) in suites {
+    for suite in KERNEL_SUITES {
+        let (label, cpus) = (suite.label, suite.cpus);
         let elf = kernel::build(&Variant {
-            features,
+            features: suite.features.to_vec(),
             release: true,
         })?;
         let mut config = QemuConfig::new(&elf);
-        config.machine = machine;
+        config.machine = suite.machine;
         config.memory_mib = 512;
         config.cpus = cpus;
         let mut guest = Guest::spawn(&config)?;
@@ -318,35 +648,36 @@ fn kernel_tier(tally: &mut Tally) -> Result<(), String> {
         for line in output.lines().filter(|l| l.contains("ktest ")) {
             println!("  [{label}] {}", line.split("] ").nth(1).unwrap_or(line));
         }
-        let summary = output
-            .lines()
-            .rev()
-            .find(|l| l.ends_with(" failed") && l.contains(" passed, "));
-        let (passed, failed) = summary
-            .and_then(|line| {
-                let mut words = line.split_whitespace();
-                let passed = words.next()?.parse::<usize>().ok()?;
-                let failed = words.nth(1)?.parse::<usize>().ok()?;
-                Some((passed, failed))
-            })
-            .unwrap_or((0, 0));
-        tally.passed += passed;
-        tally.failed += failed;
+        let report = check_ktest_output(&output, suite.skips);
+        tally.passed += report.passed;
+        tally.failed += report.failed;
+        for (name, reason) in &report.skipped {
+            tally.skip(format!("kernel [{label}]: {name}"), reason.clone());
+        }
+        if !report.reports_skips && !suite.skips.is_empty() {
+            println!(
+                "  [{label}] note: this kernel prints no skipped count; {} declared skip(s) not checked",
+                suite.skips.len()
+            );
+        }
+        for problem in &report.problems {
+            tally.fail(format!("kernel [{label}]: {problem}"));
+        }
         let all_online = format!("ktest smp: {cpus} CPUs online of {cpus} possible");
         if !output.contains(&all_online) {
-            tally.failed += 1;
-            tally
-                .failures
-                .push(format!("kernel [{label}]: no line {all_online:?}"));
+            tally.fail(format!("kernel [{label}]: no line {all_online:?}"));
         }
+        let (passed, failed) = (report.passed, report.failed);
         if code != 33 || failed > 0 || passed == 0 {
-            tally.failed += 1;
-            tally.failures.push(format!(
+            tally.fail(format!(
                 "kernel [{label}]: exit status {code}, {passed} passed, {failed} failed"
             ));
             println!("{output}");
         }
-        println!("  [{label}] {passed} passed, {failed} failed (QEMU status {code})");
+        println!(
+            "  [{label}] {passed} passed, {failed} failed, {} skipped (QEMU status {code})",
+            report.skipped.len()
+        );
     }
     Ok(())
 }
@@ -367,10 +698,13 @@ fn e2e_tier(tally: &mut Tally, filter: Option<&str>) -> Result<(), String> {
                     started.elapsed().as_secs_f64()
                 );
             }
-            Err(why) => {
-                tally.failed += 1;
+            Err(e2e::NotPassed::Skipped(why)) => {
+                println!("test e2e::{} ... skipped: {why}", test.name);
+                tally.skip(format!("e2e::{}", test.name), why);
+            }
+            Err(e2e::NotPassed::Failed(why)) => {
                 println!("test e2e::{} ... FAILED\n{why}", test.name);
-                tally.failures.push(format!("e2e::{}", test.name));
+                tally.fail(format!("e2e::{}", test.name));
             }
         }
     }
@@ -396,15 +730,28 @@ fn cmd_test(args: &[String]) -> Result<(), String> {
         return Err(format!("unknown tier {other:?} (host, kernel, e2e)"));
     }
     println!("== {:.0} s", started.elapsed().as_secs_f64());
+    for (test, reason) in &tally.skipped {
+        println!("SKIPPED: {test}: {reason}");
+    }
     for failure in &tally.failures {
         println!("FAILED: {failure}");
     }
-    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    println!("{}", closing_line(&tally));
     if tally.failed == 0 && tally.passed > 0 {
         Ok(())
     } else {
-        Err(format!("{} failed", tally.failed))
+        Err(String::new())
     }
+}
+
+/// The line `cargo xtask test` ends with.
+fn closing_line(tally: &Tally) -> String {
+    format!(
+        "xtask: {} passed, {} failed, {} skipped",
+        tally.passed,
+        tally.failed,
+        tally.skipped.len()
+    )
 }
 
 const BENCH_PARTS: &[&str] = &["boot", "idle", "latency", "linux", "scale", "smp", "vmm"];
@@ -521,4 +868,170 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     println!("xtask: results written to {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn libtest(text: &str) -> LibtestRun {
+        let mut run = LibtestRun::default();
+        for line in text.lines() {
+            run.line(line);
+        }
+        run
+    }
+
+    #[test]
+    fn libtest_output_gives_counts_and_ignored_reasons() {
+        let run = libtest(
+            "running 4 tests
+test a::works ... ok
+test vstate::vm::tests::round_trip ... ignored, needs /dev/kvm
+test bare ... ignored
+test b::breaks ... FAILED
+test src/lib.rs - f (line 3) ... ok
+test result: FAILED. 2 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.1s
+test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 7 filtered out; finished in 0.0s
+",
+        );
+        assert_eq!((run.passed, run.failed, run.ignored), (2, 1, 2));
+        assert_eq!(
+            run.ran,
+            ["a::works", "b::breaks", "src/lib.rs - f (line 3)"]
+        );
+        assert_eq!(
+            run.ignored_tests,
+            [
+                (
+                    "vstate::vm::tests::round_trip".to_string(),
+                    "needs /dev/kvm".to_string()
+                ),
+                ("bare".to_string(), "no reason given".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn ignored_tests_run_only_when_their_needs_are_met() {
+        let kvm: Result<(), String> = Ok(());
+        let no_kvm: Result<(), String> = Err("LULL_NO_KVM is set".into());
+        assert_eq!(cannot_run("needs /dev/kvm", &kvm, false), None);
+        assert_eq!(
+            cannot_run("needs /dev/kvm", &no_kvm, true).as_deref(),
+            Some("needs /dev/kvm: LULL_NO_KVM is set")
+        );
+        assert_eq!(
+            cannot_run("needs /dev/kvm and LULL_KERNEL", &kvm, false),
+            None
+        );
+        assert!(cannot_run("needs /dev/kvm and LULL_BZIMAGE", &kvm, false)
+            .is_some_and(|why| why.contains("no Linux image")));
+        assert_eq!(
+            cannot_run("needs /dev/kvm and LULL_BZIMAGE", &kvm, true),
+            None
+        );
+        assert_eq!(
+            cannot_run("slow", &kvm, true).as_deref(),
+            Some("slow"),
+            "other ignored tests stay skipped"
+        );
+    }
+
+    #[test]
+    fn kernel_summary_lines_old_and_new() {
+        assert_eq!(
+            parse_ktest_summary("[    2.5] 40 passed, 1 failed"),
+            Some((40, 1, None))
+        );
+        assert_eq!(
+            parse_ktest_summary("38 passed, 0 failed, 3 skipped"),
+            Some((38, 0, Some(3)))
+        );
+        assert_eq!(parse_ktest_summary("ktest smp: 1 passed, 2 failed"), None);
+        assert_eq!(parse_ktest_summary("3 passed"), None);
+    }
+
+    const NEW_KERNEL: &str = "\
+[ 1.0] ktest heap ... ok
+[ 1.1] ktest smp: 1 CPUs online of 1 possible (1 in the MADT)
+[ 1.2] ktest hpet_a ... skipped: no HPET
+[ 1.3] ktest ticket ... skipped: needs 3 CPUs; 1 online
+[ 1.4] ktest broken ... FAILED: went wrong
+2 passed, 1 failed, 2 skipped
+";
+
+    #[test]
+    fn declared_skips_are_counted() {
+        let report = check_ktest_output(NEW_KERNEL, &["hpet_a", "ticket"]);
+        assert_eq!((report.passed, report.failed), (2, 1));
+        assert!(report.reports_skips);
+        assert_eq!(
+            report.skipped,
+            [
+                ("hpet_a".to_string(), "no HPET".to_string()),
+                ("ticket".to_string(), "needs 3 CPUs; 1 online".to_string()),
+            ]
+        );
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn an_undeclared_skip_is_a_problem() {
+        let report = check_ktest_output(NEW_KERNEL, &["hpet_a"]);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(report.problems[0]
+            .contains("ticket skipped (needs 3 CPUs; 1 online) but the suite does not declare it"));
+    }
+
+    #[test]
+    fn a_declared_skip_that_ran_or_vanished_is_a_problem() {
+        let report = check_ktest_output(NEW_KERNEL, &["hpet_a", "ticket", "heap", "gone"]);
+        assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+        assert!(report.problems[0].contains("heap is declared skipped but ran"));
+        assert!(
+            report.problems[1].contains("gone is declared skipped but the kernel printed no line")
+        );
+    }
+
+    #[test]
+    fn a_wrong_skip_count_or_no_summary_is_a_problem() {
+        let text = NEW_KERNEL.replace("2 skipped", "3 skipped");
+        let report = check_ktest_output(&text, &["hpet_a", "ticket"]);
+        assert!(report.problems[0].contains("counts 3 skipped but 2 skip lines"));
+        let report = check_ktest_output("[ 1.0] ktest heap ... ok\n", &[]);
+        assert!(report.problems[0].contains("no summary line"));
+    }
+
+    #[test]
+    fn a_kernel_without_skip_reporting_is_not_held_to_the_declarations() {
+        let report = check_ktest_output("ktest hpet_a ... ok\n1 passed, 0 failed\n", &["hpet_a"]);
+        assert_eq!((report.passed, report.failed), (1, 0));
+        assert!(!report.reports_skips);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn every_suite_declares_known_tests_once() {
+        for suite in KERNEL_SUITES {
+            for (index, name) in suite.skips.iter().enumerate() {
+                assert!(
+                    !suite.skips[..index].contains(name),
+                    "{}: {name} twice",
+                    suite.label
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn closing_line_names_all_three_counts() {
+        let mut tally = Tally {
+            passed: 5,
+            ..Tally::default()
+        };
+        tally.fail("x".into());
+        tally.skip("y".into(), "why".into());
+        assert_eq!(closing_line(&tally), "xtask: 5 passed, 1 failed, 1 skipped");
+    }
 }

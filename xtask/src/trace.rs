@@ -108,9 +108,34 @@ pub struct Counts {
     pub gsi_raises: BTreeMap<u32, u64>,
     /// Lines (anywhere in the log) that were not trace lines of the expected shape.
     pub unparsed: u64,
+    /// Trace events in the whole log, inside the window or not.
+    pub log_events: u64,
+    /// LAPIC timer interrupts in the whole log (the guest's boot takes some).
+    pub log_lapic_timer: u64,
 }
 
 impl Counts {
+    /// `Ok` when the log shows that tracing worked: it holds events, LAPIC timer interrupts
+    /// among them (every boot takes some). A count from an empty log (QEMU built without the
+    /// `log` trace backend, or a log that was never written) would read as "no interrupts" and
+    /// pass any "at most N" check, so it is an error instead.
+    pub fn ensure_traced(&self) -> Result<(), String> {
+        if self.log_events == 0 {
+            return Err(format!(
+                "the trace holds no events ({} other lines): was QEMU built with the log trace backend?",
+                self.unparsed
+            ));
+        }
+        if self.log_lapic_timer == 0 {
+            return Err(format!(
+                "the trace holds {} events but no LAPIC timer interrupt (apic_local_deliver vector 0), \
+                 which every boot takes: is the event traced?",
+                self.log_events
+            ));
+        }
+        Ok(())
+    }
+
     /// Interrupts other than the LAPIC timer that reached the CPU: IOAPIC/MSI messages, 8259
     /// interrupts, IPIs and the LVT sources other than the timer and LINT0 (LINT0's real
     /// deliveries are the 8259 ones).
@@ -209,6 +234,10 @@ pub fn count_lines(
             continue;
         };
         timestamped += 1;
+        counts.log_events += 1;
+        if event.name == "apic_local_deliver" && field(event.args, "vector") == Some(0) {
+            counts.log_lapic_timer += 1;
+        }
         if event.time < from || event.time >= to {
             continue;
         }
@@ -400,7 +429,14 @@ mod tests {
     fn empty_or_reversed_window_counts_nothing() {
         let counts = count((at(1795356637, 0), at(1795356627, 0)));
         assert_eq!(counts.window_s, 0.0);
-        assert_eq!(counts, Counts::default());
+        assert_eq!(
+            counts,
+            Counts {
+                log_events: 18,
+                log_lapic_timer: 3,
+                ..Counts::default()
+            }
+        );
         assert_eq!(counts.per_second(5), 0.0);
     }
 
@@ -410,6 +446,41 @@ mod tests {
         let error = count_lines(text.as_bytes(), (UNIX_EPOCH, SystemTime::now()))
             .expect_err("no timestamps");
         assert!(error.contains("timestamp=on"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_trace_is_an_error() {
+        let counts = count_lines(&b""[..], (UNIX_EPOCH, SystemTime::now())).expect("reads");
+        let error = counts.ensure_traced().expect_err("empty trace");
+        assert!(error.contains("no events"), "{error}");
+    }
+
+    #[test]
+    fn a_trace_without_timer_interrupts_is_an_error() {
+        let text = "1@1795356622.953414:apic_mem_writel 0xf0 = 0x000001ff\n";
+        let counts = count_lines(text.as_bytes(), (UNIX_EPOCH, SystemTime::now())).expect("reads");
+        let error = counts.ensure_traced().expect_err("no timer events");
+        assert!(error.contains("no LAPIC timer interrupt"), "{error}");
+    }
+
+    #[test]
+    fn the_sample_trace_is_usable_even_with_a_quiet_window() {
+        let counts = count((at(1795356631, 0), at(1795356636, 0)));
+        assert_eq!(counts.lapic_timer, 0);
+        assert_eq!((counts.log_events, counts.log_lapic_timer), (18, 3));
+        counts
+            .ensure_traced()
+            .expect("the log shows tracing worked");
+    }
+
+    #[test]
+    fn a_missing_trace_file_is_an_error() {
+        let error = count_events(
+            Path::new("/nonexistent/lull-trace.log"),
+            (UNIX_EPOCH, SystemTime::now()),
+        )
+        .expect_err("no file");
+        assert!(error.contains("cannot read trace"), "{error}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use lull_sched::{CpuSet, SchedClass, SchedConfig, Scheduler, TaskId, TaskState};
+use lull_sched::{CpuSet, SchedClass, SchedConfig, SchedError, Scheduler, TaskId, TaskState};
 use proptest::prelude::*;
 
 const CPUS: usize = 4;
@@ -216,6 +216,79 @@ fn assert_deadline_exact(sched: &Scheduler, now: u64) {
     }
 }
 
+/// What the model says an operation must answer, computed from the state before it: `Ok`, or
+/// the exact refusal (for [`SchedError::IllegalTransition`], the task and its state; the
+/// operation's wording is not part of the contract).
+type Expected = Result<(), SchedError>;
+
+/// Asserts that `result` is what the model expected of `op`.
+fn check<T: std::fmt::Debug>(op: &Op, result: &Result<T, SchedError>, expected: Expected) {
+    let same = match (result, &expected) {
+        (Ok(_), Ok(())) => true,
+        (
+            Err(SchedError::IllegalTransition { task, from, .. }),
+            Err(SchedError::IllegalTransition {
+                task: want_task,
+                from: want_from,
+                ..
+            }),
+        ) => task == want_task && from == want_from,
+        (Err(got), Err(want)) => got == want,
+        _ => false,
+    };
+    assert!(
+        same,
+        "{op:?}: got {result:?}, the model expected {expected:?}"
+    );
+}
+
+/// The refusal of an operation on `task` that is legal only in the states `allowed`.
+fn transition(sched: &Scheduler, task: TaskId, allowed: &[TaskState]) -> Expected {
+    let Some(info) = sched.task_info(task) else {
+        return Err(SchedError::NoSuchTask(task));
+    };
+    if allowed.contains(&info.state) {
+        Ok(())
+    } else {
+        Err(SchedError::IllegalTransition {
+            task,
+            from: info.state,
+            operation: "",
+        })
+    }
+}
+
+fn cpu_online(sched: &Scheduler, cpu: usize) -> Expected {
+    if sched.online_cpus().contains(cpu) {
+        Ok(())
+    } else {
+        Err(SchedError::CpuOffline(cpu))
+    }
+}
+
+fn affinity_reachable(sched: &Scheduler, mask: u64) -> Expected {
+    let affinity = CpuSet::from_bits(mask);
+    if affinity.intersection(sched.online_cpus()).is_empty() {
+        Err(SchedError::NoOnlineCpuInAffinity(affinity))
+    } else {
+        Ok(())
+    }
+}
+
+/// The current task of `cpu`, which must be `Running`, for yields.
+fn running_current(sched: &Scheduler, cpu: usize) -> Expected {
+    let current = sched.current(cpu).ok_or(SchedError::NoCurrentTask(cpu))?;
+    transition(sched, current, &[TaskState::Running])
+}
+
+const ALIVE: &[TaskState] = &[
+    TaskState::Running,
+    TaskState::Runnable,
+    TaskState::PreparingToSleep,
+    TaskState::Sleeping,
+];
+const ON_CPU: &[TaskState] = &[TaskState::Running, TaskState::PreparingToSleep];
+
 fn apply(
     sched: &mut Scheduler,
     created: &mut Vec<TaskId>,
@@ -223,26 +296,37 @@ fn apply(
     now: &mut u64,
     op: &Op,
 ) {
-    // Every operation either works or returns a typed error; none may panic.
+    // Every operation either works or returns the typed error the model predicts from the
+    // state before it; none may panic, and none may fail where the model says it works.
     match *op {
         Op::Spawn {
             class,
             mask,
             caller,
         } => {
-            if let Ok((task, _)) = sched.spawn(class, CpuSet::from_bits(mask), caller, *now) {
+            let expected = cpu_online(sched, caller).and(affinity_reachable(sched, mask));
+            let result = sched.spawn(class, CpuSet::from_bits(mask), caller, *now);
+            check(op, &result, expected);
+            if let Ok((task, _)) = result {
                 created.push(task);
             }
         }
         Op::Wake { task, caller } => {
             if let Some(task) = pick_task(created, task) {
-                let _ = sched.wake_up(task, caller, *now);
+                let expected = cpu_online(sched, caller).and(transition(sched, task, ALIVE));
+                let result = sched.wake_up(task, caller, *now);
+                check(op, &result, expected);
             }
         }
         Op::Sleep { cpu } => {
             if let Some(current) = sched.current(cpu) {
-                if sched.prepare_to_sleep(current).is_ok() {
-                    if let Ok(pick) = sched.pick_next(cpu, *now) {
+                let expected = transition(sched, current, &[TaskState::Running]);
+                let result = sched.prepare_to_sleep(current);
+                check(op, &result, expected);
+                if result.is_ok() {
+                    let pick = sched.pick_next(cpu, *now);
+                    check(op, &pick, Ok(()));
+                    if let Ok(pick) = pick {
                         assert_highest_first(sched, cpu, pick.next);
                         assert_ne!(sched.task_info(current).unwrap().state, TaskState::Runnable);
                     }
@@ -251,21 +335,29 @@ fn apply(
         }
         Op::PrepareOnly { cpu } => {
             if let Some(current) = sched.current(cpu) {
-                let _ = sched.prepare_to_sleep(current);
+                let expected = transition(sched, current, &[TaskState::Running]);
+                check(op, &sched.prepare_to_sleep(current), expected);
             }
         }
         Op::FinishWait { task } => {
             if let Some(task) = pick_task(created, task) {
-                let _ = sched.finish_wait(task);
+                let expected = transition(sched, task, ON_CPU);
+                check(op, &sched.finish_wait(task), expected);
             }
         }
         Op::Schedule { cpu } => {
-            if let Ok(pick) = sched.pick_next(cpu, *now) {
+            let expected = cpu_online(sched, cpu);
+            let result = sched.pick_next(cpu, *now);
+            check(op, &result, expected);
+            if let Ok(pick) = result {
                 assert_highest_first(sched, cpu, pick.next);
             }
         }
         Op::Preempt { cpu } => {
-            if let Ok(pick) = sched.preempt(cpu, *now) {
+            let expected = cpu_online(sched, cpu);
+            let result = sched.preempt(cpu, *now);
+            check(op, &result, expected);
+            if let Ok(pick) = result {
                 assert_highest_first(sched, cpu, pick.next);
                 if let Some(previous) = pick.previous {
                     let state = sched.task_info(previous).map(|info| info.state);
@@ -278,22 +370,38 @@ fn apply(
             }
         }
         Op::Tick { cpu } => {
-            let _ = sched.tick(cpu, *now);
+            let expected = cpu_online(sched, cpu);
+            check(op, &sched.tick(cpu, *now), expected);
         }
         Op::Yield { cpu } => {
-            let _ = sched.yield_now(cpu, *now);
+            let expected = cpu_online(sched, cpu).and_then(|()| running_current(sched, cpu));
+            check(op, &sched.yield_now(cpu, *now), expected);
         }
         Op::YieldTo { cpu, task } => {
             if let Some(task) = pick_task(created, task) {
-                let _ = sched.yield_to(cpu, task, *now);
+                // A target that cannot take the slice is answered `Ok(NotYielded(..))`.
+                let expected = cpu_online(sched, cpu)
+                    .and_then(|()| {
+                        sched
+                            .task_info(task)
+                            .map(drop)
+                            .ok_or(SchedError::NoSuchTask(task))
+                    })
+                    .and_then(|()| running_current(sched, cpu));
+                check(op, &sched.yield_to(cpu, task, *now), expected);
             }
         }
         Op::IdleBalance { cpu } => {
-            let _ = sched.idle_balance(cpu, *now);
+            let expected = cpu_online(sched, cpu);
+            check(op, &sched.idle_balance(cpu, *now), expected);
         }
         Op::SetAffinity { task, mask, caller } => {
             if let Some(task) = pick_task(created, task) {
-                let _ = sched.set_affinity(task, CpuSet::from_bits(mask), caller, *now);
+                let expected = cpu_online(sched, caller)
+                    .and(affinity_reachable(sched, mask))
+                    .and(transition(sched, task, ALIVE));
+                let result = sched.set_affinity(task, CpuSet::from_bits(mask), caller, *now);
+                check(op, &result, expected);
             }
         }
         Op::SetClass {
@@ -302,29 +410,46 @@ fn apply(
             caller,
         } => {
             if let Some(task) = pick_task(created, task) {
-                let _ = sched.set_class(task, class, caller, *now);
+                let expected = cpu_online(sched, caller).and(transition(sched, task, ALIVE));
+                check(op, &sched.set_class(task, class, caller, *now), expected);
             }
         }
         Op::Dequeue { task } => {
             if let Some(task) = pick_task(created, task) {
-                let _ = sched.dequeue(task);
+                let expected = transition(sched, task, &[TaskState::Runnable]);
+                check(op, &sched.dequeue(task), expected);
             }
         }
         Op::Exit { cpu } => {
             if let Some(current) = sched.current(cpu) {
-                let _ = sched.exit(current);
+                let expected = transition(sched, current, ON_CPU);
+                check(op, &sched.exit(current), expected);
             }
         }
         Op::Reap { task } => {
             if let Some(task) = pick_task(created, task) {
-                if sched.reap(task).is_ok() {
+                // Only a dead task that has left its CPU can be reaped.
+                let expected = match sched.task_info(task) {
+                    Some(info) if sched.current(info.cpu) == Some(task) => {
+                        Err(SchedError::IllegalTransition {
+                            task,
+                            from: info.state,
+                            operation: "",
+                        })
+                    }
+                    _ => transition(sched, task, &[TaskState::Dead]),
+                };
+                let result = sched.reap(task);
+                check(op, &result, expected);
+                if result.is_ok() {
                     reaped.insert(task);
                 }
             }
         }
         Op::Advance { ns } => *now += ns,
         Op::Online { cpu } => {
-            let _ = sched.set_cpu_online(cpu, *now);
+            // Every CPU of the strategy exists; bringing one online twice is a no-op.
+            check(op, &sched.set_cpu_online(cpu, *now), Ok(()));
         }
     }
 }

@@ -695,11 +695,9 @@ mod tests {
     /// Saves a configured vCPU with distinctive registers and MSRs, restores into a vCPU of a
     /// second VM, saves again: registers, segments, LAPIC, XSAVE and MSRs come back equal.
     #[test]
+    #[ignore = "needs /dev/kvm"]
     fn vcpu_state_round_trips_through_a_second_vm() {
-        let Some(kvm) = crate::testing::kvm_or_skip("vcpu_state_round_trips_through_a_second_vm")
-        else {
-            return;
-        };
+        let kvm = crate::testing::kvm("vcpu_state_round_trips_through_a_second_vm");
         let (_vm, vcpu, _memory) = vcpu_on_new_vm(&kvm);
         let mut regs = vcpu.fd.get_regs().unwrap();
         regs.rax = 0x1122_3344;
@@ -752,11 +750,9 @@ mod tests {
     /// while the TSC (the host's own under PVM, whatever the VMM writes) had moved on, so the
     /// guest's two clocks disagreed by the whole interval.
     #[test]
+    #[ignore = "needs /dev/kvm"]
     fn restored_tsc_and_kvmclock_move_together() {
-        let Some(kvm) = crate::testing::kvm_or_skip("restored_tsc_and_kvmclock_move_together")
-        else {
-            return;
-        };
+        let kvm = crate::testing::kvm("restored_tsc_and_kvmclock_move_together");
         let (vm, vcpu, _memory) = vcpu_on_new_vm(&kvm);
         let vm_state = vm.save().unwrap();
         let vcpu_state = vcpu.save().unwrap();

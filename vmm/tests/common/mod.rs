@@ -1,5 +1,7 @@
 //! Harness for integration tests: spawn `lull-vmm`, talk to its console, wait for its exit.
-//! Tests skip (printing why) when /dev/kvm or, for real-kernel tests, `LULL_KERNEL` is missing.
+//! Tests that need /dev/kvm are `#[ignore = "needs /dev/kvm..."]` (reported as skipped); run
+//! with `--ignored` they fail, saying why, when KVM is unusable or hidden (`LULL_NO_KVM=1`), or,
+//! for real-kernel tests, when `LULL_KERNEL` is missing.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{Read, Write};
@@ -8,41 +10,21 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use lull_vmm::testing::require_kvm;
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_lull-vmm");
 
-/// Whether /dev/kvm can be opened; prints the skip reason if not.
-pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(error) => {
-            eprintln!("SKIPPED {test}: /dev/kvm unavailable ({error})");
-            false
-        }
-    }
-}
-
-/// The real kernel's ELF from `LULL_KERNEL` (set by `cargo xtask test`), or a printed skip.
-pub fn lull_kernel(test: &str) -> Option<PathBuf> {
-    if !kvm_available(test) {
-        return None;
-    }
+/// The real kernel's ELF from `LULL_KERNEL` (set by `cargo xtask test`); panics, saying why,
+/// without it or without KVM.
+pub fn lull_kernel(test: &str) -> PathBuf {
+    require_kvm(test);
     match std::env::var_os("LULL_KERNEL") {
-        Some(path) if Path::new(&path).is_file() => Some(PathBuf::from(path)),
-        Some(path) => {
-            eprintln!(
-                "SKIPPED {test}: LULL_KERNEL={} is not a file",
-                Path::new(&path).display()
-            );
-            None
-        }
-        None => {
-            eprintln!("SKIPPED {test}: LULL_KERNEL is not set (cargo xtask test sets it)");
-            None
-        }
+        Some(path) if Path::new(&path).is_file() => PathBuf::from(path),
+        Some(path) => panic!(
+            "{test}: LULL_KERNEL={} is not a file",
+            Path::new(&path).display()
+        ),
+        None => panic!("{test}: LULL_KERNEL is not set (cargo xtask test sets it)"),
     }
 }
 
