@@ -203,6 +203,7 @@ fn read_tsc_here(_: u64) {
 /// The clocksource may be the TSC, read on whichever CPU asks: every CPU's TSC must lie
 /// between two reads on this CPU that bracket it (Linux's `check_tsc_sync_source`, coarse).
 pub(super) fn tsc_is_synchronized_across_cpus() -> TestResult {
+    super::needs_cpus(2)?;
     cpu::enable_interrupts();
     for cpu in smp::online_cpus() {
         for _ in 0..3 {
