@@ -96,6 +96,10 @@ const TESTS: &[TestCase] = &[
     ),
     ("acpi_tables_found", boot::acpi_tables_found),
     (
+        "io_port_claims_are_exclusive",
+        boot::io_port_claims_are_exclusive,
+    ),
+    (
         "procfs_reads_and_validates_writes",
         boot::procfs_reads_and_validates_writes,
     ),

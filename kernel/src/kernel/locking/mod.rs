@@ -15,7 +15,8 @@
 //! there, so a woken higher-priority thread does not wait for the next interrupt.
 //!
 //! Lock order (outermost first), documented here as the kernel grows:
-//! - `console::CONSOLE` is a leaf; `mm::PAGES` is a leaf; `shell` input ring is a leaf.
+//! - `console::CONSOLE` is a leaf; `arch::memory::PAGES` is a leaf; `shell` input ring is a
+//!   leaf.
 //! - time: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `time::CLOCKS` (see time/mod.rs). No two
 //!   CPUs' `CPU_TIME` locks are held together (readers of every CPU take one at a time).
 //! - smp: `smp::CALL_QUEUE[cpu]` is a leaf (never held while waiting for another CPU).
@@ -24,15 +25,16 @@
 //!   waits for another CPU; line threads are woken after it is released, and `free_irq` holds
 //!   no lock while it waits.
 //! - `smp::FLUSH_QUEUE[cpu]` is a leaf; no spinlock is held across `flush_tlb_*` (it waits for
-//!   the other CPUs). `paging::WINDOW` → `mm::PAGES`, never held across a shootdown.
+//!   the other CPUs). `arch::kmap::WINDOW` → `arch::memory::PAGES`, never held across a
+//!   shootdown.
 //! - `procfs::FILES` and `procfs::DIRECTORIES` are leaves.
 //! - `time::CPU_TIME[cpu]` → `time::PREEMPTION_TIMER[cpu]` (a leaf; the scheduler arms it with
 //!   `SCHED` released).
 //! - sched: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `sched::SCHED` (timer callbacks wake
 //!   threads); `SCHED` is the scheduler lock (policy + thread table, not a big kernel lock) and
 //!   never takes a time lock; under it only leaves are taken (`CLOCKS`, a thread's entry slot,
-//!   `mm::PAGES`). A wait queue's waiter list (`sched::WaitQueue`) is a leaf released before
-//!   `SCHED` is taken. No lock is held across a context switch.
+//!   `arch::memory::PAGES`). A wait queue's waiter list (`sched::WaitQueue`) is a leaf released
+//!   before `SCHED` is taken. No lock is held across a context switch.
 //! - Sleeping locks (`Mutex`, `RwLock`) are outermost: taken only in thread context with no
 //!   spinlock held; their wait queue's list is a leaf.
 //! - Preemption: returning from an interrupt is a preemption point only when the interrupted
