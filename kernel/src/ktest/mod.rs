@@ -96,6 +96,10 @@ const TESTS: &[TestCase] = &[
     ),
     ("acpi_tables_found", boot::acpi_tables_found),
     (
+        "failed_try_lock_leaves_the_holder_alone",
+        locks::failed_try_lock_leaves_the_holder_alone,
+    ),
+    (
         "io_port_claims_are_exclusive",
         boot::io_port_claims_are_exclusive,
     ),
