@@ -76,6 +76,7 @@ pub fn power_off() -> ! {
 /// Called by the arch entry code with the loader's boot information.
 pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     time::set_boot_tsc(entry_tsc);
+    arch::set_emergency_print(printk::emergency_print);
     arch::init_boot_cpu();
     let (tsc_hz, method) = time::calibrate();
     printk!("{Version}");
@@ -145,6 +146,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
 
     irq::init(acpi);
     smp::init(acpi);
+    mm::kmap::init();
     sched::init(smp::possible_cpus());
     request_serial_irq();
     drivers::acpi::button::init(acpi);
@@ -207,6 +209,18 @@ fn register_proc_files() {
     register(ProcFile {
         path: "/proc/meminfo",
         read: Some(mm::meminfo),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/ioports",
+        read: Some(|| {
+            let mut out = String::new();
+            for (base, len, owner) in arch::io::claimed() {
+                let last = base as u32 + len as u32 - 1;
+                let _ = writeln!(out, "{base:04x}-{last:04x} : {owner}");
+            }
+            out
+        }),
         write: None,
     });
     register(ProcFile {

@@ -204,12 +204,12 @@ pub fn bring_up_secondary_cpus() {
     let possible = possible_cpus();
     let target = possible.min(wanted);
     if possible > 1 {
-        let Some(page) = crate::mm::trampoline_page() else {
+        if crate::mm::trampoline_page().is_none() {
             pr_warn!("smp: no trampoline page; secondary CPUs stay offline");
             return;
-        };
+        }
         for cpu in 1..target {
-            start_one(cpu, page);
+            start_one(cpu);
         }
     }
     let offline = possible - online_count();
@@ -226,26 +226,21 @@ pub fn bring_up_secondary_cpus() {
     );
 }
 
-/// Stack of a secondary CPU (64 KiB, as the boot CPU's).
-const STACK_ORDER: u8 = 4;
-
-fn start_one(cpu: usize, trampoline_page: u64) {
+fn start_one(cpu: usize) {
     let apic_id = apic_id(cpu);
-    let Some(stack) = crate::mm::alloc_pages(STACK_ORDER, lull_buddy::ZoneKind::Normal) else {
+    // 64 KiB, as the boot CPU's; the CPU keeps it for good.
+    let Some(stack) = crate::arch::context::KernelStack::alloc() else {
         pr_warn!("smp: no memory for CPU {cpu}'s stack");
         return;
     };
-    let stack_top = stack + (lull_buddy::PAGE_SIZE << STACK_ORDER);
     if let Err(error) = crate::arch::smp::start_cpu(
         apic_id,
         cpu,
-        stack_top,
-        trampoline_page,
+        stack,
         crate::kernel::time::tsc_hz(),
         secondary_main,
     ) {
         pr_warn!("smp: CPU {cpu} (APIC {apic_id}) did not start: {error}");
-        let _ = crate::mm::free_pages(stack, STACK_ORDER);
         return;
     }
     // The CPU runs Rust code; wait until it has set up its APIC and tick and says so.

@@ -77,3 +77,43 @@ impl From<procfs::ProcError> for String {
         alloc::format!("{error}")
     }
 }
+
+/// Port ranges are claimed once: a claim overlapping arch's own devices or ACPI's blocks is
+/// refused naming the holder, and dropping a handle releases its range.
+pub(super) fn io_port_claims_are_exclusive() -> TestResult {
+    use crate::arch::io::{ClaimError, IoPorts};
+    match IoPorts::claim(0x3FC, 2, "ktest") {
+        Err(ClaimError::Busy { owner, .. }) => {
+            ensure!(owner == "serial (COM1)", "COM1's ports held by {owner:?}")
+        }
+        other => return Err(alloc::format!("a claim inside COM1 gave {other:?}").into()),
+    }
+    if let Some(register) = crate::acpi().and_then(|info| info.pm1a_control_block) {
+        let location = register.location();
+        if location.space() == crate::arch::acpi::AddressSpace::Io {
+            let port = location.address() as u16;
+            ensure!(
+                matches!(
+                    IoPorts::claim(port, 1, "ktest"),
+                    Err(ClaimError::Busy { owner: "ACPI", .. })
+                ),
+                "the PM1a control port {port:#x} could be claimed"
+            );
+        }
+    }
+    // COM4's range: free on every machine Lull runs on.
+    let ports = IoPorts::claim(0x2E8, 8, "ktest").map_err(|e| alloc::format!("{e}"))?;
+    ensure!(
+        IoPorts::claim(0x2EC, 1, "ktest2").is_err(),
+        "an overlapping claim was accepted"
+    );
+    let listed = crate::fs::procfs::read("/proc/ioports")?;
+    ensure!(
+        listed.contains("02e8-02ef : ktest"),
+        "/proc/ioports does not list the claim:\n{listed}"
+    );
+    drop(ports);
+    let again = IoPorts::claim(0x2E8, 8, "ktest").map_err(|e| alloc::format!("{e}"))?;
+    ensure!(again.owner() == "ktest", "owner not kept");
+    Ok(())
+}

@@ -425,3 +425,18 @@ pub(super) fn lockdep_reports_an_inverted_lock_pair() -> TestResult {
     ensure!(stats.contains("lock-classes"), "lockdep_stats: {stats}");
     Ok(())
 }
+
+/// A failed try leaves the lock with its holder: the next try fails too, and only the holder's
+/// release frees it (regression: a guard built and dropped on a failed try released the lock).
+pub(super) fn failed_try_lock_leaves_the_holder_alone() -> TestResult {
+    static LOCK: IrqSafeLock<u32> = IrqSafeLock::new(0);
+    let held = LOCK.lock();
+    ensure!(LOCK.try_lock().is_none(), "try_lock took a held lock");
+    ensure!(
+        LOCK.try_lock().is_none(),
+        "a failed try_lock released the holder's lock"
+    );
+    drop(held);
+    ensure!(LOCK.try_lock().is_some(), "try_lock failed on a free lock");
+    Ok(())
+}

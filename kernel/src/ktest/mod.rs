@@ -100,6 +100,14 @@ const TESTS: &[TestCase] = &[
         boot::rsdp_scan_validates_and_unmaps,
     ),
     (
+        "failed_try_lock_leaves_the_holder_alone",
+        locks::failed_try_lock_leaves_the_holder_alone,
+    ),
+    (
+        "io_port_claims_are_exclusive",
+        boot::io_port_claims_are_exclusive,
+    ),
+    (
         "procfs_reads_and_validates_writes",
         boot::procfs_reads_and_validates_writes,
     ),

@@ -13,8 +13,9 @@ use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 use lull_cmdline::{Kind, ParamSpec};
 
-use lull_buddy::{PhysAllocator, ZoneKind, ORDER_COUNT, PAGE_SIZE};
+use lull_buddy::{ZoneKind, ORDER_COUNT, PAGE_SIZE};
 
+pub use crate::arch::memory::PageBlock;
 use crate::arch::{self, BootInfo, MEMORY_RAM};
 use crate::kernel::locking::IrqSafeLock;
 
@@ -31,9 +32,6 @@ pub const WITH_DMA_ZONE: bool = cfg!(feature = "zone-dma");
 
 /// Heap reserved beyond the page allocator's metadata, for everything else the kernel keeps.
 const HEAP_BASE_BYTES: u64 = 16 << 20;
-
-/// Page allocator, behind its lock (a leaf lock: nothing is taken while holding it).
-static PAGES: IrqSafeLock<Option<PhysAllocator>> = IrqSafeLock::new(None);
 
 /// What boot learnt about memory, for `meminfo`.
 struct MemoryLayout {
@@ -213,8 +211,14 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
         ));
         arch::power::exit_failure(arch::power::EXIT_PANIC);
     };
-    // SAFETY-free: the heap range is usable RAM that nothing else owns; arch does the unsafe.
-    arch::heap::init_region(heap.clone());
+    // arch checks the range against its own record of the memory map before using it.
+    if let Err(why) = arch::heap::init_region(heap.clone()) {
+        crate::kernel::printk::emergency_print(format_args!(
+            "Lull: heap at {:#x}: {why}\n",
+            heap.start
+        ));
+        arch::power::exit_failure(arch::power::EXIT_PANIC);
+    }
 
     // 4. The page allocator gets everything else.
     let mut reserved: Vec<(Range<u64>, &'static str)> = boot_holes.to_vec();
@@ -229,10 +233,13 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
         .map(|entry| entry.address..entry.address.saturating_add(entry.size))
         .collect();
     match pick_trampoline_page(&firmware_ram, &low_avoid) {
-        Some(page) => {
-            TRAMPOLINE_PAGE.store(page, Ordering::Relaxed);
-            reserved.push((page..page + PAGE_SIZE, "SMP trampoline"));
-        }
+        Some(page) => match arch::smp::reserve_trampoline_page(page) {
+            Ok(()) => {
+                TRAMPOLINE_PAGE.store(page, Ordering::Relaxed);
+                reserved.push((page..page + PAGE_SIZE, "SMP trampoline"));
+            }
+            Err(error) => crate::pr_warn!("mm: {error}; only the boot CPU can run"),
+        },
         None => crate::pr_warn!("mm: no free RAM page below 640 KiB; only the boot CPU can run"),
     }
     reserved.push((heap.clone(), "kernel heap"));
@@ -240,11 +247,9 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
     let mut next = Vec::new();
     subtract(&managed, &heap, &mut next);
     managed = next;
-    let allocator = match PhysAllocator::new(&managed, WITH_DMA_ZONE) {
-        Ok(allocator) => allocator,
-        Err(error) => panic!("page allocator: {error}"),
-    };
-    *PAGES.lock() = Some(allocator);
+    if let Err(error) = arch::memory::init_page_allocator(&managed, WITH_DMA_ZONE) {
+        panic!("page allocator: {error}");
+    }
     if ram.dropped != 0 {
         crate::pr_warn!(
             "mm: memory map has more than 128 RAM ranges; {} ignored",
@@ -254,8 +259,7 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
 
     // 5. Page tables covering all RAM.
     let top = ram.as_slice().iter().map(|r| r.end).max().unwrap_or(0);
-    let mut source = || alloc_pages(0, ZoneKind::Dma32);
-    let page_table_frames = match arch::paging::install_identity_map(top, &mut source) {
+    let page_table_frames = match arch::paging::install_identity_map(top) {
         Ok(frames) => frames,
         Err(_) => panic!("out of memory building the kernel page tables"),
     };
@@ -285,40 +289,23 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
     );
 }
 
-/// Allocates `2^order` contiguous pages from `zone` (with Linux fallback to lower zones).
-pub fn alloc_pages(order: u8, zone: ZoneKind) -> Option<u64> {
-    PAGES.lock().as_mut()?.alloc(order, zone).ok()
-}
-
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
-/// Frees pages obtained from [`alloc_pages`].
-pub fn free_pages(address: u64, order: u8) -> Result<(), String> {
-    match PAGES.lock().as_mut() {
-        Some(pages) => pages
-            .free(address, order)
-            .map_err(|e| alloc::format!("{e}")),
-        None => Err(String::from("page allocator not initialised")),
-    }
+/// Allocates `2^order` contiguous pages from `zone` (with Linux fallback to lower zones),
+/// owned by the caller: they are freed when the block is dropped.
+pub fn alloc_pages(order: u8, zone: ZoneKind) -> Option<PageBlock> {
+    PageBlock::alloc(order, zone)
 }
 
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// (total, free) pages managed by the page allocator.
 pub fn page_counts() -> (u64, u64) {
-    PAGES
-        .lock()
-        .as_ref()
-        .map(|p| (p.total_pages(), p.free_pages()))
-        .unwrap_or((0, 0))
+    arch::memory::with_allocator(|p| (p.total_pages(), p.free_pages())).unwrap_or((0, 0))
 }
 
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Whether the page allocator has a DMA zone.
 pub fn has_dma_zone() -> bool {
-    PAGES
-        .lock()
-        .as_ref()
-        .map(|p| p.has_dma_zone())
-        .unwrap_or(false)
+    arch::memory::with_allocator(|p| p.has_dma_zone()).unwrap_or(false)
 }
 
 fn zone_range(kind: ZoneKind) -> Range<u64> {
@@ -338,17 +325,26 @@ fn overlap(a: &Range<u64>, b: &Range<u64>) -> u64 {
 pub fn meminfo() -> String {
     let mut out = String::new();
     let layout = LAYOUT.lock();
-    let pages = PAGES.lock();
-    let (Some(layout), Some(pages)) = (layout.as_ref(), pages.as_ref()) else {
+    let Some(layout) = layout.as_ref() else {
         return String::from("memory not initialised\n");
     };
+    let Some(zones) = arch::memory::with_allocator(|pages| {
+        (
+            pages.free_pages(),
+            pages.total_pages(),
+            pages.zones().collect::<Vec<_>>(),
+        )
+    }) else {
+        return String::from("memory not initialised\n");
+    };
+    let (free_pages, total_pages, zones) = zones;
     let usable: u64 = layout.ram.iter().map(|r| r.end - r.start).sum();
     let (heap_used, heap_free) = arch::heap::usage();
     let _ = writeln!(out, "MemTotal:       {:>10} kB", usable / 1024);
     let _ = writeln!(
         out,
         "MemFree:        {:>10} kB",
-        pages.free_pages() * PAGE_SIZE / 1024
+        free_pages * PAGE_SIZE / 1024
     );
     let _ = writeln!(
         out,
@@ -367,7 +363,7 @@ pub fn meminfo() -> String {
         "Zone      present    managed   reserved       free   free per order 0..{}",
         ORDER_COUNT - 1
     );
-    for stats in pages.zones() {
+    for stats in zones {
         let range = zone_range(stats.kind);
         let present: u64 = layout.ram.iter().map(|r| overlap(r, &range)).sum::<u64>() / PAGE_SIZE;
         let reserved = present.saturating_sub(stats.present_pages);
@@ -389,9 +385,7 @@ pub fn meminfo() -> String {
     let _ = writeln!(
         out,
         "Total    {:>8} {:>10}             {:>10}",
-        total_present,
-        pages.total_pages(),
-        pages.free_pages()
+        total_present, total_pages, free_pages
     );
     let _ = writeln!(
         out,

@@ -8,12 +8,77 @@
 
 use alloc::vec::Vec;
 
-/// A Generic Address Structure (ACPI 5.2.3.2).
+/// A Generic Address Structure (ACPI 5.2.3.2), as the firmware gave it. Plain data with
+/// private fields: only the table parser builds one, and only through an [`AcpiRegister`]
+/// (also built here) can anything be read or written at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GenericAddress {
-    pub space: AddressSpace,
-    pub bit_width: u8,
-    pub address: u64,
+    space: AddressSpace,
+    bit_width: u8,
+    address: u64,
+}
+
+impl GenericAddress {
+    /// The address space (memory, I/O ports, other).
+    pub fn space(&self) -> AddressSpace {
+        self.space
+    }
+
+    /// Register width in bits as the table states it (0: unspecified).
+    pub fn bit_width(&self) -> u8 {
+        self.bit_width
+    }
+
+    /// The port number or physical address.
+    pub fn address(&self) -> u64 {
+        self.address
+    }
+}
+
+/// A fixed-hardware register the firmware described (PM1 status/enable/control, PM timer,
+/// sleep control, SMI command), with the access width the specification gives it. Built only
+/// by the table parser, so a read or write goes to the port or MMIO address the firmware named
+/// and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcpiRegister {
+    location: GenericAddress,
+    width_bytes: u8,
+}
+
+impl AcpiRegister {
+    fn new(location: GenericAddress, width_bytes: u8) -> Self {
+        Self {
+            location,
+            width_bytes,
+        }
+    }
+
+    /// Where the register is (for reports).
+    pub fn location(&self) -> GenericAddress {
+        self.location
+    }
+
+    /// Reads the register.
+    pub fn read(&self) -> u32 {
+        read_register(self.location, self.width_bytes)
+    }
+
+    /// Writes the register.
+    pub fn write(&self, value: u32) {
+        write_register(self.location, self.width_bytes, value)
+    }
+}
+
+/// An MMIO block a table names (the HPET's registers, an IOAPIC's window): an address only the
+/// parser can produce, which the arch drivers for that block take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirmwareMmio(u64);
+
+impl FirmwareMmio {
+    /// The physical address (for reports).
+    pub fn address(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Where a `GenericAddress` points.
@@ -37,7 +102,7 @@ pub struct InterruptOverride {
 #[derive(Debug, Clone, Copy)]
 pub struct IoApicEntry {
     pub id: u8,
-    pub address: u64,
+    pub address: FirmwareMmio,
     pub gsi_base: u32,
 }
 
@@ -52,18 +117,21 @@ pub struct AcpiInfo {
     pub io_apics: Vec<IoApicEntry>,
     pub overrides: Vec<InterruptOverride>,
     pub sci_irq: Option<u16>,
-    pub smi_command_port: u32,
+    /// The SMI command port (written `acpi_enable_value` to switch to ACPI mode).
+    pub smi_command: Option<AcpiRegister>,
     pub acpi_enable_value: u8,
-    pub pm1a_event_block: Option<GenericAddress>,
-    pub pm1_event_length: u8,
-    pub pm1a_control_block: Option<GenericAddress>,
-    pub pm1b_control_block: Option<GenericAddress>,
-    pub pm_timer: Option<GenericAddress>,
+    /// PM1a status register (the first half of the PM1a event block).
+    pub pm1a_status: Option<AcpiRegister>,
+    /// PM1a enable register (the second half of the PM1a event block).
+    pub pm1a_enable: Option<AcpiRegister>,
+    pub pm1a_control_block: Option<AcpiRegister>,
+    pub pm1b_control_block: Option<AcpiRegister>,
+    pub pm_timer: Option<AcpiRegister>,
     pub pm_timer_32bit: bool,
     pub hardware_reduced: bool,
-    pub sleep_control: Option<GenericAddress>,
+    pub sleep_control: Option<AcpiRegister>,
     pub s5_sleep_type: Option<u8>,
-    pub hpet_address: Option<u64>,
+    pub hpet_address: Option<FirmwareMmio>,
     pub warnings: Vec<alloc::string::String>,
 }
 
@@ -128,11 +196,24 @@ fn io_block(port: u32) -> Option<GenericAddress> {
     })
 }
 
+/// Reserves an I/O-space register block for ACPI in the port registry, so no driver can claim
+/// it (a clash is reported, not fatal: the firmware may describe one block twice).
+fn reserve_io(info: &mut AcpiInfo, block: GenericAddress, len: u16) {
+    if block.space != AddressSpace::Io || block.address > 0xFFFF {
+        return;
+    }
+    match super::io::reserve(block.address as u16, len, "ACPI") {
+        Ok(()) | Err(super::io::ClaimError::Busy { owner: "ACPI", .. }) => {}
+        Err(error) => info.warnings.push(alloc::format!(
+            "ACPI: cannot reserve ports {:#x}: {error}",
+            block.address
+        )),
+    }
+}
+
 /// End of the first MiB, the legacy BIOS areas: the BIOS data area (page 0), the EBDA and the
 /// BIOS ROM area 0xE0000-0xFFFFF, where firmware without a loader hint leaves the RSDP.
 const BIOS_AREA_END: u64 = 0x10_0000;
-/// The kernel-window page borrowed to read physical page 0 (see `kmap`'s list of owners).
-const PAGE_0_WINDOW: u64 = crate::mm::kmap::WINDOW_BASE + 511 * 4096;
 /// Bytes the checksums of an RSDP cover: revision 0 (ACPI 1.0), revision 2 and later.
 const RSDP_V1_LENGTH: usize = 20;
 const RSDP_V2_LENGTH: usize = 36;
@@ -152,15 +233,13 @@ fn copy_bios_area(start: u64, length: usize) -> Option<Vec<u8>> {
     let mut bytes = Vec::with_capacity(length);
     if start < 4096 {
         let page_end = end.min(4096);
-        crate::mm::kmap::map_page_readonly(PAGE_0_WINDOW, 0).ok()?;
-        let source = (PAGE_0_WINDOW + start) as usize as *const u8;
-        // SAFETY: `PAGE_0_WINDOW` is this module's window page, mapped just above to physical
-        // page 0 (read-only) and not unmapped until after the copy; `[start, page_end)` lies
-        // within that page. Page 0 is firmware's BIOS data area, which nothing writes.
-        bytes.extend_from_slice(unsafe {
-            core::slice::from_raw_parts(source, (page_end - start) as usize)
-        });
-        let _ = crate::mm::kmap::unmap_page(PAGE_0_WINDOW);
+        let copied = super::kmap::copy_unmapped_firmware_page(
+            0,
+            start as usize,
+            (page_end - start) as usize,
+        )
+        .ok()?;
+        bytes.extend_from_slice(&copied);
     }
     let rest = start.max(4096);
     if rest < end {
@@ -274,10 +353,11 @@ pub fn rsdp_scan_self_test(found_at_boot: Option<u64>) -> Result<(), &'static st
     if scan_for_rsdp(0xE0000, &area).map(|found| found.address) != Some(0xE0020) {
         return Err("the scan missed a revision 0 RSDP on a 16-byte boundary");
     }
+    let slots_before = super::kmap::window_slots_in_use();
     if copy_bios_area(0xFFFFF, 2).is_some() || copy_bios_area(0x40E, 2).is_none() {
         return Err("BIOS-area copies are not bounded to the first MiB");
     }
-    if crate::mm::kmap::unmap_page(PAGE_0_WINDOW).is_ok() {
+    if super::kmap::window_slots_in_use() != slots_before {
         return Err("page 0 stayed mapped in the window");
     }
     if let Some(address) = found_at_boot.filter(|a| (0xE0000..BIOS_AREA_END).contains(a)) {
@@ -343,7 +423,9 @@ pub fn discover(rsdp_hint: Option<u64>) -> Option<AcpiInfo> {
         match &signature {
             b"FACP" => parse_fadt(&mut info, bytes),
             b"APIC" => parse_madt(&mut info, bytes),
-            b"HPET" => info.hpet_address = generic_address(bytes, 40).map(|g| g.address),
+            b"HPET" => {
+                info.hpet_address = generic_address(bytes, 40).map(|g| FirmwareMmio(g.address))
+            }
             _ => {}
         }
     }
@@ -353,31 +435,53 @@ pub fn discover(rsdp_hint: Option<u64>) -> Option<AcpiInfo> {
 fn parse_fadt(info: &mut AcpiInfo, fadt: &[u8]) {
     let sci = u16_at(fadt, 46);
     info.sci_irq = Some(sci);
-    info.smi_command_port = u32_at(fadt, 48);
+    let smi_command_port = u32_at(fadt, 48);
+    info.smi_command = io_block(smi_command_port).map(|port| AcpiRegister::new(port, 1));
     info.acpi_enable_value = fadt.get(52).copied().unwrap_or(0);
-    info.pm1_event_length = fadt.get(88).copied().unwrap_or(0);
+    let pm1_event_length = fadt.get(88).copied().unwrap_or(0);
     let flags = u32_at(fadt, 112);
     info.pm_timer_32bit = flags & (1 << 8) != 0;
     info.hardware_reduced = flags & (1 << 20) != 0;
     let extended = fadt.len() >= 244;
-    info.pm1a_event_block = extended
+    let pm1a_event_block = extended
         .then(|| generic_address(fadt, 148))
         .flatten()
         .or_else(|| io_block(u32_at(fadt, 56)));
-    info.pm1a_control_block = extended
-        .then(|| generic_address(fadt, 172))
-        .flatten()
-        .or_else(|| io_block(u32_at(fadt, 64)));
-    info.pm1b_control_block = extended
-        .then(|| generic_address(fadt, 184))
-        .flatten()
-        .or_else(|| io_block(u32_at(fadt, 68)));
-    info.pm_timer = extended
-        .then(|| generic_address(fadt, 208))
-        .flatten()
-        .or_else(|| io_block(u32_at(fadt, 76)));
+    if let Some(status) = pm1a_event_block {
+        let mut enable = status;
+        enable.address += (pm1_event_length / 2).max(2) as u64;
+        info.pm1a_status = Some(AcpiRegister::new(status, 2));
+        info.pm1a_enable = Some(AcpiRegister::new(enable, 2));
+        reserve_io(info, status, pm1_event_length.max(4) as u16);
+    }
+    let control = |offset, legacy| {
+        extended
+            .then(|| generic_address(fadt, offset))
+            .flatten()
+            .or_else(|| io_block(u32_at(fadt, legacy)))
+    };
+    if let Some(block) = control(172, 64) {
+        info.pm1a_control_block = Some(AcpiRegister::new(block, 2));
+        reserve_io(info, block, 2);
+    }
+    if let Some(block) = control(184, 68) {
+        info.pm1b_control_block = Some(AcpiRegister::new(block, 2));
+        reserve_io(info, block, 2);
+    }
+    if let Some(block) = control(208, 76) {
+        info.pm_timer = Some(AcpiRegister::new(block, 4));
+        reserve_io(info, block, 4);
+    }
     if fadt.len() >= 256 {
-        info.sleep_control = generic_address(fadt, 244);
+        if let Some(block) = generic_address(fadt, 244) {
+            info.sleep_control = Some(AcpiRegister::new(block, 1));
+            reserve_io(info, block, 1);
+        }
+    }
+    if smi_command_port != 0 {
+        if let Some(port) = info.smi_command {
+            reserve_io(info, port.location, 1);
+        }
     }
     let dsdt_address = if fadt.len() >= 148 && u64_at(fadt, 140) != 0 {
         u64_at(fadt, 140)
@@ -414,7 +518,7 @@ fn parse_madt(info: &mut AcpiInfo, madt: &[u8]) {
             }
             1 if length >= 12 => info.io_apics.push(IoApicEntry {
                 id: entry[2],
-                address: u32_at(entry, 4) as u64,
+                address: FirmwareMmio(u32_at(entry, 4) as u64),
                 gsi_base: u32_at(entry, 8),
             }),
             2 if length >= 10 => {
@@ -457,9 +561,8 @@ fn find_s5_sleep_type(dsdt: &[u8]) -> Option<u8> {
     }
 }
 
-#[allow(dead_code)] // the ACPI PM timer clocksource and the SCI handler read through this
-/// Reads a register described by a Generic Address Structure.
-pub fn read_register(register: GenericAddress, width_bytes: u8) -> u32 {
+/// Reads a register described by a Generic Address Structure the parser built.
+fn read_register(register: GenericAddress, width_bytes: u8) -> u32 {
     match register.space {
         AddressSpace::Io => match width_bytes {
             1 => super::port::inb(register.address as u16) as u32,
@@ -481,8 +584,8 @@ pub fn read_register(register: GenericAddress, width_bytes: u8) -> u32 {
     }
 }
 
-/// Writes a register described by a Generic Address Structure.
-pub fn write_register(register: GenericAddress, width_bytes: u8, value: u32) {
+/// Writes a register described by a Generic Address Structure the parser built.
+fn write_register(register: GenericAddress, width_bytes: u8, value: u32) {
     match register.space {
         AddressSpace::Io => match width_bytes {
             1 => super::port::outb(register.address as u16, value as u8),

@@ -136,14 +136,22 @@ pub fn end_of_interrupt() {
     lapic_write(LAPIC_EOI, 0);
 }
 
-/// One IOAPIC's register window.
+/// One IOAPIC's register window, at the address the MADT gave.
 #[derive(Debug, Clone, Copy)]
 pub struct IoApic {
-    pub base: u64,
+    base: u64,
     pub gsi_base: u32,
 }
 
 impl IoApic {
+    /// The IOAPIC an MADT entry describes.
+    pub fn new(entry: &super::acpi::IoApicEntry) -> IoApic {
+        IoApic {
+            base: entry.address.address(),
+            gsi_base: entry.gsi_base,
+        }
+    }
+
     fn write(&self, register: u32, value: u32) {
         // SAFETY: `base` is the IOAPIC MMIO window from the MADT (identity-mapped, uncached);
         // IOREGSEL is at +0 and IOWIN at +0x10.
@@ -205,7 +213,12 @@ impl IoApic {
 
     /// Routes global system interrupt `gsi` to `vector` on the CPU with APIC ID `destination`.
     pub fn route(&self, gsi: u32, vector: u8, destination: u32, level: bool, active_low: bool) {
-        let pin = gsi - self.gsi_base;
+        let Some(pin) = gsi
+            .checked_sub(self.gsi_base)
+            .filter(|&pin| pin < self.entries())
+        else {
+            return;
+        };
         let mut low = vector as u32;
         if active_low {
             low |= 1 << 13;

@@ -56,6 +56,37 @@ extern "C" {
 /// What a new thread runs first (it never returns: threads end by exiting).
 pub type ThreadEntry = fn() -> !;
 
+/// Order of a kernel stack: 64 KiB, as the boot CPU's.
+pub const KERNEL_STACK_ORDER: u8 = 4;
+
+/// A kernel stack: pages from the page allocator, owned. A thread's stack is handed to its
+/// [`ThreadContext`] and comes back only once the thread has exited and no CPU runs on it; a
+/// secondary CPU's stack is kept for good.
+#[derive(Debug)]
+pub struct KernelStack {
+    pages: super::memory::PageBlock,
+}
+
+impl KernelStack {
+    /// Allocates a stack (`None`: out of memory).
+    pub fn alloc() -> Option<KernelStack> {
+        super::memory::PageBlock::alloc(KERNEL_STACK_ORDER, lull_buddy::ZoneKind::Normal)
+            .map(|pages| KernelStack { pages })
+    }
+
+    /// One past the highest address (16-byte aligned: the stack pointer's start).
+    pub fn top(&self) -> u64 {
+        self.pages.address() + self.pages.size() as u64
+    }
+
+    /// Keeps the stack for good and returns its top (a CPU that never stops runs on it).
+    pub(super) fn leak_top(self) -> u64 {
+        let top = self.top();
+        self.pages.leak();
+        top
+    }
+}
+
 /// A thread's saved CPU state between switches. Contexts live for the whole kernel run
 /// (`'static`), so a context can never be freed while a CPU still switches through it.
 pub struct ThreadContext {
@@ -63,6 +94,10 @@ pub struct ThreadContext {
     saved_rsp: AtomicU64,
     /// Whether some CPU is running on (or still switching away from) this context.
     on_cpu: AtomicBool,
+    /// Set when the thread has exited: no switch to it happens afterwards.
+    exited: AtomicBool,
+    /// The thread's stack (none for a CPU's idle thread, which runs on its boot stack).
+    stack: spin::Mutex<Option<KernelStack>>,
 }
 
 impl ThreadContext {
@@ -71,21 +106,16 @@ impl ThreadContext {
         alloc::boxed::Box::leak(alloc::boxed::Box::new(ThreadContext {
             saved_rsp: AtomicU64::new(0),
             on_cpu: AtomicBool::new(true),
+            exited: AtomicBool::new(false),
+            stack: spin::Mutex::new(None),
         }))
     }
 
-    /// A new thread on the stack `stack` (16-byte aligned, owned by the thread for as long as the
-    /// context may be switched to): the first switch to it calls `entry`.
-    /// Returns `None` if the stack is too small or misaligned.
-    pub fn new_thread(
-        stack: core::ops::Range<u64>,
-        entry: ThreadEntry,
-    ) -> Option<&'static ThreadContext> {
+    /// A new thread on `stack`, which the context keeps until [`ThreadContext::take_stack`]:
+    /// the first switch to it calls `entry`.
+    pub fn new_thread(stack: KernelStack, entry: ThreadEntry) -> &'static ThreadContext {
         const FRAME_WORDS: u64 = 7;
-        if !stack.end.is_multiple_of(16) || stack.end.saturating_sub(stack.start) < 4096 {
-            return None;
-        }
-        let frame = stack.end - FRAME_WORDS * 8;
+        let frame = stack.top() - FRAME_WORDS * 8;
         // Lowest address first: r15 r14 r13 r12 rbx rbp return-address (the pop order).
         let words: [u64; FRAME_WORDS as usize] = [
             0,
@@ -96,23 +126,42 @@ impl ThreadContext {
             0,
             lull_thread_trampoline as *const () as usize as u64,
         ];
-        // SAFETY: `frame..stack.end` lies inside the stack the caller handed over (checked to be
-        // at least a page), which is identity-mapped RAM not yet used by anyone; the write is
-        // 8-byte aligned because `stack.end` is 16-byte aligned.
+        // SAFETY: `frame..stack.top()` is the top 56 bytes of the stack, pages we own (moved
+        // in) that are identity-mapped and used by nothing else; the write is 8-byte aligned
+        // because the top is page aligned.
         unsafe {
             core::ptr::copy_nonoverlapping(words.as_ptr(), frame as usize as *mut u64, words.len())
         };
-        Some(alloc::boxed::Box::leak(alloc::boxed::Box::new(
-            ThreadContext {
-                saved_rsp: AtomicU64::new(frame),
-                on_cpu: AtomicBool::new(false),
-            },
-        )))
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(ThreadContext {
+            saved_rsp: AtomicU64::new(frame),
+            on_cpu: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            stack: spin::Mutex::new(Some(stack)),
+        }))
     }
 
     /// Whether a CPU runs on this context (or has not finished switching away from it).
     pub fn on_cpu(&self) -> bool {
         self.on_cpu.load(Ordering::Acquire)
+    }
+
+    /// Marks the thread as exited (called by the thread itself before its last switch away,
+    /// or for a thread that never ran): [`switch`] refuses to switch to it from now on.
+    pub fn mark_exited(&self) {
+        self.exited.store(true, Ordering::SeqCst);
+    }
+
+    /// Hands the stack back once the thread has exited and no CPU runs on it any more (`None`
+    /// before that, or if it was taken already).
+    pub fn take_stack(&self) -> Option<KernelStack> {
+        let mut stack = self.stack.lock();
+        // Ordering with `switch`: it sets `on_cpu` and then checks `exited`, both SeqCst; we
+        // read `exited` and then `on_cpu`. So either we see `on_cpu` set and refuse, or the
+        // switch sees `exited` and stops before it touches the stack.
+        if !self.exited.load(Ordering::SeqCst) || self.on_cpu.load(Ordering::SeqCst) {
+            return None;
+        }
+        stack.take()
     }
 }
 
@@ -128,8 +177,12 @@ pub fn switch(previous: &'static ThreadContext, next: &'static ThreadContext) {
     if core::ptr::eq(previous, next) {
         return;
     }
-    while next.on_cpu.swap(true, Ordering::Acquire) {
+    while next.on_cpu.swap(true, Ordering::SeqCst) {
         core::hint::spin_loop();
+    }
+    if next.exited.load(Ordering::SeqCst) {
+        // Its stack may be freed: never resume it.
+        panic!("switch to a thread that has exited");
     }
     // SAFETY: `next.saved_rsp` was stored by a previous switch away from `next` (a stack
     // holding the six callee-saved registers and a return address) or built by `new_thread`

@@ -61,14 +61,31 @@ pub fn usage() -> (usize, usize) {
     HEAP.with(|heap| (heap.used(), heap.free()))
 }
 
+static REGION: spin::Once<core::ops::Range<u64>> = spin::Once::new();
+
+/// The heap's RAM, once given.
+pub(super) fn region() -> Option<core::ops::Range<u64>> {
+    REGION.get().cloned()
+}
+
 /// Hands the boot-chosen heap region to the allocator (the safe entry point for `mm`).
-/// Called exactly once; later calls are ignored.
-pub fn init_region(range: core::ops::Range<u64>) {
-    static DONE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-    if DONE.swap(true, core::sync::atomic::Ordering::SeqCst) {
-        return;
+/// The first call with a range of free RAM below 4 GiB (checked against arch's record of the
+/// boot memory map) wins; later calls and unusable ranges are refused.
+pub fn init_region(range: core::ops::Range<u64>) -> Result<(), &'static str> {
+    if range.end > (4 << 30) || !super::memory::is_free_ram(&range) {
+        return Err("not free RAM below 4 GiB");
     }
-    // SAFETY: `mm::init` chose `range` from usable RAM outside the kernel image, boot
-    // structures and low memory, identity-mapped, and never hands it to the page allocator.
+    let mut first = false;
+    REGION.call_once(|| {
+        first = true;
+        range.clone()
+    });
+    if !first {
+        return Err("the heap has its region already");
+    }
+    // SAFETY: `range` is RAM in the firmware map outside the kernel image, the loader's
+    // structures and low memory (checked above), identity-mapped; this is the only call that
+    // gets here, and the page allocator refuses any range overlapping it.
     unsafe { init(range.start, (range.end - range.start) as usize) };
+    Ok(())
 }

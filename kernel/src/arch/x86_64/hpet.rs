@@ -38,8 +38,9 @@ impl Hpet {
         unsafe { core::ptr::write_volatile((self.base + register) as usize as *mut u64, value) }
     }
 
-    /// Checks the block at `base` and returns it if its capabilities are sane.
-    pub fn probe(base: u64) -> Option<Hpet> {
+    /// Checks the block the ACPI HPET table names and returns it if its capabilities are sane.
+    pub fn probe(block: super::acpi::FirmwareMmio) -> Option<Hpet> {
+        let base = block.address();
         if base == 0 || base >= (1 << 32) {
             return None;
         }

@@ -277,7 +277,7 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
 fn exception(frame: &TrapFrame) -> ! {
     let vector = frame.vector as usize;
     let name = EXCEPTION_NAMES[vector];
-    crate::kernel::printk::emergency_print(format_args!(
+    super::emergency_print(format_args!(
         "\n*** CPU exception {vector}: {name}\n\
          error code: {:#x}    RIP: {:#018x}    CS: {:#x}    RFLAGS: {:#x}\n\
          CR2: {:#018x}    CR3: {:#018x}\n\
@@ -310,7 +310,7 @@ fn exception(frame: &TrapFrame) -> ! {
     ));
     if vector == 14 {
         let code = frame.error_code;
-        crate::kernel::printk::emergency_print(format_args!(
+        super::emergency_print(format_args!(
             "page fault: {} {} in {} mode{}\n",
             if code & 1 != 0 {
                 "protection violation"
@@ -332,6 +332,6 @@ fn exception(frame: &TrapFrame) -> ! {
             },
         ));
     }
-    crate::kernel::printk::emergency_print(format_args!("System halted.\n"));
+    super::emergency_print(format_args!("System halted.\n"));
     super::power::exit_failure(super::power::EXIT_EXCEPTION)
 }

@@ -9,6 +9,9 @@ mod gdt;
 pub mod heap;
 pub mod hpet;
 pub mod interrupts;
+pub mod io;
+pub mod kmap;
+pub mod memory;
 pub mod paging;
 pub mod percpu;
 pub mod pit;
@@ -18,6 +21,7 @@ pub mod pvh;
 pub mod rtc;
 pub mod serial;
 pub mod smp;
+pub mod sync;
 
 pub use pvh::{BootInfo, MEMORY_RAM};
 
@@ -33,9 +37,23 @@ pub fn kernel_image_range() -> core::ops::Range<u64> {
     start..end
 }
 
-/// Writes a byte to an I/O port named by firmware tables (ACPI's SMI command port).
-pub fn port_write_u8(port: u16, value: u8) {
-    port::outb(port, value);
+/// Prints a report when nothing else may be trusted (exceptions, a bad start info).
+pub type EmergencyPrint = fn(core::fmt::Arguments<'_>);
+
+static EMERGENCY_PRINT: spin::Once<EmergencyPrint> = spin::Once::new();
+
+/// Installs the kernel's emergency printer (it also records the report in the log); until
+/// then, and if none is installed, reports go straight to COM1.
+pub fn set_emergency_print(print: EmergencyPrint) {
+    EMERGENCY_PRINT.call_once(|| print);
+}
+
+/// Prints through the installed emergency printer, or straight to COM1.
+pub(crate) fn emergency_print(args: core::fmt::Arguments<'_>) {
+    match EMERGENCY_PRINT.get() {
+        Some(print) => print(args),
+        None => serial::write_fmt(args),
+    }
 }
 
 /// Loads the boot CPU's GDT, TSS and IDT. Interrupts stay disabled.
@@ -58,15 +76,19 @@ extern "C" fn kernel_entry(start_info_address: u32) -> ! {
     let entry_tsc = cpu::rdtsc();
     // Before anything can read the CPU index (the exception path does).
     percpu::set_this_cpu(0);
+    io::reserve_platform_ports();
     serial::init();
     if cfg!(feature = "boot-baseline") {
         serial::write_bytes(b"lull-baseline\n");
         cpu::halt_forever();
     }
     match pvh::read_start_info(start_info_address) {
-        Ok(boot_info) => crate::start_kernel(boot_info, entry_tsc),
+        Ok(boot_info) => {
+            memory::record_boot_info(boot_info);
+            crate::start_kernel(boot_info, entry_tsc)
+        }
         Err(error) => {
-            crate::kernel::printk::emergency_print(format_args!(
+            emergency_print(format_args!(
                 "Lull: unusable PVH start info at {start_info_address:#x}: {error}\n"
             ));
             power::exit_failure(power::EXIT_PANIC)
@@ -81,16 +103,4 @@ pub fn trigger_null_read() -> u64 {
     // SAFETY: page 0 is never mapped (paging.rs), so the read faults before touching memory;
     // the exception handler reports and stops the machine.
     unsafe { core::ptr::read_volatile(address as *const u64) }
-}
-
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
-/// Fills `bytes` at physical `address` with a pattern and sums it back (in-kernel tests of
-/// pages the page allocator handed out). `address` must come from `mm::alloc_pages`.
-pub fn scribble_and_sum(address: u64, bytes: usize) -> u64 {
-    let words = bytes / 8;
-    // SAFETY: callers pass a block they own from the page allocator; all RAM is
-    // identity-mapped.
-    let slice = unsafe { core::slice::from_raw_parts_mut(address as usize as *mut u64, words) };
-    slice.fill(0xA5A5_A5A5);
-    slice.iter().fold(0u64, |sum, word| sum.wrapping_add(*word))
 }

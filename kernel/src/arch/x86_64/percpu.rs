@@ -170,7 +170,7 @@ pub fn set_current_task(proof: &InterruptsDisabled, task: u64) {
 
 /// Points this CPU's GS base at the area of CPU `cpu_index`. Called first thing on every CPU
 /// (before anything reads the CPU index), with interrupts disabled.
-pub fn set_this_cpu(cpu_index: usize) {
+pub(super) fn set_this_cpu(cpu_index: usize) {
     let area = &AREAS[cpu_index.min(MAX_CPUS - 1)];
     // SAFETY: IA32_GS_BASE exists on every x86_64 CPU; the value is the address of a 'static,
     // never-written area, and nothing else in the kernel uses GS.

@@ -1,10 +1,10 @@
 //! Leaving the machine: ACPI S5, QEMU's isa-debug-exit for test statuses, and fallbacks.
 
-use super::acpi::{self, AcpiInfo};
+use super::acpi::AcpiInfo;
 use super::{cpu, port};
 
 /// isa-debug-exit I/O port (QEMU `-device isa-debug-exit,iobase=0xf4,iosize=0x04`).
-const DEBUG_EXIT_PORT: u16 = 0xf4;
+pub(super) const DEBUG_EXIT_PORT: u16 = 0xf4;
 
 /// Status written for a kernel panic: QEMU exits with (1 << 1) | 1 = 3.
 pub const EXIT_PANIC: u8 = 1;
@@ -34,13 +34,13 @@ pub fn power_off(info: Option<&AcpiInfo>) -> ! {
         let sleep_type = info.s5_sleep_type.unwrap_or(0) as u32;
         if info.hardware_reduced {
             if let Some(register) = info.sleep_control {
-                acpi::write_register(register, 1, ((sleep_type & 7) << 2) | (1 << 5));
+                register.write(((sleep_type & 7) << 2) | (1 << 5));
             }
         } else if let Some(register) = info.pm1a_control_block {
             let value = ((sleep_type & 7) << 10) | (1 << 13);
-            acpi::write_register(register, 2, value);
+            register.write(value);
             if let Some(register_b) = info.pm1b_control_block {
-                acpi::write_register(register_b, 2, value);
+                register_b.write(value);
             }
         }
         // Give the platform a moment to act on the request.

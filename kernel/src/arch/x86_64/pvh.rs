@@ -64,7 +64,7 @@ impl core::fmt::Display for BootInfoError {
 }
 
 /// Reads the start info at `address`.
-pub fn read_start_info(address: u32) -> Result<BootInfo, BootInfoError> {
+pub(super) fn read_start_info(address: u32) -> Result<BootInfo, BootInfoError> {
     // SAFETY: the PVH protocol passes the physical address of a valid `hvm_start_info` in
     // %ebx; memory below 4 GiB is identity-mapped by the boot stub. The magic is checked
     // before any other field is trusted.

@@ -69,3 +69,15 @@ pub fn set_rx_interrupt(enabled: bool) {
         if enabled { IER_RX_AVAILABLE } else { 0 },
     );
 }
+
+/// Writes formatted text straight to COM1, without any lock (emergency reports).
+pub fn write_fmt(args: core::fmt::Arguments<'_>) {
+    struct Com1;
+    impl core::fmt::Write for Com1 {
+        fn write_str(&mut self, text: &str) -> core::fmt::Result {
+            write_bytes(text.as_bytes());
+            Ok(())
+        }
+    }
+    let _ = core::fmt::Write::write_fmt(&mut Com1, args);
+}

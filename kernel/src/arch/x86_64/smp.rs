@@ -156,35 +156,59 @@ fn spin_for_tsc_cycles(cycles: u64) {
     }
 }
 
-/// Starts the CPU with APIC ID `apic_id` as CPU `cpu_index`: copies the trampoline to
-/// `trampoline_page` (a page below 1 MiB reserved for this), sends INIT-SIPI-SIPI and waits
-/// until the CPU runs Rust code on `stack_top`, where it calls `main(cpu_index)`.
-/// Called on the boot CPU, one CPU at a time, with interrupts disabled.
+/// The page below 1 MiB the trampoline is copied to (0: none given yet).
+static TRAMPOLINE_PAGE: AtomicU64 = AtomicU64::new(0);
+
+/// Sets aside `page` (below 640 KiB, chosen by `mm`, which never gives low memory to the page
+/// allocator or the heap) for the trampoline. Refused unless it is RAM in the boot memory map
+/// that holds none of the loader's structures; the first accepted page stays.
+pub fn reserve_trampoline_page(page: u64) -> Result<(), StartError> {
+    if page == 0
+        || page + 4096 > 0xA_0000
+        || !page.is_multiple_of(4096)
+        || trampoline_size() > 4096
+        || !super::memory::is_unused_ram(&(page..page + 4096))
+    {
+        return Err(StartError::BadTrampolinePage(page));
+    }
+    let _ = TRAMPOLINE_PAGE.compare_exchange(0, page, Ordering::SeqCst, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Starts the CPU with APIC ID `apic_id` as CPU `cpu_index`: copies the trampoline to the
+/// reserved trampoline page, sends INIT-SIPI-SIPI and waits until the CPU runs Rust code on
+/// `stack`, where it calls `main(cpu_index)`. The stack is the CPU's for good (even if it
+/// does not answer in time: it may still start later). Called on the boot CPU, one CPU at a
+/// time, with interrupts disabled.
 pub fn start_cpu(
     apic_id: u32,
     cpu_index: usize,
-    stack_top: u64,
-    trampoline_page: u64,
+    stack: super::context::KernelStack,
     tsc_hz: u64,
     main: SecondaryMain,
 ) -> Result<(), StartError> {
     let size = trampoline_size();
-    if trampoline_page == 0
-        || trampoline_page + 4096 > 0x10_0000
-        || !trampoline_page.is_multiple_of(4096)
-        || size > 4096
-    {
-        return Err(StartError::BadTrampolinePage(trampoline_page));
+    let trampoline_page = TRAMPOLINE_PAGE.load(Ordering::SeqCst);
+    if trampoline_page == 0 {
+        return Err(StartError::BadTrampolinePage(0));
     }
+    // Only one CPU starts at a time: the page's data block is reused.
+    static STARTING: spin::Mutex<()> = spin::Mutex::new(());
+    let _one_at_a_time = STARTING
+        .try_lock()
+        .ok_or(StartError::BadTrampolinePage(trampoline_page))?;
     let cr3 = cpu::read_cr3() & !0xFFF;
     let cr3 = u32::try_from(cr3).map_err(|_| StartError::PageTablesAbove4GiB)?;
+    let stack_top = stack.leak_top();
     SECONDARY_MAIN.call_once(|| main);
     ARRIVED.store(u64::MAX, Ordering::Relaxed);
 
     let base = trampoline_page as usize;
     let put_u32 = |symbol: *const u8, value: u32| {
         // SAFETY: the destination lies inside the trampoline page (offset < size <= 4096),
-        // which `mm` reserved for this and nothing else uses; it is identity-mapped RAM.
+        // which `reserve_trampoline_page` checked is unused RAM below 640 KiB (never given to
+        // the heap or the page allocator, which take only RAM above 1 MiB); identity-mapped,
+        // and only this function (one caller at a time) writes it.
         unsafe { core::ptr::write_unaligned((base + offset_of(symbol)) as *mut u32, value) }
     };
     let put_u64 = |symbol: *const u8, value: u64| {

@@ -4,18 +4,15 @@
 //!
 //! The SCI is requested with `request_irq`, so `threadirqs` threads it.
 
-use crate::arch::acpi::{self, AcpiInfo};
+use crate::arch::acpi::{AcpiInfo, AcpiRegister};
 use crate::{pr_warn, printk};
 
 const PM1_STATUS_POWER_BUTTON: u32 = 1 << 8;
 const PM1_ENABLE_POWER_BUTTON: u32 = 1 << 8;
 const PM1_CONTROL_SCI_ENABLE: u32 = 1 << 0;
 
-fn event_registers(info: &AcpiInfo) -> Option<(acpi::GenericAddress, acpi::GenericAddress)> {
-    let status = info.pm1a_event_block?;
-    let mut enable = status;
-    enable.address += (info.pm1_event_length / 2).max(2) as u64;
-    Some((status, enable))
+fn event_registers(info: &AcpiInfo) -> Option<(AcpiRegister, AcpiRegister)> {
+    Some((info.pm1a_status?, info.pm1a_enable?))
 }
 
 /// The SCI handler (hard-IRQ context, or the line's thread under `threadirqs`; the line is
@@ -25,9 +22,9 @@ fn sci_interrupt(_irq: u32) -> crate::kernel::irq::IrqReturn {
     let Some((status, _)) = crate::acpi().and_then(event_registers) else {
         return crate::kernel::irq::IrqReturn::None;
     };
-    let pending = acpi::read_register(status, 2);
+    let pending = status.read();
     if pending & PM1_STATUS_POWER_BUTTON != 0 {
-        acpi::write_register(status, 2, PM1_STATUS_POWER_BUTTON); // write-1-to-clear
+        status.write(PM1_STATUS_POWER_BUTTON); // write-1-to-clear
         crate::kernel::pm::request_shutdown();
         return crate::kernel::irq::IrqReturn::Handled;
     }
@@ -52,15 +49,17 @@ pub fn init(info: Option<&AcpiInfo>) {
         pr_warn!("ACPI: no SCI or PM1 event block; the power button is not available");
         return;
     };
-    if acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 && info.smi_command_port != 0 {
-        crate::arch::port_write_u8(info.smi_command_port as u16, info.acpi_enable_value);
-        let mut spins = 0;
-        while acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 && spins < 1_000_000 {
-            spins += 1;
-            core::hint::spin_loop();
+    if let Some(smi_command) = info.smi_command {
+        if control.read() & PM1_CONTROL_SCI_ENABLE == 0 {
+            smi_command.write(info.acpi_enable_value as u32);
+            let mut spins = 0;
+            while control.read() & PM1_CONTROL_SCI_ENABLE == 0 && spins < 1_000_000 {
+                spins += 1;
+                core::hint::spin_loop();
+            }
         }
     }
-    if acpi::read_register(control, 2) & PM1_CONTROL_SCI_ENABLE == 0 {
+    if control.read() & PM1_CONTROL_SCI_ENABLE == 0 {
         pr_warn!("ACPI: could not switch to ACPI mode; the power button is not available");
         return;
     }
@@ -79,7 +78,6 @@ pub fn init(info: Option<&AcpiInfo>) {
             return;
         }
     };
-    let enabled = acpi::read_register(enable, 2);
-    acpi::write_register(enable, 2, enabled | PM1_ENABLE_POWER_BUTTON);
+    enable.write(enable.read() | PM1_ENABLE_POWER_BUTTON);
     printk!("ACPI: SCI on IRQ {sci} (GSI {gsi}, vector {vector:#x}); power button enabled");
 }

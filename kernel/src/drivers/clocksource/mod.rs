@@ -5,7 +5,7 @@
 use lull_time::clockevents::{ClockEventDevice, DeviceError, Features};
 use lull_time::clocksource::ClockSource;
 
-use crate::arch::acpi::GenericAddress;
+use crate::arch::acpi::AcpiRegister;
 use crate::arch::{apic, cpu, hpet::Hpet, pit};
 
 /// Vector of the per-CPU local timer interrupt (Linux's LOCAL_TIMER_VECTOR).
@@ -70,7 +70,7 @@ impl ClockSource for HpetSource {
 
 /// The ACPI power-management timer (3.579545 MHz, 24 or 32 bits).
 pub struct AcpiPmSource {
-    pub register: GenericAddress,
+    pub register: AcpiRegister,
     pub bits32: bool,
 }
 
@@ -92,7 +92,7 @@ impl ClockSource for AcpiPmSource {
         }
     }
     fn read(&self) -> u64 {
-        crate::arch::acpi::read_register(self.register, 4) as u64 & self.mask()
+        self.register.read() as u64 & self.mask()
     }
     fn frequency_hz(&self) -> u64 {
         ACPI_PM_HZ

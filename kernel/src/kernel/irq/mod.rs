@@ -233,10 +233,7 @@ pub fn init(acpi: Option<&AcpiInfo>) {
         crate::pr_warn!("irq: no IOAPIC in the MADT; device interrupts are unavailable");
         return;
     };
-    let ioapic = apic::IoApic {
-        base: entry.address,
-        gsi_base: entry.gsi_base,
-    };
+    let ioapic = apic::IoApic::new(entry);
     let mut slot = IOAPIC.lock();
     ioapic.mask_all();
     *slot = Some(ioapic);

@@ -15,7 +15,8 @@
 //! there, so a woken higher-priority thread does not wait for the next interrupt.
 //!
 //! Lock order (outermost first), documented here as the kernel grows:
-//! - `console::CONSOLE` is a leaf; `mm::PAGES` is a leaf; `shell` input ring is a leaf.
+//! - `console::CONSOLE` is a leaf; `arch::memory::PAGES` is a leaf; `shell` input ring is a
+//!   leaf.
 //! - time: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `time::CLOCKS` (see time/mod.rs). No two
 //!   CPUs' `CPU_TIME` locks are held together (readers of every CPU take one at a time).
 //! - smp: `smp::CALL_QUEUE[cpu]` is a leaf (never held while waiting for another CPU).
@@ -24,15 +25,16 @@
 //!   waits for another CPU; line threads are woken after it is released, and `free_irq` holds
 //!   no lock while it waits.
 //! - `smp::FLUSH_QUEUE[cpu]` is a leaf; no spinlock is held across `flush_tlb_*` (it waits for
-//!   the other CPUs). `paging::WINDOW` → `mm::PAGES`, never held across a shootdown.
+//!   the other CPUs). `arch::kmap::WINDOW` → `arch::memory::PAGES`, never held across a
+//!   shootdown.
 //! - `procfs::FILES` and `procfs::DIRECTORIES` are leaves.
 //! - `time::CPU_TIME[cpu]` → `sched::PREEMPTION_TIMER[cpu]` (a leaf; the scheduler arms it with
 //!   `SCHED` released).
 //! - sched: `time::CPU_TIME[cpu]` → `time::JIFFIES` → `sched::SCHED` (timer callbacks wake
 //!   threads); `SCHED` is the scheduler lock (policy + thread table, not a big kernel lock) and
 //!   never takes a time lock; under it only leaves are taken (`CLOCKS`, a thread's entry slot,
-//!   `mm::PAGES`). A wait queue's waiter list (`sched::WaitQueue`) is a leaf released before
-//!   `SCHED` is taken. No lock is held across a context switch.
+//!   `arch::memory::PAGES`). A wait queue's waiter list (`sched::WaitQueue`) is a leaf released
+//!   before `SCHED` is taken. No lock is held across a context switch.
 //! - Sleeping locks (`Mutex`, `RwLock`) are outermost: taken only in thread context with no
 //!   spinlock held; their wait queue's list is a leaf.
 //! - Preemption: returning from an interrupt is a preemption point only when the interrupted
@@ -46,6 +48,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use lull_lockdep::{AcquireKind, LockKind};
 
 pub use crate::arch::percpu::{InterruptsDisabled, MAX_CPUS};
+use crate::arch::sync::{self, SpinCell, SpinCellGuard};
 use crate::arch::{cpu, percpu};
 
 /// Proof that the holder stays on one CPU: interrupts or preemption are off.
@@ -166,10 +169,6 @@ pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
            test-and-set under a hypervisor, where a preempted waiter stalls a ticket queue).",
 }];
 
-/// Whether locks are taken by test-and-set instead of in ticket order (a static key, read
-/// once per contended acquisition).
-static TEST_AND_SET: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
 /// Chooses how spinlocks wait (`spinlock=`). A fair ticket lock serves CPUs in arrival order,
 /// but in a virtual machine the next ticket's vCPU may not be running when the lock is
 /// released: every other waiter then spins until the host schedules it (lock-waiter
@@ -186,7 +185,7 @@ pub fn init_spinlocks() {
         "tas" => true,
         _ => hypervisor,
     };
-    TEST_AND_SET.store(test_and_set, Ordering::Release);
+    sync::set_test_and_set(test_and_set);
     crate::printk!(
         "spinlock: {}{}",
         if test_and_set {
@@ -206,158 +205,26 @@ pub fn init_spinlocks() {
 /// Switches the waiting mode at run time (tests). Safe with locks held or contended: both
 /// modes use the same two counters, and "free" means `next == owner` in each.
 pub fn set_test_and_set(test_and_set: bool) -> bool {
-    TEST_AND_SET.swap(test_and_set, Ordering::AcqRel)
+    sync::set_test_and_set(test_and_set)
 }
 
-/// The lock word: `next` is the next ticket to hand out, `owner` the ticket being served;
-/// the lock is free when they are equal. Ticket mode takes a ticket and waits its turn;
-/// test-and-set mode claims the lock only when it is free (`next` CAS `owner → owner+1`).
-pub struct RawSpinLock {
-    next: AtomicU32,
-    owner: AtomicU32,
-}
-
-impl RawSpinLock {
-    /// A free lock.
-    pub const fn new() -> Self {
-        Self {
-            next: AtomicU32::new(0),
-            owner: AtomicU32::new(0),
-        }
-    }
-
-    /// Spins until the lock is held by the caller.
-    pub fn lock(&self) {
-        if self.try_lock() {
-            return;
-        }
-        if TEST_AND_SET.load(Ordering::Relaxed) {
-            loop {
-                core::hint::spin_loop();
-                if self.try_lock() {
-                    return;
-                }
-            }
-        }
-        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        while self.owner.load(Ordering::Acquire) != ticket {
-            core::hint::spin_loop();
-        }
-    }
-
-    /// Takes the lock if it is free.
-    pub fn try_lock(&self) -> bool {
-        // Acquire: pairs with the previous holder's release of `owner`.
-        let owner = self.owner.load(Ordering::Acquire);
-        self.next
-            .compare_exchange(
-                owner,
-                owner.wrapping_add(1),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-    }
-
-    /// Releases the lock (serves the next ticket). Only the holder calls it.
-    pub fn unlock(&self) {
-        self.owner.fetch_add(1, Ordering::Release);
-    }
-
-    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
-    /// CPUs waiting for their ticket (0 when free or held uncontended).
-    pub fn waiters(&self) -> u32 {
-        let (next, owner) = (
-            self.next.load(Ordering::Relaxed),
-            self.owner.load(Ordering::Relaxed),
-        );
-        next.wrapping_sub(owner).saturating_sub(1)
-    }
-}
-
-impl Default for RawSpinLock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The data of a spinlock: a cell only ever try-locked once the raw lock is held, so the
-/// try always succeeds (it keeps the data access free of `unsafe`).
-struct SpinData<T> {
-    raw: RawSpinLock,
-    cell: spin::mutex::SpinMutex<T>,
-}
-
-/// Held data of a [`SpinData`]: unlocks the cell, then the raw lock.
-struct SpinDataGuard<'a, T> {
-    cell: Option<spin::mutex::SpinMutexGuard<'a, T>>,
-    raw: &'a RawSpinLock,
-}
-
-impl<T> SpinData<T> {
-    const fn new(value: T) -> Self {
-        Self {
-            raw: RawSpinLock::new(),
-            cell: spin::mutex::SpinMutex::new(value),
-        }
-    }
-
-    fn claim(&self) -> SpinDataGuard<'_, T> {
-        loop {
-            // Holding the raw lock, the cell is free: only raw-lock holders touch it.
-            if let Some(cell) = self.cell.try_lock() {
-                return SpinDataGuard {
-                    cell: Some(cell),
-                    raw: &self.raw,
-                };
-            }
-            core::hint::spin_loop();
-        }
-    }
-
-    fn lock(&self) -> SpinDataGuard<'_, T> {
-        self.raw.lock();
-        self.claim()
-    }
-
-    fn try_lock(&self) -> Option<SpinDataGuard<'_, T>> {
-        self.raw.try_lock().then(|| self.claim())
-    }
-}
-
-impl<T> Drop for SpinDataGuard<'_, T> {
-    fn drop(&mut self) {
-        drop(self.cell.take());
-        self.raw.unlock();
-    }
-}
-
-impl<T> Deref for SpinDataGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        self.cell.as_deref().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl<T> DerefMut for SpinDataGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        self.cell.as_deref_mut().unwrap_or_else(|| unreachable!())
-    }
-}
+// The lock word and the cell it guards are `arch::sync::SpinCell` (the `UnsafeCell` needs
+// `unsafe`); this module adds preemption, interrupt masking and lockdep around it.
 
 // ---- spinlocks -------------------------------------------------------------------------------
 
 /// A fair spinlock (a ticket lock: CPUs get it in the order they asked; see
-/// [`init_spinlocks`] for virtual machines). Its guard disables preemption; do not use it for data an interrupt handler touches (use [`IrqSafeLock`]).
+/// [`init_spinlocks`] for virtual machines). Its guard disables preemption; do not use it for
+/// data an interrupt handler touches (use [`IrqSafeLock`]).
 pub struct SpinLock<T> {
-    inner: SpinData<T>,
+    inner: SpinCell<T>,
     class: LockClass,
 }
 
 /// Guard for [`SpinLock`]: releases the lock, then re-enables preemption (a preemption point).
 pub struct SpinGuard<'a, T> {
     // Field order is drop order: the lock is released before preemption comes back.
-    guard: SpinDataGuard<'a, T>,
+    guard: SpinCellGuard<'a, T>,
     class: Option<&'a LockClass>,
     _preempt: PreemptDisabled,
 }
@@ -366,7 +233,7 @@ impl<T> SpinLock<T> {
     /// An unlocked lock, not tracked by lockdep.
     pub const fn new(value: T) -> Self {
         Self {
-            inner: SpinData::new(value),
+            inner: SpinCell::new(value),
             class: LockClass::new(None),
         }
     }
@@ -374,7 +241,7 @@ impl<T> SpinLock<T> {
     /// An unlocked lock that lockdep tracks as class `name`.
     pub const fn named(name: &'static str, value: T) -> Self {
         Self {
-            inner: SpinData::new(value),
+            inner: SpinCell::new(value),
             class: LockClass::new(Some(name)),
         }
     }
@@ -382,7 +249,7 @@ impl<T> SpinLock<T> {
     #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     /// CPUs queued for the lock behind its holder.
     pub fn waiters(&self) -> u32 {
-        self.inner.raw.waiters()
+        self.inner.waiters()
     }
 
     /// Disables preemption, takes a ticket and spins until it is served.
@@ -424,7 +291,7 @@ impl<T> DerefMut for SpinGuard<'_, T> {
 /// interrupt handlers cannot deadlock against the code it interrupted. A lock made with
 /// [`IrqSafeLock::named`] is checked by lockdep (`lockdep=1`) under that name.
 pub struct IrqSafeLock<T> {
-    inner: SpinData<T>,
+    inner: SpinCell<T>,
     class: LockClass,
 }
 
@@ -433,7 +300,7 @@ pub struct IrqSafeLock<T> {
 pub struct IrqSafeGuard<'a, T> {
     // Field order is drop order: the lock is released before interrupts come back on, and
     // interrupts before preemption.
-    guard: SpinDataGuard<'a, T>,
+    guard: SpinCellGuard<'a, T>,
     class: Option<&'a LockClass>,
     interrupts: InterruptsDisabled,
     _preempt: PreemptDisabled,
@@ -443,7 +310,7 @@ impl<T> IrqSafeLock<T> {
     /// Creates an unlocked lock (not tracked by lockdep).
     pub const fn new(value: T) -> Self {
         Self {
-            inner: SpinData::new(value),
+            inner: SpinCell::new(value),
             class: LockClass::new(None),
         }
     }
@@ -451,7 +318,7 @@ impl<T> IrqSafeLock<T> {
     /// Creates an unlocked lock that lockdep tracks as class `name`.
     pub const fn named(name: &'static str, value: T) -> Self {
         Self {
-            inner: SpinData::new(value),
+            inner: SpinCell::new(value),
             class: LockClass::new(Some(name)),
         }
     }
@@ -567,53 +434,79 @@ fn take_or_sleep<G>(
 }
 
 /// Guard of a sleeping lock ([`Mutex`], [`RwLock`]), over the cell's own guard `G`. Dropping
-/// it tells lockdep, releases the cell, then the lock and wakes its waiters.
-pub struct SleepGuard<'a, G> {
+/// it tells lockdep, releases the cell (the lock word is the cell's) and wakes its waiters.
+pub struct SleepGuard<'a, G: CellGuard> {
     guard: Option<G>,
-    unlock: Unlock<'a>,
+    waiters: &'a crate::kernel::sched::WaitQueue,
     class: Option<&'a LockClass>,
 }
 
-/// What releasing a sleeping lock does after its cell is released.
-enum Unlock<'a> {
-    /// A mutex: wake the longest waiter.
-    Mutex(&'a crate::kernel::sched::WaitQueue),
-    /// A rwlock reader: the last one out wakes the waiters (writers wait for it).
-    Read(&'a RwState),
-    /// A rwlock writer: free the lock and wake every waiter (readers may all enter).
-    Write(&'a RwState),
+/// A cell guard a sleeping lock releases, and whom the release wakes.
+pub trait CellGuard {
+    /// Releases the cell; returns who must be woken.
+    fn unlock(self) -> Wake;
+}
+
+/// Who a sleeping lock's release wakes.
+pub enum Wake {
+    /// Nobody (a reader left while others still read).
+    Nobody,
+    /// The longest waiter (a mutex).
+    One,
+    /// Every waiter (the last reader out, or a writer: readers may all enter).
+    All,
+}
+
+impl<T> CellGuard for sync::TryLockGuard<'_, T> {
+    fn unlock(self) -> Wake {
+        drop(self);
+        Wake::One
+    }
+}
+
+impl<T> CellGuard for sync::RwCellReadGuard<'_, T> {
+    fn unlock(self) -> Wake {
+        if sync::RwCellReadGuard::unlock(self) {
+            Wake::All
+        } else {
+            Wake::Nobody
+        }
+    }
+}
+
+impl<T> CellGuard for sync::RwCellWriteGuard<'_, T> {
+    fn unlock(self) -> Wake {
+        drop(self);
+        Wake::All
+    }
 }
 
 /// Guard for [`Mutex`].
-pub type MutexGuard<'a, T> = SleepGuard<'a, spin::mutex::SpinMutexGuard<'a, T>>;
+pub type MutexGuard<'a, T> = SleepGuard<'a, sync::TryLockGuard<'a, T>>;
 /// Shared guard for [`RwLock`].
-pub type ReadGuard<'a, T> = SleepGuard<'a, spin::RwLockReadGuard<'a, T>>;
+pub type ReadGuard<'a, T> = SleepGuard<'a, sync::RwCellReadGuard<'a, T>>;
 /// Exclusive guard for [`RwLock`].
-pub type WriteGuard<'a, T> = SleepGuard<'a, spin::RwLockWriteGuard<'a, T>>;
+pub type WriteGuard<'a, T> = SleepGuard<'a, sync::RwCellWriteGuard<'a, T>>;
 
-impl<G> Drop for SleepGuard<'_, G> {
+impl<G: CellGuard> Drop for SleepGuard<'_, G> {
     #[track_caller]
     fn drop(&mut self) {
         if let Some(class) = self.class {
             class.release();
         }
-        drop(self.guard.take());
-        match self.unlock {
-            Unlock::Mutex(waiters) => waiters.wake_one(),
-            Unlock::Read(state) => {
-                if state.word.fetch_sub(1, Ordering::Release) == 1 {
-                    state.waiters.wake_all();
-                }
-            }
-            Unlock::Write(state) => {
-                state.word.store(0, Ordering::Release);
-                state.waiters.wake_all();
-            }
+        let wake = match self.guard.take() {
+            Some(guard) => guard.unlock(),
+            None => Wake::Nobody,
+        };
+        match wake {
+            Wake::Nobody => {}
+            Wake::One => self.waiters.wake_one(),
+            Wake::All => self.waiters.wake_all(),
         }
     }
 }
 
-impl<G: Deref> Deref for SleepGuard<'_, G> {
+impl<G: CellGuard + Deref> Deref for SleepGuard<'_, G> {
     type Target = G::Target;
     fn deref(&self) -> &G::Target {
         // The guard is `Some` from construction until drop.
@@ -621,7 +514,7 @@ impl<G: Deref> Deref for SleepGuard<'_, G> {
     }
 }
 
-impl<G: DerefMut> DerefMut for SleepGuard<'_, G> {
+impl<G: CellGuard + DerefMut> DerefMut for SleepGuard<'_, G> {
     fn deref_mut(&mut self) -> &mut G::Target {
         self.guard.as_deref_mut().unwrap_or_else(|| unreachable!())
     }
@@ -631,7 +524,7 @@ impl<G: DerefMut> DerefMut for SleepGuard<'_, G> {
 /// lock's wait queue instead of spinning. Thread context only.
 pub struct Mutex<T> {
     /// Only ever try-locked: the holder keeps its guard, everyone else sleeps.
-    cell: spin::mutex::SpinMutex<T>,
+    cell: sync::TryLockCell<T>,
     waiters: crate::kernel::sched::WaitQueue,
     class: LockClass,
 }
@@ -640,7 +533,7 @@ impl<T> Mutex<T> {
     /// An unlocked mutex that lockdep tracks as class `name`.
     pub const fn named(name: &'static str, value: T) -> Self {
         Self {
-            cell: spin::mutex::SpinMutex::new(value),
+            cell: sync::TryLockCell::new(value),
             waiters: crate::kernel::sched::WaitQueue::new(),
             class: LockClass::new(Some(name)),
         }
@@ -653,7 +546,7 @@ impl<T> Mutex<T> {
         let cell = take_or_sleep(&self.waiters, || self.cell.try_lock());
         SleepGuard {
             guard: Some(cell),
-            unlock: Unlock::Mutex(&self.waiters),
+            waiters: &self.waiters,
             class: tracked.then_some(&self.class),
         }
     }
@@ -662,70 +555,21 @@ impl<T> Mutex<T> {
 /// A sleeping reader-writer lock (Linux's `rw_semaphore`): many readers or one writer. A
 /// waiting writer stops new readers from entering, so writers are not starved.
 pub struct RwLock<T> {
-    state: RwState,
-    /// Reached only by holders of `state`'s grant, so its own tries always succeed.
-    cell: spin::RwLock<T>,
-    class: LockClass,
-}
-
-/// Who holds a [`RwLock`]: `word` is [`RwState::WRITER`] or the number of readers. A failed
-/// attempt never changes it (a transient reader count, as a try-read may leave for a moment,
-/// could fail a writer's attempt with no holder left to wake it).
-struct RwState {
-    word: AtomicU32,
+    /// The data and its reader/writer word (a failed try never changes the word).
+    cell: sync::RwCell<T>,
+    /// Writers sleeping for the lock: while any waits, no new reader enters.
     writers_waiting: AtomicU32,
     waiters: crate::kernel::sched::WaitQueue,
-}
-
-impl RwState {
-    const WRITER: u32 = 1 << 31;
-
-    fn try_read(&self) -> bool {
-        let mut word = self.word.load(Ordering::Relaxed);
-        loop {
-            if word & Self::WRITER != 0 || self.writers_waiting.load(Ordering::Acquire) != 0 {
-                return false;
-            }
-            match self.word.compare_exchange_weak(
-                word,
-                word + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(now) => word = now,
-            }
-        }
-    }
-
-    fn try_write(&self) -> bool {
-        self.word
-            .compare_exchange(0, Self::WRITER, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-}
-
-/// Takes a cell guard that the lock's grant makes free (`try` can only fail for an instant,
-/// while a previous holder is between releasing the cell and the grant).
-fn claim_granted<G>(mut attempt: impl FnMut() -> Option<G>) -> G {
-    loop {
-        if let Some(guard) = attempt() {
-            return guard;
-        }
-        core::hint::spin_loop();
-    }
+    class: LockClass,
 }
 
 impl<T> RwLock<T> {
     /// An unlocked lock that lockdep tracks as class `name`.
     pub const fn named(name: &'static str, value: T) -> Self {
         Self {
-            state: RwState {
-                word: AtomicU32::new(0),
-                writers_waiting: AtomicU32::new(0),
-                waiters: crate::kernel::sched::WaitQueue::new(),
-            },
-            cell: spin::RwLock::new(value),
+            cell: sync::RwCell::new(value),
+            writers_waiting: AtomicU32::new(0),
+            waiters: crate::kernel::sched::WaitQueue::new(),
             class: LockClass::new(Some(name)),
         }
     }
@@ -733,17 +577,18 @@ impl<T> RwLock<T> {
     /// Writers waiting for the lock (tests).
     #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn writers_waiting(&self) -> u32 {
-        self.state.writers_waiting.load(Ordering::Acquire)
+        self.writers_waiting.load(Ordering::Acquire)
     }
 
     /// Shared access, sleeping while a writer holds or waits for the lock.
     #[track_caller]
     pub fn read(&self) -> ReadGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        take_or_sleep(&self.state.waiters, || self.state.try_read().then_some(()));
+        let no_writer_waits = || self.writers_waiting.load(Ordering::Acquire) == 0;
+        let guard = take_or_sleep(&self.waiters, || self.cell.try_read(no_writer_waits));
         SleepGuard {
-            guard: Some(claim_granted(|| self.cell.try_read())),
-            unlock: Unlock::Read(&self.state),
+            guard: Some(guard),
+            waiters: &self.waiters,
             class: tracked.then_some(&self.class),
         }
     }
@@ -752,14 +597,18 @@ impl<T> RwLock<T> {
     #[track_caller]
     pub fn write(&self) -> WriteGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        if !self.state.try_write() {
-            self.state.writers_waiting.fetch_add(1, Ordering::AcqRel);
-            take_or_sleep(&self.state.waiters, || self.state.try_write().then_some(()));
-            self.state.writers_waiting.fetch_sub(1, Ordering::AcqRel);
-        }
+        let guard = match self.cell.try_write() {
+            Some(guard) => guard,
+            None => {
+                self.writers_waiting.fetch_add(1, Ordering::AcqRel);
+                let guard = take_or_sleep(&self.waiters, || self.cell.try_write());
+                self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+                guard
+            }
+        };
         SleepGuard {
-            guard: Some(claim_granted(|| self.cell.try_write())),
-            unlock: Unlock::Write(&self.state),
+            guard: Some(guard),
+            waiters: &self.waiters,
             class: tracked.then_some(&self.class),
         }
     }

@@ -26,14 +26,11 @@ use lull_sched::{
     CpuSet, Pick, SchedClass, SchedConfig, SchedError, Scheduler, TaskId, TaskInfo, Wakeup, YieldTo,
 };
 
-use crate::arch::context::{self, ThreadContext};
+use crate::arch::context::{self, KernelStack, ThreadContext};
 use crate::arch::{cpu, interrupts, percpu};
 use crate::kernel::locking::{InterruptsDisabled, IrqSafeLock, MAX_CPUS};
 
 pub use wait::{Completion, WaitQueue};
-
-/// Kernel stack of a thread: 64 KiB (order 4), as the boot CPU's.
-const STACK_ORDER: u8 = 4;
 
 /// A kernel thread.
 pub struct Thread {
@@ -42,15 +39,13 @@ pub struct Thread {
     context: &'static ThreadContext,
     /// What the thread runs, taken by the thread itself when it first runs.
     entry: crate::kernel::locking::SpinLock<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
-    /// Base address of the kernel stack pages (freed when the thread is reaped).
-    stack_base: u64,
 }
 
 impl Drop for Thread {
     fn drop(&mut self) {
-        if self.stack_base != 0 {
-            let _ = crate::mm::free_pages(self.stack_base, STACK_ORDER);
-        }
+        // A thread is dropped once reaped (exited, its CPU switched away): its context hands
+        // the kernel stack back, and dropping that frees it.
+        drop(self.context.take_stack());
     }
 }
 
@@ -168,12 +163,12 @@ pub fn kthread_spawn(
     affinity: CpuSet,
     body: impl FnOnce() + Send + 'static,
 ) -> Result<u64, SpawnError> {
-    let stack_base = crate::mm::alloc_pages(STACK_ORDER, lull_buddy::ZoneKind::Normal)
-        .ok_or(SpawnError::NoMemory)?;
-    let stack_top = stack_base + (lull_buddy::PAGE_SIZE << STACK_ORDER);
-    let Some(context) = ThreadContext::new_thread(stack_base..stack_top, thread_start) else {
-        let _ = crate::mm::free_pages(stack_base, STACK_ORDER);
-        return Err(SpawnError::NoMemory);
+    let stack = KernelStack::alloc().ok_or(SpawnError::NoMemory)?;
+    let context = ThreadContext::new_thread(stack, thread_start);
+    // A thread that never ran: its context gives the stack back at once.
+    let abandon = |context: &ThreadContext| {
+        context.mark_exited();
+        drop(context.take_stack());
     };
     let now = crate::kernel::time::uptime_ns();
     let placement = {
@@ -182,14 +177,14 @@ pub fn kthread_spawn(
         let mut guard = sched_lock();
         let Some(state) = guard.as_mut() else {
             drop(guard);
-            let _ = crate::mm::free_pages(stack_base, STACK_ORDER);
+            abandon(context);
             return Err(SpawnError::NotStarted);
         };
         let (id, placement) = match state.policy.spawn(class, affinity, cpu, now) {
             Ok(result) => result,
             Err(error) => {
                 drop(guard);
-                let _ = crate::mm::free_pages(stack_base, STACK_ORDER);
+                abandon(context);
                 return Err(SpawnError::Policy(error));
             }
         };
@@ -200,7 +195,6 @@ pub fn kthread_spawn(
                 name: String::from(name),
                 context,
                 entry: crate::kernel::locking::SpinLock::new(Some(alloc::boxed::Box::new(body))),
-                stack_base,
             }),
         );
         (id, placement)
@@ -239,6 +233,8 @@ pub fn exit_current() -> ! {
         if let Some(state) = sched_lock().as_mut() {
             if let Some(thread) = state.threads.get(&id) {
                 let _ = state.policy.exit(thread.id);
+                // Never switched to again; its stack comes back once its CPU left it.
+                thread.context.mark_exited();
             }
         }
     }
