@@ -6,6 +6,8 @@
 
 use core::ops::{Deref, DerefMut};
 
+use lull_waitqueue::{MutexGrant, RwLockGrant, Scheduler, WaitQueue};
+
 use super::percpu::InterruptsDisabled;
 
 /// Data behind a test-and-set lock that is held with local interrupts masked.
@@ -172,161 +174,142 @@ impl<T> DerefMut for SpinCellGuard<'_, T> {
     }
 }
 
-/// Data behind a lock word that is only ever tried, never waited for here (a sleeping mutex:
-/// the caller sleeps on its own wait queue between tries).
-pub struct TryLockCell<T> {
-    locked: AtomicBool,
+/// Data of a sleeping mutex, behind the grant of `lull-waitqueue` (model-checked with loom on
+/// the host): the grant's locked flag says who may touch the value, and a contended taker
+/// sleeps on the grant's wait queue through the kernel's scheduler `S`. arch adds only the
+/// cell; the kernel's `Mutex` adds lockdep.
+pub struct MutexCell<S: Scheduler, T> {
+    grant: MutexGrant<S>,
     value: UnsafeCell<T>,
 }
 
-// SAFETY: as for `SpinCell`: one `TryLockGuard` at most, made only by winning `locked`.
-unsafe impl<T: Send> Sync for TryLockCell<T> {}
+// SAFETY: the value is reached only through a `MutexCellGuard`, made only after the grant was
+// won (`lock`) and released only when the guard drops, so at most one exists:
+// sharing the cell between CPUs shares `T` by moving it (`T: Send`). The grant itself must be
+// shareable (its wait queue's list is a lock).
+unsafe impl<S: Scheduler, T: Send> Sync for MutexCell<S, T> where MutexGrant<S>: Sync {}
 
-/// Exclusive access to a [`TryLockCell`]'s value; releases the word on drop.
-pub struct TryLockGuard<'a, T> {
-    cell: &'a TryLockCell<T>,
+/// Exclusive access to a [`MutexCell`]'s value; releases the grant (waking a waiter) on drop.
+pub struct MutexCellGuard<'a, S: Scheduler, T> {
+    cell: &'a MutexCell<S, T>,
 }
 
-impl<T> TryLockCell<T> {
-    /// A free cell holding `value`.
-    pub const fn new(value: T) -> Self {
+impl<S: Scheduler, T> MutexCell<S, T> {
+    /// A free cell holding `value`, whose takers sleep on `waiters`.
+    pub const fn new(waiters: WaitQueue<S>, value: T) -> Self {
         Self {
-            locked: AtomicBool::new(false),
+            grant: MutexGrant::new(waiters),
             value: UnsafeCell::new(value),
         }
     }
 
-    /// Takes the cell if it is free.
-    pub fn try_lock(&self) -> Option<TryLockGuard<'_, T>> {
-        self.locked
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-            .then(|| TryLockGuard { cell: self })
+    /// Takes the cell, sleeping while another thread holds it.
+    pub fn lock(&self) -> MutexCellGuard<'_, S, T> {
+        self.grant.lock();
+        MutexCellGuard { cell: self }
     }
 }
 
-impl<T> Drop for TryLockGuard<'_, T> {
+impl<S: Scheduler, T> Drop for MutexCellGuard<'_, S, T> {
     fn drop(&mut self) {
-        self.cell.locked.store(false, Ordering::Release);
+        self.cell.grant.unlock();
     }
 }
 
-impl<T> Deref for TryLockGuard<'_, T> {
+impl<S: Scheduler, T> Deref for MutexCellGuard<'_, S, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the guard exists only while `locked` is ours, so no other reference is live.
+        // SAFETY: the guard exists only while the grant is ours, so no other reference is live.
         unsafe { &*self.cell.value.get() }
     }
 }
 
-impl<T> DerefMut for TryLockGuard<'_, T> {
+impl<S: Scheduler, T> DerefMut for MutexCellGuard<'_, S, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as for `deref`, and `&mut self` makes this reference unique.
         unsafe { &mut *self.cell.value.get() }
     }
 }
 
-/// Data behind a reader-writer word: [`RwCell::WRITER`] or the number of readers. Only tried
-/// (a sleeping rwlock waits on its own queue). A failed try never changes the word (a
-/// transient reader count could fail a writer's try with no holder left to wake it).
-pub struct RwCell<T> {
-    word: AtomicU32,
+/// Data of a sleeping reader-writer lock, behind `lull-waitqueue`'s [`RwLockGrant`]: one word
+/// holding the writer bit or the reader count, changed only by successful attempts; a waiting
+/// writer keeps new readers out (writers are not starved); releases wake the waiters.
+pub struct RwLockCell<S: Scheduler, T> {
+    grant: RwLockGrant<S>,
     value: UnsafeCell<T>,
 }
 
-// SAFETY: readers get `&T` only while the word counts them and no writer holds it; a writer
-// gets `&mut T` only while the word is `WRITER`. `T: Send + Sync` because readers on several
-// CPUs share `&T` and a writer may move data across CPUs.
-unsafe impl<T: Send + Sync> Sync for RwCell<T> {}
+// SAFETY: readers get `&T` only while the grant counts them and no writer holds it; a writer
+// gets `&mut T` only while the grant is its. `T: Send + Sync` because readers on several CPUs
+// share `&T` and a writer may move data across CPUs.
+unsafe impl<S: Scheduler, T: Send + Sync> Sync for RwLockCell<S, T> where RwLockGrant<S>: Sync {}
 
-/// Shared access to an [`RwCell`]'s value.
-pub struct RwCellReadGuard<'a, T> {
-    cell: &'a RwCell<T>,
+/// Shared access to an [`RwLockCell`]'s value.
+pub struct RwLockCellReadGuard<'a, S: Scheduler, T> {
+    cell: &'a RwLockCell<S, T>,
 }
 
-/// Exclusive access to an [`RwCell`]'s value.
-pub struct RwCellWriteGuard<'a, T> {
-    cell: &'a RwCell<T>,
+/// Exclusive access to an [`RwLockCell`]'s value.
+pub struct RwLockCellWriteGuard<'a, S: Scheduler, T> {
+    cell: &'a RwLockCell<S, T>,
 }
 
-impl<T> RwCell<T> {
-    const WRITER: u32 = 1 << 31;
-
-    /// A free cell holding `value`.
-    pub const fn new(value: T) -> Self {
+impl<S: Scheduler, T> RwLockCell<S, T> {
+    /// A free cell holding `value`, whose waiters sleep on `waiters`.
+    pub const fn new(waiters: WaitQueue<S>, value: T) -> Self {
         Self {
-            word: AtomicU32::new(0),
+            grant: RwLockGrant::new(waiters),
             value: UnsafeCell::new(value),
         }
     }
 
-    /// Shared access if no writer holds the cell and `admit` agrees (checked before each
-    /// attempt: a rwlock that prefers writers refuses new readers while one waits).
-    pub fn try_read(&self, admit: impl Fn() -> bool) -> Option<RwCellReadGuard<'_, T>> {
-        let mut word = self.word.load(Ordering::Relaxed);
-        loop {
-            if word & Self::WRITER != 0 || !admit() {
-                return None;
-            }
-            match self.word.compare_exchange_weak(
-                word,
-                word + 1,
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(RwCellReadGuard { cell: self }),
-                Err(now) => word = now,
-            }
-        }
+    /// Shared access, sleeping while a writer holds or waits for the cell.
+    pub fn read(&self) -> RwLockCellReadGuard<'_, S, T> {
+        self.grant.read();
+        RwLockCellReadGuard { cell: self }
     }
 
-    /// Exclusive access if nobody holds the cell.
-    pub fn try_write(&self) -> Option<RwCellWriteGuard<'_, T>> {
-        self.word
-            .compare_exchange(0, Self::WRITER, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-            .then(|| RwCellWriteGuard { cell: self })
+    /// Exclusive access, sleeping while readers or a writer hold the cell.
+    pub fn write(&self) -> RwLockCellWriteGuard<'_, S, T> {
+        self.grant.write();
+        RwLockCellWriteGuard { cell: self }
+    }
+
+    /// Writers waiting for the cell (a snapshot).
+    pub fn writers_waiting(&self) -> u32 {
+        self.grant.writers_waiting()
     }
 }
 
-impl<T> RwCellReadGuard<'_, T> {
-    /// Releases the shared access; true if it was the last reader.
-    pub fn unlock(self) -> bool {
-        let cell = self.cell;
-        core::mem::forget(self);
-        cell.word.fetch_sub(1, Ordering::Release) == 1
-    }
-}
-
-impl<T> Drop for RwCellReadGuard<'_, T> {
+impl<S: Scheduler, T> Drop for RwLockCellReadGuard<'_, S, T> {
     fn drop(&mut self) {
-        self.cell.word.fetch_sub(1, Ordering::Release);
+        self.cell.grant.read_unlock();
     }
 }
 
-impl<T> Drop for RwCellWriteGuard<'_, T> {
+impl<S: Scheduler, T> Drop for RwLockCellWriteGuard<'_, S, T> {
     fn drop(&mut self) {
-        self.cell.word.store(0, Ordering::Release);
+        self.cell.grant.write_unlock();
     }
 }
 
-impl<T> Deref for RwCellReadGuard<'_, T> {
+impl<S: Scheduler, T> Deref for RwLockCellReadGuard<'_, S, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the word counts this reader, so no writer holds the cell while it lives.
+        // SAFETY: the grant counts this reader, so no writer holds the cell while it lives.
         unsafe { &*self.cell.value.get() }
     }
 }
 
-impl<T> Deref for RwCellWriteGuard<'_, T> {
+impl<S: Scheduler, T> Deref for RwLockCellWriteGuard<'_, S, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the word is `WRITER` (ours) while this guard lives: no other reference.
+        // SAFETY: the grant is this writer's while the guard lives: no other reference.
         unsafe { &*self.cell.value.get() }
     }
 }
 
-impl<T> DerefMut for RwCellWriteGuard<'_, T> {
+impl<S: Scheduler, T> DerefMut for RwLockCellWriteGuard<'_, S, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as for `deref`, and `&mut self` makes this reference unique.
         unsafe { &mut *self.cell.value.get() }

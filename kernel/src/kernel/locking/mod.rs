@@ -43,7 +43,7 @@
 pub mod lockdep;
 
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 
 use lull_lockdep::{AcquireKind, LockKind};
 
@@ -414,99 +414,33 @@ pub fn system_running() -> bool {
     SYSTEM_RUNNING.load(Ordering::Acquire)
 }
 
-/// Takes a sleeping lock: `attempt` first, then again after each wake-up on `waiters` until it
-/// succeeds (the wait queue's protocol loses no wake-up between a failed try and the sleep).
-fn take_or_sleep<G>(
-    waiters: &crate::kernel::sched::WaitQueue,
-    mut attempt: impl FnMut() -> Option<G>,
-) -> G {
-    let mut taken = attempt();
-    while taken.is_none() {
-        waiters.wait_until(|| {
-            taken = attempt();
-            taken.is_some()
-        });
-    }
-    match taken {
-        Some(guard) => guard,
-        None => unreachable!("the loop exits only with the lock taken"),
-    }
-}
+type Scheduler = crate::kernel::sched::KernelScheduler;
 
 /// Guard of a sleeping lock ([`Mutex`], [`RwLock`]), over the cell's own guard `G`. Dropping
-/// it tells lockdep, releases the cell (the lock word is the cell's) and wakes its waiters.
-pub struct SleepGuard<'a, G: CellGuard> {
+/// it tells lockdep, then drops `G`, which releases the grant and wakes the waiters.
+pub struct SleepGuard<'a, G> {
     guard: Option<G>,
-    waiters: &'a crate::kernel::sched::WaitQueue,
     class: Option<&'a LockClass>,
 }
 
-/// A cell guard a sleeping lock releases, and whom the release wakes.
-pub trait CellGuard {
-    /// Releases the cell; returns who must be woken.
-    fn unlock(self) -> Wake;
-}
-
-/// Who a sleeping lock's release wakes.
-pub enum Wake {
-    /// Nobody (a reader left while others still read).
-    Nobody,
-    /// The longest waiter (a mutex).
-    One,
-    /// Every waiter (the last reader out, or a writer: readers may all enter).
-    All,
-}
-
-impl<T> CellGuard for sync::TryLockGuard<'_, T> {
-    fn unlock(self) -> Wake {
-        drop(self);
-        Wake::One
-    }
-}
-
-impl<T> CellGuard for sync::RwCellReadGuard<'_, T> {
-    fn unlock(self) -> Wake {
-        if sync::RwCellReadGuard::unlock(self) {
-            Wake::All
-        } else {
-            Wake::Nobody
-        }
-    }
-}
-
-impl<T> CellGuard for sync::RwCellWriteGuard<'_, T> {
-    fn unlock(self) -> Wake {
-        drop(self);
-        Wake::All
-    }
-}
-
 /// Guard for [`Mutex`].
-pub type MutexGuard<'a, T> = SleepGuard<'a, sync::TryLockGuard<'a, T>>;
+pub type MutexGuard<'a, T> = SleepGuard<'a, sync::MutexCellGuard<'a, Scheduler, T>>;
 /// Shared guard for [`RwLock`].
-pub type ReadGuard<'a, T> = SleepGuard<'a, sync::RwCellReadGuard<'a, T>>;
+pub type ReadGuard<'a, T> = SleepGuard<'a, sync::RwLockCellReadGuard<'a, Scheduler, T>>;
 /// Exclusive guard for [`RwLock`].
-pub type WriteGuard<'a, T> = SleepGuard<'a, sync::RwCellWriteGuard<'a, T>>;
+pub type WriteGuard<'a, T> = SleepGuard<'a, sync::RwLockCellWriteGuard<'a, Scheduler, T>>;
 
-impl<G: CellGuard> Drop for SleepGuard<'_, G> {
+impl<G> Drop for SleepGuard<'_, G> {
     #[track_caller]
     fn drop(&mut self) {
         if let Some(class) = self.class {
             class.release();
         }
-        let wake = match self.guard.take() {
-            Some(guard) => guard.unlock(),
-            None => Wake::Nobody,
-        };
-        match wake {
-            Wake::Nobody => {}
-            Wake::One => self.waiters.wake_one(),
-            Wake::All => self.waiters.wake_all(),
-        }
+        drop(self.guard.take());
     }
 }
 
-impl<G: CellGuard + Deref> Deref for SleepGuard<'_, G> {
+impl<G: Deref> Deref for SleepGuard<'_, G> {
     type Target = G::Target;
     fn deref(&self) -> &G::Target {
         // The guard is `Some` from construction until drop.
@@ -514,18 +448,17 @@ impl<G: CellGuard + Deref> Deref for SleepGuard<'_, G> {
     }
 }
 
-impl<G: CellGuard + DerefMut> DerefMut for SleepGuard<'_, G> {
+impl<G: DerefMut> DerefMut for SleepGuard<'_, G> {
     fn deref_mut(&mut self) -> &mut G::Target {
         self.guard.as_deref_mut().unwrap_or_else(|| unreachable!())
     }
 }
 
 /// A sleeping mutual-exclusion lock (Linux's `struct mutex`): a contended taker sleeps on the
-/// lock's wait queue instead of spinning. Thread context only.
+/// lock's wait queue instead of spinning. Thread context only. The grant and its wait/wake
+/// protocol are `lull-waitqueue`'s (loom-checked); this adds lockdep and `might_sleep`.
 pub struct Mutex<T> {
-    /// Only ever try-locked: the holder keeps its guard, everyone else sleeps.
-    cell: sync::TryLockCell<T>,
-    waiters: crate::kernel::sched::WaitQueue,
+    cell: sync::MutexCell<Scheduler, T>,
     class: LockClass,
 }
 
@@ -533,8 +466,7 @@ impl<T> Mutex<T> {
     /// An unlocked mutex that lockdep tracks as class `name`.
     pub const fn named(name: &'static str, value: T) -> Self {
         Self {
-            cell: sync::TryLockCell::new(value),
-            waiters: crate::kernel::sched::WaitQueue::new(),
+            cell: sync::MutexCell::new(crate::kernel::sched::protocol_queue(), value),
             class: LockClass::new(Some(name)),
         }
     }
@@ -543,23 +475,18 @@ impl<T> Mutex<T> {
     #[track_caller]
     pub fn lock(&self) -> MutexGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        let cell = take_or_sleep(&self.waiters, || self.cell.try_lock());
         SleepGuard {
-            guard: Some(cell),
-            waiters: &self.waiters,
+            guard: Some(self.cell.lock()),
             class: tracked.then_some(&self.class),
         }
     }
 }
 
 /// A sleeping reader-writer lock (Linux's `rw_semaphore`): many readers or one writer. A
-/// waiting writer stops new readers from entering, so writers are not starved.
+/// waiting writer stops new readers from entering, so writers are not starved. The grant is
+/// `lull-waitqueue`'s (loom-checked).
 pub struct RwLock<T> {
-    /// The data and its reader/writer word (a failed try never changes the word).
-    cell: sync::RwCell<T>,
-    /// Writers sleeping for the lock: while any waits, no new reader enters.
-    writers_waiting: AtomicU32,
-    waiters: crate::kernel::sched::WaitQueue,
+    cell: sync::RwLockCell<Scheduler, T>,
     class: LockClass,
 }
 
@@ -567,9 +494,7 @@ impl<T> RwLock<T> {
     /// An unlocked lock that lockdep tracks as class `name`.
     pub const fn named(name: &'static str, value: T) -> Self {
         Self {
-            cell: sync::RwCell::new(value),
-            writers_waiting: AtomicU32::new(0),
-            waiters: crate::kernel::sched::WaitQueue::new(),
+            cell: sync::RwLockCell::new(crate::kernel::sched::protocol_queue(), value),
             class: LockClass::new(Some(name)),
         }
     }
@@ -577,18 +502,15 @@ impl<T> RwLock<T> {
     /// Writers waiting for the lock (tests).
     #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn writers_waiting(&self) -> u32 {
-        self.writers_waiting.load(Ordering::Acquire)
+        self.cell.writers_waiting()
     }
 
     /// Shared access, sleeping while a writer holds or waits for the lock.
     #[track_caller]
     pub fn read(&self) -> ReadGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        let no_writer_waits = || self.writers_waiting.load(Ordering::Acquire) == 0;
-        let guard = take_or_sleep(&self.waiters, || self.cell.try_read(no_writer_waits));
         SleepGuard {
-            guard: Some(guard),
-            waiters: &self.waiters,
+            guard: Some(self.cell.read()),
             class: tracked.then_some(&self.class),
         }
     }
@@ -597,18 +519,8 @@ impl<T> RwLock<T> {
     #[track_caller]
     pub fn write(&self) -> WriteGuard<'_, T> {
         let tracked = self.class.acquire_sleeping();
-        let guard = match self.cell.try_write() {
-            Some(guard) => guard,
-            None => {
-                self.writers_waiting.fetch_add(1, Ordering::AcqRel);
-                let guard = take_or_sleep(&self.waiters, || self.cell.try_write());
-                self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
-                guard
-            }
-        };
         SleepGuard {
-            guard: Some(guard),
-            waiters: &self.waiters,
+            guard: Some(self.cell.write()),
             class: tracked.then_some(&self.class),
         }
     }

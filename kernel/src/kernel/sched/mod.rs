@@ -30,7 +30,8 @@ use crate::arch::context::{self, KernelStack, ThreadContext};
 use crate::arch::{cpu, interrupts, percpu};
 use crate::kernel::locking::{InterruptsDisabled, IrqSafeLock, MAX_CPUS};
 
-pub use wait::{Completion, WaitQueue};
+pub(crate) use wait::protocol_queue;
+pub use wait::{Completion, KernelScheduler, WaitQueue};
 
 /// A kernel thread.
 pub struct Thread {

@@ -52,7 +52,8 @@ impl lull_waitqueue::WaiterList<u64> for WaiterList {
     }
 }
 
-const fn protocol_queue() -> lull_waitqueue::WaitQueue<KernelScheduler> {
+/// An empty protocol queue over the kernel's scheduler (for the sleeping locks' grants too).
+pub(crate) const fn protocol_queue() -> lull_waitqueue::WaitQueue<KernelScheduler> {
     lull_waitqueue::WaitQueue::new(
         KernelScheduler,
         WaiterList(IrqSafeLock::new(VecDeque::new())),
@@ -81,6 +82,7 @@ impl WaitQueue {
 
     /// Wakes the longest-waiting thread, if any. Callable from any context. Use it only when
     /// any waiter can take what the wake-up announces (a mutex's release).
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn wake_one(&self) {
         self.0.wake_one();
     }
