@@ -326,6 +326,12 @@ fn cargo_test(
     if !extra.is_empty() {
         command.arg("--").args(extra);
     }
+    stream_libtest(&mut command)
+}
+
+/// Runs a `cargo test` command, streaming its output and reading libtest's lines; returns what
+/// libtest reported and whether cargo succeeded.
+fn stream_libtest(command: &mut Command) -> Result<(LibtestRun, bool), String> {
     let mut child = command
         .stdout(Stdio::piped())
         .spawn()
@@ -366,7 +372,8 @@ fn cannot_run(reason: &str, kvm: &Result<(), String>, bzimage: bool) -> Option<S
 fn loom_pass(tally: &mut Tally) -> Result<(), String> {
     println!("== tier 1, loom: RUSTFLAGS=\"--cfg loom\" cargo test -p lull-waitqueue --release --test loom");
     let root = kernel::repo_root();
-    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
         .current_dir(&root)
         .env("RUSTFLAGS", "--cfg loom")
         .env("CARGO_TARGET_DIR", root.join("target/loom"))
@@ -378,24 +385,15 @@ fn loom_pass(tally: &mut Tally) -> Result<(), String> {
             "--test",
             "loom",
         ])
-        .args(["--color", "never"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run the loom tests: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut run = LibtestRun::default();
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        println!("{line}");
-        run.line(&line);
-    }
-    let status = child.wait().map_err(|e| format!("loom tests: {e}"))?;
+        .args(["--color", "never"]);
+    let (run, success) = stream_libtest(&mut command)?;
     tally.passed += run.passed;
     tally.failed += run.failed;
     if run.failed > 0 {
         tally
             .failures
             .push(format!("host: {} loom test(s) failed", run.failed));
-    } else if !status.success() || run.passed == 0 {
+    } else if !success || run.passed == 0 {
         tally.fail("host: the loom tests did not run (build error?)".into());
     }
     Ok(())
