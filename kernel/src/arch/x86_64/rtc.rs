@@ -34,9 +34,21 @@ fn read_raw() -> [u8; 7] {
     ]
 }
 
+/// Whether an MC146818-style RTC answers: register D (valid RAM and time) reads 0x80 on one
+/// (bits 0-6 are always zero), and a port with no device behind it reads all ones. Without
+/// this check, a machine with no CMOS clock (lull-vmm, Firecracker, microvm `rtc=off`) made the
+/// update-in-progress wait below spin a million times, each port access a VM exit: 5-6 s.
+fn present() -> bool {
+    let status_d = read_register(0x0D);
+    status_d != 0xFF && status_d & 0x7F == 0
+}
+
 /// Reads the RTC, waiting out an update in progress and re-reading until two reads agree.
-/// `None` when no sane RTC answers (all-ones reads, out-of-range fields).
+/// `None` at once when no RTC answers, or when no sane time is read (out-of-range fields).
 pub fn read() -> Option<RtcTime> {
+    if !present() {
+        return None;
+    }
     let mut previous = None;
     for _ in 0..10 {
         let mut spins = 0;
