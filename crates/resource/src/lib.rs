@@ -20,7 +20,8 @@
 //!   containers go); a request that overlaps a busy resource, or crosses the boundary of any
 //!   resource, is refused with an error naming the owner it collided with and its range.
 //!
-//! Siblings never overlap and children always lie within their parent.
+//! Siblings never overlap and children always lie within their parent: these two invariants are
+//! what the model test in `model_tests.rs` checks after every operation.
 //!
 //! ```
 //! use lull_resource::{Occupancy, ResourceError, ResourceTree};
@@ -82,6 +83,8 @@
 
 extern crate alloc;
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;
 
