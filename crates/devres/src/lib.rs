@@ -44,6 +44,8 @@ extern crate alloc;
 mod fault;
 mod leak;
 mod list;
+#[cfg(test)]
+mod model_tests;
 mod resource;
 mod revocable;
 #[cfg(test)]
