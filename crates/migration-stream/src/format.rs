@@ -249,9 +249,14 @@ impl<'a> Reader<'a> {
         self.array().map(u64::from_le_bytes)
     }
 
-    /// Everything not read yet.
+    /// Everything not read yet, without consuming it.
     pub(crate) fn rest(&self) -> &'a [u8] {
         self.rest
+    }
+
+    /// Everything not read yet, consumed.
+    pub(crate) fn take_rest(&mut self) -> &'a [u8] {
+        core::mem::take(&mut self.rest)
     }
 }
 

@@ -268,7 +268,7 @@ pub(crate) fn decode_payload(
                     _ => return Err(malformed("a page marker is neither 0 (zero) nor 1 (data)")),
                 }
             }
-            let data = reader.rest();
+            let data = reader.take_rest();
             if Some(data.len() as u64) != data_pages.checked_mul(u64::from(info.page_size)) {
                 return Err(malformed(
                     "its length does not match the data pages its markers announce",
@@ -306,7 +306,7 @@ pub(crate) fn decode_payload(
                 .map_err(|_| malformed("the device name is not UTF-8"))?;
             Frame::DeviceState {
                 name: name.to_owned(),
-                bytes: reader.rest().to_vec(),
+                bytes: reader.take_rest().to_vec(),
             }
         }
         FrameType::VcpuState => {
@@ -316,7 +316,7 @@ pub(crate) fn decode_payload(
             check_vcpu(info, index)?;
             Frame::VcpuState {
                 index,
-                bytes: reader.rest().to_vec(),
+                bytes: reader.take_rest().to_vec(),
             }
         }
         FrameType::PostcopySwitch => Frame::PostcopySwitch {
@@ -341,7 +341,7 @@ pub(crate) fn decode_payload(
             }
         }
         FrameType::Cancel => {
-            let reason = reader.rest();
+            let reason = reader.take_rest();
             check_text(CANCEL_REASON, reason, limits.max_reason_len)?;
             let reason =
                 core::str::from_utf8(reason).map_err(|_| malformed("the reason is not UTF-8"))?;
@@ -350,9 +350,7 @@ pub(crate) fn decode_payload(
             });
         }
     };
-    if !reader.rest().is_empty()
-        && !matches!(frame, Frame::DeviceState { .. } | Frame::VcpuState { .. })
-    {
+    if !reader.rest().is_empty() {
         return Err(malformed("bytes follow its fields"));
     }
     Ok(frame)
