@@ -33,6 +33,11 @@ pub(crate) struct RunQueue {
     /// When the CPU went idle, while it is idle.
     pub(crate) idle_since: Option<u64>,
     pub(crate) idle_ns: u64,
+    /// Steal time (the hypervisor ran something else while this CPU was runnable) reported
+    /// by [`crate::Scheduler::account_steal`] and not yet taken off a charge.
+    pub(crate) steal_pending: u64,
+    /// All steal time reported for this CPU.
+    pub(crate) steal_ns: u64,
     pub(crate) context_switches: u64,
     next_sequence: u64,
 }
@@ -55,6 +60,8 @@ impl RunQueue {
             clock: 0,
             idle_since: if online { Some(0) } else { None },
             idle_ns: 0,
+            steal_pending: 0,
+            steal_ns: 0,
             context_switches: 0,
             next_sequence: 0,
         }
@@ -64,6 +71,14 @@ impl RunQueue {
     pub(crate) fn advance_clock(&mut self, now: u64) -> u64 {
         self.clock = self.clock.max(now);
         self.clock
+    }
+
+    /// Takes up to `elapsed` nanoseconds of pending steal time: the part of `elapsed` the CPU
+    /// did not really run.
+    pub(crate) fn take_steal(&mut self, elapsed: u64) -> u64 {
+        let stolen = self.steal_pending.min(elapsed);
+        self.steal_pending -= stolen;
+        stolen
     }
 
     pub(crate) fn nr_queued(&self) -> usize {

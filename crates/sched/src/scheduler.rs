@@ -83,8 +83,10 @@ pub struct CpuInfo {
     pub rt_waiting: usize,
     pub fair_waiting: usize,
     pub need_resched: bool,
-    /// Nanoseconds spent with no task, up to the last accounting point.
+    /// Nanoseconds spent with no task, up to the last accounting point (steal time excluded).
     pub idle_ns: u64,
+    /// Nanoseconds the hypervisor took from this CPU while it was runnable (steal time).
+    pub steal_ns: u64,
     pub context_switches: u64,
     pub min_vruntime: u128,
 }
@@ -481,7 +483,8 @@ impl Scheduler {
             }
             queue.current = Some(next_id);
             if let Some(since) = queue.idle_since.take() {
-                queue.idle_ns += now.saturating_sub(since);
+                let elapsed = now.saturating_sub(since);
+                queue.idle_ns += elapsed - queue.take_steal(elapsed);
             }
         } else if queue.idle_since.is_none() {
             queue.idle_since = Some(now);
@@ -536,6 +539,18 @@ impl Scheduler {
     pub fn account(&mut self, cpu: CpuId, now: u64) -> Result<(), SchedError> {
         self.online_queue(cpu)?;
         self.update_current(cpu, now);
+        Ok(())
+    }
+
+    /// Reports `steal_ns` more nanoseconds of steal time on `cpu` (a paravirtualized guest
+    /// reads it from the hypervisor): time that passed while the CPU was runnable but not
+    /// running. The next accounting takes it off what the current task (or idle) is charged,
+    /// so a fair task's virtual runtime grows only by the time it really ran (Linux's
+    /// `update_rq_clock_task` with `paravirt_steal_rq_enabled`).
+    pub fn account_steal(&mut self, cpu: CpuId, steal_ns: u64) -> Result<(), SchedError> {
+        let queue = self.online_queue_mut(cpu)?;
+        queue.steal_pending = queue.steal_pending.saturating_add(steal_ns);
+        queue.steal_ns = queue.steal_ns.saturating_add(steal_ns);
         Ok(())
     }
 
@@ -886,6 +901,7 @@ impl Scheduler {
             fair_waiting: queue.fair_queued(),
             need_resched: queue.need_resched,
             idle_ns: queue.idle_ns,
+            steal_ns: queue.steal_ns,
             context_switches: queue.context_switches,
             min_vruntime: queue.min_vruntime,
         })
@@ -1046,6 +1062,15 @@ impl Scheduler {
         }
     }
 
+    fn online_queue_mut(&mut self, cpu: CpuId) -> Result<&mut RunQueue, SchedError> {
+        let queue = self.cpus.get_mut(cpu).ok_or(SchedError::NoSuchCpu(cpu))?;
+        if queue.online {
+            Ok(queue)
+        } else {
+            Err(SchedError::CpuOffline(cpu))
+        }
+    }
+
     /// The current task of `cpu`, which must be `Running` (not leaving).
     fn running_current(&self, cpu: CpuId, operation: &'static str) -> Result<TaskId, SchedError> {
         let current = self
@@ -1072,7 +1097,8 @@ impl Scheduler {
         let now = queue.advance_clock(now);
         match queue.current.and_then(|id| self.tasks.get_mut(&id)) {
             Some(record) => {
-                let delta = now.saturating_sub(record.exec_start);
+                let elapsed = now.saturating_sub(record.exec_start);
+                let delta = elapsed - queue.take_steal(elapsed);
                 record.exec_start = now;
                 record.sum_exec_ns = record.sum_exec_ns.saturating_add(delta);
                 let fair_vruntime = match record.class {
@@ -1088,7 +1114,8 @@ impl Scheduler {
             }
             None => {
                 if let Some(since) = queue.idle_since {
-                    queue.idle_ns += now.saturating_sub(since);
+                    let elapsed = now.saturating_sub(since);
+                    queue.idle_ns += elapsed - queue.take_steal(elapsed);
                     queue.idle_since = Some(now);
                 }
             }

@@ -756,3 +756,69 @@ fn cpu_time_is_charged_per_task_and_idle_time_per_cpu() {
     sched.account(0, 10 * MS).unwrap();
     assert_eq!(sched.cpu_info(0).unwrap().idle_ns, 6 * MS);
 }
+
+// ----- steal time ---------------------------------------------------------------------------------
+
+#[test]
+fn steal_time_is_not_charged_to_the_running_task() {
+    let mut sched = scheduler(1);
+    let task = spawn_on(&mut sched, fair(0), 0, 0);
+    let _ = sched.pick_next(0, 0).expect("pick");
+    sched.account(0, 40 * MS).expect("account");
+    // The hypervisor ran something else for 30 ms of the next 60 ms.
+    sched.account_steal(0, 30 * MS).expect("steal");
+    sched.account(0, 100 * MS).expect("account");
+    assert_eq!(
+        cpu_time(&sched, task),
+        70 * MS,
+        "40 ms + (60 - 30) ms really ran"
+    );
+    let info = sched.cpu_info(0).expect("cpu 0");
+    assert_eq!(info.steal_ns, 30 * MS);
+    // Steal beyond the elapsed time is kept for the next charge, never underflows.
+    sched.account_steal(0, 50 * MS).expect("steal");
+    sched.account(0, 120 * MS).expect("account");
+    assert_eq!(cpu_time(&sched, task), 70 * MS);
+    sched.account(0, 200 * MS).expect("account");
+    assert_eq!(cpu_time(&sched, task), 70 * MS + 50 * MS);
+    assert!(matches!(
+        sched.account_steal(7, 1),
+        Err(SchedError::NoSuchCpu(7))
+    ));
+}
+
+#[test]
+fn a_task_robbed_by_the_hypervisor_gets_its_fair_share_of_real_cpu_time() {
+    let mut sched = scheduler(1);
+    let robbed = spawn_on(&mut sched, fair(0), 0, 0);
+    let other = spawn_on(&mut sched, fair(0), 0, 0);
+    let mut now = 0;
+    let _ = sched.pick_next(0, now).expect("pick");
+    while now < 2_000 * MS {
+        let deadline = sched
+            .next_preemption_deadline(0)
+            .map_or(now + MS, |deadline| deadline.max(now + 1));
+        // Half of every turn of `robbed` is stolen by the host.
+        if sched.current(0) == Some(robbed) {
+            sched.account_steal(0, (deadline - now) / 2).expect("steal");
+        }
+        now = deadline;
+        if sched.tick(0, now).expect("tick") {
+            let _ = sched.pick_next(0, now).expect("pick");
+        }
+    }
+    sched.account(0, now).expect("account");
+    let (robbed_ns, other_ns) = (cpu_time(&sched, robbed), cpu_time(&sched, other));
+    // Both are charged only what they ran, and the fair class evens out what they ran.
+    assert!(
+        robbed_ns.abs_diff(other_ns) < 10 * MS,
+        "robbed ran {robbed_ns} ns, other {other_ns} ns"
+    );
+    let steal = sched.cpu_info(0).expect("cpu 0").steal_ns;
+    assert_eq!(
+        robbed_ns + other_ns + steal,
+        now,
+        "every nanosecond is accounted once"
+    );
+    sched.check_consistency().unwrap();
+}
