@@ -487,6 +487,14 @@ impl Watchdog {
         self.reference
     }
 
+    /// Forgets every baseline: the next [`Watchdog::check`] of each source only records
+    /// readings. For when the whole machine was stopped (a paused, snapshotted or migrated
+    /// VM): the reference and the watched source may disagree about the gap through no fault
+    /// of either (Linux's `clocksource_touch_watchdog`).
+    pub fn reset(&mut self) {
+        self.watched.clear();
+    }
+
     /// Checks `id` given fresh readings of the reference and of the watched source, taken
     /// back to back. Call about every [`WATCHDOG_INTERVAL_NS`].
     pub fn check(
@@ -553,6 +561,36 @@ mod tests {
     use super::*;
     use crate::test_support::FakeCounter;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_reset_watchdog_does_not_judge_across_a_stopped_machine() {
+        let mut registry = ClockSourceRegistry::new();
+        let tsc = registry
+            .register(&FakeCounter::new("tsc", 300, u64::MAX, 1_000_000_000), true)
+            .unwrap();
+        let hpet = registry
+            .register(&FakeCounter::new("hpet", 250, u64::MAX, 100_000_000), false)
+            .unwrap();
+        let mut watchdog = Watchdog::new(hpet);
+        assert_eq!(
+            watchdog.check(&mut registry, 0, tsc, 0),
+            Ok(WatchdogVerdict::Baseline)
+        );
+        // The VM was paused for 10 s: the reference counted it, the TSC (restored) did not.
+        watchdog.reset();
+        assert_eq!(
+            watchdog.check(&mut registry, 1_000_000_000, tsc, 500_000_000),
+            Ok(WatchdogVerdict::Baseline)
+        );
+        assert!(!registry.get(tsc).unwrap().unstable);
+        // Without the reset the same readings condemn the TSC.
+        let mut strict = Watchdog::new(hpet);
+        let _ = strict.check(&mut registry, 0, tsc, 0);
+        assert!(matches!(
+            strict.check(&mut registry, 1_000_000_000, tsc, 500_000_000),
+            Ok(WatchdogVerdict::Unstable { .. })
+        ));
+    }
 
     #[test]
     fn tsc_like_conversion_is_exact_enough() {
