@@ -122,7 +122,10 @@ impl fmt::Display for BarError {
                 write!(f, "reserved memory type (raw {raw:#010x})")
             }
             BarError::TypeBitsChanged { before, after } => {
-                write!(f, "read-only type bits changed ({before:#010x} -> {after:#010x})")
+                write!(
+                    f,
+                    "read-only type bits changed ({before:#010x} -> {after:#010x})"
+                )
             }
             BarError::NotPowerOfTwo { mask } => {
                 write!(f, "size mask {mask:#x} has holes (size not a power of two)")
@@ -149,7 +152,12 @@ fn size_from_mask(mask: u64) -> Result<Option<u64>, BarError> {
 }
 
 /// Write all ones to the dword at `offset`, read it back, restore `original`.
-fn probe<A: ConfigAccess + ?Sized>(access: &A, addr: PciAddress, offset: u16, original: u32) -> u32 {
+fn probe<A: ConfigAccess + ?Sized>(
+    access: &A,
+    addr: PciAddress,
+    offset: u16,
+    original: u32,
+) -> u32 {
     access.write32(addr, offset, 0xFFFF_FFFF);
     let readback = access.read32(addr, offset);
     access.write32(addr, offset, original);
@@ -177,23 +185,45 @@ fn size_one<A: ConfigAccess + ?Sized>(
         // I/O: bit 1 reserved, address in 31:2 (x86 uses 15:2; a 16-bit decoder hardwires the
         // upper half to zero, which `size_from_mask` accepts).
         if readback & 3 != original & 3 {
-            let err = BarError::TypeBitsChanged { before: original, after: readback };
+            let err = BarError::TypeBitsChanged {
+                before: original,
+                after: readback,
+            };
             return (Bar::Invalid(err), false);
         }
         return match size_from_mask(u64::from(readback & !3)) {
-            Ok(Some(size)) => (Bar::Io { port: original & !3, size: size as u32 }, false),
+            Ok(Some(size)) => (
+                Bar::Io {
+                    port: original & !3,
+                    size: size as u32,
+                },
+                false,
+            ),
             Ok(None) => (Bar::Absent, false),
             Err(e) => (Bar::Invalid(e), false),
         };
     }
     if readback & 0xF != original & 0xF {
-        let err = BarError::TypeBitsChanged { before: original, after: readback };
+        let err = BarError::TypeBitsChanged {
+            before: original,
+            after: readback,
+        };
         return (Bar::Invalid(err), false);
     }
     let prefetchable = original & 0x8 != 0;
     let (width, mask, address, consumed) = match (original >> 1) & 3 {
-        0b00 => (MemoryWidth::Bits32, u64::from(readback & !0xF), u64::from(original & !0xF), false),
-        0b01 => (MemoryWidth::Below1M, u64::from(readback & !0xF), u64::from(original & !0xF), false),
+        0b00 => (
+            MemoryWidth::Bits32,
+            u64::from(readback & !0xF),
+            u64::from(original & !0xF),
+            false,
+        ),
+        0b01 => (
+            MemoryWidth::Below1M,
+            u64::from(readback & !0xF),
+            u64::from(original & !0xF),
+            false,
+        ),
         0b10 => {
             if slot + 1 >= count {
                 return (Bar::Invalid(BarError::Truncated64), false);
@@ -205,10 +235,23 @@ fn size_one<A: ConfigAccess + ?Sized>(
             let address = (u64::from(upper) << 32) | u64::from(original & !0xF);
             (MemoryWidth::Bits64, mask, address, true)
         }
-        _ => return (Bar::Invalid(BarError::ReservedMemoryType { raw: original }), false),
+        _ => {
+            return (
+                Bar::Invalid(BarError::ReservedMemoryType { raw: original }),
+                false,
+            )
+        }
     };
     match size_from_mask(mask) {
-        Ok(Some(size)) => (Bar::Memory { address, size, width, prefetchable }, consumed),
+        Ok(Some(size)) => (
+            Bar::Memory {
+                address,
+                size,
+                width,
+                prefetchable,
+            },
+            consumed,
+        ),
         Ok(None) => (Bar::Absent, consumed),
         Err(e) => (Bar::Invalid(e), consumed),
     }
@@ -263,7 +306,7 @@ impl fmt::Display for SizeDisplay {
         const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
         let mut value = self.0;
         let mut unit = 0;
-        while unit + 1 < UNITS.len() && value != 0 && value % 1024 == 0 {
+        while unit + 1 < UNITS.len() && value != 0 && value.is_multiple_of(1024) {
             value /= 1024;
             unit += 1;
         }
@@ -283,13 +326,22 @@ impl fmt::Display for SizeDisplay {
 pub fn region_line(slot: usize, bar: &Bar) -> Option<alloc::string::String> {
     use alloc::format;
     match *bar {
-        Bar::Memory { address, size, width, prefetchable } => {
+        Bar::Memory {
+            address,
+            size,
+            width,
+            prefetchable,
+        } => {
             let width = match width {
                 MemoryWidth::Bits32 => "32-bit",
                 MemoryWidth::Below1M => "low-1M",
                 MemoryWidth::Bits64 => "64-bit",
             };
-            let pf = if prefetchable { "prefetchable" } else { "non-prefetchable" };
+            let pf = if prefetchable {
+                "prefetchable"
+            } else {
+                "non-prefetchable"
+            };
             let at = if address == 0 {
                 alloc::string::String::from("<unassigned>")
             } else {

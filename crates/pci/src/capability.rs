@@ -240,7 +240,9 @@ pub enum VirtioCapError {
 impl fmt::Display for VirtioCapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            VirtioCapError::TooShort { len } => write!(f, "virtio capability too short ({len} bytes)"),
+            VirtioCapError::TooShort { len } => {
+                write!(f, "virtio capability too short ({len} bytes)")
+            }
             VirtioCapError::ReservedBar(b) => write!(f, "virtio capability names reserved BAR {b}"),
         }
     }
@@ -390,10 +392,16 @@ impl fmt::Display for CapabilityError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             CapabilityError::PointerOutOfRange { from, pointer } => {
-                write!(f, "capability pointer {pointer:#x} at {from:#x} is out of range")
+                write!(
+                    f,
+                    "capability pointer {pointer:#x} at {from:#x} is out of range"
+                )
             }
             CapabilityError::Loop { from, pointer } => {
-                write!(f, "capability at {from:#x} points back to {pointer:#x} (loop)")
+                write!(
+                    f,
+                    "capability at {from:#x} points back to {pointer:#x} (loop)"
+                )
             }
             CapabilityError::TooMany => f.write_str("too many capabilities (chain does not end)"),
             CapabilityError::AllOnes { at } => write!(f, "capability at {at:#x} reads all ones"),
@@ -402,12 +410,21 @@ impl fmt::Display for CapabilityError {
 }
 
 /// What a walk found, and why it stopped if not at the end of the list.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CapabilityWalk<T> {
     /// Entries in list order, up to the fault if any.
     pub capabilities: Vec<T>,
     /// The fault that ended the walk.
     pub error: Option<CapabilityError>,
+}
+
+impl<T> Default for CapabilityWalk<T> {
+    fn default() -> Self {
+        CapabilityWalk {
+            capabilities: Vec::new(),
+            error: None,
+        }
+    }
 }
 
 fn parse_capability<A: ConfigAccess + ?Sized>(
@@ -418,7 +435,10 @@ fn parse_capability<A: ConfigAccess + ?Sized>(
 ) -> Capability {
     let at = u16::from(offset);
     match id {
-        CAP_ID_MSI => Capability::Msi(MsiCapability::from_control(offset, read16(access, addr, at + 2))),
+        CAP_ID_MSI => Capability::Msi(MsiCapability::from_control(
+            offset,
+            read16(access, addr, at + 2),
+        )),
         CAP_ID_MSIX => Capability::MsiX(MsixCapability::from_registers(
             offset,
             read16(access, addr, at + 2),
@@ -441,7 +461,7 @@ pub fn capabilities<A: ConfigAccess + ?Sized>(
     access: &A,
     addr: PciAddress,
 ) -> CapabilityWalk<Capability> {
-    let mut walk = CapabilityWalk { capabilities: Vec::new(), error: None };
+    let mut walk = CapabilityWalk::default();
     if !status(access, addr).has_capability_list() {
         return walk;
     }
@@ -470,7 +490,8 @@ pub fn capabilities<A: ConfigAccess + ?Sized>(
         }
         // ID 0 is a null capability: skipped, but its `next` is followed (as Linux does).
         if id != 0 {
-            walk.capabilities.push(parse_capability(access, addr, pointer as u8, id));
+            walk.capabilities
+                .push(parse_capability(access, addr, pointer as u8, id));
         }
         from = pointer;
         pointer = u16::from(next & !3);
@@ -485,7 +506,7 @@ pub fn extended_capabilities<A: ConfigAccess + ?Sized>(
     access: &A,
     addr: PciAddress,
 ) -> CapabilityWalk<ExtendedCapability> {
-    let mut walk = CapabilityWalk { capabilities: Vec::new(), error: None };
+    let mut walk = CapabilityWalk::default();
     if access.config_size() < EXTENDED_CONFIG_SIZE {
         return walk;
     }

@@ -47,7 +47,11 @@ pub struct HostBridge {
 
 impl HostBridge {
     /// The legacy assumption without MCFG: segment 0, root bus 0, all buses.
-    pub const LEGACY: HostBridge = HostBridge { segment: 0, root_bus: 0, end_bus: 0xFF };
+    pub const LEGACY: HostBridge = HostBridge {
+        segment: 0,
+        root_bus: 0,
+        end_bus: 0xFF,
+    };
 }
 
 /// One function found by the scan, with its BARs sized and capabilities walked.
@@ -253,7 +257,10 @@ impl Enumeration {
         self.functions.iter().find(|f| {
             f.address.segment() == segment
                 && f.bridge.is_some_and(|b| b.secondary == bus)
-                && !self.problems.iter().any(|p| problem_bridge(p) == Some(f.address))
+                && !self
+                    .problems
+                    .iter()
+                    .any(|p| problem_bridge(p) == Some(f.address))
         })
     }
 
@@ -288,16 +295,25 @@ fn probe_function<A: ConfigAccess + ?Sized>(
     let bars = size_bars(access, address, bar_count(header_type));
     for (slot, bar) in bars.iter().enumerate() {
         if matches!(bar, Bar::Invalid(_)) {
-            problems.push(ScanProblem::Bar { function: address, slot: slot as u8 });
+            problems.push(ScanProblem::Bar {
+                function: address,
+                slot: slot as u8,
+            });
         }
     }
     let caps = capabilities(access, address);
     if let Some(error) = caps.error {
-        problems.push(ScanProblem::Capabilities { function: address, error });
+        problems.push(ScanProblem::Capabilities {
+            function: address,
+            error,
+        });
     }
     let ext = extended_capabilities(access, address);
     if let Some(error) = ext.error {
-        problems.push(ScanProblem::ExtendedCapabilities { function: address, error });
+        problems.push(ScanProblem::ExtendedCapabilities {
+            function: address,
+            error,
+        });
     }
     PciFunction {
         address,
@@ -309,8 +325,16 @@ fn probe_function<A: ConfigAccess + ?Sized>(
         revision: read8(access, address, REVISION_ID),
         header_type,
         multifunction: ht & HEADER_TYPE_MULTIFUNCTION != 0,
-        subsystem_vendor: if is_endpoint { read16(access, address, SUBSYSTEM_VENDOR_ID) } else { 0 },
-        subsystem_id: if is_endpoint { read16(access, address, SUBSYSTEM_ID) } else { 0 },
+        subsystem_vendor: if is_endpoint {
+            read16(access, address, SUBSYSTEM_VENDOR_ID)
+        } else {
+            0
+        },
+        subsystem_id: if is_endpoint {
+            read16(access, address, SUBSYSTEM_ID)
+        } else {
+            0
+        },
         command: command(access, address),
         bars,
         interrupt_pin: read8(access, address, INTERRUPT_PIN),
@@ -334,7 +358,11 @@ fn scan_bus<A: ConfigAccess + ?Sized>(
         if vendor_id(access, f0) == 0xFFFF {
             continue;
         }
-        let functions = if header_type_byte(access, f0) & HEADER_TYPE_MULTIFUNCTION != 0 { 8 } else { 1 };
+        let functions = if header_type_byte(access, f0) & HEADER_TYPE_MULTIFUNCTION != 0 {
+            8
+        } else {
+            1
+        };
         for func in 0..functions {
             let address = PciAddress::new(segment, bus, dev, func);
             if func != 0 && vendor_id(access, address) == 0xFFFF {
@@ -376,9 +404,17 @@ pub fn enumerate<A: ConfigAccess + ?Sized>(access: &A, host_bridges: &[HostBridg
                 } else if buses.subordinate < buses.secondary {
                     Some(ScanProblem::InvertedRange { bridge, buses })
                 } else if buses.subordinate > parent_end {
-                    Some(ScanProblem::OutsideParentRange { bridge, buses, parent_end })
+                    Some(ScanProblem::OutsideParentRange {
+                        bridge,
+                        buses,
+                        parent_end,
+                    })
                 } else if let Some(&(other, _)) = overlapping {
-                    Some(ScanProblem::OverlappingRange { bridge, buses, other })
+                    Some(ScanProblem::OverlappingRange {
+                        bridge,
+                        buses,
+                        other,
+                    })
                 } else if !visited.insert((host.segment, buses.secondary)) {
                     Some(ScanProblem::BusAlreadyScanned { bridge, buses })
                 } else {
@@ -389,7 +425,12 @@ pub fn enumerate<A: ConfigAccess + ?Sized>(access: &A, host_bridges: &[HostBridg
                     None => children.push((bridge, buses)),
                 }
             }
-            stack.extend(children.into_iter().rev().map(|(_, b)| (b.secondary, b.subordinate)));
+            stack.extend(
+                children
+                    .into_iter()
+                    .rev()
+                    .map(|(_, b)| (b.secondary, b.subordinate)),
+            );
         }
     }
     out

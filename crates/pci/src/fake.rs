@@ -54,7 +54,14 @@ impl FakeFunction {
     }
 
     /// A type 0 function with the given IDs and class code.
-    pub fn endpoint(vendor: u16, device: u16, class: u8, subclass: u8, prog_if: u8, revision: u8) -> Self {
+    pub fn endpoint(
+        vendor: u16,
+        device: u16,
+        class: u8,
+        subclass: u8,
+        prog_if: u8,
+        revision: u8,
+    ) -> Self {
         let mut f = Self::blank(vendor, device, 0x00);
         f.set_class(class, subclass, prog_if, revision);
         f
@@ -121,7 +128,10 @@ impl FakeFunction {
     /// A 32-bit memory BAR of `size` bytes (a power of two >= 16) at `base`.
     pub fn bar_mem32(mut self, slot: usize, base: u32, size: u32, prefetchable: bool) -> Self {
         let at = 0x10 + 4 * slot;
-        self.set32(at, (base & !(size - 1)) | if prefetchable { 0x8 } else { 0 });
+        self.set32(
+            at,
+            (base & !(size - 1)) | if prefetchable { 0x8 } else { 0 },
+        );
         self.set_writable32(at, !(size - 1) & !0xF);
         self
     }
@@ -164,7 +174,10 @@ impl FakeFunction {
     fn capability_with_writable(mut self, id: u8, body: &[u8], writable: &[u8]) -> Self {
         let at = self.next_cap;
         let len = (2 + body.len()).next_multiple_of(4) as u16;
-        assert!(at + len <= LEGACY_CONFIG_SIZE, "fake capability does not fit in 256 bytes");
+        assert!(
+            at + len <= LEGACY_CONFIG_SIZE,
+            "fake capability does not fit in 256 bytes"
+        );
         let a = usize::from(at);
         self.config[a] = id;
         self.config[a + 1] = 0;
@@ -206,7 +219,14 @@ impl FakeFunction {
 
     /// An MSI-X capability: `table_size` entries at `table_offset` in BAR `table_bir`, PBA at
     /// `pba_offset` in BAR `pba_bir`.
-    pub fn msix(self, table_size: u16, table_bir: u8, table_offset: u32, pba_bir: u8, pba_offset: u32) -> Self {
+    pub fn msix(
+        self,
+        table_size: u16,
+        table_bir: u8,
+        table_offset: u32,
+        pba_bir: u8,
+        pba_offset: u32,
+    ) -> Self {
         let control = (table_size - 1) & 0x7FF;
         let mut body = Vec::new();
         body.extend_from_slice(&control.to_le_bytes());
@@ -216,8 +236,19 @@ impl FakeFunction {
     }
 
     /// A virtio-pci vendor capability (`virtio_pci_cap`, 16 bytes; 20 with a notify multiplier).
-    pub fn virtio_cap(self, cfg_type: u8, bar: u8, offset: u32, length: u32, notify_off_multiplier: Option<u32>) -> Self {
-        let cap_len: u8 = if notify_off_multiplier.is_some() { 20 } else { 16 };
+    pub fn virtio_cap(
+        self,
+        cfg_type: u8,
+        bar: u8,
+        offset: u32,
+        length: u32,
+        notify_off_multiplier: Option<u32>,
+    ) -> Self {
+        let cap_len: u8 = if notify_off_multiplier.is_some() {
+            20
+        } else {
+            16
+        };
         let mut body = vec![cap_len, cfg_type, bar, 0, 0, 0];
         body.extend_from_slice(&offset.to_le_bytes());
         body.extend_from_slice(&length.to_le_bytes());
@@ -232,13 +263,21 @@ impl FakeFunction {
     pub fn extended_capability(mut self, id: u16, version: u8, body: &[u8]) -> Self {
         let at = self.next_ext;
         let len = (4 + body.len()).next_multiple_of(4) as u16;
-        assert!(at + len <= EXTENDED_CONFIG_SIZE, "fake extended capability does not fit");
+        assert!(
+            at + len <= EXTENDED_CONFIG_SIZE,
+            "fake extended capability does not fit"
+        );
         let a = usize::from(at);
         self.set32(a, u32::from(id) | (u32::from(version & 0xF) << 16));
         self.config[a + 4..a + 4 + body.len()].copy_from_slice(body);
         if let Some(prev) = self.last_ext {
             let p = usize::from(prev);
-            let header = u32::from_le_bytes([self.config[p], self.config[p + 1], self.config[p + 2], self.config[p + 3]]);
+            let header = u32::from_le_bytes([
+                self.config[p],
+                self.config[p + 1],
+                self.config[p + 2],
+                self.config[p + 3],
+            ]);
             self.set32(p, (header & 0x000F_FFFF) | (u32::from(at) << 20));
         }
         self.last_ext = Some(at);
@@ -325,7 +364,12 @@ impl FakeConfigSpace {
         match self.functions.borrow().get(&addr) {
             Some(f) => {
                 let o = usize::from(offset);
-                u32::from_le_bytes([f.config[o], f.config[o + 1], f.config[o + 2], f.config[o + 3]])
+                u32::from_le_bytes([
+                    f.config[o],
+                    f.config[o + 1],
+                    f.config[o + 2],
+                    f.config[o + 3],
+                ])
             }
             None => u32::MAX,
         }
@@ -353,7 +397,11 @@ impl FakeConfigSpace {
 
     fn check(&self, offset: u16) {
         assert_eq!(offset & 3, 0, "unaligned config access at {offset:#x}");
-        assert!(offset < self.config_size, "config access at {offset:#x} beyond {:#x}", self.config_size);
+        assert!(
+            offset < self.config_size,
+            "config access at {offset:#x} beyond {:#x}",
+            self.config_size
+        );
     }
 }
 
@@ -371,7 +419,12 @@ impl ConfigAccess for FakeConfigSpace {
             return;
         };
         let command_before = u16::from_le_bytes([f.config[4], f.config[5]]);
-        self.writes.borrow_mut().push(FakeWrite { addr, offset, value, command_before });
+        self.writes.borrow_mut().push(FakeWrite {
+            addr,
+            offset,
+            value,
+            command_before,
+        });
         let o = usize::from(offset);
         for (i, byte) in value.to_le_bytes().iter().enumerate() {
             let mask = f.writable[o + i];
@@ -401,14 +454,22 @@ impl FakeMsixTable {
         for e in 0..usize::from(entries) {
             words[e * 4 + 3] = MSIX_VECTOR_MASKED;
         }
-        FakeMsixTable { words: RefCell::new(words), unmasked_writes: Cell::new(0), writes: RefCell::new(Vec::new()) }
+        FakeMsixTable {
+            words: RefCell::new(words),
+            unmasked_writes: Cell::new(0),
+            writes: RefCell::new(Vec::new()),
+        }
     }
 
     /// Entry `index`: (address, data, masked).
     pub fn entry(&self, index: u16) -> (u64, u32, bool) {
         let w = self.words.borrow();
         let i = usize::from(index) * 4;
-        ((u64::from(w[i + 1]) << 32) | u64::from(w[i]), w[i + 2], w[i + 3] & MSIX_VECTOR_MASKED != 0)
+        (
+            (u64::from(w[i + 1]) << 32) | u64::from(w[i]),
+            w[i + 2],
+            w[i + 3] & MSIX_VECTOR_MASKED != 0,
+        )
     }
 
     /// Writes to an unmasked entry's address or data so far.

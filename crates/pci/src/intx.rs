@@ -53,7 +53,11 @@ pub struct PrtEntry {
 impl PrtEntry {
     /// An entry for `device`'s `pin` (0-based).
     pub fn new(device: u8, pin: u8, source: PrtSource) -> Self {
-        PrtEntry { address: (u32::from(device) << 16) | 0xFFFF, pin, source }
+        PrtEntry {
+            address: (u32::from(device) << 16) | 0xFFFF,
+            pin,
+            source,
+        }
     }
 
     /// The device (slot) number the entry applies to.
@@ -166,7 +170,11 @@ pub fn route_intx(
             .table(device.segment(), device.bus())
             .and_then(|t| t.lookup(device.device(), pin))
         {
-            return Ok(IntxRoute { source: entry.source.clone(), matched_at: device, pin });
+            return Ok(IntxRoute {
+                source: entry.source.clone(),
+                matched_at: device,
+                pin,
+            });
         }
         match topology.upstream_bridge(device.segment(), device.bus()) {
             Some(bridge) if bridge.address.bus() < device.bus() => {

@@ -94,7 +94,10 @@ impl X86Msi {
             DeliveryMode::LowestPriority => 0b001,
             DeliveryMode::Nmi => 0b100,
         };
-        MsiMessage { address: u64::from(address), data: u32::from(self.vector) | (delivery << 8) }
+        MsiMessage {
+            address: u64::from(address),
+            data: u32::from(self.vector) | (delivery << 8),
+        }
     }
 }
 
@@ -152,14 +155,27 @@ pub enum MsiError {
 impl fmt::Display for MsiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            MsiError::CountNotPowerOfTwo(n) => write!(f, "MSI vector count {n} is not 1, 2, 4, 8, 16 or 32"),
-            MsiError::TooManyVectors { requested, supported } => {
-                write!(f, "{requested} vectors requested, the function supports {supported}")
+            MsiError::CountNotPowerOfTwo(n) => {
+                write!(f, "MSI vector count {n} is not 1, 2, 4, 8, 16 or 32")
+            }
+            MsiError::TooManyVectors {
+                requested,
+                supported,
+            } => {
+                write!(
+                    f,
+                    "{requested} vectors requested, the function supports {supported}"
+                )
             }
             MsiError::MisalignedVector { vector, count } => {
-                write!(f, "base vector {vector:#x} is not aligned to {count} vectors")
+                write!(
+                    f,
+                    "base vector {vector:#x} is not aligned to {count} vectors"
+                )
             }
-            MsiError::AddressNeeds64Bit(a) => write!(f, "address {a:#x} needs a 64-bit MSI capability"),
+            MsiError::AddressNeeds64Bit(a) => {
+                write!(f, "address {a:#x} needs a 64-bit MSI capability")
+            }
             MsiError::DataTooWide(d) => write!(f, "data {d:#x} does not fit 16 bits"),
             MsiError::NoSuchVector(i) => write!(f, "no vector {i}"),
             MsiError::NoMasking => f.write_str("the function has no per-vector masking"),
@@ -198,19 +214,30 @@ pub fn msi_enable<A: ConfigAccess + ?Sized>(
     }
     let supported = usize::from(cap.max_vectors());
     if count > supported {
-        return Err(MsiError::TooManyVectors { requested: count, supported });
+        return Err(MsiError::TooManyVectors {
+            requested: count,
+            supported,
+        });
     }
     if msg.data > 0xFFFF {
         return Err(MsiError::DataTooWide(msg.data));
     }
     if msg.data as usize & (count - 1) != 0 {
-        return Err(MsiError::MisalignedVector { vector: msg.data as u8, count });
+        return Err(MsiError::MisalignedVector {
+            vector: msg.data as u8,
+            count,
+        });
     }
     if !cap.is_64bit && msg.address > u64::from(u32::MAX) {
         return Err(MsiError::AddressNeeds64Bit(msg.address));
     }
     let control = read16(access, addr, cap.control_offset());
-    write_control(access, addr, cap.offset, control & !(MSI_ENABLE | MSI_MME_MASK));
+    write_control(
+        access,
+        addr,
+        cap.offset,
+        control & !(MSI_ENABLE | MSI_MME_MASK),
+    );
     if let Some(mask) = cap.mask_offset() {
         access.write32(addr, mask, u32::MAX);
     }
@@ -223,8 +250,12 @@ pub fn msi_enable<A: ConfigAccess + ?Sized>(
     let control = (control & !MSI_MME_MASK) | mme | MSI_ENABLE;
     write_control(access, addr, cap.offset, control);
     if let Some(mask) = cap.mask_offset() {
-        let in_use = if count == 32 { u32::MAX } else { (1u32 << count) - 1 };
-        access.write32(addr, mask, u32::MAX & !in_use);
+        let in_use = if count == 32 {
+            u32::MAX
+        } else {
+            (1u32 << count) - 1
+        };
+        access.write32(addr, mask, !in_use);
     }
     set_intx_disabled(access, addr, true);
     Ok(())
@@ -233,7 +264,12 @@ pub fn msi_enable<A: ConfigAccess + ?Sized>(
 /// Disable MSI and re-enable INTx.
 pub fn msi_disable<A: ConfigAccess + ?Sized>(access: &A, addr: PciAddress, cap: &MsiCapability) {
     let control = read16(access, addr, cap.control_offset());
-    write_control(access, addr, cap.offset, control & !(MSI_ENABLE | MSI_MME_MASK));
+    write_control(
+        access,
+        addr,
+        cap.offset,
+        control & !(MSI_ENABLE | MSI_MME_MASK),
+    );
     set_intx_disabled(access, addr, false);
 }
 
@@ -252,7 +288,11 @@ pub fn msi_set_vector_masked<A: ConfigAccess + ?Sized>(
         return Err(MsiError::NoSuchVector(index));
     }
     let bits = access.read32(addr, mask_at);
-    let bits = if masked { bits | (1 << index) } else { bits & !(1 << index) };
+    let bits = if masked {
+        bits | (1 << index)
+    } else {
+        bits & !(1 << index)
+    };
     access.write32(addr, mask_at, bits);
     Ok(())
 }
@@ -290,7 +330,11 @@ fn entry_offset(index: u16, field: u32) -> u32 {
 pub fn msix_set_entry_masked<T: MsixTable + ?Sized>(table: &T, index: u16, masked: bool) {
     let at = entry_offset(index, MSIX_ENTRY_VECTOR_CTRL);
     let ctrl = table.read32(at);
-    let new = if masked { ctrl | MSIX_VECTOR_MASKED } else { ctrl & !MSIX_VECTOR_MASKED };
+    let new = if masked {
+        ctrl | MSIX_VECTOR_MASKED
+    } else {
+        ctrl & !MSIX_VECTOR_MASKED
+    };
     if new != ctrl {
         table.write32(at, new);
         let _ = table.read32(at);
@@ -304,7 +348,10 @@ pub fn msix_entry_masked<T: MsixTable + ?Sized>(table: &T, index: u16) -> bool {
 
 fn write_entry<T: MsixTable + ?Sized>(table: &T, index: u16, msg: MsiMessage) {
     table.write32(entry_offset(index, MSIX_ENTRY_ADDR_LO), msg.address as u32);
-    table.write32(entry_offset(index, MSIX_ENTRY_ADDR_HI), (msg.address >> 32) as u32);
+    table.write32(
+        entry_offset(index, MSIX_ENTRY_ADDR_HI),
+        (msg.address >> 32) as u32,
+    );
     table.write32(entry_offset(index, MSIX_ENTRY_DATA), msg.data);
 }
 
@@ -316,7 +363,11 @@ pub fn msix_set_function_masked<A: ConfigAccess + ?Sized>(
     masked: bool,
 ) {
     let control = read16(access, addr, cap.control_offset());
-    let control = if masked { control | MSIX_FUNCTION_MASK } else { control & !MSIX_FUNCTION_MASK };
+    let control = if masked {
+        control | MSIX_FUNCTION_MASK
+    } else {
+        control & !MSIX_FUNCTION_MASK
+    };
     write_control(access, addr, cap.offset, control);
 }
 
@@ -331,10 +382,18 @@ pub fn msix_enable<A: ConfigAccess + ?Sized, T: MsixTable + ?Sized>(
 ) -> Result<(), MsiError> {
     let supported = usize::from(cap.table_size);
     if messages.len() > supported {
-        return Err(MsiError::TooManyVectors { requested: messages.len(), supported });
+        return Err(MsiError::TooManyVectors {
+            requested: messages.len(),
+            supported,
+        });
     }
     let control = read16(access, addr, cap.control_offset());
-    write_control(access, addr, cap.offset, control | MSIX_ENABLE | MSIX_FUNCTION_MASK);
+    write_control(
+        access,
+        addr,
+        cap.offset,
+        control | MSIX_ENABLE | MSIX_FUNCTION_MASK,
+    );
     for index in 0..cap.table_size {
         msix_set_entry_masked(table, index, true);
     }
@@ -345,7 +404,12 @@ pub fn msix_enable<A: ConfigAccess + ?Sized, T: MsixTable + ?Sized>(
         msix_set_entry_masked(table, index as u16, false);
     }
     set_intx_disabled(access, addr, true);
-    write_control(access, addr, cap.offset, (control | MSIX_ENABLE) & !MSIX_FUNCTION_MASK);
+    write_control(
+        access,
+        addr,
+        cap.offset,
+        (control | MSIX_ENABLE) & !MSIX_FUNCTION_MASK,
+    );
     Ok(())
 }
 
@@ -382,6 +446,11 @@ pub fn msix_disable<A: ConfigAccess + ?Sized, T: MsixTable + ?Sized>(
     for index in 0..cap.table_size {
         msix_set_entry_masked(table, index, true);
     }
-    write_control(access, addr, cap.offset, control & !(MSIX_ENABLE | MSIX_FUNCTION_MASK));
+    write_control(
+        access,
+        addr,
+        cap.offset,
+        control & !(MSIX_ENABLE | MSIX_FUNCTION_MASK),
+    );
     set_intx_disabled(access, addr, false);
 }

@@ -104,7 +104,12 @@ pub fn class_name(class: u8, subclass: u8) -> Option<&'static str> {
 /// `bb:dd.f` in segment 0, `ssss:bb:dd.f` elsewhere (lspci's slot name).
 pub fn slot_name(addr: PciAddress) -> String {
     if addr.segment() == 0 {
-        format!("{:02x}:{:02x}.{}", addr.bus(), addr.device(), addr.function())
+        format!(
+            "{:02x}:{:02x}.{}",
+            addr.bus(),
+            addr.device(),
+            addr.function()
+        )
     } else {
         format!("{addr}")
     }
@@ -216,7 +221,10 @@ pub fn lspci_verbose(f: &PciFunction) -> String {
     let mut lines: Vec<String> = Vec::new();
     lines.push(lspci_line(f));
     if f.subsystem_vendor != 0 || f.subsystem_id != 0 {
-        lines.push(format!("\tSubsystem: {}", id_with_names(f.subsystem_vendor, f.subsystem_id)));
+        lines.push(format!(
+            "\tSubsystem: {}",
+            id_with_names(f.subsystem_vendor, f.subsystem_id)
+        ));
     }
     if let Some(b) = f.bridge {
         lines.push(format!(

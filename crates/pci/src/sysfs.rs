@@ -68,7 +68,12 @@ pub fn resource(f: &PciFunction) -> String {
     let mut out = String::new();
     for bar in &f.bars {
         let (start, end, flags) = match *bar {
-            Bar::Memory { address, size, width, prefetchable } => {
+            Bar::Memory {
+                address,
+                size,
+                width,
+                prefetchable,
+            } => {
                 let mut flags = IORESOURCE_MEM | IORESOURCE_SIZEALIGN;
                 if prefetchable {
                     flags |= IORESOURCE_PREFETCH | 0x8;
@@ -82,7 +87,11 @@ pub fn resource(f: &PciFunction) -> String {
             }
             Bar::Io { port, size } => {
                 let flags = IORESOURCE_IO | IORESOURCE_SIZEALIGN | 0x1;
-                (u64::from(port), u64::from(port) + u64::from(size) - 1, flags)
+                (
+                    u64::from(port),
+                    u64::from(port) + u64::from(size) - 1,
+                    flags,
+                )
             }
             _ => (0, 0, 0),
         };

@@ -120,7 +120,10 @@ impl CpuMask {
     /// by commas, most significant first; the first group has only as many hex digits as its CPUs
     /// need, the others eight (2 CPUs: `3`; 40 CPUs: `ff,ffffffff`).
     pub fn display(&self, nr_cpus: usize) -> CpuMaskDisplay {
-        CpuMaskDisplay { mask: *self, nr_cpus: nr_cpus.clamp(1, MAX_CPUS) }
+        CpuMaskDisplay {
+            mask: *self,
+            nr_cpus: nr_cpus.clamp(1, MAX_CPUS),
+        }
     }
 }
 
@@ -225,7 +228,11 @@ impl fmt::Display for VectorError {
             VectorError::NoCpuInMask => f.write_str("affinity mask names no online CPU"),
             VectorError::NoSuchCpu(c) => write!(f, "no CPU {c}"),
             VectorError::NotAllocated(a) => {
-                write!(f, "vector {:#x} on CPU {} is not allocated", a.vector, a.cpu)
+                write!(
+                    f,
+                    "vector {:#x} on CPU {} is not allocated",
+                    a.vector, a.cpu
+                )
             }
         }
     }
@@ -262,11 +269,22 @@ impl VectorAllocator {
                 unavailable[usize::from(v) / 64] |= 1 << (v % 64);
             }
         }
-        let per_cpu = 256 - unavailable.iter().map(|w| w.count_ones() as usize).sum::<usize>();
+        let per_cpu = 256
+            - unavailable
+                .iter()
+                .map(|w| w.count_ones() as usize)
+                .sum::<usize>();
         let cpus = (0..nr_cpus.min(MAX_CPUS))
-            .map(|_| CpuVectors { used: [0; WORDS], in_use: 0 })
+            .map(|_| CpuVectors {
+                used: [0; WORDS],
+                in_use: 0,
+            })
             .collect();
-        VectorAllocator { unavailable, per_cpu, cpus }
+        VectorAllocator {
+            unavailable,
+            per_cpu,
+            cpus,
+        }
     }
 
     /// Number of CPUs managed.
@@ -306,7 +324,10 @@ impl VectorAllocator {
             for c in self.cpus.len()..MAX_CPUS {
                 cpus.remove(c);
             }
-            return Err(VectorError::Exhausted { cpus, per_cpu: self.per_cpu });
+            return Err(VectorError::Exhausted {
+                cpus,
+                per_cpu: self.per_cpu,
+            });
         }
         self.allocate_on(cpu)
     }
@@ -318,7 +339,10 @@ impl VectorAllocator {
         let state = self.cpus.get_mut(cpu).ok_or(VectorError::NoSuchCpu(cpu))?;
         let vector = (FIRST_DEVICE_VECTOR..=LAST_DEVICE_VECTOR)
             .find(|v| !bit(&unavailable, *v) && !bit(&state.used, *v))
-            .ok_or(VectorError::Exhausted { cpus: CpuMask::single(cpu), per_cpu })?;
+            .ok_or(VectorError::Exhausted {
+                cpus: CpuMask::single(cpu),
+                per_cpu,
+            })?;
         state.used[usize::from(vector) / 64] |= 1 << (vector % 64);
         state.in_use += 1;
         Ok(VectorAssignment { cpu, vector })
@@ -326,7 +350,10 @@ impl VectorAllocator {
 
     /// Return a vector. Freeing one that is not allocated is an error, never a silent success.
     pub fn free(&mut self, a: VectorAssignment) -> Result<(), VectorError> {
-        let state = self.cpus.get_mut(a.cpu).ok_or(VectorError::NoSuchCpu(a.cpu))?;
+        let state = self
+            .cpus
+            .get_mut(a.cpu)
+            .ok_or(VectorError::NoSuchCpu(a.cpu))?;
         if !bit(&state.used, a.vector) {
             return Err(VectorError::NotAllocated(a));
         }
