@@ -314,7 +314,7 @@ impl Machine {
         } else {
             cpuid::hypercall_features(host_features)
         };
-        apply_hypercall_policy(&vm, &policy, hidden, 0);
+        let quirk = apply_hypercall_policy(&vm, &policy);
         let mut vcpus = Vec::new();
         for index in 0..config.vcpus {
             let fd = vm
@@ -343,15 +343,9 @@ impl Machine {
             vcpus.push(vcpu);
         }
         clock.lap("vcpus");
-        Ok(Self::start(
-            vm,
-            memory,
-            bus,
-            serial_interrupt,
-            vcpus,
-            None,
-            clock,
-        ))
+        let started = Self::start(vm, memory, bus, serial_interrupt, vcpus, None, clock);
+        log(&hypercall_notice(&policy, hidden, 0, quirk.as_ref()));
+        Ok(started)
     }
 
     /// Restores the snapshot in `directory` into this process, serial output to `output`.
@@ -414,6 +408,17 @@ impl Machine {
         }
         clock.lap("devices_and_vcpus");
         let policy = policy.finish();
+        let quirk = apply_hypercall_policy(&vm, &policy);
+        clock.lap("hypercall_policy");
+        let started = Self::start(
+            vm,
+            memory,
+            bus,
+            serial_interrupt,
+            vcpus,
+            Some(directory.to_path_buf()),
+            clock,
+        );
         let shown = if policy.hypercalls_return {
             0
         } else {
@@ -423,17 +428,8 @@ impl Machine {
                 .filter_map(|vcpu| cpuid::pv_features_of(&vcpu.cpuid))
                 .fold(0, |shown, eax| shown | cpuid::hypercall_features(eax))
         };
-        apply_hypercall_policy(&vm, &policy, 0, shown);
-        clock.lap("hypercall_policy");
-        Ok(Self::start(
-            vm,
-            memory,
-            bus,
-            serial_interrupt,
-            vcpus,
-            Some(directory.to_path_buf()),
-            clock,
-        ))
+        log(&hypercall_notice(&policy, 0, shown, quirk.as_ref()));
+        Ok(started)
     }
 
     fn start(
@@ -744,24 +740,46 @@ impl HypercallDecision {
     }
 }
 
-/// Disables FIX_HYPERCALL_INSN when hypercalls do not return, and logs one line saying what
-/// was found and done: `hidden` are the 0x4000_0001 features the new guest does not see
-/// because of it, `shown` those a restored guest still sees (its snapshot's CPUID).
-fn apply_hypercall_policy(vm: &Vm, policy: &HypercallPolicy, hidden: u32, shown: u32) {
-    for warning in &policy.warnings {
-        eprintln!("lull-vmm: warning: {warning}");
-    }
-    let quirk =
-        (!policy.hypercalls_return).then(|| hypercall::disable_fix_hypercall_insn_quirk(&vm.fd));
-    eprintln!(
-        "lull-vmm: {}",
+/// Disables FIX_HYPERCALL_INSN when hypercalls do not return (`None` when they do: the quirk
+/// is left alone).
+fn apply_hypercall_policy(
+    vm: &Vm,
+    policy: &HypercallPolicy,
+) -> Option<Result<(), hypercall::QuirkError>> {
+    (!policy.hypercalls_return).then(|| hypercall::disable_fix_hypercall_insn_quirk(&vm.fd))
+}
+
+/// The lines to log about hypercalls: the policy's warnings and one line saying what was
+/// found and done. `hidden` are the 0x4000_0001 features the new guest does not see because
+/// of it, `shown` those a restored guest still sees (its snapshot's CPUID). Logged once the
+/// vCPUs run: formatting and writing to stderr is not free, and restore latency is measured.
+fn hypercall_notice(
+    policy: &HypercallPolicy,
+    hidden: u32,
+    shown: u32,
+    quirk: Option<&Result<(), hypercall::QuirkError>>,
+) -> String {
+    let mut lines: String = policy
+        .warnings
+        .iter()
+        .map(|warning| format!("lull-vmm: warning: {warning}\n"))
+        .collect();
+    lines += &format!(
+        "lull-vmm: {}\n",
         hypercall::summary(
             policy,
             &cpuid::pv_feature_names(hidden),
             &cpuid::pv_feature_names(shown),
-            quirk.as_ref(),
+            quirk,
         )
     );
+    lines
+}
+
+/// Writes `lines` to stderr in one write.
+fn log(lines: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(lines.as_bytes());
 }
 
 /// A kernel in guest memory, and how to enter it.
