@@ -531,3 +531,60 @@ fn the_test_watchdog_kills_a_vmm_past_its_deadline() {
         began.elapsed()
     );
 }
+
+/// The CPUID a booted guest really has (read back from a snapshot of it) carries the paravirt
+/// policy: the host's features minus the hypercall ones with `--pv-hypercalls off`, all the
+/// passed-through ones with `on`.
+#[test]
+#[ignore = "needs /dev/kvm"]
+fn the_guest_cpuid_shows_the_pv_features_the_policy_allows() {
+    use lull_vmm::arch::cpuid::{hypercall_features, kvm_pv_features, pv_features_of};
+    require_kvm("the_guest_cpuid_shows_the_pv_features_the_policy_allows");
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
+    let host = pv_features_of(supported.as_slice()).expect("the host's KVM leaves");
+    let dir = scratch("pv-cpuid");
+    let guest = test_guest(&dir);
+    for (mode, hypercalls_return) in [("off", false), ("on", true)] {
+        let socket = dir.join(format!("{mode}.sock"));
+        let snapshot = dir.join(format!("snap-{mode}"));
+        let _vmm = Vmm::spawn_with_deadline(
+            &[
+                "run",
+                "--kernel",
+                guest.to_str().unwrap(),
+                "--cmdline",
+                "halt",
+                "--memory",
+                "16",
+                "--vcpus",
+                "2",
+                "--api-sock",
+                socket.to_str().unwrap(),
+                "--pv-hypercalls",
+                mode,
+            ],
+            Duration::from_secs(120),
+        );
+        wait_for_socket(&socket, BOOT);
+        let (ok, _, errors) = client(&[
+            "snapshot",
+            "--api",
+            socket.to_str().unwrap(),
+            "--path",
+            snapshot.to_str().unwrap(),
+        ]);
+        assert!(ok, "{errors}");
+        let state = lull_vmm::snapshot::read_state(&snapshot).unwrap();
+        for vcpu in &state.vcpus {
+            let shown = pv_features_of(&vcpu.cpuid).expect("KVM leaves shown");
+            assert_eq!(shown, kvm_pv_features(host, hypercalls_return), "{mode}");
+            assert_eq!(
+                hypercall_features(shown) != 0,
+                hypercalls_return && hypercall_features(host) != 0
+            );
+        }
+    }
+}
