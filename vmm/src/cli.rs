@@ -13,6 +13,7 @@ use crate::console::{self, RawTerminal, StdoutWriter};
 use crate::devices::{lock, MachineRequest};
 use crate::machine::{Machine, MachineConfig, Started};
 use crate::metrics::{MetricsReport, RateTracker};
+use crate::vstate::hypercall::PvHypercalls;
 use crate::vstate::vcpu::VmEvent;
 
 pub const USAGE: &str = "\
@@ -32,6 +33,10 @@ RUN OPTIONS:
   --api-sock PATH           serve the control API (REST/JSON, see vmm/api.yaml) on a Unix socket
   --metrics-file PATH       append a JSON line of metrics every --metrics-interval-ms (default 1000)
   --timing                  print a JSON line on stderr when all vCPUs run
+  --pv-hypercalls auto|on|off
+                            whether guest hypercalls return on this host: auto (default) probes
+                            once per host boot (cached in /run/lull-vmm); off hides PV_UNHALT,
+                            PV_SEND_IPI, PV_SCHED_YIELD and makes VMCALL raise #UD; on trusts them
   --no-rsdp-hint            run only: pass no RSDP address in the boot data (as Firecracker);
                             the kernel must find the ACPI tables by scanning the BIOS areas
 
@@ -75,6 +80,8 @@ pub struct RunOptions {
     pub metrics_file: Option<PathBuf>,
     pub metrics_interval_ms: u64,
     pub timing: bool,
+    /// `--pv-hypercalls`: probe whether guest hypercalls return, or say so.
+    pub pv_hypercalls: PvHypercalls,
 }
 
 /// A request to a running lull-vmm's API.
@@ -174,9 +181,23 @@ fn parse_run_option(
             }
         }
         "--timing" => options.timing = true,
-        _ => return Ok(false),
+        "--pv-hypercalls" => {
+            options.pv_hypercalls = pv_hypercalls(option, arguments.value(option)?)?
+        }
+        _ => match option.strip_prefix("--pv-hypercalls=") {
+            Some(value) => options.pv_hypercalls = pv_hypercalls("--pv-hypercalls", value)?,
+            None => return Ok(false),
+        },
     }
     Ok(true)
+}
+
+fn pv_hypercalls(option: &str, value: &str) -> Result<PvHypercalls, UsageError> {
+    value.parse().map_err(|_| UsageError::InvalidValue {
+        option: option.to_string(),
+        value: value.to_string(),
+        expected: "mode (auto, on or off)",
+    })
 }
 
 /// Parses `args` (without the program name).
@@ -347,15 +368,17 @@ pub fn main() -> i32 {
             print!("{USAGE}");
             0
         }
-        Command::Run { config, options } => match Machine::boot(&config, Box::new(StdoutWriter)) {
-            Ok(started) => run_started(started, &options, main_entered),
-            Err(error) => {
-                eprintln!("lull-vmm: cannot start the VM: {error}");
-                1
+        Command::Run { config, options } => {
+            match Machine::boot(&config, options.pv_hypercalls, Box::new(StdoutWriter)) {
+                Ok(started) => run_started(started, &options, main_entered),
+                Err(error) => {
+                    eprintln!("lull-vmm: cannot start the VM: {error}");
+                    1
+                }
             }
-        },
+        }
         Command::Restore { snapshot, options } => {
-            match Machine::restore(&snapshot, Box::new(StdoutWriter)) {
+            match Machine::restore(&snapshot, options.pv_hypercalls, Box::new(StdoutWriter)) {
                 Ok(started) => run_started(started, &options, main_entered),
                 Err(error) => {
                     eprintln!("lull-vmm: cannot restore {}: {error}", snapshot.display());
@@ -756,6 +779,36 @@ mod tests {
                     ..Default::default()
                 }
             }
+        );
+    }
+
+    #[test]
+    fn pv_hypercalls_option_takes_auto_on_off_in_both_spellings() {
+        let options = |line: &str| match parse(&args(line)).unwrap() {
+            Command::Run { options, .. } | Command::Restore { options, .. } => options,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(options("run --kernel k").pv_hypercalls, PvHypercalls::Auto);
+        assert_eq!(
+            options("run --kernel k --pv-hypercalls off").pv_hypercalls,
+            PvHypercalls::Off
+        );
+        assert_eq!(
+            options("restore --snapshot /d --pv-hypercalls=on").pv_hypercalls,
+            PvHypercalls::On
+        );
+        assert_eq!(
+            options("restore --snapshot /d --pv-hypercalls auto").pv_hypercalls,
+            PvHypercalls::Auto
+        );
+        let error = parse(&args("run --kernel k --pv-hypercalls=maybe")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "option --pv-hypercalls: 'maybe' is not a valid mode (auto, on or off)"
+        );
+        assert_eq!(
+            parse(&args("run --kernel k --pv-hypercalls")),
+            Err(UsageError::MissingValue("--pv-hypercalls".into()))
         );
     }
 

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use crate::devices::{lock, PortIoBus};
 use crate::metrics::{self, KvmStats, MetricsReport, RateTracker, VcpuSample};
 use crate::persist::Persist;
 use crate::snapshot::{self, SnapshotError, SnapshotState, MEMORY_FILE_NAME};
+use crate::vstate::hypercall::{self, HypercallPolicy, PvHypercalls};
 use crate::vstate::memory::{GuestMemory, MemoryError};
 use crate::vstate::vcpu::{
     self, Vcpu, VcpuCommand, VcpuContext, VcpuError, VcpuExitCounters, VcpuResponse, VmEvent,
@@ -240,9 +241,15 @@ fn build_bus(
 }
 
 impl Machine {
-    /// Boots `config.kernel` (a PVH ELF) with serial output to `output`.
-    pub fn boot(config: &MachineConfig, output: SerialOutput) -> Result<Started, MachineError> {
+    /// Boots `config.kernel` (a PVH ELF) with serial output to `output`; `pv` says whether
+    /// to probe for working hypercalls (see [`hypercall`]).
+    pub fn boot(
+        config: &MachineConfig,
+        pv: PvHypercalls,
+        output: SerialOutput,
+    ) -> Result<Started, MachineError> {
         let mut clock = PhaseClock::new();
+        let policy = HypercallDecision::start(pv);
         let kvm = open_kvm()?;
         clock.lap("open_kvm");
         let maximum = kvm.get_max_vcpus().min(255);
@@ -298,6 +305,16 @@ impl Machine {
             source,
         })?;
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        clock.lap("devices");
+        let policy = policy.finish();
+        clock.lap("hypercall_policy");
+        let host_features = cpuid::pv_features_of(supported.as_slice()).unwrap_or(0);
+        let hidden = if policy.hypercalls_return {
+            0
+        } else {
+            cpuid::hypercall_features(host_features)
+        };
+        let quirk = apply_hypercall_policy(&vm, &policy);
         let mut vcpus = Vec::new();
         for index in 0..config.vcpus {
             let fd = vm
@@ -313,27 +330,34 @@ impl Machine {
                 msr_indices: Vec::new(),
             };
             vcpu.configure_for_boot(
-                &cpuid::vcpu_cpuid(&supported, index, config.vcpus, tsc_deadline),
+                &cpuid::vcpu_cpuid(
+                    &supported,
+                    index,
+                    config.vcpus,
+                    tsc_deadline,
+                    policy.hypercalls_return,
+                ),
                 entry,
             )?;
             vcpu.select_readable_msrs(msr_candidates.as_slice())?;
             vcpus.push(vcpu);
         }
-        clock.lap("devices_and_vcpus");
-        Ok(Self::start(
-            vm,
-            memory,
-            bus,
-            serial_interrupt,
-            vcpus,
-            None,
-            clock,
-        ))
+        clock.lap("vcpus");
+        let started = Self::start(vm, memory, bus, serial_interrupt, vcpus, None, clock);
+        log(&hypercall_notice(&policy, hidden, 0, quirk.as_ref()));
+        Ok(started)
     }
 
     /// Restores the snapshot in `directory` into this process, serial output to `output`.
-    pub fn restore(directory: &Path, output: SerialOutput) -> Result<Started, MachineError> {
+    /// The guest keeps the CPUID of its snapshot; `pv` decides (see [`hypercall`]) whether
+    /// a VMCALL raises #UD.
+    pub fn restore(
+        directory: &Path,
+        pv: PvHypercalls,
+        output: SerialOutput,
+    ) -> Result<Started, MachineError> {
         let mut clock = PhaseClock::new();
+        let policy = HypercallDecision::start(pv);
         let state = snapshot::read_state(directory)?;
         clock.lap("read_state");
         let kvm = open_kvm()?;
@@ -383,7 +407,10 @@ impl Machine {
             vcpus.push(vcpu);
         }
         clock.lap("devices_and_vcpus");
-        Ok(Self::start(
+        let policy = policy.finish();
+        let quirk = apply_hypercall_policy(&vm, &policy);
+        clock.lap("hypercall_policy");
+        let started = Self::start(
             vm,
             memory,
             bus,
@@ -391,7 +418,18 @@ impl Machine {
             vcpus,
             Some(directory.to_path_buf()),
             clock,
-        ))
+        );
+        let shown = if policy.hypercalls_return {
+            0
+        } else {
+            state
+                .vcpus
+                .iter()
+                .filter_map(|vcpu| cpuid::pv_features_of(&vcpu.cpuid))
+                .fold(0, |shown, eax| shown | cpuid::hypercall_features(eax))
+        };
+        log(&hypercall_notice(&policy, 0, shown, quirk.as_ref()));
+        Ok(started)
     }
 
     fn start(
@@ -403,16 +441,7 @@ impl Machine {
         restored_from: Option<PathBuf>,
         mut clock: PhaseClock,
     ) -> Started {
-        static KICK_HANDLER: Once = Once::new();
-        KICK_HANDLER.call_once(|| {
-            // Without the handler a kick would kill the process; failing to install it is a
-            // broken host, and pause would then be impossible, so say so loudly.
-            if let Err(error) = vcpu::install_kick_handler() {
-                eprintln!(
-                    "lull-vmm: cannot install the vCPU kick handler ({error}); pause will not work"
-                );
-            }
-        });
+        vcpu::ensure_kick_handler();
         let (event_sender, events) = mpsc::channel();
         let (started_sender, started) = mpsc::channel();
         let mut handles = Vec::new();
@@ -675,6 +704,82 @@ impl Drop for Machine {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The hypercall decision (a probe, unless cached or forced), made on its own thread while
+/// the VM is set up: it costs nothing when cached and its own VM when not.
+enum HypercallDecision {
+    Running(JoinHandle<HypercallPolicy>),
+    Done(HypercallPolicy),
+}
+
+impl HypercallDecision {
+    fn start(mode: PvHypercalls) -> Self {
+        if mode != PvHypercalls::Auto {
+            return Self::Done(hypercall::decide(mode));
+        }
+        match std::thread::Builder::new()
+            .name("hypercall-probe".into())
+            .spawn(move || hypercall::decide(mode))
+        {
+            Ok(thread) => Self::Running(thread),
+            Err(_) => Self::Done(hypercall::decide(mode)),
+        }
+    }
+
+    fn finish(self) -> HypercallPolicy {
+        match self {
+            Self::Done(policy) => policy,
+            Self::Running(thread) => thread.join().unwrap_or_else(|_| HypercallPolicy {
+                hypercalls_return: false,
+                verdict: None,
+                source: hypercall::Source::Unknown("the probe thread panicked".into()),
+                warnings: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// Disables FIX_HYPERCALL_INSN when hypercalls do not return (`None` when they do: the quirk
+/// is left alone).
+fn apply_hypercall_policy(
+    vm: &Vm,
+    policy: &HypercallPolicy,
+) -> Option<Result<(), hypercall::QuirkError>> {
+    (!policy.hypercalls_return).then(|| hypercall::disable_fix_hypercall_insn_quirk(&vm.fd))
+}
+
+/// The lines to log about hypercalls: the policy's warnings and one line saying what was
+/// found and done. `hidden` are the 0x4000_0001 features the new guest does not see because
+/// of it, `shown` those a restored guest still sees (its snapshot's CPUID). Logged once the
+/// vCPUs run: formatting and writing to stderr is not free, and restore latency is measured.
+fn hypercall_notice(
+    policy: &HypercallPolicy,
+    hidden: u32,
+    shown: u32,
+    quirk: Option<&Result<(), hypercall::QuirkError>>,
+) -> String {
+    let mut lines: String = policy
+        .warnings
+        .iter()
+        .map(|warning| format!("lull-vmm: warning: {warning}\n"))
+        .collect();
+    lines += &format!(
+        "lull-vmm: {}\n",
+        hypercall::summary(
+            policy,
+            &cpuid::pv_feature_names(hidden),
+            &cpuid::pv_feature_names(shown),
+            quirk,
+        )
+    );
+    lines
+}
+
+/// Writes `lines` to stderr in one write.
+fn log(lines: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(lines.as_bytes());
 }
 
 /// A kernel in guest memory, and how to enter it.

@@ -8,7 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use lull_vmm::test_guest::{expected_ready_line, READY_BANNER};
+use lull_vmm::test_guest::{
+    expected_ready_line, READY_BANNER, VMCALL_CALLING, VMCALL_RETURNED, VMCALL_RETURNED_STATUS,
+    VMCALL_UD, VMCALL_UD_STATUS,
+};
 
 const BOOT: Duration = Duration::from_secs(60);
 
@@ -185,6 +188,11 @@ fn snapshot_restores_in_a_new_process_and_the_guest_continues() {
         "the guest continued, it did not reboot"
     );
     assert!(restored.errors().contains("vcpus_running"));
+    assert!(
+        restored.errors().contains("lull-vmm: kvm: hypercalls"),
+        "restore says what it decided about hypercalls: {}",
+        restored.errors()
+    );
     restored.send(b"q");
     assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
 
@@ -398,4 +406,185 @@ fn bzimage_is_entered_through_the_linux_boot_protocol() {
     // 64 MiB below the 3 GiB hole: 5 E820 entries (see layout::MemoryLayout::memory_map).
     vmm.wait_for("HdrS F console=ttyS0 probe=1\n", BOOT);
     assert_eq!(vmm.wait_exit(BOOT).code(), Some(0), "ACPI S5 exits 0");
+}
+
+/// With hypercalls treated as not returning (`--pv-hypercalls off`, what the probe decides on
+/// hosts like this one), a guest's deliberate VMCALL raises #UD in the guest (its IDT handler
+/// prints a marker) instead of spinning a host core inside KVM_RUN; meanwhile the VMM answers
+/// its API and its vCPU answers pause/resume; then the guest exits with the #UD status.
+#[test]
+#[ignore = "needs /dev/kvm"]
+fn a_deliberate_vmcall_raises_ud_and_the_vmm_stays_responsive() {
+    require_kvm("a_deliberate_vmcall_raises_ud_and_the_vmm_stays_responsive");
+    let dir = scratch("vmcall-off");
+    let guest = vmcall_guest(&dir);
+    let socket = dir.join("api.sock");
+    let mut vmm = Vmm::spawn_with_deadline(
+        &[
+            "run",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--memory",
+            "16",
+            "--api-sock",
+            socket.to_str().unwrap(),
+            "--pv-hypercalls",
+            "off",
+        ],
+        Duration::from_secs(120),
+    );
+    let called = vmm.wait_for(VMCALL_CALLING, BOOT);
+    vmm.wait_for_from(called, VMCALL_UD, Duration::from_secs(30));
+    assert!(!vmm.output().contains(VMCALL_RETURNED), "{}", vmm.output());
+    assert!(
+        vmm.errors().contains("(--pv-hypercalls off)")
+            && vmm.errors().contains("VMCALL raises #UD"),
+        "{}",
+        vmm.errors()
+    );
+    wait_for_socket(&socket, BOOT);
+    let api = socket.to_str().unwrap();
+    let (ok, info, errors) = client(&["info", "--api", api]);
+    assert!(ok && info.contains("running"), "{info}{errors}");
+    let (ok, _, errors) = client(&["pause", "--api", api]);
+    assert!(ok, "the vCPU answers a pause: {errors}");
+    let (ok, _, errors) = client(&["resume", "--api", api]);
+    assert!(ok, "{errors}");
+    vmm.send(b"q");
+    assert_eq!(vmm.wait_exit(BOOT).code(), Some(VMCALL_UD_STATUS));
+}
+
+/// `auto`: the first VMM probes (the verdict goes into the cache directory) and the guest's
+/// VMCALL then does what the probe found: comes back where hypercalls return, raises #UD where
+/// they do not. A second VMM takes the verdict from the cache.
+#[test]
+#[ignore = "needs /dev/kvm"]
+fn auto_probes_once_caches_the_verdict_and_the_guest_vmcall_follows_it() {
+    require_kvm("auto_probes_once_caches_the_verdict_and_the_guest_vmcall_follows_it");
+    let dir = scratch("vmcall-auto");
+    let guest = vmcall_guest(&dir);
+    let run_dir = dir.join("run");
+    let env = [("LULL_VMM_RUN_DIR", run_dir.as_path())];
+    let args = ["run", "--kernel", guest.to_str().unwrap(), "--memory", "16"];
+    for attempt in ["probe", "cache"] {
+        let mut vmm = Vmm::spawn_with(&args, &env, Duration::from_secs(120));
+        let called = vmm.wait_for(VMCALL_CALLING, BOOT);
+        let errors = vmm.errors();
+        if attempt == "probe" {
+            assert!(errors.contains("(probe "), "{errors}");
+            assert!(run_dir.join("hypercall-probe").is_file());
+        } else {
+            assert!(errors.contains("(cached in "), "{errors}");
+        }
+        if errors.contains("hypercalls return on this host") {
+            vmm.wait_for_from(called, VMCALL_RETURNED, Duration::from_secs(30));
+            assert!(errors.contains("answered -1000"), "{errors}");
+            assert_eq!(vmm.wait_exit(BOOT).code(), Some(VMCALL_RETURNED_STATUS));
+        } else {
+            assert!(
+                errors.contains("PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD hidden")
+                    && errors.contains("VMCALL raises #UD"),
+                "{errors}"
+            );
+            vmm.wait_for_from(called, VMCALL_UD, Duration::from_secs(30));
+            vmm.send(b"q");
+            assert_eq!(vmm.wait_exit(BOOT).code(), Some(VMCALL_UD_STATUS));
+        }
+    }
+}
+
+/// The harness's watchdog ends a VMM that outlives its deadline (an idle guest never exits),
+/// and the wait fails saying so, with the output so far.
+#[test]
+#[ignore = "needs /dev/kvm"]
+fn the_test_watchdog_kills_a_vmm_past_its_deadline() {
+    require_kvm("the_test_watchdog_kills_a_vmm_past_its_deadline");
+    let dir = scratch("watchdog");
+    let guest = test_guest(&dir);
+    let mut vmm = Vmm::spawn_with_deadline(
+        &[
+            "run",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--cmdline",
+            "halt",
+        ],
+        Duration::from_secs(3),
+    );
+    let began = std::time::Instant::now();
+    let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        vmm.wait_exit(Duration::from_secs(60))
+    }))
+    .expect_err("an idle guest never exits by itself");
+    let message = failure
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(message.contains("killed by the test watchdog"), "{message}");
+    assert!(
+        message.contains(READY_BANNER),
+        "the output so far: {message}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+/// The CPUID a booted guest really has (read back from a snapshot of it) carries the paravirt
+/// policy: the host's features minus the hypercall ones with `--pv-hypercalls off`, all the
+/// passed-through ones with `on`.
+#[test]
+#[ignore = "needs /dev/kvm"]
+fn the_guest_cpuid_shows_the_pv_features_the_policy_allows() {
+    use lull_vmm::arch::cpuid::{hypercall_features, kvm_pv_features, pv_features_of};
+    require_kvm("the_guest_cpuid_shows_the_pv_features_the_policy_allows");
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
+    let host = pv_features_of(supported.as_slice()).expect("the host's KVM leaves");
+    let dir = scratch("pv-cpuid");
+    let guest = test_guest(&dir);
+    for (mode, hypercalls_return) in [("off", false), ("on", true)] {
+        let socket = dir.join(format!("{mode}.sock"));
+        let snapshot = dir.join(format!("snap-{mode}"));
+        let _vmm = Vmm::spawn_with_deadline(
+            &[
+                "run",
+                "--kernel",
+                guest.to_str().unwrap(),
+                "--cmdline",
+                "halt",
+                "--memory",
+                "16",
+                "--vcpus",
+                "2",
+                "--api-sock",
+                socket.to_str().unwrap(),
+                "--pv-hypercalls",
+                mode,
+            ],
+            Duration::from_secs(120),
+        );
+        wait_for_socket(&socket, BOOT);
+        let (ok, _, errors) = client(&[
+            "snapshot",
+            "--api",
+            socket.to_str().unwrap(),
+            "--path",
+            snapshot.to_str().unwrap(),
+        ]);
+        assert!(ok, "{errors}");
+        let state = lull_vmm::snapshot::read_state(&snapshot).unwrap();
+        for vcpu in &state.vcpus {
+            let shown = pv_features_of(&vcpu.cpuid).expect("KVM leaves shown");
+            assert_eq!(shown, kvm_pv_features(host, hypercalls_return), "{mode}");
+            assert_eq!(
+                hypercall_features(shown) != 0,
+                hypercalls_return && hypercall_features(host) != 0
+            );
+        }
+    }
 }

@@ -153,6 +153,55 @@ pub struct VcpuState {
     pub tsc_offset: Option<i64>,
 }
 
+/// KVM's paravirt MSRs (Linux `asm/kvm_para.h`): legacy kvmclock, then the 0x4b564dxx range.
+pub const MSR_KVM_WALL_CLOCK: u32 = 0x11;
+pub const MSR_KVM_SYSTEM_TIME: u32 = 0x12;
+pub const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
+pub const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+pub const MSR_KVM_ASYNC_PF_EN: u32 = 0x4b56_4d02;
+pub const MSR_KVM_STEAL_TIME: u32 = 0x4b56_4d03;
+pub const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
+pub const MSR_KVM_POLL_CONTROL: u32 = 0x4b56_4d05;
+pub const MSR_KVM_ASYNC_PF_INT: u32 = 0x4b56_4d06;
+pub const MSR_KVM_ASYNC_PF_ACK: u32 = 0x4b56_4d07;
+
+/// The paravirt MSRs every snapshot holds (where the host's KVM has them), in the order a
+/// restore writes them, after all other MSRs:
+/// - the kvmclock MSRs first. The wall-clock ones make KVM write the guest's wall-clock
+///   structure at once, from the VM's kvmclock, so they must come after KVM_SET_CLOCK: the VM's
+///   clock is restored (`Vm::restore`) before any vCPU exists;
+/// - MSR_KVM_ASYNC_PF_INT (the "page ready" vector) before MSR_KVM_ASYNC_PF_EN: KVM's
+///   documentation requires the vector to be set before the mechanism is enabled (enabling it
+///   queues a "page ready" for every waiter at once);
+/// - MSR_KVM_ASYNC_PF_ACK last (it reads 0 and writing 0 does nothing; kept for symmetry).
+pub const PV_MSRS_IN_RESTORE_ORDER: [u32; 10] = [
+    MSR_KVM_WALL_CLOCK,
+    MSR_KVM_SYSTEM_TIME,
+    MSR_KVM_WALL_CLOCK_NEW,
+    MSR_KVM_SYSTEM_TIME_NEW,
+    MSR_KVM_STEAL_TIME,
+    MSR_KVM_PV_EOI_EN,
+    MSR_KVM_POLL_CONTROL,
+    MSR_KVM_ASYNC_PF_INT,
+    MSR_KVM_ASYNC_PF_EN,
+    MSR_KVM_ASYNC_PF_ACK,
+];
+
+/// `entries` in the order a restore writes them: every other MSR first, in saved order (KVM's
+/// index-list order), then the paravirt MSRs in [`PV_MSRS_IN_RESTORE_ORDER`]. KVM applies a
+/// KVM_SET_MSRS batch entry by entry, so this order is the order KVM sees.
+pub fn msr_restore_order(entries: &[kvm_msr_entry]) -> Vec<kvm_msr_entry> {
+    let rank = |entry: &kvm_msr_entry| {
+        PV_MSRS_IN_RESTORE_ORDER
+            .iter()
+            .position(|&index| index == entry.index)
+            .map_or(0, |position| position + 1)
+    };
+    let mut ordered = entries.to_vec();
+    ordered.sort_by_key(rank); // stable: the others keep their order
+    ordered
+}
+
 /// Largest MSR batch KVM takes in one KVM_GET_MSRS/KVM_SET_MSRS.
 const MSR_BATCH: usize = 256;
 
@@ -212,10 +261,17 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Keeps the MSRs of `candidates` that this vCPU can read (KVM lists some that a given
-    /// host CPU lacks; GET_MSRS stops at the first of those).
+    /// Keeps the MSRs of `candidates` (plus the paravirt MSRs, should KVM's list lack them)
+    /// that this vCPU can read (KVM lists some that a given host CPU lacks; GET_MSRS stops at
+    /// the first of those).
     pub fn select_readable_msrs(&mut self, candidates: &[u32]) -> Result<(), VcpuError> {
-        let entries = self.read_msrs(candidates, true)?;
+        let mut candidates = candidates.to_vec();
+        for index in PV_MSRS_IN_RESTORE_ORDER {
+            if !candidates.contains(&index) {
+                candidates.push(index);
+            }
+        }
+        let entries = self.read_msrs(&candidates, true)?;
         self.msr_indices = entries.iter().map(|entry| entry.index).collect();
         Ok(())
     }
@@ -386,7 +442,9 @@ fn set_lapic_delivery_mode(lapic: &mut kvm_lapic_state, register: usize, mode: u
 }
 
 /// Saving reads every piece KVM keeps for the vCPU; restoring writes them to a new vCPU in
-/// the order that keeps dependencies right (LAPIC before MSRs for TSC-deadline, events last).
+/// the order that keeps dependencies right (LAPIC before MSRs for TSC-deadline, paravirt MSRs
+/// last and in [`msr_restore_order`], events last). The VM's clock must be restored first
+/// (see [`PV_MSRS_IN_RESTORE_ORDER`]).
 impl Persist for Vcpu {
     type State = VcpuState;
     type RestoreArgs = Vcpu;
@@ -466,7 +524,7 @@ impl Persist for Vcpu {
         vcpu.fd
             .set_lapic(&state.lapic)
             .map_err(vcpu.error("KVM_SET_LAPIC"))?;
-        vcpu.write_msrs(&state.msrs)?;
+        vcpu.write_msrs(&msr_restore_order(&state.msrs))?;
         vcpu.fd
             .set_vcpu_events(&state.vcpu_events)
             .map_err(vcpu.error("KVM_SET_VCPU_EVENTS"))?;
@@ -499,6 +557,106 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
 /// Installs the kick handler; call once before starting vCPU threads.
 pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), handle_kick)
+}
+
+/// Installs the kick handler once per process (later calls do nothing).
+pub fn ensure_kick_handler() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Without the handler a kick would kill the process; failing to install it is a
+        // broken host, and pause would then be impossible, so say so loudly.
+        if let Err(error) = install_kick_handler() {
+            eprintln!(
+                "lull-vmm: cannot install the vCPU kick handler ({error}); pause will not work"
+            );
+        }
+    });
+}
+
+/// CPU time this thread has used (CLOCK_THREAD_CPUTIME_ID).
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the pointer, which points at `now`.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// How [`run_with_deadline`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeadlineRun<T> {
+    /// The exit handler returned this.
+    Done(T),
+    /// The deadline passed and the vCPU was kicked out of KVM_RUN; `cpu_time` is the CPU
+    /// time this thread used meanwhile (close to the wall time when KVM_RUN spun in the host
+    /// kernel, much less when the thread merely waited for a core).
+    TimedOut { cpu_time: std::time::Duration },
+}
+
+/// Runs `fd` on the calling thread, giving each KVM_RUN result to `handle` until it returns
+/// `Some`, for at most `timeout` of wall time: then a watchdog thread sends [`kick_signal`] to
+/// this thread (again every millisecond until KVM_RUN returns, since a spin inside the host
+/// kernel ends only on a signal). For the hypercall probe and for tests, which must never
+/// wait on a guest forever; the VM's own vCPU threads use `run_loop`.
+pub fn run_with_deadline<T>(
+    fd: &mut VcpuFd,
+    timeout: std::time::Duration,
+    mut handle: impl FnMut(Result<VcpuExit, kvm_ioctls::Error>) -> Option<T>,
+) -> DeadlineRun<T> {
+    ensure_kick_handler();
+    // SAFETY: pthread_self has no preconditions.
+    let this_thread = unsafe { libc::pthread_self() };
+    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done, done_receiver) = std::sync::mpsc::channel::<()>();
+    KVM_RUN.with(|cell| cell.set(fd.get_kvm_run() as *mut kvm_run));
+    let watchdog = {
+        let fired = fired.clone();
+        std::thread::spawn(move || {
+            use std::sync::mpsc::RecvTimeoutError::Timeout;
+            if done_receiver.recv_timeout(timeout) != Err(Timeout) {
+                return;
+            }
+            fired.store(true, Ordering::SeqCst);
+            loop {
+                // SAFETY: `this_thread` is alive: it joins this thread before it returns.
+                unsafe { libc::pthread_kill(this_thread, kick_signal()) };
+                if done_receiver.recv_timeout(std::time::Duration::from_millis(1)) != Err(Timeout) {
+                    return;
+                }
+            }
+        })
+    };
+    let cpu_before = thread_cpu_time();
+    let outcome = loop {
+        let exit = fd.run();
+        let interrupted = matches!(&exit, Err(error) if error.errno() == libc::EINTR);
+        if interrupted {
+            if fired.load(Ordering::SeqCst) {
+                break DeadlineRun::TimedOut {
+                    cpu_time: thread_cpu_time().saturating_sub(cpu_before),
+                };
+            }
+            fd.set_kvm_immediate_exit(0); // some other signal: carry on
+            continue;
+        }
+        if let Some(result) = handle(exit) {
+            break DeadlineRun::Done(result);
+        }
+        if fired.load(Ordering::SeqCst) {
+            break DeadlineRun::TimedOut {
+                cpu_time: thread_cpu_time().saturating_sub(cpu_before),
+            };
+        }
+    };
+    drop(done);
+    let _ = watchdog.join();
+    // Every kick was delivered by now (the watchdog is gone and signals to this thread are
+    // taken on its way back from each system call), so nothing sets immediate_exit later.
+    KVM_RUN.with(|cell| cell.set(std::ptr::null_mut()));
+    fd.set_kvm_immediate_exit(0);
+    outcome
 }
 
 /// What a vCPU thread needs besides its vCPU.
@@ -674,7 +832,7 @@ mod tests {
         };
         let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
         vcpu.configure_for_boot(
-            &crate::arch::cpuid::vcpu_cpuid(&supported, 0, 1, true),
+            &crate::arch::cpuid::vcpu_cpuid(&supported, 0, 1, true, true),
             regs::KernelEntry::Pvh(0x100000),
         )
         .unwrap();
@@ -690,6 +848,190 @@ mod tests {
         set_lapic_delivery_mode(&mut lapic, APIC_LVT0, APIC_MODE_EXTINT);
         assert_eq!(lapic.regs[APIC_LVT0 + 1] as u8, 0x07);
         assert_eq!(lapic.regs[APIC_LVT0 + 2] as u8, 1);
+    }
+
+    fn msr(index: u32, data: u64) -> kvm_msr_entry {
+        kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pv_msrs_are_restored_last_with_the_async_pf_vector_before_enabling() {
+        // KVM's index-list order: ASYNC_PF_EN comes before ASYNC_PF_INT there.
+        let saved = [
+            msr(MSR_KVM_SYSTEM_TIME, 1),
+            msr(MSR_KVM_WALL_CLOCK_NEW, 2),
+            msr(MSR_KVM_ASYNC_PF_EN, 3),
+            msr(regs::MSR_IA32_TSC, 4),
+            msr(MSR_KVM_STEAL_TIME, 5),
+            msr(MSR_KVM_ASYNC_PF_INT, 6),
+            msr(regs::MSR_IA32_APICBASE, 7),
+            msr(MSR_KVM_POLL_CONTROL, 8),
+        ];
+        let order: Vec<u32> = msr_restore_order(&saved)
+            .iter()
+            .map(|entry| entry.index)
+            .collect();
+        assert_eq!(
+            order,
+            [
+                regs::MSR_IA32_TSC,
+                regs::MSR_IA32_APICBASE,
+                MSR_KVM_SYSTEM_TIME,
+                MSR_KVM_WALL_CLOCK_NEW,
+                MSR_KVM_STEAL_TIME,
+                MSR_KVM_POLL_CONTROL,
+                MSR_KVM_ASYNC_PF_INT,
+                MSR_KVM_ASYNC_PF_EN,
+            ]
+        );
+        let position = |index| order.iter().position(|&i| i == index).unwrap();
+        assert!(position(MSR_KVM_ASYNC_PF_INT) < position(MSR_KVM_ASYNC_PF_EN));
+        // Values travel with their MSRs; nothing is lost or invented.
+        let reordered = msr_restore_order(&saved);
+        assert_eq!(reordered.len(), saved.len());
+        for entry in &saved {
+            assert!(reordered
+                .iter()
+                .any(|r| r.index == entry.index && r.data == entry.data));
+        }
+    }
+
+    #[test]
+    fn restore_order_lists_every_pv_msr_once() {
+        let mut sorted = PV_MSRS_IN_RESTORE_ORDER.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), PV_MSRS_IN_RESTORE_ORDER.len());
+    }
+
+    /// Guest code (32-bit, at `at`): WRMSR each of `writes`, OUT to 0x510, then RDMSR each of
+    /// `reads` and OUT its low half to 0x511, then OUT to 0x512 and halt.
+    fn pv_msr_guest(writes: &[(u32, u32)], reads: &[u32]) -> Vec<u8> {
+        let mut code = Vec::new();
+        let imm = |code: &mut Vec<u8>, opcode: u8, value: u32| {
+            code.push(opcode);
+            code.extend_from_slice(&value.to_le_bytes());
+        };
+        for &(index, value) in writes {
+            imm(&mut code, 0xb9, index); // mov $index, %ecx
+            imm(&mut code, 0xb8, value); // mov $value, %eax
+            imm(&mut code, 0xba, 0); // mov $0, %edx
+            code.extend_from_slice(&[0x0f, 0x30]); // wrmsr
+        }
+        code.extend_from_slice(&[0x66, 0xba, 0x10, 0x05, 0xee]); // out %al, $0x510
+        for &index in reads {
+            imm(&mut code, 0xb9, index);
+            code.extend_from_slice(&[0x0f, 0x32]); // rdmsr
+            code.extend_from_slice(&[0x66, 0xba, 0x11, 0x05, 0xef]); // out %eax, $0x511
+        }
+        code.extend_from_slice(&[0x66, 0xba, 0x12, 0x05, 0xee, 0xf4, 0xeb, 0xfd]);
+        code
+    }
+
+    /// What the guest OUTs until it writes `last_port` (port, value), under a deadline.
+    fn run_guest_until(vcpu: &mut Vcpu, last_port: u16) -> Vec<(u16, u32)> {
+        let mut outs = Vec::new();
+        let outcome =
+            run_with_deadline(
+                &mut vcpu.fd,
+                std::time::Duration::from_secs(20),
+                |exit| match exit {
+                    Ok(VcpuExit::IoOut(port, data)) => {
+                        let mut value = [0u8; 4];
+                        value[..data.len()].copy_from_slice(data);
+                        outs.push((port, u32::from_le_bytes(value)));
+                        (port == last_port).then_some(Ok(()))
+                    }
+                    other => Some(Err(format!("{other:?}"))),
+                },
+            );
+        match outcome {
+            DeadlineRun::Done(Ok(())) => outs,
+            other => panic!("guest did not reach port {last_port:#x}: {other:?}, outs {outs:x?}"),
+        }
+    }
+
+    /// A guest enables every paravirt MSR the way Linux does (vector before ASYNC_PF_EN); the
+    /// VM and vCPU are saved, restored into a second VM (clock first, as `Machine::restore`
+    /// does), and both KVM (KVM_GET_MSRS) and the guest itself (RDMSR, after the restore) read
+    /// back what it wrote.
+    #[test]
+    #[ignore = "needs /dev/kvm"]
+    fn pv_msrs_written_by_the_guest_survive_snapshot_and_restore() {
+        let kvm = crate::testing::kvm("pv_msrs_written_by_the_guest_survive_snapshot_and_restore");
+        // Guest-physical addresses of the structures KVM keeps in guest RAM (all in the 2 MiB).
+        let writes = [
+            (MSR_KVM_WALL_CLOCK_NEW, 0x1_0000),
+            (MSR_KVM_SYSTEM_TIME_NEW, 0x1_1000 | 1),
+            (MSR_KVM_STEAL_TIME, 0x1_2000 | 1),
+            (MSR_KVM_PV_EOI_EN, 0x1_3000 | 1),
+            (MSR_KVM_POLL_CONTROL, 0), // KVM's default is 1
+            (MSR_KVM_ASYNC_PF_INT, 0xec),
+            (MSR_KVM_ASYNC_PF_EN, 0x1_4000 | 0x8 | 1), // delivery as interrupt, enabled
+        ];
+        let reads: Vec<u32> = writes.iter().map(|&(index, _)| index).collect();
+        let (vm, mut vcpu, memory) = vcpu_on_new_vm(&kvm);
+        regs::write_boot_gdt(&memory.mmap).unwrap();
+        let code = pv_msr_guest(&writes, &reads);
+        vm_memory::Bytes::write_slice(&memory.mmap, &code, vm_memory::GuestAddress(0x10_0000))
+            .unwrap();
+        let outs = run_guest_until(&mut vcpu, 0x510);
+        assert_eq!(outs.len(), 1, "{outs:x?}");
+        // Complete the OUT (as a pause does) so the saved RIP is past it.
+        vcpu.fd.set_kvm_immediate_exit(1);
+        let _ = vcpu.fd.run();
+        vcpu.fd.set_kvm_immediate_exit(0);
+        let vm_state = vm.save().unwrap();
+        let state = vcpu.save().unwrap();
+        let saved = |index: u32| {
+            state
+                .msrs
+                .iter()
+                .find(|entry| entry.index == index)
+                .map(|entry| entry.data)
+        };
+        for &(index, value) in &writes {
+            assert_eq!(saved(index), Some(u64::from(value)), "saved MSR {index:#x}");
+        }
+        // The legacy kvmclock MSRs read the same KVM fields as the new ones.
+        assert_eq!(saved(MSR_KVM_WALL_CLOCK), Some(0x1_0000));
+        assert_eq!(saved(MSR_KVM_SYSTEM_TIME), Some(0x1_1001));
+        drop(vcpu);
+        drop(vm);
+
+        let (fresh_vm, fresh_vcpu, fresh_memory) = vcpu_on_new_vm(&kvm);
+        // The new VM gets the old one's RAM (the guest's code and KVM's structures).
+        let mut ram = vec![0u8; 2 << 20];
+        vm_memory::Bytes::read_slice(&memory.mmap, &mut ram, vm_memory::GuestAddress(0)).unwrap();
+        vm_memory::Bytes::write_slice(&fresh_memory.mmap, &ram, vm_memory::GuestAddress(0))
+            .unwrap();
+        let _restored_vm = Vm::restore(fresh_vm, &vm_state).unwrap();
+        let mut restored = Vcpu::restore(fresh_vcpu, &state).unwrap();
+        let indices: Vec<u32> = PV_MSRS_IN_RESTORE_ORDER
+            .iter()
+            .copied()
+            .filter(|&index| saved(index).is_some())
+            .collect();
+        for entry in restored.read_msrs(&indices, false).unwrap() {
+            assert_eq!(
+                Some(entry.data),
+                saved(entry.index),
+                "MSR {:#x} after restore",
+                entry.index
+            );
+        }
+        let outs = run_guest_until(&mut restored, 0x512);
+        let read_back: Vec<u32> = outs
+            .iter()
+            .filter(|(port, _)| *port == 0x511)
+            .map(|&(_, value)| value)
+            .collect();
+        let written: Vec<u32> = writes.iter().map(|&(_, value)| value).collect();
+        assert_eq!(read_back, written, "what the restored guest reads");
     }
 
     /// Saves a configured vCPU with distinctive registers and MSRs, restores into a vCPU of a

@@ -2,12 +2,21 @@
 //! Tests that need /dev/kvm are `#[ignore = "needs /dev/kvm..."]` (reported as skipped); run
 //! with `--ignored` they fail, saying why, when KVM is unusable or hidden (`LULL_NO_KVM=1`), or,
 //! for real-kernel tests, when `LULL_KERNEL` is missing.
+//!
+//! Nothing here waits on a guest forever: every wait has a timeout, every spawned `lull-vmm`
+//! has a watchdog that kills it at its deadline ([`DEFAULT_DEADLINE`], or
+//! [`Vmm::spawn_with_deadline`]; `LULL_TEST_DEADLINE_S` overrides the default), client
+//! commands are killed after [`CLIENT_TIMEOUT`], and API sockets have read/write timeouts. A
+//! test whose VMM was killed so fails with the console and stderr so far.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use lull_vmm::testing::require_kvm;
@@ -36,6 +45,13 @@ pub fn scratch(test: &str) -> PathBuf {
     dir
 }
 
+/// Writes the VMCALL test guest into `dir`.
+pub fn vmcall_guest(dir: &Path) -> PathBuf {
+    let path = dir.join("vmcall-guest.elf");
+    std::fs::write(&path, lull_vmm::test_guest::vmcall_guest_elf()).unwrap();
+    path
+}
+
 /// Writes the built-in test guest into `dir`.
 pub fn test_guest(dir: &Path) -> PathBuf {
     let path = dir.join("test-guest.elf");
@@ -43,12 +59,34 @@ pub fn test_guest(dir: &Path) -> PathBuf {
     path
 }
 
+/// How long a spawned lull-vmm may live before the watchdog kills it, unless the test says
+/// otherwise: longer than any test's own steps (the slowest, the Lull kernel's megabyte command
+/// line, takes ~200-400 s here), so it only ends runs that would otherwise hang.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(900);
+/// How long a client command (`lull-vmm snapshot|pause|…`, or a `restore` expected to fail)
+/// may take.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Read/write timeout on raw API sockets.
+pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`DEFAULT_DEADLINE`], or `LULL_TEST_DEADLINE_S` seconds.
+pub fn default_deadline() -> Duration {
+    std::env::var("LULL_TEST_DEADLINE_S")
+        .ok()
+        .and_then(|seconds| seconds.parse().ok())
+        .map_or(DEFAULT_DEADLINE, Duration::from_secs)
+}
+
 /// A running lull-vmm with its console captured.
 pub struct Vmm {
-    child: Child,
+    child: Arc<Mutex<Child>>,
     stdin: Option<ChildStdin>,
     output: Arc<Mutex<Vec<u8>>>,
     errors: Arc<Mutex<Vec<u8>>>,
+    /// Set when the watchdog killed the process at its deadline.
+    killed_by_watchdog: Arc<AtomicBool>,
+    deadline: Duration,
+    watchdog: Option<(Sender<()>, JoinHandle<()>)>,
 }
 
 fn capture(mut source: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
@@ -66,10 +104,42 @@ fn capture(mut source: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     buffer
 }
 
+/// Kills `child` when `deadline` passes, unless told to stop first (a message or a hang-up).
+fn watchdog(
+    child: Arc<Mutex<Child>>,
+    deadline: Duration,
+    fired: Arc<AtomicBool>,
+) -> (Sender<()>, JoinHandle<()>) {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        if stopped.recv_timeout(deadline) == Err(RecvTimeoutError::Timeout) {
+            let mut child = child.lock().unwrap();
+            if matches!(child.try_wait(), Ok(None)) {
+                fired.store(true, Ordering::SeqCst);
+                let _ = child.kill();
+            }
+        }
+    });
+    (stop, thread)
+}
+
 impl Vmm {
+    /// Spawns lull-vmm with the default deadline.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_deadline(args, default_deadline())
+    }
+
+    /// Spawns lull-vmm; a watchdog kills it if it still runs after `deadline`.
+    pub fn spawn_with_deadline(args: &[&str], deadline: Duration) -> Self {
+        Self::spawn_with(args, &[], deadline)
+    }
+
+    /// Spawns lull-vmm with extra environment variables `env`; a watchdog kills it if it still
+    /// runs after `deadline`.
+    pub fn spawn_with(args: &[&str], env: &[(&str, &Path)], deadline: Duration) -> Self {
         let mut child = Command::new(BINARY)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -78,11 +148,17 @@ impl Vmm {
         let stdin = child.stdin.take();
         let output = capture(child.stdout.take().unwrap());
         let errors = capture(child.stderr.take().unwrap());
+        let child = Arc::new(Mutex::new(child));
+        let killed_by_watchdog = Arc::new(AtomicBool::new(false));
+        let watchdog = watchdog(child.clone(), deadline, killed_by_watchdog.clone());
         Self {
             child,
             stdin,
             output,
             errors,
+            killed_by_watchdog,
+            deadline,
+            watchdog: Some(watchdog),
         }
     }
 
@@ -94,17 +170,56 @@ impl Vmm {
         String::from_utf8_lossy(&self.errors.lock().unwrap()).into_owned()
     }
 
+    /// Whether the watchdog killed the process at its deadline.
+    pub fn killed_by_watchdog(&self) -> bool {
+        self.killed_by_watchdog.load(Ordering::SeqCst)
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_exit(&self) -> Option<ExitStatus> {
+        self.child.lock().unwrap().try_wait().unwrap()
+    }
+
+    /// Panics with `what`, the console and stderr so far, and why the process is gone if it
+    /// is.
+    fn fail(&self, what: &str) -> ! {
+        let gone = match self.try_exit() {
+            Some(_) if self.killed_by_watchdog() => format!(
+                "\nlull-vmm was killed by the test watchdog after {:?}",
+                self.deadline
+            ),
+            Some(status) => format!("\nlull-vmm exited: {status}"),
+            None => String::new(),
+        };
+        panic!(
+            "{what}{gone}\n--- console ---\n{}\n--- stderr ---\n{}",
+            self.output(),
+            self.errors()
+        );
+    }
+
     /// Waits until the console output (from `from` on) contains `needle`; returns the offset
-    /// just past it. Panics with the output so far on timeout.
+    /// just past it. Panics with the output so far on timeout, or as soon as lull-vmm exits.
     pub fn wait_for_from(&self, from: usize, needle: &str, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
+            let exited = self.try_exit().is_some();
+            // Output read after the exit check: whatever the process wrote is in it (the
+            // capture threads may lag by a moment, so look once more after an exit).
+            if exited {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let output = self.output();
             if let Some(at) = output.get(from..).and_then(|tail| tail.find(needle)) {
                 return from + at + needle.len();
             }
+            if exited {
+                self.fail(&format!("lull-vmm is gone while waiting for {needle:?}"));
+            }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {needle:?}\n--- console ---\n{output}\n--- stderr ---\n{}", self.errors());
+                self.fail(&format!(
+                    "timed out after {timeout:?} waiting for {needle:?}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -116,52 +231,89 @@ impl Vmm {
 
     pub fn send(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(bytes).unwrap();
-        stdin.flush().unwrap();
+        if stdin.write_all(bytes).and_then(|()| stdin.flush()).is_err() {
+            self.fail("cannot write to lull-vmm's console");
+        }
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit; kills it and panics after `timeout`. A kill by the
+    /// watchdog is a failure too.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.try_exit() {
+                if self.killed_by_watchdog() {
+                    self.fail("lull-vmm did not exit by itself");
+                }
                 return status;
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "lull-vmm did not exit\n--- console ---\n{}\n--- stderr ---\n{}",
-                    self.output(),
-                    self.errors()
-                );
+                let _ = self.child.lock().unwrap().kill();
+                self.fail(&format!("lull-vmm did not exit within {timeout:?}"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
 impl Drop for Vmm {
     fn drop(&mut self) {
         self.kill();
+        if let Some((stop, thread)) = self.watchdog.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
     }
 }
 
-/// Runs a `lull-vmm` client subcommand; returns (success, stdout, stderr).
+/// Runs a `lull-vmm` client subcommand; returns (success, stdout, stderr). Panics, with its
+/// output so far, if it takes longer than [`CLIENT_TIMEOUT`] (it is killed).
 pub fn client(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(BINARY)
+    client_with_timeout(args, CLIENT_TIMEOUT)
+}
+
+/// [`client`] with its own timeout.
+pub fn client_with_timeout(args: &[&str], timeout: Duration) -> (bool, String, String) {
+    let mut child = Command::new(BINARY)
         .args(args)
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running lull-vmm client");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let output = capture(child.stdout.take().unwrap());
+    let errors = capture(child.stderr.take().unwrap());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "lull-vmm {args:?} did not finish within {timeout:?}; killed\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                String::from_utf8_lossy(&output.lock().unwrap()),
+                String::from_utf8_lossy(&errors.lock().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The pipes close at exit; give the capture threads a moment to read the rest.
+    let settle = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&output) + Arc::strong_count(&errors) > 2 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let text = |buffer: &Arc<Mutex<Vec<u8>>>| {
+        String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+    };
+    (status.success(), text(&output), text(&errors))
 }
 
 /// Waits until the API socket accepts connections.
@@ -177,9 +329,12 @@ pub fn wait_for_socket(path: &Path, timeout: Duration) {
     }
 }
 
-/// Sends raw bytes to the API socket and returns the raw answer.
+/// Sends raw bytes to the API socket and returns the raw answer (panics after
+/// [`SOCKET_TIMEOUT`] without one).
 pub fn raw_api(path: &Path, request: &[u8]) -> String {
     let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+    stream.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(SOCKET_TIMEOUT)).unwrap();
     stream.write_all(request).unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     let mut answer = String::new();
