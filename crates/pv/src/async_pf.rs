@@ -357,3 +357,172 @@ impl<W> AsyncPfTable<W> {
         self.dropped_ready_early
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_present_then_ready_wakes_the_sleeper() {
+        let mut table = AsyncPfTable::with_capacity(4, 4);
+        assert_eq!(
+            table.not_present(7, "task", true),
+            Ok(NotPresentAction::Sleep)
+        );
+        assert_eq!(table.state(7), Some(TokenState::Sleeping));
+        assert!(!table.is_ready(7));
+        assert_eq!(table.page_ready(7), Some("task"));
+        assert_eq!(table.state(7), None);
+        assert_eq!(table.page_ready(7), None, "woken once");
+    }
+
+    #[test]
+    fn ready_before_not_present_means_no_sleep() {
+        let mut table = AsyncPfTable::with_capacity(4, 4);
+        assert_eq!(table.page_ready(9), None);
+        assert_eq!(table.state(9), Some(TokenState::ReadyEarly));
+        assert_eq!(
+            table.not_present(9, "task", true),
+            Ok(NotPresentAction::Proceed)
+        );
+        assert_eq!(table.state(9), None, "the early ready is consumed");
+        assert_eq!((table.waiters(), table.ready_early()), (0, 0));
+    }
+
+    #[test]
+    fn a_context_that_cannot_sleep_halts_until_ready() {
+        let mut table = AsyncPfTable::with_capacity(4, 4);
+        assert_eq!(
+            table.not_present(3, 1usize, false),
+            Ok(NotPresentAction::HaltUntilReady)
+        );
+        assert_eq!(table.state(3), Some(TokenState::Halting));
+        assert!(!table.is_ready(3));
+        assert_eq!(table.page_ready(3), Some(1), "the halting CPU, to kick");
+        assert!(table.is_ready(3));
+    }
+
+    #[test]
+    fn wake_all_wakes_everyone_and_forgets_early_readies() {
+        let mut table = AsyncPfTable::with_capacity(4, 4);
+        table.not_present(1, 'a', true).unwrap();
+        table.not_present(2, 'b', false).unwrap();
+        table.page_ready(3);
+        let mut woken = table.wake_all();
+        woken.sort_unstable();
+        assert_eq!(woken, ['a', 'b']);
+        assert_eq!((table.waiters(), table.ready_early()), (0, 0));
+        assert!(table.is_ready(2));
+        // The forgotten early ready no longer lets token 3 through.
+        assert_eq!(table.not_present(3, 'c', true), Ok(NotPresentAction::Sleep));
+        // The broadcast token itself is not a page.
+        assert_eq!(table.page_ready(KVM_WAKE_ALL_TOKEN), None);
+        assert_eq!(table.ready_early(), 0);
+        assert_eq!(table.wake_all_with(|_| {}), 1);
+    }
+
+    #[test]
+    fn waiters_beyond_capacity_are_refused_with_their_waiter() {
+        let mut table = AsyncPfTable::with_capacity(2, 1);
+        table.not_present(1, 10, true).unwrap();
+        table.not_present(2, 20, true).unwrap();
+        let refused = table.not_present(3, 30, true).unwrap_err();
+        assert_eq!(
+            refused,
+            Refused {
+                reason: RefuseReason::TableFull,
+                waiter: 30
+            }
+        );
+        assert_eq!(refused.reason.to_string(), "async page fault table full");
+        // An early ready is still consumable when the waiter part is full.
+        table.page_ready(4);
+        assert_eq!(
+            table.not_present(4, 40, true),
+            Ok(NotPresentAction::Proceed)
+        );
+    }
+
+    #[test]
+    fn duplicate_and_reserved_tokens_are_refused() {
+        let mut table = AsyncPfTable::with_capacity(4, 4);
+        table.not_present(5, 1, true).unwrap();
+        assert_eq!(
+            table.not_present(5, 2, true).unwrap_err().reason,
+            RefuseReason::DuplicateToken
+        );
+        assert_eq!(
+            table
+                .not_present(KVM_WAKE_ALL_TOKEN, 3, true)
+                .unwrap_err()
+                .reason,
+            RefuseReason::ReservedToken
+        );
+        assert_eq!(table.page_ready(5), Some(1));
+    }
+
+    #[test]
+    fn early_readies_are_bounded_and_the_oldest_goes() {
+        let mut table = AsyncPfTable::<u8>::with_capacity(1, 2);
+        table.page_ready(1);
+        table.page_ready(2);
+        table.page_ready(2); // a repeat does not take a second place
+        assert_eq!((table.ready_early(), table.dropped_ready_early()), (2, 0));
+        table.page_ready(3);
+        assert_eq!((table.ready_early(), table.dropped_ready_early()), (2, 1));
+        assert_eq!(table.state(1), None, "oldest dropped");
+        assert_eq!(table.not_present(3, 0, true), Ok(NotPresentAction::Proceed));
+        assert_eq!(table.not_present(2, 0, true), Ok(NotPresentAction::Proceed));
+    }
+
+    #[test]
+    fn a_flood_of_unknown_readies_does_not_grow_the_table() {
+        let mut table = AsyncPfTable::<u8>::with_capacity(4, 16);
+        for token in 0..100_000 {
+            table.page_ready(token);
+        }
+        assert_eq!(table.ready_early(), 16);
+        assert_eq!(table.dropped_ready_early(), 100_000 - 16);
+    }
+
+    #[test]
+    fn apf_data_layout_and_msr_values() {
+        let mut bytes = [0u8; APF_DATA_SIZE];
+        bytes[0..4].copy_from_slice(&KVM_PV_REASON_PAGE_NOT_PRESENT.to_le_bytes());
+        bytes[4..8].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+        bytes[64..68].copy_from_slice(&1u32.to_le_bytes());
+        let data = ApfData::from_bytes(&bytes);
+        assert_eq!(
+            data,
+            ApfData {
+                flags: 1,
+                token: 0x1234_5678,
+                enabled: 1
+            }
+        );
+        assert!(data.page_not_present());
+        assert_eq!(data.to_bytes(), bytes);
+
+        let all = ApfOptions {
+            send_always: true,
+            as_pf_vmexit: true,
+            as_int: true,
+        };
+        assert_eq!(async_pf_en_msr_value(0x10_0040, all), Ok(0x10_004f));
+        let int_only = ApfOptions {
+            as_int: true,
+            ..ApfOptions::default()
+        };
+        assert_eq!(async_pf_en_msr_value(0x10_0000, int_only), Ok(0x10_0009));
+        assert!(async_pf_en_msr_value(0x10_0020, int_only).is_err());
+        assert_eq!(async_pf_int_msr_value(0xec), 0xec);
+        assert_eq!(
+            (
+                MSR_KVM_ASYNC_PF_EN,
+                MSR_KVM_ASYNC_PF_INT,
+                MSR_KVM_ASYNC_PF_ACK
+            ),
+            (0x4b56_4d02, 0x4b56_4d06, 0x4b56_4d07)
+        );
+    }
+}
