@@ -46,8 +46,10 @@ impl PvLockOps for CpuOps<'_> {
             if shared.kicked[cpu].swap(false, Ordering::Acquire) {
                 return;
             }
-            // After one lost wake-up, stop halting so the run finishes (and then fails).
+            // After one lost wake-up, stop halting (yield instead, so a preempted ticket holder
+            // gets to run) so the run finishes quickly, and then fails.
             if shared.lost_wakeup.load(Ordering::Relaxed) {
+                std::thread::yield_now();
                 return;
             }
             let now = Instant::now();
@@ -100,6 +102,11 @@ fn mutual_exclusion_fifo_and_no_lost_wakeup() {
                 start.wait();
                 let ops = CpuOps { shared, cpu };
                 for _ in 0..ROUNDS {
+                    // Already failed: stop taking tickets (only between acquisitions, so every
+                    // ticket taken is still served).
+                    if shared.lost_wakeup.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let ticket = lock.lock(mode, &ops);
                     assert!(!inside.swap(true, Ordering::Relaxed), "two holders");
                     let n = counter.load(Ordering::Relaxed);
