@@ -322,3 +322,23 @@ fn no_vcpu_halts_forever() {
         assert_eq!(outcome.overtakes, 0);
     }
 }
+
+/// Short holds, short thinks and a tiny spin threshold put many unlocks inside the slow path's
+/// windows (between publishing the slot, registering, and halting), with preemption anywhere.
+#[test]
+fn slow_path_windows_lose_no_wakeup() {
+    let mode = WaitMode::PvTicket { spin_threshold: 2 };
+    for seed in 0..300 {
+        let cfg = Config {
+            vcpus: 2 + (seed % 4) as usize,
+            cores: 1 + (seed % 3) as usize,
+            acquisitions: 200,
+            hold: 1 + seed % 3,
+            think: (1, 4),
+            slice: (5, 60),
+            kick_cost: 1,
+            max_ticks: 1_000_000,
+        };
+        simulate(mode, cfg, seed).unwrap_or_else(|stall| panic!("seed {seed} {cfg:?}: {stall:?}"));
+    }
+}
