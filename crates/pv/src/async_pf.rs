@@ -73,7 +73,7 @@ pub const KVM_ASYNC_PF_DELIVERY_AS_INT: u64 = 1 << 3;
 pub const KVM_PV_REASON_PAGE_NOT_PRESENT: u32 = 1;
 /// The token of a "page ready" that wakes every waiter.
 pub const KVM_WAKE_ALL_TOKEN: u32 = 0xFFFF_FFFF;
-/// Bytes of `struct kvm_vcpu_pv_apf_data` (flags u32, token u32, pad u8[56], enabled u32).
+/// Bytes of `struct kvm_vcpu_pv_apf_data` (flags u32, token u32, `pad: [u8; 56]`, enabled u32).
 ///
 /// The ABI document calls the area "64 bytes": the host writes only `flags` and `token` in the
 /// first 64, and `enabled` (offset 64) is guest bookkeeping that Linux keeps in the same

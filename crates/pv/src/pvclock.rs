@@ -149,7 +149,7 @@ pub struct PvclockSnapshot {
 impl PvclockSnapshot {
     /// Parses the record's 32 little-endian bytes (layout: version u32, pad u32,
     /// tsc_timestamp u64, system_time u64, tsc_to_system_mul u32, tsc_shift i8, flags u8,
-    /// pad u8[2]).
+    /// `pad: [u8; 2]`).
     pub fn from_bytes(bytes: &[u8; VCPU_TIME_INFO_SIZE]) -> Self {
         Self {
             version: u32_at(bytes, 0),

@@ -43,7 +43,7 @@ pub fn steal_time_msr_value(gpa: u64) -> Result<u64, Misaligned> {
 }
 
 /// One consistent copy of `struct kvm_steal_time` (steal u64, version u32, flags u32,
-/// preempted u8, pad u8[3], pad u32[11]).
+/// preempted u8, `pad: [u8; 3]`, `pad: [u32; 11]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct StealTime {
     /// Total ns this vCPU was runnable but not running, since registration.
