@@ -93,6 +93,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
             irq::PARAMS,
             lockdep::PARAMS,
             locking::PARAMS,
+            kernel::paravirt::PARAMS,
         ],
     );
     for problem in problems {
@@ -103,6 +104,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     }
     apply_console_params();
     lockdep::init();
+    kernel::paravirt::init();
     locking::init_spinlocks();
     printk!(
         "tsc: {}.{:03} MHz ({method})",
@@ -172,6 +174,57 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
         panic!("cannot start the {name} thread: {error}");
     }
     sched::idle_loop()
+}
+
+/// `/proc/stat` in Linux's format (USER_HZ = 100 units). Lull runs only kernel threads, so
+/// busy time is `system`; `steal` is what the hypervisor took (KVM steal time).
+fn proc_stat() -> String {
+    let to_hz = |ns: u64| ns / 10_000_000;
+    let uptime = time::uptime_ns();
+    let mut total = [0u64; 10];
+    let mut lines = String::new();
+    let mut switches = 0;
+    for cpu in smp::online_cpus() {
+        let Some(info) = sched::cpu_info(cpu) else {
+            continue;
+        };
+        let steal = kernel::paravirt::steal_total(cpu).min(uptime);
+        let idle = info.idle_ns.min(uptime - steal);
+        let system = uptime - steal - idle;
+        let fields = [0, 0, system, idle, 0, 0, 0, steal, 0, 0].map(to_hz);
+        for (sum, value) in total.iter_mut().zip(fields) {
+            *sum += value;
+        }
+        switches += info.context_switches;
+        let _ = write!(lines, "cpu{cpu}");
+        for value in fields {
+            let _ = write!(lines, " {value}");
+        }
+        lines.push('\n');
+    }
+    let mut text = String::from("cpu ");
+    for value in total {
+        let _ = write!(text, " {value}");
+    }
+    text.push('\n');
+    text.push_str(&lines);
+    let threads = sched::threads();
+    let running = threads
+        .iter()
+        .filter(|row| {
+            matches!(
+                row.info.state,
+                lull_sched::TaskState::Running | lull_sched::TaskState::Runnable
+            )
+        })
+        .count();
+    let boot_seconds = (time::realtime_ns() - uptime as i64) / 1_000_000_000;
+    let _ = write!(
+        text,
+        "ctxt {switches}\nbtime {boot_seconds}\nprocesses {}\nprocs_running {running}\nprocs_blocked 0\n",
+        threads.len()
+    );
+    text
 }
 
 fn apply_console_params() {
@@ -247,6 +300,11 @@ fn register_proc_files() {
     register(ProcFile {
         path: "/proc/lockdep_stats",
         read: Some(lockdep::proc_stats),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/stat",
+        read: Some(proc_stat),
         write: None,
     });
     register(ProcFile {

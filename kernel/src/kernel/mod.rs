@@ -1,9 +1,11 @@
 //! The core of the kernel, laid out as Linux's `kernel/`: scheduling, time, interrupts,
 //! locking, CPUs, power management, the command line and the kernel log.
 
+pub mod async_pf;
 pub mod irq;
 pub mod locking;
 pub mod params;
+pub mod paravirt;
 pub mod pm;
 pub mod printk;
 pub mod sched;

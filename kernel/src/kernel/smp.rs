@@ -259,6 +259,7 @@ fn start_one(cpu: usize) {
 /// its own tick device, then the idle loop (tickless: the tick stops whenever it idles).
 fn secondary_main(cpu: usize) -> ! {
     apic::init_local(interrupts::SPURIOUS_VECTOR, false);
+    crate::kernel::paravirt::cpu_init();
     crate::kernel::time::start_secondary_tick();
     crate::kernel::sched::cpu_online();
     printk!("smp: CPU {cpu} (APIC {}) online", apic::local_apic_id());
@@ -331,9 +332,9 @@ pub fn call_function_single(
         data,
         done: Arc::clone(&done),
     });
-    apic::send_ipi(apic_id(cpu), CALL_FUNCTION_VECTOR);
+    crate::kernel::paravirt::send_ipi(apic_id(cpu), CALL_FUNCTION_VECTOR);
     while !done.load(Ordering::Acquire) {
-        core::hint::spin_loop();
+        crate::kernel::paravirt::spin_wait_for(cpu);
     }
     Ok(())
 }
@@ -363,16 +364,16 @@ pub fn call_function_many(
             data,
             done: Arc::clone(&done),
         });
-        apic::send_ipi(apic_id(cpu), CALL_FUNCTION_VECTOR);
-        pending.push(done);
+        crate::kernel::paravirt::send_ipi(apic_id(cpu), CALL_FUNCTION_VECTOR);
+        pending.push((cpu, done));
     }
     if cpus.contains(&me) {
         let _interrupts_off = InterruptsDisabled::new();
         function(data);
     }
-    for done in pending {
+    for (cpu, done) in pending {
         while !done.load(Ordering::Acquire) {
-            core::hint::spin_loop();
+            crate::kernel::paravirt::spin_wait_for(cpu);
         }
     }
     Ok(())
@@ -392,7 +393,7 @@ pub fn send_reschedule(cpu: usize) -> Result<(), CallError> {
     if !is_online(cpu) {
         return Err(CallError::Offline(cpu));
     }
-    apic::send_ipi(apic_id(cpu), RESCHEDULE_VECTOR);
+    crate::kernel::paravirt::send_ipi(apic_id(cpu), RESCHEDULE_VECTOR);
     Ok(())
 }
 
@@ -431,6 +432,14 @@ static FLUSH_QUEUE: PerCpu<IrqSafeLock<Vec<FlushRequest>>> =
 /// Flush requests each CPU carried out for another CPU (`/proc/interrupts` TLB row).
 static TLB_SHOOTDOWNS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
+/// Remote flushes skipped because the target vCPU was preempted (PV TLB flush).
+static PV_FLUSHES: AtomicU64 = AtomicU64::new(0);
+
+/// Remote TLB flushes left to the host (the target vCPU was preempted) since boot.
+pub fn pv_tlb_flushes() -> u64 {
+    PV_FLUSHES.load(Ordering::Relaxed)
+}
+
 /// Shootdowns CPU `cpu` has carried out for other CPUs since boot.
 pub fn tlb_shootdowns(cpu: usize) -> u64 {
     TLB_SHOOTDOWNS
@@ -467,19 +476,24 @@ fn flush_tlb_everywhere(range: FlushRange) {
     flush_here(range);
     let mut pending: Vec<(usize, Arc<AtomicBool>)> = Vec::new();
     for cpu in online_cpus().filter(|&cpu| cpu != me) {
+        if crate::kernel::paravirt::flush_tlb_without_ipi(cpu) {
+            // Its vCPU is preempted: the host flushes its TLB before it runs again.
+            PV_FLUSHES.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let done = Arc::new(AtomicBool::new(false));
         FLUSH_QUEUE.on_cpu(cpu).lock().push(FlushRequest {
             range,
             done: Arc::clone(&done),
         });
-        apic::send_ipi(apic_id(cpu), TLB_FLUSH_VECTOR);
+        crate::kernel::paravirt::send_ipi(apic_id(cpu), TLB_FLUSH_VECTOR);
         pending.push((cpu, done));
     }
     for (cpu, done) in pending {
         // A CPU stopped meanwhile (power-off, panic) no longer translates anything.
         while !done.load(Ordering::Acquire) && is_online(cpu) {
             serve_flush_requests(&interrupts_off);
-            core::hint::spin_loop();
+            crate::kernel::paravirt::spin_wait_for(cpu);
         }
     }
 }

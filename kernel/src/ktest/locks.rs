@@ -19,7 +19,7 @@ use crate::kernel::{smp, time};
 pub fn ticket_spinlock_serves_cpus_in_arrival_order() -> TestResult {
     super::needs_cpus(3)?;
     let cpus: Vec<usize> = smp::online_cpus().collect();
-    let was_test_and_set = crate::kernel::locking::set_test_and_set(false);
+    let was = crate::kernel::locking::set_spin_wait(crate::arch::sync::SpinWait::Ticket);
     let lock = Arc::new(SpinLock::new(Vec::<usize>::new()));
     let done = Arc::new(Completion::new());
     let mut result = Ok(());
@@ -67,7 +67,7 @@ pub fn ticket_spinlock_serves_cpus_in_arrival_order() -> TestResult {
             break;
         }
     }
-    crate::kernel::locking::set_test_and_set(was_test_and_set);
+    crate::kernel::locking::set_spin_wait(was);
     Ok(result?)
 }
 

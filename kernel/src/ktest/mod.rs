@@ -65,6 +65,7 @@ mod boot;
 mod irq;
 mod locks;
 mod mm;
+mod paravirt;
 mod sched_tests;
 mod smp;
 mod time_tests;
@@ -234,6 +235,22 @@ const TESTS: &[TestCase] = &[
     (
         "sleeping_lock_under_a_spinlock_is_reported",
         locks::sleeping_lock_under_a_spinlock_is_reported,
+    ),
+    (
+        "paravirt_native_everywhere_without_kvm",
+        paravirt::native_everywhere_without_kvm,
+    ),
+    (
+        "proc_stat_has_linux_layout",
+        paravirt::proc_stat_has_linux_layout,
+    ),
+    (
+        "async_pf_tokens_sleep_and_wake",
+        paravirt::async_pf_tokens_sleep_and_wake,
+    ),
+    (
+        "async_pf_in_atomic_context_halts_until_ready",
+        paravirt::async_pf_in_atomic_context_halts_until_ready,
     ),
 ];
 

@@ -152,6 +152,11 @@ pub(super) fn yield_to_runs_the_target_next() -> TestResult {
             continue;
         }
         let yielded = sched::yield_to(target);
+        if !yielded && ran.load(Ordering::Acquire) {
+            // Preempted between the check and the call: the target already ran.
+            last_error = String::from("the target ran before yield_to (preempted); retried");
+            continue;
+        }
         ensure!(
             yielded,
             "yield_to a runnable fair thread on this CPU did not yield"

@@ -352,6 +352,97 @@ pub fn lock_contention(
 
 // ---- the shell command ---------------------------------------------------------------------
 
+static SELF_IPIS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn self_ipi_handler(_vector: u8) {
+    SELF_IPIS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// A fixed workload through every operation the paravirt layer switches, on this CPU only
+/// (so its instruction count does not depend on how the host interleaves vCPUs): `rounds`
+/// context-switch hand-offs, spinlock and IRQ-safe lock round trips, sleeping-lock round trips,
+/// hrtimer arm/cancel pairs (each reprograms the clock event device), self-IPIs (send + EOI),
+/// clock reads and local TLB flush requests. `cargo xtask bench --filter pvops` counts its
+/// instructions from outside with a QEMU plugin.
+fn pvops_workload(rounds: u64) -> Result<(), String> {
+    let me = crate::kernel::sched::current().unwrap_or(0);
+    let cpu = crate::kernel::smp::this_cpu();
+    crate::kernel::sched::set_affinity(me, lull_sched::CpuSet::single(cpu))?;
+    let result = pvops_rounds(rounds, cpu);
+    crate::kernel::sched::set_affinity(me, lull_sched::CpuSet::ALL)?;
+    result
+}
+
+fn pvops_rounds(rounds: u64, cpu: usize) -> Result<(), String> {
+    use core::sync::atomic::Ordering;
+    use lull_time::hrtimer::{ClockId, HrTimerMode};
+    use lull_time::tick::TimerFunction;
+    use lull_time::timer_stats::{StartInfo, TaskComm};
+
+    ping_pong(rounds, cpu, cpu)?;
+    let spin = crate::kernel::locking::SpinLock::new(0u64);
+    let irq_safe = crate::kernel::locking::IrqSafeLock::new(0u64);
+    let mutex = crate::kernel::locking::Mutex::named("bench::pvops", 0u64);
+    for _ in 0..rounds {
+        *spin.lock() += 1;
+        *irq_safe.lock() += 1;
+        *mutex.lock() += 1;
+        core::hint::black_box(crate::kernel::time::uptime_ns());
+    }
+    let timers = crate::kernel::time::with_this_cpu_timers(|percpu, now, _cpu| {
+        let id = percpu
+            .hrtimer_create(
+                ClockId::Monotonic,
+                TimerFunction::new("pvops_bench", never_fires),
+                0,
+            )
+            .map_err(|e| alloc::format!("{e:?}"))?;
+        let start = StartInfo {
+            site: "bench_pvops",
+            pid: 0,
+            comm: TaskComm::new("bench"),
+        };
+        for round in 0..rounds {
+            percpu
+                .hrtimer_start(id, 10_000_000 + round, HrTimerMode::Relative, 0, now, start)
+                .map_err(|e| alloc::format!("{e:?}"))?;
+            let _ = percpu.hrtimer_cancel(id, now);
+        }
+        percpu
+            .hrtimer_destroy(id, now)
+            .map_err(|e| alloc::format!("{e:?}"))
+    });
+    timers.unwrap_or(Err(String::from("no tick device")))?;
+    crate::arch::interrupts::set_handler(PVOPS_IPI_VECTOR, self_ipi_handler);
+    let before = SELF_IPIS.load(Ordering::Relaxed);
+    let apic = crate::kernel::smp::apic_id(cpu);
+    for _ in 0..rounds {
+        crate::kernel::paravirt::send_ipi(apic, PVOPS_IPI_VECTOR);
+        core::hint::spin_loop();
+    }
+    while SELF_IPIS.load(Ordering::Relaxed) - before < rounds {
+        core::hint::spin_loop();
+    }
+    crate::arch::interrupts::clear_handler(PVOPS_IPI_VECTOR);
+    let page = crate::arch::kernel_image_range().start;
+    for _ in 0..rounds / 8 {
+        crate::kernel::smp::flush_tlb_range(page, page + 4096);
+    }
+    Ok(())
+}
+
+fn never_fires(
+    _context: &mut crate::kernel::time::TimeContext,
+    _timer: &mut lull_time::hrtimer::FiringTimer<
+        lull_time::tick::TimerFunction<crate::kernel::time::TimeContext>,
+    >,
+) -> lull_time::hrtimer::HrTimerRestart {
+    lull_time::hrtimer::HrTimerRestart::NoRestart
+}
+
+/// Vector of the self-IPIs of `bench pvops` (free while the bench runs).
+const PVOPS_IPI_VECTOR: u8 = 0xE0;
+
 fn parse_count(arg: Option<&&str>, default: u64, max: u64) -> Result<u64, String> {
     match arg {
         None => Ok(default),
@@ -429,6 +520,18 @@ pub fn run(args: &[&str]) -> Result<(), String> {
             }
             Ok(())
         }
-        _ => Err(String::from("usage: bench pingpong|ipi|irq|lock [COUNT]")),
+        Some("pvops") => {
+            let rounds = parse_count(args.get(1), 1_000, 1_000_000)?;
+            let start = crate::kernel::time::uptime_ns();
+            pvops_workload(rounds)?;
+            crate::kprintln!(
+                "bench: pvops rounds={rounds} wall_us={}",
+                (crate::kernel::time::uptime_ns() - start) / 1000
+            );
+            Ok(())
+        }
+        _ => Err(String::from(
+            "usage: bench pingpong|ipi|irq|lock|pvops [COUNT]",
+        )),
     }
 }

@@ -455,14 +455,14 @@ fn cmd_clocksource(_: &[&str], _: &str) {
 
 fn cmd_cpus(_: &[&str], _: &str) {
     kprintln!(
-        "CPU  APIC  state    tick device     mode      tick     jiffies  idle calls  sleeps  idle s"
+        "CPU  APIC  state    tick device     mode      tick     jiffies  idle calls  sleeps  idle s   steal s"
     );
     for cpu in 0..crate::kernel::smp::possible_cpus() {
         let online = crate::kernel::smp::is_online(cpu);
         let apic = crate::kernel::smp::apic_id(cpu);
         match crate::kernel::time::cpu_tick_state(cpu).filter(|_| online) {
             Some(tick) => kprintln!(
-                "{:>3}  {:>4}  {:<7}  {:<14}  {:<8}  {:<7}  {:<7}  {:>10}  {:>6}  {}.{:03}",
+                "{:>3}  {:>4}  {:<7}  {:<14}  {:<8}  {:<7}  {:<7}  {:>10}  {:>6}  {}.{:03}  {:>5}.{:03}",
                 cpu,
                 apic,
                 "online",
@@ -477,7 +477,9 @@ fn cmd_cpus(_: &[&str], _: &str) {
                 tick.idle_calls,
                 tick.idle_sleeps,
                 tick.idle_sleeptime_ns / 1_000_000_000,
-                (tick.idle_sleeptime_ns / 1_000_000) % 1000
+                (tick.idle_sleeptime_ns / 1_000_000) % 1000,
+                crate::kernel::paravirt::steal_total(cpu) / 1_000_000_000,
+                (crate::kernel::paravirt::steal_total(cpu) / 1_000_000) % 1000
             ),
             None => kprintln!(
                 "{:>3}  {:>4}  {:<7}  -",
@@ -492,6 +494,21 @@ fn cmd_cpus(_: &[&str], _: &str) {
         crate::kernel::smp::online_count(),
         crate::kernel::smp::possible_cpus()
     );
+    kprintln!("paravirt: {}", crate::kernel::paravirt::summary());
+    if crate::kernel::paravirt::uses_kvm(crate::kernel::paravirt::Op::AsyncPf) {
+        let (not_present, ready, wake_all, proceeded, refused) = crate::kernel::async_pf::counts();
+        kprintln!(
+            "async pf: {not_present} not present, {ready} ready, {wake_all} wake-all, \
+             {proceeded} ready first, {refused} refused, {} waiting",
+            crate::kernel::async_pf::waiters()
+        );
+    }
+    if crate::kernel::paravirt::uses_kvm(crate::kernel::paravirt::Op::TlbFlush) {
+        kprintln!(
+            "pv tlb flush: {} remote flushes left to the host",
+            crate::kernel::smp::pv_tlb_flushes()
+        );
+    }
 }
 
 fn cmd_ps(_: &[&str], _: &str) {

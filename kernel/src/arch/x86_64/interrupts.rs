@@ -127,6 +127,43 @@ pub fn set_return_hook(hook: ReturnHook) {
     RETURN_HOOK.store(hook as *mut (), Ordering::Release);
 }
 
+/// Handles a KVM "page not present" async page fault: `(token, can_sleep)`; returns once the
+/// page is there (see `kernel::async_pf`).
+pub type AsyncPfHook = fn(token: u32, can_sleep: bool);
+
+static ASYNC_PF_HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Installs the async-page-fault hook (called only for #PFs the host marked as async).
+pub fn set_async_pf_hook(hook: AsyncPfHook) {
+    ASYNC_PF_HOOK.store(hook as *mut (), Ordering::Release);
+}
+
+/// A #PF the host injected to say "this page is on its way" (KVM async PF): hands it to the
+/// hook and returns true. False for an ordinary page fault.
+fn async_page_fault(frame: &TrapFrame, interrupts_off: InterruptsDisabled) -> bool {
+    const RFLAGS_IF: u64 = 1 << 9;
+    if super::kvm::take_async_pf_reason(&interrupts_off) == 0 {
+        return false;
+    }
+    // CR2 holds the token; read it before anything else can fault.
+    let token = cpu::read_cr2() as u32;
+    let hook = ASYNC_PF_HOOK.load(Ordering::Acquire);
+    if hook.is_null() {
+        return false;
+    }
+    // SAFETY: only `set_async_pf_hook` stores into ASYNC_PF_HOOK, always a valid `AsyncPfHook`.
+    let hook: AsyncPfHook = unsafe { core::mem::transmute::<*mut (), AsyncPfHook>(hook) };
+    let can_sleep = frame.rflags & RFLAGS_IF != 0 && percpu::preempt_count() == 0;
+    drop(interrupts_off);
+    if can_sleep {
+        // The faulting code ran with interrupts on: the thread may sleep like any other.
+        cpu::enable_interrupts();
+    }
+    hook(token, can_sleep);
+    cpu::disable_interrupts();
+    true
+}
+
 static HANDLERS: [AtomicPtr<()>; 256] = [const { AtomicPtr::new(core::ptr::null_mut()) }; 256];
 /// Deliveries per CPU and vector (each CPU increments only its own row, so no lock).
 static COUNTS: [[AtomicU64; 256]; MAX_CPUS] =
@@ -244,6 +281,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let interrupts_off = InterruptsDisabled::new();
     COUNTS[interrupts_off.cpu_index()][vector as usize].fetch_add(1, Ordering::Relaxed);
     if vector < 32 {
+        if vector == 14 && async_page_fault(frame, interrupts_off) {
+            return;
+        }
         exception(frame);
     }
     if vector == SPURIOUS_VECTOR {
@@ -258,7 +298,9 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         handler(vector);
         percpu::preempt_count_sub(percpu::HARDIRQ_OFFSET);
     }
-    apic::end_of_interrupt();
+    if !super::kvm::pv_eoi_done(&interrupts_off) {
+        apic::end_of_interrupt();
+    }
     // Preempt only code that ran with interrupts enabled and a zero preempt count: it holds
     // no spinlock and no per-CPU reference (both keep the count raised).
     const RFLAGS_IF: u64 = 1 << 9;

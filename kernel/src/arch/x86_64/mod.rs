@@ -11,6 +11,7 @@ pub mod hpet;
 pub mod interrupts;
 pub mod io;
 pub mod kmap;
+pub mod kvm;
 pub mod memory;
 pub mod paging;
 pub mod percpu;

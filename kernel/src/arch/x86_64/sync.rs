@@ -60,25 +60,81 @@ impl<T> DerefMut for IrqSpinGuard<'_, T> {
 // writer preference) stays in safe code there.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 
-/// Whether spin cells wait by test-and-set instead of in ticket order (a static key, read once
-/// per contended acquisition; `spinlock=`).
-static TEST_AND_SET: AtomicBool = AtomicBool::new(false);
+use lull_pv::pv_spinlock::{PvLockOps, PvTicketLock, WaitMode, WaitSlot};
 
-/// Switches how [`SpinCell`]s wait. Sound with cells held or contended: both modes use the
-/// same two counters, and "free" means `next == owner` in each. Returns the previous mode.
-pub fn set_test_and_set(test_and_set: bool) -> bool {
-    TEST_AND_SET.swap(test_and_set, Ordering::AcqRel)
+use super::percpu::MAX_CPUS;
+
+/// How contended spin cells wait (a static key, read once per contended acquisition;
+/// `spinlock=`): 0 fair tickets, 1 test-and-set, 2 paravirt tickets (halt and be kicked).
+static WAIT_MODE: AtomicU8 = AtomicU8::new(0);
+
+/// How a contended [`SpinCell`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpinWait {
+    /// Fair tickets, spinning (bare metal).
+    Ticket,
+    /// Claim the cell when free, no order (a hypervisor without PV spinlocks).
+    TestAndSet,
+    /// Fair tickets; after a while the waiter halts and its ticket's unlocker kicks it
+    /// (KVM PV_UNHALT). Only set when the host advertised PV_UNHALT.
+    Paravirt,
 }
 
-/// Data behind a spinning lock word: `next` is the next ticket to hand out, `owner` the ticket
-/// being served; the cell is free when they are equal. Ticket mode takes a ticket and waits
-/// its turn; test-and-set mode claims the cell only when it is free (`next` CAS
-/// `owner → owner+1`). No preemption or interrupt control: the caller's guard adds that.
+/// Switches how [`SpinCell`]s wait. Sound with cells held or contended: every mode uses the
+/// same two counters, and "free" means `next == owner` in each (see `lull_pv::pv_spinlock`).
+/// Returns the previous mode.
+pub fn set_spin_wait(mode: SpinWait) -> SpinWait {
+    let mode = if mode == SpinWait::Paravirt && !super::kvm::pv_unhalt_adopted() {
+        SpinWait::TestAndSet
+    } else {
+        mode
+    };
+    match WAIT_MODE.swap(mode as u8, Ordering::AcqRel) {
+        0 => SpinWait::Ticket,
+        1 => SpinWait::TestAndSet,
+        _ => SpinWait::Paravirt,
+    }
+}
+
+fn wait_mode() -> WaitMode {
+    match WAIT_MODE.load(Ordering::Relaxed) {
+        0 => WaitMode::Ticket,
+        1 => WaitMode::TestAndSet,
+        _ => WaitMode::PV,
+    }
+}
+
+/// One wait slot per CPU for the paravirt slow path (which ticket of which lock it halts for).
+static WAIT_SLOTS: [WaitSlot; MAX_CPUS] = [const { WaitSlot::new() }; MAX_CPUS];
+
+/// The platform side of the PV spinlock slow path: halt this CPU, kick another through KVM.
+struct KvmLockOps;
+
+impl PvLockOps for KvmLockOps {
+    fn this_cpu(&self) -> usize {
+        super::percpu::this_cpu_index()
+    }
+    fn wait_slots(&self) -> &[WaitSlot] {
+        &WAIT_SLOTS
+    }
+    fn halt(&self, _cpu: usize) {
+        super::kvm::halt_for_kick();
+    }
+    fn kick(&self, cpu: usize) {
+        super::kvm::kick_cpu_index(cpu);
+    }
+}
+
+/// Data behind a spinning lock word: `lull_pv::pv_spinlock::PvTicketLock`'s two ticket
+/// counters (`next` to hand out, `owner` being served, plus the count of halted waiters in
+/// `owner`'s low bits). Ticket mode takes a ticket and waits its turn; test-and-set mode
+/// claims the cell only when it is free; paravirt mode takes a ticket, spins, then halts until
+/// its ticket's unlocker kicks it. No preemption or interrupt control: the caller's guard
+/// adds that.
 pub struct SpinCell<T> {
-    next: AtomicU32,
-    owner: AtomicU32,
+    word: PvTicketLock,
     value: UnsafeCell<T>,
 }
 
@@ -96,41 +152,16 @@ impl<T> SpinCell<T> {
     /// A free cell holding `value`.
     pub const fn new(value: T) -> Self {
         Self {
-            next: AtomicU32::new(0),
-            owner: AtomicU32::new(0),
+            word: PvTicketLock::new(),
             value: UnsafeCell::new(value),
         }
     }
 
-    fn try_acquire(&self) -> bool {
-        // Acquire: pairs with the previous holder's release of `owner`.
-        let owner = self.owner.load(Ordering::Acquire);
-        self.next
-            .compare_exchange(
-                owner,
-                owner.wrapping_add(1),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-    }
-
-    /// Spins until the cell is ours.
+    /// Spins (or, in paravirt mode, halts) until the cell is ours. The uncontended case is
+    /// one compare-exchange in every mode.
     pub fn lock(&self) -> SpinCellGuard<'_, T> {
-        if !self.try_acquire() {
-            if TEST_AND_SET.load(Ordering::Relaxed) {
-                loop {
-                    core::hint::spin_loop();
-                    if self.try_acquire() {
-                        break;
-                    }
-                }
-            } else {
-                let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-                while self.owner.load(Ordering::Acquire) != ticket {
-                    core::hint::spin_loop();
-                }
-            }
+        if self.word.try_acquire().is_none() {
+            self.word.lock(wait_mode(), &KvmLockOps);
         }
         SpinCellGuard { cell: self }
     }
@@ -138,23 +169,22 @@ impl<T> SpinCell<T> {
     /// Takes the cell if it is free. (The guard is built only after the word was won: a
     /// guard built and dropped on failure would release someone else's lock.)
     pub fn try_lock(&self) -> Option<SpinCellGuard<'_, T>> {
-        self.try_acquire().then(|| SpinCellGuard { cell: self })
+        self.word
+            .try_acquire()
+            .map(|_| SpinCellGuard { cell: self })
     }
 
     /// CPUs waiting for their ticket (0 when free or held uncontended).
     pub fn waiters(&self) -> u32 {
-        let (next, owner) = (
-            self.next.load(Ordering::Relaxed),
-            self.owner.load(Ordering::Relaxed),
-        );
-        next.wrapping_sub(owner).saturating_sub(1)
+        self.word.waiters()
     }
 }
 
 impl<T> Drop for SpinCellGuard<'_, T> {
     fn drop(&mut self) {
-        // Serves the next ticket; Release publishes our writes to the next holder.
-        self.cell.owner.fetch_add(1, Ordering::Release);
+        // Serves the next ticket (Release publishes our writes to the next holder), and kicks
+        // its CPU when it halted: on bare metal one `fetch_add` and a branch never taken.
+        self.cell.word.unlock(&KvmLockOps);
     }
 }
 

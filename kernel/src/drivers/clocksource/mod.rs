@@ -2,6 +2,8 @@
 //! event devices (LAPIC timer in one-shot or TSC-deadline mode, HPET comparator, PIT), each
 //! implementing the portable traits of `lull-time`.
 
+pub mod kvmclock;
+
 use lull_time::clockevents::{ClockEventDevice, DeviceError, Features};
 use lull_time::clocksource::ClockSource;
 

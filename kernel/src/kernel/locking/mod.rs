@@ -48,7 +48,7 @@ use core::sync::atomic::Ordering;
 use lull_lockdep::{AcquireKind, LockKind};
 
 pub use crate::arch::percpu::{InterruptsDisabled, MAX_CPUS};
-use crate::arch::sync::{self, SpinCell, SpinCellGuard};
+use crate::arch::sync::{self, SpinCell, SpinCellGuard, SpinWait};
 use crate::arch::{cpu, percpu};
 
 /// Proof that the holder stays on one CPU: interrupts or preemption are off.
@@ -163,49 +163,67 @@ impl LockClass {
 /// Spinlock parameters.
 pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
     name: "spinlock",
-    kind: lull_cmdline::Kind::Choice(&["auto", "ticket", "tas"]),
+    kind: lull_cmdline::Kind::Choice(&["auto", "ticket", "tas", "pv"]),
     default: "auto",
-    help: "Spinlock waiting: fair tickets, or test-and-set (auto: tickets on bare metal, \
-           test-and-set under a hypervisor, where a preempted waiter stalls a ticket queue).",
+    help: "Spinlock waiting: fair tickets, test-and-set, or paravirt tickets (auto: tickets on \
+           bare metal, paravirt tickets under KVM with PV_UNHALT, test-and-set under any other \
+           hypervisor, where a preempted waiter stalls a ticket queue).",
 }];
 
 /// Chooses how spinlocks wait (`spinlock=`). A fair ticket lock serves CPUs in arrival order,
 /// but in a virtual machine the next ticket's vCPU may not be running when the lock is
 /// released: every other waiter then spins until the host schedules it (lock-waiter
 /// preemption; 4 vCPUs on 2 host cores turned 80 000 contended increments from 0.1 s into
-/// 18 s). Linux falls back to a test-and-set lock on a hypervisor without paravirt spinlocks
-/// (`virt_spin_lock`); so does `auto`. Called once at boot, before secondary CPUs start.
+/// 18 s). Under KVM with PV_UNHALT the waiters keep their tickets but halt after a while, and
+/// the unlocker kicks the next one (Linux's pv-ticketlocks; `lull_pv::pv_spinlock`); on any
+/// other hypervisor Lull falls back to a test-and-set lock as Linux does (`virt_spin_lock`).
+/// `nopvspin` refuses the paravirt mode. Called once at boot, after `paravirt::init` and
+/// before secondary CPUs start.
 pub fn init_spinlocks() {
+    use crate::kernel::paravirt::{self, Op};
     let choice = crate::kernel::params::parsed()
         .get_str("spinlock")
         .unwrap_or("auto");
     let hypervisor = cpu::running_on_hypervisor();
-    let test_and_set = match choice {
-        "ticket" => false,
-        "tas" => true,
-        _ => hypervisor,
+    let pv = paravirt::uses_kvm(Op::SpinWait);
+    let mode = match choice {
+        "ticket" => SpinWait::Ticket,
+        "tas" => SpinWait::TestAndSet,
+        "pv" if pv => SpinWait::Paravirt,
+        "pv" => {
+            crate::pr_warn!("spinlock=pv: the host offers no PV_UNHALT (or nopvspin); ignored");
+            if hypervisor {
+                SpinWait::TestAndSet
+            } else {
+                SpinWait::Ticket
+            }
+        }
+        _ if pv => SpinWait::Paravirt,
+        _ if hypervisor => SpinWait::TestAndSet,
+        _ => SpinWait::Ticket,
     };
-    sync::set_test_and_set(test_and_set);
+    sync::set_spin_wait(mode);
     crate::printk!(
         "spinlock: {}{}",
-        if test_and_set {
-            "test-and-set"
-        } else {
-            "fair tickets"
+        match mode {
+            SpinWait::Ticket => "fair tickets",
+            SpinWait::TestAndSet => "test-and-set",
+            SpinWait::Paravirt => "paravirt tickets (halt after spinning, kicked by the unlocker)",
         },
-        match (choice, hypervisor) {
-            ("auto", true) => " (hypervisor without paravirt spinlocks)",
-            ("auto", false) => " (bare metal)",
+        match (choice, mode) {
+            ("auto", SpinWait::TestAndSet) => " (hypervisor without paravirt spinlocks)",
+            ("auto", SpinWait::Ticket) => " (bare metal)",
+            ("auto", SpinWait::Paravirt) => " (KVM PV_UNHALT)",
             _ => " (spinlock=)",
         }
     );
 }
 
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // the tests exercise both modes
-/// Switches the waiting mode at run time (tests). Safe with locks held or contended: both
-/// modes use the same two counters, and "free" means `next == owner` in each.
-pub fn set_test_and_set(test_and_set: bool) -> bool {
-    sync::set_test_and_set(test_and_set)
+/// Switches the waiting mode at run time (tests). Safe with locks held or contended: every
+/// mode uses the same two counters, and "free" means `next == owner` in each.
+pub fn set_spin_wait(mode: SpinWait) -> SpinWait {
+    sync::set_spin_wait(mode)
 }
 
 // The lock word and the cell it guards are `arch::sync::SpinCell` (the `UnsafeCell` needs

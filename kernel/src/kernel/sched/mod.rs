@@ -259,10 +259,14 @@ fn switch_away(preempt: bool) {
     let mut reaped: Vec<Arc<Thread>> = Vec::new();
     let preemption_deadline;
     let switch = {
+        let steal = crate::kernel::paravirt::steal_delta(&interrupts_off);
         let mut guard = sched_lock();
         let Some(state) = guard.as_mut() else {
             return;
         };
+        if steal > 0 {
+            let _ = state.policy.account_steal(cpu, steal);
+        }
         let pick: Result<Pick, SchedError> = if preempt {
             state.policy.preempt(cpu, now)
         } else {
@@ -382,7 +386,11 @@ pub fn tick() {
     let interrupts_off = InterruptsDisabled::new();
     let cpu = interrupts_off.cpu_index();
     let now = crate::kernel::time::uptime_ns();
+    let steal = crate::kernel::paravirt::steal_delta(&interrupts_off);
     if let Some(state) = sched_lock().as_mut() {
+        if steal > 0 {
+            let _ = state.policy.account_steal(cpu, steal);
+        }
         let _ = state.policy.tick(cpu, now);
     };
 }
@@ -569,6 +577,15 @@ pub fn task_info(id: u64) -> Option<TaskInfo> {
     let guard = sched_lock();
     let state = guard.as_ref()?;
     state.policy.task_info(state.threads.get(&id)?.id)
+}
+
+/// The scheduler's view of CPU `cpu` (idle and steal time, switches), accounted up to now.
+pub fn cpu_info(cpu: usize) -> Option<lull_sched::CpuInfo> {
+    let now = crate::kernel::time::uptime_ns();
+    let mut guard = sched_lock();
+    let state = guard.as_mut()?;
+    let _ = state.policy.account(cpu, now);
+    state.policy.cpu_info(cpu)
 }
 
 /// Context switches CPU `cpu` has made (tests, `cpus`).

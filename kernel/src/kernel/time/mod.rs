@@ -37,6 +37,7 @@ use lull_time::timer_stats::StartInfo;
 use crate::arch::acpi::AcpiInfo;
 use crate::arch::{apic, cpu, hpet::Hpet, interrupts};
 use crate::kernel::locking::{InterruptsDisabled, IrqSafeLock, PerCpu, MAX_CPUS};
+use crate::kernel::paravirt;
 use crate::{pr_warn, printk};
 
 use crate::drivers::clocksource as devices;
@@ -52,7 +53,7 @@ pub const PARAMS: &[ParamSpec] = &[
         name: "clocksource",
         kind: Kind::Str,
         default: "",
-        help: "Use this clocksource (tsc, hpet, acpi_pm) instead of the best rated one.",
+        help: "Use this clocksource (kvm-clock, tsc, hpet, acpi_pm) instead of the best rated one.",
     },
     ParamSpec {
         name: "nohz",
@@ -299,6 +300,24 @@ pub fn init(acpi: Option<&AcpiInfo>) {
         let bits32 = acpi.is_some_and(|info| info.pm_timer_32bit);
         add(Box::new(devices::AcpiPmSource { register, bits32 }), false);
     }
+    if paravirt::uses_kvm(paravirt::Op::Clock) {
+        let stable_bit = paravirt::kvm_cpuid()
+            .is_some_and(|cpuid| cpuid.has(crate::arch::kvm::feature::CLOCKSOURCE_STABLE_BIT));
+        match devices::kvmclock::KvmClock::new(stable_bit) {
+            Some(clock) => {
+                printk!(
+                    "kvm-clock: per-CPU pvclock areas registered{}",
+                    if clock.stable() {
+                        ", TSC-stable"
+                    } else {
+                        ", not TSC-stable (readings clamped monotonic)"
+                    }
+                );
+                add(Box::new(clock), false);
+            }
+            None => pr_warn!("kvm-clock: the host did not fill the pvclock area; not used"),
+        }
+    }
 
     let wanted = parsed
         .get_str("clocksource")
@@ -316,7 +335,8 @@ pub fn init(acpi: Option<&AcpiInfo>) {
             })
         }
     };
-    // Watchdog reference: the best-rated source other than the TSC.
+    // Watchdog reference: the best-rated source other than the TSC (kvm-clock when present:
+    // it is the hypervisor's own scaling of the host clock).
     let watchdog = registry
         .iter()
         .filter(|(_, info)| info.name != "tsc")
@@ -354,25 +374,17 @@ pub fn init(acpi: Option<&AcpiInfo>) {
         })
     );
     let mut timekeeper = timekeeper;
-    match crate::arch::rtc::read() {
-        Some(rtc) => {
-            let epoch_ns = unix_seconds(&rtc) * 1_000_000_000;
-            let cycles = sources[current.index()].read();
-            timekeeper.set_realtime(epoch_ns, cycles);
-            // Our monotonic clock is `base_ns` + the timekeeper's; keep the offset against ours.
-            let monotonic = base_ns + timekeeper.monotonic_ns(cycles);
-            REALTIME_OFFSET_NS.store(epoch_ns - monotonic as i64, Ordering::Relaxed);
-            printk!(
-                "rtc: {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-                rtc.year,
-                rtc.month,
-                rtc.day,
-                rtc.hour,
-                rtc.minute,
-                rtc.second
-            );
-        }
-        None => pr_warn!("rtc: no usable CMOS clock; realtime starts at the epoch"),
+    if let Some(epoch_ns) = kvm_wall_clock_ns() {
+        let cycles = sources[current.index()].read();
+        timekeeper.set_realtime(epoch_ns, cycles);
+        let monotonic = base_ns + timekeeper.monotonic_ns(cycles);
+        REALTIME_OFFSET_NS.store(epoch_ns - monotonic as i64, Ordering::Relaxed);
+        printk!(
+            "kvm-clock: wall clock {} (no CMOS probe)",
+            format_utc(epoch_ns / 1_000_000_000)
+        );
+    } else {
+        cmos_realtime(&mut timekeeper, sources[current.index()].as_ref(), base_ns);
     }
     *CLOCKS.lock() = Some(Clocks {
         registry,
@@ -544,6 +556,41 @@ pub fn start_tick() {
     update_nohz_ready();
 }
 
+/// Realtime from the CMOS RTC (when present) onto `timekeeper`.
+fn cmos_realtime(timekeeper: &mut Timekeeper, source: &dyn ClockSource, base_ns: u64) {
+    match crate::arch::rtc::read() {
+        Some(rtc) => {
+            let epoch_ns = unix_seconds(&rtc) * 1_000_000_000;
+            let cycles = source.read();
+            timekeeper.set_realtime(epoch_ns, cycles);
+            // Our monotonic clock is `base_ns` + the timekeeper's; keep the offset against ours.
+            let monotonic = base_ns + timekeeper.monotonic_ns(cycles);
+            REALTIME_OFFSET_NS.store(epoch_ns - monotonic as i64, Ordering::Relaxed);
+            printk!(
+                "rtc: {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                rtc.year,
+                rtc.month,
+                rtc.day,
+                rtc.hour,
+                rtc.minute,
+                rtc.second
+            );
+        }
+        None => pr_warn!("rtc: no usable CMOS clock; realtime starts at the epoch"),
+    }
+}
+
+/// The wall clock from kvm-clock (Unix ns now), when the wall-clock operation uses KVM.
+fn kvm_wall_clock_ns() -> Option<i64> {
+    if !paravirt::uses_kvm(paravirt::Op::WallClock) {
+        return None;
+    }
+    let (sec, nsec) = crate::arch::kvm::read_wall_clock()?;
+    let system_ns = devices::kvmclock::system_time_ns()?;
+    let boot_ns = i64::from(sec) * 1_000_000_000 + i64::from(nsec);
+    Some(boot_ns + system_ns as i64)
+}
+
 /// Starts this secondary CPU's tick on its own per-CPU device (its LAPIC timer). Called once
 /// on the CPU coming online, interrupts disabled, after the boot CPU's tick started.
 pub fn start_secondary_tick() {
@@ -608,6 +655,13 @@ fn clocksource_watchdog(context: &mut TimeContext, _data: u64) -> WheelAction {
         let Some(watchdog) = clocks.watchdog.as_mut() else {
             return WheelAction::Done;
         };
+        if paravirt::take_guest_stopped() {
+            // Paused, snapshotted or migrated: the gap proves nothing about the TSC.
+            watchdog.reset();
+            message = Some(String::from(
+                "clocksource: the host stopped this VM; watchdog baseline taken anew",
+            ));
+        }
         let reference = watchdog.reference();
         let Some(tsc) = clocks.registry.find("tsc") else {
             return WheelAction::Done;
