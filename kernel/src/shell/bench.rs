@@ -379,11 +379,14 @@ fn pvops_rounds(rounds: u64, cpu: usize) -> Result<(), String> {
     use lull_time::tick::TimerFunction;
     use lull_time::timer_stats::{StartInfo, TaskComm};
 
-    ping_pong(rounds, cpu, cpu)?;
+    let part = |bit: u32| PVOPS_PARTS.load(Ordering::Relaxed) & bit != 0;
+    if part(1) {
+        ping_pong(rounds, cpu, cpu)?;
+    }
     let spin = crate::kernel::locking::SpinLock::new(0u64);
     let irq_safe = crate::kernel::locking::IrqSafeLock::new(0u64);
     let mutex = crate::kernel::locking::Mutex::named("bench::pvops", 0u64);
-    for _ in 0..rounds {
+    for _ in 0..if part(2) { rounds } else { 0 } {
         *spin.lock() += 1;
         *irq_safe.lock() += 1;
         *mutex.lock() += 1;
@@ -402,7 +405,7 @@ fn pvops_rounds(rounds: u64, cpu: usize) -> Result<(), String> {
             pid: 0,
             comm: TaskComm::new("bench"),
         };
-        for round in 0..rounds {
+        for round in 0..if part(4) { rounds } else { 0 } {
             percpu
                 .hrtimer_start(id, 10_000_000 + round, HrTimerMode::Relative, 0, now, start)
                 .map_err(|e| alloc::format!("{e:?}"))?;
@@ -416,16 +419,17 @@ fn pvops_rounds(rounds: u64, cpu: usize) -> Result<(), String> {
     crate::arch::interrupts::set_handler(PVOPS_IPI_VECTOR, self_ipi_handler);
     let before = SELF_IPIS.load(Ordering::Relaxed);
     let apic = crate::kernel::smp::apic_id(cpu);
-    for _ in 0..rounds {
+    let ipis = if part(8) { rounds } else { 0 };
+    for _ in 0..ipis {
         crate::kernel::paravirt::send_ipi(apic, PVOPS_IPI_VECTOR);
         core::hint::spin_loop();
     }
-    while SELF_IPIS.load(Ordering::Relaxed) - before < rounds {
+    while SELF_IPIS.load(Ordering::Relaxed) - before < ipis {
         core::hint::spin_loop();
     }
     crate::arch::interrupts::clear_handler(PVOPS_IPI_VECTOR);
     let page = crate::arch::kernel_image_range().start;
-    for _ in 0..rounds / 8 {
+    for _ in 0..if part(16) { rounds / 8 } else { 0 } {
         crate::kernel::smp::flush_tlb_range(page, page + 4096);
     }
     Ok(())
@@ -439,6 +443,10 @@ fn never_fires(
 ) -> lull_time::hrtimer::HrTimerRestart {
     lull_time::hrtimer::HrTimerRestart::NoRestart
 }
+
+/// Which parts of `bench pvops` run (bits: 1 switches, 2 locks and clock reads, 4 timers,
+/// 8 self-IPIs, 16 TLB flushes; `bench pvops N MASK`).
+static PVOPS_PARTS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0x1f);
 
 /// Vector of the self-IPIs of `bench pvops` (free while the bench runs).
 const PVOPS_IPI_VECTOR: u8 = 0xE0;
@@ -522,6 +530,8 @@ pub fn run(args: &[&str]) -> Result<(), String> {
         }
         Some("pvops") => {
             let rounds = parse_count(args.get(1), 1_000, 1_000_000)?;
+            let parts = parse_count(args.get(2), 0x1f, 0x1f)?;
+            PVOPS_PARTS.store(parts as u32, core::sync::atomic::Ordering::Relaxed);
             let start = crate::kernel::time::uptime_ns();
             pvops_workload(rounds)?;
             crate::kprintln!(

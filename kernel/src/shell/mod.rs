@@ -558,6 +558,17 @@ pub fn run() -> ! {
         call: wake_reader,
     });
     serial::set_rx_interrupt(true);
+    // Init's arguments (the words after `--` on the command line) run first, as commands
+    // separated by `;`: `-- bench pvops 2000 ; poweroff` runs a benchmark with no console input.
+    let init_args = crate::kernel::params::parsed().init_args().join(" ");
+    for command in init_args
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        kprintln!("lull> {command}");
+        execute(command);
+    }
     let mut previous_was_cr = false;
     loop {
         kprint!("lull> ");

@@ -395,6 +395,9 @@ pub fn enable_pv_eoi(cpu_guard: &InterruptsDisabled) -> bool {
         physical(&PV_EOI[cpu]) | 1,
     );
     PV_EOI_ON[cpu].store(on, Ordering::Release);
+    if on {
+        PV_EOI_ANY.store(true, Ordering::Release);
+    }
     on
 }
 
@@ -410,10 +413,19 @@ pub fn pv_eoi_done(cpu_guard: &InterruptsDisabled) -> bool {
     }
     #[cfg(not(feature = "no-paravirt"))]
     {
-        let cpu = cpu_guard.cpu_index();
-        PV_EOI_ON[cpu].load(Ordering::Relaxed)
-            && lull_pv::pv_eoi::guest_eoi(&PV_EOI[cpu].0) == lull_pv::pv_eoi::EoiAction::Skipped
+        PV_EOI_ANY.load(Ordering::Relaxed) && pv_eoi_take(cpu_guard)
     }
+}
+
+/// Set once any CPU registered a PV-EOI word: the only thing the native path reads.
+static PV_EOI_ANY: AtomicBool = AtomicBool::new(false);
+
+#[cold]
+#[inline(never)]
+fn pv_eoi_take(cpu_guard: &InterruptsDisabled) -> bool {
+    let cpu = cpu_guard.cpu_index();
+    PV_EOI_ON[cpu].load(Ordering::Relaxed)
+        && lull_pv::pv_eoi::guest_eoi(&PV_EOI[cpu].0) == lull_pv::pv_eoi::EoiAction::Skipped
 }
 
 // ---- async page faults ----------------------------------------------------------------------
