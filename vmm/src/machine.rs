@@ -142,6 +142,8 @@ pub struct MachineInfo {
     pub vcpus: usize,
     pub memory_bytes: u64,
     pub restored_from: Option<PathBuf>,
+    /// The last (or current) outgoing migration.
+    pub migration: crate::migration::MigrationStatus,
 }
 
 struct VcpuHandle {
@@ -164,6 +166,7 @@ pub struct Machine {
     api_rates: RateTracker,
     restored_from: Option<PathBuf>,
     events: Sender<VmEvent>,
+    migration: Arc<crate::migration::MigrationControl>,
     // Kept so the irqfd stays registered for the machine's lifetime.
     _serial_interrupt: EventFd,
 }
@@ -176,6 +179,24 @@ pub struct Started {
     pub vcpus_running_at: Instant,
     /// Time spent in each setup phase, in order (for `--timing` and the benchmarks).
     pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// A VM prepared for a migrated guest ([`Machine::prepare_incoming`]): its RAM is written by
+/// the receiver, then [`Machine::restore_incoming`] applies the state and runs it.
+pub struct IncomingVm {
+    vm: Vm,
+    memory: GuestMemory,
+    /// vCPUs created ahead of the state (KVM_CREATE_VCPU is not free); empty for a restore.
+    vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
+    policy: HypercallDecision,
+    clock: PhaseClock,
+}
+
+impl IncomingVm {
+    /// The guest RAM to fill.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
 }
 
 /// Records how long each setup phase took.
@@ -366,6 +387,89 @@ impl Machine {
         clock.lap("map_memory");
         let vm = Vm::create(&kvm, &memory)?;
         clock.lap("create_vm");
+        let incoming = IncomingVm {
+            vm,
+            memory,
+            vcpu_fds: Vec::new(),
+            policy,
+            clock,
+        };
+        Self::restore_into(incoming, &state, output, Some(directory.to_path_buf()))
+    }
+
+    /// A VM for a guest arriving by migration: RAM of `regions` (anonymous, zero), a KVM VM
+    /// with its irqchip and `vcpus` vCPUs, and the hypercall decision under way, all before
+    /// the guest's state arrives, so that the stop-and-copy phase only has to apply it.
+    pub fn prepare_incoming(
+        regions: &[layout::RamRegion],
+        vcpus: u8,
+        pv: PvHypercalls,
+    ) -> Result<IncomingVm, MachineError> {
+        let mut clock = PhaseClock::new();
+        let policy = HypercallDecision::start(pv);
+        let kvm = open_kvm()?;
+        let maximum = kvm.get_max_vcpus().min(255);
+        if vcpus == 0 || usize::from(vcpus) > maximum {
+            return Err(MachineError::VcpuCount {
+                requested: vcpus,
+                maximum,
+            });
+        }
+        let memory = GuestMemory::anonymous(regions)?;
+        let vm = Vm::create(&kvm, &memory)?;
+        let mut vcpu_fds = Vec::new();
+        for index in 0..vcpus {
+            vcpu_fds.push(
+                vm.fd
+                    .create_vcpu(u64::from(index))
+                    .map_err(|source| VmError::Kvm {
+                        operation: "KVM_CREATE_VCPU",
+                        source,
+                    })?,
+            );
+        }
+        clock.lap("prepare_incoming");
+        Ok(IncomingVm {
+            vm,
+            memory,
+            vcpu_fds,
+            policy,
+            clock,
+        })
+    }
+
+    /// Applies a migrated guest's state (`state.memory` must describe the RAM `incoming` was
+    /// prepared with, which the caller has filled) and starts its vCPUs, as a restore does.
+    pub fn restore_incoming(
+        mut incoming: IncomingVm,
+        state: &SnapshotState,
+        output: SerialOutput,
+    ) -> Result<Started, MachineError> {
+        incoming.clock = PhaseClock::new();
+        Self::restore_into(incoming, state, output, None)
+    }
+
+    /// The common tail of a restore: VM-wide state, devices, vCPUs (their TSC moved as
+    /// kvmclock was), the hypercall policy, then the vCPU threads.
+    fn restore_into(
+        incoming: IncomingVm,
+        state: &SnapshotState,
+        output: SerialOutput,
+        restored_from: Option<PathBuf>,
+    ) -> Result<Started, MachineError> {
+        let IncomingVm {
+            vm,
+            memory,
+            vcpu_fds,
+            policy,
+            mut clock,
+        } = incoming;
+        if vcpu_fds.len() > state.vcpus.len() {
+            return Err(MachineError::VcpuCount {
+                requested: state.vcpus.len().min(255) as u8,
+                maximum: vcpu_fds.len(),
+            });
+        }
         let vm = Vm::restore(vm, &state.vm)?;
         clock.lap("restore_vm_state");
         let (bus, serial_interrupt) = build_bus(
@@ -383,16 +487,20 @@ impl Machine {
                 Err(never) => match never {},
             },
         )?;
+        let mut vcpu_fds = vcpu_fds.into_iter();
         let mut vcpus = Vec::new();
         for (index, vcpu_state) in state.vcpus.iter().enumerate() {
             let index = index as u8;
-            let fd = vm
-                .fd
-                .create_vcpu(u64::from(index))
-                .map_err(|source| VmError::Kvm {
-                    operation: "KVM_CREATE_VCPU",
-                    source,
-                })?;
+            let fd = match vcpu_fds.next() {
+                Some(fd) => fd,
+                None => vm
+                    .fd
+                    .create_vcpu(u64::from(index))
+                    .map_err(|source| VmError::Kvm {
+                        operation: "KVM_CREATE_VCPU",
+                        source,
+                    })?,
+            };
             let vcpu = Vcpu::restore(
                 Vcpu {
                     index,
@@ -416,7 +524,7 @@ impl Machine {
             bus,
             serial_interrupt,
             vcpus,
-            Some(directory.to_path_buf()),
+            restored_from,
             clock,
         );
         let shown = if policy.hypercalls_return {
@@ -495,6 +603,7 @@ impl Machine {
             api_rates: RateTracker::default(),
             restored_from,
             events: event_sender,
+            migration: Arc::default(),
             _serial_interrupt: serial_interrupt,
         };
         Started {
@@ -525,6 +634,7 @@ impl Machine {
             vcpus: self.vcpus.len(),
             memory_bytes: self.memory.regions.iter().map(|r| r.size).sum(),
             restored_from: self.restored_from.clone(),
+            migration: self.migration.status(),
         }
     }
 
@@ -596,13 +706,35 @@ impl Machine {
             path: directory.to_path_buf(),
             source,
         })?;
+        let state = self.save_state()?;
+        let memory_report = self.memory.write_file(&directory.join(MEMORY_FILE_NAME))?;
+        let state_bytes = snapshot::write_state(directory, &state)?;
+        Ok(SnapshotReport {
+            path: directory.to_path_buf(),
+            state_bytes,
+            memory_file_bytes: memory_report.file_bytes,
+            memory_written_bytes: memory_report.written_bytes,
+            memory_copied_bytes: memory_report.copied_bytes,
+            duration_ms: begin.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Everything but guest RAM, from the paused VM: VM-wide KVM state, every vCPU (each
+    /// thread saves its own), the devices.
+    pub fn save_state(&mut self) -> Result<SnapshotState, MachineError> {
+        if self.state != RunState::Paused {
+            return Err(MachineError::InvalidState {
+                operation: "save the VM state (pause it first)",
+                state: self.state,
+            });
+        }
         let mut vcpu_states = Vec::new();
         for response in self.command_all(|| VcpuCommand::Save, "save", false)? {
             if let VcpuResponse::Saved(result) = response {
                 vcpu_states.push((*result)?);
             }
         }
-        let state = SnapshotState {
+        Ok(SnapshotState {
             vmm_version: env!("CARGO_PKG_VERSION").to_string(),
             memory: self.memory.save()?,
             vm: self.vm.save()?,
@@ -617,17 +749,25 @@ impl Machine {
                 Ok(state) => state,
                 Err(never) => match never {},
             },
-        };
-        let memory_report = self.memory.write_file(&directory.join(MEMORY_FILE_NAME))?;
-        let state_bytes = snapshot::write_state(directory, &state)?;
-        Ok(SnapshotReport {
-            path: directory.to_path_buf(),
-            state_bytes,
-            memory_file_bytes: memory_report.file_bytes,
-            memory_written_bytes: memory_report.written_bytes,
-            memory_copied_bytes: memory_report.copied_bytes,
-            duration_ms: begin.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    /// What a migration source reads guest RAM and the dirty log through: the VM fd and a
+    /// handle on the same mappings (shared, not copied).
+    pub fn migration_handles(&self) -> (Arc<kvm_ioctls::VmFd>, vm_memory::GuestMemoryMmap) {
+        (self.vm.fd.clone(), self.memory.mmap.clone())
+    }
+
+    /// See [`GuestMemory::touched_pages`].
+    pub fn touched_pages(&self) -> Result<Vec<Vec<u64>>, MachineError> {
+        self.memory
+            .touched_pages()
+            .map_err(host_error("reading which guest pages were touched"))
+    }
+
+    /// The shared migration status and controls of this machine.
+    pub fn migration(&self) -> Arc<crate::migration::MigrationControl> {
+        self.migration.clone()
     }
 
     /// Presses the ACPI power button (PWRBTN_STS; SCI if the guest enabled it).
