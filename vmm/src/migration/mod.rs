@@ -138,6 +138,14 @@ impl Connection {
         }
     }
 
+    /// Ends the connection both ways (blocked reads and writes return).
+    pub fn shutdown_both(&self) {
+        let _ = match self {
+            Self::Tcp(stream) => stream.shutdown(std::net::Shutdown::Both),
+            Self::Unix(stream) => stream.shutdown(std::net::Shutdown::Both),
+        };
+    }
+
     /// Tells the peer nothing more will be written.
     pub fn shutdown_write(&self) {
         let _ = match self {
@@ -394,6 +402,9 @@ pub fn bytes(count: u64) -> String {
 pub struct MigrationControl {
     status: Mutex<MigrationStatus>,
     cancel: AtomicBool,
+    /// The migration socket while a cancel may still stop it: cancelling shuts it down, so a
+    /// write blocked on a stalled destination returns at once.
+    abort: Mutex<Option<Connection>>,
     /// Set when an API client read a finished status (so the source may exit).
     outcome_read: AtomicBool,
 }
@@ -451,10 +462,40 @@ impl MigrationControl {
             MigrationState::Connecting | MigrationState::Precopy
         ) {
             self.cancel.store(true, Ordering::SeqCst);
+            if let Some(connection) = self.abort().take() {
+                connection.shutdown_both();
+            }
             true
         } else {
             false
         }
+    }
+
+    fn abort(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
+        self.abort
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Lets a cancel shut `connection` down until [`MigrationControl::enter_stop_and_copy`].
+    pub fn set_abort(&self, connection: Option<Connection>) {
+        *self.abort() = connection;
+    }
+
+    /// Moves to stop-and-copy unless a cancel came first (false): from here on a cancel is
+    /// refused, since the destination may already be about to run the guest.
+    pub fn enter_stop_and_copy(&self, round: u32) -> bool {
+        let mut status = self
+            .status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.cancel_requested() {
+            return false;
+        }
+        status.state = MigrationState::StopAndCopy;
+        status.round = round;
+        self.abort().take();
+        true
     }
 
     pub fn cancel_requested(&self) -> bool {
@@ -548,8 +589,17 @@ mod tests {
             ..Default::default()
         }));
         assert!(!control.begin(MigrationStatus::default()), "second refused");
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        control.set_abort(Some(Connection::Unix(ours)));
         assert!(control.request_cancel());
         assert!(control.cancel_requested());
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            (&theirs).read(&mut byte).unwrap(),
+            0,
+            "cancel shut the socket down"
+        );
+        assert!(!control.enter_stop_and_copy(3), "cancelled first");
         control.update(|status| status.state = MigrationState::StopAndCopy);
         assert!(!control.request_cancel(), "too late once paused");
         control.update(|status| status.state = MigrationState::Failed);

@@ -143,7 +143,15 @@ fn run(machine: &Arc<Mutex<Machine>>, control: &MigrationControl, options: &Migr
             let _ = lock(machine).event_sender().send(VmEvent::MigratedAway);
         }
         Err(error) => {
-            let cancelled = matches!(error, MigrateError::Cancelled);
+            control.set_abort(None);
+            // A cancel shuts the socket down: the write it interrupts fails, and that is the
+            // cancel, not a failure.
+            let cancelled = matches!(error, MigrateError::Cancelled) || control.cancel_requested();
+            let error = if cancelled {
+                MigrateError::Cancelled
+            } else {
+                error
+            };
             control.update(|status| {
                 status.state = if cancelled {
                     MigrationState::Cancelled
@@ -231,6 +239,7 @@ fn migrate(
         })?;
     let _ = connection.set_write_timeout(Some(WRITE_TIMEOUT));
     let replies = spawn_reply_reader(&connection).map_err(MigrateError::Send)?;
+    control.set_abort(connection.try_clone().ok());
     if control.cancel_requested() {
         return Err(MigrateError::Cancelled);
     }
@@ -299,10 +308,9 @@ fn migrate(
     };
 
     // Stop-and-copy: no cancel from here (the state may already be on its way).
-    control.update(|status| {
-        status.state = MigrationState::StopAndCopy;
-        status.round = rounds_done;
-    });
+    if !control.enter_stop_and_copy(rounds_done) {
+        return Err(sender.cancel("cancelled on the source"));
+    }
     let mut guard = lock(machine);
     let paused_at = Instant::now();
     guard.pause()?;
