@@ -32,6 +32,7 @@ USAGE:
   lull-vmm migrate --api SOCKET --to URL [--downtime-ms N] [--max-rounds N]
   lull-vmm migrate-cancel --api SOCKET
   lull-vmm bench [--kernel ELF] [--sizes-mib 128,1024] [--json]
+  lull-vmm bench --migrate [--kernel ELF] [--sizes-mib 256,1024] [--runs N] [--json]
   lull-vmm write-test-guest PATH    write the built-in PVH test guest (see vmm/src/test_guest)
 
 RUN OPTIONS:
@@ -129,6 +130,9 @@ pub struct BenchOptions {
     pub kernel: Option<PathBuf>,
     pub sizes_mib: Vec<u64>,
     pub json: bool,
+    /// `--migrate`: only the live-migration benchmark, `runs` migrations per size.
+    pub migrate: bool,
+    pub runs: usize,
 }
 
 /// A parsed command line.
@@ -411,11 +415,15 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 kernel: None,
                 sizes_mib: vec![128, 1024],
                 json: false,
+                migrate: false,
+                runs: 7,
             };
             while let Some(option) = arguments.rest.next() {
                 match option.as_str() {
                     "--kernel" => bench.kernel = Some(PathBuf::from(arguments.value(option)?)),
                     "--json" => bench.json = true,
+                    "--migrate" => bench.migrate = true,
+                    "--runs" => bench.runs = arguments.positive(option, "number of runs")?,
                     "--sizes-mib" => {
                         let value = arguments.value(option)?;
                         bench.sizes_mib = value
@@ -1125,6 +1133,15 @@ mod tests {
             panic!()
         };
         assert_eq!(options.sizes_mib, vec![64, 256]);
+        assert!(!options.migrate);
+        let Command::Bench(options) = parse(&args("bench --migrate --runs 3")).unwrap() else {
+            panic!()
+        };
+        assert!(options.migrate && options.runs == 3);
+        assert!(matches!(
+            parse(&args("bench --runs 0")),
+            Err(UsageError::InvalidValue { .. })
+        ));
         assert!(matches!(
             parse(&args("bench --sizes-mib 1,x")),
             Err(UsageError::InvalidValue { .. })

@@ -181,6 +181,53 @@ pub struct Started {
     pub phases: Vec<(&'static str, Duration)>,
 }
 
+/// Stack of a vCPU thread.
+const VCPU_STACK_BYTES: usize = 256 << 10;
+
+/// A thread started before it has work (a migration destination's vCPU threads exist before
+/// the guest's state arrives: creating a thread is not free, and the time from the last frame
+/// to running vCPUs is downtime).
+struct WaitingThread {
+    work: Sender<Box<dyn FnOnce() + Send>>,
+    handle: JoinHandle<()>,
+}
+
+impl WaitingThread {
+    fn spawn(name: String) -> std::io::Result<Self> {
+        let (work, receiver) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .stack_size(VCPU_STACK_BYTES)
+            .spawn(move || {
+                // No work (the migration failed and the sender was dropped): just end.
+                if let Ok(work) = receiver.recv() {
+                    work();
+                }
+            })?;
+        Ok(Self { work, handle })
+    }
+
+    /// Hands the thread its work; returns its handle.
+    fn run(self, work: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+        // The thread waits in recv until it gets this or the sender is dropped.
+        let _ = self.work.send(Box::new(work));
+        self.handle
+    }
+}
+
+/// A vCPU's thread and statistics file, made ahead of its state.
+struct PreparedVcpu {
+    thread: WaitingThread,
+    stats: Option<KvmStats>,
+}
+
+/// Where a started machine came from.
+#[derive(Default)]
+struct Origin {
+    restored_from: Option<PathBuf>,
+    prepared: Vec<PreparedVcpu>,
+}
+
 /// A VM prepared for a migrated guest ([`Machine::prepare_incoming`]): its RAM is written by
 /// the receiver, then [`Machine::restore_incoming`] applies the state and runs it.
 pub struct IncomingVm {
@@ -188,6 +235,8 @@ pub struct IncomingVm {
     memory: GuestMemory,
     /// vCPUs created ahead of the state (KVM_CREATE_VCPU is not free); empty for a restore.
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
+    /// Their threads and statistics, likewise.
+    prepared: Vec<PreparedVcpu>,
     policy: HypercallDecision,
     clock: PhaseClock,
 }
@@ -364,7 +413,15 @@ impl Machine {
             vcpus.push(vcpu);
         }
         clock.lap("vcpus");
-        let started = Self::start(vm, memory, bus, serial_interrupt, vcpus, None, clock);
+        let started = Self::start(
+            vm,
+            memory,
+            bus,
+            serial_interrupt,
+            vcpus,
+            Origin::default(),
+            clock,
+        );
         log(&hypercall_notice(&policy, hidden, 0, quirk.as_ref()));
         Ok(started)
     }
@@ -391,6 +448,7 @@ impl Machine {
             vm,
             memory,
             vcpu_fds: Vec::new(),
+            prepared: Vec::new(),
             policy,
             clock,
         };
@@ -418,21 +476,28 @@ impl Machine {
         let memory = GuestMemory::anonymous(regions)?;
         let vm = Vm::create(&kvm, &memory)?;
         let mut vcpu_fds = Vec::new();
+        let mut prepared = Vec::new();
         for index in 0..vcpus {
-            vcpu_fds.push(
-                vm.fd
-                    .create_vcpu(u64::from(index))
-                    .map_err(|source| VmError::Kvm {
-                        operation: "KVM_CREATE_VCPU",
-                        source,
-                    })?,
-            );
+            let fd = vm
+                .fd
+                .create_vcpu(u64::from(index))
+                .map_err(|source| VmError::Kvm {
+                    operation: "KVM_CREATE_VCPU",
+                    source,
+                })?;
+            prepared.push(PreparedVcpu {
+                thread: WaitingThread::spawn(format!("vcpu{index}"))
+                    .map_err(host_error("starting a vCPU thread"))?,
+                stats: KvmStats::open(&fd).ok(),
+            });
+            vcpu_fds.push(fd);
         }
         clock.lap("prepare_incoming");
         Ok(IncomingVm {
             vm,
             memory,
             vcpu_fds,
+            prepared,
             policy,
             clock,
         })
@@ -461,6 +526,7 @@ impl Machine {
             vm,
             memory,
             vcpu_fds,
+            prepared,
             policy,
             mut clock,
         } = incoming;
@@ -524,7 +590,10 @@ impl Machine {
             bus,
             serial_interrupt,
             vcpus,
-            restored_from,
+            Origin {
+                restored_from,
+                prepared,
+            },
             clock,
         );
         let shown = if policy.hypercalls_return {
@@ -546,9 +615,14 @@ impl Machine {
         bus: Arc<PortIoBus>,
         serial_interrupt: EventFd,
         vcpus: Vec<Vcpu>,
-        restored_from: Option<PathBuf>,
+        origin: Origin,
         mut clock: PhaseClock,
     ) -> Started {
+        let Origin {
+            restored_from,
+            prepared,
+        } = origin;
+        let mut prepared = prepared.into_iter();
         vcpu::ensure_kick_handler();
         let (event_sender, events) = mpsc::channel();
         let (started_sender, started) = mpsc::channel();
@@ -557,7 +631,10 @@ impl Machine {
             let (command_sender, commands) = mpsc::channel();
             let (response_sender, responses) = mpsc::channel();
             let counters = Arc::new(VcpuExitCounters::default());
-            let stats = KvmStats::open(&vcpu.fd).ok();
+            let (waiting, stats) = match prepared.next() {
+                Some(PreparedVcpu { thread, stats }) => (Some(thread), stats),
+                None => (None, KvmStats::open(&vcpu.fd).ok()),
+            };
             let index = vcpu.index;
             let context = VcpuContext {
                 bus: bus.clone(),
@@ -567,11 +644,15 @@ impl Machine {
                 counters: counters.clone(),
                 started: started_sender.clone(),
             };
-            let thread = std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .stack_size(256 << 10)
-                .spawn(move || vcpu.run_loop(context))
-                .expect("spawning a vCPU thread");
+            let run = move || vcpu.run_loop(context);
+            let thread = match waiting {
+                Some(waiting) => waiting.run(run),
+                None => std::thread::Builder::new()
+                    .name(format!("vcpu{index}"))
+                    .stack_size(VCPU_STACK_BYTES)
+                    .spawn(run)
+                    .expect("spawning a vCPU thread"),
+            };
             handles.push(VcpuHandle {
                 index,
                 thread: Some(thread),

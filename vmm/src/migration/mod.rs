@@ -362,6 +362,9 @@ pub struct MigrationSummary {
     pub downtime_ms: f64,
     /// Whether the round limit forced the stop-and-copy before the budget was met.
     pub forced_by_round_limit: bool,
+    /// Where the source's share of the downtime went: pausing the vCPUs, reading the dirty
+    /// log and saving the state, sending the last pages and the state (µs).
+    pub source_phases_us: std::collections::BTreeMap<String, f64>,
     pub source_paused_monotonic_ns: u64,
     pub destination_running_monotonic_ns: u64,
 }

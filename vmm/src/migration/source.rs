@@ -314,12 +314,15 @@ fn migrate(
     let mut guard = lock(machine);
     let paused_at = Instant::now();
     guard.pause()?;
+    let paused = Instant::now();
     let last = PageSet::new(log.peek()?, &region_pages);
     let stop_and_copy_pages = last.count();
     let state = guard.save_state()?;
     drop(guard);
+    let saved = Instant::now();
     sender.send_round(rounds_done, &last, None)?;
     let state_bytes = sender.send_state(&state)?;
+    let sent = Instant::now();
     control.update(|status| {
         status.state = MigrationState::WaitingForDestination;
         status.bytes_sent = sender.wire_bytes;
@@ -341,6 +344,14 @@ fn migrate(
         state_bytes,
         downtime_ms: running_ns.saturating_sub(paused_ns) as f64 / 1e6,
         forced_by_round_limit: forced,
+        source_phases_us: [
+            ("pause", paused - paused_at),
+            ("dirty_log_and_save_state", saved - paused),
+            ("send_last_pages_and_state", sent - saved),
+        ]
+        .into_iter()
+        .map(|(name, took)| (name.to_string(), took.as_secs_f64() * 1e6))
+        .collect(),
         source_paused_monotonic_ns: paused_ns,
         destination_running_monotonic_ns: running_ns,
     })
