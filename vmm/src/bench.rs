@@ -604,8 +604,176 @@ pub fn format_report(report: &BenchReport) -> String {
     out
 }
 
+/// One guest size's migrations (`lull-vmm bench --migrate`).
+#[derive(Debug, Serialize)]
+pub struct MigrationResult {
+    pub memory_mib: u64,
+    /// Source vCPUs paused → destination vCPUs running.
+    pub downtime_ms: Spread,
+    /// Connect → destination confirmed.
+    pub total_ms: Spread,
+    pub sent_mib: Spread,
+    pub rounds: Spread,
+    /// Medians over the runs: the source's stop-and-copy phases.
+    pub source_phases_us: serde_json::Map<String, Value>,
+    /// Medians over the runs: the destination's restore phases after the last frame.
+    pub destination_phases_us: serde_json::Map<String, Value>,
+}
+
+#[derive(Default)]
+struct MigrationRuns {
+    downtime_ms: Vec<f64>,
+    total_ms: Vec<f64>,
+    sent_mib: Vec<f64>,
+    rounds: Vec<f64>,
+    source_phases: Vec<serde_json::Map<String, Value>>,
+    destination_phases: Vec<serde_json::Map<String, Value>>,
+}
+
+/// Boots an idle guest of `memory_mib`, migrates it over a Unix socket to a fresh
+/// `lull-vmm receive`, and records what the source reports.
+fn migrate_once(
+    guest: &Path,
+    cmdline: &str,
+    ready: &str,
+    memory_mib: u64,
+    work: &Path,
+    runs: &mut MigrationRuns,
+) -> Result<(), BenchError> {
+    let socket = work.join(format!("migrate-source-{memory_mib}.sock"));
+    let url = format!(
+        "unix:{}",
+        work.join(format!("migrate-{memory_mib}.sock")).display()
+    );
+    let source = boot(guest, memory_mib, cmdline, &socket, ready)?;
+    // Let boot-time work settle: the guest is measured idle.
+    std::thread::sleep(Duration::from_millis(500));
+    let destination = spawn(&["receive", "--listen", &url, "--timing"])?;
+    wait_for(
+        &destination.stderr_lines,
+        "waiting for a migration",
+        "the destination to listen",
+    )?;
+    let body = serde_json::json!({ "url": url }).to_string();
+    client::request(&socket, "PUT", "/vm/migrate", body.as_bytes())?;
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let status = loop {
+        let status = get_json(&socket, "/vm/migration")?;
+        match status["state"].as_str() {
+            Some("completed") => break status,
+            Some("failed" | "cancelled") => {
+                return Err(BenchError::Answer(format!("migration failed: {status}")))
+            }
+            _ if Instant::now() > deadline => return Err(BenchError::Timeout("the migration")),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let (_, timing) = wait_for_vcpus_running(&destination)?;
+    let summary = &status["summary"];
+    let number = |key: &str| summary[key].as_f64().unwrap_or(f64::NAN);
+    runs.downtime_ms.push(number("downtime_ms"));
+    runs.total_ms.push(number("total_ms"));
+    runs.sent_mib.push(number("bytes_sent") / (1024.0 * 1024.0));
+    runs.rounds.push(number("rounds"));
+    runs.source_phases.push(
+        summary["source_phases_us"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    runs.destination_phases.push(timing.phases_us);
+    drop(source);
+    drop(destination);
+    Ok(())
+}
+
+fn run_migration(options: &BenchOptions) -> Result<(String, Vec<MigrationResult>), BenchError> {
+    let work = std::env::temp_dir().join(format!("lull-vmm-bench-migrate-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let test_guest = work.join("test-guest.elf");
+    std::fs::write(&test_guest, crate::test_guest::pvh_elf())?;
+    let (guest, cmdline, ready): (PathBuf, &str, &str) = match &options.kernel {
+        Some(kernel) => (kernel.clone(), "", PROMPT),
+        None => (test_guest.clone(), "halt", crate::test_guest::READY_BANNER),
+    };
+    let mut runs: Vec<MigrationRuns> = options
+        .sizes_mib
+        .iter()
+        .map(|_| MigrationRuns::default())
+        .collect();
+    // Interleaved, so a busy spell of the host hits every size alike.
+    for _ in 0..options.runs {
+        for (&memory_mib, runs) in options.sizes_mib.iter().zip(&mut runs) {
+            migrate_once(&guest, cmdline, ready, memory_mib, &work, runs)?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let results = options
+        .sizes_mib
+        .iter()
+        .zip(runs)
+        .map(|(&memory_mib, runs)| MigrationResult {
+            memory_mib,
+            downtime_ms: Spread::of(runs.downtime_ms),
+            total_ms: Spread::of(runs.total_ms),
+            sent_mib: Spread::of(runs.sent_mib),
+            rounds: Spread::of(runs.rounds),
+            source_phases_us: median_phases(&runs.source_phases),
+            destination_phases_us: median_phases(&runs.destination_phases),
+        })
+        .collect();
+    let guest = options
+        .kernel
+        .as_ref()
+        .map_or("built-in test guest".into(), |k| k.display().to_string());
+    Ok((guest, results))
+}
+
+/// Human-readable migration report: one line per figure and size.
+pub fn format_migration_report(guest: &str, results: &[MigrationResult]) -> String {
+    let mut out = format!("lull-vmm bench --migrate (guest: {guest}, idle, unix: loopback)\n");
+    for result in results {
+        let size = result.memory_mib;
+        out += &format!("  migrate {size} MiB: downtime {}\n", result.downtime_ms);
+        out += &format!("  migrate {size} MiB: total {}\n", result.total_ms);
+        let sent = &result.sent_mib;
+        out += &format!(
+            "  migrate {size} MiB: sent {:.2} MiB (range {:.2}-{:.2}) in {} rounds (median)\n",
+            sent.median, sent.min, sent.max, result.rounds.median
+        );
+        out += &format!(
+            "  migrate {size} MiB: source stop-and-copy phases (medians, µs): {}\n",
+            Value::Object(result.source_phases_us.clone())
+        );
+        out += &format!(
+            "  migrate {size} MiB: destination restore phases (medians, µs): {}\n",
+            Value::Object(result.destination_phases_us.clone())
+        );
+    }
+    out
+}
+
 /// Entry point of `lull-vmm bench`.
 pub fn main(options: &BenchOptions) -> i32 {
+    if options.migrate {
+        return match run_migration(options) {
+            Ok((guest, results)) => {
+                if options.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&results).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", format_migration_report(&guest, &results));
+                }
+                0
+            }
+            Err(error) => {
+                eprintln!("lull-vmm bench --migrate: {error}");
+                1
+            }
+        };
+    }
     match run(options) {
         Ok(report) => {
             if options.json {

@@ -13,6 +13,8 @@ use crate::console::{self, RawTerminal, StdoutWriter};
 use crate::devices::{lock, MachineRequest};
 use crate::machine::{Machine, MachineConfig, Started};
 use crate::metrics::{MetricsReport, RateTracker};
+use crate::migration::source::{DEFAULT_DOWNTIME_MS, DEFAULT_MAX_ROUNDS};
+use crate::migration::{MigrationState, MigrationUrl};
 use crate::vstate::hypercall::PvHypercalls;
 use crate::vstate::vcpu::VmEvent;
 
@@ -23,10 +25,14 @@ USAGE:
   lull-vmm run --kernel ELF|BZIMAGE [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH]
               [--no-rsdp-hint] [RUN OPTIONS]
   lull-vmm restore --snapshot DIR [RUN OPTIONS]
+  lull-vmm receive --listen URL [RUN OPTIONS]      take one live migration and run the guest
   lull-vmm pause|resume|power-button|info --api SOCKET
   lull-vmm snapshot --api SOCKET --path DIR [--leave-paused]
   lull-vmm metrics --api SOCKET [--interval-ms N] [--json]
+  lull-vmm migrate --api SOCKET --to URL [--downtime-ms N] [--max-rounds N]
+  lull-vmm migrate-cancel --api SOCKET
   lull-vmm bench [--kernel ELF] [--sizes-mib 128,1024] [--json]
+  lull-vmm bench --migrate [--kernel ELF] [--sizes-mib 256,1024] [--runs N] [--json]
   lull-vmm write-test-guest PATH    write the built-in PVH test guest (see vmm/src/test_guest)
 
 RUN OPTIONS:
@@ -39,6 +45,12 @@ RUN OPTIONS:
                             PV_SEND_IPI, PV_SCHED_YIELD and makes VMCALL raise #UD; on trusts them
   --no-rsdp-hint            run only: pass no RSDP address in the boot data (as Firecracker);
                             the kernel must find the ACPI tables by scanning the BIOS areas
+
+MIGRATION: URL is tcp://HOST:PORT or unix:PATH. `migrate` sends the guest of the VMM serving
+SOCKET to a `lull-vmm receive --listen URL`, pre-copying its RAM while it runs, and stops it
+for the rest once that fits --downtime-ms (default 5) at the measured rate, or after
+--max-rounds rounds (default 30); it prints progress and a summary, and the source VMM exits
+once the destination runs the guest. On any failure the guest keeps running on the source.
 
 Defaults: 1 vCPU, 128 MiB, empty command line. The serial console is stdin/stdout (raw mode when
 stdin is a terminal; Ctrl-A x quits). Exit status: the guest's (0 on ACPI poweroff; (N<<1)|1
@@ -71,6 +83,11 @@ pub enum UsageError {
     TwoCommandLines,
     #[error("cannot read command line file {path}: {reason}")]
     CommandLineFile { path: PathBuf, reason: String },
+    #[error("option {option}: {error}")]
+    Url {
+        option: String,
+        error: crate::migration::UrlError,
+    },
 }
 
 /// Options shared by `run` and `restore`.
@@ -99,6 +116,12 @@ pub enum ApiAction {
         interval_ms: Option<u64>,
         json: bool,
     },
+    Migrate {
+        to: MigrationUrl,
+        downtime_ms: u64,
+        max_rounds: u32,
+    },
+    MigrateCancel,
 }
 
 /// Options of `bench`.
@@ -107,6 +130,9 @@ pub struct BenchOptions {
     pub kernel: Option<PathBuf>,
     pub sizes_mib: Vec<u64>,
     pub json: bool,
+    /// `--migrate`: only the live-migration benchmark, `runs` migrations per size.
+    pub migrate: bool,
+    pub runs: usize,
 }
 
 /// A parsed command line.
@@ -118,6 +144,10 @@ pub enum Command {
     },
     Restore {
         snapshot: PathBuf,
+        options: RunOptions,
+    },
+    Receive {
+        listen: MigrationUrl,
         options: RunOptions,
     },
     Api {
@@ -152,6 +182,32 @@ impl<'a> Arguments<'a> {
             value: value.clone(),
             expected,
         })
+    }
+
+    fn url(&mut self, option: &str) -> Result<MigrationUrl, UsageError> {
+        self.value(option)?
+            .parse()
+            .map_err(|error| UsageError::Url {
+                option: option.to_string(),
+                error,
+            })
+    }
+
+    /// A number of at least 1.
+    fn positive<T: std::str::FromStr + PartialOrd + From<u8>>(
+        &mut self,
+        option: &str,
+        expected: &'static str,
+    ) -> Result<T, UsageError> {
+        let value = self.value(option)?;
+        match value.parse::<T>() {
+            Ok(number) if number >= T::from(1) => Ok(number),
+            _ => Err(UsageError::InvalidValue {
+                option: option.to_string(),
+                value: value.clone(),
+                expected,
+            }),
+        }
     }
 
     fn unknown(&self, option: &str) -> UsageError {
@@ -282,9 +338,30 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             })?;
             Ok(Command::Restore { snapshot, options })
         }
-        "pause" | "resume" | "power-button" | "info" | "snapshot" | "metrics" => {
+        "receive" => {
+            let mut listen = None;
+            while let Some(option) = arguments.rest.next() {
+                match option.as_str() {
+                    "--listen" => listen = Some(arguments.url(option)?),
+                    other => {
+                        if !parse_run_option(&mut arguments, other, &mut options)? {
+                            return Err(arguments.unknown(other));
+                        }
+                    }
+                }
+            }
+            let listen = listen.ok_or(UsageError::MissingOption {
+                command: "receive".into(),
+                option: "--listen URL",
+            })?;
+            Ok(Command::Receive { listen, options })
+        }
+        "pause" | "resume" | "power-button" | "info" | "snapshot" | "metrics" | "migrate"
+        | "migrate-cancel" => {
             let (mut socket, mut path, mut leave_paused) = (None, None, false);
             let (mut interval_ms, mut json) = (None, false);
+            let (mut to, mut downtime_ms, mut max_rounds) =
+                (None, DEFAULT_DOWNTIME_MS, DEFAULT_MAX_ROUNDS);
             while let Some(option) = arguments.rest.next() {
                 match (command.as_str(), option.as_str()) {
                     (_, "--api") => socket = Some(PathBuf::from(arguments.value(option)?)),
@@ -294,6 +371,13 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                         interval_ms = Some(arguments.number(option, "number of milliseconds")?)
                     }
                     ("metrics", "--json") => json = true,
+                    ("migrate", "--to") => to = Some(arguments.url(option)?),
+                    ("migrate", "--downtime-ms") => {
+                        downtime_ms = arguments.positive(option, "downtime in ms (at least 1)")?
+                    }
+                    ("migrate", "--max-rounds") => {
+                        max_rounds = arguments.positive(option, "number of rounds (at least 1)")?
+                    }
                     (_, other) => return Err(arguments.unknown(other)),
                 }
             }
@@ -307,6 +391,15 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 "power-button" => ApiAction::PowerButton,
                 "info" => ApiAction::Info,
                 "metrics" => ApiAction::Metrics { interval_ms, json },
+                "migrate" => ApiAction::Migrate {
+                    to: to.ok_or(UsageError::MissingOption {
+                        command: command.clone(),
+                        option: "--to URL",
+                    })?,
+                    downtime_ms,
+                    max_rounds,
+                },
+                "migrate-cancel" => ApiAction::MigrateCancel,
                 _ => ApiAction::Snapshot {
                     path: path.ok_or(UsageError::MissingOption {
                         command: command.clone(),
@@ -322,11 +415,15 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 kernel: None,
                 sizes_mib: vec![128, 1024],
                 json: false,
+                migrate: false,
+                runs: 7,
             };
             while let Some(option) = arguments.rest.next() {
                 match option.as_str() {
                     "--kernel" => bench.kernel = Some(PathBuf::from(arguments.value(option)?)),
                     "--json" => bench.json = true,
+                    "--migrate" => bench.migrate = true,
+                    "--runs" => bench.runs = arguments.positive(option, "number of runs")?,
                     "--sizes-mib" => {
                         let value = arguments.value(option)?;
                         bench.sizes_mib = value
@@ -386,6 +483,18 @@ pub fn main() -> i32 {
                 }
             }
         }
+        Command::Receive { listen, options } => {
+            crate::migration::destination::main(&listen, &options, main_entered)
+        }
+        Command::Api {
+            socket,
+            action:
+                ApiAction::Migrate {
+                    to,
+                    downtime_ms,
+                    max_rounds,
+                },
+        } => migrate_command(&socket, &to, downtime_ms, max_rounds),
         Command::Api { socket, action } => match api_command(&socket, &action) {
             Ok(()) => 0,
             Err(error) => {
@@ -487,6 +596,7 @@ pub fn run_started(started: Started, options: &RunOptions, main_entered: Instant
             1
         }
         Ok(VmEvent::HostQuit) => 0,
+        Ok(VmEvent::MigratedAway) => 0,
         Err(_) => 1,
     };
     drop(terminal);
@@ -553,6 +663,11 @@ fn api_command(socket: &Path, action: &ApiAction) -> Result<(), client::ClientEr
             }
             println!("{}", String::from_utf8_lossy(&result?));
         }
+        ApiAction::MigrateCancel => {
+            client::request(socket, "PUT", "/vm/migration/cancel", b"")?;
+            println!("migration cancel requested; the guest keeps running here");
+        }
+        ApiAction::Migrate { .. } => unreachable!("migrate_command handles it"),
         ApiAction::Metrics { interval_ms, json } => {
             let mut body = client::request(socket, "GET", "/vm/metrics", b"")?;
             if let Some(interval) = interval_ms {
@@ -570,6 +685,111 @@ fn api_command(socket: &Path, action: &ApiAction) -> Result<(), client::ClientEr
         }
     }
     Ok(())
+}
+
+/// How often `lull-vmm migrate` asks for progress.
+const MIGRATE_POLL: Duration = Duration::from_millis(50);
+
+/// `lull-vmm migrate`: starts the migration, shows its progress, prints the summary; 0 only
+/// when the guest runs on the destination.
+fn migrate_command(socket: &Path, to: &MigrationUrl, downtime_ms: u64, max_rounds: u32) -> i32 {
+    use std::io::IsTerminal;
+    let body = serde_json::json!({
+        "url": to.to_string(),
+        "downtime_ms": downtime_ms,
+        "max_rounds": max_rounds,
+    })
+    .to_string();
+    if let Err(error) = client::request(socket, "PUT", "/vm/migrate", body.as_bytes()) {
+        eprintln!("lull-vmm: {error}");
+        return 1;
+    }
+    let terminal = std::io::stdout().is_terminal();
+    let mut last_line = String::new();
+    let mut last_state = MigrationState::Connecting;
+    loop {
+        let status: serde_json::Value = match client::request(socket, "GET", "/vm/migration", b"")
+            .map(|body| serde_json::from_slice(&body).unwrap_or_default())
+        {
+            Ok(status) => status,
+            Err(error) => {
+                if terminal {
+                    println!();
+                }
+                eprintln!(
+                    "lull-vmm: lost the source VMM while the migration was {}: {error}",
+                    serde_json::to_value(last_state)
+                        .ok()
+                        .and_then(|s| s.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                );
+                return 1;
+            }
+        };
+        let state = status["state"].as_str().unwrap_or("");
+        last_state = match state {
+            "precopy" => MigrationState::Precopy,
+            "stop_and_copy" => MigrationState::StopAndCopy,
+            "waiting_for_destination" => MigrationState::WaitingForDestination,
+            _ => last_state,
+        };
+        let line = progress_line(&status);
+        if line != last_line && !matches!(state, "completed" | "failed" | "cancelled") {
+            if terminal {
+                print!("\r{line}\x1b[K");
+                let _ = std::io::stdout().flush();
+            } else {
+                println!("{line}");
+            }
+            last_line = line;
+        }
+        match state {
+            "completed" => {
+                if terminal {
+                    println!();
+                }
+                match serde_json::from_value::<crate::migration::MigrationSummary>(
+                    status["summary"].clone(),
+                ) {
+                    Ok(summary) => println!("{}", summary.line()),
+                    Err(_) => println!("migration completed: {}", status["summary"]),
+                }
+                return 0;
+            }
+            "failed" | "cancelled" => {
+                if terminal {
+                    println!();
+                }
+                eprintln!(
+                    "lull-vmm: migration {state}: {}; the guest keeps running on the source",
+                    status["error"].as_str().unwrap_or("(no reason given)")
+                );
+                return 1;
+            }
+            _ => std::thread::sleep(MIGRATE_POLL),
+        }
+    }
+}
+
+/// The live line of `lull-vmm migrate`, from a GET /vm/migration answer.
+pub fn progress_line(status: &serde_json::Value) -> String {
+    let number = |key: &str| status[key].as_f64().unwrap_or(0.0);
+    let size = |key: &str| crate::migration::bytes(status[key].as_u64().unwrap_or(0));
+    let expected = number("expected_downtime_ms");
+    format!(
+        "migrate: {} round {}  sent {}  left {}  dirty {:.0} pages/s  rate {}/s  expected downtime {}",
+        status["state"].as_str().unwrap_or("?"),
+        status["round"],
+        size("bytes_sent"),
+        size("bytes_left"),
+        number("dirty_pages_per_second"),
+        crate::migration::bytes(number("transfer_bytes_per_second") as u64),
+        if expected < 0.0 {
+            "unknown".to_string()
+        } else {
+            format!("{expected:.2} ms")
+        }
+    )
 }
 
 /// Human-readable metrics: per vCPU, the idle-cost figures first.
@@ -783,6 +1003,101 @@ mod tests {
     }
 
     #[test]
+    fn migration_commands_parse_with_defaults_and_clear_errors() {
+        assert_eq!(
+            parse(&args("migrate --api /s --to unix:/tmp/m.sock")),
+            Ok(Command::Api {
+                socket: "/s".into(),
+                action: ApiAction::Migrate {
+                    to: MigrationUrl::Unix("/tmp/m.sock".into()),
+                    downtime_ms: 5,
+                    max_rounds: 30
+                }
+            })
+        );
+        assert_eq!(
+            parse(&args(
+                "migrate --api /s --to tcp://127.0.0.1:4444 --downtime-ms 300 --max-rounds 3"
+            )),
+            Ok(Command::Api {
+                socket: "/s".into(),
+                action: ApiAction::Migrate {
+                    to: MigrationUrl::Tcp {
+                        host: "127.0.0.1".into(),
+                        port: 4444
+                    },
+                    downtime_ms: 300,
+                    max_rounds: 3
+                }
+            })
+        );
+        assert_eq!(
+            parse(&args("migrate-cancel --api /s")),
+            Ok(Command::Api {
+                socket: "/s".into(),
+                action: ApiAction::MigrateCancel
+            })
+        );
+        let Command::Receive { listen, options } =
+            parse(&args("receive --listen tcp://0.0.0.0:4444 --api-sock /d")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            listen,
+            MigrationUrl::Tcp {
+                host: "0.0.0.0".into(),
+                port: 4444
+            }
+        );
+        assert_eq!(options.api_sock, Some(PathBuf::from("/d")));
+
+        let error = |line: &str| parse(&args(line)).unwrap_err().to_string();
+        assert_eq!(error("migrate --api /s"), "'migrate' needs --to URL");
+        assert_eq!(error("receive"), "'receive' needs --listen URL");
+        assert_eq!(
+            error("migrate --api /s --to http://x:1"),
+            "option --to: 'http://x:1' is not a migration URL: give tcp://HOST:PORT or unix:PATH"
+        );
+        assert_eq!(
+            error("receive --listen tcp://h:99999"),
+            "option --listen: 'tcp://h:99999': '99999' is not a port number (1-65535)"
+        );
+        assert_eq!(
+            error("migrate --api /s --to unix:/x --downtime-ms 0"),
+            "option --downtime-ms: '0' is not a valid downtime in ms (at least 1)"
+        );
+        assert_eq!(
+            error("migrate --api /s --to unix:/x --max-rounds -1"),
+            "option --max-rounds: '-1' is not a valid number of rounds (at least 1)"
+        );
+        assert!(matches!(
+            parse(&args("migrate-cancel --api /s --to unix:/x")),
+            Err(UsageError::UnknownOption { .. })
+        ));
+        assert!(matches!(
+            parse(&args("receive --listen unix:/x --snapshot /d")),
+            Err(UsageError::UnknownOption { .. })
+        ));
+    }
+
+    #[test]
+    fn migrate_progress_line_shows_round_bytes_rate_and_downtime() {
+        let status = serde_json::json!({
+            "state": "precopy", "round": 2, "bytes_sent": 3 * 1024 * 1024,
+            "bytes_left": 8192, "dirty_pages_per_second": 12.4,
+            "transfer_bytes_per_second": 512.0 * 1024.0 * 1024.0, "expected_downtime_ms": 0.015
+        });
+        assert_eq!(
+            progress_line(&status),
+            "migrate: precopy round 2  sent 3.0 MiB  left 8.0 KiB  dirty 12 pages/s  rate 512.0 MiB/s  expected downtime 0.01 ms"
+        );
+        let unknown =
+            serde_json::json!({"state": "precopy", "round": 0, "expected_downtime_ms": -1.0});
+        assert!(progress_line(&unknown).ends_with("expected downtime unknown"));
+    }
+
+    #[test]
     fn pv_hypercalls_option_takes_auto_on_off_in_both_spellings() {
         let options = |line: &str| match parse(&args(line)).unwrap() {
             Command::Run { options, .. } | Command::Restore { options, .. } => options,
@@ -818,6 +1133,15 @@ mod tests {
             panic!()
         };
         assert_eq!(options.sizes_mib, vec![64, 256]);
+        assert!(!options.migrate);
+        let Command::Bench(options) = parse(&args("bench --migrate --runs 3")).unwrap() else {
+            panic!()
+        };
+        assert!(options.migrate && options.runs == 3);
+        assert!(matches!(
+            parse(&args("bench --runs 0")),
+            Err(UsageError::InvalidValue { .. })
+        ));
         assert!(matches!(
             parse(&args("bench --sizes-mib 1,x")),
             Err(UsageError::InvalidValue { .. })

@@ -2,7 +2,7 @@
 //!
 //! Layers: `arch` (x86 layout, PVH, ACPI, CPUID, boot registers) → `vstate` (KVM VM, vCPUs,
 //! guest memory) and `devices` (COM1, ACPI PM) → `machine` (a running VM: boot, restore,
-//! pause, snapshot, power button, metrics) → `api` (REST over a Unix socket) and the CLI.
+//! pause, snapshot, power button, metrics) and `migration` (live migration, pre-copy) → `api` (REST over a Unix socket) and the CLI.
 //! Every stateful piece implements [`persist::Persist`].
 
 pub mod api;
@@ -13,6 +13,7 @@ pub mod console;
 pub mod devices;
 pub mod machine;
 pub mod metrics;
+pub mod migration;
 pub mod persist;
 pub mod snapshot;
 pub mod test_guest;

@@ -142,6 +142,8 @@ pub struct MachineInfo {
     pub vcpus: usize,
     pub memory_bytes: u64,
     pub restored_from: Option<PathBuf>,
+    /// The last (or current) outgoing migration.
+    pub migration: crate::migration::MigrationStatus,
 }
 
 struct VcpuHandle {
@@ -164,6 +166,7 @@ pub struct Machine {
     api_rates: RateTracker,
     restored_from: Option<PathBuf>,
     events: Sender<VmEvent>,
+    migration: Arc<crate::migration::MigrationControl>,
     // Kept so the irqfd stays registered for the machine's lifetime.
     _serial_interrupt: EventFd,
 }
@@ -176,6 +179,73 @@ pub struct Started {
     pub vcpus_running_at: Instant,
     /// Time spent in each setup phase, in order (for `--timing` and the benchmarks).
     pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// Stack of a vCPU thread.
+const VCPU_STACK_BYTES: usize = 256 << 10;
+
+/// A thread started before it has work (a migration destination's vCPU threads exist before
+/// the guest's state arrives: creating a thread is not free, and the time from the last frame
+/// to running vCPUs is downtime).
+struct WaitingThread {
+    work: Sender<Box<dyn FnOnce() + Send>>,
+    handle: JoinHandle<()>,
+}
+
+impl WaitingThread {
+    fn spawn(name: String) -> std::io::Result<Self> {
+        let (work, receiver) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .stack_size(VCPU_STACK_BYTES)
+            .spawn(move || {
+                // No work (the migration failed and the sender was dropped): just end.
+                if let Ok(work) = receiver.recv() {
+                    work();
+                }
+            })?;
+        Ok(Self { work, handle })
+    }
+
+    /// Hands the thread its work; returns its handle.
+    fn run(self, work: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+        // The thread waits in recv until it gets this or the sender is dropped.
+        let _ = self.work.send(Box::new(work));
+        self.handle
+    }
+}
+
+/// A vCPU's thread and statistics file, made ahead of its state.
+struct PreparedVcpu {
+    thread: WaitingThread,
+    stats: Option<KvmStats>,
+}
+
+/// Where a started machine came from.
+#[derive(Default)]
+struct Origin {
+    restored_from: Option<PathBuf>,
+    prepared: Vec<PreparedVcpu>,
+}
+
+/// A VM prepared for a migrated guest ([`Machine::prepare_incoming`]): its RAM is written by
+/// the receiver, then [`Machine::restore_incoming`] applies the state and runs it.
+pub struct IncomingVm {
+    vm: Vm,
+    memory: GuestMemory,
+    /// vCPUs created ahead of the state (KVM_CREATE_VCPU is not free); empty for a restore.
+    vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
+    /// Their threads and statistics, likewise.
+    prepared: Vec<PreparedVcpu>,
+    policy: HypercallDecision,
+    clock: PhaseClock,
+}
+
+impl IncomingVm {
+    /// The guest RAM to fill.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
 }
 
 /// Records how long each setup phase took.
@@ -343,7 +413,15 @@ impl Machine {
             vcpus.push(vcpu);
         }
         clock.lap("vcpus");
-        let started = Self::start(vm, memory, bus, serial_interrupt, vcpus, None, clock);
+        let started = Self::start(
+            vm,
+            memory,
+            bus,
+            serial_interrupt,
+            vcpus,
+            Origin::default(),
+            clock,
+        );
         log(&hypercall_notice(&policy, hidden, 0, quirk.as_ref()));
         Ok(started)
     }
@@ -366,6 +444,98 @@ impl Machine {
         clock.lap("map_memory");
         let vm = Vm::create(&kvm, &memory)?;
         clock.lap("create_vm");
+        let incoming = IncomingVm {
+            vm,
+            memory,
+            vcpu_fds: Vec::new(),
+            prepared: Vec::new(),
+            policy,
+            clock,
+        };
+        Self::restore_into(incoming, &state, output, Some(directory.to_path_buf()))
+    }
+
+    /// A VM for a guest arriving by migration: RAM of `regions` (anonymous, zero), a KVM VM
+    /// with its irqchip and `vcpus` vCPUs, and the hypercall decision under way, all before
+    /// the guest's state arrives, so that the stop-and-copy phase only has to apply it.
+    pub fn prepare_incoming(
+        regions: &[layout::RamRegion],
+        vcpus: u8,
+        pv: PvHypercalls,
+    ) -> Result<IncomingVm, MachineError> {
+        let mut clock = PhaseClock::new();
+        let policy = HypercallDecision::start(pv);
+        let kvm = open_kvm()?;
+        let maximum = kvm.get_max_vcpus().min(255);
+        if vcpus == 0 || usize::from(vcpus) > maximum {
+            return Err(MachineError::VcpuCount {
+                requested: vcpus,
+                maximum,
+            });
+        }
+        let memory = GuestMemory::anonymous(regions)?;
+        let vm = Vm::create(&kvm, &memory)?;
+        let mut vcpu_fds = Vec::new();
+        let mut prepared = Vec::new();
+        for index in 0..vcpus {
+            let fd = vm
+                .fd
+                .create_vcpu(u64::from(index))
+                .map_err(|source| VmError::Kvm {
+                    operation: "KVM_CREATE_VCPU",
+                    source,
+                })?;
+            prepared.push(PreparedVcpu {
+                thread: WaitingThread::spawn(format!("vcpu{index}"))
+                    .map_err(host_error("starting a vCPU thread"))?,
+                stats: KvmStats::open(&fd).ok(),
+            });
+            vcpu_fds.push(fd);
+        }
+        clock.lap("prepare_incoming");
+        Ok(IncomingVm {
+            vm,
+            memory,
+            vcpu_fds,
+            prepared,
+            policy,
+            clock,
+        })
+    }
+
+    /// Applies a migrated guest's state (`state.memory` must describe the RAM `incoming` was
+    /// prepared with, which the caller has filled) and starts its vCPUs, as a restore does.
+    pub fn restore_incoming(
+        mut incoming: IncomingVm,
+        state: &SnapshotState,
+        output: SerialOutput,
+    ) -> Result<Started, MachineError> {
+        incoming.clock = PhaseClock::new();
+        Self::restore_into(incoming, state, output, None)
+    }
+
+    /// The common tail of a restore: VM-wide state, devices, vCPUs (their TSC moved as
+    /// kvmclock was), the hypercall policy, then the vCPU threads.
+    fn restore_into(
+        incoming: IncomingVm,
+        state: &SnapshotState,
+        output: SerialOutput,
+        restored_from: Option<PathBuf>,
+    ) -> Result<Started, MachineError> {
+        let IncomingVm {
+            vm,
+            memory,
+            vcpu_fds,
+            prepared,
+            policy,
+            mut clock,
+        } = incoming;
+        if vcpu_fds.len() > state.vcpus.len() {
+            return Err(MachineError::VcpuCount {
+                requested: state.vcpus.len().min(255) as u8,
+                maximum: vcpu_fds.len(),
+            });
+        }
         let vm = Vm::restore(vm, &state.vm)?;
         clock.lap("restore_vm_state");
         let (bus, serial_interrupt) = build_bus(
@@ -383,16 +553,20 @@ impl Machine {
                 Err(never) => match never {},
             },
         )?;
+        let mut vcpu_fds = vcpu_fds.into_iter();
         let mut vcpus = Vec::new();
         for (index, vcpu_state) in state.vcpus.iter().enumerate() {
             let index = index as u8;
-            let fd = vm
-                .fd
-                .create_vcpu(u64::from(index))
-                .map_err(|source| VmError::Kvm {
-                    operation: "KVM_CREATE_VCPU",
-                    source,
-                })?;
+            let fd = match vcpu_fds.next() {
+                Some(fd) => fd,
+                None => vm
+                    .fd
+                    .create_vcpu(u64::from(index))
+                    .map_err(|source| VmError::Kvm {
+                        operation: "KVM_CREATE_VCPU",
+                        source,
+                    })?,
+            };
             let vcpu = Vcpu::restore(
                 Vcpu {
                     index,
@@ -416,7 +590,10 @@ impl Machine {
             bus,
             serial_interrupt,
             vcpus,
-            Some(directory.to_path_buf()),
+            Origin {
+                restored_from,
+                prepared,
+            },
             clock,
         );
         let shown = if policy.hypercalls_return {
@@ -438,9 +615,14 @@ impl Machine {
         bus: Arc<PortIoBus>,
         serial_interrupt: EventFd,
         vcpus: Vec<Vcpu>,
-        restored_from: Option<PathBuf>,
+        origin: Origin,
         mut clock: PhaseClock,
     ) -> Started {
+        let Origin {
+            restored_from,
+            prepared,
+        } = origin;
+        let mut prepared = prepared.into_iter();
         vcpu::ensure_kick_handler();
         let (event_sender, events) = mpsc::channel();
         let (started_sender, started) = mpsc::channel();
@@ -449,7 +631,10 @@ impl Machine {
             let (command_sender, commands) = mpsc::channel();
             let (response_sender, responses) = mpsc::channel();
             let counters = Arc::new(VcpuExitCounters::default());
-            let stats = KvmStats::open(&vcpu.fd).ok();
+            let (waiting, stats) = match prepared.next() {
+                Some(PreparedVcpu { thread, stats }) => (Some(thread), stats),
+                None => (None, KvmStats::open(&vcpu.fd).ok()),
+            };
             let index = vcpu.index;
             let context = VcpuContext {
                 bus: bus.clone(),
@@ -459,11 +644,15 @@ impl Machine {
                 counters: counters.clone(),
                 started: started_sender.clone(),
             };
-            let thread = std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .stack_size(256 << 10)
-                .spawn(move || vcpu.run_loop(context))
-                .expect("spawning a vCPU thread");
+            let run = move || vcpu.run_loop(context);
+            let thread = match waiting {
+                Some(waiting) => waiting.run(run),
+                None => std::thread::Builder::new()
+                    .name(format!("vcpu{index}"))
+                    .stack_size(VCPU_STACK_BYTES)
+                    .spawn(run)
+                    .expect("spawning a vCPU thread"),
+            };
             handles.push(VcpuHandle {
                 index,
                 thread: Some(thread),
@@ -495,6 +684,7 @@ impl Machine {
             api_rates: RateTracker::default(),
             restored_from,
             events: event_sender,
+            migration: Arc::default(),
             _serial_interrupt: serial_interrupt,
         };
         Started {
@@ -525,6 +715,7 @@ impl Machine {
             vcpus: self.vcpus.len(),
             memory_bytes: self.memory.regions.iter().map(|r| r.size).sum(),
             restored_from: self.restored_from.clone(),
+            migration: self.migration.status(),
         }
     }
 
@@ -596,13 +787,35 @@ impl Machine {
             path: directory.to_path_buf(),
             source,
         })?;
+        let state = self.save_state()?;
+        let memory_report = self.memory.write_file(&directory.join(MEMORY_FILE_NAME))?;
+        let state_bytes = snapshot::write_state(directory, &state)?;
+        Ok(SnapshotReport {
+            path: directory.to_path_buf(),
+            state_bytes,
+            memory_file_bytes: memory_report.file_bytes,
+            memory_written_bytes: memory_report.written_bytes,
+            memory_copied_bytes: memory_report.copied_bytes,
+            duration_ms: begin.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Everything but guest RAM, from the paused VM: VM-wide KVM state, every vCPU (each
+    /// thread saves its own), the devices.
+    pub fn save_state(&mut self) -> Result<SnapshotState, MachineError> {
+        if self.state != RunState::Paused {
+            return Err(MachineError::InvalidState {
+                operation: "save the VM state (pause it first)",
+                state: self.state,
+            });
+        }
         let mut vcpu_states = Vec::new();
         for response in self.command_all(|| VcpuCommand::Save, "save", false)? {
             if let VcpuResponse::Saved(result) = response {
                 vcpu_states.push((*result)?);
             }
         }
-        let state = SnapshotState {
+        Ok(SnapshotState {
             vmm_version: env!("CARGO_PKG_VERSION").to_string(),
             memory: self.memory.save()?,
             vm: self.vm.save()?,
@@ -617,17 +830,25 @@ impl Machine {
                 Ok(state) => state,
                 Err(never) => match never {},
             },
-        };
-        let memory_report = self.memory.write_file(&directory.join(MEMORY_FILE_NAME))?;
-        let state_bytes = snapshot::write_state(directory, &state)?;
-        Ok(SnapshotReport {
-            path: directory.to_path_buf(),
-            state_bytes,
-            memory_file_bytes: memory_report.file_bytes,
-            memory_written_bytes: memory_report.written_bytes,
-            memory_copied_bytes: memory_report.copied_bytes,
-            duration_ms: begin.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    /// What a migration source reads guest RAM and the dirty log through: the VM fd and a
+    /// handle on the same mappings (shared, not copied).
+    pub fn migration_handles(&self) -> (Arc<kvm_ioctls::VmFd>, vm_memory::GuestMemoryMmap) {
+        (self.vm.fd.clone(), self.memory.mmap.clone())
+    }
+
+    /// See [`GuestMemory::touched_pages`].
+    pub fn touched_pages(&self) -> Result<Vec<Vec<u64>>, MachineError> {
+        self.memory
+            .touched_pages()
+            .map_err(host_error("reading which guest pages were touched"))
+    }
+
+    /// The shared migration status and controls of this machine.
+    pub fn migration(&self) -> Arc<crate::migration::MigrationControl> {
+        self.migration.clone()
     }
 
     /// Presses the ACPI power button (PWRBTN_STS; SCI if the guest enabled it).

@@ -380,8 +380,32 @@ pub fn timer_scale() -> Result<Vec<String>, String> {
 
 /// Runs `lull-vmm bench` with the real kernel when /dev/kvm is there.
 pub fn vmm(kernel: &std::path::Path) -> Result<Vec<String>, String> {
+    vmm_bench(kernel, &[], "vmm")
+}
+
+/// Live migration of an idle Lull guest of 256 MiB and 1 GiB over a Unix socket on this host
+/// (`lull-vmm bench --migrate`): downtime, total time and bytes, median and range of `runs`
+/// migrations per size (at least 5), sizes interleaved.
+pub fn migrate(kernel: &std::path::Path, runs: usize) -> Result<Vec<String>, String> {
+    let runs = runs.max(5).to_string();
+    vmm_bench(
+        kernel,
+        &["--migrate", "--sizes-mib", "256,1024", "--runs", &runs],
+        "vmm",
+    )
+}
+
+/// Builds lull-vmm (release) and runs `lull-vmm bench --kernel KERNEL EXTRA`; its lines,
+/// prefixed with `prefix: `.
+fn vmm_bench(
+    kernel: &std::path::Path,
+    extra: &[&str],
+    prefix: &str,
+) -> Result<Vec<String>, String> {
     if !std::path::Path::new("/dev/kvm").exists() {
-        return Ok(vec!["vmm: skipped (no /dev/kvm on this machine)".into()]);
+        return Ok(vec![format!(
+            "{prefix}: skipped (no /dev/kvm on this machine)"
+        )]);
     }
     let root = crate::kernel::repo_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -397,6 +421,7 @@ pub fn vmm(kernel: &std::path::Path) -> Result<Vec<String>, String> {
         .arg("bench")
         .arg("--kernel")
         .arg(kernel)
+        .args(extra)
         .output()
         .map_err(|e| format!("cannot run lull-vmm bench: {e}"))?;
     if !output.status.success() {
@@ -407,7 +432,7 @@ pub fn vmm(kernel: &std::path::Path) -> Result<Vec<String>, String> {
     }
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
-        .map(|l| format!("vmm: {l}"))
+        .map(|l| format!("{prefix}: {l}"))
         .collect())
 }
 

@@ -1,8 +1,8 @@
 //! lull-migration-stream: the versioned, checksummed wire format of a live migration, with its
 //! encoder and a decoder that refuses bad input with typed errors and never panics.
 //!
-//! Not yet used by lull-vmm: dirty-page tracking, the transport and the VMM's `Migratable`
-//! pieces come with the rest of the live-migration issue.
+//! lull-vmm's pre-copy live migration (`vmm/src/migration`) writes and reads it; post-copy
+//! (`PostcopySwitch`, page requests) is in the format but not used yet.
 //!
 //! # The stream
 //!

@@ -10,6 +10,9 @@
 //! | PUT    | /vm/snapshot      | {"path": DIR}    | sizes and duration             |
 //! | PUT    | /vm/power-button  |                  | 204                            |
 //! | GET    | /vm/metrics       |                  | counters, rates, host memory   |
+//! | PUT    | /vm/migrate       | {"url", "downtime_ms"?, "max_rounds"?} | 202, status |
+//! | GET    | /vm/migration     |                  | migration progress / outcome   |
+//! | PUT    | /vm/migration/cancel |               | 202, or 409 with none to stop  |
 
 pub mod client;
 pub mod http;
@@ -19,11 +22,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use erased::Serialize as _;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::devices::lock;
 use crate::machine::{Machine, MachineError};
+use crate::migration::source::{self, MigrateOptions, StartError};
+use crate::migration::{MigrationControl, MigrationUrl};
 
 /// A request the API understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +40,9 @@ pub enum ApiRequest {
     Snapshot { path: PathBuf },
     PowerButton,
     Metrics,
+    Migrate(MigrateOptions),
+    MigrationStatus,
+    CancelMigration,
 }
 
 /// An error answer: HTTP status, a stable machine-readable kind, a human message.
@@ -67,6 +76,42 @@ struct SnapshotBody {
     path: PathBuf,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateBody {
+    url: String,
+    downtime_ms: Option<u64>,
+    max_rounds: Option<u32>,
+}
+
+fn migrate_body(body: &[u8]) -> Result<MigrateOptions, ApiError> {
+    let bad = |message: String| ApiError::new(400, "bad_request", message);
+    let parsed: MigrateBody = serde_json::from_slice(body).map_err(|error| {
+        bad(format!(
+            "migrate body must be {{\"url\": \"tcp://HOST:PORT|unix:PATH\", \"downtime_ms\": N, \"max_rounds\": N}}: {error}"
+        ))
+    })?;
+    let url: MigrationUrl = parsed
+        .url
+        .parse()
+        .map_err(|error| bad(format!("{error}")))?;
+    let downtime_ms = parsed.downtime_ms.unwrap_or(source::DEFAULT_DOWNTIME_MS);
+    let max_rounds = parsed.max_rounds.unwrap_or(source::DEFAULT_MAX_ROUNDS);
+    if downtime_ms == 0 {
+        return Err(bad("downtime_ms must be at least 1".into()));
+    }
+    if max_rounds == 0 {
+        return Err(bad(
+            "max_rounds must be at least 1 (round 0 sends the guest's RAM)".into(),
+        ));
+    }
+    Ok(MigrateOptions {
+        url,
+        downtime_ms,
+        max_rounds,
+    })
+}
+
 /// Maps method, path and body to a request, or to the error that says what is wrong.
 pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiError> {
     let expect = |wanted: &str, request: ApiRequest| {
@@ -86,6 +131,12 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiErr
         "/vm/resume" => expect("PUT", ApiRequest::Resume),
         "/vm/power-button" => expect("PUT", ApiRequest::PowerButton),
         "/vm/metrics" => expect("GET", ApiRequest::Metrics),
+        "/vm/migration" => expect("GET", ApiRequest::MigrationStatus),
+        "/vm/migration/cancel" => expect("PUT", ApiRequest::CancelMigration),
+        "/vm/migrate" => {
+            expect("PUT", ApiRequest::Info)?;
+            Ok(ApiRequest::Migrate(migrate_body(body)?))
+        }
         "/vm/snapshot" => {
             expect("PUT", ApiRequest::Info)?;
             let parsed: SnapshotBody = serde_json::from_slice(body).map_err(|error| {
@@ -121,12 +172,58 @@ fn machine_error(error: MachineError) -> ApiError {
 }
 
 /// Carries out a request; returns (status, JSON body).
-pub fn execute(machine: &Mutex<Machine>, request: &ApiRequest) -> Result<(u16, Vec<u8>), ApiError> {
+pub fn execute(
+    machine: &Arc<Mutex<Machine>>,
+    migration: &MigrationControl,
+    request: &ApiRequest,
+) -> Result<(u16, Vec<u8>), ApiError> {
+    let to_json = |value: &dyn erased::Serialize| (200, value.json());
+    // Migration requests first, without holding the machine (the migration thread takes it).
+    match request {
+        ApiRequest::Migrate(options) => {
+            return source::start(machine, options.clone())
+                .map(|()| (202, migration.status().json()))
+                .map_err(|error| match error {
+                    StartError::NotRunning(_) | StartError::Busy => {
+                        ApiError::new(409, "invalid_state", error.to_string())
+                    }
+                    StartError::Thread(_) => ApiError::new(500, "internal", error.to_string()),
+                });
+        }
+        ApiRequest::MigrationStatus => return Ok(to_json(&migration.status_for_client())),
+        ApiRequest::CancelMigration => {
+            return if migration.request_cancel() {
+                Ok((202, migration.status().json()))
+            } else {
+                Err(ApiError::new(
+                    409,
+                    "invalid_state",
+                    format!(
+                        "no migration to cancel: it is {} (cancel is possible while connecting \
+                         and during pre-copy, not once the vCPUs are paused)",
+                        serde_json::to_value(migration.status().state)
+                            .ok()
+                            .and_then(|state| state.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    ),
+                ))
+            };
+        }
+        ApiRequest::Pause | ApiRequest::Resume | ApiRequest::Snapshot { .. }
+            if migration.status().state.is_active() =>
+        {
+            return Err(ApiError::new(
+                409,
+                "invalid_state",
+                "a migration is under way; wait for it or cancel it (PUT /vm/migration/cancel)",
+            ));
+        }
+        _ => {}
+    }
     let mut machine = lock(machine);
     let no_content = |result: Result<(), MachineError>| {
         result.map(|()| (204, Vec::new())).map_err(machine_error)
     };
-    let to_json = |value: &dyn erased::Serialize| (200, value.json());
     match request {
         ApiRequest::Info => Ok(to_json(&machine.info())),
         ApiRequest::Pause => no_content(machine.pause()),
@@ -140,6 +237,9 @@ pub fn execute(machine: &Mutex<Machine>, request: &ApiRequest) -> Result<(u16, V
             .snapshot(path)
             .map(|report| to_json(&report))
             .map_err(machine_error),
+        ApiRequest::Migrate(_) | ApiRequest::MigrationStatus | ApiRequest::CancelMigration => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -157,13 +257,16 @@ mod erased {
 }
 
 /// Serves one connection: read, route, execute, answer.
-pub fn serve_connection(mut stream: UnixStream, machine: &Mutex<Machine>) {
+pub fn serve_connection(
+    mut stream: UnixStream,
+    machine: &Arc<Mutex<Machine>>,
+    migration: &MigrationControl,
+) {
     // A client that stalls must not block the API for long.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let answer = match http::read_request(&mut stream) {
-        Ok(request) => {
-            route(&request.method, &request.path, &request.body).and_then(|r| execute(machine, &r))
-        }
+        Ok(request) => route(&request.method, &request.path, &request.body)
+            .and_then(|r| execute(machine, migration, &r)),
         Err(http::HttpError::BodyTooLarge(size)) => Err(ApiError::new(
             413,
             "payload_too_large",
@@ -183,8 +286,9 @@ pub fn spawn_server(
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            let migration = lock(&machine).migration();
             for stream in listener.incoming().flatten() {
-                serve_connection(stream, &machine);
+                serve_connection(stream, &machine, &migration);
             }
         })
 }
@@ -208,6 +312,59 @@ mod tests {
             Ok(ApiRequest::Snapshot {
                 path: PathBuf::from("/tmp/snap")
             })
+        );
+    }
+
+    #[test]
+    fn migration_endpoints_route_with_defaults_and_checked_bodies() {
+        assert_eq!(
+            route("PUT", "/vm/migrate", br#"{"url": "unix:/tmp/m.sock"}"#),
+            Ok(ApiRequest::Migrate(MigrateOptions {
+                url: MigrationUrl::Unix("/tmp/m.sock".into()),
+                downtime_ms: 5,
+                max_rounds: 30
+            }))
+        );
+        assert_eq!(
+            route(
+                "PUT",
+                "/vm/migrate",
+                br#"{"url": "tcp://127.0.0.1:4444", "downtime_ms": 300, "max_rounds": 2}"#
+            ),
+            Ok(ApiRequest::Migrate(MigrateOptions {
+                url: MigrationUrl::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 4444
+                },
+                downtime_ms: 300,
+                max_rounds: 2
+            }))
+        );
+        assert_eq!(
+            route("GET", "/vm/migration", b""),
+            Ok(ApiRequest::MigrationStatus)
+        );
+        assert_eq!(
+            route("PUT", "/vm/migration/cancel", b""),
+            Ok(ApiRequest::CancelMigration)
+        );
+        assert_eq!(route("GET", "/vm/migrate", b"").unwrap_err().status, 405);
+        for body in [
+            &br#"{"url": "ftp://x"}"#[..],
+            br#"{"url": "tcp://x:0"}"#,
+            br#"{"url": "unix:/s", "downtime_ms": 0}"#,
+            br#"{"url": "unix:/s", "max_rounds": 0}"#,
+            br#"{"url": "unix:/s", "speed": 1}"#,
+            b"{}",
+        ] {
+            let error = route("PUT", "/vm/migrate", body).unwrap_err();
+            assert_eq!((error.status, error.kind), (400, "bad_request"), "{body:?}");
+        }
+        let error = route("PUT", "/vm/migrate", br#"{"url": "tcp://h:x"}"#).unwrap_err();
+        assert!(
+            error.message.contains("not a port number"),
+            "{}",
+            error.message
         );
     }
 

@@ -124,6 +124,8 @@ pub enum VmEvent {
     Failed { index: u8, reason: String },
     /// The host user asked to quit (console escape).
     HostQuit,
+    /// The guest was migrated and runs on the destination now; this VMM is done.
+    MigratedAway,
 }
 
 /// A vCPU and its KVM fd.

@@ -1,0 +1,613 @@
+//! The sending side of a live migration, on a thread of its own beside the running guest.
+
+use std::io::{self, Write};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lull_migration_stream::{Encoder, Limits, SourceInfo, StreamError, StreamKind};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::pages::PageSet;
+use super::{
+    connect, Connection, MigrationControl, MigrationState, MigrationStatus, MigrationSummary,
+    MigrationUrl, Reply,
+};
+use crate::bench::clock_monotonic_ns;
+use crate::devices::lock;
+use crate::machine::{Machine, MachineError, RunState};
+use crate::snapshot::SnapshotState;
+use crate::vstate::dirty_log::DirtyLog;
+use crate::vstate::vcpu::VmEvent;
+use crate::vstate::vm::VmError;
+
+const PAGE_SIZE: u64 = 4096;
+/// Pages per `MemoryPages` frame: the stream's limit (1 MiB of data at most).
+const PAGES_PER_FRAME: u64 = 256;
+/// Encoded bytes gathered before one write to the socket.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Default downtime budget, and the default limit of pre-copy rounds.
+pub const DEFAULT_DOWNTIME_MS: u64 = 5;
+pub const DEFAULT_MAX_ROUNDS: u32 = 30;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A destination that takes no data for this long is given up on.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the destination may take, after the last byte, to run the guest and say so.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a finished migration waits for `lull-vmm migrate` to read the outcome before the
+/// source VMM exits.
+const OUTCOME_GRACE: Duration = Duration::from_secs(3);
+
+/// What `PUT /vm/migrate` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateOptions {
+    pub url: MigrationUrl,
+    /// Stop-and-copy once the dirty pages left would take at most this long to send.
+    pub downtime_ms: u64,
+    /// Pre-copy rounds (round 0 included) after which stop-and-copy happens regardless.
+    pub max_rounds: u32,
+}
+
+/// Why a migration could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot migrate: the VM is {0} (resume it first)")]
+    NotRunning(RunState),
+    #[error("a migration is already under way or done (see GET /vm/migration)")]
+    Busy,
+    #[error("cannot start the migration thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Why a migration failed (the guest runs on here).
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("cannot connect to {url}: {source} (is `lull-vmm receive --listen {url}` running?)")]
+    Connect { url: String, source: io::Error },
+    #[error("sending to the destination failed: {0}")]
+    Send(io::Error),
+    #[error("the destination refused the migration: {0}")]
+    Refused(String),
+    #[error("the destination did not confirm that the guest runs there: {0}")]
+    NoConfirmation(String),
+    #[error("migration stream: {0}")]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error("dirty logging: {0}")]
+    DirtyLog(#[from] VmError),
+    #[error("reading guest memory: {0}")]
+    Memory(String),
+    #[error("cannot encode the {what} state: {source}")]
+    Encode {
+        what: &'static str,
+        source: postcard::Error,
+    },
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the VM stopped running before the stop-and-copy phase (it is {0})")]
+    NotRunning(RunState),
+}
+
+/// Starts migrating `machine` on a new thread; progress is in `machine.migration()`.
+pub fn start(machine: &Arc<Mutex<Machine>>, options: MigrateOptions) -> Result<(), StartError> {
+    let control = {
+        let machine = lock(machine);
+        if machine.state() != RunState::Running {
+            return Err(StartError::NotRunning(machine.state()));
+        }
+        machine.migration()
+    };
+    let fresh = MigrationStatus {
+        state: MigrationState::Connecting,
+        url: Some(options.url.to_string()),
+        downtime_budget_ms: options.downtime_ms,
+        max_rounds: options.max_rounds,
+        ..Default::default()
+    };
+    if !control.begin(fresh) {
+        return Err(StartError::Busy);
+    }
+    let machine = machine.clone();
+    let thread_control = control.clone();
+    std::thread::Builder::new()
+        .name("migration".into())
+        .spawn(move || run(&machine, &thread_control, &options))
+        .map(drop)
+        .map_err(|error| {
+            control.update(|status| {
+                status.state = MigrationState::Failed;
+                status.error = Some(format!("cannot start the migration thread: {error}"));
+            });
+            StartError::Thread(error)
+        })
+}
+
+/// The migration thread: migrate, publish the outcome, and end this VMM on success.
+fn run(machine: &Arc<Mutex<Machine>>, control: &MigrationControl, options: &MigrateOptions) {
+    let begin = Instant::now();
+    match migrate(machine, control, options, begin) {
+        Ok(summary) => {
+            let line = summary.line();
+            control.update(|status| {
+                status.state = MigrationState::Completed;
+                status.elapsed_ms = begin.elapsed().as_secs_f64() * 1e3;
+                status.bytes_left = 0;
+                status.summary = Some(summary);
+            });
+            eprintln!("\r\nlull-vmm: {line}; the guest runs on {}", options.url);
+            let grace = Instant::now() + OUTCOME_GRACE;
+            while !control.outcome_was_read() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = lock(machine).event_sender().send(VmEvent::MigratedAway);
+        }
+        Err(error) => {
+            control.set_abort(None);
+            // A cancel shuts the socket down: the write it interrupts fails, and that is the
+            // cancel, not a failure.
+            let cancelled = matches!(error, MigrateError::Cancelled) || control.cancel_requested();
+            let error = if cancelled {
+                MigrateError::Cancelled
+            } else {
+                error
+            };
+            control.update(|status| {
+                status.state = if cancelled {
+                    MigrationState::Cancelled
+                } else {
+                    MigrationState::Failed
+                };
+                status.elapsed_ms = begin.elapsed().as_secs_f64() * 1e3;
+                status.error = Some(error.to_string());
+            });
+            eprintln!(
+                "\r\nlull-vmm: migration to {} {}; the guest keeps running here",
+                options.url,
+                if cancelled {
+                    "cancelled".to_string()
+                } else {
+                    format!("failed: {error}")
+                }
+            );
+        }
+    }
+}
+
+/// Resumes the guest here unless disarmed (the migration succeeded).
+struct ResumeOnFailure<'a> {
+    machine: &'a Mutex<Machine>,
+    armed: bool,
+}
+
+impl Drop for ResumeOnFailure<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut machine = lock(self.machine);
+            if machine.state() == RunState::Paused {
+                if let Err(error) = machine.resume() {
+                    eprintln!(
+                        "\r\nlull-vmm: cannot resume the guest after the failed migration: {error}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Whether the dirty pages left fit the budget at the measured rate; returns the expected
+/// time to send them, in ms.
+pub fn expected_downtime_ms(dirty_pages: u64, bytes_per_second: f64) -> f64 {
+    if dirty_pages == 0 {
+        return 0.0;
+    }
+    if !bytes_per_second.is_finite() || bytes_per_second <= 0.0 {
+        return f64::INFINITY;
+    }
+    (dirty_pages * PAGE_SIZE) as f64 / bytes_per_second * 1e3
+}
+
+/// What to do after a pre-copy round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    AnotherRound,
+    StopAndCopy { forced: bool },
+}
+
+/// The convergence rule: stop and copy when the rest fits the budget, or when `rounds_done`
+/// pre-copy rounds reached the limit.
+pub fn next_step(expected_ms: f64, budget_ms: u64, rounds_done: u32, max_rounds: u32) -> Next {
+    if expected_ms <= budget_ms as f64 {
+        Next::StopAndCopy { forced: false }
+    } else if rounds_done >= max_rounds {
+        Next::StopAndCopy { forced: true }
+    } else {
+        Next::AnotherRound
+    }
+}
+
+fn migrate(
+    machine: &Arc<Mutex<Machine>>,
+    control: &MigrationControl,
+    options: &MigrateOptions,
+    begin: Instant,
+) -> Result<MigrationSummary, MigrateError> {
+    let connection =
+        connect(&options.url, CONNECT_TIMEOUT).map_err(|source| MigrateError::Connect {
+            url: options.url.to_string(),
+            source,
+        })?;
+    let _ = connection.set_write_timeout(Some(WRITE_TIMEOUT));
+    let replies = spawn_reply_reader(&connection).map_err(MigrateError::Send)?;
+    control.set_abort(connection.try_clone().ok());
+    if control.cancel_requested() {
+        return Err(MigrateError::Cancelled);
+    }
+    let mut resume = ResumeOnFailure {
+        machine,
+        armed: true,
+    };
+    let (log, touched, mmap, vcpus) = {
+        let machine = lock(machine);
+        if machine.state() != RunState::Running {
+            return Err(MigrateError::NotRunning(machine.state()));
+        }
+        let (vm, mmap) = machine.migration_handles();
+        // Logging first, then the pagemap: a page written in between is in the log.
+        let log = DirtyLog::start(vm, &mmap)?;
+        let touched = machine.touched_pages()?;
+        (log, touched, mmap, machine.info().vcpus)
+    };
+    let region_pages = log.slot_pages();
+    let info = SourceInfo {
+        kind: StreamKind::Migration,
+        page_size: PAGE_SIZE as u32,
+        vcpu_count: vcpus as u32,
+        memory_bytes: region_pages.iter().sum::<u64>() * PAGE_SIZE,
+    };
+    let mut sender = Sender::start(connection, replies, info, mmap)?;
+    control.update(|status| status.state = MigrationState::Precopy);
+
+    let first = PageSet::new(touched, &region_pages);
+    control.update(|status| status.bytes_left = first.count() * PAGE_SIZE);
+    let mut last_clear = Instant::now();
+    sender.send_round(0, &first, Some(control))?;
+    let mut rounds_done = 1u32;
+    let forced = loop {
+        let dirty = PageSet::new(log.peek()?, &region_pages);
+        let dirty_pages = dirty.count();
+        let rate = sender.rate();
+        let expected = expected_downtime_ms(dirty_pages, rate);
+        let dirty_rate = dirty_pages as f64 / last_clear.elapsed().as_secs_f64().max(1e-6);
+        control.update(|status| {
+            status.bytes_left = dirty_pages * PAGE_SIZE;
+            status.transfer_bytes_per_second = if rate.is_finite() { rate } else { 0.0 };
+            status.expected_downtime_ms = if expected.is_finite() { expected } else { -1.0 };
+            status.dirty_pages_per_second = dirty_rate;
+            status.elapsed_ms = begin.elapsed().as_secs_f64() * 1e3;
+        });
+        if control.cancel_requested() {
+            return Err(sender.cancel("cancelled on the source"));
+        }
+        sender.check_reply()?;
+        match next_step(
+            expected,
+            options.downtime_ms,
+            rounds_done,
+            options.max_rounds,
+        ) {
+            Next::StopAndCopy { forced } => break forced,
+            Next::AnotherRound => {}
+        }
+        // Re-arm exactly these pages, then read them: a write after this is logged again.
+        log.clear(dirty.bitmaps())?;
+        last_clear = Instant::now();
+        control.update(|status| status.round = rounds_done);
+        sender.send_round(rounds_done, &dirty, Some(control))?;
+        rounds_done += 1;
+    };
+
+    // Stop-and-copy: no cancel from here (the state may already be on its way).
+    if !control.enter_stop_and_copy(rounds_done) {
+        return Err(sender.cancel("cancelled on the source"));
+    }
+    let mut guard = lock(machine);
+    let paused_at = Instant::now();
+    guard.pause()?;
+    let paused = Instant::now();
+    let last = PageSet::new(log.peek()?, &region_pages);
+    let stop_and_copy_pages = last.count();
+    let state = guard.save_state()?;
+    drop(guard);
+    let saved = Instant::now();
+    sender.send_round(rounds_done, &last, None)?;
+    let state_bytes = sender.send_state(&state)?;
+    let sent = Instant::now();
+    control.update(|status| {
+        status.state = MigrationState::WaitingForDestination;
+        status.bytes_sent = sender.wire_bytes;
+        status.pages_sent = sender.pages_sent;
+        status.zero_pages_sent = sender.zero_pages;
+        status.bytes_left = 0;
+    });
+    let running_ns = sender.confirmation()?;
+    resume.armed = false;
+    let paused_ns = clock_monotonic_ns(paused_at);
+    drop(log);
+    Ok(MigrationSummary {
+        total_ms: begin.elapsed().as_secs_f64() * 1e3,
+        bytes_sent: sender.wire_bytes,
+        pages_sent: sender.pages_sent,
+        zero_pages_sent: sender.zero_pages,
+        rounds: rounds_done + 1,
+        stop_and_copy_pages,
+        state_bytes,
+        downtime_ms: running_ns.saturating_sub(paused_ns) as f64 / 1e6,
+        forced_by_round_limit: forced,
+        source_phases_us: [
+            ("pause", paused - paused_at),
+            ("dirty_log_and_save_state", saved - paused),
+            ("send_last_pages_and_state", sent - saved),
+        ]
+        .into_iter()
+        .map(|(name, took)| (name.to_string(), took.as_secs_f64() * 1e6))
+        .collect(),
+        source_paused_monotonic_ns: paused_ns,
+        destination_running_monotonic_ns: running_ns,
+    })
+}
+
+/// Reads the destination's one reply on its own thread, so a refusal in the middle of the
+/// stream is seen between two frames rather than when a write finally fails.
+fn spawn_reply_reader(connection: &Connection) -> io::Result<Receiver<io::Result<Option<Reply>>>> {
+    let reader = connection.try_clone()?;
+    let (sender, receiver) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("migration-reply".into())
+        .spawn(move || {
+            let _ = sender.send(Reply::read_from(reader));
+        })?;
+    Ok(receiver)
+}
+
+/// The stream being written: encoder, socket, counters and the measured rate.
+struct Sender {
+    connection: Connection,
+    replies: Receiver<io::Result<Option<Reply>>>,
+    encoder: Encoder,
+    out: Vec<u8>,
+    mmap: GuestMemoryMmap,
+    region_bases: Vec<u64>,
+    bounce: Vec<u8>,
+    wire_bytes: u64,
+    pages_sent: u64,
+    zero_pages: u64,
+    /// Time spent reading, encoding and writing pages, for the rate.
+    sending: Duration,
+    page_bytes: u64,
+}
+
+impl Sender {
+    fn start(
+        connection: Connection,
+        replies: Receiver<io::Result<Option<Reply>>>,
+        info: SourceInfo,
+        mmap: GuestMemoryMmap,
+    ) -> Result<Self, MigrateError> {
+        let mut out = Vec::with_capacity(WRITE_CHUNK + (2 << 20));
+        let encoder = Encoder::start(info, Limits::default(), &mut out)?;
+        let region_bases = mmap.iter().map(|region| region.start_addr().0).collect();
+        let mut sender = Self {
+            connection,
+            replies,
+            encoder,
+            out,
+            mmap,
+            region_bases,
+            bounce: vec![0; (PAGES_PER_FRAME * PAGE_SIZE) as usize],
+            wire_bytes: 0,
+            pages_sent: 0,
+            zero_pages: 0,
+            sending: Duration::ZERO,
+            page_bytes: 0,
+        };
+        sender.flush()?;
+        Ok(sender)
+    }
+
+    /// Bytes per second over every round so far (infinite before anything was measured).
+    fn rate(&self) -> f64 {
+        if self.sending.is_zero() {
+            return f64::INFINITY;
+        }
+        self.page_bytes as f64 / self.sending.as_secs_f64()
+    }
+
+    fn flush(&mut self) -> Result<(), MigrateError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = self.connection.write_all(&self.out) {
+            // A destination that refused says why before it closes; prefer its reason.
+            return Err(match self.replies.recv_timeout(Duration::from_secs(2)) {
+                Ok(Ok(Some(Reply::Failed { error }))) => MigrateError::Refused(error),
+                _ => MigrateError::Send(error),
+            });
+        }
+        self.wire_bytes += self.out.len() as u64;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Fails if the destination has already answered (mid-stream, only a refusal can come).
+    fn check_reply(&self) -> Result<(), MigrateError> {
+        match self.replies.try_recv() {
+            Err(TryRecvError::Empty) => Ok(()),
+            Ok(Ok(Some(Reply::Failed { error }))) => Err(MigrateError::Refused(error)),
+            Ok(Ok(Some(Reply::Running { .. }))) => Err(MigrateError::Refused(
+                "it says the guest runs before the stream ended".into(),
+            )),
+            Ok(Ok(None)) | Err(TryRecvError::Disconnected) => {
+                Err(MigrateError::Send(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the destination closed the connection",
+                )))
+            }
+            Ok(Err(error)) => Err(MigrateError::Send(error)),
+        }
+    }
+
+    /// Sends `pages` as round `round`, then its `DirtyRoundEnd`. With `control`, progress is
+    /// published and a cancel request honoured between frames.
+    fn send_round(
+        &mut self,
+        round: u32,
+        pages: &PageSet,
+        control: Option<&MigrationControl>,
+    ) -> Result<(), MigrateError> {
+        let started = Instant::now();
+        let mut round_pages = 0u64;
+        let total = pages.count();
+        for run in pages.runs(PAGES_PER_FRAME) {
+            if let Some(control) = control {
+                if control.cancel_requested() {
+                    return Err(self.cancel("cancelled on the source"));
+                }
+            }
+            let length = (run.count * PAGE_SIZE) as usize;
+            let address = GuestAddress(self.region_bases[run.region] + run.first * PAGE_SIZE);
+            let buffer = &mut self.bounce[..length];
+            self.mmap
+                .read_slice(buffer, address)
+                .map_err(|error| MigrateError::Memory(error.to_string()))?;
+            let before = self.out.len();
+            let stream_page = pages.region_start(run.region) + run.first;
+            self.encoder
+                .memory_pages(round, stream_page, buffer, &mut self.out)?;
+            // Frame = 9 bytes of framing + 16 of run header + a marker per page + data pages.
+            let frame = (self.out.len() - before) as u64;
+            let data_pages = (frame - 9 - 16 - run.count) / PAGE_SIZE;
+            self.zero_pages += run.count - data_pages;
+            self.pages_sent += run.count;
+            self.page_bytes += frame;
+            round_pages += run.count;
+            if self.out.len() >= WRITE_CHUNK {
+                self.flush()?;
+                if let Some(control) = control {
+                    self.check_reply()?;
+                    self.publish(control, round, total - round_pages);
+                }
+            }
+        }
+        self.encoder
+            .dirty_round_end(round, round_pages, 0, &mut self.out)?;
+        self.flush()?;
+        self.sending += started.elapsed();
+        if let Some(control) = control {
+            self.publish(control, round, 0);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, control: &MigrationControl, round: u32, pages_left: u64) {
+        control.update(|status| {
+            status.round = round;
+            status.bytes_sent = self.wire_bytes;
+            status.pages_sent = self.pages_sent;
+            status.zero_pages_sent = self.zero_pages;
+            status.bytes_left = pages_left * PAGE_SIZE;
+        });
+    }
+
+    /// Device and vCPU state, then `End`; returns the state's encoded size.
+    fn send_state(&mut self, state: &SnapshotState) -> Result<u64, MigrateError> {
+        fn encode<T: serde::Serialize>(
+            what: &'static str,
+            value: &T,
+        ) -> Result<Vec<u8>, MigrateError> {
+            postcard::to_allocvec(value).map_err(|source| MigrateError::Encode { what, source })
+        }
+        let before = self.wire_bytes + self.out.len() as u64;
+        let devices = [
+            ("memory", encode("memory", &state.memory)?),
+            ("vm", encode("vm", &state.vm)?),
+            ("serial", encode("serial", &state.serial)?),
+            ("acpi_pm", encode("acpi_pm", &state.acpi_pm)?),
+        ];
+        for (name, bytes) in &devices {
+            self.encoder.device_state(name, bytes, &mut self.out)?;
+        }
+        for (index, vcpu) in state.vcpus.iter().enumerate() {
+            let bytes = encode("vcpu", vcpu)?;
+            self.encoder
+                .vcpu_state(index as u32, &bytes, &mut self.out)?;
+        }
+        self.encoder.end(&mut self.out)?;
+        let state_bytes = self.wire_bytes + self.out.len() as u64 - before;
+        self.flush()?;
+        Ok(state_bytes)
+    }
+
+    /// Ends the stream with `Cancel` (best effort) and returns the error to report.
+    fn cancel(&mut self, reason: &str) -> MigrateError {
+        self.out.clear();
+        if self.encoder.cancel(reason, &mut self.out).is_ok() {
+            let _ = self.connection.write_all(&self.out);
+        }
+        self.connection.shutdown_write();
+        MigrateError::Cancelled
+    }
+
+    /// Waits for the destination to say its vCPUs run; returns its CLOCK_MONOTONIC instant.
+    fn confirmation(&mut self) -> Result<u64, MigrateError> {
+        match self.replies.recv_timeout(CONFIRM_TIMEOUT) {
+            Ok(Ok(Some(Reply::Running {
+                vcpus_running_monotonic_ns,
+            }))) => Ok(vcpus_running_monotonic_ns),
+            Ok(Ok(Some(Reply::Failed { error }))) => Err(MigrateError::Refused(error)),
+            Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => Err(
+                MigrateError::NoConfirmation("it closed the connection without an answer".into()),
+            ),
+            Ok(Err(error)) => Err(MigrateError::NoConfirmation(error.to_string())),
+            Err(RecvTimeoutError::Timeout) => Err(MigrateError::NoConfirmation(format!(
+                "no answer within {} s",
+                CONFIRM_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_downtime_follows_the_rate() {
+        assert_eq!(expected_downtime_ms(0, 0.0), 0.0, "nothing left: no time");
+        assert_eq!(expected_downtime_ms(256, 1024.0 * 1024.0 * 1000.0), 1.0);
+        assert!(expected_downtime_ms(1, f64::INFINITY).is_infinite());
+        assert!(expected_downtime_ms(1, 0.0).is_infinite());
+    }
+
+    #[test]
+    fn stop_and_copy_when_the_rest_fits_or_the_rounds_run_out() {
+        assert_eq!(
+            next_step(4.9, 5, 1, 30),
+            Next::StopAndCopy { forced: false }
+        );
+        assert_eq!(
+            next_step(5.0, 5, 1, 30),
+            Next::StopAndCopy { forced: false }
+        );
+        assert_eq!(next_step(5.1, 5, 1, 30), Next::AnotherRound);
+        assert_eq!(next_step(5.1, 5, 29, 30), Next::AnotherRound);
+        assert_eq!(
+            next_step(5.1, 5, 30, 30),
+            Next::StopAndCopy { forced: true }
+        );
+        assert_eq!(
+            next_step(f64::INFINITY, 5, 30, 30),
+            Next::StopAndCopy { forced: true }
+        );
+    }
+}
