@@ -528,6 +528,19 @@ pub fn run(args: &[&str]) -> Result<(), String> {
             }
             Ok(())
         }
+        Some("clock") => {
+            let reads = parse_count(args.get(1), 10_000, 10_000_000)?;
+            let tsc_hz = crate::kernel::time::tsc_hz().max(1);
+            for (name, ..) in crate::kernel::time::clocksources() {
+                if let Some(cycles) = crate::kernel::time::clocksource_read_cycles(name, reads) {
+                    crate::kprintln!(
+                        "bench: clock source={name} reads={reads} cycles_per_read={cycles} ns_per_read={}",
+                        cycles * 1_000_000_000 / tsc_hz
+                    );
+                }
+            }
+            Ok(())
+        }
         Some("pvops") => {
             let rounds = parse_count(args.get(1), 1_000, 1_000_000)?;
             let parts = parse_count(args.get(2), 0x1f, 0x1f)?;
@@ -541,7 +554,7 @@ pub fn run(args: &[&str]) -> Result<(), String> {
             Ok(())
         }
         _ => Err(String::from(
-            "usage: bench pingpong|ipi|irq|lock|pvops [COUNT]",
+            "usage: bench pingpong|ipi|irq|lock|clock|pvops [COUNT]",
         )),
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 mod latency;
+mod memsum;
 mod timer;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -230,9 +231,16 @@ const COMMANDS: &[Command] = &[
         run: cmd_cpus,
     },
     Command {
+        name: "memsum",
+        usage: "memsum [stop]",
+        help:
+            "check a 256 KiB pattern a kernel thread keeps rewriting (integrity across migration)",
+        run: |args, _| memsum::run(args),
+    },
+    Command {
         name: "bench",
-        usage: "bench pingpong|ipi|irq|lock [N]",
-        help: "microbenchmarks: context switch, IPI, IRQ latency, lock contention",
+        usage: "bench pingpong|ipi|irq|lock|clock|pvops [N]",
+        help: "microbenchmarks: context switch, IPI, IRQ latency, locks, clock reads, paravirt ops",
         run: cmd_bench,
     },
     Command {
