@@ -68,7 +68,7 @@ fn uid_text(value: &Value) -> Option<String> {
 /// functioning are not visited.
 pub fn devices(ns: &mut Namespace, host: &mut dyn Host) -> Vec<DeviceInfo> {
     let mut out = Vec::new();
-    let mut stack: Vec<NodeId> = ns.children(ROOT).iter().rev().copied().collect();
+    let mut stack: Vec<NodeId> = ns.children(ROOT).into_iter().rev().collect();
     while let Some(node) = stack.pop() {
         let is_device = matches!(ns.kind(node), ObjectKind::Device | ObjectKind::Processor);
         let mut visit_children = true;
@@ -78,7 +78,7 @@ pub fn devices(ns: &mut Namespace, host: &mut dyn Host) -> Vec<DeviceInfo> {
             out.push(info);
         }
         if visit_children {
-            stack.extend(ns.children(node).iter().rev().copied());
+            stack.extend(ns.children(node).into_iter().rev());
         }
     }
     out
@@ -230,4 +230,36 @@ fn link_gsi(ns: &mut Namespace, host: &mut dyn Host, link: NodeId, index: u32) -
             Resource::Interrupt { irqs, .. } => irqs.get(index as usize).or(irqs.first()).copied(),
             _ => None,
         })
+}
+
+/// The devices whose `_HID` or `_CID` is one of `ids`, described in full; cheaper than
+/// [`devices`] when a driver looks for its own: ids given as plain names (the usual case) are
+/// compared without running the interpreter, and only matches are described.
+pub fn find_by_id(ns: &mut Namespace, host: &mut dyn Host, ids: &[&str]) -> Vec<DeviceInfo> {
+    let mut out = Vec::new();
+    for node in ns.walk(ROOT) {
+        if !matches!(ns.kind(node), ObjectKind::Device) {
+            continue;
+        }
+        let mut matches = false;
+        for method in [*b"_HID", *b"_CID"] {
+            let Some(child) = ns.child(node, method) else {
+                continue;
+            };
+            let value = match ns.kind(child) {
+                ObjectKind::Name(value) => Ok(value.clone()),
+                _ => ns.evaluate_node(host, child, Vec::new()),
+            };
+            let texts: Vec<String> = match value {
+                Ok(Value::Package(values)) => values.iter().filter_map(id_text).collect(),
+                Ok(value) => id_text(&value).into_iter().collect(),
+                Err(_) => Vec::new(),
+            };
+            matches |= texts.iter().any(|t| ids.contains(&t.as_str()));
+        }
+        if matches {
+            out.push(describe(ns, host, node));
+        }
+    }
+    out
 }

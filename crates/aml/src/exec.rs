@@ -146,17 +146,17 @@ impl Cursor {
             0x00 => self.pos += 1,
             0x2E => {
                 self.pos += 1;
-                name.segments.push(self.name_segment()?);
-                name.segments.push(self.name_segment()?);
+                name.push(self.name_segment()?)?;
+                name.push(self.name_segment()?)?;
             }
             0x2F => {
                 self.pos += 1;
                 let count = self.byte()?;
                 for _ in 0..count {
-                    name.segments.push(self.name_segment()?);
+                    name.push(self.name_segment()?)?;
                 }
             }
-            _ => name.segments.push(self.name_segment()?),
+            _ => name.push(self.name_segment()?)?,
         }
         Ok(name)
     }
@@ -351,22 +351,16 @@ impl<'a> Exec<'a> {
         name: &NameString,
         kind: ObjectKind,
     ) -> Result<NodeId, Error> {
-        let (last, parent_path) = name
-            .segments
-            .split_last()
+        let count = name.segments().len();
+        let last = *name
+            .segments()
+            .last()
             .ok_or(Error::Type("an object needs a name"))?;
         let parent = self
             .ns
-            .lookup(
-                f.scope,
-                &NameString {
-                    root: name.root,
-                    parents: name.parents,
-                    segments: parent_path.to_vec(),
-                },
-            )
+            .lookup(f.scope, &name.truncated(count - 1))
             .ok_or_else(|| Error::NotFound(name.to_text()))?;
-        let id = self.ns.add(parent, *last, kind)?;
+        let id = self.ns.add(parent, last, kind)?;
         if f.in_method {
             f.created.push(id);
         }
@@ -407,6 +401,20 @@ impl<'a> Exec<'a> {
             0x08 => {
                 c.pos += 1;
                 let name = c.name_string()?;
+                if !f.in_method && matches!(c.peek()?, 0x11..=0x13) {
+                    let start = c.pos;
+                    c.pos += 1;
+                    let end = c.pkg_end()?;
+                    c.pos = end;
+                    let body = MethodBody {
+                        table: c.data.clone(),
+                        start,
+                        end,
+                    };
+                    let scope = f.scope;
+                    self.create(f, &name, ObjectKind::Deferred { body, scope })?;
+                    return Ok(Flow::Normal);
+                }
                 let value = self.eval(c, f)?;
                 self.create(f, &name, ObjectKind::Name(value))?;
                 Ok(Flow::Normal)
@@ -715,10 +723,7 @@ impl<'a> Exec<'a> {
                         access_bytes: access_bytes(access, bit_offset, bit_length),
                         update_rule,
                     };
-                    let name = NameString {
-                        segments: vec![segment],
-                        ..NameString::default()
-                    };
+                    let name = NameString::single(segment);
                     self.create(f, &name, ObjectKind::Field(FieldUnit(field)))?;
                     bit_offset += bit_length;
                 }
@@ -736,6 +741,7 @@ impl<'a> Exec<'a> {
                 .ns
                 .lookup(f.scope, &name)
                 .ok_or_else(|| Error::NotFound(name.to_text()))?;
+            self.materialize(node)?;
             return match self.ns.kind(node) {
                 ObjectKind::Name(Value::Buffer(_)) => Ok(node),
                 _ => Err(Error::Type("buffer field source must be a buffer")),
@@ -745,10 +751,7 @@ impl<'a> Exec<'a> {
         let Value::Buffer(_) = value else {
             return Err(Error::Type("buffer field source must be a buffer"));
         };
-        let hidden = NameString {
-            segments: vec![*b"_T_B"],
-            ..NameString::default()
-        };
+        let hidden = NameString::single(*b"_T_B");
         // Unnamed temporaries: replace an earlier one of this frame.
         if let Some(old) = self.ns.child(f.scope, *b"_T_B") {
             self.ns.set_kind(old, ObjectKind::Name(value));
@@ -887,6 +890,7 @@ impl<'a> Exec<'a> {
     }
 
     fn store_node(&mut self, node: NodeId, value: Value) -> Result<(), Error> {
+        self.materialize(node)?;
         match self.ns.kind(node).clone() {
             ObjectKind::Name(old) => {
                 let converted = match (&old, &value) {
@@ -900,6 +904,7 @@ impl<'a> Exec<'a> {
             }
             ObjectKind::Field(FieldUnit(field)) => self.write_field(&field, &value),
             ObjectKind::BufferField(unit) => {
+                self.materialize(unit.buffer)?;
                 let ObjectKind::Name(Value::Buffer(mut bytes)) = self.ns.kind(unit.buffer).clone()
                 else {
                     return Err(Error::Type("buffer field over a non-buffer"));
@@ -914,14 +919,32 @@ impl<'a> Exec<'a> {
         }
     }
 
+    /// Builds a deferred `Name`'s package or buffer (see [`ObjectKind::Deferred`]).
+    fn materialize(&mut self, node: NodeId) -> Result<(), Error> {
+        let ObjectKind::Deferred { body, scope } = self.ns.kind(node).clone() else {
+            return Ok(());
+        };
+        let mut cursor = Cursor {
+            data: body.table.clone(),
+            pos: body.start,
+            end: body.end,
+        };
+        let mut frame = Frame::new(scope, false);
+        let value = self.eval(&mut cursor, &mut frame)?;
+        self.ns.set_kind(node, ObjectKind::Name(value));
+        Ok(())
+    }
+
     /// The value of a named object: a method's result, a field's bits, a name's data, or a
     /// reference to a device, region or other object.
     pub(crate) fn value_of(&mut self, node: NodeId, args: Vec<Value>) -> Result<Value, Error> {
+        self.materialize(node)?;
         match self.ns.kind(node).clone() {
             ObjectKind::Method { body, .. } => self.invoke(node, body, args),
             ObjectKind::Name(value) => Ok(value),
             ObjectKind::Field(FieldUnit(field)) => self.read_field(&field),
             ObjectKind::BufferField(unit) => {
+                self.materialize(unit.buffer)?;
                 let ObjectKind::Name(Value::Buffer(bytes)) = self.ns.kind(unit.buffer) else {
                     return Err(Error::Type("buffer field over a non-buffer"));
                 };
@@ -1179,6 +1202,9 @@ impl<'a> Exec<'a> {
             }
             0x8E => {
                 let target = self.target(c, f)?;
+                if let Target::Node(node) = &target {
+                    self.materialize(*node)?;
+                }
                 let code = match &target {
                     Target::Node(node) => match self.ns.kind(*node) {
                         ObjectKind::Name(value) => type_code(value),
@@ -1709,6 +1735,9 @@ impl Namespace {
             self.integer_mask = u32::MAX as u64;
         }
         let data: Arc<[u8]> = Arc::from(table);
+        // About one object per 32 bytes of AML (QEMU's q35 DSDT: 257 in 8 KiB): growing the
+        // arena as it fills would copy it over and over.
+        self.nodes.reserve(table.len() / 32);
         let mut errors = Vec::new();
         let result = Exec::new(self, host).load(data, &mut errors);
         match result {
@@ -1748,7 +1777,7 @@ impl Namespace {
         parent: NodeId,
         name: &str,
     ) -> Option<Result<Value, Error>> {
-        let segment = NameString::parse_text(name)?.segments.first().copied()?;
+        let segment = NameString::parse_text(name)?.segments().first().copied()?;
         let child = self.child(parent, segment)?;
         Some(self.evaluate_node(host, child, Vec::new()))
     }

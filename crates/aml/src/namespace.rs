@@ -67,6 +67,14 @@ pub enum ObjectKind {
     Mutex,
     Event,
     Alias(NodeId),
+    /// A `Name` whose package or buffer is not built yet: loading keeps its AML and the scope
+    /// to build it in, and the first use builds it (most are never used at all, and building
+    /// them made loading several times slower).
+    #[doc(hidden)]
+    Deferred {
+        body: MethodBody,
+        scope: NodeId,
+    },
 }
 
 /// A method's AML (a range of one loaded table).
@@ -89,11 +97,14 @@ pub struct BufferFieldUnit {
     pub(crate) bit_length: u64,
 }
 
+/// A node; children are a linked list (no allocation per node beyond the arena's).
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
     pub name: [u8; 4],
     pub parent: Option<NodeId>,
-    pub children: Vec<NodeId>,
+    pub first_child: Option<NodeId>,
+    pub last_child: Option<NodeId>,
+    pub next_sibling: Option<NodeId>,
     pub kind: ObjectKind,
     pub live: bool,
 }
@@ -125,7 +136,9 @@ impl Namespace {
             nodes: alloc::vec![Node {
                 name: *b"\\___",
                 parent: None,
-                children: Vec::new(),
+                first_child: None,
+                last_child: None,
+                next_sibling: None,
                 kind: ObjectKind::Scope,
                 live: true,
             }],
@@ -153,17 +166,27 @@ impl Namespace {
     }
 
     /// The children of a node, in creation order.
-    pub fn children(&self, id: NodeId) -> &[NodeId] {
-        &self.nodes[id.0].children
+    pub fn children(&self, id: NodeId) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        let mut cursor = self.nodes[id.0].first_child;
+        while let Some(child) = cursor {
+            out.push(child);
+            cursor = self.nodes[child.0].next_sibling;
+        }
+        out
     }
 
     /// The child called `name` (a 4-byte segment).
     pub fn child(&self, parent: NodeId, name: [u8; 4]) -> Option<NodeId> {
-        self.nodes[parent.0]
-            .children
-            .iter()
-            .copied()
-            .find(|&child| self.nodes[child.0].name == name)
+        let mut cursor = self.nodes[parent.0].first_child;
+        while let Some(child) = cursor {
+            let node = &self.nodes[child.0];
+            if node.name == name {
+                return Some(child);
+            }
+            cursor = node.next_sibling;
+        }
+        None
     }
 
     /// Adds `name` under `parent`. A scope-like node that exists already (a `Scope` opened
@@ -187,7 +210,9 @@ impl Namespace {
         let node = Node {
             name,
             parent: Some(parent),
-            children: Vec::new(),
+            first_child: None,
+            last_child: None,
+            next_sibling: None,
             kind,
             live: true,
         };
@@ -201,7 +226,11 @@ impl Namespace {
                 NodeId(self.nodes.len() - 1)
             }
         };
-        self.nodes[parent.0].children.push(id);
+        match self.nodes[parent.0].last_child {
+            Some(last) => self.nodes[last.0].next_sibling = Some(id),
+            None => self.nodes[parent.0].first_child = Some(id),
+        }
+        self.nodes[parent.0].last_child = Some(id);
         Ok(id)
     }
 
@@ -210,12 +239,28 @@ impl Namespace {
         if !self.nodes[id.0].live || id == ROOT {
             return;
         }
-        let children = core::mem::take(&mut self.nodes[id.0].children);
-        for child in children {
+        for child in self.children(id) {
             self.remove(child);
         }
         if let Some(parent) = self.nodes[id.0].parent {
-            self.nodes[parent.0].children.retain(|&c| c != id);
+            // Unlink from the parent's list.
+            let next = self.nodes[id.0].next_sibling;
+            let mut previous = None;
+            let mut cursor = self.nodes[parent.0].first_child;
+            while let Some(child) = cursor {
+                if child == id {
+                    break;
+                }
+                previous = Some(child);
+                cursor = self.nodes[child.0].next_sibling;
+            }
+            match previous {
+                Some(previous) => self.nodes[previous.0].next_sibling = next,
+                None => self.nodes[parent.0].first_child = next,
+            }
+            if self.nodes[parent.0].last_child == Some(id) {
+                self.nodes[parent.0].last_child = previous;
+            }
         }
         self.nodes[id.0].live = false;
         self.nodes[id.0].kind = ObjectKind::Scope;
@@ -261,14 +306,14 @@ impl Namespace {
             }
             start
         };
-        if name.segments.is_empty() {
+        if name.segments().is_empty() {
             return Some(start);
         }
-        let exact = name.root || name.parents > 0 || name.segments.len() > 1;
+        let exact = name.root || name.parents > 0 || name.segments().len() > 1;
         let mut base = start;
         loop {
             let mut cursor = Some(base);
-            for segment in &name.segments {
+            for segment in name.segments() {
                 cursor = cursor.and_then(|node| self.child(node, *segment));
             }
             if let Some(found) = cursor {
@@ -299,27 +344,74 @@ impl Namespace {
     /// Every live node below `from` (depth first, in creation order), `from` included.
     pub fn walk(&self, from: NodeId) -> Vec<NodeId> {
         let mut out = Vec::new();
-        let mut stack = alloc::vec![from];
-        while let Some(id) = stack.pop() {
-            if !self.nodes[id.0].live {
+        let mut cursor = Some(from);
+        while let Some(node) = cursor {
+            out.push(node);
+            if let Some(child) = self.nodes[node.0].first_child {
+                cursor = Some(child);
                 continue;
             }
-            out.push(id);
-            stack.extend(self.nodes[id.0].children.iter().rev().copied());
+            // Up until a node has a next sibling, stopping at `from`.
+            let mut up = node;
+            cursor = loop {
+                if up == from {
+                    break None;
+                }
+                if let Some(next) = self.nodes[up.0].next_sibling {
+                    break Some(next);
+                }
+                match self.nodes[up.0].parent {
+                    Some(parent) => up = parent,
+                    None => break None,
+                }
+            };
         }
         out
     }
 }
 
-/// A parsed AML name: a root or parent prefix and name segments.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Segments a name may have (AML allows 255; firmware uses a handful).
+const MAX_SEGMENTS: usize = 8;
+
+/// A parsed AML name: a root or parent prefix and name segments, held inline (names are
+/// parsed constantly; allocating each one made loading several times slower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NameString {
     pub root: bool,
     pub parents: usize,
-    pub segments: Vec<[u8; 4]>,
+    segments: [[u8; 4]; MAX_SEGMENTS],
+    count: usize,
 }
 
 impl NameString {
+    /// The name segments.
+    pub fn segments(&self) -> &[[u8; 4]] {
+        &self.segments[..self.count]
+    }
+
+    /// Appends a segment (an error past the inline limit).
+    pub fn push(&mut self, segment: [u8; 4]) -> Result<(), Error> {
+        let slot = self.segments.get_mut(self.count).ok_or(Error::TooDeep)?;
+        *slot = segment;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The same prefix with only the first `count` segments.
+    pub fn truncated(&self, count: usize) -> NameString {
+        let mut name = *self;
+        name.count = count.min(self.count);
+        name
+    }
+
+    /// A one-segment relative name.
+    pub fn single(segment: [u8; 4]) -> NameString {
+        let mut name = NameString::default();
+        name.segments[0] = segment;
+        name.count = 1;
+        name
+    }
+
     /// Parses a path as text: `\_SB.PCI0`, `^^FOO`, `_S5` (segments shorter than four characters
     /// are padded with `_`).
     pub fn parse_text(text: &str) -> Option<NameString> {
@@ -342,7 +434,7 @@ impl NameString {
             }
             let mut segment = [b'_'; 4];
             segment[..part.len()].copy_from_slice(part.as_bytes());
-            name.segments.push(segment);
+            name.push(segment).ok()?;
         }
         Some(name)
     }
@@ -356,7 +448,7 @@ impl NameString {
         for _ in 0..self.parents {
             text.push('^');
         }
-        for (index, segment) in self.segments.iter().enumerate() {
+        for (index, segment) in self.segments().iter().enumerate() {
             if index > 0 {
                 text.push('.');
             }

@@ -447,6 +447,9 @@ fn ged_event_notifies_the_power_button() {
     let mut ns = loaded(&ged_like(), &mut host);
     let list = devices::devices(&mut ns, &mut host);
     let ged = list.iter().find(|d| d.is("ACPI0013")).unwrap();
+    let found = devices::find_by_id(&mut ns, &mut host, &["ACPI0013", "PNP0C0C"]);
+    assert_eq!(found.len(), 2);
+    assert_eq!(&found[0], ged);
     assert_eq!(ged.uid.as_deref(), Some("GED"));
     assert!(matches!(&ged.resources[0], Resource::Interrupt { irqs, .. } if irqs == &vec![9]));
     // No event pending: nothing notified, one 32-bit read of the selector.
