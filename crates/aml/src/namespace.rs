@@ -440,7 +440,7 @@ impl NameString {
     }
 
     /// The name as AML source would write it.
-    pub fn to_text(&self) -> String {
+    pub fn to_text(self) -> String {
         let mut text = String::new();
         if self.root {
             text.push('\\');

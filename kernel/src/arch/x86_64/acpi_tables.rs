@@ -19,6 +19,8 @@ use super::acpi::{
 
 /// Addresses the identity map always covers (the kernel maps at least the first 4 GiB).
 const IDENTITY_MAPPED_END: usize = 1 << 32;
+/// An SDT header (signature, length, revision, checksum, OEM fields).
+const SDT_HEADER_LENGTH: usize = 36;
 /// No table is larger (the RSDT/XSDT walk refuses more, as the hand-written parser did).
 const MAX_TABLE: usize = 16 * 1024 * 1024;
 
@@ -41,11 +43,24 @@ impl AcpiHandler for IdentityMapped {
         physical_address: usize,
         size: usize,
     ) -> PhysicalMapping<Self, T> {
-        let inside = physical_address >= 4096
-            && size <= MAX_TABLE
-            && physical_address
-                .checked_add(size)
-                .is_some_and(|end| end <= IDENTITY_MAPPED_END);
+        let fits = |length: usize| {
+            physical_address >= 4096
+                && length <= MAX_TABLE
+                && physical_address
+                    .checked_add(length)
+                    .is_some_and(|end| end <= IDENTITY_MAPPED_END)
+        };
+        let mut inside = fits(size);
+        if inside && size == SDT_HEADER_LENGTH {
+            // A table header: the crate goes on to checksum `length` bytes from it, so a
+            // length running off the identity map must not get that far. (The RSDP is mapped
+            // with the same size; its signature tells it apart.)
+            let header = read_bytes(physical_address as u64, SDT_HEADER_LENGTH);
+            if &header[..8] != b"RSD PTR " {
+                let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+                inside = fits(length as usize);
+            }
+        }
         let fits_zero_page = size.max(core::mem::size_of::<T>()) <= ZERO_PAGE.0.len();
         let (virtual_address, length) = if inside {
             (physical_address, size)
@@ -109,6 +124,16 @@ pub(super) fn parse(info: &mut AcpiInfo, rsdp_address: u64) {
         }
     };
     for header in tables.headers() {
+        if header
+            .signature
+            .as_str()
+            .bytes()
+            .any(|b| !b.is_ascii_alphanumeric())
+        {
+            info.warnings
+                .push("ACPI: a root-table entry is not a valid table; skipped".into());
+            continue;
+        }
         info.tables.push(
             header
                 .signature
