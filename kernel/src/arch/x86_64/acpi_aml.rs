@@ -98,13 +98,13 @@ impl Host for FirmwareHost {
             }
             Space::PciConfig { .. } => {
                 let config = pci_address(space, address)?;
-                let shift = (address & 3) * 8;
+                // The data port's bytes are the dword's: a narrower access goes to its byte.
+                let data = PCI_CONFIG_DATA + (address & 3) as u16;
                 port::outl(PCI_CONFIG_ADDRESS, config);
-                let dword = port::inl(PCI_CONFIG_DATA) as u64;
                 Ok(match width {
-                    1 => (dword >> shift) & 0xFF,
-                    2 => (dword >> shift) & 0xFFFF,
-                    _ => dword,
+                    1 => port::inb(data) as u64,
+                    2 => port::inw(data) as u64,
+                    _ => port::inl(PCI_CONFIG_DATA) as u64,
                 })
             }
         }
@@ -142,18 +142,15 @@ impl Host for FirmwareHost {
             }
             Space::PciConfig { .. } => {
                 let config = pci_address(space, address)?;
-                let shift = (address & 3) * 8;
+                // A narrow write touches only its bytes (no read-modify-write of the dword,
+                // which would write back write-1-to-clear bits).
+                let data = PCI_CONFIG_DATA + (address & 3) as u16;
                 port::outl(PCI_CONFIG_ADDRESS, config);
-                let merged = match width {
-                    1 | 2 => {
-                        let mask = if width == 1 { 0xFF } else { 0xFFFF } << shift;
-                        let old = port::inl(PCI_CONFIG_DATA) as u64;
-                        (old & !mask) | ((value << shift) & mask)
-                    }
-                    _ => value,
-                };
-                port::outl(PCI_CONFIG_ADDRESS, config);
-                port::outl(PCI_CONFIG_DATA, merged as u32);
+                match width {
+                    1 => port::outb(data, value as u8),
+                    2 => port::outw(data, value as u16),
+                    _ => port::outl(PCI_CONFIG_DATA, value as u32),
+                }
                 Ok(())
             }
         }
