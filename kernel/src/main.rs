@@ -151,7 +151,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     mm::kmap::init();
     sched::init(smp::possible_cpus());
     request_serial_irq();
-    drivers::acpi::button::init(acpi);
+    drivers::acpi::init(acpi);
     time::init(acpi);
     #[cfg(feature = "ktest")]
     ktest::run_device_tests();

@@ -113,6 +113,14 @@ pub const TESTS: &[Test] = &[
         run: power_button_from_qemu_system_powerdown,
     },
     Test {
+        name: "microvm_power_button_through_the_ged",
+        run: microvm_power_button_through_the_ged,
+    },
+    Test {
+        name: "q35_acpi_namespace_in_procfs",
+        run: q35_acpi_namespace_in_procfs,
+    },
+    Test {
         name: "idle_nohz_takes_no_timer_interrupts",
         run: idle_nohz_takes_no_timer_interrupts,
     },
@@ -682,22 +690,28 @@ fn parse_utc(text: &str) -> Option<i64> {
     Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
-/// QEMU's `system_powerdown` presses the ACPI power button: the SCI handler sees it, the PM
-/// notifier chain runs, and the guest enters S5 (QEMU exits 0).
-fn power_button_from_qemu_system_powerdown() -> TestResult {
-    let socket = crate::kernel::repo_root().join("target/e2e-monitor.sock");
+/// Boots `machine` with a QEMU monitor, checks `ready` was printed (the button's driver is
+/// up), presses the power button with `system_powerdown`, and expects an orderly power-off:
+/// the PM notifier chain, then S5, with QEMU exiting 0. `before` runs at the prompt first.
+fn power_button(
+    machine: Machine,
+    ready: &str,
+    before: impl FnOnce(&mut Guest) -> TestResult,
+) -> TestResult {
+    let socket = crate::kernel::repo_root().join(format!("target/e2e-monitor-{machine:?}.sock"));
     let _ = std::fs::remove_file(&socket);
     let mut config = QemuConfig::new(&shell_kernel()?);
+    config.machine = machine;
     config.extra.push("-monitor".into());
     config
         .extra
         .push(format!("unix:{},server,nowait", socket.display()));
     let mut guest = boot(&config)?;
-    ensure!(
-        guest.output().contains("power button enabled"),
-        "SCI not set up:\n{}",
-        guest.output()
-    );
+    // On microvm the GED is set up before the prompt too; wait a little in case it is late.
+    if !guest.output().contains(ready) {
+        guest.expect(ready, STEP)?;
+    }
+    before(&mut guest)?;
     let mut monitor =
         std::os::unix::net::UnixStream::connect(&socket).map_err(|e| format!("monitor: {e}"))?;
     use std::io::Write as _;
@@ -715,6 +729,54 @@ fn power_button_from_qemu_system_powerdown() -> TestResult {
     }
     ensure!(code == 0, "QEMU exited with {code} after the power button");
     Ok(())
+}
+
+/// QEMU's `system_powerdown` presses the ACPI power button: the SCI handler sees it, the PM
+/// notifier chain runs, and the guest enters S5 (QEMU exits 0).
+fn power_button_from_qemu_system_powerdown() -> TestResult {
+    power_button(Machine::Q35, "power button enabled", |_| Ok(()))
+}
+
+/// Hardware-reduced ACPI (microvm `acpi=on`) has no PM1 block: `system_powerdown` raises the
+/// Generic Event Device's interrupt, its `_EVT` (run by Lull's AML interpreter in the line's
+/// thread) notifies the power button device, and the guest powers off through the FADT's sleep
+/// control register (QEMU exits 0). `/proc/acpi/devices` lists the GED.
+fn microvm_power_button_through_the_ged() -> TestResult {
+    power_button(Machine::Microvm, "ACPI: GED \\_SB_.GED_ on GSI", |guest| {
+        let devices = guest.run("cat /proc/acpi/devices", STEP)?;
+        for expected in ["ACPI0013", "PNP0C0C", "PNP0501"] {
+            ensure!(
+                devices.contains(expected),
+                "/proc/acpi/devices lacks {expected}:\n{devices}"
+            );
+        }
+        Ok(())
+    })
+}
+
+/// The namespace as the shell shows it on q35: the PCI Express root and COM1 with its ports
+/// in `/proc/acpi/devices`, and the root's `_PRT` in `/proc/acpi/prt` routed to IOAPIC GSIs
+/// through the GSIx link devices (APIC mode, `\_PIC(1)`).
+fn q35_acpi_namespace_in_procfs() -> TestResult {
+    let config = QemuConfig::new(&shell_kernel()?);
+    let mut guest = boot(&config)?;
+    let devices = guest.run("cat /proc/acpi/devices", STEP)?;
+    ensure!(
+        devices.lines().any(|l| l.contains("PNP0A08")),
+        "no PCI root in:\n{devices}"
+    );
+    ensure!(
+        devices
+            .lines()
+            .any(|l| l.contains("PNP0501") && l.contains("io 0x3f8-0x3ff")),
+        "no COM1 at 0x3f8 in:\n{devices}"
+    );
+    let prt = guest.run("cat /proc/acpi/prt", STEP)?;
+    ensure!(
+        prt.contains("INTA -> GSI 1") && prt.contains("(\\_SB_.GSI"),
+        "no APIC-mode routing in:\n{prt}"
+    );
+    poweroff_exits_zero(&mut guest)
 }
 
 /// The header of `/proc/interrupts`: `CPU0 CPU1 ...`, one per online CPU.

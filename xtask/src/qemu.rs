@@ -24,10 +24,13 @@ impl Machine {
         }
     }
 
+    /// The `-M` argument. microvm's ACPI is `auto` by default; Lull asks for it explicitly,
+    /// since its power button is the ACPI Generic Event Device (more `-machine` options, as
+    /// `rtc=off`, add to this).
     fn qemu_name(self) -> &'static str {
         match self {
             Machine::Q35 => "q35",
-            Machine::Microvm => "microvm",
+            Machine::Microvm => "microvm,acpi=on",
         }
     }
 }

@@ -44,6 +44,58 @@ pub(super) fn acpi_tables_found() -> TestResult {
     Ok(())
 }
 
+/// The AML namespace, enumerated through the interpreter: on q35 a PCI Express root (PNP0A08)
+/// whose `_PRT` routes every pin to a GSI, the serial port (PNP0501) at 0x3f8 from `_CRS`;
+/// on hardware-reduced microvm the Generic Event Device (ACPI0013) with an interrupt, a power
+/// button (PNP0C0C) and the same serial port. `/proc/acpi/devices` lists them.
+pub(super) fn acpi_namespace_has_expected_devices() -> TestResult {
+    use crate::drivers::acpi::{self, PrtSource, Resource};
+    let info = crate::acpi().ok_or("no ACPI")?;
+    let devices = acpi::devices();
+    let find = |id: &str| devices.iter().find(|d| d.is(id) && d.status & 1 != 0);
+    let serial = find("PNP0501").ok_or("no PNP0501 serial port")?;
+    ensure!(
+        serial
+            .resources
+            .iter()
+            .any(|r| matches!(r, Resource::Io { base: 0x3f8, length } if *length == 8)),
+        "COM1's _CRS has no I/O 0x3f8-0x3ff: {:?}",
+        serial.resources
+    );
+    if info.hardware_reduced {
+        let ged = find("ACPI0013").ok_or("no ACPI0013 GED on a hardware-reduced machine")?;
+        ensure!(
+            ged.resources
+                .iter()
+                .any(|r| matches!(r, Resource::Interrupt { irqs, .. } if !irqs.is_empty())),
+            "the GED's _CRS has no interrupt"
+        );
+        ensure!(find("PNP0C0C").is_some(), "no power button device");
+    } else {
+        let root = find("PNP0A08").ok_or("no PNP0A08 PCI Express root")?;
+        let routing = acpi::pci_routing();
+        let (_, entries) = routing
+            .iter()
+            .find(|(path, _)| *path == root.path)
+            .ok_or("the PCI root has no _PRT")?;
+        ensure!(!entries.is_empty(), "the PCI root's _PRT is empty");
+        ensure!(
+            entries.iter().all(|e| match &e.source {
+                PrtSource::Gsi(gsi) => *gsi >= 16,
+                PrtSource::Link { gsi, .. } => gsi.is_some_and(|g| g >= 16),
+            }),
+            "a _PRT pin has no IOAPIC GSI (is \\_PIC(1) in effect?)"
+        );
+    }
+    let listing = procfs::read("/proc/acpi/devices")?;
+    ensure!(
+        listing.contains(&serial.path),
+        "/proc/acpi/devices lacks {}",
+        serial.path
+    );
+    Ok(())
+}
+
 /// The RSDP scan used when the loader gives no RSDP address: checksums are validated, reads
 /// stay inside the first MiB, page 0 is unmapped again, and the scan finds the boot's RSDP.
 pub(super) fn rsdp_scan_validates_and_unmaps() -> TestResult {

@@ -97,6 +97,10 @@ const TESTS: &[TestCase] = &[
     ),
     ("acpi_tables_found", boot::acpi_tables_found),
     (
+        "acpi_namespace_has_expected_devices",
+        boot::acpi_namespace_has_expected_devices,
+    ),
+    (
         "rsdp_scan_validates_and_unmaps",
         boot::rsdp_scan_validates_and_unmaps,
     ),

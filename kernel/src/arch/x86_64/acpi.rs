@@ -1,10 +1,12 @@
-//! ACPI table discovery: RSDP → XSDT/RSDT → FADT (power control, PM timer, SCI), MADT (CPUs,
-//! IOAPICs, interrupt source overrides), HPET, and the `\_S5` sleep type from the DSDT.
+//! ACPI discovery: the RSDP (the loader's pointer, else the EBDA and BIOS ROM scan), then the
+//! static tables through the rust-osdev `acpi` crate (`acpi_tables.rs`: FADT power control, PM
+//! timer, SCI, sleep and reset registers; MADT CPUs, IOAPICs, overrides; HPET; MCFG), then the
+//! DSDT and SSDTs loaded into Lull's AML interpreter (`acpi_aml.rs`), which gives `\_S5`.
 //!
 //! Tables live in firmware-reserved memory, identity-mapped. Every table's checksum is
-//! verified before it is trusted; a bad one is skipped with a warning, never a crash. Without
-//! the loader's RSDP pointer the BIOS areas are scanned; page 0 (the EBDA pointer), unmapped
-//! to catch null dereferences, is read through a temporary read-only window mapping.
+//! verified before it is trusted; a bad one is skipped, never a crash. Without the loader's
+//! RSDP pointer the BIOS areas are scanned; page 0 (the EBDA pointer), unmapped to catch null
+//! dereferences, is read through a temporary read-only window mapping.
 
 use alloc::vec::Vec;
 
@@ -19,6 +21,14 @@ pub struct GenericAddress {
 }
 
 impl GenericAddress {
+    pub(super) fn new(space: AddressSpace, bit_width: u8, address: u64) -> Self {
+        Self {
+            space,
+            bit_width,
+            address,
+        }
+    }
+
     /// The address space (memory, I/O ports, other).
     pub fn space(&self) -> AddressSpace {
         self.space
@@ -46,7 +56,7 @@ pub struct AcpiRegister {
 }
 
 impl AcpiRegister {
-    fn new(location: GenericAddress, width_bytes: u8) -> Self {
+    pub(super) fn new(location: GenericAddress, width_bytes: u8) -> Self {
         Self {
             location,
             width_bytes,
@@ -75,6 +85,10 @@ impl AcpiRegister {
 pub struct FirmwareMmio(u64);
 
 impl FirmwareMmio {
+    pub(super) fn new(address: u64) -> Self {
+        Self(address)
+    }
+
     /// The physical address (for reports).
     pub fn address(&self) -> u64 {
         self.0
@@ -106,6 +120,46 @@ pub struct IoApicEntry {
     pub gsi_base: u32,
 }
 
+/// One PCI Express ECAM window from the MCFG: configuration space of buses
+/// `bus_start..=bus_end` of a segment, 1 MiB per bus from `base`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcamRegion {
+    pub base: FirmwareMmio,
+    pub segment: u16,
+    pub bus_start: u8,
+    pub bus_end: u8,
+}
+
+/// A definition block (DSDT or SSDT) the table walk found: where it is, whole, header
+/// included. Only the parser makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirmwareTable {
+    address: u64,
+    length: u32,
+}
+
+impl FirmwareTable {
+    pub(super) fn new(address: u64, length: u32) -> Self {
+        Self { address, length }
+    }
+
+    /// Physical address (for reports).
+    pub fn address(&self) -> u64 {
+        self.address
+    }
+
+    /// The table's bytes, if it is inside the identity map and its checksum holds.
+    pub(super) fn bytes(&self) -> Option<&'static [u8]> {
+        let length = self.length as usize;
+        let end = self.address.checked_add(length as u64)?;
+        if self.address < 4096 || end > 1 << 32 || !(36..=16 << 20).contains(&length) {
+            return None;
+        }
+        let bytes = read_bytes(self.address, length);
+        checksum_ok(bytes).then_some(bytes)
+    }
+}
+
 /// What Lull uses from the ACPI tables.
 #[derive(Debug, Clone, Default)]
 pub struct AcpiInfo {
@@ -130,12 +184,22 @@ pub struct AcpiInfo {
     pub pm_timer_32bit: bool,
     pub hardware_reduced: bool,
     pub sleep_control: Option<AcpiRegister>,
+    /// Hardware-reduced sleep status register (WAK_STS, bit 7).
+    pub sleep_status: Option<AcpiRegister>,
+    /// The FADT's reset register and the value that resets the machine.
+    pub reset_register: Option<AcpiRegister>,
+    pub reset_value: u8,
+    /// `SLP_TYPa` from `\_S5`, evaluated by the AML interpreter.
     pub s5_sleep_type: Option<u8>,
     pub hpet_address: Option<FirmwareMmio>,
+    /// PCI Express configuration windows (MCFG), for the PCI subsystem.
+    pub pci_ecam: Vec<EcamRegion>,
+    /// The DSDT (first) and SSDTs, as loaded into the AML interpreter.
+    pub aml_tables: Vec<FirmwareTable>,
     pub warnings: Vec<alloc::string::String>,
 }
 
-fn read_bytes(address: u64, length: usize) -> &'static [u8] {
+pub(super) fn read_bytes(address: u64, length: usize) -> &'static [u8] {
     // SAFETY: callers pass ranges inside ACPI tables (or the first MiB above page 0), which
     // firmware keeps reserved and the kernel keeps identity-mapped for its whole life.
     unsafe { core::slice::from_raw_parts(address as usize as *const u8, length) }
@@ -148,67 +212,8 @@ fn u16_at(bytes: &[u8], offset: usize) -> u16 {
         .unwrap_or(0)
 }
 
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    bytes
-        .get(offset..offset + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .unwrap_or(0)
-}
-
-fn u64_at(bytes: &[u8], offset: usize) -> u64 {
-    bytes
-        .get(offset..offset + 8)
-        .map(|b| {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(b);
-            u64::from_le_bytes(raw)
-        })
-        .unwrap_or(0)
-}
-
 fn checksum_ok(bytes: &[u8]) -> bool {
     bytes.iter().fold(0u8, |sum, b| sum.wrapping_add(*b)) == 0
-}
-
-fn generic_address(bytes: &[u8], offset: usize) -> Option<GenericAddress> {
-    let raw = bytes.get(offset..offset + 12)?;
-    let address = u64_at(raw, 4);
-    if address == 0 {
-        return None;
-    }
-    let space = match raw[0] {
-        0 => AddressSpace::Memory,
-        1 => AddressSpace::Io,
-        other => AddressSpace::Other(other),
-    };
-    Some(GenericAddress {
-        space,
-        bit_width: raw[1],
-        address,
-    })
-}
-
-fn io_block(port: u32) -> Option<GenericAddress> {
-    (port != 0).then_some(GenericAddress {
-        space: AddressSpace::Io,
-        bit_width: 0,
-        address: port as u64,
-    })
-}
-
-/// Reserves an I/O-space register block for ACPI in the port registry, so no driver can claim
-/// it (a clash is reported, not fatal: the firmware may describe one block twice).
-fn reserve_io(info: &mut AcpiInfo, block: GenericAddress, len: u16) {
-    if block.space != AddressSpace::Io || block.address > 0xFFFF {
-        return;
-    }
-    match super::io::reserve(block.address as u16, len, "ACPI") {
-        Ok(()) | Err(super::io::ClaimError::Busy { owner: "ACPI", .. }) => {}
-        Err(error) => info.warnings.push(alloc::format!(
-            "ACPI: cannot reserve ports {:#x}: {error}",
-            block.address
-        )),
-    }
 }
 
 /// End of the first MiB, the legacy BIOS areas: the BIOS data area (page 0), the EBDA and the
@@ -368,197 +373,19 @@ pub fn rsdp_scan_self_test(found_at_boot: Option<u64>) -> Result<(), &'static st
     Ok(())
 }
 
-/// Reads a table header and returns the whole table if its checksum holds.
-fn table(address: u64) -> Option<&'static [u8]> {
-    if address < 4096 {
-        // Null, or in page 0, which is not mapped (and holds no tables).
-        return None;
-    }
-    let header = read_bytes(address, 36);
-    let length = u32_at(header, 4) as usize;
-    if !(36..=16 * 1024 * 1024).contains(&length) {
-        return None;
-    }
-    let bytes = read_bytes(address, length);
-    checksum_ok(bytes).then_some(bytes)
-}
-
-/// Discovers and parses the tables Lull uses. `None` when there is no ACPI at all.
+/// Discovers and parses the tables Lull uses and loads the AML namespace (see
+/// [`super::acpi_aml::take_namespace`]). `None` when there is no ACPI at all.
 pub fn discover(rsdp_hint: Option<u64>) -> Option<AcpiInfo> {
     let found = find_rsdp(rsdp_hint)?;
-    let rsdp = &found.bytes[..];
     let mut info = AcpiInfo {
         rsdp_address: found.address,
-        revision: rsdp[15],
+        revision: found.bytes[15],
         ..AcpiInfo::default()
     };
-    info.oem_id.copy_from_slice(&rsdp[9..15]);
-    let (root, entry_size) = if info.revision >= 2 && u64_at(rsdp, 24) != 0 {
-        (u64_at(rsdp, 24), 8)
-    } else {
-        (u32_at(rsdp, 16) as u64, 4)
-    };
-    let Some(root_table) = table(root) else {
-        info.warnings
-            .push(alloc::format!("ACPI: root table at {root:#x} is invalid"));
-        return Some(info);
-    };
-    let entries = (root_table.len() - 36) / entry_size;
-    for index in 0..entries {
-        let offset = 36 + index * entry_size;
-        let address = if entry_size == 8 {
-            u64_at(root_table, offset)
-        } else {
-            u32_at(root_table, offset) as u64
-        };
-        let Some(bytes) = table(address) else {
-            info.warnings.push(alloc::format!(
-                "ACPI: table at {address:#x} failed its checksum; skipped"
-            ));
-            continue;
-        };
-        let mut signature = [0u8; 4];
-        signature.copy_from_slice(&bytes[..4]);
-        info.tables.push(signature);
-        match &signature {
-            b"FACP" => parse_fadt(&mut info, bytes),
-            b"APIC" => parse_madt(&mut info, bytes),
-            b"HPET" => {
-                info.hpet_address = generic_address(bytes, 40).map(|g| FirmwareMmio(g.address))
-            }
-            _ => {}
-        }
-    }
+    info.oem_id.copy_from_slice(&found.bytes[9..15]);
+    super::acpi_tables::parse(&mut info, found.address);
+    super::acpi_aml::load(&mut info);
     Some(info)
-}
-
-fn parse_fadt(info: &mut AcpiInfo, fadt: &[u8]) {
-    let sci = u16_at(fadt, 46);
-    info.sci_irq = Some(sci);
-    let smi_command_port = u32_at(fadt, 48);
-    info.smi_command = io_block(smi_command_port).map(|port| AcpiRegister::new(port, 1));
-    info.acpi_enable_value = fadt.get(52).copied().unwrap_or(0);
-    let pm1_event_length = fadt.get(88).copied().unwrap_or(0);
-    let flags = u32_at(fadt, 112);
-    info.pm_timer_32bit = flags & (1 << 8) != 0;
-    info.hardware_reduced = flags & (1 << 20) != 0;
-    let extended = fadt.len() >= 244;
-    let pm1a_event_block = extended
-        .then(|| generic_address(fadt, 148))
-        .flatten()
-        .or_else(|| io_block(u32_at(fadt, 56)));
-    if let Some(status) = pm1a_event_block {
-        let mut enable = status;
-        enable.address += (pm1_event_length / 2).max(2) as u64;
-        info.pm1a_status = Some(AcpiRegister::new(status, 2));
-        info.pm1a_enable = Some(AcpiRegister::new(enable, 2));
-        reserve_io(info, status, pm1_event_length.max(4) as u16);
-    }
-    let control = |offset, legacy| {
-        extended
-            .then(|| generic_address(fadt, offset))
-            .flatten()
-            .or_else(|| io_block(u32_at(fadt, legacy)))
-    };
-    if let Some(block) = control(172, 64) {
-        info.pm1a_control_block = Some(AcpiRegister::new(block, 2));
-        reserve_io(info, block, 2);
-    }
-    if let Some(block) = control(184, 68) {
-        info.pm1b_control_block = Some(AcpiRegister::new(block, 2));
-        reserve_io(info, block, 2);
-    }
-    if let Some(block) = control(208, 76) {
-        info.pm_timer = Some(AcpiRegister::new(block, 4));
-        reserve_io(info, block, 4);
-    }
-    if fadt.len() >= 256 {
-        if let Some(block) = generic_address(fadt, 244) {
-            info.sleep_control = Some(AcpiRegister::new(block, 1));
-            reserve_io(info, block, 1);
-        }
-    }
-    if smi_command_port != 0 {
-        if let Some(port) = info.smi_command {
-            reserve_io(info, port.location, 1);
-        }
-    }
-    let dsdt_address = if fadt.len() >= 148 && u64_at(fadt, 140) != 0 {
-        u64_at(fadt, 140)
-    } else {
-        u32_at(fadt, 40) as u64
-    };
-    match table(dsdt_address) {
-        Some(dsdt) => {
-            info.tables.push(*b"DSDT");
-            info.s5_sleep_type = find_s5_sleep_type(dsdt);
-        }
-        None => info
-            .warnings
-            .push(alloc::format!("ACPI: DSDT at {dsdt_address:#x} is invalid")),
-    }
-}
-
-fn parse_madt(info: &mut AcpiInfo, madt: &[u8]) {
-    let mut offset = 44;
-    while offset + 2 <= madt.len() {
-        let kind = madt[offset];
-        let length = madt[offset + 1] as usize;
-        if length < 2 || offset + length > madt.len() {
-            info.warnings.push(alloc::format!(
-                "ACPI: MADT entry at offset {offset} is malformed"
-            ));
-            break;
-        }
-        let entry = &madt[offset..offset + length];
-        match kind {
-            // Enabled or online-capable processors only.
-            0 if length >= 8 && u32_at(entry, 4) & 0b11 != 0 => {
-                info.local_apic_ids.push(entry[3] as u32);
-            }
-            1 if length >= 12 => info.io_apics.push(IoApicEntry {
-                id: entry[2],
-                address: FirmwareMmio(u32_at(entry, 4) as u64),
-                gsi_base: u32_at(entry, 8),
-            }),
-            2 if length >= 10 => {
-                let flags = u16_at(entry, 8);
-                info.overrides.push(InterruptOverride {
-                    isa_irq: entry[3],
-                    gsi: u32_at(entry, 4),
-                    active_low: flags & 0b11 == 0b11,
-                    level_triggered: (flags >> 2) & 0b11 == 0b11,
-                });
-            }
-            9 if length >= 16 && u32_at(entry, 8) & 0b11 != 0 => {
-                info.local_apic_ids.push(u32_at(entry, 4));
-            }
-            _ => {}
-        }
-        offset += length;
-    }
-}
-
-/// Finds `Name(_S5, Package(){ SLP_TYPa, ... })` in AML and returns SLP_TYPa.
-fn find_s5_sleep_type(dsdt: &[u8]) -> Option<u8> {
-    let body = &dsdt[36..];
-    let position = body.windows(4).position(|w| w == b"_S5_")?;
-    let mut cursor = position + 4;
-    if *body.get(cursor)? != 0x12 {
-        return None; // not a PackageOp
-    }
-    cursor += 1;
-    let lead = *body.get(cursor)?;
-    cursor += 1 + (lead >> 6) as usize; // PkgLength: extra bytes in bits 6-7
-    cursor += 1; // NumElements
-    match *body.get(cursor)? {
-        0x00 => Some(0),
-        0x01 => Some(1),
-        0x0A => body.get(cursor + 1).copied(),
-        0xFF => Some(0xFF),
-        other if other < 0x10 => Some(other),
-        _ => None,
-    }
 }
 
 /// Reads a register described by a Generic Address Structure the parser built.

@@ -1,6 +1,8 @@
 //! x86_64 platform support: boot, CPU tables, interrupts, APICs, ACPI, paging, port I/O.
 
 pub mod acpi;
+pub mod acpi_aml;
+mod acpi_tables;
 pub mod apic;
 mod boot;
 pub mod context;

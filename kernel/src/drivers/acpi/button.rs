@@ -36,11 +36,8 @@ fn sci_interrupt(_irq: u32) -> crate::kernel::irq::IrqReturn {
 pub fn init(info: Option<&AcpiInfo>) {
     let Some(info) = info else { return };
     if info.hardware_reduced {
-        // Hardware-reduced ACPI (microvm) signals the button through a GED device in AML,
-        // which Lull does not interpret; poweroff still works through the sleep register.
-        printk!(
-            "ACPI: hardware-reduced platform; power button events need the GED (not supported)"
-        );
+        // Hardware-reduced ACPI (microvm) has no PM1 block: its power button is an event of
+        // the Generic Event Device (`ged.rs`).
         return;
     }
     let (Some(sci), Some((_, enable)), Some(control)) =

@@ -1,3 +1,214 @@
-//! ACPI devices: the power button.
+//! ACPI devices: the namespace the firmware's AML describes (devices with `_HID`, `_UID`,
+//! `_STA`, `_CRS`; the PCI roots' `_PRT`), listed in `/proc/acpi/devices` and
+//! `/proc/acpi/prt`, and the power button, on the fixed-hardware PM1 event block (q35) or a
+//! Generic Event Device (hardware-reduced ACPI: microvm).
 
 pub mod button;
+pub mod ged;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use spin::Once;
+
+use crate::arch::acpi::AcpiInfo;
+use crate::arch::acpi_aml::FirmwareNamespace;
+use crate::kernel::locking::Mutex;
+use crate::pr_warn;
+
+pub use lull_aml::devices::{DeviceInfo as AcpiDevice, PrtEntry, PrtSource};
+pub use lull_aml::resource::Resource;
+
+/// The namespace, for evaluating methods after boot (the GED's `_EVT`). A sleeping lock: AML
+/// may `Sleep`, and only threads (or boot) evaluate it.
+static NAMESPACE: Mutex<Option<FirmwareNamespace>> = Mutex::named("acpi::NAMESPACE", None);
+/// The devices, enumerated on first use: evaluating every device's `_STA`, `_HID`, `_CRS`...
+/// costs milliseconds under TCG, too much for every boot.
+static DEVICES: Once<Vec<AcpiDevice>> = Once::new();
+/// The PCI roots' interrupt routing, (root path, entries), also on first use.
+static ROUTING: Once<Vec<(String, Vec<PrtEntry>)>> = Once::new();
+
+/// The namespace's devices (empty without ACPI). The first call enumerates them (thread
+/// context: takes the namespace's sleeping lock).
+pub fn devices() -> &'static [AcpiDevice] {
+    DEVICES.call_once(|| {
+        let mut namespace = NAMESPACE.lock();
+        let Some(namespace) = namespace.as_mut() else {
+            return Vec::new();
+        };
+        let devices = namespace.devices();
+        for device in &devices {
+            for error in &device.errors {
+                pr_warn!("ACPI: {}: {error}", device.path);
+            }
+        }
+        devices
+    })
+}
+
+/// Each present PCI root bridge (PNP0A08/PNP0A03) with its `_PRT` (first call evaluates).
+pub fn pci_routing() -> &'static [(String, Vec<PrtEntry>)] {
+    ROUTING.call_once(|| {
+        let roots: Vec<(String, lull_aml::NodeId)> = devices()
+            .iter()
+            .filter(|d| d.status & 1 != 0 && (d.is("PNP0A08") || d.is("PNP0A03")))
+            .map(|d| (d.path.clone(), d.node))
+            .collect();
+        let mut namespace = NAMESPACE.lock();
+        let Some(namespace) = namespace.as_mut() else {
+            return Vec::new();
+        };
+        let mut routing = Vec::new();
+        for (path, node) in roots {
+            match namespace.pci_routing(node) {
+                Ok(entries) => routing.push((path, entries)),
+                Err(error) => pr_warn!("ACPI: {path}._PRT: {error}"),
+            }
+        }
+        routing
+    })
+}
+
+/// The present devices whose `_HID` or `_CID` is one of `ids`, without enumerating the rest
+/// (for drivers at boot).
+pub fn find_by_id(ids: &[&str]) -> Vec<AcpiDevice> {
+    match DEVICES.get() {
+        Some(devices) => devices
+            .iter()
+            .filter(|d| ids.iter().any(|id| d.is(id)))
+            .cloned()
+            .collect(),
+        None => NAMESPACE
+            .lock()
+            .as_mut()
+            .map(|ns| ns.find_by_id(ids))
+            .unwrap_or_default(),
+    }
+}
+
+/// Evaluates `path` in the namespace (thread context: may sleep), returning the value and the
+/// notifications it made.
+pub fn evaluate(
+    path: &str,
+    args: Vec<lull_aml::Value>,
+) -> Option<(
+    Result<lull_aml::Value, lull_aml::Error>,
+    crate::arch::acpi_aml::Notifications,
+)> {
+    let mut namespace = NAMESPACE.lock();
+    namespace.as_mut().map(|ns| ns.evaluate(path, args))
+}
+
+/// Takes the namespace loaded with the tables and starts the power button (PM1 or GED).
+/// Boot, after the IRQ layer and the scheduler.
+pub fn init(info: Option<&AcpiInfo>) {
+    if let Some(namespace) = crate::arch::acpi_aml::take_namespace() {
+        *NAMESPACE.lock() = Some(namespace);
+    }
+    button::init(info);
+    ged::init();
+    register_proc_files();
+}
+
+fn resource_text(resource: &Resource) -> String {
+    match resource {
+        Resource::Io { base, length } => {
+            let last = (*base as u32 + (*length as u32).max(1) - 1) as u16;
+            alloc::format!("io {base:#x}-{last:#x}")
+        }
+        Resource::Memory { base, length, .. } => {
+            alloc::format!(
+                "mem {base:#x}-{:#x}",
+                base.saturating_add(length.saturating_sub(1))
+            )
+        }
+        Resource::AddressRange { kind, base, length } => {
+            let what = match kind {
+                1 => "io-window",
+                2 => "bus",
+                _ => "range",
+            };
+            alloc::format!(
+                "{what} {base:#x}-{:#x}",
+                base.saturating_add(length.saturating_sub(1))
+            )
+        }
+        Resource::Interrupt { irqs, .. } => {
+            let list: Vec<String> = irqs.iter().map(|i| alloc::format!("{i}")).collect();
+            alloc::format!("irq {}", list.join(","))
+        }
+        Resource::Register { address, .. } => alloc::format!("reg {address:#x}"),
+        Resource::Other { tag } => alloc::format!("tag {tag:#x}"),
+    }
+}
+
+/// `/proc/acpi/devices`: one line per device, as Linux's `/sys/bus/acpi/devices/*/{path,hid,
+/// status}` put together: path, hid (or `-`), uid, status, `_CRS` resources.
+pub fn proc_devices() -> String {
+    let mut out = String::new();
+    for device in devices() {
+        let _ = write!(
+            out,
+            "{:<28} {:<9} uid={:<4} sta={:#04x}",
+            device.path,
+            device.hid.as_deref().unwrap_or("-"),
+            device.uid.as_deref().unwrap_or("-"),
+            device.status
+        );
+        if let Some(adr) = device.adr {
+            let _ = write!(out, " adr={adr:#x}");
+        }
+        for resource in &device.resources {
+            let _ = write!(out, " {}", resource_text(resource));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `/proc/acpi/prt`: each PCI root's interrupt routing, `slot.function pin -> GSI (link)`.
+pub fn proc_prt() -> String {
+    let mut out = String::new();
+    for (root, entries) in pci_routing() {
+        let _ = writeln!(out, "{root}:");
+        for entry in entries {
+            let function = if entry.function == 0xFFFF {
+                String::from("*")
+            } else {
+                alloc::format!("{}", entry.function)
+            };
+            let pin = [b'A', b'B', b'C', b'D']
+                .get(entry.pin as usize)
+                .map_or('?', |&p| p as char);
+            let _ = match &entry.source {
+                PrtSource::Gsi(gsi) => writeln!(
+                    out,
+                    "  {:02x}.{function} INT{pin} -> GSI {gsi}",
+                    entry.device
+                ),
+                PrtSource::Link { path, gsi, .. } => writeln!(
+                    out,
+                    "  {:02x}.{function} INT{pin} -> GSI {} ({path})",
+                    entry.device,
+                    gsi.map_or(String::from("?"), |g| alloc::format!("{g}"))
+                ),
+            };
+        }
+    }
+    out
+}
+
+fn register_proc_files() {
+    use crate::fs::procfs::{register, ProcFile};
+    register(ProcFile {
+        path: "/proc/acpi/devices",
+        read: Some(proc_devices),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/acpi/prt",
+        read: Some(proc_prt),
+        write: None,
+    });
+}

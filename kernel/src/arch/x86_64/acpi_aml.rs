@@ -1,0 +1,283 @@
+//! The firmware's AML, loaded into Lull's interpreter (`lull-aml`): the host it runs on
+//! (operation regions in memory, I/O and PCI configuration space; `Notify`; stalls) and the
+//! loaded namespace, which only this module can build, from the tables the parser found, so
+//! the region accesses AML makes go only where the firmware's own AML says.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use lull_aml::devices::{DeviceInfo, PrtEntry};
+use lull_aml::{Error, Host, Namespace, NodeId, Space, Value};
+
+use super::acpi::AcpiInfo;
+use super::{cpu, port};
+
+/// Physical addresses AML may reach as system memory: the identity map's first 4 GiB, less
+/// page 0 (unmapped, to catch null pointers).
+const MEMORY_START: u64 = 4096;
+const MEMORY_END: u64 = 1 << 32;
+
+/// The interpreter's host. Private: only this module makes one, for the namespace it loaded.
+struct FirmwareHost {
+    notified: Vec<(String, u64)>,
+}
+
+impl FirmwareHost {
+    fn new() -> Self {
+        Self {
+            notified: Vec::new(),
+        }
+    }
+}
+
+fn memory_ok(address: u64, width: u8) -> Result<(), Error> {
+    let aligned = address.is_multiple_of(width as u64);
+    let inside = address >= MEMORY_START
+        && address
+            .checked_add(width as u64)
+            .is_some_and(|end| end <= MEMORY_END);
+    if !matches!(width, 1 | 2 | 4 | 8) || !aligned || !inside {
+        return Err(Error::Host(
+            "memory access outside the identity map or misaligned",
+        ));
+    }
+    Ok(())
+}
+
+/// PCI configuration mechanism #1 (ports 0xCF8/0xCFC), segment 0 only.
+fn pci_address(space: Space, offset: u64) -> Result<u32, Error> {
+    let Space::PciConfig {
+        segment: 0,
+        bus,
+        device,
+        function,
+    } = space
+    else {
+        return Err(Error::Host("PCI segments other than 0"));
+    };
+    if device > 31 || function > 7 || offset > 0xFF {
+        return Err(Error::Host("PCI address out of range"));
+    }
+    Ok(0x8000_0000
+        | (bus as u32) << 16
+        | (device as u32) << 11
+        | (function as u32) << 8
+        | (offset as u32 & 0xFC))
+}
+
+const PCI_CONFIG_ADDRESS: u16 = 0xCF8;
+const PCI_CONFIG_DATA: u16 = 0xCFC;
+
+impl Host for FirmwareHost {
+    fn read(&mut self, space: Space, address: u64, width: u8) -> Result<u64, Error> {
+        match space {
+            Space::Memory => {
+                memory_ok(address, width)?;
+                let pointer = address as usize;
+                // SAFETY: an aligned access inside the identity map (checked above) at an
+                // address the firmware's AML names as a system-memory operation region.
+                let value = unsafe {
+                    match width {
+                        1 => core::ptr::read_volatile(pointer as *const u8) as u64,
+                        2 => core::ptr::read_volatile(pointer as *const u16) as u64,
+                        4 => core::ptr::read_volatile(pointer as *const u32) as u64,
+                        _ => core::ptr::read_volatile(pointer as *const u64),
+                    }
+                };
+                Ok(value)
+            }
+            Space::Io => {
+                let port = u16::try_from(address).map_err(|_| Error::Host("port > 0xFFFF"))?;
+                Ok(match width {
+                    1 => port::inb(port) as u64,
+                    2 => port::inw(port) as u64,
+                    4 => port::inl(port) as u64,
+                    _ => port::inl(port) as u64 | (port::inl(port.wrapping_add(4)) as u64) << 32,
+                })
+            }
+            Space::PciConfig { .. } => {
+                let config = pci_address(space, address)?;
+                // The data port's bytes are the dword's: a narrower access goes to its byte.
+                let data = PCI_CONFIG_DATA + (address & 3) as u16;
+                port::outl(PCI_CONFIG_ADDRESS, config);
+                Ok(match width {
+                    1 => port::inb(data) as u64,
+                    2 => port::inw(data) as u64,
+                    _ => port::inl(PCI_CONFIG_DATA) as u64,
+                })
+            }
+        }
+    }
+
+    fn write(&mut self, space: Space, address: u64, width: u8, value: u64) -> Result<(), Error> {
+        match space {
+            Space::Memory => {
+                memory_ok(address, width)?;
+                let pointer = address as usize;
+                // SAFETY: as for `read`: an aligned access inside the identity map at an
+                // address the firmware's AML names.
+                unsafe {
+                    match width {
+                        1 => core::ptr::write_volatile(pointer as *mut u8, value as u8),
+                        2 => core::ptr::write_volatile(pointer as *mut u16, value as u16),
+                        4 => core::ptr::write_volatile(pointer as *mut u32, value as u32),
+                        _ => core::ptr::write_volatile(pointer as *mut u64, value),
+                    }
+                }
+                Ok(())
+            }
+            Space::Io => {
+                let port = u16::try_from(address).map_err(|_| Error::Host("port > 0xFFFF"))?;
+                match width {
+                    1 => port::outb(port, value as u8),
+                    2 => port::outw(port, value as u16),
+                    4 => port::outl(port, value as u32),
+                    _ => {
+                        port::outl(port, value as u32);
+                        port::outl(port.wrapping_add(4), (value >> 32) as u32);
+                    }
+                }
+                Ok(())
+            }
+            Space::PciConfig { .. } => {
+                let config = pci_address(space, address)?;
+                // A narrow write touches only its bytes (no read-modify-write of the dword,
+                // which would write back write-1-to-clear bits).
+                let data = PCI_CONFIG_DATA + (address & 3) as u16;
+                port::outl(PCI_CONFIG_ADDRESS, config);
+                match width {
+                    1 => port::outb(data, value as u8),
+                    2 => port::outw(data, value as u16),
+                    _ => port::outl(PCI_CONFIG_DATA, value as u32),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn notify(&mut self, path: &str, value: u64) {
+        self.notified.push((path.into(), value));
+    }
+
+    fn stall(&mut self, microseconds: u64) {
+        spin_at_least(microseconds);
+    }
+
+    fn sleep(&mut self, milliseconds: u64) {
+        spin_at_least(milliseconds.saturating_mul(1000));
+    }
+}
+
+/// Busy-waits at least `microseconds`, counting 1 GHz worth of TSC ticks per second (every
+/// x86_64 this runs on counts at least that fast, so the wait is never shorter).
+fn spin_at_least(microseconds: u64) {
+    let deadline = cpu::rdtsc().saturating_add(microseconds.saturating_mul(1000));
+    while cpu::rdtsc() < deadline {
+        core::hint::spin_loop();
+    }
+}
+
+/// The firmware's namespace, as loaded at boot.
+pub struct FirmwareNamespace {
+    namespace: Namespace,
+}
+
+/// What evaluating a method did besides its value: the `Notify`s it made, in order.
+pub type Notifications = Vec<(String, u64)>;
+
+impl FirmwareNamespace {
+    /// Evaluates the object at `path` (a method with `args`, a field, a name).
+    pub fn evaluate(
+        &mut self,
+        path: &str,
+        args: Vec<Value>,
+    ) -> (Result<Value, Error>, Notifications) {
+        let mut host = FirmwareHost::new();
+        let result = self.namespace.evaluate(&mut host, path, args);
+        (result, host.notified)
+    }
+
+    /// Every device (and processor) with its ids, status and current resources.
+    pub fn devices(&mut self) -> Vec<DeviceInfo> {
+        lull_aml::devices::devices(&mut self.namespace, &mut FirmwareHost::new())
+    }
+
+    /// The devices whose `_HID` or `_CID` is one of `ids` (cheaper than [`Self::devices`]).
+    pub fn find_by_id(&mut self, ids: &[&str]) -> Vec<DeviceInfo> {
+        lull_aml::devices::find_by_id(&mut self.namespace, &mut FirmwareHost::new(), ids)
+    }
+
+    /// The `_PRT` of a PCI root bridge, links resolved to GSIs where their `_CRS` says.
+    pub fn pci_routing(&mut self, bridge: NodeId) -> Result<Vec<PrtEntry>, Error> {
+        lull_aml::devices::pci_routing(&mut self.namespace, &mut FirmwareHost::new(), bridge)
+    }
+}
+
+/// The namespace `load` built, until the ACPI driver takes it.
+static LOADED: spin::Mutex<Option<FirmwareNamespace>> = spin::Mutex::new(None);
+
+/// Hands over the namespace loaded at boot (once; `None` without ACPI or AML).
+pub fn take_namespace() -> Option<FirmwareNamespace> {
+    LOADED.lock().take()
+}
+
+fn signature(bytes: &[u8]) -> &str {
+    core::str::from_utf8(&bytes[..4]).unwrap_or("????")
+}
+
+/// Loads the DSDT and SSDTs, evaluates `\_S5` into `info` and tells the firmware Lull routes
+/// interrupts through IOAPICs (`\_PIC(1)`). Problems are warnings in `info`.
+pub(super) fn load(info: &mut AcpiInfo) {
+    if info.aml_tables.is_empty() {
+        return;
+    }
+    let mut namespace = Namespace::new();
+    let mut host = FirmwareHost::new();
+    for table in info.aml_tables.clone() {
+        let Some(bytes) = table.bytes() else {
+            info.warnings.push(alloc::format!(
+                "ACPI: AML table at {:#x} failed its checksum; not loaded",
+                table.address()
+            ));
+            continue;
+        };
+        let (error, problems) = match namespace.load_table(bytes, &mut host) {
+            Ok(problems) => (None, problems),
+            Err((error, problems)) => (Some(error), problems),
+        };
+        for problem in problems {
+            info.warnings.push(alloc::format!(
+                "ACPI: {}: {problem}; skipped",
+                signature(bytes)
+            ));
+        }
+        if let Some(error) = error {
+            info.warnings.push(alloc::format!(
+                "ACPI: {} at {:#x}: {error}; the rest of the table is not loaded",
+                signature(bytes),
+                table.address()
+            ));
+        }
+    }
+    match namespace.evaluate(&mut host, "\\_S5", vec![]) {
+        Ok(Value::Package(elements)) => match elements.first().map(Value::as_integer) {
+            Some(Ok(sleep_type)) => info.s5_sleep_type = Some(sleep_type as u8),
+            _ => info
+                .warnings
+                .push("ACPI: \\_S5 has no integer SLP_TYPa".into()),
+        },
+        Ok(_) => info.warnings.push("ACPI: \\_S5 is not a package".into()),
+        Err(Error::NotFound(_)) => info
+            .warnings
+            .push("ACPI: no \\_S5; poweroff uses sleep type 0".into()),
+        Err(error) => info.warnings.push(alloc::format!("ACPI: \\_S5: {error}")),
+    }
+    if !info.io_apics.is_empty() && namespace.find("\\_PIC").is_some() {
+        if let Err(error) = namespace.evaluate(&mut host, "\\_PIC", vec![Value::Integer(1)]) {
+            info.warnings
+                .push(alloc::format!("ACPI: \\_PIC(1) (APIC mode): {error}"));
+        }
+    }
+    *LOADED.lock() = Some(FirmwareNamespace { namespace });
+}
