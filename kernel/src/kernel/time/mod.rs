@@ -219,8 +219,6 @@ pub fn clocksources() -> Vec<(&'static str, u32, u64, bool, bool, bool)> {
         .collect()
 }
 
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
-/// Reads clocksource `name` directly (for in-kernel tests).
 /// Average cost of one read of clocksource `name` over `reads` back-to-back reads, in TSC
 /// cycles (`bench clock`; interrupts off while measuring).
 pub fn clocksource_read_cycles(name: &str, reads: u64) -> Option<u64> {
@@ -235,6 +233,8 @@ pub fn clocksource_read_cycles(name: &str, reads: u64) -> Option<u64> {
     Some((cpu::rdtsc() - start) / reads.max(1))
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+/// Reads clocksource `name` directly (for in-kernel tests).
 pub fn read_clocksource(name: &str) -> Option<(u64, u64, u64)> {
     let clocks = CLOCKS.lock();
     let clocks = clocks.as_ref()?;
