@@ -104,13 +104,13 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     }
     apply_console_params();
     lockdep::init();
-    kernel::paravirt::init();
-    locking::init_spinlocks();
     printk!(
         "tsc: {}.{:03} MHz ({method})",
         tsc_hz / 1_000_000,
         (tsc_hz / 1000) % 1000
     );
+    kernel::paravirt::init();
+    locking::init_spinlocks();
     printk!("cpu: {}", arch::cpu::brand());
     pr_debug!("cmdline: {} bytes", boot.command_line.len());
 

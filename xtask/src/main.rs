@@ -487,6 +487,8 @@ struct KernelSuite {
     features: &'static [&'static str],
     machine: Machine,
     cpus: u32,
+    /// Kernel command line (`nopv`: the native path forced even where KVM is present).
+    append: &'static str,
     skips: &'static [&'static str],
 }
 
@@ -519,6 +521,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         features: &["ktest"],
         machine: Machine::Q35,
         cpus: 1,
+        append: "",
         skips: &[
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
@@ -531,6 +534,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         features: &["ktest"],
         machine: Machine::Microvm,
         cpus: 1,
+        append: "",
         skips: &[
             HPET_TESTS[0],
             HPET_TESTS[1],
@@ -549,6 +553,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         features: &["ktest", "zone-dma"],
         machine: Machine::Q35,
         cpus: 1,
+        append: "",
         skips: &[
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
@@ -561,13 +566,15 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         features: &["ktest"],
         machine: Machine::Q35,
         cpus: 4,
+        append: "",
         skips: &[],
     },
     KernelSuite {
-        label: "microvm smp2",
+        label: "microvm smp2 nopv",
         features: &["ktest"],
         machine: Machine::Microvm,
         cpus: 2,
+        append: "nopv",
         skips: &[
             HPET_TESTS[0],
             HPET_TESTS[1],
@@ -696,6 +703,7 @@ fn kernel_tier(tally: &mut Tally) -> Result<(), String> {
         config.machine = suite.machine;
         config.memory_mib = 512;
         config.cpus = cpus;
+        config.append = suite.append.to_string();
         let mut guest = Guest::spawn(&config)?;
         let code = guest.wait_exit(Duration::from_secs(120))?;
         let output = guest.output();

@@ -528,6 +528,20 @@ pub fn run(args: &[&str]) -> Result<(), String> {
             }
             Ok(())
         }
+        Some("spin") => {
+            // Keeps this CPU busy (no exits to a hypervisor but clock reads) for MS ms.
+            let ms = parse_count(args.get(1), 1_000, 600_000)?;
+            let start = crate::kernel::time::uptime_ns();
+            let end = start + ms * 1_000_000;
+            let mut iterations = 0u64;
+            while crate::kernel::time::uptime_ns() < end {
+                for _ in 0..10_000 {
+                    iterations = core::hint::black_box(iterations.wrapping_add(1));
+                }
+            }
+            crate::kprintln!("bench: spin ms={ms} iterations={iterations}");
+            Ok(())
+        }
         Some("clock") => {
             let reads = parse_count(args.get(1), 10_000, 10_000_000)?;
             let tsc_hz = crate::kernel::time::tsc_hz().max(1);
@@ -554,7 +568,7 @@ pub fn run(args: &[&str]) -> Result<(), String> {
             Ok(())
         }
         _ => Err(String::from(
-            "usage: bench pingpong|ipi|irq|lock|clock|pvops [COUNT]",
+            "usage: bench pingpong|ipi|irq|lock|clock|spin|pvops [COUNT]",
         )),
     }
 }

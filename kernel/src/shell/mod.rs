@@ -239,7 +239,7 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "bench",
-        usage: "bench pingpong|ipi|irq|lock|clock|pvops [N]",
+        usage: "bench pingpong|ipi|irq|lock|clock|spin|pvops [N]",
         help: "microbenchmarks: context switch, IPI, IRQ latency, locks, clock reads, paravirt ops",
         run: cmd_bench,
     },

@@ -79,7 +79,33 @@ fn cycles_to_ns(cycles: u64) -> u64 {
     ((cycles as u128 * 1_000_000_000) / hz as u128) as u64
 }
 
+/// Uptime already counted when the frequency was last changed, and the TSC at that moment
+/// (so a better frequency learned later never moves uptime backwards).
+static BASE_NS: AtomicU64 = AtomicU64::new(0);
+static BASE_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces the calibrated TSC frequency with a better one (the hypervisor's own, from
+/// kvm-clock) before the clocksources are registered. Boot-CPU only, interrupts off.
+pub fn refine_tsc_hz(hz: u64) {
+    if hz == 0 {
+        return;
+    }
+    let now = cpu::rdtsc();
+    let base_ns = uptime_at(now);
+    BASE_NS.store(base_ns, Ordering::Relaxed);
+    BASE_TSC.store(now, Ordering::Relaxed);
+    TSC_HZ.store(hz, Ordering::Relaxed);
+}
+
+fn uptime_at(tsc: u64) -> u64 {
+    let base_tsc = BASE_TSC.load(Ordering::Relaxed);
+    if base_tsc == 0 {
+        return cycles_to_ns(tsc.saturating_sub(BOOT_TSC.load(Ordering::Relaxed)));
+    }
+    BASE_NS.load(Ordering::Relaxed) + cycles_to_ns(tsc.saturating_sub(base_tsc))
+}
+
 /// Nanoseconds since kernel entry.
 pub fn uptime_ns() -> u64 {
-    cycles_to_ns(cpu::rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed)))
+    uptime_at(cpu::rdtsc())
 }

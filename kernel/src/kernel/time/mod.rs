@@ -42,7 +42,7 @@ use crate::{pr_warn, printk};
 
 use crate::drivers::clocksource as devices;
 pub use crate::drivers::clocksource::{TickDevice, LOCAL_TIMER_VECTOR};
-pub use early::{calibrate, set_boot_tsc, tsc_hz};
+pub use early::{calibrate, refine_tsc_hz, set_boot_tsc, tsc_hz};
 pub use proc::{proc_timer_list, proc_timer_stats, proc_timer_stats_write};
 pub(crate) use sleep::with_sleep_timer;
 pub use sleep::{msleep, sleep_ns, sleep_until};
@@ -661,6 +661,7 @@ const WATCHDOG_INTERVAL_JIFFIES: u64 = HZ as u64 / 2;
 fn clocksource_watchdog(context: &mut TimeContext, _data: u64) -> WheelAction {
     // Messages are printed after CLOCKS is released: printk reads the clock.
     let mut message: Option<String> = None;
+    let mut stopped = false;
     {
         let mut guard = CLOCKS.lock();
         let Some(clocks) = guard.as_mut() else {
@@ -672,9 +673,7 @@ fn clocksource_watchdog(context: &mut TimeContext, _data: u64) -> WheelAction {
         if paravirt::take_guest_stopped() {
             // Paused, snapshotted or migrated: the gap proves nothing about the TSC.
             watchdog.reset();
-            message = Some(String::from(
-                "clocksource: the host stopped this VM; watchdog baseline taken anew",
-            ));
+            stopped = true;
         }
         let reference = watchdog.reference();
         let Some(tsc) = clocks.registry.find("tsc") else {
@@ -714,6 +713,9 @@ fn clocksource_watchdog(context: &mut TimeContext, _data: u64) -> WheelAction {
             }
             _ => {}
         }
+    }
+    if stopped {
+        crate::pr_debug!("clocksource: the host stopped this VM; watchdog baseline taken anew");
     }
     if let Some(message) = message {
         printk!("{message}");
