@@ -102,15 +102,7 @@ fn snapshot_then_restore_in_a_new_process_keeps_the_shell_and_uptime() {
     let answered = source.wait_for_from(prompt, PROMPT, BOOT);
     let before = uptime_seconds(&source.output()[..answered], prompt);
     wait_for_socket(&socket, BOOT);
-    let (ok, _, errors) = client(&[
-        "snapshot",
-        "--api",
-        socket.to_str().unwrap(),
-        "--path",
-        snapshot.to_str().unwrap(),
-        "--leave-paused",
-    ]);
-    assert!(ok, "{errors}");
+    snapshot_paused(&socket, &snapshot);
     source.kill();
 
     let mut restored = Vmm::spawn(&["restore", "--snapshot", snapshot.to_str().unwrap()]);

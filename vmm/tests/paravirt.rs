@@ -41,6 +41,21 @@ fn unix_seconds(text: &str) -> Option<i64> {
     Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
+/// Boots the Lull kernel on lull-vmm with 128 MiB and `extra` options.
+fn boot(kernel: &std::path::Path, extra: &[&str]) -> Vmm {
+    let mut args = vec![
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "128",
+    ];
+    args.extend_from_slice(extra);
+    let vmm = Vmm::spawn(&args);
+    vmm.wait_for(PROMPT, BOOT);
+    vmm
+}
+
 /// Runs `command` at the shell and returns its output (up to the next prompt).
 fn shell(vmm: &mut Vmm, command: &str, timeout: Duration) -> String {
     let from = vmm.output().len();
@@ -75,14 +90,7 @@ fn steal_seconds(cpus: &str) -> f64 {
 #[ignore = "needs /dev/kvm and LULL_KERNEL"]
 fn guest_uses_kvm_clock_wall_clock_and_async_pf() {
     let kernel = lull_kernel("guest_uses_kvm_clock_wall_clock_and_async_pf");
-    let mut vmm = Vmm::spawn(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--memory",
-        "128",
-    ]);
-    vmm.wait_for(PROMPT, BOOT);
+    let mut vmm = boot(&kernel, &[]);
     let boot = vmm.output();
     assert!(
         boot.contains("clocksource: kvm-clock"),
@@ -135,27 +143,10 @@ fn restore_keeps_realtime_right_and_no_watchdog_fires() {
     let dir = scratch("paravirt-restore");
     let socket = dir.join("api.sock");
     let snapshot = dir.join("snap");
-    let mut source = Vmm::spawn(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--memory",
-        "128",
-        "--api-sock",
-        socket.to_str().unwrap(),
-    ]);
-    source.wait_for(PROMPT, BOOT);
+    let mut source = boot(&kernel, &["--api-sock", socket.to_str().unwrap()]);
     let uptime_before = shell(&mut source, "uptime", BOOT);
     wait_for_socket(&socket, BOOT);
-    let (ok, _, errors) = client(&[
-        "snapshot",
-        "--api",
-        socket.to_str().unwrap(),
-        "--path",
-        snapshot.to_str().unwrap(),
-        "--leave-paused",
-    ]);
-    assert!(ok, "{errors}");
+    snapshot_paused(&socket, &snapshot);
     source.kill();
     // The VM stays stopped for a while: realtime must account for it, monotonic must not
     // go backwards, and the clocksource watchdog must not judge the TSC across the gap.
@@ -203,14 +194,7 @@ fn hog(core: usize) -> Child {
 #[ignore = "needs /dev/kvm and LULL_KERNEL"]
 fn steal_time_rises_when_the_host_competes_for_the_vcpu() {
     let kernel = lull_kernel("steal_time_rises_when_the_host_competes_for_the_vcpu");
-    let mut vmm = Vmm::spawn(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--memory",
-        "128",
-    ]);
-    vmm.wait_for(PROMPT, BOOT);
+    let mut vmm = boot(&kernel, &[]);
     // Every thread of the VMM on host core 0, so hogs there compete with the vCPU.
     let pinned = Command::new("taskset")
         .args(["-a", "-p", "-c", "0", &vmm.pid().to_string()])

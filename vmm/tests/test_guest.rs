@@ -315,20 +315,6 @@ fn idle_guest_costs_nothing_in_the_metrics_and_the_metrics_file_fills() {
     vmm.kill();
 }
 
-/// Takes a snapshot through the CLI, leaving the VM paused; returns the report.
-fn snapshot_paused(socket: &std::path::Path, directory: &std::path::Path) -> serde_json::Value {
-    let (ok, report, errors) = client(&[
-        "snapshot",
-        "--api",
-        socket.to_str().unwrap(),
-        "--path",
-        directory.to_str().unwrap(),
-        "--leave-paused",
-    ]);
-    assert!(ok, "{errors}");
-    serde_json::from_str(&report).unwrap()
-}
-
 /// Regression test: a snapshot of a restored guest holds what the guest wrote after the
 /// restore, both in a fresh directory and written over the very snapshot the guest was
 /// restored from (whose memory file its RAM is still mapped from, copy-on-write). The guest

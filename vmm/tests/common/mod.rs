@@ -346,3 +346,17 @@ pub fn raw_api(path: &Path, request: &[u8]) -> String {
     stream.read_to_string(&mut answer).unwrap();
     answer
 }
+
+/// Takes a snapshot through the CLI, leaving the VM paused; returns the report.
+pub fn snapshot_paused(socket: &std::path::Path, directory: &std::path::Path) -> serde_json::Value {
+    let (ok, report, errors) = client(&[
+        "snapshot",
+        "--api",
+        socket.to_str().unwrap(),
+        "--path",
+        directory.to_str().unwrap(),
+        "--leave-paused",
+    ]);
+    assert!(ok, "{errors}");
+    serde_json::from_str(&report).unwrap()
+}
