@@ -121,6 +121,10 @@ pub const TESTS: &[Test] = &[
         run: q35_acpi_namespace_in_procfs,
     },
     Test {
+        name: "lspci_matches_qemu_info_pci",
+        run: lspci_matches_qemu_info_pci,
+    },
+    Test {
         name: "idle_nohz_takes_no_timer_interrupts",
         run: idle_nohz_takes_no_timer_interrupts,
     },
@@ -775,6 +779,101 @@ fn q35_acpi_namespace_in_procfs() -> TestResult {
     ensure!(
         prt.contains("INTA -> GSI 1") && prt.contains("(\\_SB_.GSI"),
         "no APIC-mode routing in:\n{prt}"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
+/// `(bus, device, function, vendor, device id)` of every function QEMU's `info pci` lists.
+fn parse_info_pci(text: &str) -> Vec<(u8, u8, u8, u16, u16)> {
+    let mut found = Vec::new();
+    let mut slot: Option<(u8, u8, u8)> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("Bus") {
+            // "Bus  0, device   2, function 0:"
+            let numbers: Vec<u8> = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|n| !n.is_empty())
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            slot = (numbers.len() >= 3).then(|| (numbers[0], numbers[1], numbers[2]));
+        } else if let (Some((bus, device, function)), Some(at)) = (slot, line.find("PCI device ")) {
+            // "... PCI device 8086:10d3"
+            let ids = &line[at + "PCI device ".len()..];
+            if let Some((vendor, id)) = ids.split_once(':') {
+                if let (Ok(vendor), Ok(id)) = (
+                    u16::from_str_radix(vendor.trim(), 16),
+                    u16::from_str_radix(id.trim().get(..4).unwrap_or(""), 16),
+                ) {
+                    found.push((bus, device, function, vendor, id));
+                    slot = None;
+                }
+            }
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// The guest's `lspci -n` lists exactly the functions QEMU's monitor (`info pci`) says the
+/// machine has, with the same vendor:device ids (q35 plus a virtio-rng-pci).
+fn lspci_matches_qemu_info_pci() -> TestResult {
+    use std::io::{Read as _, Write as _};
+    let socket = crate::kernel::repo_root().join("target/e2e-lspci-monitor.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.extra.extend([
+        "-device".to_string(),
+        "virtio-rng-pci".to_string(),
+        "-monitor".to_string(),
+        format!("unix:{},server,nowait", socket.display()),
+    ]);
+    let mut guest = boot(&config)?;
+    let listing = guest.run("lspci -n", STEP)?;
+    let mut lspci: Vec<(u8, u8, u8, u16, u16)> = listing
+        .lines()
+        .filter_map(|line| {
+            // "00:1f.3 0c05: 8086:2930 (rev 02)"
+            let (slot, rest) = line.split_once(' ')?;
+            let (bus, rest_slot) = slot.split_once(':')?;
+            let (device, function) = rest_slot.split_once('.')?;
+            let ids = rest.split_whitespace().nth(1)?;
+            let (vendor, id) = ids.split_once(':')?;
+            Some((
+                u8::from_str_radix(bus, 16).ok()?,
+                u8::from_str_radix(device, 16).ok()?,
+                function.parse().ok()?,
+                u16::from_str_radix(vendor, 16).ok()?,
+                u16::from_str_radix(id, 16).ok()?,
+            ))
+        })
+        .collect();
+    lspci.sort_unstable();
+    let mut monitor =
+        std::os::unix::net::UnixStream::connect(&socket).map_err(|e| format!("monitor: {e}"))?;
+    monitor
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| format!("monitor: {e}"))?;
+    monitor
+        .write_all(b"info pci\n")
+        .map_err(|e| format!("monitor: {e}"))?;
+    let mut text = String::new();
+    let mut chunk = [0u8; 4096];
+    // The reply ends with the next prompt after the command's output.
+    while text.matches("(qemu)").count() < 2 {
+        match monitor.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&chunk[..n])),
+        }
+    }
+    let qemu = parse_info_pci(&text);
+    ensure!(
+        qemu.iter().any(|f| f.3 == 0x1af4),
+        "QEMU's info pci shows no virtio device:\n{text}"
+    );
+    ensure!(
+        lspci == qemu,
+        "lspci -n:\n{listing}\ndiffers from QEMU's info pci:\n{text}"
     );
     poweroff_exits_zero(&mut guest)
 }

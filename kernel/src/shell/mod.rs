@@ -231,6 +231,15 @@ const COMMANDS: &[Command] = &[
         run: cmd_cpus,
     },
     Command {
+        name: "lspci",
+        usage: "lspci [-n|-v]",
+        help: "PCI functions: bus:dev.fn, class, vendor:device (-v: BARs, IRQ, capabilities)",
+        run: |args, _| match crate::drivers::pci::lspci(args) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("{error}"),
+        },
+    },
+    Command {
         name: "memsum",
         usage: "memsum [stop]",
         help:

@@ -66,9 +66,6 @@ fn pci_address(space: Space, offset: u64) -> Result<u32, Error> {
         | (offset as u32 & 0xFC))
 }
 
-const PCI_CONFIG_ADDRESS: u16 = 0xCF8;
-const PCI_CONFIG_DATA: u16 = 0xCFC;
-
 impl Host for FirmwareHost {
     fn read(&mut self, space: Space, address: u64, width: u8) -> Result<u64, Error> {
         match space {
@@ -99,13 +96,11 @@ impl Host for FirmwareHost {
             Space::PciConfig { .. } => {
                 let config = pci_address(space, address)?;
                 // The data port's bytes are the dword's: a narrower access goes to its byte.
-                let data = PCI_CONFIG_DATA + (address & 3) as u16;
-                port::outl(PCI_CONFIG_ADDRESS, config);
-                Ok(match width {
-                    1 => port::inb(data) as u64,
-                    2 => port::inw(data) as u64,
-                    _ => port::inl(PCI_CONFIG_DATA) as u64,
-                })
+                Ok(u64::from(super::pci::conf1_read(
+                    config,
+                    (address & 3) as u16,
+                    width,
+                )))
             }
         }
     }
@@ -144,13 +139,7 @@ impl Host for FirmwareHost {
                 let config = pci_address(space, address)?;
                 // A narrow write touches only its bytes (no read-modify-write of the dword,
                 // which would write back write-1-to-clear bits).
-                let data = PCI_CONFIG_DATA + (address & 3) as u16;
-                port::outl(PCI_CONFIG_ADDRESS, config);
-                match width {
-                    1 => port::outb(data, value as u8),
-                    2 => port::outw(data, value as u16),
-                    _ => port::outl(PCI_CONFIG_DATA, value as u32),
-                }
+                super::pci::conf1_write(config, (address & 3) as u16, width, value as u32);
                 Ok(())
             }
         }

@@ -16,6 +16,7 @@ pub mod kmap;
 pub mod kvm;
 pub mod memory;
 pub mod paging;
+pub mod pci;
 pub mod percpu;
 pub mod pit;
 mod port;
