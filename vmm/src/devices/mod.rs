@@ -5,6 +5,7 @@
 
 pub mod acpi_pm;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
