@@ -193,7 +193,9 @@ impl Block {
         let mut reader = Reader::new(memory, &chain.readable);
         let mut header = [0u8; 16];
         if !reader.read_exact(&mut header) {
-            return Err(layout("no 16-byte request header in device-readable buffers"));
+            return Err(layout(
+                "no 16-byte request header in device-readable buffers",
+            ));
         }
         let (data, status_at) =
             split_last_byte(&chain.writable).ok_or(layout("no device-writable status byte"))?;

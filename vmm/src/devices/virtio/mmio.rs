@@ -260,23 +260,23 @@ impl MmioTransport {
             && self.status & VIRTIO_CONFIG_S_FEATURES_OK == 0;
         let queue_setup = self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
             && self.status & VIRTIO_CONFIG_S_NEEDS_RESET == 0
-            && self.queues.get(self.queue_select as usize).is_some_and(|q| !q.ready());
+            && self
+                .queues
+                .get(self.queue_select as usize)
+                .is_some_and(|q| !q.ready());
         match offset as u32 {
             VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_select = value,
             VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_select = value,
-            VIRTIO_MMIO_DRIVER_FEATURES if setting_features => {
-                match self.driver_features_select {
-                    0 => {
-                        self.driver_features =
-                            (self.driver_features & !0xffff_ffff) | u64::from(value)
-                    }
-                    1 => {
-                        self.driver_features =
-                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
-                    }
-                    _ => {}
+            VIRTIO_MMIO_DRIVER_FEATURES if setting_features => match self.driver_features_select {
+                0 => {
+                    self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value)
                 }
-            }
+                1 => {
+                    self.driver_features =
+                        (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                }
+                _ => {}
+            },
             VIRTIO_MMIO_QUEUE_SEL => self.queue_select = value,
             VIRTIO_MMIO_QUEUE_NUM if queue_setup => {
                 if let Some(queue) = self.selected_queue() {
@@ -440,9 +440,7 @@ impl MmioTransport {
                 _ => return,
             }
         }
-        let result = self
-            .backend
-            .process(event, &mut self.queues, &self.memory);
+        let result = self.backend.process(event, &mut self.queues, &self.memory);
         match result {
             Ok(used) => self.signal_used(used),
             Err(error) => self.needs_reset(&error.to_string()),
@@ -522,12 +520,11 @@ impl MmioTransport {
             });
         }
         for (index, (queue, saved)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
-            *queue = Queue::try_from(QueueState::from(*saved)).map_err(|e| {
-                TransportError::Queue {
+            *queue =
+                Queue::try_from(QueueState::from(*saved)).map_err(|e| TransportError::Queue {
                     index,
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
         }
         self.status = state.status;
         self.device_features_select = state.device_features_select;

@@ -442,16 +442,12 @@ impl VirtioDevices {
             let name = format!("{}{}", backend.kind(), counts[kind]);
             counts[kind] += 1;
             devices.attach_one(vm, index, name, |interrupt| {
-                MmioTransport::new(
-                    String::new(),
-                    backend,
-                    memory.clone(),
-                    interrupt,
+                MmioTransport::new(String::new(), backend, memory.clone(), interrupt).map_err(
+                    |source| VirtioError::Transport {
+                        device: format!("device {index}"),
+                        source,
+                    },
                 )
-                .map_err(|source| VirtioError::Transport {
-                    device: format!("device {index}"),
-                    source,
-                })
             })?;
         }
         Ok(devices)
@@ -538,7 +534,9 @@ impl VirtioDevices {
             transport.backend.describe()
         );
         let control = EventFd::new(libc::EFD_NONBLOCK).map_err(host("creating an eventfd"))?;
-        let worker_control = control.try_clone().map_err(host("duplicating an eventfd"))?;
+        let worker_control = control
+            .try_clone()
+            .map_err(host("duplicating an eventfd"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let transport = Arc::new(Mutex::new(transport));
         let worker = {

@@ -18,9 +18,7 @@ use std::sync::atomic::Ordering;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Why a queue or chain was refused: the guest broke the virtio protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -224,7 +222,11 @@ impl<'a> Reader<'a> {
             let available = (first.len - self.offset) as usize;
             let take = available.min(out.len() - done);
             let at = GuestAddress(first.address.0 + u64::from(self.offset));
-            if self.memory.read_slice(&mut out[done..done + take], at).is_err() {
+            if self
+                .memory
+                .read_slice(&mut out[done..done + take], at)
+                .is_err()
+            {
                 return false;
             }
             done += take;
@@ -271,7 +273,11 @@ impl<'a> Writer<'a> {
             let available = (first.len - self.offset) as usize;
             let take = available.min(data.len() - done);
             let at = GuestAddress(first.address.0 + u64::from(self.offset));
-            if self.memory.write_slice(&data[done..done + take], at).is_err() {
+            if self
+                .memory
+                .write_slice(&data[done..done + take], at)
+                .is_err()
+            {
                 return false;
             }
             done += take;
