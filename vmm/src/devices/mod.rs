@@ -44,6 +44,8 @@ pub enum MachineRequest {
 pub struct PortIoBus {
     pub serial: Arc<Mutex<SerialConsole>>,
     pub acpi_pm: Arc<Mutex<AcpiPm>>,
+    /// The virtio-mmio register windows (MMIO exits, not ports, but the same vCPU path).
+    pub mmio: virtio::MmioBus,
 }
 
 impl PortIoBus {
@@ -120,6 +122,7 @@ mod tests {
         let bus = PortIoBus {
             serial: Arc::new(Mutex::new(serial)),
             acpi_pm: Arc::new(Mutex::new(AcpiPm::new(line.clone()))),
+            mmio: virtio::MmioBus::default(),
         };
         (bus, line, output)
     }
