@@ -231,7 +231,8 @@ impl Block {
             return None;
         }
         let end = sector.checked_add(bytes / SECTOR_BYTES)?;
-        (end <= self.capacity_sectors).then_some(sector * SECTOR_BYTES)
+        // Lazily: `sector * 512` overflows for the sectors this refuses.
+        (end <= self.capacity_sectors).then(|| sector * SECTOR_BYTES)
     }
 
     fn read(&mut self, sector: u64, writer: &mut Writer) -> u32 {

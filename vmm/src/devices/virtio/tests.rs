@@ -453,10 +453,12 @@ fn block_errors_flush_id_and_unsupported() {
     block_request(&mut ring, &memory, VIRTIO_BLK_T_FLUSH, 0, 0, false, 2);
     block_request(&mut ring, &memory, VIRTIO_BLK_T_GET_ID, 0, 20, true, 3);
     block_request(&mut ring, &memory, 0x1234, 0, 0, false, 4);
-    // Sector number that overflows.
+    // Sector numbers that overflow (sector + count, and sector * 512: found by the fuzzer).
     block_request(&mut ring, &memory, VIRTIO_BLK_T_IN, u64::MAX, 512, true, 5);
+    block_request(&mut ring, &memory, VIRTIO_BLK_T_IN, 1 << 60, 512, true, 6);
     notify(&mut transport, 0);
-    assert_eq!(ring.used_idx(&memory), 6);
+    assert_eq!(ring.used_idx(&memory), 7);
+    assert_eq!(status_of(&memory, 6), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(status_of(&memory, 0), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(status_of(&memory, 1), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(status_of(&memory, 2), VIRTIO_BLK_S_OK as u8);
