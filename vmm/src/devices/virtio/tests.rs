@@ -444,8 +444,8 @@ fn block_write_then_read_back_and_interrupt_protocol() {
 #[test]
 fn block_errors_flush_id_and_unsupported() {
     let (mut transport, _, memory, path) = block_device("errors", false);
-    bring_up(&mut transport, VERSION_1, 16);
-    let mut ring = Ring::new(0, 16);
+    bring_up(&mut transport, VERSION_1, 32); // 7 chains of 3
+    let mut ring = Ring::new(0, 32);
     // Past the end (64 sectors): IOERR, not a protocol violation.
     block_request(&mut ring, &memory, VIRTIO_BLK_T_IN, 63, 1024, true, 0);
     // Not whole sectors.
