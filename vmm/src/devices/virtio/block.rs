@@ -227,7 +227,7 @@ impl Block {
 
     /// Byte range of a request of `bytes` at `sector`, if whole sectors inside the disk.
     fn range(&self, sector: u64, bytes: u64) -> Option<u64> {
-        if bytes % SECTOR_BYTES != 0 {
+        if !bytes.is_multiple_of(SECTOR_BYTES) {
             return None;
         }
         let end = sector.checked_add(bytes / SECTOR_BYTES)?;

@@ -240,7 +240,7 @@ impl Backend {
         let ready = |queues: &[Queue], index: usize| {
             queues
                 .get(index)
-                .is_some_and(|q| virtio_queue::QueueT::ready(q))
+                .is_some_and(virtio_queue::QueueT::ready)
         };
         match (self, event) {
             (Backend::Block(block), BackendEvent::Queue(0)) => {
