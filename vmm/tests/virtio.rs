@@ -18,7 +18,9 @@ const BOOT: Duration = Duration::from_secs(120);
 /// A disk image whose sector n is filled with byte n+1 (first word of sector 0: 0x01010101).
 fn disk(dir: &Path, sectors: usize) -> std::path::PathBuf {
     let path = dir.join("disk.img");
-    let content: Vec<u8> = (0..sectors * 512).map(|i| (i / 512) as u8 + 1).collect();
+    let content: Vec<u8> = (0..sectors * 512)
+        .map(|i| ((i / 512) as u8).wrapping_add(1))
+        .collect();
     std::fs::write(&path, content).unwrap();
     path
 }
@@ -352,4 +354,79 @@ fn a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu() {
         "{errors}"
     );
     drop(namespace);
+}
+
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn lull_boots_with_disks_attached_stays_idle_and_restores_with_them() {
+    let kernel = lull_kernel("lull_boots_with_disks_attached_stays_idle_and_restores_with_them");
+    let dir = scratch("virtio-lull");
+    let image = disk(&dir, 2048);
+    let readonly = dir.join("ro.img");
+    std::fs::write(&readonly, vec![7u8; 4096]).unwrap();
+    let socket = dir.join("api.sock");
+    let snapshot = dir.join("snap");
+    let (disk_argument, ro_argument) = (
+        format!("path={}", image.display()),
+        format!("path={},readonly", readonly.display()),
+    );
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--disk",
+        &disk_argument,
+        "--disk",
+        &ro_argument,
+        "--api-sock",
+        socket.to_str().unwrap(),
+    ]);
+    let prompt = vmm.wait_for("lull> ", BOOT);
+    wait_for_socket(&socket, BOOT);
+    let errors = vmm.errors();
+    assert!(
+        errors.contains("virtio-blk0 at 0xd0000000 irq 5: "),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("virtio-blk1 at 0xd0001000 irq 6: ") && errors.contains("read-only"),
+        "{errors}"
+    );
+    // The kernel has no virtio driver yet: the devices stay idle, and so do their threads.
+    let before = thread_cpu_ticks(vmm.pid(), "virtio-blk");
+    assert_eq!(before.len(), 2, "{before:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let after = thread_cpu_ticks(vmm.pid(), "virtio-blk");
+    for (b, a) in before.iter().zip(&after) {
+        assert!(a.1 - b.1 <= 1, "{before:?} -> {after:?}");
+    }
+    let (ok, _, errors) = client(&[
+        "snapshot",
+        "--api",
+        socket.to_str().unwrap(),
+        "--path",
+        snapshot.to_str().unwrap(),
+        "--leave-paused",
+    ]);
+    assert!(ok, "{errors}");
+    vmm.kill();
+    let _ = prompt;
+    let mut restored = Vmm::spawn(&["restore", "--snapshot", snapshot.to_str().unwrap()]);
+    restored.send(b"\r");
+    restored.wait_for("lull> ", BOOT);
+    restored.send(b"uptime\r");
+    restored.wait_for("up ", BOOT);
+    let errors = restored.errors();
+    assert!(
+        errors.contains("virtio-blk0 at 0xd0000000 irq 5: "),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("virtio-blk1 at 0xd0001000 irq 6: "),
+        "{errors}"
+    );
+    restored.send(b"poweroff\r");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
 }

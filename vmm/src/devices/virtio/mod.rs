@@ -238,9 +238,7 @@ impl Backend {
         memory: &GuestMemoryMmap,
     ) -> Result<u64, ChainError> {
         let ready = |queues: &[Queue], index: usize| {
-            queues
-                .get(index)
-                .is_some_and(virtio_queue::QueueT::ready)
+            queues.get(index).is_some_and(virtio_queue::QueueT::ready)
         };
         match (self, event) {
             (Backend::Block(block), BackendEvent::Queue(0)) => {
