@@ -169,7 +169,7 @@ impl Vmm {
         }
     }
 
-    /// The process id (to look at its threads in /proc).
+    /// The VMM's process id.
     pub fn pid(&self) -> u32 {
         self.child.lock().unwrap().id()
     }
