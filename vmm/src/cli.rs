@@ -23,7 +23,8 @@ lull-vmm: the microVM monitor that hosts Lull on /dev/kvm
 
 USAGE:
   lull-vmm run --kernel ELF|BZIMAGE [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH]
-              [--no-rsdp-hint] [RUN OPTIONS]
+              [--no-rsdp-hint] [--disk path=FILE[,readonly]]... [--net tap=NAME[,mac=MAC]]...
+              [RUN OPTIONS]
   lull-vmm restore --snapshot DIR [RUN OPTIONS]
   lull-vmm receive --listen URL [RUN OPTIONS]      take one live migration and run the guest
   lull-vmm pause|resume|power-button|info --api SOCKET
@@ -45,6 +46,11 @@ RUN OPTIONS:
                             PV_SEND_IPI, PV_SCHED_YIELD and makes VMCALL raise #UD; on trusts them
   --no-rsdp-hint            run only: pass no RSDP address in the boot data (as Firecracker);
                             the kernel must find the ACPI tables by scanning the BIOS areas
+
+DEVICES (run only; up to 8 in all, virtio-mmio, announced on the kernel command line as
+virtio_mmio.device=4K@ADDR:IRQ; a restore reopens the snapshot's files and TAPs):
+  --disk path=FILE[,readonly]   virtio-blk on a raw image file (capacity = file size)
+  --net tap=NAME[,mac=MAC]      virtio-net on TAP device NAME (created if missing and allowed)
 
 MIGRATION: URL is tcp://HOST:PORT or unix:PATH. `migrate` sends the guest of the VMM serving
 SOCKET to a `lull-vmm receive --listen URL`, pre-copying its RAM while it runs, and stops it
@@ -83,6 +89,12 @@ pub enum UsageError {
     TwoCommandLines,
     #[error("cannot read command line file {path}: {reason}")]
     CommandLineFile { path: PathBuf, reason: String },
+    #[error("option {option} '{value}': {reason}")]
+    Device {
+        option: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("option {option}: {error}")]
     Url {
         option: String,
@@ -275,8 +287,23 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             let (mut kernel, mut vcpus, mut memory_mib) = (None, 1u8, 128u64);
             let (mut cmdline, mut cmdline_file) = (None::<Vec<u8>>, None::<PathBuf>);
             let mut rsdp_hint = true;
+            let mut virtio = Vec::new();
             while let Some(option) = arguments.rest.next() {
                 match option.as_str() {
+                    "--disk" | "--net" => {
+                        let value = arguments.value(option)?;
+                        let (name, parse): (&'static str, fn(&str) -> Result<_, String>) =
+                            if option == "--disk" {
+                                ("--disk", crate::devices::virtio::parse_disk)
+                            } else {
+                                ("--net", crate::devices::virtio::parse_net)
+                            };
+                        virtio.push(parse(value).map_err(|reason| UsageError::Device {
+                            option: name,
+                            value: value.clone(),
+                            reason,
+                        })?);
+                    }
                     "--kernel" => kernel = Some(PathBuf::from(arguments.value(option)?)),
                     "--vcpus" => vcpus = arguments.number(option, "vCPU count (1-255)")?,
                     "--memory" => memory_mib = arguments.number(option, "size in MiB")?,
@@ -316,6 +343,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     memory_mib,
                     cmdline,
                     rsdp_hint,
+                    virtio,
                 },
                 options,
             })
@@ -855,6 +883,42 @@ mod tests {
     }
 
     #[test]
+    fn disks_and_nets_are_repeatable_and_checked() {
+        use crate::devices::virtio::VirtioConfig;
+        let Command::Run { config, .. } = parse(&args(
+            "run --kernel k --disk path=a.img --net tap=tap0 --disk path=b.img,readonly",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            config.virtio,
+            [
+                VirtioConfig::Block {
+                    path: "a.img".into(),
+                    readonly: false
+                },
+                VirtioConfig::Net {
+                    tap: "tap0".into(),
+                    mac: None
+                },
+                VirtioConfig::Block {
+                    path: "b.img".into(),
+                    readonly: true
+                },
+            ]
+        );
+        let error = parse(&args("run --kernel k --disk file=a.img")).unwrap_err();
+        assert!(error.to_string().contains("--disk"), "{error}");
+        let error = parse(&args("run --kernel k --net tap=t,mac=1")).unwrap_err();
+        assert!(error.to_string().starts_with("option --net"), "{error}");
+        assert_eq!(
+            parse(&args("run --kernel k --disk")),
+            Err(UsageError::MissingValue("--disk".into()))
+        );
+    }
+
+    #[test]
     fn run_with_defaults() {
         let Command::Run { config, options } = parse(&args("run --kernel k.elf")).unwrap() else {
             panic!()
@@ -867,6 +931,7 @@ mod tests {
                 memory_mib: 128,
                 cmdline: vec![],
                 rsdp_hint: true,
+                virtio: vec![],
             }
         );
         assert_eq!(options.metrics_interval_ms, 1000);

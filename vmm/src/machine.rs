@@ -21,6 +21,7 @@ use crate::arch::regs::KernelEntry;
 use crate::arch::{acpi, cpuid, layout, linux_boot, pvh, regs};
 use crate::devices::acpi_pm::{AcpiPm, IrqLine};
 use crate::devices::serial::{SerialConsole, SerialOutput};
+use crate::devices::virtio::{self, VirtioConfig, VirtioDevices, VirtioError};
 use crate::devices::{lock, PortIoBus};
 use crate::metrics::{self, KvmStats, MetricsReport, RateTracker, VcpuSample};
 use crate::persist::Persist;
@@ -48,6 +49,8 @@ pub struct MachineConfig {
     /// zero page's `acpi_rsdp_addr`). `false` leaves them 0, as Firecracker does: the kernel
     /// must then find the RSDP by scanning the BIOS areas (it is at 0xe0000).
     pub rsdp_hint: bool,
+    /// virtio-mmio devices (`--disk`, `--net`), in slot order.
+    pub virtio: Vec<VirtioConfig>,
 }
 
 /// Why a machine operation failed. Messages say what to do where there is something to do.
@@ -67,6 +70,8 @@ pub enum MachineError {
     BootData(#[from] pvh::PvhError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
     #[error("cannot open kernel {path}: {source}")]
     OpenKernel {
         path: PathBuf,
@@ -169,6 +174,7 @@ pub struct Machine {
     migration: Arc<crate::migration::MigrationControl>,
     // Kept so the irqfd stays registered for the machine's lifetime.
     _serial_interrupt: EventFd,
+    virtio: VirtioDevices,
 }
 
 /// A started machine and the channel on which its vCPUs report poweroff or failure.
@@ -285,6 +291,7 @@ fn open_kvm() -> Result<Kvm, MachineError> {
 /// Devices and their interrupt wiring.
 fn build_bus(
     vm: &Vm,
+    mmio: virtio::MmioBus,
     serial: impl FnOnce(EventFd) -> Result<SerialConsole, MachineError>,
     acpi_pm: impl FnOnce(Arc<dyn IrqLine>) -> AcpiPm,
 ) -> Result<(Arc<PortIoBus>, EventFd), MachineError> {
@@ -306,6 +313,7 @@ fn build_bus(
     let bus = PortIoBus {
         serial: Arc::new(Mutex::new(serial(serial_trigger)?)),
         acpi_pm: Arc::new(Mutex::new(acpi_pm(sci))),
+        mmio,
     };
     Ok((Arc::new(bus), serial_interrupt))
 }
@@ -319,6 +327,10 @@ impl Machine {
         output: SerialOutput,
     ) -> Result<Started, MachineError> {
         let mut clock = PhaseClock::new();
+        // The disks and TAPs first: a bad --disk/--net leaves nothing half-started.
+        let backends = virtio::open_backends(&config.virtio)?;
+        let mut cmdline = config.cmdline.clone();
+        cmdline.extend_from_slice(virtio::cmdline_fragment(backends.len()).as_bytes());
         let policy = HypercallDecision::start(pv);
         let kvm = open_kvm()?;
         clock.lap("open_kvm");
@@ -329,8 +341,7 @@ impl Machine {
                 maximum,
             });
         }
-        let layout =
-            layout::MemoryLayout::new(config.memory_mib << 20, config.cmdline.len() as u64)?;
+        let layout = layout::MemoryLayout::new(config.memory_mib << 20, cmdline.len() as u64)?;
         let memory = GuestMemory::anonymous(&layout.ram_regions)?;
         let entry = load_kernel(&memory, &config.kernel)?;
         regs::write_boot_gdt(&memory.mmap).map_err(pvh::PvhError::from)?;
@@ -341,7 +352,7 @@ impl Machine {
         } else {
             0
         };
-        pvh::write_boot_data(&memory.mmap, &layout, &config.cmdline, rsdp_hint)?;
+        pvh::write_boot_data(&memory.mmap, &layout, &cmdline, rsdp_hint)?;
         let entry = match entry {
             LoadedKernel::Pvh(address) => KernelEntry::Pvh(address),
             LoadedKernel::BzImage { entry, header } => {
@@ -349,7 +360,7 @@ impl Machine {
                     &memory.mmap,
                     &layout,
                     header,
-                    config.cmdline.len(),
+                    cmdline.len(),
                     rsdp_hint,
                 )?;
                 KernelEntry::Linux32(entry)
@@ -359,8 +370,10 @@ impl Machine {
         clock.lap("memory_and_kernel");
         let vm = Vm::create(&kvm, &memory)?;
         clock.lap("create_vm");
+        let virtio = VirtioDevices::attach(&vm.fd, &memory.mmap, backends)?;
         let (bus, serial_interrupt) = build_bus(
             &vm,
+            virtio.bus(),
             |trigger| Ok(SerialConsole::new(trigger, output)),
             AcpiPm::new,
         )?;
@@ -417,7 +430,7 @@ impl Machine {
             vm,
             memory,
             bus,
-            serial_interrupt,
+            (serial_interrupt, virtio),
             vcpus,
             Origin::default(),
             clock,
@@ -538,8 +551,10 @@ impl Machine {
         }
         let vm = Vm::restore(vm, &state.vm)?;
         clock.lap("restore_vm_state");
+        let virtio = VirtioDevices::restore(&vm.fd, &memory.mmap, &state.virtio)?;
         let (bus, serial_interrupt) = build_bus(
             &vm,
+            virtio.bus(),
             |trigger| {
                 SerialConsole::restore((trigger, output), &state.serial).map_err(|e| {
                     MachineError::Host {
@@ -588,7 +603,7 @@ impl Machine {
             vm,
             memory,
             bus,
-            serial_interrupt,
+            (serial_interrupt, virtio),
             vcpus,
             Origin {
                 restored_from,
@@ -596,6 +611,8 @@ impl Machine {
             },
             clock,
         );
+        // Requests the guest queued but the devices had not served at the snapshot.
+        started.machine.virtio.kick_all();
         let shown = if policy.hypercalls_return {
             0
         } else {
@@ -613,7 +630,7 @@ impl Machine {
         vm: Vm,
         memory: GuestMemory,
         bus: Arc<PortIoBus>,
-        serial_interrupt: EventFd,
+        (serial_interrupt, virtio): (EventFd, VirtioDevices),
         vcpus: Vec<Vcpu>,
         origin: Origin,
         mut clock: PhaseClock,
@@ -686,6 +703,7 @@ impl Machine {
             events: event_sender,
             migration: Arc::default(),
             _serial_interrupt: serial_interrupt,
+            virtio,
         };
         Started {
             machine,
@@ -758,6 +776,9 @@ impl Machine {
             });
         }
         self.command_all(|| VcpuCommand::Pause, "pause", true)?;
+        // Devices after vCPUs: once this returns no request is being served, so the
+        // snapshot's device state and guest RAM agree.
+        self.virtio.pause();
         self.state = RunState::Paused;
         Ok(())
     }
@@ -769,6 +790,7 @@ impl Machine {
                 state: self.state,
             });
         }
+        self.virtio.resume();
         self.command_all(|| VcpuCommand::Resume, "resume", false)?;
         self.state = RunState::Running;
         Ok(())
@@ -830,6 +852,7 @@ impl Machine {
                 Ok(state) => state,
                 Err(never) => match never {},
             },
+            virtio: self.virtio.save(),
         })
     }
 
@@ -905,7 +928,12 @@ impl Machine {
         self.memory.host_ranges()
     }
 
-    /// Stops and joins every vCPU thread.
+    /// Whether virtio devices are attached (live migration does not take them yet).
+    pub fn has_virtio_devices(&self) -> bool {
+        !self.virtio.is_empty()
+    }
+
+    /// Stops and joins every vCPU thread (the device threads stop when the machine drops).
     pub fn stop(&mut self) {
         for handle in &self.vcpus {
             let _ = handle.commands.send(VcpuCommand::Stop);

@@ -14,13 +14,15 @@ use vmm_state_file::StateFileError;
 
 use crate::devices::acpi_pm::AcpiPmState;
 use crate::devices::serial::SerialConsoleState;
+use crate::devices::virtio::VirtioDeviceState;
 use crate::vstate::memory::GuestMemoryState;
 use crate::vstate::vcpu::VcpuState;
 use crate::vstate::vm::VmState;
 
 /// Layout version of [`SnapshotState`]; bump on any incompatible change.
 /// 1: JSON payload. 2: postcard payload; kvmclock saved whole; per-vCPU TSC offset.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// 3: virtio-mmio devices.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 /// File names inside a snapshot directory.
 pub const STATE_FILE_NAME: &str = "state";
 pub const MEMORY_FILE_NAME: &str = "memory";
@@ -35,6 +37,8 @@ pub struct SnapshotState {
     pub vcpus: Vec<VcpuState>,
     pub serial: SerialConsoleState,
     pub acpi_pm: AcpiPmState,
+    /// virtio-mmio devices in slot order (their disks and TAPs are reopened by name).
+    pub virtio: Vec<VirtioDeviceState>,
 }
 
 /// Why a snapshot could not be written or read.

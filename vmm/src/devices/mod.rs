@@ -5,6 +5,7 @@
 
 pub mod acpi_pm;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -43,6 +44,8 @@ pub enum MachineRequest {
 pub struct PortIoBus {
     pub serial: Arc<Mutex<SerialConsole>>,
     pub acpi_pm: Arc<Mutex<AcpiPm>>,
+    /// The virtio-mmio register windows (MMIO exits, not ports, but the same vCPU path).
+    pub mmio: virtio::MmioBus,
 }
 
 impl PortIoBus {
@@ -119,6 +122,7 @@ mod tests {
         let bus = PortIoBus {
             serial: Arc::new(Mutex::new(serial)),
             acpi_pm: Arc::new(Mutex::new(AcpiPm::new(line.clone()))),
+            mmio: virtio::MmioBus::default(),
         };
         (bus, line, output)
     }

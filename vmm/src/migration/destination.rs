@@ -216,6 +216,8 @@ impl Parts {
             vm: self.vm.ok_or(ReceiveError::Missing("vm"))?,
             serial: self.serial.ok_or(ReceiveError::Missing("serial"))?,
             acpi_pm: self.acpi_pm.ok_or(ReceiveError::Missing("acpi_pm"))?,
+            // The source refuses to migrate a VM with virtio devices.
+            virtio: Vec::new(),
             vcpus: self
                 .vcpus
                 .into_iter()

@@ -57,6 +57,8 @@ pub enum StartError {
     Busy,
     #[error("cannot start the migration thread: {0}")]
     Thread(io::Error),
+    #[error("cannot migrate a VM with virtio devices yet: their writes to guest RAM are not in KVM's dirty log")]
+    VirtioDevices,
 }
 
 /// Why a migration failed (the guest runs on here).
@@ -95,6 +97,9 @@ pub fn start(machine: &Arc<Mutex<Machine>>, options: MigrateOptions) -> Result<(
         let machine = lock(machine);
         if machine.state() != RunState::Running {
             return Err(StartError::NotRunning(machine.state()));
+        }
+        if machine.has_virtio_devices() {
+            return Err(StartError::VirtioDevices);
         }
         machine.migration()
     };

@@ -765,13 +765,16 @@ impl Vcpu {
                 let _ = context.events.send(VmEvent::Machine(request));
                 return LoopControl::Park;
             }
-            Ok(VcpuExit::MmioRead(_, data)) => {
+            Ok(VcpuExit::MmioRead(address, data)) => {
                 counters.mmio.fetch_add(1, Ordering::Relaxed);
-                data.fill(0xff);
+                if !context.bus.mmio.read(address, data) {
+                    data.fill(0xff);
+                }
                 return LoopControl::Continue;
             }
-            Ok(VcpuExit::MmioWrite(..)) => {
+            Ok(VcpuExit::MmioWrite(address, data)) => {
                 counters.mmio.fetch_add(1, Ordering::Relaxed);
+                context.bus.mmio.write(address, data);
                 return LoopControl::Continue;
             }
             Ok(VcpuExit::Hlt) => {

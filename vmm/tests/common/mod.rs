@@ -52,6 +52,13 @@ pub fn vmcall_guest(dir: &Path) -> PathBuf {
     path
 }
 
+/// Writes the virtio-blk test guest into `dir`.
+pub fn virtio_blk_guest(dir: &Path) -> PathBuf {
+    let path = dir.join("virtio-blk-guest.elf");
+    std::fs::write(&path, lull_vmm::test_guest::virtio_blk_guest_elf()).unwrap();
+    path
+}
+
 /// Writes the built-in test guest into `dir`.
 pub fn test_guest(dir: &Path) -> PathBuf {
     let path = dir.join("test-guest.elf");

@@ -1,0 +1,686 @@
+//! virtio devices over the virtio-mmio transport: block (a raw image file) and net (a TAP).
+//!
+//! Each device has a 4 KiB register window in the MMIO hole and an ISA IRQ of its own, both
+//! fixed by its position on the command line (`--disk`/`--net` in order):
+//!
+//! | device n | window                          | IRQ (edge, active high)       |
+//! |----------|---------------------------------|-------------------------------|
+//! | 0..7     | `0xd000_0000 + n * 0x1000`      | 5, 6, 7, 10, 11, 12, 14, 15   |
+//!
+//! The guest learns of them the Linux way: `virtio_mmio.device=4K@0xd0000000:5` per device is
+//! appended to its command line.
+//!
+//! Wiring: each queue's QueueNotify write is caught by KVM (an ioeventfd with the queue index
+//! as datamatch) and wakes the device's worker thread, which waits in epoll on those eventfds,
+//! the TAP (net) and a control eventfd, and does no work when the guest does nothing. Used
+//! buffers and configuration changes raise the IRQ through an irqfd. The vCPU threads only
+//! serve register reads and writes. Device state is behind one mutex per device; pausing the
+//! VM takes it, so nothing is in flight while the VM is paused or snapshotted.
+
+pub mod block;
+pub mod mmio;
+pub mod net;
+pub mod queue;
+mod sys;
+
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod tests;
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use serde::{Deserialize, Serialize};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::lock;
+use crate::persist::Persist;
+use block::{Block, BlockError, BlockState};
+use mmio::{MmioTransport, TransportError, TransportState, WINDOW_BYTES};
+use net::{Net, NetError, NetState};
+use queue::ChainError;
+
+/// First device window, in the 32-bit MMIO hole below the IOAPIC.
+pub const MMIO_BASE: u64 = 0xd000_0000;
+/// The ISA IRQs devices get, in order (0-2, 4 (COM1), 8 (RTC), 9 (SCI), 13 (FPU) are taken).
+pub const IRQS: [u32; 8] = [5, 6, 7, 10, 11, 12, 14, 15];
+/// Most virtio devices a VM can have.
+pub const MAX_DEVICES: usize = IRQS.len();
+
+/// The window and IRQ of device `index`.
+pub fn slot(index: usize) -> (u64, u32) {
+    (MMIO_BASE + index as u64 * WINDOW_BYTES, IRQS[index])
+}
+
+/// Command-line fragment describing `count` devices (with a leading space).
+pub fn cmdline_fragment(count: usize) -> String {
+    (0..count.min(MAX_DEVICES))
+        .map(|index| {
+            let (base, irq) = slot(index);
+            format!(" virtio_mmio.device=4K@{base:#x}:{irq}")
+        })
+        .collect()
+}
+
+/// A device asked for on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VirtioConfig {
+    Block { path: PathBuf, readonly: bool },
+    Net { tap: String, mac: Option<[u8; 6]> },
+}
+
+/// Parses `--disk path=FILE[,readonly]`.
+pub fn parse_disk(value: &str) -> Result<VirtioConfig, String> {
+    let (mut path, mut readonly) = (None, false);
+    for part in value.split(',') {
+        match part.split_once('=') {
+            Some(("path", file)) if !file.is_empty() => path = Some(PathBuf::from(file)),
+            None if part == "readonly" || part == "ro" => readonly = true,
+            Some(("readonly", "on" | "true")) => readonly = true,
+            Some(("readonly", "off" | "false")) => readonly = false,
+            _ => return Err(format!("'{part}' is not path=FILE or readonly")),
+        }
+    }
+    let path = path.ok_or("path=FILE is missing")?;
+    Ok(VirtioConfig::Block { path, readonly })
+}
+
+/// Parses `--net tap=NAME[,mac=XX:XX:XX:XX:XX:XX]`.
+pub fn parse_net(value: &str) -> Result<VirtioConfig, String> {
+    let (mut tap, mut mac) = (None, None);
+    for part in value.split(',') {
+        match part.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() && name.len() < 16 => {
+                tap = Some(name.to_string())
+            }
+            Some(("tap", name)) => return Err(format!("'{name}' is not a 1-15 byte TAP name")),
+            Some(("mac", text)) => mac = Some(parse_mac(text)?),
+            _ => return Err(format!("'{part}' is not tap=NAME or mac=XX:XX:XX:XX:XX:XX")),
+        }
+    }
+    let tap = tap.ok_or("tap=NAME is missing")?;
+    Ok(VirtioConfig::Net { tap, mac })
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("'{text}' is not a MAC address (XX:XX:XX:XX:XX:XX)");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("'{text}' is a multicast address"));
+    }
+    Ok(mac)
+}
+
+/// The device-specific half of a virtio device.
+pub enum Backend {
+    Block(Block),
+    Net(Net),
+}
+
+/// What woke a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// The driver notified queue n.
+    Queue(usize),
+    /// The host side has work (the TAP is readable).
+    Host,
+}
+
+/// Saved form of a backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackendState {
+    Block(BlockState),
+    Net(NetState),
+}
+
+/// Why a device could not be set up or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("{device}: {source}")]
+    Transport {
+        device: String,
+        source: TransportError,
+    },
+    #[error("at most {MAX_DEVICES} virtio devices (--disk and --net together), not {0}")]
+    TooMany(usize),
+    #[error("{what}: {source}")]
+    Host {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("KVM {operation} for {device}: {source}")]
+    Kvm {
+        operation: &'static str,
+        device: String,
+        source: kvm_ioctls::Error,
+    },
+}
+
+impl Backend {
+    /// Opens the host side of a configured device.
+    pub fn open(config: &VirtioConfig) -> Result<Self, VirtioError> {
+        Ok(match config {
+            VirtioConfig::Block { path, readonly } => Backend::Block(Block::open(path, *readonly)?),
+            VirtioConfig::Net { tap, mac } => Backend::Net(Net::open(tap, *mac)?),
+        })
+    }
+
+    pub fn device_id(&self) -> u32 {
+        match self {
+            Backend::Block(block) => block.device_id(),
+            Backend::Net(net) => net.device_id(),
+        }
+    }
+
+    pub fn features(&self) -> u64 {
+        match self {
+            Backend::Block(block) => block.features(),
+            Backend::Net(net) => net.features(),
+        }
+    }
+
+    pub fn config(&self) -> Vec<u8> {
+        match self {
+            Backend::Block(block) => block.config(),
+            Backend::Net(net) => net.config(),
+        }
+    }
+
+    pub fn queue_max_sizes(&self) -> Vec<u16> {
+        match self {
+            Backend::Block(block) => block.queue_max_sizes(),
+            Backend::Net(net) => net.queue_max_sizes(),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        if let Backend::Net(net) = self {
+            net.reset();
+        }
+    }
+
+    /// The host descriptor the worker waits on besides the queues (the TAP).
+    pub fn host_fd(&self) -> Option<RawFd> {
+        match self {
+            Backend::Block(_) => None,
+            Backend::Net(net) => net.host_fd(),
+        }
+    }
+
+    /// Does the work `event` calls for; returns the queues (bitmask) given used buffers.
+    pub fn process(
+        &mut self,
+        event: BackendEvent,
+        queues: &mut [Queue],
+        memory: &GuestMemoryMmap,
+    ) -> Result<u64, ChainError> {
+        let ready = |queues: &[Queue], index: usize| {
+            queues.get(index).is_some_and(virtio_queue::QueueT::ready)
+        };
+        match (self, event) {
+            (Backend::Block(block), BackendEvent::Queue(0)) => {
+                Ok(u64::from(block.process(&mut queues[0], memory)?))
+            }
+            (Backend::Net(net), BackendEvent::Queue(net::TX_QUEUE)) => {
+                Ok(u64::from(net.transmit(&mut queues[net::TX_QUEUE], memory)?) << net::TX_QUEUE)
+            }
+            (Backend::Net(net), BackendEvent::Queue(net::RX_QUEUE) | BackendEvent::Host)
+                if ready(queues, net::RX_QUEUE) =>
+            {
+                queue::check_queue(&queues[net::RX_QUEUE], memory)?;
+                Ok(u64::from(net.receive(&mut queues[net::RX_QUEUE], memory)?) << net::RX_QUEUE)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    pub fn save(&self) -> BackendState {
+        match self {
+            Backend::Block(block) => BackendState::Block(block.save()),
+            Backend::Net(net) => BackendState::Net(net.save()),
+        }
+    }
+
+    pub fn restore(state: &BackendState) -> Result<Self, VirtioError> {
+        Ok(match state {
+            BackendState::Block(block) => Backend::Block(Block::restore(block)?),
+            BackendState::Net(net) => Backend::Net(Net::restore(net)?),
+        })
+    }
+
+    /// `virtio-blk` or `virtio-net`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Block(_) => "virtio-blk",
+            Backend::Net(_) => "virtio-net",
+        }
+    }
+
+    /// What the device is backed by, for the log line.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Block(block) => format!(
+                "{} ({} sectors{})",
+                block.path().display(),
+                block.capacity_sectors(),
+                if block.readonly() { ", read-only" } else { "" }
+            ),
+            Backend::Net(net) => {
+                let m = net.mac();
+                format!(
+                    "tap {} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    net.tap(),
+                    m[0],
+                    m[1],
+                    m[2],
+                    m[3],
+                    m[4],
+                    m[5]
+                )
+            }
+        }
+    }
+}
+
+/// Raises a device's interrupt.
+pub trait Interrupt: Send + Sync {
+    fn trigger(&self);
+}
+
+/// An irqfd: a write makes KVM inject an edge on the GSI.
+struct IrqFd(EventFd);
+
+impl Interrupt for IrqFd {
+    fn trigger(&self) {
+        // Fails only if the counter would overflow, i.e. an interrupt is pending anyway.
+        let _ = self.0.write(1);
+    }
+}
+
+/// Saved form of one device: where it is, and its transport and backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VirtioDeviceState {
+    pub base: u64,
+    pub irq: u32,
+    pub transport: TransportState,
+}
+
+/// What restoring a transport needs besides its state.
+pub struct TransportResources {
+    pub name: String,
+    pub memory: GuestMemoryMmap,
+    pub interrupt: Arc<dyn Interrupt>,
+}
+
+impl Persist for MmioTransport {
+    type State = TransportState;
+    type RestoreArgs = TransportResources;
+    type Error = VirtioError;
+
+    fn save(&self) -> Result<TransportState, VirtioError> {
+        Ok(MmioTransport::save(self))
+    }
+
+    /// Reopens the backend's file or TAP, then applies the registers and queues.
+    fn restore(args: TransportResources, state: &TransportState) -> Result<Self, VirtioError> {
+        let backend = Backend::restore(&state.backend)?;
+        let device = args.name.clone();
+        let mut transport = MmioTransport::new(args.name, backend, args.memory, args.interrupt)
+            .map_err(|source| VirtioError::Transport {
+                device: device.clone(),
+                source,
+            })?;
+        transport
+            .apply(state)
+            .map_err(|source| VirtioError::Transport { device, source })?;
+        Ok(transport)
+    }
+}
+
+/// The windows vCPUs reach the devices through.
+#[derive(Clone, Default)]
+pub struct MmioBus {
+    windows: Vec<(u64, Arc<Mutex<MmioTransport>>)>,
+}
+
+impl MmioBus {
+    fn find(&self, address: u64) -> Option<(u64, &Arc<Mutex<MmioTransport>>)> {
+        self.windows
+            .iter()
+            .find(|(base, _)| address >= *base && address - base < WINDOW_BYTES)
+            .map(|(base, device)| (address - base, device))
+    }
+
+    /// A read of a device register; false if no device is at `address`.
+    pub fn read(&self, address: u64, data: &mut [u8]) -> bool {
+        match self.find(address) {
+            Some((offset, device)) => {
+                lock(device).read(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A write of a device register; false if no device is at `address`.
+    pub fn write(&self, address: u64, data: &[u8]) -> bool {
+        match self.find(address) {
+            Some((offset, device)) => {
+                lock(device).write(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A device with its worker thread and KVM wiring.
+struct Attached {
+    base: u64,
+    irq: u32,
+    transport: Arc<Mutex<MmioTransport>>,
+    control: EventFd,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// The VM's virtio devices.
+#[derive(Default)]
+pub struct VirtioDevices {
+    devices: Vec<Attached>,
+}
+
+const CONTROL_TOKEN: u64 = u64::MAX;
+const HOST_TOKEN: u64 = u64::MAX - 1;
+
+/// Opens every configured backend (before anything else of the VM exists, so a bad
+/// `--disk`/`--net` leaves nothing half-started).
+pub fn open_backends(configs: &[VirtioConfig]) -> Result<Vec<Backend>, VirtioError> {
+    if configs.len() > MAX_DEVICES {
+        return Err(VirtioError::TooMany(configs.len()));
+    }
+    configs.iter().map(Backend::open).collect()
+}
+
+impl VirtioDevices {
+    /// Puts `backends` at their slots: irqfds, ioeventfds, worker threads. Logs one line per
+    /// device.
+    pub fn attach(
+        vm: &VmFd,
+        memory: &GuestMemoryMmap,
+        backends: Vec<Backend>,
+    ) -> Result<Self, VirtioError> {
+        let mut devices = Self::default();
+        let mut counts = [0usize; 2];
+        for (index, backend) in backends.into_iter().enumerate() {
+            let kind = usize::from(matches!(backend, Backend::Net(_)));
+            let name = format!("{}{}", backend.kind(), counts[kind]);
+            counts[kind] += 1;
+            devices.attach_one(vm, index, name, |interrupt| {
+                MmioTransport::new(String::new(), backend, memory.clone(), interrupt).map_err(
+                    |source| VirtioError::Transport {
+                        device: format!("device {index}"),
+                        source,
+                    },
+                )
+            })?;
+        }
+        Ok(devices)
+    }
+
+    /// Rebuilds saved devices (reopening their files and TAPs) at their saved slots.
+    pub fn restore(
+        vm: &VmFd,
+        memory: &GuestMemoryMmap,
+        states: &[VirtioDeviceState],
+    ) -> Result<Self, VirtioError> {
+        if states.len() > MAX_DEVICES {
+            return Err(VirtioError::TooMany(states.len()));
+        }
+        let mut devices = Self::default();
+        let mut counts = [0usize; 2];
+        for (index, state) in states.iter().enumerate() {
+            let kind = usize::from(matches!(state.transport.backend, BackendState::Net(_)));
+            let prefix = ["virtio-blk", "virtio-net"][kind];
+            let name = format!("{prefix}{}", counts[kind]);
+            counts[kind] += 1;
+            let expected = slot(index);
+            if (state.base, state.irq) != expected {
+                return Err(VirtioError::Transport {
+                    device: name,
+                    source: TransportError::Queue {
+                        index: 0,
+                        reason: format!(
+                            "saved at {:#x} irq {}, expected {:#x} irq {}",
+                            state.base, state.irq, expected.0, expected.1
+                        ),
+                    },
+                });
+            }
+            devices.attach_one(vm, index, name.clone(), |interrupt| {
+                MmioTransport::restore(
+                    TransportResources {
+                        name,
+                        memory: memory.clone(),
+                        interrupt,
+                    },
+                    &state.transport,
+                )
+            })?;
+        }
+        Ok(devices)
+    }
+
+    fn attach_one(
+        &mut self,
+        vm: &VmFd,
+        index: usize,
+        name: String,
+        build: impl FnOnce(Arc<dyn Interrupt>) -> Result<MmioTransport, VirtioError>,
+    ) -> Result<(), VirtioError> {
+        let (base, irq) = slot(index);
+        let host = |what: &str| {
+            let what = format!("{what} for {name}");
+            move |source| VirtioError::Host { what, source }
+        };
+        let kvm = |operation| {
+            let device = name.clone();
+            move |source| VirtioError::Kvm {
+                operation,
+                device,
+                source,
+            }
+        };
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(host("creating an eventfd"))?;
+        vm.register_irqfd(&irqfd, irq).map_err(kvm("KVM_IRQFD"))?;
+        let mut transport = build(Arc::new(IrqFd(irqfd)))?;
+        transport.name = format!("{name} at {base:#x} irq {irq}");
+        let notify = MmioTransport::notify_address(base).0;
+        let mut queue_events = Vec::new();
+        for (queue, event) in transport.queue_events().iter().enumerate() {
+            vm.register_ioevent(event, &IoEventAddress::Mmio(notify), queue as u32)
+                .map_err(kvm("KVM_IOEVENTFD"))?;
+            queue_events.push(event.try_clone().map_err(host("duplicating an eventfd"))?);
+        }
+        let host_fd = transport.backend.host_fd();
+        eprintln!(
+            "lull-vmm: {}: {} (virtio_mmio.device=4K@{base:#x}:{irq})",
+            transport.name,
+            transport.backend.describe()
+        );
+        let control = EventFd::new(libc::EFD_NONBLOCK).map_err(host("creating an eventfd"))?;
+        let worker_control = control
+            .try_clone()
+            .map_err(host("duplicating an eventfd"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let transport = Arc::new(Mutex::new(transport));
+        let worker = {
+            let (transport, stop) = (transport.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("{name}-io"))
+                .spawn(move || worker(&transport, &queue_events, host_fd, &worker_control, &stop))
+                .map_err(host("starting the I/O thread"))?
+        };
+        self.devices.push(Attached {
+            base,
+            irq,
+            transport,
+            control,
+            stop,
+            worker: Some(worker),
+        });
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The register windows, for the vCPUs.
+    pub fn bus(&self) -> MmioBus {
+        MmioBus {
+            windows: self
+                .devices
+                .iter()
+                .map(|device| (device.base, device.transport.clone()))
+                .collect(),
+        }
+    }
+
+    /// Stops device work; returns once no request is being served.
+    pub fn pause(&self) {
+        for device in &self.devices {
+            lock(&device.transport).pause();
+        }
+    }
+
+    pub fn resume(&self) {
+        for device in &self.devices {
+            lock(&device.transport).resume();
+        }
+    }
+
+    /// After a restore, once the vCPUs may run: serve what the guest had queued.
+    pub fn kick_all(&self) {
+        for device in &self.devices {
+            lock(&device.transport).kick_all();
+        }
+    }
+
+    pub fn save(&self) -> Vec<VirtioDeviceState> {
+        self.devices
+            .iter()
+            .map(|device| VirtioDeviceState {
+                base: device.base,
+                irq: device.irq,
+                transport: lock(&device.transport).save(),
+            })
+            .collect()
+    }
+
+    /// Stops and joins the worker threads.
+    pub fn stop(&mut self) {
+        for device in &self.devices {
+            device.stop.store(true, Ordering::Release);
+            let _ = device.control.write(1);
+        }
+        for device in &mut self.devices {
+            if let Some(worker) = device.worker.take() {
+                let _ = worker.join();
+            }
+        }
+    }
+
+    /// The worker thread ids (for tests that measure their CPU time).
+    pub fn transports(&self) -> Vec<Arc<Mutex<MmioTransport>>> {
+        self.devices.iter().map(|d| d.transport.clone()).collect()
+    }
+}
+
+impl Drop for VirtioDevices {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A device's I/O thread: waits for queue notifications, the TAP and the control eventfd;
+/// uses no CPU while none fires.
+fn worker(
+    transport: &Mutex<MmioTransport>,
+    queue_events: &[EventFd],
+    host_fd: Option<RawFd>,
+    control: &EventFd,
+    stop: &AtomicBool,
+) {
+    let Ok(epoll) = Epoll::new() else {
+        eprintln!("lull-vmm: cannot create an epoll instance; a virtio device will not work");
+        return;
+    };
+    let add = |fd: RawFd, events: EventSet, token: u64| {
+        epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+            .is_ok()
+    };
+    let mut ok = add(control.as_raw_fd(), EventSet::IN, CONTROL_TOKEN);
+    for (index, event) in queue_events.iter().enumerate() {
+        ok &= add(event.as_raw_fd(), EventSet::IN, index as u64);
+    }
+    if let Some(fd) = host_fd {
+        // Edge-triggered: the backend reads until the TAP is empty, or holds a frame and is
+        // woken by the RX queue's notification instead.
+        ok &= add(fd, EventSet::IN | EventSet::EDGE_TRIGGERED, HOST_TOKEN);
+    }
+    if !ok {
+        eprintln!("lull-vmm: cannot watch a virtio device's events; it will not work");
+        return;
+    }
+    let mut events = vec![EpollEvent::default(); queue_events.len() + 2];
+    loop {
+        let count = match epoll.wait(-1, &mut events) {
+            Ok(count) => count,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        for event in &events[..count] {
+            match event.data() {
+                CONTROL_TOKEN => {
+                    let _ = control.read();
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                HOST_TOKEN => lock(transport).handle(BackendEvent::Host),
+                index => {
+                    let index = index as usize;
+                    if let Some(event) = queue_events.get(index) {
+                        let _ = event.read();
+                        lock(transport).handle(BackendEvent::Queue(index));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! virtio-mmio devices end to end: a guest driving virtio-blk through the real transport
+//! (ioeventfd notify, irqfd interrupt status), idle device threads that use no CPU, snapshot and
+//! restore with devices attached, TAP devices in a test-made network namespace, and CLI errors.
+//! KVM tests are ignored (skipped) unless run with `--ignored`; the TAP test also needs the
+//! right to create network namespaces and TAP devices, and says it skipped without it.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use lull_vmm::test_guest::{READY_BANNER, VIRTIO_BLK_GUEST_BANNER};
+
+const BOOT: Duration = Duration::from_secs(120);
+
+/// A disk image whose sector n is filled with byte n+1 (first word of sector 0: 0x01010101).
+fn disk(dir: &Path, sectors: usize) -> std::path::PathBuf {
+    let path = dir.join("disk.img");
+    let content: Vec<u8> = (0..sectors * 512)
+        .map(|i| ((i / 512) as u8).wrapping_add(1))
+        .collect();
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+#[test]
+#[ignore = "needs /dev/kvm"]
+fn a_guest_reads_and_writes_a_disk_through_virtio_mmio() {
+    require_kvm("a_guest_reads_and_writes_a_disk_through_virtio_mmio");
+    let dir = scratch("virtio-blk-rw");
+    let guest = virtio_blk_guest(&dir);
+    let image = disk(&dir, 8);
+    let argument = format!("path={}", image.display());
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--disk",
+        &argument,
+    ]);
+    vmm.wait_for(VIRTIO_BLK_GUEST_BANNER, BOOT);
+    let status = vmm.wait_exit(BOOT);
+    let output = vmm.output();
+    assert!(
+        output.contains("in=00 data=01010101 out=00 isr=01"),
+        "{output}\n{}",
+        vmm.errors()
+    );
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(
+        vmm.errors().contains("virtio-blk0 at 0xd0000000 irq 5: "),
+        "{}",
+        vmm.errors()
+    );
+    let file = std::fs::read(&image).unwrap();
+    assert!(
+        file[512..1024].iter().all(|&b| b == 1),
+        "sector 0 copied to sector 1"
+    );
+    assert!(
+        file[1024..1536].iter().all(|&b| b == 3),
+        "sector 2 untouched"
+    );
+}
+
+#[test]
+#[ignore = "needs /dev/kvm"]
+fn a_read_only_disk_fails_the_guests_write_and_stays_unchanged() {
+    require_kvm("a_read_only_disk_fails_the_guests_write_and_stays_unchanged");
+    let dir = scratch("virtio-blk-ro");
+    let guest = virtio_blk_guest(&dir);
+    let image = disk(&dir, 8);
+    let before = std::fs::read(&image).unwrap();
+    let argument = format!("path={},readonly", image.display());
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--disk",
+        &argument,
+    ]);
+    vmm.wait_for(VIRTIO_BLK_GUEST_BANNER, BOOT);
+    assert_eq!(vmm.wait_exit(BOOT).code(), Some(0));
+    let output = vmm.output();
+    assert!(
+        output.contains("in=00 data=01010101 out=01"),
+        "IOERR: {output}"
+    );
+    assert_eq!(std::fs::read(&image).unwrap(), before);
+}
+
+/// utime + stime (clock ticks) of the process's threads whose name starts with `prefix`.
+fn thread_cpu_ticks(pid: u32, prefix: &str) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let name = name.trim().to_string();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        // Fields after the parenthesised name: state is field 3; utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        found.push((name, ticks));
+    }
+    found.sort();
+    found
+}
+
+#[test]
+#[ignore = "needs /dev/kvm"]
+fn idle_device_threads_use_no_cpu_and_devices_survive_snapshot_restore() {
+    require_kvm("idle_device_threads_use_no_cpu_and_devices_survive_snapshot_restore");
+    let dir = scratch("virtio-idle");
+    let guest = test_guest(&dir);
+    let image = disk(&dir, 16);
+    let socket = dir.join("api.sock");
+    let snapshot = dir.join("snap");
+    let argument = format!("path={}", image.display());
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        "x",
+        "--disk",
+        &argument,
+        "--api-sock",
+        socket.to_str().unwrap(),
+    ]);
+    vmm.wait_for(READY_BANNER, BOOT);
+    wait_for_socket(&socket, BOOT);
+    // The devices are announced on the guest's command line (the test guest hashes it).
+    let expected_cmdline = b"x virtio_mmio.device=4K@0xd0000000:5";
+    assert!(
+        vmm.output()
+            .contains(&lull_vmm::test_guest::expected_ready_line(expected_cmdline)),
+        "{}",
+        vmm.output()
+    );
+    let before = thread_cpu_ticks(vmm.pid(), "virtio-blk0-io");
+    assert_eq!(before.len(), 1, "one I/O thread: {before:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let after = thread_cpu_ticks(vmm.pid(), "virtio-blk0-io");
+    assert!(
+        after[0].1 - before[0].1 <= 1,
+        "the idle I/O thread used CPU: {before:?} -> {after:?}"
+    );
+
+    // Snapshot with the device attached, then restore it in a new process.
+    vmm.send(b"ab");
+    vmm.wait_for("ab", BOOT);
+    let (ok, _, errors) = client(&[
+        "snapshot",
+        "--api",
+        socket.to_str().unwrap(),
+        "--path",
+        snapshot.to_str().unwrap(),
+        "--leave-paused",
+    ]);
+    assert!(ok, "{errors}");
+    vmm.kill();
+    let mut restored = Vmm::spawn(&["restore", "--snapshot", snapshot.to_str().unwrap()]);
+    restored.send(b"?");
+    restored.wait_for("log=ab", BOOT);
+    assert!(
+        restored
+            .errors()
+            .contains("virtio-blk0 at 0xd0000000 irq 5: "),
+        "the restored VM has its disk again: {}",
+        restored.errors()
+    );
+    restored.send(b"q");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+
+    // A snapshot whose disk changed size is refused, naming the disk.
+    std::fs::write(&image, [0u8; 512]).unwrap();
+    let (ok, _, errors) = client_with_timeout(
+        &["restore", "--snapshot", snapshot.to_str().unwrap()],
+        CLIENT_TIMEOUT,
+    );
+    assert!(!ok);
+    assert!(
+        errors.contains("disk.img") && errors.contains("sectors"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn bad_device_options_name_the_option_and_start_nothing() {
+    let dir = scratch("virtio-cli");
+    let kernel = test_guest(&dir);
+    let kernel = kernel.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(BINARY).args(args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, errors) = run(&["run", "--kernel", kernel, "--disk", "file=x.img"]);
+    assert_eq!(code, Some(2));
+    assert!(errors.contains("option --disk 'file=x.img'"), "{errors}");
+    let (code, errors) = run(&["run", "--kernel", kernel, "--net", "tap=t0,mac=nope"]);
+    assert_eq!(code, Some(2));
+    assert!(errors.contains("option --net"), "{errors}");
+    // A missing file: refused before any VM exists (no KVM needed to see it).
+    let (code, errors) = run(&[
+        "run",
+        "--kernel",
+        kernel,
+        "--disk",
+        "path=/nonexistent/d.img",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        errors.contains("--disk path=/nonexistent/d.img: cannot open"),
+        "{errors}"
+    );
+    assert!(
+        !errors.contains("hypercalls"),
+        "nothing was started: {errors}"
+    );
+    // A TAP that cannot be opened ('/' is not allowed in interface names).
+    let (code, errors) = run(&["run", "--kernel", kernel, "--net", "tap=bad/name"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        errors.contains("--net tap=bad/name: cannot open the TAP device"),
+        "{errors}"
+    );
+    // Nine devices: one too many.
+    let image = disk(&dir, 1);
+    let argument = format!("path={}", image.display());
+    let mut args = vec!["run", "--kernel", kernel];
+    for _ in 0..9 {
+        args.extend(["--disk", argument.as_str()]);
+    }
+    let (code, errors) = run(&args);
+    assert_eq!(code, Some(1));
+    assert!(errors.contains("at most 8 virtio devices"), "{errors}");
+}
+
+/// Runs `ip` with `args`; Err with its stderr when it fails.
+fn ip(args: &[&str]) -> Result<String, String> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Deletes the namespace when the test ends, however it ends.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "delete", &self.0]);
+    }
+}
+
+#[test]
+#[ignore = "needs /dev/kvm, and root for a network namespace and a TAP device"]
+fn a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu() {
+    require_kvm("a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu");
+    let name = format!("lullvmm{}", std::process::id());
+    if let Err(error) = ip(&["netns", "add", &name]) {
+        eprintln!("SKIPPED a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu: cannot create a network namespace: {error}");
+        return;
+    }
+    let namespace = Namespace(name.clone());
+    if let Err(error) = ip(&["-n", &name, "tuntap", "add", "dev", "lt0", "mode", "tap"]) {
+        eprintln!("SKIPPED a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu: cannot create a TAP device: {error}");
+        return;
+    }
+    let dir = scratch("virtio-net");
+    let guest = test_guest(&dir);
+    let binary_args = [
+        "netns",
+        "exec",
+        &name,
+        BINARY,
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--cmdline",
+        "halt",
+        "--net",
+        "tap=lt0,mac=02:00:00:00:00:2a",
+    ];
+    let mut child = Command::new("ip")
+        .args(binary_args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `ip netns exec` execs lull-vmm in place: the child's pid is lull-vmm's.
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + BOOT;
+    let mut ticks = Vec::new();
+    while std::time::Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "lull-vmm")
+        {
+            ticks = thread_cpu_ticks(pid, "virtio-net0-io");
+            if !ticks.is_empty() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ticks.len(), 1, "the net device's I/O thread runs");
+    // The TAP is up on the host side and traffic arrives: the guest has no driver, so the
+    // frames wait in the TAP; the thread must not spin on them.
+    let _ = ip(&["-n", &name, "link", "set", "lt0", "up"]);
+    let _ = ip(&["-n", &name, "addr", "add", "10.99.0.1/24", "dev", "lt0"]);
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &name,
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "10.99.0.2",
+        ])
+        .output();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = thread_cpu_ticks(pid, "virtio-net0-io");
+    assert!(after[0].1 - ticks[0].1 <= 1, "{ticks:?} -> {after:?}");
+    let link = ip(&["-n", &name, "link", "show", "lt0"]).unwrap();
+    assert!(link.contains("lt0"), "{link}");
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        errors.contains("virtio-net0 at 0xd0000000 irq 5: tap lt0 mac 02:00:00:00:00:2a"),
+        "{errors}"
+    );
+    drop(namespace);
+}
+
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn lull_boots_with_disks_attached_stays_idle_and_restores_with_them() {
+    let kernel = lull_kernel("lull_boots_with_disks_attached_stays_idle_and_restores_with_them");
+    let dir = scratch("virtio-lull");
+    let image = disk(&dir, 2048);
+    let readonly = dir.join("ro.img");
+    std::fs::write(&readonly, vec![7u8; 4096]).unwrap();
+    let socket = dir.join("api.sock");
+    let snapshot = dir.join("snap");
+    let (disk_argument, ro_argument) = (
+        format!("path={}", image.display()),
+        format!("path={},readonly", readonly.display()),
+    );
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--disk",
+        &disk_argument,
+        "--disk",
+        &ro_argument,
+        "--api-sock",
+        socket.to_str().unwrap(),
+    ]);
+    let prompt = vmm.wait_for("lull> ", BOOT);
+    wait_for_socket(&socket, BOOT);
+    let errors = vmm.errors();
+    assert!(
+        errors.contains("virtio-blk0 at 0xd0000000 irq 5: "),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("virtio-blk1 at 0xd0001000 irq 6: ") && errors.contains("read-only"),
+        "{errors}"
+    );
+    // The kernel has no virtio driver yet: the devices stay idle, and so do their threads.
+    let before = thread_cpu_ticks(vmm.pid(), "virtio-blk");
+    assert_eq!(before.len(), 2, "{before:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let after = thread_cpu_ticks(vmm.pid(), "virtio-blk");
+    for (b, a) in before.iter().zip(&after) {
+        assert!(a.1 - b.1 <= 1, "{before:?} -> {after:?}");
+    }
+    let (ok, _, errors) = client(&[
+        "snapshot",
+        "--api",
+        socket.to_str().unwrap(),
+        "--path",
+        snapshot.to_str().unwrap(),
+        "--leave-paused",
+    ]);
+    assert!(ok, "{errors}");
+    vmm.kill();
+    let _ = prompt;
+    let mut restored = Vmm::spawn(&["restore", "--snapshot", snapshot.to_str().unwrap()]);
+    restored.send(b"\r");
+    restored.wait_for("lull> ", BOOT);
+    restored.send(b"uptime\r");
+    restored.wait_for("up ", BOOT);
+    let errors = restored.errors();
+    assert!(
+        errors.contains("virtio-blk0 at 0xd0000000 irq 5: "),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("virtio-blk1 at 0xd0001000 irq 6: "),
+        "{errors}"
+    );
+    restored.send(b"poweroff\r");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+}
