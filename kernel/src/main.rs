@@ -158,7 +158,17 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     time::start_tick();
     smp::bring_up_secondary_cpus();
     register_proc_files();
-    printk!("boot: kernel ready in {} us", time::uptime_ns() / 1000);
+    // Time the host ran something else while this vCPU was runnable is not the kernel's.
+    let stolen_us = kernel::paravirt::steal_total(0) / 1000;
+    printk!(
+        "boot: kernel ready in {} us{}",
+        time::uptime_ns() / 1000,
+        if stolen_us > 0 {
+            alloc::format!(" ({stolen_us} us of it stolen by the host)")
+        } else {
+            String::new()
+        }
+    );
 
     // The boot code becomes CPU 0's idle thread; the work runs in kernel threads.
     // The tests stay on the boot CPU, where several of them expect to run.

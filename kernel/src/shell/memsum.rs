@@ -1,13 +1,15 @@
 //! `memsum`: a memory-integrity witness for snapshot, restore and migration.
 //!
-//! The first `memsum` starts a kernel thread that owns a 256 KiB pattern area (64 pages) and
-//! rewrites it every 50 ms with a rising generation counter: every 8-byte word of page `p` in
-//! generation `g` holds `mix(p, g, word)`, and each page starts with a seqlock word (odd
-//! while the page is being rewritten). `memsum` then checks every page against the formula
-//! (retrying a page caught mid-rewrite) and prints `memsum: ok ...` with the generations seen
-//! and a checksum, or `memsum: MISMATCH at page P word W ...`. A page copied wrongly, lost or
-//! half-copied by a migration shows up as a mismatch; a generation that stopped rising shows
-//! that the writer died. `memsum stop` ends the thread.
+//! The first `memsum` starts a kernel thread that owns a 64 KiB pattern area (16 pages) and
+//! keeps rewriting it, one page every 10 ms, each rewrite with the page's next generation:
+//! every 8-byte word of page `p` in generation `g` holds `mix(p, g, word)`, and each page
+//! starts with a seqlock word (odd while the page is being rewritten; a page never written is
+//! all zeros, generation 0). `memsum` checks every page against the formula (retrying a page
+//! caught mid-rewrite) and prints `memsum: ok ...` with the generations seen and the writer's
+//! count of rewrites, or `memsum: MISMATCH at page P word W ...`. A page copied wrongly, lost
+//! or half-copied by a migration shows up as a mismatch; a count that stopped rising shows
+//! that the writer died. `memsum stop` ends the thread. The writer sleeps between pages, so
+//! the guest stays mostly idle (instruction emulators run this slowly).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -17,10 +19,10 @@ use spin::Once;
 
 use crate::kprintln;
 
-const PAGES: usize = 64;
+const PAGES: usize = 16;
 const WORDS_PER_PAGE: usize = 512;
-/// Rewrite period.
-const PERIOD_MS: u64 = 50;
+/// Pause between two page rewrites.
+const PERIOD_MS: u64 = 10;
 
 struct Area {
     words: Vec<AtomicU64>,
@@ -42,18 +44,19 @@ fn mix(page: usize, generation: u64, word: usize) -> u64 {
 }
 
 fn writer(area: Arc<Area>) {
+    let mut rewrites = 0u64;
     while !area.stop.load(Ordering::Relaxed) {
-        let generation = area.generation.load(Ordering::Relaxed) + 1;
-        for page in 0..PAGES {
-            let base = page * WORDS_PER_PAGE;
-            // Seqlock word: odd while the page's words are being rewritten.
-            area.words[base].store(generation * 2 + 1, Ordering::Release);
-            for word in 1..WORDS_PER_PAGE {
-                area.words[base + word].store(mix(page, generation, word), Ordering::Relaxed);
-            }
-            area.words[base].store(generation * 2, Ordering::Release);
+        let page = (rewrites % PAGES as u64) as usize;
+        let generation = rewrites / PAGES as u64 + 1;
+        let base = page * WORDS_PER_PAGE;
+        // Seqlock word: odd while the page's words are being rewritten.
+        area.words[base].store(generation * 2 + 1, Ordering::Release);
+        for word in 1..WORDS_PER_PAGE {
+            area.words[base + word].store(mix(page, generation, word), Ordering::Relaxed);
         }
-        area.generation.store(generation, Ordering::Release);
+        area.words[base].store(generation * 2, Ordering::Release);
+        rewrites += 1;
+        area.generation.store(rewrites, Ordering::Release);
         crate::kernel::time::msleep(PERIOD_MS);
     }
 }
@@ -99,13 +102,12 @@ pub fn run(args: &[&str]) {
         }
         return;
     }
-    let mut started = false;
     let area = AREA.call_once(|| {
-        started = true;
         let area = Arc::new(Area {
             words: (0..PAGES * WORDS_PER_PAGE)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            // The writer's count of page rewrites.
             generation: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
@@ -120,12 +122,6 @@ pub fn run(args: &[&str]) {
         }
         area
     });
-    if started {
-        // Let the writer fill the area once.
-        while area.generation.load(Ordering::Acquire) == 0 {
-            crate::kernel::time::msleep(1);
-        }
-    }
     let (mut lowest, mut highest, mut sum) = (u64::MAX, 0u64, 0u64);
     for page in 0..PAGES {
         match check_page(area, page) {
@@ -143,7 +139,7 @@ pub fn run(args: &[&str]) {
         }
     }
     kprintln!(
-        "memsum: ok {PAGES} pages, generations {lowest}..{highest}, writer at {}, sum {sum:#018x}",
+        "memsum: ok {PAGES} pages, generations {lowest}..{highest}, {} rewrites so far, sum {sum:#018x}",
         area.generation.load(Ordering::Acquire)
     );
 }

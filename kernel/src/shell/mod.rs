@@ -242,8 +242,7 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "memsum",
         usage: "memsum [stop]",
-        help:
-            "check a 256 KiB pattern a kernel thread keeps rewriting (integrity across migration)",
+        help: "check a 64 KiB pattern a kernel thread keeps rewriting (integrity across migration)",
         run: |args, _| memsum::run(args),
     },
     Command {
