@@ -24,7 +24,7 @@ lull-vmm: the microVM monitor that hosts Lull on /dev/kvm
 USAGE:
   lull-vmm run --kernel ELF|BZIMAGE [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH]
               [--no-rsdp-hint] [RUN OPTIONS]
-  lull-vmm restore --snapshot DIR [RUN OPTIONS]
+  lull-vmm restore --snapshot DIR [--lazy [--record-ws MS]] [RUN OPTIONS]
   lull-vmm receive --listen URL [RUN OPTIONS]      take one live migration and run the guest
   lull-vmm pause|resume|power-button|info --api SOCKET
   lull-vmm snapshot --api SOCKET --path DIR [--leave-paused]
@@ -45,6 +45,11 @@ RUN OPTIONS:
                             PV_SEND_IPI, PV_SCHED_YIELD and makes VMCALL raise #UD; on trusts them
   --no-rsdp-hint            run only: pass no RSDP address in the boot data (as Firecracker);
                             the kernel must find the ACPI tables by scanning the BIOS areas
+
+LAZY RESTORE: --lazy starts the vCPUs before guest RAM is loaded: pages come from the snapshot's
+memory file as the guest touches them (userfaultfd), the rest in the background. --record-ws MS
+records the pages touched in the first MS ms into DIR/working-set; later --lazy restores load
+those first, before the vCPUs start (a bad working-set file is ignored with a warning).
 
 MIGRATION: URL is tcp://HOST:PORT or unix:PATH. `migrate` sends the guest of the VMM serving
 SOCKET to a `lull-vmm receive --listen URL`, pre-copying its RAM while it runs, and stops it
@@ -145,6 +150,8 @@ pub enum Command {
     Restore {
         snapshot: PathBuf,
         options: RunOptions,
+        /// `--lazy` (with `--record-ws MS`): load guest RAM on demand (see `crate::lazy`).
+        lazy: Option<crate::lazy::LazyOptions>,
     },
     Receive {
         listen: MigrationUrl,
@@ -322,9 +329,14 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         }
         "restore" => {
             let mut snapshot = None;
+            let (mut lazy, mut record_ws_ms) = (false, None);
             while let Some(option) = arguments.rest.next() {
                 match option.as_str() {
                     "--snapshot" => snapshot = Some(PathBuf::from(arguments.value(option)?)),
+                    "--lazy" => lazy = true,
+                    "--record-ws" => {
+                        record_ws_ms = Some(arguments.positive(option, "number of milliseconds")?)
+                    }
                     other => {
                         if !parse_run_option(&mut arguments, other, &mut options)? {
                             return Err(arguments.unknown(other));
@@ -336,7 +348,21 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 command: "restore".into(),
                 option: "--snapshot DIR",
             })?;
-            Ok(Command::Restore { snapshot, options })
+            if record_ws_ms.is_some() && !lazy {
+                return Err(UsageError::MissingOption {
+                    command: "restore --record-ws".into(),
+                    option: "--lazy",
+                });
+            }
+            let lazy = lazy.then_some(crate::lazy::LazyOptions {
+                record_ws_ms,
+                timing: options.timing,
+            });
+            Ok(Command::Restore {
+                snapshot,
+                options,
+                lazy,
+            })
         }
         "receive" => {
             let mut listen = None;
@@ -474,8 +500,17 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Restore { snapshot, options } => {
-            match Machine::restore(&snapshot, options.pv_hypercalls, Box::new(StdoutWriter)) {
+        Command::Restore {
+            snapshot,
+            options,
+            lazy,
+        } => {
+            match Machine::restore_with(
+                &snapshot,
+                options.pv_hypercalls,
+                Box::new(StdoutWriter),
+                lazy.as_ref(),
+            ) {
                 Ok(started) => run_started(started, &options, main_entered),
                 Err(error) => {
                     eprintln!("lull-vmm: cannot restore {}: {error}", snapshot.display());
@@ -997,7 +1032,8 @@ mod tests {
                     api_sock: Some("/s".into()),
                     metrics_interval_ms: 1000,
                     ..Default::default()
-                }
+                },
+                lazy: None,
             }
         );
     }

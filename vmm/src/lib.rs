@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod console;
 pub mod devices;
+pub mod lazy;
 pub mod machine;
 pub mod metrics;
 pub mod migration;

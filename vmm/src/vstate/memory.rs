@@ -341,7 +341,7 @@ fn copy_data_extents(source: &File, destination: &File, length: u64) -> io::Resu
 }
 
 /// The data extents (start, end) of `file` within `offset..offset + length`, clipped to it.
-fn data_extents(file: &File, offset: u64, length: u64) -> io::Result<Vec<(u64, u64)>> {
+pub(crate) fn data_extents(file: &File, offset: u64, length: u64) -> io::Result<Vec<(u64, u64)>> {
     let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
         // SAFETY: lseek on an fd we own; it only moves that fd's offset, which nothing else
         // uses (all reads and copies give explicit offsets).
@@ -400,6 +400,36 @@ fn punch_hole(file: &File, offset: u64, length: u64) -> io::Result<()> {
         at += chunk as u64;
     }
     Ok(())
+}
+
+impl GuestMemory {
+    /// For a lazy restore: fresh anonymous memory of `state`'s regions (every page missing
+    /// until placed through userfaultfd, see `crate::lazy`) backed, for later snapshots and
+    /// migrations, by the snapshot file at `path` (pages not placed yet are the file's).
+    /// Returns the memory and a second handle on the file to read pages from.
+    pub fn restore_lazy(
+        path: PathBuf,
+        state: &GuestMemoryState,
+    ) -> Result<(Self, File), MemoryError> {
+        let open_error = |source| MemoryError::OpenFile {
+            path: path.clone(),
+            source,
+        };
+        let file = File::open(&path).map_err(open_error)?;
+        let found = file.metadata().map_err(open_error)?.len();
+        let reader = file.try_clone().map_err(open_error)?;
+        let expected = state.total_bytes();
+        if found != expected {
+            return Err(MemoryError::FileSizeMismatch {
+                path,
+                expected,
+                found,
+            });
+        }
+        let mut memory = Self::anonymous(&state.regions)?;
+        memory.backing = MemoryBacking::SnapshotFile { path, file };
+        Ok((memory, reader))
+    }
 }
 
 /// Saving lists the regions (the bytes go to the memory file through
