@@ -43,6 +43,9 @@ RUN OPTIONS:
                             whether guest hypercalls return on this host: auto (default) probes
                             once per host boot (cached in /run/lull-vmm); off hides PV_UNHALT,
                             PV_SEND_IPI, PV_SCHED_YIELD and makes VMCALL raise #UD; on trusts them
+  --async-pf on|off         restore --lazy and post-copy: a vCPU touching a page not yet in gets
+                            an async page fault (the guest runs another thread) where the guest
+                            enabled them (default on); off: the vCPU waits for the page
   --no-rsdp-hint            run only: pass no RSDP address in the boot data (as Firecracker);
                             the kernel must find the ACPI tables by scanning the BIOS areas
 
@@ -104,6 +107,9 @@ pub struct RunOptions {
     pub timing: bool,
     /// `--pv-hypercalls`: probe whether guest hypercalls return, or say so.
     pub pv_hypercalls: PvHypercalls,
+    /// `--async-pf off`: no VMM-injected async page faults during a lazy restore or
+    /// post-copy (default on).
+    pub no_async_pf: bool,
 }
 
 /// A request to a running lull-vmm's API.
@@ -244,6 +250,19 @@ fn parse_run_option(
             }
         }
         "--timing" => options.timing = true,
+        "--async-pf" => {
+            options.no_async_pf = match arguments.value(option)?.as_str() {
+                "on" => false,
+                "off" => true,
+                other => {
+                    return Err(UsageError::InvalidValue {
+                        option: option.into(),
+                        value: other.into(),
+                        expected: "mode (on or off)",
+                    })
+                }
+            }
+        }
         "--pv-hypercalls" => {
             options.pv_hypercalls = pv_hypercalls(option, arguments.value(option)?)?
         }
@@ -357,6 +376,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             let lazy = lazy.then_some(crate::lazy::LazyOptions {
                 record_ws_ms,
                 timing: options.timing,
+                async_pf: !options.no_async_pf,
             });
             Ok(Command::Restore {
                 snapshot,

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::vstate::async_pf::{self, AsyncPf};
 use crate::vstate::memory::{self, GuestMemory};
 use crate::vstate::uffd::{Fault, Uffd, UFFD_FEATURE_THREAD_ID};
 
@@ -30,6 +31,11 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const WORKING_SET_FILE_NAME: &str = "working-set";
 const WORKING_SET_MAGIC: [u8; 8] = *b"LULLWSET";
 const WORKING_SET_VERSION: u32 = 1;
+/// Test hook: set, a lazy restore with async PF on asks vCPU 0, as soon as the vCPUs run, to
+/// take an async PF for the last page of RAM (not touched by an idle guest), then delivers
+/// its "page ready". It exercises the guest's side of the protocol where KVM does not let a
+/// vCPU that faults on a missing page out of KVM_RUN (see `vstate::async_pf::KICK_PATIENCE`).
+pub const ASYNC_PF_PROBE_VARIABLE: &str = "LULL_VMM_ASYNC_PF_PROBE";
 /// Pages the background thread reads and places at once.
 const BACKGROUND_CHUNK_PAGES: u64 = 64;
 
@@ -40,6 +46,9 @@ pub struct LazyOptions {
     pub record_ws_ms: Option<u64>,
     /// Print a JSON line when every page is in (`--timing`).
     pub timing: bool,
+    /// `--async-pf on`: a vCPU that faults on a page not yet in gets an async page fault
+    /// where the guest enabled them (see `vstate::async_pf`).
+    pub async_pf: bool,
 }
 
 /// Guest RAM pages (stream numbering) ↔ host addresses.
@@ -372,6 +381,7 @@ pub struct LazyRestore {
     /// Pages faulted on while recording.
     recording: Arc<Mutex<Option<Vec<u64>>>>,
     stop: Arc<AtomicBool>,
+    async_pf: Option<Arc<AsyncPf>>,
     /// Pages of the working set prefetched, and how long that took.
     pub prefetched: Option<(u64, Duration)>,
 }
@@ -411,14 +421,33 @@ impl LazyRestore {
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let hub = options.async_pf.then(|| {
+            let pager = source.pager.clone();
+            let map = pager.map().clone();
+            let mmap = memory.mmap.clone();
+            AsyncPf::new(
+                memory.mmap.clone(),
+                move |page| pager.is_loaded(page),
+                move |address| {
+                    let host = mmap
+                        .get_host_address(vm_memory::GuestAddress(address))
+                        .ok()?;
+                    map.page_of(host as u64)
+                },
+            )
+        });
+        if let Some(hub) = &hub {
+            async_pf::install(hub.clone());
+        }
         {
             let source = source.clone();
             let stats = stats.clone();
             let recording = recording.clone();
             let stop = stop.clone();
+            let hub = hub.clone();
             std::thread::Builder::new()
                 .name("uffd-faults".into())
-                .spawn(move || serve_faults(&source, &stats, &recording, &stop))?;
+                .spawn(move || serve_faults(&source, &stats, &recording, &stop, hub.as_deref()))?;
         }
         Ok(Self {
             source,
@@ -427,13 +456,17 @@ impl LazyRestore {
             stats,
             recording,
             stop,
+            async_pf: hub,
             prefetched,
         })
     }
 
     /// The vCPUs run since `at`: after the recording window, if any (the working set is
     /// stored then), streams in every page not yet in, then reports.
-    pub fn vcpus_started(self, at: Instant) {
+    pub fn vcpus_started(self, at: Instant, vm: Arc<kvm_ioctls::VmFd>) {
+        if let Some(hub) = &self.async_pf {
+            hub.set_vm(vm);
+        }
         let spawned = std::thread::Builder::new()
             .name("uffd-background".into())
             .spawn(move || self.background(at));
@@ -443,6 +476,34 @@ impl LazyRestore {
     }
 
     fn background(self, vcpus_at: Instant) {
+        if let (Some(hub), Some(_)) = (&self.async_pf, std::env::var_os(ASYNC_PF_PROBE_VARIABLE)) {
+            // The last pages of RAM, which an idle guest does not touch: one is held back
+            // until vCPU 0 answered; on "not present" it is then loaded and made "ready". A
+            // vCPU that cannot take it now (interrupts off) is asked again, about the next.
+            let pager = &self.source.pager;
+            let wait_idle = || {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while hub.busy() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            };
+            let mut page = pager.total_pages();
+            for _ in 0..50 {
+                wait_idle();
+                page -= 1;
+                while page > 0 && pager.is_loaded(page) {
+                    page -= 1;
+                }
+                if !hub.request(0, page) {
+                    continue;
+                }
+                wait_idle();
+                if hub.not_present() > 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         if let Some(ms) = self.options.record_ws_ms {
             std::thread::sleep(
                 (vcpus_at + Duration::from_millis(ms)).saturating_duration_since(Instant::now()),
@@ -514,6 +575,7 @@ impl LazyRestore {
                     "prefetched_pages": load(&stats.prefetched_pages),
                     "faults": load(&stats.faults),
                     "background_pages": load(&stats.background_pages),
+                    "async_pf": self.async_pf.as_ref().map(|hub| hub.counts()),
                 })
             );
         }
@@ -522,18 +584,34 @@ impl LazyRestore {
 
 /// The fault thread: each fault on a page not yet in loads that page (data or zero); a fault
 /// on a page already in (placed by the background thread meanwhile) just wakes the waiter.
+/// With async PF, a vCPU's fault is first offered to that vCPU (`vstate::async_pf`) and the
+/// page loaded once it answered; the "page ready"s go out as pages arrive.
 fn serve_faults(
     source: &SnapshotPages,
     stats: &LazyStats,
     recording: &Mutex<Option<Vec<u64>>>,
     stop: &AtomicBool,
+    hub: Option<&AsyncPf>,
 ) {
     let pager = &source.pager;
     let mut faults = Vec::new();
     let mut buffer = Vec::new();
-    while !stop.load(Ordering::Acquire) {
+    let load = |page: u64, buffer: &mut Vec<u8>| match source.load(page, 1, buffer) {
+        Ok(()) => {
+            stats.fault_pages.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(error) => eprintln!(
+            "lull-vmm: lazy restore: cannot load page {page} from the snapshot: {error}; \
+             the guest waits on it"
+        ),
+    };
+    loop {
+        let busy = hub.is_some_and(AsyncPf::busy);
+        if stop.load(Ordering::Acquire) && !busy {
+            return;
+        }
         faults.clear();
-        if let Err(error) = pager.next_faults(&mut faults, 100) {
+        if let Err(error) = pager.next_faults(&mut faults, if busy { 1 } else { 100 }) {
             eprintln!("lull-vmm: lazy restore: reading page faults failed: {error}");
             return;
         }
@@ -553,15 +631,40 @@ fn serve_faults(
                 pager.wake(page);
                 continue;
             }
-            match source.load(page, 1, &mut buffer) {
-                Ok(()) => {
-                    stats.fault_pages.fetch_add(1, Ordering::Relaxed);
+            if let Some(hub) = hub {
+                if let Some(vcpu) = hub.vcpu_of(fault.thread_id) {
+                    match hub.asking_about(vcpu) {
+                        // Faulting again on the page it is asked about (KVM retries before
+                        // it sees the kick): the page comes once it answered, or once it
+                        // has been seen not to leave KVM_RUN.
+                        Some((asked, age)) if asked == page => {
+                            if age < async_pf::KICK_PATIENCE {
+                                continue;
+                            }
+                            if !pager.is_loaded(page) {
+                                hub.gave_up();
+                            }
+                        }
+                        // Another page while answering (the guest's async-PF area): served
+                        // at once.
+                        Some(_) => {}
+                        None => {
+                            if hub.offers_faults() && hub.request(vcpu, page) {
+                                continue;
+                            }
+                        }
+                    }
                 }
-                Err(error) => eprintln!(
-                    "lull-vmm: lazy restore: cannot load page {page} from the snapshot: {error}; \
-                     the guest waits on it"
-                ),
             }
+            load(page, &mut buffer);
+        }
+        if let Some(hub) = hub {
+            for reply in hub.take_replies() {
+                if !pager.is_loaded(reply.page) {
+                    load(reply.page, &mut buffer);
+                }
+            }
+            hub.deliver_ready();
         }
     }
 }

@@ -481,7 +481,7 @@ impl Machine {
         };
         let started = Self::restore_into(incoming, &state, output, Some(directory.to_path_buf()))?;
         if let Some(loader) = loader {
-            loader.vcpus_started(started.vcpus_running_at);
+            loader.vcpus_started(started.vcpus_running_at, started.machine.vm.fd.clone());
         }
         Ok(started)
     }

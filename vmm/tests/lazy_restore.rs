@@ -172,3 +172,74 @@ fn recorded_working_set_is_prefetched_and_a_bad_one_ignored() {
         0
     );
 }
+
+/// The guest side of VMM-injected async page faults: with the probe hook, lull-vmm injects a
+/// "page not present" into vCPU 0 for a page held back, then the "page ready" once it is in;
+/// Lull's `cpus` line must count both, and lull-vmm's own counts must match.
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn async_page_fault_not_present_and_ready_reach_the_guest() {
+    let kernel = lull_kernel("async_page_fault_not_present_and_ready_reach_the_guest");
+    let dir = scratch("lazy-async-pf");
+    let (snapshot, _) = lull_snapshot(&kernel, &dir);
+    let mut restored = Vmm::spawn_with(
+        &[
+            "restore",
+            "--snapshot",
+            snapshot.to_str().unwrap(),
+            "--lazy",
+            "--timing",
+            "--async-pf",
+            "on",
+        ],
+        &[(lull_vmm::lazy::ASYNC_PF_PROBE_VARIABLE, Path::new("1"))],
+        default_deadline(),
+    );
+    let deadline = std::time::Instant::now() + BOOT;
+    while !restored.errors().contains("\"all_pages_loaded\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lazy restore never finished:\n{}",
+            restored.errors()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counts = json_event(&restored.errors(), "all_pages_loaded")["async_pf"].clone();
+    let injected = counts["not_present"].as_u64().unwrap();
+    assert!(injected >= 1, "{counts}");
+    assert_eq!(counts["ready"].as_u64(), Some(injected), "{counts}");
+    restored.send(b"cpus\r");
+    // "async pf: N not present, N ready, N wake-all, N ready first, N refused, N waiting"
+    let counted = restored.wait_for(" not present, ", BOOT);
+    let line_end = restored.wait_for_from(counted, "waiting", BOOT);
+    let output = restored.output();
+    let at = output[..counted].rfind("async pf: ").unwrap() + "async pf: ".len();
+    let line = output[at..line_end].to_string();
+    // More may have been injected after the JSON line (faults go on); each was answered.
+    let numbers: Vec<u64> = line
+        .split(", ")
+        .map(|part| part.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    let (not_present, ready) = (numbers[0], numbers[1]);
+    assert!(
+        not_present >= injected && ready == not_present,
+        "guest counts {line:?}, lull-vmm injected {injected}"
+    );
+    assert!(line.ends_with(", 0 waiting"), "{line}");
+    restored.send(b"poweroff\r");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+}
+
+/// With --async-pf off nothing is injected (the JSON has no async-PF counts at all).
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn async_pf_off_injects_nothing() {
+    let kernel = lull_kernel("async_pf_off_injects_nothing");
+    let dir = scratch("lazy-async-pf-off");
+    let (snapshot, before) = lull_snapshot(&kernel, &dir);
+    let errors = restore_lazily_and_check(&snapshot, before, &["--async-pf", "off"]);
+    assert!(
+        json_event(&errors, "all_pages_loaded")["async_pf"].is_null(),
+        "{errors}"
+    );
+}
