@@ -30,6 +30,7 @@ USAGE:
   lull-vmm snapshot --api SOCKET --path DIR [--leave-paused]
   lull-vmm metrics --api SOCKET [--interval-ms N] [--json]
   lull-vmm migrate --api SOCKET --to URL [--downtime-ms N] [--max-rounds N]
+                  [--postcopy | --postcopy-after N]
   lull-vmm migrate-cancel --api SOCKET
   lull-vmm bench [--kernel ELF] [--sizes-mib 128,1024] [--json]
   lull-vmm bench --migrate [--kernel ELF] [--sizes-mib 256,1024] [--runs N] [--json]
@@ -59,6 +60,10 @@ SOCKET to a `lull-vmm receive --listen URL`, pre-copying its RAM while it runs, 
 for the rest once that fits --downtime-ms (default 5) at the measured rate, or after
 --max-rounds rounds (default 30); it prints progress and a summary, and the source VMM exits
 once the destination runs the guest. On any failure the guest keeps running on the source.
+--postcopy stops the guest at once and runs it on the destination, which fetches the pages it
+touches from the source on demand while the rest streams in; --postcopy-after N does that when
+N pre-copy rounds did not converge. Once the destination runs the guest there is no way back:
+if either side is lost during post-copy, the guest is lost (both VMMs say so and exit 1).
 
 Defaults: 1 vCPU, 128 MiB, empty command line. The serial console is stdin/stdout (raw mode when
 stdin is a terminal; Ctrl-A x quits). Exit status: the guest's (0 on ACPI poweroff; (N<<1)|1
@@ -131,6 +136,8 @@ pub enum ApiAction {
         to: MigrationUrl,
         downtime_ms: u64,
         max_rounds: u32,
+        /// `--postcopy` (0: at once) or `--postcopy-after N`.
+        postcopy: Option<u32>,
     },
     MigrateCancel,
 }
@@ -408,6 +415,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             let (mut interval_ms, mut json) = (None, false);
             let (mut to, mut downtime_ms, mut max_rounds) =
                 (None, DEFAULT_DOWNTIME_MS, DEFAULT_MAX_ROUNDS);
+            let mut postcopy = None;
             while let Some(option) = arguments.rest.next() {
                 match (command.as_str(), option.as_str()) {
                     (_, "--api") => socket = Some(PathBuf::from(arguments.value(option)?)),
@@ -423,6 +431,11 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     }
                     ("migrate", "--max-rounds") => {
                         max_rounds = arguments.positive(option, "number of rounds (at least 1)")?
+                    }
+                    ("migrate", "--postcopy") => postcopy = Some(0),
+                    ("migrate", "--postcopy-after") => {
+                        postcopy =
+                            Some(arguments.positive(option, "number of rounds (at least 1)")?)
                     }
                     (_, other) => return Err(arguments.unknown(other)),
                 }
@@ -444,6 +457,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     })?,
                     downtime_ms,
                     max_rounds,
+                    postcopy,
                 },
                 "migrate-cancel" => ApiAction::MigrateCancel,
                 _ => ApiAction::Snapshot {
@@ -548,8 +562,9 @@ pub fn main() -> i32 {
                     to,
                     downtime_ms,
                     max_rounds,
+                    postcopy,
                 },
-        } => migrate_command(&socket, &to, downtime_ms, max_rounds),
+        } => migrate_command(&socket, &to, downtime_ms, max_rounds, postcopy),
         Command::Api { socket, action } => match api_command(&socket, &action) {
             Ok(()) => 0,
             Err(error) => {
@@ -652,6 +667,7 @@ pub fn run_started(started: Started, options: &RunOptions, main_entered: Instant
         }
         Ok(VmEvent::HostQuit) => 0,
         Ok(VmEvent::MigratedAway) => 0,
+        Ok(VmEvent::Fatal(_)) => 1,
         Err(_) => 1,
     };
     drop(terminal);
@@ -747,14 +763,25 @@ const MIGRATE_POLL: Duration = Duration::from_millis(50);
 
 /// `lull-vmm migrate`: starts the migration, shows its progress, prints the summary; 0 only
 /// when the guest runs on the destination.
-fn migrate_command(socket: &Path, to: &MigrationUrl, downtime_ms: u64, max_rounds: u32) -> i32 {
+fn migrate_command(
+    socket: &Path,
+    to: &MigrationUrl,
+    downtime_ms: u64,
+    max_rounds: u32,
+    postcopy: Option<u32>,
+) -> i32 {
     use std::io::IsTerminal;
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "url": to.to_string(),
         "downtime_ms": downtime_ms,
         "max_rounds": max_rounds,
-    })
-    .to_string();
+    });
+    match postcopy {
+        Some(0) => body["postcopy"] = true.into(),
+        Some(rounds) => body["postcopy_after_rounds"] = rounds.into(),
+        None => {}
+    }
+    let body = body.to_string();
     if let Err(error) = client::request(socket, "PUT", "/vm/migrate", body.as_bytes()) {
         eprintln!("lull-vmm: {error}");
         return 1;
@@ -1067,7 +1094,8 @@ mod tests {
                 action: ApiAction::Migrate {
                     to: MigrationUrl::Unix("/tmp/m.sock".into()),
                     downtime_ms: 5,
-                    max_rounds: 30
+                    max_rounds: 30,
+                    postcopy: None,
                 }
             })
         );
@@ -1083,7 +1111,8 @@ mod tests {
                         port: 4444
                     },
                     downtime_ms: 300,
-                    max_rounds: 3
+                    max_rounds: 3,
+                    postcopy: None,
                 }
             })
         );
@@ -1127,6 +1156,25 @@ mod tests {
             error("migrate --api /s --to unix:/x --max-rounds -1"),
             "option --max-rounds: '-1' is not a valid number of rounds (at least 1)"
         );
+        let postcopy = |line: &str| match parse(&args(line)) {
+            Ok(Command::Api {
+                action: ApiAction::Migrate { postcopy, .. },
+                ..
+            }) => postcopy,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            postcopy("migrate --api /s --to unix:/x --postcopy"),
+            Some(0)
+        );
+        assert_eq!(
+            postcopy("migrate --api /s --to unix:/x --postcopy-after 4"),
+            Some(4)
+        );
+        assert!(matches!(
+            parse(&args("migrate --api /s --to unix:/x --postcopy-after 0")),
+            Err(UsageError::InvalidValue { .. })
+        ));
         assert!(matches!(
             parse(&args("migrate-cancel --api /s --to unix:/x")),
             Err(UsageError::UnknownOption { .. })

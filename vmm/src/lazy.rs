@@ -180,6 +180,14 @@ impl Pager {
         Ok(())
     }
 
+    /// Unregisters all of guest RAM: pages still missing become ordinary zero-fill memory.
+    pub fn release(&self) -> io::Result<()> {
+        for &(_, pages, host) in &self.map.regions {
+            self.uffd.unregister(host, pages * PAGE_SIZE)?;
+        }
+        Ok(())
+    }
+
     /// Wakes threads waiting on `page` (placed by someone else meanwhile).
     pub fn wake(&self, page: u64) {
         for (_, pages, host) in self.map.pieces(page, 1) {

@@ -24,6 +24,7 @@
 
 pub mod destination;
 pub mod pages;
+pub mod postcopy;
 pub mod source;
 
 use std::io::{self, BufRead, Read, Write};
@@ -298,6 +299,9 @@ pub enum MigrationState {
     StopAndCopy,
     /// Everything sent; waiting for the destination to run the guest.
     WaitingForDestination,
+    /// The guest runs on the destination; the pages it still lacks are being sent (on
+    /// request first). No way back: on failure the guest is lost.
+    Postcopy,
     /// The guest runs on the destination; this VMM exits.
     Completed,
     /// Failed; the guest runs here again.
@@ -311,7 +315,11 @@ impl MigrationState {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            Self::Connecting | Self::Precopy | Self::StopAndCopy | Self::WaitingForDestination
+            Self::Connecting
+                | Self::Precopy
+                | Self::StopAndCopy
+                | Self::WaitingForDestination
+                | Self::Postcopy
         )
     }
 }
@@ -367,14 +375,41 @@ pub struct MigrationSummary {
     pub source_phases_us: std::collections::BTreeMap<String, f64>,
     pub source_paused_monotonic_ns: u64,
     pub destination_running_monotonic_ns: u64,
+    /// Post-copy only: pages sent after the switch, how many of them the destination asked
+    /// for (faults), and switch → the destination has every page (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postcopy: Option<PostcopySummary>,
+}
+
+/// The post-copy part of a migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostcopySummary {
+    pub pages: u64,
+    pub requested_pages: u64,
+    /// Whether pre-copy ran first and did not converge (else post-copy was asked for at once).
+    pub after_precopy: bool,
+    pub all_pages_ms: f64,
 }
 
 impl MigrationSummary {
     /// The one line `lull-vmm migrate` and the source VMM print.
     pub fn line(&self) -> String {
+        let postcopy = self.postcopy.as_ref().map_or(String::new(), |post| {
+            format!(
+                "; post-copy{}: {} pages after the switch ({} on request), all in {:.1} ms",
+                if post.after_precopy {
+                    " after pre-copy did not converge"
+                } else {
+                    ""
+                },
+                post.pages,
+                post.requested_pages,
+                post.all_pages_ms
+            )
+        });
         format!(
             "migration completed in {:.1} ms: {} sent ({} pages, {} of them zero) in {} rounds \
-             ({} pages while paused{}), downtime {:.2} ms",
+             ({} pages while paused{}), downtime {:.2} ms{postcopy}",
             self.total_ms,
             bytes(self.bytes_sent),
             self.pages_sent,

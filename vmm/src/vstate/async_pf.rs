@@ -292,6 +292,18 @@ impl AsyncPf {
         }
     }
 
+    /// Gives up on `vcpu`'s open request (it keeps faulting inside KVM_RUN, see
+    /// [`KICK_PATIENCE`]): counted once; the page comes when it comes.
+    pub fn abandon(&self, vcpu: u8) {
+        let taken = self
+            .lock_vcpus()
+            .get_mut(&vcpu)
+            .and_then(|slot| slot.request.take());
+        if taken.is_some() {
+            self.gave_up();
+        }
+    }
+
     /// Whether faults are still offered to vCPUs (see [`GIVE_UP_AFTER`]).
     pub fn offers_faults(&self) -> bool {
         self.not_taken_in_row.load(Ordering::Relaxed) < GIVE_UP_AFTER

@@ -432,6 +432,28 @@ impl GuestMemory {
     }
 }
 
+impl GuestMemory {
+    /// Drops the contents of `length` bytes at guest address `address` (page aligned, inside
+    /// one region): fresh anonymous memory reads zero there again, and memory registered with
+    /// userfaultfd faults there again (post-copy: pages the source still has newer copies of).
+    pub fn discard(&self, address: GuestAddress, length: usize) -> io::Result<()> {
+        let slice = self
+            .mmap
+            .get_slice(address, length)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+        let host = slice.ptr_guard_mut().as_ptr();
+        // SAFETY: `host..host + length` lies inside one live region of guest memory (checked
+        // by `get_slice`), a private anonymous mapping owned by `self.mmap`. MADV_DONTNEED only
+        // replaces its pages by zero (or missing) pages; nothing in this process holds a Rust
+        // reference into guest memory (it is accessed through volatile slices).
+        let result = unsafe { libc::madvise(host.cast(), length, libc::MADV_DONTNEED) };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// Saving lists the regions (the bytes go to the memory file through
 /// [`GuestMemory::write_file`]); restoring maps the memory file copy-on-write.
 impl Persist for GuestMemory {

@@ -70,6 +70,7 @@ const UFFD_MSG_BYTES: usize = 32;
 
 vmm_sys_util::ioctl_iowr_nr!(UFFDIO_API, 0xaa, 0x3f, UffdioApi);
 vmm_sys_util::ioctl_iowr_nr!(UFFDIO_REGISTER, 0xaa, 0x00, UffdioRegister);
+vmm_sys_util::ioctl_ior_nr!(UFFDIO_UNREGISTER, 0xaa, 0x01, UffdioRange);
 vmm_sys_util::ioctl_ior_nr!(UFFDIO_WAKE, 0xaa, 0x02, UffdioRange);
 vmm_sys_util::ioctl_iowr_nr!(UFFDIO_COPY, 0xaa, 0x03, UffdioCopy);
 vmm_sys_util::ioctl_iowr_nr!(UFFDIO_ZEROPAGE, 0xaa, 0x04, UffdioZeropage);
@@ -169,6 +170,17 @@ impl Uffd {
         // SAFETY: UFFDIO_REGISTER reads and writes one `UffdioRegister`, which lives here.
         // Registering changes how faults on the range are handled, not its contents.
         if unsafe { ioctl_with_mut_ref(&self.fd, UFFDIO_REGISTER(), &mut register) } < 0 {
+            return last_error();
+        }
+        Ok(())
+    }
+
+    /// Ends the registration of `start..start + len`: missing pages fault as usual again
+    /// (anonymous memory: zero-filled), and threads waiting on them are woken.
+    pub fn unregister(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut range = UffdioRange { start, len };
+        // SAFETY: UFFDIO_UNREGISTER reads one `UffdioRange`, which lives here.
+        if unsafe { ioctl_with_mut_ref(&self.fd, UFFDIO_UNREGISTER(), &mut range) } < 0 {
             return last_error();
         }
         Ok(())

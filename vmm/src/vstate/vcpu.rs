@@ -126,6 +126,8 @@ pub enum VmEvent {
     HostQuit,
     /// The guest was migrated and runs on the destination now; this VMM is done.
     MigratedAway,
+    /// The guest cannot go on (post-copy lost the other side); the reason was logged.
+    Fatal(String),
 }
 
 /// A vCPU and its KVM fd.
