@@ -34,6 +34,7 @@ USAGE:
   lull-vmm migrate-cancel --api SOCKET
   lull-vmm bench [--kernel ELF] [--sizes-mib 128,1024] [--json]
   lull-vmm bench --migrate [--kernel ELF] [--sizes-mib 256,1024] [--runs N] [--json]
+  lull-vmm bench --lazy --kernel ELF [--sizes-mib 128,1024] [--runs N]
   lull-vmm write-test-guest PATH    write the built-in PVH test guest (see vmm/src/test_guest)
 
 RUN OPTIONS:
@@ -150,6 +151,8 @@ pub struct BenchOptions {
     pub json: bool,
     /// `--migrate`: only the live-migration benchmark, `runs` migrations per size.
     pub migrate: bool,
+    /// `--lazy`: only the lazy-restore and post-copy benchmark, `runs` per size and mode.
+    pub lazy: bool,
     pub runs: usize,
 }
 
@@ -476,6 +479,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 sizes_mib: vec![128, 1024],
                 json: false,
                 migrate: false,
+                lazy: false,
                 runs: 7,
             };
             while let Some(option) = arguments.rest.next() {
@@ -483,6 +487,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     "--kernel" => bench.kernel = Some(PathBuf::from(arguments.value(option)?)),
                     "--json" => bench.json = true,
                     "--migrate" => bench.migrate = true,
+                    "--lazy" => bench.lazy = true,
                     "--runs" => bench.runs = arguments.positive(option, "number of runs")?,
                     "--sizes-mib" => {
                         let value = arguments.value(option)?;

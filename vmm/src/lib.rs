@@ -12,6 +12,7 @@ pub mod cli;
 pub mod console;
 pub mod devices;
 pub mod lazy;
+pub mod lazy_bench;
 pub mod machine;
 pub mod metrics;
 pub mod migration;
