@@ -562,6 +562,10 @@ impl LazyRestore {
         }
         let elapsed = vcpus_at.elapsed();
         self.stop.store(true, Ordering::Release);
+        // Every page is in: nothing is left for userfaultfd to catch.
+        if let Err(error) = pager.release() {
+            eprintln!("lull-vmm: lazy restore: releasing guest RAM from userfaultfd: {error}");
+        }
         let stats = &self.stats;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         eprintln!(

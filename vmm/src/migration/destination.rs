@@ -258,6 +258,9 @@ struct Incoming {
     pages: PageMap,
     /// Pages written with data so far: a zero page over one of them must clear it.
     written: Vec<u64>,
+    /// Pages this process wrote at all (data, or zeros over data): present in memory, so
+    /// post-copy must drop them if the source still has a newer version.
+    present: Vec<u64>,
 }
 
 impl Incoming {
@@ -272,6 +275,7 @@ impl Incoming {
             let result = match content {
                 Page::Data(bytes) => {
                     self.written[word] |= 1 << bit;
+                    self.present[word] |= 1 << bit;
                     memory.write_slice(bytes, address)
                 }
                 // Fresh memory is zero: only a page that had data needs clearing.
@@ -328,6 +332,7 @@ pub fn receive(
                     pages: PageMap::new(&regions),
                     regions,
                     written: vec![0; total_pages.div_ceil(64) as usize],
+                    present: vec![0; total_pages.div_ceil(64) as usize],
                 });
             }
             Event::Frame(frame) => {
@@ -360,6 +365,7 @@ pub fn receive(
                         return postcopy::switch(
                             incoming.vm,
                             &incoming.regions,
+                            &incoming.present,
                             parts,
                             reader,
                             postcopy::Settings {

@@ -155,6 +155,7 @@ impl Bits {
 pub(super) fn switch(
     vm: IncomingVm,
     regions: &[layout::RamRegion],
+    present: &[u64],
     mut parts: Parts,
     reader: StreamReader<Connection>,
     settings: Settings,
@@ -175,12 +176,29 @@ pub(super) fn switch(
                 "page run {first}+{pages} lies outside guest RAM"
             )));
         }
-        for page in first..first + pages {
+        // Older pre-copy versions of these pages go (the source sends their last ones): the
+        // pages written here, in runs of contiguous ones (a run from the source lies within
+        // one region). Pages never written here are missing already.
+        let is_present = |page: u64| {
+            present
+                .get((page / 64) as usize)
+                .is_some_and(|w| w >> (page % 64) & 1 == 1)
+        };
+        let mut page = first;
+        while page < first + pages {
             pending.set(page);
-            // Older pre-copy versions of these pages go: the source sends their last ones.
-            let address = map.address(page).expect("checked against the size above");
+            if !is_present(page) {
+                page += 1;
+                continue;
+            }
+            let start = page;
+            while page < first + pages && is_present(page) {
+                pending.set(page);
+                page += 1;
+            }
+            let address = map.address(start).expect("checked against the size above");
             vm.memory()
-                .discard(address, PAGE_SIZE as usize)
+                .discard(address, ((page - start) * PAGE_SIZE) as usize)
                 .map_err(|error| ReceiveError::Memory(error.to_string()))?;
         }
         count += pages;
