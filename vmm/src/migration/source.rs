@@ -57,6 +57,9 @@ pub struct MigrateOptions {
 pub const POSTCOPY_RATE_VARIABLE: &str = "LULL_VMM_POSTCOPY_PAGES_PER_SECOND";
 /// Pages per post-copy background frame: small, so a page request waits little behind it.
 const POSTCOPY_CHUNK_PAGES: u64 = 64;
+/// How long the source waits, after the switch, for the destination to run the guest before
+/// it starts the background push anyway.
+const POSTCOPY_QUIET_START: Duration = Duration::from_millis(50);
 /// How long the destination may take, after the last page, to say it has them all.
 const POSTCOPY_DONE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -511,8 +514,29 @@ fn postcopy_phase(phase: PostcopyPhase<'_>) -> Result<MigrationSummary, MigrateE
         .ok()
         .and_then(|value| value.parse::<f64>().ok())
         .filter(|rate| *rate > 0.0);
-    // Pages go out at once, before the destination confirms: it may need some to start.
+    // Let the destination start its vCPUs before the background push competes with it for
+    // the host's cores; push anyway after a while (it might need a page to get there).
     let mut running_ns = None;
+    match sender.replies.recv_timeout(POSTCOPY_QUIET_START) {
+        Ok(Ok(Some(Reply::Running {
+            vcpus_running_monotonic_ns,
+        }))) => {
+            running_ns = Some(vcpus_running_monotonic_ns);
+            resume.armed = false;
+        }
+        Ok(Ok(Some(Reply::Failed { error }))) => return Err(MigrateError::Refused(error)),
+        Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => {
+            resume.armed = false;
+            return Err(MigrateError::PostcopyLost(
+                "it closed the connection without an answer".into(),
+            ));
+        }
+        Ok(Err(error)) => {
+            resume.armed = false;
+            return Err(MigrateError::PostcopyLost(error.to_string()));
+        }
+        Err(RecvTimeoutError::Timeout) => {}
+    }
     let served = sender.serve_postcopy(round, pending, &requests, rate, control, &mut running_ns);
     if running_ns.is_some() {
         // The guest runs there now: from here on there is no way back.
