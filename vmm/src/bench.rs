@@ -455,7 +455,9 @@ fn restore_once(
 }
 
 /// Median of every phase that appears in the runs.
-fn median_phases(runs: &[serde_json::Map<String, Value>]) -> serde_json::Map<String, Value> {
+pub(crate) fn median_phases(
+    runs: &[serde_json::Map<String, Value>],
+) -> serde_json::Map<String, Value> {
     let mut names: Vec<&String> = runs.iter().flat_map(|run| run.keys()).collect();
     names.sort();
     names.dedup();

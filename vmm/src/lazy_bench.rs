@@ -178,6 +178,7 @@ struct PostcopyRuns {
     requested: Vec<f64>,
     pages: Vec<f64>,
     mean_wait_ms: Vec<f64>,
+    source_phases: Vec<serde_json::Map<String, Value>>,
 }
 
 fn postcopy_once(
@@ -223,6 +224,12 @@ fn postcopy_once(
     runs.requested
         .push(number(&summary["postcopy"]["requested_pages"]));
     runs.pages.push(number(&summary["postcopy"]["pages"]));
+    runs.source_phases.push(
+        summary["source_phases_us"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
     runs.vcpus_after_switch_ms
         .push(number(&complete["vcpus_after_switch_us"]) / 1e3);
     runs.mean_wait_ms
@@ -315,6 +322,10 @@ fn run(options: &BenchOptions, kernel: &Path) -> Result<String, BenchError> {
         out += &format!(
             "  postcopy {memory_mib} MiB: mean wait of a requested page {}\n",
             Spread::of(runs.mean_wait_ms)
+        );
+        out += &format!(
+            "  postcopy {memory_mib} MiB: source phases up to the switch (medians, µs): {}\n",
+            Value::Object(crate::bench::median_phases(&runs.source_phases))
         );
     }
     let _ = std::fs::remove_dir_all(&work);
