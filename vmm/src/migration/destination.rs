@@ -90,11 +90,19 @@ pub fn main(url: &MigrationUrl, options: &RunOptions, main_entered: Instant) -> 
         }
     };
     let drain = connection.try_clone().ok();
+    let mut prepared_answer = answer.try_clone().ok();
+    let on_prepared = move || {
+        // Best effort: a source that does not hear it waits a second and goes on.
+        if let Some(answer) = prepared_answer.as_mut() {
+            let _ = Reply::Prepared.write_to(answer);
+        }
+    };
     match receive(
         connection,
         options.pv_hypercalls,
         !options.no_async_pf,
         options.timing,
+        on_prepared,
     ) {
         Ok(Received { started, postcopy }) => {
             let running = Reply::Running {
@@ -305,6 +313,7 @@ pub fn receive(
     pv: PvHypercalls,
     async_pf: bool,
     timing: bool,
+    mut on_prepared: impl FnMut(),
 ) -> Result<Received, ReceiveError> {
     let _ = connection.set_read_timeout(Some(READ_TIMEOUT));
     let mut reader = StreamReader::new(connection, StreamKind::Migration, Limits::default());
@@ -327,6 +336,7 @@ pub fn receive(
                 let total_pages = info.memory_bytes / PAGE_SIZE;
                 let vm = Machine::prepare_incoming(&regions, info.vcpu_count as u8, pv)?;
                 parts.vcpus = (0..info.vcpu_count).map(|_| None).collect();
+                on_prepared();
                 incoming = Some(Incoming {
                     vm,
                     pages: PageMap::new(&regions),

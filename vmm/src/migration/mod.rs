@@ -254,8 +254,16 @@ impl Drop for Listener {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Reply {
-    Running { vcpus_running_monotonic_ns: u64 },
-    Failed { error: String },
+    /// The VM is created (on the stream header): a post-copy source that switches at once
+    /// waits for this before it pauses, so the destination's VM set-up is not downtime. It
+    /// may precede the final answer; readers skip it.
+    Prepared,
+    Running {
+        vcpus_running_monotonic_ns: u64,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// Longest reply line read.
@@ -271,12 +279,22 @@ impl Reply {
 
     /// Reads one reply line; `Ok(None)` when the peer closed without one.
     pub fn read_from(reader: impl Read) -> io::Result<Option<Self>> {
+        Self::read_line(&mut io::BufReader::new(reader))
+    }
+
+    /// Reads the next reply line from `reader` (which keeps what it read past it).
+    pub fn read_line(reader: &mut impl BufRead) -> io::Result<Option<Self>> {
         let mut line = Vec::new();
-        io::BufReader::new(reader.take(MAX_REPLY_BYTES)).read_until(b'\n', &mut line)?;
+        reader.take(MAX_REPLY_BYTES).read_until(b'\n', &mut line)?;
         if line.is_empty() {
             return Ok(None);
         }
-        serde_json::from_slice(&line).map(Some).map_err(|error| {
+        Self::parse(&line).map(Some)
+    }
+
+    /// Decodes one reply line.
+    pub fn parse(line: &[u8]) -> io::Result<Self> {
+        serde_json::from_slice(line).map_err(|error| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("the destination's reply is not understood ({error})"),
@@ -602,6 +620,7 @@ mod tests {
     #[test]
     fn replies_round_trip_and_garbage_is_an_error() {
         for reply in [
+            Reply::Prepared,
             Reply::Running {
                 vcpus_running_monotonic_ns: 123,
             },

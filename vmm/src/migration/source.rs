@@ -57,6 +57,8 @@ pub struct MigrateOptions {
 pub const POSTCOPY_RATE_VARIABLE: &str = "LULL_VMM_POSTCOPY_PAGES_PER_SECOND";
 /// Pages per post-copy background frame: small, so a page request waits little behind it.
 const POSTCOPY_CHUNK_PAGES: u64 = 64;
+/// How long a post-copy source that switches at once waits for the destination's VM set-up.
+const PREPARED_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the source waits, after the switch, for the destination to run the guest before
 /// it starts the background push anyway.
 const POSTCOPY_QUIET_START: Duration = Duration::from_millis(50);
@@ -282,12 +284,14 @@ fn migrate(
             source,
         })?;
     let _ = connection.set_write_timeout(Some(WRITE_TIMEOUT));
-    let (replies, requests) = if options.postcopy.is_some() {
-        let (replies, requests) = spawn_postcopy_reader(&connection).map_err(MigrateError::Send)?;
-        (replies, Some(requests))
+    let (replies, requests, prepared) = if options.postcopy.is_some() {
+        let (replies, requests, prepared) =
+            spawn_postcopy_reader(&connection).map_err(MigrateError::Send)?;
+        (replies, Some(requests), Some(prepared))
     } else {
         (
             spawn_reply_reader(&connection).map_err(MigrateError::Send)?,
+            None,
             None,
         )
     };
@@ -323,6 +327,11 @@ fn migrate(
     let first = PageSet::new(touched, &region_pages);
     control.update(|status| status.bytes_left = first.count() * PAGE_SIZE);
     let at_once = options.postcopy == Some(0);
+    if let (true, Some(prepared)) = (at_once, &prepared) {
+        // The destination creates the VM on the header; pausing before it has would make
+        // that set-up downtime. A destination that never says so is given a second.
+        let _ = prepared.recv_timeout(PREPARED_TIMEOUT);
+    }
     let mut rounds_done = 0u32;
     let mut forced = false;
     let mut first = Some(first);
@@ -518,6 +527,7 @@ fn postcopy_phase(phase: PostcopyPhase<'_>) -> Result<MigrationSummary, MigrateE
     // the host's cores; push anyway after a while (it might need a page to get there).
     let mut running_ns = None;
     match sender.replies.recv_timeout(POSTCOPY_QUIET_START) {
+        Ok(Ok(Some(Reply::Prepared))) => {}
         Ok(Ok(Some(Reply::Running {
             vcpus_running_monotonic_ns,
         }))) => {
@@ -620,11 +630,14 @@ fn postcopy_phase(phase: PostcopyPhase<'_>) -> Result<MigrationSummary, MigrateE
 
 /// Reads the destination's reply line and then (post-copy) its page-request stream, on its
 /// own thread. The line is read a byte at a time: what follows it is the stream's.
-fn spawn_postcopy_reader(connection: &Connection) -> io::Result<(Replies, Receiver<Request>)> {
+fn spawn_postcopy_reader(
+    connection: &Connection,
+) -> io::Result<(Replies, Receiver<Request>, Receiver<()>)> {
     use std::io::Read;
     let mut reader = connection.try_clone()?;
     let (reply_sender, replies) = mpsc::channel();
     let (request_sender, requests) = mpsc::channel();
+    let (prepared_sender, prepared) = mpsc::channel();
     std::thread::Builder::new()
         .name("migration-requests".into())
         .spawn(move || {
@@ -639,9 +652,13 @@ fn spawn_postcopy_reader(connection: &Connection) -> io::Result<(Replies, Receiv
                             "the destination's reply was cut short",
                         ))
                     }
-                    Ok(_) if byte[0] == b'\n' => {
-                        break Reply::read_from(&[line.as_slice(), b"\n"].concat()[..])
-                    }
+                    Ok(_) if byte[0] == b'\n' => match Reply::parse(&line) {
+                        Ok(Reply::Prepared) => {
+                            let _ = prepared_sender.send(());
+                            line.clear();
+                        }
+                        other => break other.map(Some),
+                    },
                     Ok(_) if line.len() < 64 * 1024 => line.push(byte[0]),
                     Ok(_) => {
                         break Err(io::Error::new(
@@ -693,18 +710,24 @@ fn spawn_postcopy_reader(connection: &Connection) -> io::Result<(Replies, Receiv
                 }
             }
         })?;
-    Ok((replies, requests))
+    Ok((replies, requests, prepared))
 }
 
 /// Reads the destination's one reply on its own thread, so a refusal in the middle of the
 /// stream is seen between two frames rather than when a write finally fails.
 fn spawn_reply_reader(connection: &Connection) -> io::Result<Receiver<io::Result<Option<Reply>>>> {
-    let reader = connection.try_clone()?;
+    let mut reader = io::BufReader::new(connection.try_clone()?);
     let (sender, receiver) = mpsc::channel();
     std::thread::Builder::new()
         .name("migration-reply".into())
-        .spawn(move || {
-            let _ = sender.send(Reply::read_from(reader));
+        .spawn(move || loop {
+            match Reply::read_line(&mut reader) {
+                Ok(Some(Reply::Prepared)) => continue,
+                other => {
+                    let _ = sender.send(other);
+                    return;
+                }
+            }
         })?;
     Ok(receiver)
 }
@@ -785,7 +808,7 @@ impl Sender {
     /// Fails if the destination has already answered (mid-stream, only a refusal can come).
     fn check_reply(&self) -> Result<(), MigrateError> {
         match self.replies.try_recv() {
-            Err(TryRecvError::Empty) => Ok(()),
+            Err(TryRecvError::Empty) | Ok(Ok(Some(Reply::Prepared))) => Ok(()),
             Ok(Ok(Some(Reply::Failed { error }))) => Err(MigrateError::Refused(error)),
             Ok(Ok(Some(Reply::Running { .. }))) => Err(MigrateError::Refused(
                 "it says the guest runs before the stream ended".into(),
@@ -1017,7 +1040,7 @@ impl Sender {
         while left > 0 {
             if running_ns.is_none() {
                 match self.replies.try_recv() {
-                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Empty) | Ok(Ok(Some(Reply::Prepared))) => {}
                     Ok(Ok(Some(Reply::Running {
                         vcpus_running_monotonic_ns,
                     }))) => *running_ns = Some(vcpus_running_monotonic_ns),
@@ -1139,6 +1162,10 @@ impl Sender {
                 MigrateError::NoConfirmation("it closed the connection without an answer".into()),
             ),
             Ok(Err(error)) => Err(MigrateError::NoConfirmation(error.to_string())),
+            // The readers skip it; never passed on.
+            Ok(Ok(Some(Reply::Prepared))) => Err(MigrateError::NoConfirmation(
+                "it said it was prepared twice".into(),
+            )),
             Err(RecvTimeoutError::Timeout) => Err(MigrateError::NoConfirmation(format!(
                 "no answer within {} s",
                 CONFIRM_TIMEOUT.as_secs()
