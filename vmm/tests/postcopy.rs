@@ -172,3 +172,66 @@ fn source_killed_during_postcopy_stops_the_destination_with_a_reason() {
     let (ok, _, _) = migrate.join().unwrap();
     assert!(!ok, "the migrate command cannot report success");
 }
+
+/// Pre-copy of a guest that rewrites 32 MiB continuously never converges; with
+/// `--postcopy-after 2` the source switches to post-copy after two rounds. The pages the
+/// destination got in pre-copy and that changed since must be replaced by their last
+/// versions: the guest checks every page it wrote and would print MISMATCH on a stale one.
+#[test]
+#[ignore = "needs /dev/kvm"]
+fn precopy_that_does_not_converge_switches_to_postcopy_and_memory_stays_right() {
+    require_kvm("precopy_that_does_not_converge_switches_to_postcopy_and_memory_stays_right");
+    let dir = scratch("postcopy-after");
+    let guest = dir.join("dirty-guest.elf");
+    std::fs::write(&guest, lull_vmm::test_guest::dirty_guest_elf()).unwrap();
+    let socket = dir.join("source.sock");
+    let mut source = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        path(&guest),
+        "--memory",
+        "64",
+        "--api-sock",
+        path(&socket),
+    ]);
+    let ready = source.wait_for(lull_vmm::test_guest::DIRTY_READY, BOOT);
+    source.wait_for_from(ready, "..", BOOT);
+    wait_for_socket(&socket, BOOT);
+    let url = format!("unix:{}", dir.join("migrate.sock").display());
+    let mut target = destination(&url);
+    let (ok, out, errors) = client(&[
+        "migrate",
+        "--api",
+        path(&socket),
+        "--to",
+        &url,
+        "--downtime-ms",
+        "1",
+        "--postcopy-after",
+        "2",
+    ]);
+    assert!(ok, "{out}\n{errors}\n--- source ---\n{}", source.errors());
+    let summary = out.lines().last().unwrap_or("").to_string();
+    eprintln!("postcopy-after: {summary}");
+    assert!(
+        summary.contains("post-copy after pre-copy did not converge"),
+        "{summary}"
+    );
+    assert_eq!(source.wait_exit(STEP).code(), Some(0));
+    wait_stderr(&target, "\"postcopy_complete\"", STEP);
+    // The guest goes on checking and writing every page on the destination.
+    let now = target.output().len();
+    target.wait_for_from(now, "..", STEP);
+    assert!(
+        !target
+            .output()
+            .contains(lull_vmm::test_guest::DIRTY_MISMATCH),
+        "a page was stale or lost:\n{}",
+        target.output()
+    );
+    target.send(b"q");
+    assert_eq!(
+        target.wait_exit(STEP).code(),
+        Some(lull_vmm::test_guest::DIRTY_QUIT_STATUS)
+    );
+}
