@@ -34,8 +34,8 @@ const RESTORE_RUNS: usize = 21;
 /// ~15 ms of kernel work here (KVM frees its MMU and memory-slot metadata), part of it
 /// after the process is reaped; without the pause that work competes with the next run.
 const SETTLE: Duration = Duration::from_millis(100);
-const PROMPT: &str = "lull> ";
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const PROMPT: &str = "lull> ";
+pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Results of one guest size.
 #[derive(Debug, Serialize)]
@@ -70,7 +70,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(mut values: Vec<f64>) -> Self {
+    pub(crate) fn of(mut values: Vec<f64>) -> Self {
         values.sort_by(f64::total_cmp);
         let at = |fraction: f64| {
             values
@@ -151,12 +151,12 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-struct Spawned {
-    child: Child,
-    spawned_at: Instant,
-    spawned_monotonic_ns: u64,
-    stdout_lines: mpsc::Receiver<(Instant, String)>,
-    stderr_lines: mpsc::Receiver<(Instant, String)>,
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) spawned_at: Instant,
+    pub(crate) spawned_monotonic_ns: u64,
+    pub(crate) stdout_lines: mpsc::Receiver<(Instant, String)>,
+    pub(crate) stderr_lines: mpsc::Receiver<(Instant, String)>,
 }
 
 impl Drop for Spawned {
@@ -168,7 +168,10 @@ impl Drop for Spawned {
 }
 
 /// Forwards chunks (stdout: raw, so a prompt without newline is seen) with arrival times.
-fn reader(source: impl Read + Send + 'static, by_line: bool) -> mpsc::Receiver<(Instant, String)> {
+pub(crate) fn reader(
+    source: impl Read + Send + 'static,
+    by_line: bool,
+) -> mpsc::Receiver<(Instant, String)> {
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         if by_line {
@@ -218,7 +221,7 @@ fn spawn(args: &[&str]) -> Result<Spawned, BenchError> {
     })
 }
 
-fn wait_for(
+pub(crate) fn wait_for(
     lines: &mpsc::Receiver<(Instant, String)>,
     needle: &str,
     what: &'static str,
@@ -243,10 +246,10 @@ fn wait_for(
 
 /// What a `--timing` line says.
 #[derive(Debug, Clone, PartialEq)]
-struct TimingLine {
-    since_main_ms: f64,
+pub(crate) struct TimingLine {
+    pub(crate) since_main_ms: f64,
     clock_monotonic_ns: u64,
-    phases_us: serde_json::Map<String, Value>,
+    pub(crate) phases_us: serde_json::Map<String, Value>,
 }
 
 fn parse_timing_line(line: &str) -> Option<TimingLine> {
@@ -262,7 +265,7 @@ fn parse_timing_line(line: &str) -> Option<TimingLine> {
 }
 
 /// (spawn → vCPUs running in ms, the timing line).
-fn wait_for_vcpus_running(spawned: &Spawned) -> Result<(f64, TimingLine), BenchError> {
+pub(crate) fn wait_for_vcpus_running(spawned: &Spawned) -> Result<(f64, TimingLine), BenchError> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -281,7 +284,7 @@ fn wait_for_vcpus_running(spawned: &Spawned) -> Result<(f64, TimingLine), BenchE
     }
 }
 
-fn wait_for_socket(path: &Path) -> Result<(), BenchError> {
+pub(crate) fn wait_for_socket(path: &Path) -> Result<(), BenchError> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     while std::os::unix::net::UnixStream::connect(path).is_err() {
         if Instant::now() > deadline {
@@ -292,7 +295,7 @@ fn wait_for_socket(path: &Path) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn get_json(socket: &Path, path: &str) -> Result<Value, BenchError> {
+pub(crate) fn get_json(socket: &Path, path: &str) -> Result<Value, BenchError> {
     let body = client::request(socket, "GET", path, b"")?;
     serde_json::from_slice(&body).map_err(|e| BenchError::Answer(e.to_string()))
 }
@@ -324,7 +327,7 @@ fn disk_bytes(path: &Path) -> u64 {
 }
 
 /// Boots `guest`, waits until it is ready (`ready` on the console).
-fn boot(
+pub(crate) fn boot(
     guest: &Path,
     memory_mib: u64,
     cmdline: &str,
@@ -372,16 +375,16 @@ fn start_latency(test_guest: &Path) -> Result<(Spread, Spread), BenchError> {
 }
 
 /// A snapshot taken for one guest size, and what was measured while taking it.
-struct SizeSnapshot {
+pub(crate) struct SizeSnapshot {
     memory_mib: u64,
-    directory: PathBuf,
+    pub(crate) directory: PathBuf,
     report: Value,
     snapshot_ms_client: f64,
     vmm_rss_kib_booted: u64,
     vmm_private_kib_booted: u64,
 }
 
-fn take_snapshot(
+pub(crate) fn take_snapshot(
     guest: &Path,
     cmdline: &str,
     ready: &str,
@@ -452,7 +455,9 @@ fn restore_once(
 }
 
 /// Median of every phase that appears in the runs.
-fn median_phases(runs: &[serde_json::Map<String, Value>]) -> serde_json::Map<String, Value> {
+pub(crate) fn median_phases(
+    runs: &[serde_json::Map<String, Value>],
+) -> serde_json::Map<String, Value> {
     let mut names: Vec<&String> = runs.iter().flat_map(|run| run.keys()).collect();
     names.sort();
     names.dedup();
@@ -755,6 +760,9 @@ pub fn format_migration_report(guest: &str, results: &[MigrationResult]) -> Stri
 
 /// Entry point of `lull-vmm bench`.
 pub fn main(options: &BenchOptions) -> i32 {
+    if options.lazy {
+        return crate::lazy_bench::main(options);
+    }
     if options.migrate {
         return match run_migration(options) {
             Ok((guest, results)) => {

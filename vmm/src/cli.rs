@@ -25,15 +25,17 @@ USAGE:
   lull-vmm run --kernel ELF|BZIMAGE [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH]
               [--no-rsdp-hint] [--disk path=FILE[,readonly]]... [--net tap=NAME[,mac=MAC]]...
               [RUN OPTIONS]
-  lull-vmm restore --snapshot DIR [RUN OPTIONS]
+  lull-vmm restore --snapshot DIR [--lazy [--record-ws MS]] [RUN OPTIONS]
   lull-vmm receive --listen URL [RUN OPTIONS]      take one live migration and run the guest
   lull-vmm pause|resume|power-button|info --api SOCKET
   lull-vmm snapshot --api SOCKET --path DIR [--leave-paused]
   lull-vmm metrics --api SOCKET [--interval-ms N] [--json]
   lull-vmm migrate --api SOCKET --to URL [--downtime-ms N] [--max-rounds N]
+                  [--postcopy | --postcopy-after N]
   lull-vmm migrate-cancel --api SOCKET
   lull-vmm bench [--kernel ELF] [--sizes-mib 128,1024] [--json]
   lull-vmm bench --migrate [--kernel ELF] [--sizes-mib 256,1024] [--runs N] [--json]
+  lull-vmm bench --lazy --kernel ELF [--sizes-mib 128,1024] [--runs N]
   lull-vmm write-test-guest PATH    write the built-in PVH test guest (see vmm/src/test_guest)
 
 RUN OPTIONS:
@@ -44,6 +46,9 @@ RUN OPTIONS:
                             whether guest hypercalls return on this host: auto (default) probes
                             once per host boot (cached in /run/lull-vmm); off hides PV_UNHALT,
                             PV_SEND_IPI, PV_SCHED_YIELD and makes VMCALL raise #UD; on trusts them
+  --async-pf on|off         restore --lazy and post-copy: a vCPU touching a page not yet in gets
+                            an async page fault (the guest runs another thread) where the guest
+                            enabled them (default on); off: the vCPU waits for the page
   --no-rsdp-hint            run only: pass no RSDP address in the boot data (as Firecracker);
                             the kernel must find the ACPI tables by scanning the BIOS areas
 
@@ -52,11 +57,20 @@ virtio_mmio.device=4K@ADDR:IRQ; a restore reopens the snapshot's files and TAPs)
   --disk path=FILE[,readonly]   virtio-blk on a raw image file (capacity = file size)
   --net tap=NAME[,mac=MAC]      virtio-net on TAP device NAME (created if missing and allowed)
 
+LAZY RESTORE: --lazy starts the vCPUs before guest RAM is loaded: pages come from the snapshot's
+memory file as the guest touches them (userfaultfd), the rest in the background. --record-ws MS
+records the pages touched in the first MS ms into DIR/working-set; later --lazy restores load
+those first, before the vCPUs start (a bad working-set file is ignored with a warning).
+
 MIGRATION: URL is tcp://HOST:PORT or unix:PATH. `migrate` sends the guest of the VMM serving
 SOCKET to a `lull-vmm receive --listen URL`, pre-copying its RAM while it runs, and stops it
 for the rest once that fits --downtime-ms (default 5) at the measured rate, or after
 --max-rounds rounds (default 30); it prints progress and a summary, and the source VMM exits
 once the destination runs the guest. On any failure the guest keeps running on the source.
+--postcopy stops the guest at once and runs it on the destination, which fetches the pages it
+touches from the source on demand while the rest streams in; --postcopy-after N does that when
+N pre-copy rounds did not converge. Once the destination runs the guest there is no way back:
+if either side is lost during post-copy, the guest is lost (both VMMs say so and exit 1).
 
 Defaults: 1 vCPU, 128 MiB, empty command line. The serial console is stdin/stdout (raw mode when
 stdin is a terminal; Ctrl-A x quits). Exit status: the guest's (0 on ACPI poweroff; (N<<1)|1
@@ -111,6 +125,9 @@ pub struct RunOptions {
     pub timing: bool,
     /// `--pv-hypercalls`: probe whether guest hypercalls return, or say so.
     pub pv_hypercalls: PvHypercalls,
+    /// `--async-pf off`: no VMM-injected async page faults during a lazy restore or
+    /// post-copy (default on).
+    pub no_async_pf: bool,
 }
 
 /// A request to a running lull-vmm's API.
@@ -132,6 +149,8 @@ pub enum ApiAction {
         to: MigrationUrl,
         downtime_ms: u64,
         max_rounds: u32,
+        /// `--postcopy` (0: at once) or `--postcopy-after N`.
+        postcopy: Option<u32>,
     },
     MigrateCancel,
 }
@@ -144,6 +163,8 @@ pub struct BenchOptions {
     pub json: bool,
     /// `--migrate`: only the live-migration benchmark, `runs` migrations per size.
     pub migrate: bool,
+    /// `--lazy`: only the lazy-restore and post-copy benchmark, `runs` per size and mode.
+    pub lazy: bool,
     pub runs: usize,
 }
 
@@ -157,6 +178,8 @@ pub enum Command {
     Restore {
         snapshot: PathBuf,
         options: RunOptions,
+        /// `--lazy` (with `--record-ws MS`): load guest RAM on demand (see `crate::lazy`).
+        lazy: Option<crate::lazy::LazyOptions>,
     },
     Receive {
         listen: MigrationUrl,
@@ -249,6 +272,19 @@ fn parse_run_option(
             }
         }
         "--timing" => options.timing = true,
+        "--async-pf" => {
+            options.no_async_pf = match arguments.value(option)?.as_str() {
+                "on" => false,
+                "off" => true,
+                other => {
+                    return Err(UsageError::InvalidValue {
+                        option: option.into(),
+                        value: other.into(),
+                        expected: "mode (on or off)",
+                    })
+                }
+            }
+        }
         "--pv-hypercalls" => {
             options.pv_hypercalls = pv_hypercalls(option, arguments.value(option)?)?
         }
@@ -350,9 +386,14 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         }
         "restore" => {
             let mut snapshot = None;
+            let (mut lazy, mut record_ws_ms) = (false, None);
             while let Some(option) = arguments.rest.next() {
                 match option.as_str() {
                     "--snapshot" => snapshot = Some(PathBuf::from(arguments.value(option)?)),
+                    "--lazy" => lazy = true,
+                    "--record-ws" => {
+                        record_ws_ms = Some(arguments.positive(option, "number of milliseconds")?)
+                    }
                     other => {
                         if !parse_run_option(&mut arguments, other, &mut options)? {
                             return Err(arguments.unknown(other));
@@ -364,7 +405,22 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 command: "restore".into(),
                 option: "--snapshot DIR",
             })?;
-            Ok(Command::Restore { snapshot, options })
+            if record_ws_ms.is_some() && !lazy {
+                return Err(UsageError::MissingOption {
+                    command: "restore --record-ws".into(),
+                    option: "--lazy",
+                });
+            }
+            let lazy = lazy.then_some(crate::lazy::LazyOptions {
+                record_ws_ms,
+                timing: options.timing,
+                async_pf: !options.no_async_pf,
+            });
+            Ok(Command::Restore {
+                snapshot,
+                options,
+                lazy,
+            })
         }
         "receive" => {
             let mut listen = None;
@@ -390,6 +446,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             let (mut interval_ms, mut json) = (None, false);
             let (mut to, mut downtime_ms, mut max_rounds) =
                 (None, DEFAULT_DOWNTIME_MS, DEFAULT_MAX_ROUNDS);
+            let mut postcopy = None;
             while let Some(option) = arguments.rest.next() {
                 match (command.as_str(), option.as_str()) {
                     (_, "--api") => socket = Some(PathBuf::from(arguments.value(option)?)),
@@ -405,6 +462,11 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     }
                     ("migrate", "--max-rounds") => {
                         max_rounds = arguments.positive(option, "number of rounds (at least 1)")?
+                    }
+                    ("migrate", "--postcopy") => postcopy = Some(0),
+                    ("migrate", "--postcopy-after") => {
+                        postcopy =
+                            Some(arguments.positive(option, "number of rounds (at least 1)")?)
                     }
                     (_, other) => return Err(arguments.unknown(other)),
                 }
@@ -426,6 +488,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     })?,
                     downtime_ms,
                     max_rounds,
+                    postcopy,
                 },
                 "migrate-cancel" => ApiAction::MigrateCancel,
                 _ => ApiAction::Snapshot {
@@ -444,6 +507,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 sizes_mib: vec![128, 1024],
                 json: false,
                 migrate: false,
+                lazy: false,
                 runs: 7,
             };
             while let Some(option) = arguments.rest.next() {
@@ -451,6 +515,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     "--kernel" => bench.kernel = Some(PathBuf::from(arguments.value(option)?)),
                     "--json" => bench.json = true,
                     "--migrate" => bench.migrate = true,
+                    "--lazy" => bench.lazy = true,
                     "--runs" => bench.runs = arguments.positive(option, "number of runs")?,
                     "--sizes-mib" => {
                         let value = arguments.value(option)?;
@@ -502,8 +567,17 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Command::Restore { snapshot, options } => {
-            match Machine::restore(&snapshot, options.pv_hypercalls, Box::new(StdoutWriter)) {
+        Command::Restore {
+            snapshot,
+            options,
+            lazy,
+        } => {
+            match Machine::restore_with(
+                &snapshot,
+                options.pv_hypercalls,
+                Box::new(StdoutWriter),
+                lazy.as_ref(),
+            ) {
                 Ok(started) => run_started(started, &options, main_entered),
                 Err(error) => {
                     eprintln!("lull-vmm: cannot restore {}: {error}", snapshot.display());
@@ -521,8 +595,9 @@ pub fn main() -> i32 {
                     to,
                     downtime_ms,
                     max_rounds,
+                    postcopy,
                 },
-        } => migrate_command(&socket, &to, downtime_ms, max_rounds),
+        } => migrate_command(&socket, &to, downtime_ms, max_rounds, postcopy),
         Command::Api { socket, action } => match api_command(&socket, &action) {
             Ok(()) => 0,
             Err(error) => {
@@ -625,6 +700,7 @@ pub fn run_started(started: Started, options: &RunOptions, main_entered: Instant
         }
         Ok(VmEvent::HostQuit) => 0,
         Ok(VmEvent::MigratedAway) => 0,
+        Ok(VmEvent::Fatal(_)) => 1,
         Err(_) => 1,
     };
     drop(terminal);
@@ -720,14 +796,25 @@ const MIGRATE_POLL: Duration = Duration::from_millis(50);
 
 /// `lull-vmm migrate`: starts the migration, shows its progress, prints the summary; 0 only
 /// when the guest runs on the destination.
-fn migrate_command(socket: &Path, to: &MigrationUrl, downtime_ms: u64, max_rounds: u32) -> i32 {
+fn migrate_command(
+    socket: &Path,
+    to: &MigrationUrl,
+    downtime_ms: u64,
+    max_rounds: u32,
+    postcopy: Option<u32>,
+) -> i32 {
     use std::io::IsTerminal;
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "url": to.to_string(),
         "downtime_ms": downtime_ms,
         "max_rounds": max_rounds,
-    })
-    .to_string();
+    });
+    match postcopy {
+        Some(0) => body["postcopy"] = true.into(),
+        Some(rounds) => body["postcopy_after_rounds"] = rounds.into(),
+        None => {}
+    }
+    let body = body.to_string();
     if let Err(error) = client::request(socket, "PUT", "/vm/migrate", body.as_bytes()) {
         eprintln!("lull-vmm: {error}");
         return 1;
@@ -1062,7 +1149,8 @@ mod tests {
                     api_sock: Some("/s".into()),
                     metrics_interval_ms: 1000,
                     ..Default::default()
-                }
+                },
+                lazy: None,
             }
         );
     }
@@ -1076,7 +1164,8 @@ mod tests {
                 action: ApiAction::Migrate {
                     to: MigrationUrl::Unix("/tmp/m.sock".into()),
                     downtime_ms: 5,
-                    max_rounds: 30
+                    max_rounds: 30,
+                    postcopy: None,
                 }
             })
         );
@@ -1092,7 +1181,8 @@ mod tests {
                         port: 4444
                     },
                     downtime_ms: 300,
-                    max_rounds: 3
+                    max_rounds: 3,
+                    postcopy: None,
                 }
             })
         );
@@ -1136,6 +1226,25 @@ mod tests {
             error("migrate --api /s --to unix:/x --max-rounds -1"),
             "option --max-rounds: '-1' is not a valid number of rounds (at least 1)"
         );
+        let postcopy = |line: &str| match parse(&args(line)) {
+            Ok(Command::Api {
+                action: ApiAction::Migrate { postcopy, .. },
+                ..
+            }) => postcopy,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            postcopy("migrate --api /s --to unix:/x --postcopy"),
+            Some(0)
+        );
+        assert_eq!(
+            postcopy("migrate --api /s --to unix:/x --postcopy-after 4"),
+            Some(4)
+        );
+        assert!(matches!(
+            parse(&args("migrate --api /s --to unix:/x --postcopy-after 0")),
+            Err(UsageError::InvalidValue { .. })
+        ));
         assert!(matches!(
             parse(&args("migrate-cancel --api /s --to unix:/x")),
             Err(UsageError::UnknownOption { .. })

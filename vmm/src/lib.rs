@@ -11,6 +11,8 @@ pub mod bench;
 pub mod cli;
 pub mod console;
 pub mod devices;
+pub mod lazy;
+pub mod lazy_bench;
 pub mod machine;
 pub mod metrics;
 pub mod migration;

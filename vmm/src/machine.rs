@@ -23,6 +23,7 @@ use crate::devices::acpi_pm::{AcpiPm, IrqLine};
 use crate::devices::serial::{SerialConsole, SerialOutput};
 use crate::devices::virtio::{self, VirtioConfig, VirtioDevices, VirtioError};
 use crate::devices::{lock, PortIoBus};
+use crate::lazy::{LazyOptions, LazyRestore};
 use crate::metrics::{self, KvmStats, MetricsReport, RateTracker, VcpuSample};
 use crate::persist::Persist;
 use crate::snapshot::{self, SnapshotError, SnapshotState, MEMORY_FILE_NAME};
@@ -447,14 +448,40 @@ impl Machine {
         pv: PvHypercalls,
         output: SerialOutput,
     ) -> Result<Started, MachineError> {
+        Self::restore_with(directory, pv, output, None)
+    }
+
+    /// [`Machine::restore`], or with `lazy` a lazy restore (`crate::lazy`): guest RAM starts
+    /// empty and pages come in through userfaultfd as the guest touches them, the recorded
+    /// working set first, the rest in the background.
+    pub fn restore_with(
+        directory: &Path,
+        pv: PvHypercalls,
+        output: SerialOutput,
+        lazy: Option<&LazyOptions>,
+    ) -> Result<Started, MachineError> {
         let mut clock = PhaseClock::new();
         let policy = HypercallDecision::start(pv);
         let state = snapshot::read_state(directory)?;
         clock.lap("read_state");
         let kvm = open_kvm()?;
         clock.lap("open_kvm");
-        let memory = GuestMemory::restore(directory.join(MEMORY_FILE_NAME), &state.memory)?;
-        clock.lap("map_memory");
+        let path = directory.join(MEMORY_FILE_NAME);
+        let (memory, loader) = match lazy {
+            None => {
+                let memory = GuestMemory::restore(path, &state.memory)?;
+                clock.lap("map_memory");
+                (memory, None)
+            }
+            Some(options) => {
+                let (memory, file) = GuestMemory::restore_lazy(path, &state.memory)?;
+                clock.lap("map_memory");
+                let loader = LazyRestore::start(&memory, file, directory, options)
+                    .map_err(host_error("starting the lazy restore (userfaultfd)"))?;
+                clock.lap("uffd_and_prefetch");
+                (memory, Some(loader))
+            }
+        };
         let vm = Vm::create(&kvm, &memory)?;
         clock.lap("create_vm");
         let incoming = IncomingVm {
@@ -465,7 +492,11 @@ impl Machine {
             policy,
             clock,
         };
-        Self::restore_into(incoming, &state, output, Some(directory.to_path_buf()))
+        let started = Self::restore_into(incoming, &state, output, Some(directory.to_path_buf()))?;
+        if let Some(loader) = loader {
+            loader.vcpus_started(started.vcpus_running_at, started.machine.vm.fd.clone());
+        }
+        Ok(started)
     }
 
     /// A VM for a guest arriving by migration: RAM of `regions` (anonymous, zero), a KVM VM

@@ -433,7 +433,11 @@ fn migrate_lull(test: &str, url_of: impl FnOnce(&Path) -> String) -> Vmm {
         date_moved >= -1.0 && date_moved <= wall + 2.0,
         "date moved {date_moved} s in {wall:.2} s"
     );
-    let console = target.output();
+    // The kernel notes the KVM_KVMCLOCK_CTRL stop ("the host stopped this VM; watchdog
+    // baseline taken anew"): expected after a migration, not a watchdog firing.
+    let console = target
+        .output()
+        .replace("watchdog baseline taken anew", "baseline taken anew");
     assert!(!console.contains("Lull version"), "migrated, not rebooted");
     for bad in ["watchdog", "unstable", "lockup", "panic"] {
         assert!(

@@ -27,7 +27,7 @@ cargo xtask <command> [options]
                                        (--vmm: on /dev/kvm with lull-vmm instead)
   test [--tier host|kernel|e2e] [--filter TEXT]
                                        run every test tier (host, in-kernel, end-to-end)
-  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,pvops]
+  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops]
                                        run the benchmarks (results go in BENCHMARKS.md)
 ";
 
@@ -811,7 +811,7 @@ fn closing_line(tally: &Tally) -> String {
 }
 
 const BENCH_PARTS: &[&str] = &[
-    "boot", "idle", "latency", "linux", "scale", "smp", "vmm", "migrate", "pvops",
+    "boot", "idle", "latency", "linux", "scale", "smp", "vmm", "migrate", "lazy", "pvops",
 ];
 
 fn cmd_bench(args: &[String]) -> Result<(), String> {
@@ -923,6 +923,11 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
     }
     if wants("migrate") {
         for row in bench::migrate(&shell, options.runs)? {
+            record(row);
+        }
+    }
+    if wants("lazy") {
+        for row in bench::lazy(&shell, options.runs)? {
             record(row);
         }
     }

@@ -10,7 +10,7 @@
 //! | PUT    | /vm/snapshot      | {"path": DIR}    | sizes and duration             |
 //! | PUT    | /vm/power-button  |                  | 204                            |
 //! | GET    | /vm/metrics       |                  | counters, rates, host memory   |
-//! | PUT    | /vm/migrate       | {"url", "downtime_ms"?, "max_rounds"?} | 202, status |
+//! | PUT    | /vm/migrate       | {"url", "downtime_ms"?, "max_rounds"?, "postcopy"?, "postcopy_after_rounds"?} | 202, status |
 //! | GET    | /vm/migration     |                  | migration progress / outcome   |
 //! | PUT    | /vm/migration/cancel |               | 202, or 409 with none to stop  |
 
@@ -82,6 +82,10 @@ struct MigrateBody {
     url: String,
     downtime_ms: Option<u64>,
     max_rounds: Option<u32>,
+    /// Post-copy at once (true), or
+    postcopy: Option<bool>,
+    /// after this many pre-copy rounds that did not converge.
+    postcopy_after_rounds: Option<u32>,
 }
 
 fn migrate_body(body: &[u8]) -> Result<MigrateOptions, ApiError> {
@@ -105,10 +109,21 @@ fn migrate_body(body: &[u8]) -> Result<MigrateOptions, ApiError> {
             "max_rounds must be at least 1 (round 0 sends the guest's RAM)".into(),
         ));
     }
+    let postcopy = match (parsed.postcopy, parsed.postcopy_after_rounds) {
+        (Some(true), Some(_)) => {
+            return Err(bad(
+                "give postcopy (at once) or postcopy_after_rounds, not both".into(),
+            ))
+        }
+        (Some(true), None) => Some(0),
+        (_, Some(0)) => return Err(bad("postcopy_after_rounds must be at least 1".into())),
+        (_, rounds) => rounds,
+    };
     Ok(MigrateOptions {
         url,
         downtime_ms,
-        max_rounds,
+        max_rounds: postcopy.filter(|&rounds| rounds > 0).unwrap_or(max_rounds),
+        postcopy,
     })
 }
 
@@ -322,7 +337,8 @@ mod tests {
             Ok(ApiRequest::Migrate(MigrateOptions {
                 url: MigrationUrl::Unix("/tmp/m.sock".into()),
                 downtime_ms: 5,
-                max_rounds: 30
+                max_rounds: 30,
+                postcopy: None,
             }))
         );
         assert_eq!(
@@ -337,8 +353,27 @@ mod tests {
                     port: 4444
                 },
                 downtime_ms: 300,
-                max_rounds: 2
+                max_rounds: 2,
+                postcopy: None,
             }))
+        );
+        let postcopy = |body: &[u8]| match route("PUT", "/vm/migrate", body) {
+            Ok(ApiRequest::Migrate(options)) => Ok((options.postcopy, options.max_rounds)),
+            Ok(other) => panic!("{other:?}"),
+            Err(error) => Err(error.message),
+        };
+        assert_eq!(
+            postcopy(br#"{"url": "unix:/m", "postcopy": true}"#),
+            Ok((Some(0), 30))
+        );
+        assert_eq!(
+            postcopy(br#"{"url": "unix:/m", "postcopy_after_rounds": 4}"#),
+            Ok((Some(4), 4))
+        );
+        assert!(postcopy(br#"{"url": "unix:/m", "postcopy_after_rounds": 0}"#).is_err());
+        assert!(
+            postcopy(br#"{"url": "unix:/m", "postcopy": true, "postcopy_after_rounds": 2}"#)
+                .is_err()
         );
         assert_eq!(
             route("GET", "/vm/migration", b""),

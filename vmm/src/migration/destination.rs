@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use lull_migration_stream::{Event, Frame, Limits, Page, StreamError, StreamKind, StreamReader};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{Connection, Listener, MigrationUrl, Reply};
+use super::{postcopy, Connection, Listener, MigrationUrl, Reply};
 use crate::arch::layout;
 use crate::bench::clock_monotonic_ns;
 use crate::cli::{run_started, RunOptions};
@@ -35,8 +35,10 @@ pub enum ReceiveError {
     Stream(#[from] StreamError),
     #[error("the source cancelled the migration: {0}")]
     Cancelled(String),
-    #[error("the stream carries {0}, which this lull-vmm does not receive (pre-copy only)")]
+    #[error("the stream carries {0}, which this lull-vmm does not receive")]
     Unsupported(&'static str),
+    #[error("post-copy: {0}")]
+    Postcopy(String),
     #[error("the source's guest has {0}; this lull-vmm takes 4 KiB pages and 1 to 255 vCPUs")]
     Guest(String),
     #[error("the {name} state does not decode ({source}): the source is an incompatible lull-vmm")]
@@ -88,8 +90,21 @@ pub fn main(url: &MigrationUrl, options: &RunOptions, main_entered: Instant) -> 
         }
     };
     let drain = connection.try_clone().ok();
-    match receive(connection, options.pv_hypercalls) {
-        Ok(started) => {
+    let mut prepared_answer = answer.try_clone().ok();
+    let on_prepared = move || {
+        // Best effort: a source that does not hear it waits a second and goes on.
+        if let Some(answer) = prepared_answer.as_mut() {
+            let _ = Reply::Prepared.write_to(answer);
+        }
+    };
+    match receive(
+        connection,
+        options.pv_hypercalls,
+        !options.no_async_pf,
+        options.timing,
+        on_prepared,
+    ) {
+        Ok(Received { started, postcopy }) => {
             let running = Reply::Running {
                 vcpus_running_monotonic_ns: clock_monotonic_ns(started.vcpus_running_at),
             };
@@ -98,9 +113,22 @@ pub fn main(url: &MigrationUrl, options: &RunOptions, main_entered: Instant) -> 
                 eprintln!(
                     "lull-vmm: cannot confirm to the source ({error}); stopping this copy of the guest"
                 );
+                if postcopy.is_some() {
+                    // Its pages are on the source: nothing can be done without it.
+                    std::process::exit(1);
+                }
                 return 1;
             }
-            eprintln!("lull-vmm: migration received; the guest runs here");
+            match postcopy {
+                Some(requests) => {
+                    eprintln!(
+                        "lull-vmm: post-copy migration: the guest runs here; its remaining pages \
+                         come from the source"
+                    );
+                    requests.start(answer, started.vcpus_running_at);
+                }
+                None => eprintln!("lull-vmm: migration received; the guest runs here"),
+            }
             run_started(started, options, main_entered)
         }
         Err(error) => {
@@ -141,12 +169,12 @@ fn drain_until_closed(mut connection: Connection) {
 }
 
 /// Where stream pages land: per region, its first stream page and guest address.
-struct PageMap {
+pub(super) struct PageMap {
     starts: Vec<(u64, u64, u64)>,
 }
 
 impl PageMap {
-    fn new(regions: &[layout::RamRegion]) -> Self {
+    pub(super) fn new(regions: &[layout::RamRegion]) -> Self {
         let mut start = 0;
         let starts = regions
             .iter()
@@ -159,7 +187,7 @@ impl PageMap {
         Self { starts }
     }
 
-    fn address(&self, page: u64) -> Option<GuestAddress> {
+    pub(super) fn address(&self, page: u64) -> Option<GuestAddress> {
         self.starts
             .iter()
             .find(|(first, count, _)| page >= *first && page < first + count)
@@ -169,12 +197,14 @@ impl PageMap {
 
 /// The state pieces as they arrive.
 #[derive(Default)]
-struct Parts {
+pub(super) struct Parts {
     memory: Option<GuestMemoryState>,
     vm: Option<VmState>,
     serial: Option<SerialConsoleState>,
     acpi_pm: Option<AcpiPmState>,
     vcpus: Vec<Option<VcpuState>>,
+    /// Post-copy: the pages still to come, as runs (first stream page, count).
+    pub(super) postcopy_pages: Option<Vec<(u64, u64)>>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T, ReceiveError> {
@@ -198,11 +228,15 @@ impl Parts {
             "vm" => put(&mut self.vm, name, decode(name, bytes)?),
             "serial" => put(&mut self.serial, name, decode(name, bytes)?),
             "acpi_pm" => put(&mut self.acpi_pm, name, decode(name, bytes)?),
+            "postcopy_pages" => put(&mut self.postcopy_pages, name, decode(name, bytes)?),
             other => Err(ReceiveError::UnknownDevice(other.to_string())),
         }
     }
 
-    fn into_state(self, regions: &[layout::RamRegion]) -> Result<SnapshotState, ReceiveError> {
+    pub(super) fn into_state(
+        self,
+        regions: &[layout::RamRegion],
+    ) -> Result<SnapshotState, ReceiveError> {
         let memory = self.memory.ok_or(ReceiveError::Missing("memory"))?;
         if memory.regions != regions {
             return Err(ReceiveError::Regions {
@@ -234,6 +268,9 @@ struct Incoming {
     pages: PageMap,
     /// Pages written with data so far: a zero page over one of them must clear it.
     written: Vec<u64>,
+    /// Pages this process wrote at all (data, or zeros over data): present in memory, so
+    /// post-copy must drop them if the source still has a newer version.
+    present: Vec<u64>,
 }
 
 impl Incoming {
@@ -248,6 +285,7 @@ impl Incoming {
             let result = match content {
                 Page::Data(bytes) => {
                     self.written[word] |= 1 << bit;
+                    self.present[word] |= 1 << bit;
                     memory.write_slice(bytes, address)
                 }
                 // Fresh memory is zero: only a page that had data needs clearing.
@@ -263,8 +301,22 @@ impl Incoming {
     }
 }
 
-/// Reads the whole stream from `connection` into a new VM and starts it.
-pub fn receive(connection: Connection, pv: PvHypercalls) -> Result<Started, ReceiveError> {
+/// A received guest, running; in post-copy, with the page-request side still to start.
+pub struct Received {
+    pub started: Started,
+    pub postcopy: Option<postcopy::RequestWriter>,
+}
+
+/// Reads the whole stream from `connection` into a new VM and starts it; in post-copy, reads
+/// up to the switch, starts the guest with its missing pages served through userfaultfd, and
+/// leaves a thread reading the rest.
+pub fn receive(
+    connection: Connection,
+    pv: PvHypercalls,
+    async_pf: bool,
+    timing: bool,
+    mut on_prepared: impl FnMut(),
+) -> Result<Received, ReceiveError> {
     let _ = connection.set_read_timeout(Some(READ_TIMEOUT));
     let mut reader = StreamReader::new(connection, StreamKind::Migration, Limits::default());
     let mut incoming: Option<Incoming> = None;
@@ -286,11 +338,13 @@ pub fn receive(connection: Connection, pv: PvHypercalls) -> Result<Started, Rece
                 let total_pages = info.memory_bytes / PAGE_SIZE;
                 let vm = Machine::prepare_incoming(&regions, info.vcpu_count as u8, pv)?;
                 parts.vcpus = (0..info.vcpu_count).map(|_| None).collect();
+                on_prepared();
                 incoming = Some(Incoming {
                     vm,
                     pages: PageMap::new(&regions),
                     regions,
                     written: vec![0; total_pages.div_ceil(64) as usize],
+                    present: vec![0; total_pages.div_ceil(64) as usize],
                 });
             }
             Event::Frame(frame) => {
@@ -311,8 +365,28 @@ pub fn receive(connection: Connection, pv: PvHypercalls) -> Result<Started, Rece
                     }
                     Frame::End { .. } => break,
                     Frame::Cancel { reason } => return Err(ReceiveError::Cancelled(reason)),
-                    Frame::PostcopySwitch { .. } => {
-                        return Err(ReceiveError::Unsupported("post-copy"))
+                    Frame::PostcopySwitch { pages_left } => {
+                        let Some(incoming) = incoming else {
+                            return Err(ReceiveError::Stream(StreamError::AfterError));
+                        };
+                        let info = reader
+                            .decoder()
+                            .info()
+                            .cloned()
+                            .ok_or_else(|| ReceiveError::Postcopy("no stream header".into()))?;
+                        return postcopy::switch(
+                            incoming.vm,
+                            &incoming.regions,
+                            &incoming.present,
+                            parts,
+                            reader,
+                            postcopy::Settings {
+                                info,
+                                pages_left,
+                                async_pf,
+                                timing,
+                            },
+                        );
                     }
                     Frame::PageRequest { .. } => {
                         return Err(ReceiveError::Unsupported("page requests"))
@@ -324,12 +398,16 @@ pub fn receive(connection: Connection, pv: PvHypercalls) -> Result<Started, Rece
     let Some(incoming) = incoming else {
         return Err(ReceiveError::Stream(StreamError::AfterError));
     };
+    if parts.postcopy_pages.is_some() {
+        return Err(ReceiveError::Postcopy(
+            "a list of post-copy pages but no switch".into(),
+        ));
+    }
     let state = parts.into_state(&incoming.regions)?;
-    Ok(Machine::restore_incoming(
-        incoming.vm,
-        &state,
-        Box::new(StdoutWriter),
-    )?)
+    Ok(Received {
+        started: Machine::restore_incoming(incoming.vm, &state, Box::new(StdoutWriter))?,
+        postcopy: None,
+    })
 }
 
 #[cfg(test)]

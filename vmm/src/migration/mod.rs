@@ -24,6 +24,7 @@
 
 pub mod destination;
 pub mod pages;
+pub mod postcopy;
 pub mod source;
 
 use std::io::{self, BufRead, Read, Write};
@@ -253,8 +254,16 @@ impl Drop for Listener {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Reply {
-    Running { vcpus_running_monotonic_ns: u64 },
-    Failed { error: String },
+    /// The VM is created (on the stream header): a post-copy source that switches at once
+    /// waits for this before it pauses, so the destination's VM set-up is not downtime. It
+    /// may precede the final answer; readers skip it.
+    Prepared,
+    Running {
+        vcpus_running_monotonic_ns: u64,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// Longest reply line read.
@@ -270,12 +279,22 @@ impl Reply {
 
     /// Reads one reply line; `Ok(None)` when the peer closed without one.
     pub fn read_from(reader: impl Read) -> io::Result<Option<Self>> {
+        Self::read_line(&mut io::BufReader::new(reader))
+    }
+
+    /// Reads the next reply line from `reader` (which keeps what it read past it).
+    pub fn read_line(reader: &mut impl BufRead) -> io::Result<Option<Self>> {
         let mut line = Vec::new();
-        io::BufReader::new(reader.take(MAX_REPLY_BYTES)).read_until(b'\n', &mut line)?;
+        reader.take(MAX_REPLY_BYTES).read_until(b'\n', &mut line)?;
         if line.is_empty() {
             return Ok(None);
         }
-        serde_json::from_slice(&line).map(Some).map_err(|error| {
+        Self::parse(&line).map(Some)
+    }
+
+    /// Decodes one reply line.
+    pub fn parse(line: &[u8]) -> io::Result<Self> {
+        serde_json::from_slice(line).map_err(|error| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("the destination's reply is not understood ({error})"),
@@ -298,6 +317,9 @@ pub enum MigrationState {
     StopAndCopy,
     /// Everything sent; waiting for the destination to run the guest.
     WaitingForDestination,
+    /// The guest runs on the destination; the pages it still lacks are being sent (on
+    /// request first). No way back: on failure the guest is lost.
+    Postcopy,
     /// The guest runs on the destination; this VMM exits.
     Completed,
     /// Failed; the guest runs here again.
@@ -311,7 +333,11 @@ impl MigrationState {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            Self::Connecting | Self::Precopy | Self::StopAndCopy | Self::WaitingForDestination
+            Self::Connecting
+                | Self::Precopy
+                | Self::StopAndCopy
+                | Self::WaitingForDestination
+                | Self::Postcopy
         )
     }
 }
@@ -367,14 +393,41 @@ pub struct MigrationSummary {
     pub source_phases_us: std::collections::BTreeMap<String, f64>,
     pub source_paused_monotonic_ns: u64,
     pub destination_running_monotonic_ns: u64,
+    /// Post-copy only: pages sent after the switch, how many of them the destination asked
+    /// for (faults), and switch → the destination has every page (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postcopy: Option<PostcopySummary>,
+}
+
+/// The post-copy part of a migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostcopySummary {
+    pub pages: u64,
+    pub requested_pages: u64,
+    /// Whether pre-copy ran first and did not converge (else post-copy was asked for at once).
+    pub after_precopy: bool,
+    pub all_pages_ms: f64,
 }
 
 impl MigrationSummary {
     /// The one line `lull-vmm migrate` and the source VMM print.
     pub fn line(&self) -> String {
+        let postcopy = self.postcopy.as_ref().map_or(String::new(), |post| {
+            format!(
+                "; post-copy{}: {} pages after the switch ({} on request), all in {:.1} ms",
+                if post.after_precopy {
+                    " after pre-copy did not converge"
+                } else {
+                    ""
+                },
+                post.pages,
+                post.requested_pages,
+                post.all_pages_ms
+            )
+        });
         format!(
             "migration completed in {:.1} ms: {} sent ({} pages, {} of them zero) in {} rounds \
-             ({} pages while paused{}), downtime {:.2} ms",
+             ({} pages while paused{}), downtime {:.2} ms{postcopy}",
             self.total_ms,
             bytes(self.bytes_sent),
             self.pages_sent,
@@ -567,6 +620,7 @@ mod tests {
     #[test]
     fn replies_round_trip_and_garbage_is_an_error() {
         for reply in [
+            Reply::Prepared,
             Reply::Running {
                 vcpus_running_monotonic_ns: 123,
             },

@@ -37,6 +37,36 @@ impl PageSet {
         set
     }
 
+    /// The region and the page within it of stream page `page`.
+    fn locate(&self, page: u64) -> Option<(usize, u64)> {
+        let mut start = 0;
+        for (region, &pages) in self.region_pages.iter().enumerate() {
+            if page < start + pages {
+                return Some((region, page - start));
+            }
+            start += pages;
+        }
+        None
+    }
+
+    /// Whether stream page `page` is in the set.
+    pub fn contains_stream_page(&self, page: u64) -> bool {
+        self.locate(page).is_some_and(|(region, page)| {
+            self.bitmaps[region][(page / 64) as usize] >> (page % 64) & 1 == 1
+        })
+    }
+
+    /// The set less the stream pages `pages`.
+    pub fn without_stream_pages(&self, pages: &[u64]) -> Self {
+        let mut set = self.clone();
+        for &page in pages {
+            if let Some((region, page)) = self.locate(page) {
+                set.bitmaps[region][(page / 64) as usize] &= !(1 << (page % 64));
+            }
+        }
+        set
+    }
+
     pub fn bitmaps(&self) -> &[Vec<u64>] {
         &self.bitmaps
     }
@@ -153,5 +183,16 @@ mod tests {
             vec![(0, 256), (256, 256), (512, 88)]
         );
         assert!(PageSet::new(vec![vec![]], &[64]).runs(256).is_empty());
+    }
+
+    #[test]
+    fn stream_pages_are_found_and_removed_across_regions() {
+        let set = PageSet::new(vec![vec![0b1010], vec![0b1]], &[10, 70]);
+        assert!(set.contains_stream_page(1) && set.contains_stream_page(3));
+        assert!(set.contains_stream_page(10), "page 0 of the second region");
+        assert!(!set.contains_stream_page(2) && !set.contains_stream_page(80));
+        let less = set.without_stream_pages(&[3, 10, 99]);
+        assert_eq!(less.count(), 1);
+        assert!(less.contains_stream_page(1) && !less.contains_stream_page(10));
     }
 }

@@ -341,7 +341,7 @@ fn copy_data_extents(source: &File, destination: &File, length: u64) -> io::Resu
 }
 
 /// The data extents (start, end) of `file` within `offset..offset + length`, clipped to it.
-fn data_extents(file: &File, offset: u64, length: u64) -> io::Result<Vec<(u64, u64)>> {
+pub(crate) fn data_extents(file: &File, offset: u64, length: u64) -> io::Result<Vec<(u64, u64)>> {
     let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
         // SAFETY: lseek on an fd we own; it only moves that fd's offset, which nothing else
         // uses (all reads and copies give explicit offsets).
@@ -400,6 +400,58 @@ fn punch_hole(file: &File, offset: u64, length: u64) -> io::Result<()> {
         at += chunk as u64;
     }
     Ok(())
+}
+
+impl GuestMemory {
+    /// For a lazy restore: fresh anonymous memory of `state`'s regions (every page missing
+    /// until placed through userfaultfd, see `crate::lazy`) backed, for later snapshots and
+    /// migrations, by the snapshot file at `path` (pages not placed yet are the file's).
+    /// Returns the memory and a second handle on the file to read pages from.
+    pub fn restore_lazy(
+        path: PathBuf,
+        state: &GuestMemoryState,
+    ) -> Result<(Self, File), MemoryError> {
+        let open_error = |source| MemoryError::OpenFile {
+            path: path.clone(),
+            source,
+        };
+        let file = File::open(&path).map_err(open_error)?;
+        let found = file.metadata().map_err(open_error)?.len();
+        let reader = file.try_clone().map_err(open_error)?;
+        let expected = state.total_bytes();
+        if found != expected {
+            return Err(MemoryError::FileSizeMismatch {
+                path,
+                expected,
+                found,
+            });
+        }
+        let mut memory = Self::anonymous(&state.regions)?;
+        memory.backing = MemoryBacking::SnapshotFile { path, file };
+        Ok((memory, reader))
+    }
+}
+
+impl GuestMemory {
+    /// Drops the contents of `length` bytes at guest address `address` (page aligned, inside
+    /// one region): fresh anonymous memory reads zero there again, and memory registered with
+    /// userfaultfd faults there again (post-copy: pages the source still has newer copies of).
+    pub fn discard(&self, address: GuestAddress, length: usize) -> io::Result<()> {
+        let slice = self
+            .mmap
+            .get_slice(address, length)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+        let host = slice.ptr_guard_mut().as_ptr();
+        // SAFETY: `host..host + length` lies inside one live region of guest memory (checked
+        // by `get_slice`), a private anonymous mapping owned by `self.mmap`. MADV_DONTNEED only
+        // replaces its pages by zero (or missing) pages; nothing in this process holds a Rust
+        // reference into guest memory (it is accessed through volatile slices).
+        let result = unsafe { libc::madvise(host.cast(), length, libc::MADV_DONTNEED) };
+        if result != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// Saving lists the regions (the bytes go to the memory file through

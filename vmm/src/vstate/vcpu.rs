@@ -126,6 +126,8 @@ pub enum VmEvent {
     HostQuit,
     /// The guest was migrated and runs on the destination now; this VMM is done.
     MigratedAway,
+    /// The guest cannot go on (post-copy lost the other side); the reason was logged.
+    Fatal(String),
 }
 
 /// A vCPU and its KVM fd.
@@ -682,6 +684,7 @@ impl Vcpu {
     /// Runs the vCPU until told to stop. Called on the vCPU's own thread.
     pub fn run_loop(mut self, context: VcpuContext) {
         KVM_RUN.with(|cell| cell.set(self.fd.get_kvm_run() as *mut kvm_run));
+        crate::vstate::async_pf::register_vcpu(self.index);
         let _ = context.started.send(std::time::Instant::now());
         let stopped = 'outer: loop {
             // Commands first: a kick may have been for one.
@@ -802,6 +805,8 @@ impl Vcpu {
             Err(error) if error.errno() == libc::EINTR => {
                 counters.interrupted.fetch_add(1, Ordering::Relaxed);
                 self.fd.set_kvm_immediate_exit(0);
+                // The kick may be an async-PF request from the page-fault thread.
+                crate::vstate::async_pf::on_kick(&self.fd, index);
                 return LoopControl::Continue;
             }
             Err(error) if error.errno() == libc::EAGAIN => return LoopControl::Continue,

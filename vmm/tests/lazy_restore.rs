@@ -1,0 +1,245 @@
+//! Lazy restore (`restore --lazy`, userfaultfd) of the real Lull kernel, with and without a
+//! recorded working set. Ignored unless run with `--ignored` (needs /dev/kvm and LULL_KERNEL).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+const PROMPT: &str = "lull> ";
+const BOOT: Duration = Duration::from_secs(120);
+
+fn uptime_seconds(output: &str, from: usize) -> f64 {
+    let tail = &output[from..];
+    let at = tail.find("up ").expect("uptime answer") + 3;
+    tail[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .expect("uptime number")
+}
+
+/// Boots Lull (128 MiB) to its shell, reads its uptime, snapshots it into `dir/snap` and
+/// stops it. Returns the snapshot directory and the uptime before the snapshot.
+fn lull_snapshot(kernel: &Path, dir: &Path) -> (PathBuf, f64) {
+    let socket = dir.join("api.sock");
+    let snapshot = dir.join("snap");
+    let mut source = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--api-sock",
+        socket.to_str().unwrap(),
+    ]);
+    let prompt = source.wait_for(PROMPT, BOOT);
+    source.send(b"uptime\r");
+    let answered = source.wait_for_from(prompt, PROMPT, BOOT);
+    let before = uptime_seconds(&source.output()[..answered], prompt);
+    wait_for_socket(&socket, BOOT);
+    let (ok, _, errors) = client(&[
+        "snapshot",
+        "--api",
+        socket.to_str().unwrap(),
+        "--path",
+        snapshot.to_str().unwrap(),
+        "--leave-paused",
+    ]);
+    assert!(ok, "{errors}");
+    source.kill();
+    (snapshot, before)
+}
+
+/// Restores lazily, runs `uptime` twice (monotonic, not before the snapshot's), waits for
+/// the background loading to finish, powers off. Returns lull-vmm's stderr.
+fn restore_lazily_and_check(snapshot: &Path, before: f64, extra: &[&str]) -> String {
+    let mut args = vec![
+        "restore",
+        "--snapshot",
+        snapshot.to_str().unwrap(),
+        "--lazy",
+        "--timing",
+    ];
+    args.extend_from_slice(extra);
+    let mut restored = Vmm::spawn(&args);
+    restored.send(b"uptime\r");
+    let first = restored.wait_for(PROMPT, BOOT);
+    let after = uptime_seconds(&restored.output()[..first], 0);
+    assert!(
+        after >= before,
+        "monotonic time went backwards: {before} -> {after}"
+    );
+    restored.send(b"uptime\r");
+    let second = restored.wait_for_from(first, PROMPT, BOOT);
+    let later = uptime_seconds(&restored.output()[..second], first);
+    assert!(later >= after, "uptime went backwards: {after} -> {later}");
+    assert!(
+        !restored.output().contains("Lull version"),
+        "restored, not rebooted"
+    );
+    // Every page arrives eventually (the background thread reports it).
+    let deadline = std::time::Instant::now() + BOOT;
+    while !restored.errors().contains("\"all_pages_loaded\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background loading never finished:\n{}",
+            restored.errors()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    restored.send(b"uptime\r");
+    restored.wait_for_from(second, PROMPT, BOOT);
+    restored.send(b"poweroff\r");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+    restored.errors()
+}
+
+fn json_event(errors: &str, event: &str) -> serde_json::Value {
+    errors
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|value| value["event"] == event)
+        .unwrap_or_else(|| panic!("no {event} line in:\n{errors}"))
+}
+
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn lazy_restore_runs_the_shell_and_loads_every_page() {
+    let kernel = lull_kernel("lazy_restore_runs_the_shell_and_loads_every_page");
+    let dir = scratch("lazy-restore");
+    let (snapshot, before) = lull_snapshot(&kernel, &dir);
+    let errors = restore_lazily_and_check(&snapshot, before, &[]);
+    let loaded = json_event(&errors, "all_pages_loaded");
+    assert_eq!(loaded["pages"], 128 * 256, "{errors}");
+    assert!(
+        loaded["faults"].as_u64().unwrap() > 0,
+        "the guest ran before its memory was in, so it faulted: {errors}"
+    );
+    assert_eq!(loaded["prefetched_pages"], 0, "no working set recorded yet");
+    let timing = json_event(&errors, "vcpus_running");
+    assert!(
+        timing["phases_us"]["uffd_and_prefetch"].is_number(),
+        "{errors}"
+    );
+}
+
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn recorded_working_set_is_prefetched_and_a_bad_one_ignored() {
+    let kernel = lull_kernel("recorded_working_set_is_prefetched_and_a_bad_one_ignored");
+    let dir = scratch("lazy-working-set");
+    let (snapshot, before) = lull_snapshot(&kernel, &dir);
+    let errors = restore_lazily_and_check(&snapshot, before, &["--record-ws", "1500"]);
+    assert!(
+        errors.contains("working set of the first 1500 ms"),
+        "{errors}"
+    );
+    // "working set of the first 1500 ms: N pages in R runs, stored in …"
+    let recorded: u64 = errors
+        .split("working set of the first 1500 ms: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no page count in:\n{errors}"));
+    assert!(recorded > 0, "{errors}");
+    let working_set = snapshot.join("working-set");
+    assert!(working_set.is_file(), "{errors}");
+
+    let errors = restore_lazily_and_check(&snapshot, before, &[]);
+    let loaded = json_event(&errors, "all_pages_loaded");
+    assert_eq!(
+        loaded["prefetched_pages"].as_u64(),
+        Some(recorded),
+        "the next restore loads exactly the recorded pages first: {errors}"
+    );
+
+    // A damaged file is ignored with a warning; the restore still works.
+    let mut bytes = std::fs::read(&working_set).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&working_set, &bytes).unwrap();
+    let errors = restore_lazily_and_check(&snapshot, before, &[]);
+    assert!(
+        errors.contains("warning: ignoring") && errors.contains("corrupted"),
+        "{errors}"
+    );
+    assert_eq!(
+        json_event(&errors, "all_pages_loaded")["prefetched_pages"],
+        0
+    );
+}
+
+/// The guest side of VMM-injected async page faults: with the probe hook, lull-vmm injects a
+/// "page not present" into vCPU 0 for a page held back, then the "page ready" once it is in;
+/// Lull's `cpus` line must count both, and lull-vmm's own counts must match.
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn async_page_fault_not_present_and_ready_reach_the_guest() {
+    let kernel = lull_kernel("async_page_fault_not_present_and_ready_reach_the_guest");
+    let dir = scratch("lazy-async-pf");
+    let (snapshot, _) = lull_snapshot(&kernel, &dir);
+    let mut restored = Vmm::spawn_with(
+        &[
+            "restore",
+            "--snapshot",
+            snapshot.to_str().unwrap(),
+            "--lazy",
+            "--timing",
+            "--async-pf",
+            "on",
+        ],
+        &[(lull_vmm::lazy::ASYNC_PF_PROBE_VARIABLE, Path::new("1"))],
+        default_deadline(),
+    );
+    let deadline = std::time::Instant::now() + BOOT;
+    while !restored.errors().contains("\"all_pages_loaded\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lazy restore never finished:\n{}",
+            restored.errors()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counts = json_event(&restored.errors(), "all_pages_loaded")["async_pf"].clone();
+    let injected = counts["not_present"].as_u64().unwrap();
+    assert!(injected >= 1, "{counts}");
+    assert_eq!(counts["ready"].as_u64(), Some(injected), "{counts}");
+    restored.send(b"cpus\r");
+    // "async pf: N not present, N ready, N wake-all, N ready first, N refused, N waiting"
+    let counted = restored.wait_for(" not present, ", BOOT);
+    let line_end = restored.wait_for_from(counted, "waiting", BOOT);
+    let output = restored.output();
+    let at = output[..counted].rfind("async pf: ").unwrap() + "async pf: ".len();
+    let line = output[at..line_end].to_string();
+    // More may have been injected after the JSON line (faults go on); each was answered.
+    let numbers: Vec<u64> = line
+        .split(", ")
+        .map(|part| part.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    let (not_present, ready) = (numbers[0], numbers[1]);
+    assert!(
+        not_present >= injected && ready == not_present,
+        "guest counts {line:?}, lull-vmm injected {injected}"
+    );
+    assert!(line.ends_with(", 0 waiting"), "{line}");
+    restored.send(b"poweroff\r");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+}
+
+/// With --async-pf off nothing is injected (the JSON has no async-PF counts at all).
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn async_pf_off_injects_nothing() {
+    let kernel = lull_kernel("async_pf_off_injects_nothing");
+    let dir = scratch("lazy-async-pf-off");
+    let (snapshot, before) = lull_snapshot(&kernel, &dir);
+    let errors = restore_lazily_and_check(&snapshot, before, &["--async-pf", "off"]);
+    assert!(
+        json_event(&errors, "all_pages_loaded")["async_pf"].is_null(),
+        "{errors}"
+    );
+}
