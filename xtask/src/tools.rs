@@ -34,9 +34,15 @@ pub fn ensure(program: &str, package: &str) -> Result<(), String> {
         ));
     }
     eprintln!("xtask: {program} is missing; running: {command}");
+    // Another apt (a parallel build, unattended upgrades) may hold the dpkg lock: wait for it
+    // rather than fail.
+    let waiting = format!(
+        "apt-get -o DPkg::Lock::Timeout=600 update && \
+         apt-get -o DPkg::Lock::Timeout=600 install -y {package}"
+    );
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("DEBIAN_FRONTEND=noninteractive {command}"))
+        .arg(format!("DEBIAN_FRONTEND=noninteractive {waiting}"))
         .stdout(Stdio::null())
         .status()
         .map_err(|e| format!("cannot run apt-get: {e}"))?;
