@@ -313,6 +313,11 @@ fn register_proc_files() {
         write: None,
     });
     register(ProcFile {
+        path: "/proc/iomem",
+        read: Some(mm::iomem::proc_iomem),
+        write: None,
+    });
+    register(ProcFile {
         path: "/proc/stat",
         read: Some(proc_stat),
         write: None,

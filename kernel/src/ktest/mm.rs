@@ -247,3 +247,31 @@ pub(super) fn tlb_shootdown_reaches_every_cpu() -> TestResult {
     );
     Ok(())
 }
+
+/// `/proc/iomem` in Linux's format: the kernel image nested (indented) inside System RAM, the
+/// LAPIC claimed, and nothing refused.
+pub(super) fn proc_iomem_nests_the_kernel_in_system_ram() -> TestResult {
+    let text = crate::fs::procfs::read("/proc/iomem")?;
+    let image = crate::arch::kernel_image_range();
+    let kernel_line = alloc::format!("  {:08x}-{:08x} : Kernel image", image.start, image.end - 1);
+    ensure!(
+        text.lines().any(|line| line == kernel_line),
+        "no {kernel_line:?} in:\n{text}"
+    );
+    let ram_before_kernel = text
+        .lines()
+        .take_while(|line| *line != kernel_line)
+        .last()
+        .is_some_and(|line| line.ends_with(" : System RAM"));
+    ensure!(
+        ram_before_kernel,
+        "the kernel is not inside System RAM:\n{text}"
+    );
+    ensure!(
+        text.lines()
+            .any(|line| line == "fee00000-fee00fff : Local APIC"),
+        "no LAPIC in:\n{text}"
+    );
+    ensure!(!text.contains("not claimed"), "refused claims:\n{text}");
+    Ok(())
+}

@@ -83,6 +83,10 @@ const TESTS: &[TestCase] = &[
     ("zone_dma_matches_build", mm::zone_dma_matches_build),
     ("freed_pages_are_writable", mm::freed_pages_are_writable),
     (
+        "proc_iomem_nests_the_kernel_in_system_ram",
+        mm::proc_iomem_nests_the_kernel_in_system_ram,
+    ),
+    (
         "command_line_stored_exactly",
         boot::command_line_stored_exactly,
     ),

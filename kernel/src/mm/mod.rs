@@ -4,6 +4,7 @@
 //! Boot does not touch RAM it does not use: the page allocator keeps its state in side tables
 //! on the heap, and page tables are built with large pages.
 
+pub mod iomem;
 pub mod kmap;
 
 use alloc::string::String;
@@ -42,6 +43,8 @@ struct MemoryLayout {
     /// Bytes of RAM (type 1) the firmware map reported, before `mem=`.
     firmware_ram_bytes: u64,
     page_table_frames: usize,
+    /// The firmware's memory map as given: `(address, size, type)`.
+    firmware_map: Vec<(u64, u64, u32)>,
 }
 
 static LAYOUT: IrqSafeLock<Option<MemoryLayout>> = IrqSafeLock::new(None);
@@ -134,7 +137,13 @@ impl EarlyRanges {
 
 /// Brings up the heap, the page allocator and the page tables. `mem_limit` is `mem=`.
 pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
-    // 1. Usable RAM from the memory map, page aligned, capped by mem=.
+    // 1. Usable RAM from the memory map, page aligned, capped by mem=. The map itself is
+    //    copied now (for /proc/iomem): it lives in low memory, unmapped once paging is set up.
+    let mut firmware_map = [(0u64, 0u64, 0u32); 128];
+    let firmware_entries = boot.memory_map.len().min(firmware_map.len());
+    for (slot, entry) in firmware_map.iter_mut().zip(boot.memory_map) {
+        *slot = (entry.address, entry.size, entry.kind);
+    }
     let mut ram = EarlyRanges::new();
     let mut firmware_ram_bytes = 0u64;
     for entry in boot.memory_map {
@@ -278,6 +287,7 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
         reserved,
         firmware_ram_bytes,
         page_table_frames,
+        firmware_map: firmware_map[..firmware_entries].to_vec(),
     });
     crate::printk!(
         "mm: {} MiB usable RAM, heap {} KiB at {:#x}, {} page-table frames, ZONE_DMA {}",
@@ -392,6 +402,15 @@ pub fn meminfo() -> String {
         "(pages of 4 KiB; present = RAM in the zone, managed = in the buddy allocator)"
     );
     out
+}
+
+/// The firmware memory map as the loader gave it: `(address, size, type)` (E820 types).
+pub fn firmware_map() -> Vec<(u64, u64, u32)> {
+    LAYOUT
+        .lock()
+        .as_ref()
+        .map(|l| l.firmware_map.clone())
+        .unwrap_or_default()
 }
 
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
