@@ -202,11 +202,16 @@ pub(crate) fn reader(
 }
 
 fn spawn(args: &[&str]) -> Result<Spawned, BenchError> {
+    spawn_with_stdin(args, Stdio::null())
+}
+
+/// `lull-vmm ARGS` with stdout and stderr read line by line, and `stdin` as given.
+pub(crate) fn spawn_with_stdin(args: &[&str], stdin: Stdio) -> Result<Spawned, BenchError> {
     let spawned_at = Instant::now();
     let spawned_monotonic_ns = clock_monotonic_ns(spawned_at);
     let mut child = Command::new(std::env::current_exe()?)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;

@@ -14,15 +14,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::api::client;
 use crate::bench::{
-    boot, clock_monotonic_ns, get_json, reader, take_snapshot, wait_for, wait_for_vcpus_running,
-    BenchError, Spawned, Spread, BOOT_TIMEOUT, PROMPT,
+    boot, get_json, take_snapshot, wait_for, wait_for_vcpus_running, BenchError, Spawned, Spread,
+    BOOT_TIMEOUT, PROMPT,
 };
 use crate::cli::BenchOptions;
 use crate::lazy::WORKING_SET_FILE_NAME;
@@ -67,23 +67,7 @@ impl Mode {
 
 /// `lull-vmm ARGS` with its console input piped (for the workload).
 fn spawn_interactive(args: &[&str]) -> Result<Spawned, BenchError> {
-    let spawned_at = Instant::now();
-    let spawned_monotonic_ns = clock_monotonic_ns(spawned_at);
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout_lines = reader(child.stdout.take().expect("piped stdout"), false);
-    let stderr_lines = reader(child.stderr.take().expect("piped stderr"), true);
-    Ok(Spawned {
-        child,
-        spawned_at,
-        spawned_monotonic_ns,
-        stdout_lines,
-        stderr_lines,
-    })
+    crate::bench::spawn_with_stdin(args, Stdio::piped())
 }
 
 /// The next stderr JSON line whose event is `event`.

@@ -3,56 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 
 const PROMPT: &str = "lull> ";
 const BOOT: Duration = Duration::from_secs(120);
-
-fn uptime_seconds(output: &str, from: usize) -> f64 {
-    let tail = &output[from..];
-    let at = tail.find("up ").expect("uptime answer") + 3;
-    tail[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .expect("uptime number")
-}
-
-/// Boots Lull (128 MiB) to its shell, reads its uptime, snapshots it into `dir/snap` and
-/// stops it. Returns the snapshot directory and the uptime before the snapshot.
-fn lull_snapshot(kernel: &Path, dir: &Path) -> (PathBuf, f64) {
-    let socket = dir.join("api.sock");
-    let snapshot = dir.join("snap");
-    let mut source = Vmm::spawn(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--memory",
-        "128",
-        "--api-sock",
-        socket.to_str().unwrap(),
-    ]);
-    let prompt = source.wait_for(PROMPT, BOOT);
-    source.send(b"uptime\r");
-    let answered = source.wait_for_from(prompt, PROMPT, BOOT);
-    let before = uptime_seconds(&source.output()[..answered], prompt);
-    wait_for_socket(&socket, BOOT);
-    let (ok, _, errors) = client(&[
-        "snapshot",
-        "--api",
-        socket.to_str().unwrap(),
-        "--path",
-        snapshot.to_str().unwrap(),
-        "--leave-paused",
-    ]);
-    assert!(ok, "{errors}");
-    source.kill();
-    (snapshot, before)
-}
 
 /// Restores lazily, runs `uptime` twice (monotonic, not before the snapshot's), waits for
 /// the background loading to finish, powers off. Returns lull-vmm's stderr.

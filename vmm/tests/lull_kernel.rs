@@ -18,17 +18,6 @@ const BOOT: Duration = Duration::from_secs(120);
 /// test on a quiet host, more when the other KVM tests run beside it.
 const MEGABYTE: Duration = Duration::from_secs(400);
 
-fn uptime_seconds(output: &str, from: usize) -> f64 {
-    let tail = &output[from..];
-    let at = tail.find("up ").expect("uptime answer") + 3;
-    tail[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .expect("uptime number")
-}
-
 #[test]
 #[ignore = "needs /dev/kvm and LULL_KERNEL"]
 fn boots_to_the_shell_and_runs_a_command() {
@@ -86,24 +75,7 @@ fn megabyte_command_line_reaches_the_kernel_intact() {
 fn snapshot_then_restore_in_a_new_process_keeps_the_shell_and_uptime() {
     let kernel = lull_kernel("snapshot_then_restore_in_a_new_process_keeps_the_shell_and_uptime");
     let dir = scratch("kernel-snapshot");
-    let socket = dir.join("api.sock");
-    let snapshot = dir.join("snap");
-    let mut source = Vmm::spawn(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--memory",
-        "128",
-        "--api-sock",
-        socket.to_str().unwrap(),
-    ]);
-    let prompt = source.wait_for(PROMPT, BOOT);
-    source.send(b"uptime\r");
-    let answered = source.wait_for_from(prompt, PROMPT, BOOT);
-    let before = uptime_seconds(&source.output()[..answered], prompt);
-    wait_for_socket(&socket, BOOT);
-    snapshot_paused(&socket, &snapshot);
-    source.kill();
+    let (snapshot, before) = lull_snapshot(&kernel, &dir);
 
     let mut restored = Vmm::spawn(&["restore", "--snapshot", snapshot.to_str().unwrap()]);
     restored.send(b"uptime\r");

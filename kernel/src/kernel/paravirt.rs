@@ -82,7 +82,8 @@ pub enum Op {
     AsyncPf = 1 << 8,
 }
 
-const ALL_OPS: [Op; 9] = [
+/// Every operation, in the order `dmesg` and `cpus` list them.
+pub const ALL_OPS: [Op; 9] = [
     Op::Clock,
     Op::WallClock,
     Op::Eoi,

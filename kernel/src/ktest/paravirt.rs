@@ -11,7 +11,7 @@ use lull_time::tick::TimerFunction;
 use lull_time::timer_stats::{StartInfo, TaskComm};
 
 use super::TestResult;
-use crate::kernel::paravirt::{self, Op};
+use crate::kernel::paravirt;
 use crate::kernel::sched::{self, Completion};
 use crate::kernel::{async_pf, time};
 
@@ -21,17 +21,7 @@ pub(super) fn native_everywhere_without_kvm() -> TestResult {
     if paravirt::kvm_cpuid().is_some() {
         skip!("running under KVM: the native-path test needs a host without the KVM leaves");
     }
-    for op in [
-        Op::Clock,
-        Op::WallClock,
-        Op::Eoi,
-        Op::SpinWait,
-        Op::SendIpi,
-        Op::TlbFlush,
-        Op::Steal,
-        Op::Yield,
-        Op::AsyncPf,
-    ] {
+    for op in paravirt::ALL_OPS {
         ensure!(
             !paravirt::uses_kvm(op),
             "{op:?} uses KVM without a KVM leaf"

@@ -367,3 +367,39 @@ pub fn snapshot_paused(socket: &std::path::Path, directory: &std::path::Path) ->
     assert!(ok, "{errors}");
     serde_json::from_str(&report).unwrap()
 }
+
+/// Uptime seconds from the first `up N` after `from` in `output` (the shell's `uptime`).
+pub fn uptime_seconds(output: &str, from: usize) -> f64 {
+    let tail = &output[from..];
+    let at = tail.find("up ").expect("uptime answer") + 3;
+    tail[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .expect("uptime number")
+}
+
+/// Boots Lull (128 MiB) to its shell, reads its uptime, snapshots it into `dir/snap` and
+/// stops it. Returns the snapshot directory and the uptime before the snapshot.
+pub fn lull_snapshot(kernel: &Path, dir: &Path) -> (PathBuf, f64) {
+    let socket = dir.join("api.sock");
+    let snapshot = dir.join("snap");
+    let mut source = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--api-sock",
+        socket.to_str().unwrap(),
+    ]);
+    let prompt = source.wait_for("lull> ", Duration::from_secs(120));
+    source.send(b"uptime\r");
+    let answered = source.wait_for_from(prompt, "lull> ", Duration::from_secs(120));
+    let before = uptime_seconds(&source.output()[..answered], prompt);
+    wait_for_socket(&socket, Duration::from_secs(120));
+    snapshot_paused(&socket, &snapshot);
+    source.kill();
+    (snapshot, before)
+}
