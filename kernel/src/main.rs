@@ -94,6 +94,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
             lockdep::PARAMS,
             locking::PARAMS,
             kernel::paravirt::PARAMS,
+            drivers::base::PARAMS,
         ],
     );
     for problem in problems {
@@ -151,6 +152,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     mm::kmap::init();
     sched::init(smp::possible_cpus());
     request_serial_irq();
+    drivers::base::init();
     drivers::acpi::init(acpi);
     time::init(acpi);
     #[cfg(feature = "ktest")]

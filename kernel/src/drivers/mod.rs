@@ -5,5 +5,6 @@
 //! `virtio`, `gpio`, `i2c` and `sound/soc` are the next wave's homes, beside these.
 
 pub mod acpi;
+pub mod base;
 pub mod clocksource;
 pub mod pci;

@@ -300,6 +300,15 @@ fn vector_of(gsi: u32) -> Result<u8, IrqError> {
         .ok_or(IrqError::NoSuchLine(gsi))
 }
 
+/// Lines with a handler (leak checks compare it across bind/unbind cycles).
+pub fn requested_lines() -> usize {
+    LINES
+        .lock()
+        .values()
+        .filter(|line| matches!(line.owner, Owner::Action(_)))
+        .count()
+}
+
 /// The vector `irq` is delivered on, if it is routed (tests count deliveries with it).
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 pub fn irq_vector(irq: u32) -> Option<u8> {
