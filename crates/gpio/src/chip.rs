@@ -104,6 +104,12 @@ pub trait GpioChip: Send + Sync {
     /// How many lines the chip has.
     fn num_lines(&self) -> u32;
 
+    /// The device the chip belongs to, as `bus/device` (`virtio/virtio1`, `pnp/00:03`), for
+    /// the debugfs listing's `parent:` field.
+    fn parent(&self) -> Option<&str> {
+        None
+    }
+
     /// The name of line `offset`, if the hardware or firmware names it (`amp-enable`).
     fn line_name(&self, offset: u32) -> Option<&str> {
         let _ = offset;

@@ -2,7 +2,7 @@
 //! in the layout of Linux's `gpiolib_seq_show`/`gpiochip_dbg_show`.
 //!
 //! ```text
-//! gpiochip0: GPIOs 512-519, virtio-gpio, can sleep:
+//! gpiochip0: GPIOs 512-519, parent: virtio/virtio1, virtio-gpio, can sleep:
 //!  gpio-512 (amp-enable          |amp                 ) out hi
 //!  gpio-513 (button              )
 //! ```
@@ -27,6 +27,9 @@ pub fn debugfs_gpio(registry: &GpioRegistry) -> String {
             chip.base,
             chip.base + chip.ngpio - 1
         );
+        if let Some(parent) = &chip.parent {
+            let _ = write!(out, ", parent: {parent}");
+        }
         if !chip.label.is_empty() {
             let _ = write!(out, ", {}", chip.label);
         }

@@ -69,5 +69,6 @@ pub use desc::{GpioDesc, GpioDescArray, InitialDirection, LineConfig};
 pub use error::GpioError;
 pub use event::{EventKind, LineEvent, RawEvent, DEFAULT_EVENT_QUEUE_LEN};
 pub use registry::{
-    ChipHandle, ChipInfo, EventSink, GpioRegistry, LineInfo, RemovedChip, GPIO_DYNAMIC_BASE,
+    ChipHandle, ChipInfo, ChipRegistration, EventSink, GpioRegistry, LineInfo, RemovedChip,
+    GPIO_DYNAMIC_BASE,
 };

@@ -64,6 +64,7 @@ pub(crate) struct ChipShared {
     pub(crate) base: u32,
     pub(crate) ngpio: u32,
     pub(crate) label: String,
+    pub(crate) parent: Option<String>,
     pub(crate) can_sleep: bool,
     pub(crate) irq_capable: bool,
     pub(crate) names: Vec<Option<String>>,
@@ -296,6 +297,52 @@ impl EventSink {
     }
 }
 
+/// A chip registration that unregisters the chip when released: `devm_gpiochip_add_data`, for
+/// the chip driver's devres list. `R` is how the registration reaches the registry (a
+/// `&'static GpioRegistry` in the kernel, an `Arc` in tests).
+pub struct ChipRegistration<R: core::ops::Deref<Target = GpioRegistry> + Send> {
+    registry: R,
+    handle: ChipHandle,
+}
+
+impl<R: core::ops::Deref<Target = GpioRegistry> + Send> ChipRegistration<R> {
+    /// Registers `chip` as [`GpioRegistry::add_chip`] does.
+    pub fn new(registry: R, chip: Box<dyn GpioChip>, base: Option<u32>) -> Result<Self, GpioError> {
+        let handle = registry.add_chip(chip, base)?;
+        Ok(Self { registry, handle })
+    }
+
+    /// The registered chip's handle (number, base, event sink).
+    pub fn handle(&self) -> &ChipHandle {
+        &self.handle
+    }
+}
+
+impl<R: core::ops::Deref<Target = GpioRegistry> + Send> lull_devres::ManagedResource
+    for ChipRegistration<R>
+{
+    fn describe(&self) -> lull_devres::ResourceInfo {
+        lull_devres::ResourceInfo::new(
+            lull_devres::ResourceKind::Other("gpiochip"),
+            format!(
+                "{} ({}, GPIOs {}-{})",
+                self.handle.name(),
+                self.handle.shared.label,
+                self.handle.base(),
+                self.handle.base() + self.handle.shared.ngpio - 1
+            ),
+        )
+    }
+
+    fn release(self: Box<Self>) {
+        // Calls in flight finish quickly (a register access or one virtio round trip); spin
+        // politely while they do. Only an unknown number can fail, and this one is ours.
+        let _ = self
+            .registry
+            .remove_chip(self.handle.number(), core::hint::spin_loop);
+    }
+}
+
 /// A snapshot of a registered chip, for listings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChipInfo {
@@ -375,6 +422,7 @@ impl GpioRegistry {
             return Err(GpioError::NoLines);
         }
         let label = chip.label().to_owned();
+        let parent = chip.parent().map(str::to_owned);
         let names = (0..ngpio)
             .map(|offset| chip.line_name(offset).map(str::to_owned))
             .collect();
@@ -423,6 +471,7 @@ impl GpioRegistry {
             base,
             ngpio,
             label,
+            parent,
             can_sleep,
             irq_capable,
             names,

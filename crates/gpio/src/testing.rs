@@ -31,6 +31,8 @@ pub struct FakeChip {
     label: String,
     names: Vec<Option<String>>,
     irq: bool,
+    can_sleep: bool,
+    parent: Option<String>,
     state: Arc<spin::Mutex<FakeState>>,
 }
 
@@ -47,6 +49,8 @@ impl FakeChip {
             label: label.to_owned(),
             names,
             irq: true,
+            can_sleep: false,
+            parent: None,
             state: Arc::new(spin::Mutex::new(FakeState {
                 levels: vec![false; lines],
                 directions: vec![Direction::Input; lines],
@@ -70,6 +74,14 @@ impl FakeChip {
     #[must_use]
     pub fn without_irq(mut self) -> Self {
         self.irq = false;
+        self
+    }
+
+    /// The same chip, sleeping (as a virtio or I2C chip) and belonging to `parent`.
+    #[must_use]
+    pub fn sleeping_child_of(mut self, parent: &str) -> Self {
+        self.can_sleep = true;
+        self.parent = Some(parent.to_owned());
         self
     }
 
@@ -200,6 +212,14 @@ impl GpioChip for FakeChip {
 
     fn num_lines(&self) -> u32 {
         self.names.len() as u32
+    }
+
+    fn parent(&self) -> Option<&str> {
+        self.parent.as_deref()
+    }
+
+    fn can_sleep(&self) -> bool {
+        self.can_sleep
     }
 
     fn line_name(&self, offset: u32) -> Option<&str> {

@@ -791,3 +791,41 @@ fn gpiomon_prints_events_as_libgpiod_v1_and_stops_after_n() {
         }
     );
 }
+
+#[test]
+fn debugfs_names_the_parent_and_sleeping_chips() {
+    let registry = GpioRegistry::new();
+    let chip = FakeChip::new("virtio-gpio", &["amp-enable"]).sleeping_child_of("virtio/virtio1");
+    registry.add_chip(Box::new(chip), None).unwrap();
+    let amp = registry
+        .get_by_name("amp-enable", "q35-hda", LineConfig::output(false))
+        .unwrap();
+    assert!(amp.can_sleep());
+    assert_eq!(
+        debugfs_gpio(&registry),
+        "gpiochip0: GPIOs 512-512, parent: virtio/virtio1, virtio-gpio, can sleep:\n\
+         \x20gpio-512 (amp-enable          |q35-hda             ) out lo \n"
+    );
+}
+
+#[test]
+fn a_managed_chip_registration_unregisters_with_its_device() {
+    let registry = Arc::new(GpioRegistry::new());
+    let chip = amp_chip();
+    let mut devres = DevresList::new();
+    let registration =
+        crate::ChipRegistration::new(registry.clone(), Box::new(chip.clone()), None).unwrap();
+    chip.attach(registration.handle().event_sink());
+    assert_eq!(
+        registration.describe().to_string(),
+        "gpiochip gpiochip0 (virtio-gpio, GPIOs 512-515)"
+    );
+    devres.add(registration);
+    // A consumer on another device still holds a line when the controller unbinds.
+    let amp = registry
+        .get_by_name("amp-enable", "q35-hda", LineConfig::output(true))
+        .unwrap();
+    assert_eq!(devres.release_all(), 1);
+    assert!(registry.chips().is_empty());
+    assert_eq!(amp.set_value(false).unwrap_err(), GpioError::ChipGone);
+}
