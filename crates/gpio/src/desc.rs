@@ -222,7 +222,9 @@ impl GpioDesc {
             .with_line(|line| line.events.is_some())
             .unwrap_or(false)
         {
-            return Err(GpioError::Chip(crate::chip::ChipError::NotSupported));
+            return Err(GpioError::UsedAsIrq {
+                offset: self.offset,
+            });
         }
         self.chip
             .with_chip(|chip| chip.direction_output(self.offset, value))?;

@@ -39,6 +39,12 @@ pub enum GpioError {
         /// The line's offset.
         offset: u32,
     },
+    /// The line is requested for interrupts and so must stay an input (Linux: "tried to set a
+    /// GPIO tied to an IRQ as output", `-EIO`).
+    UsedAsIrq {
+        /// The line's offset.
+        offset: u32,
+    },
     /// The chip cannot raise interrupts.
     NoInterrupts,
     /// Events were read from a line that was not requested for events.
@@ -69,6 +75,7 @@ impl GpioError {
             | Self::BaseConflict { .. } => 22, // EINVAL
             Self::Busy { .. } => 16,                    // EBUSY
             Self::NotOutput { .. } => 1,                // EPERM
+            Self::UsedAsIrq { .. } => 5,                // EIO
             Self::NoInterrupts | Self::EventsNotRequested => 95, // EOPNOTSUPP
             Self::Chip(ChipError::NotSupported) => 95,
             Self::Chip(ChipError::InvalidOffset(_)) => 22,
@@ -97,6 +104,12 @@ impl fmt::Display for GpioError {
             ),
             Self::ChipGone => f.write_str("the GPIO chip has been removed"),
             Self::NotOutput { offset } => write!(f, "line {offset} is not an output"),
+            Self::UsedAsIrq { offset } => {
+                write!(
+                    f,
+                    "line {offset} is used for interrupts and cannot be an output"
+                )
+            }
             Self::NoInterrupts => f.write_str("the GPIO chip has no interrupt support"),
             Self::EventsNotRequested => f.write_str("line not requested for events"),
             Self::InvalidBulk => {

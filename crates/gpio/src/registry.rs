@@ -278,8 +278,10 @@ impl core::fmt::Debug for ChipHandle {
 /// The chip driver's side of line events: its interrupt handler (or virtio event-queue
 /// completion) calls [`report`](Self::report).
 ///
-/// Context: may be called from interrupt context; it takes the chip's line-table spin lock
-/// briefly and wakes the reader's waker after dropping it. It never calls back into the chip.
+/// Context: process or threaded-interrupt context (Lull's threaded IRQ handlers, or the work
+/// that drains a virtio event queue), not a hard interrupt handler: it takes the chip's
+/// line-table spin lock, which consumers also take with interrupts enabled. It holds the lock
+/// only briefly, wakes the reader's waker after dropping it, and never calls back into the chip.
 #[derive(Clone)]
 pub struct EventSink {
     shared: Arc<ChipShared>,

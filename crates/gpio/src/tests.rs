@@ -12,7 +12,7 @@ use std::vec::Vec;
 use lull_devres::{DevresList, ManagedResource};
 
 use crate::testing::FakeChip;
-use crate::tools::{gpiodetect, gpioget, gpioinfo, gpiomon, gpioset, HoldMode};
+use crate::tools::{gpiodetect, gpiofind, gpioget, gpioinfo, gpiomon, gpioset, HoldMode};
 use crate::{
     debugfs_gpio, Direction, EventKind, GpioDescArray, GpioError, GpioRegistry, IrqType,
     LineConfig, RawEvent,
@@ -828,4 +828,33 @@ fn a_managed_chip_registration_unregisters_with_its_device() {
     assert_eq!(devres.release_all(), 1);
     assert!(registry.chips().is_empty());
     assert_eq!(amp.set_value(false).unwrap_err(), GpioError::ChipGone);
+}
+
+#[test]
+fn gpiofind_names_the_chip_and_offset() {
+    let chip = amp_chip();
+    let registry = registry_with(&chip);
+    assert_eq!(gpiofind(&registry, &["led"]).unwrap(), "gpiochip0 3\n");
+    assert_eq!(
+        gpiofind(&registry, &["nope"]).unwrap_err().to_string(),
+        "gpiofind: not found: no GPIO line named \"nope\""
+    );
+    assert!(gpiofind(&registry, &[]).is_err());
+}
+
+#[test]
+fn a_line_requested_for_interrupts_cannot_become_an_output() {
+    let chip = amp_chip();
+    let registry = registry_with(&chip);
+    let button = registry
+        .get("gpiochip0", 1, "b", LineConfig::input())
+        .unwrap();
+    button.request_edge_events(IrqType::EdgeBoth).unwrap();
+    let error = button.direction_output(true).unwrap_err();
+    assert_eq!(error, GpioError::UsedAsIrq { offset: 1 });
+    assert_eq!(error.errno(), 5);
+    assert_eq!(chip.direction(1), Direction::Input);
+    button.disable_events();
+    assert_eq!(chip.irq_state(1), (IrqType::None, false));
+    button.direction_output(true).unwrap();
 }

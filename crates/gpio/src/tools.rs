@@ -1,5 +1,5 @@
 //! libgpiod (v1) tools over the registry: `gpiodetect`, `gpioinfo`, `gpioget`, `gpioset`,
-//! `gpiomon`, taking the command's arguments (without the program name) and returning its output
+//! `gpiomon`, `gpiofind`, taking the command's arguments (without the program name) and returning its output
 //! or an error whose text is what the tool would print on stderr (`gpioget: ...`).
 //!
 //! The syntax is libgpiod v1's: `gpioget [-l] [-B bias] <chip> <offset>...`,
@@ -186,6 +186,24 @@ pub fn gpiodetect(registry: &GpioRegistry) -> String {
         );
     }
     out
+}
+
+/// `gpiofind <name>`: the chip and offset of the line named `name`, `gpiochip0 3`. (libgpiod
+/// v1 exits with status 1 and prints nothing when there is no such line; the error here says
+/// so in words for the shell.)
+pub fn gpiofind(registry: &GpioRegistry, args: &[&str]) -> Result<String, ToolError> {
+    const TOOL: &str = "gpiofind";
+    let (_, operands) = getopt(TOOL, args, &[])?;
+    let [name] = operands.as_slice() else {
+        return Err(ToolError::usage(
+            TOOL,
+            "exactly one GPIO line name must be specified",
+        ));
+    };
+    let (chip, offset) = registry.find_line(name).ok_or_else(|| {
+        ToolError::gpio(TOOL, "not found", GpioError::NoSuchLine((*name).to_owned()))
+    })?;
+    Ok(format!("{} {offset}\n", chip.name()))
 }
 
 /// `gpioinfo [chip]...`: every line of the named chips (all chips without operands).
