@@ -1,4 +1,4 @@
-//! Property test: random requests, releases, chip removals and re-registrations against a model
+//! Property tests: random requests, releases, chip removals and re-registrations against a model
 //! that knows only "who holds which line of which registered chip".
 //!
 //! Checked after every step: a request succeeds exactly when the model says every line is free
@@ -15,7 +15,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use crate::testing::FakeChip;
-use crate::{GpioDescArray, GpioError, GpioRegistry, LineConfig};
+use crate::{EventKind, GpioDescArray, GpioError, GpioRegistry, IrqType, LineConfig};
 
 const LINES: u32 = 6;
 
@@ -162,5 +162,142 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// The model's event queue: drops the oldest when full, as the crate says it does.
+struct ModelQueue {
+    queue: std::collections::VecDeque<(EventKind, u64)>,
+    dropped: u64,
+    capacity: usize,
+}
+
+impl ModelQueue {
+    fn push(&mut self, event: (EventKind, u64)) {
+        if self.queue.len() == self.capacity {
+            self.queue.pop_front();
+            self.dropped += 1;
+        }
+        self.queue.push_back(event);
+    }
+}
+
+/// One step of the events property test.
+#[derive(Clone, Debug)]
+enum EventOp {
+    /// The outside world drives the input line.
+    Drive(bool),
+    /// The consumer reads up to this many events.
+    Read(usize),
+    /// The consumer acknowledges a level event.
+    Ack,
+}
+
+fn event_op() -> impl Strategy<Value = EventOp> {
+    prop_oneof![
+        5 => any::<bool>().prop_map(EventOp::Drive),
+        2 => (0..4usize).prop_map(EventOp::Read),
+        1 => Just(EventOp::Ack),
+    ]
+}
+
+fn trigger() -> impl Strategy<Value = IrqType> {
+    prop_oneof![
+        Just(IrqType::EdgeRising),
+        Just(IrqType::EdgeFalling),
+        Just(IrqType::EdgeBoth),
+        Just(IrqType::LevelHigh),
+        Just(IrqType::LevelLow),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Events seen through a descriptor match a model that knows only logical values: an edge
+    /// is reported when the logical value moves the way the trigger asks, a level when the
+    /// logical value is at the asked level and no level event is unacknowledged; a full queue
+    /// drops the oldest; timestamps are the chip's.
+    #[test]
+    fn events_match_the_logical_model(
+        trigger in trigger(),
+        active_low in any::<bool>(),
+        capacity in 1..5usize,
+        initial in any::<bool>(),
+        ops in prop::collection::vec(event_op(), 1..60),
+    ) {
+        let chip = FakeChip::unnamed("irq", 1);
+        let registry = GpioRegistry::new();
+        let handle = registry.add_chip(Box::new(chip.clone()), None).unwrap();
+        chip.attach(handle.event_sink());
+        chip.drive_input(0, initial, 1);
+        let mut config = LineConfig::input();
+        config.active_low = active_low;
+        let line = registry.get("gpiochip0", 0, "model", config).unwrap();
+        line.request_events(trigger, capacity).unwrap();
+
+        let mut raw = initial;
+        let mut now = 1u64;
+        let mut model = ModelQueue { queue: Default::default(), dropped: 0, capacity };
+        let mut level_pending = false;
+        let logical = |raw: bool| raw != active_low;
+        let level_active = |raw: bool| match trigger {
+            IrqType::LevelHigh => logical(raw),
+            IrqType::LevelLow => !logical(raw),
+            _ => false,
+        };
+        // A level that already holds fires when the interrupt is first unmasked.
+        if level_active(raw) {
+            model.push((EventKind::LevelActive, now));
+            level_pending = true;
+        }
+        for op in ops {
+            match op {
+                EventOp::Drive(level) => {
+                    now += 10;
+                    let before = logical(raw);
+                    raw = level;
+                    chip.drive_input(0, level, now);
+                    let after = logical(raw);
+                    if trigger.is_level() {
+                        if level_active(raw) && !level_pending {
+                            model.push((EventKind::LevelActive, now));
+                            level_pending = true;
+                        }
+                    } else if before != after {
+                        let wanted = match trigger {
+                            IrqType::EdgeRising => after,
+                            IrqType::EdgeFalling => !after,
+                            _ => true,
+                        };
+                        if wanted {
+                            let kind = if after { EventKind::RisingEdge } else { EventKind::FallingEdge };
+                            model.push((kind, now));
+                        }
+                    }
+                }
+                EventOp::Read(count) => {
+                    for _ in 0..count {
+                        let got = line.read_event().unwrap().map(|e| (e.kind, e.timestamp_ns));
+                        prop_assert_eq!(got, model.queue.pop_front());
+                    }
+                }
+                EventOp::Ack => {
+                    line.ack_level().unwrap();
+                    if trigger.is_level() && level_pending {
+                        level_pending = false;
+                        if level_active(raw) {
+                            model.push((EventKind::LevelActive, now));
+                            level_pending = true;
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(line.dropped_events(), model.dropped);
+        }
+        let rest: Vec<(EventKind, u64)> = std::iter::from_fn(|| line.read_event().unwrap())
+            .map(|e| (e.kind, e.timestamp_ns))
+            .collect();
+        prop_assert_eq!(rest, Vec::from(model.queue));
     }
 }
