@@ -703,6 +703,31 @@ impl Dapm {
         })
     }
 
+    /// Every control with its current value, in order of creation (for an `amixer`-like
+    /// listing).
+    pub fn controls(&self) -> Vec<(&str, ControlValue)> {
+        self.controls
+            .iter()
+            .filter_map(|c| Some((c.name.as_str(), self.control_value(&c.name).ok()?)))
+            .collect()
+    }
+
+    /// The items of an enum control.
+    pub fn enum_items(&self, name: &str) -> Result<Vec<&str>, DapmError> {
+        match &self.controls[self.control_index(name)?].kind {
+            ControlKind::Enum { items, .. } => Ok(items.iter().map(String::as_str).collect()),
+            _ => Err(DapmError::WrongControlKind(name.to_owned())),
+        }
+    }
+
+    /// A volume control's range, `(min, max)`.
+    pub fn volume_range(&self, name: &str) -> Result<(i32, i32), DapmError> {
+        match self.controls[self.control_index(name)?].kind {
+            ControlKind::Volume { min, max, .. } => Ok((min, max)),
+            _ => Err(DapmError::WrongControlKind(name.to_owned())),
+        }
+    }
+
     fn set_pin(&mut self, name: &str, connected: bool) -> Result<PowerUpdate, DapmError> {
         let index = self.widget_index(name)?;
         let node = &mut self.nodes[index];

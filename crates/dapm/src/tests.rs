@@ -762,3 +762,24 @@ fn two_widgets_on_one_stream_both_follow_it() {
     dapm.stream_start("Playback", 0).unwrap();
     assert_eq!(dapm.powered_widgets(), vec!["RX L", "RX R", "Out"]);
 }
+
+#[test]
+fn controls_are_listed_with_their_values_items_and_ranges() {
+    let mut dapm = card();
+    dapm.set_enum("Capture Source", "Line").unwrap();
+    let controls = dapm.controls();
+    assert_eq!(controls.len(), 7);
+    assert_eq!(controls[0], ("DAC Switch", ControlValue::Switch(true)));
+    assert_eq!(
+        controls[4],
+        ("Capture Source", ControlValue::Enum(1, "Line".into()))
+    );
+    assert_eq!(controls[6], ("Master Volume", ControlValue::Volume(60)));
+    assert_eq!(dapm.enum_items("Capture Source").unwrap(), ["Mic", "Line"]);
+    assert_eq!(dapm.volume_range("Speaker Volume").unwrap(), (0, 74));
+    assert_eq!(
+        dapm.volume_range("DAC Switch").unwrap_err(),
+        DapmError::WrongControlKind("DAC Switch".into())
+    );
+    assert!(dapm.enum_items("Master Volume").is_err());
+}
