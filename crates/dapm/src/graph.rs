@@ -78,6 +78,8 @@ struct Node {
     mux_control: Option<usize>,
     /// Pin state (`snd_soc_dapm_enable_pin`); meaningful for pins only.
     connected: bool,
+    /// Powered whatever the paths say (`snd_soc_dapm_force_enable_pin`).
+    forced: bool,
     powered: bool,
 }
 
@@ -277,6 +279,7 @@ impl Dapm {
             stream,
             mux_control,
             connected: true,
+            forced: false,
             powered: false,
         });
         Ok(())
@@ -402,14 +405,17 @@ impl Dapm {
     }
 
     /// The power each widget should have now: on a complete path from an active source
-    /// endpoint to an active sink endpoint, or a supply of a powered widget.
+    /// endpoint to an active sink endpoint, forced on, or a supply of a powered widget.
     fn decide(&self) -> Vec<bool> {
         let count = self.nodes.len();
         let from_sources = self.reach((0..count).filter(|&i| self.is_source_endpoint(i)), true);
         let to_sinks = self.reach((0..count).filter(|&i| self.is_sink_endpoint(i)), false);
         let mut power: Vec<bool> = (0..count)
             .map(|i| {
-                self.nodes[i].widget.kind != WidgetKind::Supply && from_sources[i] && to_sinks[i]
+                self.nodes[i].forced
+                    || (self.nodes[i].widget.kind != WidgetKind::Supply
+                        && from_sources[i]
+                        && to_sinks[i])
             })
             .collect();
         // Supplies (which may feed each other) until nothing changes.
@@ -731,6 +737,14 @@ impl Dapm {
     fn set_pin(&mut self, name: &str, connected: bool) -> Result<PowerUpdate, DapmError> {
         let index = self.widget_index(name)?;
         let node = &mut self.nodes[index];
+        if !connected && node.forced {
+            // Disabling a forced widget releases the force, as Linux's `dapm_set_pin`.
+            node.forced = false;
+            if node.widget.kind.is_pin() {
+                node.connected = false;
+            }
+            return Ok(self.power_widgets(None));
+        }
         if !node.widget.kind.is_pin() {
             return Err(DapmError::NotAPin(name.to_owned()));
         }
@@ -741,12 +755,29 @@ impl Dapm {
         Ok(self.power_widgets(None))
     }
 
+    /// Powers a widget whatever its paths (`snd_soc_dapm_force_enable_pin`): a microphone bias
+    /// kept up for jack detection, for example. Any widget may be forced; a forced pin is also
+    /// connected. [`disable_pin`](Self::disable_pin) releases the force.
+    pub fn force_enable_pin(&mut self, name: &str) -> Result<PowerUpdate, DapmError> {
+        let index = self.widget_index(name)?;
+        let node = &mut self.nodes[index];
+        if node.forced {
+            return Ok(PowerUpdate::default());
+        }
+        node.forced = true;
+        if node.widget.kind.is_pin() {
+            node.connected = true;
+        }
+        Ok(self.power_widgets(None))
+    }
+
     /// Connects a pin (`snd_soc_dapm_enable_pin` followed by `sync`).
     pub fn enable_pin(&mut self, name: &str) -> Result<PowerUpdate, DapmError> {
         self.set_pin(name, true)
     }
 
-    /// Disconnects a pin (a jack unplugged, a speaker switched off by the machine).
+    /// Disconnects a pin (a jack unplugged, a speaker switched off by the machine), and
+    /// releases a force on any widget.
     pub fn disable_pin(&mut self, name: &str) -> Result<PowerUpdate, DapmError> {
         self.set_pin(name, false)
     }
@@ -812,9 +843,10 @@ impl Dapm {
             let outputs = reach_to.iter().filter(|r| r[index]).count();
             let _ = write!(
                 out,
-                "{}: {}  in {inputs} out {outputs}",
+                "{}: {}{}  in {inputs} out {outputs}",
                 node.widget.name,
-                if node.powered { "On" } else { "Off" }
+                if node.powered { "On" } else { "Off" },
+                if node.forced { " (forced)" } else { "" }
             );
             if let Some(bit) = node.widget.power_bit {
                 let _ = write!(

@@ -18,8 +18,9 @@
 //!   a mux, a volume unless it is muted-to-zero (only when configured so; volume otherwise never
 //!   affects power).
 //! * A widget is powered exactly when it lies on a complete path — reachable from an active
-//!   source endpoint and reaching an active sink endpoint over connected routes. A supply is
-//!   powered while any widget it supplies is.
+//!   source endpoint and reaching an active sink endpoint over connected routes — or forced on
+//!   ([`Dapm::force_enable_pin`], a microphone bias for jack detection). A supply is powered
+//!   while any widget it supplies is.
 //! * Changes are applied bias first (Off → Standby → Prepare), then widgets powering down in
 //!   [`WidgetKind::down_seq`] order (speakers first, supplies last), then the control write that
 //!   caused the change, then widgets powering up in [`WidgetKind::up_seq`] order (supplies

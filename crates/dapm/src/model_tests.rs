@@ -7,7 +7,8 @@
 //! some active source endpoint reaches it and it reaches some active sink endpoint, and a supply
 //! exactly when something it feeds is powered. Checked after every operation:
 //!
-//! * no widget is powered that is not on a complete path (except supplies of powered widgets),
+//! * no widget is powered that is not on a complete path (except forced widgets and supplies of
+//!   powered widgets),
 //!   and none on a complete path is left unpowered — a stopped playback stream counts as active
 //!   until its deadline, and once `advance` passes the deadline its widgets must be down;
 //! * the update's power changes, applied to the previous state, give the new state; downs come
@@ -69,6 +70,8 @@ enum Op {
     Mux(usize, usize),
     Volume(usize, bool),
     Pin(usize, bool),
+    /// Force a widget on (released by disabling it).
+    Force(usize),
     /// Let time pass and call `advance`.
     Wait,
 }
@@ -81,6 +84,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), 0..MUX_ITEMS.len()).prop_map(|(m, i)| Op::Mux(m, i)),
         1 => (0..2usize, any::<bool>()).prop_map(|(v, zero)| Op::Volume(v, zero)),
         1 => (any::<usize>(), any::<bool>()).prop_map(|(w, on)| Op::Pin(w, on)),
+        1 => any::<usize>().prop_map(Op::Force),
         2 => Just(Op::Wait),
     ]
 }
@@ -94,6 +98,7 @@ struct Model {
     volume_zero: [bool; 2],
     mux_selection: BTreeMap<usize, usize>,
     pins: Vec<bool>,
+    forced: Vec<bool>,
     active: [bool; 3],
     deadline: [Option<u64>; 3],
 }
@@ -152,9 +157,10 @@ impl Model {
         }
         let mut power: Vec<bool> = (0..n)
             .map(|w| {
-                !self.is_supply(w)
-                    && (0..n).any(|s| self.source_endpoint(s) && reach[s][w])
-                    && (0..n).any(|t| self.sink_endpoint(t) && reach[w][t])
+                self.forced[w]
+                    || (!self.is_supply(w)
+                        && (0..n).any(|s| self.source_endpoint(s) && reach[s][w])
+                        && (0..n).any(|t| self.sink_endpoint(t) && reach[w][t]))
             })
             .collect();
         loop {
@@ -339,6 +345,7 @@ proptest! {
             volume_zero: [false, false],
             mux_selection,
             pins: vec![true; kinds.len()],
+            forced: vec![false; kinds.len()],
             active: [false; 3],
             deadline: [None; 3],
             kinds: kinds.clone(),
@@ -388,13 +395,36 @@ proptest! {
                     model.volume_zero[v] = zero;
                     dapm.set_volume(&format!("v{v}"), if zero { 0 } else { 7 }).unwrap()
                 }
+                Op::Force(w) => {
+                    let w = w % kinds.len();
+                    model.forced[w] = true;
+                    if kinds[w].is_pin() {
+                        model.pins[w] = true;
+                    }
+                    dapm.force_enable_pin(&names[w]).unwrap()
+                }
+                Op::Pin(w, false) if model.forced[w % kinds.len()] => {
+                    let w = w % kinds.len();
+                    model.forced[w] = false;
+                    if kinds[w].is_pin() {
+                        model.pins[w] = false;
+                    }
+                    dapm.disable_pin(&names[w]).unwrap()
+                }
                 Op::Pin(w, on) => {
                     let w = w % kinds.len();
                     if kinds[w].is_pin() {
                         model.pins[w] = on;
                         if on { dapm.enable_pin(&names[w]).unwrap() } else { dapm.disable_pin(&names[w]).unwrap() }
                     } else {
-                        prop_assert!(dapm.disable_pin(&names[w]).is_err());
+                        // Only pins connect and disconnect (disabling a forced non-pin
+                        // releases its force, handled above).
+                        let refused = if on || model.forced[w] {
+                            dapm.enable_pin(&names[w])
+                        } else {
+                            dapm.disable_pin(&names[w])
+                        };
+                        prop_assert!(refused.is_err());
                         continue;
                     }
                 }

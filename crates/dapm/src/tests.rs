@@ -783,3 +783,43 @@ fn controls_are_listed_with_their_values_items_and_ranges() {
     );
     assert!(dapm.enum_items("Master Volume").is_err());
 }
+
+#[test]
+fn a_forced_widget_is_powered_with_its_supplies_until_disabled() {
+    let mut dapm = card();
+    let update = dapm.force_enable_pin("Mic").unwrap();
+    assert_eq!(sorted(dapm.powered_widgets()), ["Mic", "Mic Bias"]);
+    assert_eq!(
+        update.power_changes().collect::<Vec<_>>(),
+        [("Mic Bias", true), ("Mic", true)]
+    );
+    assert_eq!(dapm.bias_level(), BiasLevel::On);
+    assert!(dapm.force_enable_pin("Mic").unwrap().is_empty());
+    assert!(
+        dapm.dump().contains("Mic: On (forced)  in 1 out 0\n"),
+        "{}",
+        dapm.dump()
+    );
+    // Capture while forced: the rest of the path joins, nothing is cycled.
+    let update = dapm.stream_start("Capture", 0).unwrap();
+    assert!(!update
+        .power_changes()
+        .any(|(w, _)| w == "Mic" || w == "Mic Bias"));
+    dapm.stream_stop("Capture", 0).unwrap();
+    assert_eq!(sorted(dapm.powered_widgets()), ["Mic", "Mic Bias"]);
+    // Disabling releases the force (and disconnects the pin).
+    dapm.disable_pin("Mic").unwrap();
+    assert!(dapm.powered_widgets().is_empty());
+    dapm.stream_start("Capture", 0).unwrap();
+    assert!(
+        !dapm.is_powered("Mic").unwrap(),
+        "the pin stays disconnected"
+    );
+    dapm.enable_pin("Mic").unwrap();
+    assert!(dapm.is_powered("Mic").unwrap());
+    // Non-pins may be forced too, and disabled to release them.
+    dapm.force_enable_pin("DAC").unwrap();
+    assert!(dapm.is_powered("DAC").unwrap() && dapm.is_powered("VREF").unwrap());
+    dapm.disable_pin("DAC").unwrap();
+    assert!(!dapm.is_powered("DAC").unwrap());
+}
