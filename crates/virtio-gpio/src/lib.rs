@@ -609,6 +609,144 @@ impl VirtioGpioDevice {
     }
 }
 
+/// One line as saved in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SavedLine {
+    /// The line's name (`None` unnamed).
+    pub name: Option<String>,
+    /// `VIRTIO_GPIO_DIRECTION_*`.
+    pub direction: u8,
+    /// The value the driver set.
+    pub output: bool,
+    /// The level the host drives.
+    pub input: bool,
+    /// `VIRTIO_GPIO_IRQ_TYPE_*`.
+    pub irq_type: u8,
+    /// The head of the queued event buffer, while the line is unmasked. The transport's saved
+    /// queue state must still hold that buffer as in flight.
+    pub buffer: Option<u16>,
+    /// An edge waiting for the next unmask.
+    pub latched: bool,
+}
+
+/// Everything a snapshot needs to rebuild the device (lull-vmm wraps it in its own
+/// serializable state); restore treats it as untrusted input.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SavedDevice {
+    /// The lines.
+    pub lines: Vec<SavedLine>,
+    /// Whether `VIRTIO_GPIO_F_IRQ` was negotiated.
+    pub irq_negotiated: bool,
+}
+
+/// Why a saved device was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreError {
+    /// The line configuration is not one a device could have.
+    Config(ConfigError),
+    /// A direction that is not `VIRTIO_GPIO_DIRECTION_*`.
+    Direction {
+        /// The line.
+        line: usize,
+        /// The value found.
+        value: u8,
+    },
+    /// A trigger that is not `VIRTIO_GPIO_IRQ_TYPE_*`, or one on an output line.
+    IrqType {
+        /// The line.
+        line: usize,
+        /// The value found.
+        value: u8,
+    },
+    /// A queued buffer or latched edge on a line whose interrupt is disabled, or a buffer
+    /// without the interrupt feature.
+    IrqState {
+        /// The line.
+        line: usize,
+    },
+}
+
+impl fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(error) => write!(f, "saved virtio-gpio configuration: {error}"),
+            Self::Direction { line, value } => {
+                write!(f, "saved virtio-gpio line {line} has direction {value:#x}")
+            }
+            Self::IrqType { line, value } => write!(
+                f,
+                "saved virtio-gpio line {line} has an impossible interrupt type {value:#x}"
+            ),
+            Self::IrqState { line } => write!(
+                f,
+                "saved virtio-gpio line {line} has interrupt state without an enabled interrupt"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for RestoreError {}
+
+impl VirtioGpioDevice {
+    /// The device's state, for a snapshot (taken while the VM is paused).
+    pub fn save(&self) -> SavedDevice {
+        SavedDevice {
+            lines: self
+                .lines
+                .iter()
+                .map(|line| SavedLine {
+                    name: line.state.name.clone(),
+                    direction: line.state.direction as u8,
+                    output: line.state.output,
+                    input: line.state.input,
+                    irq_type: line.state.irq_type,
+                    buffer: line.buffer,
+                    latched: line.state.latched,
+                })
+                .collect(),
+            irq_negotiated: self.irq_negotiated,
+        }
+    }
+
+    /// Rebuilds a device from a snapshot, checking that the state is one the device could
+    /// have reached.
+    pub fn restore(saved: &SavedDevice) -> Result<Self, RestoreError> {
+        let names: Vec<&str> = saved
+            .lines
+            .iter()
+            .map(|line| line.name.as_deref().unwrap_or(""))
+            .collect();
+        let mut device = Self::new(&names).map_err(RestoreError::Config)?;
+        device.irq_negotiated = saved.irq_negotiated;
+        for (index, (line, saved)) in device.lines.iter_mut().zip(&saved.lines).enumerate() {
+            let direction = Direction::from_wire(u32::from(saved.direction)).ok_or(
+                RestoreError::Direction {
+                    line: index,
+                    value: saved.direction,
+                },
+            )?;
+            let trigger = valid_irq_type(u32::from(saved.irq_type))
+                .filter(|&t| t == irq_type::NONE || direction != Direction::Out)
+                .ok_or(RestoreError::IrqType {
+                    line: index,
+                    value: saved.irq_type,
+                })?;
+            let enabled = trigger != irq_type::NONE && device.irq_negotiated;
+            if (saved.buffer.is_some() || saved.latched || trigger != irq_type::NONE) && !enabled {
+                return Err(RestoreError::IrqState { line: index });
+            }
+            line.state.direction = direction;
+            line.state.output = saved.output;
+            line.state.input = saved.input;
+            line.state.irq_type = trigger;
+            line.state.latched = saved.latched;
+            line.state.unmasked = saved.buffer.is_some();
+            line.buffer = saved.buffer;
+        }
+        Ok(device)
+    }
+}
+
 enum Answer {
     Value(u8),
     Names,

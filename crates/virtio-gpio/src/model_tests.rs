@@ -1,7 +1,8 @@
 //! Property test: random driver messages (well- and ill-formed), event buffers and host input
 //! changes never panic, every event buffer the driver queues is completed exactly once (or is
 //! still outstanding), at most one buffer per line is outstanding, an outstanding buffer always
-//! belongs to a line with its interrupt enabled, and every response has a status byte.
+//! belongs to a line with its interrupt enabled, every response has a status byte, and every
+//! state reached restores from its snapshot to itself.
 
 use std::collections::BTreeSet;
 use std::vec::Vec;
@@ -93,6 +94,9 @@ proptest! {
                     device.ack_features(device.device_features());
                 }
             }
+            // Every reachable state survives a snapshot.
+            let saved = device.save();
+            prop_assert_eq!(VirtioGpioDevice::restore(&saved).map(|d| d.save()), Ok(saved));
             let unmasked: Vec<u16> = (0..device.num_lines())
                 .filter(|&g| device.line(g).is_some_and(|l| l.unmasked))
                 .collect();

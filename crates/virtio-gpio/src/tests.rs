@@ -335,3 +335,71 @@ fn reset_forgets_driver_state_but_not_host_inputs() {
         "features renegotiated"
     );
 }
+
+#[test]
+fn a_saved_device_restores_to_the_same_behaviour() {
+    let mut device = device_with_irq_on(2, irq_type::EDGE_BOTH);
+    device.queue_event_buffer(4, &irq_buffer(2));
+    request(&mut device, MSG_SET_VALUE, 0, 1);
+    request(&mut device, MSG_SET_DIRECTION, 0, 1);
+    device.set_input(1, true);
+    let saved = device.save();
+    let mut restored = VirtioGpioDevice::restore(&saved).unwrap();
+    assert_eq!(restored.save(), saved);
+    assert_eq!(restored.config(), device.config());
+    assert_eq!(restored.output_level(0), Some(true));
+    // The buffer queued before the snapshot completes after restore.
+    assert_eq!(
+        restored.set_input(2, true),
+        Some(EventCompletion {
+            head: 4,
+            gpio: 2,
+            status: IRQ_STATUS_VALID
+        })
+    );
+}
+
+#[test]
+fn impossible_saved_states_are_refused() {
+    let good = device_with_irq_on(2, irq_type::LEVEL_LOW).save();
+    let mut bad = good.clone();
+    bad.lines[1].direction = 7;
+    assert_eq!(
+        VirtioGpioDevice::restore(&bad).unwrap_err(),
+        RestoreError::Direction { line: 1, value: 7 }
+    );
+    let mut bad = good.clone();
+    bad.lines[2].irq_type = 5;
+    assert_eq!(
+        VirtioGpioDevice::restore(&bad).unwrap_err(),
+        RestoreError::IrqType { line: 2, value: 5 }
+    );
+    let mut bad = good.clone();
+    bad.lines[2].direction = Direction::Out as u8;
+    assert!(matches!(
+        VirtioGpioDevice::restore(&bad),
+        Err(RestoreError::IrqType { line: 2, .. })
+    ));
+    let mut bad = good.clone();
+    bad.lines[0].buffer = Some(3);
+    assert_eq!(
+        VirtioGpioDevice::restore(&bad).unwrap_err(),
+        RestoreError::IrqState { line: 0 }
+    );
+    let mut bad = good.clone();
+    bad.irq_negotiated = false;
+    assert_eq!(
+        VirtioGpioDevice::restore(&bad).unwrap_err(),
+        RestoreError::IrqState { line: 2 }
+    );
+    let mut bad = good.clone();
+    bad.lines.clear();
+    assert_eq!(
+        VirtioGpioDevice::restore(&bad).unwrap_err(),
+        RestoreError::Config(ConfigError::LineCount(0))
+    );
+    assert_eq!(
+        RestoreError::IrqType { line: 2, value: 5 }.to_string(),
+        "saved virtio-gpio line 2 has an impossible interrupt type 0x5"
+    );
+}
