@@ -546,7 +546,8 @@ impl GpioRegistry {
             .ok_or_else(|| GpioError::NoSuchChip(selector.to_owned()))
     }
 
-    /// The chip's info, found as [`find_chip`](Self::find_chip) would.
+    /// The chip's info. `selector` is `gpiochipN`, `/dev/gpiochipN`, `N`, or the chip's label,
+    /// as libgpiod's tools accept.
     pub fn chip_info(&self, selector: &str) -> Result<ChipInfo, GpioError> {
         Ok(chip_info(&*self.find_chip(selector)?))
     }
@@ -580,8 +581,8 @@ impl GpioRegistry {
         single(chip.request(&[offset], consumer, config)?)
     }
 
-    /// Requests line `offset` of the chip `chip` (see [`find_chip`](Self::find_chip) for the
-    /// forms it takes) for `consumer`.
+    /// Requests line `offset` of the chip `chip` (`gpiochipN`, `/dev/gpiochipN`, `N`, or
+    /// the label) for `consumer`.
     pub fn get(
         &self,
         chip: &str,
