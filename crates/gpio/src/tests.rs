@@ -858,3 +858,64 @@ fn a_line_requested_for_interrupts_cannot_become_an_output() {
     assert_eq!(chip.irq_state(1), (IrqType::None, false));
     button.direction_output(true).unwrap();
 }
+
+#[test]
+fn racing_claims_give_each_line_one_owner_and_removal_races_do_not_panic() {
+    let registry = Arc::new(GpioRegistry::new());
+    let chip = FakeChip::unnamed("race", 4);
+    registry.add_chip(Box::new(chip.clone()), None).unwrap();
+    let winners = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..2)
+        .map(|thread| {
+            let registry = registry.clone();
+            let winners = winners.clone();
+            std::thread::spawn(move || {
+                for round in 0..2000u32 {
+                    let consumer = format!("t{thread}");
+                    if let Ok(line) =
+                        registry.get("race", round % 4, &consumer, LineConfig::output(true))
+                    {
+                        winners.fetch_add(1, Ordering::SeqCst);
+                        // While held, nobody else can take it, and it names this thread.
+                        assert_eq!(line.consumer(), consumer);
+                        match registry.get("race", round % 4, "other", LineConfig::as_is()) {
+                            Err(GpioError::Busy { holder, .. }) => assert_eq!(holder, consumer),
+                            other => panic!("second claim: {other:?}"),
+                        }
+                        line.set_value(round % 2 == 0).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert!(winners.load(Ordering::SeqCst) > 0);
+    // Every line is free again.
+    assert!(registry
+        .get_array("race", &[0, 1, 2, 3], "end", LineConfig::as_is())
+        .is_ok());
+
+    // A chip removed while another thread hammers a descriptor: accesses turn into ChipGone.
+    let line = registry
+        .get("race", 0, "user", LineConfig::output(false))
+        .unwrap();
+    let user = std::thread::spawn(move || {
+        let mut gone = 0;
+        for _ in 0..20_000 {
+            match line.set_value(true) {
+                Ok(()) => {}
+                Err(GpioError::ChipGone) => gone += 1,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        (gone, line)
+    });
+    std::thread::yield_now();
+    let report = registry.remove_chip(0, std::thread::yield_now).unwrap();
+    assert!(report.still_requested.len() <= 1);
+    let (_gone, line) = user.join().unwrap();
+    assert_eq!(line.set_value(true).unwrap_err(), GpioError::ChipGone);
+    drop(line);
+}
