@@ -827,86 +827,107 @@ impl Dapm {
             };
             let _ = writeln!(out, "stream {} ({direction}): {state}", stream.name);
         }
-        let count = self.nodes.len();
-        let sources: Vec<usize> = (0..count).filter(|&i| self.is_source_endpoint(i)).collect();
-        let sinks: Vec<usize> = (0..count).filter(|&i| self.is_sink_endpoint(i)).collect();
-        let reach_from: Vec<Vec<bool>> = sources
-            .iter()
-            .map(|&s| self.reach(core::iter::once(s), true))
-            .collect();
-        let reach_to: Vec<Vec<bool>> = sinks
-            .iter()
-            .map(|&s| self.reach(core::iter::once(s), false))
-            .collect();
-        for (index, node) in self.nodes.iter().enumerate() {
-            let inputs = reach_from.iter().filter(|r| r[index]).count();
-            let outputs = reach_to.iter().filter(|r| r[index]).count();
-            let _ = write!(
-                out,
-                "{}: {}{}  in {inputs} out {outputs}",
-                node.widget.name,
-                if node.powered { "On" } else { "Off" },
-                if node.forced { " (forced)" } else { "" }
-            );
-            if let Some(bit) = node.widget.power_bit {
-                let _ = write!(
-                    out,
-                    " - R{}({:#x}) mask {:#x}",
-                    bit.reg,
-                    bit.reg,
-                    bit.mask()
-                );
-            }
-            out.push('\n');
-            if node.widget.kind.is_pin() && !node.connected {
-                out.push_str(" pin disconnected\n");
-            }
-            if let Some(stream) = node.stream {
-                let stream = &self.streams[stream];
-                let _ = writeln!(
-                    out,
-                    " stream {} {}",
-                    stream.name,
-                    if stream.active { "active" } else { "inactive" }
-                );
-            }
-            for (incoming, route) in self
-                .routes
-                .iter()
-                .filter(|r| r.sink == index)
-                .map(|r| (true, r))
-                .chain(
-                    self.routes
-                        .iter()
-                        .filter(|r| r.source == index)
-                        .map(|r| (false, r)),
-                )
-            {
-                if !self.route_connected(route) {
-                    continue;
-                }
-                let name = match route.gate {
-                    Gate::Always => "static".to_owned(),
-                    Gate::Control(control) => self.controls[control].name.clone(),
-                    Gate::MuxItem { control, item } => match &self.controls[control].kind {
-                        ControlKind::Enum { items, .. } => {
-                            items.get(item).cloned().unwrap_or_default()
-                        }
-                        _ => String::new(),
-                    },
-                };
-                let (label, other) = if incoming {
-                    ("in", route.source)
-                } else {
-                    ("out", route.sink)
-                };
-                let _ = writeln!(
-                    out,
-                    " {label}  \"{name}\" \"{}\"",
-                    self.nodes[other].widget.name
-                );
-            }
+        let reach = self.endpoint_reach();
+        for index in 0..self.nodes.len() {
+            self.write_widget(&mut out, index, &reach);
         }
         out
+    }
+
+    /// One widget's part of the [`dump`](Self::dump), for `dapm <widget>`.
+    pub fn dump_widget(&self, name: &str) -> Result<String, DapmError> {
+        let index = self.widget_index(name)?;
+        let mut out = String::new();
+        self.write_widget(&mut out, index, &self.endpoint_reach());
+        Ok(out)
+    }
+
+    /// For each active source endpoint, what it reaches; for each active sink endpoint, what
+    /// reaches it.
+    fn endpoint_reach(&self) -> (Vec<Vec<bool>>, Vec<Vec<bool>>) {
+        let count = self.nodes.len();
+        let from_sources = (0..count)
+            .filter(|&i| self.is_source_endpoint(i))
+            .map(|s| self.reach(core::iter::once(s), true))
+            .collect();
+        let to_sinks = (0..count)
+            .filter(|&i| self.is_sink_endpoint(i))
+            .map(|s| self.reach(core::iter::once(s), false))
+            .collect();
+        (from_sources, to_sinks)
+    }
+
+    fn write_widget(
+        &self,
+        out: &mut String,
+        index: usize,
+        reach: &(Vec<Vec<bool>>, Vec<Vec<bool>>),
+    ) {
+        let node = &self.nodes[index];
+        let inputs = reach.0.iter().filter(|r| r[index]).count();
+        let outputs = reach.1.iter().filter(|r| r[index]).count();
+        let _ = write!(
+            out,
+            "{}: {}{}  in {inputs} out {outputs}",
+            node.widget.name,
+            if node.powered { "On" } else { "Off" },
+            if node.forced { " (forced)" } else { "" }
+        );
+        if let Some(bit) = node.widget.power_bit {
+            let _ = write!(
+                out,
+                " - R{}({:#x}) mask {:#x}",
+                bit.reg,
+                bit.reg,
+                bit.mask()
+            );
+        }
+        out.push('\n');
+        if node.widget.kind.is_pin() && !node.connected {
+            out.push_str(" pin disconnected\n");
+        }
+        if let Some(stream) = node.stream {
+            let stream = &self.streams[stream];
+            let _ = writeln!(
+                out,
+                " stream {} {}",
+                stream.name,
+                if stream.active { "active" } else { "inactive" }
+            );
+        }
+        for (incoming, route) in self
+            .routes
+            .iter()
+            .filter(|r| r.sink == index)
+            .map(|r| (true, r))
+            .chain(
+                self.routes
+                    .iter()
+                    .filter(|r| r.source == index)
+                    .map(|r| (false, r)),
+            )
+        {
+            if !self.route_connected(route) {
+                continue;
+            }
+            let name = match route.gate {
+                Gate::Always => "static".to_owned(),
+                Gate::Control(control) => self.controls[control].name.clone(),
+                Gate::MuxItem { control, item } => match &self.controls[control].kind {
+                    ControlKind::Enum { items, .. } => items.get(item).cloned().unwrap_or_default(),
+                    _ => String::new(),
+                },
+            };
+            let (label, other) = if incoming {
+                ("in", route.source)
+            } else {
+                ("out", route.sink)
+            };
+            let _ = writeln!(
+                out,
+                " {label}  \"{name}\" \"{}\"",
+                self.nodes[other].widget.name
+            );
+        }
     }
 }

@@ -823,3 +823,18 @@ fn a_forced_widget_is_powered_with_its_supplies_until_disabled() {
     dapm.disable_pin("DAC").unwrap();
     assert!(!dapm.is_powered("DAC").unwrap());
 }
+
+#[test]
+fn one_widget_can_be_dumped_alone() {
+    let mut dapm = card();
+    dapm.stream_start("Playback", 0).unwrap();
+    assert_eq!(
+        dapm.dump_widget("Speaker").unwrap(),
+        "Speaker: On  in 1 out 1\n in  \"Speaker Volume\" \"Speaker PGA\"\n"
+    );
+    assert!(dapm.dump().contains(&dapm.dump_widget("DAC").unwrap()));
+    assert_eq!(
+        dapm.dump_widget("Nope").unwrap_err(),
+        DapmError::UnknownWidget("Nope".into())
+    );
+}
