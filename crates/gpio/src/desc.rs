@@ -277,8 +277,9 @@ impl GpioDesc {
         programmed
     }
 
-    /// Requests events with Linux's default queue length.
-    pub fn request_edge_events(&self, trigger: IrqType) -> Result<(), GpioError> {
+    /// Requests interrupts (edge or level) with Linux's default queue length
+    /// ([`DEFAULT_EVENT_QUEUE_LEN`]); see [`request_events`](Self::request_events).
+    pub fn request_irq(&self, trigger: IrqType) -> Result<(), GpioError> {
         self.request_events(trigger, DEFAULT_EVENT_QUEUE_LEN)
     }
 

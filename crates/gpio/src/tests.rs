@@ -322,7 +322,7 @@ fn edge_events_arrive_in_order_with_timestamps_and_sequence_numbers() {
         button.read_event().unwrap_err(),
         GpioError::EventsNotRequested
     );
-    button.request_edge_events(IrqType::EdgeBoth).unwrap();
+    button.request_irq(IrqType::EdgeBoth).unwrap();
     assert_eq!(chip.irq_state(1), (IrqType::EdgeBoth, true));
     let (count, waker) = counting_waker();
     button.set_waker(&waker).unwrap();
@@ -368,7 +368,7 @@ fn a_waker_registered_after_an_event_is_woken_at_once() {
     let button = registry
         .get("gpiochip0", 1, "b", LineConfig::input())
         .unwrap();
-    button.request_edge_events(IrqType::EdgeRising).unwrap();
+    button.request_irq(IrqType::EdgeRising).unwrap();
     chip.drive_input(1, true, 5);
     let (count, waker) = counting_waker();
     button.set_waker(&waker).unwrap();
@@ -383,7 +383,7 @@ fn edge_filters_and_active_low_are_logical() {
         .get("gpiochip0", 1, "b", LineConfig::input().active_low())
         .unwrap();
     chip.drive_input(1, true, 0);
-    button.request_edge_events(IrqType::EdgeRising).unwrap();
+    button.request_irq(IrqType::EdgeRising).unwrap();
     // A logical rising edge on an active-low line is the falling edge on the wire.
     assert_eq!(chip.irq_state(1), (IrqType::EdgeFalling, true));
     chip.drive_input(1, false, 10);
@@ -430,7 +430,7 @@ fn level_events_fire_once_until_acknowledged() {
     let line = registry
         .get("gpiochip0", 2, "lvl", LineConfig::input())
         .unwrap();
-    line.request_edge_events(IrqType::LevelHigh).unwrap();
+    line.request_irq(IrqType::LevelHigh).unwrap();
     chip.drive_input(2, true, 100);
     chip.drive_input(2, true, 200);
     let event = line.read_event().unwrap().unwrap();
@@ -466,7 +466,7 @@ fn chips_without_interrupts_refuse_event_requests() {
         .get("gpiochip0", 0, "t", LineConfig::input())
         .unwrap();
     assert_eq!(
-        line.request_edge_events(IrqType::EdgeBoth).unwrap_err(),
+        line.request_irq(IrqType::EdgeBoth).unwrap_err(),
         GpioError::NoInterrupts
     );
 }
@@ -481,7 +481,7 @@ fn removing_a_chip_with_lines_requested_turns_descriptors_into_errors() {
     let button = registry
         .get("gpiochip0", 1, "button", LineConfig::input())
         .unwrap();
-    button.request_edge_events(IrqType::EdgeBoth).unwrap();
+    button.request_irq(IrqType::EdgeBoth).unwrap();
     chip.drive_input(1, true, 7);
 
     let report = registry.remove_chip(0, || {}).unwrap();
@@ -569,7 +569,7 @@ fn debugfs_lists_requested_and_named_lines_as_linux() {
     let button = registry
         .get("gpiochip0", 1, "gpiomon", LineConfig::input())
         .unwrap();
-    button.request_edge_events(IrqType::EdgeBoth).unwrap();
+    button.request_irq(IrqType::EdgeBoth).unwrap();
     let _port = registry
         .get("gpiochip1", 1, "lp", LineConfig::output(false))
         .unwrap();
@@ -849,7 +849,7 @@ fn a_line_requested_for_interrupts_cannot_become_an_output() {
     let button = registry
         .get("gpiochip0", 1, "b", LineConfig::input())
         .unwrap();
-    button.request_edge_events(IrqType::EdgeBoth).unwrap();
+    button.request_irq(IrqType::EdgeBoth).unwrap();
     let error = button.direction_output(true).unwrap_err();
     assert_eq!(error, GpioError::UsedAsIrq { offset: 1 });
     assert_eq!(error.errno(), 5);

@@ -518,7 +518,7 @@ pub fn gpiomon(registry: &GpioRegistry, args: &[&str]) -> Result<Monitor, ToolEr
         .map_err(|e| ToolError::gpio(TOOL, "error requesting GPIO lines", e))?
         .into_descs();
     for line in &lines {
-        line.request_edge_events(trigger)
+        line.request_irq(trigger)
             .map_err(|e| ToolError::gpio(TOOL, "error requesting GPIO lines", e))?;
     }
     Ok(Monitor {

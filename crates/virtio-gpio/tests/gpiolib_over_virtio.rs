@@ -300,7 +300,7 @@ fn level_interrupts_rearm_on_acknowledgement() {
         .registry
         .get_by_name("alarm", "watchdog", LineConfig::input())
         .unwrap();
-    alarm.request_edge_events(IrqType::LevelHigh).unwrap();
+    alarm.request_irq(IrqType::LevelHigh).unwrap();
     host_drives(&setup, 3, true);
     assert_eq!(
         alarm.read_event().unwrap().unwrap().kind,
