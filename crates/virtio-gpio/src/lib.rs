@@ -80,7 +80,7 @@ pub const EVENT_QUEUE: u16 = 1;
 /// Size of the configuration space.
 pub const CONFIG_SIZE: usize = 8;
 
-/// `VIRTIO_GPIO_MSG_GET_NAMES`.
+/// `VIRTIO_GPIO_MSG_GET_NAMES` (the spec's `VIRTIO_GPIO_MSG_GET_LINE_NAMES`).
 pub const MSG_GET_NAMES: u16 = 0x0001;
 /// `VIRTIO_GPIO_MSG_GET_DIRECTION`.
 pub const MSG_GET_DIRECTION: u16 = 0x0002;
