@@ -50,7 +50,8 @@ pub fn proc_ioports() -> String {
         }
     }
     for (base, len, owner) in crate::arch::io::claimed() {
-        if let Err(error) = tree.request_region(u64::from(base), u64::from(len), String::from(owner))
+        if let Err(error) =
+            tree.request_region(u64::from(base), u64::from(len), String::from(owner))
         {
             refused.push(format!("{owner} [{base:#x}+{len:#x}]: {error}"));
         }

@@ -33,7 +33,9 @@ pub fn loopback_tcp_transfer_keeps_every_byte() -> TestResult {
         lull_sched::CpuSet::ALL,
         move || {
             let outcome = (|| {
-                listener.accept(10_000).map_err(|e| alloc::format!("accept: {e}"))?;
+                listener
+                    .accept(10_000)
+                    .map_err(|e| alloc::format!("accept: {e}"))?;
                 let mut hasher = Sha256::new();
                 let mut buffer = alloc::vec![0u8; 8192];
                 let mut total = 0;
@@ -55,11 +57,21 @@ pub fn loopback_tcp_transfer_keeps_every_byte() -> TestResult {
         },
     )
     .map_err(|e| alloc::format!("spawn: {e:?}"))?;
-    let client = TcpSocket::connect(LOCALHOST, PORT, 5000).map_err(|e| alloc::format!("connect: {e}"))?;
-    let data: alloc::vec::Vec<u8> = (0..BYTES).map(|i| crate::shell::pattern_byte(i as u64)).collect();
-    client.send_all(&data, 10_000).map_err(|e| alloc::format!("send: {e}"))?;
-    client.close(10_000).map_err(|e| alloc::format!("close: {e}"))?;
-    ensure!(wait_for(20_000, || done.load(Ordering::Acquire)), "server did not finish");
+    let client =
+        TcpSocket::connect(LOCALHOST, PORT, 5000).map_err(|e| alloc::format!("connect: {e}"))?;
+    let data: alloc::vec::Vec<u8> = (0..BYTES)
+        .map(|i| crate::shell::pattern_byte(i as u64))
+        .collect();
+    client
+        .send_all(&data, 10_000)
+        .map_err(|e| alloc::format!("send: {e}"))?;
+    client
+        .close(10_000)
+        .map_err(|e| alloc::format!("close: {e}"))?;
+    ensure!(
+        wait_for(20_000, || done.load(Ordering::Acquire)),
+        "server did not finish"
+    );
     let (total, digest) = result.lock().take().ok_or("no server result")??;
     let expected: [u8; 32] = Sha256::digest(&data).into();
     ensure!(total == BYTES, "received {total} of {BYTES} bytes");

@@ -271,7 +271,8 @@ fn parse_ip_param(text: &str) -> Result<Option<StaticConfig>, String> {
     }
     let fields: Vec<&str> = text.split(':').collect();
     let field = |i: usize| fields.get(i).copied().unwrap_or("");
-    let client = parse_ipv4(field(0)).ok_or_else(|| alloc::format!("bad client address {:?}", field(0)))?;
+    let client =
+        parse_ipv4(field(0)).ok_or_else(|| alloc::format!("bad client address {:?}", field(0)))?;
     let gateway = match field(2) {
         "" => None,
         g => Some(parse_ipv4(g).ok_or_else(|| alloc::format!("bad gateway {g:?}"))?),
@@ -315,7 +316,11 @@ fn ip_param() -> Option<StaticConfig> {
 pub fn register_netdev(device: Arc<dyn NetDevice>) -> Option<usize> {
     let mac = device.mac();
     let index = with_stack(|stack| {
-        let number = stack.netifs.iter().filter(|n| n.name.starts_with("eth")).count();
+        let number = stack
+            .netifs
+            .iter()
+            .filter(|n| n.name.starts_with("eth"))
+            .count();
         let name = alloc::format!("eth{number}");
         let index = add_netif(stack, name.clone(), Link::Device(device));
         let config = ip_param().filter(|c| c.device.as_deref().is_none_or(|d| d == name));
@@ -385,7 +390,9 @@ fn poll_once(stack: &mut Stack) -> Option<u64> {
     for netif in stack.netifs.iter_mut().filter(|n| n.up) {
         // Poll until the receive queue is drained (each poll takes a burst).
         loop {
-            netif.iface.poll(timestamp, &mut netif.port, &mut stack.sockets);
+            netif
+                .iface
+                .poll(timestamp, &mut netif.port, &mut stack.sockets);
             if netif.port.rx.is_empty() {
                 break;
             }
@@ -416,7 +423,9 @@ fn poll_once(stack: &mut Stack) -> Option<u64> {
                             .map_or(String::from("no router"), |r| alloc::format!("{r}"))
                     );
                     // The new address may let queued packets go: poll again at once.
-                    netif.iface.poll(timestamp, &mut netif.port, &mut stack.sockets);
+                    netif
+                        .iface
+                        .poll(timestamp, &mut netif.port, &mut stack.sockets);
                 }
                 Some(dhcpv4::Event::Deconfigured) => {
                     netif.iface.update_ip_addrs(|addrs| addrs.clear());
@@ -538,7 +547,10 @@ pub fn ip_addr() -> String {
                     let _ = writeln!(out, "    link/ether {mac} brd ff:ff:ff:ff:ff:ff");
                 }
                 _ => {
-                    let _ = writeln!(out, "    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00");
+                    let _ = writeln!(
+                        out,
+                        "    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00"
+                    );
                 }
             }
             for cidr in netif.iface.ip_addrs() {

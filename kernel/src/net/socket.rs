@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicU16, Ordering};
 use smoltcp::iface::SocketHandle;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::{icmp, tcp, Socket};
-use smoltcp::wire::{IpAddress, IpEndpoint, Icmpv4Packet, Icmpv4Repr, Ipv4Address};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpEndpoint, Ipv4Address};
 
 use super::{kick, with_stack, Stack, POLLS, SOCKET_WAKE};
 use crate::kernel::time::uptime_ns;
@@ -92,18 +92,26 @@ pub struct TcpSocket {
 
 impl TcpSocket {
     fn with<R>(&self, f: impl FnOnce(&mut tcp::Socket<'static>) -> R) -> Result<R, NetError> {
-        with_stack(|stack| f(stack.sockets.get_mut::<tcp::Socket>(self.handle))).ok_or(NetError::Down)
+        with_stack(|stack| f(stack.sockets.get_mut::<tcp::Socket>(self.handle)))
+            .ok_or(NetError::Down)
     }
 
     /// Connects to `address:port`, waiting up to `timeout_ms`.
-    pub fn connect(address: Ipv4Address, port: u16, timeout_ms: u64) -> Result<TcpSocket, NetError> {
+    pub fn connect(
+        address: Ipv4Address,
+        port: u16,
+        timeout_ms: u64,
+    ) -> Result<TcpSocket, NetError> {
         let handle = with_stack(|stack| {
             let mut socket = new_tcp();
             let mut result = Err(NetError::Unreachable);
             for netif in stack.netifs.iter_mut().filter(|n| n.up) {
-                let reaches = netif.iface.ip_addrs().iter().any(|cidr| {
-                    cidr.contains_addr(&IpAddress::Ipv4(address))
-                }) || (netif.gateway.is_some() && !netif.iface.ip_addrs().is_empty());
+                let reaches = netif
+                    .iface
+                    .ip_addrs()
+                    .iter()
+                    .any(|cidr| cidr.contains_addr(&IpAddress::Ipv4(address)))
+                    || (netif.gateway.is_some() && !netif.iface.ip_addrs().is_empty());
                 if reaches {
                     result = socket
                         .connect(netif.iface.context(), (address, port), ephemeral_port())
@@ -219,21 +227,31 @@ impl Drop for TcpSocket {
 }
 
 /// One ICMP echo: the round-trip time in microseconds.
-pub fn ping_once(address: Ipv4Address, ident: u16, seq: u16, timeout_ms: u64) -> Result<u64, NetError> {
+pub fn ping_once(
+    address: Ipv4Address,
+    ident: u16,
+    seq: u16,
+    timeout_ms: u64,
+) -> Result<u64, NetError> {
     let payload = [0x5au8; 56];
     let handle = with_stack(|stack| {
         let mut socket = icmp::Socket::new(
             icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
             icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
         );
-        socket.bind(icmp::Endpoint::Ident(ident)).map_err(|_| NetError::Invalid)?;
+        socket
+            .bind(icmp::Endpoint::Ident(ident))
+            .map_err(|_| NetError::Invalid)?;
         let repr = Icmpv4Repr::EchoRequest {
             ident,
             seq_no: seq,
             data: &payload,
         };
         let mut bytes = vec![0u8; repr.buffer_len()];
-        repr.emit(&mut Icmpv4Packet::new_unchecked(&mut bytes[..]), &ChecksumCapabilities::default());
+        repr.emit(
+            &mut Icmpv4Packet::new_unchecked(&mut bytes[..]),
+            &ChecksumCapabilities::default(),
+        );
         socket
             .send_slice(&bytes, IpAddress::Ipv4(address))
             .map_err(|_| NetError::Invalid)?;
@@ -249,8 +267,9 @@ pub fn ping_once(address: Ipv4Address, ident: u16, seq: u16, timeout_ms: u64) ->
             let Ok(packet) = Icmpv4Packet::new_checked(&reply[..n]) else {
                 continue;
             };
-            if let Ok(Icmpv4Repr::EchoReply { ident: i, seq_no, .. }) =
-                Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default())
+            if let Ok(Icmpv4Repr::EchoReply {
+                ident: i, seq_no, ..
+            }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default())
             {
                 if i == ident && seq_no == seq {
                     return Some(Ok((uptime_ns() - sent) / 1000));
@@ -292,16 +311,15 @@ fn hex_endpoint(endpoint: Option<IpEndpoint>) -> String {
 
 /// `/proc/net/tcp` in Linux's layout (addresses as the little-endian hex Linux prints).
 pub fn proc_net_tcp() -> String {
-    let mut out = String::from(
-        "  sl  local_address rem_address   st tx_queue rx_queue\n",
-    );
+    let mut out = String::from("  sl  local_address rem_address   st tx_queue rx_queue\n");
     with_stack(|stack| {
         let mut sl = 0;
         for (_, socket) in stack.sockets.iter() {
             if let Socket::Tcp(s) = socket {
                 let local = s.local_endpoint().or_else(|| {
                     let listen = s.listen_endpoint();
-                    (listen.port != 0).then(|| IpEndpoint::new(Ipv4Address::UNSPECIFIED.into(), listen.port))
+                    (listen.port != 0)
+                        .then(|| IpEndpoint::new(Ipv4Address::UNSPECIFIED.into(), listen.port))
                 });
                 let _ = writeln!(
                     out,

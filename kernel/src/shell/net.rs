@@ -91,8 +91,16 @@ fn hex(digest: &[u8]) -> String {
 
 fn rate(bytes: u64, ns: u64) -> String {
     let ms = ns / 1_000_000;
-    let kib_s = if ns == 0 { 0 } else { bytes * 1_000_000_000 / ns / 1024 };
-    alloc::format!("{bytes} bytes in {ms} ms ({}.{:02} MiB/s)", kib_s / 1024, (kib_s % 1024) * 100 / 1024)
+    let kib_s = if ns == 0 {
+        0
+    } else {
+        bytes * 1_000_000_000 / ns / 1024
+    };
+    alloc::format!(
+        "{bytes} bytes in {ms} ms ({}.{:02} MiB/s)",
+        kib_s / 1024,
+        (kib_s % 1024) * 100 / 1024
+    )
 }
 
 fn send_pattern(socket: &TcpSocket, total: u64) -> Result<String, net::socket::NetError> {
@@ -180,7 +188,10 @@ pub fn cmd_nc(args: &[&str], _: &str) {
         Some(total) => match send_pattern(&socket, total) {
             Ok(digest) => {
                 let result = socket.close(30_000);
-                kprintln!("nc: sent {} sha256 {digest}", rate(total, uptime_ns() - started));
+                kprintln!(
+                    "nc: sent {} sha256 {digest}",
+                    rate(total, uptime_ns() - started)
+                );
                 if let Err(e) = result {
                     kprintln!("nc: close: {e}");
                 }
@@ -189,7 +200,10 @@ pub fn cmd_nc(args: &[&str], _: &str) {
         },
         None => match sink(&socket) {
             Ok((total, digest)) => {
-                kprintln!("nc: received {} sha256 {digest}", rate(total, uptime_ns() - started));
+                kprintln!(
+                    "nc: received {} sha256 {digest}",
+                    rate(total, uptime_ns() - started)
+                );
                 let _ = socket.close(1000);
             }
             Err(e) => kprintln!("nc: receive: {e}"),
