@@ -66,6 +66,7 @@ mod irq;
 mod locks;
 mod mm;
 mod paravirt;
+mod pci;
 mod sched_tests;
 mod smp;
 mod time_tests;
@@ -85,6 +86,23 @@ const TESTS: &[TestCase] = &[
     (
         "proc_iomem_nests_the_kernel_in_system_ram",
         mm::proc_iomem_nests_the_kernel_in_system_ram,
+    ),
+    (
+        "ecam_and_conf1_read_the_same_config_space",
+        pci::ecam_and_conf1_read_the_same_config_space,
+    ),
+    (
+        "mmio_claims_map_and_release",
+        pci::mmio_claims_map_and_release,
+    ),
+    ("intx_routes_through_prt", pci::intx_routes_through_prt),
+    (
+        "msix_vectors_allocate_move_and_free",
+        pci::msix_vectors_allocate_move_and_free,
+    ),
+    (
+        "msi_vectors_allocate_and_free",
+        pci::msi_vectors_allocate_and_free,
     ),
     (
         "command_line_stored_exactly",
