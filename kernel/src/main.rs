@@ -94,6 +94,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
             lockdep::PARAMS,
             locking::PARAMS,
             kernel::paravirt::PARAMS,
+            drivers::base::PARAMS,
         ],
     );
     for problem in problems {
@@ -151,6 +152,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     mm::kmap::init();
     sched::init(smp::possible_cpus());
     request_serial_irq();
+    drivers::base::init();
     drivers::acpi::init(acpi);
     time::init(acpi);
     #[cfg(feature = "ktest")]
@@ -173,6 +175,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     // The boot code becomes CPU 0's idle thread; the work runs in kernel threads.
     // The tests stay on the boot CPU, where several of them expect to run.
     locking::set_system_running();
+    drivers::start_device_probe();
     #[cfg(feature = "ktest")]
     let (name, main, cpus): (&str, fn() -> !, _) =
         ("ktest", ktest::run_and_exit, lull_sched::CpuSet::single(0));

@@ -62,6 +62,7 @@ macro_rules! skip {
 type TestCase = (&'static str, fn() -> TestResult);
 
 mod boot;
+mod driver_model;
 mod irq;
 mod locks;
 mod mm;
@@ -261,6 +262,18 @@ const TESTS: &[TestCase] = &[
     (
         "sleeping_lock_under_a_spinlock_is_reported",
         locks::sleeping_lock_under_a_spinlock_is_reported,
+    ),
+    (
+        "devres_releases_real_resources_in_reverse",
+        driver_model::devres_releases_real_resources_in_reverse,
+    ),
+    (
+        "bind_unbind_1000_times_leaks_nothing",
+        driver_model::bind_unbind_1000_times_leaks_nothing,
+    ),
+    (
+        "every_probe_acquisition_failure_unwinds",
+        driver_model::every_probe_acquisition_failure_unwinds,
     ),
     (
         "paravirt_native_everywhere_without_kvm",

@@ -173,19 +173,19 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "cat",
         usage: "cat PATH...",
-        help: "print a /proc file",
+        help: "print a /proc or /sys file",
         run: cmd_cat,
     },
     Command {
         name: "echo",
         usage: "echo TEXT [> PATH]",
-        help: "print text, or write it to a /proc file",
+        help: "print text, or write it to a /proc or /sys file",
         run: cmd_echo,
     },
     Command {
         name: "ls",
         usage: "ls [DIR]",
-        help: "list /proc files",
+        help: "list a /proc or /sys directory",
         run: cmd_ls,
     },
     Command {
@@ -235,6 +235,15 @@ const COMMANDS: &[Command] = &[
         usage: "lspci [-n|-v]",
         help: "PCI functions: bus:dev.fn, class, vendor:device (-v: BARs, IRQ, capabilities)",
         run: |args, _| match crate::drivers::pci::lspci(args) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("{error}"),
+        },
+    },
+    Command {
+        name: "devres",
+        usage: "devres [BUS DEVICE]",
+        help: "devices with their managed resources (devres), then the live resource counters",
+        run: |args, _| match crate::drivers::base::cmd_devres(args) {
             Ok(text) => kprint!("{text}"),
             Err(error) => kprintln!("{error}"),
         },

@@ -7,6 +7,7 @@ pub mod apic;
 mod boot;
 pub mod context;
 pub mod cpu;
+pub mod dma;
 mod gdt;
 pub mod heap;
 pub mod hpet;

@@ -320,6 +320,15 @@ fn is_requested(irq: u32) -> bool {
     LINES.lock().contains_key(&irq)
 }
 
+/// Lines with a handler (leak checks compare it across bind/unbind cycles).
+pub fn requested_lines() -> usize {
+    LINES
+        .lock()
+        .values()
+        .filter(|line| matches!(line.owner, Owner::Action(_)))
+        .count()
+}
+
 /// The vector `irq` is delivered on, if it is routed (tests count deliveries with it).
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 pub fn irq_vector(irq: u32) -> Option<u8> {
