@@ -32,7 +32,9 @@ fn no_interrupt(_: u32) -> IrqReturn {
 /// An IOAPIC input no one has requested (PCI INTx lines 16–23 are free until a driver takes
 /// them).
 fn free_gsi() -> Option<u32> {
-    (16..24).rev().find(|&gsi| crate::kernel::irq::irq_affinity(gsi).is_none())
+    (16..24)
+        .rev()
+        .find(|&gsi| crate::kernel::irq::irq_affinity(gsi).is_none())
 }
 
 struct TestDriver {
@@ -48,7 +50,9 @@ impl Driver for TestDriver {
         let dma = devm::alloc_coherent(devres, 8192)?;
         let group = devres.open_group();
         devres.add_action("ktest: grouped action", || RELEASED.lock().push("grouped"));
-        devres.close_group(group).map_err(|_| lull_driver_core::Errno::EINVAL)?;
+        devres
+            .close_group(group)
+            .map_err(|_| lull_driver_core::Errno::EINVAL)?;
         devm::request_threaded_irq(
             devres,
             self.gsi,
@@ -109,7 +113,7 @@ fn setup() -> Result<(), String> {
 
 /// The counters once the system is quiet: an IRQ thread stopped by `free_irq` and its stack
 /// are reaped asynchronously, so two readings 20 ms apart must agree.
-fn quiet_snapshot() -> LeakSnapshot {
+pub(super) fn quiet_snapshot() -> LeakSnapshot {
     let mut last = LeakSnapshot::take();
     for _ in 0..50 {
         crate::kernel::time::msleep(20);
@@ -123,7 +127,7 @@ fn quiet_snapshot() -> LeakSnapshot {
 }
 
 /// Waits until the counters equal `before`.
-fn settles_to(before: LeakSnapshot, what: &str) -> Result<(), String> {
+pub(super) fn settles_to(before: LeakSnapshot, what: &str) -> Result<(), String> {
     if wait_for(2000, || LeakSnapshot::take() == before) {
         return Ok(());
     }
@@ -161,17 +165,25 @@ pub fn devres_releases_real_resources_in_reverse() -> TestResult {
         "ports not claimed in /proc/ioports"
     );
     RELEASED.lock().clear();
-    sys_write(&alloc::format!("/sys/bus/platform/drivers/{DRIVER}/unbind"), DEVICE)?;
+    sys_write(
+        &alloc::format!("/sys/bus/platform/drivers/{DRIVER}/unbind"),
+        DEVICE,
+    )?;
     let order = RELEASED.lock().clone();
     ensure!(
         order == ["remove", "last", "grouped", "first"],
         "release order {order:?}"
     );
     ensure!(
-        !crate::arch::io::claimed().iter().any(|&(b, _, _)| b == PORTS),
+        !crate::arch::io::claimed()
+            .iter()
+            .any(|&(b, _, _)| b == PORTS),
         "ports still claimed after unbind"
     );
-    sys_write(&alloc::format!("/sys/bus/platform/drivers/{DRIVER}/bind"), DEVICE)?;
+    sys_write(
+        &alloc::format!("/sys/bus/platform/drivers/{DRIVER}/bind"),
+        DEVICE,
+    )?;
     ensure!(
         matches!(state(), Some(DeviceState::Bound { .. })),
         "rebind: {:?}",

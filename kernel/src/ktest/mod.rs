@@ -276,6 +276,14 @@ const TESTS: &[TestCase] = &[
         driver_model::every_probe_acquisition_failure_unwinds,
     ),
     (
+        "pci_functions_are_devices_of_the_pci_bus",
+        pci::pci_functions_are_devices_of_the_pci_bus,
+    ),
+    (
+        "pci_driver_binds_unbinds_and_leaks_nothing",
+        pci::pci_driver_binds_unbinds_and_leaks_nothing,
+    ),
+    (
         "paravirt_native_everywhere_without_kvm",
         paravirt::native_everywhere_without_kvm,
     ),
@@ -334,6 +342,9 @@ pub fn run_device_tests() {
 
 /// Runs every test, prints the summary line and exits QEMU (33 = none failed, 35 = failures).
 pub fn run_and_exit() -> ! {
+    // The boot probe (ACPI and PCI enumeration, driver binding) runs in its own thread; tests
+    // that count heap bytes or claims must not race it.
+    crate::drivers::wait_for_device_probe();
     for (name, test) in TESTS {
         report(name, test());
     }

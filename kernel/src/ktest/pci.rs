@@ -1,5 +1,7 @@
 //! PCI: ECAM against conf1, MMIO claims and mappings, INTx routing, MSI-X and MSI vectors.
 
+use alloc::string::String;
+
 use super::TestResult;
 use crate::arch::mmio::{window_mappings, Mmio, MmioError};
 use crate::arch::pci::Conf1;
@@ -321,6 +323,7 @@ pub(super) fn msix_vectors_allocate_move_and_free() -> TestResult {
         !procfs::read("/proc/interrupts")?.contains("ktest-msix"),
         "freed line still listed"
     );
+    dev.disable_device();
     Ok(())
 }
 
@@ -387,5 +390,180 @@ pub(super) fn msi_vectors_allocate_and_free() -> TestResult {
         "INTx not re-enabled"
     );
     same_counts(&before)?;
+    Ok(())
+}
+
+// ---- the pci bus of the driver model ---------------------------------------------------------
+
+const PCI_DRIVER: &str = "ktest-pci";
+
+/// The MMIO handle the test driver keeps (to check it is revoked at unbind).
+static KEPT: crate::kernel::locking::IrqSafeLock<
+    Option<alloc::sync::Arc<lull_devres::Revocable<Mmio>>>,
+> = crate::kernel::locking::IrqSafeLock::new(None);
+
+/// A PCI driver built only from managed helpers: enable, map a BAR, MSI-X/MSI vectors, a
+/// handler on the first.
+struct KtestPciDriver;
+
+impl lull_driver_core::Driver for KtestPciDriver {
+    fn probe(
+        &self,
+        ctx: &mut lull_driver_core::ProbeContext<'_>,
+    ) -> Result<(), lull_driver_core::ProbeError> {
+        use crate::drivers::pci::devm::{pcim_alloc_irq_vectors, pcim_enable_device, pcim_iomap};
+        use lull_driver_core::Errno;
+        let name = String::from(ctx.device_name());
+        let dev = PciDevice::all()
+            .find(|d| d.name() == name)
+            .ok_or(Errno::ENODEV)?;
+        let bar = (0..6)
+            .find(|&i| matches!(dev.bar(i), lull_pci::Bar::Memory { address, .. } if address != 0))
+            .ok_or(Errno::ENODEV)?;
+        let devres = ctx.devres();
+        pcim_enable_device(devres, &dev)?;
+        dev.set_master();
+        let mmio = pcim_iomap(devres, &dev, bar, PCI_DRIVER)?;
+        pcim_alloc_irq_vectors(
+            devres,
+            &dev,
+            1,
+            2,
+            IrqVectorFlags::MSIX | IrqVectorFlags::MSI,
+        )?;
+        let irq = dev.irq_vector(0).ok_or(Errno::EINVAL)?;
+        crate::drivers::base::devm::request_threaded_irq(
+            devres,
+            irq,
+            Some(ktest_msi_handler),
+            None,
+            IrqFlags::NONE,
+            PCI_DRIVER,
+        )?;
+        if mmio.try_access().is_none() {
+            return Err(Errno::EIO.into());
+        }
+        *KEPT.lock() = Some(mmio.clone());
+        ctx.set_drvdata(alloc::boxed::Box::new(mmio));
+        Ok(())
+    }
+}
+
+fn pci_state(name: &str) -> Option<lull_driver_core::DeviceState> {
+    crate::drivers::base::with_model(|m| m.device_state("pci", name).cloned()).flatten()
+}
+
+/// Every scanned function is a device of the `pci` bus with Linux's attribute files.
+pub(super) fn pci_functions_are_devices_of_the_pci_bus() -> TestResult {
+    if no_pci() {
+        skip!("no PCI functions");
+    }
+    crate::drivers::wait_for_device_probe();
+    let listing = procfs::list("/sys/bus/pci/devices")?;
+    for dev in PciDevice::all() {
+        let name = dev.name();
+        ensure!(
+            listing.lines().any(|l| l == name),
+            "{name} not in /sys/bus/pci/devices:\n{listing}"
+        );
+        let at = |file: &str| procfs::read(&alloc::format!("/sys/bus/pci/devices/{name}/{file}"));
+        ensure!(
+            at("vendor")? == alloc::format!("0x{:04x}\n", dev.vendor_id())
+                && at("device")? == alloc::format!("0x{:04x}\n", dev.device_id())
+                && at("class")? == alloc::format!("0x{:06x}\n", dev.class_code()),
+            "{name}: ids"
+        );
+        ensure!(at("resource")?.lines().count() == 7, "{name}: resource");
+        let irq: u32 = at("irq")?.trim().parse().map_err(|_| "irq not a number")?;
+        let expected = dev.intx_irq().map_or(0, |i| i.gsi);
+        ensure!(irq == expected, "{name}: irq {irq}, INTx {expected}");
+    }
+    Ok(())
+}
+
+/// A PCI driver on managed helpers binds (lspci -k names it), unbinds and rebinds 200 times
+/// through /sys, has each managed acquisition failed in turn, and leaves every counter (MSI
+/// vectors and MMIO claims included) as it found it; its kept BAR handle is revoked at unbind.
+pub(super) fn pci_driver_binds_unbinds_and_leaks_nothing() -> TestResult {
+    use super::driver_model::{quiet_snapshot, settles_to};
+    let Some(dev) = find_with(true).or_else(|| find_with(false)) else {
+        skip!("no PCI function with MSI or MSI-X");
+    };
+    crate::drivers::wait_for_device_probe();
+    let name = dev.name();
+    if let Some(lull_driver_core::DeviceState::Bound { driver, .. }) = pci_state(&name) {
+        skip!("{name} is bound to {driver}");
+    }
+    let empty = quiet_snapshot();
+    let ids = alloc::vec![lull_driver_core::PciMatchId::device(
+        dev.vendor_id(),
+        dev.device_id()
+    )];
+    crate::drivers::base::register_driver(lull_driver_core::DriverDesc::new(
+        "pci",
+        PCI_DRIVER,
+        ids,
+        KtestPciDriver,
+    ))
+    .map_err(|e| alloc::format!("register: {e}"))?;
+    ensure!(
+        matches!(
+            pci_state(&name),
+            Some(lull_driver_core::DeviceState::Bound { .. })
+        ),
+        "{name} not bound: {:?}",
+        pci_state(&name)
+    );
+    let lspci = pci::lspci(&["-k"])?;
+    ensure!(
+        lspci.contains(&alloc::format!("\tKernel driver in use: {PCI_DRIVER}")),
+        "lspci -k:\n{lspci}"
+    );
+    ensure!(
+        msi::vectors_in_use() > empty.msi_vectors
+            && crate::mm::iomem::busy_count() > empty.mmio_claims,
+        "bound without vectors or a claim"
+    );
+    let unbind = alloc::format!("/sys/bus/pci/drivers/{PCI_DRIVER}/unbind");
+    let bind = alloc::format!("/sys/bus/pci/drivers/{PCI_DRIVER}/bind");
+    procfs::write(&unbind, &name)?;
+    ensure!(
+        (msi::vectors_in_use(), crate::mm::iomem::busy_count())
+            == (empty.msi_vectors, empty.mmio_claims),
+        "unbind left vectors or claims"
+    );
+    let kept = KEPT.lock().take().ok_or("probe kept no handle")?;
+    ensure!(
+        kept.try_access().is_none(),
+        "the BAR mapping outlived the unbind"
+    );
+    drop(kept);
+    // One warm-up cycle (lazily grown tables reach their size), then the baseline.
+    procfs::write(&bind, &name)?;
+    procfs::write(&unbind, &name)?;
+    KEPT.lock().take();
+    let before = quiet_snapshot();
+    for round in 0..200 {
+        procfs::write(&bind, &name).map_err(|e| alloc::format!("round {round}: bind: {e}"))?;
+        procfs::write(&unbind, &name).map_err(|e| alloc::format!("round {round}: unbind: {e}"))?;
+        KEPT.lock().take();
+    }
+    settles_to(before, "200 PCI bind/unbind rounds")?;
+    let tracker = lull_devres::LeakTracker::new();
+    let report = crate::drivers::base::with_model(|m| {
+        m.sweep_probe_faults("pci", &name, PCI_DRIVER, &tracker)
+    })
+    .ok_or("no driver model")?
+    .map_err(|e| alloc::format!("sweep: {e:?}"))?;
+    // Enable, BAR map, vectors, IRQ.
+    ensure!(
+        report.acquisition_points == 4,
+        "acquisition points {} ({report:?})",
+        report.acquisition_points
+    );
+    drop((report, tracker));
+    procfs::write(&unbind, &name)?;
+    KEPT.lock().take();
+    settles_to(before, "PCI fault sweep")?;
     Ok(())
 }

@@ -8,7 +8,9 @@
 //! `lull-pci`, host-tested against fake config spaces; this module runs it on the machine. The
 //! scan happens on first use, in thread context, so it adds nothing to boot.
 
+mod bus;
 mod device;
+pub mod devm;
 mod irq;
 
 use alloc::string::String;
@@ -20,6 +22,7 @@ use spin::Once;
 
 use crate::arch::pci::{Conf1, Ecam};
 
+pub use bus::{add_bus_devices, bound_driver};
 pub use device::{PciDevice, PciError};
 #[allow(unused_imports)] // the API of the drivers to come (virtio-pci, SMBus)
 pub use irq::{
@@ -117,14 +120,16 @@ pub fn scan() -> &'static Enumeration {
     SCAN.call_once(|| enumerate(config(), &host_bridges()))
 }
 
-/// `lspci [-n|-v]`: one line per function as Linux's `lspci -nn` (`-n`: numbers only; `-v`:
-/// BARs, IRQ pin/line and capabilities too, and the IRQ vectors allocated).
+/// `lspci [-n|-k|-v]`: one line per function as Linux's `lspci -nn` (`-n`: numbers only;
+/// `-k`: and the driver bound, as Linux's `lspci -k`; `-v`: BARs, IRQ pin/line, capabilities,
+/// the INTx route, the IRQ vectors allocated and the driver too).
 pub fn lspci(args: &[&str]) -> Result<String, String> {
     let mode = match args {
         [] => 'd',
         ["-n"] => 'n',
+        ["-k"] => 'k',
         ["-v"] => 'v',
-        _ => return Err(String::from("usage: lspci [-n|-v]")),
+        _ => return Err(String::from("usage: lspci [-n|-k|-v]")),
     };
     let scan = scan();
     let mut text = String::new();
@@ -153,6 +158,11 @@ pub fn lspci(args: &[&str]) -> Result<String, String> {
             if let Some((kind, irqs)) = irq_vectors(function.address) {
                 let list: Vec<String> = irqs.iter().map(|i| alloc::format!("{i}")).collect();
                 let _ = writeln!(text, "\tIRQ vectors: {kind} {}", list.join(" "));
+            }
+        }
+        if mode == 'k' || mode == 'v' {
+            if let Some(driver) = bound_driver(&alloc::format!("{}", function.address)) {
+                let _ = writeln!(text, "\tKernel driver in use: {driver}");
             }
         }
     }
