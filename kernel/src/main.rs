@@ -279,14 +279,7 @@ fn register_proc_files() {
     });
     register(ProcFile {
         path: "/proc/ioports",
-        read: Some(|| {
-            let mut out = String::new();
-            for (base, len, owner) in arch::io::claimed() {
-                let last = base as u32 + len as u32 - 1;
-                let _ = writeln!(out, "{base:04x}-{last:04x} : {owner}");
-            }
-            out
-        }),
+        read: Some(kernel::ioports::proc_ioports),
         write: None,
     });
     register(ProcFile {
