@@ -75,9 +75,9 @@ pub use intx::{
     route_intx, swizzle, IntxError, IntxRoute, PrtEntry, PrtSource, RoutingTable, RoutingTables,
 };
 pub use msi::{
-    msi_disable, msi_enable, msi_set_vector_masked, msix_disable, msix_enable,
-    msix_set_entry_masked, msix_set_function_masked, msix_update_entry, DeliveryMode,
-    DestinationMode, MsiError, MsiMessage, MsixTable, X86Msi,
+    msi_disable, msi_enable, msi_set_message, msi_set_vector_masked, msix_disable, msix_enable,
+    msix_enable_masked, msix_entry_masked, msix_set_entry_masked, msix_set_function_masked,
+    msix_update_entry, DeliveryMode, DestinationMode, MsiError, MsiMessage, MsixTable, X86Msi,
 };
 pub use names::{
     class_name, device_name, lspci_line, lspci_numeric_line, lspci_verbose, slot_name, vendor_name,

@@ -273,6 +273,48 @@ pub fn msi_disable<A: ConfigAccess + ?Sized>(access: &A, addr: PciAddress, cap: 
     set_intx_disabled(access, addr, false);
 }
 
+/// Retarget an enabled MSI function (an affinity change) to `msg`, keeping its vector count.
+/// With per-vector masking the vectors are masked while the address and data are rewritten and
+/// their previous mask state restored; without it MSI is disabled for the rewrite (a message
+/// must never be sent from a half-written address/data pair) and enabled again. INTx stays
+/// disabled throughout.
+pub fn msi_set_message<A: ConfigAccess + ?Sized>(
+    access: &A,
+    addr: PciAddress,
+    cap: &MsiCapability,
+    msg: MsiMessage,
+) -> Result<(), MsiError> {
+    if msg.data > 0xFFFF {
+        return Err(MsiError::DataTooWide(msg.data));
+    }
+    if !cap.is_64bit && msg.address > u64::from(u32::MAX) {
+        return Err(MsiError::AddressNeeds64Bit(msg.address));
+    }
+    let control = read16(access, addr, cap.control_offset());
+    let count = 1usize << ((control & MSI_MME_MASK) >> 4);
+    if msg.data as usize & (count - 1) != 0 {
+        return Err(MsiError::MisalignedVector {
+            vector: msg.data as u8,
+            count,
+        });
+    }
+    let saved_mask = cap.mask_offset().map(|at| (at, access.read32(addr, at)));
+    match saved_mask {
+        Some((at, _)) => access.write32(addr, at, u32::MAX),
+        None => write_control(access, addr, cap.offset, control & !MSI_ENABLE),
+    }
+    access.write32(addr, cap.address_lo_offset(), msg.address as u32);
+    if let Some(hi) = cap.address_hi_offset() {
+        access.write32(addr, hi, (msg.address >> 32) as u32);
+    }
+    access.write32(addr, cap.data_offset(), msg.data);
+    match saved_mask {
+        Some((at, bits)) => access.write32(addr, at, bits),
+        None => write_control(access, addr, cap.offset, control),
+    }
+    Ok(())
+}
+
 /// Mask or unmask MSI vector `index` (functions with per-vector masking only).
 pub fn msi_set_vector_masked<A: ConfigAccess + ?Sized>(
     access: &A,
@@ -380,6 +422,30 @@ pub fn msix_enable<A: ConfigAccess + ?Sized, T: MsixTable + ?Sized>(
     table: &T,
     messages: &[MsiMessage],
 ) -> Result<(), MsiError> {
+    msix_enable_entries(access, addr, cap, table, messages, true)
+}
+
+/// As [`msix_enable`], but every entry stays masked: the kernel unmasks an entry when a handler
+/// is requested for its vector (Linux's irq startup), so a vector fires only once someone
+/// listens.
+pub fn msix_enable_masked<A: ConfigAccess + ?Sized, T: MsixTable + ?Sized>(
+    access: &A,
+    addr: PciAddress,
+    cap: &MsixCapability,
+    table: &T,
+    messages: &[MsiMessage],
+) -> Result<(), MsiError> {
+    msix_enable_entries(access, addr, cap, table, messages, false)
+}
+
+fn msix_enable_entries<A: ConfigAccess + ?Sized, T: MsixTable + ?Sized>(
+    access: &A,
+    addr: PciAddress,
+    cap: &MsixCapability,
+    table: &T,
+    messages: &[MsiMessage],
+    unmask: bool,
+) -> Result<(), MsiError> {
     let supported = usize::from(cap.table_size);
     if messages.len() > supported {
         return Err(MsiError::TooManyVectors {
@@ -400,8 +466,10 @@ pub fn msix_enable<A: ConfigAccess + ?Sized, T: MsixTable + ?Sized>(
     for (index, msg) in messages.iter().enumerate() {
         write_entry(table, index as u16, *msg);
     }
-    for index in 0..messages.len() {
-        msix_set_entry_masked(table, index as u16, false);
+    if unmask {
+        for index in 0..messages.len() {
+            msix_set_entry_masked(table, index as u16, false);
+        }
     }
     set_intx_disabled(access, addr, true);
     write_control(

@@ -1308,6 +1308,78 @@ mod msi_tests {
     }
 
     #[test]
+    fn msix_enable_masked_leaves_every_entry_masked_until_asked() {
+        let (hw, a, cap, table) = msix_device();
+        let msgs = [
+            X86Msi::fixed(0, 0x38).compose(),
+            X86Msi::fixed(0, 0x39).compose(),
+        ];
+        msix_enable_masked(&hw, a, &cap, &table, &msgs).unwrap();
+        assert_eq!(table.entry(0), (0xFEE0_0000, 0x38, true));
+        assert_eq!(table.entry(1), (0xFEE0_0000, 0x39, true));
+        assert!((0..4).all(|i| msix_entry_masked(&table, i)));
+        assert_eq!(table.unmasked_writes(), 0);
+        assert_eq!(
+            hw.peek32(a, u16::from(cap.offset)) >> 30,
+            0b10,
+            "enabled, function mask clear"
+        );
+        // A handler is requested for vector 1: unmask it; the affinity then moves it to CPU 1
+        // (APIC id 1), new vector 0x40: rewritten under its mask, left unmasked.
+        msix_set_entry_masked(&table, 1, false);
+        msix_update_entry(&table, &cap, 1, X86Msi::fixed(1, 0x40).compose()).unwrap();
+        assert_eq!(table.entry(1), (0xFEE0_1000, 0x40, false));
+        assert!(table.entry(0).2, "entry 0 untouched and masked");
+        assert_eq!(table.unmasked_writes(), 0, "never rewritten unmasked");
+    }
+
+    #[test]
+    fn msi_set_message_retargets_under_mask_or_disable() {
+        // Maskable: the vectors are masked for the rewrite and their mask state restored.
+        let (hw, a, cap) = msi_device(2, true, true);
+        msi_enable(&hw, a, &cap, X86Msi::fixed(0, 0x40).compose(), 2).unwrap();
+        hw.clear_writes();
+        msi_set_message(&hw, a, &cap, X86Msi::fixed(1, 0x60).compose()).unwrap();
+        assert_eq!(hw.peek32(a, 0x44), 0xFEE0_1000);
+        assert_eq!(hw.peek32(a, 0x4C) & 0xFFFF, 0x60);
+        assert_eq!(hw.peek32(a, 0x50), !0b11, "mask state restored");
+        let w = hw.writes();
+        assert_eq!((w[0].offset, w[0].value), (0x50, u32::MAX), "masked first");
+        assert_eq!(w.last().map(|w| w.offset), Some(0x50), "unmasked last");
+        assert_eq!(
+            (hw.peek32(a, 0x40) >> 16) & 0x71,
+            0x11,
+            "still enabled with 2 vectors"
+        );
+        // A misaligned base for the enabled count is refused before any write.
+        hw.clear_writes();
+        assert_eq!(
+            msi_set_message(&hw, a, &cap, X86Msi::fixed(1, 0x61).compose()),
+            Err(MsiError::MisalignedVector {
+                vector: 0x61,
+                count: 2
+            })
+        );
+        assert!(hw.writes().is_empty());
+
+        // Not maskable: MSI is disabled around the rewrite, then enabled again.
+        let (hw, a, cap) = msi_device(0, false, false);
+        msi_enable(&hw, a, &cap, X86Msi::fixed(0, 0x40).compose(), 1).unwrap();
+        hw.clear_writes();
+        msi_set_message(&hw, a, &cap, X86Msi::fixed(2, 0x41).compose()).unwrap();
+        assert_eq!(hw.peek32(a, 0x44), 0xFEE0_2000);
+        assert_eq!(hw.peek32(a, 0x48) & 0xFFFF, 0x41);
+        let controls: Vec<u32> = hw
+            .writes()
+            .iter()
+            .filter(|w| w.offset == 0x40)
+            .map(|w| (w.value >> 16) & 1)
+            .collect();
+        assert_eq!(controls, [0, 1], "disabled for the rewrite, then enabled");
+        assert_ne!(hw.peek32(a, 0x04) & (1 << 10), 0, "INTx stays off");
+    }
+
+    #[test]
     fn msix_function_mask_toggles_only_its_bit() {
         let (hw, a, cap, _) = msix_device();
         msix_set_function_masked(&hw, a, &cap, true);
@@ -1452,6 +1524,88 @@ mod vector_tests {
             }
         }
         for v in held.drain(..) {
+            a.free(v).unwrap();
+        }
+        assert_eq!(a, fresh);
+    }
+
+    #[test]
+    fn blocks_are_aligned_contiguous_and_on_one_cpu() {
+        let mut a = VectorAllocator::new(2, &[0x30, 0x31, 0x32]);
+        let fresh = a.clone();
+        let single = a.allocate_on(0).unwrap();
+        assert_eq!(single.vector, 0x33);
+        let block = a.allocate_block(&CpuMask::first(2), 4).unwrap();
+        assert_eq!(block.len(), 4);
+        assert!(block.iter().all(|v| v.cpu == 1), "the emptier CPU");
+        assert_eq!(
+            block[0].vector, 0x34,
+            "lowest block aligned to 4 clear of the reserved"
+        );
+        assert!(block.windows(2).all(|w| w[1].vector == w[0].vector + 1));
+        let block8 = a.allocate_block(&CpuMask::single(0), 8).unwrap();
+        assert_eq!(block8[0].vector % 8, 0);
+        assert!(block8[0].vector >= 0x38);
+        assert_eq!(a.total_in_use(), 13);
+        assert_eq!(
+            a.allocate_block(&CpuMask::first(2), 3),
+            Err(VectorError::BadBlock(3))
+        );
+        assert_eq!(
+            a.allocate_block(&CpuMask::single(5), 1),
+            Err(VectorError::NoCpuInMask)
+        );
+        for v in block.into_iter().chain(block8).chain([single]) {
+            a.free(v).unwrap();
+        }
+        assert_eq!(a, fresh);
+        assert_eq!(a.total_in_use(), 0);
+        // Fill CPU 0 but one vector: no block of 2 fits there any more.
+        let mut held = Vec::new();
+        while a.free_on(0) > 1 {
+            held.push(a.allocate_on(0).unwrap());
+        }
+        assert!(matches!(
+            a.allocate_block(&CpuMask::single(0), 2),
+            Err(VectorError::Exhausted { .. })
+        ));
+        assert_eq!(a.allocate_block(&CpuMask::single(0), 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn affinity_moves_return_every_vector_when_done() {
+        // Moves as the kernel does them: allocate on the new CPU, reprogram, then free the old
+        // one; a later move completes first. After all moves and frees the allocator is exactly
+        // as built.
+        let mut a = VectorAllocator::new(4, &[0xE0]);
+        let fresh = a.clone();
+        let mut live: Vec<VectorAssignment> = (0..8)
+            .map(|_| a.allocate(&CpuMask::first(4)).unwrap())
+            .collect();
+        assert_eq!(
+            (0..4).map(|c| a.used_on(c)).collect::<Vec<_>>(),
+            [2, 2, 2, 2],
+            "spread over the CPUs of the mask"
+        );
+        let mut pending: Vec<Option<VectorAssignment>> = vec![None; live.len()];
+        for round in 0..50usize {
+            for (i, v) in live.iter_mut().enumerate() {
+                if let Some(old) = pending[i].take() {
+                    a.free(old).unwrap();
+                }
+                let target = (round + i) % 4;
+                if target == v.cpu {
+                    continue;
+                }
+                let PendingMove { old, new } = a.move_vector(*v, target).unwrap();
+                assert!(a.is_allocated(old) && a.is_allocated(new));
+                pending[i] = Some(old);
+                *v = new;
+            }
+            let in_flight = pending.iter().flatten().count();
+            assert_eq!(a.total_in_use(), live.len() + in_flight);
+        }
+        for v in pending.into_iter().flatten().chain(live) {
             a.free(v).unwrap();
         }
         assert_eq!(a, fresh);

@@ -213,6 +213,8 @@ pub enum VectorError {
     NoSuchCpu(usize),
     /// Freeing a vector that is not allocated (double free, or never allocated).
     NotAllocated(VectorAssignment),
+    /// A block size that is not a power of two from 1 to 32.
+    BadBlock(usize),
 }
 
 impl fmt::Display for VectorError {
@@ -227,6 +229,9 @@ impl fmt::Display for VectorError {
             }
             VectorError::NoCpuInMask => f.write_str("affinity mask names no online CPU"),
             VectorError::NoSuchCpu(c) => write!(f, "no CPU {c}"),
+            VectorError::BadBlock(n) => {
+                write!(f, "a block of {n} vectors is not 1, 2, 4, 8, 16 or 32")
+            }
             VectorError::NotAllocated(a) => {
                 write!(
                     f,
@@ -346,6 +351,64 @@ impl VectorAllocator {
         state.used[usize::from(vector) / 64] |= 1 << (vector % 64);
         state.in_use += 1;
         Ok(VectorAssignment { cpu, vector })
+    }
+
+    /// Vectors in use on every CPU together (the kernel's leak counter).
+    pub fn total_in_use(&self) -> usize {
+        self.cpus.iter().map(|c| c.in_use).sum()
+    }
+
+    /// Allocate `count` (a power of two, at most 32) consecutive vectors on one CPU of
+    /// `affinity`, the first aligned to `count`: multi-message MSI, where the device ORs the
+    /// message number into the data's low bits. The CPU is the one of the mask with the fewest
+    /// vectors in use that has such a block free (lowest id on a tie); the lowest block is
+    /// taken. The assignments come back in message order.
+    pub fn allocate_block(
+        &mut self,
+        affinity: &CpuMask,
+        count: usize,
+    ) -> Result<Vec<VectorAssignment>, VectorError> {
+        if !count.is_power_of_two() || count > 32 {
+            return Err(VectorError::BadBlock(count));
+        }
+        let unavailable = self.unavailable;
+        let free_block = |state: &CpuVectors| {
+            (usize::from(FIRST_DEVICE_VECTOR)..=usize::from(LAST_DEVICE_VECTOR) + 1 - count)
+                .step_by(count)
+                .find(|&first| {
+                    (first..first + count)
+                        .all(|v| !bit(&unavailable, v as u8) && !bit(&state.used, v as u8))
+                })
+        };
+        let mut candidates: Vec<usize> = affinity
+            .iter()
+            .take_while(|c| *c < self.cpus.len())
+            .collect();
+        if candidates.is_empty() {
+            return Err(VectorError::NoCpuInMask);
+        }
+        candidates.sort_by_key(|c| (self.cpus[*c].in_use, *c));
+        for cpu in candidates {
+            if let Some(first) = free_block(&self.cpus[cpu]) {
+                let state = &mut self.cpus[cpu];
+                let mut out = Vec::with_capacity(count);
+                for v in first..first + count {
+                    let v = v as u8;
+                    state.used[usize::from(v) / 64] |= 1 << (v % 64);
+                    state.in_use += 1;
+                    out.push(VectorAssignment { cpu, vector: v });
+                }
+                return Ok(out);
+            }
+        }
+        let mut cpus = *affinity;
+        for c in self.cpus.len()..MAX_CPUS {
+            cpus.remove(c);
+        }
+        Err(VectorError::Exhausted {
+            cpus,
+            per_cpu: self.per_cpu,
+        })
     }
 
     /// Return a vector. Freeing one that is not allocated is an error, never a silent success.

@@ -113,7 +113,7 @@ fn setup() -> Result<(), String> {
 
 /// The counters once the system is quiet: an IRQ thread stopped by `free_irq` and its stack
 /// are reaped asynchronously, so two readings 20 ms apart must agree.
-fn quiet_snapshot() -> LeakSnapshot {
+pub(super) fn quiet_snapshot() -> LeakSnapshot {
     let mut last = LeakSnapshot::take();
     for _ in 0..50 {
         crate::kernel::time::msleep(20);
@@ -127,7 +127,7 @@ fn quiet_snapshot() -> LeakSnapshot {
 }
 
 /// Waits until the counters equal `before`.
-fn settles_to(before: LeakSnapshot, what: &str) -> Result<(), String> {
+pub(super) fn settles_to(before: LeakSnapshot, what: &str) -> Result<(), String> {
     if wait_for(2000, || LeakSnapshot::take() == before) {
         return Ok(());
     }

@@ -68,6 +68,7 @@ mod locks;
 mod mm;
 mod net;
 mod paravirt;
+mod pci;
 mod sched_tests;
 mod smp;
 mod time_tests;
@@ -87,6 +88,23 @@ const TESTS: &[TestCase] = &[
     (
         "proc_iomem_nests_the_kernel_in_system_ram",
         mm::proc_iomem_nests_the_kernel_in_system_ram,
+    ),
+    (
+        "ecam_and_conf1_read_the_same_config_space",
+        pci::ecam_and_conf1_read_the_same_config_space,
+    ),
+    (
+        "mmio_claims_map_and_release",
+        pci::mmio_claims_map_and_release,
+    ),
+    ("intx_routes_through_prt", pci::intx_routes_through_prt),
+    (
+        "msix_vectors_allocate_move_and_free",
+        pci::msix_vectors_allocate_move_and_free,
+    ),
+    (
+        "msi_vectors_allocate_and_free",
+        pci::msi_vectors_allocate_and_free,
     ),
     (
         "command_line_stored_exactly",
@@ -262,6 +280,14 @@ const TESTS: &[TestCase] = &[
     (
         "loopback_tcp_transfer_keeps_every_byte",
         net::loopback_tcp_transfer_keeps_every_byte,
+    ),
+    (
+        "pci_functions_are_devices_of_the_pci_bus",
+        pci::pci_functions_are_devices_of_the_pci_bus,
+    ),
+    (
+        "pci_driver_binds_unbinds_and_leaks_nothing",
+        pci::pci_driver_binds_unbinds_and_leaks_nothing,
     ),
     (
         "paravirt_native_everywhere_without_kvm",

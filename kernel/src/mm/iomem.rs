@@ -1,8 +1,12 @@
 //! `/proc/iomem`: the physical address space as a resource tree (`lull-resource`, Linux's
-//! `iomem_resource`), in Linux's format. Built when read: the firmware memory map as the
-//! outer regions, the kernel image inside System RAM, the LAPIC, IOAPICs, HPET and PCIe ECAM
-//! windows from ACPI, and the memory BARs of the PCI functions (the bus is scanned on first
-//! use). A region that would overlap another is left out and named at the end, as Linux
+//! `iomem_resource`), in Linux's format, and the claims drivers make in it
+//! ([`claim`], which `arch::mmio::Mmio` calls; Linux's `request_mem_region`).
+//!
+//! The tree is built on first use (a `/proc/iomem` read or the first claim; not at boot): the
+//! firmware memory map as the outer regions, the kernel image inside System RAM, the LAPIC,
+//! IOAPICs, HPET and PCIe ECAM windows from ACPI, and the memory BARs of the PCI functions as
+//! containers named by the function (`0000:00:03.0`, as Linux), which a driver's claim then
+//! nests in. A region that would overlap another is left out and named at the end, as Linux
 //! logs a refused claim.
 
 use alloc::format;
@@ -10,7 +14,58 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
-use lull_resource::{Occupancy, ResourceTree};
+use lull_resource::{Occupancy, ResourceError, ResourceId, ResourceTree};
+use spin::Once;
+
+use crate::kernel::locking::IrqSafeLock;
+
+struct Iomem {
+    tree: ResourceTree,
+    /// Firmware and platform regions that could not be inserted (shown at the end).
+    refused: Vec<String>,
+}
+
+static IOMEM: Once<IrqSafeLock<Iomem>> = Once::new();
+
+fn iomem() -> &'static IrqSafeLock<Iomem> {
+    // Built outside any lock: it scans PCI, which maps the ECAM window (unclaimed).
+    IOMEM.call_once(|| {
+        let (tree, refused) = build();
+        IrqSafeLock::named("iomem", Iomem { tree, refused })
+    })
+}
+
+/// A claim in the iomem tree; released when dropped.
+#[derive(Debug)]
+pub struct IomemClaim {
+    id: ResourceId,
+}
+
+impl Drop for IomemClaim {
+    fn drop(&mut self) {
+        let _ = iomem().lock().tree.release(self.id);
+    }
+}
+
+/// Claims `[start, start + len)` for `owner` (Linux's `request_mem_region`): nests in the
+/// deepest container covering it (a BAR, a firmware block); refused when it overlaps another
+/// claim or crosses a container's boundary, naming the resource in the way.
+pub fn claim(start: u64, len: u64, owner: String) -> Result<IomemClaim, ResourceError> {
+    let id = iomem().lock().tree.request_region(start, len, owner)?;
+    Ok(IomemClaim { id })
+}
+
+/// Busy (claimed) resources in the tree now (for leak checks: drivers' claims come and go,
+/// the platform's stay).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // leak checks
+pub fn busy_count() -> usize {
+    iomem()
+        .lock()
+        .tree
+        .iter()
+        .filter(|r| r.occupancy == Occupancy::Busy)
+        .count()
+}
 
 fn e820_name(kind: u32) -> &'static str {
     match kind {
@@ -26,6 +81,16 @@ fn e820_name(kind: u32) -> &'static str {
 
 /// The text of `/proc/iomem`.
 pub fn proc_iomem() -> String {
+    let iomem = iomem().lock();
+    let mut text = iomem.tree.proc_text();
+    for line in &iomem.refused {
+        let _ = writeln!(text, "# not claimed: {line}");
+    }
+    text
+}
+
+/// The platform's part of the tree, and what could not be inserted.
+fn build() -> (ResourceTree, Vec<String>) {
     let mut tree = ResourceTree::memory();
     let mut refused: Vec<String> = Vec::new();
     let mut container = |tree: &mut ResourceTree, start: u64, size: u64, name: &str| {
@@ -49,6 +114,15 @@ pub fn proc_iomem() -> String {
                 ecam.segment, ecam.bus_start, ecam.bus_end
             );
             container(&mut tree, start, buses << 20, &name);
+        }
+    }
+    for function in &crate::drivers::pci::scan().functions {
+        for bar in &function.bars {
+            if let lull_pci::Bar::Memory { address, size, .. } = bar {
+                if *address != 0 {
+                    container(&mut tree, *address, *size, &format!("{}", function.address));
+                }
+            }
         }
     }
     let mut busy = |tree: &mut ResourceTree, start: u64, size: u64, name: &str| {
@@ -79,16 +153,5 @@ pub fn proc_iomem() -> String {
             busy(&mut tree, hpet.address(), 0x400, "HPET 0");
         }
     }
-    for function in &crate::drivers::pci::scan().functions {
-        for bar in &function.bars {
-            if let lull_pci::Bar::Memory { address, size, .. } = bar {
-                busy(&mut tree, *address, *size, &format!("{}", function.address));
-            }
-        }
-    }
-    let mut text = tree.proc_text();
-    for line in refused {
-        let _ = writeln!(text, "# not claimed: {line}");
-    }
-    text
+    (tree, refused)
 }

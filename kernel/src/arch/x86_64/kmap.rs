@@ -84,6 +84,13 @@ pub fn set_remote_flush(flush: RemoteFlush) {
     REMOTE_FLUSH.call_once(|| flush);
 }
 
+/// Drops other CPUs' translations of kernel range `[start, end)` (the MMIO window's unmaps).
+pub(super) fn remote_flush(start: u64, end: u64) {
+    if let Some(flush) = REMOTE_FLUSH.get() {
+        flush(start, end);
+    }
+}
+
 /// Drops every CPU's translation of window page `address` (this CPU's is already gone).
 fn shoot_down(address: u64) {
     if let Some(flush) = REMOTE_FLUSH.get() {

@@ -12,7 +12,8 @@
 //! | `DevresList::add_action`      | `devm_add_action`              | running the action       |
 //! | `DevresList::open_group` …    | `devres_open_group` …          | `release_group`          |
 //!
-//! MMIO mappings and PCI vectors have their managed forms beside their owners (`drivers::pci`).
+//! MMIO mappings and PCI vectors have their managed forms beside their owners
+//! (`drivers::pci::devm`: `pcim_enable_device`, `pcim_iomap`, `pcim_alloc_irq_vectors`…).
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -181,17 +182,26 @@ pub struct LeakSnapshot {
     pub dma_pages: usize,
     /// Free pages in the page allocator.
     pub free_pages: u64,
+    /// Interrupt vectors held by MSI / MSI-X IRQs (all CPUs).
+    pub msi_vectors: usize,
+    /// Claimed MMIO ranges in the iomem tree.
+    pub mmio_claims: usize,
 }
 
 impl LeakSnapshot {
     /// The counters now.
     pub fn take() -> LeakSnapshot {
+        // Before the heap is read: the first look builds the iomem tree (and scans PCI).
+        let mmio_claims = crate::mm::iomem::busy_count();
+        let msi_vectors = irq::msi::vectors_in_use();
         LeakSnapshot {
             heap_bytes: crate::arch::heap::usage().0,
             irq_lines: irq::requested_lines(),
             port_claims: crate::arch::io::claimed().len(),
             dma_pages: crate::arch::dma::pages_in_use(),
             free_pages: crate::mm::page_counts().1,
+            msi_vectors,
+            mmio_claims,
         }
     }
 }
@@ -203,6 +213,8 @@ impl fmt::Display for LeakSnapshot {
         writeln!(f, "irq_lines {}", self.irq_lines)?;
         writeln!(f, "port_claims {}", self.port_claims)?;
         writeln!(f, "dma_pages {}", self.dma_pages)?;
-        writeln!(f, "free_pages {}", self.free_pages)
+        writeln!(f, "free_pages {}", self.free_pages)?;
+        writeln!(f, "msi_vectors {}", self.msi_vectors)?;
+        writeln!(f, "mmio_claims {}", self.mmio_claims)
     }
 }

@@ -3,8 +3,11 @@
 //! overrides), threaded handlers and `threadirqs`, per-line CPU affinity
 //! (`/proc/irq/N/smp_affinity`), and the `/proc/interrupts` view.
 //!
-//! An IRQ number is a GSI (an IOAPIC input), as Linux numbers IOAPIC lines; its vector is
-//! `DEVICE_VECTOR_BASE + GSI`, the same on every CPU (the IDT is shared).
+//! An IRQ number below the IOAPIC's last GSI is that GSI (an IOAPIC input), as Linux numbers
+//! IOAPIC lines; its vector is `DEVICE_VECTOR_BASE + GSI`, the same on every CPU (the IDT is
+//! shared). The numbers above are message-signalled IRQs (`msi`: PCI MSI and MSI-X), each
+//! with its own (CPU, vector), edge-triggered, masked in the device while no handler is
+//! requested.
 //!
 //! Every requested line has one action. Its hard part (`handler`) runs in hard-IRQ context on
 //! the line's CPU; a threaded line also has a kernel thread `irq/N-name` (RT FIFO 50) that runs
@@ -29,6 +32,8 @@ use crate::arch::acpi::AcpiInfo;
 use crate::arch::{apic, interrupts};
 use crate::fs::procfs::ProcError;
 use crate::kernel::locking::{IrqSafeLock, Mutex, MAX_CPUS};
+
+pub mod msi;
 
 /// Interrupt parameters.
 pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
@@ -122,6 +127,8 @@ pub enum IrqError {
     AffinityFixed(u32),
     /// An affinity mask that is empty, names CPUs that do not exist, or no online CPU.
     BadAffinity(String),
+    /// No interrupt vector free for a message-signalled IRQ.
+    NoVector(String),
 }
 
 impl core::fmt::Display for IrqError {
@@ -140,6 +147,7 @@ impl core::fmt::Display for IrqError {
                 write!(f, "IRQ {irq} is a tick device line; its affinity is fixed")
             }
             IrqError::BadAffinity(why) => write!(f, "{why}"),
+            IrqError::NoVector(why) => write!(f, "{why}"),
         }
     }
 }
@@ -200,6 +208,8 @@ struct Line {
     affinity: u64,
     /// The CPU it goes to (the first online CPU of `affinity`).
     effective_cpu: usize,
+    /// A message-signalled IRQ (`msi`), not an IOAPIC input.
+    msi: bool,
 }
 
 /// Serialises `request_*irq` and `free_irq` (Linux's per-descriptor `request_mutex`): both
@@ -300,6 +310,16 @@ fn vector_of(gsi: u32) -> Result<u8, IrqError> {
         .ok_or(IrqError::NoSuchLine(gsi))
 }
 
+/// One past the IOAPIC's last GSI (0 without an IOAPIC): where MSI IRQ numbers start.
+fn ioapic_gsi_end() -> u32 {
+    with_ioapic(|ioapic| ioapic.gsi_base + ioapic.entries()).unwrap_or(0)
+}
+
+/// Whether `irq` has a handler.
+fn is_requested(irq: u32) -> bool {
+    LINES.lock().contains_key(&irq)
+}
+
 /// Lines with a handler (leak checks compare it across bind/unbind cycles).
 pub fn requested_lines() -> usize {
     LINES
@@ -315,9 +335,13 @@ pub fn irq_vector(irq: u32) -> Option<u8> {
     LINES.lock().get(&irq).map(|line| line.vector)
 }
 
-/// Hard-IRQ entry of every requested line.
+/// Hard-IRQ entry of every requested IOAPIC line.
 fn irq_dispatch(vector: u8) {
-    let irq = vector.wrapping_sub(interrupts::DEVICE_VECTOR_BASE) as u32;
+    handle_irq(vector.wrapping_sub(interrupts::DEVICE_VECTOR_BASE) as u32);
+}
+
+/// Runs line `irq`'s action (hard-IRQ context).
+fn handle_irq(irq: u32) {
     let action = {
         let lines = LINES.lock();
         let Some(Line {
@@ -393,8 +417,17 @@ pub fn request_threaded_irq(
     flags: IrqFlags,
     name: &'static str,
 ) -> Result<u8, IrqError> {
-    let trigger = resolve_trigger(irq, flags)?;
-    let vector = vector_of(irq)?;
+    let msi = msi::placement(irq);
+    let (trigger, vector) = match msi {
+        Some((vector, _, _)) => (
+            Trigger {
+                level: false,
+                active_low: false,
+            },
+            vector,
+        ),
+        None => (resolve_trigger(irq, flags)?, vector_of(irq)?),
+    };
     if handler.is_none() && thread_fn.is_none() {
         return Err(IrqError::InvalidRequest(
             "neither a handler nor a thread function",
@@ -447,8 +480,15 @@ pub fn request_threaded_irq(
         }
         // A new line goes to CPU 0 with every CPU allowed (Linux's default affinity, no
         // irqbalance).
-        let affinity = u64::MAX >> (64 - crate::kernel::smp::possible_cpus().clamp(1, 64));
-        let effective_cpu = 0;
+        let mut affinity = u64::MAX >> (64 - crate::kernel::smp::possible_cpus().clamp(1, 64));
+        let mut effective_cpu = 0;
+        if let Some((_, cpu, mask)) = msi {
+            // Where the vector allocator put it (the MSI IRQ's own affinity).
+            effective_cpu = cpu;
+            affinity = (0..64)
+                .filter(|&c| mask.contains(c))
+                .fold(0, |m, c| m | 1 << c);
+        }
         lines.insert(
             irq,
             Line {
@@ -458,8 +498,14 @@ pub fn request_threaded_irq(
                 owner: Owner::Action(Arc::clone(&action)),
                 affinity,
                 effective_cpu,
+                msi: msi.is_some(),
             },
         );
+        if msi.is_some() {
+            drop(lines);
+            msi::set_masked(irq, false);
+            return Ok(vector);
+        }
         interrupts::set_handler(vector, irq_dispatch);
         with_ioapic(|ioapic| {
             ioapic.route(
@@ -527,14 +573,15 @@ fn stop_thread(action: &Action) {
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no driver is unloaded yet
 pub fn free_irq(irq: u32) -> Result<(), IrqError> {
     let _request = REQUEST.lock();
-    let (action, vector) = {
+    let (action, vector, is_msi) = {
         let mut lines = LINES.lock();
         let action = match lines.get(&irq) {
             Some(Line {
                 owner: Owner::Action(action),
                 vector,
+                msi,
                 ..
-            }) => (Arc::clone(action), *vector),
+            }) => (Arc::clone(action), *vector, *msi),
             _ => return Err(IrqError::NotRequested(irq)),
         };
         if let Some(thread) = &action.0.thread {
@@ -544,10 +591,17 @@ pub fn free_irq(irq: u32) -> Result<(), IrqError> {
             }
         }
         lines.remove(&irq);
-        with_ioapic(|ioapic| ioapic.set_masked(irq, true));
+        if !action.2 {
+            with_ioapic(|ioapic| ioapic.set_masked(irq, true));
+        }
         action
     };
-    interrupts::clear_handler(vector);
+    if is_msi {
+        // The vector's IDT entry is shared by every MSI IRQ; masking stops this one.
+        msi::set_masked(irq, true);
+    } else {
+        interrupts::clear_handler(vector);
+    }
     // synchronize_irq: a hard handler that looked the line up before it was removed.
     while action.hard_running.load(Ordering::Acquire) != 0 {
         core::hint::spin_loop();
@@ -571,6 +625,7 @@ pub fn route_gsi(gsi: u32, vector: u8, name: &'static str, level: bool, active_l
             owner: Owner::TickDevice,
             affinity: 1 << cpu,
             effective_cpu: cpu,
+            msi: false,
         },
     );
     with_ioapic(|ioapic| ioapic.route(gsi, vector, apic::local_apic_id(), level, active_low));
@@ -620,13 +675,32 @@ pub fn set_irq_affinity(irq: u32, mask: u64) -> Result<usize, IrqError> {
             format_mask(mask)
         )));
     };
+    let is_msi = {
+        let lines = LINES.lock();
+        let line = lines.get(&irq).ok_or(IrqError::NotRequested(irq))?;
+        if matches!(line.owner, Owner::TickDevice) {
+            return Err(IrqError::AffinityFixed(irq));
+        }
+        line.msi
+    };
+    // An MSI IRQ gets a vector on the new CPU and its device is reprogrammed first (outside
+    // `LINES`); the line then records where it goes.
+    let msi_vector = if is_msi {
+        let mut cpus = lull_pci::CpuMask::empty();
+        for c in (0..64).filter(|&c| mask & (1 << c) != 0) {
+            cpus.insert(c);
+        }
+        Some(msi::move_to(irq, cpu, cpus)?)
+    } else {
+        None
+    };
     let mut lines = LINES.lock();
     let line = lines.get_mut(&irq).ok_or(IrqError::NotRequested(irq))?;
-    if matches!(line.owner, Owner::TickDevice) {
-        return Err(IrqError::AffinityFixed(irq));
-    }
     line.affinity = mask;
-    if line.effective_cpu != cpu {
+    if let Some(vector) = msi_vector {
+        line.vector = vector;
+        line.effective_cpu = cpu;
+    } else if line.effective_cpu != cpu {
         line.effective_cpu = cpu;
         // One 32-bit write of the destination field: the entry is never half-updated, and an
         // interrupt already delivered to the old CPU is acknowledged there as usual.
@@ -834,12 +908,23 @@ pub fn proc_interrupts() -> String {
         }
         let _ = writeln!(out, "   {what}");
     };
-    let lines: Vec<(u32, u8, bool, &'static str)> = LINES
+    let lines: Vec<(u32, u8, bool, &'static str, bool)> = LINES
         .lock()
         .iter()
-        .map(|(&irq, line)| (irq, line.vector, line.trigger.level, line.name))
+        .map(|(&irq, line)| (irq, line.vector, line.trigger.level, line.name, line.msi))
         .collect();
-    for (irq, vector, level, name) in lines {
+    for (irq, vector, level, name, is_msi) in lines {
+        if is_msi {
+            if let Some((chip, counts)) = msi::describe(irq) {
+                row(
+                    &mut out,
+                    &alloc::format!("{irq}"),
+                    &|cpu| counts.get(cpu).map_or(0, |c| c.load(Ordering::Relaxed)),
+                    &alloc::format!("{chip}   {name}"),
+                );
+            }
+            continue;
+        }
         row(
             &mut out,
             &alloc::format!("{irq}"),
