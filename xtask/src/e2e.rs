@@ -907,6 +907,35 @@ fn lspci_matches_qemu_info_pci() -> TestResult {
         lspci == qemu,
         "lspci -n:\n{listing}\ndiffers from QEMU's info pci:\n{text}"
     );
+    // The driver model has the same functions as devices of its pci bus, with their ids.
+    let sys = guest.run("ls /sys/bus/pci/devices", STEP)?;
+    let mut names: Vec<String> = sys
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("0000:"))
+        .map(String::from)
+        .collect();
+    names.sort();
+    let expected: Vec<String> = qemu
+        .iter()
+        .map(|f| format!("0000:{:02x}:{:02x}.{}", f.0, f.1, f.2))
+        .collect();
+    ensure!(
+        names == expected,
+        "/sys/bus/pci/devices:\n{sys}\ndiffers from QEMU's info pci:\n{text}"
+    );
+    for function in &qemu {
+        let name = format!("0000:{:02x}:{:02x}.{}", function.0, function.1, function.2);
+        let vendor = guest.run(&format!("cat /sys/bus/pci/devices/{name}/vendor"), STEP)?;
+        let device = guest.run(&format!("cat /sys/bus/pci/devices/{name}/device"), STEP)?;
+        ensure!(
+            vendor.contains(&format!("0x{:04x}", function.3))
+                && device.contains(&format!("0x{:04x}", function.4)),
+            "{name}: sysfs vendor {vendor:?} device {device:?}, QEMU {:04x}:{:04x}",
+            function.3,
+            function.4
+        );
+    }
     poweroff_exits_zero(&mut guest)
 }
 
