@@ -44,9 +44,9 @@ pub struct Thread {
 
 impl Drop for Thread {
     fn drop(&mut self) {
-        // A thread is dropped once reaped (exited, its CPU switched away): its context hands
-        // the kernel stack back, and dropping that frees it.
-        drop(self.context.take_stack());
+        // A thread is dropped once reaped (exited, its CPU switched away): its stack is freed
+        // and its context kept for the next thread.
+        self.context.release();
     }
 }
 
@@ -169,10 +169,10 @@ pub fn kthread_spawn(
 ) -> Result<u64, SpawnError> {
     let stack = KernelStack::alloc().ok_or(SpawnError::NoMemory)?;
     let context = ThreadContext::new_thread(stack, thread_start);
-    // A thread that never ran: its context gives the stack back at once.
-    let abandon = |context: &ThreadContext| {
+    // A thread that never ran: its stack and context are given back at once.
+    let abandon = |context: &'static ThreadContext| {
         context.mark_exited();
-        drop(context.take_stack());
+        context.release();
     };
     let now = crate::kernel::time::uptime_ns();
     let placement = {
