@@ -607,3 +607,17 @@ pub fn context_switches(cpu: usize) -> u64 {
         .and_then(|state| state.policy.cpu_info(cpu))
         .map_or(0, |info| info.context_switches)
 }
+
+/// The scheduler's bookkeeping sizes: tasks the policy knows, live threads, and exited threads
+/// waiting for their CPU to leave their stack (leak checks compare them across cycles).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+pub fn task_counts() -> (usize, usize, usize) {
+    let guard = sched_lock();
+    guard.as_ref().map_or((0, 0, 0), |state| {
+        (
+            state.policy.tasks().count(),
+            state.threads.len(),
+            state.zombies.len(),
+        )
+    })
+}
