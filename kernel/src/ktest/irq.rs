@@ -466,3 +466,62 @@ pub(super) fn irq_affinity_moves_the_hpet_line() -> TestResult {
     irq::free_irq(gsi).map_err(|e| alloc::format!("free: {e}"))?;
     result
 }
+
+fn cycle_hard(_irq: u32) -> IrqReturn {
+    IrqReturn::Handled
+}
+
+fn cycle_thread(_irq: u32) -> IrqReturn {
+    IrqReturn::Handled
+}
+
+/// Heap bytes and the scheduler's task counts once quiet: a line's thread stopped by
+/// `free_irq` is reaped when its CPU next switches, so two readings 20 ms apart must agree.
+fn quiet_heap_and_tasks() -> (usize, (usize, usize, usize)) {
+    let take = || (crate::arch::heap::usage().0, sched::task_counts());
+    let mut last = take();
+    for _ in 0..50 {
+        time::msleep(20);
+        let now = take();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Requesting and freeing a line with a thread function (a thread started and stopped each
+/// time) leaves the heap and the scheduler's tables exactly as they were: each cycle once
+/// leaked its thread's context (48 bytes), whatever the thread's class.
+pub(super) fn threaded_irq_request_free_cycles_leak_nothing() -> TestResult {
+    const CYCLES: usize = 50;
+    let gsi = (16..24)
+        .rev()
+        .find(|&gsi| irq::irq_affinity(gsi).is_none())
+        .ok_or("no free IOAPIC input (GSI 16-23)")?;
+    let cycle = |round: usize| -> Result<(), String> {
+        irq::request_threaded_irq(
+            gsi,
+            Some(cycle_hard),
+            Some(cycle_thread),
+            IrqFlags::NONE,
+            "ktest-cycle",
+        )
+        .map_err(|e| alloc::format!("round {round}: request IRQ {gsi}: {e}"))?;
+        irq::free_irq(gsi).map_err(|e| alloc::format!("round {round}: free IRQ {gsi}: {e}"))
+    };
+    // One warm-up cycle (lazily grown tables reach their size), then the baseline.
+    cycle(0)?;
+    let before = quiet_heap_and_tasks();
+    for round in 1..=CYCLES {
+        cycle(round)?;
+    }
+    let after = quiet_heap_and_tasks();
+    ensure!(
+        after == before,
+        "{CYCLES} request/free cycles: (heap bytes, (tasks, threads, zombies)) went from \
+         {before:?} to {after:?}"
+    );
+    Ok(())
+}

@@ -213,6 +213,10 @@ const TESTS: &[TestCase] = &[
         irq::level_oneshot_line_stays_masked_until_its_thread_ran,
     ),
     (
+        "threaded_irq_request_free_cycles_leak_nothing",
+        irq::threaded_irq_request_free_cycles_leak_nothing,
+    ),
+    (
         "cpu_masks_parse_and_print_as_linux",
         irq::cpu_masks_parse_and_print_as_linux,
     ),

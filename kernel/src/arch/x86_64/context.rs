@@ -12,6 +12,7 @@
 //! after the last write to the old stack. Waits form no cycle: each CPU waits for a thread
 //! chosen strictly earlier than its own.
 
+use alloc::vec::Vec;
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -88,7 +89,9 @@ impl KernelStack {
 }
 
 /// A thread's saved CPU state between switches. Contexts live for the whole kernel run
-/// (`'static`), so a context can never be freed while a CPU still switches through it.
+/// (`'static`), so a context can never be freed while a CPU still switches through it; an
+/// exited thread's context is [released](ThreadContext::release) once no CPU runs on it and
+/// the next new thread reuses it, so threads that come and go do not grow the heap.
 pub struct ThreadContext {
     /// The stack pointer saved by the last switch away (unused while running).
     saved_rsp: AtomicU64,
@@ -132,6 +135,15 @@ impl ThreadContext {
         unsafe {
             core::ptr::copy_nonoverlapping(words.as_ptr(), frame as usize as *mut u64, words.len())
         };
+        if let Some(context) = with_free_contexts(Vec::pop) {
+            // Released: exited, off every CPU, its stack gone, and its thread forgotten by the
+            // scheduler, so nothing switches through it until it is handed out here.
+            *context.stack.lock() = Some(stack);
+            context.saved_rsp.store(frame, Ordering::SeqCst);
+            context.on_cpu.store(false, Ordering::SeqCst);
+            context.exited.store(false, Ordering::SeqCst);
+            return context;
+        }
         alloc::boxed::Box::leak(alloc::boxed::Box::new(ThreadContext {
             saved_rsp: AtomicU64::new(frame),
             on_cpu: AtomicBool::new(false),
@@ -153,7 +165,7 @@ impl ThreadContext {
 
     /// Hands the stack back once the thread has exited and no CPU runs on it any more (`None`
     /// before that, or if it was taken already).
-    pub fn take_stack(&self) -> Option<KernelStack> {
+    fn take_stack(&self) -> Option<KernelStack> {
         let mut stack = self.stack.lock();
         // Ordering with `switch`: it sets `on_cpu` and then checks `exited`, both SeqCst; we
         // read `exited` and then `on_cpu`. So either we see `on_cpu` set and refuse, or the
@@ -163,6 +175,35 @@ impl ThreadContext {
         }
         stack.take()
     }
+
+    /// The end of a thread that exited (or never ran): frees its stack and keeps the context
+    /// for the next [`ThreadContext::new_thread`]. The caller must hold no other use of the
+    /// context (the scheduler calls this when it drops the thread, after its CPU left it).
+    /// Does nothing while the thread has not exited or a CPU still runs on it, and for a
+    /// context released already (the stack is the token: only the release that took it hands
+    /// the context on).
+    pub fn release(&'static self) {
+        let Some(stack) = self.take_stack() else {
+            return;
+        };
+        drop(stack);
+        with_free_contexts(|free| free.push(self));
+    }
+}
+
+/// Contexts of threads that are gone, for reuse (never freed: see [`ThreadContext`]).
+static FREE_CONTEXTS: spin::Mutex<Vec<&'static ThreadContext>> = spin::Mutex::new(Vec::new());
+
+/// Runs `f` on the free contexts with interrupts off (the scheduler releases contexts from the
+/// interrupt-return path, so the lock must not be held when an interrupt can arrive).
+fn with_free_contexts<R>(f: impl FnOnce(&mut Vec<&'static ThreadContext>) -> R) -> R {
+    let enabled = super::cpu::interrupts_enabled();
+    super::cpu::disable_interrupts();
+    let result = f(&mut FREE_CONTEXTS.lock());
+    if enabled {
+        super::cpu::enable_interrupts();
+    }
+    result
 }
 
 /// Switches this CPU from `previous` (the context running now) to `next`, returning when some

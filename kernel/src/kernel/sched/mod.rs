@@ -44,9 +44,9 @@ pub struct Thread {
 
 impl Drop for Thread {
     fn drop(&mut self) {
-        // A thread is dropped once reaped (exited, its CPU switched away): its context hands
-        // the kernel stack back, and dropping that frees it.
-        drop(self.context.take_stack());
+        // A thread is dropped once reaped (exited, its CPU switched away): its stack is freed
+        // and its context kept for the next thread.
+        self.context.release();
     }
 }
 
@@ -169,10 +169,10 @@ pub fn kthread_spawn(
 ) -> Result<u64, SpawnError> {
     let stack = KernelStack::alloc().ok_or(SpawnError::NoMemory)?;
     let context = ThreadContext::new_thread(stack, thread_start);
-    // A thread that never ran: its context gives the stack back at once.
-    let abandon = |context: &ThreadContext| {
+    // A thread that never ran: its stack and context are given back at once.
+    let abandon = |context: &'static ThreadContext| {
         context.mark_exited();
-        drop(context.take_stack());
+        context.release();
     };
     let now = crate::kernel::time::uptime_ns();
     let placement = {
@@ -606,4 +606,18 @@ pub fn context_switches(cpu: usize) -> u64 {
         .as_ref()
         .and_then(|state| state.policy.cpu_info(cpu))
         .map_or(0, |info| info.context_switches)
+}
+
+/// The scheduler's bookkeeping sizes: tasks the policy knows, live threads, and exited threads
+/// waiting for their CPU to leave their stack (leak checks compare them across cycles).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+pub fn task_counts() -> (usize, usize, usize) {
+    let guard = sched_lock();
+    guard.as_ref().map_or((0, 0, 0), |state| {
+        (
+            state.policy.tasks().count(),
+            state.threads.len(),
+            state.zombies.len(),
+        )
+    })
 }
