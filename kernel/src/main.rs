@@ -95,6 +95,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
             locking::PARAMS,
             kernel::paravirt::PARAMS,
             drivers::base::PARAMS,
+            drivers::virtio::PARAMS,
         ],
     );
     for problem in problems {
@@ -154,6 +155,8 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     request_serial_irq();
     drivers::base::init();
     drivers::acpi::init(acpi);
+    kernel::random::init();
+    drivers::virtio::init();
     time::init(acpi);
     #[cfg(feature = "ktest")]
     ktest::run_device_tests();

@@ -8,3 +8,4 @@ pub mod acpi;
 pub mod base;
 pub mod clocksource;
 pub mod pci;
+pub mod virtio;

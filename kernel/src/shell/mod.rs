@@ -249,6 +249,15 @@ const COMMANDS: &[Command] = &[
         },
     },
     Command {
+        name: "hwrng",
+        usage: "hwrng [N]",
+        help: "N bytes (default 32) from the hardware RNG (virtio-rng), in hex",
+        run: |args, _| match crate::drivers::virtio::rng::cmd_hwrng(args) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("{error}"),
+        },
+    },
+    Command {
         name: "memsum",
         usage: "memsum [stop]",
         help: "check a 64 KiB pattern a kernel thread keeps rewriting (integrity across migration)",

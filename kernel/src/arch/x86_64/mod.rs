@@ -16,6 +16,7 @@ pub mod io;
 pub mod kmap;
 pub mod kvm;
 pub mod memory;
+pub mod mmio;
 pub mod paging;
 pub mod pci;
 pub mod percpu;

@@ -24,6 +24,7 @@ use lull_driver_core::{Errno, ProbeError};
 
 use crate::arch::dma::DmaBuffer;
 use crate::arch::io::{ClaimError, IoPorts};
+use crate::arch::mmio::{Mmio, MmioError};
 use crate::kernel::irq::{self, IrqError, IrqFlags, IrqHandler};
 
 fn injected_or(error: AcquireError<Errno>) -> ProbeError {
@@ -31,14 +32,15 @@ fn injected_or(error: AcquireError<Errno>) -> ProbeError {
 }
 
 /// `devm_kzalloc`: `len` zeroed bytes owned by the device until unbind.
-pub fn kzalloc(devres: &mut DevresList, len: usize) -> Result<Arc<Revocable<Box<[u8]>>>, ProbeError> {
+pub fn kzalloc(
+    devres: &mut DevresList,
+    len: usize,
+) -> Result<Arc<Revocable<Box<[u8]>>>, ProbeError> {
     let info = ResourceInfo::new(ResourceKind::Alloc, "kzalloc").with_size(len as u64);
     devres
         .acquire_revocable(info, || {
             let mut bytes = alloc::vec::Vec::new();
-            bytes
-                .try_reserve_exact(len)
-                .map_err(|_| Errno::ENOMEM)?;
+            bytes.try_reserve_exact(len).map_err(|_| Errno::ENOMEM)?;
             bytes.resize(len, 0u8);
             Ok(bytes.into_boxed_slice())
         })
@@ -89,7 +91,11 @@ impl lull_devres::ManagedResource for IrqLine {
 
     fn release(self: Box<Self>) {
         if let Err(error) = irq::free_irq(self.irq) {
-            crate::pr_err!("devres: free_irq({}) for {}: {error:?}", self.irq, self.name);
+            crate::pr_err!(
+                "devres: free_irq({}) for {}: {error:?}",
+                self.irq,
+                self.name
+            );
         }
     }
 }
@@ -163,6 +169,29 @@ pub fn alloc_coherent(
         .map_err(injected_or)
 }
 
+/// `devm_ioremap_resource`: claims and maps `len` bytes of device memory at `phys` for `owner`
+/// (refused, naming the holder, when someone else has them).
+pub fn ioremap(
+    devres: &mut DevresList,
+    phys: u64,
+    len: u64,
+    owner: &'static str,
+) -> Result<Arc<Revocable<Mmio>>, ProbeError> {
+    let last = phys.saturating_add(len.max(1) - 1);
+    let info = ResourceInfo::new(ResourceKind::Mmio, format!("{phys:#x}-{last:#x}")).with_size(len);
+    devres
+        .acquire_revocable(info, || {
+            Mmio::claim(phys, len, owner).map_err(|error| {
+                crate::pr_err!("{owner}: memory {phys:#x}+{len:#x}: {error}");
+                match error {
+                    MmioError::Busy(_) => Errno::EBUSY,
+                    MmioError::BadRange { .. } => Errno::EINVAL,
+                }
+            })
+        })
+        .map_err(injected_or)
+}
+
 /// What the leak checks compare: every counter a bind/unbind cycle must return to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeakSnapshot {
@@ -176,6 +205,8 @@ pub struct LeakSnapshot {
     pub dma_pages: usize,
     /// Free pages in the page allocator.
     pub free_pages: u64,
+    /// Claimed MMIO ranges.
+    pub mmio_claims: usize,
 }
 
 impl LeakSnapshot {
@@ -187,6 +218,7 @@ impl LeakSnapshot {
             port_claims: crate::arch::io::claimed().len(),
             dma_pages: crate::arch::dma::pages_in_use(),
             free_pages: crate::mm::page_counts().1,
+            mmio_claims: crate::arch::mmio::claims(),
         }
     }
 }
@@ -198,6 +230,7 @@ impl fmt::Display for LeakSnapshot {
         writeln!(f, "irq_lines {}", self.irq_lines)?;
         writeln!(f, "port_claims {}", self.port_claims)?;
         writeln!(f, "dma_pages {}", self.dma_pages)?;
-        writeln!(f, "free_pages {}", self.free_pages)
+        writeln!(f, "free_pages {}", self.free_pages)?;
+        writeln!(f, "mmio_claims {}", self.mmio_claims)
     }
 }
