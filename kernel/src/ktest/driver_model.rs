@@ -188,6 +188,8 @@ pub fn bind_unbind_1000_times_leaks_nothing() -> TestResult {
     sys_write(&bind, DEVICE)?;
     sys_write(&unbind, DEVICE)?;
     RELEASED.lock().clear();
+    // Threads earlier tests ended are reaped first (their context and lock stack go then).
+    crate::kernel::time::msleep(20);
     let before = LeakSnapshot::take();
     for round in 0..1000 {
         sys_write(&bind, DEVICE).map_err(|e| alloc::format!("round {round}: {e}"))?;
@@ -206,6 +208,8 @@ pub fn every_probe_acquisition_failure_unwinds() -> TestResult {
         sys_write(&unbind, DEVICE)?;
     }
     RELEASED.lock().clear();
+    // Threads earlier tests ended are reaped first (their context and lock stack go then).
+    crate::kernel::time::msleep(20);
     let before = LeakSnapshot::take();
     let tracker = lull_devres::LeakTracker::new();
     let report = base::with_model(|m| m.sweep_probe_faults("platform", DEVICE, DRIVER, &tracker))
@@ -225,7 +229,8 @@ pub fn every_probe_acquisition_failure_unwinds() -> TestResult {
         "messages {:?}",
         report.failures
     );
-    // The sweep leaves the device bound; unbind and compare with the counters before.
+    drop(report); // its messages are heap the "before" did not have
+                  // The sweep leaves the device bound; unbind and compare with the counters before.
     sys_write(&unbind, DEVICE)?;
     RELEASED.lock().clear();
     settles_to(before)?;

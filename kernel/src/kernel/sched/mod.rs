@@ -46,7 +46,13 @@ impl Drop for Thread {
     fn drop(&mut self) {
         // A thread is dropped once reaped (exited, its CPU switched away): its context hands
         // the kernel stack back, and dropping that frees it.
-        drop(self.context.take_stack());
+        let stack = self.context.take_stack();
+        let freed = stack.is_some();
+        drop(stack);
+        if freed {
+            self.context.recycle();
+        }
+        crate::kernel::locking::lockdep::forget_thread(self.id.get());
     }
 }
 
