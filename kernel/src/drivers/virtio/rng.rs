@@ -68,6 +68,21 @@ pub struct VirtioRng {
     completions: AtomicU64,
 }
 
+/// Live driver states (a leak check: 0 once every device is unbound and its interrupt thread
+/// has let go).
+static LIVE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Live [`VirtioRng`] states.
+pub fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+impl Drop for VirtioRng {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Bound devices, in bind order.
 static RNGS: IrqSafeLock<Vec<Arc<VirtioRng>>> = IrqSafeLock::new(Vec::new());
 
@@ -290,6 +305,7 @@ impl Driver for VirtioRngDriver {
         devres.add_action(alloc::format!("{name}: reset device"), move || {
             for_reset.reset();
         });
+        LIVE.fetch_add(1, Ordering::Relaxed);
         let rng = Arc::new(VirtioRng {
             device: Arc::clone(&device),
             queue: IrqSafeLock::new(queue),
