@@ -282,7 +282,7 @@ pub fn virtio_rng_malformed_used_ring_fails_the_device() -> TestResult {
         let mut log = alloc::vec::Vec::new();
         crate::kernel::printk::read_log(&mut log);
         ensure!(
-            String::from_utf8_lossy(&log).contains(&alloc::format!("{expected}")),
+            String::from_utf8_lossy(&log).contains(expected),
             "no kernel-log message for the failure"
         );
         // Unbind and bind reset the device; it works again.

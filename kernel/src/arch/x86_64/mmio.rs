@@ -69,16 +69,19 @@ impl Mmio {
     }
 
     /// Physical address of the first byte.
+    #[allow(dead_code)] // the API the PCI branch's Mmio has; drivers use a part so far
     pub fn phys(&self) -> u64 {
         self.phys
     }
 
     /// Length in bytes.
+    #[allow(dead_code)] // the API the PCI branch's Mmio has; drivers use a part so far
     pub fn len(&self) -> u64 {
         self.len
     }
 
     /// Whether the range is empty (never).
+    #[allow(dead_code)] // the API the PCI branch's Mmio has; drivers use a part so far
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -97,6 +100,7 @@ impl Mmio {
     }
 
     /// Reads the byte at `offset`.
+    #[allow(dead_code)] // the API the PCI branch's Mmio has; drivers use a part so far
     pub fn read_u8(&self, offset: usize) -> u8 {
         let address = self.at(offset, 1);
         // SAFETY: `address` lies in this claimed range inside the 3-4 GiB hole, which the
@@ -112,6 +116,7 @@ impl Mmio {
     }
 
     /// Writes the byte at `offset`.
+    #[allow(dead_code)] // the API the PCI branch's Mmio has; drivers use a part so far
     pub fn write_u8(&self, offset: usize, value: u8) {
         let address = self.at(offset, 1);
         // SAFETY: as `read_u8`: device memory this handle claimed, never RAM.

@@ -32,6 +32,7 @@ fn injected_or(error: AcquireError<Errno>) -> ProbeError {
 }
 
 /// `devm_kzalloc`: `len` zeroed bytes owned by the device until unbind.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 pub fn kzalloc(
     devres: &mut DevresList,
     len: usize,
@@ -49,6 +50,7 @@ pub fn kzalloc(
 
 /// `devm_request_region`: claims `len` ports at `base` for `owner` (refused, naming the holder,
 /// when they are taken).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 pub fn request_region(
     devres: &mut DevresList,
     base: u16,

@@ -129,6 +129,7 @@ impl VirtioDevice {
     }
 
     /// Device type and vendor.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn id(&self) -> VirtioDeviceId {
         self.id
     }

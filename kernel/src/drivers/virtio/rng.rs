@@ -73,6 +73,7 @@ pub struct VirtioRng {
 static LIVE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
 /// Live [`VirtioRng`] states.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 pub fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
 }
@@ -98,11 +99,13 @@ impl VirtioRng {
     }
 
     /// The virtio device.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn device(&self) -> &Arc<VirtioDevice> {
         &self.device
     }
 
     /// Completions handled so far.
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn completions(&self) -> u64 {
         self.completions.load(Ordering::Relaxed)
     }
