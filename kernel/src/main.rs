@@ -156,7 +156,6 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     drivers::base::init();
     drivers::acpi::init(acpi);
     kernel::random::init();
-    drivers::virtio::init();
     time::init(acpi);
     #[cfg(feature = "ktest")]
     ktest::run_device_tests();
@@ -178,6 +177,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     // The boot code becomes CPU 0's idle thread; the work runs in kernel threads.
     // The tests stay on the boot CPU, where several of them expect to run.
     locking::set_system_running();
+    drivers::start_device_probe();
     #[cfg(feature = "ktest")]
     let (name, main, cpus): (&str, fn() -> !, _) =
         ("ktest", ktest::run_and_exit, lull_sched::CpuSet::single(0));
@@ -281,14 +281,7 @@ fn register_proc_files() {
     });
     register(ProcFile {
         path: "/proc/ioports",
-        read: Some(|| {
-            let mut out = String::new();
-            for (base, len, owner) in arch::io::claimed() {
-                let last = base as u32 + len as u32 - 1;
-                let _ = writeln!(out, "{base:04x}-{last:04x} : {owner}");
-            }
-            out
-        }),
+        read: Some(kernel::ioports::proc_ioports),
         write: None,
     });
     register(ProcFile {

@@ -9,3 +9,58 @@ pub mod base;
 pub mod clocksource;
 pub mod pci;
 pub mod virtio;
+
+use crate::kernel::sched::Completion;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Signalled once the boot-time probe has run (Linux's `wait_for_device_probe`).
+static PROBED: Completion = Completion::new();
+static PROBE_DONE: AtomicBool = AtomicBool::new(false);
+/// The probing thread (it must not wait for itself).
+static PROBE_THREAD: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Enumerates the buses and registers the drivers, in a kernel thread (`kprobe`) so that the
+/// shell's prompt does not wait for it: enumerating ACPI's namespace and the PCI buses costs
+/// milliseconds under TCG. Whatever needs the devices calls [`wait_for_device_probe`] first.
+pub fn start_device_probe() {
+    let spawned = crate::kernel::sched::kthread_spawn(
+        "kprobe",
+        lull_sched::SchedClass::NORMAL,
+        lull_sched::CpuSet::ALL,
+        || {
+            if let Some(id) = crate::kernel::sched::current() {
+                PROBE_THREAD.store(id, Ordering::Release);
+            }
+            probe_devices();
+            PROBE_DONE.store(true, Ordering::Release);
+            // One completion per waiter would be consumed; waiters re-signal (see below).
+            PROBED.complete();
+        },
+    );
+    if let Err(error) = spawned {
+        crate::pr_err!("drivers: cannot start the probe thread ({error:?}); probing inline");
+        probe_devices();
+        PROBE_DONE.store(true, Ordering::Release);
+        PROBED.complete();
+    }
+}
+
+/// The boot-time device set-up: buses' devices, then drivers (each driver probes what matches).
+fn probe_devices() {
+    acpi::add_bus_devices();
+    acpi::ged::register();
+    virtio::init();
+}
+
+/// Sleeps until the boot-time probe has finished (at once afterwards, and from the probing
+/// thread itself). Thread context.
+pub fn wait_for_device_probe() {
+    if PROBE_DONE.load(Ordering::Acquire)
+        || crate::kernel::sched::current() == Some(PROBE_THREAD.load(Ordering::Acquire))
+    {
+        return;
+    }
+    PROBED.wait();
+    // Pass the completion on to the next waiter.
+    PROBED.complete();
+}

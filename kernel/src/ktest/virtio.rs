@@ -175,6 +175,7 @@ pub fn virtio_probe_fault_sweeps_leave_nothing() -> TestResult {
     let rng = bound_rng()?;
     let name = String::from(rng.name());
     let transport = String::from(rng.device().parent());
+    let transport_bus = String::from(rng.device().parent_bus());
     drop(rng);
     sys_write(UNBIND, &name)?;
     let tracker = lull_devres::LeakTracker::new();
@@ -209,21 +210,23 @@ pub fn virtio_probe_fault_sweeps_leave_nothing() -> TestResult {
     // The transport: unbinding it unbinds (defers) the rng; its sweep's final bind brings both
     // back.
     sys_write(BIND, &name)?;
-    let transport_unbind = "/sys/bus/platform/drivers/virtio-mmio/unbind";
-    sys_write(transport_unbind, &transport)?;
+    let transport_unbind = alloc::format!("/sys/bus/{transport_bus}/drivers/virtio-mmio/unbind");
+    sys_write(&transport_unbind, &transport)?;
     ensure!(
         matches!(state(&name), Some(DeviceState::Deferred { .. })),
         "rng after the transport's unbind: {:?}",
         state(&name)
     );
     let transport_sweep = || {
-        base::with_model(|m| m.sweep_probe_faults("platform", &transport, "virtio-mmio", &tracker))
-            .ok_or_else(|| String::from("no driver model"))?
-            .map_err(|e| alloc::format!("virtio-mmio sweep: {e:?}"))
+        base::with_model(|m| {
+            m.sweep_probe_faults(&transport_bus, &transport, "virtio-mmio", &tracker)
+        })
+        .ok_or_else(|| String::from("no driver model"))?
+        .map_err(|e| alloc::format!("virtio-mmio sweep: {e:?}"))
     };
     // Warm-up, as above.
     transport_sweep()?;
-    sys_write(transport_unbind, &transport)?;
+    sys_write(&transport_unbind, &transport)?;
     let before = quiet_snapshot();
     let report = transport_sweep()?;
     ensure!(
@@ -233,9 +236,12 @@ pub fn virtio_probe_fault_sweeps_leave_nothing() -> TestResult {
     );
     drop(report);
     // Both unbound again: everything the sweep and the rebinds took is back.
-    sys_write(transport_unbind, &transport)?;
+    sys_write(&transport_unbind, &transport)?;
     settles_to(before).map_err(|e| alloc::format!("virtio-mmio sweep: {e}"))?;
-    sys_write("/sys/bus/platform/drivers/virtio-mmio/bind", &transport)?;
+    sys_write(
+        &alloc::format!("/sys/bus/{transport_bus}/drivers/virtio-mmio/bind"),
+        &transport,
+    )?;
     ensure!(
         wait_for(1000, || matches!(
             state(&name),

@@ -87,10 +87,11 @@ impl KernelStack {
     }
 }
 
-/// Contexts of reaped threads, for reuse (interrupts masked while held: threads are reaped
-/// on the way out of an interrupt, too).
-static FREE_CONTEXTS: super::sync::IrqSpinCell<alloc::vec::Vec<&'static ThreadContext>> =
-    super::sync::IrqSpinCell::new(alloc::vec::Vec::new());
+/// Contexts of reaped threads, for reuse: the head of a list linked through
+/// `ThreadContext::next_free`, so that keeping them allocates nothing (interrupts masked while
+/// held: threads are reaped on the way out of an interrupt, too).
+static FREE_CONTEXTS: super::sync::IrqSpinCell<Option<&'static ThreadContext>> =
+    super::sync::IrqSpinCell::new(None);
 
 /// A thread's saved CPU state between switches. Contexts live for the whole kernel run
 /// (`'static`), so a context can never be freed while a CPU still switches through it.
@@ -103,6 +104,8 @@ pub struct ThreadContext {
     exited: AtomicBool,
     /// The thread's stack (none for a CPU's idle thread, which runs on its boot stack).
     stack: spin::Mutex<Option<KernelStack>>,
+    /// The next context on the free list while this one is on it.
+    next_free: spin::Mutex<Option<&'static ThreadContext>>,
 }
 
 impl ThreadContext {
@@ -113,6 +116,7 @@ impl ThreadContext {
             on_cpu: AtomicBool::new(true),
             exited: AtomicBool::new(false),
             stack: spin::Mutex::new(None),
+            next_free: spin::Mutex::new(None),
         }))
     }
 
@@ -137,7 +141,15 @@ impl ThreadContext {
         unsafe {
             core::ptr::copy_nonoverlapping(words.as_ptr(), frame as usize as *mut u64, words.len())
         };
-        if let Some(context) = FREE_CONTEXTS.lock().pop() {
+        let reused = {
+            let mut head = FREE_CONTEXTS.lock();
+            let context = head.take();
+            if let Some(context) = context {
+                *head = context.next_free.lock().take();
+            }
+            context
+        };
+        if let Some(context) = reused {
             // A reaped thread's context: no CPU runs on it or will switch to it (see `recycle`).
             context.saved_rsp.store(frame, Ordering::SeqCst);
             *context.stack.lock() = Some(stack);
@@ -149,6 +161,7 @@ impl ThreadContext {
             on_cpu: AtomicBool::new(false),
             exited: AtomicBool::new(false),
             stack: spin::Mutex::new(Some(stack)),
+            next_free: spin::Mutex::new(None),
         }))
     }
 
@@ -162,7 +175,9 @@ impl ThreadContext {
             && !self.on_cpu.load(Ordering::SeqCst)
             && self.stack.lock().is_none();
         if retired {
-            FREE_CONTEXTS.lock().push(self);
+            let mut head = FREE_CONTEXTS.lock();
+            *self.next_free.lock() = head.take();
+            *head = Some(self);
         }
     }
 

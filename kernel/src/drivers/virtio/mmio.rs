@@ -1,6 +1,6 @@
 //! virtio-mmio (virtio 1.2 §4.2), version 2 ("modern") only: a platform driver `virtio-mmio`
-//! whose devices come from Linux's `virtio_mmio.device=SIZE@ADDR:IRQ` parameter (repeatable)
-//! and from ACPI `LNRO0005` devices (`_CRS`: a memory range and an interrupt; QEMU's microvm
+//! whose devices come from Linux's `virtio_mmio.device=SIZE@ADDR:IRQ` parameter (repeatable,
+//! platform bus) and from ACPI `LNRO0005` devices (acpi bus) (`_CRS`: a memory range and an interrupt; QEMU's microvm
 //! lists its populated transports so with `acpi=on`). Its probe maps the registers (managed),
 //! checks the magic and version, reads the device type and adds `virtioN` to the virtio bus.
 //!
@@ -173,7 +173,11 @@ struct VirtioMmioDriver;
 impl Driver for VirtioMmioDriver {
     fn probe(&self, ctx: &mut ProbeContext<'_>) -> Result<(), ProbeError> {
         let name = String::from(ctx.device_name());
-        let res = resources_of(&name).ok_or(Errno::ENODEV)?;
+        let res = if ctx.bus() == "acpi" {
+            acpi_resources(&name)?
+        } else {
+            resources_of(&name).ok_or(Errno::ENODEV)?
+        };
         let regs = devm::ioremap(ctx.devres(), res.base, res.size, DRIVER)?;
         let (magic, version, device, vendor) = {
             let mmio = regs.try_access().ok_or(Errno::ENODEV)?;
@@ -208,6 +212,7 @@ impl Driver for VirtioMmioDriver {
         }
         let id = VirtioDeviceId { device, vendor };
         let child = super::register_transport_device(
+            ctx.bus(),
             &name,
             id,
             Transport::Mmio {
@@ -271,7 +276,55 @@ fn add_transport(device: String, id: PlatformDeviceId, res: Resources) {
     }
 }
 
-/// Registers the `virtio-mmio` driver, then adds the transports from the command line and ACPI.
+/// The memory range and interrupt of an ACPI `LNRO0005` device (`_CRS`).
+fn acpi_resources(name: &str) -> Result<Resources, ProbeError> {
+    let acpi = crate::drivers::acpi::bus_device(name).ok_or(Errno::ENODEV)?;
+    acpi_crs(acpi).ok_or_else(|| {
+        pr_warn!(
+            "{}: LNRO0005 without a memory range and an interrupt",
+            acpi.path
+        );
+        Errno::ENXIO.into()
+    })
+}
+
+fn acpi_crs(acpi: &crate::drivers::acpi::AcpiDevice) -> Option<Resources> {
+    let mut memory = None;
+    let mut interrupt = None;
+    for resource in &acpi.resources {
+        match resource {
+            crate::drivers::acpi::Resource::Memory { base, length, .. } if memory.is_none() => {
+                memory = Some((*base, *length));
+            }
+            crate::drivers::acpi::Resource::Interrupt {
+                irqs,
+                level_triggered,
+                active_low,
+                ..
+            } if interrupt.is_none() => {
+                let flags = match (level_triggered, active_low) {
+                    (true, false) => IrqFlags::TRIGGER_HIGH,
+                    (true, true) => IrqFlags::TRIGGER_LOW,
+                    (false, false) => IrqFlags::TRIGGER_RISING,
+                    (false, true) => IrqFlags::TRIGGER_FALLING,
+                };
+                interrupt = irqs.first().map(|&irq| (irq, flags));
+            }
+            _ => {}
+        }
+    }
+    let ((base, size), (irq, flags)) = (memory?, interrupt?);
+    Some(Resources {
+        device: String::new(),
+        base,
+        size: size.max(REGISTERS_LEN),
+        irq,
+        flags,
+    })
+}
+
+/// Registers the `virtio-mmio` driver on the platform bus (transports from the command line)
+/// and on the acpi bus (`LNRO0005` devices), and adds the command line's transports.
 pub fn init() {
     if let Err(error) = base::register_driver(DriverDesc::new(
         "platform",
@@ -291,6 +344,13 @@ pub fn init() {
             pr_warn!("virtio_mmio.device={text}: expected SIZE@ADDR:IRQ[:ID]; ignored");
             continue;
         };
+        let in_acpi = crate::drivers::acpi::find_by_id(&["LNRO0005"])
+            .iter()
+            .any(|acpi| acpi_crs(acpi).is_some_and(|r| r.base == base));
+        if in_acpi {
+            printk!("virtio_mmio.device={text}: also described by ACPI; bound there");
+            continue;
+        }
         let device = alloc::format!("{DRIVER}.{count}");
         count += 1;
         let id = PlatformDeviceId {
@@ -308,60 +368,12 @@ pub fn init() {
         };
         add_transport(device, id, res);
     }
-    let mut acpi_index = 0;
-    for acpi in crate::drivers::acpi::find_by_id(&["LNRO0005"]) {
-        if acpi.status & 1 == 0 {
-            continue;
-        }
-        let mut memory = None;
-        let mut interrupt = None;
-        for resource in &acpi.resources {
-            match resource {
-                crate::drivers::acpi::Resource::Memory { base, length, .. } if memory.is_none() => {
-                    memory = Some((*base, *length));
-                }
-                crate::drivers::acpi::Resource::Interrupt {
-                    irqs,
-                    level_triggered,
-                    active_low,
-                    ..
-                } if interrupt.is_none() => {
-                    let flags = match (level_triggered, active_low) {
-                        (true, false) => IrqFlags::TRIGGER_HIGH,
-                        (true, true) => IrqFlags::TRIGGER_LOW,
-                        (false, false) => IrqFlags::TRIGGER_RISING,
-                        (false, true) => IrqFlags::TRIGGER_FALLING,
-                    };
-                    interrupt = irqs.first().map(|&irq| (irq, flags));
-                }
-                _ => {}
-            }
-        }
-        let (Some((base, size)), Some((irq, flags))) = (memory, interrupt) else {
-            pr_warn!(
-                "{}: LNRO0005 without a memory range and an interrupt",
-                acpi.path
-            );
-            continue;
-        };
-        if RESOURCES.lock().iter().any(|r| r.base == base) {
-            continue; // also given on the command line
-        }
-        let device = alloc::format!("LNRO0005:{acpi_index:02x}");
-        acpi_index += 1;
-        let id = PlatformDeviceId {
-            name: String::from(DRIVER),
-            hid: acpi.hid.clone(),
-            cids: acpi.cids.clone(),
-            ..PlatformDeviceId::default()
-        };
-        let res = Resources {
-            device: device.clone(),
-            base,
-            size: size.max(REGISTERS_LEN),
-            irq,
-            flags,
-        };
-        add_transport(device, id, res);
+    if let Err(error) = base::register_driver(DriverDesc::new(
+        "acpi",
+        DRIVER,
+        alloc::vec![PlatformMatchId::Acpi("LNRO0005")],
+        VirtioMmioDriver,
+    )) {
+        pr_err!("{DRIVER}: cannot register on the acpi bus: {error}");
     }
 }

@@ -65,6 +65,7 @@ enum Transport {
 /// A device on the virtio bus, as its driver sees it.
 pub struct VirtioDevice {
     name: String,
+    parent_bus: String,
     parent: String,
     id: VirtioDeviceId,
     transport: Transport,
@@ -89,7 +90,12 @@ pub fn device(name: &str) -> Option<Arc<VirtioDevice>> {
 
 /// Records a transport's device and, the first time, adds `virtioN` to the bus (after the
 /// transport's probe returns). Returns the child's name.
-fn register_transport_device(parent: &str, id: VirtioDeviceId, transport: Transport) -> String {
+fn register_transport_device(
+    parent_bus: &str,
+    parent: &str,
+    id: VirtioDeviceId,
+    transport: Transport,
+) -> String {
     let mut devices = DEVICES.lock();
     let existing = devices.iter().position(|d| d.parent == parent);
     let name = match existing {
@@ -106,6 +112,7 @@ fn register_transport_device(parent: &str, id: VirtioDeviceId, transport: Transp
     };
     devices.push(Arc::new(VirtioDevice {
         name: name.clone(),
+        parent_bus: String::from(parent_bus),
         parent: String::from(parent),
         id,
         transport,
@@ -126,6 +133,12 @@ impl VirtioDevice {
     /// The transport device (`LNRO0005:00`, `virtio-mmio.0`): the child's supplier.
     pub fn parent(&self) -> &str {
         &self.parent
+    }
+
+    /// The transport device's bus (`acpi`, `platform`).
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+    pub fn parent_bus(&self) -> &str {
+        &self.parent_bus
     }
 
     /// Device type and vendor.

@@ -368,6 +368,7 @@ pub fn current() -> Option<Arc<VirtioRng>> {
 
 /// Reads `count` bytes from the first bound device.
 pub fn read(count: usize) -> Result<Vec<u8>, String> {
+    crate::drivers::wait_for_device_probe();
     let rng = current().ok_or_else(|| {
         String::from("no hardware RNG: no virtio-rng device is bound to virtio_rng")
     })?;
