@@ -494,14 +494,7 @@ struct KernelSuite {
     skips: &'static [&'static str],
 }
 
-/// A modern virtio-rng on a virtio-mmio transport (microvm; QEMU 7.2 makes legacy version-1
-/// transports unless told otherwise, and Lull refuses those).
-const VIRTIO_RNG_MMIO: &[&str] = &[
-    "-global",
-    "virtio-mmio.force-legacy=false",
-    "-device",
-    "virtio-rng-device",
-];
+use qemu::VIRTIO_RNG_MMIO;
 /// The tests of a virtio-rng device: skipped where the suite has none (q35 until virtio-pci).
 const VIRTIO_RNG_TESTS: [&str; 5] = [
     "virtio_rng_bytes_arrive_by_interrupt",

@@ -221,7 +221,7 @@ impl Driver for VirtioMmioDriver {
                 flags: res.flags,
             },
         );
-        printk!(
+        crate::pr_debug!(
             "{name}: virtio-mmio v2 at {:#x} irq {}: device type {device} vendor {vendor:#x} -> {child}",
             res.base,
             res.irq

@@ -29,7 +29,7 @@ use crate::drivers::base::{self, devm};
 use crate::fs::procfs::{self, ProcFile};
 use crate::kernel::locking::{IrqSafeLock, Mutex};
 use crate::kernel::sched::Completion;
-use crate::{pr_err, printk};
+use crate::pr_err;
 
 /// The driver's name (`/sys/bus/virtio/drivers/virtio_rng`, as Linux's).
 pub const DRIVER: &str = "virtio_rng";
@@ -338,7 +338,7 @@ impl Driver for VirtioRngDriver {
             pr_err!("{name}: {DRIVER}: {error}");
             return Err(Errno::EIO.into());
         }
-        printk!(
+        crate::pr_debug!(
             "{name}: {DRIVER}: ready (queue of {}, {}event index, irq {})",
             layout.size(),
             if event_idx { "" } else { "no " },
