@@ -197,6 +197,10 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     config.memory_mib = options.memory_mib;
     config.cpus = options.cpus;
     config.append = options.kernel_args.join(" ");
+    if options.machine == Machine::Microvm {
+        // A device for the virtio-mmio transport and the virtio-rng driver (`hwrng`).
+        config.extra = VIRTIO_RNG_MMIO.iter().map(|a| a.to_string()).collect();
+    }
     eprintln!(
         "xtask: booting {} (QEMU TCG; type 'poweroff' to leave)",
         elf.display()
