@@ -21,6 +21,7 @@ mod kernel;
 #[cfg(feature = "ktest")]
 mod ktest;
 mod mm;
+mod net;
 mod shell;
 
 use alloc::string::String;
@@ -96,6 +97,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
             kernel::paravirt::PARAMS,
             drivers::base::PARAMS,
             drivers::virtio::PARAMS,
+            net::PARAMS,
         ],
     );
     for problem in problems {
@@ -178,6 +180,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     // The tests stay on the boot CPU, where several of them expect to run.
     locking::set_system_running();
     drivers::start_device_probe();
+    net::init();
     #[cfg(feature = "ktest")]
     let (name, main, cpus): (&str, fn() -> !, _) =
         ("ktest", ktest::run_and_exit, lull_sched::CpuSet::single(0));

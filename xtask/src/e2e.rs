@@ -748,7 +748,10 @@ fn power_button_from_qemu_system_powerdown() -> TestResult {
 /// Hardware-reduced ACPI (microvm `acpi=on`) has no PM1 block: `system_powerdown` raises the
 /// Generic Event Device's interrupt, its `_EVT` (run by Lull's AML interpreter in the line's
 /// thread) notifies the power button device, and the guest powers off through the FADT's sleep
-/// control register (QEMU exits 0). `/proc/acpi/devices` lists the GED.
+/// control register (QEMU exits 0). `/proc/acpi/devices` lists the GED. The GED is a driver
+/// of the model: before the button is pressed it is unbound through sysfs (its IRQ leaves
+/// `/proc/interrupts`, its devres list empties) and bound again, so the press also proves the
+/// rebind.
 fn microvm_power_button_through_the_ged() -> TestResult {
     power_button(Machine::Microvm, "ACPI: GED \\_SB_.GED_ on GSI", |guest| {
         let devices = guest.run("cat /proc/acpi/devices", STEP)?;
@@ -758,6 +761,35 @@ fn microvm_power_button_through_the_ged() -> TestResult {
                 "/proc/acpi/devices lacks {expected}:\n{devices}"
             );
         }
+        let bus = guest.run("ls /sys/bus/acpi/devices", STEP)?;
+        ensure!(bus.contains("ACPI0013:00"), "acpi bus devices:\n{bus}");
+        let link = guest.run("cat /sys/bus/acpi/devices/ACPI0013:00/driver", STEP)?;
+        ensure!(
+            link.contains("/sys/bus/acpi/drivers/acpi-ged"),
+            "driver link: {link}"
+        );
+        let managed = guest.run("cat /sys/bus/acpi/devices/ACPI0013:00/devres", STEP)?;
+        ensure!(managed.contains("irq 9 (acpi-ged)"), "devres: {managed}");
+        guest.run(
+            "echo ACPI0013:00 > /sys/bus/acpi/drivers/acpi-ged/unbind",
+            STEP,
+        )?;
+        let interrupts = guest.run("cat /proc/interrupts", STEP)?;
+        ensure!(
+            !interrupts.contains("acpi-ged"),
+            "IRQ still requested after unbind:\n{interrupts}"
+        );
+        let managed = guest.run("cat /sys/bus/acpi/devices/ACPI0013:00/devres", STEP)?;
+        ensure!(managed.trim().is_empty(), "devres after unbind: {managed}");
+        guest.run(
+            "echo ACPI0013:00 > /sys/bus/acpi/drivers/acpi-ged/bind",
+            STEP,
+        )?;
+        let interrupts = guest.run("cat /proc/interrupts", STEP)?;
+        ensure!(
+            interrupts.contains("acpi-ged"),
+            "IRQ not requested after rebind:\n{interrupts}"
+        );
         Ok(())
     })
 }

@@ -41,6 +41,8 @@ pub enum ProcError {
     NotReadable,
     NotWritable,
     Invalid(String),
+    /// The write reached its handler and failed; the message says why (with the errno).
+    Failed(String),
 }
 
 impl core::fmt::Display for ProcError {
@@ -50,6 +52,7 @@ impl core::fmt::Display for ProcError {
             ProcError::NotReadable => f.write_str("Permission denied (write-only file)"),
             ProcError::NotWritable => f.write_str("Permission denied (read-only file)"),
             ProcError::Invalid(why) => write!(f, "Invalid argument: {why}"),
+            ProcError::Failed(why) => f.write_str(why),
         }
     }
 }

@@ -66,6 +66,7 @@ mod driver_model;
 mod irq;
 mod locks;
 mod mm;
+mod net;
 mod paravirt;
 mod sched_tests;
 mod smp;
@@ -257,6 +258,11 @@ const TESTS: &[TestCase] = &[
     (
         "every_probe_acquisition_failure_unwinds",
         driver_model::every_probe_acquisition_failure_unwinds,
+    ),
+    ("loopback_answers_ping", net::loopback_answers_ping),
+    (
+        "loopback_tcp_transfer_keeps_every_byte",
+        net::loopback_tcp_transfer_keeps_every_byte,
     ),
     (
         "virtio_rng_bytes_arrive_by_interrupt",

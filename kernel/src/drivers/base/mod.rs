@@ -39,8 +39,9 @@ pub const PARAMS: &[ParamSpec] = &[ParamSpec {
     name: "devres.fail",
     kind: Kind::Str,
     default: "",
-    help: "Fail the Nth managed acquisition of matching probes: DRIVER:N, DEVICE:N or *:N \
-           (comma-separated rules), to run every probe unwind path.",
+    help: "Fail the Nth managed acquisition of matching probes, to run every probe unwind \
+           path: N, DRIVER:N, @DEVICE:N or DRIVER@DEVICE:N, each optionally ,TIMES; \
+           several rules separated by ';'.",
 }];
 
 /// The buses of the model, in registration order.
@@ -77,7 +78,7 @@ pub fn init() {
     let rules = crate::kernel::params::parsed()
         .get_str("devres.fail")
         .unwrap_or("");
-    for text in rules.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+    for text in rules.split(';').map(str::trim).filter(|t| !t.is_empty()) {
         match FaultRule::parse(text) {
             Some(rule) => {
                 printk!("devres: fault injection armed: {rule}");
@@ -186,9 +187,10 @@ fn attributes_of(bus: &str) -> Option<AttrProvider> {
 }
 
 fn to_proc(error: ModelError) -> ProcError {
-    match error {
+    match &error {
         ModelError::NoSuchPath { .. } | ModelError::NoSuchBus { .. } => ProcError::NotFound,
-        other => ProcError::Invalid(alloc::format!("{other} ({})", other.errno())),
+        ModelError::BadValue { .. } => ProcError::Invalid(alloc::format!("{error}")),
+        other => ProcError::Failed(alloc::format!("{other}")),
     }
 }
 

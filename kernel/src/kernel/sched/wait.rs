@@ -80,6 +80,17 @@ impl WaitQueue {
         self.0.wake_all();
     }
 
+    /// Sleeps until `condition` is true or `timeout_ns` passed (Linux's
+    /// `wait_event_timeout`); returns whether the condition held. The timeout is an hrtimer.
+    pub fn wait_until_timeout(&self, timeout_ns: u64, condition: impl FnMut() -> bool) -> bool {
+        wait_with_timeout(
+            timeout_ns,
+            "wait_event_timeout",
+            condition,
+            |condition, expired| self.0.wait_until_or(condition, expired),
+        )
+    }
+
     /// Wakes the longest-waiting thread, if any. Callable from any context. Use it only when
     /// any waiter can take what the wake-up announces (a mutex's release).
     #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
