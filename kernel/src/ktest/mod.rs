@@ -265,6 +265,10 @@ const TESTS: &[TestCase] = &[
         net::loopback_tcp_transfer_keeps_every_byte,
     ),
     (
+        "virtio_mmio_device_parameter_parses_as_linux",
+        virtio::virtio_mmio_device_parameter_parses_as_linux,
+    ),
+    (
         "virtio_rng_bytes_arrive_by_interrupt",
         virtio::virtio_rng_bytes_arrive_by_interrupt,
     ),

@@ -298,3 +298,20 @@ pub fn virtio_rng_malformed_used_ring_fails_the_device() -> TestResult {
     }
     Ok(())
 }
+
+pub fn virtio_mmio_device_parameter_parses_as_linux() -> TestResult {
+    use crate::drivers::virtio::mmio::parse_device;
+    for (text, expected) in [
+        ("512@0xfeb00e00:12", Some((512, 0xfeb0_0e00, 12))),
+        ("4K@0xd0000000:5:3", Some((4096, 0xd000_0000, 5))),
+        ("0x200@4272950784:47", Some((512, 0xfeb0_0e00, 47))),
+        ("512@0xfeb00e00", None),
+        ("@0xfeb00e00:5", None),
+        ("512@0xfeb00e00:5:1:2", None),
+        ("512@zz:5", None),
+    ] {
+        let got = parse_device(text);
+        ensure!(got == expected, "{text}: {got:?}, expected {expected:?}");
+    }
+    Ok(())
+}

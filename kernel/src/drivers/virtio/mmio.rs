@@ -236,7 +236,7 @@ impl Driver for VirtioMmioDriver {
 }
 
 /// Parses `SIZE@ADDR:IRQ[:ID]` (SIZE with K/M/G suffixes, numbers decimal or 0x-hex).
-fn parse_device(text: &str) -> Option<(u64, u64, u32)> {
+pub(crate) fn parse_device(text: &str) -> Option<(u64, u64, u32)> {
     let (size, rest) = text.split_once('@')?;
     let mut parts = rest.split(':');
     let base = parse_number(parts.next()?)?;
