@@ -96,6 +96,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
             locking::PARAMS,
             kernel::paravirt::PARAMS,
             drivers::base::PARAMS,
+            drivers::virtio::PARAMS,
             net::PARAMS,
         ],
     );
@@ -156,6 +157,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     request_serial_irq();
     drivers::base::init();
     drivers::acpi::init(acpi);
+    kernel::random::init();
     time::init(acpi);
     #[cfg(feature = "ktest")]
     ktest::run_device_tests();

@@ -97,17 +97,31 @@ pub fn measure_lull_idle_on(
     seconds: u64,
     cpus: u32,
 ) -> Result<IdleMeasurement, String> {
+    measure_lull_idle_with(machine, kernel, append, seconds, cpus, &[])
+}
+
+/// [`measure_lull_idle_on`] with more QEMU arguments (devices that must not wake an idle guest).
+pub fn measure_lull_idle_with(
+    machine: Machine,
+    kernel: &std::path::Path,
+    append: &str,
+    seconds: u64,
+    cpus: u32,
+    extra: &[&str],
+) -> Result<IdleMeasurement, String> {
     let log = crate::kernel::repo_root()
         .join("target/trace")
         .join(format!(
-            "lull-idle-{machine:?}-{}-{}.log",
+            "lull-idle-{machine:?}-{}-{}{}.log",
             cpus,
-            append.replace(['=', ' '], "_")
+            append.replace(['=', ' '], "_"),
+            if extra.is_empty() { "" } else { "-devices" }
         ));
     let mut config = QemuConfig::new(kernel);
     config.machine = machine;
     config.append = append.to_string();
     config.cpus = cpus;
+    config.extra = extra.iter().map(|a| a.to_string()).collect();
     crate::trace::enable(&mut config, &log)?;
     let mut guest = Guest::spawn(&config)?;
     guest.expect("lull> ", Duration::from_secs(60))?;

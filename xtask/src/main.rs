@@ -197,6 +197,10 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     config.memory_mib = options.memory_mib;
     config.cpus = options.cpus;
     config.append = options.kernel_args.join(" ");
+    if options.machine == Machine::Microvm {
+        // A device for the virtio-mmio transport and the virtio-rng driver (`hwrng`).
+        config.extra = VIRTIO_RNG_MMIO.iter().map(|a| a.to_string()).collect();
+    }
     eprintln!(
         "xtask: booting {} (QEMU TCG; type 'poweroff' to leave)",
         elf.display()
@@ -489,8 +493,20 @@ struct KernelSuite {
     cpus: u32,
     /// Kernel command line (`nopv`: the native path forced even where KVM is present).
     append: &'static str,
+    /// More QEMU arguments (devices).
+    extra: &'static [&'static str],
     skips: &'static [&'static str],
 }
+
+use qemu::VIRTIO_RNG_MMIO;
+/// The tests of a virtio-rng device: skipped where the suite has none (q35 until virtio-pci).
+const VIRTIO_RNG_TESTS: [&str; 5] = [
+    "virtio_rng_bytes_arrive_by_interrupt",
+    "virtio_rng_unbind_then_bind_through_sysfs",
+    "virtio_rng_malformed_used_ring_fails_the_device",
+    "virtio_probe_fault_sweeps_leave_nothing",
+    "virtio_rng_bind_unbind_1000_times_leaks_nothing",
+];
 
 /// microvm has no HPET (nor an ACPI PM timer): the tests that fire the HPET comparator, that
 /// expect the HPET among the clock devices, or that time the TSC against a fixed-rate clock
@@ -531,11 +547,17 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Q35,
         cpus: 1,
         append: "",
+        extra: &[],
         skips: &[
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
             NEEDS_2_CPUS[2],
             NEEDS_3_CPUS[0],
+            VIRTIO_RNG_TESTS[0],
+            VIRTIO_RNG_TESTS[1],
+            VIRTIO_RNG_TESTS[2],
+            VIRTIO_RNG_TESTS[3],
+            VIRTIO_RNG_TESTS[4],
         ],
     },
     KernelSuite {
@@ -544,6 +566,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Microvm,
         cpus: 1,
         append: "",
+        extra: VIRTIO_RNG_MMIO,
         skips: &[
             HPET_TESTS[0],
             HPET_TESTS[1],
@@ -569,11 +592,17 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Q35,
         cpus: 1,
         append: "",
+        extra: &[],
         skips: &[
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
             NEEDS_2_CPUS[2],
             NEEDS_3_CPUS[0],
+            VIRTIO_RNG_TESTS[0],
+            VIRTIO_RNG_TESTS[1],
+            VIRTIO_RNG_TESTS[2],
+            VIRTIO_RNG_TESTS[3],
+            VIRTIO_RNG_TESTS[4],
         ],
     },
     KernelSuite {
@@ -582,14 +611,23 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Q35,
         cpus: 4,
         append: "",
-        skips: &[],
+        extra: &[],
+        skips: &[
+            VIRTIO_RNG_TESTS[0],
+            VIRTIO_RNG_TESTS[1],
+            VIRTIO_RNG_TESTS[2],
+            VIRTIO_RNG_TESTS[3],
+            VIRTIO_RNG_TESTS[4],
+        ],
     },
     KernelSuite {
         label: "microvm smp2 nopv",
         features: &["ktest"],
         machine: Machine::Microvm,
         cpus: 2,
-        append: "nopv",
+        // The transport given on the command line as well as in ACPI (microvm's last slot).
+        append: "nopv virtio_mmio.device=512@0xfeb02e00:47",
+        extra: VIRTIO_RNG_MMIO,
         skips: &[
             HPET_TESTS[0],
             HPET_TESTS[1],
@@ -725,6 +763,7 @@ fn kernel_tier(tally: &mut Tally) -> Result<(), String> {
         config.memory_mib = 512;
         config.cpus = cpus;
         config.append = suite.append.to_string();
+        config.extra = suite.extra.iter().map(|a| a.to_string()).collect();
         let mut guest = Guest::spawn(&config)?;
         let code = guest.wait_exit(Duration::from_secs(120))?;
         let output = guest.output();

@@ -35,6 +35,15 @@ impl Machine {
     }
 }
 
+/// A modern virtio-rng on a virtio-mmio transport (microvm; QEMU 7.2 makes legacy version-1
+/// transports unless told otherwise, and Lull refuses those).
+pub const VIRTIO_RNG_MMIO: &[&str] = &[
+    "-global",
+    "virtio-mmio.force-legacy=false",
+    "-device",
+    "virtio-rng-device",
+];
+
 /// How to start QEMU.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {

@@ -8,6 +8,7 @@ pub mod acpi;
 pub mod base;
 pub mod clocksource;
 pub mod pci;
+pub mod virtio;
 
 use crate::kernel::sched::Completion;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,6 +50,7 @@ fn probe_devices() {
     acpi::add_bus_devices();
     pci::add_bus_devices();
     acpi::ged::register();
+    virtio::init();
 }
 
 /// Sleeps until the boot-time probe has finished (at once afterwards, and from the probing

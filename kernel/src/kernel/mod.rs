@@ -9,6 +9,7 @@ pub mod params;
 pub mod paravirt;
 pub mod pm;
 pub mod printk;
+pub mod random;
 pub mod sched;
 pub mod smp;
 pub mod time;

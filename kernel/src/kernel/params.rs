@@ -21,7 +21,7 @@ pub fn early_mem_limit(line: &[u8]) -> Option<u64> {
     parse_size(registry_free_parse).filter(|&bytes| bytes >= 16 << 20)
 }
 
-fn parse_size(text: &str) -> Option<u64> {
+pub fn parse_size(text: &str) -> Option<u64> {
     let (digits, shift) = match text.as_bytes().last()? {
         b'k' | b'K' => (&text[..text.len() - 1], 10),
         b'm' | b'M' => (&text[..text.len() - 1], 20),

@@ -72,6 +72,7 @@ mod pci;
 mod sched_tests;
 mod smp;
 mod time_tests;
+mod virtio;
 
 const TESTS: &[TestCase] = &[
     ("heap_allocates_and_frees", mm::heap_allocates_and_frees),
@@ -292,6 +293,30 @@ const TESTS: &[TestCase] = &[
     (
         "pci_driver_binds_unbinds_and_leaks_nothing",
         pci::pci_driver_binds_unbinds_and_leaks_nothing,
+    ),
+    (
+        "virtio_mmio_device_parameter_parses_as_linux",
+        virtio::virtio_mmio_device_parameter_parses_as_linux,
+    ),
+    (
+        "virtio_rng_bytes_arrive_by_interrupt",
+        virtio::virtio_rng_bytes_arrive_by_interrupt,
+    ),
+    (
+        "virtio_rng_unbind_then_bind_through_sysfs",
+        virtio::virtio_rng_unbind_then_bind_through_sysfs,
+    ),
+    (
+        "virtio_rng_malformed_used_ring_fails_the_device",
+        virtio::virtio_rng_malformed_used_ring_fails_the_device,
+    ),
+    (
+        "virtio_probe_fault_sweeps_leave_nothing",
+        virtio::virtio_probe_fault_sweeps_leave_nothing,
+    ),
+    (
+        "virtio_rng_bind_unbind_1000_times_leaks_nothing",
+        virtio::virtio_rng_bind_unbind_1000_times_leaks_nothing,
     ),
     (
         "paravirt_native_everywhere_without_kvm",

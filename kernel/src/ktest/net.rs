@@ -19,12 +19,14 @@ pub fn loopback_answers_ping() -> TestResult {
     Ok(())
 }
 
+/// Bytes received and their SHA-256, or why the server failed.
+type ServerOutcome = Result<(usize, [u8; 32]), alloc::string::String>;
+
 pub fn loopback_tcp_transfer_keeps_every_byte() -> TestResult {
     const BYTES: usize = 1 << 20;
     const PORT: u16 = 7001;
     let listener = TcpSocket::listen(PORT).map_err(|e| alloc::format!("listen: {e}"))?;
-    let result: Arc<IrqSafeLock<Option<Result<(usize, [u8; 32]), alloc::string::String>>>> =
-        Arc::new(IrqSafeLock::new(None));
+    let result: Arc<IrqSafeLock<Option<ServerOutcome>>> = Arc::new(IrqSafeLock::new(None));
     let done = Arc::new(AtomicBool::new(false));
     let (server_result, server_done) = (result.clone(), done.clone());
     crate::kernel::sched::kthread_spawn(

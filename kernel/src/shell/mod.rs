@@ -252,6 +252,15 @@ const COMMANDS: &[Command] = &[
         },
     },
     Command {
+        name: "hwrng",
+        usage: "hwrng [N]",
+        help: "N bytes (default 32) from the hardware RNG (virtio-rng), in hex",
+        run: |args, _| match crate::drivers::virtio::rng::cmd_hwrng(args) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("{error}"),
+        },
+    },
+    Command {
         name: "ip",
         usage: "ip addr|route",
         help: "network interfaces and their addresses, or the routes",

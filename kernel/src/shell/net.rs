@@ -91,11 +91,7 @@ fn hex(digest: &[u8]) -> String {
 
 fn rate(bytes: u64, ns: u64) -> String {
     let ms = ns / 1_000_000;
-    let kib_s = if ns == 0 {
-        0
-    } else {
-        bytes * 1_000_000_000 / ns / 1024
-    };
+    let kib_s = (bytes * 1_000_000_000).checked_div(ns).unwrap_or(0) / 1024;
     alloc::format!(
         "{bytes} bytes in {ms} ms ({}.{:02} MiB/s)",
         kib_s / 1024,

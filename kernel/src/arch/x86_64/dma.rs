@@ -66,6 +66,7 @@ impl DmaBuffer {
     }
 
     /// Whether the buffer is empty (never: `alloc` refuses 0).
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -103,6 +104,7 @@ impl DmaBuffer {
         unsafe { core::ptr::write_volatile(address as *mut T, value) }
     }
 
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn read_u8(&self, offset: usize) -> u8 {
         self.read(offset)
     }
@@ -115,6 +117,7 @@ impl DmaBuffer {
     pub fn read_u64(&self, offset: usize) -> u64 {
         self.read(offset)
     }
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     pub fn write_u8(&self, offset: usize, value: u8) {
         self.write(offset, value)
     }

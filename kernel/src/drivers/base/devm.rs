@@ -25,6 +25,7 @@ use lull_driver_core::{Errno, ProbeError};
 
 use crate::arch::dma::DmaBuffer;
 use crate::arch::io::{ClaimError, IoPorts};
+use crate::arch::mmio::{Mmio, MmioError};
 use crate::kernel::irq::{self, IrqError, IrqFlags, IrqHandler};
 
 fn injected_or(error: AcquireError<Errno>) -> ProbeError {
@@ -32,6 +33,7 @@ fn injected_or(error: AcquireError<Errno>) -> ProbeError {
 }
 
 /// `devm_kzalloc`: `len` zeroed bytes owned by the device until unbind.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 pub fn kzalloc(
     devres: &mut DevresList,
     len: usize,
@@ -49,6 +51,7 @@ pub fn kzalloc(
 
 /// `devm_request_region`: claims `len` ports at `base` for `owner` (refused, naming the holder,
 /// when they are taken).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 pub fn request_region(
     devres: &mut DevresList,
     base: u16,
@@ -166,6 +169,30 @@ pub fn alloc_coherent(
     let info = ResourceInfo::new(ResourceKind::Dma, "coherent").with_size(len as u64);
     devres
         .acquire_revocable(info, || DmaBuffer::alloc(len).ok_or(Errno::ENOMEM))
+        .map_err(injected_or)
+}
+
+/// `devm_ioremap_resource`: claims and maps `len` bytes of device memory at `phys` for `owner`
+/// (refused, naming the holder, when someone else has them).
+pub fn ioremap(
+    devres: &mut DevresList,
+    phys: u64,
+    len: u64,
+    owner: &'static str,
+) -> Result<Arc<Revocable<Mmio>>, ProbeError> {
+    let last = phys.saturating_add(len.max(1) - 1);
+    let info = ResourceInfo::new(ResourceKind::Mmio, format!("{phys:#x}-{last:#x}")).with_size(len);
+    devres
+        .acquire_revocable(info, || {
+            Mmio::claim(phys, len, owner).map_err(|error| {
+                crate::pr_err!("{owner}: memory {phys:#x}+{len:#x}: {error}");
+                match error {
+                    MmioError::Busy(_) => Errno::EBUSY,
+                    MmioError::WindowFull => Errno::ENOMEM,
+                    _ => Errno::EINVAL,
+                }
+            })
+        })
         .map_err(injected_or)
 }
 

@@ -119,7 +119,32 @@ pub fn with_model<R>(f: impl FnOnce(&mut DeviceModel) -> R) -> Option<R> {
             pr_debug!("{line}");
         }
     }
+    // Devices a probe created (a transport's child): added now that the lock is free.
+    loop {
+        let next = {
+            let mut pending = PENDING.lock();
+            if pending.is_empty() {
+                None
+            } else {
+                Some(pending.remove(0))
+            }
+        };
+        let Some(desc) = next else { break };
+        if let Err(error) = add_device(desc) {
+            pr_err!("driver model: adding a probe's child device: {error}");
+        }
+    }
     Some(result)
+}
+
+/// Devices queued by [`add_device_later`].
+static PENDING: IrqSafeLock<Vec<DeviceDesc>> = IrqSafeLock::new(Vec::new());
+
+/// Adds a device once the registry's lock is released: for a probe that creates child devices
+/// (a virtio transport adding its `virtioN`; Linux's `register_virtio_device` from the
+/// transport's probe), which cannot call [`add_device`] while the registry runs it.
+pub fn add_device_later(desc: DeviceDesc) {
+    PENDING.lock().push(desc);
 }
 
 fn not_ready() -> ModelError {

@@ -217,14 +217,18 @@ struct Line {
 static REQUEST: Mutex<()> = Mutex::named("irq::REQUEST", ());
 /// Routed lines by GSI.
 static LINES: IrqSafeLock<BTreeMap<u32, Line>> = IrqSafeLock::new(BTreeMap::new());
-/// The IOAPIC (a leaf lock: its registers are an index/data pair and must not interleave).
-static IOAPIC: IrqSafeLock<Option<apic::IoApic>> = IrqSafeLock::new(None);
+/// The IOAPICs, in MADT order (a leaf lock: their registers are index/data pairs and must not
+/// interleave). microvm with ACPI has two: GSIs 0-23 and 24-47, its virtio-mmio lines on the
+/// second.
+static IOAPIC: IrqSafeLock<Vec<apic::IoApic>> = IrqSafeLock::new(Vec::new());
 /// APIC ID of the boot CPU (CPU 0), known before `smp` lists the CPUs.
 static BOOT_APIC_ID: AtomicU32 = AtomicU32::new(0);
 
-/// Runs `f` on the IOAPIC with its lock held.
-fn with_ioapic<R>(f: impl FnOnce(&apic::IoApic) -> R) -> Option<R> {
-    IOAPIC.lock().as_ref().map(f)
+/// Runs `f` on every IOAPIC with their lock held (each ignores GSIs outside its own range).
+fn with_ioapic(f: impl Fn(&apic::IoApic)) {
+    for ioapic in IOAPIC.lock().iter() {
+        f(ioapic);
+    }
 }
 
 fn apic_id_of(cpu: usize) -> u32 {
@@ -239,15 +243,20 @@ fn apic_id_of(cpu: usize) -> u32 {
 pub fn init(acpi: Option<&AcpiInfo>) {
     apic::init_local(interrupts::SPURIOUS_VECTOR, true);
     BOOT_APIC_ID.store(apic::local_apic_id(), Ordering::Relaxed);
-    let Some(entry) = acpi.and_then(|info| info.io_apics.first()) else {
+    let entries = acpi
+        .map(|info| info.io_apics.as_slice())
+        .unwrap_or_default();
+    if entries.is_empty() {
         crate::pr_warn!("irq: no IOAPIC in the MADT; device interrupts are unavailable");
         return;
-    };
-    let ioapic = apic::IoApic::new(entry);
-    let mut slot = IOAPIC.lock();
-    ioapic.mask_all();
-    *slot = Some(ioapic);
-    drop(slot);
+    }
+    let mut ioapics = IOAPIC.lock();
+    for entry in entries {
+        let ioapic = apic::IoApic::new(entry);
+        ioapic.mask_all();
+        ioapics.push(ioapic);
+    }
+    drop(ioapics);
     crate::kernel::pm::register_notifier(crate::kernel::pm::Notifier {
         name: "irq",
         priority: -10,
@@ -297,10 +306,15 @@ fn resolve_trigger(gsi: u32, flags: IrqFlags) -> Result<Trigger, IrqError> {
 
 /// The vector of `gsi`, if the IOAPIC has that input.
 fn vector_of(gsi: u32) -> Result<u8, IrqError> {
-    let entries =
-        with_ioapic(|ioapic| (ioapic.gsi_base, ioapic.entries())).ok_or(IrqError::NoIoApic)?;
-    let (base, count) = entries;
-    if gsi < base || gsi - base >= count {
+    let ioapics = IOAPIC.lock();
+    if ioapics.is_empty() {
+        return Err(IrqError::NoIoApic);
+    }
+    let covered = ioapics
+        .iter()
+        .any(|ioapic| gsi >= ioapic.gsi_base && gsi - ioapic.gsi_base < ioapic.entries());
+    drop(ioapics);
+    if !covered {
         return Err(IrqError::NoSuchLine(gsi));
     }
     // Device vectors must stay below the first system vector (the local timer's).
@@ -310,9 +324,15 @@ fn vector_of(gsi: u32) -> Result<u8, IrqError> {
         .ok_or(IrqError::NoSuchLine(gsi))
 }
 
-/// One past the IOAPIC's last GSI (0 without an IOAPIC): where MSI IRQ numbers start.
+/// One past the last GSI of any IOAPIC (0 without one): where MSI IRQ numbers start, and
+/// the vectors below `DEVICE_VECTOR_BASE` + this are the IOAPIC lines'.
 fn ioapic_gsi_end() -> u32 {
-    with_ioapic(|ioapic| ioapic.gsi_base + ioapic.entries()).unwrap_or(0)
+    IOAPIC
+        .lock()
+        .iter()
+        .map(|ioapic| ioapic.gsi_base + ioapic.entries())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Whether `irq` has a handler.

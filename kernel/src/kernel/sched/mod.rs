@@ -47,6 +47,7 @@ impl Drop for Thread {
         // A thread is dropped once reaped (exited, its CPU switched away): its stack is freed
         // and its context kept for the next thread.
         self.context.release();
+        crate::kernel::locking::lockdep::forget_thread(self.id.get());
     }
 }
 
