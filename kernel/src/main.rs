@@ -180,7 +180,6 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     // The tests stay on the boot CPU, where several of them expect to run.
     locking::set_system_running();
     drivers::start_device_probe();
-    net::init();
     #[cfg(feature = "ktest")]
     let (name, main, cpus): (&str, fn() -> !, _) =
         ("ktest", ktest::run_and_exit, lull_sched::CpuSet::single(0));

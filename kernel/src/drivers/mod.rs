@@ -47,6 +47,8 @@ pub fn start_device_probe() {
 
 /// The boot-time device set-up: buses' devices, then drivers (each driver probes what matches).
 fn probe_devices() {
+    // The network stack first: network drivers register their interfaces with it.
+    crate::net::init();
     acpi::add_bus_devices();
     pci::add_bus_devices();
     acpi::ged::register();

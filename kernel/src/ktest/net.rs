@@ -25,7 +25,7 @@ type ServerOutcome = Result<(usize, [u8; 32]), alloc::string::String>;
 pub fn loopback_tcp_transfer_keeps_every_byte() -> TestResult {
     const BYTES: usize = 1 << 20;
     const PORT: u16 = 7001;
-    let listener = TcpSocket::listen(PORT).map_err(|e| alloc::format!("listen: {e}"))?;
+    let mut listener = TcpSocket::listen(PORT).map_err(|e| alloc::format!("listen: {e}"))?;
     let result: Arc<IrqSafeLock<Option<ServerOutcome>>> = Arc::new(IrqSafeLock::new(None));
     let done = Arc::new(AtomicBool::new(false));
     let (server_result, server_done) = (result.clone(), done.clone());

@@ -18,10 +18,6 @@
 //! socket calls ([`socket`]). Drivers' receive paths never take it: [`netif_rx`] queues the
 //! frame under a leaf IRQ-safe lock and wakes `knetd`.
 
-// The driver side (NetDevice, netif_rx, register_netdev, ip=) has no user until the virtio-net
-// driver lands (issue 13); the loopback interface and the sockets are used today.
-#![allow(dead_code)]
-
 pub mod socket;
 
 use alloc::collections::VecDeque;
@@ -55,9 +51,9 @@ pub const PARAMS: &[ParamSpec] = &[
     },
     ParamSpec {
         name: "httpd",
-        kind: Kind::U64 { min: 1, max: 65535 },
-        default: "",
-        help: "Start the built-in HTTP server on this TCP port at boot.",
+        kind: Kind::U64 { min: 0, max: 65535 },
+        default: "0",
+        help: "Start the built-in HTTP server on this TCP port at boot (0: off).",
     },
 ];
 
@@ -174,11 +170,62 @@ struct Netif {
     gateway: Option<Ipv4Address>,
     /// False once its driver unregistered it (kept for the counters; no traffic).
     up: bool,
+    /// The interface's sockets. Each interface polls only its own: a socket set shared by
+    /// several interfaces would send a socket's segments out of whichever polled first.
+    sockets: SocketSet<'static>,
 }
 
 pub(crate) struct Stack {
     netifs: Vec<Netif>,
-    pub(crate) sockets: SocketSet<'static>,
+}
+
+impl Stack {
+    /// Interface `netif`'s sockets.
+    pub(crate) fn sockets(&mut self, netif: usize) -> Option<&mut SocketSet<'static>> {
+        self.netifs.get_mut(netif).map(|n| &mut n.sockets)
+    }
+
+    /// Interfaces that are up.
+    pub(crate) fn up_netifs(&self) -> Vec<usize> {
+        (0..self.netifs.len())
+            .filter(|&i| self.netifs[i].up)
+            .collect()
+    }
+
+    /// The interface that reaches `address`: loopback for 127/8, else one whose network holds
+    /// it, else one with a default route.
+    pub(crate) fn route(&self, address: Ipv4Address) -> Option<usize> {
+        let up = || self.netifs.iter().enumerate().filter(|(_, n)| n.up);
+        if address.octets()[0] == 127 {
+            return up()
+                .find(|(_, n)| n.port.medium == Medium::Ip)
+                .map(|(i, _)| i);
+        }
+        up().find(|(_, n)| {
+            n.port.medium == Medium::Ethernet
+                && n.iface
+                    .ip_addrs()
+                    .iter()
+                    .any(|cidr| cidr.contains_addr(&address.into()))
+        })
+        .or_else(|| up().find(|(_, n)| n.gateway.is_some()))
+        .map(|(i, _)| i)
+    }
+
+    /// The smoltcp interface of `netif` with its sockets (for `connect`'s context).
+    pub(crate) fn iface_and_sockets(
+        &mut self,
+        netif: usize,
+    ) -> Option<(&mut Interface, &mut SocketSet<'static>)> {
+        self.netifs
+            .get_mut(netif)
+            .map(|n| (&mut n.iface, &mut n.sockets))
+    }
+
+    /// Every interface's sockets (for `/proc/net/tcp`).
+    pub(crate) fn all_sockets(&self) -> impl Iterator<Item = &SocketSet<'static>> {
+        self.netifs.iter().map(|n| &n.sockets)
+    }
 }
 
 static STACK: Mutex<Option<Stack>> = Mutex::named("net::STACK", None);
@@ -200,6 +247,8 @@ pub(crate) fn now() -> Instant {
 
 /// Runs `f` on the stack (thread context). `None` before [`init`].
 pub(crate) fn with_stack<R>(f: impl FnOnce(&mut Stack) -> R) -> Option<R> {
+    // The stack and the network drivers come up in the boot-time probe.
+    crate::drivers::wait_for_device_probe();
     STACK.lock().as_mut().map(f)
 }
 
@@ -249,6 +298,7 @@ fn add_netif(stack: &mut Stack, name: String, link: Link) -> usize {
         dhcp: None,
         gateway: None,
         up: true,
+        sockets: SocketSet::new(Vec::new()),
     });
     stack.netifs.len() - 1
 }
@@ -341,8 +391,8 @@ pub fn register_netdev(device: Arc<dyn NetDevice>) -> Option<usize> {
                 printk!("net: {name}: {} (ip=)", config.address);
             }
             None => {
-                let handle = stack.sockets.add(dhcpv4::Socket::new());
-                stack.netifs[index].dhcp = Some(handle);
+                let netif = &mut stack.netifs[index];
+                netif.dhcp = Some(netif.sockets.add(dhcpv4::Socket::new()));
                 printk!("net: {name}: DHCP");
             }
         }
@@ -372,7 +422,13 @@ pub fn unregister_netdev(index: usize) {
             netif.iface.update_ip_addrs(|addrs| addrs.clear());
             netif.iface.routes_mut().remove_default_ipv4_route();
             if let Some(handle) = netif.dhcp.take() {
-                stack.sockets.remove(handle);
+                netif.sockets.remove(handle);
+            }
+            // Its sockets' users see them closed (aborted), then drop them.
+            for (_, socket) in netif.sockets.iter_mut() {
+                if let smoltcp::socket::Socket::Tcp(tcp) = socket {
+                    tcp.abort();
+                }
             }
         }
     });
@@ -396,13 +452,13 @@ fn poll_once(stack: &mut Stack) -> Option<u64> {
         loop {
             netif
                 .iface
-                .poll(timestamp, &mut netif.port, &mut stack.sockets);
+                .poll(timestamp, &mut netif.port, &mut netif.sockets);
             if netif.port.rx.is_empty() {
                 break;
             }
         }
         if let Some(handle) = netif.dhcp {
-            let event = stack.sockets.get_mut::<dhcpv4::Socket>(handle).poll();
+            let event = netif.sockets.get_mut::<dhcpv4::Socket>(handle).poll();
             match event {
                 Some(dhcpv4::Event::Configured(config)) => {
                     netif.iface.update_ip_addrs(|addrs| {
@@ -429,18 +485,22 @@ fn poll_once(stack: &mut Stack) -> Option<u64> {
                     // The new address may let queued packets go: poll again at once.
                     netif
                         .iface
-                        .poll(timestamp, &mut netif.port, &mut stack.sockets);
+                        .poll(timestamp, &mut netif.port, &mut netif.sockets);
                 }
                 Some(dhcpv4::Event::Deconfigured) => {
+                    // Also the socket's first event, before any lease: say so only when one
+                    // was held.
+                    if !netif.iface.ip_addrs().is_empty() {
+                        printk!("net: {}: DHCP lease lost", netif.name);
+                    }
                     netif.iface.update_ip_addrs(|addrs| addrs.clear());
                     netif.iface.routes_mut().remove_default_ipv4_route();
                     netif.gateway = None;
-                    printk!("net: {}: DHCP lease lost", netif.name);
                 }
                 None => {}
             }
         }
-        if let Some(delay) = netif.iface.poll_delay(timestamp, &stack.sockets) {
+        if let Some(delay) = netif.iface.poll_delay(timestamp, &netif.sockets) {
             let us = delay.total_micros();
             delay_us = Some(delay_us.map_or(us, |d| d.min(us)));
         }
@@ -467,12 +527,9 @@ fn knetd() {
 }
 
 /// Creates the stack with `lo` and starts `knetd` (and the HTTP server if `httpd=` asks).
-/// Boot, thread context.
+/// Thread context (the boot-time probe thread calls it before the drivers register).
 pub fn init() {
-    let mut stack = Stack {
-        netifs: Vec::new(),
-        sockets: SocketSet::new(Vec::new()),
-    };
+    let mut stack = Stack { netifs: Vec::new() };
     let lo = add_netif(&mut stack, String::from("lo"), Link::Loopback);
     stack.netifs[lo].iface.update_ip_addrs(|addrs| {
         let _ = addrs.push(IpCidr::new(Ipv4Address::new(127, 0, 0, 1).into(), 8));
@@ -488,8 +545,9 @@ pub fn init() {
         pr_warn!("net: cannot start knetd ({error:?}); networking is off");
         return;
     }
-    if let Some(port) = crate::kernel::params::parsed().get_u64("httpd") {
-        socket::start_httpd(port as u16);
+    match crate::kernel::params::parsed().get_u64("httpd") {
+        Some(port) if port > 0 => socket::start_httpd(port as u16),
+        _ => {}
     }
     register_proc_files();
 }
@@ -546,9 +604,15 @@ pub fn ip_addr() -> String {
                 index + 1,
                 netif.name
             );
-            match netif.iface.hardware_addr() {
-                HardwareAddress::Ethernet(mac) => {
-                    let _ = writeln!(out, "    link/ether {mac} brd ff:ff:ff:ff:ff:ff");
+            // `hardware_addr` asserts an Ethernet medium: ask only Ethernet interfaces.
+            match (netif.port.medium == Medium::Ethernet).then(|| netif.iface.hardware_addr()) {
+                Some(HardwareAddress::Ethernet(mac)) => {
+                    let m = mac.0;
+                    let _ = writeln!(
+                        out,
+                        "    link/ether {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} brd ff:ff:ff:ff:ff:ff",
+                        m[0], m[1], m[2], m[3], m[4], m[5]
+                    );
                 }
                 _ => {
                     let _ = writeln!(

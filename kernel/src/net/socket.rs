@@ -87,13 +87,39 @@ fn new_tcp() -> tcp::Socket<'static> {
 /// A TCP connection (or a listening socket until [`TcpSocket::accept`]). Dropping it aborts
 /// the connection (RST) and frees the socket; [`TcpSocket::close`] ends it gracefully.
 pub struct TcpSocket {
+    /// The interface whose socket set holds it, and its handle there.
+    netif: usize,
     handle: SocketHandle,
+    /// A listener's sockets on the other interfaces (freed at accept).
+    others: Vec<(usize, SocketHandle)>,
+}
+
+/// Runs `f` on socket `handle` of interface `netif` (`None` when it is gone).
+fn tcp_of<'a>(
+    stack: &'a mut Stack,
+    netif: usize,
+    handle: SocketHandle,
+) -> Option<&'a mut tcp::Socket<'static>> {
+    let sockets = stack.sockets(netif)?;
+    if !sockets.iter().any(|(h, _)| h == handle) {
+        return None;
+    }
+    Some(sockets.get_mut::<tcp::Socket>(handle))
 }
 
 impl TcpSocket {
-    fn with<R>(&self, f: impl FnOnce(&mut tcp::Socket<'static>) -> R) -> Result<R, NetError> {
-        with_stack(|stack| f(stack.sockets.get_mut::<tcp::Socket>(self.handle)))
-            .ok_or(NetError::Down)
+    /// Runs `check` on this socket after each poll (see `wait_for`); a socket that vanished
+    /// (its interface went down) reads as reset.
+    fn wait<T>(
+        &self,
+        timeout_ms: u64,
+        mut check: impl FnMut(&mut tcp::Socket<'static>) -> Option<Result<T, NetError>>,
+    ) -> Result<T, NetError> {
+        let (netif, handle) = (self.netif, self.handle);
+        wait_for(timeout_ms, |stack| match tcp_of(stack, netif, handle) {
+            Some(socket) => check(socket),
+            None => Some(Err(NetError::Refused)),
+        })
     }
 
     /// Connects to `address:port`, waiting up to `timeout_ms`.
@@ -102,66 +128,96 @@ impl TcpSocket {
         port: u16,
         timeout_ms: u64,
     ) -> Result<TcpSocket, NetError> {
-        let handle = with_stack(|stack| {
+        let (netif, handle) = with_stack(|stack| {
+            let netif = stack.route(address).ok_or(NetError::Unreachable)?;
+            let (iface, sockets) = stack.iface_and_sockets(netif).ok_or(NetError::Down)?;
             let mut socket = new_tcp();
-            let mut result = Err(NetError::Unreachable);
-            for netif in stack.netifs.iter_mut().filter(|n| n.up) {
-                let reaches = netif
-                    .iface
-                    .ip_addrs()
-                    .iter()
-                    .any(|cidr| cidr.contains_addr(&IpAddress::Ipv4(address)))
-                    || (netif.gateway.is_some() && !netif.iface.ip_addrs().is_empty());
-                if reaches {
-                    result = socket
-                        .connect(netif.iface.context(), (address, port), ephemeral_port())
-                        .map_err(|_| NetError::Invalid);
-                    break;
-                }
-            }
-            result.map(|()| stack.sockets.add(socket))
+            socket
+                .connect(iface.context(), (address, port), ephemeral_port())
+                .map_err(|_| NetError::Invalid)?;
+            Ok((netif, sockets.add(socket)))
         })
         .ok_or(NetError::Down)??;
-        let socket = TcpSocket { handle };
+        let socket = TcpSocket {
+            netif,
+            handle,
+            others: Vec::new(),
+        };
         kick();
-        wait_for(timeout_ms, |stack| {
-            let s = stack.sockets.get_mut::<tcp::Socket>(handle);
-            match s.state() {
-                tcp::State::Established => Some(Ok(())),
-                tcp::State::Closed | tcp::State::TimeWait => Some(Err(NetError::Refused)),
-                _ => None,
-            }
+        socket.wait(timeout_ms, |s| match s.state() {
+            tcp::State::Established => Some(Ok(())),
+            tcp::State::Closed | tcp::State::TimeWait => Some(Err(NetError::Refused)),
+            _ => None,
         })?;
         Ok(socket)
     }
 
-    /// A socket listening on `port` (any address). One connection is accepted on it.
+    /// Listens on `port` on every interface that is up. One connection is accepted.
     pub fn listen(port: u16) -> Result<TcpSocket, NetError> {
-        let handle = with_stack(|stack| {
-            let mut socket = new_tcp();
-            socket.listen(port).map_err(|_| NetError::Invalid)?;
-            Ok(stack.sockets.add(socket))
+        let mut handles = with_stack(|stack| {
+            let mut handles = Vec::new();
+            for netif in stack.up_netifs() {
+                let mut socket = new_tcp();
+                socket.listen(port).map_err(|_| NetError::Invalid)?;
+                if let Some(sockets) = stack.sockets(netif) {
+                    handles.push((netif, sockets.add(socket)));
+                }
+            }
+            Ok(handles)
         })
         .ok_or(NetError::Down)??;
-        Ok(TcpSocket { handle })
+        if handles.is_empty() {
+            return Err(NetError::Down);
+        }
+        let (netif, handle) = handles.remove(0);
+        Ok(TcpSocket {
+            netif,
+            handle,
+            others: handles,
+        })
     }
 
-    /// Waits until a peer connected (up to `timeout_ms`; `u64::MAX`: forever).
-    pub fn accept(&self, timeout_ms: u64) -> Result<IpEndpoint, NetError> {
-        wait_for(timeout_ms, |stack| {
-            let s = stack.sockets.get_mut::<tcp::Socket>(self.handle);
-            match s.state() {
-                tcp::State::Listen | tcp::State::SynReceived => None,
-                _ => Some(s.remote_endpoint().ok_or(NetError::Refused)),
+    /// Waits until a peer connected on one of the interfaces (up to `timeout_ms`;
+    /// `u64::MAX`: forever); the listeners on the others are freed.
+    pub fn accept(&mut self, timeout_ms: u64) -> Result<IpEndpoint, NetError> {
+        let mut all = alloc::vec![(self.netif, self.handle)];
+        all.extend(self.others.iter().copied());
+        let candidates = all.clone();
+        let (netif, handle, peer) = wait_for(timeout_ms, |stack| {
+            for &(netif, handle) in &candidates {
+                let Some(s) = tcp_of(stack, netif, handle) else {
+                    continue;
+                };
+                match s.state() {
+                    tcp::State::Listen | tcp::State::SynReceived => {}
+                    _ => {
+                        return Some(
+                            s.remote_endpoint()
+                                .map(|p| (netif, handle, p))
+                                .ok_or(NetError::Refused),
+                        )
+                    }
+                }
             }
-        })
+            None
+        })?;
+        with_stack(|stack| {
+            for &(n, h) in all.iter().filter(|&&(n, h)| (n, h) != (netif, handle)) {
+                if let Some(sockets) = stack.sockets(n) {
+                    sockets.remove(h);
+                }
+            }
+        });
+        self.netif = netif;
+        self.handle = handle;
+        self.others.clear();
+        Ok(peer)
     }
 
     /// Sends all of `data` (waiting for room; `timeout_ms` bounds each wait for progress).
     pub fn send_all(&self, mut data: &[u8], timeout_ms: u64) -> Result<(), NetError> {
         while !data.is_empty() {
-            let sent = wait_for(timeout_ms, |stack| {
-                let s = stack.sockets.get_mut::<tcp::Socket>(self.handle);
+            let sent = self.wait(timeout_ms, |s| {
                 if !s.may_send() {
                     return Some(Err(NetError::Refused));
                 }
@@ -179,14 +235,11 @@ impl TcpSocket {
 
     /// Receives into `buffer`: the number of bytes, 0 at end of stream.
     pub fn recv(&self, buffer: &mut [u8], timeout_ms: u64) -> Result<usize, NetError> {
-        let received = wait_for(timeout_ms, |stack| {
-            let s = stack.sockets.get_mut::<tcp::Socket>(self.handle);
-            match s.recv_slice(buffer) {
-                Ok(0) if s.may_recv() => None,
-                Ok(n) => Some(Ok(n)),
-                Err(tcp::RecvError::Finished) => Some(Ok(0)),
-                Err(tcp::RecvError::InvalidState) => Some(Err(NetError::Refused)),
-            }
+        let received = self.wait(timeout_ms, |s| match s.recv_slice(buffer) {
+            Ok(0) if s.may_recv() => None,
+            Ok(n) => Some(Ok(n)),
+            Err(tcp::RecvError::Finished) => Some(Ok(0)),
+            Err(tcp::RecvError::InvalidState) => Some(Err(NetError::Refused)),
         })?;
         // The window opened: tell the peer.
         kick();
@@ -196,10 +249,14 @@ impl TcpSocket {
     /// Closes the sending side and waits (up to `timeout_ms`) until the data is delivered and
     /// the peer closed too; then frees the socket.
     pub fn close(self, timeout_ms: u64) -> Result<(), NetError> {
-        self.with(|s| s.close())?;
+        let (netif, handle) = (self.netif, self.handle);
+        with_stack(|stack| {
+            if let Some(s) = tcp_of(stack, netif, handle) {
+                s.close();
+            }
+        });
         kick();
-        let result = wait_for(timeout_ms, |stack| {
-            let s = stack.sockets.get_mut::<tcp::Socket>(self.handle);
+        self.wait(timeout_ms, |s| {
             // Drain what the peer still sends so its FIN can be seen.
             let mut sink = [0u8; 512];
             while s.recv_slice(&mut sink).is_ok_and(|n| n > 0) {}
@@ -207,22 +264,34 @@ impl TcpSocket {
                 tcp::State::Closed | tcp::State::TimeWait => Some(Ok(())),
                 _ => None,
             }
-        });
-        result
+        })
     }
 }
 
 impl Drop for TcpSocket {
     fn drop(&mut self) {
-        let handle = self.handle;
+        let mut all = alloc::vec![(self.netif, self.handle)];
+        all.extend(self.others.iter().copied());
         with_stack(|stack| {
-            stack.sockets.get_mut::<tcp::Socket>(handle).abort();
+            for &(netif, handle) in &all {
+                if let Some(s) = tcp_of(stack, netif, handle) {
+                    s.abort();
+                }
+            }
         });
         kick();
-        // The RST goes out on the next poll; then the socket can go.
+        // The RST goes out on the next poll; then the sockets can go.
         let polls = POLLS.load(Ordering::Acquire);
         SOCKET_WAKE.wait_until_timeout(50_000_000, || POLLS.load(Ordering::Acquire) != polls);
-        with_stack(|stack| stack.sockets.remove(handle));
+        with_stack(|stack| {
+            for &(netif, handle) in &all {
+                if tcp_of(stack, netif, handle).is_some() {
+                    if let Some(sockets) = stack.sockets(netif) {
+                        sockets.remove(handle);
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -234,7 +303,8 @@ pub fn ping_once(
     timeout_ms: u64,
 ) -> Result<u64, NetError> {
     let payload = [0x5au8; 56];
-    let handle = with_stack(|stack| {
+    let (netif, handle) = with_stack(|stack| {
+        let netif = stack.route(address).ok_or(NetError::Unreachable)?;
         let mut socket = icmp::Socket::new(
             icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
             icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
@@ -255,13 +325,18 @@ pub fn ping_once(
         socket
             .send_slice(&bytes, IpAddress::Ipv4(address))
             .map_err(|_| NetError::Invalid)?;
-        Ok(stack.sockets.add(socket))
+        let sockets = stack.sockets(netif).ok_or(NetError::Down)?;
+        Ok((netif, sockets.add(socket)))
     })
     .ok_or(NetError::Down)??;
     let sent = uptime_ns();
     kick();
     let result = wait_for(timeout_ms, |stack| {
-        let s = stack.sockets.get_mut::<icmp::Socket>(handle);
+        let sockets = stack.sockets(netif)?;
+        if !sockets.iter().any(|(h, _)| h == handle) {
+            return Some(Err(NetError::Down));
+        }
+        let s = sockets.get_mut::<icmp::Socket>(handle);
         let mut reply = [0u8; 1024];
         while let Ok((n, _from)) = s.recv_slice(&mut reply) {
             let Ok(packet) = Icmpv4Packet::new_checked(&reply[..n]) else {
@@ -278,7 +353,13 @@ pub fn ping_once(
         }
         None
     });
-    with_stack(|stack| stack.sockets.remove(handle));
+    with_stack(|stack| {
+        if let Some(sockets) = stack.sockets(netif) {
+            if sockets.iter().any(|(h, _)| h == handle) {
+                sockets.remove(handle);
+            }
+        }
+    });
     result
 }
 
@@ -314,7 +395,7 @@ pub fn proc_net_tcp() -> String {
     let mut out = String::from("  sl  local_address rem_address   st tx_queue rx_queue\n");
     with_stack(|stack| {
         let mut sl = 0;
-        for (_, socket) in stack.sockets.iter() {
+        for (_, socket) in stack.all_sockets().flat_map(|set| set.iter()) {
             if let Socket::Tcp(s) = socket {
                 let local = s.local_endpoint().or_else(|| {
                     let listen = s.listen_endpoint();
@@ -355,7 +436,7 @@ fn http_page() -> String {
 }
 
 fn serve_one(port: u16) -> Result<(), NetError> {
-    let socket = TcpSocket::listen(port)?;
+    let mut socket = TcpSocket::listen(port)?;
     socket.accept(u64::MAX)?;
     let mut request = Vec::new();
     let mut chunk = [0u8; 512];

@@ -154,7 +154,7 @@ pub fn cmd_nc(args: &[&str], _: &str) {
             let Ok(port) = port.parse::<u16>() else {
                 return kprintln!("nc: invalid port {port:?}");
             };
-            let socket = match TcpSocket::listen(port) {
+            let mut socket = match TcpSocket::listen(port) {
                 Ok(s) => s,
                 Err(e) => return kprintln!("nc: listen on {port}: {e}"),
             };

@@ -88,6 +88,13 @@ impl<'a> MmioRegs<'a> {
         status
     }
 
+    /// Reads byte `offset` of the device-specific configuration space (at 0x100), if the
+    /// transport's region covers it.
+    pub fn read_config_u8(&mut self, offset: usize) -> Option<u8> {
+        let at = REGISTERS_LEN as usize + offset;
+        (at < self.mmio.len() as usize).then(|| self.mmio.read_u8(at))
+    }
+
     fn write_u64(&mut self, low: usize, high: usize, value: u64) {
         self.mmio.write_u32(low, value as u32);
         self.mmio.write_u32(high, (value >> 32) as u32);

@@ -16,6 +16,7 @@
 //! Drivers here: [`rng`] (virtio-rng, device type 4).
 
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 
@@ -177,6 +178,21 @@ impl VirtioDevice {
         .unwrap_or_else(|| Err(String::from("transport gone")))
     }
 
+    /// Reads `out.len()` bytes of the device-specific configuration space from `offset`;
+    /// `false` when the transport is gone or the space is shorter.
+    pub fn read_config(&self, offset: usize, out: &mut [u8]) -> bool {
+        self.with_regs(|regs| {
+            for (index, byte) in out.iter_mut().enumerate() {
+                match regs.read_config_u8(offset + index) {
+                    Some(value) => *byte = value,
+                    None => return false,
+                }
+            }
+            true
+        })
+        .unwrap_or(false)
+    }
+
     /// Features the device offers.
     pub fn device_features(&self) -> u64 {
         self.with_regs(|regs| {
@@ -325,5 +341,6 @@ fn attributes(device: &str, attribute: Option<&str>) -> Option<String> {
 pub fn init() {
     base::register_attributes("virtio", attributes);
     rng::init();
+    net::init();
     mmio::init();
 }
