@@ -137,6 +137,10 @@ pub const TESTS: &[Test] = &[
         run: virtio_rng_on_microvm,
     },
     Test {
+        name: "virtio_net_on_microvm_dhcp_ping_and_http",
+        run: virtio_net_on_microvm_dhcp_ping_and_http,
+    },
+    Test {
         name: "idle_nohz_off_ticks_at_hz",
         run: idle_nohz_off_ticks_at_hz,
     },
@@ -1071,6 +1075,61 @@ fn interrupt_count(text: &str, name: &str) -> Option<u64> {
 /// virtio-rng behind a virtio-mmio transport (microvm, found through ACPI): `hwrng` prints
 /// bytes that differ between reads, the virtio line counts interrupts, unbind makes `hwrng`
 /// say there is no device and bind brings it back; q35 without the device says so too.
+/// virtio-net on a microvm virtio-mmio transport, against QEMU's user network: the guest gets
+/// its address by DHCP (10.0.2.15), `ping 10.0.2.2` is answered, and the host's HTTP client
+/// reaches the guest's `httpd=80` through a host forward — the page carries the guest's uptime
+/// and `/proc/interrupts`, where the virtio line has counted the traffic. Judged from the host.
+fn virtio_net_on_microvm_dhcp_ping_and_http() -> TestResult {
+    use std::io::{Read as _, Write as _};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free host port: {e}"))?
+        .port();
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.machine = Machine::Microvm;
+    config.append = "httpd=80".into();
+    config.extra = [
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-netdev",
+        &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80"),
+        "-device",
+        "virtio-net-device,netdev=n0",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut guest = boot(&config)?;
+    if !guest.output().contains("DHCP lease 10.0.2.15") {
+        guest.expect("DHCP lease 10.0.2.15", STEP)?;
+    }
+    let addr = guest.run("ip addr", STEP)?;
+    ensure!(
+        addr.contains("inet 10.0.2.15/24") && addr.contains("link/ether 52:54:00:12:34:56"),
+        "ip addr:\n{addr}"
+    );
+    let ping = guest.run("ping 10.0.2.2 -c 2", STEP)?;
+    ensure!(ping.contains("2 received"), "ping:\n{ping}");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .map_err(|e| format!("connect to the forward: {e}"))?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: lull\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut page = String::new();
+    stream
+        .read_to_string(&mut page)
+        .map_err(|e| format!("read the page: {e}"))?;
+    ensure!(page.starts_with("HTTP/1.0 200 OK"), "reply:\n{page}");
+    ensure!(
+        page.contains("uptime ") && page.contains("/proc/interrupts") && page.contains("virtio0"),
+        "page lacks uptime or the interrupts:\n{page}"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
 fn virtio_rng_on_microvm() -> TestResult {
     let mut config = QemuConfig::new(&shell_kernel()?);
     config.machine = Machine::Microvm;
