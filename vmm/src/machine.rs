@@ -225,7 +225,6 @@ impl WaitingThread {
 /// A vCPU's thread and statistics file, made ahead of its state.
 struct PreparedVcpu {
     thread: WaitingThread,
-    /// `None`: opened when the vCPU starts.
     stats: Option<KvmStats>,
 }
 
@@ -243,7 +242,7 @@ pub struct IncomingVm {
     memory: GuestMemory,
     /// vCPUs created ahead of the state (KVM_CREATE_VCPU is not free); empty for a restore.
     vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
-    /// Their threads and statistics, likewise (a restore starts the threads, not the stats).
+    /// Their threads and statistics, likewise.
     prepared: Vec<PreparedVcpu>,
     policy: HypercallDecision,
     clock: PhaseClock,
@@ -465,19 +464,6 @@ impl Machine {
         let policy = HypercallDecision::start(pv);
         let state = snapshot::read_state(directory)?;
         clock.lap("read_state");
-        // The vCPU threads start now, so that their creation and first scheduling overlap the
-        // VM set-up below instead of following it (they wait for their vCPU; a failed restore
-        // drops them and they end).
-        let prepared = (0..state.vcpus.len())
-            .map(|index| {
-                Ok(PreparedVcpu {
-                    thread: WaitingThread::spawn(format!("vcpu{index}"))?,
-                    stats: None,
-                })
-            })
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(host_error("starting a vCPU thread"))?;
-        clock.lap("spawn_vcpu_threads");
         let kvm = open_kvm()?;
         clock.lap("open_kvm");
         let path = directory.join(MEMORY_FILE_NAME);
@@ -502,7 +488,7 @@ impl Machine {
             vm,
             memory,
             vcpu_fds: Vec::new(),
-            prepared,
+            prepared: Vec::new(),
             policy,
             clock,
         };
@@ -694,11 +680,7 @@ impl Machine {
             let (response_sender, responses) = mpsc::channel();
             let counters = Arc::new(VcpuExitCounters::default());
             let (waiting, stats) = match prepared.next() {
-                // A restore starts the threads before the vCPUs exist: their stats open here.
-                Some(PreparedVcpu { thread, stats }) => (
-                    Some(thread),
-                    stats.or_else(|| KvmStats::open(&vcpu.fd).ok()),
-                ),
+                Some(PreparedVcpu { thread, stats }) => (Some(thread), stats),
                 None => (None, KvmStats::open(&vcpu.fd).ok()),
             };
             let index = vcpu.index;
