@@ -650,6 +650,7 @@ pub fn run_started(started: Started, options: &RunOptions, main_entered: Instant
         let line = serde_json::json!({
             "event": "vcpus_running",
             "since_main_us": since_main.round(),
+            "minor_faults": crate::bench::minor_faults(),
             "clock_monotonic_ns": crate::bench::clock_monotonic_ns(vcpus_running_at),
             "phases_us": phases,
         });

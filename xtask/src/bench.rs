@@ -422,7 +422,7 @@ pub fn lazy(kernel: &std::path::Path, runs: usize) -> Result<Vec<String>, String
     )
 }
 
-/// Builds lull-vmm (release) and runs `lull-vmm bench --kernel KERNEL EXTRA`; its lines,
+/// Builds lull-vmm (release, static: `crate::vmm`) and runs `lull-vmm bench --kernel KERNEL EXTRA`; its lines,
 /// prefixed with `prefix: `.
 fn vmm_bench(
     kernel: &std::path::Path,
@@ -434,17 +434,7 @@ fn vmm_bench(
             "{prefix}: skipped (no /dev/kvm on this machine)"
         )]);
     }
-    let root = crate::kernel::repo_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(&cargo)
-        .current_dir(&root)
-        .args(["build", "--quiet", "--release", "-p", "lull-vmm"])
-        .status()
-        .map_err(|e| format!("cannot build lull-vmm: {e}"))?;
-    if !status.success() {
-        return Err("building lull-vmm failed".into());
-    }
-    let output = std::process::Command::new(root.join("target/release/lull-vmm"))
+    let output = std::process::Command::new(crate::vmm::build_release()?)
         .arg("bench")
         .arg("--kernel")
         .arg(kernel)

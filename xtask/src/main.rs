@@ -7,6 +7,7 @@ mod linuxref;
 mod qemu;
 mod tools;
 mod trace;
+mod vmm;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitCode, Stdio};
@@ -150,16 +151,7 @@ fn cmd_build(args: &[String]) -> Result<(), String> {
 
 /// Boots the kernel on /dev/kvm with lull-vmm instead of QEMU.
 fn run_on_vmm(elf: &std::path::Path, options: &Options) -> Result<(), String> {
-    let root = kernel::repo_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args(["build", "--quiet", "--release", "-p", "lull-vmm"])
-        .status()
-        .map_err(|e| format!("cannot build lull-vmm: {e}"))?;
-    if !status.success() {
-        return Err("building lull-vmm failed".into());
-    }
-    let mut command = Command::new(root.join("target/release/lull-vmm"));
+    let mut command = Command::new(vmm::build_release()?);
     command.arg("run").arg("--kernel").arg(elf).args([
         "--memory",
         &options.memory_mib.to_string(),

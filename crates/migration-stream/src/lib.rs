@@ -102,15 +102,15 @@
 //! insertions, deletions, truncations; also mutations with the frame CRC recomputed, to reach
 //! the payload checks) into the decoder in random chunks, and asserts it returns events or a
 //! typed error, never panics, and never allocates more than the limits allow. `cargo test`
-//! runs a short slice; run it long with
+//! runs a short slice (2,500 cases per property); run it for a given time with
 //!
 //! ```text
-//! LULL_FUZZ_CASES=8000000 cargo test --release -p lull-migration-stream --test fuzz
+//! LULL_FUZZ_SECS=600 cargo test --release -p lull-migration-stream --test fuzz -- --nocapture
 //! ```
 //!
-//! (about ten minutes on a quiet 2-core host: the two properties run in parallel at roughly
-//! 14,000 cases a second each in release; the default slice is 2,500 cases each, about two
-//! seconds in a debug build).
+//! (each of the two properties, in parallel, draws fresh cases for that long and prints how
+//! many it ran: on 2026-12-02, ten minutes on the shared 2-core host were 2,902,000 random
+//! inputs and 632,000 mutated streams, no failure). `LULL_FUZZ_CASES=N` runs N cases instead.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),

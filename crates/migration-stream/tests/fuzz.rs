@@ -2,25 +2,83 @@
 //! random chunks. It must return events or a typed error (never panic), allocate nothing larger
 //! than one frame under the limits, and decide the same way whatever the chunking.
 //!
-//! A short slice runs with `cargo test`. Run it long (about ten minutes on a 2-core host) with
-//! `LULL_FUZZ_CASES=8000000 cargo test --release -p lull-migration-stream --test fuzz`.
+//! A short slice (`LULL_FUZZ_CASES`, default 2,500 cases per property) runs with `cargo test`.
+//! Run it for a given time with `LULL_FUZZ_SECS`: each property then draws fresh cases in
+//! batches until that many seconds have passed and prints how many it ran, e.g. ten minutes:
+//! `LULL_FUZZ_SECS=600 cargo test --release -p lull-migration-stream --test fuzz -- --nocapture`
+//! (the two properties run in parallel, one per test thread). A failure names the batch seed;
+//! `LULL_FUZZ_SEED=<seed>` with `LULL_FUZZ_CASES=<batch>` replays that batch.
 
 mod support;
+
+use std::time::{Duration, Instant};
 
 use lull_migration_stream::{
     Decoder, Encoder, Limits, SourceInfo, StreamKind, FRAME_OVERHEAD, HEADER_LEN,
 };
 use proptest::prelude::*;
+use proptest::test_runner::{RngSeed, TestCaseResult, TestRunner};
 use support::{decode_all, PAGE};
 
 /// Cases per property unless `LULL_FUZZ_CASES` says otherwise (a few seconds in a debug build).
 const DEFAULT_CASES: u32 = 2500;
+/// Cases per batch when running for a duration (about a second each in release, so a run
+/// overshoots its time by about that).
+const BATCH_CASES: u32 = 2_000;
 
-fn cases() -> u32 {
-    std::env::var("LULL_FUZZ_CASES")
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name)
         .ok()
         .and_then(|value| value.parse().ok())
-        .unwrap_or(DEFAULT_CASES)
+}
+
+fn config(cases: u32, seed: Option<u64>) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        rng_seed: seed.map_or(RngSeed::Random, RngSeed::Fixed),
+        // Failures are reported with their seed; no regression file is written.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Runs `test` on values of `strategy`: `LULL_FUZZ_CASES` cases (default 2,500), or batches of
+/// fresh cases for `LULL_FUZZ_SECS` seconds. Panics with the shrunk failing input and the seed
+/// that replays it.
+fn fuzz<S: Strategy>(name: &str, strategy: S, test: impl Fn(S::Value) -> TestCaseResult) {
+    let run = |cases: u32, seed: Option<u64>| {
+        if let Err(failure) = TestRunner::new(config(cases, seed)).run(&strategy, &test) {
+            let replay = seed.map_or(String::new(), |seed| {
+                format!(" (replay: LULL_FUZZ_SEED={seed} LULL_FUZZ_CASES={cases})")
+            });
+            panic!("{name}: {failure}{replay}");
+        }
+    };
+    let Some(seconds) = env::<u64>("LULL_FUZZ_SECS") else {
+        run(
+            env("LULL_FUZZ_CASES").unwrap_or(DEFAULT_CASES),
+            env("LULL_FUZZ_SEED"),
+        );
+        return;
+    };
+    let started = Instant::now();
+    let mut seed = env("LULL_FUZZ_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |since| since.as_nanos() as u64)
+    });
+    let mut cases = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        run(BATCH_CASES, Some(seed));
+        cases += u64::from(BATCH_CASES);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+    }
+    eprintln!(
+        "{name}: {cases} cases in {:.0} s, no failure",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Small limits, so that a decoder allocating what a hostile length field announces (up to
@@ -360,47 +418,52 @@ fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
     prop::collection::vec(prop_oneof![1usize..8, 8usize..5000], 1..6)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
-
-    /// Arbitrary bytes, half of the time behind a valid header so they reach the frame parser.
-    #[test]
-    fn fuzz_random_bytes(
-        header in prop::option::of((any::<bool>(), 1u32..8)),
-        body in prop::collection::vec(any::<u8>(), 0..2048),
-        chunks in chunk_sizes(),
-    ) {
+/// Arbitrary bytes, half of the time behind a valid header so they reach the frame parser.
+#[test]
+fn fuzz_random_bytes() {
+    let inputs = (
+        prop::option::of((any::<bool>(), 1u32..8)),
+        prop::collection::vec(any::<u8>(), 0..2048),
+        chunk_sizes(),
+    );
+    fuzz("fuzz_random_bytes", inputs, |(header, body, chunks)| {
         let mut bytes = Vec::new();
         let kind = match header {
             Some((requests, vcpus)) => {
-                let kind = if requests { StreamKind::PageRequests } else { StreamKind::Migration };
+                let kind = if requests {
+                    StreamKind::PageRequests
+                } else {
+                    StreamKind::Migration
+                };
                 Encoder::start(info(kind, vcpus), limits(), &mut bytes).unwrap();
                 kind
             }
             None => StreamKind::Migration,
         };
         bytes.extend_from_slice(&body);
-        check_decoder(&bytes, kind, &chunks)?;
-    }
+        check_decoder(&bytes, kind, &chunks)
+    });
+}
 
-    /// Valid streams, mutated; with `reseal` the frame CRCs are recomputed afterwards.
-    #[test]
-    fn fuzz_mutated_streams(
-        plan in plans(),
-        mutations in mutations(),
-        reseal_crcs in any::<bool>(),
-        chunks in chunk_sizes(),
-    ) {
-        let (original, kind) = build(&plan);
-        // The unmutated stream decodes.
-        prop_assert!(decode_all(&original, kind, limits(), 4096).is_ok());
-        let mut bytes = original;
-        for mutation in &mutations {
-            apply(&mut bytes, mutation);
-        }
-        if reseal_crcs {
-            reseal(&mut bytes);
-        }
-        check_decoder(&bytes, kind, &chunks)?;
-    }
+/// Valid streams, mutated; with `reseal` the frame CRCs are recomputed afterwards.
+#[test]
+fn fuzz_mutated_streams() {
+    let inputs = (plans(), mutations(), any::<bool>(), chunk_sizes());
+    fuzz(
+        "fuzz_mutated_streams",
+        inputs,
+        |(plan, mutations, reseal_crcs, chunks)| {
+            let (original, kind) = build(&plan);
+            // The unmutated stream decodes.
+            prop_assert!(decode_all(&original, kind, limits(), 4096).is_ok());
+            let mut bytes = original;
+            for mutation in &mutations {
+                apply(&mut bytes, mutation);
+            }
+            if reseal_crcs {
+                reseal(&mut bytes);
+            }
+            check_decoder(&bytes, kind, &chunks)
+        },
+    );
 }
