@@ -32,7 +32,9 @@ fn no_interrupt(_: u32) -> IrqReturn {
 /// An IOAPIC input no one has requested (PCI INTx lines 16–23 are free until a driver takes
 /// them).
 fn free_gsi() -> Option<u32> {
-    (16..24).rev().find(|&gsi| crate::kernel::irq::irq_affinity(gsi).is_none())
+    (16..24)
+        .rev()
+        .find(|&gsi| crate::kernel::irq::irq_affinity(gsi).is_none())
 }
 
 struct TestDriver {
@@ -48,7 +50,9 @@ impl Driver for TestDriver {
         let dma = devm::alloc_coherent(devres, 8192)?;
         let group = devres.open_group();
         devres.add_action("ktest: grouped action", || RELEASED.lock().push("grouped"));
-        devres.close_group(group).map_err(|_| lull_driver_core::Errno::EINVAL)?;
+        devres
+            .close_group(group)
+            .map_err(|_| lull_driver_core::Errno::EINVAL)?;
         devm::request_threaded_irq(
             devres,
             self.gsi,
@@ -146,17 +150,25 @@ pub fn devres_releases_real_resources_in_reverse() -> TestResult {
         "ports not claimed in /proc/ioports"
     );
     RELEASED.lock().clear();
-    sys_write(&alloc::format!("/sys/bus/platform/drivers/{DRIVER}/unbind"), DEVICE)?;
+    sys_write(
+        &alloc::format!("/sys/bus/platform/drivers/{DRIVER}/unbind"),
+        DEVICE,
+    )?;
     let order = RELEASED.lock().clone();
     ensure!(
         order == ["remove", "last", "grouped", "first"],
         "release order {order:?}"
     );
     ensure!(
-        !crate::arch::io::claimed().iter().any(|&(b, _, _)| b == PORTS),
+        !crate::arch::io::claimed()
+            .iter()
+            .any(|&(b, _, _)| b == PORTS),
         "ports still claimed after unbind"
     );
-    sys_write(&alloc::format!("/sys/bus/platform/drivers/{DRIVER}/bind"), DEVICE)?;
+    sys_write(
+        &alloc::format!("/sys/bus/platform/drivers/{DRIVER}/bind"),
+        DEVICE,
+    )?;
     ensure!(
         matches!(state(), Some(DeviceState::Bound { .. })),
         "rebind: {:?}",

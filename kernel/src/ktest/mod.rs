@@ -316,6 +316,7 @@ pub fn run_device_tests() {
 
 /// Runs every test, prints the summary line and exits QEMU (33 = none failed, 35 = failures).
 pub fn run_and_exit() -> ! {
+    crate::drivers::probe_devices();
     for (name, test) in TESTS {
         report(name, test());
     }

@@ -28,7 +28,12 @@ pub struct DmaBuffer {
 
 impl core::fmt::Debug for DmaBuffer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "DmaBuffer({:#x}, {} bytes)", self.bus_address(), self.len)
+        write!(
+            f,
+            "DmaBuffer({:#x}, {} bytes)",
+            self.bus_address(),
+            self.len
+        )
     }
 }
 

@@ -31,14 +31,15 @@ fn injected_or(error: AcquireError<Errno>) -> ProbeError {
 }
 
 /// `devm_kzalloc`: `len` zeroed bytes owned by the device until unbind.
-pub fn kzalloc(devres: &mut DevresList, len: usize) -> Result<Arc<Revocable<Box<[u8]>>>, ProbeError> {
+pub fn kzalloc(
+    devres: &mut DevresList,
+    len: usize,
+) -> Result<Arc<Revocable<Box<[u8]>>>, ProbeError> {
     let info = ResourceInfo::new(ResourceKind::Alloc, "kzalloc").with_size(len as u64);
     devres
         .acquire_revocable(info, || {
             let mut bytes = alloc::vec::Vec::new();
-            bytes
-                .try_reserve_exact(len)
-                .map_err(|_| Errno::ENOMEM)?;
+            bytes.try_reserve_exact(len).map_err(|_| Errno::ENOMEM)?;
             bytes.resize(len, 0u8);
             Ok(bytes.into_boxed_slice())
         })
@@ -89,7 +90,11 @@ impl lull_devres::ManagedResource for IrqLine {
 
     fn release(self: Box<Self>) {
         if let Err(error) = irq::free_irq(self.irq) {
-            crate::pr_err!("devres: free_irq({}) for {}: {error:?}", self.irq, self.name);
+            crate::pr_err!(
+                "devres: free_irq({}) for {}: {error:?}",
+                self.irq,
+                self.name
+            );
         }
     }
 }

@@ -74,7 +74,9 @@ pub fn init() {
             pr_err!("driver model: bus {name}: {error}");
         }
     }
-    let rules = crate::kernel::params::parsed().get_str("devres.fail").unwrap_or("");
+    let rules = crate::kernel::params::parsed()
+        .get_str("devres.fail")
+        .unwrap_or("");
     for text in rules.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         match FaultRule::parse(text) {
             Some(rule) => {

@@ -75,6 +75,21 @@ impl WaitQueue {
         self.0.wait_until(condition);
     }
 
+    /// Like [`WaitQueue::wait_until`], giving up after `timeout_ns` (Linux's
+    /// `wait_event_timeout`): a sleep timer is armed only while the thread waits, and cancelled
+    /// when the condition comes first. Returns whether the condition held.
+    pub fn wait_until_timeout(&self, mut condition: impl FnMut() -> bool, timeout_ns: u64) -> bool {
+        if condition() {
+            return true;
+        }
+        wait_with_timeout(
+            timeout_ns,
+            "wait_event_timeout",
+            condition,
+            |condition, expired| self.0.wait_until_or(condition, expired),
+        )
+    }
+
     /// Wakes every waiting thread. Callable from any context.
     pub fn wake_all(&self) {
         self.0.wake_all();
