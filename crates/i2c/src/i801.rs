@@ -7,7 +7,7 @@
 //! 3. `HST_CNT` = protocol | `START` (| `INTREN` when the interrupt is used).
 //! 4. Wait for `INTR` (done) or an error bit: `DEV_ERR` (no acknowledge, or an illegal command),
 //!    `BUS_ERR` (lost arbitration / collision), `FAILED` (killed). The wait is the caller's
-//!    ([`HostRegs::wait_for_completion`]): in the kernel, asleep until the interrupt thread has
+//!    ([`HostRegs::wait_for_completion`]): in the kernel, asleep until the interrupt handler has
 //!    captured and cleared the status, or a bounded poll where there is no interrupt.
 //! 5. On timeout, `KILL` the transaction, and report `ETIMEDOUT`.
 //! 6. Read `HST_D0`/`HST_D1` for reads; clear the status.
@@ -205,7 +205,7 @@ pub fn transfer<R: HostRegs>(
         kill(regs);
         return Err(I2cError::Timeout);
     };
-    // The interrupt thread may already have cleared it; clearing again is harmless.
+    // The interrupt handler may already have cleared it; clearing again is harmless.
     regs.write(HST_STS, status & STS_CLEAR_MASK);
     if let Some(error) = status_error(status) {
         return Err(error);

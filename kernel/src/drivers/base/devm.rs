@@ -136,7 +136,6 @@ pub fn request_threaded_irq(
 
 /// `devm_request_irq`: as [`request_threaded_irq`] with a hard handler only (threaded anyway
 /// under `threadirqs`).
-#[allow(dead_code)] // the SMBus and virtio drivers use the threaded form today
 pub fn request_irq(
     devres: &mut DevresList,
     irq_number: u32,

@@ -75,7 +75,7 @@ pub fn add_adapter(name: String, adapter: Box<dyn Adapter + Send>) -> Arc<Adapte
     });
     adapters.push(Arc::clone(&handle));
     adapters.sort_by_key(|a| a.nr);
-    crate::printk!("i2c i2c-{nr}: adapter [{}] registered", handle.name);
+    crate::pr_debug!("i2c i2c-{nr}: adapter [{}] registered", handle.name);
     handle
 }
 
