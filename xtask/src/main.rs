@@ -503,6 +503,13 @@ const HPET_TESTS: [&str; 6] = [
     "level_oneshot_line_stays_masked_until_its_thread_ran",
     "irq_affinity_moves_the_hpet_line",
 ];
+/// microvm has no PCI, hence no ICH9 SMBus controller and no EEPROMs behind it.
+const SMBUS_TESTS: [&str; 4] = [
+    "smbus_binds_with_eight_eeprom_clients",
+    "eeprom_write_read_back_completes_by_interrupt",
+    "smbus_unbind_bind_1000_times_leaks_nothing",
+    "smbus_probe_fails_cleanly_at_every_acquisition",
+];
 /// Tests with nothing to check on one CPU (they act on the other CPUs).
 const NEEDS_2_CPUS: [&str; 3] = [
     "reschedule_ipi_is_delivered",
@@ -542,6 +549,10 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             HPET_TESTS[3],
             HPET_TESTS[4],
             HPET_TESTS[5],
+            SMBUS_TESTS[0],
+            SMBUS_TESTS[1],
+            SMBUS_TESTS[2],
+            SMBUS_TESTS[3],
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
             NEEDS_2_CPUS[2],
@@ -582,6 +593,10 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             HPET_TESTS[3],
             HPET_TESTS[4],
             HPET_TESTS[5],
+            SMBUS_TESTS[0],
+            SMBUS_TESTS[1],
+            SMBUS_TESTS[2],
+            SMBUS_TESTS[3],
             NEEDS_3_CPUS[0],
         ],
     },
