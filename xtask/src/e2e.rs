@@ -1118,84 +1118,6 @@ fn threadirqs_serial_and_power_button_with_irq_affinity() -> TestResult {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    /// A control run that saw HZ=250 over 10 s.
-    fn ticking() -> Counts {
-        Counts {
-            window_s: 10.0,
-            lapic_timer: 2500,
-            log_events: 4000,
-            log_lapic_timer: 2700,
-            ..Counts::default()
-        }
-    }
-
-    /// An idle window with no timer interrupt, from a log that holds the boot's events.
-    fn quiet() -> Counts {
-        Counts {
-            window_s: 10.0,
-            log_events: 900,
-            log_lapic_timer: 40,
-            ..Counts::default()
-        }
-    }
-
-    fn empty_trace() -> Counts {
-        crate::trace::count_lines(&b""[..], (UNIX_EPOCH, SystemTime::now())).expect("reads")
-    }
-
-    #[test]
-    fn a_quiet_window_with_a_ticking_control_passes() {
-        check_tickless(&quiet(), Some(&ticking()), "q35").expect("tickless");
-    }
-
-    #[test]
-    fn an_empty_trace_fails_the_tickless_check() {
-        let error = check_tickless(&empty_trace(), Some(&ticking()), "q35").expect_err("empty");
-        assert!(error.contains("no events"), "{error}");
-    }
-
-    #[test]
-    fn an_empty_control_trace_fails() {
-        let error = check_tickless(&quiet(), Some(&empty_trace()), "q35").expect_err("empty");
-        assert!(
-            error.contains("control run") && error.contains("no events"),
-            "{error}"
-        );
-        assert!(check_control(Some(&empty_trace())).is_err());
-    }
-
-    #[test]
-    fn a_missing_control_run_fails() {
-        let error = check_tickless(&quiet(), None, "q35").expect_err("no control");
-        assert!(error.contains("no control run"), "{error}");
-    }
-
-    #[test]
-    fn a_control_without_the_tick_fails() {
-        let control = Counts {
-            lapic_timer: 3,
-            ..ticking()
-        };
-        let error = check_control(Some(&control)).expect_err("no tick");
-        assert!(error.contains("expected about HZ=250"), "{error}");
-    }
-
-    #[test]
-    fn timer_interrupts_in_the_window_fail() {
-        let idle = Counts {
-            lapic_timer: 2,
-            ..quiet()
-        };
-        let error = check_tickless(&idle, Some(&ticking()), "q35").expect_err("ticks");
-        assert!(error.contains("2 LAPIC timer interrupts"), "{error}");
-    }
-}
-
 /// QEMU 7.2's I2C bus trace events (`hw/i2c/core.c`): `i2c_event start(addr:0x50)` (a
 /// repeated start for a read: `start_async(…)`), `nack(…)`, `finish(…)`, `i2c_send
 /// send(addr:0x50) data:0x23`, `i2c_recv recv(addr:0x50) data:0xa5`. (7.2's `pm_smbus` itself
@@ -1324,4 +1246,82 @@ fn smbus_eeprom_write_read_seen_in_qemu_i2c_trace() -> TestResult {
     );
     let _ = std::fs::remove_file(&log);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// A control run that saw HZ=250 over 10 s.
+    fn ticking() -> Counts {
+        Counts {
+            window_s: 10.0,
+            lapic_timer: 2500,
+            log_events: 4000,
+            log_lapic_timer: 2700,
+            ..Counts::default()
+        }
+    }
+
+    /// An idle window with no timer interrupt, from a log that holds the boot's events.
+    fn quiet() -> Counts {
+        Counts {
+            window_s: 10.0,
+            log_events: 900,
+            log_lapic_timer: 40,
+            ..Counts::default()
+        }
+    }
+
+    fn empty_trace() -> Counts {
+        crate::trace::count_lines(&b""[..], (UNIX_EPOCH, SystemTime::now())).expect("reads")
+    }
+
+    #[test]
+    fn a_quiet_window_with_a_ticking_control_passes() {
+        check_tickless(&quiet(), Some(&ticking()), "q35").expect("tickless");
+    }
+
+    #[test]
+    fn an_empty_trace_fails_the_tickless_check() {
+        let error = check_tickless(&empty_trace(), Some(&ticking()), "q35").expect_err("empty");
+        assert!(error.contains("no events"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_control_trace_fails() {
+        let error = check_tickless(&quiet(), Some(&empty_trace()), "q35").expect_err("empty");
+        assert!(
+            error.contains("control run") && error.contains("no events"),
+            "{error}"
+        );
+        assert!(check_control(Some(&empty_trace())).is_err());
+    }
+
+    #[test]
+    fn a_missing_control_run_fails() {
+        let error = check_tickless(&quiet(), None, "q35").expect_err("no control");
+        assert!(error.contains("no control run"), "{error}");
+    }
+
+    #[test]
+    fn a_control_without_the_tick_fails() {
+        let control = Counts {
+            lapic_timer: 3,
+            ..ticking()
+        };
+        let error = check_control(Some(&control)).expect_err("no tick");
+        assert!(error.contains("expected about HZ=250"), "{error}");
+    }
+
+    #[test]
+    fn timer_interrupts_in_the_window_fail() {
+        let idle = Counts {
+            lapic_timer: 2,
+            ..quiet()
+        };
+        let error = check_tickless(&idle, Some(&ticking()), "q35").expect_err("ticks");
+        assert!(error.contains("2 LAPIC timer interrupts"), "{error}");
+    }
 }

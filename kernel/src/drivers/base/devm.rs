@@ -31,6 +31,7 @@ fn injected_or(error: AcquireError<Errno>) -> ProbeError {
 }
 
 /// `devm_kzalloc`: `len` zeroed bytes owned by the device until unbind.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no shell-build driver uses it yet
 pub fn kzalloc(
     devres: &mut DevresList,
     len: usize,
@@ -110,6 +111,7 @@ fn irq_errno(error: IrqError) -> Errno {
 /// `devm_request_threaded_irq`: routes `irq` to `handler`/`thread_fn` (see
 /// [`irq::request_threaded_irq`]); `free_irq` runs at release, before any resource acquired
 /// earlier (so the handler never outlives what it uses).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no shell-build driver uses it yet
 pub fn request_threaded_irq(
     devres: &mut DevresList,
     irq_number: u32,
@@ -157,6 +159,7 @@ pub fn request_irq(
 }
 
 /// `dmam_alloc_coherent`: a zeroed DMA buffer of at least `len` bytes below 4 GiB.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no shell-build driver uses it yet
 pub fn alloc_coherent(
     devres: &mut DevresList,
     len: usize,
