@@ -21,6 +21,7 @@ mod kernel;
 #[cfg(feature = "ktest")]
 mod ktest;
 mod mm;
+mod net;
 mod shell;
 
 use alloc::string::String;
@@ -95,6 +96,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
             locking::PARAMS,
             kernel::paravirt::PARAMS,
             drivers::base::PARAMS,
+            net::PARAMS,
         ],
     );
     for problem in problems {
@@ -175,6 +177,8 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     // The boot code becomes CPU 0's idle thread; the work runs in kernel threads.
     // The tests stay on the boot CPU, where several of them expect to run.
     locking::set_system_running();
+    drivers::start_device_probe();
+    net::init();
     #[cfg(feature = "ktest")]
     let (name, main, cpus): (&str, fn() -> !, _) =
         ("ktest", ktest::run_and_exit, lull_sched::CpuSet::single(0));
@@ -278,14 +282,7 @@ fn register_proc_files() {
     });
     register(ProcFile {
         path: "/proc/ioports",
-        read: Some(|| {
-            let mut out = String::new();
-            for (base, len, owner) in arch::io::claimed() {
-                let last = base as u32 + len as u32 - 1;
-                let _ = writeln!(out, "{base:04x}-{last:04x} : {owner}");
-            }
-            out
-        }),
+        read: Some(kernel::ioports::proc_ioports),
         write: None,
     });
     register(ProcFile {

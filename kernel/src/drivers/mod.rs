@@ -10,13 +10,59 @@ pub mod clocksource;
 pub mod i2c;
 pub mod pci;
 
-/// Registers the drivers of the model and adds the PCI functions as devices, so drivers bind
-/// (the SMBus controller, its EEPROMs). Thread context: probes sleep. Called once by the first
-/// thread (the shell, or the in-kernel tests); later calls do nothing.
-pub fn probe_devices() {
-    static DONE: spin::Once<()> = spin::Once::new();
-    DONE.call_once(|| {
-        i2c::init();
-        pci::register_devices();
-    });
+use crate::kernel::sched::Completion;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Signalled once the boot-time probe has run (Linux's `wait_for_device_probe`).
+static PROBED: Completion = Completion::new();
+static PROBE_DONE: AtomicBool = AtomicBool::new(false);
+/// The probing thread (it must not wait for itself).
+static PROBE_THREAD: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Enumerates the buses and registers the drivers, in a kernel thread (`kprobe`) so that the
+/// shell's prompt does not wait for it: enumerating ACPI's namespace and the PCI buses costs
+/// milliseconds under TCG. Whatever needs the devices calls [`wait_for_device_probe`] first.
+pub fn start_device_probe() {
+    let spawned = crate::kernel::sched::kthread_spawn(
+        "kprobe",
+        lull_sched::SchedClass::NORMAL,
+        lull_sched::CpuSet::ALL,
+        || {
+            if let Some(id) = crate::kernel::sched::current() {
+                PROBE_THREAD.store(id, Ordering::Release);
+            }
+            probe_devices();
+            PROBE_DONE.store(true, Ordering::Release);
+            // One completion per waiter would be consumed; waiters re-signal (see below).
+            PROBED.complete();
+        },
+    );
+    if let Err(error) = spawned {
+        crate::pr_err!("drivers: cannot start the probe thread ({error:?}); probing inline");
+        probe_devices();
+        PROBE_DONE.store(true, Ordering::Release);
+        PROBED.complete();
+    }
+}
+
+/// The boot-time device set-up: buses' devices, then drivers (each driver probes what matches).
+fn probe_devices() {
+    acpi::add_bus_devices();
+    acpi::ged::register();
+    // Client drivers first, so the SMBus adapter's EEPROMs bind as its probe adds them.
+    i2c::init();
+    pci::register_devices();
+}
+
+/// Sleeps until the boot-time probe has finished (at once afterwards, and from the probing
+/// thread itself). Thread context.
+pub fn wait_for_device_probe() {
+    if PROBE_DONE.load(Ordering::Acquire)
+        || crate::kernel::sched::current() == Some(PROBE_THREAD.load(Ordering::Acquire))
+    {
+        return;
+    }
+    PROBED.wait();
+    // Pass the completion on to the next waiter.
+    PROBED.complete();
 }

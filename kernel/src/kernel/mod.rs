@@ -2,6 +2,7 @@
 //! locking, CPUs, power management, the command line and the kernel log.
 
 pub mod async_pf;
+pub mod ioports;
 pub mod irq;
 pub mod locking;
 pub mod params;

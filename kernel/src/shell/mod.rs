@@ -3,6 +3,9 @@
 pub mod bench;
 mod latency;
 mod memsum;
+mod net;
+#[cfg(feature = "ktest")]
+pub use net::pattern_byte;
 mod timer;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -273,6 +276,25 @@ const COMMANDS: &[Command] = &[
         },
     },
     Command {
+        name: "ip",
+        usage: "ip addr|route",
+        help: "network interfaces and their addresses, or the routes",
+        run: net::cmd_ip,
+    },
+    Command {
+        name: "ping",
+        usage: "ping HOST [-c N]",
+        help: "ICMP echo to an IPv4 address",
+        run: net::cmd_ping,
+    },
+    Command {
+        name: "nc",
+        usage: "nc [-s BYTES] HOST PORT | nc -l PORT [-s BYTES]",
+        help:
+            "TCP client/server: receive and hash until EOF, or send BYTES of a pattern (i mod 251)",
+        run: net::cmd_nc,
+    },
+    Command {
         name: "memsum",
         usage: "memsum [stop]",
         help: "check a 64 KiB pattern a kernel thread keeps rewriting (integrity across migration)",
@@ -377,6 +399,17 @@ fn cmd_ls(args: &[&str], _: &str) {
 }
 
 /// Parses a non-negative decimal number of seconds (`1`, `0.25`) into nanoseconds.
+/// A byte count with an optional binary suffix (`64M`, `512K`, `1G`).
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'K' | b'k' => (&text[..text.len() - 1], 10),
+        b'M' | b'm' => (&text[..text.len() - 1], 20),
+        b'G' | b'g' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
 fn parse_seconds(text: &str) -> Option<u64> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     if fraction.len() > 9 || (whole.is_empty() && fraction.is_empty()) {
@@ -612,7 +645,6 @@ fn i2c_tool(name: &str, args: &[&str]) {
 }
 
 pub fn run() -> ! {
-    crate::drivers::probe_devices();
     // A shutdown request (the power button) wakes the reader, which then powers off.
     crate::kernel::pm::register_atomic_notifier(crate::kernel::pm::Notifier {
         name: "shell",

@@ -4,6 +4,9 @@
 //! to a power button (`PNP0C0C`) asks the PM core for an orderly shutdown, as the q35
 //! fixed-hardware button does.
 //!
+//! A driver of the model (`acpi-ged` on the `acpi` bus, as Linux's): its interrupt is a
+//! managed resource, so `echo ACPI0013:00 > /sys/bus/acpi/drivers/acpi-ged/unbind` frees it.
+//!
 //! `_EVT` runs in the line's interrupt thread (`request_threaded_irq`, one-shot): AML may
 //! sleep, and the namespace lock is a sleeping lock.
 
@@ -11,8 +14,11 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use lull_driver_core::{Driver, DriverDesc, Errno, PlatformMatchId, ProbeContext, ProbeError};
+
 use super::{AcpiDevice, Resource};
-use crate::kernel::irq::{self, IrqFlags, IrqReturn};
+use crate::drivers::base::devm;
+use crate::kernel::irq::{IrqFlags, IrqReturn};
 use crate::kernel::locking::SpinLock;
 use crate::{pr_warn, printk};
 
@@ -74,39 +80,53 @@ fn interrupt_of(device: &AcpiDevice) -> Option<(u32, IrqFlags)> {
     })
 }
 
-/// Requests the interrupt of every present GED. Boot, after `super::init` enumerated devices.
-pub fn init() {
-    let found = super::find_by_id(&["ACPI0013", POWER_BUTTON_HID]);
-    *POWER_BUTTONS.lock() = found
-        .iter()
-        .filter(|d| d.is(POWER_BUTTON_HID))
-        .map(|d| d.path.clone())
-        .collect();
-    for device in found
-        .iter()
-        .filter(|d| d.is("ACPI0013") && d.status & 1 != 0)
-    {
+/// The `acpi-ged` driver: binds each present `ACPI0013` device of the `acpi` bus.
+struct GedDriver;
+
+impl Driver for GedDriver {
+    fn probe(&self, ctx: &mut ProbeContext<'_>) -> Result<(), ProbeError> {
+        let name = String::from(ctx.device_name());
+        let device = super::bus_device(&name).ok_or(Errno::ENODEV)?;
         let Some((gsi, flags)) = interrupt_of(device) else {
             pr_warn!("ACPI: {}: GED without an interrupt in _CRS", device.path);
-            continue;
+            return Err(Errno::ENXIO.into());
         };
         let method = alloc::format!("{}._EVT", device.path);
         GEDS.lock().push((gsi, method));
-        match irq::request_threaded_irq(
+        let devres = ctx.devres();
+        devres.add_action("ged: forget _EVT", move || {
+            GEDS.lock().retain(|(line, _)| *line != gsi)
+        });
+        devm::request_threaded_irq(
+            devres,
             gsi,
             None,
             Some(ged_thread),
             flags | IrqFlags::ONESHOT,
             "acpi-ged",
-        ) {
-            Ok(vector) => printk!(
-                "ACPI: GED {} on GSI {gsi} (vector {vector:#x}); power button enabled",
-                device.path
-            ),
-            Err(error) => {
-                pr_warn!("ACPI: {}: cannot request GSI {gsi} ({error})", device.path);
-                GEDS.lock().retain(|(line, _)| *line != gsi);
-            }
-        }
+        )?;
+        printk!(
+            "ACPI: GED {} on GSI {gsi}; power button enabled",
+            device.path
+        );
+        Ok(())
+    }
+}
+
+/// Notes the power buttons and registers the `acpi-ged` driver (it binds the GEDs the `acpi`
+/// bus has). Thread context, from the boot-time probe.
+pub fn register() {
+    *POWER_BUTTONS.lock() = super::find_by_id(&[POWER_BUTTON_HID])
+        .iter()
+        .map(|d| d.path.clone())
+        .collect();
+    let driver = DriverDesc::new(
+        "acpi",
+        "acpi-ged",
+        vec![PlatformMatchId::Acpi("ACPI0013")],
+        GedDriver,
+    );
+    if let Err(error) = crate::drivers::base::register_driver(driver) {
+        pr_warn!("ACPI: cannot register the GED driver: {error}");
     }
 }

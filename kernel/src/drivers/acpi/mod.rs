@@ -107,7 +107,6 @@ pub fn init(info: Option<&AcpiInfo>) {
         *NAMESPACE.lock() = Some(namespace);
     }
     button::init(info);
-    ged::init();
     register_proc_files();
 }
 
@@ -211,4 +210,71 @@ fn register_proc_files() {
         read: Some(proc_prt),
         write: None,
     });
+}
+
+/// Model names of the ACPI devices added to the `acpi` bus, with their index in [`devices`].
+static BUS_NAMES: Once<Vec<(String, usize)>> = Once::new();
+
+/// Adds every present ACPI device with a `_HID` to the model's `acpi` bus, named as Linux
+/// names them (`PNP0501:00`: the id, then a per-id instance number). Thread context.
+pub fn add_bus_devices() {
+    let names = BUS_NAMES.call_once(|| {
+        let mut names: Vec<(String, usize)> = Vec::new();
+        for (index, device) in devices().iter().enumerate() {
+            let Some(hid) = &device.hid else { continue };
+            if device.status & 1 == 0 {
+                continue;
+            }
+            let instance = names
+                .iter()
+                .filter(|(name, _)| name.rsplit_once(':').is_some_and(|(id, _)| id == hid))
+                .count();
+            names.push((alloc::format!("{hid}:{instance:02}"), index));
+        }
+        names
+    });
+    for (name, index) in names {
+        let device = &devices()[*index];
+        let id = lull_driver_core::PlatformDeviceId {
+            name: device.hid.clone().unwrap_or_default(),
+            hid: device.hid.clone(),
+            cids: device.cids.clone(),
+            compatible: Vec::new(),
+        };
+        if let Err(error) = crate::drivers::base::add_device(lull_driver_core::DeviceDesc::new(
+            "acpi",
+            name.clone(),
+            id,
+        )) {
+            pr_warn!("ACPI: {name}: {error}");
+        }
+    }
+    crate::drivers::base::register_attributes("acpi", bus_attribute);
+}
+
+/// The ACPI device behind a model name of the `acpi` bus (`PNP0501:00`).
+pub fn bus_device(name: &str) -> Option<&'static AcpiDevice> {
+    let index = BUS_NAMES.get()?.iter().find(|(n, _)| n == name)?.1;
+    devices().get(index)
+}
+
+/// `/sys/bus/acpi/devices/NAME/{path,hid,uid,status,resources}`.
+fn bus_attribute(name: &str, attribute: Option<&str>) -> Option<String> {
+    let device = bus_device(name)?;
+    let text = match attribute {
+        None => String::from("path\nhid\nuid\nstatus\nresources\n"),
+        Some("path") => alloc::format!("{}\n", device.path),
+        Some("hid") => alloc::format!("{}\n", device.hid.as_deref().unwrap_or("")),
+        Some("uid") => alloc::format!("{}\n", device.uid.as_deref().unwrap_or("")),
+        Some("status") => alloc::format!("{}\n", device.status),
+        Some("resources") => {
+            let mut text = String::new();
+            for resource in &device.resources {
+                let _ = writeln!(text, "{}", resource_text(resource));
+            }
+            text
+        }
+        Some(_) => return None,
+    };
+    Some(text)
 }

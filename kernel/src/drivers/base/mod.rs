@@ -32,7 +32,7 @@ use lull_driver_core::{
 
 use crate::fs::procfs::{self, ProcDirectory, ProcError, ProcFile};
 use crate::kernel::locking::{IrqSafeLock, Mutex};
-use crate::{pr_err, pr_warn, printk};
+use crate::{pr_debug, pr_err, pr_warn, printk};
 
 /// Driver-model parameters.
 pub const PARAMS: &[ParamSpec] = &[ParamSpec {
@@ -103,13 +103,20 @@ pub fn init() {
 /// Runs `f` on the registry with its lock held, then logs what it recorded. Thread context.
 /// `None` before [`init`].
 pub fn with_model<R>(f: impl FnOnce(&mut DeviceModel) -> R) -> Option<R> {
+    super::wait_for_device_probe();
     let mut guard = MODEL.lock();
     let model = guard.as_mut()?;
     let result = f(model);
     let log = model.take_log();
     drop(guard);
     for line in log {
-        pr_warn!("{line}");
+        // Binding and unbinding are routine (debug level, as Linux's driver core logs them);
+        // a failed or deferred probe is worth a warning.
+        if line.contains("failed") || line.contains("deferred") {
+            pr_warn!("{line}");
+        } else {
+            pr_debug!("{line}");
+        }
     }
     Some(result)
 }

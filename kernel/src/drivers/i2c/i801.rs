@@ -112,7 +112,7 @@ impl HostRegs for Regs<'_> {
             let ended = self
                 .shared
                 .wait
-                .wait_until_timeout(|| done.load(Ordering::Acquire) != 0, TIMEOUT_NS);
+                .wait_until_timeout(TIMEOUT_NS, || done.load(Ordering::Acquire) != 0);
             return ended.then(|| done.load(Ordering::Acquire) as u8);
         }
         // Polling fallback (no routable interrupt): a few immediate reads (QEMU finishes at

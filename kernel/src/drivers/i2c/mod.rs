@@ -148,6 +148,8 @@ fn bound_addresses(nr: u32) -> Vec<u8> {
 /// `i2cdetect`, `i2cget`, `i2cset`, `i2cdump` (args\[0\] is the command's name).
 pub fn cmd_tools(args: &[&str]) -> Result<String, String> {
     let command = tools::parse(args)?;
+    // The adapters appear during the boot-time probe, which runs beside the shell.
+    crate::drivers::wait_for_device_probe();
     let force = args.contains(&"-f");
     let open = |bus: u32| adapter(bus).ok_or_else(|| tools::no_such_bus(bus));
     let check_busy = |bus: u32, address: u8| {

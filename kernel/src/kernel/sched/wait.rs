@@ -75,24 +75,20 @@ impl WaitQueue {
         self.0.wait_until(condition);
     }
 
-    /// Like [`WaitQueue::wait_until`], giving up after `timeout_ns` (Linux's
-    /// `wait_event_timeout`): a sleep timer is armed only while the thread waits, and cancelled
-    /// when the condition comes first. Returns whether the condition held.
-    pub fn wait_until_timeout(&self, mut condition: impl FnMut() -> bool, timeout_ns: u64) -> bool {
-        if condition() {
-            return true;
-        }
+    /// Wakes every waiting thread. Callable from any context.
+    pub fn wake_all(&self) {
+        self.0.wake_all();
+    }
+
+    /// Sleeps until `condition` is true or `timeout_ns` passed (Linux's
+    /// `wait_event_timeout`); returns whether the condition held. The timeout is an hrtimer.
+    pub fn wait_until_timeout(&self, timeout_ns: u64, condition: impl FnMut() -> bool) -> bool {
         wait_with_timeout(
             timeout_ns,
             "wait_event_timeout",
             condition,
             |condition, expired| self.0.wait_until_or(condition, expired),
         )
-    }
-
-    /// Wakes every waiting thread. Callable from any context.
-    pub fn wake_all(&self) {
-        self.0.wake_all();
     }
 
     /// Wakes the longest-waiting thread, if any. Callable from any context. Use it only when

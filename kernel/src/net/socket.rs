@@ -1,0 +1,402 @@
+//! Blocking sockets for the rest of the kernel (TCP, ICMP echo) on the stack `knetd` drives,
+//! and the built-in HTTP server (`httpd=PORT`).
+//!
+//! A call works on the socket under the stack's lock, kicks `knetd` when it queued something,
+//! and otherwise sleeps until `knetd`'s next poll (or its timeout, an hrtimer). Timeouts are
+//! explicit in every call that waits.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU16, Ordering};
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::socket::{icmp, tcp, Socket};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpEndpoint, Ipv4Address};
+
+use super::{kick, with_stack, Stack, POLLS, SOCKET_WAKE};
+use crate::kernel::time::uptime_ns;
+
+/// Why a socket call failed, worded as the errno a Linux tool would print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetError {
+    /// No stack (networking off).
+    Down,
+    /// `ETIMEDOUT`.
+    TimedOut,
+    /// `ECONNREFUSED` / `ECONNRESET`: the peer reset or refused.
+    Refused,
+    /// `EADDRINUSE` or an invalid address or port.
+    Invalid,
+    /// `ENETUNREACH`: no interface or route reaches the address.
+    Unreachable,
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NetError::Down => "Network is down",
+            NetError::TimedOut => "Connection timed out",
+            NetError::Refused => "Connection refused",
+            NetError::Invalid => "Invalid argument",
+            NetError::Unreachable => "Network is unreachable",
+        })
+    }
+}
+
+const TCP_BUFFER: usize = 64 * 1024;
+static NEXT_PORT: AtomicU16 = AtomicU16::new(49152);
+
+fn ephemeral_port() -> u16 {
+    let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+    if port == u16::MAX {
+        NEXT_PORT.store(49152, Ordering::Relaxed);
+    }
+    port.max(49152)
+}
+
+/// Runs `check` under the stack's lock after every poll of `knetd` until it answers, or until
+/// `timeout_ms` passed.
+fn wait_for<T>(
+    timeout_ms: u64,
+    mut check: impl FnMut(&mut Stack) -> Option<Result<T, NetError>>,
+) -> Result<T, NetError> {
+    let deadline = uptime_ns().saturating_add(timeout_ms.saturating_mul(1_000_000));
+    loop {
+        let polls = POLLS.load(Ordering::Acquire);
+        if let Some(answer) = with_stack(&mut check).ok_or(NetError::Down)? {
+            return answer;
+        }
+        let now = uptime_ns();
+        if now >= deadline {
+            return Err(NetError::TimedOut);
+        }
+        SOCKET_WAKE.wait_until_timeout(deadline - now, || POLLS.load(Ordering::Acquire) != polls);
+    }
+}
+
+fn new_tcp() -> tcp::Socket<'static> {
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+    )
+}
+
+/// A TCP connection (or a listening socket until [`TcpSocket::accept`]). Dropping it aborts
+/// the connection (RST) and frees the socket; [`TcpSocket::close`] ends it gracefully.
+pub struct TcpSocket {
+    handle: SocketHandle,
+}
+
+impl TcpSocket {
+    fn with<R>(&self, f: impl FnOnce(&mut tcp::Socket<'static>) -> R) -> Result<R, NetError> {
+        with_stack(|stack| f(stack.sockets.get_mut::<tcp::Socket>(self.handle)))
+            .ok_or(NetError::Down)
+    }
+
+    /// Connects to `address:port`, waiting up to `timeout_ms`.
+    pub fn connect(
+        address: Ipv4Address,
+        port: u16,
+        timeout_ms: u64,
+    ) -> Result<TcpSocket, NetError> {
+        let handle = with_stack(|stack| {
+            let mut socket = new_tcp();
+            let mut result = Err(NetError::Unreachable);
+            for netif in stack.netifs.iter_mut().filter(|n| n.up) {
+                let reaches = netif
+                    .iface
+                    .ip_addrs()
+                    .iter()
+                    .any(|cidr| cidr.contains_addr(&IpAddress::Ipv4(address)))
+                    || (netif.gateway.is_some() && !netif.iface.ip_addrs().is_empty());
+                if reaches {
+                    result = socket
+                        .connect(netif.iface.context(), (address, port), ephemeral_port())
+                        .map_err(|_| NetError::Invalid);
+                    break;
+                }
+            }
+            result.map(|()| stack.sockets.add(socket))
+        })
+        .ok_or(NetError::Down)??;
+        let socket = TcpSocket { handle };
+        kick();
+        wait_for(timeout_ms, |stack| {
+            let s = stack.sockets.get_mut::<tcp::Socket>(handle);
+            match s.state() {
+                tcp::State::Established => Some(Ok(())),
+                tcp::State::Closed | tcp::State::TimeWait => Some(Err(NetError::Refused)),
+                _ => None,
+            }
+        })?;
+        Ok(socket)
+    }
+
+    /// A socket listening on `port` (any address). One connection is accepted on it.
+    pub fn listen(port: u16) -> Result<TcpSocket, NetError> {
+        let handle = with_stack(|stack| {
+            let mut socket = new_tcp();
+            socket.listen(port).map_err(|_| NetError::Invalid)?;
+            Ok(stack.sockets.add(socket))
+        })
+        .ok_or(NetError::Down)??;
+        Ok(TcpSocket { handle })
+    }
+
+    /// Waits until a peer connected (up to `timeout_ms`; `u64::MAX`: forever).
+    pub fn accept(&self, timeout_ms: u64) -> Result<IpEndpoint, NetError> {
+        wait_for(timeout_ms, |stack| {
+            let s = stack.sockets.get_mut::<tcp::Socket>(self.handle);
+            match s.state() {
+                tcp::State::Listen | tcp::State::SynReceived => None,
+                _ => Some(s.remote_endpoint().ok_or(NetError::Refused)),
+            }
+        })
+    }
+
+    /// Sends all of `data` (waiting for room; `timeout_ms` bounds each wait for progress).
+    pub fn send_all(&self, mut data: &[u8], timeout_ms: u64) -> Result<(), NetError> {
+        while !data.is_empty() {
+            let sent = wait_for(timeout_ms, |stack| {
+                let s = stack.sockets.get_mut::<tcp::Socket>(self.handle);
+                if !s.may_send() {
+                    return Some(Err(NetError::Refused));
+                }
+                match s.send_slice(data) {
+                    Ok(0) => None,
+                    Ok(n) => Some(Ok(n)),
+                    Err(_) => Some(Err(NetError::Refused)),
+                }
+            })?;
+            data = &data[sent..];
+            kick();
+        }
+        Ok(())
+    }
+
+    /// Receives into `buffer`: the number of bytes, 0 at end of stream.
+    pub fn recv(&self, buffer: &mut [u8], timeout_ms: u64) -> Result<usize, NetError> {
+        let received = wait_for(timeout_ms, |stack| {
+            let s = stack.sockets.get_mut::<tcp::Socket>(self.handle);
+            match s.recv_slice(buffer) {
+                Ok(0) if s.may_recv() => None,
+                Ok(n) => Some(Ok(n)),
+                Err(tcp::RecvError::Finished) => Some(Ok(0)),
+                Err(tcp::RecvError::InvalidState) => Some(Err(NetError::Refused)),
+            }
+        })?;
+        // The window opened: tell the peer.
+        kick();
+        Ok(received)
+    }
+
+    /// Closes the sending side and waits (up to `timeout_ms`) until the data is delivered and
+    /// the peer closed too; then frees the socket.
+    pub fn close(self, timeout_ms: u64) -> Result<(), NetError> {
+        self.with(|s| s.close())?;
+        kick();
+        let result = wait_for(timeout_ms, |stack| {
+            let s = stack.sockets.get_mut::<tcp::Socket>(self.handle);
+            // Drain what the peer still sends so its FIN can be seen.
+            let mut sink = [0u8; 512];
+            while s.recv_slice(&mut sink).is_ok_and(|n| n > 0) {}
+            match s.state() {
+                tcp::State::Closed | tcp::State::TimeWait => Some(Ok(())),
+                _ => None,
+            }
+        });
+        result
+    }
+}
+
+impl Drop for TcpSocket {
+    fn drop(&mut self) {
+        let handle = self.handle;
+        with_stack(|stack| {
+            stack.sockets.get_mut::<tcp::Socket>(handle).abort();
+        });
+        kick();
+        // The RST goes out on the next poll; then the socket can go.
+        let polls = POLLS.load(Ordering::Acquire);
+        SOCKET_WAKE.wait_until_timeout(50_000_000, || POLLS.load(Ordering::Acquire) != polls);
+        with_stack(|stack| stack.sockets.remove(handle));
+    }
+}
+
+/// One ICMP echo: the round-trip time in microseconds.
+pub fn ping_once(
+    address: Ipv4Address,
+    ident: u16,
+    seq: u16,
+    timeout_ms: u64,
+) -> Result<u64, NetError> {
+    let payload = [0x5au8; 56];
+    let handle = with_stack(|stack| {
+        let mut socket = icmp::Socket::new(
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
+        );
+        socket
+            .bind(icmp::Endpoint::Ident(ident))
+            .map_err(|_| NetError::Invalid)?;
+        let repr = Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no: seq,
+            data: &payload,
+        };
+        let mut bytes = vec![0u8; repr.buffer_len()];
+        repr.emit(
+            &mut Icmpv4Packet::new_unchecked(&mut bytes[..]),
+            &ChecksumCapabilities::default(),
+        );
+        socket
+            .send_slice(&bytes, IpAddress::Ipv4(address))
+            .map_err(|_| NetError::Invalid)?;
+        Ok(stack.sockets.add(socket))
+    })
+    .ok_or(NetError::Down)??;
+    let sent = uptime_ns();
+    kick();
+    let result = wait_for(timeout_ms, |stack| {
+        let s = stack.sockets.get_mut::<icmp::Socket>(handle);
+        let mut reply = [0u8; 1024];
+        while let Ok((n, _from)) = s.recv_slice(&mut reply) {
+            let Ok(packet) = Icmpv4Packet::new_checked(&reply[..n]) else {
+                continue;
+            };
+            if let Ok(Icmpv4Repr::EchoReply {
+                ident: i, seq_no, ..
+            }) = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default())
+            {
+                if i == ident && seq_no == seq {
+                    return Some(Ok((uptime_ns() - sent) / 1000));
+                }
+            }
+        }
+        None
+    });
+    with_stack(|stack| stack.sockets.remove(handle));
+    result
+}
+
+/// Linux's TCP state numbers (`include/net/tcp_states.h`).
+fn linux_state(state: tcp::State) -> u8 {
+    match state {
+        tcp::State::Established => 1,
+        tcp::State::SynSent => 2,
+        tcp::State::SynReceived => 3,
+        tcp::State::FinWait1 => 4,
+        tcp::State::FinWait2 => 5,
+        tcp::State::TimeWait => 6,
+        tcp::State::Closed => 7,
+        tcp::State::CloseWait => 8,
+        tcp::State::LastAck => 9,
+        tcp::State::Listen => 10,
+        tcp::State::Closing => 11,
+    }
+}
+
+fn hex_endpoint(endpoint: Option<IpEndpoint>) -> String {
+    match endpoint {
+        Some(IpEndpoint {
+            addr: IpAddress::Ipv4(address),
+            port,
+        }) => alloc::format!("{:08X}:{port:04X}", u32::from_le_bytes(address.octets())),
+        _ => String::from("00000000:0000"),
+    }
+}
+
+/// `/proc/net/tcp` in Linux's layout (addresses as the little-endian hex Linux prints).
+pub fn proc_net_tcp() -> String {
+    let mut out = String::from("  sl  local_address rem_address   st tx_queue rx_queue\n");
+    with_stack(|stack| {
+        let mut sl = 0;
+        for (_, socket) in stack.sockets.iter() {
+            if let Socket::Tcp(s) = socket {
+                let local = s.local_endpoint().or_else(|| {
+                    let listen = s.listen_endpoint();
+                    (listen.port != 0)
+                        .then(|| IpEndpoint::new(Ipv4Address::UNSPECIFIED.into(), listen.port))
+                });
+                let _ = writeln!(
+                    out,
+                    "{sl:>4}: {} {} {:02X} {:08X}:{:08X}",
+                    hex_endpoint(local),
+                    hex_endpoint(s.remote_endpoint()),
+                    linux_state(s.state()),
+                    s.send_queue(),
+                    s.recv_queue()
+                );
+                sl += 1;
+            }
+        }
+    });
+    out
+}
+
+/// The HTTP server's page: uptime, `/proc/timer_stats`, `/proc/interrupts`.
+fn http_page() -> String {
+    let uptime = uptime_ns();
+    let mut body = alloc::format!(
+        "Lull {}\nuptime {}.{:03} s\n\n",
+        crate::version_line(),
+        uptime / 1_000_000_000,
+        (uptime / 1_000_000) % 1000
+    );
+    for path in ["/proc/timer_stats", "/proc/interrupts"] {
+        let _ = writeln!(body, "==> {path} <==");
+        body.push_str(&crate::fs::procfs::read(path).unwrap_or_default());
+        body.push('\n');
+    }
+    body
+}
+
+fn serve_one(port: u16) -> Result<(), NetError> {
+    let socket = TcpSocket::listen(port)?;
+    socket.accept(u64::MAX)?;
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 4096 {
+        let n = socket.recv(&mut chunk, 5000)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    let line = request.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = core::str::from_utf8(line).unwrap_or("").trim_end();
+    let (status, body) = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["GET", "/", ..] => ("200 OK", http_page()),
+        ["GET", ..] => ("404 Not Found", String::from("not found\n")),
+        _ => ("400 Bad Request", String::from("bad request\n")),
+    };
+    let response = alloc::format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.send_all(response.as_bytes(), 5000)?;
+    socket.close(5000)
+}
+
+/// Starts the HTTP server thread on `port` (one connection at a time).
+pub fn start_httpd(port: u16) {
+    let started = crate::kernel::sched::kthread_spawn(
+        "httpd",
+        lull_sched::SchedClass::NORMAL,
+        lull_sched::CpuSet::ALL,
+        move || {
+            crate::printk!("httpd: listening on port {port}");
+            loop {
+                if let Err(error) = serve_one(port) {
+                    crate::pr_warn!("httpd: {error}");
+                }
+            }
+        },
+    );
+    if let Err(error) = started {
+        crate::pr_warn!("httpd: cannot start ({error:?})");
+    }
+}

@@ -1,0 +1,212 @@
+//! Network commands: `ip addr|route`, `ping`, `nc`.
+
+use alloc::string::String;
+use alloc::vec;
+use sha2::{Digest, Sha256};
+
+use crate::kernel::time::uptime_ns;
+use crate::net::socket::{ping_once, TcpSocket};
+use crate::net::{self, parse_address};
+use crate::{kprint, kprintln};
+
+/// `ip addr` / `ip route` (iproute2's shape; `ip a`, `ip r` too).
+pub fn cmd_ip(args: &[&str], _: &str) {
+    match args {
+        ["addr" | "a" | "address", ..] | [] => kprint!("{}", net::ip_addr()),
+        ["route" | "r", ..] => kprint!("{}", net::ip_route()),
+        [other, ..] => kprintln!("Object \"{other}\" is unknown, try \"ip help\"."),
+    }
+}
+
+/// `ping HOST [-c N]`: ICMP echo, one a second, as iputils' ping prints.
+pub fn cmd_ping(args: &[&str], _: &str) {
+    let mut count = 4u32;
+    let mut host = None;
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match *word {
+            "-c" => match words.next().and_then(|n| n.parse().ok()) {
+                Some(n) if n > 0 => count = n,
+                _ => return kprintln!("ping: invalid count of packets to transmit"),
+            },
+            other if host.is_none() => host = Some(other),
+            other => return kprintln!("ping: unexpected argument {other:?}"),
+        }
+    }
+    let Some(host) = host else {
+        return kprintln!("usage: ping HOST [-c COUNT]");
+    };
+    let Some(address) = parse_address(host) else {
+        return kprintln!("ping: {host}: Name or service not known");
+    };
+    kprintln!("PING {address} ({address}) 56(84) bytes of data.");
+    let ident = (uptime_ns() as u16) | 1;
+    let (mut received, mut total_us, mut min, mut max) = (0u32, 0u64, u64::MAX, 0u64);
+    for seq in 1..=count {
+        let started = uptime_ns();
+        match ping_once(address, ident, seq as u16, 1000) {
+            Ok(us) => {
+                received += 1;
+                total_us += us;
+                min = min.min(us);
+                max = max.max(us);
+                kprintln!(
+                    "64 bytes from {address}: icmp_seq={seq} time={}.{:03} ms",
+                    us / 1000,
+                    us % 1000
+                );
+            }
+            Err(error) => kprintln!("From {address} icmp_seq={seq} {error}"),
+        }
+        if seq < count {
+            let spent = uptime_ns() - started;
+            crate::kernel::time::sleep_ns(1_000_000_000u64.saturating_sub(spent));
+        }
+    }
+    let loss = (count - received) * 100 / count;
+    kprintln!("\n--- {address} ping statistics ---");
+    kprintln!("{count} packets transmitted, {received} received, {loss}% packet loss");
+    if received > 0 {
+        let avg = total_us / u64::from(received);
+        kprintln!(
+            "rtt min/avg/max = {}.{:03}/{}.{:03}/{}.{:03} ms",
+            min / 1000,
+            min % 1000,
+            avg / 1000,
+            avg % 1000,
+            max / 1000,
+            max % 1000
+        );
+    }
+}
+
+/// Byte `i` of the stream `nc -s` sends (hosts regenerate it to check integrity).
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| alloc::format!("{b:02x}")).collect()
+}
+
+fn rate(bytes: u64, ns: u64) -> String {
+    let ms = ns / 1_000_000;
+    let kib_s = if ns == 0 {
+        0
+    } else {
+        bytes * 1_000_000_000 / ns / 1024
+    };
+    alloc::format!(
+        "{bytes} bytes in {ms} ms ({}.{:02} MiB/s)",
+        kib_s / 1024,
+        (kib_s % 1024) * 100 / 1024
+    )
+}
+
+fn send_pattern(socket: &TcpSocket, total: u64) -> Result<String, net::socket::NetError> {
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(chunk.len() as u64) as usize;
+        for (k, byte) in chunk[..n].iter_mut().enumerate() {
+            *byte = pattern_byte(sent + k as u64);
+        }
+        socket.send_all(&chunk[..n], 10_000)?;
+        hasher.update(&chunk[..n]);
+        sent += n as u64;
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn sink(socket: &TcpSocket) -> Result<(u64, String), net::socket::NetError> {
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = socket.recv(&mut chunk, 30_000)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+        total += n as u64;
+    }
+    Ok((total, hex(&hasher.finalize())))
+}
+
+/// `nc -l PORT [-s BYTES]` / `nc HOST PORT [-s BYTES]`: TCP. Without `-s` it receives until
+/// the peer closes and prints the byte count and SHA-256 (sink-and-hash); with `-s N` it sends
+/// N bytes of the pattern `byte i = i mod 251` and prints their SHA-256.
+pub fn cmd_nc(args: &[&str], _: &str) {
+    let mut listen = false;
+    let mut send = None;
+    let mut positional = alloc::vec::Vec::new();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match *word {
+            "-l" => listen = true,
+            "-s" => match words.next().and_then(|n| crate::shell::parse_size(n)) {
+                Some(n) => send = Some(n),
+                None => return kprintln!("nc: -s needs a byte count (e.g. 64M)"),
+            },
+            other => positional.push(other),
+        }
+    }
+    let started;
+    let socket = match (listen, positional.as_slice()) {
+        (true, [port]) => {
+            let Ok(port) = port.parse::<u16>() else {
+                return kprintln!("nc: invalid port {port:?}");
+            };
+            let socket = match TcpSocket::listen(port) {
+                Ok(s) => s,
+                Err(e) => return kprintln!("nc: listen on {port}: {e}"),
+            };
+            kprintln!("nc: listening on port {port}");
+            match socket.accept(u64::MAX) {
+                Ok(peer) => kprintln!("nc: connection from {peer}"),
+                Err(e) => return kprintln!("nc: accept: {e}"),
+            }
+            started = uptime_ns();
+            socket
+        }
+        (false, [host, port]) => {
+            let (Some(address), Ok(port)) = (parse_address(host), port.parse::<u16>()) else {
+                return kprintln!("nc: bad address {host} {port}");
+            };
+            match TcpSocket::connect(address, port, 10_000) {
+                Ok(s) => {
+                    started = uptime_ns();
+                    s
+                }
+                Err(e) => return kprintln!("nc: connect to {host} port {port} (tcp) failed: {e}"),
+            }
+        }
+        _ => return kprintln!("usage: nc [-s BYTES] HOST PORT | nc -l PORT [-s BYTES]"),
+    };
+    match send {
+        Some(total) => match send_pattern(&socket, total) {
+            Ok(digest) => {
+                let result = socket.close(30_000);
+                kprintln!(
+                    "nc: sent {} sha256 {digest}",
+                    rate(total, uptime_ns() - started)
+                );
+                if let Err(e) = result {
+                    kprintln!("nc: close: {e}");
+                }
+            }
+            Err(e) => kprintln!("nc: send: {e}"),
+        },
+        None => match sink(&socket) {
+            Ok((total, digest)) => {
+                kprintln!(
+                    "nc: received {} sha256 {digest}",
+                    rate(total, uptime_ns() - started)
+                );
+                let _ = socket.close(1000);
+            }
+            Err(e) => kprintln!("nc: receive: {e}"),
+        },
+    }
+}
