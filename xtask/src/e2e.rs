@@ -125,6 +125,10 @@ pub const TESTS: &[Test] = &[
         run: lspci_matches_qemu_info_pci,
     },
     Test {
+        name: "smbus_eeprom_write_read_seen_in_qemu_i2c_trace",
+        run: smbus_eeprom_write_read_seen_in_qemu_i2c_trace,
+    },
+    Test {
         name: "idle_nohz_takes_no_timer_interrupts",
         run: idle_nohz_takes_no_timer_interrupts,
     },
@@ -1337,6 +1341,136 @@ fn threadirqs_serial_and_power_button_with_irq_affinity() -> TestResult {
         "the threaded SCI did not see the power button:\n{output}"
     );
     ensure!(code == 0, "QEMU exited with {code} after the power button");
+    Ok(())
+}
+
+/// QEMU 7.2's I2C bus trace events (`hw/i2c/core.c`): `i2c_event start(addr:0x50)` (a
+/// repeated start for a read: `start_async(…)`), `nack(…)`, `finish(…)`, `i2c_send
+/// send(addr:0x50) data:0x23`, `i2c_recv recv(addr:0x50) data:0xa5`. (7.2's `pm_smbus` itself
+/// has no trace events.)
+const I2C_EVENTS: &[&str] = &["i2c_event", "i2c_send", "i2c_recv"];
+
+/// The `EVENT ARGS` part of each line of a QEMU log-backend trace (the `PID@TIME:` prefix cut).
+fn trace_events(log: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(log)
+        .map_err(|e| format!("cannot read trace {}: {e}", log.display()))?;
+    Ok(text
+        .lines()
+        .map(|line| match line.split_once(':') {
+            Some((prefix, rest)) if prefix.contains('@') => rest.trim().to_string(),
+            _ => line.trim().to_string(),
+        })
+        .filter(|line| !line.is_empty())
+        .collect())
+}
+
+/// The SMBus check, seen from outside: `i2cset` then `i2cget` on the EEPROM at 0x50
+/// through the ICH9 SMBus (00:1f.3); QEMU's own I2C trace shows the write (command byte, then
+/// the value) and the read (command byte, then the value received), and the value survives a
+/// re-read, an unbind/bind of the SMBus driver and the `eeprom` sysfs file.
+fn smbus_eeprom_write_read_seen_in_qemu_i2c_trace() -> TestResult {
+    let log = std::env::temp_dir().join(format!("lull-e2e-i2c-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    for event in I2C_EVENTS {
+        config.extra.push("-trace".into());
+        config.extra.push(format!("enable={event}"));
+    }
+    config.extra.push("-D".into());
+    config.extra.push(log.display().to_string());
+    let mut guest = boot(&config)?;
+    let list = guest.run("i2cdetect -l", STEP)?;
+    ensure!(
+        list.starts_with("i2c-0\tsmbus     \tSMBus I801 adapter at "),
+        "i2cdetect -l: {list:?}"
+    );
+    let grid = guest.run("i2cdetect -y 0", STEP)?;
+    ensure!(
+        grid.contains("\n50: UU UU UU UU UU UU UU UU -- -- -- -- -- -- -- -- \n"),
+        "i2cdetect -y 0 (the eight EEPROMs bound to the eeprom driver):\n{grid}"
+    );
+    let busy = guest.run("i2cget -y 0 0x50 0x23", STEP)?;
+    ensure!(
+        busy.trim() == "Error: Could not set address to 0x50: Device or resource busy",
+        "i2cget without -f on a bound address: {busy:?}"
+    );
+    let old = guest.run("i2cget -f -y 0 0x50 0x23", STEP)?;
+    let old = u8::from_str_radix(old.trim().trim_start_matches("0x"), 16)
+        .map_err(|_| format!("i2cget: {old:?}"))?;
+    let value = if old == 0xa5 { 0x5a } else { 0xa5 };
+    let set = guest.run(&format!("i2cset -f -y 0 0x50 0x23 0x{value:02x}"), STEP)?;
+    ensure!(set.trim().is_empty(), "i2cset printed {set:?}");
+    let want = format!("0x{value:02x}");
+    for when in ["after the write", "on a re-read"] {
+        let got = guest.run("i2cget -f -y 0 0x50 0x23", STEP)?;
+        ensure!(got.trim() == want, "i2cget {when}: {got:?}, wrote {want}");
+    }
+    guest.run(
+        "echo 0000:00:1f.3 > /sys/bus/pci/drivers/i801_smbus/unbind",
+        STEP,
+    )?;
+    let gone = guest.run("i2cget -f -y 0 0x50 0x23", STEP)?;
+    ensure!(
+        gone.trim()
+            == "Error: Could not open file `/dev/i2c-0' or `/dev/i2c/0': No such file or directory",
+        "i2cget with the SMBus driver unbound: {gone:?}"
+    );
+    guest.run(
+        "echo 0000:00:1f.3 > /sys/bus/pci/drivers/i801_smbus/bind",
+        STEP,
+    )?;
+    let got = guest.run("i2cget -f -y 0 0x50 0x23 b", STEP)?;
+    ensure!(got.trim() == want, "i2cget after unbind/bind: {got:?}");
+    let file = guest.run("cat /sys/bus/i2c/devices/0-0050/eeprom", STEP)?;
+    let row = file.lines().find(|l| l.starts_with("20: ")).unwrap_or("");
+    ensure!(
+        row.split_whitespace().nth(4) == Some(&want[2..]),
+        "eeprom file row 0x20 has no {want} at 0x23:\n{file}"
+    );
+    let nack = guest.run("i2cget -y 0 0x21", STEP)?;
+    ensure!(
+        nack.trim() == "Error: Read failed",
+        "i2cget at an empty address: {nack:?}"
+    );
+    poweroff_exits_zero(&mut guest)?;
+
+    // QEMU has exited: the trace is complete.
+    // A repeated start reads `start_async` in 7.2 (the receive half of `smbus_read_byte`).
+    let events: Vec<String> = trace_events(&log)?
+        .into_iter()
+        .map(|e| e.replace("i2c_event start_async(", "i2c_event start("))
+        .collect();
+    ensure!(
+        !events.is_empty(),
+        "the trace {} holds no events (QEMU without the log trace backend?)",
+        log.display()
+    );
+    let send = |byte: u8| format!("i2c_send send(addr:0x50) data:0x{byte:02x}");
+    let recv = |byte: u8| format!("i2c_recv recv(addr:0x50) data:0x{byte:02x}");
+    let find_from = |from: usize, pattern: &[String]| {
+        (from..events.len().saturating_sub(pattern.len() - 1))
+            .find(|&i| pattern.iter().zip(&events[i..]).all(|(p, e)| p == e))
+    };
+    // The write: command byte 0x23, then the value, in one transfer.
+    let write = find_from(0, &[send(0x23), send(value)]).ok_or_else(|| {
+        format!(
+            "no write of 0x{value:02x} to 0x50 register 0x23 in the trace ({} events)",
+            events.len()
+        )
+    })?;
+    // Then the reads: command byte 0x23, a repeated start, the value received.
+    let read_pattern = [
+        send(0x23),
+        "i2c_event start(addr:0x50)".to_string(),
+        recv(value),
+    ];
+    let first_read = find_from(write + 2, &read_pattern)
+        .ok_or("no read of the written value after the write in the trace")?;
+    ensure!(
+        find_from(first_read + 3, &read_pattern).is_some(),
+        "the re-read is not in the trace"
+    );
+    let _ = std::fs::remove_file(&log);
     Ok(())
 }
 

@@ -520,6 +520,13 @@ const PCI_TESTS: [&str; 6] = [
     "pci_functions_are_devices_of_the_pci_bus",
     "pci_driver_binds_unbinds_and_leaks_nothing",
 ];
+/// microvm has no PCI, hence no ICH9 SMBus controller and no EEPROMs behind it.
+const SMBUS_TESTS: [&str; 4] = [
+    "smbus_binds_with_eight_eeprom_clients",
+    "eeprom_write_read_back_completes_by_interrupt",
+    "smbus_unbind_bind_1000_times_leaks_nothing",
+    "smbus_probe_fails_cleanly_at_every_acquisition",
+];
 /// Tests with nothing to check on one CPU (they act on the other CPUs).
 const NEEDS_2_CPUS: [&str; 3] = [
     "reschedule_ipi_is_delivered",
@@ -572,6 +579,10 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             PCI_TESTS[3],
             PCI_TESTS[4],
             PCI_TESTS[5],
+            SMBUS_TESTS[0],
+            SMBUS_TESTS[1],
+            SMBUS_TESTS[2],
+            SMBUS_TESTS[3],
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
             NEEDS_2_CPUS[2],
@@ -633,6 +644,10 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             PCI_TESTS[3],
             PCI_TESTS[4],
             PCI_TESTS[5],
+            SMBUS_TESTS[0],
+            SMBUS_TESTS[1],
+            SMBUS_TESTS[2],
+            SMBUS_TESTS[3],
             NEEDS_3_CPUS[0],
         ],
     },

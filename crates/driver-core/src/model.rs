@@ -44,6 +44,7 @@ pub struct ProbeContext<'a> {
     devres: &'a mut DevresList,
     drvdata: Option<AnyData>,
     suppliers: Vec<u64>,
+    children: Vec<DeviceDesc>,
 }
 
 impl<'a> ProbeContext<'a> {
@@ -109,6 +110,14 @@ impl<'a> ProbeContext<'a> {
     /// once if the probe fails.
     pub fn set_drvdata(&mut self, data: AnyData) {
         self.drvdata = Some(data);
+    }
+
+    /// Registers a child device once the probe has succeeded (a bus driver's adapter creating
+    /// its clients, as `i2c_add_adapter` → `i2c_new_client_device`). The child's parent is this
+    /// device; it belongs to this binding: unbinding this device removes it first (its driver
+    /// unbound), before this driver's `remove` runs. Dropped if the probe fails.
+    pub fn add_child(&mut self, child: DeviceDesc) {
+        self.children.push(child);
     }
 }
 
@@ -263,6 +272,9 @@ pub(crate) struct DeviceRecord {
     drvdata: Option<AnyData>,
     /// Devices this one consumes (device links), set by a successful probe.
     suppliers: Vec<u64>,
+    /// Added by the probe of its parent's current binding ([`ProbeContext::add_child`]):
+    /// removed when that binding ends.
+    owned_by_parent_binding: bool,
 }
 
 pub(crate) struct DriverRecord {
@@ -419,6 +431,7 @@ impl DeviceModel {
                 devres,
                 drvdata: None,
                 suppliers: Vec::new(),
+                owned_by_parent_binding: false,
             },
         );
         if self.attach(key, None) {
@@ -894,6 +907,7 @@ impl DeviceModel {
 
         let mut drvdata = None;
         let mut suppliers = Vec::new();
+        let mut children = Vec::new();
         let result = {
             let devices = &self.devices;
             let device = match devices.get(&key) {
@@ -915,10 +929,12 @@ impl DeviceModel {
                     devres: list,
                     drvdata: None,
                     suppliers: Vec::new(),
+                    children: Vec::new(),
                 };
                 let result = ops.probe(&mut ctx);
                 drvdata = ctx.drvdata.take();
                 suppliers = core::mem::take(&mut ctx.suppliers);
+                children = core::mem::take(&mut ctx.children);
                 result
             })
         };
@@ -975,7 +991,53 @@ impl DeviceModel {
         record.drvdata = drvdata;
         record.suppliers = suppliers;
         self.log.push(message);
+        if matches!(outcome, ProbeOutcome::Bound) {
+            self.add_children(key, children);
+        }
         outcome
+    }
+
+    /// Adds the children a successful probe of `parent` declared, each marked as belonging to
+    /// that binding (they are probed as they are added).
+    fn add_children(&mut self, parent: u64, children: Vec<DeviceDesc>) {
+        let parent_name = self.device(parent).name.clone();
+        for mut child in children {
+            child.parent = Some(parent_name.clone());
+            let (bus, name) = (child.bus.clone(), child.name.clone());
+            match self.add_device(child) {
+                Ok(_) => {
+                    if let Ok(key) = self.find_device(&bus, &name) {
+                        self.device_mut(key).owned_by_parent_binding = true;
+                    }
+                }
+                Err(error) => self.log.push(format!(
+                    "{parent_name}: cannot add child {bus} {name}: {error}"
+                )),
+            }
+        }
+    }
+
+    /// Removes the children `key`'s binding added (deepest first), each unbound first.
+    fn remove_owned_children(&mut self, key: u64) {
+        let children: Vec<u64> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.parent == Some(key) && d.owned_by_parent_binding)
+            .map(|(&k, _)| k)
+            .collect();
+        for child in children.into_iter().rev() {
+            self.remove_owned_children(child);
+            if self.device(child).state.is_bound() {
+                self.release_driver(child);
+            }
+            let (bus, name) = {
+                let record = self.device(child);
+                (record.bus.clone(), record.name.clone())
+            };
+            self.devices.remove(&child);
+            self.log
+                .push(format!("{bus} {name}: removed with its parent's binding"));
+        }
     }
 
     fn spend_fault_rule(&mut self, rule: Option<usize>) {
@@ -1016,6 +1078,9 @@ impl DeviceModel {
         let Some(driver) = self.device(key).state.driver().map(str::to_string) else {
             return;
         };
+        // The children this binding created go first (Linux's `i2c_del_adapter` in remove
+        // unregisters the clients before the adapter's resources go).
+        self.remove_owned_children(key);
         let ops = self
             .drivers
             .values()

@@ -1261,3 +1261,130 @@ proptest! {
         prop_assert_eq!(env.tracker.live_total(), 0);
     }
 }
+
+/// A bus driver whose probe adds two clients on the `i2c` bus (as an adapter does), and a
+/// client driver; both log their probes and removes.
+struct AdapterDriver {
+    log: Log,
+    fail: bool,
+}
+
+impl Driver for AdapterDriver {
+    fn probe(&self, ctx: &mut ProbeContext<'_>) -> Result<(), ProbeError> {
+        for name in ["0-0050", "0-0051"] {
+            let id = I2cDeviceId {
+                name: "spd".to_string(),
+            };
+            ctx.add_child(DeviceDesc::new("i2c", name, id));
+        }
+        if self.fail {
+            return Err(Errno::EIO.into());
+        }
+        self.log.lock().unwrap().push("adapter probe".to_string());
+        Ok(())
+    }
+
+    fn remove(&self, _ctx: &mut RemoveContext<'_>) {
+        self.log.lock().unwrap().push("adapter remove".to_string());
+    }
+}
+
+struct ClientDriver(Log);
+
+impl Driver for ClientDriver {
+    fn probe(&self, ctx: &mut ProbeContext<'_>) -> Result<(), ProbeError> {
+        let line = format!("client probe {}", ctx.device_name());
+        self.0.lock().unwrap().push(line);
+        Ok(())
+    }
+
+    fn remove(&self, ctx: &mut RemoveContext<'_>) {
+        let line = format!("client remove {}", ctx.device_name());
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+fn adapter_model(fail: bool) -> (DeviceModel, Log) {
+    let log: Log = Arc::new(Mutex::new(Vec::new()));
+    let mut model = DeviceModel::new();
+    model.add_bus("pci", PciMatch).unwrap();
+    model.add_bus("i2c", I2cMatch).unwrap();
+    model
+        .register_driver(DriverDesc::new(
+            "i2c",
+            "eeprom",
+            vec!["spd"],
+            ClientDriver(log.clone()),
+        ))
+        .unwrap();
+    model
+        .register_driver(DriverDesc::new(
+            "pci",
+            "i801_smbus",
+            vec![PciMatchId::device(0x8086, 0x2930)],
+            AdapterDriver {
+                log: log.clone(),
+                fail,
+            },
+        ))
+        .unwrap();
+    let id = PciDeviceId {
+        vendor: 0x8086,
+        device: 0x2930,
+        subvendor: 0,
+        subdevice: 0,
+        class: 0x0c0500,
+    };
+    model
+        .add_device(DeviceDesc::new("pci", "0000:00:1f.3", id))
+        .unwrap();
+    (model, log)
+}
+
+#[test]
+fn probe_children_bind_after_the_parent_and_go_before_its_remove() {
+    let (mut model, log) = adapter_model(false);
+    assert_eq!(
+        take(&log),
+        [
+            "adapter probe",
+            "client probe 0-0050",
+            "client probe 0-0051"
+        ]
+    );
+    assert_eq!(
+        model.sysfs_bus_devices("i2c").unwrap(),
+        ["0-0050", "0-0051"]
+    );
+    assert!(model.device_state("i2c", "0-0050").unwrap().is_bound());
+    for _ in 0..3 {
+        model.unbind("pci", "0000:00:1f.3", "i801_smbus").unwrap();
+        assert_eq!(
+            take(&log),
+            [
+                "client remove 0-0051",
+                "client remove 0-0050",
+                "adapter remove"
+            ]
+        );
+        assert!(model.sysfs_bus_devices("i2c").unwrap().is_empty());
+        model.bind("pci", "0000:00:1f.3", "i801_smbus").unwrap();
+        assert_eq!(
+            take(&log),
+            [
+                "adapter probe",
+                "client probe 0-0050",
+                "client probe 0-0051"
+            ]
+        );
+    }
+    assert_eq!(model.device_count(), 3);
+}
+
+#[test]
+fn failed_probe_adds_no_children() {
+    let (model, log) = adapter_model(true);
+    assert!(take(&log).is_empty());
+    assert!(model.sysfs_bus_devices("i2c").unwrap().is_empty());
+    assert_eq!(model.device_count(), 1);
+}

@@ -1,12 +1,13 @@
 //! Device drivers, laid out as Linux's `drivers/`.
 //!
 //! Today: the clock hardware behind the time subsystem (`clocksource`), ACPI (namespace, power
-//! button, GED) and the PCI bus scan (`pci`, `lspci`). The driver model (`base`: buses, devices, drivers, devres), `pci`,
+//! button, GED) and the PCI bus scan (`pci`, `lspci`), the I2C/SMBus core with the i801 SMBus and EEPROM drivers (`i2c`). The driver model (`base`: buses, devices, drivers, devres), `pci`,
 //! `virtio`, `gpio`, `i2c` and `sound/soc` are the next wave's homes, beside these.
 
 pub mod acpi;
 pub mod base;
 pub mod clocksource;
+pub mod i2c;
 pub mod pci;
 pub mod virtio;
 
@@ -53,6 +54,9 @@ fn probe_devices() {
     pci::add_bus_devices();
     acpi::ged::register();
     virtio::init();
+    // The I2C client drivers, then the SMBus controller's (it probes 00:1f.3 at once and adds
+    // the EEPROMs it finds as clients).
+    i2c::init();
 }
 
 /// Sleeps until the boot-time probe has finished (at once afterwards, and from the probing

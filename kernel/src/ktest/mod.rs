@@ -63,6 +63,7 @@ type TestCase = (&'static str, fn() -> TestResult);
 
 mod boot;
 mod driver_model;
+mod i2c;
 mod irq;
 mod locks;
 mod mm;
@@ -317,6 +318,22 @@ const TESTS: &[TestCase] = &[
     (
         "virtio_rng_bind_unbind_1000_times_leaks_nothing",
         virtio::virtio_rng_bind_unbind_1000_times_leaks_nothing,
+    ),
+    (
+        "smbus_binds_with_eight_eeprom_clients",
+        i2c::smbus_binds_with_eight_eeprom_clients,
+    ),
+    (
+        "eeprom_write_read_back_completes_by_interrupt",
+        i2c::eeprom_write_read_back_completes_by_interrupt,
+    ),
+    (
+        "smbus_unbind_bind_1000_times_leaks_nothing",
+        i2c::smbus_unbind_bind_1000_times_leaks_nothing,
+    ),
+    (
+        "smbus_probe_fails_cleanly_at_every_acquisition",
+        i2c::smbus_probe_fails_cleanly_at_every_acquisition,
     ),
     (
         "paravirt_native_everywhere_without_kvm",

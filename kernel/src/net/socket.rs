@@ -95,11 +95,11 @@ pub struct TcpSocket {
 }
 
 /// Runs `f` on socket `handle` of interface `netif` (`None` when it is gone).
-fn tcp_of<'a>(
-    stack: &'a mut Stack,
+fn tcp_of(
+    stack: &mut Stack,
     netif: usize,
     handle: SocketHandle,
-) -> Option<&'a mut tcp::Socket<'static>> {
+) -> Option<&mut tcp::Socket<'static>> {
     let sockets = stack.sockets(netif)?;
     if !sockets.iter().any(|(h, _)| h == handle) {
         return None;

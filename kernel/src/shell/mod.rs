@@ -243,6 +243,30 @@ const COMMANDS: &[Command] = &[
         },
     },
     Command {
+        name: "i2cdetect",
+        usage: "i2cdetect -l | i2cdetect [-y] [-a] [-q|-r] BUS [FIRST LAST]",
+        help: "I2C adapters (-l), or the grid of addresses that answer on one (UU: driver bound)",
+        run: |args, _| i2c_tool("i2cdetect", args),
+    },
+    Command {
+        name: "i2cget",
+        usage: "i2cget [-f] [-y] [-a] BUS ADDR [REG [b|w|c]]",
+        help: "one SMBus read (receive byte, byte data, word data), printed as 0xNN / 0xNNNN",
+        run: |args, _| i2c_tool("i2cget", args),
+    },
+    Command {
+        name: "i2cset",
+        usage: "i2cset [-f] [-y] [-a] BUS ADDR REG [VALUE [b|w]]",
+        help: "one SMBus write (send byte, byte data, word data)",
+        run: |args, _| i2c_tool("i2cset", args),
+    },
+    Command {
+        name: "i2cdump",
+        usage: "i2cdump [-f] [-y] [-a] BUS ADDR [b]",
+        help: "the 256 registers of a chip by byte-data reads, in hex and ASCII",
+        run: |args, _| i2c_tool("i2cdump", args),
+    },
+    Command {
         name: "devres",
         usage: "devres [BUS DEVICE]",
         help: "devices with their managed resources (devres), then the live resource counters",
@@ -617,6 +641,18 @@ pub fn execute(line: &str) {
 }
 
 /// Enables the UART interrupt and runs the shell forever.
+/// Runs an i2c-tools command (its name first, as `argv`).
+fn i2c_tool(name: &str, args: &[&str]) {
+    let mut argv = alloc::vec![name];
+    argv.extend_from_slice(args);
+    match crate::drivers::i2c::cmd_tools(&argv) {
+        Ok(text) if text.is_empty() => {}
+        Ok(text) if text.ends_with('\n') => kprint!("{text}"),
+        Ok(text) => kprintln!("{text}"),
+        Err(error) => kprintln!("{error}"),
+    }
+}
+
 pub fn run() -> ! {
     // A shutdown request (the power button) wakes the reader, which then powers off.
     crate::kernel::pm::register_atomic_notifier(crate::kernel::pm::Notifier {

@@ -21,6 +21,7 @@ pub fn pages_in_use() -> usize {
 }
 
 /// A zeroed, physically contiguous buffer below 4 GiB, freed on drop.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no shell-build driver uses it yet
 pub struct DmaBuffer {
     block: PageBlock,
     len: usize,
@@ -37,6 +38,7 @@ impl core::fmt::Debug for DmaBuffer {
     }
 }
 
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
 impl DmaBuffer {
     /// Allocates at least `len` bytes (whole pages), zeroed. `None` when memory is short or
     /// `len` is 0 or absurd (over 4 MiB).

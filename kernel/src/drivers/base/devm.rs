@@ -114,6 +114,7 @@ fn irq_errno(error: IrqError) -> Errno {
 /// `devm_request_threaded_irq`: routes `irq` to `handler`/`thread_fn` (see
 /// [`irq::request_threaded_irq`]); `free_irq` runs at release, before any resource acquired
 /// earlier (so the handler never outlives what it uses).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no shell-build driver uses it yet
 pub fn request_threaded_irq(
     devres: &mut DevresList,
     irq_number: u32,
@@ -140,7 +141,6 @@ pub fn request_threaded_irq(
 
 /// `devm_request_irq`: as [`request_threaded_irq`] with a hard handler only (threaded anyway
 /// under `threadirqs`).
-#[allow(dead_code)] // the SMBus and virtio drivers use the threaded form today
 pub fn request_irq(
     devres: &mut DevresList,
     irq_number: u32,
@@ -162,6 +162,7 @@ pub fn request_irq(
 }
 
 /// `dmam_alloc_coherent`: a zeroed DMA buffer of at least `len` bytes below 4 GiB.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no shell-build driver uses it yet
 pub fn alloc_coherent(
     devres: &mut DevresList,
     len: usize,

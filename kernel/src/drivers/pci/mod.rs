@@ -176,3 +176,70 @@ pub fn lspci(args: &[&str]) -> Result<String, String> {
     }
     Ok(text)
 }
+
+// ---- The few config accesses the SMBus driver uses, on `PciDevice` ----
+
+/// Linux's device name: `0000:00:1f.3`.
+pub fn device_name(address: PciAddress) -> String {
+    alloc::format!(
+        "{:04x}:{:02x}:{:02x}.{}",
+        address.segment(),
+        address.bus(),
+        address.device(),
+        address.function()
+    )
+}
+
+/// A PCI function a driver was bound to, by its model name: config space and INTx routing.
+#[derive(Clone, Copy, Debug)]
+pub struct PciFunctionRef {
+    address: PciAddress,
+}
+
+impl PciFunctionRef {
+    /// The function named `0000:BB:DD.F`, if it was found by the scan.
+    pub fn from_name(name: &str) -> Option<Self> {
+        scan()
+            .functions
+            .iter()
+            .find(|f| device_name(f.address) == name)
+            .map(|f| Self { address: f.address })
+    }
+
+    fn device(&self) -> Option<device::PciDevice> {
+        device::PciDevice::get(self.address)
+    }
+
+    /// Config dword at `offset` (aligned down).
+    pub fn read32(&self, offset: u16) -> u32 {
+        self.device()
+            .map_or(u32::MAX, |d| d.read_config_u32(offset & !3))
+    }
+
+    /// Config byte at `offset`.
+    pub fn read8(&self, offset: u16) -> u8 {
+        self.device().map_or(u8::MAX, |d| d.read_config_u8(offset))
+    }
+
+    /// Writes the config byte at `offset`.
+    pub fn write8(&self, offset: u16, value: u8) {
+        if let Some(device) = self.device() {
+            device.write_config_u8(offset, value);
+        }
+    }
+
+    /// Sets the I/O space enable bit of the command register (`pci_enable_device` for an
+    /// I/O-only function).
+    pub fn enable_io(&self) {
+        let command = self.read8(0x04);
+        if command & 1 == 0 {
+            self.write8(0x04, command | 1);
+        }
+    }
+
+    /// The GSI the function's INTx pin is routed to (`_PRT` with the bridge swizzle, else the
+    /// Interrupt Line register); `None` without a pin.
+    pub fn intx_gsi(&self) -> Option<u32> {
+        self.device()?.intx_irq().map(|irq| irq.gsi)
+    }
+}
