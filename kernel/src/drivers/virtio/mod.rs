@@ -356,6 +356,13 @@ impl VirtioDevice {
         }
     }
 
+    /// How many interrupts [`request_irq`](Self::request_irq) requests (1, or on MSI-X the
+    /// configuration vector and one per queue).
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+    pub fn irq_count(&self) -> usize {
+        self.lines().len()
+    }
+
     /// Every interrupt of the device with its flags and name: the line, or on MSI-X the
     /// configuration vector (`virtioN-config`) and one per queue (`virtioN`).
     fn lines(&self) -> Vec<(u32, IrqFlags, &'static str)> {

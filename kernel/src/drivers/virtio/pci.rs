@@ -28,7 +28,7 @@ use crate::kernel::irq::IrqFlags;
 use crate::kernel::locking::IrqSafeLock;
 use crate::pr_err;
 
-pub(super) const DRIVER: &str = "virtio-pci";
+pub const DRIVER: &str = "virtio-pci";
 
 const VENDOR: u16 = 0x1af4;
 const MODERN_FIRST: u16 = 0x1040;
@@ -254,24 +254,29 @@ impl Driver for VirtioPciDriver {
         };
         let devres = ctx.devres();
         let want = 1 + queues;
-        let irqs = match pcim_alloc_irq_vectors(devres, &dev, want, want, IrqVectorFlags::MSIX) {
-            Ok(_) => Irqs::Msix {
+        // MSI-X when the function has it (a failure to get the vectors fails the probe); INTx
+        // only for a function without MSI-X (QEMU: `vectors=0`).
+        let irqs = if dev
+            .find_capability(lull_pci::capability::CAP_ID_MSIX)
+            .is_some()
+        {
+            pcim_alloc_irq_vectors(devres, &dev, want, want, IrqVectorFlags::MSIX)?;
+            Irqs::Msix {
                 config: dev.irq_vector(0).ok_or(Errno::EINVAL)?,
                 queues: (0..queues)
                     .map(|q| dev.irq_vector(1 + q).ok_or(Errno::EINVAL))
                     .collect::<Result<Vec<_>, _>>()?,
-            },
-            Err(_) => {
-                pcim_alloc_irq_vectors(devres, &dev, 1, 1, IrqVectorFlags::INTX)?;
-                let intx = dev.intx_irq().ok_or(Errno::ENXIO)?;
-                crate::printk!(
-                    "pci {name}: {DRIVER}: no {want} MSI-X vectors; using INTx (IRQ {})",
-                    intx.gsi
-                );
-                Irqs::Intx {
-                    irq: intx.gsi,
-                    flags: intx.request_flags(),
-                }
+            }
+        } else {
+            pcim_alloc_irq_vectors(devres, &dev, 1, 1, IrqVectorFlags::INTX)?;
+            let intx = dev.intx_irq().ok_or(Errno::ENXIO)?;
+            crate::printk!(
+                "pci {name}: {DRIVER}: no MSI-X; using INTx (IRQ {})",
+                intx.gsi
+            );
+            Irqs::Intx {
+                irq: intx.gsi,
+                flags: intx.request_flags(),
             }
         };
         let id = VirtioDeviceId {
