@@ -440,8 +440,14 @@ fn interrupt_thread(irq: u32) -> IrqReturn {
             // Reading the ISR acknowledges it (virtio 1.2 §4.1.4.5).
             pci::Irqs::Intx { .. } => {
                 let isr = pci.read_isr();
-                u32::from(isr & pci::ISR_QUEUE) * mmio::INTERRUPT_VRING
-                    | u32::from(isr & pci::ISR_CONFIG != 0) * mmio::INTERRUPT_CONFIG
+                let mut status = 0;
+                if isr & pci::ISR_QUEUE != 0 {
+                    status |= mmio::INTERRUPT_VRING;
+                }
+                if isr & pci::ISR_CONFIG != 0 {
+                    status |= mmio::INTERRUPT_CONFIG;
+                }
+                status
             }
             pci::Irqs::Msix { config, .. } if *config == irq => mmio::INTERRUPT_CONFIG,
             pci::Irqs::Msix { .. } => mmio::INTERRUPT_VRING,
