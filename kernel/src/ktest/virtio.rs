@@ -49,13 +49,18 @@ fn state(name: &str) -> Option<DeviceState> {
     base::with_model(|m| m.device_state("virtio", name).cloned()).flatten()
 }
 
-/// The count `/proc/interrupts` shows for the line named `name`.
+/// The count `/proc/interrupts` shows for the line named `name`, summed over the CPU columns
+/// (an MSI-X vector may be delivered to any CPU).
 fn interrupts_of(name: &str) -> Option<u64> {
     let text = procfs::read("/proc/interrupts").ok()?;
     let line = text
         .lines()
         .find(|l| l.split_whitespace().last() == Some(name))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let counts = line
+        .split_whitespace()
+        .skip(1)
+        .map_while(|w| w.parse::<u64>().ok());
+    Some(counts.sum())
 }
 
 /// The counters once exited threads of earlier tests are reaped (a reaped thread's context
