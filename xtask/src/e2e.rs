@@ -145,6 +145,10 @@ pub const TESTS: &[Test] = &[
         run: virtio_net_on_microvm_dhcp_ping_and_http,
     },
     Test {
+        name: "virtio_rng_on_q35_pci",
+        run: virtio_rng_on_q35_pci,
+    },
+    Test {
         name: "idle_nohz_off_ticks_at_hz",
         run: idle_nohz_off_ticks_at_hz,
     },
@@ -1206,6 +1210,76 @@ fn virtio_rng_on_microvm() -> TestResult {
     ensure!(
         none.contains("no virtio-rng device is bound"),
         "hwrng on q35 without a device: {none:?}"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
+/// virtio-rng behind virtio-pci (q35, `-device virtio-rng-pci`: QEMU's transitional 1af4:1005
+/// with the modern capabilities): `lspci -k` shows `virtio-pci` bound, `hwrng` reads bytes, the
+/// queue's MSI-X vector (`PCI-MSIX-<function>`, named `virtio0`) counts up, and unbinding the
+/// transport through `/sys/bus/pci/drivers/virtio-pci` takes the rng away until it binds again.
+fn virtio_rng_on_q35_pci() -> TestResult {
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.extra = crate::qemu::VIRTIO_RNG_PCI
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let mut guest = boot(&config)?;
+    let device = guest.run("cat /sys/bus/virtio/devices/virtio0/device", STEP)?;
+    ensure!(
+        device.contains("0x0004"),
+        "virtio0's device type: {device:?}"
+    );
+    let lspci = guest.run("lspci -k", STEP)?;
+    ensure!(
+        lspci.contains("Kernel driver in use: virtio-pci"),
+        "lspci -k:\n{lspci}"
+    );
+    let is_hex_line = |line: &str| line.len() == 64 && line.chars().all(|c| c.is_ascii_hexdigit());
+    let first = guest.run("hwrng", STEP)?.trim().to_string();
+    ensure!(is_hex_line(&first), "hwrng printed {first:?}");
+    let second = guest.run("hwrng", STEP)?.trim().to_string();
+    ensure!(
+        is_hex_line(&second) && first != second,
+        "hwrng: {first} then {second}"
+    );
+    let interrupts = guest.run("cat /proc/interrupts", STEP)?;
+    let line = interrupts
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some("virtio0"))
+        .unwrap_or("");
+    let function = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("PCI-MSIX-"))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no PCI-MSIX line named virtio0:\n{interrupts}"))?;
+    let before = interrupt_count(&interrupts, "virtio0").unwrap_or(0);
+    guest.run("hwrng 100", STEP)?;
+    let interrupts = guest.run("cat /proc/interrupts", STEP)?;
+    let after = interrupt_count(&interrupts, "virtio0").unwrap_or(0);
+    ensure!(
+        before >= 2 && after > before,
+        "virtio0 MSI-X interrupts {before} -> {after}:\n{interrupts}"
+    );
+    let reply = guest.run(
+        &format!("echo {function} > /sys/bus/pci/drivers/virtio-pci/unbind"),
+        STEP,
+    )?;
+    ensure!(reply.trim().is_empty(), "transport unbind: {reply:?}");
+    let unbound = guest.run("hwrng", STEP)?;
+    ensure!(
+        unbound.contains("no virtio-rng device is bound"),
+        "hwrng with the transport unbound: {unbound:?}"
+    );
+    let reply = guest.run(
+        &format!("echo {function} > /sys/bus/pci/drivers/virtio-pci/bind"),
+        STEP,
+    )?;
+    ensure!(reply.trim().is_empty(), "transport bind: {reply:?}");
+    let again = guest.run("hwrng", STEP)?.trim().to_string();
+    ensure!(
+        is_hex_line(&again),
+        "hwrng after the transport's rebind printed {again:?}"
     );
     poweroff_exits_zero(&mut guest)
 }

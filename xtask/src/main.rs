@@ -192,6 +192,9 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     if options.machine == Machine::Microvm {
         // A device for the virtio-mmio transport and the virtio-rng driver (`hwrng`).
         config.extra = VIRTIO_RNG_MMIO.iter().map(|a| a.to_string()).collect();
+    } else {
+        // The same device behind the virtio-pci transport.
+        config.extra = VIRTIO_RNG_PCI.iter().map(|a| a.to_string()).collect();
     }
     eprintln!(
         "xtask: booting {} (QEMU TCG; type 'poweroff' to leave)",
@@ -490,15 +493,7 @@ struct KernelSuite {
     skips: &'static [&'static str],
 }
 
-use qemu::VIRTIO_RNG_MMIO;
-/// The tests of a virtio-rng device: skipped where the suite has none (q35 until virtio-pci).
-const VIRTIO_RNG_TESTS: [&str; 5] = [
-    "virtio_rng_bytes_arrive_by_interrupt",
-    "virtio_rng_unbind_then_bind_through_sysfs",
-    "virtio_rng_malformed_used_ring_fails_the_device",
-    "virtio_probe_fault_sweeps_leave_nothing",
-    "virtio_rng_bind_unbind_1000_times_leaks_nothing",
-];
+use qemu::{VIRTIO_RNG_MMIO, VIRTIO_RNG_PCI};
 
 /// microvm has no HPET (nor an ACPI PM timer): the tests that fire the HPET comparator, that
 /// expect the HPET among the clock devices, or that time the TSC against a fixed-rate clock
@@ -546,17 +541,12 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Q35,
         cpus: 1,
         append: "",
-        extra: &[],
+        extra: VIRTIO_RNG_PCI,
         skips: &[
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
             NEEDS_2_CPUS[2],
             NEEDS_3_CPUS[0],
-            VIRTIO_RNG_TESTS[0],
-            VIRTIO_RNG_TESTS[1],
-            VIRTIO_RNG_TESTS[2],
-            VIRTIO_RNG_TESTS[3],
-            VIRTIO_RNG_TESTS[4],
         ],
     },
     KernelSuite {
@@ -595,17 +585,12 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Q35,
         cpus: 1,
         append: "",
-        extra: &[],
+        extra: VIRTIO_RNG_PCI,
         skips: &[
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
             NEEDS_2_CPUS[2],
             NEEDS_3_CPUS[0],
-            VIRTIO_RNG_TESTS[0],
-            VIRTIO_RNG_TESTS[1],
-            VIRTIO_RNG_TESTS[2],
-            VIRTIO_RNG_TESTS[3],
-            VIRTIO_RNG_TESTS[4],
         ],
     },
     KernelSuite {
@@ -614,14 +599,8 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Q35,
         cpus: 4,
         append: "",
-        extra: &[],
-        skips: &[
-            VIRTIO_RNG_TESTS[0],
-            VIRTIO_RNG_TESTS[1],
-            VIRTIO_RNG_TESTS[2],
-            VIRTIO_RNG_TESTS[3],
-            VIRTIO_RNG_TESTS[4],
-        ],
+        extra: VIRTIO_RNG_PCI,
+        skips: &[],
     },
     KernelSuite {
         label: "microvm smp2 nopv",

@@ -44,6 +44,10 @@ pub const VIRTIO_RNG_MMIO: &[&str] = &[
     "virtio-rng-device",
 ];
 
+/// A virtio-rng on virtio-pci (q35): QEMU's 1af4:1005 transitional function with the modern
+/// capabilities and MSI-X, bound by Lull's `virtio-pci`.
+pub const VIRTIO_RNG_PCI: &[&str] = &["-device", "virtio-rng-pci"];
+
 /// How to start QEMU.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {

@@ -3,8 +3,8 @@
 //!
 //! * A transport is a device on another bus whose driver finds a virtio device behind it and
 //!   adds a child `virtioN` on the `virtio` bus ([`mmio`]: virtio-mmio version 2, platform
-//!   devices from `virtio_mmio.device=` and ACPI `LNRO0005`). virtio-pci arrives with the PCI
-//!   layer.
+//!   devices from `virtio_mmio.device=` and ACPI `LNRO0005`; [`pci`]: virtio-pci modern, with
+//!   MSI-X vectors or INTx).
 //! * The child keeps its name across rebinds of the transport: unbinding the transport unbinds
 //!   the child first (the child's probe links it to the transport as its supplier), and the
 //!   child goes on the deferred list until the transport binds again.
@@ -17,6 +17,7 @@
 
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod queue;
 pub mod rng;
 
@@ -61,6 +62,73 @@ enum Transport {
         irq: u32,
         flags: IrqFlags,
     },
+    Pci(pci::PciTransport),
+}
+
+/// The register interface of either transport, for `lull-virtqueue`.
+enum Regs<'a> {
+    Mmio(mmio::MmioRegs<'a>),
+    Pci(pci::CommonRegs<'a>),
+}
+
+macro_rules! regs_dispatch {
+    ($self:ident, $r:ident => $e:expr) => {
+        match $self {
+            Regs::Mmio($r) => $e,
+            Regs::Pci($r) => $e,
+        }
+    };
+}
+
+impl lull_virtqueue::Transport for Regs<'_> {
+    fn read_status(&mut self) -> u8 {
+        regs_dispatch!(self, r => r.read_status())
+    }
+    fn write_status(&mut self, status: u8) {
+        regs_dispatch!(self, r => r.write_status(status))
+    }
+    fn read_device_features(&mut self, select: u32) -> u32 {
+        regs_dispatch!(self, r => r.read_device_features(select))
+    }
+    fn write_driver_features(&mut self, select: u32, features: u32) {
+        regs_dispatch!(self, r => r.write_driver_features(select, features))
+    }
+    fn num_queues(&mut self) -> u16 {
+        regs_dispatch!(self, r => r.num_queues())
+    }
+    fn select_queue(&mut self, queue: u16) {
+        regs_dispatch!(self, r => r.select_queue(queue))
+    }
+    fn queue_max_size(&mut self) -> u16 {
+        regs_dispatch!(self, r => r.queue_max_size())
+    }
+    fn set_queue_size(&mut self, size: u16) {
+        regs_dispatch!(self, r => r.set_queue_size(size))
+    }
+    fn set_queue_addresses(&mut self, desc: u64, driver: u64, device: u64) {
+        regs_dispatch!(self, r => r.set_queue_addresses(desc, driver, device))
+    }
+    fn set_queue_enable(&mut self, enable: bool) {
+        regs_dispatch!(self, r => r.set_queue_enable(enable))
+    }
+    fn queue_notify_off(&mut self) -> u16 {
+        regs_dispatch!(self, r => r.queue_notify_off())
+    }
+    fn write_queue_msix_vector(&mut self, vector: u16) {
+        regs_dispatch!(self, r => r.write_queue_msix_vector(vector))
+    }
+    fn read_queue_msix_vector(&mut self) -> u16 {
+        regs_dispatch!(self, r => r.read_queue_msix_vector())
+    }
+    fn write_config_msix_vector(&mut self, vector: u16) {
+        regs_dispatch!(self, r => r.write_config_msix_vector(vector))
+    }
+    fn read_config_msix_vector(&mut self) -> u16 {
+        regs_dispatch!(self, r => r.read_config_msix_vector())
+    }
+    fn delay(&mut self) {
+        core::hint::spin_loop();
+    }
 }
 
 /// A device on the virtio bus, as its driver sees it.
@@ -83,10 +151,26 @@ static IRQ_TARGETS: IrqSafeLock<Vec<IrqTarget>> = IrqSafeLock::new(Vec::new());
 const LINE_NAMES: [&str; 8] = [
     "virtio0", "virtio1", "virtio2", "virtio3", "virtio4", "virtio5", "virtio6", "virtio7",
 ];
+/// MSI-X configuration vectors' names.
+const CONFIG_LINE_NAMES: [&str; 8] = [
+    "virtio0-config",
+    "virtio1-config",
+    "virtio2-config",
+    "virtio3-config",
+    "virtio4-config",
+    "virtio5-config",
+    "virtio6-config",
+    "virtio7-config",
+];
 
 /// The bound device called `name` (`virtio0`).
 pub fn device(name: &str) -> Option<Arc<VirtioDevice>> {
     DEVICES.lock().iter().find(|d| d.name == name).cloned()
+}
+
+/// The device whose transport is `parent` (`0000:00:03.0`).
+fn device_of_parent(parent: &str) -> Option<Arc<VirtioDevice>> {
+    DEVICES.lock().iter().find(|d| d.parent == parent).cloned()
 }
 
 /// Records a transport's device and, the first time, adds `virtioN` to the bus (after the
@@ -149,12 +233,27 @@ impl VirtioDevice {
     }
 
     /// Runs `f` on the register interface; `None` once the transport was unbound.
-    fn with_regs<R>(&self, f: impl FnOnce(&mut mmio::MmioRegs<'_>) -> R) -> Option<R> {
+    fn with_regs<R>(&self, f: impl FnOnce(&mut Regs<'_>) -> R) -> Option<R> {
         match &self.transport {
             Transport::Mmio { regs, .. } => {
                 let regs = regs.try_access()?;
-                Some(f(&mut mmio::MmioRegs::new(&regs)))
+                Some(f(&mut Regs::Mmio(mmio::MmioRegs::new(&regs))))
             }
+            Transport::Pci(pci) => {
+                let regs = pci.common.try_access()?;
+                Some(f(&mut Regs::Pci(pci::CommonRegs::new(&regs))))
+            }
+        }
+    }
+
+    /// The MSI-X vector for the configuration and for queue `queue` (None: INTx or MMIO).
+    fn msix_vectors(&self, queue: usize) -> (Option<u16>, Option<u16>) {
+        match &self.transport {
+            Transport::Pci(pci::PciTransport {
+                irqs: pci::Irqs::Msix { queues, .. },
+                ..
+            }) if queue < queues.len() => (Some(0), u16::try_from(1 + queue).ok()),
+            _ => (None, None),
         }
     }
 
@@ -168,9 +267,19 @@ impl VirtioDevice {
             let features = init
                 .negotiate(driver_features)
                 .map_err(|e| alloc::format!("feature negotiation: {e}"))?;
-            for (index, layout) in queues.iter().enumerate() {
-                init.setup_queue(index as u16, layout, None)
+            if let (Some(config), _) = self.msix_vectors(0) {
+                init.set_config_vector(config)
                     .map_err(|e| alloc::format!("{e}"))?;
+            }
+            let mut notify_offs = Vec::new();
+            for (index, layout) in queues.iter().enumerate() {
+                let setup = init
+                    .setup_queue(index as u16, layout, self.msix_vectors(index).1)
+                    .map_err(|e| alloc::format!("{e}"))?;
+                notify_offs.push(setup.notify_off);
+            }
+            if let Transport::Pci(pci) = &self.transport {
+                *pci.notify_offs.lock() = notify_offs;
             }
             init.finish().map_err(|e| alloc::format!("{e}"))?;
             Ok(features)
@@ -183,7 +292,13 @@ impl VirtioDevice {
     pub fn read_config(&self, offset: usize, out: &mut [u8]) -> bool {
         self.with_regs(|regs| {
             for (index, byte) in out.iter_mut().enumerate() {
-                match regs.read_config_u8(offset + index) {
+                // virtio-pci's device-specific structure is not mapped yet: only virtio-mmio
+                // reads its configuration space today.
+                let value = match regs {
+                    Regs::Mmio(mmio) => mmio.read_config_u8(offset + index),
+                    Regs::Pci(_) => None,
+                };
+                match value {
                     Some(value) => *byte = value,
                     None => return false,
                 }
@@ -214,7 +329,14 @@ impl VirtioDevice {
 
     /// Rings queue `queue`'s doorbell.
     pub fn notify(&self, queue: u16) {
-        self.with_regs(|regs| regs.notify(queue));
+        match &self.transport {
+            Transport::Mmio { regs, .. } => {
+                if let Some(regs) = regs.try_access() {
+                    mmio::MmioRegs::new(&regs).notify(queue);
+                }
+            }
+            Transport::Pci(pci) => pci.notify(queue),
+        }
     }
 
     /// The status byte (0 when the transport is gone).
@@ -245,10 +367,46 @@ impl VirtioDevice {
         });
     }
 
-    /// The interrupt line this device signals on.
+    /// The interrupt line this device signals on (its first queue's MSI-X vector on PCI).
     pub fn irq(&self) -> u32 {
         match &self.transport {
             Transport::Mmio { irq, .. } => *irq,
+            Transport::Pci(pci) => match &pci.irqs {
+                pci::Irqs::Msix { queues, config } => queues.first().copied().unwrap_or(*config),
+                pci::Irqs::Intx { irq, .. } => *irq,
+            },
+        }
+    }
+
+    /// How many interrupts [`request_irq`](Self::request_irq) requests (1, or on MSI-X the
+    /// configuration vector and one per queue).
+    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+    pub fn irq_count(&self) -> usize {
+        self.lines().len()
+    }
+
+    /// Every interrupt of the device with its flags and name: the line, or on MSI-X the
+    /// configuration vector (`virtioN-config`) and one per queue (`virtioN`).
+    fn lines(&self) -> Vec<(u32, IrqFlags, &'static str)> {
+        let name = LINE_NAMES
+            .iter()
+            .find(|n| **n == self.name)
+            .copied()
+            .unwrap_or("virtio");
+        match &self.transport {
+            Transport::Mmio { irq, flags, .. } => alloc::vec![(*irq, *flags, name)],
+            Transport::Pci(pci) => match &pci.irqs {
+                pci::Irqs::Intx { irq, flags } => alloc::vec![(*irq, *flags, name)],
+                pci::Irqs::Msix { config, queues } => {
+                    let config_name = LINE_NAMES
+                        .iter()
+                        .position(|n| *n == self.name)
+                        .map_or("virtio-config", |i| CONFIG_LINE_NAMES[i]);
+                    let mut lines = alloc::vec![(*config, IrqFlags::NONE, config_name)];
+                    lines.extend(queues.iter().map(|irq| (*irq, IrqFlags::NONE, name)));
+                    lines
+                }
+            },
         }
     }
 
@@ -259,34 +417,29 @@ impl VirtioDevice {
         devres: &mut DevresList,
         callbacks: Arc<dyn VirtioCallbacks>,
     ) -> Result<(), ProbeError> {
-        let (irq, flags) = match &self.transport {
-            Transport::Mmio { irq, flags, .. } => (*irq, *flags),
-        };
-        let name = LINE_NAMES
-            .iter()
-            .find(|n| **n == self.name)
-            .copied()
-            .unwrap_or("virtio");
-        {
-            let mut targets = IRQ_TARGETS.lock();
-            targets.retain(|(line, _, _)| *line != irq);
-            targets.push((irq, Arc::clone(self), callbacks));
+        for (irq, flags, name) in self.lines() {
+            {
+                let mut targets = IRQ_TARGETS.lock();
+                targets.retain(|(line, _, _)| *line != irq);
+                targets.push((irq, Arc::clone(self), Arc::clone(&callbacks)));
+            }
+            devres.add_action(
+                alloc::format!("{}: interrupt target", self.name),
+                move || {
+                    IRQ_TARGETS.lock().retain(|(line, _, _)| *line != irq);
+                },
+            );
+            // A level line: masked from the interrupt until the thread has acknowledged it.
+            devm::request_threaded_irq(
+                devres,
+                irq,
+                None,
+                Some(interrupt_thread),
+                flags | IrqFlags::ONESHOT,
+                name,
+            )?;
         }
-        devres.add_action(
-            alloc::format!("{}: interrupt target", self.name),
-            move || {
-                IRQ_TARGETS.lock().retain(|(line, _, _)| *line != irq);
-            },
-        );
-        // A level line: masked from the interrupt until the thread has acknowledged it.
-        devm::request_threaded_irq(
-            devres,
-            irq,
-            None,
-            Some(interrupt_thread),
-            flags | IrqFlags::ONESHOT,
-            name,
-        )
+        Ok(())
     }
 }
 
@@ -301,7 +454,27 @@ fn interrupt_thread(irq: u32) -> IrqReturn {
     let Some((device, callbacks)) = target else {
         return IrqReturn::None;
     };
-    let status = device.with_regs(|regs| regs.ack_interrupt()).unwrap_or(0);
+    let status = match &device.transport {
+        Transport::Mmio { regs, .. } => regs
+            .try_access()
+            .map_or(0, |regs| mmio::MmioRegs::new(&regs).ack_interrupt()),
+        Transport::Pci(pci) => match &pci.irqs {
+            // Reading the ISR acknowledges it (virtio 1.2 §4.1.4.5).
+            pci::Irqs::Intx { .. } => {
+                let isr = pci.read_isr();
+                let mut status = 0;
+                if isr & pci::ISR_QUEUE != 0 {
+                    status |= mmio::INTERRUPT_VRING;
+                }
+                if isr & pci::ISR_CONFIG != 0 {
+                    status |= mmio::INTERRUPT_CONFIG;
+                }
+                status
+            }
+            pci::Irqs::Msix { config, .. } if *config == irq => mmio::INTERRUPT_CONFIG,
+            pci::Irqs::Msix { .. } => mmio::INTERRUPT_VRING,
+        },
+    };
     if status & mmio::INTERRUPT_CONFIG != 0 {
         callbacks.config_changed();
     }
@@ -343,4 +516,5 @@ pub fn init() {
     rng::init();
     net::init();
     mmio::init();
+    pci::init();
 }
