@@ -145,6 +145,14 @@ pub const TESTS: &[Test] = &[
         run: virtio_net_on_microvm_dhcp_ping_and_http,
     },
     Test {
+        name: "virtio_net_pci_on_q35_dhcp_ping_and_http",
+        run: virtio_net_pci_on_q35_dhcp_ping_and_http,
+    },
+    Test {
+        name: "virtio_net_64mib_each_way_with_equal_sha256",
+        run: virtio_net_64mib_each_way_with_equal_sha256,
+    },
+    Test {
         name: "virtio_rng_on_q35_pci",
         run: virtio_rng_on_q35_pci,
     },
@@ -1088,13 +1096,23 @@ fn interrupt_count(text: &str, name: &str) -> Option<u64> {
 /// reaches the guest's `httpd=80` through a host forward — the page carries the guest's uptime
 /// and `/proc/interrupts`, where the virtio line has counted the traffic. Judged from the host.
 fn virtio_net_on_microvm_dhcp_ping_and_http() -> TestResult {
+    net_dhcp_ping_and_http(Machine::Microvm, "virtio-net-device", "virtio0")
+}
+
+/// The same on q35 through virtio-pci: the MAC comes from the device-specific configuration
+/// structure, and the queues' interrupts are MSI-X vectors (`PCI-MSIX-…` lines on the page).
+fn virtio_net_pci_on_q35_dhcp_ping_and_http() -> TestResult {
+    net_dhcp_ping_and_http(Machine::Q35, "virtio-net-pci", "PCI-MSIX-")
+}
+
+fn net_dhcp_ping_and_http(machine: Machine, device: &str, irq_line: &str) -> TestResult {
     use std::io::{Read as _, Write as _};
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free host port: {e}"))?
         .port();
     let mut config = QemuConfig::new(&shell_kernel()?);
-    config.machine = Machine::Microvm;
+    config.machine = machine;
     config.append = "httpd=80".into();
     config.extra = [
         "-global",
@@ -1102,7 +1120,7 @@ fn virtio_net_on_microvm_dhcp_ping_and_http() -> TestResult {
         "-netdev",
         &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80"),
         "-device",
-        "virtio-net-device,netdev=n0",
+        &format!("{device},netdev=n0"),
     ]
     .iter()
     .map(|a| a.to_string())
@@ -1132,9 +1150,112 @@ fn virtio_net_on_microvm_dhcp_ping_and_http() -> TestResult {
         .map_err(|e| format!("read the page: {e}"))?;
     ensure!(page.starts_with("HTTP/1.0 200 OK"), "reply:\n{page}");
     ensure!(
-        page.contains("uptime ") && page.contains("/proc/interrupts") && page.contains("virtio0"),
+        page.contains("uptime ") && page.contains("/proc/interrupts") && page.contains(irq_line),
         "page lacks uptime or the interrupts:\n{page}"
     );
+    poweroff_exits_zero(&mut guest)
+}
+
+/// Byte `i` of what `nc -s` sends (the guest's pattern, `i mod 251`).
+fn nc_pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// The guest's `nc` sends 64 MiB to a host listener and receives 64 MiB from the host, over
+/// virtio-net and QEMU's user network: each side hashes what it got, and the SHA-256 printed by
+/// the guest must equal the host's (integrity judged on both ends; throughput is printed).
+fn virtio_net_64mib_each_way_with_equal_sha256() -> TestResult {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read as _, Write as _};
+    const BYTES: u64 = 64 << 20;
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut expected = Sha256::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut sent = 0u64;
+    while sent < BYTES {
+        for (k, byte) in chunk.iter_mut().enumerate() {
+            *byte = nc_pattern(sent + k as u64);
+        }
+        expected.update(&chunk);
+        sent += chunk.len() as u64;
+    }
+    let expected = hex(&expected.finalize());
+
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("host listener: {e}"))?;
+    let sink_port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let forward = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free host port: {e}"))?
+        .port();
+    let sink = std::thread::spawn(move || -> Result<(u64, String), String> {
+        let (mut stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        loop {
+            let n = stream.read(&mut buffer).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            total += n as u64;
+        }
+        Ok((total, hex(&hasher.finalize())))
+    });
+
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.machine = Machine::Microvm;
+    config.extra = [
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-netdev",
+        &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{forward}-:5001"),
+        "-device",
+        "virtio-net-device,netdev=n0",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut guest = boot(&config)?;
+    if !guest.output().contains("DHCP lease 10.0.2.15") {
+        guest.expect("DHCP lease 10.0.2.15", STEP)?;
+    }
+    let long = std::time::Duration::from_secs(600);
+    // Guest → host: QEMU's user network maps 10.0.2.2 to the host's loopback.
+    let sent = guest.run(&format!("nc -s 64M 10.0.2.2 {sink_port}"), long)?;
+    let (total, digest) = sink.join().map_err(|_| "sink thread panicked")??;
+    ensure!(
+        total == BYTES,
+        "host received {total} of {BYTES} bytes; guest said:\n{sent}"
+    );
+    ensure!(
+        digest == expected && sent.contains(&format!("sha256 {expected}")),
+        "guest → host: host hashed {digest}, pattern is {expected}, guest said:\n{sent}"
+    );
+    println!("  guest → host: {}", sent.trim());
+    // Host → guest, through the forward to the guest's listener.
+    guest.send(b"nc -l 5001\n")?;
+    guest.expect("nc: listening on port 5001", STEP)?;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", forward))
+        .map_err(|e| format!("connect to the forward: {e}"))?;
+    let mut offset = 0u64;
+    while offset < BYTES {
+        for (k, byte) in chunk.iter_mut().enumerate() {
+            *byte = nc_pattern(offset + k as u64);
+        }
+        stream.write_all(&chunk).map_err(|e| format!("send: {e}"))?;
+        offset += chunk.len() as u64;
+    }
+    drop(stream);
+    let line = guest.expect("lull> ", long)?;
+    ensure!(
+        line.contains(&format!("received {BYTES} bytes")) && line.contains(&expected),
+        "host → guest: expected {BYTES} bytes with sha256 {expected}, guest said:\n{line}"
+    );
+    if let Some(received) = line.lines().find(|l| l.contains("nc: received")) {
+        println!("  host → guest: {}", received.trim());
+    }
     poweroff_exits_zero(&mut guest)
 }
 

@@ -288,24 +288,34 @@ impl VirtioDevice {
     }
 
     /// Reads `out.len()` bytes of the device-specific configuration space from `offset`;
-    /// `false` when the transport is gone or the space is shorter.
+    /// `false` when the transport is gone, has no such space, or it is shorter.
     pub fn read_config(&self, offset: usize, out: &mut [u8]) -> bool {
-        self.with_regs(|regs| {
-            for (index, byte) in out.iter_mut().enumerate() {
-                // virtio-pci's device-specific structure is not mapped yet: only virtio-mmio
-                // reads its configuration space today.
-                let value = match regs {
-                    Regs::Mmio(mmio) => mmio.read_config_u8(offset + index),
-                    Regs::Pci(_) => None,
+        match &self.transport {
+            Transport::Mmio { .. } => self
+                .with_regs(|regs| {
+                    let Regs::Mmio(mmio) = regs else { return false };
+                    for (index, byte) in out.iter_mut().enumerate() {
+                        match mmio.read_config_u8(offset + index) {
+                            Some(value) => *byte = value,
+                            None => return false,
+                        }
+                    }
+                    true
+                })
+                .unwrap_or(false),
+            Transport::Pci(pci) => {
+                let Some(device) = pci.device.as_ref().and_then(|d| d.try_access()) else {
+                    return false;
                 };
-                match value {
-                    Some(value) => *byte = value,
-                    None => return false,
+                if offset.saturating_add(out.len()) > device.len() as usize {
+                    return false;
                 }
+                for (index, byte) in out.iter_mut().enumerate() {
+                    *byte = device.read_u8(offset + index);
+                }
+                true
             }
-            true
-        })
-        .unwrap_or(false)
+        }
     }
 
     /// Features the device offers.

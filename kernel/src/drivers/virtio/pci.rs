@@ -73,6 +73,8 @@ pub(super) struct PciTransport {
     pub(super) common: Arc<Revocable<Mmio>>,
     pub(super) notify: Arc<Revocable<Mmio>>,
     pub(super) isr: Arc<Revocable<Mmio>>,
+    /// The device-specific configuration structure, when the device has one.
+    pub(super) device: Option<Arc<Revocable<Mmio>>>,
     pub(super) notify_off_multiplier: u32,
     /// `queue_notify_off` of each queue set up (index = queue).
     pub(super) notify_offs: IrqSafeLock<Vec<u16>>,
@@ -242,6 +244,16 @@ impl Driver for VirtioPciDriver {
         let (common, _) = map_cap(ctx, &dev, VirtioCfgType::Common, COMMON_LEN)?;
         let (notify, multiplier) = map_cap(ctx, &dev, VirtioCfgType::Notify, 2)?;
         let (isr, _) = map_cap(ctx, &dev, VirtioCfgType::Isr, 1)?;
+        // Optional (virtio-rng has none; virtio-net keeps its MAC there).
+        let device_cfg = if dev
+            .virtio_capabilities()
+            .iter()
+            .any(|c| c.cfg_type == VirtioCfgType::Device && c.length > 0)
+        {
+            Some(map_cap(ctx, &dev, VirtioCfgType::Device, 1)?.0)
+        } else {
+            None
+        };
         let queues = {
             let mmio = common.try_access().ok_or(Errno::ENODEV)?;
             // Reset first: the vectors must not fire into a device left running.
@@ -291,6 +303,7 @@ impl Driver for VirtioPciDriver {
                 common,
                 notify,
                 isr,
+                device: device_cfg,
                 notify_off_multiplier: multiplier.unwrap_or(0),
                 notify_offs: IrqSafeLock::new(Vec::new()),
                 irqs,
