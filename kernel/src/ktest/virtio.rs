@@ -193,8 +193,19 @@ pub fn virtio_probe_fault_sweeps_leave_nothing() -> TestResult {
     let transport_bus = String::from(rng.device().parent_bus());
     let irq_count = rng.device().irq_count();
     let (transport_driver, transport_points) = if transport_bus == "pci" {
-        // Enable, the common/notify/ISR ranges, the vectors.
-        (crate::drivers::virtio::pci::DRIVER, 5)
+        // Enable, the common/notify/ISR ranges, the device-specific range when the function
+        // has one, the vectors.
+        let device_cfg = crate::drivers::pci::PciDevice::all()
+            .find(|d| d.name() == transport)
+            .is_some_and(|d| {
+                d.virtio_capabilities()
+                    .iter()
+                    .any(|c| c.cfg_type == lull_pci::VirtioCfgType::Device && c.length > 0)
+            });
+        (
+            crate::drivers::virtio::pci::DRIVER,
+            5 + usize::from(device_cfg),
+        )
     } else {
         // The registers.
         ("virtio-mmio", 1)
