@@ -24,9 +24,11 @@ static PROBE_THREAD: AtomicU64 = AtomicU64::new(u64::MAX);
 /// shell's prompt does not wait for it: enumerating ACPI's namespace and the PCI buses costs
 /// milliseconds under TCG. Whatever needs the devices calls [`wait_for_device_probe`] first.
 pub fn start_device_probe() {
+    // Nice 19: the probe is background work and must not halve the console's share of a
+    // slow CPU (under an instruction emulator, enumerating ACPI's namespace takes seconds).
     let spawned = crate::kernel::sched::kthread_spawn(
         "kprobe",
-        lull_sched::SchedClass::NORMAL,
+        lull_sched::SchedClass::Fair(lull_sched::Nice::MAX),
         lull_sched::CpuSet::ALL,
         || {
             if let Some(id) = crate::kernel::sched::current() {

@@ -267,6 +267,10 @@ fn parse_number(text: &str) -> Option<u64> {
 
 /// Every `virtio_mmio.device=` value on the command line (the parameter registry keeps one).
 fn command_line_devices() -> Vec<String> {
+    // The registry parsed the line once; rescan it (it may be megabytes) only when it has one.
+    if !crate::kernel::params::parsed().is_set("virtio_mmio.device") {
+        return Vec::new();
+    }
     let line = crate::kernel::params::command_line();
     let text = core::str::from_utf8(line).unwrap_or("");
     text.split_whitespace()
