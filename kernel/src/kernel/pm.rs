@@ -69,6 +69,8 @@ pub fn shutdown_requested() -> bool {
 
 /// Orderly power-off: runs every notifier (printing each), then enters ACPI S5.
 pub fn power_off() -> ! {
+    // `\_S5` comes with the AML namespace, which a poweroff right after boot may precede.
+    crate::drivers::acpi::load_namespace();
     printk!("pm: powering off");
     let notifiers: Vec<Notifier> = NOTIFIERS.read().clone();
     for notifier in notifiers {

@@ -189,8 +189,6 @@ pub struct AcpiInfo {
     /// The FADT's reset register and the value that resets the machine.
     pub reset_register: Option<AcpiRegister>,
     pub reset_value: u8,
-    /// `SLP_TYPa` from `\_S5`, evaluated by the AML interpreter.
-    pub s5_sleep_type: Option<u8>,
     pub hpet_address: Option<FirmwareMmio>,
     /// PCI Express configuration windows (MCFG), for the PCI subsystem.
     pub pci_ecam: Vec<EcamRegion>,
@@ -373,8 +371,8 @@ pub fn rsdp_scan_self_test(found_at_boot: Option<u64>) -> Result<(), &'static st
     Ok(())
 }
 
-/// Discovers and parses the tables Lull uses and loads the AML namespace (see
-/// [`super::acpi_aml::take_namespace`]). `None` when there is no ACPI at all.
+/// Discovers and parses the tables Lull uses; the AML in `aml_tables` is loaded later (see
+/// [`super::acpi_aml::load`]). `None` when there is no ACPI at all.
 pub fn discover(rsdp_hint: Option<u64>) -> Option<AcpiInfo> {
     let found = find_rsdp(rsdp_hint)?;
     let mut info = AcpiInfo {
@@ -384,7 +382,6 @@ pub fn discover(rsdp_hint: Option<u64>) -> Option<AcpiInfo> {
     };
     info.oem_id.copy_from_slice(&found.bytes[9..15]);
     super::acpi_tables::parse(&mut info, found.address);
-    super::acpi_aml::load(&mut info);
     Some(info)
 }
 

@@ -203,29 +203,40 @@ impl FirmwareNamespace {
     }
 }
 
-/// The namespace `load` built, until the ACPI driver takes it.
-static LOADED: spin::Mutex<Option<FirmwareNamespace>> = spin::Mutex::new(None);
+/// `\_S5`'s SLP_TYPa once the namespace is loaded (`NO_SLEEP_TYPE` until then or without one).
+static S5_SLEEP_TYPE: core::sync::atomic::AtomicU16 =
+    core::sync::atomic::AtomicU16::new(NO_SLEEP_TYPE);
+const NO_SLEEP_TYPE: u16 = u16::MAX;
 
-/// Hands over the namespace loaded at boot (once; `None` without ACPI or AML).
-pub fn take_namespace() -> Option<FirmwareNamespace> {
-    LOADED.lock().take()
+/// `\_S5`'s sleep type, if [`load`] has run and found one.
+pub fn s5_sleep_type() -> Option<u8> {
+    match S5_SLEEP_TYPE.load(core::sync::atomic::Ordering::Acquire) {
+        NO_SLEEP_TYPE => None,
+        value => Some(value as u8),
+    }
 }
 
 fn signature(bytes: &[u8]) -> &str {
     core::str::from_utf8(&bytes[..4]).unwrap_or("????")
 }
 
-/// Loads the DSDT and SSDTs, evaluates `\_S5` into `info` and tells the firmware Lull routes
-/// interrupts through IOAPICs (`\_PIC(1)`). Problems are warnings in `info`.
-pub(super) fn load(info: &mut AcpiInfo) {
+/// Loads the DSDT and SSDTs the table parser found, records `\_S5` (see [`s5_sleep_type`]) and
+/// tells the firmware Lull routes interrupts through IOAPICs (`\_PIC(1)`). Returns the
+/// namespace (`None` without AML tables) and the problems met, as warning lines.
+///
+/// Not at boot: interpreting the DSDT is the largest piece of new code a boot would run, and
+/// TCG pays for translating every new instruction. The ACPI driver loads it on first use
+/// (thread context), normally in the device probe after the prompt.
+pub fn load(info: &AcpiInfo) -> (Option<FirmwareNamespace>, Vec<String>) {
+    let mut warnings = Vec::new();
     if info.aml_tables.is_empty() {
-        return;
+        return (None, warnings);
     }
     let mut namespace = Namespace::new();
     let mut host = FirmwareHost::new();
     for table in info.aml_tables.clone() {
         let Some(bytes) = table.bytes() else {
-            info.warnings.push(alloc::format!(
+            warnings.push(alloc::format!(
                 "ACPI: AML table at {:#x} failed its checksum; not loaded",
                 table.address()
             ));
@@ -236,13 +247,13 @@ pub(super) fn load(info: &mut AcpiInfo) {
             Err((error, problems)) => (Some(error), problems),
         };
         for problem in problems {
-            info.warnings.push(alloc::format!(
+            warnings.push(alloc::format!(
                 "ACPI: {}: {problem}; skipped",
                 signature(bytes)
             ));
         }
         if let Some(error) = error {
-            info.warnings.push(alloc::format!(
+            warnings.push(alloc::format!(
                 "ACPI: {} at {:#x}: {error}; the rest of the table is not loaded",
                 signature(bytes),
                 table.address()
@@ -251,22 +262,22 @@ pub(super) fn load(info: &mut AcpiInfo) {
     }
     match namespace.evaluate(&mut host, "\\_S5", vec![]) {
         Ok(Value::Package(elements)) => match elements.first().map(Value::as_integer) {
-            Some(Ok(sleep_type)) => info.s5_sleep_type = Some(sleep_type as u8),
-            _ => info
-                .warnings
-                .push("ACPI: \\_S5 has no integer SLP_TYPa".into()),
+            Some(Ok(sleep_type)) => S5_SLEEP_TYPE.store(
+                u16::from(sleep_type as u8),
+                core::sync::atomic::Ordering::Release,
+            ),
+            _ => warnings.push("ACPI: \\_S5 has no integer SLP_TYPa".into()),
         },
-        Ok(_) => info.warnings.push("ACPI: \\_S5 is not a package".into()),
-        Err(Error::NotFound(_)) => info
-            .warnings
-            .push("ACPI: no \\_S5; poweroff uses sleep type 0".into()),
-        Err(error) => info.warnings.push(alloc::format!("ACPI: \\_S5: {error}")),
+        Ok(_) => warnings.push("ACPI: \\_S5 is not a package".into()),
+        Err(Error::NotFound(_)) => {
+            warnings.push("ACPI: no \\_S5; poweroff uses sleep type 0".into())
+        }
+        Err(error) => warnings.push(alloc::format!("ACPI: \\_S5: {error}")),
     }
     if !info.io_apics.is_empty() && namespace.find("\\_PIC").is_some() {
         if let Err(error) = namespace.evaluate(&mut host, "\\_PIC", vec![Value::Integer(1)]) {
-            info.warnings
-                .push(alloc::format!("ACPI: \\_PIC(1) (APIC mode): {error}"));
+            warnings.push(alloc::format!("ACPI: \\_PIC(1) (APIC mode): {error}"));
         }
     }
-    *LOADED.lock() = Some(FirmwareNamespace { namespace });
+    (Some(FirmwareNamespace { namespace }), warnings)
 }

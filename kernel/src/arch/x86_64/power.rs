@@ -31,7 +31,8 @@ pub fn exit_failure(status: u8) -> ! {
 pub fn power_off(info: Option<&AcpiInfo>) -> ! {
     cpu::disable_interrupts();
     if let Some(info) = info {
-        let sleep_type = info.s5_sleep_type.unwrap_or(0) as u32;
+        // Loaded with the namespace (`pm::power_off` makes sure it is, when it can sleep).
+        let sleep_type = super::acpi_aml::s5_sleep_type().unwrap_or(0) as u32;
         if info.hardware_reduced {
             if let Some(register) = info.sleep_control {
                 register.write(((sleep_type & 7) << 2) | (1 << 5));

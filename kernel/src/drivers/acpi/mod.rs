@@ -20,9 +20,42 @@ use crate::pr_warn;
 pub use lull_aml::devices::{DeviceInfo as AcpiDevice, PrtEntry, PrtSource};
 pub use lull_aml::resource::Resource;
 
-/// The namespace, for evaluating methods after boot (the GED's `_EVT`). A sleeping lock: AML
-/// may `Sleep`, and only threads (or boot) evaluate it.
-static NAMESPACE: Mutex<Option<FirmwareNamespace>> = Mutex::named("acpi::NAMESPACE", None);
+/// The namespace, loaded on first use (normally by the device probe after the prompt), for
+/// enumerating devices and evaluating methods (`\_S5`, the PCI roots' `_PRT`, the GED's
+/// `_EVT`). A sleeping lock: AML may `Sleep`, and only threads evaluate it.
+static NAMESPACE: Mutex<Namespace> = Mutex::named("acpi::NAMESPACE", Namespace::NotLoaded);
+
+enum Namespace {
+    NotLoaded,
+    /// Loaded, or found absent (no ACPI, or no AML tables).
+    Loaded(Option<FirmwareNamespace>),
+}
+
+/// Runs `f` on the namespace, loading it first if nobody has (thread context). `None` when
+/// the firmware has no AML.
+fn with_namespace<R>(f: impl FnOnce(&mut FirmwareNamespace) -> R) -> Option<R> {
+    let mut namespace = NAMESPACE.lock();
+    if matches!(*namespace, Namespace::NotLoaded) {
+        let loaded = crate::acpi().and_then(|info| {
+            let (loaded, warnings) = crate::arch::acpi_aml::load(info);
+            for warning in warnings {
+                pr_warn!("{warning}");
+            }
+            loaded
+        });
+        *namespace = Namespace::Loaded(loaded);
+    }
+    match &mut *namespace {
+        Namespace::Loaded(Some(loaded)) => Some(f(loaded)),
+        _ => None,
+    }
+}
+
+/// Loads the namespace if nobody has yet, so `\_S5` is known (thread context; before a
+/// poweroff).
+pub fn load_namespace() {
+    with_namespace(|_| ());
+}
 /// The devices, enumerated on first use: evaluating every device's `_STA`, `_HID`, `_CRS`...
 /// costs milliseconds under TCG, too much for every boot.
 static DEVICES: Once<Vec<AcpiDevice>> = Once::new();
@@ -33,11 +66,7 @@ static ROUTING: Once<Vec<(String, Vec<PrtEntry>)>> = Once::new();
 /// context: takes the namespace's sleeping lock).
 pub fn devices() -> &'static [AcpiDevice] {
     DEVICES.call_once(|| {
-        let mut namespace = NAMESPACE.lock();
-        let Some(namespace) = namespace.as_mut() else {
-            return Vec::new();
-        };
-        let devices = namespace.devices();
+        let devices = with_namespace(|namespace| namespace.devices()).unwrap_or_default();
         for device in &devices {
             for error in &device.errors {
                 pr_warn!("ACPI: {}: {error}", device.path);
@@ -55,18 +84,17 @@ pub fn pci_routing() -> &'static [(String, Vec<PrtEntry>)] {
             .filter(|d| d.status & 1 != 0 && (d.is("PNP0A08") || d.is("PNP0A03")))
             .map(|d| (d.path.clone(), d.node))
             .collect();
-        let mut namespace = NAMESPACE.lock();
-        let Some(namespace) = namespace.as_mut() else {
-            return Vec::new();
-        };
-        let mut routing = Vec::new();
-        for (path, node) in roots {
-            match namespace.pci_routing(node) {
-                Ok(entries) => routing.push((path, entries)),
-                Err(error) => pr_warn!("ACPI: {path}._PRT: {error}"),
+        with_namespace(|namespace| {
+            let mut routing = Vec::new();
+            for (path, node) in roots {
+                match namespace.pci_routing(node) {
+                    Ok(entries) => routing.push((path, entries)),
+                    Err(error) => pr_warn!("ACPI: {path}._PRT: {error}"),
+                }
             }
-        }
-        routing
+            routing
+        })
+        .unwrap_or_default()
     })
 }
 
@@ -79,11 +107,7 @@ pub fn find_by_id(ids: &[&str]) -> Vec<AcpiDevice> {
             .filter(|d| ids.iter().any(|id| d.is(id)))
             .cloned()
             .collect(),
-        None => NAMESPACE
-            .lock()
-            .as_mut()
-            .map(|ns| ns.find_by_id(ids))
-            .unwrap_or_default(),
+        None => with_namespace(|ns| ns.find_by_id(ids)).unwrap_or_default(),
     }
 }
 
@@ -96,16 +120,12 @@ pub fn evaluate(
     Result<lull_aml::Value, lull_aml::Error>,
     crate::arch::acpi_aml::Notifications,
 )> {
-    let mut namespace = NAMESPACE.lock();
-    namespace.as_mut().map(|ns| ns.evaluate(path, args))
+    with_namespace(|ns| ns.evaluate(path, args))
 }
 
-/// Takes the namespace loaded with the tables and starts the power button (PM1 or GED).
-/// Boot, after the IRQ layer and the scheduler.
+/// Starts the fixed-hardware power button (PM1; the GED's is a driver). Boot, after the IRQ
+/// layer and the scheduler.
 pub fn init(info: Option<&AcpiInfo>) {
-    if let Some(namespace) = crate::arch::acpi_aml::take_namespace() {
-        *NAMESPACE.lock() = Some(namespace);
-    }
     button::init(info);
     register_proc_files();
 }
