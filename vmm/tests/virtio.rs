@@ -273,12 +273,18 @@ fn a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu() {
     require_kvm("a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu");
     let name = format!("lullvmm{}", std::process::id());
     if let Err(error) = ip(&["netns", "add", &name]) {
-        eprintln!("SKIPPED a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu: cannot create a network namespace: {error}");
+        skip(
+            "a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu",
+            &format!("cannot create a network namespace: {error}"),
+        );
         return;
     }
     let namespace = Namespace(name.clone());
     if let Err(error) = ip(&["-n", &name, "tuntap", "add", "dev", "lt0", "mode", "tap"]) {
-        eprintln!("SKIPPED a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu: cannot create a TAP device: {error}");
+        skip(
+            "a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu",
+            &format!("cannot create a TAP device: {error}"),
+        );
         return;
     }
     let dir = scratch("virtio-net");
