@@ -283,12 +283,20 @@ fn register_proc_files() {
     });
     register(ProcFile {
         path: "/proc/ioports",
-        read: Some(kernel::ioports::proc_ioports),
+        // Devices are probed after the prompt; their claims and lines are what one reads this for.
+        read: Some(|| {
+            drivers::wait_for_device_probe();
+            kernel::ioports::proc_ioports()
+        }),
         write: None,
     });
     register(ProcFile {
         path: "/proc/interrupts",
-        read: Some(irq::proc_interrupts),
+        // Devices are probed after the prompt; their claims and lines are what one reads this for.
+        read: Some(|| {
+            drivers::wait_for_device_probe();
+            irq::proc_interrupts()
+        }),
         write: None,
     });
     procfs::register_directory(procfs::ProcDirectory {
@@ -314,7 +322,11 @@ fn register_proc_files() {
     });
     register(ProcFile {
         path: "/proc/iomem",
-        read: Some(mm::iomem::proc_iomem),
+        // Devices are probed after the prompt; their claims and lines are what one reads this for.
+        read: Some(|| {
+            drivers::wait_for_device_probe();
+            mm::iomem::proc_iomem()
+        }),
         write: None,
     });
     register(ProcFile {

@@ -125,6 +125,10 @@ pub const TESTS: &[Test] = &[
         run: lspci_matches_qemu_info_pci,
     },
     Test {
+        name: "microvm_virtio_devices_match_qemu_info_qtree",
+        run: microvm_virtio_devices_match_qemu_info_qtree,
+    },
+    Test {
         name: "smbus_eeprom_write_read_seen_in_qemu_i2c_trace",
         run: smbus_eeprom_write_read_seen_in_qemu_i2c_trace,
     },
@@ -871,10 +875,142 @@ fn parse_info_pci(text: &str) -> Vec<(u8, u8, u8, u16, u16)> {
     found
 }
 
+/// Sends one command to QEMU's human monitor on `socket` and returns what it printed up to the
+/// next prompt.
+fn monitor_command(socket: &std::path::Path, command: &str) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let mut monitor =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("monitor: {e}"))?;
+    monitor
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| format!("monitor: {e}"))?;
+    monitor
+        .write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| format!("monitor: {e}"))?;
+    let mut text = String::new();
+    let mut chunk = [0u8; 4096];
+    // The reply ends with the next prompt after the command's output.
+    while text.matches("(qemu)").count() < 2 {
+        match monitor.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&chunk[..n])),
+        }
+    }
+    Ok(text)
+}
+
+/// `(transport base address, virtio device id)` of every virtio-mmio transport with a device
+/// plugged in, from QEMU's `info qtree` (microvm: `dev: virtio-mmio` with `mmio ADDR/SIZE`,
+/// its bus, then `dev: virtio-rng-device`).
+fn parse_qtree_virtio_mmio(text: &str) -> Vec<(u64, u16)> {
+    let mut found = Vec::new();
+    let mut transport: Option<u64> = None;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("dev: virtio-mmio,") {
+            transport = None;
+        } else if let Some(window) = line.strip_prefix("mmio ") {
+            let base = window.split('/').next().unwrap_or("");
+            transport = u64::from_str_radix(base, 16).ok();
+        } else if let Some(device) = line.strip_prefix("dev: virtio-") {
+            let kind = device.split(',').next().unwrap_or("");
+            let id = match kind {
+                "net-device" => 1,
+                "blk-device" => 2,
+                "serial-device" => 3,
+                "rng-device" => 4,
+                "balloon-device" => 5,
+                "gpio-device" | "vhost-user-gpio-device" => 41,
+                _ => 0,
+            };
+            if let Some(base) = transport.take() {
+                found.push((base, id));
+            }
+        } else if line.starts_with("dev: ") {
+            transport = None;
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// On microvm the guest finds exactly the virtio-mmio devices QEMU's `info qtree` shows: the
+/// same transport addresses (its `/proc/iomem`), one ACPI `LNRO0005` device each, and the
+/// same device types on its virtio bus.
+fn microvm_virtio_devices_match_qemu_info_qtree() -> TestResult {
+    let socket = crate::kernel::repo_root().join("target/e2e-qtree-monitor.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.machine = Machine::Microvm;
+    config.extra = crate::qemu::VIRTIO_RNG_MMIO
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    config.extra.extend([
+        "-device".to_string(),
+        "virtio-net-device,netdev=n0".to_string(),
+        "-netdev".to_string(),
+        "user,id=n0".to_string(),
+        "-monitor".to_string(),
+        format!("unix:{},server,nowait", socket.display()),
+    ]);
+    let mut guest = boot(&config)?;
+    let text = monitor_command(&socket, "info qtree")?;
+    let qemu = parse_qtree_virtio_mmio(&text);
+    ensure!(
+        qemu.len() == 2 && qemu.iter().all(|(_, id)| *id != 0),
+        "QEMU's info qtree shows {qemu:x?}, not the two devices given:\n{text}"
+    );
+    let iomem = guest.run("cat /proc/iomem", STEP)?;
+    let mut bases: Vec<u64> = iomem
+        .lines()
+        .filter(|line| line.trim_end().ends_with(": virtio-mmio"))
+        .filter_map(|line| u64::from_str_radix(line.trim().split('-').next()?, 16).ok())
+        .collect();
+    bases.sort_unstable();
+    let expected: Vec<u64> = qemu.iter().map(|(base, _)| *base).collect();
+    ensure!(
+        bases == expected,
+        "the guest's virtio-mmio regions {bases:x?} differ from QEMU's transports {expected:x?}:\n{iomem}"
+    );
+    let acpi = guest.run("ls /sys/bus/acpi/devices", STEP)?;
+    let transports = acpi
+        .lines()
+        .filter(|l| l.trim().starts_with("LNRO0005:"))
+        .count();
+    ensure!(
+        transports == qemu.len(),
+        "{transports} LNRO0005 devices on the acpi bus, QEMU has {}:\n{acpi}",
+        qemu.len()
+    );
+    let listing = guest.run("ls /sys/bus/virtio/devices", STEP)?;
+    let mut ids = Vec::new();
+    for name in listing
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("virtio"))
+    {
+        let text = guest.run(&format!("cat /sys/bus/virtio/devices/{name}/device"), STEP)?;
+        // Kernel messages (the DHCP lease) may share the console with the answer.
+        let id = text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("0x"))
+            .find_map(|hex| u16::from_str_radix(hex, 16).ok())
+            .ok_or_else(|| format!("{name}/device: {text:?}"))?;
+        ids.push(id);
+    }
+    ids.sort_unstable();
+    let mut expected: Vec<u16> = qemu.iter().map(|(_, id)| *id).collect();
+    expected.sort_unstable();
+    ensure!(
+        ids == expected,
+        "the guest's virtio device types {ids:?} differ from QEMU's {expected:?}:\n{listing}"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
 /// The guest's `lspci -n` lists exactly the functions QEMU's monitor (`info pci`) says the
 /// machine has, with the same vendor:device ids (q35 plus a virtio-rng-pci).
 fn lspci_matches_qemu_info_pci() -> TestResult {
-    use std::io::{Read as _, Write as _};
     let socket = crate::kernel::repo_root().join("target/e2e-lspci-monitor.sock");
     let _ = std::fs::remove_file(&socket);
     let mut config = QemuConfig::new(&shell_kernel()?);
@@ -905,23 +1041,7 @@ fn lspci_matches_qemu_info_pci() -> TestResult {
         })
         .collect();
     lspci.sort_unstable();
-    let mut monitor =
-        std::os::unix::net::UnixStream::connect(&socket).map_err(|e| format!("monitor: {e}"))?;
-    monitor
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .map_err(|e| format!("monitor: {e}"))?;
-    monitor
-        .write_all(b"info pci\n")
-        .map_err(|e| format!("monitor: {e}"))?;
-    let mut text = String::new();
-    let mut chunk = [0u8; 4096];
-    // The reply ends with the next prompt after the command's output.
-    while text.matches("(qemu)").count() < 2 {
-        match monitor.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => text.push_str(&String::from_utf8_lossy(&chunk[..n])),
-        }
-    }
+    let text = monitor_command(&socket, "info pci")?;
     let qemu = parse_info_pci(&text);
     ensure!(
         qemu.iter().any(|f| f.3 == 0x1af4),
