@@ -15,6 +15,7 @@ extern crate alloc;
 
 #[allow(unsafe_code)] // The arch boundary: the only module allowed to use `unsafe`.
 mod arch;
+mod block;
 mod drivers;
 mod fs;
 mod kernel;
@@ -318,6 +319,16 @@ fn register_proc_files() {
     register(ProcFile {
         path: "/proc/lockdep_stats",
         read: Some(lockdep::proc_stats),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/partitions",
+        read: Some(block::proc_partitions),
+        write: None,
+    });
+    register(ProcFile {
+        path: "/proc/diskstats",
+        read: Some(block::proc_diskstats),
         write: None,
     });
     register(ProcFile {

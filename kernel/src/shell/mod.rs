@@ -1,6 +1,7 @@
 //! The serial shell: `lull> ` on COM1, with line editing, fed by the UART interrupt.
 
 pub mod bench;
+mod blk;
 mod latency;
 mod memsum;
 mod net;
@@ -302,6 +303,12 @@ const COMMANDS: &[Command] = &[
         help:
             "TCP client/server: receive and hash until EOF, or send BYTES of a pattern (i mod 251)",
         run: net::cmd_nc,
+    },
+    Command {
+        name: "blk",
+        usage: "blk list | read|write|sum DEV OFFSET LEN | flush DEV | discard DEV OFFSET LEN",
+        help: "block devices: list, hex dump, write a pattern, flush, SHA-256 of a range",
+        run: |args, _| blk::run(args),
     },
     Command {
         name: "memsum",

@@ -15,6 +15,7 @@
 //!
 //! Drivers here: [`rng`] (virtio-rng, device type 4).
 
+pub mod blk;
 pub mod mmio;
 pub mod net;
 pub mod pci;
@@ -525,6 +526,7 @@ pub fn init() {
     base::register_attributes("virtio", attributes);
     rng::init();
     net::init();
+    blk::init();
     mmio::init();
     pci::init();
 }
