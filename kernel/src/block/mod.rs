@@ -244,13 +244,13 @@ impl Disk {
     fn check_range(&self, offset: u64, len: u64) -> Result<DiskInfo, BlockError> {
         let info = self.info();
         let unit = u64::from(info.block_size.max(SECTOR as u32));
-        if offset % unit != 0 || len % unit != 0 {
+        if !offset.is_multiple_of(unit) || !len.is_multiple_of(unit) {
             return Err(BlockError::Range(alloc::format!(
                 "offset {offset} and length {len} must be multiples of {}'s block size, {unit} bytes",
                 self.name
             )));
         }
-        let end = offset.checked_add(len).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(len);
         if end > info.sectors * SECTOR {
             return Err(BlockError::Range(alloc::format!(
                 "{}..{end} is beyond the end of {} ({} bytes)",
