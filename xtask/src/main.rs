@@ -23,7 +23,7 @@ cargo xtask <command> [options]
                                        rust-src for the pinned toolchain, QEMU (every command does
                                        this itself; .ci/run calls it before clippy)
   build [--debug] [--features F,...]   build the kernel; prints the ELF path as the last line
-  run [--vmm] [--debug] [--machine q35|microvm] [--memory MiB] [--cpus N] [--features F,...] [-- KERNEL ARGS...]
+  run [--vmm] [--debug] [--machine q35|microvm] [--memory MiB] [--cpus N] [--features F,...] [--disk IMG]... [-- KERNEL ARGS...]
                                        boot the kernel in QEMU (TCG) with the console on this terminal
                                        (--vmm: on /dev/kvm with lull-vmm instead)
   test [--tier host|kernel|e2e] [--filter TEXT]
@@ -70,6 +70,8 @@ struct Options {
     filter: Option<String>,
     runs: usize,
     vmm: bool,
+    /// Raw disk images for `run` (virtio-blk).
+    disks: Vec<String>,
 }
 
 const KNOWN_FEATURES: &[&str] = &["zone-dma", "ktest", "boot-baseline"];
@@ -86,6 +88,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         filter: None,
         runs: 5,
         vmm: false,
+        disks: Vec::new(),
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -117,6 +120,15 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                     .map_err(|_| "--cpus takes a number")?
             }
             "--tier" => options.tier = Some(value("--tier")?),
+            "--disk" => {
+                let path = value("--disk")?;
+                if !std::path::Path::new(&path).is_file() {
+                    return Err(format!(
+                        "--disk {path}: no such file (a raw image: e.g. truncate -s 64M disk.img)"
+                    ));
+                }
+                options.disks.push(path);
+            }
             "--filter" => options.filter = Some(value("--filter")?),
             "--runs" => {
                 options.runs = value("--runs")?
@@ -158,6 +170,9 @@ fn run_on_vmm(elf: &std::path::Path, options: &Options) -> Result<(), String> {
         "--vcpus",
         &options.cpus.to_string(),
     ]);
+    for disk in &options.disks {
+        command.arg("--disk").arg(format!("path={disk}"));
+    }
     if !options.kernel_args.is_empty() {
         command.arg("--cmdline").arg(options.kernel_args.join(" "));
     }
@@ -191,10 +206,26 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
     config.append = options.kernel_args.join(" ");
     if options.machine == Machine::Microvm {
         // A device for the virtio-mmio transport and the virtio-rng driver (`hwrng`).
-        config.extra = VIRTIO_RNG_MMIO.iter().map(|a| a.to_string()).collect();
+        config.extra = qemu::VIRTIO_RNG_MMIO
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
     } else {
         // The same device behind the virtio-pci transport.
-        config.extra = VIRTIO_RNG_PCI.iter().map(|a| a.to_string()).collect();
+        config.extra = qemu::VIRTIO_RNG_PCI.iter().map(|a| a.to_string()).collect();
+    }
+    // Each disk as a virtio-blk device on the machine's virtio transport (vda, vdb, ...).
+    for (index, disk) in options.disks.iter().enumerate() {
+        let device = match options.machine {
+            Machine::Microvm => "virtio-blk-device",
+            Machine::Q35 => "virtio-blk-pci",
+        };
+        config.extra.extend([
+            "-drive".to_string(),
+            format!("file={disk},if=none,id=disk{index},format=raw"),
+            "-device".to_string(),
+            format!("{device},drive=disk{index}"),
+        ]);
     }
     eprintln!(
         "xtask: booting {} (QEMU TCG; type 'poweroff' to leave)",
@@ -516,7 +547,7 @@ struct KernelSuite {
     skips: &'static [&'static str],
 }
 
-use qemu::{VIRTIO_RNG_MMIO, VIRTIO_RNG_PCI};
+use qemu::{KTEST_DEVICES_MMIO, KTEST_DEVICES_PCI};
 
 /// microvm has no HPET (nor an ACPI PM timer): the tests that fire the HPET comparator, that
 /// expect the HPET among the clock devices, or that time the TSC against a fixed-rate clock
@@ -564,7 +595,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Q35,
         cpus: 1,
         append: "",
-        extra: VIRTIO_RNG_PCI,
+        extra: KTEST_DEVICES_PCI,
         skips: &[
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
@@ -578,7 +609,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Microvm,
         cpus: 1,
         append: "",
-        extra: VIRTIO_RNG_MMIO,
+        extra: KTEST_DEVICES_MMIO,
         skips: &[
             HPET_TESTS[0],
             HPET_TESTS[1],
@@ -608,7 +639,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Q35,
         cpus: 1,
         append: "",
-        extra: VIRTIO_RNG_PCI,
+        extra: KTEST_DEVICES_PCI,
         skips: &[
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
@@ -622,7 +653,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         machine: Machine::Q35,
         cpus: 4,
         append: "",
-        extra: VIRTIO_RNG_PCI,
+        extra: KTEST_DEVICES_PCI,
         skips: &[],
     },
     KernelSuite {
@@ -632,7 +663,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
         cpus: 2,
         // The transport given on the command line as well as in ACPI (microvm's last slot).
         append: "nopv virtio_mmio.device=512@0xfeb02e00:47",
-        extra: VIRTIO_RNG_MMIO,
+        extra: KTEST_DEVICES_MMIO,
         skips: &[
             HPET_TESTS[0],
             HPET_TESTS[1],

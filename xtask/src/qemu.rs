@@ -48,6 +48,31 @@ pub const VIRTIO_RNG_MMIO: &[&str] = &[
 /// capabilities and MSI-X, bound by Lull's `virtio-pci`.
 pub const VIRTIO_RNG_PCI: &[&str] = &["-device", "virtio-rng-pci"];
 
+/// The in-kernel suites' devices on q35: the virtio-rng and a 16 MiB virtio-blk disk on QEMU's
+/// `null-co` driver (reads give zeros, writes are dropped: no file to manage; data integrity
+/// against real files is the end-to-end tests' job).
+pub const KTEST_DEVICES_PCI: &[&str] = &[
+    "-device",
+    "virtio-rng-pci",
+    "-drive",
+    "driver=null-co,size=16M,read-zeroes=on,if=none,id=kd0",
+    "-device",
+    "virtio-blk-pci,drive=kd0",
+];
+
+/// The same on microvm's virtio-mmio (the rng first: QEMU gives it the last transport slot,
+/// which one suite also names on the command line).
+pub const KTEST_DEVICES_MMIO: &[&str] = &[
+    "-global",
+    "virtio-mmio.force-legacy=false",
+    "-device",
+    "virtio-rng-device",
+    "-drive",
+    "driver=null-co,size=16M,read-zeroes=on,if=none,id=kd0",
+    "-device",
+    "virtio-blk-device,drive=kd0",
+];
+
 /// How to start QEMU.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {

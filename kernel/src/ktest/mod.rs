@@ -61,6 +61,7 @@ macro_rules! skip {
 
 type TestCase = (&'static str, fn() -> TestResult);
 
+mod block;
 mod boot;
 mod driver_model;
 mod i2c;
@@ -318,6 +319,18 @@ const TESTS: &[TestCase] = &[
     (
         "virtio_rng_bind_unbind_1000_times_leaks_nothing",
         virtio::virtio_rng_bind_unbind_1000_times_leaks_nothing,
+    ),
+    (
+        "virtio_blk_more_requests_than_slots_complete",
+        block::virtio_blk_more_requests_than_slots_complete,
+    ),
+    (
+        "virtio_blk_unbind_with_requests_in_flight_loses_nothing",
+        block::virtio_blk_unbind_with_requests_in_flight_loses_nothing,
+    ),
+    (
+        "virtio_blk_unbind_bind_200_times_leaks_nothing",
+        block::virtio_blk_unbind_bind_200_times_leaks_nothing,
     ),
     (
         "smbus_binds_with_eight_eeprom_clients",
