@@ -383,14 +383,6 @@ fn date_seconds(text: &str) -> i64 {
     days * 86_400 + h * 3600 + mi * 60 + s
 }
 
-/// Runs `command` at the shell; returns its output (up to the next prompt).
-fn shell(vmm: &mut Vmm, command: &str) -> String {
-    let from = vmm.output().len();
-    vmm.send(format!("{command}\r").as_bytes());
-    let end = vmm.wait_for_from(from, PROMPT, STEP);
-    vmm.output()[from..end].to_string()
-}
-
 /// Boots Lull with an API socket, migrates it to `url` while it idles at its shell, and
 /// checks the shell, uptime, date and log on the destination. Returns the destination.
 fn migrate_lull(test: &str, url_of: impl FnOnce(&Path) -> String) -> Vmm {
@@ -408,8 +400,8 @@ fn migrate_lull(test: &str, url_of: impl FnOnce(&Path) -> String) -> Vmm {
     ]);
     source.wait_for(PROMPT, BOOT);
     wait_for_socket(&socket, BOOT);
-    let before = uptime_seconds(&shell(&mut source, "uptime"));
-    let date_before = date_seconds(&shell(&mut source, "date"));
+    let before = uptime_seconds(&shell(&mut source, "uptime", STEP));
+    let date_before = date_seconds(&shell(&mut source, "date", STEP));
     let measured = Instant::now();
     let url = url_of(&dir);
     let mut target = destination(&url);
@@ -417,8 +409,8 @@ fn migrate_lull(test: &str, url_of: impl FnOnce(&Path) -> String) -> Vmm {
     assert!(ok, "{out}\n{errors}\n--- source ---\n{}", source.errors());
     eprintln!("{test}: {}", out.lines().last().unwrap_or(""));
     assert_eq!(source.wait_exit(STEP).code(), Some(0));
-    let after = uptime_seconds(&shell(&mut target, "uptime"));
-    let date_after = date_seconds(&shell(&mut target, "date"));
+    let after = uptime_seconds(&shell(&mut target, "uptime", STEP));
+    let date_after = date_seconds(&shell(&mut target, "date", STEP));
     let wall = measured.elapsed().as_secs_f64();
     assert!(
         after >= before,
@@ -464,7 +456,7 @@ fn lull_kernel_migrates_over_tcp_loopback_and_its_shell_uptime_and_date_continue
     let mut target = migrate_lull("lull-migrate-tcp", |_| {
         format!("tcp://127.0.0.1:{}", free_tcp_port())
     });
-    assert!(shell(&mut target, "echo 1 > /proc/timer_stats").contains(PROMPT));
+    assert!(shell(&mut target, "echo 1 > /proc/timer_stats", STEP).contains(PROMPT));
     target.send(b"poweroff\r");
     assert_eq!(target.wait_exit(BOOT).code(), Some(0));
 }
@@ -526,14 +518,14 @@ fn cancel_during_precopy_stops_cleanly_and_the_guest_runs_on() {
         info.contains("\"migration\":{\"state\":\"cancelled\""),
         "{info}"
     );
-    assert!(shell(&mut source, "uptime").contains("up "));
+    assert!(shell(&mut source, "uptime", STEP).contains("up "));
 
     let url = format!("unix:{}", dir.join("migrate.sock").display());
     let mut target = destination(&url);
     let (ok, out, errors) = migrate(&socket, &url, &[]);
     assert!(ok, "{out}\n{errors}");
     assert_eq!(source.wait_exit(STEP).code(), Some(0));
-    assert!(shell(&mut target, "uptime").contains("up "));
+    assert!(shell(&mut target, "uptime", STEP).contains("up "));
 }
 
 /// MEMSUM: the kernel's `memsum` command (being added to the kernel: a checksum of a pattern
@@ -547,7 +539,7 @@ fn memsum_pattern_is_intact_after_migration_if_the_kernel_has_memsum() {
     let mut target = migrate_lull("lull-migrate-memsum", |dir| {
         format!("unix:{}", dir.join("migrate.sock").display())
     });
-    if !shell(&mut target, "help").contains("memsum") {
+    if !shell(&mut target, "help", STEP).contains("memsum") {
         skip(
             "memsum_pattern_is_intact_after_migration_if_the_kernel_has_memsum",
             "this kernel has no `memsum` command (help does not list it)",
@@ -555,7 +547,7 @@ fn memsum_pattern_is_intact_after_migration_if_the_kernel_has_memsum() {
         return;
     }
     for _ in 0..3 {
-        let answer = shell(&mut target, "memsum");
+        let answer = shell(&mut target, "memsum", STEP);
         eprintln!("{answer}");
         assert!(
             answer.contains("memsum: ok"),

@@ -66,14 +66,6 @@ fn boot(kernel: &std::path::Path, extra: &[&str]) -> Vmm {
     vmm
 }
 
-/// Runs `command` at the shell and returns its output (up to the next prompt).
-fn shell(vmm: &mut Vmm, command: &str, timeout: Duration) -> String {
-    let from = vmm.output().len();
-    vmm.send(format!("{command}\r").as_bytes());
-    let end = vmm.wait_for_from(from, PROMPT, timeout);
-    vmm.output()[from..end].to_string()
-}
-
 /// The guest's `date`, in Unix seconds.
 fn guest_date(vmm: &mut Vmm) -> i64 {
     let text = shell(vmm, "date", BOOT);

@@ -400,7 +400,38 @@ fn lull_boots_with_disks_attached_stays_idle_and_restores_with_them() {
         errors.contains("virtio-blk1 at 0xd0001000 irq 6: ") && errors.contains("read-only"),
         "{errors}"
     );
-    // The kernel has no virtio driver yet: the devices stay idle, and so do their threads.
+    // The kernel's virtio-blk driver finds both disks from the command line: the guest hashes
+    // what the host wrote, writes a pattern and flushes it, and the read-only disk refuses.
+    let list = shell(&mut vmm, "blk list", BOOT);
+    assert!(
+        list.contains("vda") && list.contains("vdb") && list.contains(" ro "),
+        "{list}"
+    );
+    let host_data = std::fs::read(&image).unwrap();
+    let expected = sha256_hex(&host_data[..64 << 10]);
+    let sum = shell(&mut vmm, "blk sum vda 0 64K", BOOT);
+    assert!(
+        sum.contains(&format!("sha256 {expected}")),
+        "{sum} (host {expected})"
+    );
+    let wrote = shell(&mut vmm, "blk write vda 128K 8K", BOOT);
+    assert!(wrote.contains("blk: wrote 8192 bytes"), "{wrote}");
+    let refused = shell(&mut vmm, "blk write vdb 0 512", BOOT);
+    assert!(refused.contains("read-only"), "{refused}");
+    let flushed = shell(&mut vmm, "blk flush vda", BOOT);
+    assert!(flushed.contains("blk: flushed vda"), "{flushed}");
+    let on_disk = std::fs::read(&image).unwrap();
+    for (at, byte) in on_disk.iter().enumerate().take(136 << 10).skip(128 << 10) {
+        assert_eq!(
+            *byte,
+            ((at / 512 * 7 + at % 512) % 251) as u8,
+            "byte {at} of the image after the guest's flush"
+        );
+    }
+    assert_eq!(on_disk[..128 << 10], host_data[..128 << 10]);
+    assert_eq!(on_disk[136 << 10..], host_data[136 << 10..]);
+    assert_eq!(std::fs::read(&readonly).unwrap(), vec![7u8; 4096]);
+    // Idle again: the devices' threads take no CPU.
     let before = thread_cpu_ticks(vmm.pid(), "virtio-blk");
     assert_eq!(before.len(), 2, "{before:?}");
     std::thread::sleep(Duration::from_secs(2));
@@ -424,6 +455,9 @@ fn lull_boots_with_disks_attached_stays_idle_and_restores_with_them() {
     restored.wait_for("lull> ", BOOT);
     restored.send(b"uptime\r");
     restored.wait_for("up ", BOOT);
+    // The restored guest's driver goes on with the reopened file.
+    let again = shell(&mut restored, "blk sum vda 0 64K", BOOT);
+    assert!(again.contains(&format!("sha256 {expected}")), "{again}");
     let errors = restored.errors();
     assert!(
         errors.contains("virtio-blk0 at 0xd0000000 irq 5: "),

@@ -56,6 +56,24 @@ pub fn skip(test: &str, reason: &str) {
     }
 }
 
+/// Runs `command` at the Lull shell on `vmm`'s console and returns what it printed, up to and
+/// including the next prompt.
+pub fn shell(vmm: &mut Vmm, command: &str, timeout: Duration) -> String {
+    let from = vmm.output().len();
+    vmm.send(format!("{command}\r").as_bytes());
+    let end = vmm.wait_for_from(from, "lull> ", timeout);
+    vmm.output()[from..end].to_string()
+}
+
+/// SHA-256 of `data` in lower-case hex, as the guest's `blk sum` and `nc` print it.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// A fresh scratch directory for one test.
 pub fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lull-vmm-it-{test}-{}", std::process::id()));
