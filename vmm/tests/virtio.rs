@@ -470,3 +470,92 @@ fn lull_boots_with_disks_attached_stays_idle_and_restores_with_them() {
     restored.send(b"poweroff\r");
     assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
 }
+
+/// Moves the calling thread into network namespace `name` (processes it spawns afterwards
+/// start there too).
+fn enter_namespace(name: &str) -> Result<(), String> {
+    let file = std::fs::File::open(format!("/var/run/netns/{name}"))
+        .map_err(|e| format!("open /var/run/netns/{name}: {e}"))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))
+}
+
+/// `nc`'s pattern: byte i is i mod 251.
+fn nc_pattern(bytes: usize) -> Vec<u8> {
+    (0..bytes).map(|i| (i % 251) as u8).collect()
+}
+
+/// The Lull guest on lull-vmm with `--net tap=…` in a test-made network namespace: its
+/// virtio-net driver and TCP/IP stack answer the host's ping, send 128 KiB to a host process
+/// and receive 128 KiB from it, SHA-256 equal on both ends.
+#[test]
+#[ignore = "needs /dev/kvm, LULL_KERNEL, and root for a network namespace and a TAP device"]
+fn lull_exchanges_tcp_with_a_host_process_over_a_tap() {
+    use std::io::{Read, Write};
+    const TEST: &str = "lull_exchanges_tcp_with_a_host_process_over_a_tap";
+    const BYTES: usize = 128 << 10;
+    let kernel = lull_kernel(TEST);
+    let name = format!("lulltcp{}", std::process::id());
+    if let Err(error) = ip(&["netns", "add", &name]) {
+        return skip(TEST, &format!("cannot create a network namespace: {error}"));
+    }
+    let namespace = Namespace(name.clone());
+    if let Err(error) = ip(&["-n", &name, "tuntap", "add", "dev", "lt0", "mode", "tap"]) {
+        return skip(TEST, &format!("cannot create a TAP device: {error}"));
+    }
+    ip(&["-n", &name, "addr", "add", "10.99.1.1/24", "dev", "lt0"]).unwrap();
+    ip(&["-n", &name, "link", "set", "lt0", "up"]).unwrap();
+    ip(&["-n", &name, "link", "set", "lo", "up"]).unwrap();
+    // This thread, the VMM it starts and the host's sockets live in the namespace.
+    enter_namespace(&name).unwrap();
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--cmdline",
+        "ip=10.99.1.2::10.99.1.1:255.255.255.0",
+        "--net",
+        "tap=lt0,mac=02:00:00:00:00:2b",
+    ]);
+    vmm.wait_for("lull> ", BOOT);
+    let ping = shell(&mut vmm, "ping 10.99.1.1 -c 2", BOOT);
+    assert!(ping.contains("2 received"), "{ping}");
+    // Guest to host.
+    let listener = std::net::TcpListener::bind("10.99.1.1:5001").unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut data = Vec::new();
+        stream.read_to_end(&mut data).unwrap();
+        data
+    });
+    let sent = shell(&mut vmm, &format!("nc -s {BYTES} 10.99.1.1 5001"), BOOT);
+    let received = receiver.join().unwrap();
+    assert_eq!(received.len(), BYTES, "{sent}");
+    let digest = sha256_hex(&received);
+    assert_eq!(digest, sha256_hex(&nc_pattern(BYTES)));
+    assert!(
+        sent.contains(&format!("sha256 {digest}")),
+        "{sent} (host {digest})"
+    );
+    // Host to guest.
+    let from = vmm.output().len();
+    vmm.send(b"nc -l 5002\r");
+    vmm.wait_for_from(from, "listening on port 5002", BOOT);
+    let mut stream = std::net::TcpStream::connect("10.99.1.2:5002").unwrap();
+    stream.write_all(&nc_pattern(BYTES)).unwrap();
+    drop(stream);
+    let end = vmm.wait_for_from(from, "lull> ", BOOT);
+    let answer = vmm.output()[from..end].to_string();
+    assert!(
+        answer.contains(&format!("received {BYTES} bytes"))
+            && answer.contains(&format!("sha256 {digest}")),
+        "{answer} (host sent {digest})"
+    );
+    vmm.send(b"poweroff\r");
+    assert_eq!(vmm.wait_exit(BOOT).code(), Some(0));
+    drop(namespace);
+}
