@@ -1185,7 +1185,8 @@ fn idle_smp4_nohz_takes_no_timer_interrupts() -> TestResult {
 }
 
 /// microvm has no HPET or PM timer to verify the TSC against; NO_HZ must still work there,
-/// with a virtio-rng bound (its driver waits for interrupts: no polling, no timers).
+/// with a virtio-rng, a virtio-net (DHCP done) and a virtio-blk disk bound (their drivers wait
+/// for interrupts, the network stack for its next deadline: no polling, no periodic timers).
 fn idle_microvm_nohz_takes_no_timer_interrupts() -> TestResult {
     let control = control_run().map_err(|e| format!("control run (nohz=off) failed: {e}"))?;
     let idle = crate::bench::measure_lull_idle_with(
@@ -1194,12 +1195,12 @@ fn idle_microvm_nohz_takes_no_timer_interrupts() -> TestResult {
         "",
         10,
         1,
-        crate::qemu::VIRTIO_RNG_MMIO,
+        crate::qemu::IDLE_DEVICES_MMIO,
     )?;
     check_tickless(
         &idle.counts,
         Some(&control),
-        "Microvm -smp 1 with virtio-rng",
+        "Microvm -smp 1 with virtio-rng, virtio-net (DHCP) and virtio-blk",
     )?;
     Ok(())
 }

@@ -60,6 +60,23 @@ pub const KTEST_DEVICES_PCI: &[&str] = &[
     "virtio-blk-pci,drive=kd0",
 ];
 
+/// Every virtio device Lull drives, on microvm: an idle guest with these bound (the NIC up with
+/// its DHCP lease, a disk attached) must still take no timer interrupts.
+pub const IDLE_DEVICES_MMIO: &[&str] = &[
+    "-global",
+    "virtio-mmio.force-legacy=false",
+    "-device",
+    "virtio-rng-device",
+    "-netdev",
+    "user,id=n0",
+    "-device",
+    "virtio-net-device,netdev=n0",
+    "-drive",
+    "driver=null-co,size=16M,read-zeroes=on,if=none,id=kd0",
+    "-device",
+    "virtio-blk-device,drive=kd0",
+];
+
 /// The same on microvm's virtio-mmio (the rng first: QEMU gives it the last transport slot,
 /// which one suite also names on the command line).
 pub const KTEST_DEVICES_MMIO: &[&str] = &[
