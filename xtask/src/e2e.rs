@@ -1236,6 +1236,10 @@ fn net_dhcp_ping_and_http(machine: Machine, device: &str, irq_line: &str) -> Tes
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free host port: {e}"))?
         .port();
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(|e| format!("no free host UDP port: {e}"))?
+        .port();
     let mut config = QemuConfig::new(&shell_kernel()?);
     config.machine = machine;
     config.append = "httpd=80".into();
@@ -1243,7 +1247,9 @@ fn net_dhcp_ping_and_http(machine: Machine, device: &str, irq_line: &str) -> Tes
         "-global",
         "virtio-mmio.force-legacy=false",
         "-netdev",
-        &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80"),
+        &format!(
+            "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80,hostfwd=udp:127.0.0.1:{udp_port}-:7000"
+        ),
         "-device",
         &format!("{device},netdev=n0"),
     ]
@@ -1278,7 +1284,61 @@ fn net_dhcp_ping_and_http(machine: Machine, device: &str, irq_line: &str) -> Tes
         page.contains("uptime ") && page.contains("/proc/interrupts") && page.contains(irq_line),
         "page lacks uptime or the interrupts:\n{page}"
     );
+    udp_each_way(&mut guest, udp_port)?;
     poweroff_exits_zero(&mut guest)
+}
+
+/// UDP through QEMU's user network: the guest's `nc -u` sends 32 KiB in datagrams to a host
+/// socket (10.0.2.2 is the host), and receives 32 KiB the host sends through a forward to its
+/// `nc -u -l 7000`; each side's SHA-256 must equal the other's (datagrams paced: UDP may drop).
+fn udp_each_way(guest: &mut Guest, forward: u16) -> TestResult {
+    use sha2::{Digest, Sha256};
+    const BYTES: usize = 32 << 10;
+    let pattern: Vec<u8> = (0..BYTES as u64).map(nc_pattern).collect();
+    let expected = hex(&Sha256::digest(&pattern));
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("udp: {e}"))?;
+    host.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let host_port = host.local_addr().map_err(|e| e.to_string())?.port();
+    let receiver = std::thread::spawn(move || {
+        let mut data = Vec::new();
+        let mut buffer = [0u8; 2048];
+        while let Ok((n, _)) = host.recv_from(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            data.extend_from_slice(&buffer[..n]);
+        }
+        data
+    });
+    let sent = guest.run(&format!("nc -u -s {BYTES} 10.0.2.2 {host_port}"), STEP)?;
+    let received = receiver.join().map_err(|_| "the UDP receiver panicked")?;
+    ensure!(
+        received.len() == BYTES && hex(&Sha256::digest(&received)) == expected,
+        "the host got {} of {BYTES} bytes over UDP; the guest said {sent:?}",
+        received.len()
+    );
+    ensure!(
+        sent.contains(&format!("sha256 {expected}")),
+        "guest nc -u: {sent:?}"
+    );
+    guest.send(b"nc -u -l 7000\n")?;
+    guest.expect("listening on udp port 7000", STEP)?;
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("udp: {e}"))?;
+    for chunk in pattern.chunks(1024).chain(std::iter::once(&[][..])) {
+        sender
+            .send_to(chunk, ("127.0.0.1", forward))
+            .map_err(|e| format!("send to the forward: {e}"))?;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let answer = guest.expect("lull> ", STEP)?;
+    ensure!(
+        answer.contains(&format!("received {BYTES} bytes"))
+            && answer.contains("in 32 datagrams")
+            && answer.contains(&format!("sha256 {expected}")),
+        "guest nc -u -l:\n{answer}"
+    );
+    Ok(())
 }
 
 /// Byte `i` of what `nc -s` sends (the guest's pattern, `i mod 251`).

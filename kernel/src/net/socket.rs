@@ -1,4 +1,4 @@
-//! Blocking sockets for the rest of the kernel (TCP, ICMP echo) on the stack `knetd` drives,
+//! Blocking sockets for the rest of the kernel (TCP, UDP, ICMP echo) on the stack `knetd` drives,
 //! and the built-in HTTP server (`httpd=PORT`).
 //!
 //! A call works on the socket under the stack's lock, kicks `knetd` when it queued something,
@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicU16, Ordering};
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::socket::{icmp, tcp, Socket};
+use smoltcp::socket::{icmp, tcp, udp, Socket};
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpEndpoint, Ipv4Address};
 
 use super::{kick, with_stack, Stack, POLLS, SOCKET_WAKE};
@@ -288,6 +288,158 @@ impl Drop for TcpSocket {
                 if tcp_of(stack, netif, handle).is_some() {
                     if let Some(sockets) = stack.sockets(netif) {
                         sockets.remove(handle);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Datagrams a UDP socket buffers each way, and the largest one.
+const UDP_PACKETS: usize = 64;
+/// The largest UDP payload (an unfragmented datagram on a 1500-byte MTU).
+pub const UDP_MAX_PAYLOAD: usize = 1472;
+
+fn new_udp() -> udp::Socket<'static> {
+    let buffer = || {
+        udp::PacketBuffer::new(
+            vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+            vec![0; UDP_PACKETS * UDP_MAX_PAYLOAD],
+        )
+    };
+    udp::Socket::new(buffer(), buffer())
+}
+
+fn udp_of(
+    stack: &mut Stack,
+    netif: usize,
+    handle: SocketHandle,
+) -> Option<&mut udp::Socket<'static>> {
+    let sockets = stack.sockets(netif)?;
+    if !sockets.iter().any(|(h, _)| h == handle) {
+        return None;
+    }
+    Some(sockets.get_mut::<udp::Socket>(handle))
+}
+
+/// A UDP socket bound to a port on every interface that is up (a datagram is sent from the
+/// interface whose route reaches its destination). Dropping it frees the sockets.
+pub struct UdpSocket {
+    sockets: Vec<(usize, SocketHandle)>,
+}
+
+impl UdpSocket {
+    /// Binds `port` (0: an ephemeral one) on every interface that is up.
+    pub fn bind(port: u16) -> Result<UdpSocket, NetError> {
+        let port = if port == 0 { ephemeral_port() } else { port };
+        let sockets = with_stack(|stack| {
+            let mut sockets = Vec::new();
+            for netif in stack.up_netifs() {
+                let mut socket = new_udp();
+                socket.bind(port).map_err(|_| NetError::Invalid)?;
+                if let Some(set) = stack.sockets(netif) {
+                    sockets.push((netif, set.add(socket)));
+                }
+            }
+            Ok(sockets)
+        })
+        .ok_or(NetError::Down)??;
+        if sockets.is_empty() {
+            return Err(NetError::Down);
+        }
+        Ok(UdpSocket { sockets })
+    }
+
+    /// Sends one datagram of at most [`UDP_MAX_PAYLOAD`] bytes (waiting up to `timeout_ms`
+    /// for room in the send buffer).
+    pub fn send_to(
+        &self,
+        address: Ipv4Address,
+        port: u16,
+        data: &[u8],
+        timeout_ms: u64,
+    ) -> Result<(), NetError> {
+        if data.len() > UDP_MAX_PAYLOAD || port == 0 {
+            return Err(NetError::Invalid);
+        }
+        let netif = with_stack(|stack| stack.route(address))
+            .ok_or(NetError::Down)?
+            .ok_or(NetError::Unreachable)?;
+        let &(_, handle) = self
+            .sockets
+            .iter()
+            .find(|(n, _)| *n == netif)
+            .ok_or(NetError::Unreachable)?;
+        let endpoint = IpEndpoint::new(IpAddress::Ipv4(address), port);
+        wait_for(timeout_ms, |stack| {
+            let socket = udp_of(stack, netif, handle)?;
+            match socket.send_slice(data, endpoint) {
+                Ok(()) => Some(Ok(())),
+                Err(udp::SendError::BufferFull) => None,
+                Err(udp::SendError::Unaddressable) => Some(Err(NetError::Unreachable)),
+            }
+        })?;
+        kick();
+        Ok(())
+    }
+
+    /// Receives one datagram into `buffer` (truncated to its size) from any interface: its
+    /// length and sender. Waits up to `timeout_ms`.
+    pub fn recv_from(
+        &self,
+        buffer: &mut [u8],
+        timeout_ms: u64,
+    ) -> Result<(usize, IpEndpoint), NetError> {
+        let sockets = self.sockets.clone();
+        wait_for(timeout_ms, |stack| {
+            for &(netif, handle) in &sockets {
+                let Some(socket) = udp_of(stack, netif, handle) else {
+                    continue;
+                };
+                match socket.recv_slice(buffer) {
+                    Ok((n, meta)) => return Some(Ok((n, meta.endpoint))),
+                    Err(udp::RecvError::Exhausted) => {}
+                    // Larger than `buffer` (dropped by the stack): the caller's buffer is too small.
+                    Err(udp::RecvError::Truncated) => return Some(Err(NetError::Invalid)),
+                }
+            }
+            None
+        })
+    }
+}
+
+impl UdpSocket {
+    /// Waits (up to `timeout_ms`) until `knetd` has handed every queued datagram to its
+    /// interface: the send buffers hold no payload, then one more poll for any empty ones
+    /// (a datagram waiting for ARP stays queued until the neighbour answers).
+    pub fn flush(&self, timeout_ms: u64) -> Result<(), NetError> {
+        let sockets = self.sockets.clone();
+        wait_for(timeout_ms, |stack| {
+            let pending: usize = sockets
+                .iter()
+                .filter_map(|&(netif, handle)| udp_of(stack, netif, handle).map(|s| s.send_queue()))
+                .sum();
+            (pending == 0).then_some(Ok(()))
+        })?;
+        kick();
+        let polls = POLLS.load(Ordering::Acquire);
+        SOCKET_WAKE.wait_until_timeout(timeout_ms.saturating_mul(1_000_000), || {
+            POLLS.load(Ordering::Acquire) != polls
+        });
+        Ok(())
+    }
+}
+
+impl Drop for UdpSocket {
+    fn drop(&mut self) {
+        // Datagrams still queued go out first (as a Linux socket's would after close).
+        let _ = self.flush(2_000);
+        let sockets = core::mem::take(&mut self.sockets);
+        with_stack(|stack| {
+            for (netif, handle) in sockets {
+                if udp_of(stack, netif, handle).is_some() {
+                    if let Some(set) = stack.sockets(netif) {
+                        set.remove(handle);
                     }
                 }
             }

@@ -299,9 +299,9 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "nc",
-        usage: "nc [-s BYTES] HOST PORT | nc -l PORT [-s BYTES]",
-        help:
-            "TCP client/server: receive and hash until EOF, or send BYTES of a pattern (i mod 251)",
+        usage: "nc [-u] [-s BYTES] HOST PORT | nc [-u] -l PORT [-s BYTES]",
+        help: "TCP (or -u UDP) client/server: receive and hash until EOF, or send BYTES of a \
+               pattern (i mod 251)",
         run: net::cmd_nc,
     },
     Command {

@@ -5,7 +5,7 @@ use alloc::vec;
 use sha2::{Digest, Sha256};
 
 use crate::kernel::time::uptime_ns;
-use crate::net::socket::{ping_once, TcpSocket};
+use crate::net::socket::{ping_once, TcpSocket, UdpSocket};
 use crate::net::{self, parse_address};
 use crate::{kprint, kprintln};
 
@@ -130,23 +130,124 @@ fn sink(socket: &TcpSocket) -> Result<(u64, String), net::socket::NetError> {
     Ok((total, hex(&hasher.finalize())))
 }
 
+const NC_USAGE: &str = "nc [-s BYTES] HOST PORT | nc -l PORT [-s BYTES] | \
+                        nc -u -s BYTES HOST PORT | nc -u -l PORT";
+/// Payload bytes per datagram `nc -u` sends.
+const UDP_CHUNK: usize = 1024;
+/// How long `nc -u -l` waits for the next datagram once one arrived.
+const UDP_IDLE_MS: u64 = 5_000;
+
+/// `nc -u -s BYTES HOST PORT`: sends BYTES of the pattern in 1024-byte datagrams, then an
+/// empty one (the end marker `nc -u -l` stops at). `nc -u -l PORT`: receives datagrams until
+/// an empty one or 5 s of silence and prints the bytes, datagrams and their SHA-256 in
+/// arrival order (UDP may lose or reorder; the counts show it).
+fn nc_udp(listen: bool, send: Option<u64>, positional: &[&str]) {
+    match (listen, send, positional) {
+        (true, None, [port]) => {
+            let Ok(port) = port.parse::<u16>() else {
+                return kprintln!("nc: invalid port {port:?}");
+            };
+            let socket = match UdpSocket::bind(port) {
+                Ok(s) => s,
+                Err(e) => return kprintln!("nc: bind udp port {port}: {e}"),
+            };
+            kprintln!("nc: listening on udp port {port}");
+            let mut hasher = Sha256::new();
+            let mut buffer = vec![0u8; net::socket::UDP_MAX_PAYLOAD];
+            let (mut total, mut datagrams, mut peer, mut started) = (0u64, 0u64, None, 0u64);
+            loop {
+                let timeout = if datagrams == 0 {
+                    u64::MAX
+                } else {
+                    UDP_IDLE_MS
+                };
+                match socket.recv_from(&mut buffer, timeout) {
+                    Ok((0, _)) => break,
+                    Ok((n, from)) => {
+                        if datagrams == 0 {
+                            started = uptime_ns();
+                            peer = Some(from);
+                        }
+                        hasher.update(&buffer[..n]);
+                        total += n as u64;
+                        datagrams += 1;
+                    }
+                    Err(net::socket::NetError::TimedOut) => break,
+                    Err(e) => return kprintln!("nc: receive: {e}"),
+                }
+            }
+            let from = peer
+                .map(|p| alloc::format!(" from {p}"))
+                .unwrap_or_default();
+            kprintln!(
+                "nc: received {} in {datagrams} datagrams{from} sha256 {}",
+                rate(total, uptime_ns().saturating_sub(started)),
+                hex(&hasher.finalize())
+            );
+        }
+        (false, Some(total), [host, port]) => {
+            let (Some(address), Ok(port)) = (parse_address(host), port.parse::<u16>()) else {
+                return kprintln!("nc: bad address {host} {port}");
+            };
+            let socket = match UdpSocket::bind(0) {
+                Ok(s) => s,
+                Err(e) => return kprintln!("nc: udp socket: {e}"),
+            };
+            let started = uptime_ns();
+            let mut hasher = Sha256::new();
+            let mut chunk = vec![0u8; UDP_CHUNK];
+            let (mut sent, mut datagrams) = (0u64, 0u64);
+            while sent < total {
+                let n = (total - sent).min(UDP_CHUNK as u64) as usize;
+                for (k, byte) in chunk[..n].iter_mut().enumerate() {
+                    *byte = pattern_byte(sent + k as u64);
+                }
+                if let Err(e) = socket.send_to(address, port, &chunk[..n], 10_000) {
+                    return kprintln!("nc: send to {host} port {port} (udp): {e}");
+                }
+                hasher.update(&chunk[..n]);
+                sent += n as u64;
+                datagrams += 1;
+            }
+            if let Err(e) = socket
+                .send_to(address, port, &[], 10_000)
+                .and_then(|()| socket.flush(10_000))
+            {
+                return kprintln!("nc: send the end marker: {e}");
+            }
+            kprintln!(
+                "nc: sent {} in {datagrams} datagrams sha256 {}",
+                rate(total, uptime_ns() - started),
+                hex(&hasher.finalize())
+            );
+        }
+        (false, None, [_, _]) => kprintln!("nc: -u needs -s BYTES to send (there is no stdin)"),
+        _ => kprintln!("usage: {NC_USAGE}"),
+    }
+}
+
 /// `nc -l PORT [-s BYTES]` / `nc HOST PORT [-s BYTES]`: TCP. Without `-s` it receives until
 /// the peer closes and prints the byte count and SHA-256 (sink-and-hash); with `-s N` it sends
 /// N bytes of the pattern `byte i = i mod 251` and prints their SHA-256.
 pub fn cmd_nc(args: &[&str], _: &str) {
     let mut listen = false;
+    let mut udp = false;
     let mut send = None;
     let mut positional = alloc::vec::Vec::new();
     let mut words = args.iter();
     while let Some(word) = words.next() {
         match *word {
             "-l" => listen = true,
+            "-u" => udp = true,
             "-s" => match words.next().and_then(|n| crate::shell::parse_size(n)) {
                 Some(n) => send = Some(n),
                 None => return kprintln!("nc: -s needs a byte count (e.g. 64M)"),
             },
             other => positional.push(other),
         }
+    }
+    if udp {
+        return nc_udp(listen, send, &positional);
     }
     let started;
     let socket = match (listen, positional.as_slice()) {
@@ -178,7 +279,7 @@ pub fn cmd_nc(args: &[&str], _: &str) {
                 Err(e) => return kprintln!("nc: connect to {host} port {port} (tcp) failed: {e}"),
             }
         }
-        _ => return kprintln!("usage: nc [-s BYTES] HOST PORT | nc -l PORT [-s BYTES]"),
+        _ => return kprintln!("usage: {NC_USAGE}"),
     };
     match send {
         Some(total) => match send_pattern(&socket, total) {
