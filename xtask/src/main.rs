@@ -28,7 +28,7 @@ cargo xtask <command> [options]
                                        (--vmm: on /dev/kvm with lull-vmm instead)
   test [--tier host|kernel|e2e] [--filter TEXT]
                                        run every test tier (host, in-kernel, end-to-end)
-  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops]
+  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops,blk]
                                        run the benchmarks (results go in BENCHMARKS.md)
 ";
 
@@ -911,7 +911,7 @@ fn closing_line(tally: &Tally) -> String {
 }
 
 const BENCH_PARTS: &[&str] = &[
-    "boot", "idle", "latency", "linux", "scale", "smp", "vmm", "migrate", "lazy", "pvops",
+    "boot", "idle", "latency", "linux", "scale", "smp", "vmm", "migrate", "lazy", "pvops", "blk",
 ];
 
 fn cmd_bench(args: &[String]) -> Result<(), String> {
@@ -936,6 +936,11 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
     };
     if wants("boot") {
         for row in bench::boot_time(options.runs.max(1))? {
+            record(row);
+        }
+    }
+    if wants("blk") {
+        for row in bench::block_throughput()? {
             record(row);
         }
     }

@@ -8,6 +8,9 @@
 //! * `blk flush DEV`, `blk discard DEV OFFSET LEN`.
 //! * `blk sum DEV OFFSET LEN` — SHA-256 of the range (many requests in flight), to compare
 //!   with `sha256sum` on the host.
+//! * `blk bench [-w] DEV [SIZE]` — sequential read (and with `-w` first a sequential write,
+//!   which overwrites the range) over SIZE (default 16M) in 64 KiB requests, 32 in flight; then
+//!   4 KiB random reads at queue depth 1 (IOPS, p50/p99 latency) and 32 (IOPS).
 //!
 //! Offsets and lengths take K/M/G suffixes; except for `read` they must be multiples of the
 //! disk's block size.
@@ -22,7 +25,8 @@ use crate::kernel::time::uptime_ns;
 use crate::kprintln;
 
 const USAGE: &str = "usage: blk list | read DEV OFFSET LEN | write DEV OFFSET LEN [BYTE] | \
-                     flush DEV | discard DEV OFFSET LEN | sum DEV OFFSET LEN";
+                     flush DEV | discard DEV OFFSET LEN | sum DEV OFFSET LEN | \
+                     bench [-w] DEV [SIZE]";
 /// The most `blk read` dumps.
 const MAX_DUMP: u64 = 4096;
 
@@ -54,6 +58,9 @@ fn dispatch(args: &[&str]) -> Result<(), String> {
     };
     if sub == "list" {
         return list();
+    }
+    if sub == "bench" {
+        return bench(rest);
     }
     let name = rest
         .first()
@@ -210,5 +217,92 @@ fn list() -> Result<(), String> {
         );
     }
     crate::kprint!("{text}");
+    Ok(())
+}
+
+/// A xorshift step (the random offsets of `blk bench`).
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn bench(args: &[&str]) -> Result<(), String> {
+    let (write, args) = match args.split_first() {
+        Some((&"-w", rest)) => (true, rest),
+        _ => (false, args),
+    };
+    let name = args
+        .first()
+        .ok_or_else(|| String::from("usage: blk bench [-w] DEV [SIZE]"))?;
+    let disk = block::disk(name).map_err(|e| alloc::format!("blk: {e}"))?;
+    let size = match args.get(1) {
+        Some(_) => size_arg(args.get(1), "SIZE")?,
+        None => (16 << 20).min(disk.bytes() / 65536 * 65536),
+    };
+    if size < 65536 || size % 65536 != 0 {
+        return Err(String::from("blk bench: SIZE must be a multiple of 64K"));
+    }
+    let fail = |e: block::BlockError| alloc::format!("blk bench {name}: {e}");
+    let mut line = alloc::format!("blk bench {name} {size} bytes:");
+    if write {
+        let started = uptime_ns();
+        disk.transfer(Op::Write, 0, size, DEFAULT_DEPTH, |_, _| {}, |_, _| {})
+            .and_then(|()| disk.flush())
+            .map_err(fail)?;
+        let _ = write!(line, " seqwrite {}", rate(size, uptime_ns() - started));
+    }
+    let started = uptime_ns();
+    disk.transfer(Op::Read, 0, size, DEFAULT_DEPTH, |_, _| {}, |_, _| {})
+        .map_err(fail)?;
+    let _ = write!(line, " seqread {}", rate(size, uptime_ns() - started));
+    let blocks = size / 4096;
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    // Queue depth 1: each read waits for the previous one.
+    const QD1: usize = 1000;
+    let mut latencies = alloc::vec::Vec::with_capacity(QD1);
+    let started = uptime_ns();
+    for _ in 0..QD1 {
+        let offset = next_random(&mut state) % blocks * 4096;
+        let begun = uptime_ns();
+        disk.start(Op::Read, offset, 4096, |_| {})
+            .and_then(|request| request.wait())
+            .map_err(fail)?;
+        latencies.push(uptime_ns() - begun);
+    }
+    let took = uptime_ns() - started;
+    latencies.sort_unstable();
+    let _ = write!(
+        line,
+        " randread4k qd1 {} IOPS (p50 {} us, p99 {} us)",
+        QD1 as u64 * 1_000_000_000 / took.max(1),
+        latencies[QD1 / 2] / 1000,
+        latencies[QD1 * 99 / 100] / 1000
+    );
+    // Queue depth 32.
+    const QD32: usize = 4000;
+    let mut in_flight = alloc::collections::VecDeque::new();
+    let started = uptime_ns();
+    for _ in 0..QD32 {
+        if in_flight.len() == 32 {
+            if let Some(request) = in_flight.pop_front() {
+                let request: alloc::sync::Arc<block::Request> = request;
+                request.wait().map_err(fail)?;
+            }
+        }
+        let offset = next_random(&mut state) % blocks * 4096;
+        in_flight.push_back(disk.start(Op::Read, offset, 4096, |_| {}).map_err(fail)?);
+    }
+    for request in in_flight {
+        request.wait().map_err(fail)?;
+    }
+    let took = uptime_ns() - started;
+    let _ = write!(
+        line,
+        " qd32 {} IOPS",
+        QD32 as u64 * 1_000_000_000 / took.max(1)
+    );
+    kprintln!("{line}");
     Ok(())
 }
