@@ -1087,11 +1087,12 @@ fn lspci_matches_qemu_info_pci() -> TestResult {
     poweroff_exits_zero(&mut guest)
 }
 
-/// The header of `/proc/interrupts`: `CPU0 CPU1 ...`, one per online CPU.
+/// The header of `/proc/interrupts`: `CPU0 CPU1 ...`, one per online CPU (kernel messages
+/// printed while the command ran, such as a driver's probe line, may come before it).
 fn interrupt_columns(interrupts: &str) -> Vec<String> {
     interrupts
         .lines()
-        .next()
+        .find(|line| line.trim_start().starts_with("CPU0"))
         .unwrap_or("")
         .split_whitespace()
         .map(str::to_string)
