@@ -4,8 +4,11 @@
 //!
 //! * Receive: a pool of [`RX_BUFFERS`] DMA buffers is kept posted. The interrupt thread takes
 //!   each completed buffer, hands the frame (the 12-byte virtio header stripped) to the stack
-//!   with `net::netif_rx`, and posts the buffer again. Under load one wake-up drains every
-//!   completed buffer (NAPI's poll loop, in the threaded handler); while idle nothing runs.
+//!   with `net::netif_rx`, and posts the buffer again. NAPI's scheme, in the threaded handler:
+//!   the first interrupt turns the device's receive interrupts off, the thread polls in passes
+//!   of at most [`NAPI_BUDGET`] frames (yielding the CPU between passes under load), and turns
+//!   interrupts back on only when a pass finds the ring empty — re-checking after enabling, so
+//!   a frame that raced in is not left waiting. While idle nothing runs.
 //! * Transmit: [`TX_SLOTS`] DMA slots; `transmit` copies the frame behind a zeroed header,
 //!   offers it, rings the doorbell when the device wants, and reclaims completed slots first.
 //!   With every slot in flight the frame is dropped and counted (the stack retransmits).
@@ -45,6 +48,8 @@ const SLOT: usize = 2048;
 pub const RX_BUFFERS: u16 = 64;
 /// Transmit slots.
 pub const TX_SLOTS: u16 = 64;
+/// Frames one receive pass takes before the thread yields (Linux's NAPI weight is 64).
+pub const NAPI_BUDGET: usize = 64;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 
@@ -95,14 +100,44 @@ impl VirtioNet {
         queue.add(&[], &[segment], slot).is_ok()
     }
 
-    /// Takes every completed receive buffer, hands its frame to the stack, reposts it.
-    fn receive(&self) {
+    /// NAPI: receive interrupts off, passes of at most [`NAPI_BUDGET`] frames until one
+    /// finds nothing, then interrupts on again (and one more pass if frames raced in).
+    fn poll_receive(&self) {
+        self.rx.lock().disable_callbacks();
+        loop {
+            if self.state.load(Ordering::Acquire) != RUNNING {
+                return;
+            }
+            let taken = self.receive(NAPI_BUDGET);
+            if taken == NAPI_BUDGET {
+                // More may be waiting: let other threads (the stack's) run, then go on.
+                crate::kernel::sched::yield_now();
+                continue;
+            }
+            // (Its own statement: the lock must be released before an arm takes it again.)
+            let raced = self.rx.lock().enable_callbacks();
+            match raced {
+                Ok(false) => return,
+                Ok(true) => self.rx.lock().disable_callbacks(),
+                Err(error) => {
+                    self.fail(alloc::format!("receive queue: {error}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes up to `budget` completed receive buffers, hands their frames to the stack,
+    /// reposts them. Returns how many it took.
+    fn receive(&self, budget: usize) -> usize {
         let index = self.netif.load(Ordering::Acquire);
         let mut repost = false;
-        loop {
+        let mut taken = 0;
+        while taken < budget {
             let popped = self.rx.lock().pop_used();
             match popped {
                 Ok(Some((slot, len))) => {
+                    taken += 1;
                     let len = (len as usize).min(SLOT);
                     if len > HEADER && index != usize::MAX {
                         let mut frame = alloc::vec![0u8; len - HEADER];
@@ -115,20 +150,21 @@ impl VirtioNet {
                     if !Self::post_rx(&mut queue, self.rx_bus, slot) {
                         drop(queue);
                         self.fail(String::from("cannot repost a receive buffer"));
-                        return;
+                        return taken;
                     }
                     repost = true;
                 }
                 Ok(None) => break,
                 Err(error) => {
                     self.fail(alloc::format!("receive queue: {error}"));
-                    return;
+                    return taken;
                 }
             }
         }
         if repost && self.rx.lock().should_notify().unwrap_or(false) {
             self.device.notify(RX_QUEUE);
         }
+        taken
     }
 
     /// Reclaims transmitted slots (transmit lock held).
@@ -201,7 +237,7 @@ impl VirtioCallbacks for VirtioNet {
         if self.state.load(Ordering::Acquire) != RUNNING {
             return;
         }
-        self.receive();
+        self.poll_receive();
         let reclaimed = {
             let mut tx = self.tx.lock();
             self.reclaim(&mut tx)
