@@ -48,8 +48,10 @@ mount -t tmpfs tmpfs /dev/shm
 mode=idle
 idle_s=10
 loops=10000
+blk_bytes=16777216
 for word in $(cat /proc/cmdline); do
     case "$word" in
+        linuxref.blk_bytes=*) blk_bytes="${word#linuxref.blk_bytes=}" ;;
         linuxref.mode=*) mode="${word#linuxref.mode=}" ;;
         linuxref.idle_s=*) idle_s="${word#linuxref.idle_s=}" ;;
         linuxref.loops=*) loops="${word#linuxref.loops=}" ;;
@@ -60,6 +62,16 @@ case "$mode" in
         echo LINUXREF-IDLE-START
         sleep "$idle_s"
         echo LINUXREF-IDLE-END
+        ;;
+    blk)
+        # Debian builds virtio as modules; load the block path, then measure /dev/vda.
+        for module in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+            insmod "/modules/$module.ko"
+        done
+        for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
+        echo LINUXREF-BLK-START
+        /bin/blkbench /dev/vda "$blk_bytes"
+        echo LINUXREF-BLK-END
         ;;
     latency)
         # Let boot-time deferred work settle first.
@@ -73,6 +85,44 @@ esac
 echo LINUXREF-DONE
 poweroff -f
 "#;
+
+/// The modules the `blk` mode loads, in dependency order (Debian builds virtio as modules).
+const BLK_MODULES: [&str; 6] = [
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "virtio_blk",
+];
+
+/// The block benchmark Linux runs: the same measurements as Lull's `blk bench -w` (O_DIRECT,
+/// Linux AIO with 32 in flight, 4 KiB random reads at depth 1 and 32), built statically here.
+const BLKBENCH_C: &str = include_str!("linuxref/blkbench.c");
+
+/// Linux's `blkbench` line (`blk bench vda … IOPS`) on q35 with `-drive` args `drive` (the
+/// same QEMU configuration as Lull's `cargo xtask bench --filter blk`).
+pub fn measure_linux_blk(drive: &[String], bytes: u64) -> Result<String, String> {
+    crate::tools::ensure_qemu()?;
+    let dir = crate::kernel::repo_root().join("target").join("linuxref");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let kernel = debian_kernel(&dir)?;
+    let initramfs = build_initramfs(&dir)?;
+    let mut config = reference_config(
+        &kernel,
+        &initramfs,
+        &format!("linuxref.mode=blk linuxref.blk_bytes={bytes}"),
+    );
+    config.extra.extend(drive.iter().cloned());
+    let mut guest = Guest::spawn(&config)?;
+    guest.expect("LINUXREF-BLK-START", Duration::from_secs(180))?;
+    let text = guest.expect("LINUXREF-BLK-END", Duration::from_secs(600))?;
+    finish(&mut guest)?;
+    text.lines()
+        .find(|line| line.starts_with("blk bench vda"))
+        .map(|line| line.trim().to_string())
+        .ok_or_else(|| format!("Linux blkbench printed:\n{text}"))
+}
 
 /// How long each phase runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,8 +474,11 @@ fn ensure_program(program: &str, package: &str) -> Result<PathBuf, String> {
 /// the first time (and reused after, so later runs need neither apt nor the network).
 fn debian_kernel(dir: &Path) -> Result<PathBuf, String> {
     let kernel_dir = dir.join("kernel");
+    // (A kernel unpacked before the modules were needed is unpacked again.)
     if let Some(found) = find_vmlinuz(&kernel_dir.join("boot")) {
-        return Ok(found);
+        if find_module(&kernel_dir, "virtio_blk").is_some() {
+            return Ok(found);
+        }
     }
     for program in ["apt-get", "apt-cache", "dpkg-deb", "tar"] {
         find_program(program).ok_or(format!(
@@ -465,13 +518,17 @@ fn debian_kernel(dir: &Path) -> Result<PathBuf, String> {
         })
         .ok_or(format!("apt-get download left no {package}_*.deb"))?;
     std::fs::create_dir_all(&kernel_dir).map_err(|e| format!("{}: {e}", kernel_dir.display()))?;
-    // Only the bzImage and its config: the modules are not needed (everything the guest uses
-    // is built in).
+    // The bzImage, its config and the virtio modules the block benchmark loads.
+    let modules: Vec<String> = BLK_MODULES
+        .iter()
+        .map(|m| format!("'./lib/modules/*/{m}.ko'"))
+        .collect();
     shell(
         &format!(
-            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*' './boot/config-*'",
+            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*' './boot/config-*' {}",
             deb.display(),
-            kernel_dir.display()
+            kernel_dir.display(),
+            modules.join(" ")
         ),
         "unpacking the kernel",
     )?;
@@ -493,6 +550,48 @@ fn kernel_package() -> Result<String, String> {
         .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
         .map(str::to_string)
         .ok_or("apt-cache knows no linux-image-amd64".to_string())
+}
+
+/// `kernel_dir/lib/modules/*/…/NAME.ko`.
+fn find_module(kernel_dir: &Path, name: &str) -> Option<PathBuf> {
+    fn walk(dir: &Path, file: &str) -> Option<PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                if let Some(found) = walk(&path, file) {
+                    return Some(found);
+                }
+            } else if path.file_name().is_some_and(|n| n == file) {
+                return Some(path);
+            }
+        }
+        None
+    }
+    walk(&kernel_dir.join("lib/modules"), &format!("{name}.ko"))
+}
+
+/// Compiles [`BLKBENCH_C`] statically with the host's gcc into `dir/blkbench`.
+fn build_blkbench(dir: &Path) -> Result<PathBuf, String> {
+    let gcc = ensure_program("gcc", "gcc")?;
+    let source = dir.join("blkbench.c");
+    let binary = dir.join("blkbench");
+    let stale = std::fs::read_to_string(&source).map_or(true, |old| old != BLKBENCH_C);
+    if stale || !binary.is_file() {
+        std::fs::write(&source, BLKBENCH_C).map_err(|e| format!("{}: {e}", source.display()))?;
+        let out = Command::new(gcc)
+            .args(["-O2", "-static", "-Wall", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .output()
+            .map_err(|e| format!("cannot run gcc: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "gcc -static blkbench.c failed (is libc6-dev installed?):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(binary)
 }
 
 fn find_vmlinuz(boot: &Path) -> Option<PathBuf> {
@@ -521,6 +620,12 @@ fn build_initramfs(dir: &Path) -> Result<PathBuf, String> {
     files.push(("init".into(), INIT_SCRIPT.as_bytes().to_vec(), 0o755));
     files.push(("bin/busybox".into(), read(&busybox)?, 0o755));
     files.push(("bin/cyclictest".into(), read(&cyclictest)?, 0o755));
+    files.push(("bin/blkbench".into(), read(&build_blkbench(dir)?)?, 0o755));
+    for module in BLK_MODULES {
+        let path = find_module(&dir.join("kernel"), module)
+            .ok_or(format!("the Debian kernel package has no {module}.ko"))?;
+        files.push((format!("modules/{module}.ko"), read(&path)?, 0o644));
+    }
     let mut libraries = BTreeSet::new();
     for binary in [&busybox, &cyclictest] {
         libraries.extend(shared_libraries(binary)?);
