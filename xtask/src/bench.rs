@@ -225,6 +225,130 @@ pub fn block_throughput() -> Result<Vec<String>, String> {
     Ok(rows)
 }
 
+/// A host sink for a guest's TCP stream: accepts one connection, reads `bytes` (or to EOF),
+/// closes, and returns the bytes and the time from the first byte to the last.
+fn tcp_sink(
+    listener: std::net::TcpListener,
+    bytes: u64,
+) -> std::thread::JoinHandle<Result<(u64, f64), String>> {
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let (mut stream, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(300)))
+            .map_err(|e| e.to_string())?;
+        let mut buffer = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        let mut first: Option<Instant> = None;
+        while total < bytes {
+            let n = stream.read(&mut buffer).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            first.get_or_insert_with(Instant::now);
+            total += n as u64;
+        }
+        let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        Ok((total, seconds))
+    })
+}
+
+/// Sends `bytes` of zeros to `127.0.0.1:port` (retrying the connect while the guest's listener
+/// comes up) and returns when the host has written them and closed.
+fn tcp_send(port: u16, bytes: u64) -> Result<Instant, String> {
+    use std::io::Write as _;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() > deadline => return Err(format!("connect: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let started = Instant::now();
+    let chunk = vec![0u8; 1 << 16];
+    let mut sent = 0u64;
+    while sent < bytes {
+        stream.write_all(&chunk).map_err(|e| format!("send: {e}"))?;
+        sent += chunk.len() as u64;
+    }
+    Ok(started)
+}
+
+fn mib_s(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9)
+}
+
+/// TCP throughput over QEMU's user network on q35 (virtio-net-pci), 64 MiB each way, timed on
+/// the host: guest → host from the sink's first byte to its last; host → guest from the
+/// host's connect until the guest's console says it has everything. Lull (`nc`) and Debian's
+/// Linux 6.1 (busybox `nc`, `dd`) in the same run and configuration; both guests compute the
+/// SHA-256 of what they send and receive (Lull's `nc` always does; Linux pipes through
+/// `sha256sum`), so neither is spared that work.
+pub fn tcp_throughput() -> Result<Vec<String>, String> {
+    const BYTES: u64 = 64 << 20;
+    let shell = kernel::build(&Variant::shell(true))?;
+    let mut rows = Vec::new();
+    for system in ["Lull", "Linux 6.1"] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| format!("host listener: {e}"))?;
+        let sink_port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let forward = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free host port: {e}"))?
+            .port();
+        let netdev = [
+            "-netdev".to_string(),
+            format!("user,id=n0,hostfwd=tcp:127.0.0.1:{forward}-:5001"),
+            "-device".to_string(),
+            "virtio-net-pci,netdev=n0".to_string(),
+        ];
+        let sink = tcp_sink(listener, BYTES);
+        let long = Duration::from_secs(600);
+        let (out_bytes, out_s, in_s) = if system == "Lull" {
+            let mut config = QemuConfig::new(&shell);
+            config.extra = netdev.to_vec();
+            let mut guest = Guest::spawn(&config)?;
+            guest.expect("DHCP lease 10.0.2.15", Duration::from_secs(60))?;
+            guest.run(&format!("nc -s {BYTES} 10.0.2.2 {sink_port}"), long)?;
+            let (out_bytes, out_s) = sink.join().map_err(|_| "sink panicked")??;
+            guest.send(b"nc -l 5001\n")?;
+            guest.expect("listening on port 5001", Duration::from_secs(30))?;
+            let started = tcp_send(forward, BYTES)?;
+            guest.expect(&format!("received {BYTES} bytes"), long)?;
+            let in_s = started.elapsed().as_secs_f64();
+            guest.send(b"poweroff\n")?;
+            let _ = guest.wait_exit(Duration::from_secs(30));
+            (out_bytes, out_s, in_s)
+        } else {
+            let mut guest = crate::linuxref::boot_linux_net(&netdev, BYTES, sink_port)?;
+            let (out_bytes, out_s) = sink.join().map_err(|_| "sink panicked")??;
+            guest.expect("LINUXREF-NET-SENT", long)?;
+            // busybox nc says nothing when it listens; give it a moment (QEMU's forward
+            // accepts at once and resets the connection if nothing listens in the guest yet).
+            std::thread::sleep(Duration::from_secs(2));
+            let started = tcp_send(forward, BYTES)?;
+            guest.expect("LINUXREF-NET-RECEIVED", long)?;
+            let in_s = started.elapsed().as_secs_f64();
+            crate::linuxref::finish_linux(&mut guest)?;
+            (out_bytes, out_s, in_s)
+        };
+        if out_bytes != BYTES {
+            return Err(format!(
+                "{system}: the host received {out_bytes} of {BYTES} bytes"
+            ));
+        }
+        let row = format!(
+            "tcp {system} q35 (virtio-net-pci, user net): guest -> host {:.2} MiB/s, host -> guest {:.2} MiB/s (64 MiB each, host-timed)",
+            mib_s(BYTES, out_s),
+            mib_s(BYTES, in_s)
+        );
+        println!("{row}");
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 /// Interrupts a Lull guest took while idle at its prompt, counted from QEMU's trace.
 pub struct IdleMeasurement {
     pub counts: crate::trace::Counts,

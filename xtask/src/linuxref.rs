@@ -49,8 +49,12 @@ mode=idle
 idle_s=10
 loops=10000
 blk_bytes=16777216
+net_bytes=67108864
+net_port=5001
 for word in $(cat /proc/cmdline); do
     case "$word" in
+        linuxref.net_bytes=*) net_bytes="${word#linuxref.net_bytes=}" ;;
+        linuxref.net_port=*) net_port="${word#linuxref.net_port=}" ;;
         linuxref.blk_bytes=*) blk_bytes="${word#linuxref.blk_bytes=}" ;;
         linuxref.mode=*) mode="${word#linuxref.mode=}" ;;
         linuxref.idle_s=*) idle_s="${word#linuxref.idle_s=}" ;;
@@ -72,6 +76,28 @@ case "$mode" in
         echo LINUXREF-BLK-START
         /bin/blkbench /dev/vda "$blk_bytes"
         echo LINUXREF-BLK-END
+        ;;
+    net)
+        # virtio-net (Debian builds it as modules), a static address on QEMU's user network,
+        # then `net_bytes` to the host's sink and as many from the host (see bench.rs).
+        for module in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net; do
+            insmod "/modules/$module.ko"
+        done
+        for i in 1 2 3 4 5 6 7 8 9 10; do [ -d /sys/class/net/eth0 ] && break; sleep 1; done
+        ip link set lo up
+        ip link set eth0 up
+        ip addr add 10.0.2.15/24 dev eth0
+        ip route add default via 10.0.2.2
+        sleep 1
+        echo LINUXREF-NET-READY
+        # Both ways hash what they move, as Lull's nc does (its send and sink-and-hash modes).
+        mkfifo /tmp/sent
+        sha256sum < /tmp/sent &
+        dd if=/dev/zero bs=65536 count=$((net_bytes / 65536)) 2>/dev/null | tee /tmp/sent | nc 10.0.2.2 "$net_port"
+        wait
+        echo LINUXREF-NET-SENT
+        nc -l -p 5001 | sha256sum
+        echo LINUXREF-NET-RECEIVED
         ;;
     latency)
         # Let boot-time deferred work settle first.
@@ -95,6 +121,9 @@ const BLK_MODULES: [&str; 6] = [
     "virtio_pci",
     "virtio_blk",
 ];
+
+/// The network modules the `net` mode loads after [`BLK_MODULES`]' virtio core.
+const NET_MODULES: [&str; 3] = ["failover", "net_failover", "virtio_net"];
 
 /// The block benchmark Linux runs: the same measurements as Lull's `blk bench -w` (O_DIRECT,
 /// Linux AIO with 32 in flight, 4 KiB random reads at depth 1 and 32), built statically here.
@@ -122,6 +151,31 @@ pub fn measure_linux_blk(drive: &[String], bytes: u64) -> Result<String, String>
         .find(|line| line.starts_with("blk bench vda"))
         .map(|line| line.trim().to_string())
         .ok_or_else(|| format!("Linux blkbench printed:\n{text}"))
+}
+
+/// Boots the Linux reference on q35 with `netdev` (a `-netdev user,…` plus its
+/// `virtio-net-pci`) in `net` mode and returns the guest once it is configured; the caller
+/// drives the transfers (`LINUXREF-NET-SENT`, `LINUXREF-NET-RECEIVED` mark their ends).
+pub fn boot_linux_net(netdev: &[String], bytes: u64, sink_port: u16) -> Result<Guest, String> {
+    crate::tools::ensure_qemu()?;
+    let dir = crate::kernel::repo_root().join("target").join("linuxref");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let kernel = debian_kernel(&dir)?;
+    let initramfs = build_initramfs(&dir)?;
+    let mut config = reference_config(
+        &kernel,
+        &initramfs,
+        &format!("linuxref.mode=net linuxref.net_bytes={bytes} linuxref.net_port={sink_port}"),
+    );
+    config.extra.extend(netdev.iter().cloned());
+    let mut guest = Guest::spawn(&config)?;
+    guest.expect("LINUXREF-NET-READY", Duration::from_secs(180))?;
+    Ok(guest)
+}
+
+/// Waits for the reference guest to finish and power off.
+pub fn finish_linux(guest: &mut Guest) -> Result<(), String> {
+    finish(guest)
 }
 
 /// How long each phase runs.
@@ -476,7 +530,9 @@ fn debian_kernel(dir: &Path) -> Result<PathBuf, String> {
     let kernel_dir = dir.join("kernel");
     // (A kernel unpacked before the modules were needed is unpacked again.)
     if let Some(found) = find_vmlinuz(&kernel_dir.join("boot")) {
-        if find_module(&kernel_dir, "virtio_blk").is_some() {
+        if find_module(&kernel_dir, "virtio_blk").is_some()
+            && find_module(&kernel_dir, "virtio_net").is_some()
+        {
             return Ok(found);
         }
     }
@@ -521,6 +577,7 @@ fn debian_kernel(dir: &Path) -> Result<PathBuf, String> {
     // The bzImage, its config and the virtio modules the block benchmark loads.
     let modules: Vec<String> = BLK_MODULES
         .iter()
+        .chain(NET_MODULES.iter())
         .map(|m| format!("'./lib/modules/*/{m}.ko'"))
         .collect();
     shell(
@@ -621,7 +678,7 @@ fn build_initramfs(dir: &Path) -> Result<PathBuf, String> {
     files.push(("bin/busybox".into(), read(&busybox)?, 0o755));
     files.push(("bin/cyclictest".into(), read(&cyclictest)?, 0o755));
     files.push(("bin/blkbench".into(), read(&build_blkbench(dir)?)?, 0o755));
-    for module in BLK_MODULES {
+    for module in BLK_MODULES.iter().chain(NET_MODULES.iter()) {
         let path = find_module(&dir.join("kernel"), module)
             .ok_or(format!("the Debian kernel package has no {module}.ko"))?;
         files.push((format!("modules/{module}.ko"), read(&path)?, 0o644));

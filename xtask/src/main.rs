@@ -28,7 +28,7 @@ cargo xtask <command> [options]
                                        (--vmm: on /dev/kvm with lull-vmm instead)
   test [--tier host|kernel|e2e] [--filter TEXT]
                                        run every test tier (host, in-kernel, end-to-end)
-  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops,blk]
+  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops,blk,tcp]
                                        run the benchmarks (results go in BENCHMARKS.md)
 ";
 
@@ -912,6 +912,7 @@ fn closing_line(tally: &Tally) -> String {
 
 const BENCH_PARTS: &[&str] = &[
     "boot", "idle", "latency", "linux", "scale", "smp", "vmm", "migrate", "lazy", "pvops", "blk",
+    "tcp",
 ];
 
 fn cmd_bench(args: &[String]) -> Result<(), String> {
@@ -941,6 +942,11 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
     }
     if wants("blk") {
         for row in bench::block_throughput()? {
+            record(row);
+        }
+    }
+    if wants("tcp") {
+        for row in bench::tcp_throughput()? {
             record(row);
         }
     }
