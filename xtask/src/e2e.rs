@@ -157,6 +157,10 @@ pub const TESTS: &[Test] = &[
         run: virtio_blk_on_q35_and_microvm_hashes_writes_and_flushes,
     },
     Test {
+        name: "virtio_net_unbind_bind_leaks_nothing_and_traffic_resumes",
+        run: virtio_net_unbind_bind_leaks_nothing_and_traffic_resumes,
+    },
+    Test {
         name: "virtio_net_64mib_each_way_with_equal_sha256",
         run: virtio_net_64mib_each_way_with_equal_sha256,
     },
@@ -1340,6 +1344,104 @@ fn udp_each_way(guest: &mut Guest, forward: u16) -> TestResult {
         "guest nc -u -l:\n{answer}"
     );
     Ok(())
+}
+
+/// virtio-net on microvm through 20 unbind/bind cycles from `/sys`: the leak counters
+/// (`/proc/devres_leaks`: IRQ lines, port and MMIO claims, DMA and free pages exactly, the heap
+/// within 1 KiB) return to their values with the driver unbound, the interface comes back as
+/// `eth0` (no stale `ethN` piles up), and traffic resumes (DHCP lease, ping).
+fn virtio_net_unbind_bind_leaks_nothing_and_traffic_resumes() -> TestResult {
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.machine = Machine::Microvm;
+    config.extra = [
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-netdev",
+        "user,id=n0",
+        "-device",
+        "virtio-net-device,netdev=n0",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut guest = boot(&config)?;
+    if !guest.output().contains("DHCP lease 10.0.2.15") {
+        guest.expect("DHCP lease 10.0.2.15", STEP)?;
+    }
+    let listing = guest.run("ls /sys/bus/virtio/drivers/virtio_net", STEP)?;
+    let device = listing
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("virtio"))
+        .ok_or_else(|| format!("no device bound to virtio_net:\n{listing}"))?
+        .to_string();
+    let unbind = format!("echo {device} > /sys/bus/virtio/drivers/virtio_net/unbind");
+    let bind = format!("echo {device} > /sys/bus/virtio/drivers/virtio_net/bind");
+    // Warm-up cycles (tables that grow on first use reach their size), then the baseline with
+    // the driver unbound.
+    guest.run(&unbind, STEP)?;
+    for _ in 0..5 {
+        guest.run(&bind, STEP)?;
+        guest.run(&unbind, STEP)?;
+    }
+    let counters = |guest: &mut Guest| -> Result<String, NotPassed> {
+        let text = guest.run("cat /proc/devres_leaks", STEP)?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('['))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = counters(&mut guest)?;
+    for _ in 0..20 {
+        guest.run(&bind, STEP)?;
+        guest.run(&unbind, STEP)?;
+    }
+    // Interrupt threads are reaped asynchronously: allow them a moment. Every counter must
+    // return exactly except the heap, which is allowed 1 KiB: across runs it settles within
+    // 16-48 bytes of the baseline (not explained yet: the same drift shows while the shell
+    // merely sleeps), while the slot leak this test was written for grew it by 2.6 KiB a cycle.
+    let heap = |text: &str| -> Option<i64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix("heap_bytes "))
+            .and_then(|n| n.trim().parse().ok())
+    };
+    let others = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with("heap_bytes"))
+            .map(str::to_string)
+            .collect()
+    };
+    let settled = |after: &str| {
+        others(after) == others(&before)
+            && matches!((heap(after), heap(&before)), (Some(a), Some(b)) if (a - b).abs() <= 1024)
+    };
+    let mut after = String::new();
+    for _ in 0..20 {
+        after = counters(&mut guest)?;
+        if settled(&after) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ensure!(
+        settled(&after),
+        "after 20 unbind/bind cycles:\n{after}\nbefore:\n{before}"
+    );
+    let from = guest.output().len();
+    guest.run(&bind, STEP)?;
+    if !guest.output()[from..].contains("DHCP lease 10.0.2.15") {
+        guest.expect("DHCP lease 10.0.2.15", STEP)?;
+    }
+    let addr = guest.run("ip addr", STEP)?;
+    ensure!(
+        addr.contains("eth0") && !addr.contains("eth1") && addr.contains("inet 10.0.2.15/24"),
+        "ip addr after rebinding:\n{addr}"
+    );
+    let ping = guest.run("ping 10.0.2.2 -c 2", STEP)?;
+    ensure!(ping.contains("2 received"), "ping after rebinding:\n{ping}");
+    poweroff_exits_zero(&mut guest)
 }
 
 /// Byte `i` of what `nc -s` sends (the guest's pattern, `i mod 251`).

@@ -170,6 +170,10 @@ struct Netif {
     gateway: Option<Ipv4Address>,
     /// False once its driver unregistered it (kept for the counters; no traffic).
     up: bool,
+    /// Unregistered: its name is free again, and once no socket of its set is left (their
+    /// owners dropped them) the next interface registered takes its slot. Slot indices are
+    /// what sockets and drivers hold, so a slot is reused only when nobody can hold one.
+    gone: bool,
     /// The interface's sockets. Each interface polls only its own: a socket set shared by
     /// several interfaces would send a socket's segments out of whichever polled first.
     sockets: SocketSet<'static>,
@@ -273,6 +277,11 @@ pub fn netif_rx(index: usize, frame: Vec<u8>) {
 }
 
 fn add_netif(stack: &mut Stack, name: String, link: Link) -> usize {
+    stack.netifs.push(new_netif(name, link));
+    stack.netifs.len() - 1
+}
+
+fn new_netif(name: String, link: Link) -> Netif {
     let (medium, hardware, max_frame) = match &link {
         Link::Loopback => (Medium::Ip, HardwareAddress::Ip, 65535),
         Link::Device(device) => (
@@ -291,16 +300,16 @@ fn add_netif(stack: &mut Stack, name: String, link: Link) -> usize {
     let mut config = Config::new(hardware);
     config.random_seed = crate::kernel::time::uptime_ns() ^ 0x9e37_79b9_7f4a_7c15;
     let iface = Interface::new(config, &mut port, now());
-    stack.netifs.push(Netif {
+    Netif {
         name,
         iface,
         port,
         dhcp: None,
         gateway: None,
         up: true,
+        gone: false,
         sockets: SocketSet::new(Vec::new()),
-    });
-    stack.netifs.len() - 1
+    }
 }
 
 /// Linux's `ip=` value, parsed: `None` = DHCP.
@@ -369,14 +378,28 @@ fn ip_param() -> Option<StaticConfig> {
 /// Returns its index for [`netif_rx`]. Thread context.
 pub fn register_netdev(device: Arc<dyn NetDevice>) -> Option<usize> {
     let mac = device.mac();
-    let index = with_stack(|stack| {
-        let number = stack
+    let registered = with_stack(|stack| {
+        // The lowest free name, as Linux's eth%d; the slot of a gone interface nobody holds a
+        // socket of, else a new one.
+        let name = (0..)
+            .map(|n| alloc::format!("eth{n}"))
+            .find(|candidate| !stack.netifs.iter().any(|n| !n.gone && &n.name == candidate))
+            .unwrap_or_default();
+        let netif = new_netif(name.clone(), Link::Device(device));
+        let reusable = stack
             .netifs
             .iter()
-            .filter(|n| n.name.starts_with("eth"))
-            .count();
-        let name = alloc::format!("eth{number}");
-        let index = add_netif(stack, name.clone(), Link::Device(device));
+            .position(|n| n.gone && n.sockets.iter().next().is_none());
+        let index = match reusable {
+            Some(slot) => {
+                stack.netifs[slot] = netif;
+                slot
+            }
+            None => {
+                stack.netifs.push(netif);
+                stack.netifs.len() - 1
+            }
+        };
         let config = ip_param().filter(|c| c.device.as_deref().is_none_or(|d| d == name));
         let netif = &mut stack.netifs[index];
         match config {
@@ -396,11 +419,11 @@ pub fn register_netdev(device: Arc<dyn NetDevice>) -> Option<usize> {
                 printk!("net: {name}: DHCP");
             }
         }
-        index
+        (index, name)
     })?;
+    let (index, name) = registered;
     printk!(
-        "net: eth{}: MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        index - 1,
+        "net: {name}: MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         mac[0],
         mac[1],
         mac[2],
@@ -412,11 +435,13 @@ pub fn register_netdev(device: Arc<dyn NetDevice>) -> Option<usize> {
     Some(index)
 }
 
-/// Takes an interface down (its driver unbinds): no more traffic, addresses dropped.
+/// Takes an interface down (its driver unbinds): no more traffic, addresses dropped, its name
+/// free again; its slot is reused once its sockets' owners have let go of them.
 pub fn unregister_netdev(index: usize) {
     with_stack(|stack| {
         if let Some(netif) = stack.netifs.get_mut(index) {
             netif.up = false;
+            netif.gone = true;
             netif.port.link = Link::Loopback;
             netif.port.rx.clear();
             netif.iface.update_ip_addrs(|addrs| addrs.clear());
@@ -574,7 +599,7 @@ fn proc_net_dev() -> String {
     );
     let overflow = RX_OVERFLOW.load(Ordering::Relaxed);
     with_stack(|stack| {
-        for netif in &stack.netifs {
+        for netif in stack.netifs.iter().filter(|n| !n.gone) {
             let s = netif.port.stats;
             let drops = s.rx_dropped + if netif.name == "lo" { 0 } else { overflow };
             let _ = writeln!(
@@ -592,7 +617,7 @@ fn proc_net_dev() -> String {
 pub fn ip_addr() -> String {
     let mut out = String::new();
     with_stack(|stack| {
-        for (index, netif) in stack.netifs.iter().enumerate() {
+        for (index, netif) in stack.netifs.iter().enumerate().filter(|(_, n)| !n.gone) {
             let state = if netif.up { "UP" } else { "DOWN" };
             let (flags, mtu) = match netif.port.medium {
                 Medium::Ip => ("LOOPBACK,UP,LOWER_UP", 65536),
