@@ -179,7 +179,11 @@ pub fn irq_latency(samples: u64, delay_us: u64) -> Result<(Vec<u64>, Vec<u64>), 
         gsi as u32,
         Some(latency_primary),
         Some(latency_thread),
-        crate::kernel::irq::IrqFlags::ONESHOT,
+        // Rising edge, as the comparator is armed: on the line's firmware default (level, for
+        // a PCI-range GSI) a one-shot line stays masked until its thread is done, and a pulse
+        // that lands meanwhile is lost (the next sample, armed by another CPU as soon as the
+        // thread signalled, could fire before the thread unmasked the line).
+        crate::kernel::irq::IrqFlags::ONESHOT | crate::kernel::irq::IrqFlags::TRIGGER_RISING,
         "bench-hpet",
     )
     .map_err(|error| alloc::format!("request_threaded_irq: {error}"))?;
