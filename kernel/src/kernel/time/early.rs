@@ -26,17 +26,42 @@ pub fn calibrate() -> (u64, &'static str) {
     (hz, method)
 }
 
-/// Median of three 0.5 ms PIT windows. The first window also pays for translating (under
-/// TCG) or faulting in the calibration code between its two reads, and any window can lose
-/// the vCPU to the host for a while; the median ignores one such outlier, which a single
-/// window would turn into a TSC frequency off by a few percent.
+/// Median of three 0.5 ms PIT windows whose end reads were quick. The first window also pays
+/// for translating (under TCG) or faulting in the calibration code, and any read can lose the
+/// vCPU to the host for a while: a window whose end reads took more than 1 % of it is measured
+/// again (up to 12 windows), and the median ignores one outlier among the rest. Under heavy
+/// host load three windows in a row could all be off by a few percent.
 fn pit_calibration() -> Option<u64> {
-    let mut samples = [0u64; 3];
-    for sample in &mut samples {
-        *sample = pit::calibrate_tsc_hz(597)?;
+    const SHARP_PPM: u64 = 10_000;
+    let mut sharp = [0u64; 3];
+    let mut found = 0;
+    let mut blurred = [0u64; 3];
+    for attempt in 0..12 {
+        let measurement = pit::calibrate_tsc_hz(597)?;
+        if measurement.blur_ppm <= SHARP_PPM {
+            sharp[found] = measurement.hz;
+            found += 1;
+            if found == sharp.len() {
+                break;
+            }
+        } else if attempt < blurred.len() {
+            blurred[attempt] = measurement.hz;
+        }
     }
-    samples.sort_unstable();
-    Some(samples[1])
+    match found {
+        3 => {
+            sharp.sort_unstable();
+            Some(sharp[1])
+        }
+        // A host too busy for three sharp windows: the sharp ones there were ...
+        1 => Some(sharp[0]),
+        2 => Some(sharp[0] / 2 + sharp[1] / 2),
+        // ... or, with none, the median of the first three.
+        _ => {
+            blurred.sort_unstable();
+            Some(blurred[1])
+        }
+    }
 }
 
 fn tsc_hz_from_cpuid() -> Option<u64> {
