@@ -409,6 +409,17 @@ pub fn run_device_tests() {
 pub fn run_and_exit() -> ! {
     // The boot-time probe allocates as it goes; the heap and leak tests need it finished.
     crate::drivers::wait_for_device_probe();
+    // ... and its thread gone: it signals before it exits, and its stack (16 pages) came back
+    // in the middle of the page-allocator test that counts free pages.
+    let probe_thread_gone = wait_for(5_000, || {
+        sched::threads()
+            .iter()
+            .all(|thread| thread.name != "kprobe")
+            && sched::task_counts().2 == 0
+    });
+    if !probe_thread_gone {
+        crate::pr_warn!("ktest: the probe thread has not exited after 5 s");
+    }
     for (name, test) in TESTS {
         report(name, test());
     }

@@ -44,12 +44,21 @@ pub(super) fn jiffies_catch_up_across_tickless_sleep() -> TestResult {
     let state_before = time::cpu_tick_state(cpu).ok_or("this CPU has no tick")?;
     let interrupts_before = time::local_timer_interrupts(cpu);
     let start_jiffies = time::current_jiffies();
+    // Timer statistics over the sleep, to name what woke the CPU if it was not tickless.
+    let collecting = time::proc_timer_stats_write("1").is_ok();
     let start = time::uptime_ns();
     time::msleep(200);
     let elapsed_ns = time::uptime_ns() - start;
     let advanced = time::current_jiffies() - start_jiffies;
     let interrupts = time::local_timer_interrupts(cpu) - interrupts_before;
     let state_after = time::cpu_tick_state(cpu).ok_or("this CPU has no tick")?;
+    let stats = if collecting {
+        let stats = time::proc_timer_stats();
+        let _ = time::proc_timer_stats_write("0");
+        stats
+    } else {
+        String::new()
+    };
     let expected = elapsed_ns * lull_time::tick::HZ as u64 / 1_000_000_000;
     // The sleep must really have been tickless: the CPU stopped its tick at least once and took
     // far fewer timer interrupts than the `expected` ticks (the sleep's own timer, a few more).
@@ -59,10 +68,14 @@ pub(super) fn jiffies_catch_up_across_tickless_sleep() -> TestResult {
     );
     ensure!(
         interrupts * 4 < expected,
-        "{interrupts} timer interrupts in {elapsed_ns} ns: the tick kept running ({expected} ticks)"
+        "{interrupts} timer interrupts in {elapsed_ns} ns: the tick kept running ({expected} \
+         ticks); timers started meanwhile:\n{stats}"
     );
+    // Jiffies lag the clock by up to a tick at each end, more when the host holds up QEMU's
+    // timer thread (the tick interrupt arrives late while the clock reads on): within 10 %. A
+    // tickless sleep that lost its jiffies would show a handful, not ~50.
     ensure!(
-        advanced + 1 >= expected && advanced <= expected + 1,
+        advanced.abs_diff(expected) <= 1 + expected / 10,
         "jiffies advanced {advanced} in {elapsed_ns} ns (expected {expected})"
     );
     Ok(())
@@ -193,8 +206,11 @@ fn clock_event_device_works(mut device: TickDevice) -> TestResult {
                 DEVICE_FIRED.load(Ordering::SeqCst)
             );
             let elapsed = DEVICE_FIRED_AT.load(Ordering::SeqCst) - start;
+            // The LAPIC's rate is calibrated against the TSC, itself calibrated against the
+            // PIT: each within about 1 % (boot-time windows of 0.5 and 1 ms). 5 % short is
+            // beyond both; a wrong divider or a miscalibration is 20 % or more.
             ensure!(
-                elapsed >= 4_900_000,
+                elapsed >= 4_750_000,
                 "{name}: 5 periods of 1 ms took only {elapsed} ns"
             );
         }
