@@ -55,6 +55,7 @@ mod error;
 mod event;
 #[cfg(test)]
 mod model_tests;
+pub mod parport;
 mod registry;
 pub mod testing;
 #[cfg(test)]
