@@ -133,6 +133,10 @@ pub const TESTS: &[Test] = &[
         run: smbus_eeprom_write_read_seen_in_qemu_i2c_trace,
     },
     Test {
+        name: "parport_gpio_lines_seen_in_qemu_trace",
+        run: parport_gpio_lines_seen_in_qemu_trace,
+    },
+    Test {
         name: "idle_nohz_takes_no_timer_interrupts",
         run: idle_nohz_takes_no_timer_interrupts,
     },
@@ -1972,6 +1976,178 @@ fn trace_events(log: &std::path::Path) -> Result<Vec<String>, String> {
         })
         .filter(|line| !line.is_empty())
         .collect())
+}
+
+/// `text` without the kernel's log lines (`[    0.174483] ...`) that a probe finishing beside
+/// the shell printed into a command's output.
+fn without_kernel_log(text: &str) -> String {
+    text.lines()
+        .filter(|line| {
+            let Some(rest) = line.strip_prefix('[') else {
+                return true;
+            };
+            !rest.split_once("] ").is_some_and(|(stamp, _)| {
+                let stamp = stamp.trim();
+                !stamp.is_empty() && stamp.chars().all(|c| c.is_ascii_digit() || c == '.')
+            })
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+/// The parallel port's register accesses, as QEMU traces them.
+const PARPORT_EVENTS: &[&str] = &["parallel_ioport_read", "parallel_ioport_write"];
+
+/// `(addr, val)` of each `parallel_ioport_<kind> <kind> [SW] addr 0xNN val 0xNN` event.
+fn parport_accesses(events: &[String], kind: &str) -> Vec<(u8, u8)> {
+    let prefix = format!("parallel_ioport_{kind} {kind} [SW] addr 0x");
+    events
+        .iter()
+        .filter_map(|event| {
+            let rest = event.strip_prefix(&prefix)?;
+            let (addr, val) = rest.split_once(" val 0x")?;
+            Some((
+                u8::from_str_radix(addr, 16).ok()?,
+                u8::from_str_radix(val.trim(), 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// GPIO through the parallel port (q35's LPT1, `PNP0400`), judged by QEMU's trace of the
+/// port's registers: `gpioset` on data lines writes the data register bit by bit, nStrobe low
+/// sets control bit 0 (the port inverts it), `gpioget` of the status lines prints what the
+/// status register read in the trace says at the wire, a line held by one consumer is refused
+/// to a second naming the first, and the chip goes and comes back with an unbind/bind.
+fn parport_gpio_lines_seen_in_qemu_trace() -> TestResult {
+    let log = std::env::temp_dir().join(format!("lull-e2e-parport-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    for event in PARPORT_EVENTS {
+        config.extra.push("-trace".into());
+        config.extra.push(format!("enable={event}"));
+    }
+    config.extra.push("-D".into());
+    config.extra.push(log.display().to_string());
+    let mut guest = boot(&config)?;
+    let chips = without_kernel_log(&guest.run("gpiodetect", STEP)?);
+    ensure!(
+        chips.trim() == "gpiochip0 [parport] (17 lines)",
+        "gpiodetect: {chips:?}"
+    );
+    let info = guest.run("gpioinfo gpiochip0", STEP)?;
+    let line = |name: &str| {
+        info.lines()
+            .find(|l| l.contains(&format!("\"{name}\"")))
+            .unwrap_or("")
+            .to_string()
+    };
+    ensure!(
+        line("nStrobe").contains("output") && line("Busy").contains("input"),
+        "gpioinfo gpiochip0:\n{info}"
+    );
+    for command in [
+        "gpioset gpiochip0 0=0 1=0 2=0 3=0 4=0 5=0 6=0 7=0",
+        "gpioset gpiochip0 0=1 2=1 7=1",
+        "gpioset gpiochip0 8=0",
+        "gpioset gpiochip0 8=1",
+    ] {
+        let out = guest.run(command, STEP)?;
+        ensure!(out.trim().is_empty(), "{command}: {out:?}");
+    }
+    let status = guest.run("gpioget gpiochip0 12 13 14 15 16", STEP)?;
+    let held = guest.run("gpioset -m time -s 5 -b gpiochip0 3=1", STEP)?;
+    ensure!(held.trim().is_empty(), "gpioset -b: {held:?}");
+    let refused = guest.run("gpioset gpiochip0 3=0", STEP)?;
+    ensure!(
+        refused.trim()
+            == "gpioset: error setting the GPIO line values: line 3 of gpiochip0 is busy: \
+                requested by \"gpioset\"",
+        "a second claim of a held line: {refused:?}"
+    );
+    let input_only = guest.run("gpioset gpiochip0 16=1", STEP)?;
+    ensure!(
+        input_only.contains("not supported"),
+        "driving the Busy input: {input_only:?}"
+    );
+    guest.run(
+        "echo PNP0400:00 > /sys/bus/acpi/drivers/parport/unbind",
+        STEP,
+    )?;
+    let none = guest.run("gpiodetect", STEP)?;
+    let ports = guest.run("cat /proc/ioports", STEP)?;
+    ensure!(
+        none.trim().is_empty() && !ports.contains("parport"),
+        "after unbind: gpiodetect {none:?}, /proc/ioports:\n{ports}"
+    );
+    guest.run("echo PNP0400:00 > /sys/bus/acpi/drivers/parport/bind", STEP)?;
+    let again = without_kernel_log(&guest.run("gpioset gpiochip0 3=0 6=1", STEP)?);
+    ensure!(again.trim().is_empty(), "gpioset after rebind: {again:?}");
+    poweroff_exits_zero(&mut guest)?;
+
+    let events = trace_events(&log)?;
+    let writes = parport_accesses(&events, "write");
+    ensure!(
+        !writes.is_empty(),
+        "the trace {} holds no parallel port writes",
+        log.display()
+    );
+    let data: Vec<u8> = writes
+        .iter()
+        .filter(|(addr, _)| *addr == 0)
+        .map(|&(_, val)| val)
+        .collect();
+    // Clearing all eight, then D0, D2, D7 set one by one; later (after the background holder
+    // set D3 and the rebind) D3 cleared, D6 set.
+    let cleared = data
+        .iter()
+        .position(|&v| v == 0)
+        .ok_or_else(|| format!("no data write of 0x00 (clearing D0-D7): {data:02x?}"))?;
+    let after = &data[cleared..];
+    let find = |pattern: &[u8]| after.windows(pattern.len()).position(|w| w == pattern);
+    let set = find(&[0x01, 0x05, 0x85])
+        .ok_or_else(|| format!("no writes 01, 05, 85 (D0, D2, D7 set) after it: {after:02x?}"))?;
+    ensure!(
+        after[set..].windows(3).any(|w| w == [0x8d, 0x85, 0xc5]),
+        "no writes 8d (D3 held), 85 (D3 cleared), c5 (D6 set) after the rebind: {after:02x?}"
+    );
+    let control: Vec<u8> = writes
+        .iter()
+        .filter(|(addr, _)| *addr == 2)
+        .map(|&(_, val)| val)
+        .collect();
+    ensure!(
+        control
+            .windows(2)
+            .any(|w| w[0] & 1 == 1 && w[1] == w[0] & !1),
+        "no control write setting bit 0 (nStrobe low) then clearing it: {control:02x?}"
+    );
+    // gpioget printed the wire levels of the status register QEMU answered with.
+    let reads = parport_accesses(&events, "read");
+    let status_reg = reads
+        .iter()
+        .rev()
+        .find(|(addr, _)| *addr == 1)
+        .map(|&(_, val)| val)
+        .ok_or("no status register read in the trace")?;
+    let wire = [
+        status_reg >> 3 & 1,
+        status_reg >> 4 & 1,
+        status_reg >> 5 & 1,
+        status_reg >> 6 & 1,
+        (status_reg >> 7 & 1) ^ 1,
+    ];
+    let expected = wire
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    ensure!(
+        status.trim() == expected,
+        "gpioget of the status lines: {status:?}; status register {status_reg:#04x} means {expected:?}"
+    );
+    let _ = std::fs::remove_file(&log);
+    Ok(())
 }
 
 /// The issue's SMBus check, seen from outside: `i2cset` then `i2cget` on the EEPROM at 0x50

@@ -23,9 +23,10 @@ cargo xtask <command> [options]
                                        rust-src for the pinned toolchain, QEMU (every command does
                                        this itself; .ci/run calls it before clippy)
   build [--debug] [--features F,...]   build the kernel; prints the ELF path as the last line
-  run [--vmm] [--debug] [--machine q35|microvm] [--memory MiB] [--cpus N] [--features F,...] [--disk IMG]... [-- KERNEL ARGS...]
+  run [--vmm] [--debug] [--machine q35|microvm] [--memory MiB] [--cpus N] [--features F,...] [--disk IMG]... [--trace EVENT]... [-- KERNEL ARGS...]
                                        boot the kernel in QEMU (TCG) with the console on this terminal
-                                       (--vmm: on /dev/kvm with lull-vmm instead)
+                                       (--vmm: on /dev/kvm with lull-vmm instead; --trace: a QEMU
+                                       trace event, printed on stderr)
   test [--tier host|kernel|e2e] [--filter TEXT]
                                        run every test tier (host, in-kernel, end-to-end)
   bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops,blk,tcp]
@@ -72,6 +73,8 @@ struct Options {
     vmm: bool,
     /// Raw disk images for `run` (virtio-blk).
     disks: Vec<String>,
+    /// QEMU trace events for `run` (`-trace enable=EVENT`, to stderr).
+    traces: Vec<String>,
 }
 
 const KNOWN_FEATURES: &[&str] = &["zone-dma", "ktest", "boot-baseline"];
@@ -89,6 +92,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         runs: 5,
         vmm: false,
         disks: Vec::new(),
+        traces: Vec::new(),
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -129,6 +133,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 }
                 options.disks.push(path);
             }
+            "--trace" => options.traces.push(value("--trace")?),
             "--filter" => options.filter = Some(value("--filter")?),
             "--runs" => {
                 options.runs = value("--runs")?
@@ -196,6 +201,9 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
         release: options.release,
     })?;
     if options.vmm {
+        if !options.traces.is_empty() {
+            return Err("--trace names QEMU trace events; it does not apply to --vmm".into());
+        }
         return run_on_vmm(&elf, &options);
     }
     tools::ensure_qemu()?;
@@ -226,6 +234,11 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
             "-device".to_string(),
             format!("{device},drive=disk{index}"),
         ]);
+    }
+    for event in &options.traces {
+        config
+            .extra
+            .extend(["-trace".to_string(), format!("enable={event}")]);
     }
     eprintln!(
         "xtask: booting {} (QEMU TCG; type 'poweroff' to leave)",
@@ -576,6 +589,12 @@ const SMBUS_TESTS: [&str; 4] = [
     "smbus_unbind_bind_1000_times_leaks_nothing",
     "smbus_probe_fails_cleanly_at_every_acquisition",
 ];
+/// microvm has no ISA parallel port (`PNP0400`), hence no parport GPIO chip.
+const PARPORT_TESTS: [&str; 3] = [
+    "parport_lines_have_one_owner_and_outlive_no_unbind",
+    "parport_unbind_bind_200_times_leaks_nothing",
+    "parport_probe_fails_cleanly_at_every_acquisition",
+];
 /// Tests with nothing to check on one CPU (they act on the other CPUs).
 const NEEDS_2_CPUS: [&str; 3] = [
     "reschedule_ipi_is_delivered",
@@ -627,6 +646,9 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             SMBUS_TESTS[1],
             SMBUS_TESTS[2],
             SMBUS_TESTS[3],
+            PARPORT_TESTS[0],
+            PARPORT_TESTS[1],
+            PARPORT_TESTS[2],
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
             NEEDS_2_CPUS[2],
@@ -681,6 +703,9 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             SMBUS_TESTS[1],
             SMBUS_TESTS[2],
             SMBUS_TESTS[3],
+            PARPORT_TESTS[0],
+            PARPORT_TESTS[1],
+            PARPORT_TESTS[2],
             NEEDS_3_CPUS[0],
         ],
     },

@@ -7,6 +7,7 @@
 pub mod acpi;
 pub mod base;
 pub mod clocksource;
+pub mod gpio;
 pub mod i2c;
 pub mod pci;
 pub mod virtio;
@@ -55,6 +56,7 @@ fn probe_devices() {
     acpi::add_bus_devices();
     pci::add_bus_devices();
     acpi::ged::register();
+    gpio::init();
     virtio::init();
     // The I2C client drivers, then the SMBus controller's (it probes 00:1f.3 at once and adds
     // the EEPROMs it finds as clients).

@@ -8,7 +8,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use super::driver_model::{quiet_snapshot, settles_to};
+use super::leaks::{quiet_snapshot, settles_to, sys_write};
 use super::TestResult;
 use crate::block::{self, BlockError, Disk, Op};
 use crate::drivers::virtio::blk::DRIVER;
@@ -16,10 +16,6 @@ use crate::fs::procfs;
 
 const UNBIND: &str = "/sys/bus/virtio/drivers/virtio_blk/unbind";
 const BIND: &str = "/sys/bus/virtio/drivers/virtio_blk/bind";
-
-fn sys_write(path: &str, value: &str) -> Result<(), String> {
-    procfs::write(path, value).map_err(|e| alloc::format!("echo {value} > {path}: {e}"))
-}
 
 /// The first virtio-blk disk (bound again if an earlier test left it unbound), or a skip.
 fn virtio_disk() -> Result<Arc<Disk>, super::Failure> {

@@ -11,7 +11,8 @@ use lull_driver_core::{
     ProbeError, RemoveContext,
 };
 
-use super::{wait_for, TestResult};
+use super::leaks::{quiet_snapshot, settles_to, sys_write};
+use super::TestResult;
 use crate::drivers::base::{self, devm, devm::LeakSnapshot};
 use crate::fs::procfs;
 use crate::kernel::irq::{IrqFlags, IrqReturn};
@@ -82,10 +83,6 @@ impl Driver for TestDriver {
     }
 }
 
-fn sys_write(path: &str, value: &str) -> Result<(), String> {
-    procfs::write(path, value).map_err(|e| alloc::format!("echo {value} > {path}: {e}"))
-}
-
 fn state() -> Option<DeviceState> {
     base::with_model(|m| m.device_state("platform", DEVICE).cloned()).flatten()
 }
@@ -109,32 +106,6 @@ fn setup() -> Result<(), String> {
     ))
     .map_err(|e| alloc::format!("{e}"))?;
     Ok(())
-}
-
-/// The counters once the system is quiet: an IRQ thread stopped by `free_irq` and its stack
-/// are reaped asynchronously, so two readings 20 ms apart must agree.
-pub(super) fn quiet_snapshot() -> LeakSnapshot {
-    let mut last = LeakSnapshot::take();
-    for _ in 0..50 {
-        crate::kernel::time::msleep(20);
-        let now = LeakSnapshot::take();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
-/// Waits until the counters equal `before`.
-pub(super) fn settles_to(before: LeakSnapshot, what: &str) -> Result<(), String> {
-    if wait_for(2000, || LeakSnapshot::take() == before) {
-        return Ok(());
-    }
-    Err(alloc::format!(
-        "{what}: counters did not return: before\n{before}after\n{}",
-        LeakSnapshot::take()
-    ))
 }
 
 pub fn devres_releases_real_resources_in_reverse() -> TestResult {

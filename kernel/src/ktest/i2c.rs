@@ -8,8 +8,9 @@ use alloc::string::String;
 use lull_driver_core::DeviceState;
 use lull_i2c::{I2cError, SmbusData, SmbusOp};
 
-use super::{wait_for, TestResult};
-use crate::drivers::base::{self, devm::LeakSnapshot};
+use super::leaks::{quiet_snapshot, quietly, settles_to, sys_write};
+use super::TestResult;
+use crate::drivers::base;
 use crate::drivers::i2c::{self as core_i2c, i801};
 use crate::fs::procfs;
 
@@ -25,10 +26,6 @@ fn needs_smbus() -> TestResult {
         skip!("no ICH9 SMBus controller (PCI {DEVICE}) on this machine");
     }
     Ok(())
-}
-
-fn sys_write(path: &str, value: &str) -> Result<(), String> {
-    procfs::write(path, value).map_err(|e| alloc::format!("echo {value} > {path}: {e}"))
 }
 
 /// The count in `/proc/interrupts` for the line named `i801_smbus`.
@@ -169,42 +166,6 @@ pub fn eeprom_write_read_back_completes_by_interrupt() -> TestResult {
             .map_err(|e| alloc::format!("restore: {e}"))?;
     }
     Ok(())
-}
-
-/// The counters once they stop moving (up to a second): the baseline is not taken while
-/// something started earlier (a thread's exit, the network stack) is still settling.
-fn quiet_snapshot() -> LeakSnapshot {
-    let mut last = LeakSnapshot::take();
-    for _ in 0..50 {
-        crate::kernel::time::msleep(20);
-        let now = LeakSnapshot::take();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
-/// Waits until the counters equal `before`.
-fn settles_to(before: LeakSnapshot, what: &str) -> Result<(), String> {
-    if wait_for(2000, || LeakSnapshot::take() == before) {
-        return Ok(());
-    }
-    Err(alloc::format!(
-        "{what}: counters did not return: before\n{before}after\n{}",
-        LeakSnapshot::take()
-    ))
-}
-
-/// Runs `f` with the console at warnings-off: the registry logs a line per bind and unbind of
-/// each of the nine devices, which would be 18,000 serial lines in the loop below.
-fn quietly<R>(f: impl FnOnce() -> R) -> R {
-    let level = crate::kernel::printk::console_loglevel();
-    crate::kernel::printk::set_console_loglevel(4);
-    let result = f();
-    crate::kernel::printk::set_console_loglevel(level);
-    result
 }
 
 pub fn smbus_unbind_bind_1000_times_leaks_nothing() -> TestResult {

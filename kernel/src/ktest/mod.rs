@@ -64,8 +64,10 @@ type TestCase = (&'static str, fn() -> TestResult);
 mod block;
 mod boot;
 mod driver_model;
+mod gpio;
 mod i2c;
 mod irq;
+mod leaks;
 mod locks;
 mod mm;
 mod net;
@@ -347,6 +349,18 @@ const TESTS: &[TestCase] = &[
     (
         "smbus_probe_fails_cleanly_at_every_acquisition",
         i2c::smbus_probe_fails_cleanly_at_every_acquisition,
+    ),
+    (
+        "parport_lines_have_one_owner_and_outlive_no_unbind",
+        gpio::parport_lines_have_one_owner_and_outlive_no_unbind,
+    ),
+    (
+        "parport_unbind_bind_200_times_leaks_nothing",
+        gpio::parport_unbind_bind_200_times_leaks_nothing,
+    ),
+    (
+        "parport_probe_fails_cleanly_at_every_acquisition",
+        gpio::parport_probe_fails_cleanly_at_every_acquisition,
     ),
     (
         "paravirt_native_everywhere_without_kvm",

@@ -485,7 +485,7 @@ pub(super) fn pci_functions_are_devices_of_the_pci_bus() -> TestResult {
 /// through /sys, has each managed acquisition failed in turn, and leaves every counter (MSI
 /// vectors and MMIO claims included) as it found it; its kept BAR handle is revoked at unbind.
 pub(super) fn pci_driver_binds_unbinds_and_leaks_nothing() -> TestResult {
-    use super::driver_model::{quiet_snapshot, settles_to};
+    use super::leaks::{quiet_snapshot, settles_to};
     let Some(dev) = find_with(true).or_else(|| find_with(false)) else {
         skip!("no PCI function with MSI or MSI-X");
     };

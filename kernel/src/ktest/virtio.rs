@@ -9,6 +9,7 @@ use core::sync::atomic::Ordering;
 
 use lull_driver_core::DeviceState;
 
+use super::leaks::{quiet_snapshot, sys_write};
 use super::{wait_for, TestResult};
 use crate::drivers::base::{self, devm::LeakSnapshot};
 use crate::drivers::virtio::rng::{self, VirtioRng, CORRUPT_NEXT_USED};
@@ -16,10 +17,6 @@ use crate::fs::procfs;
 
 const UNBIND: &str = "/sys/bus/virtio/drivers/virtio_rng/unbind";
 const BIND: &str = "/sys/bus/virtio/drivers/virtio_rng/bind";
-
-fn sys_write(path: &str, value: &str) -> Result<(), String> {
-    procfs::write(path, value).map_err(|e| alloc::format!("echo {value} > {path}: {e}"))
-}
 
 /// The bound rng (bound again if an earlier test left it unbound), or a skip when the machine
 /// has none.
@@ -63,23 +60,14 @@ fn interrupts_of(name: &str) -> Option<u64> {
     Some(counts.sum())
 }
 
-/// The counters once exited threads of earlier tests are reaped (a reaped thread's context
-/// and lock stack go back only then).
-fn quiet_snapshot() -> LeakSnapshot {
-    crate::kernel::time::msleep(20);
-    LeakSnapshot::take()
-}
-
 fn settles_to(before: LeakSnapshot) -> Result<(), String> {
-    if wait_for(2000, || LeakSnapshot::take() == before) {
-        return Ok(());
-    }
-    Err(alloc::format!(
-        "counters did not return: before\n{before}after\n{}(live rng states {}, threads {})",
-        LeakSnapshot::take(),
-        rng::live(),
-        crate::kernel::sched::threads().len()
-    ))
+    super::leaks::settles_to(before, "virtio").map_err(|error| {
+        alloc::format!(
+            "{error}(live rng states {}, threads {})",
+            rng::live(),
+            crate::kernel::sched::threads().len()
+        )
+    })
 }
 
 /// Rebinds `name` if a test left it unbound or failed.

@@ -277,6 +277,36 @@ const COMMANDS: &[Command] = &[
         },
     },
     Command {
+        name: "gpiodetect",
+        usage: "gpiodetect",
+        help: "GPIO chips: gpiochipN [label] (N lines)",
+        run: |args, _| gpio_tool("gpiodetect", args),
+    },
+    Command {
+        name: "gpioinfo",
+        usage: "gpioinfo [CHIP...]",
+        help: "every line of the chips: name, consumer, direction, active-low",
+        run: |args, _| gpio_tool("gpioinfo", args),
+    },
+    Command {
+        name: "gpioget",
+        usage: "gpioget [-l] CHIP OFFSET...",
+        help: "read GPIO lines (libgpiod v1 syntax)",
+        run: |args, _| gpio_tool("gpioget", args),
+    },
+    Command {
+        name: "gpioset",
+        usage: "gpioset [-l] [-m exit|time] [-s SEC] [-u USEC] [-b] CHIP OFFSET=VALUE...",
+        help: "drive GPIO lines, held for -m time (in the background with -b)",
+        run: |args, _| gpio_tool("gpioset", args),
+    },
+    Command {
+        name: "gpiofind",
+        usage: "gpiofind NAME",
+        help: "the chip and offset of the line called NAME",
+        run: |args, _| gpio_tool("gpiofind", args),
+    },
+    Command {
         name: "hwrng",
         usage: "hwrng [N]",
         help: "N bytes (default 32) from the hardware RNG (virtio-rng), in hex",
@@ -649,6 +679,17 @@ pub fn execute(line: &str) {
 
 /// Enables the UART interrupt and runs the shell forever.
 /// Runs an i2c-tools command (its name first, as `argv`).
+fn gpio_tool(name: &str, args: &[&str]) {
+    let mut argv = alloc::vec![name];
+    argv.extend_from_slice(args);
+    match crate::drivers::gpio::cmd_tool(&argv) {
+        Ok(text) if text.is_empty() => {}
+        Ok(text) if text.ends_with('\n') => kprint!("{text}"),
+        Ok(text) => kprintln!("{text}"),
+        Err(error) => kprintln!("{error}"),
+    }
+}
+
 fn i2c_tool(name: &str, args: &[&str]) {
     let mut argv = alloc::vec![name];
     argv.extend_from_slice(args);

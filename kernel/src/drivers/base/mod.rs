@@ -250,7 +250,8 @@ fn sys_list(relative: &str) -> Result<String, ProcError> {
         "kernel" => alloc::vec![String::from("debug")],
         "kernel/debug" => alloc::vec![
             String::from("devices_deferred"),
-            String::from("devres_fail")
+            String::from("devres_fail"),
+            String::from("gpio")
         ],
         _ => with_model(|model| model.sysfs_list(&path))
             .ok_or(ProcError::NotFound)?
