@@ -102,8 +102,10 @@ fn run(options: &Options) -> Result<(), String> {
         thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                let signal = signals.wait();
-                log.line(format_args!("{signal:?}: exiting"));
+                match signals.wait() {
+                    Ok(signal) => log.line(format_args!("{}: exiting", signal.as_str())),
+                    Err(e) => log.line(format_args!("sigwait: {e}: exiting")),
+                }
                 for path in sockets {
                     let _ = std::fs::remove_file(path);
                 }
