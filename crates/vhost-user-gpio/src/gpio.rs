@@ -111,13 +111,15 @@ impl Gpio {
         let line = self.describe(&state.device, gpio);
         self.log
             .line(format_args!("input {line} <- {}", u8::from(level)));
+        let latched = |state: &State| state.device.line(gpio).is_some_and(|l| l.latched);
+        let was_latched = latched(state);
         if let Some(completion) = state.device.set_input(gpio, level) {
             state.pending.push(completion);
             if let Err(e) = self.wake.notify() {
                 self.log
                     .line(format_args!("cannot wake the vring thread: {e}"));
             }
-        } else if state.device.line(gpio).is_some_and(|l| l.latched) {
+        } else if latched(state) && !was_latched {
             self.log
                 .line(format_args!("line {line}: edge latched (interrupt masked)"));
         }
