@@ -166,7 +166,7 @@ fn run(options: &Options) -> Result<(), String> {
         if !options.keep_listening {
             break served;
         }
-        gpio.reset("front-end disconnected");
+        gpio.reset("for the next front-end");
         log.line(format_args!("listening on {}", options.socket.display()));
     };
     let _ = std::fs::remove_file(&options.socket);

@@ -26,6 +26,7 @@ const MEM_SIZE: usize = 1 << 20;
 const QUEUE_SIZE: u16 = 16;
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// A split virtqueue the test drives as a guest driver would.
 struct Ring {
@@ -79,6 +80,10 @@ impl Ring {
         self.next_desc = (self.next_desc + buffers.len() as u16) % QUEUE_SIZE;
         let slot = self.avail() + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
         mem.write_obj(head, GuestAddress(slot)).unwrap();
+        // used_event (read by the back-end under EVENT_IDX): notify from the next used entry.
+        let used_event = self.avail() + 4 + 2 * u64::from(QUEUE_SIZE);
+        mem.write_obj(self.used_seen, GuestAddress(used_event))
+            .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
         mem.write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
             .unwrap();
@@ -136,6 +141,15 @@ fn msg(kind: u16, gpio: u16, value: u32) -> Message {
 
 #[test]
 fn requests_and_events_through_the_vrings() {
+    data_path(false);
+}
+
+#[test]
+fn requests_and_events_through_the_vrings_with_event_idx() {
+    data_path(true);
+}
+
+fn data_path(event_idx: bool) {
     let dir = TempDir::new("frontend");
     let mut process = backend(&dir, &["--lines", "amp-enable,button,led0"]);
     let mut control = Control::connect(&dir.join("control.sock"));
@@ -146,6 +160,13 @@ fn requests_and_events_through_the_vrings() {
     let features = frontend.get_features().unwrap();
     let wanted =
         VIRTIO_F_VERSION_1 | VIRTIO_GPIO_F_IRQ | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    assert_eq!(features & wanted, wanted, "{features:#x}");
+    let wanted = wanted
+        | if event_idx {
+            VIRTIO_RING_F_EVENT_IDX
+        } else {
+            0
+        };
     assert_eq!(features & wanted, wanted, "{features:#x}");
     frontend.set_features(wanted).unwrap();
     let protocol = frontend.get_protocol_features().unwrap();
@@ -279,3 +300,45 @@ fn requests_and_events_through_the_vrings() {
     let status = process.wait_timeout("the back-end after the disconnect", Duration::from_secs(10));
     assert!(status.success(), "{status}\n{}", log_of(&dir));
 }
+
+#[test]
+fn keep_listening_serves_the_next_front_end() {
+    let dir = TempDir::new("keep-listening");
+    let mut process = backend(&dir, &["--keep-listening", "--ngpio", "2"]);
+    for round in 1..=2 {
+        let stream = UnixStream::connect(dir.join("gpio.sock")).unwrap();
+        let mut frontend = Frontend::from_stream(stream, 2);
+        frontend.set_owner().unwrap();
+        let features = frontend.get_features().unwrap();
+        frontend
+            .set_features(features & (VIRTIO_F_VERSION_1 | PROTOCOL_FEATURES))
+            .unwrap();
+        let protocol = frontend.get_protocol_features().unwrap();
+        frontend.set_protocol_features(protocol).unwrap();
+        let (_, config) = frontend
+            .get_config(0, 8, VhostUserConfigFlags::WRITABLE, &[0; 8])
+            .unwrap();
+        // --ngpio 2: lines gpio0 and gpio1, "gpio0\0gpio1\0" (12 bytes).
+        assert_eq!(config, [2, 0, 0, 0, 12, 0, 0, 0], "round {round}");
+        drop(frontend);
+        let logged = |n| log_of(&dir).matches("front-end disconnected").count() == n;
+        let end = Instant::now() + Duration::from_secs(10);
+        while !logged(round) {
+            assert!(Instant::now() < end, "round {round}:\n{}", log_of(&dir));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(
+        matches!(process.0.try_wait(), Ok(None)),
+        "the back-end exited"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(process.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = process.wait_timeout("the back-end after SIGTERM", Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+}
+
+const PROTOCOL_FEATURES: u64 = 1 << 30;
