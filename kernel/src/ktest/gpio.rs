@@ -143,3 +143,54 @@ pub fn parport_probe_fails_cleanly_at_every_acquisition() -> TestResult {
     )?;
     Ok(())
 }
+
+/// The waiter gpiomon sleeps on in the test below.
+static MONITOR_WAIT: crate::kernel::sched::WaitQueue = crate::kernel::sched::WaitQueue::new();
+
+/// Line events through the kernel's side of gpiolib: a chip with interrupts (the crate's fake,
+/// registered in the kernel's registry) reports an edge from another thread 20 ms after
+/// `gpiomon` went to sleep; the waker wakes it and it prints the edge, in libgpiod's format.
+pub fn gpio_event_wakes_a_sleeping_gpiomon() -> TestResult {
+    use lull_gpio::testing::FakeChip;
+    let chip = FakeChip::new("ktest-irq", &["ktest-button"]);
+    let handle = GPIO
+        .add_chip(alloc::boxed::Box::new(chip.clone()), None)
+        .map_err(|e| alloc::format!("add_chip: {e}"))?;
+    chip.attach(handle.event_sink());
+    let name = handle.name();
+    let for_thread = chip.clone();
+    super::spawn(
+        "ktest-gpio-edge",
+        lull_sched::SchedClass::NORMAL,
+        lull_sched::CpuSet::ALL,
+        move || {
+            crate::kernel::time::msleep(20);
+            for_thread.drive_input(0, true, crate::kernel::time::uptime_ns());
+        },
+    )?;
+    let started = crate::kernel::time::uptime_ns();
+    let mut printed = String::new();
+    let deadline = started + 2_000_000_000;
+    let result = crate::drivers::gpio::gpiomon(
+        &["-n", "1", "-r", &name, "0"],
+        &MONITOR_WAIT,
+        || crate::kernel::time::uptime_ns() > deadline,
+        |text| printed.push_str(text),
+    );
+    let waited = crate::kernel::time::uptime_ns() - started;
+    let removed = GPIO.remove_chip(handle.number(), core::hint::spin_loop);
+    result?;
+    ensure!(
+        removed.is_ok_and(|r| r.still_requested.is_empty()),
+        "gpiomon left its line requested"
+    );
+    ensure!(
+        printed.starts_with("event:  RISING EDGE offset: 0 timestamp: ["),
+        "gpiomon printed {printed:?} after {waited} ns"
+    );
+    ensure!(
+        (15_000_000..1_000_000_000).contains(&waited),
+        "gpiomon returned after {waited} ns for an edge raised at 20 ms"
+    );
+    Ok(())
+}

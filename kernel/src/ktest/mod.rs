@@ -351,6 +351,10 @@ const TESTS: &[TestCase] = &[
         i2c::smbus_probe_fails_cleanly_at_every_acquisition,
     ),
     (
+        "gpio_event_wakes_a_sleeping_gpiomon",
+        gpio::gpio_event_wakes_a_sleeping_gpiomon,
+    ),
+    (
         "parport_lines_have_one_owner_and_outlive_no_unbind",
         gpio::parport_lines_have_one_owner_and_outlive_no_unbind,
     ),

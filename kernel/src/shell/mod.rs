@@ -301,6 +301,12 @@ const COMMANDS: &[Command] = &[
         run: |args, _| gpio_tool("gpioset", args),
     },
     Command {
+        name: "gpiomon",
+        usage: "gpiomon [-l] [-n NUM] [-s] [-r] [-f] [-F FMT] CHIP OFFSET...",
+        help: "wait for edges on GPIO lines and print them (until -n events or a key)",
+        run: |args, _| cmd_gpiomon(args),
+    },
+    Command {
         name: "gpiofind",
         usage: "gpiofind NAME",
         help: "the chip and offset of the line called NAME",
@@ -679,6 +685,29 @@ pub fn execute(line: &str) {
 
 /// Enables the UART interrupt and runs the shell forever.
 /// Runs an i2c-tools command (its name first, as `argv`).
+/// `gpiomon`: sleeps on the console's input queue, which both a GPIO event (through gpiolib's
+/// waker) and a key wake; a key ends it, as Ctrl-C ends libgpiod's.
+fn cmd_gpiomon(args: &[&str]) {
+    let key_pressed = || {
+        let mut input = INPUT.lock();
+        if input.len == 0 {
+            return false;
+        }
+        input.head = (input.head + 1) % input.bytes.len();
+        input.len -= 1;
+        if input.throttled {
+            input.throttled = false;
+            serial::set_rx_interrupt(true);
+        }
+        true
+    };
+    let result =
+        crate::drivers::gpio::gpiomon(args, &INPUT_WAIT, key_pressed, |text| kprint!("{text}"));
+    if let Err(error) = result {
+        kprintln!("{error}");
+    }
+}
+
 fn gpio_tool(name: &str, args: &[&str]) {
     let mut argv = alloc::vec![name];
     argv.extend_from_slice(args);

@@ -4,8 +4,10 @@
 //! The bookkeeping (numbering, one owner per line, active-low, events) is `lull-gpio`'s, tested
 //! on the host; here are the hardware and the kernel's side of it. Controllers:
 //! - [`parport`]: the PC parallel port (`PNP0400` on the `acpi` bus), 17 lines.
+//! - [`virtio`]: virtio-gpio on either virtio transport, with line interrupts.
 
 pub mod parport;
+pub mod virtio;
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -27,6 +29,7 @@ pub fn init() {
         write: None,
     });
     parport::register();
+    virtio::register();
 }
 
 /// `gpiodetect`, `gpioinfo`, `gpioget`, `gpioset`, `gpiofind` with libgpiod v1's syntax: `args`
@@ -89,6 +92,66 @@ fn gpioset(args: &[&str]) -> Result<String, String> {
         }
     }
     Ok(String::new())
+}
+
+/// Wakes a wait queue when a GPIO event is queued (the waker gpiolib keeps for a line).
+struct QueueWaker {
+    queue: &'static crate::kernel::sched::WaitQueue,
+    woken: core::sync::atomic::AtomicBool,
+}
+
+impl alloc::task::Wake for QueueWaker {
+    fn wake(self: alloc::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &alloc::sync::Arc<Self>) {
+        self.woken
+            .store(true, core::sync::atomic::Ordering::Release);
+        self.queue.wake_all();
+    }
+}
+
+/// `gpiomon [-l] [-n NUM] [-s] [-r] [-f] [-F FMT] CHIP OFFSET...`: requests the lines for edge
+/// events and prints each one (libgpiod v1's format) as it arrives, sleeping on `queue` in
+/// between (woken by the chip's interrupt path, through gpiolib's waker). Ends after `-n`
+/// events, or when `stop()` says so (the shell: a key was pressed); `queue` must also be woken
+/// for whatever `stop` watches. Thread context.
+pub fn gpiomon(
+    args: &[&str],
+    queue: &'static crate::kernel::sched::WaitQueue,
+    mut stop: impl FnMut() -> bool,
+    mut print: impl FnMut(&str),
+) -> Result<(), String> {
+    crate::drivers::wait_for_device_probe();
+    let mut monitor = tools::gpiomon(&GPIO, args).map_err(|e| e.to_string())?;
+    let state = alloc::sync::Arc::new(QueueWaker {
+        queue,
+        woken: core::sync::atomic::AtomicBool::new(false),
+    });
+    let waker = core::task::Waker::from(alloc::sync::Arc::clone(&state));
+    loop {
+        let output = monitor.poll().map_err(|e| alloc::format!("gpiomon: {e}"))?;
+        print(&output.text);
+        if output.finished {
+            return Ok(());
+        }
+        // Woken at once if an event came in since the poll.
+        monitor
+            .set_waker(&waker)
+            .map_err(|e| alloc::format!("gpiomon: {e}"))?;
+        let mut stopped = false;
+        queue.wait_until(|| {
+            stopped = stop();
+            stopped || state.woken.load(core::sync::atomic::Ordering::Acquire)
+        });
+        state
+            .woken
+            .store(false, core::sync::atomic::Ordering::Release);
+        if stopped {
+            return Ok(());
+        }
+    }
 }
 
 /// The chips' names, for tests and listings.

@@ -266,12 +266,20 @@ impl Driver for VirtioPciDriver {
         };
         let devres = ctx.devres();
         let want = 1 + queues;
-        // MSI-X when the function has it (a failure to get the vectors fails the probe); INTx
-        // only for a function without MSI-X (QEMU: `vectors=0`).
-        let irqs = if dev
-            .find_capability(lull_pci::capability::CAP_ID_MSIX)
-            .is_some()
-        {
+        // MSI-X when the function has a vector for the configuration and one per queue (a
+        // failure to get them fails the probe); INTx for a function without MSI-X (QEMU:
+        // `vectors=0`) or with too few vectors for that (QEMU 7.2's vhost-user-gpio-pci has
+        // one), as Linux falls back.
+        let msix_entries = match dev.find_capability(lull_pci::capability::CAP_ID_MSIX) {
+            Some(lull_pci::capability::Capability::MsiX(msix)) => usize::from(msix.table_size),
+            _ => 0,
+        };
+        if msix_entries > 0 && msix_entries < want {
+            crate::printk!(
+                "pci {name}: {DRIVER}: {msix_entries} MSI-X vector(s) for {want} interrupts"
+            );
+        }
+        let irqs = if msix_entries >= want {
             pcim_alloc_irq_vectors(devres, &dev, want, want, IrqVectorFlags::MSIX)?;
             Irqs::Msix {
                 config: dev.irq_vector(0).ok_or(Errno::EINVAL)?,
