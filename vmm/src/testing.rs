@@ -41,3 +41,23 @@ pub fn kvm(test: &str) -> kvm_ioctls::Kvm {
     require_kvm(test);
     kvm_ioctls::Kvm::new().unwrap_or_else(|error| panic!("{test}: cannot open /dev/kvm: {error}"))
 }
+
+/// Reports `test` as skipped for `reason`: libtest counts a test that returns as passed, so
+/// the skip also goes to the file `cargo xtask test` names in `LULL_SKIP_LOG` (one
+/// `NAME<TAB>REASON` line), and xtask moves the test from passed to skipped. The caller returns.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let reason = reason.replace(['\n', '\t'], " ");
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os("LULL_SKIP_LOG") {
+        let line = format!("{test}\t{reason}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(error) = written {
+            panic!("{test}: cannot record the skip in LULL_SKIP_LOG: {error}");
+        }
+    }
+}

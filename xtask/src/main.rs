@@ -595,6 +595,12 @@ const PARPORT_TESTS: [&str; 3] = [
     "parport_unbind_bind_200_times_leaks_nothing",
     "parport_probe_fails_cleanly_at_every_acquisition",
 ];
+/// microvm has no PCI, hence no AC'97 card.
+const AC97_TESTS: [&str; 3] = [
+    "ac97_plays_a_short_stream_by_interrupts",
+    "ac97_unbind_bind_100_times_leaks_nothing",
+    "ac97_probe_fails_cleanly_at_every_acquisition",
+];
 /// Tests with nothing to check on one CPU (they act on the other CPUs).
 const NEEDS_2_CPUS: [&str; 3] = [
     "reschedule_ipi_is_delivered",
@@ -649,6 +655,9 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             PARPORT_TESTS[0],
             PARPORT_TESTS[1],
             PARPORT_TESTS[2],
+            AC97_TESTS[0],
+            AC97_TESTS[1],
+            AC97_TESTS[2],
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
             NEEDS_2_CPUS[2],
@@ -706,6 +715,9 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             PARPORT_TESTS[0],
             PARPORT_TESTS[1],
             PARPORT_TESTS[2],
+            AC97_TESTS[0],
+            AC97_TESTS[1],
+            AC97_TESTS[2],
             NEEDS_3_CPUS[0],
         ],
     },

@@ -48,10 +48,15 @@ pub const VIRTIO_RNG_MMIO: &[&str] = &[
 /// capabilities and MSI-X, bound by Lull's `virtio-pci`.
 pub const VIRTIO_RNG_PCI: &[&str] = &["-device", "virtio-rng-pci"];
 
-/// The in-kernel suites' devices on q35: the virtio-rng and a 16 MiB virtio-blk disk on QEMU's
+/// The in-kernel suites' devices on q35: an AC'97 card (on the `none` audio back-end), the
+/// virtio-rng and a 16 MiB virtio-blk disk on QEMU's
 /// `null-co` driver (reads give zeros, writes are dropped: no file to manage; data integrity
 /// against real files is the end-to-end tests' job).
 pub const KTEST_DEVICES_PCI: &[&str] = &[
+    "-audiodev",
+    "none,id=snd0",
+    "-device",
+    "AC97,audiodev=snd0",
     "-device",
     "virtio-rng-pci",
     "-drive",

@@ -10,6 +10,7 @@ pub mod clocksource;
 pub mod gpio;
 pub mod i2c;
 pub mod pci;
+pub mod sound;
 pub mod virtio;
 
 use crate::kernel::sched::Completion;
@@ -57,6 +58,7 @@ fn probe_devices() {
     pci::add_bus_devices();
     acpi::ged::register();
     gpio::init();
+    sound::init();
     virtio::init();
     // The I2C client drivers, then the SMBus controller's (it probes 00:1f.3 at once and adds
     // the EEPROMs it finds as clients).

@@ -75,6 +75,7 @@ mod paravirt;
 mod pci;
 mod sched_tests;
 mod smp;
+mod sound;
 mod time_tests;
 mod virtio;
 
@@ -349,6 +350,18 @@ const TESTS: &[TestCase] = &[
     (
         "smbus_probe_fails_cleanly_at_every_acquisition",
         i2c::smbus_probe_fails_cleanly_at_every_acquisition,
+    ),
+    (
+        "ac97_plays_a_short_stream_by_interrupts",
+        sound::ac97_plays_a_short_stream_by_interrupts,
+    ),
+    (
+        "ac97_unbind_bind_100_times_leaks_nothing",
+        sound::ac97_unbind_bind_100_times_leaks_nothing,
+    ),
+    (
+        "ac97_probe_fails_cleanly_at_every_acquisition",
+        sound::ac97_probe_fails_cleanly_at_every_acquisition,
     ),
     (
         "gpio_event_wakes_a_sleeping_gpiomon",

@@ -162,7 +162,7 @@ fn latency_thread(_irq: u32) -> crate::kernel::irq::IrqReturn {
 /// counter. Returns (hard, threaded) latencies in nanoseconds, paired per interrupt.
 pub fn irq_latency(samples: u64, delay_us: u64) -> Result<(Vec<u64>, Vec<u64>), String> {
     let hardware = crate::kernel::time::hardware().ok_or("no timer hardware")?;
-    let (Some(hpet), Some(gsi)) = (hardware.hpet.as_ref(), hardware.hpet_gsi) else {
+    let (Some(hpet), Some(gsi)) = (hardware.hpet.as_ref(), hardware.hpet_gsi()) else {
         return Err(String::from(
             "no HPET comparator routed to the IOAPIC (q35 has one; microvm does not)",
         ));

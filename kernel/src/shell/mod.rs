@@ -313,6 +313,33 @@ const COMMANDS: &[Command] = &[
         run: |args, _| gpio_tool("gpiofind", args),
     },
     Command {
+        name: "speaker-test",
+        usage: "speaker-test [-t sine] [-f FREQ] [-l LOOPS] [-r 48000] [-c 2]",
+        help: "play a sine tone through the AC'97 card (1 s per loop, 50 % of full scale)",
+        run: |args, _| match crate::drivers::sound::cmd_speaker_test(args) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("{error}"),
+        },
+    },
+    Command {
+        name: "amixer",
+        usage: "amixer sset Master mute|unmute|-NdB",
+        help: "the AC'97 codec's master volume",
+        run: |args, _| match crate::drivers::sound::cmd_amixer(args) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("{error}"),
+        },
+    },
+    Command {
+        name: "udevadm",
+        usage: "udevadm settle",
+        help: "wait until the boot-time device probe has finished (its messages printed)",
+        run: |args, _| match args {
+            ["settle"] | ["settle", ..] => crate::drivers::wait_for_device_probe(),
+            _ => kprintln!("usage: udevadm settle"),
+        },
+    },
+    Command {
         name: "hwrng",
         usage: "hwrng [N]",
         help: "N bytes (default 32) from the hardware RNG (virtio-rng), in hex",

@@ -686,7 +686,17 @@ mod tests {
     fn probe_reaches_a_verdict_quickly() {
         crate::testing::require_kvm("probe_reaches_a_verdict_quickly");
         let begin = Instant::now();
-        let (verdict, took) = probe().expect("probe ran");
+        let (verdict, took) = match probe() {
+            Ok(result) => result,
+            // A busy host (the CI runs QEMU tests beside this one) can starve the probe vCPU:
+            // the probe then says it cannot tell, which is its right answer, and nothing was
+            // checked.
+            Err(why) if why.contains("too little CPU") => {
+                crate::testing::skip("probe_reaches_a_verdict_quickly", &why);
+                return;
+            }
+            Err(why) => panic!("probe ran: {why:?}"),
+        };
         eprintln!("probe: {verdict:?} in {took:?}");
         assert!(took <= begin.elapsed());
         assert!(

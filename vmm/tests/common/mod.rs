@@ -37,23 +37,9 @@ pub fn lull_kernel(test: &str) -> PathBuf {
     }
 }
 
-/// Reports `test` as skipped for `reason`: libtest counts a test that returns as passed, so
-/// the skip also goes to the file `cargo xtask test` names in `LULL_SKIP_LOG` (one
-/// `NAME<TAB>REASON` line), and xtask moves the test from passed to skipped. The caller returns.
+/// Reports `test` as skipped for `reason` (see [`lull_vmm::testing::skip`]). The caller returns.
 pub fn skip(test: &str, reason: &str) {
-    let reason = reason.replace(['\n', '\t'], " ");
-    eprintln!("SKIPPED {test}: {reason}");
-    if let Some(path) = std::env::var_os("LULL_SKIP_LOG") {
-        let line = format!("{test}\t{reason}\n");
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| file.write_all(line.as_bytes()));
-        if let Err(error) = written {
-            panic!("{test}: cannot record the skip in LULL_SKIP_LOG: {error}");
-        }
-    }
+    lull_vmm::testing::skip(test, reason);
 }
 
 /// Runs `command` at the Lull shell on `vmm`'s console and returns what it printed, up to and

@@ -250,12 +250,30 @@ pub fn read_clocksource(name: &str) -> Option<(u64, u64, u64)> {
 /// Hardware found at boot that the time code can drive.
 pub struct Hardware {
     pub hpet: Option<Hpet>,
-    /// IOAPIC input the HPET comparator 0 is routed to.
-    pub hpet_gsi: Option<u8>,
+    /// IOAPIC inputs 16-23 the HPET comparator 0 can be routed to (bit n: GSI n).
+    pub hpet_routes: u32,
     /// IOAPIC input of the PIT (ISA IRQ 0 after overrides).
     pub pit_gsi: Option<u8>,
     pub lapic_bus_hz: u64,
     pub tsc_deadline: bool,
+}
+
+impl Hardware {
+    /// The IOAPIC input for HPET comparator 0: the highest it can reach that no one has
+    /// requested now (PCI INTx lines share 16-23 with it: q35's AC'97 is on 23), else the
+    /// highest. Chosen when a user of the comparator asks, not once at boot, because drivers
+    /// take their lines later.
+    pub fn hpet_gsi(&self) -> Option<u8> {
+        self.hpet.as_ref()?;
+        let capable = || {
+            (16..24u8)
+                .rev()
+                .filter(|gsi| self.hpet_routes & (1 << gsi) != 0)
+        };
+        capable()
+            .find(|&gsi| crate::kernel::irq::irq_vector(u32::from(gsi)).is_none())
+            .or_else(|| capable().next())
+    }
 }
 
 static HARDWARE: spin::Once<Hardware> = spin::Once::new();
@@ -448,22 +466,21 @@ pub fn init(acpi: Option<&AcpiInfo>) {
             .find(|o| o.isa_irq == 0)
             .map(|o| o.gsi as u8)
     });
-    let hpet_gsi = hpet.and_then(|h| {
-        let capabilities = h.route_capabilities(0);
-        (16..24u8).rev().find(|gsi| capabilities & (1 << gsi) != 0)
-    });
+    let hpet_routes = hpet
+        .as_ref()
+        .map_or(0, |h| h.route_capabilities(0) & 0x00ff_0000);
     let lapic_bus_hz = calibrate_lapic_bus_hz();
     let tsc_deadline = apic::timer::tsc_deadline_supported();
     printk!(
         "clockevents: lapic {} Hz{}{}{}",
         lapic_bus_hz,
         if tsc_deadline { ", lapic-deadline" } else { "" },
-        if hpet_gsi.is_some() { ", hpet" } else { "" },
+        if hpet_routes != 0 { ", hpet" } else { "" },
         if pit_gsi.is_some() { ", pit" } else { "" }
     );
     HARDWARE.call_once(|| Hardware {
         hpet,
-        hpet_gsi,
+        hpet_routes,
         pit_gsi,
         lapic_bus_hz,
         tsc_deadline,
@@ -485,7 +502,7 @@ pub fn available_devices() -> Vec<TickDevice> {
             bus_hz: hw.lapic_bus_hz,
         });
     }
-    if let (Some(hpet), Some(gsi)) = (hw.hpet, hw.hpet_gsi) {
+    if let (Some(hpet), Some(gsi)) = (hw.hpet, hw.hpet_gsi()) {
         devices.push(TickDevice::Hpet {
             hpet,
             timer: 0,
@@ -523,6 +540,20 @@ pub fn route_device(device: &TickDevice) {
         false,
         false,
     );
+}
+
+/// Gives back a line [`route_device`] routed (a device tried and not kept).
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
+pub fn release_device(device: &TickDevice) {
+    let gsi = match device {
+        TickDevice::Hpet { gsi, .. } => *gsi,
+        TickDevice::Pit => match hardware().and_then(|h| h.pit_gsi) {
+            Some(gsi) => gsi,
+            None => return,
+        },
+        _ => return,
+    };
+    crate::kernel::irq::release_tick_line(u32::from(gsi));
 }
 
 /// Starts the tick on the boot CPU with the best device. Called once, interrupts disabled.
