@@ -10,3 +10,16 @@
 pub mod control;
 pub mod gpio;
 pub mod log;
+pub mod socket;
+
+/// The default lines: what a small audio board might expose, so a log reads naturally.
+pub const DEFAULT_LINES: [&str; 8] = [
+    "amp-enable",
+    "button",
+    "led0",
+    "led1",
+    "headphone-detect",
+    "mute",
+    "reset",
+    "irq",
+];
