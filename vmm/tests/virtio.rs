@@ -719,7 +719,7 @@ fn lull_drives_virtio_gpio_lines_and_gets_a_line_interrupt_from_the_host() {
         "one event (-n 1), rising only: {monitored:?}"
     );
     let text = wait_for_file(&log, "event line 1 (button): VALID", BOOT);
-    eprintln!("--- gpio log ---\n{text}");
+    eprintln!("--- guest ---\n{chips}{monitored}\n--- gpio log ---\n{text}");
     vmm.send(b"poweroff\r");
     assert_eq!(vmm.wait_exit(BOOT).code(), Some(0));
 }
