@@ -234,6 +234,25 @@ fn bad_device_options_name_the_option_and_start_nothing() {
         errors.contains("--net tap=bad/name: cannot open the TAP device"),
         "{errors}"
     );
+    // --gpio: a malformed value is a usage error; a control path that is not a socket is
+    // refused before any VM exists, and left alone.
+    let (code, errors) = run(&["run", "--kernel", kernel, "--gpio", "lines=a,b,pin=3"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        errors.contains("option --gpio 'lines=a,b,pin=3'") && errors.contains("'pin='"),
+        "{errors}"
+    );
+    let not_a_socket = dir.join("not-a-socket");
+    std::fs::write(&not_a_socket, "keep").unwrap();
+    let value = format!("default,control={}", not_a_socket.display());
+    let (code, errors) = run(&["run", "--kernel", kernel, "--gpio", &value]);
+    assert_eq!(code, Some(1));
+    assert!(errors.contains("is not a socket"), "{errors}");
+    assert!(
+        !errors.contains("hypercalls"),
+        "nothing was started: {errors}"
+    );
+    assert_eq!(std::fs::read_to_string(&not_a_socket).unwrap(), "keep");
     // Nine devices: one too many.
     let image = disk(&dir, 1);
     let argument = format!("path={}", image.display());
@@ -718,8 +737,48 @@ fn lull_drives_virtio_gpio_lines_and_gets_a_line_interrupt_from_the_host() {
         1,
         "one event (-n 1), rising only: {monitored:?}"
     );
-    let text = wait_for_file(&log, "event line 1 (button): VALID", BOOT);
-    eprintln!("--- guest ---\n{chips}{monitored}\n--- gpio log ---\n{text}");
-    vmm.send(b"poweroff\r");
-    assert_eq!(vmm.wait_exit(BOOT).code(), Some(0));
+    wait_for_file(&log, "event line 1 (button): VALID", BOOT);
+
+    // Snapshot while gpiomon waits (its event buffer held by the device), restore in a new
+    // process (which binds the control socket again): the edge the host makes then reaches it.
+    let logged = std::fs::read_to_string(&log).unwrap().len();
+    let from = vmm.output().len();
+    vmm.send(format!("gpiomon -n 1 -r {chip} 1\r").as_bytes());
+    let deadline = std::time::Instant::now() + BOOT;
+    while !std::fs::read_to_string(&log).unwrap()[logged..].contains("line 1 (button) unmasked") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gpiomon never unmasked the line"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let snapshot = dir.join("snap");
+    snapshot_paused(&api, &snapshot);
+    let waiting = vmm.output()[from..].to_string();
+    vmm.kill();
+    assert!(!waiting.contains("EDGE"), "{waiting:?}");
+    let mut restored = Vmm::spawn(&["restore", "--snapshot", snapshot.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + BOOT;
+    while std::os::unix::net::UnixStream::connect(&control).is_err()
+        || !restored
+            .errors()
+            .contains("virtio-gpio0 at 0xd0000000 irq 5: ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restored VMM has no control socket: {}",
+            restored.errors()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gpio_control(&control, "pulse button"), "ok");
+    restored.wait_for("RISING EDGE offset: 1", BOOT);
+    restored.wait_for("lull> ", BOOT);
+    let text = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "--- guest ---\n{chips}{monitored}\n--- restored guest ---\n{}\n--- gpio log ---\n{text}",
+        restored.output()
+    );
+    restored.send(b"poweroff\r");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
 }

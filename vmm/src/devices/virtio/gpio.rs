@@ -492,6 +492,11 @@ impl Gpio {
                 .map(|&(head, gpio, status)| EventCompletion { head, gpio, status })
                 .collect();
         }
+        gpio.chip.log.line(format_args!(
+            "restored from a snapshot: {} event buffer(s) held, {} completion(s) to deliver",
+            state.event_buffers.len() - state.pending.len(),
+            state.pending.len()
+        ));
         Ok(gpio)
     }
 }
