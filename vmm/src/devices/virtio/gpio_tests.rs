@@ -20,7 +20,7 @@ fn config(lines: &[&str]) -> GpioConfig {
     GpioConfig {
         lines: lines.iter().map(|n| n.to_string()).collect(),
         control: None,
-        log: Some(std::env::temp_dir().join(format!("lull-vmm-gpio-{}.log", std::process::id()))),
+        log: Some("/dev/null".into()),
     }
 }
 
