@@ -1015,6 +1015,36 @@ mod tests {
     }
 
     #[test]
+    fn gpio_devices_take_their_place_among_the_others() {
+        use crate::devices::virtio::{gpio::GpioConfig, VirtioConfig};
+        let Command::Run { config, .. } = parse(&args(
+            "run --kernel k --disk path=a.img --gpio lines=a,,b,control=/tmp/c.sock --gpio default",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(config.virtio.len(), 3);
+        assert_eq!(
+            config.virtio[1],
+            VirtioConfig::Gpio(GpioConfig {
+                lines: vec!["a".into(), "".into(), "b".into()],
+                control: Some("/tmp/c.sock".into()),
+                log: None,
+            })
+        );
+        let VirtioConfig::Gpio(default) = &config.virtio[2] else {
+            panic!("{:?}", config.virtio[2])
+        };
+        assert_eq!(default.lines.len(), 8);
+        let error = parse(&args("run --kernel k --gpio lines=a,mode=x")).unwrap_err();
+        assert!(error.to_string().starts_with("option --gpio"), "{error}");
+        assert_eq!(
+            parse(&args("run --kernel k --gpio")),
+            Err(UsageError::MissingValue("--gpio".into()))
+        );
+    }
+
+    #[test]
     fn run_with_defaults() {
         let Command::Run { config, options } = parse(&args("run --kernel k.elf")).unwrap() else {
             panic!()
