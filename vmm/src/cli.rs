@@ -716,6 +716,12 @@ pub fn run_started(started: Started, options: &RunOptions, main_entered: Instant
     if let Some(path) = &options.api_sock {
         let _ = std::fs::remove_file(path);
     }
+    // Device sockets (virtio-gpio's control sockets) go too; never wait for the machine to
+    // exit (a thread may hold it): a socket left behind is replaced by the next run.
+    let sockets = machine.try_lock().map(|m| m.device_sockets());
+    for path in sockets.unwrap_or_default() {
+        let _ = std::fs::remove_file(path);
+    }
     status
 }
 

@@ -781,4 +781,6 @@ fn lull_drives_virtio_gpio_lines_and_gets_a_line_interrupt_from_the_host() {
     );
     restored.send(b"poweroff\r");
     assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+    assert!(!control.exists(), "the control socket is removed at exit");
+    assert!(!control.exists(), "the control socket is removed at exit");
 }

@@ -186,6 +186,11 @@ impl Gpio {
         &self.chip
     }
 
+    /// The control socket's path, if any.
+    pub fn control_socket(&self) -> Option<&std::path::Path> {
+        self.config.control.as_deref()
+    }
+
     pub fn device_id(&self) -> u32 {
         VIRTIO_ID_GPIO
     }

@@ -681,6 +681,17 @@ impl VirtioDevices {
         }
     }
 
+    /// Sockets the devices serve on the host (virtio-gpio's control sockets).
+    pub fn host_sockets(&self) -> Vec<PathBuf> {
+        self.devices
+            .iter()
+            .filter_map(|device| match &lock(&device.transport).backend {
+                Backend::Gpio(gpio) => gpio.control_socket().map(PathBuf::from),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The worker thread ids (for tests that measure their CPU time).
     pub fn transports(&self) -> Vec<Arc<Mutex<MmioTransport>>> {
         self.devices.iter().map(|d| d.transport.clone()).collect()
