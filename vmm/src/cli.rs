@@ -24,6 +24,7 @@ lull-vmm: the microVM monitor that hosts Lull on /dev/kvm
 USAGE:
   lull-vmm run --kernel ELF|BZIMAGE [--vcpus N] [--memory MIB] [--cmdline STR | --cmdline-file PATH]
               [--no-rsdp-hint] [--disk path=FILE[,readonly]]... [--net tap=NAME[,mac=MAC]]...
+              [--gpio lines=NAME,...|default[,control=PATH][,log=PATH]]...
               [RUN OPTIONS]
   lull-vmm restore --snapshot DIR [--lazy [--record-ws MS]] [RUN OPTIONS]
   lull-vmm receive --listen URL [RUN OPTIONS]      take one live migration and run the guest
@@ -56,6 +57,13 @@ DEVICES (run only; up to 8 in all, virtio-mmio, announced on the kernel command 
 virtio_mmio.device=4K@ADDR:IRQ; a restore reopens the snapshot's files and TAPs):
   --disk path=FILE[,readonly]   virtio-blk on a raw image file (capacity = file size)
   --net tap=NAME[,mac=MAC]      virtio-net on TAP device NAME (created if missing and allowed)
+  --gpio lines=NAME,...|default[,control=PATH][,log=PATH]
+                                virtio-gpio with simulated lines, one per NAME (`default`: 8,
+                                amp-enable,button,led0,led1,headphone-detect,mute,reset,irq);
+                                control=PATH: a Unix socket taking lull-gpio-backend's commands
+                                (set LINE 0|1, pulse LINE, get LINE, dump, help; one reply line,
+                                `ok ...` or `error: ...`); every request and command is logged
+                                with a timestamp to stderr, or appended to log=PATH
 
 LAZY RESTORE: --lazy starts the vCPUs before guest RAM is loaded: pages come from the snapshot's
 memory file as the guest touches them (userfaultfd), the rest in the background. --record-ws MS
@@ -326,13 +334,13 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             let mut virtio = Vec::new();
             while let Some(option) = arguments.rest.next() {
                 match option.as_str() {
-                    "--disk" | "--net" => {
+                    "--disk" | "--net" | "--gpio" => {
                         let value = arguments.value(option)?;
                         let (name, parse): (&'static str, fn(&str) -> Result<_, String>) =
-                            if option == "--disk" {
-                                ("--disk", crate::devices::virtio::parse_disk)
-                            } else {
-                                ("--net", crate::devices::virtio::parse_net)
+                            match option.as_str() {
+                                "--disk" => ("--disk", crate::devices::virtio::parse_disk),
+                                "--net" => ("--net", crate::devices::virtio::parse_net),
+                                _ => ("--gpio", crate::devices::virtio::parse_gpio),
                             };
                         virtio.push(parse(value).map_err(|reason| UsageError::Device {
                             option: name,
@@ -708,6 +716,12 @@ pub fn run_started(started: Started, options: &RunOptions, main_entered: Instant
     if let Some(path) = &options.api_sock {
         let _ = std::fs::remove_file(path);
     }
+    // Device sockets (virtio-gpio's control sockets) go too; never wait for the machine to
+    // exit (a thread may hold it): a socket left behind is replaced by the next run.
+    let sockets = machine.try_lock().map(|m| m.device_sockets());
+    for path in sockets.unwrap_or_default() {
+        let _ = std::fs::remove_file(path);
+    }
     status
 }
 
@@ -1003,6 +1017,36 @@ mod tests {
         assert_eq!(
             parse(&args("run --kernel k --disk")),
             Err(UsageError::MissingValue("--disk".into()))
+        );
+    }
+
+    #[test]
+    fn gpio_devices_take_their_place_among_the_others() {
+        use crate::devices::virtio::{gpio::GpioConfig, VirtioConfig};
+        let Command::Run { config, .. } = parse(&args(
+            "run --kernel k --disk path=a.img --gpio lines=a,,b,control=/tmp/c.sock --gpio default",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(config.virtio.len(), 3);
+        assert_eq!(
+            config.virtio[1],
+            VirtioConfig::Gpio(GpioConfig {
+                lines: vec!["a".into(), "".into(), "b".into()],
+                control: Some("/tmp/c.sock".into()),
+                log: None,
+            })
+        );
+        let VirtioConfig::Gpio(default) = &config.virtio[2] else {
+            panic!("{:?}", config.virtio[2])
+        };
+        assert_eq!(default.lines.len(), 8);
+        let error = parse(&args("run --kernel k --gpio lines=a,mode=x")).unwrap_err();
+        assert!(error.to_string().starts_with("option --gpio"), "{error}");
+        assert_eq!(
+            parse(&args("run --kernel k --gpio")),
+            Err(UsageError::MissingValue("--gpio".into()))
         );
     }
 

@@ -964,6 +964,12 @@ impl Machine {
         !self.virtio.is_empty()
     }
 
+    /// Sockets the devices serve on the host (virtio-gpio's control sockets), for removal at
+    /// exit.
+    pub fn device_sockets(&self) -> Vec<std::path::PathBuf> {
+        self.virtio.host_sockets()
+    }
+
     /// Stops and joins every vCPU thread (the device threads stop when the machine drops).
     pub fn stop(&mut self) {
         for handle in &self.vcpus {

@@ -1,6 +1,7 @@
 //! virtio-mmio devices end to end: a guest driving virtio-blk through the real transport
 //! (ioeventfd notify, irqfd interrupt status), idle device threads that use no CPU, snapshot and
-//! restore with devices attached, TAP devices in a test-made network namespace, and CLI errors.
+//! restore with devices attached, TAP devices in a test-made network namespace, CLI errors, and
+//! virtio-gpio driven from the guest shell and from the host through its control socket.
 //! KVM tests are ignored (skipped) unless run with `--ignored`; the TAP test also needs the
 //! right to create network namespaces and TAP devices, and says it skipped without it.
 
@@ -233,6 +234,25 @@ fn bad_device_options_name_the_option_and_start_nothing() {
         errors.contains("--net tap=bad/name: cannot open the TAP device"),
         "{errors}"
     );
+    // --gpio: a malformed value is a usage error; a control path that is not a socket is
+    // refused before any VM exists, and left alone.
+    let (code, errors) = run(&["run", "--kernel", kernel, "--gpio", "lines=a,b,pin=3"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        errors.contains("option --gpio 'lines=a,b,pin=3'") && errors.contains("'pin='"),
+        "{errors}"
+    );
+    let not_a_socket = dir.join("not-a-socket");
+    std::fs::write(&not_a_socket, "keep").unwrap();
+    let value = format!("default,control={}", not_a_socket.display());
+    let (code, errors) = run(&["run", "--kernel", kernel, "--gpio", &value]);
+    assert_eq!(code, Some(1));
+    assert!(errors.contains("is not a socket"), "{errors}");
+    assert!(
+        !errors.contains("hypercalls"),
+        "nothing was started: {errors}"
+    );
+    assert_eq!(std::fs::read_to_string(&not_a_socket).unwrap(), "keep");
     // Nine devices: one too many.
     let image = disk(&dir, 1);
     let argument = format!("path={}", image.display());
@@ -558,4 +578,209 @@ fn lull_exchanges_tcp_with_a_host_process_over_a_tap() {
     vmm.send(b"poweroff\r");
     assert_eq!(vmm.wait_exit(BOOT).code(), Some(0));
     drop(namespace);
+}
+
+/// Sends one control command to a `--gpio ...,control=PATH` socket; returns the reply line.
+fn gpio_control(path: &Path, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("control socket {}: {e}", path.display()));
+    stream.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).unwrap();
+    reply.trim_end().to_string()
+}
+
+/// Waits until the file at `path` contains `needle`; returns its text.
+fn wait_for_file(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} has no {needle:?} after {timeout:?}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Offset of `needle` in `text` at or after `from`, panicking with the text without one.
+fn find_after(text: &str, from: usize, needle: &str) -> usize {
+    text[from..]
+        .find(needle)
+        .map(|at| from + at)
+        .unwrap_or_else(|| panic!("no {needle:?} after offset {from} in:\n{text}"))
+}
+
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn lull_drives_virtio_gpio_lines_and_gets_a_line_interrupt_from_the_host() {
+    const TEST: &str = "lull_drives_virtio_gpio_lines_and_gets_a_line_interrupt_from_the_host";
+    let kernel = lull_kernel(TEST);
+    let dir = scratch("virtio-gpio");
+    let (control, log, api) = (
+        dir.join("gpio.sock"),
+        dir.join("gpio.log"),
+        dir.join("api.sock"),
+    );
+    let gpio = format!(
+        "lines=amp-enable,button,led0,led1,headphone-detect,mute,reset,irq,control={},log={}",
+        control.display(),
+        log.display()
+    );
+    let mut vmm = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--gpio",
+        &gpio,
+        "--api-sock",
+        api.to_str().unwrap(),
+    ]);
+    vmm.wait_for("lull> ", BOOT);
+    wait_for_socket(&api, BOOT);
+    let errors = vmm.errors();
+    assert!(
+        errors.contains("virtio-gpio0 at 0xd0000000 irq 5: 8 line(s)"),
+        "{errors}"
+    );
+
+    // Idle with the device bound (after the boot's tail settles): the vCPU is not woken at all
+    // and does not exit, and the device's thread takes no CPU.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = thread_cpu_ticks(vmm.pid(), "virtio-gpio0-io");
+    assert_eq!(before.len(), 1, "{before:?}");
+    let (ok, json, errors) = client(&[
+        "metrics",
+        "--api",
+        api.to_str().unwrap(),
+        "--interval-ms",
+        "3000",
+        "--json",
+    ]);
+    assert!(ok, "{errors}");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rates = &report["rates"][0]["kvm_per_second"];
+    eprintln!(
+        "idle guest with virtio-gpio over 3 s: halt_wakeup/s {} exits/s {}",
+        rates["halt_wakeup"], rates["exits"]
+    );
+    assert_eq!(rates["halt_wakeup"].as_f64(), Some(0.0), "{report}");
+    assert!(rates["exits"].as_f64().unwrap() < 5.0, "{report}");
+    let after = thread_cpu_ticks(vmm.pid(), "virtio-gpio0-io");
+    assert!(after[0].1 - before[0].1 <= 1, "{before:?} -> {after:?}");
+
+    // The guest's driver found the chip with the names the VMM gave it.
+    let chips = shell(&mut vmm, "gpiodetect", BOOT);
+    let chip = chips
+        .lines()
+        .find(|l| l.contains("[virtio-gpio] (8 lines)"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("gpiodetect shows no virtio-gpio chip: {chips:?}"))
+        .to_string();
+    let info = shell(&mut vmm, &format!("gpioinfo {chip}"), BOOT);
+    for name in ["amp-enable", "button", "headphone-detect", "irq"] {
+        assert!(info.contains(&format!("\"{name}\"")), "{info}");
+    }
+
+    // gpioset: value first, then direction, then the level seen on the host.
+    let set = shell(&mut vmm, &format!("gpioset {chip} 0=1"), BOOT);
+    assert!(!set.contains("error"), "{set}");
+    let text = wait_for_file(&log, "line 0 (amp-enable) -> 1", BOOT);
+    let value = find_after(&text, 0, "SET_VALUE gpio 0 value 1: ok");
+    let direction = find_after(&text, value, "SET_DIRECTION gpio 0 value 1: ok");
+    find_after(&text, direction, "line 0 (amp-enable) -> 1");
+    assert_eq!(gpio_control(&control, "get amp-enable"), "ok 1");
+
+    // The host drives the button; the guest reads it.
+    for level in [1, 0] {
+        assert_eq!(gpio_control(&control, &format!("set button {level}")), "ok");
+        let got = shell(&mut vmm, &format!("gpioget {chip} 1"), BOOT);
+        assert!(
+            got.lines().skip(1).any(|l| l.trim() == level.to_string()),
+            "gpioget of the button the host set to {level}: {got:?}"
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("control (socket): set button 1 -> ok"),
+        "control commands are logged: {text}"
+    );
+
+    // A line interrupt end to end: gpiomon unmasks the button (an event buffer on the event
+    // queue), the host pulses it, the buffer comes back VALID and gpiomon prints the edge.
+    let from = vmm.output().len();
+    let logged = std::fs::read_to_string(&log).unwrap().len();
+    vmm.send(format!("gpiomon -n 1 -r {chip} 1\r").as_bytes());
+    let text = wait_for_file(&log, "line 1 (button) unmasked", BOOT);
+    assert!(
+        text[logged..].contains("IRQ_TYPE gpio 1 value 1: ok"),
+        "gpiomon asked for rising edges: {}",
+        &text[logged..]
+    );
+    assert_eq!(gpio_control(&control, "pulse button"), "ok");
+    let end = vmm.wait_for_from(from, "lull> ", BOOT);
+    let monitored = vmm.output()[from..end].to_string();
+    assert!(
+        monitored.contains("RISING EDGE") && monitored.contains("offset: 1"),
+        "gpiomon: {monitored:?}"
+    );
+    assert_eq!(
+        monitored.matches("EDGE").count(),
+        1,
+        "one event (-n 1), rising only: {monitored:?}"
+    );
+    wait_for_file(&log, "event line 1 (button): VALID", BOOT);
+
+    // Snapshot while gpiomon waits (its event buffer held by the device), restore in a new
+    // process (which binds the control socket again): the edge the host makes then reaches it.
+    let logged = std::fs::read_to_string(&log).unwrap().len();
+    let from = vmm.output().len();
+    vmm.send(format!("gpiomon -n 1 -r {chip} 1\r").as_bytes());
+    let deadline = std::time::Instant::now() + BOOT;
+    while !std::fs::read_to_string(&log).unwrap()[logged..].contains("line 1 (button) unmasked") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gpiomon never unmasked the line"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let snapshot = dir.join("snap");
+    snapshot_paused(&api, &snapshot);
+    let waiting = vmm.output()[from..].to_string();
+    vmm.kill();
+    assert!(!waiting.contains("EDGE"), "{waiting:?}");
+    let mut restored = Vmm::spawn(&["restore", "--snapshot", snapshot.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + BOOT;
+    while std::os::unix::net::UnixStream::connect(&control).is_err()
+        || !restored
+            .errors()
+            .contains("virtio-gpio0 at 0xd0000000 irq 5: ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restored VMM has no control socket: {}",
+            restored.errors()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gpio_control(&control, "pulse button"), "ok");
+    restored.wait_for("RISING EDGE offset: 1", BOOT);
+    restored.wait_for("lull> ", BOOT);
+    let text = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "--- guest ---\n{chips}{monitored}\n--- restored guest ---\n{}\n--- gpio log ---\n{text}",
+        restored.output()
+    );
+    restored.send(b"poweroff\r");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+    assert!(!control.exists(), "the control socket is removed at exit");
+    assert!(!control.exists(), "the control socket is removed at exit");
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::ops::Deref;
 use std::sync::{Arc, RwLock};
 
-use lull_virtio_gpio::{EventCompletion, EVENT_QUEUE, REQUEST_QUEUE, STATUS_OK};
+use lull_virtio_gpio::{EventCompletion, EVENT_QUEUE, REQUEST_QUEUE};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
@@ -17,7 +17,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::gpio::{status_name, Gpio, State};
+use crate::gpio::{Gpio, State};
 
 /// Guest memory as the back-end crate hands it over.
 pub type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -108,27 +108,8 @@ impl GpioBackend {
                     Ok((readable, writable)) => {
                         let len = writable.iter().map(|&(_, l)| l as usize).sum();
                         let result = state.device.handle_request(&readable, len);
-                        let outcome = match result.response.first() {
-                            Some(&STATUS_OK) if result.response.len() == 2 => {
-                                format!("ok {}", result.response[1])
-                            }
-                            Some(&STATUS_OK) => format!("ok ({} bytes)", result.response.len()),
-                            Some(_) => "error".into(),
-                            None => "no room for a status byte".into(),
-                        };
-                        match result.message {
-                            Some(m) if readable.len() == lull_virtio_gpio::REQUEST_LEN => {
-                                log.line(format_args!("{m}: {outcome}"))
-                            }
-                            _ => log.line(format_args!(
-                                "malformed request ({} bytes readable, {len} writable): {outcome}",
-                                readable.len()
-                            )),
-                        }
-                        if let Some((gpio, level)) = result.output_change {
-                            let line = self.gpio.describe(&state.device, gpio);
-                            log.line(format_args!("line {line} -> {}", u8::from(level)));
-                        }
+                        self.gpio
+                            .log_request(&state.device, readable.len(), len, &result);
                         completions.extend(result.events);
                         match write_scattered(&mem, &writable, &result.response) {
                             Ok(n) => n,
@@ -263,7 +244,6 @@ fn complete(
     status: GuestAddress,
     completion: EventCompletion,
 ) {
-    let line = gpio.describe(&state.device, completion.gpio);
     let len = match mem.write_slice(&[completion.status], status) {
         Ok(()) => 1,
         Err(e) => {
@@ -271,11 +251,7 @@ fn complete(
             0
         }
     };
-    log.line(format_args!(
-        "event line {line}: {} (buffer {})",
-        status_name(completion.status),
-        completion.head
-    ));
+    gpio.log_event(&state.device, &completion);
     add_used(log, events, completion.head, len);
 }
 

@@ -3,17 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// The default lines: what a small audio board might expose, so a log reads naturally.
-pub const DEFAULT_LINES: [&str; 8] = [
-    "amp-enable",
-    "button",
-    "led0",
-    "led1",
-    "headphone-detect",
-    "mute",
-    "reset",
-    "irq",
-];
+/// The default lines (shared with lull-vmm's `--gpio`).
+pub use lull_gpio_sim::DEFAULT_LINES;
 
 /// What `--help` prints.
 pub const USAGE: &str = "\

@@ -5,13 +5,12 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, BufReader};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
 
+use lull_gpio_sim::socket::{check_socket_path, serve_control_socket};
 use lull_vhost_user_gpio::backend::{GpioBackend, WAKE_EVENT};
 use lull_vhost_user_gpio::cli::{self, Options, Parsed, USAGE};
 use lull_vhost_user_gpio::gpio::Gpio;
@@ -44,28 +43,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Refuses a path another process is listening on, or that is not a socket; a stale socket
-/// (nobody listening) is replaced.
-fn check_socket_path(path: &Path, what: &str) -> Result<(), String> {
-    let Ok(metadata) = std::fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    if !metadata.file_type().is_socket() {
-        return Err(format!(
-            "{what} {}: exists and is not a socket (not removing it)",
-            path.display()
-        ));
-    }
-    if UnixStream::connect(path).is_ok() {
-        return Err(format!(
-            "{what} {}: in use (another process is listening on it)",
-            path.display()
-        ));
-    }
-    std::fs::remove_file(path)
-        .map_err(|e| format!("{what} {}: stale, cannot remove it: {e}", path.display()))
 }
 
 fn run(options: &Options) -> Result<(), String> {
@@ -204,32 +181,5 @@ fn serve_one(listener: &mut Listener, gpio: &Arc<Gpio>) -> Result<(), String> {
             VhostUserError::Disconnected | VhostUserError::PartialMessage,
         )) => Ok(()),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-fn serve_control_socket(listener: UnixListener, gpio: Arc<Gpio>) {
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                gpio.log.line(format_args!("control socket: {e}"));
-                continue;
-            }
-        };
-        let gpio = gpio.clone();
-        let spawned = thread::Builder::new()
-            .name("control-client".into())
-            .spawn(move || {
-                let reader = match stream.try_clone() {
-                    Ok(reader) => BufReader::new(reader),
-                    Err(e) => return gpio.log.line(format_args!("control socket: {e}")),
-                };
-                if let Err(e) = gpio.serve_control(reader, &stream, "socket") {
-                    gpio.log.line(format_args!("control socket client: {e}"));
-                }
-            });
-        if let Err(e) = spawned {
-            eprintln!("{NAME}: control client thread: {e}");
-        }
     }
 }

@@ -1,7 +1,8 @@
-//! A structure-aware fuzzer for both backends and the transport, in plain `cargo test`.
+//! A structure-aware fuzzer for the backends and the transport, in plain `cargo test`.
 //!
 //! Each case builds a guest RAM, a device (block on a scratch image, read-only or not, or net
-//! on an in-memory TAP with random inbound frames), drives it to DRIVER_OK with random (mostly
+//! on an in-memory TAP with random inbound frames, or gpio with random edges made through its
+//! control channel), drives it to DRIVER_OK with random (mostly
 //! plausible) features and queue set-ups, fills descriptor tables, avail rings and request
 //! headers with random values biased towards the interesting edges (indices at the queue
 //! size, buffers at the end of RAM, loops, INDIRECT, huge lengths, avail indices far ahead),
@@ -9,7 +10,7 @@
 //! pause/resume and save/apply. A case must finish (a watchdog fails the test if one runs for
 //! more than 10 s: an endless loop), must not panic, must keep a read-only image unchanged and
 //! every image's size, and a device in DEVICE_NEEDS_RESET must not complete anything until
-//! reset.
+//! reset; a gpio device's saved state must always restore.
 //!
 //! It runs for `LULL_FUZZ_SECS` seconds (default 3); `LULL_FUZZ_SEED` replays one case. A
 //! failing case prints its seed.
@@ -25,6 +26,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::block::Block;
+use super::gpio::{Gpio, GpioConfig};
 use super::mmio::MmioTransport;
 use super::net::Net;
 use super::tests::{
@@ -67,6 +69,9 @@ const IMAGE_SECTORS: usize = 64;
 /// How deep the cases went: used-ring entries written, devices put into needs-reset.
 static COMPLETED: AtomicU64 = AtomicU64::new(0);
 static RESETS_NEEDED: AtomicU64 = AtomicU64::new(0);
+/// Of those, gpio's: requests answered, event buffers returned.
+static GPIO_REQUESTS: AtomicU64 = AtomicU64::new(0);
+static GPIO_EVENTS: AtomicU64 = AtomicU64::new(0);
 
 struct Case {
     transport: MmioTransport,
@@ -83,7 +88,18 @@ fn build_case(rng: &mut Rng, seed: u64) -> Case {
     }
     memory.write_slice(&noise, GuestAddress(DATA)).unwrap();
     let interrupt = Arc::new(FakeInterrupt::default());
-    let (backend, image) = if rng.chance(55) {
+    let (backend, image) = if rng.chance(25) {
+        let lines = ["amp-enable", "button", "", "irq"][..rng.below(4) as usize + 1]
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let config = GpioConfig {
+            lines,
+            control: None,
+            log: Some("/dev/null".into()),
+        };
+        (Backend::Gpio(Gpio::open(&config).unwrap()), None)
+    } else if rng.chance(55) {
         let path =
             std::env::temp_dir().join(format!("lull-vmm-fuzz-{}-{seed:x}.img", std::process::id()));
         let content: Vec<u8> = (0..IMAGE_SECTORS * 512).map(|i| (i * 13) as u8).collect();
@@ -123,6 +139,9 @@ fn bring_up(rng: &mut Rng, case: &mut Case) {
     let mut features = VERSION_1;
     if rng.chance(50) {
         features |= EVENT_IDX;
+    }
+    if matches!(t.backend, Backend::Gpio(_)) && rng.chance(80) {
+        features |= lull_virtio_gpio::VIRTIO_GPIO_F_IRQ;
     }
     if rng.chance(10) {
         features = rng.next();
@@ -169,6 +188,7 @@ fn bring_up(rng: &mut Rng, case: &mut Case) {
 fn fill_queues(rng: &mut Rng, case: &Case) {
     let memory = &case.memory;
     let block = matches!(case.transport.backend, Backend::Block(_));
+    let gpio = matches!(case.transport.backend, Backend::Gpio(_));
     for (queue_index, queue) in case.transport.queues().iter().enumerate() {
         let state = queue.state();
         let size = u64::from(state.size);
@@ -178,7 +198,13 @@ fn fill_queues(rng: &mut Rng, case: &Case) {
             let mut chain: Vec<(u64, u32, bool)> = Vec::new();
             let data = |rng: &mut Rng| DATA + rng.below(0x3000);
             if rng.chance(80) {
-                if block {
+                if gpio && queue_index == 0 {
+                    chain.push((data(rng), 8, false));
+                    chain.push((data(rng), [1, 2, 20][rng.below(3) as usize], true));
+                } else if gpio {
+                    chain.push((data(rng), 2, false));
+                    chain.push((data(rng), 1, true));
+                } else if block {
                     chain.push((data(rng), 16, false));
                     let writable = rng.chance(50);
                     for _ in 0..rng.below(3) {
@@ -248,6 +274,13 @@ fn fill_queues(rng: &mut Rng, case: &Case) {
             let _ = memory.write_obj(1u16, GuestAddress(state.avail_ring)); // NO_INTERRUPT
         }
     }
+    // Plausible gpio messages (type, line, value) and event line numbers.
+    for _ in 0..8 {
+        let at = DATA + rng.below(0x3000);
+        let _ = memory.write_obj(rng.below(8) as u16, GuestAddress(at));
+        let _ = memory.write_obj(rng.edgy(4) as u16, GuestAddress(at + 2));
+        let _ = memory.write_obj(rng.edgy(8) as u32, GuestAddress(at + 4));
+    }
     // Plausible block headers where buffers tend to point.
     for _ in 0..8 {
         let at = DATA + rng.below(0x3000);
@@ -288,7 +321,19 @@ fn run_case(seed: u64) {
                 write32(&mut case.transport, VIRTIO_MMIO_QUEUE_NOTIFY, index);
                 case.transport.handle(BackendEvent::Queue(index as usize));
             }
-            11..=12 => case.transport.handle(BackendEvent::Host),
+            11..=12 => {
+                if let Backend::Gpio(gpio) = &case.transport.backend {
+                    // The outside world: a random level or edge through the control channel.
+                    let line = rng.edgy(4);
+                    let command = match rng.below(3) {
+                        0 => format!("set {line} {}", rng.below(2)),
+                        1 => format!("pulse {line}"),
+                        _ => "dump".to_string(),
+                    };
+                    let _ = gpio.chip().control_line(&command);
+                }
+                case.transport.handle(BackendEvent::Host)
+            }
             13 => {
                 let offset = rng.below(0x200) as u32;
                 let value = rng.next() as u32;
@@ -313,6 +358,11 @@ fn run_case(seed: u64) {
                 let state = case.transport.save();
                 case.transport.apply(&state).unwrap();
                 assert_eq!(case.transport.save(), state);
+                if let super::BackendState::Gpio(_) = &state.backend {
+                    let restored = Backend::restore(&state.backend)
+                        .unwrap_or_else(|e| panic!("a saved gpio state does not restore: {e}"));
+                    assert_eq!(restored.save(), state.backend);
+                }
             }
             _ => {
                 write32(
@@ -346,6 +396,11 @@ fn run_case(seed: u64) {
         .map(|q| u64::from(q.state().next_used))
         .sum();
     COMPLETED.fetch_add(used, Ordering::Relaxed);
+    if let Backend::Gpio(_) = case.transport.backend {
+        let used = |q: usize| u64::from(case.transport.queues()[q].state().next_used);
+        GPIO_REQUESTS.fetch_add(used(0), Ordering::Relaxed);
+        GPIO_EVENTS.fetch_add(used(1), Ordering::Relaxed);
+    }
     if case.transport.status() & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
         RESETS_NEEDED.fetch_add(1, Ordering::Relaxed);
     }
@@ -360,7 +415,7 @@ fn run_case(seed: u64) {
 }
 
 #[test]
-fn fuzz_both_backends_with_hostile_queues() {
+fn fuzz_the_backends_with_hostile_queues() {
     if let Some(seed) = std::env::var("LULL_FUZZ_SEED")
         .ok()
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
@@ -411,16 +466,21 @@ fn fuzz_both_backends_with_hostile_queues() {
     let done = cases.load(Ordering::SeqCst);
     let completed = COMPLETED.load(Ordering::Relaxed);
     let resets = RESETS_NEEDED.load(Ordering::Relaxed);
+    let (gpio_requests, gpio_events) = (
+        GPIO_REQUESTS.load(Ordering::Relaxed),
+        GPIO_EVENTS.load(Ordering::Relaxed),
+    );
     eprintln!(
-        "virtio fuzz: {done} cases in {seconds} s, {completed} buffers used, {resets} ended needing reset"
+        "virtio fuzz: {done} cases in {seconds} s, {completed} buffers used ({gpio_requests} \
+         gpio requests, {gpio_events} gpio event buffers), {resets} ended needing reset"
     );
     assert!(done > 0);
     // The generator must reach past the validation: some cases complete requests, some are
     // refused.
     if done >= 100 {
         assert!(
-            completed > 0 && resets > 0,
-            "{completed} used, {resets} resets"
+            completed > 0 && resets > 0 && gpio_requests > 0,
+            "{completed} used, {resets} resets, {gpio_requests} gpio requests"
         );
     }
 }

@@ -376,6 +376,7 @@ impl MmioTransport {
                 return;
             }
         }
+        self.backend.activate(self.driver_features);
         for event in &self.queue_events {
             let _ = event.write(1);
         }

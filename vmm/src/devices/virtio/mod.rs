@@ -1,7 +1,8 @@
-//! virtio devices over the virtio-mmio transport: block (a raw image file) and net (a TAP).
+//! virtio devices over the virtio-mmio transport: block (a raw image file), net (a TAP) and
+//! gpio (simulated lines with a control socket).
 //!
 //! Each device has a 4 KiB register window in the MMIO hole and an ISA IRQ of its own, both
-//! fixed by its position on the command line (`--disk`/`--net` in order):
+//! fixed by its position on the command line (`--disk`/`--net`/`--gpio` in order):
 //!
 //! | device n | window                          | IRQ (edge, active high)       |
 //! |----------|---------------------------------|-------------------------------|
@@ -12,12 +13,13 @@
 //!
 //! Wiring: each queue's QueueNotify write is caught by KVM (an ioeventfd with the queue index
 //! as datamatch) and wakes the device's worker thread, which waits in epoll on those eventfds,
-//! the TAP (net) and a control eventfd, and does no work when the guest does nothing. Used
+//! the TAP (net) or the control socket's wake-up (gpio) and a control eventfd, and does no work when the guest does nothing. Used
 //! buffers and configuration changes raise the IRQ through an irqfd. The vCPU threads only
 //! serve register reads and writes. Device state is behind one mutex per device; pausing the
 //! VM takes it, so nothing is in flight while the VM is paused or snapshotted.
 
 pub mod block;
+pub mod gpio;
 pub mod mmio;
 pub mod net;
 pub mod queue;
@@ -25,6 +27,8 @@ mod sys;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod gpio_tests;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +48,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::lock;
 use crate::persist::Persist;
 use block::{Block, BlockError, BlockState};
+use gpio::{Gpio, GpioConfig, GpioError, GpioState};
 use mmio::{MmioTransport, TransportError, TransportState, WINDOW_BYTES};
 use net::{Net, NetError, NetState};
 use queue::ChainError;
@@ -75,6 +80,7 @@ pub fn cmdline_fragment(count: usize) -> String {
 pub enum VirtioConfig {
     Block { path: PathBuf, readonly: bool },
     Net { tap: String, mac: Option<[u8; 6]> },
+    Gpio(GpioConfig),
 }
 
 /// Parses `--disk path=FILE[,readonly]`.
@@ -110,6 +116,11 @@ pub fn parse_net(value: &str) -> Result<VirtioConfig, String> {
     Ok(VirtioConfig::Net { tap, mac })
 }
 
+/// Parses `--gpio [lines=NAME,...][,control=PATH][,log=PATH]`.
+pub fn parse_gpio(value: &str) -> Result<VirtioConfig, String> {
+    gpio::parse_gpio(value).map(VirtioConfig::Gpio)
+}
+
 fn parse_mac(text: &str) -> Result<[u8; 6], String> {
     let bad = || format!("'{text}' is not a MAC address (XX:XX:XX:XX:XX:XX)");
     let mut mac = [0u8; 6];
@@ -134,6 +145,7 @@ fn parse_mac(text: &str) -> Result<[u8; 6], String> {
 pub enum Backend {
     Block(Block),
     Net(Net),
+    Gpio(Gpio),
 }
 
 /// What woke a device.
@@ -150,6 +162,18 @@ pub enum BackendEvent {
 pub enum BackendState {
     Block(BlockState),
     Net(NetState),
+    Gpio(GpioState),
+}
+
+impl BackendState {
+    /// `virtio-blk`, `virtio-net` or `virtio-gpio`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendState::Block(_) => "virtio-blk",
+            BackendState::Net(_) => "virtio-net",
+            BackendState::Gpio(_) => "virtio-gpio",
+        }
+    }
 }
 
 /// Why a device could not be set up or restored.
@@ -159,12 +183,14 @@ pub enum VirtioError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Gpio(#[from] GpioError),
     #[error("{device}: {source}")]
     Transport {
         device: String,
         source: TransportError,
     },
-    #[error("at most {MAX_DEVICES} virtio devices (--disk and --net together), not {0}")]
+    #[error("at most {MAX_DEVICES} virtio devices (--disk, --net and --gpio together), not {0}")]
     TooMany(usize),
     #[error("{what}: {source}")]
     Host {
@@ -185,6 +211,7 @@ impl Backend {
         Ok(match config {
             VirtioConfig::Block { path, readonly } => Backend::Block(Block::open(path, *readonly)?),
             VirtioConfig::Net { tap, mac } => Backend::Net(Net::open(tap, *mac)?),
+            VirtioConfig::Gpio(config) => Backend::Gpio(Gpio::open(config)?),
         })
     }
 
@@ -192,6 +219,7 @@ impl Backend {
         match self {
             Backend::Block(block) => block.device_id(),
             Backend::Net(net) => net.device_id(),
+            Backend::Gpio(gpio) => gpio.device_id(),
         }
     }
 
@@ -199,6 +227,7 @@ impl Backend {
         match self {
             Backend::Block(block) => block.features(),
             Backend::Net(net) => net.features(),
+            Backend::Gpio(gpio) => gpio.features(),
         }
     }
 
@@ -206,6 +235,7 @@ impl Backend {
         match self {
             Backend::Block(block) => block.config(),
             Backend::Net(net) => net.config(),
+            Backend::Gpio(gpio) => gpio.config(),
         }
     }
 
@@ -213,12 +243,22 @@ impl Backend {
         match self {
             Backend::Block(block) => block.queue_max_sizes(),
             Backend::Net(net) => net.queue_max_sizes(),
+            Backend::Gpio(gpio) => gpio.queue_max_sizes(),
         }
     }
 
     pub fn reset(&mut self) {
-        if let Backend::Net(net) = self {
-            net.reset();
+        match self {
+            Backend::Net(net) => net.reset(),
+            Backend::Gpio(gpio) => gpio.reset(),
+            Backend::Block(_) => {}
+        }
+    }
+
+    /// DRIVER_OK with the features the driver accepted.
+    pub fn activate(&mut self, features: u64) {
+        if let Backend::Gpio(gpio) = self {
+            gpio.activate(features);
         }
     }
 
@@ -227,6 +267,7 @@ impl Backend {
         match self {
             Backend::Block(_) => None,
             Backend::Net(net) => net.host_fd(),
+            Backend::Gpio(gpio) => gpio.host_fd(),
         }
     }
 
@@ -253,6 +294,14 @@ impl Backend {
                 queue::check_queue(&queues[net::RX_QUEUE], memory)?;
                 Ok(u64::from(net.receive(&mut queues[net::RX_QUEUE], memory)?) << net::RX_QUEUE)
             }
+            (Backend::Gpio(gpio), BackendEvent::Queue(0)) => gpio.process_requests(queues, memory),
+            (Backend::Gpio(gpio), BackendEvent::Queue(1)) => gpio.process_events(queues, memory),
+            (Backend::Gpio(gpio), BackendEvent::Host) => {
+                if ready(queues, 1) {
+                    queue::check_queue(&queues[1], memory)?;
+                }
+                gpio.deliver(queues, memory)
+            }
             _ => Ok(0),
         }
     }
@@ -261,6 +310,7 @@ impl Backend {
         match self {
             Backend::Block(block) => BackendState::Block(block.save()),
             Backend::Net(net) => BackendState::Net(net.save()),
+            Backend::Gpio(gpio) => BackendState::Gpio(gpio.save()),
         }
     }
 
@@ -268,6 +318,7 @@ impl Backend {
         Ok(match state {
             BackendState::Block(block) => Backend::Block(Block::restore(block)?),
             BackendState::Net(net) => Backend::Net(Net::restore(net)?),
+            BackendState::Gpio(gpio) => Backend::Gpio(Gpio::restore(gpio)?),
         })
     }
 
@@ -276,6 +327,7 @@ impl Backend {
         match self {
             Backend::Block(_) => "virtio-blk",
             Backend::Net(_) => "virtio-net",
+            Backend::Gpio(_) => "virtio-gpio",
         }
     }
 
@@ -301,6 +353,7 @@ impl Backend {
                     m[5]
                 )
             }
+            Backend::Gpio(gpio) => gpio.describe(),
         }
     }
 }
@@ -397,6 +450,25 @@ impl MmioBus {
     }
 }
 
+/// Names devices by kind and order: `virtio-blk0`, `virtio-blk1`, `virtio-net0`, `virtio-gpio0`.
+#[derive(Default)]
+struct DeviceNames(Vec<(&'static str, usize)>);
+
+impl DeviceNames {
+    fn next(&mut self, kind: &'static str) -> String {
+        let count = match self.0.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, count)) => count,
+            None => {
+                self.0.push((kind, 0));
+                &mut self.0.last_mut().expect("just pushed").1
+            }
+        };
+        let name = format!("{kind}{count}");
+        *count += 1;
+        name
+    }
+}
+
 /// A device with its worker thread and KVM wiring.
 struct Attached {
     base: u64,
@@ -434,11 +506,9 @@ impl VirtioDevices {
         backends: Vec<Backend>,
     ) -> Result<Self, VirtioError> {
         let mut devices = Self::default();
-        let mut counts = [0usize; 2];
+        let mut names = DeviceNames::default();
         for (index, backend) in backends.into_iter().enumerate() {
-            let kind = usize::from(matches!(backend, Backend::Net(_)));
-            let name = format!("{}{}", backend.kind(), counts[kind]);
-            counts[kind] += 1;
+            let name = names.next(backend.kind());
             devices.attach_one(vm, index, name, |interrupt| {
                 MmioTransport::new(String::new(), backend, memory.clone(), interrupt).map_err(
                     |source| VirtioError::Transport {
@@ -461,12 +531,9 @@ impl VirtioDevices {
             return Err(VirtioError::TooMany(states.len()));
         }
         let mut devices = Self::default();
-        let mut counts = [0usize; 2];
+        let mut names = DeviceNames::default();
         for (index, state) in states.iter().enumerate() {
-            let kind = usize::from(matches!(state.transport.backend, BackendState::Net(_)));
-            let prefix = ["virtio-blk", "virtio-net"][kind];
-            let name = format!("{prefix}{}", counts[kind]);
-            counts[kind] += 1;
+            let name = names.next(state.transport.backend.kind());
             let expected = slot(index);
             if (state.base, state.irq) != expected {
                 return Err(VirtioError::Transport {
@@ -612,6 +679,17 @@ impl VirtioDevices {
                 let _ = worker.join();
             }
         }
+    }
+
+    /// Sockets the devices serve on the host (virtio-gpio's control sockets).
+    pub fn host_sockets(&self) -> Vec<PathBuf> {
+        self.devices
+            .iter()
+            .filter_map(|device| match &lock(&device.transport).backend {
+                Backend::Gpio(gpio) => gpio.control_socket().map(PathBuf::from),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The worker thread ids (for tests that measure their CPU time).

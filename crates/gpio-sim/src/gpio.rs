@@ -7,7 +7,8 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lull_virtio_gpio::{
-    irq_type, ConfigError, Direction, EventCompletion, VirtioGpioDevice, IRQ_STATUS_VALID,
+    irq_type, ConfigError, Direction, EventCompletion, RequestResult, VirtioGpioDevice,
+    IRQ_STATUS_VALID, REQUEST_LEN, STATUS_OK,
 };
 use vm_memory::GuestAddress;
 use vmm_sys_util::event::{
@@ -79,6 +80,48 @@ impl Gpio {
             Some(name) => format!("{gpio} ({name})"),
             None => format!("{gpio}"),
         }
+    }
+
+    /// Logs one served request (`SET_VALUE gpio 0 value 1: ok 0`, or a malformed one with its
+    /// sizes) and the level change it made (`line 0 (amp-enable) -> 1`): the same lines from
+    /// every transport.
+    pub fn log_request(
+        &self,
+        device: &VirtioGpioDevice,
+        readable_len: usize,
+        writable_len: usize,
+        result: &RequestResult,
+    ) {
+        let outcome = match result.response.first() {
+            Some(&STATUS_OK) if result.response.len() == 2 => {
+                format!("ok {}", result.response[1])
+            }
+            Some(&STATUS_OK) => format!("ok ({} bytes)", result.response.len()),
+            Some(_) => "error".into(),
+            None => "no room for a status byte".into(),
+        };
+        match result.message {
+            Some(m) if readable_len == REQUEST_LEN => self.log.line(format_args!("{m}: {outcome}")),
+            _ => self.log.line(format_args!(
+                "malformed request ({readable_len} bytes readable, {writable_len} writable): \
+                 {outcome}"
+            )),
+        }
+        if let Some((gpio, level)) = result.output_change {
+            let line = self.describe(device, gpio);
+            self.log
+                .line(format_args!("line {line} -> {}", u8::from(level)));
+        }
+    }
+
+    /// Logs an event buffer going back to the driver: `event line 1 (button): VALID (buffer 3)`.
+    pub fn log_event(&self, device: &VirtioGpioDevice, completion: &EventCompletion) {
+        let line = self.describe(device, completion.gpio);
+        self.log.line(format_args!(
+            "event line {line}: {} (buffer {})",
+            status_name(completion.status),
+            completion.head
+        ));
     }
 
     /// Device reset (a new front-end, or the guest reset the device): lines back to their
