@@ -225,6 +225,73 @@ pub fn block_throughput() -> Result<Vec<String>, String> {
     Ok(rows)
 }
 
+/// Sound: 10 s of `speaker-test -t sine -f 1000` on q35's AC'97, recorded by QEMU's wav
+/// back-end. From the guest: frames, periods, interrupts and underruns. From outside: whether
+/// the recording is bit-identical to the samples sent (a dropped or repeated period would
+/// show), and how long after the command reached QEMU the recording started to grow (the
+/// file polled every millisecond; QEMU's audio timer runs every 10 ms, so that is the grain).
+pub fn sound_playback() -> Result<Vec<String>, String> {
+    let shell = kernel::build(&Variant::shell(true))?;
+    let wav = kernel::repo_root().join("target/bench-sound.wav");
+    let _ = std::fs::remove_file(&wav);
+    let mut config = QemuConfig::new(&shell);
+    config.extra = vec![
+        "-audiodev".into(),
+        format!(
+            "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
+            wav.display()
+        ),
+        "-device".into(),
+        "AC97,audiodev=snd0".into(),
+    ];
+    let mut guest = Guest::spawn(&config)?;
+    guest.expect("lull> ", Duration::from_secs(60))?;
+    guest.run("udevadm settle", Duration::from_secs(30))?;
+    let header = std::fs::metadata(&wav).map(|m| m.len()).unwrap_or(0);
+    let command = "speaker-test -t sine -f 1000 -l 10";
+    guest.send(format!("{command}\n").as_bytes())?;
+    let sent = Instant::now();
+    let mut first_sample = None;
+    while sent.elapsed() < Duration::from_secs(5) {
+        if std::fs::metadata(&wav).map(|m| m.len()).unwrap_or(0) > header {
+            first_sample = Some(sent.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let text = guest.expect("lull> ", Duration::from_secs(120))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("played "))
+        .ok_or_else(|| format!("speaker-test printed:\n{text}"))?
+        .to_string();
+    guest.send(b"poweroff\n")?;
+    let _ = guest.wait_exit(Duration::from_secs(30));
+    let (_, samples) = crate::e2e::read_wav(&wav)?;
+    let expected = lull_pcm::sine_bytes(1000, 48_000, 2, 50, 480_000).map_err(|e| e.to_string())?;
+    let expected: Vec<i16> = expected
+        .chunks_exact(2)
+        .map(|p| i16::from_le_bytes([p[0], p[1]]))
+        .collect();
+    let recorded = samples.len().min(expected.len());
+    let first_difference = (0..recorded).find(|&i| samples[i] != expected[i]);
+    let _ = std::fs::remove_file(&wav);
+    Ok(vec![format!(
+        "sound AC97 (q35, 10 s sine at 1 kHz, 4 KiB periods): guest: {line}; recording: {} of \
+         {} frames, {}; first sample {} after the command",
+        recorded / 2,
+        expected.len() / 2,
+        match first_difference {
+            None => String::from("bit-identical"),
+            Some(at) => format!("differs from frame {}", at / 2),
+        },
+        first_sample.map_or(String::from("not seen within 5 s"), |t| format!(
+            "{:.1} ms",
+            t.as_secs_f64() * 1e3
+        )),
+    )])
+}
+
 /// A host sink for a guest's TCP stream: accepts one connection, reads `bytes` (or to EOF),
 /// closes, and returns the bytes and the time from the first byte to the last.
 fn tcp_sink(

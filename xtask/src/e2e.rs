@@ -2015,10 +2015,10 @@ fn without_kernel_log(text: &str) -> String {
 }
 
 /// A WAV file's channels, rate and bits per sample.
-type WavFormat = (u16, u32, u16);
+pub type WavFormat = (u16, u32, u16);
 
 /// The `fmt` fields and the interleaved samples of a 16-bit PCM WAV file.
-fn read_wav(path: &std::path::Path) -> Result<(WavFormat, Vec<i16>), String> {
+pub fn read_wav(path: &std::path::Path) -> Result<(WavFormat, Vec<i16>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let field = |at: usize, len: usize| bytes.get(at..at + len).ok_or("WAV file too short");
     if field(0, 4)? != b"RIFF" || field(8, 4)? != b"WAVE" {

@@ -29,7 +29,7 @@ cargo xtask <command> [options]
                                        trace event, printed on stderr)
   test [--tier host|kernel|e2e] [--filter TEXT]
                                        run every test tier (host, in-kernel, end-to-end)
-  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops,blk,tcp]
+  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops,blk,tcp,sound]
                                        run the benchmarks (results go in BENCHMARKS.md)
 ";
 
@@ -949,7 +949,7 @@ fn closing_line(tally: &Tally) -> String {
 
 const BENCH_PARTS: &[&str] = &[
     "boot", "idle", "latency", "linux", "scale", "smp", "vmm", "migrate", "lazy", "pvops", "blk",
-    "tcp",
+    "tcp", "sound",
 ];
 
 fn cmd_bench(args: &[String]) -> Result<(), String> {
@@ -984,6 +984,11 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
     }
     if wants("tcp") {
         for row in bench::tcp_throughput()? {
+            record(row);
+        }
+    }
+    if wants("sound") {
+        for row in bench::sound_playback()? {
             record(row);
         }
     }
