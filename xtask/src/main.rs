@@ -23,10 +23,10 @@ cargo xtask <command> [options]
                                        rust-src for the pinned toolchain, QEMU (every command does
                                        this itself; .ci/run calls it before clippy)
   build [--debug] [--features F,...]   build the kernel; prints the ELF path as the last line
-  run [--vmm] [--debug] [--machine q35|microvm] [--memory MiB] [--cpus N] [--features F,...] [--disk IMG]... [--trace EVENT]... [-- KERNEL ARGS...]
+  run [--vmm] [--debug] [--machine q35|microvm] [--memory MiB] [--cpus N] [--features F,...] [--disk IMG]... [--gpio SPEC] [--trace EVENT]... [-- KERNEL ARGS...]
                                        boot the kernel in QEMU (TCG) with the console on this terminal
-                                       (--vmm: on /dev/kvm with lull-vmm instead; --trace: a QEMU
-                                       trace event, printed on stderr)
+                                       (--vmm: on /dev/kvm with lull-vmm instead; --gpio: lull-vmm's
+                                       --gpio, with --vmm; --trace: a QEMU trace event, on stderr)
   test [--tier host|kernel|e2e] [--filter TEXT]
                                        run every test tier (host, in-kernel, end-to-end)
   bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops,blk,tcp,sound]
@@ -75,6 +75,8 @@ struct Options {
     disks: Vec<String>,
     /// QEMU trace events for `run` (`-trace enable=EVENT`, to stderr).
     traces: Vec<String>,
+    /// `--gpio SPEC` for `run --vmm` (lull-vmm's virtio-gpio device).
+    gpio: Option<String>,
 }
 
 const KNOWN_FEATURES: &[&str] = &["zone-dma", "ktest", "boot-baseline"];
@@ -93,6 +95,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         vmm: false,
         disks: Vec::new(),
         traces: Vec::new(),
+        gpio: None,
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -134,6 +137,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 options.disks.push(path);
             }
             "--trace" => options.traces.push(value("--trace")?),
+            "--gpio" => options.gpio = Some(value("--gpio")?),
             "--filter" => options.filter = Some(value("--filter")?),
             "--runs" => {
                 options.runs = value("--runs")?
@@ -175,6 +179,9 @@ fn run_on_vmm(elf: &std::path::Path, options: &Options) -> Result<(), String> {
         "--vcpus",
         &options.cpus.to_string(),
     ]);
+    if let Some(gpio) = &options.gpio {
+        command.arg("--gpio").arg(gpio);
+    }
     for disk in &options.disks {
         command.arg("--disk").arg(format!("path={disk}"));
     }
@@ -205,6 +212,13 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
             return Err("--trace names QEMU trace events; it does not apply to --vmm".into());
         }
         return run_on_vmm(&elf, &options);
+    }
+    if options.gpio.is_some() {
+        return Err(
+            "--gpio is lull-vmm's virtio-gpio device (run --vmm); under QEMU, start \
+                    lull-gpio-backend and add vhost-user-gpio-pci (README: GPIO)"
+                .into(),
+        );
     }
     tools::ensure_qemu()?;
     let mut config = QemuConfig::new(&elf);
