@@ -268,8 +268,11 @@ pub fn sound_playback() -> Result<Vec<String>, String> {
     guest.send(b"poweroff\n")?;
     let _ = guest.wait_exit(Duration::from_secs(30));
     let (_, samples) = crate::e2e::read_wav(&wav)?;
-    let expected =
-        lull_pcm::sine_samples(1000, 48_000, 2, 50, 480_000).map_err(|e| e.to_string())?;
+    let expected = lull_pcm::sine_bytes(1000, 48_000, 2, 50, 480_000).map_err(|e| e.to_string())?;
+    let expected: Vec<i16> = expected
+        .chunks_exact(2)
+        .map(|p| i16::from_le_bytes([p[0], p[1]]))
+        .collect();
     let recorded = samples.len().min(expected.len());
     let first_difference = (0..recorded).find(|&i| samples[i] != expected[i]);
     let _ = std::fs::remove_file(&wav);

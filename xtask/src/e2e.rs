@@ -2128,7 +2128,11 @@ fn ac97_sine_in_qemu_wav_is_bit_exact_and_mute_is_silence() -> TestResult {
         channels == 2 && rate == 48_000,
         "WAV has {channels} channels at {rate} Hz"
     );
-    let sent = lull_pcm::sine_samples(1000, 48_000, 2, 50, 48_000).map_err(|e| e.to_string())?;
+    let sent = lull_pcm::sine_bytes(1000, 48_000, 2, 50, 48_000).map_err(|e| e.to_string())?;
+    let sent: Vec<i16> = sent
+        .chunks_exact(2)
+        .map(|p| i16::from_le_bytes([p[0], p[1]]))
+        .collect();
     ensure!(
         samples.len() >= sent.len(),
         "the WAV holds {} samples; the first tone alone was {}",

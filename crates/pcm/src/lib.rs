@@ -163,22 +163,6 @@ pub fn sine_bytes(
     Ok(out)
 }
 
-/// The same tone as samples (interleaved), as a recording decodes to.
-pub fn sine_samples(
-    frequency_hz: u32,
-    rate_hz: u32,
-    channels: usize,
-    amplitude_percent: u32,
-    frames: usize,
-) -> Result<Vec<i16>, ToneError> {
-    Ok(
-        sine_bytes(frequency_hz, rate_hz, channels, amplitude_percent, frames)?
-            .chunks_exact(2)
-            .map(|pair| i16::from_le_bytes([pair[0], pair[1]]))
-            .collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

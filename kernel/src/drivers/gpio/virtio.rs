@@ -423,6 +423,13 @@ fn parse_names(bytes: &[u8], ngpio: u16) -> Vec<Option<String>> {
     names
 }
 
+fn config_u32(device: &VirtioDevice, offset: usize, bytes: usize) -> Option<u32> {
+    let mut raw = [0u8; 4];
+    device
+        .read_config(offset, &mut raw[..bytes])
+        .then(|| u32::from_le_bytes(raw))
+}
+
 struct VirtioGpioDriver;
 
 impl Driver for VirtioGpioDriver {
@@ -430,9 +437,9 @@ impl Driver for VirtioGpioDriver {
         let name = String::from(ctx.device_name());
         let device = crate::drivers::virtio::device(&name).ok_or(Errno::ENODEV)?;
         ctx.require_supplier(device.parent())?;
-        let ngpio = device.config_le(0, 2).unwrap_or(0);
-        let names_size = device.config_le(4, 4).unwrap_or(0) as usize;
-        if ngpio == 0 || ngpio > u64::from(MAX_LINES) {
+        let ngpio = config_u32(&device, 0, 2).unwrap_or(0);
+        let names_size = config_u32(&device, 4, 4).unwrap_or(0) as usize;
+        if ngpio == 0 || ngpio > u32::from(MAX_LINES) {
             pr_err!("{name}: {DRIVER}: {ngpio} lines (this driver takes 1..={MAX_LINES})");
             return Err(Errno::EINVAL.into());
         }

@@ -292,6 +292,13 @@ impl VirtioCallbacks for VirtioBlk {
 }
 
 /// Reads a little-endian `u32` or `u64` from the configuration space.
+fn config_u64(device: &VirtioDevice, offset: usize, bytes: usize) -> Option<u64> {
+    let mut raw = [0u8; 8];
+    device
+        .read_config(offset, &mut raw[..bytes])
+        .then(|| u64::from_le_bytes(raw))
+}
+
 struct VirtioBlkDriver;
 
 impl Driver for VirtioBlkDriver {
@@ -306,13 +313,12 @@ impl Driver for VirtioBlkDriver {
         }
         let offered = device.device_features();
         let event_idx = offered & VIRTIO_F_RING_EVENT_IDX != 0;
-        let Some(sectors) = device.config_le(CONFIG_CAPACITY, 8) else {
+        let Some(sectors) = config_u64(&device, CONFIG_CAPACITY, 8) else {
             pr_err!("{name}: {DRIVER}: cannot read the capacity from the configuration space");
             return Err(Errno::EIO.into());
         };
         let block_size = if offered & VIRTIO_BLK_F_BLK_SIZE != 0 {
-            device
-                .config_le(CONFIG_BLK_SIZE, 4)
+            config_u64(&device, CONFIG_BLK_SIZE, 4)
                 .map(|size| size as u32)
                 .filter(|size| size.is_power_of_two() && (512..=65536).contains(size))
                 .unwrap_or(512)
@@ -320,7 +326,7 @@ impl Driver for VirtioBlkDriver {
             512
         };
         let size_max = if offered & VIRTIO_BLK_F_SIZE_MAX != 0 {
-            device.config_le(CONFIG_SIZE_MAX, 4).unwrap_or(0) as usize
+            config_u64(&device, CONFIG_SIZE_MAX, 4).unwrap_or(0) as usize
         } else {
             0
         };
@@ -330,7 +336,7 @@ impl Driver for VirtioBlkDriver {
         };
         let discard = offered & VIRTIO_BLK_F_DISCARD != 0;
         let max_discard_sectors = if discard {
-            device.config_le(CONFIG_MAX_DISCARD_SECTORS, 4).unwrap_or(0) as u32
+            config_u64(&device, CONFIG_MAX_DISCARD_SECTORS, 4).unwrap_or(0) as u32
         } else {
             0
         };

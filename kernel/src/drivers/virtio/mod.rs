@@ -288,15 +288,6 @@ impl VirtioDevice {
         .unwrap_or_else(|| Err(String::from("transport gone")))
     }
 
-    /// A little-endian field of `bytes` (at most 8) bytes of the device-specific configuration
-    /// space at `offset`; `None` as [`VirtioDevice::read_config`] fails.
-    pub fn config_le(&self, offset: usize, bytes: usize) -> Option<u64> {
-        let mut raw = [0u8; 8];
-        let field = raw.get_mut(..bytes)?;
-        self.read_config(offset, field)
-            .then(|| u64::from_le_bytes(raw))
-    }
-
     /// Reads `out.len()` bytes of the device-specific configuration space from `offset`;
     /// `false` when the transport is gone, has no such space, or it is shorter.
     pub fn read_config(&self, offset: usize, out: &mut [u8]) -> bool {
