@@ -608,6 +608,10 @@ fn serve_faults(
     let pager = &source.pager;
     let mut faults = Vec::new();
     let mut buffer = Vec::new();
+    // Faults held back while their vCPU is asked (vCPU, page). Every one is served in the
+    // end: by the vCPU's answer, or once the request is older than `KICK_PATIENCE`, since
+    // a thread blocked in userfaultfd reports its fault only once.
+    let mut held: Vec<(u8, u64)> = Vec::new();
     let load = |page: u64, buffer: &mut Vec<u8>| match source.load(page, 1, buffer) {
         Ok(()) => {
             stats.fault_pages.fetch_add(1, Ordering::Relaxed);
@@ -618,7 +622,7 @@ fn serve_faults(
         ),
     };
     loop {
-        let busy = hub.is_some_and(AsyncPf::busy);
+        let busy = hub.is_some_and(AsyncPf::busy) || !held.is_empty();
         if stop.load(Ordering::Acquire) && !busy {
             return;
         }
@@ -644,24 +648,28 @@ fn serve_faults(
                 continue;
             }
             if let Some(hub) = hub {
-                if let Some(vcpu) = hub.vcpu_of(fault.thread_id) {
+                // Only a fault the guest made (its vCPU thread inside KVM_RUN) can become an
+                // async PF; lull-vmm's own accesses from a vCPU thread are served at once.
+                if let Some(vcpu) = hub
+                    .vcpu_of(fault.thread_id)
+                    .filter(|&vcpu| async_pf::in_guest(vcpu))
+                {
                     match hub.asking_about(vcpu) {
                         // Faulting again on the page it is asked about (KVM retries before
-                        // it sees the kick): the page comes once it answered, or once it
-                        // has been seen not to leave KVM_RUN.
-                        Some((asked, age)) if asked == page => {
-                            if age < async_pf::KICK_PATIENCE {
-                                continue;
+                        // it sees the kick): held until it answered, or until it has been
+                        // seen not to leave KVM_RUN (below).
+                        Some((asked, _)) if asked == page => {
+                            if !held.contains(&(vcpu, page)) {
+                                held.push((vcpu, page));
                             }
-                            if !pager.is_loaded(page) {
-                                hub.gave_up();
-                            }
+                            continue;
                         }
                         // Another page while answering (the guest's async-PF area): served
                         // at once.
                         Some(_) => {}
                         None => {
                             if hub.offers_faults() && hub.request(vcpu, page) {
+                                held.push((vcpu, page));
                                 continue;
                             }
                         }
@@ -676,6 +684,25 @@ fn serve_faults(
                     load(reply.page, &mut buffer);
                 }
             }
+            held.retain(|&(vcpu, page)| {
+                if pager.is_loaded(page) {
+                    // Placed (by an answer or the background thread): its waiters woke.
+                    return false;
+                }
+                match hub.asking_about(vcpu) {
+                    Some((asked, age)) if asked == page && age < async_pf::KICK_PATIENCE => true,
+                    open => {
+                        // Still unanswered after the patience: the vCPU did not leave
+                        // KVM_RUN. Or answered without the page being placed (a reply
+                        // still on its way): placing it now is harmless.
+                        if open.is_some_and(|(asked, _)| asked == page) {
+                            hub.abandon(vcpu);
+                        }
+                        load(page, &mut buffer);
+                        false
+                    }
+                }
+            });
             hub.deliver_ready();
         }
     }

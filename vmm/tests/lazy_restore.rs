@@ -39,15 +39,11 @@ fn restore_lazily_and_check(snapshot: &Path, before: f64, extra: &[&str]) -> Str
         "restored, not rebooted"
     );
     // Every page arrives eventually (the background thread reports it).
-    let deadline = std::time::Instant::now() + BOOT;
-    while !restored.errors().contains("\"all_pages_loaded\"") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the background loading never finished:\n{}",
-            restored.errors()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_event(
+        &restored,
+        "all_pages_loaded",
+        "the background loading never finished",
+    );
     restored.send(b"uptime\r");
     restored.wait_for_from(second, PROMPT, BOOT);
     restored.send(b"poweroff\r");
@@ -55,12 +51,30 @@ fn restore_lazily_and_check(snapshot: &Path, before: f64, extra: &[&str]) -> Str
     restored.errors()
 }
 
-fn json_event(errors: &str, event: &str) -> serde_json::Value {
+fn find_event(errors: &str, event: &str) -> Option<serde_json::Value> {
+    // Whole lines only: stderr is read while lull-vmm may be writing the last one.
     errors
-        .lines()
+        .split_inclusive('\n')
+        .filter(|line| line.ends_with('\n'))
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .find(|value| value["event"] == event)
-        .unwrap_or_else(|| panic!("no {event} line in:\n{errors}"))
+}
+
+fn json_event(errors: &str, event: &str) -> serde_json::Value {
+    find_event(errors, event).unwrap_or_else(|| panic!("no {event} line in:\n{errors}"))
+}
+
+/// Waits (up to `BOOT`) until lull-vmm has written the whole JSON line of `event`.
+fn wait_for_event(vmm: &Vmm, event: &str, failure: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + BOOT;
+    loop {
+        let errors = vmm.errors();
+        if let Some(value) = find_event(&errors, event) {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "{failure}:\n{errors}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -152,16 +166,12 @@ fn async_page_fault_not_present_and_ready_reach_the_guest() {
         &[(lull_vmm::lazy::ASYNC_PF_PROBE_VARIABLE, Path::new("1"))],
         default_deadline(),
     );
-    let deadline = std::time::Instant::now() + BOOT;
-    while !restored.errors().contains("\"all_pages_loaded\"") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lazy restore never finished:\n{}",
-            restored.errors()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let counts = json_event(&restored.errors(), "all_pages_loaded")["async_pf"].clone();
+    let counts = wait_for_event(
+        &restored,
+        "all_pages_loaded",
+        "the lazy restore never finished",
+    )["async_pf"]
+        .clone();
     let injected = counts["not_present"].as_u64().unwrap();
     assert!(injected >= 1, "{counts}");
     assert_eq!(counts["ready"].as_u64(), Some(injected), "{counts}");

@@ -34,9 +34,15 @@ fn shell(vmm: &mut Vmm, command: &str) -> String {
     vmm.output()[from..end].to_string()
 }
 
+/// Waits until a whole line of lull-vmm's stderr (it may be writing the last one) holds
+/// `needle`.
 fn wait_stderr(vmm: &Vmm, needle: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while !vmm.errors().contains(needle) {
+    let whole_lines = |errors: String| match errors.rfind('\n') {
+        Some(end) => errors[..end].contains(needle),
+        None => false,
+    };
+    while !whole_lines(vmm.errors()) {
         assert!(
             Instant::now() < deadline && vmm.try_exit().is_none(),
             "no {needle:?} from lull-vmm:\n{}",

@@ -330,7 +330,11 @@ fn serve_faults(
                 let _ = messages.send(Message::Request(page));
             }
             if let Some(hub) = hub {
-                if let Some(vcpu) = hub.vcpu_of(fault.thread_id) {
+                // Only the guest's own faults (see `async_pf::in_guest`).
+                if let Some(vcpu) = hub
+                    .vcpu_of(fault.thread_id)
+                    .filter(|&vcpu| async_pf::in_guest(vcpu))
+                {
                     match hub.asking_about(vcpu) {
                         Some((asked, age)) if asked == page => {
                             if age >= async_pf::KICK_PATIENCE {

@@ -25,7 +25,7 @@
 //! One VM per process, so the hub is process-wide ([`install`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -147,6 +147,27 @@ pub struct AsyncPf {
 pub const GIVE_UP_AFTER: u32 = 3;
 
 static HUB: OnceLock<Arc<AsyncPf>> = OnceLock::new();
+
+/// Per vCPU: whether its thread is inside KVM_RUN (see [`entering_guest`]). A fault from a
+/// vCPU thread outside it comes from lull-vmm's own code touching guest memory (device
+/// emulation, the async-PF area): that thread cannot take an async PF, and a kick would
+/// only run its signal handler and fault again, so the page is loaded at once.
+static IN_KVM_RUN: [AtomicBool; 256] = [const { AtomicBool::new(false) }; 256];
+
+/// Called by a vCPU thread right before KVM_RUN.
+pub fn entering_guest(index: u8) {
+    IN_KVM_RUN[usize::from(index)].store(true, Ordering::Release);
+}
+
+/// Called by a vCPU thread right after KVM_RUN returned.
+pub fn left_guest(index: u8) {
+    IN_KVM_RUN[usize::from(index)].store(false, Ordering::Release);
+}
+
+/// Whether `vcpu`'s thread is inside KVM_RUN, so a fault of its thread is the guest's.
+pub fn in_guest(vcpu: u8) -> bool {
+    IN_KVM_RUN[usize::from(vcpu)].load(Ordering::Acquire)
+}
 
 /// Makes `hub` the process's (vCPU threads look for it); false if one was installed already.
 pub fn install(hub: Arc<AsyncPf>) -> bool {

@@ -753,7 +753,9 @@ impl Vcpu {
     fn run_once(&mut self, context: &VcpuContext) -> LoopControl {
         let counters = &context.counters;
         let index = self.index;
+        crate::vstate::async_pf::entering_guest(index);
         let exit = self.fd.run();
+        crate::vstate::async_pf::left_guest(index);
         let failure = match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 counters.count_port(context.bus.read(port, data));
