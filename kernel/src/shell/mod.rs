@@ -314,18 +314,45 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "speaker-test",
-        usage: "speaker-test [-t sine] [-f FREQ] [-l LOOPS] [-r 48000] [-c 2]",
-        help: "play a sine tone through the AC'97 card (1 s per loop, 50 % of full scale)",
+        usage: "speaker-test [-D hw:N] [-t sine] [-f FREQ] [-l LOOPS] [-r RATE] [-c CH] [-p US]",
+        help: "play a sine tone through a sound card (1 s per loop, 50 % of full scale)",
         run: |args, _| match crate::drivers::sound::cmd_speaker_test(args) {
             Ok(text) => kprint!("{text}"),
             Err(error) => kprintln!("{error}"),
         },
     },
     Command {
+        name: "arecord",
+        usage: "arecord [-D hw:N] [-d SECONDS] [-f S16_LE] [-r RATE] [-c CH]",
+        help: "capture through a sound card (its capture path powered); prints the SHA-256",
+        run: |args, _| match crate::drivers::sound::cmd_arecord(args) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("{error}"),
+        },
+    },
+    Command {
+        name: "aplay",
+        usage: "aplay -l",
+        help: "list the sound cards",
+        run: |args, _| match crate::drivers::sound::cmd_aplay(args) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("{error}"),
+        },
+    },
+    Command {
         name: "amixer",
-        usage: "amixer sset Master mute|unmute|-NdB",
-        help: "the AC'97 codec's master volume",
+        usage: "amixer [-c N] [contents] | sset NAME mute|unmute|toggle|N|N%|-NdB|ITEM",
+        help: "a sound card's controls (volumes, switches, routes)",
         run: |args, _| match crate::drivers::sound::cmd_amixer(args) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("{error}"),
+        },
+    },
+    Command {
+        name: "dapm",
+        usage: "dapm [-c N] [WIDGET | pmdown_time [MS] | enable PIN | disable PIN]",
+        help: "a sound card's DAPM widgets, their power and the bias level",
+        run: |args, _| match crate::drivers::sound::cmd_dapm(args) {
             Ok(text) => kprint!("{text}"),
             Err(error) => kprintln!("{error}"),
         },

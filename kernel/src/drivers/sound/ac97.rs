@@ -10,9 +10,12 @@
 //! [`set_master`] call; the probe sets both to their loudest (unity in QEMU), so the samples
 //! reach QEMU's output unchanged.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+
+use lull_dapm::{ControlValue, Dapm, DapmError, Widget, WidgetKind};
 
 use lull_devres::Revocable;
 use lull_driver_core::{Driver, DriverDesc, Errno, PciMatchId, ProbeContext, ProbeError};
@@ -25,6 +28,10 @@ use crate::drivers::pci::PciDevice;
 use crate::kernel::irq::{IrqFlags, IrqReturn};
 use crate::kernel::locking::{IrqSafeLock, Mutex};
 use crate::kernel::sched::WaitQueue;
+
+use super::soc::{
+    self, Direction, SocCodec, SocMachine, SocPlatform, StreamConfig, StreamData, StreamStats,
+};
 use crate::{pr_err, printk};
 
 /// The driver's name (Linux's).
@@ -107,25 +114,19 @@ fn interrupt(_irq: u32) -> IrqReturn {
     IrqReturn::Handled
 }
 
-/// Sets the master volume: `None` mutes, `Some(attenuation)` in 1.5 dB steps (0 = 0 dB, up to
-/// 63). Returns the register value written.
-pub fn set_master(attenuation: Option<u8>) -> Result<u16, String> {
-    let card = BOUND.lock().clone().ok_or("no AC'97 controller is bound")?;
-    let mixer = card.mixer.try_access().ok_or("the controller went away")?;
-    let value = match attenuation {
-        None => MUTE,
-        Some(steps) => {
-            let steps = u16::from(steps.min(63));
-            steps << 8 | steps
-        }
-    };
-    mixer.write_u16(NAM_MASTER, value);
-    Ok(value)
-}
-
 /// Plays `frames` stereo frames that `fill` produces (it fills a period's bytes and returns how
 /// many it wrote: fewer at the end). Sleeps until the engine has played the last one.
+#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // the in-kernel tests play directly
 pub fn play(mut fill: impl FnMut(&mut [u8]) -> usize) -> Result<PlayStats, String> {
+    play_prepared(&mut |_, _| Ok(()), &mut fill)
+}
+
+/// [`play`], calling `prepare` (the card powers its path there) after the ring is set up and
+/// before the engine runs.
+fn play_prepared(
+    prepare: &mut dyn FnMut(u8, u16) -> Result<(), String>,
+    fill: &mut dyn FnMut(&mut [u8]) -> usize,
+) -> Result<PlayStats, String> {
     let card = BOUND
         .lock()
         .clone()
@@ -163,6 +164,9 @@ pub fn play(mut fill: impl FnMut(&mut [u8]) -> usize) -> Result<PlayStats, Strin
     bus.write_u8(PO_LVI, (queued - 1) as u8);
     bus.write_u16(PO_SR, SR_CLEAR);
     card.seen.store(0, Ordering::Release);
+    drop(bus);
+    prepare(0, 0)?;
+    let bus = card.bus.try_access().ok_or("the controller went away")?;
     let started = crate::kernel::time::uptime_ns();
     bus.write_u8(PO_CR, CR_RPBM | CR_LVBIE | CR_FEIE | CR_IOCE);
     drop(bus);
@@ -212,13 +216,134 @@ pub fn play(mut fill: impl FnMut(&mut [u8]) -> usize) -> Result<PlayStats, Strin
 }
 
 /// What a playback did.
-#[derive(Debug, Default)]
-pub struct PlayStats {
-    pub bytes: u64,
-    pub periods: u64,
-    pub interrupts: u64,
-    pub underruns: u64,
-    pub elapsed_ns: u64,
+pub type PlayStats = StreamStats;
+
+// Power-down register (0x26): PR0 ADC and input mux, PR1 DAC, PR2 analog mixer (Vref on).
+const NAM_POWERDOWN: u16 = 0x26;
+const PR1_DAC: u8 = 9;
+const PR2_MIXER: u8 = 10;
+
+/// The AC'97 codec (ASoC codec driver): PCM DAC and the analog mixer with their power-down
+/// bits in register 0x26, the line output, and the master volume and switch on register 0x02.
+struct Ac97Codec {
+    card: Arc<Ac97>,
+    /// Register 0x02 as last written.
+    master: AtomicU16,
+}
+
+impl SocCodec for Ac97Codec {
+    fn name(&self) -> String {
+        String::from("ac97")
+    }
+
+    fn add_to(&self, dapm: &mut Dapm) -> Result<(), DapmError> {
+        dapm.add_switch("Master Playback Switch", true)?;
+        dapm.add_volume("Master Playback Volume", 0, 63, 63, false)?;
+        dapm.add_widget(Widget::aif_in(
+            "AC97 Playback",
+            Direction::Playback.stream(),
+        ))?;
+        dapm.add_widget(Widget::new(WidgetKind::Dac, "PCM DAC").power_bit(
+            u32::from(NAM_POWERDOWN),
+            PR1_DAC,
+            true,
+        ))?;
+        dapm.add_widget(Widget::new(WidgetKind::Mixer, "Mixer").power_bit(
+            u32::from(NAM_POWERDOWN),
+            PR2_MIXER,
+            true,
+        ))?;
+        dapm.add_widget(Widget::new(WidgetKind::Output, "Line Out"))?;
+        dapm.add_route("PCM DAC", None, "AC97 Playback")?;
+        dapm.add_route("Mixer", None, "PCM DAC")?;
+        dapm.add_route("Line Out", Some("Master Playback Switch"), "Mixer")?;
+        Ok(())
+    }
+
+    fn update_bits(&self, reg: u32, mask: u32, value: u32) {
+        let Some(mixer) = self.card.mixer.try_access() else {
+            return;
+        };
+        let reg = reg as u16;
+        let old = mixer.read_u16(reg);
+        mixer.write_u16(reg, (old & !(mask as u16)) | (value & mask) as u16);
+    }
+
+    fn control(&self, name: &str, value: &ControlValue) {
+        let old = self.master.load(Ordering::Relaxed);
+        let new = match (name, value) {
+            ("Master Playback Switch", ControlValue::Switch(on)) => {
+                if *on {
+                    old & !MUTE
+                } else {
+                    old | MUTE
+                }
+            }
+            ("Master Playback Volume", ControlValue::Volume(v)) => {
+                // 63 is 0 dB: attenuation 0 in both channels.
+                let attenuation = (63 - (*v).clamp(0, 63)) as u16;
+                (old & MUTE) | attenuation << 8 | attenuation
+            }
+            _ => return,
+        };
+        self.master.store(new, Ordering::Relaxed);
+        if let Some(mixer) = self.card.mixer.try_access() {
+            mixer.write_u16(NAM_MASTER, new);
+        }
+    }
+
+    fn db_scale(&self, control: &str) -> Option<(i32, i32)> {
+        (control == "Master Playback Volume").then_some((-9450, 150))
+    }
+}
+
+/// The AC'97 PCM-out box (ASoC platform driver).
+struct Ac97Pcm;
+
+impl SocPlatform for Ac97Pcm {
+    fn name(&self) -> String {
+        String::from("intel8x0 PCM out")
+    }
+
+    fn rates(&self) -> &'static [u32] {
+        &[RATE]
+    }
+
+    fn default_period_bytes(&self) -> usize {
+        PERIOD
+    }
+
+    fn run(
+        &self,
+        config: &StreamConfig,
+        prepare: &mut dyn FnMut(u8, u16) -> Result<(), String>,
+        data: StreamData<'_>,
+    ) -> Result<StreamStats, String> {
+        let StreamData::Play(fill) = data else {
+            return Err(String::from("the AC'97 driver plays only (no capture)"));
+        };
+        if config.channels != 2 || config.period_bytes != PERIOD || config.periods > ENTRIES {
+            return Err(alloc::format!(
+                "the AC'97 driver plays 2 channels in up to {ENTRIES} periods of {PERIOD} bytes"
+            ));
+        }
+        play_prepared(prepare, fill)
+    }
+}
+
+/// The q35 board around the AC'97 codec (ASoC machine driver): its line output jack.
+struct Ac97Machine;
+
+impl SocMachine for Ac97Machine {
+    fn name(&self) -> String {
+        String::from("q35-ac97")
+    }
+
+    fn add_to(&self, dapm: &mut Dapm) -> Result<(), DapmError> {
+        dapm.add_widget(Widget::new(WidgetKind::LineOut, "Line Out Jack"))?;
+        dapm.add_route("Line Out Jack", None, "Line Out")?;
+        Ok(())
+    }
 }
 
 struct Ac97Driver;
@@ -266,6 +391,8 @@ impl Driver for Ac97Driver {
             }
             nam.write_u16(NAM_MASTER, 0);
             nam.write_u16(NAM_PCM_OUT, 0);
+            // ADC, DAC and mixer powered down until DAPM powers a path (PR0-PR2).
+            nam.write_u16(NAM_POWERDOWN, 0x0700);
         }
         let card = Arc::new(Ac97 {
             mixer,
@@ -303,9 +430,24 @@ impl Driver for Ac97Driver {
             intx.request_flags() | IrqFlags::NONE,
             DRIVER,
         )?;
+        let index = soc::register_card(
+            Box::new(Ac97Codec {
+                card: Arc::clone(&card),
+                master: AtomicU16::new(0),
+            }),
+            Box::new(Ac97Pcm),
+            Box::new(Ac97Machine),
+        )
+        .map_err(|error| {
+            pr_err!("{name}: {DRIVER}: {error}");
+            Errno::ENOMEM
+        })?;
+        devres.add_action("snd_intel8x0: unregister the card", move || {
+            soc::unregister_card(index);
+        });
         printk!(
             "{name}: {DRIVER}: AC'97 at IRQ {}, PCM out {RATE} Hz S16_LE stereo, {ENTRIES} \
-             periods of {PERIOD} bytes",
+             periods of {PERIOD} bytes: card {index}",
             intx.gsi
         );
         Ok(())
