@@ -145,6 +145,10 @@ pub const TESTS: &[Test] = &[
         run: ac97_sine_in_qemu_wav_is_bit_exact_and_mute_is_silence,
     },
     Test {
+        name: "hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav",
+        run: hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav,
+    },
+    Test {
         name: "idle_nohz_takes_no_timer_interrupts",
         run: idle_nohz_takes_no_timer_interrupts,
     },
@@ -2182,6 +2186,359 @@ fn ac97_sine_in_qemu_wav_is_bit_exact_and_mute_is_silence() -> TestResult {
     );
     let _ = std::fs::remove_file(&wav);
     Ok(())
+}
+
+/// One thing seen from outside the guest, with the host wall-clock time it happened at.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    /// QEMU's codec (`debug=2`): a verb the guest sent.
+    Verb { nid: u32, verb: u32, payload: u32 },
+    /// QEMU's `hda_audio_running` trace: a codec stream started or stopped.
+    Running { stream: String, run: bool },
+    /// The GPIO back-end: the amplifier line's new level.
+    Amp(bool),
+}
+
+/// QEMU's stderr as events: `-msg timestamp=on` trace lines carry QEMU's own time
+/// (`PID@SECONDS.MICROS:event …`); the codec's verb prints carry the time the host read them.
+fn qemu_events(lines: &[(std::time::SystemTime, String)]) -> Vec<(f64, Seen)> {
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    let hex = |text: &str, key: &str| -> Option<u32> {
+        let at = text.find(key)? + key.len();
+        let digits: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .collect();
+        u32::from_str_radix(&digits, 16).ok()
+    };
+    let mut events = Vec::new();
+    for (read_at, line) in lines {
+        if let Some(at) = line.find("hda_audio_command: nid ") {
+            let rest = &line[at + "hda_audio_command: nid ".len()..];
+            let nid = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+            if let (Some(nid), Some(verb), Some(payload)) =
+                (nid, hex(rest, "verb 0x"), hex(rest, "payload 0x"))
+            {
+                events.push((unix(*read_at), Seen::Verb { nid, verb, payload }));
+            }
+        } else if let Some(at) = line.find("hda_audio_running ") {
+            // "PID@SECS.MICROS:hda_audio_running st dac, nr 1, run 1"
+            let stamp = line[..at]
+                .split('@')
+                .nth(1)
+                .and_then(|s| s.trim_end_matches(':').parse::<f64>().ok())
+                .unwrap_or_else(|| unix(*read_at));
+            let rest = &line[at + "hda_audio_running ".len()..];
+            let stream = rest
+                .strip_prefix("st ")
+                .and_then(|s| s.split(',').next())
+                .unwrap_or("")
+                .to_string();
+            let run = rest.trim_end().ends_with("run 1");
+            events.push((stamp, Seen::Running { stream, run }));
+        }
+    }
+    events
+}
+
+/// Seconds since 1970 of the back-end log's `2026-12-03T00:37:18.123456Z`.
+fn parse_iso_utc(text: &str) -> Option<f64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let (whole, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let seconds = parse_utc(&format!("{date} {whole} UTC"))?;
+    Some(seconds as f64 + format!("0.{fraction}").parse::<f64>().ok()?)
+}
+
+/// The amplifier's level changes in the GPIO back-end's log (`[elapsed wall] line 0
+/// (amp-enable) -> 1`).
+fn amp_events(log: &str) -> Vec<(f64, Seen)> {
+    log.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix('[')?;
+            let (stamps, message) = rest.split_once("] ")?;
+            let level = message.strip_prefix("line 0 (amp-enable) -> ")?;
+            let wall = parse_iso_utc(stamps.split_whitespace().nth(1)?)?;
+            Some((wall, Seen::Amp(level.trim() == "1")))
+        })
+        .collect()
+}
+
+/// DAPM on the HD Audio card, judged from outside: QEMU's verb log (`hda-duplex,debug=2`), its
+/// `hda_audio_running` trace, the GPIO back-end's log of the `amp-enable` line and the WAV.
+/// While idle nothing is powered and the amp is low; a playback powers the DAC (nid 2) and
+/// its pin (nid 3) and raises the amp before QEMU's stream runs, and powers down (amp low
+/// first) `pmdown_time` after it stops, not before; a reopen within `pmdown_time` power-cycles
+/// nothing; with Master muted the only path stays down (and the WAV is silent); capture powers
+/// the capture path (pin 5, ADC 4) only. The first tone is bit-exact in the WAV.
+fn hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav() -> TestResult {
+    let backend = gpio_backend_binary()?;
+    let dir = std::env::temp_dir().join(format!("lull-e2e-hda-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (socket, control, log, wav) = (
+        dir.join("gpio.sock"),
+        dir.join("ctl.sock"),
+        dir.join("gpio.log"),
+        dir.join("out.wav"),
+    );
+    let mut child = std::process::Command::new(&backend)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--control")
+        .arg(&control)
+        .arg("--log")
+        .arg(&log)
+        .arg("--no-stdin")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", backend.display()))?;
+    let result = (|| -> TestResult {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(socket.exists() && control.exists()) {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "lull-gpio-backend made no sockets in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut config = QemuConfig::new(&shell_kernel()?);
+        config.separate_stderr = true;
+        config.extra = vec![
+            "-machine".into(),
+            "memory-backend=mem".into(),
+            "-object".into(),
+            format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                config.memory_mib
+            ),
+            "-chardev".into(),
+            format!("socket,id=vg,path={}", socket.display()),
+            "-device".into(),
+            "vhost-user-gpio-pci,chardev=vg".into(),
+            "-audiodev".into(),
+            format!(
+                "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
+                wav.display()
+            ),
+            "-device".into(),
+            "ich9-intel-hda".into(),
+            "-device".into(),
+            "hda-duplex,audiodev=snd0,debug=2".into(),
+            "-trace".into(),
+            "hda_audio_running".into(),
+            "-msg".into(),
+            "timestamp=on".into(),
+        ];
+        let mut guest = boot(&config)?;
+        let long = Duration::from_secs(60);
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        let pmdown = guest.run("dapm pmdown_time", STEP)?;
+        ensure!(pmdown.trim() == "5000", "default pmdown_time: {pmdown:?}");
+        let idle = guest.run("dapm", STEP)?;
+        ensure!(
+            idle.contains("bias: Off") && !idle.contains(": On "),
+            "idle card:\n{idle}"
+        );
+        guest.run("dapm pmdown_time 2000", STEP)?;
+        // Phase 1: one playback, then the delayed power-down.
+        let t1 = now();
+        let played = without_kernel_log(&guest.run("speaker-test -t sine -f 1000 -l 1", long)?);
+        ensure!(
+            played.contains("played 48000 frames") && played.contains(" 0 underruns"),
+            "speaker-test: {played:?}"
+        );
+        std::thread::sleep(Duration::from_millis(3500));
+        // Phase 2: two playbacks back to back (the second within pmdown_time).
+        let t2 = now();
+        for _ in 0..2 {
+            let again = guest.run("speaker-test -l 1", long)?;
+            ensure!(
+                again.contains("played 48000 frames"),
+                "speaker-test: {again:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(3500));
+        // Phase 3: Master muted: the only path is disconnected.
+        let t3 = now();
+        let mute = guest.run("amixer sset Master mute", STEP)?;
+        ensure!(mute.contains("[off]"), "amixer: {mute:?}");
+        let muted = guest.run("speaker-test -l 1", long)?;
+        ensure!(
+            muted.contains("played 48000 frames"),
+            "muted speaker-test: {muted:?}"
+        );
+        // Phase 4: capture (the wav back-end gives no data; the path powers up all the same).
+        let t4 = now();
+        let recorded = guest.run("arecord -d 1", long)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let t5 = now();
+        poweroff_exits_zero(&mut guest)?;
+        let mut events = qemu_events(&guest.stderr_lines());
+        let text = std::fs::read_to_string(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        events.extend(amp_events(&text));
+        events.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let during = |from: f64, to: f64| -> Vec<&(f64, Seen)> {
+            events
+                .iter()
+                .filter(|(t, _)| *t >= from && *t < to)
+                .collect()
+        };
+        let power = |nid: u32, on: bool| Seen::Verb {
+            nid,
+            verb: 0x705,
+            payload: if on { 0 } else { 3 },
+        };
+        let dac_running = |run: bool| move |e: &Seen| matches!(e, Seen::Running { stream, run: r } if stream.contains("dac") && *r == run);
+        let describe = |list: &[&(f64, Seen)]| -> String {
+            list.iter()
+                .map(|(t, e)| format!("  {t:.6} {e:?}\n"))
+                .collect()
+        };
+        // Before phase 1: the amp never went high.
+        let before = during(0.0, t1);
+        ensure!(
+            !before.iter().any(|(_, e)| *e == Seen::Amp(true)),
+            "the amp went high while idle:\n{}",
+            describe(&before)
+        );
+        // Phase 1.
+        let one = during(t1, t2);
+        let at = |list: &[&(f64, Seen)], want: &dyn Fn(&Seen) -> bool| {
+            list.iter().position(|(_, e)| want(e))
+        };
+        let (
+            Some(dac_on),
+            Some(pin_on),
+            Some(amp_on),
+            Some(start),
+            Some(stop),
+            Some(amp_off),
+            Some(dac_off),
+        ) = (
+            at(&one, &|e| *e == power(2, true)),
+            at(&one, &|e| *e == power(3, true)),
+            at(&one, &|e| *e == Seen::Amp(true)),
+            at(&one, &dac_running(true)),
+            at(&one, &dac_running(false)),
+            at(&one, &|e| *e == Seen::Amp(false)),
+            at(&one, &|e| *e == power(2, false)),
+        )
+        else {
+            return Err(NotPassed::Failed(format!(
+                "playback: missing power-up, amp, stream or power-down events:\n{}",
+                describe(&one)
+            )));
+        };
+        ensure!(
+            dac_on < start && pin_on < start && amp_on < start,
+            "the DAC, its pin and the amp must be up before the stream runs:\n{}",
+            describe(&one)
+        );
+        ensure!(
+            stop < amp_off && amp_off < dac_off,
+            "after the stream: amp low, then the DAC down:\n{}",
+            describe(&one)
+        );
+        let delay = one[amp_off].0 - one[stop].0;
+        ensure!(
+            (1.95..3.0).contains(&delay),
+            "the power-down came {delay:.3} s after the stream stopped (pmdown_time 2 s):\n{}",
+            describe(&one)
+        );
+        // Phase 2: no power cycle between the two streams.
+        let two = during(t2, t3);
+        let starts: Vec<usize> = (0..two.len())
+            .filter(|&i| dac_running(true)(&two[i].1))
+            .collect();
+        ensure!(
+            starts.len() == 2,
+            "two streams expected:\n{}",
+            describe(&two)
+        );
+        let between = &two[..starts[1]];
+        ensure!(
+            !between
+                .iter()
+                .any(|(_, e)| *e == power(2, false) || *e == Seen::Amp(false)),
+            "a reopen within pmdown_time power-cycled the path:\n{}",
+            describe(&two)
+        );
+        ensure!(
+            two.iter().filter(|(_, e)| *e == power(2, false)).count() == 1,
+            "one power-down after both streams:\n{}",
+            describe(&two)
+        );
+        // Phase 3: muted, nothing powers up.
+        let three = during(t3, t4);
+        ensure!(
+            !three
+                .iter()
+                .any(|(_, e)| *e == power(2, true) || *e == Seen::Amp(true)),
+            "with Master muted the path powered up:\n{}",
+            describe(&three)
+        );
+        // Phase 4: the capture path only.
+        let four = during(t4, t5);
+        ensure!(
+            four.iter().any(|(_, e)| *e == power(5, true))
+                && four.iter().any(|(_, e)| *e == power(4, true))
+                && four.iter().any(|(_, e)| *e == power(4, false)),
+            "capture must power pin 5 and ADC 4 up and down (arecord said {recorded:?}):\n{}",
+            describe(&four)
+        );
+        ensure!(
+            !four.iter().any(|(_, e)| *e == power(2, true)
+                || *e == power(3, true)
+                || matches!(e, Seen::Amp(_))),
+            "capture touched the playback path:\n{}",
+            describe(&four)
+        );
+        // The WAV: the first tone bit-exact, the muted second at the end silent.
+        let ((channels, rate, _), samples) = read_wav(&wav)?;
+        ensure!(
+            channels == 2 && rate == 48_000,
+            "WAV has {channels} channels at {rate} Hz"
+        );
+        let sent = lull_pcm::sine_bytes(1000, 48_000, 2, 50, 48_000).map_err(|e| e.to_string())?;
+        let sent: Vec<i16> = sent
+            .chunks_exact(2)
+            .map(|p| i16::from_le_bytes([p[0], p[1]]))
+            .collect();
+        ensure!(
+            samples.len() >= sent.len() + 96_000,
+            "the WAV holds {} samples",
+            samples.len()
+        );
+        if let Some(at) = (0..sent.len()).find(|&i| samples[i] != sent[i]) {
+            return Err(NotPassed::Failed(format!(
+                "the recording differs from the samples sent at sample {at}: got {:?}, sent {:?}",
+                &samples[at..(at + 6).min(samples.len())],
+                &sent[at..(at + 6).min(sent.len())]
+            )));
+        }
+        let tail = &samples[samples.len() - 96_000..];
+        ensure!(
+            tail.iter().all(|&s| s == 0),
+            "the muted tone is not silent: {} of its last 96000 samples are not zero",
+            tail.iter().filter(|&&s| s != 0).count()
+        );
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
 }
 
 /// Builds `lull-gpio-backend` (the repository's vhost-user-gpio back-end); returns its path.

@@ -107,6 +107,9 @@ pub struct QemuConfig {
     /// `-accel tcg,thread=single`: one host thread runs every vCPU in turn (needed for exact
     /// instruction counts from a plugin's inline counter).
     pub single_thread: bool,
+    /// QEMU's stderr (trace events, device debug prints) kept apart from the console, each
+    /// line stamped with the host's wall clock when it was read ([`Guest::stderr_lines`]).
+    pub separate_stderr: bool,
 }
 
 impl QemuConfig {
@@ -119,6 +122,7 @@ impl QemuConfig {
             append: String::new(),
             extra: Vec::new(),
             single_thread: false,
+            separate_stderr: false,
         }
     }
 
@@ -166,6 +170,8 @@ pub fn describe_exit(code: i32) -> &'static str {
 struct Shared {
     output: Mutex<Vec<u8>>,
     changed: Condvar,
+    /// With `separate_stderr`: QEMU's stderr lines and when the host read each.
+    stderr: Mutex<Vec<(std::time::SystemTime, String)>>,
 }
 
 /// A running guest whose serial console the host reads and writes.
@@ -190,7 +196,14 @@ impl Guest {
         let shared = Arc::new(Shared {
             output: Mutex::new(Vec::new()),
             changed: Condvar::new(),
+            stderr: Mutex::new(Vec::new()),
         });
+        if config.separate_stderr {
+            if let Some(stderr) = child.stderr.take() {
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || pump_lines(stderr, &shared));
+            }
+        }
         for stream in [
             child
                 .stdout
@@ -213,6 +226,16 @@ impl Guest {
             shared,
             consumed: 0,
         })
+    }
+
+    /// QEMU's stderr lines so far, with the host's wall-clock time each was read (only with
+    /// [`QemuConfig::separate_stderr`]).
+    pub fn stderr_lines(&self) -> Vec<(std::time::SystemTime, String)> {
+        self.shared
+            .stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Everything the guest printed so far, with `\r` removed.
@@ -316,6 +339,27 @@ impl Drop for Guest {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+}
+
+/// Reads QEMU's stderr line by line, stamping each with the wall clock as it arrives.
+fn pump_lines(stream: impl Read, shared: &Shared) {
+    use std::io::BufRead as _;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                shared
+                    .stderr
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((std::time::SystemTime::now(), text));
+            }
+        }
     }
 }
 
