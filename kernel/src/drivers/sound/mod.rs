@@ -5,12 +5,14 @@
 //! (`crates/dapm`, host-tested) is not wired to it yet.
 
 pub mod ac97;
+pub mod hda;
 
 use alloc::string::String;
 
 /// Registers the sound drivers. Thread context, from the boot-time probe.
 pub fn init() {
     ac97::register();
+    hda::register();
 }
 
 /// `speaker-test [-t sine] [-f FREQ] [-l LOOPS] [-r RATE] [-c CHANNELS]` (alsa-utils' options):
