@@ -358,6 +358,15 @@ const COMMANDS: &[Command] = &[
         },
     },
     Command {
+        name: "hda",
+        usage: "hda | hda verb CODEC NID VERB | hda widgets [CODEC] | hda play-test",
+        help: "the HD Audio controller: codecs, raw verbs, the widget tree, a 1 kHz test tone",
+        run: |args, _| match crate::drivers::sound::hda::cmd_hda(args) {
+            Ok(text) => kprint!("{text}"),
+            Err(error) => kprintln!("{error}"),
+        },
+    },
+    Command {
         name: "udevadm",
         usage: "udevadm settle",
         help: "wait until the boot-time device probe has finished (its messages printed)",

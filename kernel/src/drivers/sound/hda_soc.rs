@@ -1,7 +1,7 @@
 //! The HD Audio card as ASoC parts: the **codec** driver builds its DAPM widgets from the
 //! codec's own description (the function group's widgets, their capabilities and connection
 //! lists, read with GET_PARAMETER / GET_CONNECTION_LIST_ENTRY verbs) and turns power into
-//! verbs (SET_POWER_STATE D0/D3, pin widget control, the function group's power with the bias);
+//! verbs (SET_POWER_STATE D0/D3 per widget, the function group's with the bias);
 //! the **platform** driver is the controller's stream engine ([`super::hda::run_stream`]); the
 //! **machine** driver `q35-hda` puts a speaker behind the codec's output pins, a microphone
 //! before its input pins, and switches the speaker amplifier through the GPIO line named
@@ -18,13 +18,17 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
-use lull_dapm::{BiasLevel, ControlValue, Dapm, DapmError, EventMask, PowerEvent, Widget, WidgetKind};
+use lull_dapm::{
+    BiasLevel, ControlValue, Dapm, DapmError, EventMask, PowerEvent, Widget, WidgetKind,
+};
 use lull_gpio::{GpioDesc, LineConfig};
 
 use super::hda;
-use super::soc::{self, Direction, SocCodec, SocMachine, SocPlatform, StreamConfig, StreamData, StreamStats};
+use super::soc::{
+    self, Direction, SocCodec, SocMachine, SocPlatform, StreamConfig, StreamData, StreamStats,
+};
 use crate::kernel::locking::Mutex;
-use crate::{pr_info, pr_warn};
+use crate::{pr_warn, printk};
 
 // Verbs (HDA spec 7.3): 12-bit ids with an 8-bit payload, 4-bit ids with a 16-bit one.
 const GET_PARAMETER: u32 = 0xf00;
@@ -118,7 +122,9 @@ fn walk(address: u8) -> Result<(u8, Vec<Node>), String> {
         if caps & (1 << 8) != 0 {
             let length = param(nid, PARAM_CONNECTION_LIST_LENGTH)?;
             if length & 0x80 != 0 {
-                return Err(format!("nid {nid}: long-form connection lists are not supported"));
+                return Err(format!(
+                    "nid {nid}: long-form connection lists are not supported"
+                ));
             }
             let length = (length & 0x7f).min(32);
             let mut index = 0;
@@ -138,8 +144,16 @@ fn walk(address: u8) -> Result<(u8, Vec<Node>), String> {
         } else {
             (false, false)
         };
-        let out_amp = if caps & (1 << 2) != 0 { param(nid, PARAM_OUT_AMP_CAPS)? } else { 0 };
-        let in_amp = if caps & (1 << 1) != 0 { param(nid, PARAM_IN_AMP_CAPS)? } else { 0 };
+        let out_amp = if caps & (1 << 2) != 0 {
+            param(nid, PARAM_OUT_AMP_CAPS)?
+        } else {
+            0
+        };
+        let in_amp = if caps & (1 << 1) != 0 {
+            param(nid, PARAM_IN_AMP_CAPS)?
+        } else {
+            0
+        };
         let _ = hda::verb(address, nid, short(GET_CONFIG_DEFAULT, 0));
         out.push(Node {
             nid,
@@ -202,7 +216,10 @@ impl HdaCodec {
 
     fn send(&self, nid: u8, verb: u32) {
         if let Err(error) = hda::verb(self.address, nid, verb) {
-            pr_warn!("hda-codec: codec {} nid {nid}: verb {verb:#x}: {error}", self.address);
+            pr_warn!(
+                "hda-codec: codec {} nid {nid}: verb {verb:#x}: {error}",
+                self.address
+            );
         }
     }
 
@@ -223,11 +240,23 @@ impl SocCodec for HdaCodec {
     fn add_to(&self, dapm: &mut Dapm) -> Result<(), DapmError> {
         if let Some(amp) = &self.master {
             dapm.add_switch("Master Playback Switch", true)?;
-            dapm.add_volume("Master Playback Volume", 0, amp.steps(), amp.steps().min(i32::from(amp.gain.load(Ordering::Relaxed))), false)?;
+            dapm.add_volume(
+                "Master Playback Volume",
+                0,
+                amp.steps(),
+                amp.steps().min(i32::from(amp.gain.load(Ordering::Relaxed))),
+                false,
+            )?;
         }
         if let Some(amp) = &self.capture {
             dapm.add_switch("Capture Switch", true)?;
-            dapm.add_volume("Capture Volume", 0, amp.steps(), i32::from(amp.gain.load(Ordering::Relaxed)).min(amp.steps()), false)?;
+            dapm.add_volume(
+                "Capture Volume",
+                0,
+                amp.steps(),
+                i32::from(amp.gain.load(Ordering::Relaxed)).min(amp.steps()),
+                false,
+            )?;
         }
         dapm.add_widget(Widget::aif_in("HDA Playback", Direction::Playback.stream()))?;
         dapm.add_widget(Widget::aif_out("HDA Capture", Direction::Capture.stream()))?;
@@ -291,29 +320,10 @@ impl SocCodec for HdaCodec {
     }
 
     fn widget_power(&self, widget: &str, on: bool) {
-        let Some(node) = self.node(widget) else {
-            return;
-        };
-        let nid = node.nid;
-        let pin = if node.kind != NodeType::Pin {
-            None
-        } else if node.pin_out && !node.pin_in {
-            Some(PIN_OUT_ENABLE)
-        } else if node.pin_in && !node.pin_out {
-            Some(PIN_IN_ENABLE)
-        } else {
-            Some(PIN_OUT_ENABLE | PIN_IN_ENABLE)
-        };
-        if on {
-            self.send(nid, short(SET_POWER_STATE, 0));
-            if let Some(control) = pin {
-                self.send(nid, short(SET_PIN_WIDGET_CONTROL, control));
-            }
-        } else {
-            if pin.is_some() {
-                self.send(nid, short(SET_PIN_WIDGET_CONTROL, 0));
-            }
-            self.send(nid, short(SET_POWER_STATE, 3));
+        // SET_POWER_STATE: D0 on, D3 off. (Pin widget control is set once at attach: QEMU's
+        // pins have one fixed direction and log any other value as unhandled.)
+        if let Some(node) = self.node(widget) {
+            self.send(node.nid, short(SET_POWER_STATE, if on { 0 } else { 3 }));
         }
     }
 
@@ -337,7 +347,9 @@ impl SocCodec for HdaCodec {
         };
         match value {
             ControlValue::Switch(on) => amp.muted.store(!on, Ordering::Relaxed),
-            ControlValue::Volume(v) => amp.gain.store((*v).clamp(0, 0x7f) as u16, Ordering::Relaxed),
+            ControlValue::Volume(v) => amp
+                .gain
+                .store((*v).clamp(0, 0x7f) as u16, Ordering::Relaxed),
             ControlValue::Enum(..) => return,
         }
         amp.write(self.address);
@@ -353,8 +365,16 @@ impl SocCodec for HdaCodec {
 
     fn hw_params(&self, direction: Direction, tag: u8, format: u16) -> Result<(), String> {
         for node in self.converters(direction) {
-            hda::verb(self.address, node.nid, long(SET_CONVERTER_FORMAT, u32::from(format)))?;
-            hda::verb(self.address, node.nid, short(SET_CHANNEL_STREAMID, u32::from(tag) << 4))?;
+            hda::verb(
+                self.address,
+                node.nid,
+                long(SET_CONVERTER_FORMAT, u32::from(format)),
+            )?;
+            hda::verb(
+                self.address,
+                node.nid,
+                short(SET_CHANNEL_STREAMID, u32::from(tag) << 4),
+            )?;
         }
         Ok(())
     }
@@ -432,11 +452,15 @@ impl Q35Hda {
         let mut amp = self.amp.lock();
         if amp.is_none() {
             // Looked up at first use: the GPIO controller may bind after the card.
-            match crate::drivers::gpio::GPIO.get_by_name(AMP_LINE, AMP_CONSUMER, LineConfig::output(false)) {
+            match crate::drivers::gpio::GPIO.get_by_name(
+                AMP_LINE,
+                AMP_CONSUMER,
+                LineConfig::output(false),
+            ) {
                 Ok(desc) => *amp = Some(desc),
                 Err(error) => {
                     if !self.warned.swap(true, Ordering::Relaxed) {
-                        pr_info!("q35-hda: no speaker amplifier switched ({AMP_LINE}: {error})");
+                        printk!("q35-hda: no speaker amplifier switched ({AMP_LINE}: {error})");
                     }
                     return;
                 }
@@ -458,7 +482,8 @@ impl SocMachine for Q35Hda {
     fn add_to(&self, dapm: &mut Dapm) -> Result<(), DapmError> {
         if !self.outputs.is_empty() {
             dapm.add_widget(
-                Widget::new(WidgetKind::Speaker, "Speaker").events(EventMask::POST_PMU | EventMask::PRE_PMD),
+                Widget::new(WidgetKind::Speaker, "Speaker")
+                    .events(EventMask::POST_PMU | EventMask::PRE_PMD),
             )?;
             for pin in &self.outputs {
                 dapm.add_route("Speaker", None, pin)?;
@@ -501,7 +526,12 @@ pub fn attach(address: u8) -> Result<usize, String> {
     let send = |nid: u8, verb: u32| hda::verb(address, nid, verb).map(|_| ());
     for node in &nodes {
         if node.kind == NodeType::Pin {
-            send(node.nid, short(SET_PIN_WIDGET_CONTROL, 0))?;
+            let control = match (node.pin_out, node.pin_in) {
+                (true, false) => PIN_OUT_ENABLE,
+                (false, true) => PIN_IN_ENABLE,
+                _ => PIN_OUT_ENABLE | PIN_IN_ENABLE,
+            };
+            send(node.nid, short(SET_PIN_WIDGET_CONTROL, control))?;
         }
         if node.kind != NodeType::Other {
             send(node.nid, short(SET_POWER_STATE, 3))?;

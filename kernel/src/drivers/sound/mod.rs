@@ -5,6 +5,8 @@
 //! bus-master PCM-out box, a line-out jack).
 
 pub mod ac97;
+pub mod hda;
+pub mod hda_soc;
 pub mod soc;
 
 use alloc::string::String;
@@ -22,6 +24,7 @@ pub fn init() {
         write: None,
     });
     ac97::register();
+    hda::register();
 }
 
 /// `-D hw:N` / `-c N`: a card index.

@@ -67,7 +67,6 @@ pub enum StreamData<'a> {
     /// Fills a period's bytes; returns how many it wrote (0: the end).
     Play(&'a mut dyn FnMut(&mut [u8]) -> usize),
     /// Takes `bytes` bytes in all, as they arrive.
-    #[allow(dead_code)] // read by the HDA platform driver (next commit)
     Capture {
         bytes: u64,
         sink: &'a mut dyn FnMut(&[u8]),
