@@ -225,30 +225,62 @@ pub fn block_throughput() -> Result<Vec<String>, String> {
     Ok(rows)
 }
 
-/// Sound: 10 s of `speaker-test -t sine -f 1000` on q35's AC'97, recorded by QEMU's wav
-/// back-end. From the guest: frames, periods, interrupts and underruns. From outside: whether
-/// the recording is bit-identical to the samples sent (a dropped or repeated period would
-/// show), and how long after the command reached QEMU the recording started to grow (the
+/// Sound: 10 s of `speaker-test -t sine -f 1000` on q35's AC'97 (its 4 KiB periods) and on
+/// the HD Audio card (`ich9-intel-hda` + `hda-output`) at 10, 20 and 40 ms periods, recorded
+/// by QEMU's wav back-end. From the guest: frames, periods, interrupts (and per second),
+/// underruns, and how long DAPM's power-up took before the DMA engine started. From outside:
+/// whether the recording is bit-identical to the samples sent (a dropped or repeated period
+/// would show), and how long after the command reached QEMU the recording started to grow (the
 /// file polled every millisecond; QEMU's audio timer runs every 10 ms, so that is the grain).
 pub fn sound_playback() -> Result<Vec<String>, String> {
     let shell = kernel::build(&Variant::shell(true))?;
+    let mut rows = Vec::new();
+    for (card, period_us) in [
+        ("AC97", None),
+        ("HDA", Some(10_000u32)),
+        ("HDA", Some(20_000)),
+        ("HDA", Some(40_000)),
+    ] {
+        rows.push(sound_run(&shell, card, period_us)?);
+    }
+    Ok(rows)
+}
+
+fn sound_run(
+    shell: &std::path::Path,
+    card: &str,
+    period_us: Option<u32>,
+) -> Result<String, String> {
     let wav = kernel::repo_root().join("target/bench-sound.wav");
     let _ = std::fs::remove_file(&wav);
-    let mut config = QemuConfig::new(&shell);
+    let mut config = QemuConfig::new(shell);
     config.extra = vec![
         "-audiodev".into(),
         format!(
             "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
             wav.display()
         ),
-        "-device".into(),
-        "AC97,audiodev=snd0".into(),
     ];
+    if card == "AC97" {
+        config
+            .extra
+            .extend(["-device".into(), "AC97,audiodev=snd0".into()]);
+    } else {
+        config.extra.extend([
+            "-device".into(),
+            "ich9-intel-hda".into(),
+            "-device".into(),
+            "hda-output,audiodev=snd0".into(),
+        ]);
+    }
     let mut guest = Guest::spawn(&config)?;
     guest.expect("lull> ", Duration::from_secs(60))?;
     guest.run("udevadm settle", Duration::from_secs(30))?;
     let header = std::fs::metadata(&wav).map(|m| m.len()).unwrap_or(0);
-    let command = "speaker-test -t sine -f 1000 -l 10";
+    let command = match period_us {
+        Some(us) => format!("speaker-test -t sine -f 1000 -l 10 -p {us}"),
+        None => String::from("speaker-test -t sine -f 1000 -l 10"),
+    };
     guest.send(format!("{command}\n").as_bytes())?;
     let sent = Instant::now();
     let mut first_sample = None;
@@ -276,9 +308,24 @@ pub fn sound_playback() -> Result<Vec<String>, String> {
     let recorded = samples.len().min(expected.len());
     let first_difference = (0..recorded).find(|&i| samples[i] != expected[i]);
     let _ = std::fs::remove_file(&wav);
-    Ok(vec![format!(
-        "sound AC97 (q35, 10 s sine at 1 kHz, 4 KiB periods): guest: {line}; recording: {} of \
-         {} frames, {}; first sample {} after the command",
+    // "… N interrupts, … M ms; …": interrupts per second of playback.
+    let number_before = |unit: &str| -> Option<f64> {
+        let at = line.find(unit)?;
+        line[..at].split_whitespace().last()?.parse().ok()
+    };
+    let per_second = match (number_before(" interrupts"), number_before(" ms;")) {
+        (Some(interrupts), Some(ms)) if ms > 0.0 => {
+            format!("{:.1} interrupts/s", interrupts * 1e3 / ms)
+        }
+        _ => String::from("interrupts/s unknown"),
+    };
+    let periods = match period_us {
+        Some(us) => format!("{} ms periods", us / 1000),
+        None => String::from("4 KiB periods"),
+    };
+    Ok(format!(
+        "sound {card} (q35, 10 s sine at 1 kHz, {periods}): guest: {line}; {per_second}; \
+         recording: {} of {} frames, {}; first sample {} after the command",
         recorded / 2,
         expected.len() / 2,
         match first_difference {
@@ -289,7 +336,7 @@ pub fn sound_playback() -> Result<Vec<String>, String> {
             "{:.1} ms",
             t.as_secs_f64() * 1e3
         )),
-    )])
+    ))
 }
 
 /// A host sink for a guest's TCP stream: accepts one connection, reads `bytes` (or to EOF),

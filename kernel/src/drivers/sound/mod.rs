@@ -132,12 +132,16 @@ pub fn cmd_speaker_test(args: &[&str]) -> Result<String, String> {
         .run_stream(&config, StreamData::Play(&mut fill))
         .map_err(|e| alloc::format!("speaker-test: {e}"))?;
     Ok(alloc::format!(
-        "played {} frames: {} periods, {} interrupts, {} underruns, {} ms\n",
+        "played {} frames: {} periods of {period_bytes} bytes, {} interrupts, {} underruns, {} \
+         ms; DAPM power-up {} us\n",
         stats.bytes / frame as u64,
         stats.periods,
         stats.interrupts,
         stats.underruns,
-        stats.elapsed_ns / 1_000_000
+        stats.elapsed_ns / 1_000_000,
+        card.last_power_up_ns
+            .load(core::sync::atomic::Ordering::Relaxed)
+            / 1000
     ))
 }
 
