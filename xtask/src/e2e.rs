@@ -2273,8 +2273,9 @@ fn amp_events(log: &str) -> Vec<(f64, Seen)> {
 
 /// DAPM on the HD Audio card, judged from outside: QEMU's verb log (`hda-duplex,debug=2`), its
 /// `hda_audio_running` trace, the GPIO back-end's log of the `amp-enable` line and the WAV.
-/// While idle nothing is powered and the amp is low; a playback powers the DAC (nid 2) and
-/// its pin (nid 3) and raises the amp before QEMU's stream runs, and powers down (amp low
+/// While idle nothing is powered and the amp is low; a playback powers the function group (nid
+/// 1, a supply: first), the DAC (nid 2) and its pin (nid 3) and raises the amp before QEMU's
+/// stream runs, and powers down (amp low
 /// first) `pmdown_time` after it stops, not before; a reopen within `pmdown_time` power-cycles
 /// nothing; with Master muted the only path stays down (and the WAV is silent); capture powers
 /// the capture path (pin 5, ADC 4) only. The first tone is bit-exact in the WAV.
@@ -2460,6 +2461,14 @@ fn hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav() -> TestResult {
         ensure!(
             amp_off < dac_off,
             "after the stream: amp low, then the DAC down:\n{}",
+            describe(&one)
+        );
+        // The function group (nid 1) is the supply: up before the DAC, down after it.
+        let supply_on = at(&one, &|e| *e == power(1, true));
+        let supply_off = after(Some(dac_off), &|e| *e == power(1, false));
+        ensure!(
+            supply_on.is_some_and(|on| on < dac_on) && supply_off.is_some(),
+            "the function group must power up before the DAC and down after it:\n{}",
             describe(&one)
         );
         let delay = one[amp_off].0 - one[stop].0;

@@ -1,7 +1,8 @@
 //! The HD Audio card as ASoC parts: the **codec** driver builds its DAPM widgets from the
 //! codec's own description (the function group's widgets, their capabilities and connection
 //! lists, read with GET_PARAMETER / GET_CONNECTION_LIST_ENTRY verbs) and turns power into
-//! verbs (SET_POWER_STATE D0/D3 per widget, the function group's with the bias);
+//! verbs (SET_POWER_STATE D0/D3 per widget; the function group is a supply widget that every
+//! widget depends on, so it comes up first and goes down last);
 //! the **platform** driver is the controller's stream engine ([`super::hda::run_stream`]); the
 //! **machine** driver `q35-hda` puts a speaker behind the codec's output pins, a microphone
 //! before its input pins, and switches the speaker amplifier through the GPIO line named
@@ -18,9 +19,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
-use lull_dapm::{
-    BiasLevel, ControlValue, Dapm, DapmError, EventMask, PowerEvent, Widget, WidgetKind,
-};
+use lull_dapm::{ControlValue, Dapm, DapmError, EventMask, PowerEvent, Widget, WidgetKind};
 use lull_gpio::{GpioDesc, LineConfig};
 
 use super::hda;
@@ -198,6 +197,9 @@ impl Amp {
     }
 }
 
+/// The supply widget standing for the audio function group's power.
+const AFG_SUPPLY: &str = "AFG Power";
+
 /// The codec driver.
 struct HdaCodec {
     address: u8,
@@ -258,6 +260,9 @@ impl SocCodec for HdaCodec {
                 false,
             )?;
         }
+        // The audio function group powers every widget of the codec: a supply, so DAPM
+        // brings it to D0 before any of them and to D3 after the last.
+        dapm.add_widget(Widget::new(WidgetKind::Supply, AFG_SUPPLY))?;
         dapm.add_widget(Widget::aif_in("HDA Playback", Direction::Playback.stream()))?;
         dapm.add_widget(Widget::aif_out("HDA Capture", Direction::Capture.stream()))?;
         for node in &self.nodes {
@@ -282,6 +287,7 @@ impl SocCodec for HdaCodec {
                 NodeType::Other => continue,
             };
             dapm.add_widget(widget)?;
+            dapm.add_route(&name, None, AFG_SUPPLY)?;
         }
         for node in &self.nodes {
             let name = node.widget_name();
@@ -320,19 +326,14 @@ impl SocCodec for HdaCodec {
     }
 
     fn widget_power(&self, widget: &str, on: bool) {
+        if widget == AFG_SUPPLY {
+            self.send(self.afg, short(SET_POWER_STATE, if on { 0 } else { 3 }));
+            return;
+        }
         // SET_POWER_STATE: D0 on, D3 off. (Pin widget control is set once at attach: QEMU's
         // pins have one fixed direction and log any other value as unhandled.)
         if let Some(node) = self.node(widget) {
             self.send(node.nid, short(SET_POWER_STATE, if on { 0 } else { 3 }));
-        }
-    }
-
-    fn set_bias(&self, level: BiasLevel) {
-        // The function group is in D0 from Standby up, D3 when the card is off.
-        match level {
-            BiasLevel::Off => self.send(self.afg, short(SET_POWER_STATE, 3)),
-            BiasLevel::Standby => self.send(self.afg, short(SET_POWER_STATE, 0)),
-            _ => {}
         }
     }
 

@@ -484,13 +484,14 @@ pub fn cmd_dapm(args: &[&str]) -> Result<String, String> {
             card.set_pmdown_time_ms(ms);
             Ok(String::new())
         }
-        ["enable" | "disable", pin] => {
-            card.set_pin(pin, args[0] == "enable")
+        ["enable" | "disable", pin @ ..] if !pin.is_empty() => {
+            card.set_pin(&pin.join(" "), args[0] == "enable")
                 .map_err(|e| alloc::format!("dapm: {e}"))?;
             Ok(String::new())
         }
-        [widget] => card
-            .dapm_dump(Some(widget))
+        // Widget names may hold spaces ("AFG Power").
+        widget if widget[0] != "pmdown_time" => card
+            .dapm_dump(Some(&widget.join(" ")))
             .map_err(|e| alloc::format!("dapm: {e}")),
         _ => Err(String::from(
             "usage: dapm [-c N] [WIDGET | pmdown_time [MS] | enable PIN | disable PIN]",
