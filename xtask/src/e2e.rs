@@ -149,6 +149,10 @@ pub const TESTS: &[Test] = &[
         run: hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav,
     },
     Test {
+        name: "hda_pattern_and_volume_in_qemu_wav",
+        run: hda_pattern_and_volume_in_qemu_wav,
+    },
+    Test {
         name: "hda_stream_in_qemu_wav_is_bit_exact",
         run: hda_stream_in_qemu_wav_is_bit_exact,
     },
@@ -2630,6 +2634,93 @@ fn hda_stream_in_qemu_wav_is_bit_exact() -> TestResult {
         "after the tone: {} samples, {} not zero",
         after.len(),
         after.iter().filter(|&&s| s != 0).count()
+    );
+    let _ = std::fs::remove_file(&wav);
+    Ok(())
+}
+
+/// HD Audio through the ASoC card, judged by the WAV: `speaker-test -t pattern` (every sample
+/// a count, so a dropped, repeated or swapped sample shows) reaches the file bit for bit; then
+/// with `amixer sset Master 37` (of 0-74 steps on the DAC's amplifier) a full-scale 1 kHz sine
+/// records at the level QEMU's codec documents for that gain (linear: gain x 255 / 74 of
+/// 255) and its spectral peak is 1000 Hz within 1 Hz.
+fn hda_pattern_and_volume_in_qemu_wav() -> TestResult {
+    let wav = std::env::temp_dir().join(format!("lull-e2e-hda-pattern-{}.wav", std::process::id()));
+    let _ = std::fs::remove_file(&wav);
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.extra = vec![
+        "-audiodev".into(),
+        format!(
+            "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
+            wav.display()
+        ),
+        "-device".into(),
+        "ich9-intel-hda".into(),
+        "-device".into(),
+        "hda-output,audiodev=snd0".into(),
+    ];
+    let mut guest = boot(&config)?;
+    let long = Duration::from_secs(60);
+    let played = without_kernel_log(&guest.run("speaker-test -t pattern -l 1", long)?);
+    ensure!(
+        played.contains("played 48000 frames") && played.contains(" 0 underruns"),
+        "speaker-test -t pattern: {played:?}"
+    );
+    let set = guest.run("amixer sset Master 37", STEP)?;
+    ensure!(set.contains("37 [50%]"), "amixer: {set:?}");
+    let tone = without_kernel_log(&guest.run("speaker-test -t sine -f 1000 -A 100 -l 1", long)?);
+    ensure!(
+        tone.contains("played 48000 frames"),
+        "speaker-test: {tone:?}"
+    );
+    poweroff_exits_zero(&mut guest)?;
+    let ((channels, rate, _), samples) = read_wav(&wav)?;
+    ensure!(
+        channels == 2 && rate == 48_000,
+        "WAV has {channels} channels at {rate} Hz"
+    );
+    let sent = lull_pcm::pattern_bytes(2, 48_000).map_err(|e| e.to_string())?;
+    let sent: Vec<i16> = sent
+        .chunks_exact(2)
+        .map(|p| i16::from_le_bytes([p[0], p[1]]))
+        .collect();
+    ensure!(
+        samples.len() >= sent.len() + 96_000,
+        "the WAV holds {} samples",
+        samples.len()
+    );
+    if let Some(at) = (0..sent.len()).find(|&i| samples[i] != sent[i]) {
+        return Err(NotPassed::Failed(format!(
+            "the pattern differs at sample {at}: got {:?}, sent {:?}",
+            &samples[at..(at + 6).min(samples.len())],
+            &sent[at..(at + 6).min(sent.len())]
+        )));
+    }
+    // The tone: the last second of the file (after the pattern and any silence between).
+    let left: Vec<i16> = samples[samples.len() - 96_000..]
+        .iter()
+        .step_by(2)
+        .copied()
+        .collect();
+    let (peak, power) = (9_990..=10_010)
+        .map(|tenths| {
+            let f = f64::from(tenths) / 10.0;
+            (f, tone_power(&left, f, 48_000.0))
+        })
+        .fold(
+            (0.0, 0.0),
+            |best, (f, p)| if p > best.1 { (f, p) } else { best },
+        );
+    ensure!(
+        (peak - 1000.0f64).abs() <= 1.0 && power > 0.0,
+        "spectral peak at {peak} Hz, not 1000 Hz"
+    );
+    // QEMU's hda-codec: volume = gain * 255 / 74 (integer), applied linearly out of 255.
+    let expected = 32_767.0 * f64::from(37 * 255 / 74) / 255.0;
+    let max = f64::from(left.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0));
+    ensure!(
+        (max - expected).abs() <= expected * 0.02,
+        "peak level {max} at Master 37/74; QEMU's linear gain gives {expected:.0}"
     );
     let _ = std::fs::remove_file(&wav);
     Ok(())

@@ -163,9 +163,70 @@ pub fn sine_bytes(
     Ok(out)
 }
 
+/// A test pattern that shows any dropped, repeated, reordered or swapped sample: sample `i` of
+/// the interleaved stream (frame `i / channels`, channel `i % channels`) is `i` as a 16-bit
+/// two's-complement value, so one second of stereo at 48 kHz passes every value there is.
+pub struct Pattern {
+    next: u16,
+    channels: usize,
+}
+
+impl Pattern {
+    /// The pattern for `channels` interleaved channels (1 to 8).
+    pub fn new(channels: usize) -> Result<Self, ToneError> {
+        if !(1..=8).contains(&channels) {
+            return Err(ToneError::Channels);
+        }
+        Ok(Self { next: 0, channels })
+    }
+
+    /// Fills `out` with whole frames; returns the bytes written.
+    pub fn fill(&mut self, out: &mut [u8]) -> usize {
+        let frame = 2 * self.channels;
+        let bytes = out.len() / frame * frame;
+        for sample in out[..bytes].chunks_exact_mut(2) {
+            sample.copy_from_slice(&self.next.to_le_bytes());
+            self.next = self.next.wrapping_add(1);
+        }
+        bytes
+    }
+}
+
+/// `frames` frames of the pattern, as bytes.
+pub fn pattern_bytes(channels: usize, frames: usize) -> Result<Vec<u8>, ToneError> {
+    let mut pattern = Pattern::new(channels)?;
+    let mut out = alloc::vec![0u8; frames * 2 * channels];
+    pattern.fill(&mut out);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pattern_counts_samples_across_fills() {
+        let whole = pattern_bytes(2, 40_000).unwrap();
+        let values: Vec<i16> = whole
+            .chunks_exact(2)
+            .map(|p| i16::from_le_bytes([p[0], p[1]]))
+            .collect();
+        assert_eq!(values[0], 0);
+        assert_eq!(values[1], 1);
+        assert_eq!(values[32_768], i16::MIN);
+        assert_eq!(values[65_535], -1);
+        assert_eq!(values[65_536], 0);
+        let mut pattern = Pattern::new(2).unwrap();
+        let mut pieces = Vec::new();
+        for size in [6usize, 4096, 3] {
+            let mut buffer = vec![0u8; size];
+            let n = pattern.fill(&mut buffer);
+            assert_eq!(n % 4, 0);
+            pieces.extend_from_slice(&buffer[..n]);
+        }
+        assert_eq!(&pieces[..], &whole[..pieces.len()]);
+        assert!(Pattern::new(0).is_err());
+    }
 
     fn samples(bytes: &[u8], channels: usize) -> Vec<i16> {
         bytes

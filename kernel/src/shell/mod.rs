@@ -314,8 +314,8 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "speaker-test",
-        usage: "speaker-test [-D hw:N] [-t sine] [-f FREQ] [-l LOOPS] [-r RATE] [-c CH] [-p US]",
-        help: "play a sine tone through a sound card (1 s per loop, 50 % of full scale)",
+        usage: "speaker-test [-D hw:N] [-t sine|pattern] [-f FREQ] [-A PCT] [-l LOOPS] [-r RATE] [-c CH] [-p US]",
+        help: "play a sine tone (50 % of full scale) or a counting pattern, 1 s per loop",
         run: |args, _| match crate::drivers::sound::cmd_speaker_test(args) {
             Ok(text) => kprint!("{text}"),
             Err(error) => kprintln!("{error}"),

@@ -44,14 +44,17 @@ struct PcmOptions {
     period_bytes: Option<usize>,
 }
 
-/// `speaker-test [-D hw:N] [-t sine] [-f FREQ] [-l LOOPS] [-r RATE] [-c CHANNELS]
-/// [-p PERIOD_US]` (alsa-utils' options): plays a sine tone at 50 % of full scale, one second
-/// per loop (default 1 loop, 440 Hz), through card N (default the first). Returns what it
-/// prints.
+/// `speaker-test [-D hw:N] [-t sine|pattern] [-f FREQ] [-A PERCENT] [-l LOOPS] [-r RATE]
+/// [-c CHANNELS] [-p PERIOD_US]` (alsa-utils' options, plus Lull's `-A` amplitude and
+/// `-t pattern`, a counting pattern a recording can be checked against bit for bit): plays one
+/// second per loop (default 1 loop; a 440 Hz sine at 50 % of full scale) through card N
+/// (default the first). Returns what it prints.
 pub fn cmd_speaker_test(args: &[&str]) -> Result<String, String> {
     let mut frequency = 440u32;
     let mut loops = 1u32;
     let mut period_us = None;
+    let mut pattern = false;
+    let mut amplitude = 50u32;
     let mut options = PcmOptions {
         card: None,
         rate: None,
@@ -69,14 +72,16 @@ pub fn cmd_speaker_test(args: &[&str]) -> Result<String, String> {
         let value = args.get(index + 1);
         match option {
             "-t" | "--test" => match value.copied() {
-                Some("sine") => {}
+                Some("sine") => pattern = false,
+                Some("pattern") => pattern = true,
                 Some(other) => {
                     return Err(alloc::format!(
-                        "speaker-test: test type {other:?}: only sine is implemented"
+                        "speaker-test: test type {other:?}: sine or pattern"
                     ))
                 }
                 None => return Err(String::from("speaker-test: option -t takes a type")),
             },
+            "-A" | "--amplitude" => amplitude = number(option, value)?,
             "-D" | "--device" => {
                 let text = value.ok_or("speaker-test: option -D takes a device (hw:N)")?;
                 options.card =
@@ -106,18 +111,29 @@ pub fn cmd_speaker_test(args: &[&str]) -> Result<String, String> {
         options.period_bytes = Some((frames * frame).max(frame));
     }
     let period_bytes = options.period_bytes.unwrap_or(card.default_period_bytes());
-    let mut sine = lull_pcm::Sine::new(frequency, rate, usize::from(channels), 50)
+    let mut sine = lull_pcm::Sine::new(frequency, rate, usize::from(channels), amplitude)
+        .map_err(|e| alloc::format!("speaker-test: {e}"))?;
+    let mut counter = lull_pcm::Pattern::new(usize::from(channels))
         .map_err(|e| alloc::format!("speaker-test: {e}"))?;
     let mut left = u64::from(loops) * u64::from(rate) * frame as u64;
     crate::kprint!(
         "speaker-test (Lull)\n\nPlayback device is hw:{} ({})\nStream parameters are {rate}Hz, \
-         S16_LE, {channels} channels\nSine wave rate is {frequency}.0000Hz\n",
+         S16_LE, {channels} channels\n{}\n",
         card.index(),
-        card.name()
+        card.name(),
+        if pattern {
+            String::from("Counting pattern (sample i is i mod 2^16)")
+        } else {
+            alloc::format!("Sine wave rate is {frequency}.0000Hz, {amplitude} % of full scale")
+        }
     );
     let mut fill = |period: &mut [u8]| {
         let want = (period.len() as u64).min(left) as usize;
-        let written = sine.fill(&mut period[..want]);
+        let written = if pattern {
+            counter.fill(&mut period[..want])
+        } else {
+            sine.fill(&mut period[..want])
+        };
         left -= written as u64;
         written
     };
