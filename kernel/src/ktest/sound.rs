@@ -123,7 +123,6 @@ pub fn ac97_probe_fails_cleanly_at_every_acquisition() -> TestResult {
 // The HD Audio controller (q35 suites run QEMU's `ich9-intel-hda` with an `hda-duplex` codec on
 // the `none` audio back-end).
 
-
 fn hda_device() -> Option<alloc::string::String> {
     PciDevice::all()
         .find(|d| d.vendor_id() == 0x8086 && d.device_id() == 0x293e)
@@ -211,7 +210,11 @@ pub fn hda_format_word_is_the_spec_encoding() -> TestResult {
 pub fn hda_plays_and_captures_by_interrupts() -> TestResult {
     needs_hda()?;
     let stats = hda_play_briefly()?;
-    ensure!(stats.bytes == 48_000 / 5 * 4, "played {} bytes", stats.bytes);
+    ensure!(
+        stats.bytes == 48_000 / 5 * 4,
+        "played {} bytes",
+        stats.bytes
+    );
     ensure!(stats.interrupts >= 1 && stats.underruns == 0, "{stats:?}");
     ensure!(
         (150_000_000..2_000_000_000).contains(&stats.elapsed_ns),
@@ -279,11 +282,10 @@ pub fn hda_probe_fails_cleanly_at_every_acquisition() -> TestResult {
     )?;
     let before = quiet_snapshot();
     let tracker = lull_devres::LeakTracker::new();
-    let report = quietly(|| {
-        base::with_model(|m| m.sweep_probe_faults("pci", &name, hda::DRIVER, &tracker))
-    })
-    .ok_or("no driver model")?
-    .map_err(|e| alloc::format!("sweep: {e}"))?;
+    let report =
+        quietly(|| base::with_model(|m| m.sweep_probe_faults("pci", &name, hda::DRIVER, &tracker)))
+            .ok_or("no driver model")?
+            .map_err(|e| alloc::format!("sweep: {e}"))?;
     // Enable, BAR 0, the rings, the IRQ vector, the IRQ.
     ensure!(
         report.acquisition_points == 5 && report.absorbed.is_empty(),
