@@ -190,8 +190,17 @@ pub fn hda_codec_answers_vendor_id() -> TestResult {
     ensure!(codecs == alloc::vec![0], "codecs {codecs:?}");
     let vendor = vendor_id()?;
     ensure!(vendor >> 16 == 0x1af4, "vendor id {vendor:#010x}");
-    // A node the codec does not have is answered (QEMU answers 0), and a bad address refused.
+    // Addresses out of range, or with no codec, are refused at once.
     ensure!(hda::verb(15, 0, 0xf00 << 8).is_err(), "codec 15 accepted");
+    let started = crate::kernel::time::uptime_ns();
+    ensure!(
+        hda::verb(3, 0, 0xf00 << 8).is_err(),
+        "absent codec 3 answered"
+    );
+    ensure!(
+        crate::kernel::time::uptime_ns() - started < 50_000_000,
+        "an absent codec took the verb timeout"
+    );
     Ok(())
 }
 

@@ -140,6 +140,7 @@ struct Hda {
     irq_kind: String,
     inputs: usize,
     outputs: usize,
+    description: String,
     /// STATESTS after the link reset: bit n = a codec at address n.
     codec_mask: u16,
     verbs: Mutex<Rings>,
@@ -238,6 +239,12 @@ pub fn verb(codec: u8, nid: u8, verb: u32) -> Result<u32, String> {
         ));
     }
     let hda = bound()?;
+    if hda.codec_mask & (1 << codec) == 0 {
+        return Err(alloc::format!(
+            "hda: no codec at address {codec} (STATESTS {:#06x})",
+            hda.codec_mask
+        ));
+    }
     let mut rings = hda.verbs.lock();
     // Whatever an earlier timed-out verb left behind.
     drain_rirb(&hda, &mut rings, 0xff)?;
@@ -292,7 +299,10 @@ pub fn codecs() -> Result<Vec<u8>, String> {
 
 /// What `hda` lists about the controller.
 pub struct ControllerInfo {
+    /// `0000:00:03.0`.
     pub pci_name: String,
+    /// lspci's vendor and device name.
+    pub description: String,
     pub irq: u32,
     pub irq_kind: String,
     pub inputs: usize,
@@ -305,6 +315,7 @@ pub fn controller() -> Result<ControllerInfo, String> {
     let hda = bound()?;
     Ok(ControllerInfo {
         pci_name: hda.name.clone(),
+        description: hda.description.clone(),
         irq: hda.irq,
         irq_kind: hda.irq_kind.clone(),
         inputs: hda.inputs,
@@ -852,8 +863,15 @@ impl Driver for HdaDriver {
             Some((kind, _)) => (alloc::format!("{kind}"), IrqFlags::NONE),
             None => return Err(Errno::EINVAL.into()),
         };
+        let description = alloc::format!(
+            "{} {}",
+            lull_pci::names::vendor_name(dev.vendor_id()).unwrap_or("vendor"),
+            lull_pci::names::device_name(dev.vendor_id(), dev.device_id())
+                .unwrap_or("HD Audio controller")
+        );
         let hda = Arc::new(Hda {
             name: name.clone(),
+            description,
             mmio,
             rings,
             irq,
@@ -906,6 +924,14 @@ impl Driver for HdaDriver {
             for_stop.verb_wake.wake_all();
         });
         devm::request_irq(devres, irq, interrupt, flags, DRIVER)?;
+        // At unbind this runs first: the controller is quiet before its IRQ is freed (the
+        // action above covers a probe that fails before the IRQ is requested).
+        let for_quiesce = Arc::clone(&hda);
+        devres.add_action("snd_hda_intel: quiesce before free_irq", move || {
+            if let Some(mmio) = for_quiesce.mmio.try_access() {
+                quiesce(&mmio, for_quiesce.slots.len());
+            }
+        });
         {
             let regs = hda.mmio.try_access().ok_or(Errno::ENODEV)?;
             regs.write_u32(INTCTL, INTCTL_GIE | INTCTL_CIE);
