@@ -602,7 +602,7 @@ fn assert_tickless_idle(machine: Machine, cpus: u32) -> TestResult {
 }
 
 /// q35 with one CPU, idle with its drivers bound: the parallel port's GPIO chip, the AC'97 card
-/// (on the `none` audio back-end), virtio-rng and a virtio-blk disk (the in-kernel suites'
+/// and the HD Audio controller with its codec (on the `none` audio back-end), virtio-rng and a virtio-blk disk (the in-kernel suites'
 /// devices), the SMBus with its EEPROMs.
 fn idle_nohz_takes_no_timer_interrupts() -> TestResult {
     let control = control_run().map_err(|e| format!("control run (nohz=off) failed: {e}"))?;
@@ -617,7 +617,7 @@ fn idle_nohz_takes_no_timer_interrupts() -> TestResult {
     check_tickless(
         &idle.counts,
         Some(&control),
-        "Q35 -smp 1 with parport GPIO, AC'97, virtio-rng, virtio-blk and the SMBus bound",
+        "Q35 -smp 1 with parport GPIO, AC'97, HD Audio, virtio-rng, virtio-blk and the SMBus bound",
     )?;
     Ok(())
 }
