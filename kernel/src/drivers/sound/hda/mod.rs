@@ -368,6 +368,21 @@ pub fn format_word(rate: u32, channels: u8) -> Result<u16, String> {
     ))
 }
 
+/// The sample rate a format word (as [`format_word`] builds it) encodes.
+fn format_rate(format: u16) -> u32 {
+    let base = if format & 1 << 14 != 0 {
+        44_100
+    } else {
+        48_000
+    };
+    base * (u32::from(format >> 11 & 7) + 1) / (u32::from(format >> 8 & 7) + 1)
+}
+
+/// Bytes per frame of a 16-bit format word.
+fn frame_bytes(format: u16) -> u64 {
+    2 * (u64::from(format & 0xf) + 1)
+}
+
 /// What a stream did.
 #[derive(Debug, Default, Clone)]
 pub struct StreamStats {
@@ -624,6 +639,9 @@ impl<'a> Stream<'a> {
             );
         }
         let mut last_lpib: u64 = 0;
+        let mut last_wake = started;
+        // Bytes per second: whole rings the link may have gone round unseen between wake-ups.
+        let rate = u64::from(format_rate(format)) * frame_bytes(format);
         let mut position: u64 = 0; // bytes the link moved, from the start
         let mut delivered: u64 = 0; // capture: bytes given to the sink
         let mut taken: u64 = 0; // capture: periods read
@@ -663,8 +681,17 @@ impl<'a> Stream<'a> {
                 );
                 return Err(String::from("hda: the controller reported a bad position"));
             }
-            position += (lpib + ring - last_lpib) % ring;
+            let moved = (lpib + ring - last_lpib) % ring;
+            position += moved;
             last_lpib = lpib % ring;
+            // LPIB cannot show whole rings: a wake-up later than a ring's duration lost them
+            // (every period of each a late refill).
+            let now = crate::kernel::time::uptime_ns();
+            let expected = (now - last_wake).saturating_mul(rate) / 1_000_000_000;
+            last_wake = now;
+            if expected >= ring + pb as u64 {
+                self.stats.underruns += (expected - moved) / ring * periods as u64;
+            }
             let done = position / pb as u64; // periods completed
             match &mut data {
                 StreamData::Play(fill) => {
