@@ -617,9 +617,10 @@ const AC97_TESTS: [&str; 3] = [
 ];
 /// microvm has no PCI, hence no HD Audio controller (`hda_format_word_is_the_spec_encoding`
 /// needs no device and runs everywhere).
-const HDA_TESTS: [&str; 4] = [
+const HDA_TESTS: [&str; 5] = [
     "hda_codec_answers_vendor_id",
     "hda_plays_and_captures_by_interrupts",
+    "hda_late_refill_counts_underruns",
     "hda_unbind_bind_100_times_leaks_nothing",
     "hda_probe_fails_cleanly_at_every_acquisition",
 ];
@@ -684,6 +685,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             HDA_TESTS[1],
             HDA_TESTS[2],
             HDA_TESTS[3],
+            HDA_TESTS[4],
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
             NEEDS_2_CPUS[2],
@@ -748,6 +750,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             HDA_TESTS[1],
             HDA_TESTS[2],
             HDA_TESTS[3],
+            HDA_TESTS[4],
             NEEDS_3_CPUS[0],
         ],
     },

@@ -376,6 +376,10 @@ const TESTS: &[TestCase] = &[
         sound::hda_plays_and_captures_by_interrupts,
     ),
     (
+        "hda_late_refill_counts_underruns",
+        sound::hda_late_refill_counts_underruns,
+    ),
+    (
         "hda_unbind_bind_100_times_leaks_nothing",
         sound::hda_unbind_bind_100_times_leaks_nothing,
     ),

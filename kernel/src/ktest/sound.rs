@@ -257,6 +257,44 @@ pub fn hda_plays_and_captures_by_interrupts() -> TestResult {
     Ok(())
 }
 
+/// A refill 100 ms late on a 21 ms ring: the periods the link played stale are counted as
+/// underruns, and the stream still plays to its end.
+pub fn hda_late_refill_counts_underruns() -> TestResult {
+    needs_hda()?;
+    let mut calls = 0;
+    let mut left = 48_000 / 5 * 4;
+    let mut fill = |period: &mut [u8]| {
+        calls += 1;
+        if calls == 10 {
+            crate::kernel::time::sleep_ns(100_000_000);
+        }
+        let n = period.len().min(left);
+        left -= n;
+        n
+    };
+    let config = hda::StreamConfig {
+        direction: hda::Direction::Playback,
+        rate: 48_000,
+        channels: 2,
+        period_bytes: 1024,
+        periods: 4,
+    };
+    let stats = hda::run_stream(
+        &config,
+        &mut |tag, format| converter(HDA_DAC, tag, format),
+        hda::StreamData::Play(&mut fill),
+    )?;
+    ensure!(stats.bytes == 48_000 / 5 * 4, "{stats:?}");
+    ensure!(
+        stats.underruns >= 4,
+        "a 100 ms stall on a 21 ms ring: {stats:?}"
+    );
+    // And a stream with nothing late has none.
+    let stats = hda_play_briefly()?;
+    ensure!(stats.underruns == 0, "{stats:?}");
+    Ok(())
+}
+
 pub fn hda_unbind_bind_100_times_leaks_nothing() -> TestResult {
     let name = needs_hda()?;
     let unbind = alloc::format!("/sys/bus/pci/drivers/{}/unbind", hda::DRIVER);
