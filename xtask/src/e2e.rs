@@ -610,7 +610,7 @@ fn assert_tickless_idle(machine: Machine, cpus: u32) -> TestResult {
 }
 
 /// q35 with one CPU, idle with its drivers bound: the parallel port's GPIO chip, the AC'97 card
-/// (on the `none` audio back-end), virtio-rng and a virtio-blk disk (the in-kernel suites'
+/// and the HD Audio controller with its codec (on the `none` audio back-end), virtio-rng and a virtio-blk disk (the in-kernel suites'
 /// devices), the SMBus with its EEPROMs.
 fn idle_nohz_takes_no_timer_interrupts() -> TestResult {
     let control = control_run().map_err(|e| format!("control run (nohz=off) failed: {e}"))?;
@@ -625,7 +625,7 @@ fn idle_nohz_takes_no_timer_interrupts() -> TestResult {
     check_tickless(
         &idle.counts,
         Some(&control),
-        "Q35 -smp 1 with parport GPIO, AC'97, virtio-rng, virtio-blk and the SMBus bound",
+        "Q35 -smp 1 with parport GPIO, AC'97, HD Audio, virtio-rng, virtio-blk and the SMBus bound",
     )?;
     Ok(())
 }
@@ -2572,7 +2572,8 @@ fn hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav() -> TestResult {
 /// `ich9-intel-hda` with an `hda-duplex` codec (the `snd_hda_intel` controller driver: verbs
 /// through CORB/RIRB, an output stream on a BDL of periods refilled by LPIB) plays 1 s of a
 /// 1 kHz sine at 50 % that reaches the file sample for sample as the host generates it with
-/// `lull-pcm`, with no underrun; the codec answered with QEMU's vendor id (0x1af4) first.
+/// `lull-pcm`, with no underrun; the codec answered with QEMU's vendor id (0x1af4) first, and
+/// `hda widgets` / `hda verb` show hda-duplex's widget tree.
 fn hda_stream_in_qemu_wav_is_bit_exact() -> TestResult {
     let wav = std::env::temp_dir().join(format!("lull-e2e-hda-{}.wav", std::process::id()));
     let _ = std::fs::remove_file(&wav);
@@ -2594,6 +2595,26 @@ fn hda_stream_in_qemu_wav_is_bit_exact() -> TestResult {
         listed.contains("snd_hda_intel") && listed.contains("codec 0: vendor id 0x1af4"),
         "hda: {listed:?}"
     );
+    // hda-duplex's tree: the DAC (2) feeds the output pin (3); the ADC (4) takes the input pin (5).
+    let tree = without_kernel_log(&guest.run("hda widgets", STEP)?);
+    for expected in [
+        "Vendor Id: 0x1af4",
+        "Node 0x01 [Audio Function Group]",
+        "Node 0x02 [Audio Output]",
+        "Amp-Out caps: ofs=0x4a",
+        "Node 0x03 [Pin Complex]",
+        "Pincap 0x00000010: OUT",
+        "Node 0x04 [Audio Input]",
+        "Node 0x05 [Pin Complex]",
+    ] {
+        ensure!(
+            tree.contains(expected),
+            "hda widgets lacks {expected:?}:\n{tree}"
+        );
+    }
+    // A raw verb: the output pin's connection list entry 0 is the DAC.
+    let raw = without_kernel_log(&guest.run("hda verb 0 3 0xf0200", STEP)?);
+    ensure!(raw.trim() == "0x00000002", "hda verb 0 3 0xf0200: {raw:?}");
     let long = Duration::from_secs(60);
     let played = without_kernel_log(&guest.run("hda play-test", long)?);
     ensure!(

@@ -615,6 +615,15 @@ const AC97_TESTS: [&str; 3] = [
     "ac97_unbind_bind_100_times_leaks_nothing",
     "ac97_probe_fails_cleanly_at_every_acquisition",
 ];
+/// microvm has no PCI, hence no HD Audio controller (`hda_format_word_is_the_spec_encoding`
+/// needs no device and runs everywhere).
+const HDA_TESTS: [&str; 5] = [
+    "hda_codec_answers_vendor_id",
+    "hda_plays_and_captures_by_interrupts",
+    "hda_late_refill_counts_underruns",
+    "hda_unbind_bind_100_times_leaks_nothing",
+    "hda_probe_fails_cleanly_at_every_acquisition",
+];
 /// Tests with nothing to check on one CPU (they act on the other CPUs).
 const NEEDS_2_CPUS: [&str; 3] = [
     "reschedule_ipi_is_delivered",
@@ -672,6 +681,11 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             AC97_TESTS[0],
             AC97_TESTS[1],
             AC97_TESTS[2],
+            HDA_TESTS[0],
+            HDA_TESTS[1],
+            HDA_TESTS[2],
+            HDA_TESTS[3],
+            HDA_TESTS[4],
             NEEDS_2_CPUS[0],
             NEEDS_2_CPUS[1],
             NEEDS_2_CPUS[2],
@@ -732,6 +746,11 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             AC97_TESTS[0],
             AC97_TESTS[1],
             AC97_TESTS[2],
+            HDA_TESTS[0],
+            HDA_TESTS[1],
+            HDA_TESTS[2],
+            HDA_TESTS[3],
+            HDA_TESTS[4],
             NEEDS_3_CPUS[0],
         ],
     },

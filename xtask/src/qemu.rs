@@ -48,7 +48,8 @@ pub const VIRTIO_RNG_MMIO: &[&str] = &[
 /// capabilities and MSI-X, bound by Lull's `virtio-pci`.
 pub const VIRTIO_RNG_PCI: &[&str] = &["-device", "virtio-rng-pci"];
 
-/// The in-kernel suites' devices on q35: an AC'97 card (on the `none` audio back-end), the
+/// The in-kernel suites' devices on q35: an AC'97 card and an HD Audio controller with an
+/// `hda-duplex` codec (both on the `none` audio back-end), the
 /// virtio-rng and a 16 MiB virtio-blk disk on QEMU's
 /// `null-co` driver (reads give zeros, writes are dropped: no file to manage; data integrity
 /// against real files is the end-to-end tests' job).
@@ -57,6 +58,10 @@ pub const KTEST_DEVICES_PCI: &[&str] = &[
     "none,id=snd0",
     "-device",
     "AC97,audiodev=snd0",
+    "-device",
+    "ich9-intel-hda",
+    "-device",
+    "hda-duplex,audiodev=snd0",
     "-device",
     "virtio-rng-pci",
     "-drive",

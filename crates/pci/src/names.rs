@@ -33,6 +33,8 @@ pub fn device_name(vendor: u16, device: u16) -> Option<&'static str> {
         (0x8086, 0x2918) => "82801IB (ICH9) LPC Interface Controller",
         (0x8086, 0x2922) => "82801IR/IO/IH (ICH9R/DO/DH) 6 port SATA Controller [AHCI mode]",
         (0x8086, 0x2930) => "82801I (ICH9 Family) SMBus Controller",
+        (0x8086, 0x293e) => "82801I (ICH9 Family) HD Audio Controller",
+        (0x8086, 0x2415) => "82801AA AC'97 Audio Controller",
         (0x8086, 0x10d3) => "82574L Gigabit Network Connection",
         (0x1234, 0x1111) => "QEMU Virtual Video Controller",
         (0x1af4, 0x1000) => "Virtio network device",

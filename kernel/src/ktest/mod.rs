@@ -364,6 +364,30 @@ const TESTS: &[TestCase] = &[
         sound::ac97_probe_fails_cleanly_at_every_acquisition,
     ),
     (
+        "hda_codec_answers_vendor_id",
+        sound::hda_codec_answers_vendor_id,
+    ),
+    (
+        "hda_format_word_is_the_spec_encoding",
+        sound::hda_format_word_is_the_spec_encoding,
+    ),
+    (
+        "hda_plays_and_captures_by_interrupts",
+        sound::hda_plays_and_captures_by_interrupts,
+    ),
+    (
+        "hda_late_refill_counts_underruns",
+        sound::hda_late_refill_counts_underruns,
+    ),
+    (
+        "hda_unbind_bind_100_times_leaks_nothing",
+        sound::hda_unbind_bind_100_times_leaks_nothing,
+    ),
+    (
+        "hda_probe_fails_cleanly_at_every_acquisition",
+        sound::hda_probe_fails_cleanly_at_every_acquisition,
+    ),
+    (
         "gpio_event_wakes_a_sleeping_gpiomon",
         gpio::gpio_event_wakes_a_sleeping_gpiomon,
     ),

@@ -385,10 +385,12 @@ fn play_test() -> Result<String, String> {
     ))
 }
 
+/// `0x`-prefixed or bare hex (`f0000`), or decimal when all digits.
 fn number(text: &str) -> Option<u32> {
     match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16).ok(),
-        None => text.parse().ok(),
+        None if text.bytes().all(|b| b.is_ascii_digit()) => text.parse().ok(),
+        None => u32::from_str_radix(text, 16).ok(),
     }
 }
 
@@ -404,8 +406,9 @@ pub fn cmd_hda(args: &[&str]) -> Result<String, String> {
             let mut out = String::new();
             let _ = writeln!(
                 out,
-                "{} {}: Intel HD Audio, IRQ {} ({}), {} input / {} output streams",
+                "{} {} ({}): IRQ {} ({}), {} input / {} output streams",
                 info.pci_name,
+                info.description,
                 super::DRIVER,
                 info.irq,
                 info.irq_kind,

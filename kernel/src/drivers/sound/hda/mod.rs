@@ -140,6 +140,7 @@ struct Hda {
     irq_kind: String,
     inputs: usize,
     outputs: usize,
+    description: String,
     /// STATESTS after the link reset: bit n = a codec at address n.
     codec_mask: u16,
     verbs: Mutex<Rings>,
@@ -238,6 +239,12 @@ pub fn verb(codec: u8, nid: u8, verb: u32) -> Result<u32, String> {
         ));
     }
     let hda = bound()?;
+    if hda.codec_mask & (1 << codec) == 0 {
+        return Err(alloc::format!(
+            "hda: no codec at address {codec} (STATESTS {:#06x})",
+            hda.codec_mask
+        ));
+    }
     let mut rings = hda.verbs.lock();
     // Whatever an earlier timed-out verb left behind.
     drain_rirb(&hda, &mut rings, 0xff)?;
@@ -292,7 +299,10 @@ pub fn codecs() -> Result<Vec<u8>, String> {
 
 /// What `hda` lists about the controller.
 pub struct ControllerInfo {
+    /// `0000:00:03.0`.
     pub pci_name: String,
+    /// lspci's vendor and device name.
+    pub description: String,
     pub irq: u32,
     pub irq_kind: String,
     pub inputs: usize,
@@ -305,6 +315,7 @@ pub fn controller() -> Result<ControllerInfo, String> {
     let hda = bound()?;
     Ok(ControllerInfo {
         pci_name: hda.name.clone(),
+        description: hda.description.clone(),
         irq: hda.irq,
         irq_kind: hda.irq_kind.clone(),
         inputs: hda.inputs,
@@ -355,6 +366,21 @@ pub fn format_word(rate: u32, channels: u8) -> Result<u16, String> {
     Err(alloc::format!(
         "hda: {rate} Hz is not 48 kHz or 44.1 kHz times 1-4 divided by 1-8"
     ))
+}
+
+/// The sample rate a format word (as [`format_word`] builds it) encodes.
+fn format_rate(format: u16) -> u32 {
+    let base = if format & 1 << 14 != 0 {
+        44_100
+    } else {
+        48_000
+    };
+    base * (u32::from(format >> 11 & 7) + 1) / (u32::from(format >> 8 & 7) + 1)
+}
+
+/// Bytes per frame of a 16-bit format word.
+fn frame_bytes(format: u16) -> u64 {
+    2 * (u64::from(format & 0xf) + 1)
 }
 
 /// What a stream did.
@@ -613,6 +639,9 @@ impl<'a> Stream<'a> {
             );
         }
         let mut last_lpib: u64 = 0;
+        let mut last_wake = started;
+        // Bytes per second: whole rings the link may have gone round unseen between wake-ups.
+        let rate = u64::from(format_rate(format)) * frame_bytes(format);
         let mut position: u64 = 0; // bytes the link moved, from the start
         let mut delivered: u64 = 0; // capture: bytes given to the sink
         let mut taken: u64 = 0; // capture: periods read
@@ -652,8 +681,17 @@ impl<'a> Stream<'a> {
                 );
                 return Err(String::from("hda: the controller reported a bad position"));
             }
-            position += (lpib + ring - last_lpib) % ring;
+            let moved = (lpib + ring - last_lpib) % ring;
+            position += moved;
             last_lpib = lpib % ring;
+            // LPIB cannot show whole rings: a wake-up later than a ring's duration lost them
+            // (every period of each a late refill).
+            let now = crate::kernel::time::uptime_ns();
+            let expected = (now - last_wake).saturating_mul(rate) / 1_000_000_000;
+            last_wake = now;
+            if expected >= ring + pb as u64 {
+                self.stats.underruns += (expected - moved) / ring * periods as u64;
+            }
             let done = position / pb as u64; // periods completed
             match &mut data {
                 StreamData::Play(fill) => {
@@ -852,8 +890,15 @@ impl Driver for HdaDriver {
             Some((kind, _)) => (alloc::format!("{kind}"), IrqFlags::NONE),
             None => return Err(Errno::EINVAL.into()),
         };
+        let description = alloc::format!(
+            "{} {}",
+            lull_pci::names::vendor_name(dev.vendor_id()).unwrap_or("vendor"),
+            lull_pci::names::device_name(dev.vendor_id(), dev.device_id())
+                .unwrap_or("HD Audio controller")
+        );
         let hda = Arc::new(Hda {
             name: name.clone(),
+            description,
             mmio,
             rings,
             irq,
@@ -906,6 +951,14 @@ impl Driver for HdaDriver {
             for_stop.verb_wake.wake_all();
         });
         devm::request_irq(devres, irq, interrupt, flags, DRIVER)?;
+        // At unbind this runs first: the controller is quiet before its IRQ is freed (the
+        // action above covers a probe that fails before the IRQ is requested).
+        let for_quiesce = Arc::clone(&hda);
+        devres.add_action("snd_hda_intel: quiesce before free_irq", move || {
+            if let Some(mmio) = for_quiesce.mmio.try_access() {
+                quiesce(&mmio, for_quiesce.slots.len());
+            }
+        });
         {
             let regs = hda.mmio.try_access().ok_or(Errno::ENODEV)?;
             regs.write_u32(INTCTL, INTCTL_GIE | INTCTL_CIE);
