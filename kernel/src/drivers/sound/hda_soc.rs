@@ -451,25 +451,36 @@ pub const AMP_LINE: &str = "amp-enable";
 impl Q35Hda {
     fn set_amp(&self, on: bool) {
         let mut amp = self.amp.lock();
-        if amp.is_none() {
-            // Looked up at first use: the GPIO controller may bind after the card.
-            match crate::drivers::gpio::GPIO.get_by_name(
-                AMP_LINE,
-                AMP_CONSUMER,
-                LineConfig::output(false),
-            ) {
-                Ok(desc) => *amp = Some(desc),
+        // A line whose chip went away (its controller unbound) fails: look it up again, once.
+        if let Some(desc) = amp.as_ref() {
+            match desc.set_value(on) {
+                Ok(()) => return,
                 Err(error) => {
-                    if !self.warned.swap(true, Ordering::Relaxed) {
-                        printk!("q35-hda: no speaker amplifier switched ({AMP_LINE}: {error})");
-                    }
-                    return;
+                    pr_warn!(
+                        "q35-hda: {AMP_LINE} -> {}: {error}; looking the line up again",
+                        u8::from(on)
+                    );
+                    *amp = None;
                 }
             }
         }
-        if let Some(desc) = amp.as_ref() {
-            if let Err(error) = desc.set_value(on) {
-                pr_warn!("q35-hda: {AMP_LINE} -> {}: {error}", u8::from(on));
+        // Looked up at first use: the GPIO controller may bind after the card.
+        match crate::drivers::gpio::GPIO.get_by_name(
+            AMP_LINE,
+            AMP_CONSUMER,
+            LineConfig::output(false),
+        ) {
+            Ok(desc) => {
+                if let Err(error) = desc.set_value(on) {
+                    pr_warn!("q35-hda: {AMP_LINE} -> {}: {error}", u8::from(on));
+                }
+                self.warned.store(false, Ordering::Relaxed);
+                *amp = Some(desc);
+            }
+            Err(error) => {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    printk!("q35-hda: no speaker amplifier switched ({AMP_LINE}: {error})");
+                }
             }
         }
     }
