@@ -2876,7 +2876,10 @@ fn hda_and_virtio_gpio_unbind_bind_leak_nothing_and_the_amp_switches_again() -> 
         // The card takes the amp line (a playback), then its chip goes away under it.
         guest.run("dapm pmdown_time 100", STEP)?;
         let held = guest.run("speaker-test -l 1", long)?;
-        ensure!(held.contains("played 48000 frames"), "speaker-test: {held:?}");
+        ensure!(
+            held.contains("played 48000 frames"),
+            "speaker-test: {held:?}"
+        );
         // virtio-gpio's probe failed at each managed acquisition in turn: nothing bound after a
         // failure, nothing left behind.
         let knob = file("virtio", "virtio_gpio", "devres_fail_nth");
