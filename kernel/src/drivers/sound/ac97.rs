@@ -236,6 +236,10 @@ impl SocCodec for Ac97Codec {
         String::from("ac97")
     }
 
+    fn dai_name(&self) -> &'static str {
+        "ac97-hifi"
+    }
+
     fn add_to(&self, dapm: &mut Dapm) -> Result<(), DapmError> {
         dapm.add_switch("Master Playback Switch", true)?;
         dapm.add_volume("Master Playback Volume", 0, 63, 63, false)?;
@@ -305,6 +309,10 @@ impl SocPlatform for Ac97Pcm {
         String::from("intel8x0 PCM out")
     }
 
+    fn dai_name(&self) -> &'static str {
+        "intel8x0-ac97-link"
+    }
+
     fn rates(&self) -> &'static [u32] {
         &[RATE]
     }
@@ -337,6 +345,14 @@ struct Ac97Machine;
 impl SocMachine for Ac97Machine {
     fn name(&self) -> String {
         String::from("q35-ac97")
+    }
+
+    fn dai_link(&self) -> soc::DaiLink {
+        soc::DaiLink {
+            name: "AC97 HiFi",
+            cpu_dai: "intel8x0-ac97-link",
+            codec_dai: "ac97-hifi",
+        }
     }
 
     fn add_to(&self, dapm: &mut Dapm) -> Result<(), DapmError> {

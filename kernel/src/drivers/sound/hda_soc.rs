@@ -239,6 +239,10 @@ impl SocCodec for HdaCodec {
         format!("hda-codec {}", self.address)
     }
 
+    fn dai_name(&self) -> &'static str {
+        "hda-codec-analog"
+    }
+
     fn add_to(&self, dapm: &mut Dapm) -> Result<(), DapmError> {
         if let Some(amp) = &self.master {
             dapm.add_switch("Master Playback Switch", true)?;
@@ -395,6 +399,10 @@ impl SocPlatform for HdaPcm {
         String::from("hda-intel PCM")
     }
 
+    fn dai_name(&self) -> &'static str {
+        "hda-link-stream"
+    }
+
     fn rates(&self) -> &'static [u32] {
         &[48_000, 44_100]
     }
@@ -489,6 +497,14 @@ impl Q35Hda {
 impl SocMachine for Q35Hda {
     fn name(&self) -> String {
         String::from("q35-hda")
+    }
+
+    fn dai_link(&self) -> soc::DaiLink {
+        soc::DaiLink {
+            name: "HDA Analog",
+            cpu_dai: "hda-link-stream",
+            codec_dai: "hda-codec-analog",
+        }
     }
 
     fn add_to(&self, dapm: &mut Dapm) -> Result<(), DapmError> {

@@ -268,12 +268,15 @@ pub fn cmd_aplay(args: &[&str]) -> Result<String, String> {
     crate::drivers::wait_for_device_probe();
     let mut out = String::from("**** List of PLAYBACK Hardware Devices ****\n");
     for card in soc::cards() {
+        let link = card.dai_link();
         out += &alloc::format!(
-            "card {}: {} [{}], device 0: {}\n",
+            "card {}: {} [{}], device 0: {} [{} <-> {}]\n",
             card.index(),
             card.name(),
             card.describe(),
-            card.name()
+            link.name,
+            link.cpu_dai,
+            link.codec_dai
         );
     }
     Ok(out)

@@ -73,10 +73,24 @@ pub enum StreamData<'a> {
     },
 }
 
+/// A DAI link (Linux's `snd_soc_dai_link`): the card's PCM device joins the platform's CPU DAI
+/// to the codec's DAI, both named; the stream tag and format cross it in `prepare`/`hw_params`.
+#[derive(Clone, Copy, Debug)]
+pub struct DaiLink {
+    /// The link's (and the PCM device's) name.
+    pub name: &'static str,
+    /// The platform DAI it takes.
+    pub cpu_dai: &'static str,
+    /// The codec DAI it takes.
+    pub codec_dai: &'static str,
+}
+
 /// The platform driver: the DMA engine that moves PCM between memory and the codec link.
 pub trait SocPlatform: Send + Sync {
     /// Its name (`/proc/asound/cards`).
     fn name(&self) -> String;
+    /// Its CPU DAI's name.
+    fn dai_name(&self) -> &'static str;
     /// The sample rates it plays (S16_LE).
     fn rates(&self) -> &'static [u32];
     /// The period size it uses by default.
@@ -95,6 +109,8 @@ pub trait SocPlatform: Send + Sync {
 pub trait SocCodec: Send + Sync {
     /// Its name.
     fn name(&self) -> String;
+    /// Its DAI's name.
+    fn dai_name(&self) -> &'static str;
     /// Adds its widgets, routes and controls. Its interface widgets use the stream names of
     /// [`Direction::stream`].
     fn add_to(&self, dapm: &mut Dapm) -> Result<(), DapmError>;
@@ -134,6 +150,8 @@ pub trait SocCodec: Send + Sync {
 pub trait SocMachine: Send + Sync {
     /// Its name (the card's).
     fn name(&self) -> String;
+    /// The DAI link it binds (one PCM device per card).
+    fn dai_link(&self) -> DaiLink;
     /// Adds the board's widgets (speakers, microphones) and their routes to the codec's pins.
     fn add_to(&self, dapm: &mut Dapm) -> Result<(), DapmError>;
     /// A widget's power event (an amplifier switched here).
@@ -196,6 +214,20 @@ pub fn register_card(
     platform: Box<dyn SocPlatform>,
     machine: Box<dyn SocMachine>,
 ) -> Result<usize, String> {
+    let link = machine.dai_link();
+    if link.cpu_dai != platform.dai_name() || link.codec_dai != codec.dai_name() {
+        return Err(format!(
+            "machine {}: DAI link {:?} wants {} and {}; the card has {} ({}) and {} ({})",
+            machine.name(),
+            link.name,
+            link.cpu_dai,
+            link.codec_dai,
+            platform.dai_name(),
+            platform.name(),
+            codec.dai_name(),
+            codec.name()
+        ));
+    }
     let mut dapm = Dapm::new();
     codec
         .add_to(&mut dapm)
@@ -323,7 +355,7 @@ impl Card {
         self.index
     }
 
-    /// `"Machine - Codec - Platform"`.
+    /// The machine, its codec and platform.
     pub fn describe(&self) -> String {
         format!(
             "{} ({} codec, {} platform)",
@@ -331,6 +363,11 @@ impl Card {
             self.codec.name(),
             self.platform.name()
         )
+    }
+
+    /// The card's DAI link.
+    pub fn dai_link(&self) -> DaiLink {
+        self.machine.dai_link()
     }
 
     /// The machine's name.
