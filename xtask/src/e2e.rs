@@ -2332,50 +2332,14 @@ fn amp_events(log: &str) -> Vec<(f64, Seen)> {
 /// nothing; with Master muted the only path stays down (and the WAV is silent); capture powers
 /// the capture path (pin 5, ADC 4) only. The first tone is bit-exact in the WAV.
 fn hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav() -> TestResult {
-    let backend = gpio_backend_binary()?;
-    let dir = std::env::temp_dir().join(format!("lull-e2e-hda-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let (socket, control, log, wav) = (
-        dir.join("gpio.sock"),
-        dir.join("ctl.sock"),
-        dir.join("gpio.log"),
-        dir.join("out.wav"),
-    );
-    let mut child = std::process::Command::new(&backend)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--control")
-        .arg(&control)
-        .arg("--log")
-        .arg(&log)
-        .arg("--no-stdin")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", backend.display()))?;
+    let gpio = GpioBackend::start("lull-e2e-hda")?;
+    let wav = gpio.dir.join("out.wav");
+    let log = gpio.log.clone();
     let result = (|| -> TestResult {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !(socket.exists() && control.exists()) {
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "lull-gpio-backend made no sockets in 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
         let mut config = QemuConfig::new(&shell_kernel()?);
         config.separate_stderr = true;
-        config.extra = vec![
-            "-machine".into(),
-            "memory-backend=mem".into(),
-            "-object".into(),
-            format!(
-                "memory-backend-memfd,id=mem,size={}M,share=on",
-                config.memory_mib
-            ),
-            "-chardev".into(),
-            format!("socket,id=vg,path={}", socket.display()),
-            "-device".into(),
-            "vhost-user-gpio-pci,chardev=vg".into(),
+        config.extra = gpio.qemu_args(config.memory_mib);
+        config.extra.extend([
             "-audiodev".into(),
             format!(
                 "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
@@ -2389,7 +2353,7 @@ fn hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav() -> TestResult {
             "hda_audio_running".into(),
             "-msg".into(),
             "timestamp=on".into(),
-        ];
+        ]);
         let mut guest = boot(&config)?;
         let long = Duration::from_secs(60);
         let now = || {
@@ -2608,12 +2572,7 @@ fn hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav() -> TestResult {
         );
         Ok(())
     })();
-    let _ = child.kill();
-    let _ = child.wait();
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    result
+    gpio.finish(result)
 }
 
 /// Sound judged by the WAV QEMU wrote, through HD Audio: `hda play-test` on q35's
@@ -2802,55 +2761,19 @@ fn hda_pattern_and_volume_in_qemu_wav() -> TestResult {
 /// baseline, and afterwards playback works and the amplifier still switches (the machine driver
 /// looks the line up again when its chip went away), as the GPIO back-end's log shows.
 fn hda_and_virtio_gpio_unbind_bind_leak_nothing_and_the_amp_switches_again() -> TestResult {
-    let backend = gpio_backend_binary()?;
-    let dir = std::env::temp_dir().join(format!("lull-e2e-hda-rebind-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let (socket, control, log) = (
-        dir.join("gpio.sock"),
-        dir.join("ctl.sock"),
-        dir.join("gpio.log"),
-    );
-    let mut child = std::process::Command::new(&backend)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--control")
-        .arg(&control)
-        .arg("--log")
-        .arg(&log)
-        .arg("--no-stdin")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", backend.display()))?;
+    let gpio = GpioBackend::start("lull-e2e-hda-rebind")?;
+    let log = gpio.log.clone();
     let result = (|| -> TestResult {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !(socket.exists() && control.exists()) {
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "lull-gpio-backend made no sockets in 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
         let mut config = QemuConfig::new(&shell_kernel()?);
-        config.extra = vec![
-            "-machine".into(),
-            "memory-backend=mem".into(),
-            "-object".into(),
-            format!(
-                "memory-backend-memfd,id=mem,size={}M,share=on",
-                config.memory_mib
-            ),
-            "-chardev".into(),
-            format!("socket,id=vg,path={}", socket.display()),
-            "-device".into(),
-            "vhost-user-gpio-pci,chardev=vg".into(),
+        config.extra = gpio.qemu_args(config.memory_mib);
+        config.extra.extend([
             "-audiodev".into(),
             "none,id=snd0".into(),
             "-device".into(),
             "ich9-intel-hda".into(),
             "-device".into(),
             "hda-output,audiodev=snd0".into(),
-        ];
+        ]);
         let mut guest = boot(&config)?;
         let long = Duration::from_secs(60);
         guest.run("dapm pmdown_time 100", STEP)?;
@@ -2963,12 +2886,111 @@ fn hda_and_virtio_gpio_unbind_bind_leak_nothing_and_the_amp_switches_again() -> 
         );
         poweroff_exits_zero(&mut guest)
     })();
-    let _ = child.kill();
-    let _ = child.wait();
-    if result.is_ok() {
+    gpio.finish(result)
+}
+
+/// A `lull-gpio-backend` for one test: its own directory with the vhost-user socket, the
+/// control socket and the log; killed when the test ends (the directory kept if it failed).
+struct GpioBackend {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    control: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl GpioBackend {
+    /// Builds and starts the back-end in a fresh `lull-e2e-TAG-PID` directory and waits for
+    /// its sockets.
+    fn start(tag: &str) -> Result<Self, NotPassed> {
+        let binary = gpio_backend_binary()?;
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (socket, control, log) = (
+            dir.join("gpio.sock"),
+            dir.join("ctl.sock"),
+            dir.join("gpio.log"),
+        );
+        let child = std::process::Command::new(&binary)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--control")
+            .arg(&control)
+            .arg("--log")
+            .arg(&log)
+            .arg("--no-stdin")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let backend = Self {
+            child,
+            dir,
+            socket,
+            control,
+            log,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(backend.socket.exists() && backend.control.exists()) {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "lull-gpio-backend made no sockets in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(backend)
     }
-    result
+
+    /// QEMU's arguments for a `vhost-user-gpio-pci` on this back-end (guest RAM must be
+    /// shared memory for vhost-user).
+    fn qemu_args(&self, memory_mib: u32) -> Vec<String> {
+        vec![
+            "-machine".into(),
+            "memory-backend=mem".into(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={memory_mib}M,share=on"),
+            "-chardev".into(),
+            format!("socket,id=vg,path={}", self.socket.display()),
+            "-device".into(),
+            "vhost-user-gpio-pci,chardev=vg".into(),
+        ]
+    }
+
+    /// Waits up to `timeout` for the back-end to exit by itself (it does when QEMU leaves);
+    /// its status, or `None` (then it is killed).
+    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Stops the back-end; removes its directory if the test passed.
+    fn finish(mut self, result: TestResult) -> TestResult {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if result.is_ok() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        result
+    }
+}
+
+impl Drop for GpioBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Builds `lull-gpio-backend` (the repository's vhost-user-gpio back-end); returns its path.
@@ -3010,50 +3032,11 @@ fn gpio_control(socket: &std::path::Path, command: &str) -> Result<String, Strin
 /// QEMU 7.2's vhost-user-gpio does not pass `VIRTIO_GPIO_F_IRQ` to the guest, so the event
 /// queue is not reachable here.
 fn virtio_gpio_lines_seen_in_the_vhost_user_backend_log() -> TestResult {
-    let backend = gpio_backend_binary()?;
-    let dir = std::env::temp_dir().join(format!("lull-e2e-vgpio-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let (socket, control, log) = (
-        dir.join("gpio.sock"),
-        dir.join("ctl.sock"),
-        dir.join("gpio.log"),
-    );
-    let mut child = std::process::Command::new(&backend)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--control")
-        .arg(&control)
-        .arg("--log")
-        .arg(&log)
-        .arg("--no-stdin")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", backend.display()))?;
+    let mut gpio = GpioBackend::start("lull-e2e-vgpio")?;
+    let (control, log) = (gpio.control.clone(), gpio.log.clone());
     let result = (|| -> TestResult {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !(socket.exists() && control.exists()) {
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "lull-gpio-backend made no sockets in 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
         let mut config = QemuConfig::new(&shell_kernel()?);
-        config.extra = [
-            "-machine".to_string(),
-            "memory-backend=mem".to_string(),
-            "-object".to_string(),
-            format!(
-                "memory-backend-memfd,id=mem,size={}M,share=on",
-                config.memory_mib
-            ),
-            "-chardev".to_string(),
-            format!("socket,id=vg,path={}", socket.display()),
-            "-device".to_string(),
-            "vhost-user-gpio-pci,chardev=vg".to_string(),
-        ]
-        .to_vec();
+        config.extra = gpio.qemu_args(config.memory_mib);
         let mut guest = boot(&config)?;
         let chips = without_kernel_log(&guest.run("gpiodetect", STEP)?);
         ensure!(
@@ -3126,27 +3109,13 @@ fn virtio_gpio_lines_seen_in_the_vhost_user_backend_log() -> TestResult {
         Ok(())
     })();
     // QEMU is gone (or the test failed): the back-end exits on the disconnect, or is stopped.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
+    let status = gpio.wait_exit(Duration::from_secs(5));
     result?;
     ensure!(
         status.is_some_and(|s| s.success()),
         "lull-gpio-backend did not exit cleanly after QEMU left: {status:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    gpio.finish(Ok(()))
 }
 
 /// The parallel port's register accesses, as QEMU traces them.
