@@ -1,6 +1,6 @@
 //! The HD Audio card as ASoC parts: the **codec** driver builds its DAPM widgets from the
 //! codec's own description (the function group's widgets, their capabilities and connection
-//! lists, read with GET_PARAMETER / GET_CONNECTION_LIST_ENTRY verbs) and turns power into
+//! lists, as the controller layer's walk reads them) and turns power into
 //! verbs (SET_POWER_STATE D0/D3 per widget; the function group is a supply widget that every
 //! widget depends on, so it comes up first and goes down last);
 //! the **platform** driver is the controller's stream engine ([`super::hda::run_stream`]); the
@@ -29,24 +29,13 @@ use super::soc::{
 use crate::kernel::locking::Mutex;
 use crate::{pr_warn, printk};
 
-// Verbs (HDA spec 7.3): 12-bit ids with an 8-bit payload, 4-bit ids with a 16-bit one.
-const GET_PARAMETER: u32 = 0xf00;
-const GET_CONNECTION_LIST_ENTRY: u32 = 0xf02;
-const GET_CONFIG_DEFAULT: u32 = 0xf1c;
+// Verbs (HDA spec 7.3) the codec driver sends: 12-bit ids with an 8-bit payload, 4-bit ids
+// with a 16-bit one.
 const SET_POWER_STATE: u32 = 0x705;
 const SET_CHANNEL_STREAMID: u32 = 0x706;
 const SET_PIN_WIDGET_CONTROL: u32 = 0x707;
 const SET_CONVERTER_FORMAT: u32 = 0x2;
 const SET_AMP_GAIN_MUTE: u32 = 0x3;
-
-// GET_PARAMETER parameters.
-const PARAM_NODE_COUNT: u32 = 0x04;
-const PARAM_FUNCTION_TYPE: u32 = 0x05;
-const PARAM_AUDIO_WIDGET_CAPS: u32 = 0x09;
-const PARAM_PIN_CAPS: u32 = 0x0c;
-const PARAM_IN_AMP_CAPS: u32 = 0x0d;
-const PARAM_CONNECTION_LIST_LENGTH: u32 = 0x0e;
-const PARAM_OUT_AMP_CAPS: u32 = 0x12;
 
 const PIN_OUT_ENABLE: u32 = 0x40;
 const PIN_IN_ENABLE: u32 = 0x20;
@@ -96,75 +85,33 @@ impl Node {
     }
 }
 
-/// Reads the codec at `address`: its audio function group and widgets.
+/// The codec at `address`: its audio function group and widgets (read by the controller
+/// layer's walk, [`hda::walk_codec`]).
 fn walk(address: u8) -> Result<(u8, Vec<Node>), String> {
-    let param = |nid: u8, p: u32| hda::verb(address, nid, short(GET_PARAMETER, p));
-    let root = param(0, PARAM_NODE_COUNT)?;
-    let (first, count) = ((root >> 16) as u8, (root & 0xff) as u8);
-    let afg = (first..first.saturating_add(count))
-        .find(|&nid| param(nid, PARAM_FUNCTION_TYPE).is_ok_and(|t| t & 0xff == 1))
+    let (afg, _, widgets) = hda::walk_codec(address)?
+        .into_iter()
+        .find(|(_, kind, _)| kind & 0xff == 1)
         .ok_or_else(|| format!("codec {address} has no audio function group"))?;
-    let nodes = param(afg, PARAM_NODE_COUNT)?;
-    let (first, count) = ((nodes >> 16) as u8, (nodes & 0xff) as u8);
-    let mut out = Vec::new();
-    for nid in first..first.saturating_add(count) {
-        let caps = param(nid, PARAM_AUDIO_WIDGET_CAPS)?;
-        let kind = match (caps >> 20) & 0xf {
-            0 => NodeType::Output,
-            1 => NodeType::Input,
-            2 => NodeType::Mixer,
-            3 => NodeType::Selector,
-            4 => NodeType::Pin,
-            _ => NodeType::Other,
-        };
-        let mut connections = Vec::new();
-        if caps & (1 << 8) != 0 {
-            let length = param(nid, PARAM_CONNECTION_LIST_LENGTH)?;
-            if length & 0x80 != 0 {
-                return Err(format!(
-                    "nid {nid}: long-form connection lists are not supported"
-                ));
-            }
-            let length = (length & 0x7f).min(32);
-            let mut index = 0;
-            while index < length {
-                let entries = hda::verb(address, nid, short(GET_CONNECTION_LIST_ENTRY, index))?;
-                for k in 0..4 {
-                    if index + k < length {
-                        connections.push((entries >> (8 * k)) as u8);
-                    }
-                }
-                index += 4;
-            }
+    let node = |widget: hda::CodecWidget| {
+        let pin = widget.pin_caps.unwrap_or(0);
+        Node {
+            nid: widget.nid,
+            kind: match widget.kind() {
+                0 => NodeType::Output,
+                1 => NodeType::Input,
+                2 => NodeType::Mixer,
+                3 => NodeType::Selector,
+                4 => NodeType::Pin,
+                _ => NodeType::Other,
+            },
+            pin_out: pin & (1 << 4) != 0,
+            pin_in: pin & (1 << 5) != 0,
+            out_amp: widget.amp_out.unwrap_or(0),
+            in_amp: widget.amp_in.unwrap_or(0),
+            connections: widget.conns,
         }
-        let (pin_out, pin_in) = if kind == NodeType::Pin {
-            let pin = param(nid, PARAM_PIN_CAPS)?;
-            (pin & (1 << 4) != 0, pin & (1 << 5) != 0)
-        } else {
-            (false, false)
-        };
-        let out_amp = if caps & (1 << 2) != 0 {
-            param(nid, PARAM_OUT_AMP_CAPS)?
-        } else {
-            0
-        };
-        let in_amp = if caps & (1 << 1) != 0 {
-            param(nid, PARAM_IN_AMP_CAPS)?
-        } else {
-            0
-        };
-        let _ = hda::verb(address, nid, short(GET_CONFIG_DEFAULT, 0));
-        out.push(Node {
-            nid,
-            kind,
-            connections,
-            pin_out,
-            pin_in,
-            out_amp,
-            in_amp,
-        });
-    }
-    Ok((afg, out))
+    };
+    Ok((afg, widgets.into_iter().map(node).collect()))
 }
 
 /// An amplifier's control: which node and side, its caps, its mute and gain as last set.

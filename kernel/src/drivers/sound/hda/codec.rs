@@ -94,24 +94,26 @@ fn connections(codec: u8, nid: u8) -> Result<Vec<u8>, String> {
     Ok(list)
 }
 
-/// One widget's description.
-struct Widget {
-    nid: u8,
-    caps: u32,
-    conns: Vec<u8>,
-    amp_in: Option<u32>,
-    amp_out: Option<u32>,
-    pin_caps: Option<u32>,
+/// One widget's description (also what the ASoC codec driver builds its DAPM widgets from).
+pub(crate) struct Widget {
+    pub(crate) nid: u8,
+    pub(crate) caps: u32,
+    pub(crate) conns: Vec<u8>,
+    /// Amplifier capabilities (the function group's unless the widget overrides them).
+    pub(crate) amp_in: Option<u32>,
+    pub(crate) amp_out: Option<u32>,
+    pub(crate) pin_caps: Option<u32>,
 }
 
 impl Widget {
-    fn kind(&self) -> u32 {
+    /// The widget type (audio widget capabilities bits 23:20).
+    pub(crate) fn kind(&self) -> u32 {
         self.caps >> 20 & 0xf
     }
 }
 
-/// The audio function group's node and its widgets.
-fn walk(codec: u8) -> Result<Vec<(u8, u32, Vec<Widget>)>, String> {
+/// The codec's function groups: each one's node, its type (PAR_FUNCTION_TYPE) and widgets.
+pub(crate) fn walk(codec: u8) -> Result<Vec<(u8, u32, Vec<Widget>)>, String> {
     let (first, count) = subnodes(codec, 0)?;
     let mut groups = Vec::new();
     for fg in first..first + count {

@@ -20,6 +20,7 @@
 mod codec;
 
 pub use codec::cmd_hda;
+pub(crate) use codec::{walk as walk_codec, Widget as CodecWidget};
 
 use alloc::string::String;
 use alloc::sync::Arc;
