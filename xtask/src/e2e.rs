@@ -2119,6 +2119,41 @@ fn tone_power(samples: &[i16], frequency: f64, rate: f64) -> f64 {
     s1 * s1 + s2 * s2 - coefficient * s1 * s2
 }
 
+/// Reads QEMU's WAV at `wav` (48 kHz stereo S16 is required) and checks that it begins with
+/// exactly the samples of `sent` (little-endian bytes) and holds at least `more` samples after
+/// them. Returns the recording and the sent samples.
+fn wav_begins_with(
+    wav: &std::path::Path,
+    sent: &[u8],
+    more: usize,
+) -> Result<(Vec<i16>, Vec<i16>), NotPassed> {
+    let ((channels, rate, _), samples) = read_wav(wav)?;
+    ensure!(
+        channels == 2 && rate == 48_000,
+        "WAV has {channels} channels at {rate} Hz"
+    );
+    let sent: Vec<i16> = sent
+        .chunks_exact(2)
+        .map(|p| i16::from_le_bytes([p[0], p[1]]))
+        .collect();
+    ensure!(
+        samples.len() >= sent.len() + more,
+        "the WAV holds {} samples; {} were sent first and {more} more expected",
+        samples.len(),
+        sent.len()
+    );
+    if let Some(at) = (0..sent.len()).find(|&i| samples[i] != sent[i]) {
+        return Err(NotPassed::Failed(format!(
+            "the recording differs from the samples sent at sample {at} (frame {}): got {:?}, \
+             sent {:?}",
+            at / 2,
+            &samples[at..(at + 6).min(samples.len())],
+            &sent[at..(at + 6).min(sent.len())]
+        )));
+    }
+    Ok((samples, sent))
+}
+
 /// Sound judged by the WAV QEMU wrote: `speaker-test -t sine -f 1000 -l 1` on q35's AC97 (the
 /// `snd_intel8x0` driver, bus-master DMA, a completion interrupt per period) reaches the file
 /// sample for sample as the kernel generated it (the host generates the same samples with
@@ -2163,31 +2198,11 @@ fn ac97_sine_in_qemu_wav_is_bit_exact_and_mute_is_silence() -> TestResult {
     );
     // QEMU writes the WAV header when it exits cleanly.
     poweroff_exits_zero(&mut guest)?;
-    let ((channels, rate, _), samples) = read_wav(&wav)?;
-    ensure!(
-        channels == 2 && rate == 48_000,
-        "WAV has {channels} channels at {rate} Hz"
-    );
-    let sent = lull_pcm::sine_bytes(1000, 48_000, 2, 50, 48_000).map_err(|e| e.to_string())?;
-    let sent: Vec<i16> = sent
-        .chunks_exact(2)
-        .map(|p| i16::from_le_bytes([p[0], p[1]]))
-        .collect();
-    ensure!(
-        samples.len() >= sent.len(),
-        "the WAV holds {} samples; the first tone alone was {}",
-        samples.len(),
-        sent.len()
-    );
-    if let Some(at) = (0..sent.len()).find(|&i| samples[i] != sent[i]) {
-        return Err(NotPassed::Failed(format!(
-            "the recording differs from the samples sent at sample {at} (frame {}): got {:?}, \
-             sent {:?}",
-            at / 2,
-            &samples[at..(at + 6).min(samples.len())],
-            &sent[at..(at + 6).min(sent.len())]
-        )));
-    }
+    let (samples, sent) = wav_begins_with(
+        &wav,
+        &lull_pcm::sine_bytes(1000, 48_000, 2, 50, 48_000).map_err(|e| e.to_string())?,
+        0,
+    )?;
     let left: Vec<i16> = samples[..sent.len()].iter().step_by(2).copied().collect();
     let (peak, power) = (9_990..=10_010)
         .map(|tenths| {
@@ -2542,28 +2557,11 @@ fn hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav() -> TestResult {
             describe(&four)
         );
         // The WAV: the first tone bit-exact, the muted second at the end silent.
-        let ((channels, rate, _), samples) = read_wav(&wav)?;
-        ensure!(
-            channels == 2 && rate == 48_000,
-            "WAV has {channels} channels at {rate} Hz"
-        );
-        let sent = lull_pcm::sine_bytes(1000, 48_000, 2, 50, 48_000).map_err(|e| e.to_string())?;
-        let sent: Vec<i16> = sent
-            .chunks_exact(2)
-            .map(|p| i16::from_le_bytes([p[0], p[1]]))
-            .collect();
-        ensure!(
-            samples.len() >= sent.len() + 96_000,
-            "the WAV holds {} samples",
-            samples.len()
-        );
-        if let Some(at) = (0..sent.len()).find(|&i| samples[i] != sent[i]) {
-            return Err(NotPassed::Failed(format!(
-                "the recording differs from the samples sent at sample {at}: got {:?}, sent {:?}",
-                &samples[at..(at + 6).min(samples.len())],
-                &sent[at..(at + 6).min(sent.len())]
-            )));
-        }
+        let (samples, _) = wav_begins_with(
+            &wav,
+            &lull_pcm::sine_bytes(1000, 48_000, 2, 50, 48_000).map_err(|e| e.to_string())?,
+            96_000,
+        )?;
         let tail = &samples[samples.len() - 96_000..];
         ensure!(
             tail.iter().all(|&s| s == 0),
@@ -2630,31 +2628,11 @@ fn hda_stream_in_qemu_wav_is_bit_exact() -> TestResult {
     );
     // QEMU writes the WAV header when it exits cleanly.
     poweroff_exits_zero(&mut guest)?;
-    let ((channels, rate, _), samples) = read_wav(&wav)?;
-    ensure!(
-        channels == 2 && rate == 48_000,
-        "WAV has {channels} channels at {rate} Hz"
-    );
-    let sent = lull_pcm::sine_bytes(1000, 48_000, 2, 50, 48_000).map_err(|e| e.to_string())?;
-    let sent: Vec<i16> = sent
-        .chunks_exact(2)
-        .map(|p| i16::from_le_bytes([p[0], p[1]]))
-        .collect();
-    ensure!(
-        samples.len() >= sent.len(),
-        "the WAV holds {} samples; the tone alone was {}",
-        samples.len(),
-        sent.len()
-    );
-    if let Some(at) = (0..sent.len()).find(|&i| samples[i] != sent[i]) {
-        return Err(NotPassed::Failed(format!(
-            "the recording differs from the samples sent at sample {at} (frame {}): got {:?}, \
-             sent {:?}",
-            at / 2,
-            &samples[at..(at + 6).min(samples.len())],
-            &sent[at..(at + 6).min(sent.len())]
-        )));
-    }
+    let (samples, sent) = wav_begins_with(
+        &wav,
+        &lull_pcm::sine_bytes(1000, 48_000, 2, 50, 48_000).map_err(|e| e.to_string())?,
+        0,
+    )?;
     // What follows the tone is the drain's silence.
     let after = &samples[sent.len()..];
     ensure!(
@@ -2702,28 +2680,11 @@ fn hda_pattern_and_volume_in_qemu_wav() -> TestResult {
         "speaker-test: {tone:?}"
     );
     poweroff_exits_zero(&mut guest)?;
-    let ((channels, rate, _), samples) = read_wav(&wav)?;
-    ensure!(
-        channels == 2 && rate == 48_000,
-        "WAV has {channels} channels at {rate} Hz"
-    );
-    let sent = lull_pcm::pattern_bytes(2, 48_000).map_err(|e| e.to_string())?;
-    let sent: Vec<i16> = sent
-        .chunks_exact(2)
-        .map(|p| i16::from_le_bytes([p[0], p[1]]))
-        .collect();
-    ensure!(
-        samples.len() >= sent.len() + 96_000,
-        "the WAV holds {} samples",
-        samples.len()
-    );
-    if let Some(at) = (0..sent.len()).find(|&i| samples[i] != sent[i]) {
-        return Err(NotPassed::Failed(format!(
-            "the pattern differs at sample {at}: got {:?}, sent {:?}",
-            &samples[at..(at + 6).min(samples.len())],
-            &sent[at..(at + 6).min(sent.len())]
-        )));
-    }
+    let (samples, _) = wav_begins_with(
+        &wav,
+        &lull_pcm::pattern_bytes(2, 48_000).map_err(|e| e.to_string())?,
+        96_000,
+    )?;
     // The tone: the last second of the file (after the pattern and any silence between).
     let left: Vec<i16> = samples[samples.len() - 96_000..]
         .iter()
