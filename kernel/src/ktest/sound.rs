@@ -87,37 +87,40 @@ pub fn ac97_unbind_bind_100_times_leaks_nothing() -> TestResult {
     Ok(())
 }
 
-pub fn ac97_probe_fails_cleanly_at_every_acquisition() -> TestResult {
-    let name = needs_card()?;
-    sys_write(
-        &alloc::format!("/sys/bus/pci/drivers/{}/unbind", ac97::DRIVER),
-        &name,
-    )?;
+/// Unbinds PCI device `name` from `driver`, fails its probe at each of its `points` managed
+/// acquisitions in turn (`sweep_probe_faults`), unbinds it again and checks every leak counter
+/// is back where it was; then binds it cleanly.
+fn pci_probe_fails_cleanly_at_every_acquisition(
+    name: &str,
+    driver: &str,
+    points: usize,
+) -> TestResult {
+    let unbind = alloc::format!("/sys/bus/pci/drivers/{driver}/unbind");
+    sys_write(&unbind, name)?;
     let before = quiet_snapshot();
     let tracker = lull_devres::LeakTracker::new();
-    let report = quietly(|| {
-        base::with_model(|m| m.sweep_probe_faults("pci", &name, ac97::DRIVER, &tracker))
-    })
-    .ok_or("no driver model")?
-    .map_err(|e| alloc::format!("sweep: {e}"))?;
-    // Enable, the two I/O BARs, the descriptor list, the periods, the IRQ.
+    let report =
+        quietly(|| base::with_model(|m| m.sweep_probe_faults("pci", name, driver, &tracker)))
+            .ok_or("no driver model")?
+            .map_err(|e| alloc::format!("sweep: {e}"))?;
     ensure!(
-        report.acquisition_points == 6 && report.absorbed.is_empty(),
+        report.acquisition_points == points && report.absorbed.is_empty(),
         "acquisition points {} ({report:?})",
         report.acquisition_points
     );
+    // The report and the tracker are heap too: gone before the counters are compared.
     drop(report);
     drop(tracker);
-    sys_write(
-        &alloc::format!("/sys/bus/pci/drivers/{}/unbind", ac97::DRIVER),
-        &name,
-    )?;
+    sys_write(&unbind, name)?;
     settles_to(before, "fault sweep, then unbind")?;
-    sys_write(
-        &alloc::format!("/sys/bus/pci/drivers/{}/bind", ac97::DRIVER),
-        &name,
-    )?;
+    sys_write(&alloc::format!("/sys/bus/pci/drivers/{driver}/bind"), name)?;
     Ok(())
+}
+
+pub fn ac97_probe_fails_cleanly_at_every_acquisition() -> TestResult {
+    let name = needs_card()?;
+    // Enable, the two I/O BARs, the descriptor list, the periods, the IRQ.
+    pci_probe_fails_cleanly_at_every_acquisition(&name, ac97::DRIVER, 6)
 }
 
 // The HD Audio controller (q35 suites run QEMU's `ich9-intel-hda` with an `hda-duplex` codec on
@@ -323,33 +326,8 @@ pub fn hda_unbind_bind_100_times_leaks_nothing() -> TestResult {
 
 pub fn hda_probe_fails_cleanly_at_every_acquisition() -> TestResult {
     let name = needs_hda()?;
-    sys_write(
-        &alloc::format!("/sys/bus/pci/drivers/{}/unbind", hda::DRIVER),
-        &name,
-    )?;
-    let before = quiet_snapshot();
-    let tracker = lull_devres::LeakTracker::new();
-    let report =
-        quietly(|| base::with_model(|m| m.sweep_probe_faults("pci", &name, hda::DRIVER, &tracker)))
-            .ok_or("no driver model")?
-            .map_err(|e| alloc::format!("sweep: {e}"))?;
     // Enable, BAR 0, the rings, the IRQ vector, the IRQ.
-    ensure!(
-        report.acquisition_points == 5 && report.absorbed.is_empty(),
-        "acquisition points {} ({report:?})",
-        report.acquisition_points
-    );
-    drop(report);
-    drop(tracker);
-    sys_write(
-        &alloc::format!("/sys/bus/pci/drivers/{}/unbind", hda::DRIVER),
-        &name,
-    )?;
-    settles_to(before, "fault sweep, then unbind")?;
-    sys_write(
-        &alloc::format!("/sys/bus/pci/drivers/{}/bind", hda::DRIVER),
-        &name,
-    )?;
+    pci_probe_fails_cleanly_at_every_acquisition(&name, hda::DRIVER, 5)?;
     vendor_id()?;
     Ok(())
 }
