@@ -67,6 +67,21 @@ impl PageSet {
         set
     }
 
+    /// The set with every page of `other` added (same regions).
+    pub fn union(&self, other: &PageSet) -> Self {
+        assert_eq!(
+            self.region_pages, other.region_pages,
+            "sets of the same regions"
+        );
+        let mut set = self.clone();
+        for (mine, theirs) in set.bitmaps.iter_mut().zip(&other.bitmaps) {
+            for (word, other_word) in mine.iter_mut().zip(theirs) {
+                *word |= other_word;
+            }
+        }
+        set
+    }
+
     pub fn bitmaps(&self) -> &[Vec<u64>] {
         &self.bitmaps
     }
@@ -152,6 +167,19 @@ mod tests {
             start += count;
         }
         PageSet::new(bitmaps, region_pages)
+    }
+
+    #[test]
+    fn a_union_holds_the_pages_of_both() {
+        let regions = [128, 64];
+        let a = set_of(&[0, 5, 130], &regions);
+        let b = set_of(&[5, 6, 191], &regions);
+        let both = a.union(&b);
+        assert_eq!(both.count(), 5);
+        for page in [0, 5, 6, 130, 191] {
+            assert!(both.contains_stream_page(page), "{page}");
+        }
+        assert!(!both.contains_stream_page(7));
     }
 
     #[test]

@@ -390,8 +390,11 @@ fn migrate(
     let paused_at = Instant::now();
     guard.pause()?;
     let paused = Instant::now();
+    // Post-copy at once: the pages touched when the log started, and every page written
+    // since (a page first written in between is in the log only: without it the destination
+    // would give the guest a zero page for it).
     let last = match first {
-        Some(first) => first,
+        Some(first) => first.union(&PageSet::new(log.peek()?, &region_pages)),
         None => PageSet::new(log.peek()?, &region_pages),
     };
     let state = guard.save_state()?;
