@@ -254,13 +254,7 @@ fn sound_run(
     let wav = kernel::repo_root().join("target/bench-sound.wav");
     let _ = std::fs::remove_file(&wav);
     let mut config = QemuConfig::new(shell);
-    config.extra = vec![
-        "-audiodev".into(),
-        format!(
-            "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
-            wav.display()
-        ),
-    ];
+    config.extra = vec!["-audiodev".into(), crate::e2e::wav_audiodev(&wav)];
     if card == "AC97" {
         config
             .extra

@@ -2119,6 +2119,28 @@ fn tone_power(samples: &[i16], frequency: f64, rate: f64) -> f64 {
     s1 * s1 + s2 * s2 - coefficient * s1 * s2
 }
 
+/// QEMU's wav audiodev `snd0` writing 48 kHz stereo S16 to `wav` (the argument of `-audiodev`).
+pub fn wav_audiodev(wav: &std::path::Path) -> String {
+    format!(
+        "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
+        wav.display()
+    )
+}
+
+/// The strongest frequency between 999.0 and 1001.0 Hz (0.1 Hz steps) of a 48 kHz channel,
+/// and its power.
+fn spectral_peak_near_1khz(channel: &[i16]) -> (f64, f64) {
+    (9_990..=10_010)
+        .map(|tenths| {
+            let f = f64::from(tenths) / 10.0;
+            (f, tone_power(channel, f, 48_000.0))
+        })
+        .fold(
+            (0.0, 0.0),
+            |best, (f, p)| if p > best.1 { (f, p) } else { best },
+        )
+}
+
 /// Reads QEMU's WAV at `wav` (48 kHz stereo S16 is required) and checks that it begins with
 /// exactly the samples of `sent` (little-endian bytes) and holds at least `more` samples after
 /// them. Returns the recording and the sent samples.
@@ -2166,10 +2188,7 @@ fn ac97_sine_in_qemu_wav_is_bit_exact_and_mute_is_silence() -> TestResult {
     let mut config = QemuConfig::new(&shell_kernel()?);
     config.extra = vec![
         "-audiodev".into(),
-        format!(
-            "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
-            wav.display()
-        ),
+        wav_audiodev(&wav),
         "-device".into(),
         "AC97,audiodev=snd0".into(),
     ];
@@ -2204,15 +2223,7 @@ fn ac97_sine_in_qemu_wav_is_bit_exact_and_mute_is_silence() -> TestResult {
         0,
     )?;
     let left: Vec<i16> = samples[..sent.len()].iter().step_by(2).copied().collect();
-    let (peak, power) = (9_990..=10_010)
-        .map(|tenths| {
-            let f = f64::from(tenths) / 10.0;
-            (f, tone_power(&left, f, 48_000.0))
-        })
-        .fold(
-            (0.0, 0.0),
-            |best, (f, p)| if p > best.1 { (f, p) } else { best },
-        );
+    let (peak, power) = spectral_peak_near_1khz(&left);
     let within = (peak - 1000.0f64).abs() < 0.15;
     ensure!(within, "spectral peak at {peak} Hz, not 1000 Hz");
     for other in [500.0, 1500.0, 2000.0] {
@@ -2356,10 +2367,7 @@ fn hda_dapm_seen_in_qemu_verbs_gpio_log_and_wav() -> TestResult {
         config.extra = gpio.qemu_args(config.memory_mib);
         config.extra.extend([
             "-audiodev".into(),
-            format!(
-                "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
-                wav.display()
-            ),
+            wav_audiodev(&wav),
             "-device".into(),
             "ich9-intel-hda".into(),
             "-device".into(),
@@ -2585,10 +2593,7 @@ fn hda_stream_in_qemu_wav_is_bit_exact() -> TestResult {
     let mut config = QemuConfig::new(&shell_kernel()?);
     config.extra = vec![
         "-audiodev".into(),
-        format!(
-            "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
-            wav.display()
-        ),
+        wav_audiodev(&wav),
         "-device".into(),
         "ich9-intel-hda".into(),
         "-device".into(),
@@ -2656,10 +2661,7 @@ fn hda_pattern_and_volume_in_qemu_wav() -> TestResult {
     let mut config = QemuConfig::new(&shell_kernel()?);
     config.extra = vec![
         "-audiodev".into(),
-        format!(
-            "wav,id=snd0,path={},out.frequency=48000,out.channels=2,out.format=s16",
-            wav.display()
-        ),
+        wav_audiodev(&wav),
         "-device".into(),
         "ich9-intel-hda".into(),
         "-device".into(),
@@ -2691,15 +2693,7 @@ fn hda_pattern_and_volume_in_qemu_wav() -> TestResult {
         .step_by(2)
         .copied()
         .collect();
-    let (peak, power) = (9_990..=10_010)
-        .map(|tenths| {
-            let f = f64::from(tenths) / 10.0;
-            (f, tone_power(&left, f, 48_000.0))
-        })
-        .fold(
-            (0.0, 0.0),
-            |best, (f, p)| if p > best.1 { (f, p) } else { best },
-        );
+    let (peak, power) = spectral_peak_near_1khz(&left);
     ensure!(
         (peak - 1000.0f64).abs() <= 1.0 && power > 0.0,
         "spectral peak at {peak} Hz, not 1000 Hz"

@@ -15,24 +15,33 @@ use crate::drivers::base;
 use crate::drivers::pci::PciDevice;
 use crate::drivers::sound::{ac97, hda};
 
-fn device() -> Option<alloc::string::String> {
-    PciDevice::all()
-        .find(|d| d.vendor_id() == 0x8086 && d.device_id() == 0x2415)
+/// The PCI function `vendor:device`, bound to `driver` (bound here if it is not); skips the
+/// test, naming `what`, on a machine without it.
+fn needs_pci(
+    vendor: u16,
+    device: u16,
+    driver: &str,
+    what: &str,
+) -> Result<alloc::string::String, super::Failure> {
+    let Some(name) = PciDevice::all()
+        .find(|d| d.vendor_id() == vendor && d.device_id() == device)
         .map(|d| d.name())
-}
-
-fn needs_card() -> Result<alloc::string::String, super::Failure> {
-    let Some(name) = device() else {
-        skip!("no AC'97 controller (PCI 8086:2415) on this machine");
+    else {
+        skip!(
+            "no {what} (PCI {:04x}:{:04x}) on this machine",
+            vendor,
+            device
+        );
     };
     let state = base::with_model(|m| m.device_state("pci", &name).cloned()).flatten();
     if !matches!(state, Some(DeviceState::Bound { .. })) {
-        sys_write(
-            &alloc::format!("/sys/bus/pci/drivers/{}/bind", ac97::DRIVER),
-            &name,
-        )?;
+        sys_write(&alloc::format!("/sys/bus/pci/drivers/{driver}/bind"), &name)?;
     }
     Ok(name)
+}
+
+fn needs_card() -> Result<alloc::string::String, super::Failure> {
+    needs_pci(0x8086, 0x2415, ac97::DRIVER, "AC'97 controller")
 }
 
 /// 0.2 s of silence: its periods complete by interrupt and the engine halts after the last.
@@ -126,24 +135,8 @@ pub fn ac97_probe_fails_cleanly_at_every_acquisition() -> TestResult {
 // The HD Audio controller (q35 suites run QEMU's `ich9-intel-hda` with an `hda-duplex` codec on
 // the `none` audio back-end).
 
-fn hda_device() -> Option<alloc::string::String> {
-    PciDevice::all()
-        .find(|d| d.vendor_id() == 0x8086 && d.device_id() == 0x293e)
-        .map(|d| d.name())
-}
-
 fn needs_hda() -> Result<alloc::string::String, super::Failure> {
-    let Some(name) = hda_device() else {
-        skip!("no HD Audio controller (PCI 8086:293e) on this machine");
-    };
-    let state = base::with_model(|m| m.device_state("pci", &name).cloned()).flatten();
-    if !matches!(state, Some(DeviceState::Bound { .. })) {
-        sys_write(
-            &alloc::format!("/sys/bus/pci/drivers/{}/bind", hda::DRIVER),
-            &name,
-        )?;
-    }
-    Ok(name)
+    needs_pci(0x8086, 0x293e, hda::DRIVER, "HD Audio controller")
 }
 
 /// The first codec's vendor id (verb F00, parameter 0).

@@ -564,6 +564,29 @@ impl<'a> Stream<'a> {
         (at, ended)
     }
 
+    /// Writes ring period `period`, which starts at stream offset `start`: the next data, or
+    /// silence once the data has ended (`data_end` then says at which stream offset).
+    fn queue_period(
+        &mut self,
+        period: usize,
+        start: u64,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+        data_end: &mut Option<u64>,
+    ) {
+        if data_end.is_some() {
+            self.silence(period);
+            return;
+        }
+        let (n, ended) = self.fill_period(period, fill);
+        if n > 0 {
+            self.stats.bytes += n as u64;
+            self.stats.periods += 1;
+        }
+        if ended {
+            *data_end = Some(start + n as u64);
+        }
+    }
+
     fn silence(&mut self, period: usize) {
         self.scratch.fill(0);
         self.buffer
@@ -592,19 +615,7 @@ impl<'a> Stream<'a> {
         let mut filled: u64 = 0; // periods written
         if let StreamData::Play(fill) = &mut data {
             for period in 0..periods {
-                let before = filled * pb as u64;
-                if data_end.is_some() {
-                    self.silence(period);
-                } else {
-                    let (n, ended) = self.fill_period(period, *fill);
-                    if n > 0 {
-                        self.stats.bytes += n as u64;
-                        self.stats.periods += 1;
-                    }
-                    if ended {
-                        data_end = Some(before + n as u64);
-                    }
-                }
+                self.queue_period(period, filled * pb as u64, *fill, &mut data_end);
                 filled += 1;
             }
             if data_end == Some(0) {
@@ -709,19 +720,7 @@ impl<'a> Stream<'a> {
                     }
                     while filled < done + periods as u64 {
                         let period = (filled % periods as u64) as usize;
-                        let before = filled * pb as u64;
-                        if data_end.is_some() {
-                            self.silence(period);
-                        } else {
-                            let (n, ended) = self.fill_period(period, *fill);
-                            if n > 0 {
-                                self.stats.bytes += n as u64;
-                                self.stats.periods += 1;
-                            }
-                            if ended {
-                                data_end = Some(before + n as u64);
-                            }
-                        }
+                        self.queue_period(period, filled * pb as u64, *fill, &mut data_end);
                         filled += 1;
                     }
                 }
