@@ -325,8 +325,7 @@ pub fn controller() -> Result<ControllerInfo, String> {
     })
 }
 
-/// Capture is the codec layer's (and the in-kernel tests'); the shell plays only.
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
+/// A stream's direction (output descriptors play, input descriptors capture).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     Playback,
@@ -395,7 +394,6 @@ pub struct StreamStats {
 }
 
 /// Where a stream's samples come from or go.
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))]
 pub enum StreamData<'a> {
     /// Fills the slice it is given, returns how many bytes it wrote; 0 ends the stream.
     Play(&'a mut dyn FnMut(&mut [u8]) -> usize),
