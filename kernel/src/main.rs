@@ -260,7 +260,13 @@ fn apply_console_params() {
 /// Routes COM1's interrupt to the shell (a thread under `threadirqs`, so after the scheduler).
 fn request_serial_irq() {
     let gsi = irq::isa_irq_to_gsi(arch::serial::COM1_IRQ);
-    if let Err(why) = irq::request_irq(gsi, shell::serial_interrupt, irq::IrqFlags::NONE, "ttyS0") {
+    if let Err(why) = irq::request_irq(
+        gsi,
+        shell::serial_interrupt,
+        irq::IrqFlags::NONE,
+        "ttyS0",
+        irq::DevId::NONE,
+    ) {
         pr_warn!("irq: COM1 input unavailable ({why}); the shell cannot read input");
     }
 }

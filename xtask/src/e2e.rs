@@ -185,6 +185,10 @@ pub const TESTS: &[Test] = &[
         run: virtio_blk_on_q35_and_microvm_hashes_writes_and_flushes,
     },
     Test {
+        name: "shared_intx_line_serves_smbus_rng_and_blk_through_unbind_bind",
+        run: shared_intx_line_serves_smbus_rng_and_blk_through_unbind_bind,
+    },
+    Test {
         name: "virtio_net_unbind_bind_leaks_nothing_and_traffic_resumes",
         run: virtio_net_unbind_bind_leaks_nothing_and_traffic_resumes,
     },
@@ -1514,6 +1518,137 @@ fn virtio_net_unbind_bind_leaks_nothing_and_traffic_resumes() -> TestResult {
     poweroff_exits_zero(&mut guest)
 }
 
+/// Whether `line` is `bytes` bytes in hex (what `hwrng` and `cat /dev/hwrng` print).
+fn is_hex_line(line: &str, bytes: usize) -> bool {
+    line.len() == 2 * bytes && line.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// One PCI INTx line for three drivers (q35: virtio-rng-pci and virtio-blk-pci without MSI-X
+/// in slots 0x19 and 0x1a, whose INTA the firmware's `_PRT` routes to GSI 16, the ICH9 SMBus
+/// controller's line): every driver binds (before shared lines, the second got EBUSY), and
+/// `/proc/interrupts` names all three on IRQ 16. The SMBus EEPROM, the RNG and the disk each
+/// work by interrupt on the shared line, and keep working while the RNG's driver is unbound and
+/// bound 20 times (the leak counters, IRQ handlers included, return to their values), with the
+/// disk's data checked against the host's SHA-256.
+fn shared_intx_line_serves_smbus_rng_and_blk_through_unbind_bind() -> TestResult {
+    use sha2::{Digest, Sha256};
+    let image = crate::kernel::repo_root().join("target/e2e-shared-intx.img");
+    random_image(&image, 1 << 20, 0x5eed)?;
+    let mut config = QemuConfig::new(&shell_kernel()?);
+    config.extra = [
+        "-device".to_string(),
+        "virtio-rng-pci,vectors=0,addr=0x19".to_string(),
+        "-drive".to_string(),
+        format!("file={},if=none,id=d0,format=raw", image.display()),
+        "-device".to_string(),
+        "virtio-blk-pci,vectors=0,addr=0x1a,drive=d0".to_string(),
+    ]
+    .to_vec();
+    let mut guest = boot(&config)?;
+    let line16 = |guest: &mut Guest| -> Result<String, NotPassed> {
+        let text = guest.run("cat /proc/interrupts", STEP)?;
+        Ok(text
+            .lines()
+            .find(|l| l.trim_start().starts_with("16:"))
+            .unwrap_or_default()
+            .to_string())
+    };
+    let line = line16(&mut guest)?;
+    ensure!(
+        line.contains("i801_smbus") && line.matches("virtio").count() == 2,
+        "IRQ 16 does not carry the SMBus controller and both virtio devices: {line:?}\n{}",
+        guest.output()
+    );
+    let count = |line: &str| -> u64 {
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let rng_device = guest
+        .run("ls /sys/bus/virtio/drivers/virtio_rng", STEP)?
+        .split_whitespace()
+        .find(|w| w.starts_with("virtio"))
+        .map(str::to_string)
+        .ok_or("nothing bound to virtio_rng")?;
+    let expected = Sha256::digest([0x5au8; 65536])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let exercise = |guest: &mut Guest, round: &str, value: u8| -> TestResult {
+        let before = count(&line16(guest)?);
+        guest.run(&format!("i2cset -f -y 0 0x51 0x10 {value:#04x}"), STEP)?;
+        let read = guest.run("i2cget -f -y 0 0x51 0x10", STEP)?;
+        ensure!(
+            read.trim() == format!("{value:#04x}"),
+            "{round}: EEPROM read back {read:?}, wrote {value:#04x}"
+        );
+        let random = guest.run("cat /dev/hwrng", STEP)?;
+        ensure!(
+            is_hex_line(random.trim(), 32),
+            "{round}: /dev/hwrng gave {random:?}"
+        );
+        guest.run(
+            &format!("blk write vda {} 64K 0x5a", u32::from(value) << 16),
+            STEP,
+        )?;
+        let sum = guest.run(&format!("blk sum vda {} 64K", u32::from(value) << 16), STEP)?;
+        ensure!(
+            sum.contains(&expected),
+            "{round}: blk sum {sum:?}, expected {expected}"
+        );
+        let after = count(&line16(guest)?);
+        ensure!(
+            after > before,
+            "{round}: IRQ 16 counted no interrupt for the work ({before} -> {after})"
+        );
+        Ok(())
+    };
+    exercise(&mut guest, "all bound", 0x01)?;
+    let unbind = format!("echo {rng_device} > /sys/bus/virtio/drivers/virtio_rng/unbind");
+    let bind = format!("echo {rng_device} > /sys/bus/virtio/drivers/virtio_rng/bind");
+    guest.run(&unbind, STEP)?;
+    let line = line16(&mut guest)?;
+    ensure!(
+        line.contains("i801_smbus") && line.matches("virtio").count() == 1,
+        "after unbinding {rng_device}, IRQ 16 is {line:?}"
+    );
+    let gone = guest.run("cat /dev/hwrng", STEP)?;
+    ensure!(
+        !is_hex_line(gone.trim(), 32),
+        "/dev/hwrng still gave bytes with the driver unbound: {gone:?}"
+    );
+    // The SMBus controller and the disk keep the line while the RNG is away.
+    guest.run("i2cset -f -y 0 0x51 0x11 0x42", STEP)?;
+    let read = guest.run("i2cget -f -y 0 0x51 0x11", STEP)?;
+    ensure!(
+        read.trim() == "0x42",
+        "EEPROM with the RNG unbound: {read:?}"
+    );
+    guest.run(&bind, STEP)?;
+    guest.run(&unbind, STEP)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = leak_counters(&mut guest)?;
+    for _ in 0..20 {
+        guest.run(&bind, STEP)?;
+        guest.run(&unbind, STEP)?;
+    }
+    let (settled, after) = leak_counters_settle(&mut guest, &before)?;
+    ensure!(
+        settled,
+        "after 20 unbind/bind cycles on the shared line:\n{after}\nbefore:\n{before}"
+    );
+    guest.run(&bind, STEP)?;
+    exercise(&mut guest, "rebound", 0x02)?;
+    let host = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+    ensure!(
+        host[0x10000..0x20000].iter().all(|&b| b == 0x5a)
+            && host[0x20000..0x30000].iter().all(|&b| b == 0x5a),
+        "the image does not hold what the guest wrote at 64 KiB and 128 KiB"
+    );
+    poweroff_exits_zero(&mut guest)
+}
+
 /// Byte `i` of what `nc -s` sends (the guest's pattern, `i mod 251`).
 fn nc_pattern(i: u64) -> u8 {
     (i % 251) as u8
@@ -1758,9 +1893,6 @@ fn virtio_rng_on_microvm() -> TestResult {
         device.contains("0x0004"),
         "virtio0's device type: {device:?}"
     );
-    let is_hex_line = |line: &str, bytes: usize| {
-        line.len() == 2 * bytes && line.chars().all(|c| c.is_ascii_hexdigit())
-    };
     let first = guest.run("hwrng", STEP)?;
     let first = first.trim().to_string();
     ensure!(is_hex_line(&first, 32), "hwrng printed {first:?}");

@@ -579,10 +579,11 @@ use qemu::{KTEST_DEVICES_MMIO, KTEST_DEVICES_PCI};
 /// microvm has no HPET (nor an ACPI PM timer): the tests that fire the HPET comparator, that
 /// expect the HPET among the clock devices, or that time the TSC against a fixed-rate clock
 /// cannot run there.
-const HPET_TESTS: [&str; 6] = [
+const HPET_TESTS: [&str; 7] = [
     "clocksources_count_at_their_rate",
     "q35_has_lapic_hpet_and_pit",
     "threaded_irq_handles_the_hpet_comparator",
+    "shared_line_runs_every_action_and_free_irq_takes_one",
     "free_irq_waits_for_the_thread_and_stops_it",
     "level_oneshot_line_stays_masked_until_its_thread_ran",
     "irq_affinity_moves_the_hpet_line",
@@ -665,6 +666,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             HPET_TESTS[3],
             HPET_TESTS[4],
             HPET_TESTS[5],
+            HPET_TESTS[6],
             PCI_TESTS[0],
             PCI_TESTS[1],
             PCI_TESTS[2],
@@ -730,6 +732,7 @@ const KERNEL_SUITES: &[KernelSuite] = &[
             HPET_TESTS[3],
             HPET_TESTS[4],
             HPET_TESTS[5],
+            HPET_TESTS[6],
             PCI_TESTS[0],
             PCI_TESTS[1],
             PCI_TESTS[2],

@@ -26,7 +26,7 @@ const PORTS: u16 = 0x2f8;
 /// Release order, as the actions saw it.
 static RELEASED: IrqSafeLock<Vec<&'static str>> = IrqSafeLock::new(Vec::new());
 
-fn no_interrupt(_: u32) -> IrqReturn {
+fn no_interrupt(_: u32, _: crate::kernel::irq::DevId) -> IrqReturn {
     IrqReturn::Handled
 }
 
@@ -61,6 +61,7 @@ impl Driver for TestDriver {
             None,
             IrqFlags::NONE,
             "ktest-devres",
+            crate::kernel::irq::DevId::NONE,
         )?;
         devres.add_action("ktest: last action", || RELEASED.lock().push("last"));
         // The handles work while bound.

@@ -42,19 +42,19 @@ fn reset_hpet_counters(thread_sleep_ms: u64) {
     HPET_HARD_CPU.store(u64::MAX, Ordering::SeqCst);
 }
 
-fn hpet_primary(_irq: u32) -> IrqReturn {
+fn hpet_primary(_irq: u32, _dev: crate::kernel::irq::DevId) -> IrqReturn {
     HPET_PRIMARY_RUNS.fetch_add(1, Ordering::SeqCst);
     HPET_HARD_CPU.store(smp::this_cpu() as u64, Ordering::SeqCst);
     IrqReturn::WakeThread
 }
 
-fn hpet_hard_only(_irq: u32) -> IrqReturn {
+fn hpet_hard_only(_irq: u32, _dev: crate::kernel::irq::DevId) -> IrqReturn {
     HPET_PRIMARY_RUNS.fetch_add(1, Ordering::SeqCst);
     HPET_HARD_CPU.store(smp::this_cpu() as u64, Ordering::SeqCst);
     IrqReturn::Handled
 }
 
-fn hpet_thread(irq: u32) -> IrqReturn {
+fn hpet_thread(irq: u32, _dev: crate::kernel::irq::DevId) -> IrqReturn {
     HPET_THREAD_STARTS.fetch_add(1, Ordering::SeqCst);
     if sched::current().is_none() || !cpu::interrupts_enabled() {
         HPET_THREAD_WRONG.fetch_add(1, Ordering::SeqCst);
@@ -123,7 +123,13 @@ pub(super) fn threaded_irq_handles_the_hpet_comparator() -> TestResult {
     for forced in [false, true] {
         reset_hpet_counters(2);
         if forced {
-            irq::request_irq(gsi, hpet_thread, IrqFlags::FORCE_THREAD, "hpet-test")
+            irq::request_irq(
+                gsi,
+                hpet_thread,
+                IrqFlags::FORCE_THREAD,
+                "hpet-test",
+                crate::kernel::irq::DevId::NONE,
+            )
         } else {
             irq::request_threaded_irq(
                 gsi,
@@ -131,13 +137,15 @@ pub(super) fn threaded_irq_handles_the_hpet_comparator() -> TestResult {
                 Some(hpet_thread),
                 IrqFlags::ONESHOT,
                 "hpet-test",
+                crate::kernel::irq::DevId::NONE,
             )
         }
         .map_err(|e| alloc::format!("request: {e}"))?;
         let result = fire_hpet(&mut device);
         let ran = result.is_ok() && wait_for(2_000, || HPET_THREAD_RUNS.load(Ordering::SeqCst) > 0);
         let _ = device.set_state_shutdown();
-        irq::free_irq(gsi).map_err(|e| alloc::format!("free: {e}"))?;
+        irq::free_irq(gsi, crate::kernel::irq::DevId::NONE)
+            .map_err(|e| alloc::format!("free: {e}"))?;
         result?;
         let mode = if forced {
             "forced threading"
@@ -176,19 +184,33 @@ pub(super) fn free_irq_waits_for_the_thread_and_stops_it() -> TestResult {
     let thread_name = alloc::format!("irq/{gsi}-hpet-test");
     // While the time subsystem drives a device on the line, nobody else may request it.
     time::route_device(&device);
-    let refused = irq::request_irq(gsi, hpet_hard_only, IrqFlags::NONE, "hpet-test");
+    let refused = irq::request_irq(
+        gsi,
+        hpet_hard_only,
+        IrqFlags::NONE,
+        "hpet-test",
+        crate::kernel::irq::DevId::NONE,
+    );
     irq::release_tick_line(gsi);
     ensure!(
-        refused == Err(irq::IrqError::Busy(gsi)),
+        matches!(refused, Err(irq::IrqError::Busy(g, _)) if g == gsi),
         "a tick device's line was handed to a driver: {refused:?}"
     );
     ensure!(
-        irq::free_irq(gsi) == Err(irq::IrqError::NotRequested(gsi)),
+        irq::free_irq(gsi, crate::kernel::irq::DevId::NONE)
+            == Err(irq::IrqError::NotRequested(gsi)),
         "freeing a line nobody requested was not refused"
     );
     ensure!(
-        irq::request_threaded_irq(gsi, None, Some(hpet_thread), IrqFlags::TRIGGER_HIGH, "bad")
-            .is_err(),
+        irq::request_threaded_irq(
+            gsi,
+            None,
+            Some(hpet_thread),
+            IrqFlags::TRIGGER_HIGH,
+            "bad",
+            crate::kernel::irq::DevId::NONE
+        )
+        .is_err(),
         "a level line with a thread and no hard handler was accepted without IRQF_ONESHOT"
     );
     for round in 0..2 {
@@ -200,11 +222,18 @@ pub(super) fn free_irq_waits_for_the_thread_and_stops_it() -> TestResult {
             Some(hpet_thread),
             IrqFlags::ONESHOT,
             "hpet-test",
+            crate::kernel::irq::DevId::NONE,
         )
         .map_err(|e| alloc::format!("round {round}: request: {e}"))?;
+        let again = irq::request_irq(
+            gsi,
+            hpet_hard_only,
+            IrqFlags::NONE,
+            "hpet-again",
+            crate::kernel::irq::DevId::NONE,
+        );
         ensure!(
-            irq::request_irq(gsi, hpet_hard_only, IrqFlags::NONE, "hpet-again")
-                == Err(irq::IrqError::Busy(gsi)),
+            matches!(again, Err(irq::IrqError::Busy(g, "hpet-test")) if g == gsi),
             "a second request for a requested line was not refused"
         );
         ensure!(
@@ -214,7 +243,8 @@ pub(super) fn free_irq_waits_for_the_thread_and_stops_it() -> TestResult {
         fire_hpet(&mut device)?;
         let started = wait_for(2_000, || HPET_THREAD_STARTS.load(Ordering::SeqCst) > 0);
         ensure!(started, "round {round}: the thread handler never started");
-        irq::free_irq(gsi).map_err(|e| alloc::format!("round {round}: free: {e}"))?;
+        irq::free_irq(gsi, crate::kernel::irq::DevId::NONE)
+            .map_err(|e| alloc::format!("round {round}: free: {e}"))?;
         ensure!(
             HPET_THREAD_RUNS.load(Ordering::SeqCst) == HPET_THREAD_STARTS.load(Ordering::SeqCst),
             "round {round}: free_irq returned while the thread handler was still running"
@@ -241,7 +271,8 @@ pub(super) fn free_irq_waits_for_the_thread_and_stops_it() -> TestResult {
             "round {round}: the comparator reached a CPU or handler after free_irq"
         );
         ensure!(
-            irq::free_irq(gsi) == Err(irq::IrqError::NotRequested(gsi)),
+            irq::free_irq(gsi, crate::kernel::irq::DevId::NONE)
+                == Err(irq::IrqError::NotRequested(gsi)),
             "round {round}: a second free_irq was not refused"
         );
     }
@@ -253,12 +284,14 @@ pub(super) fn free_irq_waits_for_the_thread_and_stops_it() -> TestResult {
         Some(hpet_thread_frees_its_line),
         IrqFlags::ONESHOT,
         "hpet-test",
+        crate::kernel::irq::DevId::NONE,
     )
     .map_err(|e| alloc::format!("request: {e}"))?;
     let fired = fire_hpet(&mut device);
     let answered = wait_for(2_000, || SELF_FREE_RESULT.load(Ordering::SeqCst) != 0);
     let _ = device.set_state_shutdown();
-    irq::free_irq(gsi).map_err(|e| alloc::format!("free after the self-free: {e}"))?;
+    irq::free_irq(gsi, crate::kernel::irq::DevId::NONE)
+        .map_err(|e| alloc::format!("free after the self-free: {e}"))?;
     fired?;
     ensure!(answered, "the self-freeing thread handler never ran");
     ensure!(
@@ -271,8 +304,9 @@ pub(super) fn free_irq_waits_for_the_thread_and_stops_it() -> TestResult {
 /// 1: `free_irq` from the line's thread answered `FreedFromOwnThread`; 2: anything else.
 static SELF_FREE_RESULT: AtomicU64 = AtomicU64::new(0);
 
-fn hpet_thread_frees_its_line(irq: u32) -> IrqReturn {
-    let refused = irq::free_irq(irq) == Err(irq::IrqError::FreedFromOwnThread(irq));
+fn hpet_thread_frees_its_line(irq: u32, _dev: crate::kernel::irq::DevId) -> IrqReturn {
+    let refused = irq::free_irq(irq, crate::kernel::irq::DevId::NONE)
+        == Err(irq::IrqError::FreedFromOwnThread(irq));
     SELF_FREE_RESULT.store(if refused { 1 } else { 2 }, Ordering::SeqCst);
     IrqReturn::Handled
 }
@@ -296,6 +330,7 @@ pub(super) fn level_oneshot_line_stays_masked_until_its_thread_ran() -> TestResu
         Some(level_thread),
         IrqFlags::TRIGGER_HIGH | IrqFlags::ONESHOT,
         "hpet-level",
+        crate::kernel::irq::DevId::NONE,
     )
     .map_err(|e| alloc::format!("request: {e}"))?;
     let before = interrupts::count(vector);
@@ -307,7 +342,8 @@ pub(super) fn level_oneshot_line_stays_masked_until_its_thread_ran() -> TestResu
     hpet.clear_level_interrupt(timer);
     let delivered = interrupts::count(vector) - before;
     let listed = procfs::read("/proc/interrupts")?;
-    irq::free_irq(gsi as u32).map_err(|e| alloc::format!("free: {e}"))?;
+    irq::free_irq(gsi as u32, crate::kernel::irq::DevId::NONE)
+        .map_err(|e| alloc::format!("free: {e}"))?;
     ensure!(ran, "the thread of the level line never ran");
     ensure!(
         listed.contains("fasteoi   hpet-level"),
@@ -329,8 +365,8 @@ static LEVEL_TIMER: AtomicU64 = AtomicU64::new(0);
 
 /// Thread handler of the level test: the line is still asserted while it sleeps; it then
 /// acknowledges the comparator, which deasserts it.
-fn level_thread(irq: u32) -> IrqReturn {
-    hpet_thread(irq);
+fn level_thread(irq: u32, dev: crate::kernel::irq::DevId) -> IrqReturn {
+    hpet_thread(irq, dev);
     if let Some(hpet) = *LEVEL_HPET.lock() {
         hpet.clear_level_interrupt(LEVEL_TIMER.load(Ordering::SeqCst) as u8);
     }
@@ -390,8 +426,14 @@ pub(super) fn irq_affinity_moves_the_hpet_line() -> TestResult {
     };
     let gsi = hpet_gsi(&device);
     reset_hpet_counters(0);
-    let vector = irq::request_irq(gsi, hpet_hard_only, IrqFlags::NO_THREAD, "hpet-affinity")
-        .map_err(|e| alloc::format!("request: {e}"))?;
+    let vector = irq::request_irq(
+        gsi,
+        hpet_hard_only,
+        IrqFlags::NO_THREAD,
+        "hpet-affinity",
+        crate::kernel::irq::DevId::NONE,
+    )
+    .map_err(|e| alloc::format!("request: {e}"))?;
     let result = (|| -> TestResult {
         let path = alloc::format!("/proc/irq/{gsi}/smp_affinity");
         let list_path = alloc::format!("/proc/irq/{gsi}/smp_affinity_list");
@@ -463,15 +505,15 @@ pub(super) fn irq_affinity_moves_the_hpet_line() -> TestResult {
         Ok(())
     })();
     let _ = device.set_state_shutdown();
-    irq::free_irq(gsi).map_err(|e| alloc::format!("free: {e}"))?;
+    irq::free_irq(gsi, crate::kernel::irq::DevId::NONE).map_err(|e| alloc::format!("free: {e}"))?;
     result
 }
 
-fn cycle_hard(_irq: u32) -> IrqReturn {
+fn cycle_hard(_irq: u32, _dev: crate::kernel::irq::DevId) -> IrqReturn {
     IrqReturn::Handled
 }
 
-fn cycle_thread(_irq: u32) -> IrqReturn {
+fn cycle_thread(_irq: u32, _dev: crate::kernel::irq::DevId) -> IrqReturn {
     IrqReturn::Handled
 }
 
@@ -507,9 +549,11 @@ pub(super) fn threaded_irq_request_free_cycles_leak_nothing() -> TestResult {
             Some(cycle_thread),
             IrqFlags::NONE,
             "ktest-cycle",
+            crate::kernel::irq::DevId::NONE,
         )
         .map_err(|e| alloc::format!("round {round}: request IRQ {gsi}: {e}"))?;
-        irq::free_irq(gsi).map_err(|e| alloc::format!("round {round}: free IRQ {gsi}: {e}"))
+        irq::free_irq(gsi, crate::kernel::irq::DevId::NONE)
+            .map_err(|e| alloc::format!("round {round}: free IRQ {gsi}: {e}"))
     };
     // One warm-up cycle (lazily grown tables reach their size), then the baseline.
     cycle(0)?;
@@ -522,6 +566,122 @@ pub(super) fn threaded_irq_request_free_cycles_leak_nothing() -> TestResult {
         after == before,
         "{CYCLES} request/free cycles: (heap bytes, (tasks, threads, zombies)) went from \
          {before:?} to {after:?}"
+    );
+    Ok(())
+}
+
+static SHARED_A_RUNS: AtomicU64 = AtomicU64::new(0);
+static SHARED_B_RUNS: AtomicU64 = AtomicU64::new(0);
+const SHARED_A: irq::DevId = irq::DevId(0xA);
+const SHARED_B: irq::DevId = irq::DevId(0xB);
+
+/// A shared line's first user, whose device never raised the interrupt.
+fn shared_not_mine(_irq: u32, dev: irq::DevId) -> IrqReturn {
+    if dev == SHARED_A {
+        SHARED_A_RUNS.fetch_add(1, Ordering::SeqCst);
+    }
+    IrqReturn::None
+}
+
+/// A shared line's second user, whose device did.
+fn shared_mine(_irq: u32, dev: irq::DevId) -> IrqReturn {
+    if dev == SHARED_B {
+        SHARED_B_RUNS.fetch_add(1, Ordering::SeqCst);
+    }
+    IrqReturn::Handled
+}
+
+/// `IRQF_SHARED`: two devices on one line (the HPET comparator's) each get every interrupt
+/// with their own `dev_id`; a request that does not share, repeats a `dev_id` or asks for
+/// another trigger is refused with the holder named; `free_irq(irq, dev_id)` removes one user
+/// and the other keeps its interrupts; the last free takes the line away.
+pub(super) fn shared_line_runs_every_action_and_free_irq_takes_one() -> TestResult {
+    let Some(mut device) = test_hpet() else {
+        skip!("no HPET");
+    };
+    let gsi = hpet_gsi(&device);
+    let before = irq::requested_lines();
+    SHARED_A_RUNS.store(0, Ordering::SeqCst);
+    SHARED_B_RUNS.store(0, Ordering::SeqCst);
+    let flags = IrqFlags::SHARED | IrqFlags::NO_THREAD;
+    irq::request_irq(gsi, shared_not_mine, flags, "shared-a", SHARED_A)
+        .map_err(|e| alloc::format!("first shared request: {e}"))?;
+    let exclusive = irq::request_irq(
+        gsi,
+        hpet_hard_only,
+        IrqFlags::NO_THREAD,
+        "exclusive",
+        irq::DevId(0xC),
+    );
+    let same_dev = irq::request_irq(gsi, shared_mine, flags, "shared-b", SHARED_A);
+    // The opposite of how the line signals now.
+    let other = match irq::line_trigger(gsi) {
+        Some(trigger) if trigger.level => IrqFlags::TRIGGER_RISING,
+        _ => IrqFlags::TRIGGER_LOW,
+    };
+    let other_trigger = irq::request_irq(gsi, shared_mine, flags | other, "shared-b", SHARED_B);
+    let second = irq::request_irq(gsi, shared_mine, flags, "shared-b", SHARED_B);
+    let listed = procfs::read("/proc/interrupts")?;
+    let fired = fire_hpet(&mut device).is_ok()
+        && wait_for(2_000, || SHARED_B_RUNS.load(Ordering::SeqCst) > 0);
+    let runs_both = (
+        SHARED_A_RUNS.load(Ordering::SeqCst),
+        SHARED_B_RUNS.load(Ordering::SeqCst),
+    );
+    let freed_a = irq::free_irq(gsi, SHARED_A);
+    let freed_a_again = irq::free_irq(gsi, SHARED_A);
+    let fired_again = fire_hpet(&mut device).is_ok()
+        && wait_for(2_000, || SHARED_B_RUNS.load(Ordering::SeqCst) > runs_both.1);
+    let runs_after = (
+        SHARED_A_RUNS.load(Ordering::SeqCst),
+        SHARED_B_RUNS.load(Ordering::SeqCst),
+    );
+    let listed_after = procfs::read("/proc/interrupts")?;
+    let _ = device.set_state_shutdown();
+    let freed_b = irq::free_irq(gsi, SHARED_B);
+    ensure!(
+        matches!(exclusive, Err(irq::IrqError::Busy(g, "shared-a")) if g == gsi),
+        "a request that does not share took a shared line: {exclusive:?}"
+    );
+    ensure!(
+        same_dev.is_err(),
+        "a second action with the same dev_id was accepted"
+    );
+    ensure!(
+        other_trigger.is_err(),
+        "a shared request with another trigger was accepted"
+    );
+    second.map_err(|e| alloc::format!("second shared request: {e}"))?;
+    ensure!(
+        listed.contains("shared-a, shared-b"),
+        "/proc/interrupts does not name both users:\n{listed}"
+    );
+    ensure!(
+        fired,
+        "the shared line's interrupt never reached the second user"
+    );
+    ensure!(
+        runs_both.0 >= 1,
+        "the first user did not run for the shared interrupt (runs {runs_both:?})"
+    );
+    freed_a.map_err(|e| alloc::format!("free_irq of the first user: {e}"))?;
+    ensure!(
+        freed_a_again == Err(irq::IrqError::NotRequested(gsi)),
+        "freeing the first user twice was not refused: {freed_a_again:?}"
+    );
+    ensure!(
+        fired_again && runs_after.0 == runs_both.0,
+        "after the first user left: second fired {fired_again}, runs {runs_both:?} -> {runs_after:?}"
+    );
+    ensure!(
+        !listed_after.contains("shared-a") && listed_after.contains("shared-b"),
+        "/proc/interrupts after the first free:\n{listed_after}"
+    );
+    freed_b.map_err(|e| alloc::format!("free_irq of the last user: {e}"))?;
+    ensure!(
+        irq::requested_lines() == before,
+        "handlers requested: {before} before, {} after",
+        irq::requested_lines()
     );
     Ok(())
 }

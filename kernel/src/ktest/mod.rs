@@ -211,6 +211,10 @@ const TESTS: &[TestCase] = &[
         irq::threaded_irq_handles_the_hpet_comparator,
     ),
     (
+        "shared_line_runs_every_action_and_free_irq_takes_one",
+        irq::shared_line_runs_every_action_and_free_irq_takes_one,
+    ),
+    (
         "free_irq_waits_for_the_thread_and_stops_it",
         irq::free_irq_waits_for_the_thread_and_stops_it,
     ),

@@ -163,7 +163,7 @@ pub(super) fn intx_routes_through_prt() -> TestResult {
     Ok(())
 }
 
-fn ktest_msi_handler(_irq: u32) -> IrqReturn {
+fn ktest_msi_handler(_irq: u32, _dev: crate::kernel::irq::DevId) -> IrqReturn {
     IrqReturn::Handled
 }
 
@@ -268,8 +268,14 @@ pub(super) fn msix_vectors_allocate_move_and_free() -> TestResult {
             "entries unmasked before a handler"
         );
         let irq0 = irqs[0];
-        irq::request_irq(irq0, ktest_msi_handler, IrqFlags::NO_THREAD, "ktest-msix")
-            .map_err(|e| alloc::format!("request_irq({irq0}): {e}"))?;
+        irq::request_irq(
+            irq0,
+            ktest_msi_handler,
+            IrqFlags::NO_THREAD,
+            "ktest-msix",
+            crate::kernel::irq::DevId::NONE,
+        )
+        .map_err(|e| alloc::format!("request_irq({irq0}): {e}"))?;
         ensure!(!entry_masked(0), "entry 0 still masked with a handler");
         ensure!(entry_masked(1), "entry 1 unmasked without a handler");
         let interrupts = procfs::read("/proc/interrupts")?;
@@ -312,7 +318,8 @@ pub(super) fn msix_vectors_allocate_move_and_free() -> TestResult {
             );
             ensure!(!entry_masked(0), "entry 0 left masked by the move");
         }
-        irq::free_irq(irq0).map_err(|e| alloc::format!("free_irq: {e}"))?;
+        irq::free_irq(irq0, crate::kernel::irq::DevId::NONE)
+            .map_err(|e| alloc::format!("free_irq: {e}"))?;
         ensure!(entry_masked(0), "entry 0 unmasked after free_irq");
         dev.free_irq_vectors()
             .map_err(|e| alloc::format!("free_irq_vectors: {e}"))?;
@@ -357,8 +364,14 @@ pub(super) fn msi_vectors_allocate_and_free() -> TestResult {
     let control = dev.read_config_u16(cap.control_offset());
     ensure!(control & 1 == 1, "MSI not enabled ({control:#x})");
     let irq0 = irqs[0];
-    irq::request_irq(irq0, ktest_msi_handler, IrqFlags::NO_THREAD, "ktest-msi")
-        .map_err(|e| alloc::format!("request_irq({irq0}): {e}"))?;
+    irq::request_irq(
+        irq0,
+        ktest_msi_handler,
+        IrqFlags::NO_THREAD,
+        "ktest-msi",
+        crate::kernel::irq::DevId::NONE,
+    )
+    .map_err(|e| alloc::format!("request_irq({irq0}): {e}"))?;
     let data = dev.read_config_u16(cap.data_offset());
     ensure!(
         Some(data as u8) == irq::irq_vector(irq0),
@@ -383,7 +396,7 @@ pub(super) fn msi_vectors_allocate_and_free() -> TestResult {
             );
         }
     }
-    irq::free_irq(irq0).map_err(|e| alloc::format!("{e}"))?;
+    irq::free_irq(irq0, crate::kernel::irq::DevId::NONE).map_err(|e| alloc::format!("{e}"))?;
     dev.free_irq_vectors().map_err(|e| alloc::format!("{e}"))?;
     ensure!(
         dev.read_config_u16(cap.control_offset()) & 1 == 0,
@@ -443,6 +456,7 @@ impl lull_driver_core::Driver for KtestPciDriver {
             None,
             IrqFlags::NONE,
             PCI_DRIVER,
+            crate::kernel::irq::DevId::NONE,
         )?;
         if mmio.try_access().is_none() {
             return Err(Errno::EIO.into());

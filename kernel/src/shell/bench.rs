@@ -145,12 +145,12 @@ fn hpet_counter() -> u64 {
         .map_or(0, |hpet| hpet.counter())
 }
 
-fn latency_primary(_irq: u32) -> crate::kernel::irq::IrqReturn {
+fn latency_primary(_irq: u32, _dev: crate::kernel::irq::DevId) -> crate::kernel::irq::IrqReturn {
     IRQ_HARD_COUNTER.store(hpet_counter(), Ordering::Release);
     crate::kernel::irq::IrqReturn::WakeThread
 }
 
-fn latency_thread(_irq: u32) -> crate::kernel::irq::IrqReturn {
+fn latency_thread(_irq: u32, _dev: crate::kernel::irq::DevId) -> crate::kernel::irq::IrqReturn {
     IRQ_THREAD_COUNTER.store(hpet_counter(), Ordering::Release);
     IRQ_THREAD_DONE.complete();
     crate::kernel::irq::IrqReturn::Handled
@@ -185,11 +185,12 @@ pub fn irq_latency(samples: u64, delay_us: u64) -> Result<(Vec<u64>, Vec<u64>), 
         // thread signalled, could fire before the thread unmasked the line).
         crate::kernel::irq::IrqFlags::ONESHOT | crate::kernel::irq::IrqFlags::TRIGGER_RISING,
         "bench-hpet",
+        crate::kernel::irq::DevId::NONE,
     )
     .map_err(|error| alloc::format!("request_threaded_irq: {error}"))?;
     let result = sample_irq_latency(hpet, gsi, samples, delay_us);
     hpet.stop(0);
-    if let Err(error) = crate::kernel::irq::free_irq(gsi as u32) {
+    if let Err(error) = crate::kernel::irq::free_irq(gsi as u32, crate::kernel::irq::DevId::NONE) {
         crate::pr_warn!("bench: free_irq({gsi}): {error}");
     }
     result

@@ -34,7 +34,10 @@ static INPUT: IrqSafeLock<InputRing> = IrqSafeLock::new(InputRing {
 
 /// COM1 interrupt handler (hard-IRQ context, or the line's thread under `threadirqs`): moves
 /// received bytes into the input ring.
-pub fn serial_interrupt(_irq: u32) -> crate::kernel::irq::IrqReturn {
+pub fn serial_interrupt(
+    _irq: u32,
+    _dev: crate::kernel::irq::DevId,
+) -> crate::kernel::irq::IrqReturn {
     let mut input = INPUT.lock();
     while input.len < input.bytes.len() {
         let Some(byte) = serial::try_read_byte() else {

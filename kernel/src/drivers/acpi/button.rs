@@ -18,7 +18,7 @@ fn event_registers(info: &AcpiInfo) -> Option<(AcpiRegister, AcpiRegister)> {
 /// The SCI handler (hard-IRQ context, or the line's thread under `threadirqs`; the line is
 /// level-triggered and stays masked until this ran): acknowledges the power button and
 /// records the request.
-fn sci_interrupt(_irq: u32) -> crate::kernel::irq::IrqReturn {
+fn sci_interrupt(_irq: u32, _dev: crate::kernel::irq::DevId) -> crate::kernel::irq::IrqReturn {
     let Some((status, _)) = crate::acpi().and_then(event_registers) else {
         return crate::kernel::irq::IrqReturn::None;
     };
@@ -68,7 +68,14 @@ pub fn init(info: Option<&AcpiInfo>) {
     } else {
         crate::kernel::irq::IrqFlags::TRIGGER_HIGH
     };
-    let vector = match crate::kernel::irq::request_irq(gsi, sci_interrupt, flags, "acpi") {
+    // Shared, as Linux requests the SCI: an ACPI device may be wired to it as well.
+    let vector = match crate::kernel::irq::request_irq(
+        gsi,
+        sci_interrupt,
+        flags | crate::kernel::irq::IrqFlags::SHARED,
+        "acpi",
+        crate::kernel::irq::DevId::NONE,
+    ) {
         Ok(vector) => vector,
         Err(error) => {
             pr_warn!("ACPI: cannot request the SCI ({error}); the power button is not available");

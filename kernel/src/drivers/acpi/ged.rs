@@ -18,7 +18,7 @@ use lull_driver_core::{Driver, DriverDesc, Errno, PlatformMatchId, ProbeContext,
 
 use super::{AcpiDevice, Resource};
 use crate::drivers::base::devm;
-use crate::kernel::irq::{IrqFlags, IrqReturn};
+use crate::kernel::irq::{DevId, IrqFlags, IrqReturn};
 use crate::kernel::locking::SpinLock;
 use crate::{pr_warn, printk};
 
@@ -32,7 +32,7 @@ static GEDS: SpinLock<Vec<(u32, String)>> = SpinLock::named("acpi::GEDS", Vec::n
 static POWER_BUTTONS: SpinLock<Vec<String>> = SpinLock::named("acpi::POWER_BUTTONS", Vec::new());
 
 /// The line's thread: evaluates `_EVT(gsi)` and acts on the power button's notification.
-fn ged_thread(gsi: u32) -> IrqReturn {
+fn ged_thread(gsi: u32, _dev: DevId) -> IrqReturn {
     let method = GEDS
         .lock()
         .iter()
@@ -104,6 +104,7 @@ impl Driver for GedDriver {
             Some(ged_thread),
             flags | IrqFlags::ONESHOT,
             "acpi-ged",
+            DevId::NONE,
         )?;
         printk!(
             "ACPI: GED {} on GSI {gsi}; power button enabled",

@@ -26,7 +26,7 @@ use lull_driver_core::{Errno, ProbeError};
 use crate::arch::dma::DmaBuffer;
 use crate::arch::io::{ClaimError, IoPorts};
 use crate::arch::mmio::{Mmio, MmioError};
-use crate::kernel::irq::{self, IrqError, IrqFlags, IrqHandler};
+use crate::kernel::irq::{self, DevId, IrqError, IrqFlags, IrqHandler};
 
 fn injected_or(error: AcquireError<Errno>) -> ProbeError {
     ProbeError::from(error)
@@ -85,6 +85,7 @@ pub fn request_region(
 struct IrqLine {
     irq: u32,
     name: &'static str,
+    dev_id: DevId,
 }
 
 impl lull_devres::ManagedResource for IrqLine {
@@ -93,7 +94,7 @@ impl lull_devres::ManagedResource for IrqLine {
     }
 
     fn release(self: Box<Self>) {
-        if let Err(error) = irq::free_irq(self.irq) {
+        if let Err(error) = irq::free_irq(self.irq, self.dev_id) {
             crate::pr_err!(
                 "devres: free_irq({}) for {}: {error:?}",
                 self.irq,
@@ -105,15 +106,15 @@ impl lull_devres::ManagedResource for IrqLine {
 
 fn irq_errno(error: IrqError) -> Errno {
     match error {
-        IrqError::Busy(_) => Errno::EBUSY,
+        IrqError::Busy(..) => Errno::EBUSY,
         IrqError::NoSuchLine(_) | IrqError::NoIoApic => Errno::ENXIO,
         _ => Errno::EINVAL,
     }
 }
 
 /// `devm_request_threaded_irq`: routes `irq` to `handler`/`thread_fn` (see
-/// [`irq::request_threaded_irq`]); `free_irq` runs at release, before any resource acquired
-/// earlier (so the handler never outlives what it uses).
+/// [`irq::request_threaded_irq`]); `free_irq(irq, dev_id)` runs at release, before any
+/// resource acquired earlier (so the handler never outlives what it uses).
 #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no shell-build driver uses it yet
 pub fn request_threaded_irq(
     devres: &mut DevresList,
@@ -122,16 +123,18 @@ pub fn request_threaded_irq(
     thread_fn: Option<IrqHandler>,
     flags: IrqFlags,
     name: &'static str,
+    dev_id: DevId,
 ) -> Result<(), ProbeError> {
     devres
         .acquire(|| {
-            irq::request_threaded_irq(irq_number, handler, thread_fn, flags, name)
+            irq::request_threaded_irq(irq_number, handler, thread_fn, flags, name, dev_id)
                 .map(|_| IrqLine {
                     irq: irq_number,
                     name,
+                    dev_id,
                 })
                 .map_err(|error| {
-                    crate::pr_err!("{name}: cannot request IRQ {irq_number}: {error:?}");
+                    crate::pr_err!("{name}: cannot request IRQ {irq_number}: {error}");
                     irq_errno(error)
                 })
         })
@@ -147,15 +150,20 @@ pub fn request_irq(
     handler: IrqHandler,
     flags: IrqFlags,
     name: &'static str,
+    dev_id: DevId,
 ) -> Result<(), ProbeError> {
     devres
         .acquire(|| {
-            irq::request_irq(irq_number, handler, flags, name)
+            irq::request_irq(irq_number, handler, flags, name, dev_id)
                 .map(|_| IrqLine {
                     irq: irq_number,
                     name,
+                    dev_id,
                 })
-                .map_err(irq_errno)
+                .map_err(|error| {
+                    crate::pr_err!("{name}: cannot request IRQ {irq_number}: {error}");
+                    irq_errno(error)
+                })
         })
         .map(|_| ())
         .map_err(injected_or)

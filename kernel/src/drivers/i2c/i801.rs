@@ -37,7 +37,7 @@ use lull_i2c::{Adapter, Functionality, I2cError, SmbusData, SmbusOp};
 use crate::arch::io::IoPorts;
 use crate::drivers::base::devm;
 use crate::drivers::pci::PciFunctionRef;
-use crate::kernel::irq::{IrqFlags, IrqReturn};
+use crate::kernel::irq::{DevId, IrqFlags, IrqReturn};
 use crate::kernel::locking::IrqSafeLock;
 use crate::kernel::sched::WaitQueue;
 
@@ -58,13 +58,13 @@ struct Shared {
     irq: bool,
 }
 
-/// The bound controller, for the interrupt handler (a handler gets only its GSI). One ICH SMBus
+/// The bound controller, for the interrupt handler. One ICH SMBus
 /// function exists per machine; a second bind is refused with `EBUSY`.
 static BOUND: IrqSafeLock<Option<Arc<Shared>>> = IrqSafeLock::new(None);
 
 /// The interrupt handler (hard-IRQ context, or the line's thread under `threadirqs`): capture
 /// and clear an ending status, wake the waiter.
-fn interrupt(_irq: u32) -> IrqReturn {
+fn interrupt(_irq: u32, _dev: DevId) -> IrqReturn {
     let Some(shared) = BOUND.lock().clone() else {
         return IrqReturn::None;
     };
@@ -208,7 +208,15 @@ impl Driver for I801Driver {
             BOUND.lock().take();
         });
         match gsi {
-            Some(gsi) => devm::request_irq(devres, gsi, interrupt, IrqFlags::NONE, DRIVER)?,
+            // A PCI line (the firmware's trigger), which other functions may share.
+            Some(gsi) => devm::request_irq(
+                devres,
+                gsi,
+                interrupt,
+                IrqFlags::SHARED,
+                DRIVER,
+                DevId::of(&*shared),
+            )?,
             None => crate::pr_warn!(
                 "i801_smbus: no INTx route for the controller; polling its status (bounded, \
                  1 ms sleeps)"

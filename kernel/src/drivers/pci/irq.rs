@@ -91,13 +91,15 @@ pub struct IntxIrq {
 }
 
 impl IntxIrq {
-    /// The flags to request it with (level, active low: a PCI line).
+    /// The flags to request it with (level, active low, shared: a PCI line, which other
+    /// functions may be wired to as well).
     pub fn request_flags(&self) -> IrqFlags {
-        if self.active_low {
-            IrqFlags::TRIGGER_LOW
-        } else {
-            IrqFlags::TRIGGER_HIGH
-        }
+        IrqFlags::SHARED
+            | if self.active_low {
+                IrqFlags::TRIGGER_LOW
+            } else {
+                IrqFlags::TRIGGER_HIGH
+            }
     }
 }
 

@@ -25,7 +25,7 @@ use crate::arch::io::IoPorts;
 use crate::drivers::base::devm;
 use crate::drivers::pci::devm::{pcim_enable_device, pcim_request_io_bar};
 use crate::drivers::pci::PciDevice;
-use crate::kernel::irq::{IrqFlags, IrqReturn};
+use crate::kernel::irq::{DevId, IrqReturn};
 use crate::kernel::locking::{IrqSafeLock, Mutex};
 use crate::kernel::sched::WaitQueue;
 
@@ -96,7 +96,7 @@ struct Ac97 {
 
 static BOUND: IrqSafeLock<Option<Arc<Ac97>>> = IrqSafeLock::new(None);
 
-fn interrupt(_irq: u32) -> IrqReturn {
+fn interrupt(_irq: u32, _dev: DevId) -> IrqReturn {
     let Some(card) = BOUND.lock().clone() else {
         return IrqReturn::None;
     };
@@ -443,8 +443,9 @@ impl Driver for Ac97Driver {
             devres,
             intx.gsi,
             interrupt,
-            intx.request_flags() | IrqFlags::NONE,
+            intx.request_flags(),
             DRIVER,
+            DevId::of(&*card),
         )?;
         let index = soc::register_card(
             Box::new(Ac97Codec {

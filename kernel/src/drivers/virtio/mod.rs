@@ -34,7 +34,7 @@ use lull_virtqueue::{DeviceInit, QueueLayout, STATUS_FAILED};
 
 use crate::arch::mmio::Mmio;
 use crate::drivers::base::{self, devm};
-use crate::kernel::irq::{IrqFlags, IrqReturn};
+use crate::kernel::irq::{DevId, IrqFlags, IrqReturn};
 use crate::kernel::locking::IrqSafeLock;
 
 /// Transport parameters.
@@ -144,8 +144,9 @@ pub struct VirtioDevice {
 /// The virtio bus's devices: the latest transport binding of each.
 static DEVICES: IrqSafeLock<Vec<Arc<VirtioDevice>>> = IrqSafeLock::new(Vec::new());
 
-/// Lines with a virtio driver's handler: (irq, device, callbacks).
-type IrqTarget = (u32, Arc<VirtioDevice>, Arc<dyn VirtioCallbacks>);
+/// Lines with a virtio driver's handler: (irq, the action's dev_id, device, callbacks). An INTx
+/// line may carry several virtio devices (and other PCI functions): each has its own action.
+type IrqTarget = (u32, DevId, Arc<VirtioDevice>, Arc<dyn VirtioCallbacks>);
 static IRQ_TARGETS: IrqSafeLock<Vec<IrqTarget>> = IrqSafeLock::new(Vec::new());
 
 /// Interrupt line names (`/proc/interrupts` shows `virtio0` as Linux does).
@@ -405,7 +406,10 @@ impl VirtioDevice {
             .copied()
             .unwrap_or("virtio");
         match &self.transport {
-            Transport::Mmio { irq, flags, .. } => alloc::vec![(*irq, *flags, name)],
+            // Shared, as Linux's virtio_mmio asks: a board may wire several devices to a line.
+            Transport::Mmio { irq, flags, .. } => {
+                alloc::vec![(*irq, *flags | IrqFlags::SHARED, name)]
+            }
             Transport::Pci(pci) => match &pci.irqs {
                 pci::Irqs::Intx { irq, flags } => alloc::vec![(*irq, *flags, name)],
                 pci::Irqs::Msix { config, queues } => {
@@ -428,16 +432,19 @@ impl VirtioDevice {
         devres: &mut DevresList,
         callbacks: Arc<dyn VirtioCallbacks>,
     ) -> Result<(), ProbeError> {
+        let dev_id = DevId::of(&**self);
         for (irq, flags, name) in self.lines() {
             {
                 let mut targets = IRQ_TARGETS.lock();
-                targets.retain(|(line, _, _)| *line != irq);
-                targets.push((irq, Arc::clone(self), Arc::clone(&callbacks)));
+                targets.retain(|(line, id, _, _)| (*line, *id) != (irq, dev_id));
+                targets.push((irq, dev_id, Arc::clone(self), Arc::clone(&callbacks)));
             }
             devres.add_action(
                 alloc::format!("{}: interrupt target", self.name),
                 move || {
-                    IRQ_TARGETS.lock().retain(|(line, _, _)| *line != irq);
+                    IRQ_TARGETS
+                        .lock()
+                        .retain(|(line, id, _, _)| (*line, *id) != (irq, dev_id));
                 },
             );
             // A level line: masked from the interrupt until the thread has acknowledged it.
@@ -448,6 +455,7 @@ impl VirtioDevice {
                 Some(interrupt_thread),
                 flags | IrqFlags::ONESHOT,
                 name,
+                dev_id,
             )?;
         }
         Ok(())
@@ -456,12 +464,12 @@ impl VirtioDevice {
 
 /// The thread of every virtio line: read and acknowledge the interrupt status, then tell the
 /// driver (Linux's `vm_interrupt`).
-fn interrupt_thread(irq: u32) -> IrqReturn {
+fn interrupt_thread(irq: u32, dev_id: DevId) -> IrqReturn {
     let target = IRQ_TARGETS
         .lock()
         .iter()
-        .find(|(line, _, _)| *line == irq)
-        .map(|(_, device, callbacks)| (Arc::clone(device), Arc::clone(callbacks)));
+        .find(|(line, id, _, _)| (*line, *id) == (irq, dev_id))
+        .map(|(_, _, device, callbacks)| (Arc::clone(device), Arc::clone(callbacks)));
     let Some((device, callbacks)) = target else {
         return IrqReturn::None;
     };

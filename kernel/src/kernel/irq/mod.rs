@@ -9,12 +9,18 @@
 //! with its own (CPU, vector), edge-triggered, masked in the device while no handler is
 //! requested.
 //!
-//! Every requested line has one action. Its hard part (`handler`) runs in hard-IRQ context on
-//! the line's CPU; a threaded line also has a kernel thread `irq/N-name` (RT FIFO 50) that runs
-//! `thread_fn` when the hard part returns [`IrqReturn::WakeThread`]. As in Linux, a one-shot
-//! *level* line is masked from the hard IRQ until the thread has run (the device keeps the line
-//! asserted until the thread quiets it, so unmasking earlier would storm); an edge line is never
-//! masked: an edge that arrives while the thread runs marks it pending and the thread runs again.
+//! A requested line has one action per device, or several when every device on it asked for
+//! [`IrqFlags::SHARED`] (PCI INTx: several functions on one IOAPIC input). An action is told
+//! apart by its [`DevId`], which its handlers get back and `free_irq` names. Its hard part
+//! (`handler`) runs in hard-IRQ context on the line's CPU; a threaded action also has a kernel
+//! thread `irq/N-name` (RT FIFO 50) that runs `thread_fn` when the hard part returns
+//! [`IrqReturn::WakeThread`]. Every action of a shared line runs for every interrupt, and each
+//! says whether its device raised it. As in Linux, a one-shot *level* line is masked from the
+//! hard IRQ until every thread it woke has run (the device keeps the line asserted until its
+//! thread quiets it, so unmasking earlier would storm); an edge line is never masked: an edge
+//! that arrives while the thread runs marks it pending and the thread runs again. A line whose
+//! handlers disown 99,900 of 100,000 interrupts is masked with "nobody cared" (Linux's
+//! `note_interrupt`), so a stuck device cannot take a CPU.
 //!
 //! Locks (all IRQ-safe): `LINES` → `IOAPIC`. `IOAPIC` is a leaf that serialises the IOAPIC's
 //! index/data register pair. `LINES` is taken by every device interrupt, so nothing that may
@@ -47,7 +53,6 @@ pub const PARAMS: &[lull_cmdline::ParamSpec] = &[lull_cmdline::ParamSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IrqReturn {
     /// The interrupt was not from this device.
-    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no shared line yet
     None,
     /// Handled completely.
     Handled,
@@ -57,8 +62,28 @@ pub enum IrqReturn {
 }
 
 /// A handler. As the hard part: hard-IRQ context, interrupts disabled, must not sleep or
-/// allocate. As a thread function: the line's kernel thread, may sleep. `irq` is the GSI.
-pub type IrqHandler = fn(irq: u32) -> IrqReturn;
+/// allocate. As a thread function: the line's kernel thread, may sleep. `irq` is the GSI (or
+/// MSI IRQ number), `dev_id` the cookie the action was requested with.
+pub type IrqHandler = fn(irq: u32, dev_id: DevId) -> IrqReturn;
+
+/// Which device an action belongs to (Linux's `dev_id`): any value unique among the users of
+/// one line (a device index, an address used only as a number). Handlers get it back;
+/// `free_irq` removes the action it names. A line that is not shared may use [`DevId::NONE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevId(pub usize);
+
+impl DevId {
+    /// The cookie of a line's only user.
+    pub const NONE: DevId = DevId(0);
+
+    /// The cookie for the device state at `state`: its address, as a number only.
+    pub fn of<T: ?Sized>(state: &T) -> DevId {
+        DevId((state as *const T).cast::<()>() as usize)
+    }
+}
+
+/// Most actions on one line (a fixed array, so the hard IRQ does not allocate).
+pub const MAX_SHARED: usize = 8;
 
 /// Request flags (Linux's `IRQF_*`; the values are Linux's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -76,6 +101,9 @@ impl IrqFlags {
     #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // part of the trigger set
     pub const TRIGGER_LOW: IrqFlags = IrqFlags(0x8);
     const TRIGGER_MASK: u32 = 0xF;
+    /// Other devices may request the line too, if each of them says so (Linux's
+    /// `IRQF_SHARED`; PCI INTx lines are shared).
+    pub const SHARED: IrqFlags = IrqFlags(0x80);
     /// Keep a level line masked until the thread function has run.
     pub const ONESHOT: IrqFlags = IrqFlags(0x2000);
     /// Never thread this handler, even under `threadirqs` (Linux's `IRQF_NO_THREAD`).
@@ -112,9 +140,9 @@ pub enum IrqError {
     NoIoApic,
     /// The GSI has no IOAPIC input or no vector.
     NoSuchLine(u32),
-    /// The line already has a handler or drives a tick device (Linux's -EBUSY; lines are
-    /// not shared).
-    Busy(u32),
+    /// The line has a handler that does not share it, this request does not share, the line
+    /// drives a tick device, or it has [`MAX_SHARED`] users (Linux's -EBUSY). The owner's name.
+    Busy(u32, &'static str),
     /// The line was not requested (freeing or configuring it makes no sense).
     NotRequested(u32),
     /// Contradictory or incomplete flags / handlers (Linux's -EINVAL).
@@ -136,7 +164,7 @@ impl core::fmt::Display for IrqError {
         match self {
             IrqError::NoIoApic => write!(f, "no IOAPIC"),
             IrqError::NoSuchLine(irq) => write!(f, "IRQ {irq} has no IOAPIC input or vector"),
-            IrqError::Busy(irq) => write!(f, "IRQ {irq} already has a handler"),
+            IrqError::Busy(irq, owner) => write!(f, "IRQ {irq} is busy (used by {owner})"),
             IrqError::NotRequested(irq) => write!(f, "IRQ {irq} is not requested"),
             IrqError::InvalidRequest(why) => write!(f, "invalid request: {why}"),
             IrqError::FreedFromOwnThread(irq) => {
@@ -175,13 +203,19 @@ struct LineThread {
     exit_wait: crate::kernel::sched::WaitQueue,
 }
 
-/// What a requested line runs.
+/// What one device on a requested line runs.
 struct Action {
     irq: u32,
+    dev_id: DevId,
+    name: &'static str,
     handler: Option<IrqHandler>,
     thread_fn: Option<IrqHandler>,
+    /// Requested with [`IrqFlags::SHARED`].
+    shared: bool,
     /// A one-shot level line: masked from the hard IRQ until `thread_fn` returned.
     mask_until_thread_done: bool,
+    /// This action's thread owes a run before the (one-shot, level) line may be unmasked.
+    oneshot_pending: AtomicBool,
     thread: Option<LineThread>,
     /// CPUs inside `handler` right now (`free_irq` waits for 0: `synchronize_irq`).
     hard_running: AtomicU32,
@@ -190,8 +224,9 @@ struct Action {
 /// Who owns a line.
 #[derive(Clone)]
 enum Owner {
-    /// Requested through `request_irq` / `request_threaded_irq`.
-    Action(Arc<Action>),
+    /// Requested through `request_irq` / `request_threaded_irq`: one action per device, in
+    /// request order (never empty, at most [`MAX_SHARED`]).
+    Actions(Vec<Arc<Action>>),
     /// Routed by the time subsystem for a tick device (hard handler installed directly, its
     /// CPU fixed).
     TickDevice,
@@ -201,6 +236,7 @@ enum Owner {
 #[derive(Clone)]
 struct Line {
     vector: u8,
+    /// The tick device's name (a requested line is named by its actions).
     name: &'static str,
     trigger: Trigger,
     owner: Owner,
@@ -335,18 +371,36 @@ fn ioapic_gsi_end() -> u32 {
         .unwrap_or(0)
 }
 
-/// Whether `irq` has a handler.
-fn is_requested(irq: u32) -> bool {
-    LINES.lock().contains_key(&irq)
+/// Who holds line `irq` (its first action's name, or the tick device's), if anyone.
+fn holder(irq: u32) -> Option<&'static str> {
+    LINES.lock().get(&irq).map(|line| match &line.owner {
+        Owner::Actions(chain) => chain[0].name,
+        Owner::TickDevice => line.name,
+    })
 }
 
-/// Lines with a handler (leak checks compare it across bind/unbind cycles).
+/// Requested handlers, one per device on a shared line (leak checks compare it across
+/// bind/unbind cycles).
 pub fn requested_lines() -> usize {
     LINES
         .lock()
         .values()
-        .filter(|line| matches!(line.owner, Owner::Action(_)))
-        .count()
+        .map(|line| match &line.owner {
+            Owner::Actions(chain) => chain.len(),
+            Owner::TickDevice => 0,
+        })
+        .sum()
+}
+
+/// Line `irq`'s users as `/proc/interrupts` names them ("a, b" on a shared line).
+fn line_names(line: &Line) -> String {
+    match &line.owner {
+        Owner::Actions(chain) => {
+            let names: Vec<&str> = chain.iter().map(|action| action.name).collect();
+            names.join(", ")
+        }
+        Owner::TickDevice => String::from(line.name),
+    }
 }
 
 /// The vector `irq` is delivered on, if it is routed (tests count deliveries with it).
@@ -360,36 +414,107 @@ fn irq_dispatch(vector: u8) {
     handle_irq(vector.wrapping_sub(interrupts::DEVICE_VECTOR_BASE) as u32);
 }
 
-/// Runs line `irq`'s action (hard-IRQ context).
+/// Interrupts counted and disowned per IRQ number, for [`note_interrupt`].
+static NOTED: [(AtomicU32, AtomicU32); 256] =
+    [const { (AtomicU32::new(0), AtomicU32::new(0)) }; 256];
+
+/// Linux's `note_interrupt`: of every 100,000 interrupts on a line, if 99,900 or more were
+/// disowned by every handler, the line is stuck (a device nobody drives holds it asserted) and
+/// is masked for good, with a message, instead of taking the CPU.
+fn note_interrupt(irq: u32, handled: bool) {
+    let Some((count, unhandled)) = NOTED.get(irq as usize) else {
+        return;
+    };
+    if !handled {
+        unhandled.fetch_add(1, Ordering::Relaxed);
+    }
+    if count.fetch_add(1, Ordering::Relaxed) + 1 < 100_000 {
+        return;
+    }
+    count.store(0, Ordering::Relaxed);
+    if unhandled.swap(0, Ordering::Relaxed) > 99_900 {
+        crate::pr_err!("irq {irq}: nobody cared; disabling it");
+        if msi::placement(irq).is_some() {
+            msi::set_masked(irq, true);
+        } else {
+            with_ioapic(|ioapic| ioapic.set_masked(irq, true));
+        }
+    }
+}
+
+/// Runs every action of line `irq` (hard-IRQ context; no allocation: the actions are taken
+/// into a fixed array).
 fn handle_irq(irq: u32) {
-    let action = {
+    let mut actions: [Option<Arc<Action>>; MAX_SHARED] = Default::default();
+    {
         let lines = LINES.lock();
         let Some(Line {
-            owner: Owner::Action(action),
+            owner: Owner::Actions(chain),
             ..
         }) = lines.get(&irq)
         else {
             return;
         };
-        // Counted before the lock is released: `free_irq` removes the line under the lock,
-        // then waits for this count to drop, so it cannot miss a handler that started.
-        action.hard_running.fetch_add(1, Ordering::AcqRel);
-        Arc::clone(action)
-    };
-    let verdict = match action.handler {
-        Some(handler) => handler(irq),
-        None => IrqReturn::WakeThread,
-    };
-    if verdict == IrqReturn::WakeThread {
-        if let Some(thread) = &action.thread {
-            if action.mask_until_thread_done {
-                with_ioapic(|ioapic| ioapic.set_masked(irq, true));
-            }
-            thread.pending.store(true, Ordering::Release);
-            thread.wake.wake_all();
+        for (slot, action) in actions.iter_mut().zip(chain) {
+            // Counted before the lock is released: `free_irq` removes the action under the
+            // lock, then waits for this count to drop, so it cannot miss a handler that started.
+            action.hard_running.fetch_add(1, Ordering::AcqRel);
+            *slot = Some(Arc::clone(action));
         }
     }
-    action.hard_running.fetch_sub(1, Ordering::AcqRel);
+    let mut verdicts = [IrqReturn::None; MAX_SHARED];
+    let mut handled = false;
+    let mut mask = false;
+    for (verdict, action) in verdicts.iter_mut().zip(&actions) {
+        let Some(action) = action else { break };
+        *verdict = match action.handler {
+            Some(handler) => handler(irq, action.dev_id),
+            None => IrqReturn::WakeThread,
+        };
+        if *verdict == IrqReturn::WakeThread && action.thread.is_some() {
+            if action.mask_until_thread_done {
+                // Before the line is masked and the thread woken: a thread finishing
+                // meanwhile then sees this one still owed and leaves the line masked.
+                action.oneshot_pending.store(true, Ordering::Release);
+                mask = true;
+            }
+        } else if *verdict == IrqReturn::WakeThread {
+            // A hard handler without a thread asked for one: nothing to wake.
+            *verdict = IrqReturn::Handled;
+        }
+        handled |= *verdict != IrqReturn::None;
+    }
+    if mask {
+        with_ioapic(|ioapic| ioapic.set_masked(irq, true));
+    }
+    for (verdict, action) in verdicts.iter().zip(&actions) {
+        let Some(action) = action else { break };
+        if *verdict == IrqReturn::WakeThread {
+            if let Some(thread) = &action.thread {
+                thread.pending.store(true, Ordering::Release);
+                thread.wake.wake_all();
+            }
+        }
+        action.hard_running.fetch_sub(1, Ordering::AcqRel);
+    }
+    note_interrupt(irq, handled);
+}
+
+/// After a one-shot thread ran (or its action left the line): unmasks line `irq` if no action
+/// still on it owes a thread run. `LINES` held by the caller.
+fn unmask_if_no_thread_owed(lines: &BTreeMap<u32, Line>, irq: u32) {
+    if let Some(Line {
+        owner: Owner::Actions(chain),
+        ..
+    }) = lines.get(&irq)
+    {
+        let owed = chain
+            .iter()
+            .any(|action| action.oneshot_pending.load(Ordering::Acquire));
+        if !owed && chain.iter().any(|action| action.mask_until_thread_done) {
+            with_ioapic(|ioapic| ioapic.set_masked(irq, false));
+        }
+    }
 }
 
 /// The body of a line's thread: runs `thread_fn` for every wake-up until `free_irq` stops it.
@@ -401,19 +526,20 @@ fn line_thread(action: Arc<Action>) {
         });
         if thread.pending.swap(false, Ordering::AcqRel) {
             if let Some(thread_fn) = action.thread_fn {
-                thread_fn(action.irq);
+                thread_fn(action.irq, action.dev_id);
             }
             if action.mask_until_thread_done {
-                // Only while the line is still ours: after `free_irq` masked it, it stays so.
+                // Only while the action is still on the line: after `free_irq` took the line's
+                // last action away and masked it, it stays masked.
                 let lines = LINES.lock();
-                if let Some(Line {
-                    owner: Owner::Action(owner),
-                    ..
-                }) = lines.get(&action.irq)
-                {
-                    if Arc::ptr_eq(owner, &action) {
-                        with_ioapic(|ioapic| ioapic.set_masked(action.irq, false));
-                    }
+                action.oneshot_pending.store(false, Ordering::Release);
+                let ours = matches!(
+                    lines.get(&action.irq),
+                    Some(Line { owner: Owner::Actions(chain), .. })
+                        if chain.iter().any(|a| Arc::ptr_eq(a, &action))
+                );
+                if ours {
+                    unmask_if_no_thread_owed(&lines, action.irq);
                 }
             }
         } else if thread.stop.load(Ordering::Acquire) {
@@ -424,18 +550,59 @@ fn line_thread(action: Arc<Action>) {
     thread.exit_wait.wake_all();
 }
 
+/// Whether an action requested with `flags` (resolving to `trigger`) may join line `irq` as it
+/// is now, and on which CPU its thread should start. Linux's `__setup_irq` checks: both sides
+/// must share, with the same trigger, and a `dev_id` not already there. Unlike Linux, a
+/// one-shot threaded action may share with one that is not: the line is masked while any
+/// one-shot thread owes a run and unmasked when none does, so the other device's interrupt
+/// waits for that thread at worst (Linux refuses the mix; here virtio's threaded handlers and
+/// the SMBus controller's hard one meet on q35's PCI lines).
+fn may_join(
+    lines: &BTreeMap<u32, Line>,
+    irq: u32,
+    flags: IrqFlags,
+    trigger: Trigger,
+    dev_id: DevId,
+) -> Result<usize, IrqError> {
+    let Some(line) = lines.get(&irq) else {
+        return Ok(0);
+    };
+    let chain = match &line.owner {
+        Owner::Actions(chain) if !line.msi => chain,
+        _ => return Err(IrqError::Busy(irq, line.name)),
+    };
+    let first = &chain[0];
+    if !flags.contains(IrqFlags::SHARED) || !first.shared || chain.len() >= MAX_SHARED {
+        return Err(IrqError::Busy(irq, first.name));
+    }
+    if line.trigger != trigger {
+        return Err(IrqError::InvalidRequest(
+            "the trigger differs from the shared line's",
+        ));
+    }
+    if chain.iter().any(|action| action.dev_id == dev_id) {
+        return Err(IrqError::InvalidRequest(
+            "this dev_id is on the shared line already",
+        ));
+    }
+    Ok(line.effective_cpu)
+}
+
 /// Linux's `request_threaded_irq`: routes line `irq` (a GSI) to `handler` (hard-IRQ context;
 /// `None`: always wake the thread) and, when that returns [`IrqReturn::WakeThread`], wakes the
-/// line's thread `irq/N-name` (RT FIFO 50) to run `thread_fn`. The trigger comes from `flags`
-/// (or the firmware); a level line with a thread must be [`IrqFlags::ONESHOT`] or have a hard
-/// handler that quiets the device (else it would storm), as Linux insists. Returns the vector.
-/// Thread context (it may start a thread).
+/// action's thread `irq/N-name` (RT FIFO 50) to run `thread_fn`. Both get `dev_id` back. The
+/// trigger comes from `flags` (or the firmware); a level line with a thread must be
+/// [`IrqFlags::ONESHOT`] or have a hard handler that quiets the device (else it would storm),
+/// as Linux insists. With [`IrqFlags::SHARED`] the line may already have other users that
+/// share it; each handler must then return [`IrqReturn::None`] when its device did not
+/// interrupt. Returns the vector. Thread context (it may start a thread).
 pub fn request_threaded_irq(
     irq: u32,
     handler: Option<IrqHandler>,
     thread_fn: Option<IrqHandler>,
     flags: IrqFlags,
     name: &'static str,
+    dev_id: DevId,
 ) -> Result<u8, IrqError> {
     let msi = msi::placement(irq);
     let (trigger, vector) = match msi {
@@ -460,14 +627,16 @@ pub fn request_threaded_irq(
         ));
     }
     let _request = REQUEST.lock();
-    if LINES.lock().contains_key(&irq) {
-        return Err(IrqError::Busy(irq));
-    }
+    let thread_cpu = may_join(&LINES.lock(), irq, flags, trigger, dev_id)?;
     let action = Arc::new(Action {
         irq,
+        dev_id,
+        name,
         handler,
         thread_fn,
+        shared: flags.contains(IrqFlags::SHARED),
         mask_until_thread_done: thread_fn.is_some() && oneshot && trigger.level,
+        oneshot_pending: AtomicBool::new(false),
         thread: thread_fn.map(|_| LineThread {
             id: AtomicU64::new(0),
             pending: AtomicBool::new(false),
@@ -480,11 +649,11 @@ pub fn request_threaded_irq(
     });
     if let Some(thread) = &action.thread {
         let for_thread = Arc::clone(&action);
-        // A new line goes to CPU 0 (below), and so does its thread until the affinity moves.
+        // The thread starts where the line's interrupts go (CPU 0 for a new line, below).
         let id = crate::kernel::sched::kthread_spawn(
             &alloc::format!("irq/{irq}-{name}"),
             lull_sched::SchedClass::RealTime(lull_sched::RtPriority::IRQ_THREAD),
-            lull_sched::CpuSet::single(0),
+            lull_sched::CpuSet::single(thread_cpu),
             move || line_thread(for_thread),
         )
         .map_err(|error| IrqError::Thread(alloc::format!("{error}")))?;
@@ -492,11 +661,21 @@ pub fn request_threaded_irq(
     }
     {
         let mut lines = LINES.lock();
-        if lines.contains_key(&irq) {
+        if let Err(error) = may_join(&lines, irq, flags, trigger, dev_id) {
             // A tick device took the line meanwhile (`route_gsi` does not take `REQUEST`).
             drop(lines);
             stop_thread(&action);
-            return Err(IrqError::Busy(irq));
+            return Err(error);
+        }
+        if let Some(line) = lines.get_mut(&irq) {
+            // A shared line, already routed: one more action runs for its interrupts.
+            if let Owner::Actions(chain) = &mut line.owner {
+                chain.push(Arc::clone(&action));
+            }
+            let vector = line.vector;
+            drop(lines);
+            crate::pr_debug!("irq: {name} shares IRQ {irq} (vector {vector:#x})");
+            return Ok(vector);
         }
         // A new line goes to CPU 0 with every CPU allowed (Linux's default affinity, no
         // irqbalance).
@@ -509,13 +688,17 @@ pub fn request_threaded_irq(
                 .filter(|&c| mask.contains(c))
                 .fold(0, |m, c| m | 1 << c);
         }
+        if let Some((count, unhandled)) = NOTED.get(irq as usize) {
+            count.store(0, Ordering::Relaxed);
+            unhandled.store(0, Ordering::Relaxed);
+        }
         lines.insert(
             irq,
             Line {
                 vector,
                 name,
                 trigger,
-                owner: Owner::Action(Arc::clone(&action)),
+                owner: Owner::Actions(alloc::vec![Arc::clone(&action)]),
                 affinity,
                 effective_cpu,
                 msi: msi.is_some(),
@@ -550,20 +733,28 @@ pub fn request_threaded_irq(
 }
 
 /// Linux's `request_irq`: `handler` runs in hard-IRQ context; under `threadirqs` (or with
-/// [`IrqFlags::FORCE_THREAD`]) it runs in the line's thread instead, one-shot (Linux's
+/// [`IrqFlags::FORCE_THREAD`]) it runs in the action's thread instead, one-shot (Linux's
 /// `irq_setup_forced_threading`), unless [`IrqFlags::NO_THREAD`]. Returns the vector.
 pub fn request_irq(
     irq: u32,
     handler: IrqHandler,
     flags: IrqFlags,
     name: &'static str,
+    dev_id: DevId,
 ) -> Result<u8, IrqError> {
     let forced = !flags.contains(IrqFlags::NO_THREAD)
         && (flags.contains(IrqFlags::FORCE_THREAD) || force_threading());
     if forced {
-        request_threaded_irq(irq, None, Some(handler), flags | IrqFlags::ONESHOT, name)
+        request_threaded_irq(
+            irq,
+            None,
+            Some(handler),
+            flags | IrqFlags::ONESHOT,
+            name,
+            dev_id,
+        )
     } else {
-        request_threaded_irq(irq, Some(handler), None, flags, name)
+        request_threaded_irq(irq, Some(handler), None, flags, name, dev_id)
     }
 }
 
@@ -586,48 +777,60 @@ fn stop_thread(action: &Action) {
     }
 }
 
-/// Linux's `free_irq`: removes line `irq`'s handler, masks the line and drops it from
-/// `/proc/interrupts`, waits for a hard handler running on another CPU and for the thread
-/// (including a run in progress or pending: `synchronize_irq`), and stops the thread. The line
-/// may then be requested again. Thread context, not from the line's own thread.
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // no driver is unloaded yet
-pub fn free_irq(irq: u32) -> Result<(), IrqError> {
+/// Linux's `free_irq`: removes the action `dev_id` requested on line `irq`. The last action
+/// takes the line with it: masked and dropped from `/proc/interrupts`. Then waits for the
+/// action's hard handler running on another CPU and for its thread (including a run in
+/// progress or pending: `synchronize_irq`), and stops the thread. The line may then be
+/// requested again. Thread context, not from the action's own thread.
+pub fn free_irq(irq: u32, dev_id: DevId) -> Result<(), IrqError> {
     let _request = REQUEST.lock();
-    let (action, vector, is_msi) = {
+    let (action, vector, is_msi, last) = {
         let mut lines = LINES.lock();
-        let action = match lines.get(&irq) {
-            Some(Line {
-                owner: Owner::Action(action),
-                vector,
-                msi,
-                ..
-            }) => (Arc::clone(action), *vector, *msi),
-            _ => return Err(IrqError::NotRequested(irq)),
+        let Some(line) = lines.get_mut(&irq) else {
+            return Err(IrqError::NotRequested(irq));
         };
-        if let Some(thread) = &action.0.thread {
+        let (vector, is_msi) = (line.vector, line.msi);
+        let Owner::Actions(chain) = &mut line.owner else {
+            return Err(IrqError::NotRequested(irq));
+        };
+        let Some(position) = chain.iter().position(|action| action.dev_id == dev_id) else {
+            return Err(IrqError::NotRequested(irq));
+        };
+        if let Some(thread) = &chain[position].thread {
             let id = thread.id.load(Ordering::Acquire);
             if id != 0 && crate::kernel::sched::current() == Some(id) {
                 return Err(IrqError::FreedFromOwnThread(irq));
             }
         }
-        lines.remove(&irq);
-        if !action.2 {
-            with_ioapic(|ioapic| ioapic.set_masked(irq, true));
+        let action = chain.remove(position);
+        let last = chain.is_empty();
+        if last {
+            lines.remove(&irq);
+            if !is_msi {
+                with_ioapic(|ioapic| ioapic.set_masked(irq, true));
+            }
         }
-        action
+        (action, vector, is_msi, last)
     };
-    if is_msi {
-        // The vector's IDT entry is shared by every MSI IRQ; masking stops this one.
-        msi::set_masked(irq, true);
-    } else {
-        interrupts::clear_handler(vector);
+    if last {
+        if is_msi {
+            // The vector's IDT entry is shared by every MSI IRQ; masking stops this one.
+            msi::set_masked(irq, true);
+        } else {
+            interrupts::clear_handler(vector);
+        }
     }
-    // synchronize_irq: a hard handler that looked the line up before it was removed.
+    // synchronize_irq: a hard handler that looked the line up before the action left it.
     while action.hard_running.load(Ordering::Acquire) != 0 {
         core::hint::spin_loop();
     }
     stop_thread(&action);
-    crate::pr_debug!("irq: freed IRQ {irq}");
+    if !last && action.mask_until_thread_done {
+        // Its thread's last run found the action gone and left the line masked for it.
+        action.oneshot_pending.store(false, Ordering::Release);
+        unmask_if_no_thread_owed(&LINES.lock(), irq);
+    }
+    crate::pr_debug!("irq: freed IRQ {irq} ({})", action.name);
     Ok(())
 }
 
@@ -726,14 +929,18 @@ pub fn set_irq_affinity(irq: u32, mask: u64) -> Result<usize, IrqError> {
         // interrupt already delivered to the old CPU is acknowledged there as usual.
         with_ioapic(|ioapic| ioapic.set_destination(irq, apic_id_of(cpu)));
     }
-    let thread = match &line.owner {
-        Owner::Action(action) => action.thread.as_ref().map(|t| t.id.load(Ordering::Acquire)),
-        Owner::TickDevice => None,
+    let threads: Vec<u64> = match &line.owner {
+        Owner::Actions(chain) => chain
+            .iter()
+            .filter_map(|action| action.thread.as_ref())
+            .map(|thread| thread.id.load(Ordering::Acquire))
+            .collect(),
+        Owner::TickDevice => Vec::new(),
     };
     drop(lines);
-    // The line's thread follows the interrupt to its CPU (Linux's irq_thread_check_affinity),
-    // so the hard half and the thread share a cache.
-    if let Some(id) = thread.filter(|&id| id != 0) {
+    // The line's threads follow the interrupt to its CPU (Linux's irq_thread_check_affinity),
+    // so the hard half and the threads share a cache.
+    for id in threads.into_iter().filter(|&id| id != 0) {
         if let Err(error) = crate::kernel::sched::set_affinity(id, lull_sched::CpuSet::single(cpu))
         {
             crate::pr_warn!("irq {irq}: thread {id} stays where it was: {error}");
@@ -928,10 +1135,13 @@ pub fn proc_interrupts() -> String {
         }
         let _ = writeln!(out, "   {what}");
     };
-    let lines: Vec<(u32, u8, bool, &'static str, bool)> = LINES
+    let lines: Vec<(u32, u8, bool, String, bool)> = LINES
         .lock()
         .iter()
-        .map(|(&irq, line)| (irq, line.vector, line.trigger.level, line.name, line.msi))
+        .map(|(&irq, line)| {
+            let names = line_names(line);
+            (irq, line.vector, line.trigger.level, names, line.msi)
+        })
         .collect();
     for (irq, vector, level, name, is_msi) in lines {
         if is_msi {
@@ -989,10 +1199,16 @@ pub fn proc_interrupts() -> String {
 }
 
 #[cfg(feature = "ktest")]
-/// The task id of line `irq`'s thread (tests).
+/// How line `irq` signals, if it is routed (tests).
+pub fn line_trigger(irq: u32) -> Option<Trigger> {
+    LINES.lock().get(&irq).map(|line| line.trigger)
+}
+
+#[cfg(feature = "ktest")]
+/// The task id of the thread of line `irq`'s first action (tests).
 pub fn thread_id(irq: u32) -> Option<u64> {
     match &LINES.lock().get(&irq)?.owner {
-        Owner::Action(action) => action
+        Owner::Actions(chain) => chain[0]
             .thread
             .as_ref()
             .map(|thread| thread.id.load(Ordering::Acquire)),

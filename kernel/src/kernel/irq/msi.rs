@@ -168,8 +168,8 @@ pub fn alloc_msi_irqs(
 /// any of them still has a handler (`free_irq` first, as Linux insists).
 pub fn free_msi_irqs(irqs: &[u32]) -> Result<(), IrqError> {
     for &irq in irqs {
-        if super::is_requested(irq) {
-            return Err(IrqError::Busy(irq));
+        if let Some(holder) = super::holder(irq) {
+            return Err(IrqError::Busy(irq, holder));
         }
     }
     let mut table = MSI_IRQS.lock();

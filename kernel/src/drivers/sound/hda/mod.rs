@@ -35,7 +35,7 @@ use crate::arch::mmio::Mmio;
 use crate::drivers::base::devm;
 use crate::drivers::pci::devm::{pcim_alloc_irq_vectors, pcim_enable_device, pcim_iomap};
 use crate::drivers::pci::{IrqVectorFlags, PciDevice};
-use crate::kernel::irq::{IrqFlags, IrqReturn};
+use crate::kernel::irq::{DevId, IrqFlags, IrqReturn};
 use crate::kernel::locking::{IrqSafeLock, Mutex};
 use crate::kernel::sched::WaitQueue;
 use crate::{pr_err, pr_warn, printk};
@@ -168,7 +168,7 @@ fn gone() -> String {
     String::from("the HD Audio controller went away")
 }
 
-fn interrupt(_irq: u32) -> IrqReturn {
+fn interrupt(_irq: u32, _dev: DevId) -> IrqReturn {
     let Some(hda) = BOUND.lock().clone() else {
         return IrqReturn::None;
     };
@@ -948,7 +948,7 @@ impl Driver for HdaDriver {
             for_stop.rirb_seen.store(true, Ordering::Release);
             for_stop.verb_wake.wake_all();
         });
-        devm::request_irq(devres, irq, interrupt, flags, DRIVER)?;
+        devm::request_irq(devres, irq, interrupt, flags, DRIVER, DevId::of(&*hda))?;
         // At unbind this runs first: the controller is quiet before its IRQ is freed (the
         // action above covers a probe that fails before the IRQ is requested).
         let for_quiesce = Arc::clone(&hda);
