@@ -779,6 +779,9 @@ pub fn main(options: &BenchOptions) -> i32 {
     if options.lazy {
         return crate::lazy_bench::main(options);
     }
+    if options.tap {
+        return crate::tap_bench::main(options);
+    }
     if options.migrate {
         return match run_migration(options) {
             Ok((guest, results)) => {

@@ -37,6 +37,7 @@ USAGE:
   lull-vmm bench [--kernel ELF] [--sizes-mib 128,1024] [--json]
   lull-vmm bench --migrate [--kernel ELF] [--sizes-mib 256,1024] [--runs N] [--json]
   lull-vmm bench --lazy --kernel ELF [--sizes-mib 128,1024] [--runs N]
+  lull-vmm bench --tap --kernel ELF [--bytes N]   (root: a network namespace with a TAP)
   lull-vmm write-test-guest PATH    write the built-in PVH test guest (see vmm/src/test_guest)
 
 RUN OPTIONS:
@@ -173,6 +174,9 @@ pub struct BenchOptions {
     pub migrate: bool,
     /// `--lazy`: only the lazy-restore and post-copy benchmark, `runs` per size and mode.
     pub lazy: bool,
+    /// `--tap`: only TCP and ping over a TAP device (`tap_bytes` each way, `--bytes N`).
+    pub tap: bool,
+    pub tap_bytes: usize,
     pub runs: usize,
 }
 
@@ -516,6 +520,8 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 json: false,
                 migrate: false,
                 lazy: false,
+                tap: false,
+                tap_bytes: 256 << 10,
                 runs: 7,
             };
             while let Some(option) = arguments.rest.next() {
@@ -524,6 +530,8 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     "--json" => bench.json = true,
                     "--migrate" => bench.migrate = true,
                     "--lazy" => bench.lazy = true,
+                    "--tap" => bench.tap = true,
+                    "--bytes" => bench.tap_bytes = arguments.positive(option, "number of bytes")?,
                     "--runs" => bench.runs = arguments.positive(option, "number of runs")?,
                     "--sizes-mib" => {
                         let value = arguments.value(option)?;

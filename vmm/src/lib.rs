@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod migration;
 pub mod persist;
 pub mod snapshot;
+pub mod tap_bench;
 pub mod test_guest;
 pub mod testing;
 pub mod vstate;

@@ -387,12 +387,25 @@ fn mib_s(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9)
 }
 
+/// The `min/avg/max` round trip in ms from a ping summary line: Lull's `rtt min/avg/max =
+/// a/b/c ms` or busybox's `round-trip min/avg/max = a/b/c ms`.
+fn ping_rtt(text: &str) -> Option<(f64, f64, f64)> {
+    let line = text.lines().find(|l| l.contains("min/avg/max"))?;
+    let figures = line.split('=').nth(1)?.trim().trim_end_matches("ms").trim();
+    let mut parts = figures.split('/').map(|f| f.trim().parse::<f64>());
+    match (parts.next()?, parts.next()?, parts.next()?) {
+        (Ok(min), Ok(avg), Ok(max)) => Some((min, avg, max)),
+        _ => None,
+    }
+}
+
 /// TCP throughput over QEMU's user network on q35 (virtio-net-pci), 64 MiB each way, timed on
 /// the host: guest → host from the sink's first byte to its last; host → guest from the
 /// host's connect until the guest's console says it has everything. Lull (`nc`) and Debian's
-/// Linux 6.1 (busybox `nc`, `dd`) in the same run and configuration; both guests compute the
-/// SHA-256 of what they send and receive (Lull's `nc` always does; Linux pipes through
-/// `sha256sum`), so neither is spared that work.
+/// Linux 6.1 (busybox `nc`, `dd`) in the same run and configuration, twice each way: first
+/// both guests compute the SHA-256 of what they send and receive (Lull's `nc`; Linux pipes
+/// through `sha256sum`), then neither does (`nc --no-hash`; `dd | nc`, `nc > /dev/null`).
+/// Then 20 pings to the user network's gateway (10.0.2.2) from each.
 pub fn tcp_throughput() -> Result<Vec<String>, String> {
     const BYTES: u64 = 64 << 20;
     let shell = kernel::build(&Variant::shell(true))?;
@@ -411,45 +424,76 @@ pub fn tcp_throughput() -> Result<Vec<String>, String> {
             "-device".to_string(),
             "virtio-net-pci,netdev=n0".to_string(),
         ];
-        let sink = tcp_sink(listener, BYTES);
+        let new_sink = || -> Result<_, String> {
+            let clone = listener.try_clone().map_err(|e| format!("listener: {e}"))?;
+            Ok(tcp_sink(clone, BYTES))
+        };
         let long = Duration::from_secs(600);
-        let (out_bytes, out_s, in_s) = if system == "Lull" {
+        // (bytes the host got, guest -> host s, host -> guest s): hashing, then not.
+        let mut phases = Vec::new();
+        let ping;
+        if system == "Lull" {
             let mut config = QemuConfig::new(&shell);
             config.extra = netdev.to_vec();
             let mut guest = Guest::spawn(&config)?;
             guest.expect("DHCP lease 10.0.2.15", Duration::from_secs(60))?;
-            guest.run(&format!("nc -s {BYTES} 10.0.2.2 {sink_port}"), long)?;
-            let (out_bytes, out_s) = sink.join().map_err(|_| "sink panicked")??;
-            guest.send(b"nc -l 5001\n")?;
-            guest.expect("listening on port 5001", Duration::from_secs(30))?;
-            let started = tcp_send(forward, BYTES)?;
-            guest.expect(&format!("received {BYTES} bytes"), long)?;
-            let in_s = started.elapsed().as_secs_f64();
+            for flag in ["", " --no-hash"] {
+                let sink = new_sink()?;
+                guest.run(&format!("nc{flag} -s {BYTES} 10.0.2.2 {sink_port}"), long)?;
+                let (out_bytes, out_s) = sink.join().map_err(|_| "sink panicked")??;
+                guest.send(format!("nc{flag} -l 5001\n").as_bytes())?;
+                guest.expect("listening on port 5001", Duration::from_secs(30))?;
+                let started = tcp_send(forward, BYTES)?;
+                guest.expect(&format!("received {BYTES} bytes"), long)?;
+                phases.push((out_bytes, out_s, started.elapsed().as_secs_f64()));
+                guest.expect("lull> ", Duration::from_secs(30))?;
+            }
+            ping = guest.run("ping -c 20 10.0.2.2", Duration::from_secs(60))?;
             guest.send(b"poweroff\n")?;
             let _ = guest.wait_exit(Duration::from_secs(30));
-            (out_bytes, out_s, in_s)
         } else {
+            // Each sink accepts before the guest sends (the guest starts at once).
+            let mut sink = Some(new_sink()?);
             let mut guest = crate::linuxref::boot_linux_net(&netdev, BYTES, sink_port)?;
-            let (out_bytes, out_s) = sink.join().map_err(|_| "sink panicked")??;
-            guest.expect("LINUXREF-NET-SENT", long)?;
-            // busybox nc says nothing when it listens; give it a moment (QEMU's forward
-            // accepts at once and resets the connection if nothing listens in the guest yet).
-            std::thread::sleep(Duration::from_secs(2));
-            let started = tcp_send(forward, BYTES)?;
-            guest.expect("LINUXREF-NET-RECEIVED", long)?;
-            let in_s = started.elapsed().as_secs_f64();
+            for (sent, received) in [
+                ("LINUXREF-NET-SENT", "LINUXREF-NET-RECEIVED"),
+                ("LINUXREF-NET-RAW-SENT", "LINUXREF-NET-RAW-RECEIVED"),
+            ] {
+                let this = sink.take().ok_or("no host sink")?;
+                let (out_bytes, out_s) = this.join().map_err(|_| "sink panicked")??;
+                if phases.is_empty() {
+                    sink = Some(new_sink()?);
+                }
+                guest.expect(sent, long)?;
+                // busybox nc says nothing when it listens; give it a moment (QEMU's forward
+                // accepts at once and resets the connection if nothing listens in the guest
+                // yet).
+                std::thread::sleep(Duration::from_secs(2));
+                let started = tcp_send(forward, BYTES)?;
+                guest.expect(received, long)?;
+                phases.push((out_bytes, out_s, started.elapsed().as_secs_f64()));
+            }
+            ping = guest.expect("LINUXREF-PING-END", Duration::from_secs(60))?;
             crate::linuxref::finish_linux(&mut guest)?;
-            (out_bytes, out_s, in_s)
-        };
-        if out_bytes != BYTES {
-            return Err(format!(
-                "{system}: the host received {out_bytes} of {BYTES} bytes"
-            ));
         }
+        for ((out_bytes, out_s, in_s), mode) in phases.iter().zip(["hashing", "not hashing"]) {
+            if *out_bytes != BYTES {
+                return Err(format!(
+                    "{system} ({mode}): the host received {out_bytes} of {BYTES} bytes"
+                ));
+            }
+            let row = format!(
+                "tcp {system} q35 (virtio-net-pci, user net, {mode}): guest -> host {:.2} MiB/s, host -> guest {:.2} MiB/s (64 MiB each, host-timed)",
+                mib_s(BYTES, *out_s),
+                mib_s(BYTES, *in_s)
+            );
+            println!("{row}");
+            rows.push(row);
+        }
+        let (min, avg, max) =
+            ping_rtt(&ping).ok_or_else(|| format!("{system}: no ping summary in {ping:?}"))?;
         let row = format!(
-            "tcp {system} q35 (virtio-net-pci, user net): guest -> host {:.2} MiB/s, host -> guest {:.2} MiB/s (64 MiB each, host-timed)",
-            mib_s(BYTES, out_s),
-            mib_s(BYTES, in_s)
+            "ping {system} q35 (virtio-net-pci, user net) to 10.0.2.2, 20 echoes: rtt min/avg/max {min:.3}/{avg:.3}/{max:.3} ms"
         );
         println!("{row}");
         rows.push(row);
@@ -806,6 +850,13 @@ pub fn lazy(kernel: &std::path::Path, runs: usize) -> Result<Vec<String>, String
         &["--lazy", "--sizes-mib", "128,1024", "--runs", &runs],
         "vmm",
     )
+}
+
+/// TCP both ways (hashing, then not) and ping over a TAP device with lull-vmm on `/dev/kvm`:
+/// `lull-vmm bench --tap`, 64 KiB each way (the guest runs in this host's KVM instruction
+/// emulator). Needs root for the network namespace it makes; says why when it cannot run.
+pub fn tap(kernel: &std::path::Path) -> Result<Vec<String>, String> {
+    vmm_bench(kernel, &["--tap", "--bytes", "65536"], "vmm")
 }
 
 /// Builds lull-vmm (release, static: `crate::vmm`) and runs `lull-vmm bench --kernel KERNEL EXTRA`; its lines,

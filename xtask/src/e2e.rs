@@ -1876,6 +1876,48 @@ fn virtio_net_64mib_each_way_with_equal_sha256() -> TestResult {
     if let Some(received) = line.lines().find(|l| l.contains("nc: received")) {
         println!("  host → guest: {}", received.trim());
     }
+    // `--no-hash` (throughput only): the guest counts, the host still checks every byte.
+    const RAW: usize = 1 << 20;
+    let raw = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("listener: {e}"))?;
+    let raw_port = raw.local_addr().map_err(|e| e.to_string())?.port();
+    let raw_sink = std::thread::spawn(move || -> Result<Vec<u8>, String> {
+        let (mut stream, _) = raw.accept().map_err(|e| format!("accept: {e}"))?;
+        let mut data = Vec::new();
+        stream
+            .read_to_end(&mut data)
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(data)
+    });
+    let said = guest.run(&format!("nc --no-hash -s 1M 10.0.2.2 {raw_port}"), long)?;
+    let data = raw_sink.join().map_err(|_| "sink thread panicked")??;
+    ensure!(
+        data.len() == RAW
+            && data
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == nc_pattern(i as u64))
+            && said.contains(&format!("sent {RAW} bytes"))
+            && said.contains("(not hashed)"),
+        "nc --no-hash guest → host: host got {} bytes (pattern {}), guest said:\n{said}",
+        data.len(),
+        data.iter()
+            .enumerate()
+            .all(|(i, &b)| b == nc_pattern(i as u64))
+    );
+    guest.send(b"nc --no-hash -l 5001\n")?;
+    guest.expect("nc: listening on port 5001", STEP)?;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", forward))
+        .map_err(|e| format!("connect to the forward: {e}"))?;
+    let pattern: Vec<u8> = (0..RAW as u64).map(nc_pattern).collect();
+    stream
+        .write_all(&pattern)
+        .map_err(|e| format!("send: {e}"))?;
+    drop(stream);
+    let line = guest.expect("lull> ", long)?;
+    ensure!(
+        line.contains(&format!("received {RAW} bytes")) && line.contains("(not hashed)"),
+        "nc --no-hash host → guest: guest said:\n{line}"
+    );
     poweroff_exits_zero(&mut guest)
 }
 

@@ -98,6 +98,14 @@ case "$mode" in
         echo LINUXREF-NET-SENT
         nc -l -p 5001 | sha256sum
         echo LINUXREF-NET-RECEIVED
+        # Then both ways only moving bytes (Lull's nc --no-hash).
+        dd if=/dev/zero bs=65536 count=$((net_bytes / 65536)) 2>/dev/null | nc 10.0.2.2 "$net_port"
+        echo LINUXREF-NET-RAW-SENT
+        nc -l -p 5001 > /dev/null
+        echo LINUXREF-NET-RAW-RECEIVED
+        echo LINUXREF-PING-START
+        ping -c 20 10.0.2.2
+        echo LINUXREF-PING-END
         ;;
     latency)
         # Let boot-time deferred work settle first.

@@ -29,7 +29,7 @@ cargo xtask <command> [options]
                                        --gpio, with --vmm; --trace: a QEMU trace event, on stderr)
   test [--tier host|kernel|e2e] [--filter TEXT]
                                        run every test tier (host, in-kernel, end-to-end)
-  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops,blk,tcp,sound]
+  bench [--runs N] [--filter boot,idle,latency,linux,scale,smp,vmm,migrate,lazy,pvops,blk,tcp,tap,sound]
                                        run the benchmarks (results go in BENCHMARKS.md)
 ";
 
@@ -985,7 +985,7 @@ fn closing_line(tally: &Tally) -> String {
 
 const BENCH_PARTS: &[&str] = &[
     "boot", "idle", "latency", "linux", "scale", "smp", "vmm", "migrate", "lazy", "pvops", "blk",
-    "tcp", "sound",
+    "tcp", "tap", "sound",
 ];
 
 fn cmd_bench(args: &[String]) -> Result<(), String> {
@@ -1117,6 +1117,11 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
     }
     if wants("lazy") {
         for row in bench::lazy(&shell, options.runs)? {
+            record(row);
+        }
+    }
+    if wants("tap") {
+        for row in bench::tap(&shell)? {
             record(row);
         }
     }

@@ -401,9 +401,9 @@ const COMMANDS: &[Command] = &[
     },
     Command {
         name: "nc",
-        usage: "nc [-u] [-s BYTES] HOST PORT | nc [-u] -l PORT [-s BYTES]",
+        usage: "nc [-u] [--no-hash] [-s BYTES] HOST PORT | nc [-u] [--no-hash] -l PORT [-s BYTES]",
         help: "TCP (or -u UDP) client/server: receive and hash until EOF, or send BYTES of a \
-               pattern (i mod 251)",
+               pattern (i mod 251); --no-hash only counts (TCP throughput)",
         run: net::cmd_nc,
     },
     Command {

@@ -2,6 +2,7 @@
 
 use alloc::string::String;
 use alloc::vec;
+use alloc::vec::Vec;
 use sha2::{Digest, Sha256};
 
 use crate::kernel::time::uptime_ns;
@@ -103,38 +104,60 @@ fn rate(bytes: u64, ns: u64) -> String {
     )
 }
 
-fn send_pattern(socket: &TcpSocket, total: u64) -> Result<String, net::socket::NetError> {
-    let mut hasher = Sha256::new();
-    let mut chunk = vec![0u8; 16 * 1024];
+/// Bytes `nc` hands the socket at a time.
+const NC_CHUNK: usize = 16 * 1024;
+
+/// Sends `total` bytes of the pattern and returns their SHA-256 (`None` with `hash` off). The
+/// pattern repeats every 251 bytes, so it is written once and each chunk is a window into it.
+fn send_pattern(
+    socket: &TcpSocket,
+    total: u64,
+    hash: bool,
+) -> Result<Option<String>, net::socket::NetError> {
+    let mut hasher = hash.then(Sha256::new);
+    let pattern: Vec<u8> = (0..(NC_CHUNK + 251) as u64).map(pattern_byte).collect();
     let mut sent = 0u64;
     while sent < total {
-        let n = (total - sent).min(chunk.len() as u64) as usize;
-        for (k, byte) in chunk[..n].iter_mut().enumerate() {
-            *byte = pattern_byte(sent + k as u64);
+        let n = (total - sent).min(NC_CHUNK as u64) as usize;
+        let start = (sent % 251) as usize;
+        let chunk = &pattern[start..start + n];
+        socket.send_all(chunk, 10_000)?;
+        if let Some(hasher) = &mut hasher {
+            hasher.update(chunk);
         }
-        socket.send_all(&chunk[..n], 10_000)?;
-        hasher.update(&chunk[..n]);
         sent += n as u64;
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(hasher.map(|h| hex(&h.finalize())))
 }
 
-fn sink(socket: &TcpSocket) -> Result<(u64, String), net::socket::NetError> {
-    let mut hasher = Sha256::new();
-    let mut chunk = vec![0u8; 16 * 1024];
+/// Receives until the peer closes; returns the byte count and the SHA-256 (`None` with `hash`
+/// off: the bytes are only counted).
+fn sink(socket: &TcpSocket, hash: bool) -> Result<(u64, Option<String>), net::socket::NetError> {
+    let mut hasher = hash.then(Sha256::new);
+    let mut chunk = vec![0u8; NC_CHUNK];
     let mut total = 0u64;
     loop {
         let n = socket.recv(&mut chunk, 30_000)?;
         if n == 0 {
             break;
         }
-        hasher.update(&chunk[..n]);
+        if let Some(hasher) = &mut hasher {
+            hasher.update(&chunk[..n]);
+        }
         total += n as u64;
     }
-    Ok((total, hex(&hasher.finalize())))
+    Ok((total, hasher.map(|h| hex(&h.finalize()))))
 }
 
-const NC_USAGE: &str = "nc [-s BYTES] HOST PORT | nc -l PORT [-s BYTES] | \
+/// " sha256 HEX", or " (not hashed)".
+fn digest_note(digest: Option<String>) -> String {
+    digest.map_or_else(
+        || String::from(" (not hashed)"),
+        |d| alloc::format!(" sha256 {d}"),
+    )
+}
+
+const NC_USAGE: &str = "nc [--no-hash] [-s BYTES] HOST PORT | nc [--no-hash] -l PORT [-s BYTES] | \
                         nc -u -s BYTES HOST PORT | nc -u -l PORT";
 /// Payload bytes per datagram `nc -u` sends.
 const UDP_CHUNK: usize = 1024;
@@ -232,17 +255,20 @@ fn nc_udp(listen: bool, send: Option<u64>, positional: &[&str]) {
 
 /// `nc -l PORT [-s BYTES]` / `nc HOST PORT [-s BYTES]`: TCP. Without `-s` it receives until
 /// the peer closes and prints the byte count and SHA-256 (sink-and-hash); with `-s N` it sends
-/// N bytes of the pattern `byte i = i mod 251` and prints their SHA-256.
+/// N bytes of the pattern `byte i = i mod 251` and prints their SHA-256. `--no-hash` skips the
+/// SHA-256 (throughput only: the bytes are counted, not checked).
 pub fn cmd_nc(args: &[&str], _: &str) {
     let mut listen = false;
     let mut udp = false;
     let mut send = None;
+    let mut hash = true;
     let mut positional = alloc::vec::Vec::new();
     let mut words = args.iter();
     while let Some(word) = words.next() {
         match *word {
             "-l" => listen = true,
             "-u" => udp = true,
+            "--no-hash" => hash = false,
             "-s" => match words.next().and_then(|n| crate::shell::parse_size(n)) {
                 Some(n) => send = Some(n),
                 None => return kprintln!("nc: -s needs a byte count (e.g. 64M)"),
@@ -251,6 +277,9 @@ pub fn cmd_nc(args: &[&str], _: &str) {
         }
     }
     if udp {
+        if !hash {
+            return kprintln!("nc: --no-hash is for TCP (UDP counts and hashes its datagrams)");
+        }
         return nc_udp(listen, send, &positional);
     }
     let started;
@@ -286,12 +315,13 @@ pub fn cmd_nc(args: &[&str], _: &str) {
         _ => return kprintln!("usage: {NC_USAGE}"),
     };
     match send {
-        Some(total) => match send_pattern(&socket, total) {
+        Some(total) => match send_pattern(&socket, total, hash) {
             Ok(digest) => {
                 let result = socket.close(30_000);
                 kprintln!(
-                    "nc: sent {} sha256 {digest}",
-                    rate(total, uptime_ns() - started)
+                    "nc: sent {}{}",
+                    rate(total, uptime_ns() - started),
+                    digest_note(digest)
                 );
                 if let Err(e) = result {
                     kprintln!("nc: close: {e}");
@@ -299,11 +329,12 @@ pub fn cmd_nc(args: &[&str], _: &str) {
             }
             Err(e) => kprintln!("nc: send: {e}"),
         },
-        None => match sink(&socket) {
+        None => match sink(&socket, hash) {
             Ok((total, digest)) => {
                 kprintln!(
-                    "nc: received {} sha256 {digest}",
-                    rate(total, uptime_ns() - started)
+                    "nc: received {}{}",
+                    rate(total, uptime_ns() - started),
+                    digest_note(digest)
                 );
                 let _ = socket.close(1000);
             }
