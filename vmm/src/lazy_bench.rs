@@ -94,20 +94,31 @@ fn spawn_interactive(args: &[&str]) -> Result<Spawned, BenchError> {
     crate::bench::spawn_with_stdin(args, Stdio::piped())
 }
 
-/// The next stderr JSON line whose event is `event`.
+/// The next stderr JSON line whose event is `event`. If lull-vmm ends first, the error says
+/// so, with what it wrote on stderr meanwhile.
 fn wait_for_event(spawned: &Spawned, event: &str) -> Result<Value, BenchError> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (_, line) = spawned
-            .stderr_lines
-            .recv_timeout(left)
-            .map_err(|_| BenchError::Timeout("a JSON event on stderr"))?;
+        let line = match spawned.stderr_lines.recv_timeout(left) {
+            Ok((_, line)) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(BenchError::Timeout("a JSON event on stderr"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(BenchError::Answer(format!(
+                    "lull-vmm closed its stderr before its {event} line; it wrote: {}",
+                    seen.join(" | ")
+                )))
+            }
+        };
         if let Ok(value) = serde_json::from_str::<Value>(&line) {
             if value["event"] == event {
                 return Ok(value);
             }
         }
+        seen.push(line);
     }
 }
 
