@@ -1948,6 +1948,8 @@ fn memtouch_fill_sum_and_apfbench() -> TestResult {
         ("memtouch fill 0", "invalid size"),
         ("memtouch fill 1T", "invalid size"),
         ("memtouch fill 100G", "cannot fill"),
+        ("memtouch fill 18446744073709551615", "cannot fill"),
+        ("apfbench 18446744073709551615", "KiB filled"),
         ("memtouch nonsense", "usage: memtouch"),
         ("apfbench 8M", "4096 KiB filled"),
         ("apfbench x", "invalid size"),

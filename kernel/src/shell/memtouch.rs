@@ -150,8 +150,9 @@ fn fill(pages: u64, seed: u64) -> Result<Area, &'static str> {
     })
 }
 
+/// KiB in `pages` (saturating: a size typed at the shell can be near `u64::MAX` bytes).
 fn kib(pages: u64) -> u64 {
-    pages * PAGE_SIZE / 1024
+    pages.saturating_mul(PAGE_SIZE / 1024)
 }
 
 fn elapsed_us(since_ns: u64) -> u64 {
@@ -193,12 +194,12 @@ fn cmd_fill(size: &str) {
     let mut slot = AREA.lock();
     let (_, free) = mm::page_counts();
     let old = slot.as_ref().map_or(0, |area| area.pages);
-    let available = (free + old).saturating_sub(RESERVE_PAGES);
+    let available = free.saturating_add(old).saturating_sub(RESERVE_PAGES);
     if pages > available {
         kprintln!(
             "memtouch: cannot fill {} KiB: {} KiB free, {} KiB kept for the kernel{}",
             kib(pages),
-            kib(free + old),
+            kib(free.saturating_add(old)),
             kib(RESERVE_PAGES),
             if old > 0 {
                 " (the filled area kept)"
@@ -351,7 +352,7 @@ fn spinner_rate(experiment: &Experiment, before: u64, begin: u64) -> String {
         .saturating_sub(before);
     format!(
         "us={us} spinner_iterations={iterations} spinner_per_s={}",
-        iterations * 1_000_000 / us
+        iterations.saturating_mul(1_000_000) / us
     )
 }
 
