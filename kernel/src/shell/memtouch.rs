@@ -14,12 +14,12 @@
 //! words per page are written and read: KVM's instruction emulator runs this guest at a few
 //! million instructions a second, and what the benchmarks need is that every page is touched.
 //!
-//! `apfbench` is Natapov's async-PF experiment: on the shell's CPU, a fair thread counts loop
-//! iterations while a second one reads the filled area page by page (a "cold" pass: right
-//! after a lazy restore its pages are still on the host's side), then reads it again (a "warm"
-//! pass: every page in). The spinner's iterations per second during each pass, and the async
-//! page faults the guest took in each, show whether the faults stalled the whole vCPU or only
-//! the reader.
+//! `apfbench [SIZE]` is Natapov's async-PF experiment: on the shell's CPU, a fair thread counts
+//! loop iterations while a second one reads the filled area (or its first SIZE) page by page (a
+//! "cold" pass: right after a lazy restore its pages are still on the host's side), then reads
+//! it again (a "warm" pass: every page in); then the spinner runs alone for [`ALONE_MS`]. The
+//! spinner's iterations per second during each pass, and the async page faults the guest took
+//! in each, show whether the faults stalled the whole vCPU or only the reader.
 //!
 //! Output lines are `key=value` after the command's name, for `lull-vmm bench --lazy`.
 
