@@ -8,6 +8,18 @@
 //! lazily, vCPUs running → every page in. The working set is recorded once per size, by a
 //! `--record-ws 1500` restore running the same workload.
 //!
+//! Working-set workload (issue 12's "lazy restore with and without prefetch"): a second
+//! snapshot per size is taken after `memtouch fill` (the guest keeps [`FILL`] of pages written
+//! with a pattern) and each run types `memtouch sum`, which reads every one of those pages
+//! back and checks it: eager, lazy without prefetch, lazy with the working set recorded by a
+//! `--record-ws` restore running `memtouch sum`.
+//!
+//! Async PF (Natapov's experiment): the filled snapshot restored lazily with async PF off and
+//! on, running `apfbench` (a spinner thread's iterations per second while a second thread
+//! reads [`APF_READ`] of the area for the first time, then again, then the spinner alone),
+//! both with the background loading and in a fault-only window (`--record-ws`, which serves
+//! faults only for its window; the recorded set is thrown away).
+//!
 //! Post-copy: a guest booted fresh is migrated with `--postcopy` over a Unix socket to a
 //! `lull-vmm receive`: downtime (source paused → destination vCPUs running), switch → every
 //! page at the destination, pages asked for by faults.
@@ -31,6 +43,18 @@ use crate::lazy::WORKING_SET_FILE_NAME;
 const WORKLOAD: &[u8] = b"meminfo\r";
 /// The recording window of the working-set run.
 const RECORD_MS: u64 = 1500;
+/// What `memtouch fill` keeps before the working-set snapshot is taken.
+const FILL: &str = "16M";
+/// Pages of [`FILL`].
+const FILL_PAGES: u64 = 16 * 256;
+/// The working-set workload.
+const MEMTOUCH_WORKLOAD: &[u8] = b"memtouch sum\r";
+/// Its recording window: long enough for every page of [`FILL`] to be faulted in one by one.
+const MEMTOUCH_RECORD_MS: u64 = 8000;
+/// What `apfbench` reads of the filled area.
+const APF_READ: &str = "8M";
+/// The fault-only window (longer than the whole `apfbench` or `memtouch sum`).
+const APF_FAULT_ONLY_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -70,20 +94,31 @@ fn spawn_interactive(args: &[&str]) -> Result<Spawned, BenchError> {
     crate::bench::spawn_with_stdin(args, Stdio::piped())
 }
 
-/// The next stderr JSON line whose event is `event`.
+/// The next stderr JSON line whose event is `event`. If lull-vmm ends first, the error says
+/// so, with what it wrote on stderr meanwhile.
 fn wait_for_event(spawned: &Spawned, event: &str) -> Result<Value, BenchError> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
+    let mut seen = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (_, line) = spawned
-            .stderr_lines
-            .recv_timeout(left)
-            .map_err(|_| BenchError::Timeout("a JSON event on stderr"))?;
+        let line = match spawned.stderr_lines.recv_timeout(left) {
+            Ok((_, line)) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(BenchError::Timeout("a JSON event on stderr"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(BenchError::Answer(format!(
+                    "lull-vmm closed its stderr before its {event} line; it wrote: {}",
+                    seen.join(" | ")
+                )))
+            }
+        };
         if let Ok(value) = serde_json::from_str::<Value>(&line) {
             if value["event"] == event {
                 return Ok(value);
             }
         }
+        seen.push(line);
     }
 }
 
@@ -126,9 +161,14 @@ fn restore_once(directory: &Path, mode: Mode, runs: &mut ModeRuns) -> Result<(),
     Ok(())
 }
 
-/// Records the working set of the workload into the snapshot; returns its page count.
-fn record_working_set(directory: &Path, memory_mib: u64) -> Result<u64, BenchError> {
-    let record = RECORD_MS.to_string();
+/// Records the working set of `workload` into the snapshot; returns its page count.
+fn record_working_set(
+    directory: &Path,
+    memory_mib: u64,
+    workload: &[u8],
+    record_ms: u64,
+) -> Result<u64, BenchError> {
+    let record = record_ms.to_string();
     let mut spawned = spawn_interactive(&[
         "restore",
         "--snapshot",
@@ -140,7 +180,7 @@ fn record_working_set(directory: &Path, memory_mib: u64) -> Result<u64, BenchErr
         &record,
     ])?;
     if let Some(stdin) = spawned.child.stdin.as_mut() {
-        stdin.write_all(WORKLOAD)?;
+        stdin.write_all(workload)?;
         stdin.flush()?;
     }
     wait_for(
@@ -152,6 +192,327 @@ fn record_working_set(directory: &Path, memory_mib: u64) -> Result<u64, BenchErr
     let set =
         crate::lazy::WorkingSet::decode(&set, memory_mib * 256).map_err(BenchError::Answer)?;
     Ok(set.pages())
+}
+
+/// Reads stdout until a whole line contains one of `needles`; its arrival, that line and
+/// everything up to it.
+fn wait_for_line(
+    spawned: &Spawned,
+    needles: &[&str],
+    what: &'static str,
+) -> Result<(Instant, String, String), BenchError> {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let mut seen = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (at, text) = spawned
+            .stdout_lines
+            .recv_timeout(left)
+            .map_err(|_| BenchError::Timeout(what))?;
+        seen.push_str(&text);
+        for needle in needles {
+            if let Some(start) = seen.find(needle) {
+                if let Some(end) = seen[start..].find('\n') {
+                    let line = seen[start..start + end].trim_end().to_string();
+                    seen.truncate(start + end);
+                    return Ok((at, line, seen));
+                }
+            }
+        }
+    }
+}
+
+/// A spread of a count or rate (no unit): median (quartiles, range, runs).
+fn plain(values: Vec<f64>) -> String {
+    let spread = Spread::of(values);
+    format!(
+        "{:.0} (quartiles {:.0}-{:.0}, range {:.0}-{:.0}, {} runs)",
+        spread.median, spread.p25, spread.p75, spread.min, spread.max, spread.runs
+    )
+}
+
+/// The line of `text` that starts with `prefix`.
+fn line_with<'a>(text: &'a str, prefix: &str) -> Result<&'a str, BenchError> {
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .ok_or_else(|| BenchError::Answer(format!("no '{prefix}' line in: {text}")))
+}
+
+/// The number after `key=` in a `key=value` line.
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|value| value.parse().ok())
+}
+
+/// Restores of the filled snapshot running `memtouch sum`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TouchMode {
+    Eager,
+    Lazy,
+    Prefetch,
+    /// Lazy without prefetch and without background loading (a `--record-ws` window, its
+    /// set thrown away): every page comes in by a fault, as from a source slower than the
+    /// guest.
+    FaultOnly,
+}
+
+impl TouchMode {
+    const ALL: [TouchMode; 4] = [
+        TouchMode::Lazy,
+        TouchMode::Prefetch,
+        TouchMode::FaultOnly,
+        TouchMode::Eager,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            TouchMode::Eager => "eager (file mapped copy-on-write)",
+            TouchMode::Lazy => "lazy, no prefetch (async pf off)",
+            TouchMode::Prefetch => "lazy, working set prefetched (async pf off)",
+            TouchMode::FaultOnly => "lazy, no prefetch, fault-only window (async pf off)",
+        }
+    }
+}
+
+#[derive(Default)]
+struct TouchRuns {
+    /// Spawn → `memtouch sum` answered.
+    answered_ms: Vec<f64>,
+    /// The guest's own time for the sum.
+    guest_ms: Vec<f64>,
+    prefetch_ms: Vec<f64>,
+}
+
+fn memtouch_once(
+    directory: &Path,
+    mode: TouchMode,
+    runs: &mut TouchRuns,
+) -> Result<(), BenchError> {
+    let mut args = vec![
+        "restore",
+        "--snapshot",
+        directory.to_str().unwrap_or_default(),
+        "--timing",
+    ];
+    let window = APF_FAULT_ONLY_MS.to_string();
+    if mode != TouchMode::Eager {
+        args.extend_from_slice(&["--lazy", "--async-pf", "off"]);
+    }
+    if mode == TouchMode::FaultOnly {
+        args.extend_from_slice(&["--record-ws", &window]);
+    }
+    let mut spawned = spawn_interactive(&args)?;
+    if let Some(stdin) = spawned.child.stdin.as_mut() {
+        stdin.write_all(MEMTOUCH_WORKLOAD)?;
+        stdin.flush()?;
+    }
+    let (_, timing) = wait_for_vcpus_running(&spawned)?;
+    let (at, line, _) = wait_for_line(&spawned, &["memtouch: "], "`memtouch sum`")?;
+    if !line.ends_with(" ok") || field(&line, "pages") != Some(FILL_PAGES as f64) {
+        return Err(BenchError::Answer(format!("memtouch sum: {line}")));
+    }
+    runs.answered_ms
+        .push(at.duration_since(spawned.spawned_at).as_secs_f64() * 1e3);
+    runs.guest_ms
+        .push(field(&line, "us").unwrap_or(f64::NAN) / 1e3);
+    if mode == TouchMode::Prefetch {
+        if let Some(prefetch) = timing.phases_us["uffd_and_prefetch"].as_f64() {
+            runs.prefetch_ms.push(prefetch / 1e3);
+        }
+    }
+    if mode == TouchMode::FaultOnly {
+        drop(spawned);
+        let _ = std::fs::remove_file(directory.join(WORKING_SET_FILE_NAME));
+    }
+    Ok(())
+}
+
+/// One async-PF variant: async PF on or off, background loading or a fault-only window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ApfMode {
+    async_pf: bool,
+    fault_only: bool,
+}
+
+impl ApfMode {
+    const ALL: [ApfMode; 4] = [
+        ApfMode {
+            async_pf: false,
+            fault_only: false,
+        },
+        ApfMode {
+            async_pf: true,
+            fault_only: false,
+        },
+        ApfMode {
+            async_pf: false,
+            fault_only: true,
+        },
+        ApfMode {
+            async_pf: true,
+            fault_only: true,
+        },
+    ];
+
+    fn name(self) -> String {
+        format!(
+            "async pf {}, {}",
+            if self.async_pf { "on" } else { "off" },
+            if self.fault_only {
+                "fault-only window"
+            } else {
+                "background loading"
+            }
+        )
+    }
+}
+
+#[derive(Default)]
+struct ApfRuns {
+    cold_per_s: Vec<f64>,
+    warm_per_s: Vec<f64>,
+    alone_per_s: Vec<f64>,
+    cold_ms: Vec<f64>,
+    warm_ms: Vec<f64>,
+    not_present: Vec<f64>,
+    /// Runs in which lull-vmm said it stopped offering async page faults.
+    gave_up: usize,
+}
+
+fn apf_once(directory: &Path, mode: ApfMode, runs: &mut ApfRuns) -> Result<(), BenchError> {
+    let window = APF_FAULT_ONLY_MS.to_string();
+    let mut args = vec![
+        "restore",
+        "--snapshot",
+        directory.to_str().unwrap_or_default(),
+        "--timing",
+        "--lazy",
+        "--async-pf",
+        if mode.async_pf { "on" } else { "off" },
+    ];
+    if mode.fault_only {
+        args.extend_from_slice(&["--record-ws", &window]);
+    }
+    let mut spawned = spawn_interactive(&args)?;
+    if let Some(stdin) = spawned.child.stdin.as_mut() {
+        stdin.write_all(format!("apfbench {APF_READ}\r").as_bytes())?;
+        stdin.flush()?;
+    }
+    wait_for_vcpus_running(&spawned)?;
+    let (_, done, text) = wait_for_line(
+        &spawned,
+        &[
+            "apfbench: done",
+            "apfbench: failed",
+            "apfbench: invalid",
+            "apfbench: nothing",
+        ],
+        "apfbench's verdict",
+    )?;
+    if !done.ends_with(" ok") {
+        return Err(BenchError::Answer(done));
+    }
+    let cold = line_with(&text, "apfbench: phase=cold")?;
+    let warm = line_with(&text, "apfbench: phase=warm")?;
+    let alone = line_with(&text, "apfbench: phase=alone")?;
+    let number = |line: &str, key: &str| field(line, key).unwrap_or(f64::NAN);
+    runs.cold_per_s.push(number(cold, "spinner_per_s"));
+    runs.warm_per_s.push(number(warm, "spinner_per_s"));
+    runs.alone_per_s.push(number(alone, "spinner_per_s"));
+    runs.cold_ms.push(number(cold, "us") / 1e3);
+    runs.warm_ms.push(number(warm, "us") / 1e3);
+    runs.not_present
+        .push(field(cold, "apf_not_present").unwrap_or(0.0));
+    if spawned
+        .stderr_lines
+        .try_iter()
+        .any(|(_, line)| line.contains("no longer turned into async page faults"))
+    {
+        runs.gave_up += 1;
+    }
+    drop(spawned);
+    // A fault-only run is a recording that never finished: nothing to keep.
+    let _ = std::fs::remove_file(directory.join(WORKING_SET_FILE_NAME));
+    Ok(())
+}
+
+/// The working-set and async-PF rows of one size.
+fn filled_rows(
+    kernel: &Path,
+    memory_mib: u64,
+    runs: usize,
+    work: &Path,
+) -> Result<String, BenchError> {
+    let mut out = String::new();
+    let cmdline = format!("-- memtouch fill {FILL}");
+    let snapshot = take_snapshot(kernel, &cmdline, "memtouch: filled", memory_mib, work)?;
+    let directory: PathBuf = snapshot.directory.clone();
+    let working_set = directory.join(WORKING_SET_FILE_NAME);
+    let aside = directory.join("working-set.aside");
+    let pages = record_working_set(
+        &directory,
+        memory_mib,
+        MEMTOUCH_WORKLOAD,
+        MEMTOUCH_RECORD_MS,
+    )?;
+    std::fs::rename(&working_set, &aside)?;
+    let mut touch: Vec<TouchRuns> = TouchMode::ALL
+        .iter()
+        .map(|_| TouchRuns::default())
+        .collect();
+    let mut apf: Vec<ApfRuns> = ApfMode::ALL.iter().map(|_| ApfRuns::default()).collect();
+    for _ in 0..runs {
+        for (mode, runs) in TouchMode::ALL.iter().zip(&mut touch) {
+            if *mode == TouchMode::Prefetch {
+                std::fs::rename(&aside, &working_set)?;
+            }
+            let result = memtouch_once(&directory, *mode, runs);
+            if *mode == TouchMode::Prefetch {
+                std::fs::rename(&working_set, &aside)?;
+            }
+            result?;
+        }
+        for (mode, runs) in ApfMode::ALL.iter().zip(&mut apf) {
+            apf_once(&directory, *mode, runs)?;
+        }
+    }
+    for (mode, runs) in TouchMode::ALL.iter().zip(touch) {
+        let label = match mode {
+            TouchMode::Prefetch => format!("{} ({pages} pages)", mode.name()),
+            _ => mode.name().to_string(),
+        };
+        out += &format!(
+            "  memtouch sum {memory_mib} MiB ({FILL} filled) {label}: spawn → answered {}; guest's own sum time {}\n",
+            Spread::of(runs.answered_ms),
+            Spread::of(runs.guest_ms)
+        );
+        if !runs.prefetch_ms.is_empty() {
+            out += &format!(
+                "  memtouch sum {memory_mib} MiB {label}: userfaultfd set-up + prefetch {}\n",
+                Spread::of(runs.prefetch_ms)
+            );
+        }
+    }
+    for (mode, runs) in ApfMode::ALL.iter().zip(apf) {
+        let label = mode.name();
+        let count = runs.cold_per_s.len();
+        out += &format!(
+            "  apfbench {APF_READ} {memory_mib} MiB {label}: spinner iterations/s cold {}; warm {}; alone {}\n",
+            plain(runs.cold_per_s),
+            plain(runs.warm_per_s),
+            plain(runs.alone_per_s)
+        );
+        out += &format!(
+            "  apfbench {APF_READ} {memory_mib} MiB {label}: reader pass cold {}; warm {}; guest async PF not-present in the cold pass {}; lull-vmm stopped offering in {} of {count} runs\n",
+            Spread::of(runs.cold_ms),
+            Spread::of(runs.warm_ms),
+            plain(runs.not_present),
+            runs.gave_up
+        );
+    }
+    let _ = std::fs::remove_dir_all(&directory);
+    Ok(out)
 }
 
 #[derive(Default)]
@@ -227,8 +588,9 @@ fn run(options: &BenchOptions, kernel: &Path) -> Result<String, BenchError> {
     let work = std::env::temp_dir().join(format!("lull-vmm-bench-lazy-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let mut out = format!(
-        "lull-vmm bench --lazy (guest: {}, idle at its shell; workload: `meminfo` typed at spawn; \
-         {} runs per size and mode, interleaved)\n",
+        "lull-vmm bench --lazy (guest: {}, idle at its shell; workloads typed at spawn: `meminfo`, \
+         and `memtouch sum` / `apfbench {APF_READ}` after `memtouch fill {FILL}`; {} runs per size \
+         and mode, interleaved)\n",
         kernel.display(),
         options.runs
     );
@@ -237,7 +599,7 @@ fn run(options: &BenchOptions, kernel: &Path) -> Result<String, BenchError> {
         let directory: PathBuf = snapshot.directory.clone();
         let working_set = directory.join(WORKING_SET_FILE_NAME);
         let aside = directory.join("working-set.aside");
-        let pages = record_working_set(&directory, memory_mib)?;
+        let pages = record_working_set(&directory, memory_mib, WORKLOAD, RECORD_MS)?;
         std::fs::rename(&working_set, &aside)?;
         let mut runs: Vec<ModeRuns> = Mode::ALL.iter().map(|_| ModeRuns::default()).collect();
         for _ in 0..options.runs {
@@ -283,6 +645,7 @@ fn run(options: &BenchOptions, kernel: &Path) -> Result<String, BenchError> {
             }
         }
         let _ = std::fs::remove_dir_all(&directory);
+        out += &filled_rows(kernel, memory_mib, options.runs, &work)?;
     }
     for &memory_mib in &options.sizes_mib {
         let mut runs = PostcopyRuns::default();

@@ -210,3 +210,149 @@ fn async_pf_off_injects_nothing() {
         "{errors}"
     );
 }
+
+/// The `checksum=0x…` of a `memtouch:` answer.
+fn memtouch_checksum(answer: &str) -> String {
+    answer
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("checksum="))
+        .unwrap_or_else(|| panic!("no checksum in {answer:?}"))
+        .to_string()
+}
+
+/// Runs `memtouch sum` on `vmm` and checks it read every filled page right and found the
+/// checksum the guest computed while filling.
+fn memtouch_sum_matches(vmm: &mut Vmm, pages: u64, checksum: &str) {
+    let answer = shell(vmm, "memtouch sum", BOOT);
+    assert!(
+        answer.contains(&format!("memtouch: sum pages={pages} ")) && answer.contains(" ok"),
+        "{answer}"
+    );
+    assert_eq!(memtouch_checksum(&answer), checksum, "{answer}");
+}
+
+/// `memtouch fill` before the snapshot, `memtouch sum` after lazy restores (with and without
+/// a prefetched working set): every filled page comes back with its own content (the guest
+/// checks each page's pattern, which names the page and the fill) and the checksum is the one
+/// computed before the snapshot. `apfbench` runs its three phases on the same area, and bad
+/// input gets an error, not a panic.
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn memtouch_area_survives_lazy_restore_and_apfbench_runs() {
+    let kernel = lull_kernel("memtouch_area_survives_lazy_restore_and_apfbench_runs");
+    let dir = scratch("lazy-memtouch");
+    let socket = dir.join("api.sock");
+    let snapshot = dir.join("snap");
+    let mut source = Vmm::spawn(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "128",
+        "--api-sock",
+        socket.to_str().unwrap(),
+    ]);
+    source.wait_for(PROMPT, BOOT);
+    let filled = shell(&mut source, "memtouch fill 8M", BOOT);
+    assert!(
+        filled.contains("memtouch: filled pages=2048 kib=8192 "),
+        "{filled}"
+    );
+    let checksum = memtouch_checksum(&filled);
+    memtouch_sum_matches(&mut source, 2048, &checksum);
+    for (input, error) in [
+        ("memtouch fill 0", "memtouch: invalid size '0'"),
+        ("memtouch fill lots", "memtouch: invalid size 'lots'"),
+        ("memtouch fill 64G", "memtouch: cannot fill"),
+        ("memtouch frobnicate", "usage: memtouch"),
+        ("apfbench 1M 2M", "usage: apfbench"),
+    ] {
+        let answer = shell(&mut source, input, BOOT);
+        assert!(answer.contains(error), "{input}: {answer}");
+    }
+    // The fill too large for the guest kept the area it had.
+    let status = shell(&mut source, "memtouch", BOOT);
+    assert!(status.contains("memtouch: pages=2048 "), "{status}");
+    assert_eq!(memtouch_checksum(&status), checksum, "{status}");
+    let too_much = shell(&mut source, "apfbench 16M", BOOT);
+    assert!(too_much.contains("8192 KiB filled"), "{too_much}");
+    wait_for_socket(&socket, Duration::from_secs(120));
+    snapshot_paused(&socket, &snapshot);
+    source.kill();
+
+    let lazy = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "--snapshot",
+            snapshot.to_str().unwrap(),
+            "--lazy",
+            "--timing",
+        ];
+        args.extend_from_slice(extra);
+        Vmm::spawn(&args)
+    };
+    // Without prefetch; then apfbench's passes read the same area (their checksums agree).
+    let mut restored = lazy(&["--async-pf", "off"]);
+    memtouch_sum_matches(&mut restored, 2048, &checksum);
+    let report = shell(&mut restored, "apfbench 4M", BOOT);
+    for phase in ["cold", "warm", "alone"] {
+        assert!(
+            report.contains(&format!("apfbench: phase={phase} ")),
+            "{report}"
+        );
+    }
+    assert!(
+        report.contains("apfbench: phase=cold pages=1024 ") && report.contains("apfbench: done "),
+        "{report}"
+    );
+    memtouch_sum_matches(&mut restored, 2048, &checksum);
+    restored.send(b"poweroff\r");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+
+    // Record the working set of `memtouch sum`, then restore with it prefetched.
+    let mut recording = lazy(&["--record-ws", "8000"]);
+    memtouch_sum_matches(&mut recording, 2048, &checksum);
+    let stored = wait_for_line_in_errors(&recording, "working set of the first 8000 ms: ");
+    let recorded: u64 = stored
+        .split_whitespace()
+        .next()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no page count in {stored:?}"));
+    assert!(
+        recorded >= 2048,
+        "the sum touched every filled page: {stored}"
+    );
+    recording.send(b"poweroff\r");
+    assert_eq!(recording.wait_exit(BOOT).code(), Some(0));
+
+    let mut prefetched = lazy(&[]);
+    memtouch_sum_matches(&mut prefetched, 2048, &checksum);
+    let loaded = wait_for_event(
+        &prefetched,
+        "all_pages_loaded",
+        "the background loading never finished",
+    );
+    assert_eq!(loaded["prefetched_pages"].as_u64(), Some(recorded));
+    prefetched.send(b"poweroff\r");
+    assert_eq!(prefetched.wait_exit(BOOT).code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits (up to `BOOT`) for a whole stderr line containing `needle`; what follows it.
+fn wait_for_line_in_errors(vmm: &Vmm, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + BOOT;
+    loop {
+        let errors = vmm.errors();
+        if let Some(at) = errors.find(needle) {
+            let rest = &errors[at + needle.len()..];
+            if let Some(end) = rest.find('\n') {
+                return rest[..end].to_string();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in:\n{errors}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

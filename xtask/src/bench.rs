@@ -840,9 +840,11 @@ pub fn migrate(kernel: &std::path::Path, runs: usize) -> Result<Vec<String>, Str
 }
 
 /// Lazy restore (eager, lazy with async PF off and on, lazy with a recorded working set; a
-/// `meminfo` workload typed at spawn) and post-copy migration of an idle Lull guest of 128 MiB
-/// and 1 GiB (`lull-vmm bench --lazy`), median and range of `runs` per size and mode (at
-/// least 5), interleaved.
+/// `meminfo` workload typed at spawn; then a guest that filled 16 MiB with `memtouch fill`:
+/// `memtouch sum` with and without prefetch, and the async-PF experiment `apfbench` with async
+/// PF off and on) and post-copy migration of an idle Lull guest of 128 MiB and 1 GiB
+/// (`lull-vmm bench --lazy`), median and range of `runs` per size and mode (at least 5),
+/// interleaved.
 pub fn lazy(kernel: &std::path::Path, runs: usize) -> Result<Vec<String>, String> {
     let runs = runs.max(5).to_string();
     vmm_bench(

@@ -236,6 +236,10 @@ pub const TESTS: &[Test] = &[
         name: "threadirqs_serial_and_power_button_with_irq_affinity",
         run: threadirqs_serial_and_power_button_with_irq_affinity,
     },
+    Test {
+        name: "memtouch_fill_sum_and_apfbench",
+        run: memtouch_fill_sum_and_apfbench,
+    },
 ];
 
 fn shell_kernel() -> Result<std::path::PathBuf, String> {
@@ -2067,6 +2071,76 @@ fn virtio_rng_on_q35_pci() -> TestResult {
 /// The shell's `bench` microbenchmarks run and report figures on `-smp 2` (short counts: this
 /// checks they work and fail cleanly, `cargo xtask bench` measures); microvm (no HPET) refuses
 /// the interrupt benchmark with a reason, and bad arguments get the usage line.
+/// The `checksum=` word of a `memtouch:` or `apfbench:` answer.
+fn checksum_of(answer: &str) -> Option<&str> {
+    answer
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("checksum="))
+}
+
+/// `memtouch fill` keeps a pattern that `memtouch sum` reads back with the same checksum (a
+/// second fill gets another pattern), `apfbench` prints its three phases over the area and the
+/// same checksum for its two passes, and bad input gets errors.
+fn memtouch_fill_sum_and_apfbench() -> TestResult {
+    let mut guest = boot(&QemuConfig::new(&shell_kernel()?))?;
+    let long = std::time::Duration::from_secs(120);
+    let empty = guest.run("memtouch sum", STEP)?;
+    ensure!(
+        empty.contains("nothing filled"),
+        "memtouch sum first: {empty}"
+    );
+    let filled = guest.run("memtouch fill 4M", long)?;
+    ensure!(
+        filled.contains("memtouch: filled pages=1024 kib=4096 "),
+        "memtouch fill 4M: {filled}"
+    );
+    let sum = guest.run("memtouch sum", long)?;
+    ensure!(
+        sum.contains("memtouch: sum pages=1024 ")
+            && sum.trim_end().ends_with(" ok")
+            && checksum_of(&sum).is_some()
+            && checksum_of(&sum) == checksum_of(&filled),
+        "memtouch sum after fill {filled}: {sum}"
+    );
+    let refilled = guest.run("memtouch fill 4M", long)?;
+    ensure!(
+        checksum_of(&refilled).is_some() && checksum_of(&refilled) != checksum_of(&filled),
+        "a second fill wrote the same pattern: {filled} / {refilled}"
+    );
+    let apf = guest.run("apfbench 1M", long)?;
+    for phase in ["cold", "warm", "alone"] {
+        ensure!(
+            apf.contains(&format!("apfbench: phase={phase} ")),
+            "apfbench 1M has no {phase} phase: {apf}"
+        );
+    }
+    ensure!(
+        apf.contains("phase=cold pages=256 ") && apf.contains("apfbench: done checksum="),
+        "apfbench 1M: {apf}"
+    );
+    for (command, error) in [
+        ("memtouch fill 0", "invalid size"),
+        ("memtouch fill 1T", "invalid size"),
+        ("memtouch fill 100G", "cannot fill"),
+        ("memtouch fill 18446744073709551615", "cannot fill"),
+        ("apfbench 18446744073709551615", "KiB filled"),
+        ("memtouch nonsense", "usage: memtouch"),
+        ("apfbench 8M", "4096 KiB filled"),
+        ("apfbench x", "invalid size"),
+    ] {
+        let answer = guest.run(command, STEP)?;
+        ensure!(answer.contains(error), "{command}: {answer}");
+    }
+    let kept = guest.run("memtouch sum", long)?;
+    ensure!(
+        checksum_of(&kept) == checksum_of(&refilled) && kept.trim_end().ends_with(" ok"),
+        "the failed fill and apfbench left the area as it was: {refilled} / {kept}"
+    );
+    let freed = guest.run("memtouch free", STEP)?;
+    ensure!(freed.contains("freed pages=1024"), "memtouch free: {freed}");
+    poweroff_exits_zero(&mut guest)
+}
+
 fn bench_commands_report_figures() -> TestResult {
     let mut config = QemuConfig::new(&shell_kernel()?);
     config.cpus = 2;

@@ -299,14 +299,12 @@ pub fn init(boot: &BootInfo, mem_limit: Option<u64>) {
     );
 }
 
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// Allocates `2^order` contiguous pages from `zone` (with Linux fallback to lower zones),
 /// owned by the caller: they are freed when the block is dropped.
 pub fn alloc_pages(order: u8, zone: ZoneKind) -> Option<PageBlock> {
     PageBlock::alloc(order, zone)
 }
 
-#[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
 /// (total, free) pages managed by the page allocator.
 pub fn page_counts() -> (u64, u64) {
     arch::memory::with_allocator(|p| (p.total_pages(), p.free_pages())).unwrap_or((0, 0))

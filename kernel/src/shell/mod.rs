@@ -4,6 +4,7 @@ pub mod bench;
 mod blk;
 mod latency;
 mod memsum;
+mod memtouch;
 mod net;
 #[cfg(feature = "ktest")]
 pub use net::pattern_byte;
@@ -417,6 +418,18 @@ const COMMANDS: &[Command] = &[
         usage: "memsum [stop]",
         help: "check a 64 KiB pattern a kernel thread keeps rewriting (integrity across migration)",
         run: |args, _| memsum::run(args),
+    },
+    Command {
+        name: "memtouch",
+        usage: "memtouch fill SIZE | sum | free",
+        help: "keep SIZE (32M, 1G) of pages written with a pattern; read them back (checksum, time)",
+        run: |args, _| memtouch::run(args),
+    },
+    Command {
+        name: "apfbench",
+        usage: "apfbench",
+        help: "async-PF experiment: a spinner's iterations/s while a thread reads the memtouch area",
+        run: |args, _| memtouch::run_apfbench(args),
     },
     Command {
         name: "bench",

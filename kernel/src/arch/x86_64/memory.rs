@@ -149,7 +149,6 @@ impl PageBlock {
         (PAGE_SIZE << self.order) as usize
     }
 
-    #[cfg_attr(not(feature = "ktest"), allow(dead_code))] // used by the in-kernel tests
     /// The block's bytes through the identity map.
     pub fn as_mut_bytes(&mut self) -> &mut [u8] {
         // SAFETY: the block is RAM the allocator handed to this handle alone (it is not freed,
