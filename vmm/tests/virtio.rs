@@ -784,3 +784,152 @@ fn lull_drives_virtio_gpio_lines_and_gets_a_line_interrupt_from_the_host() {
     assert!(!control.exists(), "the control socket is removed at exit");
     assert!(!control.exists(), "the control socket is removed at exit");
 }
+
+/// A snapshot taken with block requests in flight: the guest writes 512 KiB (8 requests of
+/// 64 KiB, up to 32 in flight) to a disk made slow by the test hook `LULL_VMM_BLK_DELAY_MS`
+/// (10 s a request, while the emulated guest fills and queues one every second or so, several when the host is busy), and the snapshot is taken once the first request is on disk. The pause
+/// stops the device after the request in progress, so the snapshot holds requests the guest
+/// queued and the device had not taken (lull-vmm says how many; at least one). The restored
+/// guest finishes the same command: the requests served before the snapshot are not served
+/// again, the queued ones are served once, and a completion the guest had not reaped yet
+/// reaches it. Then it flushes; the image holds exactly the written range and nothing else
+/// changed, and the guest's SHA-256 of the range equals the host's.
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn a_snapshot_in_the_middle_of_block_writes_restores_with_none_lost_or_doubled() {
+    let kernel =
+        lull_kernel("a_snapshot_in_the_middle_of_block_writes_restores_with_none_lost_or_doubled");
+    let dir = scratch("virtio-inflight");
+    let image = dir.join("zero.img");
+    std::fs::write(&image, vec![0u8; 4 << 20]).unwrap();
+    let socket = dir.join("api.sock");
+    let disk_argument = format!("path={}", image.display());
+    let mut vmm = Vmm::spawn_with(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "128",
+            "--disk",
+            &disk_argument,
+            "--api-sock",
+            socket.to_str().unwrap(),
+        ],
+        &[("LULL_VMM_BLK_DELAY_MS", Path::new("10000"))],
+        BOOT * 3,
+    );
+    vmm.wait_for("lull> ", BOOT);
+    wait_for_socket(&socket, BOOT);
+    let list = shell(&mut vmm, "blk list", BOOT);
+    assert!(list.contains("vda"), "{list}");
+    const LEN: usize = 512 << 10;
+    let from = vmm.output().len();
+    vmm.send(b"blk write vda 0 512K 0x5a\r");
+    // Wait until the first requests reached the file, then snapshot (the VM pauses).
+    let written = |path: &Path| {
+        std::fs::read(path)
+            .unwrap()
+            .iter()
+            .take(LEN)
+            .filter(|&&b| b == 0x5a)
+            .count()
+    };
+    let deadline = std::time::Instant::now() + BOOT;
+    while written(&image) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest's write never reached the image"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Snapshot (the VM pauses; the device stops after the request in progress). How fast the
+    // emulated guest queues requests varies, so until a snapshot holds a queued request (lull-vmm
+    // says how many), resume and take another a moment later.
+    let queued_in = |errors: &str| -> Option<u32> {
+        errors.lines().find_map(|l| {
+            let (_, rest) = l.split_once("virtio-blk0 at 0xd0000000 irq 5: ")?;
+            let (count, _) = rest.split_once(" requests queued")?;
+            count.parse().ok()
+        })
+    };
+    let mut taken = None;
+    for attempt in 0..12 {
+        let path = dir.join(format!("snap{attempt}"));
+        let seen = vmm.errors().len();
+        let (ok, _, errors) = client(&[
+            "snapshot",
+            "--api",
+            socket.to_str().unwrap(),
+            "--path",
+            path.to_str().unwrap(),
+            "--leave-paused",
+        ]);
+        assert!(ok, "{errors}");
+        let at_snapshot = written(&image);
+        // lull-vmm's stderr arrives through a pipe: give its line a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let mut queued = None;
+        while queued.is_none() && std::time::Instant::now() < deadline {
+            queued = queued_in(&vmm.errors()[seen..]);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(queued) = queued {
+            taken = Some((path, at_snapshot, queued));
+            break;
+        }
+        if vmm.output()[from..].contains("blk: wrote") {
+            break;
+        }
+        let (ok, _, errors) = client(&["resume", "--api", socket.to_str().unwrap()]);
+        assert!(ok, "{errors}");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let Some((snapshot, at_snapshot, queued)) = taken else {
+        panic!(
+            "no snapshot held a queued request (lull-vmm's stderr):\n{}",
+            vmm.errors()
+        );
+    };
+    assert!(
+        at_snapshot > 0 && at_snapshot < LEN,
+        "the snapshot was to be taken in the middle of the write: {at_snapshot} of {LEN} bytes \
+         written"
+    );
+    assert!(
+        !vmm.output()[from..].contains("blk: wrote"),
+        "the write finished before the snapshot"
+    );
+    vmm.kill();
+    let mut restored = Vmm::spawn(&["restore", "--snapshot", snapshot.to_str().unwrap()]);
+    // (`wait_for` returns where the text after the needle starts.)
+    let done = restored.wait_for("blk: wrote ", BOOT);
+    let line_end = restored.wait_for_from(done, "lull> ", BOOT);
+    let line = restored.output()[done..line_end].to_string();
+    assert!(line.starts_with("524288 bytes at 0 to vda"), "{line}");
+    let flushed = shell(&mut restored, "blk flush vda", BOOT);
+    assert!(flushed.contains("blk: flushed vda"), "{flushed}");
+    let expected = sha256_hex(&vec![0x5au8; LEN]);
+    let sum = shell(&mut restored, "blk sum vda 0 512K", BOOT);
+    assert!(
+        sum.contains(&format!("sha256 {expected}")),
+        "{sum} (host {expected})"
+    );
+    let on_disk = std::fs::read(&image).unwrap();
+    assert!(
+        on_disk[..LEN].iter().all(|&b| b == 0x5a),
+        "the written range"
+    );
+    assert!(on_disk[LEN..].iter().all(|&b| b == 0), "beyond the range");
+    let console = restored.output();
+    assert!(
+        !console.contains("error") && !console.contains("FAILED"),
+        "the driver complained after the restore:\n{console}"
+    );
+    restored.send(b"poweroff\r");
+    assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
+    eprintln!(
+        "in-flight snapshot: {at_snapshot} of {LEN} bytes on disk and {queued} requests queued \
+         when it was taken"
+    );
+}

@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_blk::*;
@@ -48,6 +49,9 @@ pub struct Block {
     chunk: Vec<u8>,
     /// Requests completed (any status), for tests and diagnostics.
     pub completed: u64,
+    /// Test hook: `LULL_VMM_BLK_DELAY_MS=N` makes every request take N ms more (a slow disk),
+    /// so a test can pause or snapshot with requests still queued. Read when the disk opens.
+    test_delay: Option<std::time::Duration>,
 }
 
 /// Saved form: which file (reopened on restore) and what the guest was told about it.
@@ -104,6 +108,10 @@ impl Block {
             id,
             chunk: vec![0; CHUNK_BYTES],
             completed: 0,
+            test_delay: std::env::var("LULL_VMM_BLK_DELAY_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(std::time::Duration::from_millis),
         })
     }
 
@@ -159,21 +167,30 @@ impl Block {
         vec![QUEUE_SIZE]
     }
 
-    /// Serves every available request of the request queue; whether any was completed.
+    /// Serves every available request of the request queue, or stops after the one in
+    /// progress once `preempt` is set (a pause waits; the rest stay available in the ring,
+    /// with notifications off, for the resume to serve); whether any was completed.
     pub fn process(
         &mut self,
         queue: &mut Queue,
         memory: &GuestMemoryMmap,
+        preempt: &AtomicBool,
     ) -> Result<bool, ChainError> {
         let ring = |e: virtio_queue::Error| ChainError::Ring(e.to_string());
         let mut used = false;
         loop {
             queue.disable_notification(memory).map_err(ring)?;
             while let Some(chain) = pop_chain(queue, memory, MAX_CHAIN_BYTES)? {
+                if let Some(delay) = self.test_delay {
+                    std::thread::sleep(delay);
+                }
                 let written = self.execute(&chain, memory)?;
                 add_used(queue, memory, chain.head, written)?;
                 self.completed += 1;
                 used = true;
+                if preempt.load(Ordering::Acquire) {
+                    return Ok(used);
+                }
             }
             if !queue.enable_notification(memory).map_err(ring)? {
                 return Ok(used);

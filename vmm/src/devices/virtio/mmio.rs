@@ -13,6 +13,7 @@
 //!   configuration-change interrupt, logging one line; the device then does nothing until
 //!   the driver resets it. Other devices and the VMM are unaffected.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,10 @@ pub struct MmioTransport {
     /// Set while the VM is paused: no queue is processed, kicks are remembered in `pending`.
     paused: bool,
     pending: u64,
+    /// Set (without the device's lock) by a pause that waits for the lock: the backend
+    /// stops between requests instead of serving every one the guest has queued, and the
+    /// rest stay in the avail ring (served at resume, or after a restore).
+    pub preempt: Arc<AtomicBool>,
     /// Why the device needs a reset (for tests and diagnostics).
     pub needs_reset_reason: Option<String>,
 }
@@ -171,6 +176,7 @@ impl MmioTransport {
             config_generation: 0,
             paused: false,
             pending: 0,
+            preempt: Arc::new(AtomicBool::new(false)),
             needs_reset_reason: None,
         })
     }
@@ -441,7 +447,9 @@ impl MmioTransport {
                 _ => return,
             }
         }
-        let result = self.backend.process(event, &mut self.queues, &self.memory);
+        let result = self
+            .backend
+            .process(event, &mut self.queues, &self.memory, &self.preempt);
         match result {
             Ok(used) => self.signal_used(used),
             Err(error) => self.needs_reset(&error.to_string()),
@@ -472,12 +480,13 @@ impl MmioTransport {
         self.paused = true;
     }
 
-    /// The VM resumes: process what was kicked meanwhile.
+    /// The VM resumes: process what was kicked meanwhile, and every queue once (a pause may
+    /// have stopped the backend between requests, leaving some queued).
     pub fn resume(&mut self) {
         self.paused = false;
         let pending = std::mem::take(&mut self.pending);
         for index in 0..self.queues.len() {
-            if pending & (1 << index) != 0 {
+            if pending & (1 << index) != 0 || self.queues[index].ready() {
                 self.handle(BackendEvent::Queue(index));
             }
         }
@@ -495,6 +504,22 @@ impl MmioTransport {
         if self.interrupt_status != 0 {
             self.interrupt.trigger();
         }
+    }
+
+    /// Requests the guest has made available on each queue that the device has not taken
+    /// yet (avail index minus the device's next): what a restore serves first.
+    pub fn queued(&self) -> Vec<u16> {
+        self.queues
+            .iter()
+            .map(|queue| {
+                if !queue.ready() {
+                    return 0;
+                }
+                queue
+                    .avail_idx(&self.memory, std::sync::atomic::Ordering::Acquire)
+                    .map_or(0, |avail| avail.0.wrapping_sub(queue.next_avail()))
+            })
+            .collect()
     }
 
     pub fn save(&self) -> TransportState {

@@ -271,19 +271,21 @@ impl Backend {
         }
     }
 
-    /// Does the work `event` calls for; returns the queues (bitmask) given used buffers.
+    /// Does the work `event` calls for; returns the queues (bitmask) given used buffers. The
+    /// block device stops between requests once `preempt` is set (a pause is waiting).
     pub fn process(
         &mut self,
         event: BackendEvent,
         queues: &mut [Queue],
         memory: &GuestMemoryMmap,
+        preempt: &AtomicBool,
     ) -> Result<u64, ChainError> {
         let ready = |queues: &[Queue], index: usize| {
             queues.get(index).is_some_and(virtio_queue::QueueT::ready)
         };
         match (self, event) {
             (Backend::Block(block), BackendEvent::Queue(0)) => {
-                Ok(u64::from(block.process(&mut queues[0], memory)?))
+                Ok(u64::from(block.process(&mut queues[0], memory, preempt)?))
             }
             (Backend::Net(net), BackendEvent::Queue(net::TX_QUEUE)) => {
                 Ok(u64::from(net.transmit(&mut queues[net::TX_QUEUE], memory)?) << net::TX_QUEUE)
@@ -476,6 +478,8 @@ struct Attached {
     transport: Arc<Mutex<MmioTransport>>,
     control: EventFd,
     stop: Arc<AtomicBool>,
+    /// The transport's [`MmioTransport::preempt`], reachable without its lock.
+    preempt: Arc<AtomicBool>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -603,6 +607,7 @@ impl VirtioDevices {
             .try_clone()
             .map_err(host("duplicating an eventfd"))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let preempt = transport.preempt.clone();
         let transport = Arc::new(Mutex::new(transport));
         let worker = {
             let (transport, stop) = (transport.clone(), stop.clone());
@@ -617,6 +622,7 @@ impl VirtioDevices {
             transport,
             control,
             stop,
+            preempt,
             worker: Some(worker),
         });
         Ok(())
@@ -637,10 +643,24 @@ impl VirtioDevices {
         }
     }
 
-    /// Stops device work; returns once no request is being served.
+    /// Stops device work; returns once no request is being served. A device serving a batch
+    /// of requests stops after the one in progress (its `preempt` flag is set before its lock
+    /// is taken): the others stay queued in guest memory for the resume or a restore, so a
+    /// pause waits for one request, not for everything the guest queued.
     pub fn pause(&self) {
+        let flags: Vec<Arc<AtomicBool>> = self
+            .devices
+            .iter()
+            .map(|device| device.preempt.clone())
+            .collect();
+        for flag in &flags {
+            flag.store(true, Ordering::Release);
+        }
         for device in &self.devices {
             lock(&device.transport).pause();
+        }
+        for flag in &flags {
+            flag.store(false, Ordering::Release);
         }
     }
 
@@ -660,10 +680,21 @@ impl VirtioDevices {
     pub fn save(&self) -> Vec<VirtioDeviceState> {
         self.devices
             .iter()
-            .map(|device| VirtioDeviceState {
-                base: device.base,
-                irq: device.irq,
-                transport: lock(&device.transport).save(),
+            .map(|device| {
+                let transport = lock(&device.transport);
+                let queued: u32 = transport.queued().iter().map(|&n| u32::from(n)).sum();
+                if queued > 0 {
+                    eprintln!(
+                        "lull-vmm: {}: {queued} requests queued by the guest and not yet served \
+                         are saved; the device serves them at resume or after a restore",
+                        transport.name
+                    );
+                }
+                VirtioDeviceState {
+                    base: device.base,
+                    irq: device.irq,
+                    transport: transport.save(),
+                }
             })
             .collect()
     }
