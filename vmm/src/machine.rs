@@ -889,7 +889,12 @@ impl Machine {
 
     /// What a migration source reads guest RAM and the dirty log through: the VM fd and a
     /// handle on the same mappings (shared, not copied).
-    pub fn migration_handles(&self) -> (Arc<kvm_ioctls::VmFd>, vm_memory::GuestMemoryMmap) {
+    pub fn migration_handles(
+        &self,
+    ) -> (
+        Arc<kvm_ioctls::VmFd>,
+        crate::vstate::memory::GuestMemoryMmap,
+    ) {
         (self.vm.fd.clone(), self.memory.mmap.clone())
     }
 

@@ -5,8 +5,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::vstate::memory::GuestMemoryMmap;
 use lull_migration_stream::{Encoder, Limits, SourceInfo, StreamError, StreamKind};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::pages::PageSet;
 use super::{
@@ -17,7 +18,7 @@ use crate::bench::clock_monotonic_ns;
 use crate::devices::lock;
 use crate::machine::{Machine, MachineError, RunState};
 use crate::snapshot::SnapshotState;
-use crate::vstate::dirty_log::DirtyLog;
+use crate::vstate::dirty_log::DirtyTracker;
 use crate::vstate::vcpu::VmEvent;
 use crate::vstate::vm::VmError;
 
@@ -308,14 +309,15 @@ fn migrate(
         machine,
         armed: true,
     };
-    let (log, touched, mmap, vcpus) = {
+    let (mut log, touched, mmap, vcpus) = {
         let machine = lock(machine);
         if machine.state() != RunState::Running {
             return Err(MigrateError::NotRunning(machine.state()));
         }
         let (vm, mmap) = machine.migration_handles();
-        // Logging first, then the pagemap: a page written in between is in the log.
-        let log = DirtyLog::start(vm, &mmap)?;
+        // Logging first (KVM's log, and the devices' marks), then the pagemap: a page written
+        // in between is in the log.
+        let log = DirtyTracker::start(vm, &mmap)?;
         let touched = machine.touched_pages()?;
         (log, touched, mmap, machine.info().vcpus)
     };
@@ -465,7 +467,7 @@ struct PostcopyPhase<'a> {
     requests: Receiver<Request>,
     control: &'a MigrationControl,
     resume: ResumeOnFailure<'a>,
-    log: DirtyLog,
+    log: DirtyTracker,
     state: &'a SnapshotState,
     /// The pages the destination does not have (current versions).
     pending: &'a PageSet,

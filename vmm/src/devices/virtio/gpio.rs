@@ -22,6 +22,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use lull_gpio_sim::gpio::Gpio as Chip;
 use lull_gpio_sim::log::Log;
 use lull_virtio_gpio::{
@@ -30,7 +31,7 @@ use lull_virtio_gpio::{
 };
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::queue::{add_used, pop_chain, ChainError, Reader, Writer};
 

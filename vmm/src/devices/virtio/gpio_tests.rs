@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use lull_virtio_gpio::{
     Message, IRQ_STATUS_INVALID, IRQ_STATUS_VALID, MSG_GET_NAMES, MSG_IRQ_TYPE, MSG_SET_DIRECTION,
     MSG_SET_VALUE, STATUS_ERR, STATUS_OK, VIRTIO_GPIO_F_IRQ,
 };
 use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
 use virtio_bindings::virtio_mmio::*;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::gpio::{parse_gpio, Gpio, GpioConfig};
 use super::mmio::MmioTransport;

@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::vstate::memory::GuestMemoryMmap;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::block::Block;
 use super::mmio::MmioTransport;
@@ -950,7 +951,8 @@ fn snapshot_with_requests_in_flight_loses_and_doubles_none() {
 }
 
 mod memory {
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use crate::vstate::memory::GuestMemoryMmap;
+    use vm_memory::{Bytes, GuestAddress};
 
     pub fn copy(memory: &GuestMemoryMmap) -> GuestMemoryMmap {
         let copy = super::memory();
