@@ -64,6 +64,8 @@ pub struct BlockState {
 pub enum BlockError {
     #[error("--disk path={path}: cannot open: {source}")]
     Open { path: PathBuf, source: io::Error },
+    #[error("--disk path={path}: cannot write it back (fdatasync): {source}")]
+    Sync { path: PathBuf, source: io::Error },
     #[error("--disk path={path}: is not a regular file")]
     NotAFile { path: PathBuf },
     #[error("--disk path={path}: is {found} sectors now but {expected} in the snapshot; the guest would see another disk")]
@@ -105,6 +107,18 @@ impl Block {
             id,
             chunk: vec![0; CHUNK_BYTES],
             completed: 0,
+        })
+    }
+
+    /// Makes every write the guest was answered for durable in the file (fdatasync), so that
+    /// another host's lull-vmm opening the same image (a migration destination) reads it.
+    pub fn sync(&self) -> Result<(), BlockError> {
+        if self.readonly {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|source| BlockError::Sync {
+            path: self.path.clone(),
+            source,
         })
     }
 

@@ -124,6 +124,8 @@ pub enum GpioError {
 pub struct Gpio {
     chip: Arc<Chip>,
     config: GpioConfig,
+    /// The control socket while this process serves it (see [`Gpio::release_host`]).
+    control: Option<lull_gpio_sim::socket::ControlSocket>,
 }
 
 /// One line as saved (lull-virtio-gpio's [`SavedLine`], which is not serde).
@@ -170,16 +172,47 @@ impl Gpio {
         };
         let chip =
             Arc::new(Chip::new(&config.lines, Arc::new(Log::new(out))).map_err(GpioError::Setup)?);
-        if let Some(path) = &config.control {
-            lull_gpio_sim::socket::spawn_control_socket(path, "--gpio control=", chip.clone())
-                .map_err(GpioError::Setup)?;
-            chip.log
-                .line(format_args!("control socket {}", path.display()));
-        }
-        Ok(Self {
+        let mut gpio = Self {
             chip,
             config: config.clone(),
-        })
+            control: None,
+        };
+        gpio.reacquire_host()?;
+        Ok(gpio)
+    }
+
+    /// Closes the control socket and frees its path (a migration source, at the final pause:
+    /// the destination binds the same path). Clients already connected stay connected here.
+    pub fn release_host(&mut self) {
+        if let Some(control) = self.control.take() {
+            control.close();
+            self.chip.log.line(format_args!(
+                "control socket {} handed over",
+                self.config
+                    .control
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            ));
+        }
+    }
+
+    /// Binds the control socket (again: a failed migration gives it back).
+    pub fn reacquire_host(&mut self) -> Result<(), GpioError> {
+        if let (Some(path), None) = (&self.config.control, &self.control) {
+            self.control = Some(
+                lull_gpio_sim::socket::spawn_closable_control_socket(
+                    path,
+                    "--gpio control=",
+                    self.chip.clone(),
+                )
+                .map_err(GpioError::Setup)?,
+            );
+            self.chip
+                .log
+                .line(format_args!("control socket {}", path.display()));
+        }
+        Ok(())
     }
 
     /// The chip (tests drive inputs through it as the control socket does).
