@@ -16,16 +16,6 @@ use lull_vmm::test_guest::{READY_BANNER, VIRTIO_BLK_GUEST_BANNER};
 
 const BOOT: Duration = Duration::from_secs(120);
 
-/// A disk image whose sector n is filled with byte n+1 (first word of sector 0: 0x01010101).
-fn disk(dir: &Path, sectors: usize) -> std::path::PathBuf {
-    let path = dir.join("disk.img");
-    let content: Vec<u8> = (0..sectors * 512)
-        .map(|i| ((i / 512) as u8).wrapping_add(1))
-        .collect();
-    std::fs::write(&path, content).unwrap();
-    path
-}
-
 #[test]
 #[ignore = "needs /dev/kvm"]
 fn a_guest_reads_and_writes_a_disk_through_virtio_mmio() {
@@ -265,28 +255,6 @@ fn bad_device_options_name_the_option_and_start_nothing() {
     assert!(errors.contains("at most 8 virtio devices"), "{errors}");
 }
 
-/// Runs `ip` with `args`; Err with its stderr when it fails.
-fn ip(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-/// Deletes the namespace when the test ends, however it ends.
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "delete", &self.0]);
-    }
-}
-
 #[test]
 #[ignore = "needs /dev/kvm, and root for a network namespace and a TAP device"]
 fn a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu() {
@@ -489,19 +457,6 @@ fn lull_boots_with_disks_attached_stays_idle_and_restores_with_them() {
     );
     restored.send(b"poweroff\r");
     assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
-}
-
-/// Moves the calling thread into network namespace `name` (processes it spawns afterwards
-/// start there too).
-fn enter_namespace(name: &str) -> Result<(), String> {
-    let file = std::fs::File::open(format!("/var/run/netns/{name}"))
-        .map_err(|e| format!("open /var/run/netns/{name}: {e}"))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))
-}
-
-/// `nc`'s pattern: byte i is i mod 251.
-fn nc_pattern(bytes: usize) -> Vec<u8> {
-    (0..bytes).map(|i| (i % 251) as u8).collect()
 }
 
 /// The Lull guest on lull-vmm with `--net tap=…` in a test-made network namespace: its
