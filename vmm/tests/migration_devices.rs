@@ -407,3 +407,71 @@ fn lull_with_a_tap_gets_it_back_after_a_refused_migration_and_talks_tcp_after_th
     assert_eq!(target.wait_exit(STEP).code(), Some(0));
     drop(namespace);
 }
+
+/// A Lull guest with virtio-gpio (a control socket and a log) sets a line and waits in
+/// `gpiomon` for an edge (the device holds its event buffer) when it is migrated: the
+/// destination binds the same control socket path (the source closed it at the hand-over),
+/// the line keeps its level there, and an edge the host makes through the socket reaches the
+/// guest's gpiomon on the destination.
+#[test]
+#[ignore = "needs /dev/kvm and LULL_KERNEL"]
+fn lull_with_virtio_gpio_migrates_waiting_for_an_edge_and_the_control_socket_moves_along() {
+    const TEST: &str = "lull-migrate-gpio";
+    let kernel = lull_kernel(TEST);
+    let dir = scratch(TEST);
+    let (control, log) = (dir.join("gpio.sock"), dir.join("gpio.log"));
+    let gpio = format!(
+        "lines=amp-enable,button,led0,control={},log={}",
+        control.display(),
+        log.display()
+    );
+    let (mut source, socket) = lull_source(&kernel, &dir, &["--gpio", &gpio]);
+    let chips = shell(&mut source, "gpiodetect", STEP);
+    let chip = chips
+        .lines()
+        .find(|l| l.contains("[virtio-gpio] (3 lines)"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("gpiodetect shows no virtio-gpio chip: {chips:?}"))
+        .to_string();
+    let set = shell(&mut source, &format!("gpioset {chip} 0=1"), STEP);
+    assert!(!set.contains("error"), "{set}");
+    assert_eq!(gpio_control(&control, "get amp-enable"), "ok 1");
+    let logged = std::fs::read_to_string(&log).unwrap().len();
+    let from = source.output().len();
+    source.send(format!("gpiomon -n 1 -r {chip} 1\r").as_bytes());
+    let deadline = Instant::now() + STEP;
+    while !std::fs::read_to_string(&log).unwrap()[logged..].contains("line 1 (button) unmasked") {
+        assert!(Instant::now() < deadline, "gpiomon never unmasked the line");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("unix:{}", dir.join("migrate.sock").display());
+    let mut target = destination(&url);
+    let (ok, out, errors) = migrate(&socket, &url, &[]);
+    assert!(ok, "{out}\n{errors}\n--- source ---\n{}", source.errors());
+    eprintln!("{TEST}: {}", out.lines().last().unwrap_or(""));
+    assert_eq!(
+        source.wait_exit(STEP).code(),
+        Some(0),
+        "{}",
+        source.errors()
+    );
+    assert!(!source.output()[from..].contains("EDGE"));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("handed over"),
+        "the source logged the hand-over"
+    );
+    // The destination serves the socket now (the source has exited).
+    assert_eq!(gpio_control(&control, "get amp-enable"), "ok 1");
+    assert_eq!(gpio_control(&control, "pulse button"), "ok");
+    let end = target.wait_for("EDGE", STEP);
+    let end = target.wait_for_from(end, PROMPT, STEP);
+    let monitored = target.output()[..end].to_string();
+    assert!(
+        monitored.contains("RISING EDGE") && monitored.contains("offset: 1"),
+        "gpiomon on the destination: {monitored:?}"
+    );
+    target.send(b"poweroff\r");
+    assert_eq!(target.wait_exit(STEP).code(), Some(0));
+}

@@ -535,18 +535,6 @@ fn lull_exchanges_tcp_with_a_host_process_over_a_tap() {
     drop(namespace);
 }
 
-/// Sends one control command to a `--gpio ...,control=PATH` socket; returns the reply line.
-fn gpio_control(path: &Path, command: &str) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(path)
-        .unwrap_or_else(|e| panic!("control socket {}: {e}", path.display()));
-    stream.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
-    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).unwrap();
-    reply.trim_end().to_string()
-}
-
 /// Waits until the file at `path` contains `needle`; returns its text.
 fn wait_for_file(path: &Path, needle: &str, timeout: Duration) -> String {
     let deadline = std::time::Instant::now() + timeout;

@@ -471,3 +471,15 @@ pub fn disk(dir: &Path, sectors: usize) -> std::path::PathBuf {
     std::fs::write(&path, content).unwrap();
     path
 }
+
+/// Sends one control command to a `--gpio ...,control=PATH` socket; returns the reply line.
+pub fn gpio_control(path: &Path, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("control socket {}: {e}", path.display()));
+    stream.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).unwrap();
+    reply.trim_end().to_string()
+}
