@@ -220,9 +220,11 @@ impl Gpio {
         &self.chip
     }
 
-    /// The control socket's path, if any.
+    /// The control socket's path while this process serves it (not after a migration
+    /// source handed it over: the path is the destination's then, and this process must not
+    /// remove it as it exits).
     pub fn control_socket(&self) -> Option<&std::path::Path> {
-        self.config.control.as_deref()
+        self.control.as_ref().and(self.config.control.as_deref())
     }
 
     pub fn device_id(&self) -> u32 {

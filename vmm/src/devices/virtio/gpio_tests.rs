@@ -347,3 +347,33 @@ fn gpio_state_round_trips_with_a_held_buffer_and_a_pending_edge() {
     broken.lines[0].direction = 7;
     assert!(Backend::restore(&BackendState::Gpio(broken)).is_err());
 }
+
+#[test]
+fn a_handed_over_control_socket_is_not_ours_to_remove_and_comes_back() {
+    let path = std::env::temp_dir().join(format!(
+        "lull-vmm-gpio-handover-{}.sock",
+        std::process::id()
+    ));
+    let mut settings = config(&["a", "b"]);
+    settings.control = Some(path.clone());
+    let gpio = Gpio::open(&settings).unwrap();
+    assert_eq!(gpio.control_socket(), Some(path.as_path()));
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+    // A migration source at the final pause: the path is freed for the destination, and the
+    // source must not remove it as it exits (it lists only sockets it serves).
+    let mut backend = Backend::Gpio(gpio);
+    backend.release_host().unwrap();
+    let Backend::Gpio(gpio) = &mut backend else {
+        unreachable!()
+    };
+    assert_eq!(gpio.control_socket(), None);
+    assert!(!path.exists());
+    // The migration failed: bound again, and served.
+    backend.reacquire_host().unwrap();
+    let Backend::Gpio(gpio) = &backend else {
+        unreachable!()
+    };
+    assert_eq!(gpio.control_socket(), Some(path.as_path()));
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+    let _ = std::fs::remove_file(&path);
+}
