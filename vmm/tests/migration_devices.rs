@@ -98,6 +98,28 @@ fn slow_link(listen: &Path, target: &Path, bytes_per_second: usize) -> JoinHandl
     })
 }
 
+/// A link that never passes the destination's answer on: forwards one connection on `listen`
+/// to `target` source to destination, reads and drops what comes back, and closes the
+/// source's side once the destination's is gone. The destination runs the guest (with the
+/// TAP it opened) but the source never hears so.
+fn deaf_link(listen: &Path, target: &Path) -> JoinHandle<()> {
+    let listener = UnixListener::bind(listen).unwrap();
+    let target = target.to_path_buf();
+    std::thread::spawn(move || {
+        let (mut from_source, _) = listener.accept().unwrap();
+        let mut to_target = UnixStream::connect(&target).unwrap();
+        let mut back_in = to_target.try_clone().unwrap();
+        let back_out = from_source.try_clone().unwrap();
+        let back = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut back_in, &mut std::io::sink());
+            let _ = back_out.shutdown(std::net::Shutdown::Both);
+        });
+        let _ = std::io::copy(&mut from_source, &mut to_target);
+        let _ = to_target.shutdown(std::net::Shutdown::Both);
+        let _ = back.join();
+    })
+}
+
 /// Boots Lull (128 MiB) with `devices` and an API socket, to its shell.
 fn lull_source(kernel: &Path, dir: &Path, devices: &[&str]) -> (Vmm, PathBuf) {
     let socket = dir.join("source.sock");
@@ -285,7 +307,9 @@ fn tcp_both_ways(vmm: &mut Vmm, host: &str, guest: &str, port: u16) {
 /// A Lull guest with a TAP NIC and a disk, in a test-made network namespace. First a
 /// migration that the destination refuses after the source paused and handed its TAP over
 /// (the disk image is not at its path for the destination): the source must take the TAP
-/// back, and its guest's network and disk go on working. Then a migration that works: on the
+/// back, and its guest's network and disk go on working. Then one whose destination runs the
+/// guest (it opened the TAP) but whose answer never reaches the source, and which is killed:
+/// the source resumes and must get the TAP back again. Then a migration that works: on the
 /// destination, which reopened the TAP and the disk, the guest answers ping, exchanges TCP
 /// data with a host process both ways, and reads the disk as the host has it.
 #[test]
@@ -351,11 +375,43 @@ fn lull_with_a_tap_gets_it_back_after_a_refused_migration_and_talks_tcp_after_th
     let sum = shell(&mut source, "blk sum vda 0 16K", STEP);
     assert!(sum.contains(&format!("sha256 {expected}")), "{sum}");
 
+    // The destination runs the guest, having opened the TAP, but its answer never reaches
+    // the source and it is killed: the source resumes and must get the TAP back (waiting, if
+    // need be, for the dying destination to let go of it).
+    std::fs::rename(&moved, &image).unwrap();
+    let listen = dir.join("deaf.sock");
+    let mut target = destination(&url);
+    let link = deaf_link(&listen, &dir.join("migrate.sock"));
+    let client_socket = socket.clone();
+    let deaf_url = format!("unix:{}", listen.display());
+    let migration = std::thread::spawn(move || migrate(&client_socket, &deaf_url, &[]));
+    let deadline = Instant::now() + STEP;
+    while !target.errors().contains("the guest runs here") {
+        assert!(
+            Instant::now() < deadline && target.try_exit().is_none(),
+            "the destination did not run the guest\n{}",
+            target.errors()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    target.kill();
+    let (ok, out, errors) = migration.join().unwrap();
+    assert!(!ok, "the migration must fail\n{out}\n{errors}");
+    assert!(errors.contains("keeps running on the source"), "{errors}");
+    link.join().unwrap();
+    assert!(source.try_exit().is_none(), "the source keeps running");
+    assert!(
+        !source.errors().contains("taking the devices back"),
+        "{}",
+        source.errors()
+    );
+    let ping = shell(&mut source, "ping 10.99.3.1 -c 2", STEP);
+    assert!(ping.contains("2 received"), "TAP taken back: {ping}");
+
     // Now it works, with a TCP transfer to the guest in flight: the guest's RX buffers and
     // used ring are written by the device thread while pre-copy runs (over a slow link, so
     // for seconds), and the connection must survive the TAP's move (the host retransmits
     // what was sent while no one had the TAP).
-    std::fs::rename(&moved, &image).unwrap();
     const IN_FLIGHT: usize = 128 << 10;
     let before = source.output().len();
     source.send(b"nc -l 5100\r");
