@@ -176,6 +176,8 @@ pub struct Machine {
     // Kept so the irqfd stays registered for the machine's lifetime.
     _serial_interrupt: EventFd,
     virtio: VirtioDevices,
+    /// The devices' host side was handed to a migration destination (until resume).
+    host_released: bool,
 }
 
 /// A started machine and the channel on which its vCPUs report poweroff or failure.
@@ -735,6 +737,7 @@ impl Machine {
             migration: Arc::default(),
             _serial_interrupt: serial_interrupt,
             virtio,
+            host_released: false,
         };
         Started {
             machine,
@@ -821,6 +824,14 @@ impl Machine {
                 state: self.state,
             });
         }
+        if self.host_released {
+            self.host_released = false;
+            // The guest runs on whatever happens: a device that cannot get its host side
+            // back (its TAP taken meanwhile) is said so and keeps running without it.
+            if let Err(error) = self.virtio.reacquire_host() {
+                eprintln!("\r\nlull-vmm: taking the devices back after the migration: {error}");
+            }
+        }
         self.virtio.resume();
         self.command_all(|| VcpuCommand::Resume, "resume", false)?;
         self.state = RunState::Running;
@@ -889,7 +900,12 @@ impl Machine {
 
     /// What a migration source reads guest RAM and the dirty log through: the VM fd and a
     /// handle on the same mappings (shared, not copied).
-    pub fn migration_handles(&self) -> (Arc<kvm_ioctls::VmFd>, vm_memory::GuestMemoryMmap) {
+    pub fn migration_handles(
+        &self,
+    ) -> (
+        Arc<kvm_ioctls::VmFd>,
+        crate::vstate::memory::GuestMemoryMmap,
+    ) {
         (self.vm.fd.clone(), self.memory.mmap.clone())
     }
 
@@ -959,9 +975,20 @@ impl Machine {
         self.memory.host_ranges()
     }
 
-    /// Whether virtio devices are attached (live migration does not take them yet).
-    pub fn has_virtio_devices(&self) -> bool {
-        !self.virtio.is_empty()
+    /// A migration source at the final pause, its state saved: lets the destination take the
+    /// devices' host side (disks written back, TAPs and gpio control sockets closed). The
+    /// next [`Machine::resume`] (a failed migration) takes it back.
+    pub fn release_host_devices(&mut self) -> Result<(), MachineError> {
+        if self.state != RunState::Paused {
+            return Err(MachineError::InvalidState {
+                operation: "hand the devices over (pause first)",
+                state: self.state,
+            });
+        }
+        // Set first: a device released before another one failed is taken back on resume.
+        self.host_released = true;
+        self.virtio.release_host()?;
+        Ok(())
     }
 
     /// Sockets the devices serve on the host (virtio-gpio's control sockets), for removal at

@@ -258,7 +258,7 @@ fn damaged_streams_are_refused_and_the_source_guest_runs_on_then_migrates() {
         &mut source,
         &socket,
         Fault::Flip(8),
-        "format version 0 is not supported",
+        "format version 3 is not supported",
     );
     assert!(errors.contains("version"), "{errors}");
     expect_log(&mut source, "c", "abc");

@@ -16,16 +16,6 @@ use lull_vmm::test_guest::{READY_BANNER, VIRTIO_BLK_GUEST_BANNER};
 
 const BOOT: Duration = Duration::from_secs(120);
 
-/// A disk image whose sector n is filled with byte n+1 (first word of sector 0: 0x01010101).
-fn disk(dir: &Path, sectors: usize) -> std::path::PathBuf {
-    let path = dir.join("disk.img");
-    let content: Vec<u8> = (0..sectors * 512)
-        .map(|i| ((i / 512) as u8).wrapping_add(1))
-        .collect();
-    std::fs::write(&path, content).unwrap();
-    path
-}
-
 #[test]
 #[ignore = "needs /dev/kvm"]
 fn a_guest_reads_and_writes_a_disk_through_virtio_mmio() {
@@ -265,28 +255,6 @@ fn bad_device_options_name_the_option_and_start_nothing() {
     assert!(errors.contains("at most 8 virtio devices"), "{errors}");
 }
 
-/// Runs `ip` with `args`; Err with its stderr when it fails.
-fn ip(args: &[&str]) -> Result<String, String> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-/// Deletes the namespace when the test ends, however it ends.
-struct Namespace(String);
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "delete", &self.0]);
-    }
-}
-
 #[test]
 #[ignore = "needs /dev/kvm, and root for a network namespace and a TAP device"]
 fn a_tap_in_a_network_namespace_is_opened_and_idles_without_cpu() {
@@ -491,19 +459,6 @@ fn lull_boots_with_disks_attached_stays_idle_and_restores_with_them() {
     assert_eq!(restored.wait_exit(BOOT).code(), Some(0));
 }
 
-/// Moves the calling thread into network namespace `name` (processes it spawns afterwards
-/// start there too).
-fn enter_namespace(name: &str) -> Result<(), String> {
-    let file = std::fs::File::open(format!("/var/run/netns/{name}"))
-        .map_err(|e| format!("open /var/run/netns/{name}: {e}"))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))
-}
-
-/// `nc`'s pattern: byte i is i mod 251.
-fn nc_pattern(bytes: usize) -> Vec<u8> {
-    (0..bytes).map(|i| (i % 251) as u8).collect()
-}
-
 /// The Lull guest on lull-vmm with `--net tap=…` in a test-made network namespace: its
 /// virtio-net driver and TCP/IP stack answer the host's ping, send 128 KiB to a host process
 /// and receive 128 KiB from it, SHA-256 equal on both ends.
@@ -578,18 +533,6 @@ fn lull_exchanges_tcp_with_a_host_process_over_a_tap() {
     vmm.send(b"poweroff\r");
     assert_eq!(vmm.wait_exit(BOOT).code(), Some(0));
     drop(namespace);
-}
-
-/// Sends one control command to a `--gpio ...,control=PATH` socket; returns the reply line.
-fn gpio_control(path: &Path, command: &str) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(path)
-        .unwrap_or_else(|e| panic!("control socket {}: {e}", path.display()));
-    stream.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
-    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).unwrap();
-    reply.trim_end().to_string()
 }
 
 /// Waits until the file at `path` contains `needle`; returns its text.

@@ -111,6 +111,8 @@ pub enum StreamError {
     BadMagic,
     #[error("migration stream format version {found} is not supported (this lull-vmm reads version {supported}); migrate between lull-vmm builds with the same stream version")]
     UnsupportedVersion { found: u32, supported: u32 },
+    #[error("migration stream format version {found} is from an older lull-vmm (this one reads version {supported}, which adds the virtio devices' state); upgrade the source's lull-vmm to the destination's")]
+    OlderVersion { found: u32, supported: u32 },
     #[error("migration stream header is corrupted: CRC-32 is {computed:#010x}, header says {stored:#010x}")]
     HeaderChecksum { stored: u32, computed: u32 },
     #[error("expected a {expected} stream, the header says kind {found}: the migration and page-request connections are crossed")]

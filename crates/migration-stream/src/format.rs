@@ -7,7 +7,11 @@ use crate::error::StreamError;
 pub const MAGIC: [u8; 8] = *b"LULLMIGR";
 
 /// The stream layout this crate writes and reads; bump on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+/// 1: pre-copy and post-copy of guest RAM, vCPU, VM, serial and ACPI state.
+/// 2: the virtio-mmio devices' state too (`DeviceState` "virtio"), which a version-1 reader
+///    would refuse as an unknown device, and a version-1 writer never sends (its guests had
+///    none: it refused to migrate them).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Size of the stream header: magic, version, kind, page size, vCPU count, memory size, CRC.
 pub const HEADER_LEN: usize = 36;
@@ -127,6 +131,12 @@ pub(crate) fn check_header_prefix(prefix: &[u8]) -> Result<(), StreamError> {
         return Err(StreamError::BadMagic);
     }
     if let Some(found) = Reader::new(prefix.get(MAGIC.len()..).unwrap_or(&[])).u32() {
+        if found != 0 && found < FORMAT_VERSION {
+            return Err(StreamError::OlderVersion {
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
         if found != FORMAT_VERSION {
             return Err(StreamError::UnsupportedVersion {
                 found,

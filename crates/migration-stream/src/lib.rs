@@ -14,7 +14,7 @@
 //! | offset | size | field | |
 //! |---:|---:|---|---|
 //! | 0 | 8 | magic | `b"LULLMIGR"` |
-//! | 8 | 4 | format version | [`FORMAT_VERSION`] (1) |
+//! | 8 | 4 | format version | [`FORMAT_VERSION`] (2; 1 had no virtio device state, and is refused as [`StreamError::OlderVersion`]) |
 //! | 12 | 4 | stream kind | 0 migration (source → destination), 1 page requests (back) |
 //! | 16 | 4 | page size | power of two, 4 KiB to 2 MiB |
 //! | 20 | 4 | vCPU count | 1 to [`Limits::max_vcpus`] |

@@ -57,7 +57,7 @@ fn wrong_version_names_both_versions() {
     );
     let message = error.to_string();
     assert!(
-        message.contains("version 7") && message.contains("version 1"),
+        message.contains("version 7") && message.contains(&format!("version {FORMAT_VERSION}")),
         "{message}"
     );
     // Refused as soon as the version field is complete, before the rest of the header.
@@ -65,6 +65,40 @@ fn wrong_version_names_both_versions() {
     assert!(matches!(
         decoder.push(&bytes[..12]),
         Err(StreamError::UnsupportedVersion { found: 7, .. })
+    ));
+}
+
+#[test]
+fn an_older_version_is_refused_as_older_with_what_changed() {
+    assert_eq!(
+        FORMAT_VERSION, 2,
+        "update the history in format.rs and this test"
+    );
+    let mut bytes = sample_stream();
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let error = decode(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            StreamError::OlderVersion {
+                found: 1,
+                supported: 2
+            }
+        ),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("version 1 is from an older lull-vmm")
+            && message.contains("virtio")
+            && message.contains("upgrade the source"),
+        "{message}"
+    );
+    // Version 0 never existed: not "older", just unsupported.
+    bytes[8..12].copy_from_slice(&0u32.to_le_bytes());
+    assert!(matches!(
+        decode(&bytes),
+        Err(StreamError::UnsupportedVersion { found: 0, .. })
     ));
 }
 

@@ -199,7 +199,7 @@ pub fn execute(
             return source::start(machine, options.clone())
                 .map(|()| (202, migration.status().json()))
                 .map_err(|error| match error {
-                    StartError::NotRunning(_) | StartError::Busy | StartError::VirtioDevices => {
+                    StartError::NotRunning(_) | StartError::Busy => {
                         ApiError::new(409, "invalid_state", error.to_string())
                     }
                     StartError::Thread(_) => ApiError::new(500, "internal", error.to_string()),

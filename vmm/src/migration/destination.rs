@@ -14,6 +14,7 @@ use crate::cli::{run_started, RunOptions};
 use crate::console::StdoutWriter;
 use crate::devices::acpi_pm::AcpiPmState;
 use crate::devices::serial::SerialConsoleState;
+use crate::devices::virtio::VirtioDeviceState;
 use crate::machine::{IncomingVm, Machine, MachineError, Started};
 use crate::snapshot::SnapshotState;
 use crate::vstate::hypercall::PvHypercalls;
@@ -202,6 +203,7 @@ pub(super) struct Parts {
     vm: Option<VmState>,
     serial: Option<SerialConsoleState>,
     acpi_pm: Option<AcpiPmState>,
+    virtio: Option<Vec<VirtioDeviceState>>,
     vcpus: Vec<Option<VcpuState>>,
     /// Post-copy: the pages still to come, as runs (first stream page, count).
     pub(super) postcopy_pages: Option<Vec<(u64, u64)>>,
@@ -228,6 +230,7 @@ impl Parts {
             "vm" => put(&mut self.vm, name, decode(name, bytes)?),
             "serial" => put(&mut self.serial, name, decode(name, bytes)?),
             "acpi_pm" => put(&mut self.acpi_pm, name, decode(name, bytes)?),
+            "virtio" => put(&mut self.virtio, name, decode(name, bytes)?),
             "postcopy_pages" => put(&mut self.postcopy_pages, name, decode(name, bytes)?),
             other => Err(ReceiveError::UnknownDevice(other.to_string())),
         }
@@ -250,8 +253,7 @@ impl Parts {
             vm: self.vm.ok_or(ReceiveError::Missing("vm"))?,
             serial: self.serial.ok_or(ReceiveError::Missing("serial"))?,
             acpi_pm: self.acpi_pm.ok_or(ReceiveError::Missing("acpi_pm"))?,
-            // The source refuses to migrate a VM with virtio devices.
-            virtio: Vec::new(),
+            virtio: self.virtio.ok_or(ReceiveError::Missing("virtio"))?,
             vcpus: self
                 .vcpus
                 .into_iter()

@@ -2,14 +2,16 @@
 //! guest to `lull-vmm receive` on another (or the same) host, over TCP or a Unix socket, in the
 //! stream format of `crates/migration-stream`.
 //!
-//! Source ([`source`]): dirty logging on (KVM's bitmap, see `vstate::dirty_log`), round 0
+//! Source ([`source`]): dirty logging on (KVM's bitmap united with the pages the virtio device
+//! threads write, see `vstate::dirty_log::DirtyTracker`), round 0
 //! sends every page the guest may have touched (`GuestMemory::touched_pages`; zero pages as
 //! one-byte markers), each later round the pages dirtied since the previous one, until the
 //! measured transfer rate says the dirty pages left fit the downtime budget (or the round
-//! limit is reached); then the vCPUs pause, the last dirty pages, the devices' and vCPUs'
-//! `Persist` state and `End` go out, and the source waits for the destination to say its
-//! vCPUs run ([`Reply`]). Only then does it exit; on any failure before that it resumes its
-//! guest and keeps running.
+//! limit is reached); then the vCPUs pause (and the virtio devices with them), the devices'
+//! host side (disk, TAP, gpio socket) is handed over, the last dirty pages, the devices' and
+//! vCPUs' `Persist` state and `End` go out, and the source waits for the destination to say
+//! its vCPUs run ([`Reply`]). Only then does it exit; on any failure before that it takes its
+//! devices' host side back, resumes its guest and keeps running.
 //!
 //! Destination ([`destination`]): creates the VM from the stream header (RAM, irqchip, vCPUs)
 //! before any page arrives, writes pages as they come, restores the state exactly as

@@ -5,8 +5,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::vstate::memory::GuestMemoryMmap;
 use lull_migration_stream::{Encoder, Limits, SourceInfo, StreamError, StreamKind};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::pages::PageSet;
 use super::{
@@ -17,7 +18,7 @@ use crate::bench::clock_monotonic_ns;
 use crate::devices::lock;
 use crate::machine::{Machine, MachineError, RunState};
 use crate::snapshot::SnapshotState;
-use crate::vstate::dirty_log::DirtyLog;
+use crate::vstate::dirty_log::DirtyTracker;
 use crate::vstate::vcpu::VmEvent;
 use crate::vstate::vm::VmError;
 
@@ -86,8 +87,6 @@ pub enum StartError {
     Busy,
     #[error("cannot start the migration thread: {0}")]
     Thread(io::Error),
-    #[error("cannot migrate a VM with virtio devices yet: their writes to guest RAM are not in KVM's dirty log")]
-    VirtioDevices,
 }
 
 /// Why a migration failed (the guest runs on here).
@@ -128,9 +127,6 @@ pub fn start(machine: &Arc<Mutex<Machine>>, options: MigrateOptions) -> Result<(
         let machine = lock(machine);
         if machine.state() != RunState::Running {
             return Err(StartError::NotRunning(machine.state()));
-        }
-        if machine.has_virtio_devices() {
-            return Err(StartError::VirtioDevices);
         }
         machine.migration()
     };
@@ -308,14 +304,15 @@ fn migrate(
         machine,
         armed: true,
     };
-    let (log, touched, mmap, vcpus) = {
+    let (mut log, touched, mmap, vcpus) = {
         let machine = lock(machine);
         if machine.state() != RunState::Running {
             return Err(MigrateError::NotRunning(machine.state()));
         }
         let (vm, mmap) = machine.migration_handles();
-        // Logging first, then the pagemap: a page written in between is in the log.
-        let log = DirtyLog::start(vm, &mmap)?;
+        // Logging first (KVM's log, and the devices' marks), then the pagemap: a page written
+        // in between is in the log.
+        let log = DirtyTracker::start(vm, &mmap)?;
         let touched = machine.touched_pages()?;
         (log, touched, mmap, machine.info().vcpus)
     };
@@ -398,8 +395,14 @@ fn migrate(
         None => PageSet::new(log.peek()?, &region_pages),
     };
     let state = guard.save_state()?;
-    drop(guard);
     let saved = Instant::now();
+    // The devices were quiesced by the pause (no request half-served) and their state is
+    // saved: hand their host side over before the destination, which opens the same disks,
+    // TAPs and gpio sockets, gets the state. A failure from here resumes the guest here, and
+    // the resume takes them back.
+    guard.release_host_devices()?;
+    drop(guard);
+    let released = Instant::now();
     if postcopy {
         let requests = requests.ok_or_else(|| {
             MigrateError::PostcopyLost("no page-request reader (internal error)".into())
@@ -418,6 +421,7 @@ fn migrate(
             paused_at,
             paused,
             saved,
+            released,
         });
     }
     let stop_and_copy_pages = last.count();
@@ -448,7 +452,8 @@ fn migrate(
         source_phases_us: [
             ("pause", paused - paused_at),
             ("dirty_log_and_save_state", saved - paused),
-            ("send_last_pages_and_state", sent - saved),
+            ("release_host_devices", released - saved),
+            ("send_last_pages_and_state", sent - released),
         ]
         .into_iter()
         .map(|(name, took)| (name.to_string(), took.as_secs_f64() * 1e6))
@@ -465,7 +470,7 @@ struct PostcopyPhase<'a> {
     requests: Receiver<Request>,
     control: &'a MigrationControl,
     resume: ResumeOnFailure<'a>,
-    log: DirtyLog,
+    log: DirtyTracker,
     state: &'a SnapshotState,
     /// The pages the destination does not have (current versions).
     pending: &'a PageSet,
@@ -476,6 +481,7 @@ struct PostcopyPhase<'a> {
     paused_at: Instant,
     paused: Instant,
     saved: Instant,
+    released: Instant,
 }
 
 /// Post-copy: the state, the list of pages still to come and `PostcopySwitch`; once the
@@ -496,6 +502,7 @@ fn postcopy_phase(phase: PostcopyPhase<'_>) -> Result<MigrationSummary, MigrateE
         paused_at,
         paused,
         saved,
+        released,
     } = phase;
     // The pages KVM itself writes for the guest as its state is restored or its vCPUs first
     // enter (kvmclock, wall clock, steal time, async-PF and PV-EOI areas) go before the
@@ -620,7 +627,8 @@ fn postcopy_phase(phase: PostcopyPhase<'_>) -> Result<MigrationSummary, MigrateE
         source_phases_us: [
             ("pause", paused - paused_at),
             ("dirty_log_and_save_state", saved - paused),
-            ("send_state_and_switch", switched - saved),
+            ("release_host_devices", released - saved),
+            ("send_state_and_switch", switched - released),
         ]
         .into_iter()
         .map(|(name, took)| (name.to_string(), took.as_secs_f64() * 1e6))
@@ -913,6 +921,9 @@ impl Sender {
             ("vm", encode("vm", &state.vm)?),
             ("serial", encode("serial", &state.serial)?),
             ("acpi_pm", encode("acpi_pm", &state.acpi_pm)?),
+            // Stream version 2: the virtio-mmio devices (their disks, TAPs and gpio sockets
+            // are reopened by name on the destination, as on a restore).
+            ("virtio", encode("virtio", &state.virtio)?),
         ];
         for (name, bytes) in &devices {
             self.encoder.device_state(name, bytes, &mut self.out)?;

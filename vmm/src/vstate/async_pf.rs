@@ -29,10 +29,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::vstate::memory::GuestMemoryMmap;
 use kvm_bindings::{kvm_msi, kvm_msr_entry, Msrs};
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::Serialize;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::vstate::vcpu::{kick_signal, MSR_KVM_ASYNC_PF_EN, MSR_KVM_ASYNC_PF_INT};
 

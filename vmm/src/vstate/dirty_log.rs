@@ -8,6 +8,12 @@
 //! the bitmap no longer write-protects anything, so the source can look at how many pages are
 //! dirty (to decide whether the rest fits the downtime budget) without losing them, and then
 //! re-arm exactly the pages it is about to send.
+//!
+//! KVM logs what goes through the guest's MMU (the vCPUs, and KVM's own writes such as
+//! kvmclock). The virtio device threads write guest RAM from the VMM (used rings, block reads,
+//! network RX buffers), which KVM never sees: those writes set the guest memory's own bitmaps
+//! (`vm-memory`'s `AtomicBitmap`, see `vstate::memory::GuestMemoryMmap`). [`DirtyTracker`]
+//! unites the two for a migration source.
 
 use std::sync::Arc;
 
@@ -17,7 +23,10 @@ use kvm_bindings::{
     KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM_MEM_LOG_DIRTY_PAGES,
 };
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MmapRegion};
+
+use crate::vstate::memory::GuestMemoryMmap;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use crate::vstate::vm::VmError;
@@ -168,6 +177,113 @@ impl Drop for DirtyLog {
     }
 }
 
+/// The pages the device threads wrote (the guest memory's bitmaps), collected into sets the
+/// source clears as it sends them: one bitmap per region, KVM's layout.
+pub struct DeviceDirty {
+    memory: GuestMemoryMmap,
+    /// Marks taken from the memory's bitmaps and not cleared yet.
+    pending: Vec<Vec<u64>>,
+}
+
+/// The bitmap a region's device writes set.
+fn region_bitmap(region: &MmapRegion<AtomicBitmap>) -> &AtomicBitmap {
+    region.bitmap()
+}
+
+impl DeviceDirty {
+    /// Forgets every mark made so far: from here on, a page a device thread writes is
+    /// reported. (A page written before is the caller's to find: a migration's first round
+    /// sends every page touched, read after this.)
+    pub fn start(memory: &GuestMemoryMmap) -> Self {
+        let pending = memory
+            .iter()
+            .map(|region| {
+                let bitmap = region_bitmap(region);
+                bitmap.reset();
+                vec![0; (region.len() / PAGE_SIZE).div_ceil(64) as usize]
+            })
+            .collect();
+        Self {
+            memory: memory.clone(),
+            pending,
+        }
+    }
+
+    /// The pages written since [`DeviceDirty::start`] that were not cleared since. The marks
+    /// are taken from the memory's bitmaps atomically (a write marks its pages after it
+    /// copied: a mark taken here is for data already in memory, and one made after this is
+    /// taken next time).
+    pub fn collect(&mut self) -> &[Vec<u64>] {
+        for (region, pending) in self.memory.iter().zip(&mut self.pending) {
+            let marks = region_bitmap(region).get_and_reset();
+            for (word, mark) in pending.iter_mut().zip(marks) {
+                *word |= mark;
+            }
+        }
+        &self.pending
+    }
+
+    /// Forgets the pages set in `bitmaps` (about to be sent): written again, they are
+    /// reported again.
+    pub fn clear(&mut self, bitmaps: &[Vec<u64>]) {
+        for (pending, cleared) in self.pending.iter_mut().zip(bitmaps) {
+            for (word, clear) in pending.iter_mut().zip(cleared) {
+                *word &= !clear;
+            }
+        }
+    }
+}
+
+/// `a` with every page of `b` added (per region; `b` may be shorter).
+pub fn unite(mut a: Vec<Vec<u64>>, b: &[Vec<u64>]) -> Vec<Vec<u64>> {
+    for (mine, theirs) in a.iter_mut().zip(b) {
+        if mine.len() < theirs.len() {
+            mine.resize(theirs.len(), 0);
+        }
+        for (word, other) in mine.iter_mut().zip(theirs) {
+            *word |= other;
+        }
+    }
+    a
+}
+
+/// Everything a migration source must send again: KVM's dirty log (the guest's writes)
+/// united with the device threads' writes ([`DeviceDirty`]), with the same peek-then-clear
+/// protocol as [`DirtyLog`].
+pub struct DirtyTracker {
+    log: DirtyLog,
+    devices: DeviceDirty,
+}
+
+impl DirtyTracker {
+    /// Starts KVM's log, then forgets the devices' earlier marks: call it before reading which
+    /// pages were touched, so a page written in between is in one of the two.
+    pub fn start(vm: Arc<VmFd>, memory: &GuestMemoryMmap) -> Result<Self, VmError> {
+        let log = DirtyLog::start(vm, memory)?;
+        Ok(Self {
+            log,
+            devices: DeviceDirty::start(memory),
+        })
+    }
+
+    pub fn slot_pages(&self) -> Vec<u64> {
+        self.log.slot_pages()
+    }
+
+    /// The pages dirtied (by the guest or a device) and not cleared since, per slot.
+    pub fn peek(&mut self) -> Result<Vec<Vec<u64>>, VmError> {
+        let kvm = self.log.peek()?;
+        Ok(unite(kvm, self.devices.collect()))
+    }
+
+    /// Re-arms the pages of `bitmaps` (as [`DirtyTracker::peek`] gave them) before they are
+    /// read and sent.
+    pub fn clear(&mut self, bitmaps: &[Vec<u64>]) -> Result<(), VmError> {
+        self.devices.clear(bitmaps);
+        self.log.clear(bitmaps)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +363,77 @@ mod tests {
             "only the page written after the clear"
         );
         log.stop().unwrap();
+    }
+
+    fn memory(pages: usize) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), pages * PAGE_SIZE as usize),
+            (GuestAddress(1 << 32), 64 * PAGE_SIZE as usize),
+        ])
+        .unwrap()
+    }
+
+    fn pages_of(bitmaps: &[Vec<u64>]) -> Vec<(usize, u64)> {
+        let mut pages = Vec::new();
+        for (region, bitmap) in bitmaps.iter().enumerate() {
+            for (index, word) in bitmap.iter().enumerate() {
+                for bit in 0..64 {
+                    if word >> bit & 1 == 1 {
+                        pages.push((region, index as u64 * 64 + bit));
+                    }
+                }
+            }
+        }
+        pages
+    }
+
+    #[test]
+    fn device_writes_are_reported_until_cleared_and_again_when_rewritten() {
+        let memory = memory(200);
+        memory.write_slice(&[1; 8], GuestAddress(0x3000)).unwrap();
+        let mut devices = DeviceDirty::start(&memory);
+        assert!(
+            pages_of(devices.collect()).is_empty(),
+            "earlier marks forgotten"
+        );
+        // A write across a page boundary, a used-ring style store, a write in region 1.
+        memory
+            .write_slice(&[2; 16], GuestAddress(5 * PAGE_SIZE - 8))
+            .unwrap();
+        memory
+            .write_obj(7u16, GuestAddress(130 * PAGE_SIZE + 2))
+            .unwrap();
+        memory
+            .write_slice(&[3; 4], GuestAddress((1 << 32) + 3 * PAGE_SIZE))
+            .unwrap();
+        let seen = devices.collect().to_vec();
+        assert_eq!(pages_of(&seen), vec![(0, 4), (0, 5), (0, 130), (1, 3)]);
+        // Reads mark nothing; not clearing keeps the pages reported.
+        let mut buffer = [0u8; 64];
+        memory
+            .read_slice(&mut buffer, GuestAddress(0x9000))
+            .unwrap();
+        assert_eq!(devices.collect().to_vec(), seen, "kept until cleared");
+        // Clear what is sent; a write after that is reported again, the rest not.
+        let mut sent = seen.clone();
+        sent[0][0] &= !(1 << 5); // page 5 not sent this round
+        devices.clear(&sent);
+        memory.write_obj(9u8, GuestAddress(4 * PAGE_SIZE)).unwrap();
+        assert_eq!(pages_of(devices.collect()), vec![(0, 4), (0, 5)]);
+    }
+
+    #[test]
+    fn the_union_has_the_pages_of_kvm_and_of_the_devices() {
+        let kvm = vec![vec![0b1001, 0], vec![0b10]];
+        let devices = vec![vec![0b0110, 1 << 63], vec![0b10]];
+        let both = unite(kvm, &devices);
+        assert_eq!(
+            pages_of(&both),
+            vec![(0, 0), (0, 1), (0, 2), (0, 3), (0, 127), (1, 1)]
+        );
+        // A shorter KVM bitmap (it covers its slot only) still takes every device page.
+        assert_eq!(unite(vec![vec![]], &[vec![4]]), vec![vec![4]]);
+        // A page in neither stays out.
+        assert_eq!(unite(vec![vec![0]], &[vec![0]]), vec![vec![0]]);
     }
 }

@@ -25,12 +25,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::vstate::memory::GuestMemoryMmap;
 use kvm_bindings::{
     kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_DISABLE_QUIRKS2,
     KVM_X86_QUIRK_FIX_HYPERCALL_INSN,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::layout::KVM_TSS_ADDRESS;
 use crate::arch::regs;
@@ -369,7 +370,7 @@ fn probe_once(
     let vm = kvm.create_vm().map_err(failed("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS as usize)
         .map_err(failed("KVM_SET_TSS_ADDR"))?;
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), PROBE_RAM_BYTES)])
+    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), PROBE_RAM_BYTES)])
         .map_err(|error| format!("probe VM: cannot map its RAM: {error}"))?;
     regs::write_boot_gdt(&memory).map_err(|error| format!("probe VM: {error}"))?;
     memory

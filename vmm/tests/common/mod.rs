@@ -426,3 +426,60 @@ pub fn lull_snapshot(kernel: &Path, dir: &Path) -> (PathBuf, f64) {
     source.kill();
     (snapshot, before)
 }
+
+/// Runs `ip` with `args`; Err with its stderr when it fails.
+pub fn ip(args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Deletes the namespace when the test ends, however it ends.
+pub struct Namespace(pub String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "delete", &self.0]);
+    }
+}
+
+/// Moves the calling thread into network namespace `name` (processes it spawns afterwards
+/// start there too).
+pub fn enter_namespace(name: &str) -> Result<(), String> {
+    let file = std::fs::File::open(format!("/var/run/netns/{name}"))
+        .map_err(|e| format!("open /var/run/netns/{name}: {e}"))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))
+}
+
+/// `nc`'s pattern: byte i is i mod 251.
+pub fn nc_pattern(bytes: usize) -> Vec<u8> {
+    (0..bytes).map(|i| (i % 251) as u8).collect()
+}
+
+/// A disk image whose sector n is filled with byte n+1 (first word of sector 0: 0x01010101).
+pub fn disk(dir: &Path, sectors: usize) -> std::path::PathBuf {
+    let path = dir.join("disk.img");
+    let content: Vec<u8> = (0..sectors * 512)
+        .map(|i| ((i / 512) as u8).wrapping_add(1))
+        .collect();
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+/// Sends one control command to a `--gpio ...,control=PATH` socket; returns the reply line.
+pub fn gpio_control(path: &Path, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("control socket {}: {e}", path.display()));
+    stream.set_read_timeout(Some(SOCKET_TIMEOUT)).unwrap();
+    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).unwrap();
+    reply.trim_end().to_string()
+}

@@ -11,6 +11,7 @@
 //! The MADT lists one enabled local APIC per vCPU, the in-kernel IOAPIC, and overrides
 //! ISA IRQ 0 → GSI 2 (the PIT, as on every PC) and ISA IRQ 9 → GSI 9 level/high (the SCI).
 
+use crate::vstate::memory::GuestMemoryMmap;
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -18,7 +19,7 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{
     ACPI_TABLES_ADDRESS, EBDA_START, HIGH_MEMORY_START, IOAPIC_ADDRESS, LAPIC_ADDRESS,

@@ -7,8 +7,9 @@
 //! (Documentation/arch/x86/boot.rst, "32-bit boot protocol"). The command line is the one
 //! `pvh::write_boot_data` placed; the memory map is the same as PVH's.
 
+use crate::vstate::memory::GuestMemoryMmap;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{MemoryLayout, LINUX_BOOT_PARAMS_ADDRESS};
 use super::pvh::PvhError;

@@ -3,8 +3,9 @@
 //! The kernel is entered with `%ebx` = [`PVH_START_INFO_ADDRESS`]; see
 //! <https://xenbits.xen.org/docs/unstable/misc/pvh.html>.
 
+use crate::vstate::memory::GuestMemoryMmap;
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{MemoryLayout, PVH_MEMMAP_ADDRESS, PVH_START_INFO_ADDRESS};
 

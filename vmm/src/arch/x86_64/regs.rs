@@ -1,7 +1,8 @@
 //! Boot-time vCPU state for the PVH entry: 32-bit protected mode, paging off, flat segments.
 
+use crate::vstate::memory::GuestMemoryMmap;
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{BOOT_GDT_ADDRESS, LINUX_BOOT_PARAMS_ADDRESS, PVH_START_INFO_ADDRESS};
 

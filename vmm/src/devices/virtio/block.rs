@@ -13,11 +13,12 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::vstate::memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use super::queue::{add_used, pop_chain, split_last_byte, Chain, ChainError, Reader, Writer};
 use super::sys;
@@ -67,6 +68,8 @@ pub struct BlockState {
 pub enum BlockError {
     #[error("--disk path={path}: cannot open: {source}")]
     Open { path: PathBuf, source: io::Error },
+    #[error("--disk path={path}: cannot write it back (fdatasync): {source}")]
+    Sync { path: PathBuf, source: io::Error },
     #[error("--disk path={path}: is not a regular file")]
     NotAFile { path: PathBuf },
     #[error("--disk path={path}: is {found} sectors now but {expected} in the snapshot; the guest would see another disk")]
@@ -112,6 +115,18 @@ impl Block {
                 .ok()
                 .and_then(|ms| ms.parse().ok())
                 .map(std::time::Duration::from_millis),
+        })
+    }
+
+    /// Makes every write the guest was answered for durable in the file (fdatasync), so that
+    /// another host's lull-vmm opening the same image (a migration destination) reads it.
+    pub fn sync(&self) -> Result<(), BlockError> {
+        if self.readonly {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|source| BlockError::Sync {
+            path: self.path.clone(),
+            source,
         })
     }
 

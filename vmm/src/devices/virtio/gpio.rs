@@ -22,6 +22,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use lull_gpio_sim::gpio::Gpio as Chip;
 use lull_gpio_sim::log::Log;
 use lull_virtio_gpio::{
@@ -30,7 +31,7 @@ use lull_virtio_gpio::{
 };
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::queue::{add_used, pop_chain, ChainError, Reader, Writer};
 
@@ -123,6 +124,8 @@ pub enum GpioError {
 pub struct Gpio {
     chip: Arc<Chip>,
     config: GpioConfig,
+    /// The control socket while this process serves it (see [`Gpio::release_host`]).
+    control: Option<lull_gpio_sim::socket::ControlSocket>,
 }
 
 /// One line as saved (lull-virtio-gpio's [`SavedLine`], which is not serde).
@@ -169,16 +172,47 @@ impl Gpio {
         };
         let chip =
             Arc::new(Chip::new(&config.lines, Arc::new(Log::new(out))).map_err(GpioError::Setup)?);
-        if let Some(path) = &config.control {
-            lull_gpio_sim::socket::spawn_control_socket(path, "--gpio control=", chip.clone())
-                .map_err(GpioError::Setup)?;
-            chip.log
-                .line(format_args!("control socket {}", path.display()));
-        }
-        Ok(Self {
+        let mut gpio = Self {
             chip,
             config: config.clone(),
-        })
+            control: None,
+        };
+        gpio.reacquire_host()?;
+        Ok(gpio)
+    }
+
+    /// Closes the control socket and frees its path (a migration source, at the final pause:
+    /// the destination binds the same path). Clients already connected stay connected here.
+    pub fn release_host(&mut self) {
+        if let Some(control) = self.control.take() {
+            control.close();
+            self.chip.log.line(format_args!(
+                "control socket {} handed over",
+                self.config
+                    .control
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            ));
+        }
+    }
+
+    /// Binds the control socket (again: a failed migration gives it back).
+    pub fn reacquire_host(&mut self) -> Result<(), GpioError> {
+        if let (Some(path), None) = (&self.config.control, &self.control) {
+            self.control = Some(
+                lull_gpio_sim::socket::spawn_closable_control_socket(
+                    path,
+                    "--gpio control=",
+                    self.chip.clone(),
+                )
+                .map_err(GpioError::Setup)?,
+            );
+            self.chip
+                .log
+                .line(format_args!("control socket {}", path.display()));
+        }
+        Ok(())
     }
 
     /// The chip (tests drive inputs through it as the control socket does).
@@ -186,9 +220,11 @@ impl Gpio {
         &self.chip
     }
 
-    /// The control socket's path, if any.
+    /// The control socket's path while this process serves it (not after a migration
+    /// source handed it over: the path is the destination's then, and this process must not
+    /// remove it as it exits).
     pub fn control_socket(&self) -> Option<&std::path::Path> {
-        self.config.control.as_deref()
+        self.control.as_ref().and(self.config.control.as_deref())
     }
 
     pub fn device_id(&self) -> u32 {

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use lull_virtio_gpio::{
     Message, IRQ_STATUS_INVALID, IRQ_STATUS_VALID, MSG_GET_NAMES, MSG_IRQ_TYPE, MSG_SET_DIRECTION,
     MSG_SET_VALUE, STATUS_ERR, STATUS_OK, VIRTIO_GPIO_F_IRQ,
 };
 use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
 use virtio_bindings::virtio_mmio::*;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::gpio::{parse_gpio, Gpio, GpioConfig};
 use super::mmio::MmioTransport;
@@ -345,4 +346,34 @@ fn gpio_state_round_trips_with_a_held_buffer_and_a_pending_edge() {
     let mut broken = gpio_state.clone();
     broken.lines[0].direction = 7;
     assert!(Backend::restore(&BackendState::Gpio(broken)).is_err());
+}
+
+#[test]
+fn a_handed_over_control_socket_is_not_ours_to_remove_and_comes_back() {
+    let path = std::env::temp_dir().join(format!(
+        "lull-vmm-gpio-handover-{}.sock",
+        std::process::id()
+    ));
+    let mut settings = config(&["a", "b"]);
+    settings.control = Some(path.clone());
+    let gpio = Gpio::open(&settings).unwrap();
+    assert_eq!(gpio.control_socket(), Some(path.as_path()));
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+    // A migration source at the final pause: the path is freed for the destination, and the
+    // source must not remove it as it exits (it lists only sockets it serves).
+    let mut backend = Backend::Gpio(gpio);
+    backend.release_host().unwrap();
+    let Backend::Gpio(gpio) = &mut backend else {
+        unreachable!()
+    };
+    assert_eq!(gpio.control_socket(), None);
+    assert!(!path.exists());
+    // The migration failed: bound again, and served.
+    backend.reacquire_host().unwrap();
+    let Backend::Gpio(gpio) = &backend else {
+        unreachable!()
+    };
+    assert_eq!(gpio.control_socket(), Some(path.as_path()));
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+    let _ = std::fs::remove_file(&path);
 }

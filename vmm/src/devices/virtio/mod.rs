@@ -17,6 +17,14 @@
 //! buffers and configuration changes raise the IRQ through an irqfd. The vCPU threads only
 //! serve register reads and writes. Device state is behind one mutex per device; pausing the
 //! VM takes it, so nothing is in flight while the VM is paused or snapshotted.
+//!
+//! Live migration: what the worker threads write into guest RAM marks the guest memory's
+//! dirty bitmaps (`vstate::memory::GuestMemoryMmap`), which the source unites with KVM's log.
+//! At the final pause, once the state is saved, [`VirtioDevices::release_host`] hands the
+//! host side over to the destination (disks fdatasync'ed, TAPs closed: a TAP without
+//! IFF_MULTI_QUEUE takes one file at a time; gpio control sockets closed and unlinked);
+//! a failed migration's resume takes them back ([`VirtioDevices::reacquire_host`]) and the
+//! workers watch the new TAP descriptors.
 
 pub mod block;
 pub mod gpio;
@@ -38,10 +46,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use serde::{Deserialize, Serialize};
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -306,6 +314,29 @@ impl Backend {
             }
             _ => Ok(0),
         }
+    }
+
+    /// Lets another process take over the host side (a migration source at the final pause,
+    /// its state saved): the disk's answered writes reach the file (fdatasync), the TAP and
+    /// the gpio control socket are closed for the destination to open.
+    pub fn release_host(&mut self) -> Result<(), VirtioError> {
+        match self {
+            Backend::Block(block) => block.sync()?,
+            Backend::Net(net) => net.detach(),
+            Backend::Gpio(gpio) => gpio.release_host(),
+        }
+        Ok(())
+    }
+
+    /// Takes back what [`Backend::release_host`] let go (the migration failed).
+    pub fn reacquire_host(&mut self) -> Result<(), VirtioError> {
+        match self {
+            Backend::Block(_) => {}
+            Backend::Net(net) if net.is_detached() => net.reattach()?,
+            Backend::Net(_) => {}
+            Backend::Gpio(gpio) => gpio.reacquire_host()?,
+        }
+        Ok(())
     }
 
     pub fn save(&self) -> BackendState {
@@ -596,7 +627,6 @@ impl VirtioDevices {
                 .map_err(kvm("KVM_IOEVENTFD"))?;
             queue_events.push(event.try_clone().map_err(host("duplicating an eventfd"))?);
         }
-        let host_fd = transport.backend.host_fd();
         eprintln!(
             "lull-vmm: {}: {} (virtio_mmio.device=4K@{base:#x}:{irq})",
             transport.name,
@@ -613,7 +643,7 @@ impl VirtioDevices {
             let (transport, stop) = (transport.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("{name}-io"))
-                .spawn(move || worker(&transport, &queue_events, host_fd, &worker_control, &stop))
+                .spawn(move || worker(&transport, &queue_events, &worker_control, &stop))
                 .map_err(host("starting the I/O thread"))?
         };
         self.devices.push(Attached {
@@ -668,6 +698,32 @@ impl VirtioDevices {
         for device in &self.devices {
             lock(&device.transport).resume();
         }
+    }
+
+    /// Hands the host side of every device over (see [`Backend::release_host`]); the VM must
+    /// be paused (its devices quiesced) and its state saved.
+    pub fn release_host(&self) -> Result<(), VirtioError> {
+        for device in &self.devices {
+            let result = lock(&device.transport).backend.release_host();
+            // The worker watches the host descriptor anew (the TAP's is gone).
+            let _ = device.control.write(1);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Takes the host side of every device back after [`VirtioDevices::release_host`] (a
+    /// failed migration); tries every device, returns the first error.
+    pub fn reacquire_host(&self) -> Result<(), VirtioError> {
+        let mut first = Ok(());
+        for device in &self.devices {
+            let result = lock(&device.transport).backend.reacquire_host();
+            let _ = device.control.write(1);
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
     }
 
     /// After a restore, once the vCPUs may run: serve what the guest had queued.
@@ -736,11 +792,11 @@ impl Drop for VirtioDevices {
 }
 
 /// A device's I/O thread: waits for queue notifications, the TAP and the control eventfd;
-/// uses no CPU while none fires.
+/// uses no CPU while none fires. The control eventfd without `stop` means the backend's host
+/// descriptor changed (a TAP handed over or taken back): it is watched anew.
 fn worker(
     transport: &Mutex<MmioTransport>,
     queue_events: &[EventFd],
-    host_fd: Option<RawFd>,
     control: &EventFd,
     stop: &AtomicBool,
 ) {
@@ -757,11 +813,13 @@ fn worker(
     for (index, event) in queue_events.iter().enumerate() {
         ok &= add(event.as_raw_fd(), EventSet::IN, index as u64);
     }
-    if let Some(fd) = host_fd {
-        // Edge-triggered: the backend reads until the TAP is empty, or holds a frame and is
-        // woken by the RX queue's notification instead.
-        ok &= add(fd, EventSet::IN | EventSet::EDGE_TRIGGERED, HOST_TOKEN);
-    }
+    // Edge-triggered: the backend reads until the TAP is empty, or holds a frame and is woken
+    // by the RX queue's notification instead.
+    let watch_host = |fd: Option<RawFd>| {
+        fd.is_none_or(|fd| add(fd, EventSet::IN | EventSet::EDGE_TRIGGERED, HOST_TOKEN))
+    };
+    let mut host_fd = lock(transport).backend.host_fd();
+    ok &= watch_host(host_fd);
     if !ok {
         eprintln!("lull-vmm: cannot watch a virtio device's events; it will not work");
         return;
@@ -779,6 +837,18 @@ fn worker(
                     let _ = control.read();
                     if stop.load(Ordering::Acquire) {
                         return;
+                    }
+                    // A closed descriptor left the epoll set by itself; one still open (or a
+                    // new one that got its number) is removed first.
+                    if let Some(fd) = host_fd {
+                        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                    }
+                    host_fd = lock(transport).backend.host_fd();
+                    if !watch_host(host_fd) {
+                        eprintln!(
+                            "lull-vmm: cannot watch a virtio device's host descriptor anew; \
+                             it will not receive"
+                        );
                     }
                 }
                 HOST_TOKEN => lock(transport).handle(BackendEvent::Host),

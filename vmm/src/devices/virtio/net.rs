@@ -11,11 +11,11 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
+use crate::vstate::memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::queue::{add_used, pop_chain, ChainError, Reader, Writer};
 use super::sys;
@@ -45,6 +45,38 @@ impl FrameIo for File {
     }
 }
 
+/// The TAP's place while another process has it (a migration source after the hand-over):
+/// nothing to read, and what the guest sends is dropped (its vCPUs are paused then anyway).
+struct Detached;
+
+impl Read for Detached {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl Write for Detached {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "the TAP was handed over",
+        ))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FrameIo for Detached {
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+}
+
+/// How long [`Net::reattach`] waits for another process to let go of the TAP.
+const REATTACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Counters of what the device did (for tests and diagnostics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NetCounters {
@@ -64,6 +96,8 @@ pub struct Net {
     /// Length of a frame in `frame` waiting for an RX buffer.
     held: Option<usize>,
     tx: Vec<u8>,
+    /// The TAP was handed over ([`Net::detach`]).
+    detached: bool,
     pub counters: NetCounters,
 }
 
@@ -116,6 +150,7 @@ impl Net {
             frame: vec![0; VNET_HEADER_BYTES + MAX_FRAME_BYTES],
             held: None,
             tx: Vec::with_capacity(VNET_HEADER_BYTES + MAX_FRAME_BYTES),
+            detached: false,
             counters: NetCounters::default(),
         }
     }
@@ -257,6 +292,47 @@ impl Net {
         }
         queue.enable_notification(memory).map_err(ring)?;
         Ok(used)
+    }
+
+    /// Closes the TAP (a migration source at the final pause: a TAP without IFF_MULTI_QUEUE
+    /// takes one file at a time, and the destination opens it next). Frames the kernel still
+    /// queued for it are dropped with it; a held frame stays in the saved state.
+    pub fn detach(&mut self) {
+        self.io = Box::new(Detached);
+        self.detached = true;
+    }
+
+    /// Whether [`Net::detach`] was called and no [`Net::reattach`] since.
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
+
+    /// Opens the TAP again after [`Net::detach`] (the migration failed). Another process
+    /// (a destination that is exiting) may still hold it for a moment: busy is retried for
+    /// [`REATTACH_TIMEOUT`].
+    pub fn reattach(&mut self) -> Result<(), NetError> {
+        let deadline = std::time::Instant::now() + REATTACH_TIMEOUT;
+        loop {
+            match sys::open_tap(&self.tap, VNET_HEADER_BYTES as i32) {
+                Ok(file) => {
+                    self.io = Box::new(file);
+                    self.detached = false;
+                    return Ok(());
+                }
+                Err(source)
+                    if source.raw_os_error() == Some(libc::EBUSY)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(source) => {
+                    return Err(NetError {
+                        tap: self.tap.clone(),
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     pub fn save(&self) -> NetState {

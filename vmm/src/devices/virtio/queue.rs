@@ -15,10 +15,11 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
+use crate::vstate::memory::GuestMemoryMmap;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Why a queue or chain was refused: the guest broke the virtio protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

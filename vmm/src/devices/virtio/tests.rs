@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::vstate::memory::GuestMemoryMmap;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::block::Block;
 use super::mmio::MmioTransport;
@@ -950,7 +951,8 @@ fn snapshot_with_requests_in_flight_loses_and_doubles_none() {
 }
 
 mod memory {
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use crate::vstate::memory::GuestMemoryMmap;
+    use vm_memory::{Bytes, GuestAddress};
 
     pub fn copy(memory: &GuestMemoryMmap) -> GuestMemoryMmap {
         let copy = super::memory();
@@ -1016,4 +1018,70 @@ fn oversized_requests_need_reset() {
     notify(&mut transport, 1);
     assert_ne!(transport.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
     assert!(tap.outbound.lock().unwrap().is_empty());
+}
+
+/// The pages in the device threads' dirty marks (live migration: KVM's log does not see them).
+fn marked_pages(devices: &mut crate::vstate::dirty_log::DeviceDirty) -> Vec<u64> {
+    let mut pages = Vec::new();
+    for (index, word) in devices.collect()[0].iter().enumerate() {
+        for bit in 0..64 {
+            if word >> bit & 1 == 1 {
+                pages.push(index as u64 * 64 + bit);
+            }
+        }
+    }
+    pages
+}
+
+#[test]
+fn a_block_read_marks_its_data_status_and_used_ring_pages_and_nothing_else() {
+    use crate::vstate::dirty_log::DeviceDirty;
+    let (mut transport, _, memory, path) = block_device("dirty", false);
+    bring_up(&mut transport, VERSION_1 | EVENT_IDX, 16);
+    let mut ring = Ring::new(0, 16);
+    // The driver's writes (request header, descriptors, avail ring) are the guest's own, which
+    // KVM logs: forget them, then let the device serve the read (two pages of data).
+    block_request(&mut ring, &memory, VIRTIO_BLK_T_IN, 0, 8192, true, 1);
+    let mut devices = DeviceDirty::start(&memory);
+    assert!(marked_pages(&mut devices).is_empty());
+    notify(&mut transport, 0);
+    assert_eq!(status_of(&memory, 1), VIRTIO_BLK_S_OK as u8);
+    let slot = DATA + 0x10000;
+    assert_eq!(
+        marked_pages(&mut devices),
+        vec![
+            USED / 4096,            // used element, index and avail_event
+            slot / 4096,            // the status byte (beside the header)
+            (slot + 0x1000) / 4096, // the data read, two pages
+            (slot + 0x2000) / 4096,
+        ]
+    );
+    // A write request marks no data page (the device only reads it): status and used ring.
+    let mut devices = DeviceDirty::start(&memory);
+    block_request(&mut ring, &memory, VIRTIO_BLK_T_OUT, 0, 4096, false, 2);
+    let _ = marked_pages(&mut devices);
+    devices.clear(&[vec![u64::MAX; 4]]);
+    notify(&mut transport, 0);
+    assert_eq!(
+        marked_pages(&mut devices),
+        vec![USED / 4096, (DATA + 0x20000) / 4096]
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_received_frame_marks_its_rx_buffer_and_used_ring_pages() {
+    use crate::vstate::dirty_log::DeviceDirty;
+    let (mut transport, _, memory, tap) = net_device();
+    bring_up(&mut transport, VERSION_1, 16);
+    let mut rx = Ring::new(0, 16);
+    rx.add(&memory, &[(DATA + 0x5000, 2048, true)]);
+    let mut devices = DeviceDirty::start(&memory);
+    tap.inbound.lock().unwrap().push_back(frame(9, 300));
+    transport.handle(BackendEvent::Host);
+    assert_eq!(rx.used_idx(&memory), 1);
+    assert_eq!(
+        marked_pages(&mut devices),
+        vec![USED / 4096, (DATA + 0x5000) / 4096]
+    );
 }
