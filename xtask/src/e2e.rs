@@ -1458,6 +1458,38 @@ fn leak_counters_settle(guest: &mut Guest, before: &str) -> Result<(bool, String
     Ok((false, after))
 }
 
+/// With the driver unbound: `warm_up` bind/unbind cycles (tables that grow on first use reach
+/// their size), the leak counters as the baseline, then `cycles` more; the counters must
+/// settle back (see [`leak_counters_settle`]). The driver is left unbound.
+fn bind_unbind_cycles_leak_nothing(
+    guest: &mut Guest,
+    bind: &str,
+    unbind: &str,
+    warm_up: usize,
+    cycles: usize,
+    what: &str,
+) -> TestResult {
+    let cycle = |guest: &mut Guest| -> TestResult {
+        guest.run(bind, STEP)?;
+        guest.run(unbind, STEP)?;
+        Ok(())
+    };
+    for _ in 0..warm_up {
+        cycle(guest)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = leak_counters(guest)?;
+    for _ in 0..cycles {
+        cycle(guest)?;
+    }
+    let (settled, after) = leak_counters_settle(guest, &before)?;
+    ensure!(
+        settled,
+        "after {cycles} unbind/bind cycles{what}:\n{after}\nbefore:\n{before}"
+    );
+    Ok(())
+}
+
 /// virtio-net on microvm through 20 unbind/bind cycles from `/sys`: the leak counters
 /// (`/proc/devres_leaks`: IRQ lines, port and MMIO claims, DMA and free pages exactly, the heap
 /// within 1 KiB) return to their values with the driver unbound, the interface comes back as
@@ -1492,21 +1524,7 @@ fn virtio_net_unbind_bind_leaks_nothing_and_traffic_resumes() -> TestResult {
     // Warm-up cycles (tables that grow on first use reach their size), then the baseline with
     // the driver unbound.
     guest.run(&unbind, STEP)?;
-    for _ in 0..5 {
-        guest.run(&bind, STEP)?;
-        guest.run(&unbind, STEP)?;
-    }
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let before = leak_counters(&mut guest)?;
-    for _ in 0..20 {
-        guest.run(&bind, STEP)?;
-        guest.run(&unbind, STEP)?;
-    }
-    let (settled, after) = leak_counters_settle(&mut guest, &before)?;
-    ensure!(
-        settled,
-        "after 20 unbind/bind cycles:\n{after}\nbefore:\n{before}"
-    );
+    bind_unbind_cycles_leak_nothing(&mut guest, &bind, &unbind, 5, 20, "")?;
     let from = guest.output().len();
     guest.run(&bind, STEP)?;
     if !guest.output()[from..].contains("DHCP lease 10.0.2.15") {
@@ -1629,19 +1647,7 @@ fn shared_intx_line_serves_smbus_rng_and_blk_through_unbind_bind() -> TestResult
         read.trim() == "0x42",
         "EEPROM with the RNG unbound: {read:?}"
     );
-    guest.run(&bind, STEP)?;
-    guest.run(&unbind, STEP)?;
-    std::thread::sleep(Duration::from_millis(500));
-    let before = leak_counters(&mut guest)?;
-    for _ in 0..20 {
-        guest.run(&bind, STEP)?;
-        guest.run(&unbind, STEP)?;
-    }
-    let (settled, after) = leak_counters_settle(&mut guest, &before)?;
-    ensure!(
-        settled,
-        "after 20 unbind/bind cycles on the shared line:\n{after}\nbefore:\n{before}"
-    );
+    bind_unbind_cycles_leak_nothing(&mut guest, &bind, &unbind, 1, 20, " on the shared line")?;
     guest.run(&bind, STEP)?;
     exercise(&mut guest, "rebound", 0x02)?;
     let host = std::fs::read(&image).map_err(|e| format!("{}: {e}", image.display()))?;
