@@ -46,26 +46,9 @@ fn echo_source(dir: &Path, typed: &str) -> (Vmm, PathBuf) {
     (vmm, socket)
 }
 
-/// `lull-vmm receive --listen unix:PATH`, once it listens.
+/// `lull-vmm receive --listen URL`, once it listens.
 fn destination(url: &str) -> Vmm {
-    let vmm = Vmm::spawn(&["receive", "--listen", url]);
-    let deadline = Instant::now() + STEP;
-    while !vmm.errors().contains("waiting for a migration") {
-        assert!(
-            Instant::now() < deadline && vmm.try_exit().is_none(),
-            "the destination did not start listening\n{}",
-            vmm.errors()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    vmm
-}
-
-/// Runs `lull-vmm migrate`; returns (success, stdout, stderr).
-fn migrate(socket: &Path, to: &str, extra: &[&str]) -> (bool, String, String) {
-    let mut args = vec!["migrate", "--api", path(socket), "--to", to];
-    args.extend_from_slice(extra);
-    client(&args)
+    migration_destination(url, STEP)
 }
 
 /// The test guest's log, asked for with `?` after typing `more`.

@@ -307,6 +307,30 @@ impl Drop for Vmm {
     }
 }
 
+/// `lull-vmm receive --listen URL`, once it says it is waiting for a migration (within
+/// `within`; the test fails if it exits or is slower).
+pub fn migration_destination(url: &str, within: Duration) -> Vmm {
+    let vmm = Vmm::spawn(&["receive", "--listen", url]);
+    let deadline = Instant::now() + within;
+    while !vmm.errors().contains("waiting for a migration") {
+        assert!(
+            Instant::now() < deadline && vmm.try_exit().is_none(),
+            "the destination did not start listening\n{}",
+            vmm.errors()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    vmm
+}
+
+/// Runs `lull-vmm migrate --api SOCKET --to URL EXTRA`; returns (success, stdout, stderr).
+pub fn migrate(socket: &Path, to: &str, extra: &[&str]) -> (bool, String, String) {
+    let socket = socket.to_str().expect("a UTF-8 socket path");
+    let mut args = vec!["migrate", "--api", socket, "--to", to];
+    args.extend_from_slice(extra);
+    client(&args)
+}
+
 /// Runs a `lull-vmm` client subcommand; returns (success, stdout, stderr). Panics, with its
 /// output so far, if it takes longer than [`CLIENT_TIMEOUT`] (it is killed).
 pub fn client(args: &[&str]) -> (bool, String, String) {
