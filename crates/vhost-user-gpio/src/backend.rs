@@ -3,6 +3,7 @@
 
 use std::io;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use lull_virtio_gpio::{EventCompletion, EVENT_QUEUE, REQUEST_QUEUE};
@@ -42,6 +43,10 @@ pub struct GpioBackend {
     gpio: Arc<Gpio>,
     mem: RwLock<Option<Memory>>,
     event_idx: RwLock<bool>,
+    /// Whether the front-end asked anything (GET_FEATURES or GET_PROTOCOL_FEATURES, which
+    /// every vhost-user front-end sends first): a connection that hangs up without a request
+    /// was someone checking whether the socket is served, not a front-end.
+    asked: AtomicBool,
 }
 
 impl GpioBackend {
@@ -51,7 +56,13 @@ impl GpioBackend {
             gpio,
             mem: RwLock::new(None),
             event_idx: RwLock::new(false),
+            asked: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this connection's peer sent a request (see the field).
+    pub fn was_asked(&self) -> bool {
+        self.asked.load(Ordering::Relaxed)
     }
 
     fn memory(&self) -> Option<Memory> {
@@ -346,6 +357,7 @@ impl VhostUserBackend for GpioBackend {
     }
 
     fn features(&self) -> u64 {
+        self.asked.store(true, Ordering::Relaxed);
         let features = self.gpio.lock().device.device_features()
             | VIRTIO_RING_F_INDIRECT_DESC
             | VIRTIO_RING_F_EVENT_IDX
@@ -366,6 +378,7 @@ impl VhostUserBackend for GpioBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.asked.store(true, Ordering::Relaxed);
         // CONFIG: QEMU reads the config space with GET_CONFIG at realize (and refuses a
         // back-end without it). MQ: GET_QUEUE_NUM tells QEMU there are 2 queues.
         // REPLY_ACK: QEMU can wait for the outcome of each message.

@@ -137,11 +137,17 @@ fn run(options: &Options) -> Result<(), String> {
     let result = loop {
         let served = serve_one(&mut listener, &gpio);
         match &served {
-            Ok(()) => log.line("front-end disconnected"),
+            // Nobody to serve: another instance's `in use` check (see check_socket_path), or
+            // a client that gave up. The socket stays served and nothing was changed.
+            Ok(Served::Probe) => {
+                log.line("the connection hung up without a request (a check whether the socket is served?); still listening");
+                continue;
+            }
+            Ok(Served::FrontEnd) => log.line("front-end disconnected"),
             Err(e) => log.line(format_args!("front-end connection ended: {e}")),
         }
         if !options.keep_listening {
-            break served;
+            break served.map(|_| ());
         }
         gpio.reset("for the next front-end");
         log.line(format_args!("listening on {}", options.socket.display()));
@@ -153,11 +159,19 @@ fn run(options: &Options) -> Result<(), String> {
     result
 }
 
+/// How a connection ended without an error.
+enum Served {
+    /// A front-end was served until it disconnected.
+    FrontEnd,
+    /// The peer hung up before its first request.
+    Probe,
+}
+
 /// Serves one front-end from accept to disconnect.
-fn serve_one(listener: &mut Listener, gpio: &Arc<Gpio>) -> Result<(), String> {
+fn serve_one(listener: &mut Listener, gpio: &Arc<Gpio>) -> Result<Served, String> {
     let backend = Arc::new(GpioBackend::new(gpio.clone()));
     let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let mut daemon = VhostUserDaemon::new(NAME.into(), backend, memory)
+    let mut daemon = VhostUserDaemon::new(NAME.into(), backend.clone(), memory)
         .map_err(|e| format!("vhost-user daemon: {e}"))?;
     let handlers = daemon.get_epoll_handlers();
     for handler in &handlers {
@@ -179,7 +193,11 @@ fn serve_one(listener: &mut Listener, gpio: &Arc<Gpio>) -> Result<(), String> {
         Ok(())
         | Err(DaemonError::HandleRequest(
             VhostUserError::Disconnected | VhostUserError::PartialMessage,
-        )) => Ok(()),
+        )) if !backend.was_asked() => Ok(Served::Probe),
+        Ok(())
+        | Err(DaemonError::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => Ok(Served::FrontEnd),
         Err(e) => Err(e.to_string()),
     }
 }

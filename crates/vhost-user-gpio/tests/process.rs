@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{backend, log_of, skip, Control, Guard, TempDir, BACKEND};
+use common::{backend, log_of, skip, wait_for, Control, Guard, TempDir, BACKEND};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -60,10 +60,25 @@ fn a_socket_in_use_is_refused() {
     assert_eq!(second.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("in use"), "{stderr}");
+    // The second one's check was a connection without a request: the first one must take it
+    // for what it is and go on serving the socket, not end as if its front-end had left.
+    wait_for(
+        "the first back-end's log of the check",
+        Duration::from_secs(10),
+        || log_of(&dir).contains("hung up without a request"),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        first.0.try_wait().unwrap().is_none(),
+        "the first back-end exited after the check:\n{}",
+        log_of(&dir)
+    );
     assert!(
         dir.join("gpio.sock").exists(),
-        "the second back-end took the socket"
+        "the socket is gone after the check:\n{}",
+        log_of(&dir)
     );
+    assert!(!log_of(&dir).contains("front-end disconnected"));
 
     kill(Pid::from_raw(first.0.id() as i32), Signal::SIGINT).unwrap();
     let status = first.wait_timeout("the back-end after SIGINT", Duration::from_secs(10));
