@@ -282,6 +282,16 @@ fn parse_timing_line(line: &str) -> Option<TimingLine> {
 
 /// (spawn → vCPUs running in ms, the timing line).
 pub(crate) fn wait_for_vcpus_running(spawned: &Spawned) -> Result<(f64, TimingLine), BenchError> {
+    wait_for_vcpus_running_keeping(spawned, &mut Vec::new())
+}
+
+/// [`wait_for_vcpus_running`], keeping the other stderr lines that came first in `earlier`:
+/// another thread of lull-vmm (a lazy restore's loader) may print its own event before the
+/// timing line.
+pub(crate) fn wait_for_vcpus_running_keeping(
+    spawned: &Spawned,
+    earlier: &mut Vec<String>,
+) -> Result<(f64, TimingLine), BenchError> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -289,14 +299,15 @@ pub(crate) fn wait_for_vcpus_running(spawned: &Spawned) -> Result<(f64, TimingLi
             .stderr_lines
             .recv_timeout(left)
             .map_err(|_| BenchError::Timeout("vcpus_running"))?;
-        if let Some(timing) = parse_timing_line(&line) {
-            let spawn_to_running = timing
-                .clock_monotonic_ns
-                .saturating_sub(spawned.spawned_monotonic_ns)
-                as f64
-                / 1e6;
-            return Ok((spawn_to_running, timing));
-        }
+        let Some(timing) = parse_timing_line(&line) else {
+            earlier.push(line);
+            continue;
+        };
+        let spawn_to_running = timing
+            .clock_monotonic_ns
+            .saturating_sub(spawned.spawned_monotonic_ns) as f64
+            / 1e6;
+        return Ok((spawn_to_running, timing));
     }
 }
 
@@ -776,7 +787,7 @@ pub fn format_migration_report(guest: &str, results: &[MigrationResult]) -> Stri
 
 /// Entry point of `lull-vmm bench`.
 pub fn main(options: &BenchOptions) -> i32 {
-    if options.lazy {
+    if options.lazy || options.postcopy {
         return crate::lazy_bench::main(options);
     }
     if options.tap {

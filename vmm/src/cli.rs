@@ -37,6 +37,7 @@ USAGE:
   lull-vmm bench [--kernel ELF] [--sizes-mib 128,1024] [--json]
   lull-vmm bench --migrate [--kernel ELF] [--sizes-mib 256,1024] [--runs N] [--json]
   lull-vmm bench --lazy --kernel ELF [--sizes-mib 128,1024] [--runs N]
+  lull-vmm bench --postcopy --kernel ELF [--sizes-mib 128,1024] [--runs N]
   lull-vmm bench --tap --kernel ELF [--bytes N]   (root: a network namespace with a TAP)
   lull-vmm write-test-guest PATH    write the built-in PVH test guest (see vmm/src/test_guest)
 
@@ -174,6 +175,8 @@ pub struct BenchOptions {
     pub migrate: bool,
     /// `--lazy`: only the lazy-restore and post-copy benchmark, `runs` per size and mode.
     pub lazy: bool,
+    /// `--postcopy`: only the post-copy rows of `--lazy`, `runs` per size.
+    pub postcopy: bool,
     /// `--tap`: only TCP and ping over a TAP device (`tap_bytes` each way, `--bytes N`).
     pub tap: bool,
     pub tap_bytes: usize,
@@ -520,6 +523,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 json: false,
                 migrate: false,
                 lazy: false,
+                postcopy: false,
                 tap: false,
                 tap_bytes: 256 << 10,
                 runs: 7,
@@ -530,6 +534,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                     "--json" => bench.json = true,
                     "--migrate" => bench.migrate = true,
                     "--lazy" => bench.lazy = true,
+                    "--postcopy" => bench.postcopy = true,
                     "--tap" => bench.tap = true,
                     "--bytes" => bench.tap_bytes = arguments.positive(option, "number of bytes")?,
                     "--runs" => bench.runs = arguments.positive(option, "number of runs")?,
@@ -579,6 +584,19 @@ pub fn main() -> i32 {
                 Ok(started) => run_started(started, &options, main_entered),
                 Err(error) => {
                     eprintln!("lull-vmm: cannot start the VM: {error}");
+                    1
+                }
+            }
+        }
+        Command::Restore {
+            snapshot,
+            options,
+            lazy: None,
+        } => {
+            match Machine::restore_here(&snapshot, options.pv_hypercalls, Box::new(StdoutWriter)) {
+                Ok((starting, vcpu0)) => run_here(starting, vcpu0, options, main_entered),
+                Err(error) => {
+                    eprintln!("lull-vmm: cannot restore {}: {error}", snapshot.display());
                     1
                 }
             }
@@ -642,6 +660,46 @@ fn bind_api_socket(path: &Path) -> std::io::Result<UnixListener> {
         }
     }
     UnixListener::bind(path)
+}
+
+/// Runs a restored machine with vCPU 0 on this thread (the main thread; see
+/// [`Machine::restore_here`]) and everything else [`run_started`] does on a new one, which
+/// ends the process when the guest powers off or fails. Returns only if it cannot start.
+fn run_here(
+    starting: crate::machine::Starting,
+    vcpu0: crate::machine::CallerVcpu,
+    options: RunOptions,
+    main_entered: Instant,
+) -> i32 {
+    // The machine goes over a channel, not into the closure: if the thread cannot start,
+    // vCPU 0 must be dropped before the machine, whose drop waits for it to stop. Boxed: the
+    // channel's first block holds 31 of what it carries, and each new page is a page fault.
+    let (hand_over, take) = std::sync::mpsc::channel::<Box<crate::machine::Starting>>();
+    let controller = std::thread::Builder::new()
+        .name("lull-vmm".into())
+        .spawn(move || {
+            if let Ok(starting) = take.recv() {
+                // What `main` does after `run_started` (its `process::exit`), from here: the
+                // main thread is in KVM_RUN.
+                std::process::exit(run_started(starting.wait_running(), &options, main_entered));
+            }
+        });
+    match controller {
+        Ok(_) => {
+            let _ = hand_over.send(Box::new(starting));
+            // Returns once the machine stops vCPU 0, on the way to the exit above.
+            vcpu0.run();
+            loop {
+                std::thread::park();
+            }
+        }
+        Err(error) => {
+            drop(vcpu0);
+            drop(starting);
+            eprintln!("lull-vmm: cannot start a thread: {error}");
+            1
+        }
+    }
 }
 
 /// Serves a started machine until the guest powers off or fails; returns the exit status.
@@ -1365,6 +1423,10 @@ mod tests {
             panic!()
         };
         assert!(options.migrate && options.runs == 3);
+        let Command::Bench(options) = parse(&args("bench --postcopy --runs 4")).unwrap() else {
+            panic!()
+        };
+        assert!(options.postcopy && !options.lazy && options.runs == 4);
         assert!(matches!(
             parse(&args("bench --runs 0")),
             Err(UsageError::InvalidValue { .. })

@@ -152,9 +152,22 @@ pub struct MachineInfo {
     pub migration: crate::migration::MigrationStatus,
 }
 
+impl VcpuHandle {
+    /// Kicks the vCPU out of KVM_RUN (to see a command).
+    fn kick(&self) {
+        if let Some(thread) = &self.thread {
+            let _ = thread.kill(vcpu::kick_signal());
+        } else if let Some(caller) = &self.caller {
+            caller.kick();
+        }
+    }
+}
+
 struct VcpuHandle {
     index: u8,
     thread: Option<JoinHandle<()>>,
+    /// The caller's thread, when the vCPU runs there ([`Machine::restore_here`]).
+    caller: Option<vcpu::KickableThread>,
     commands: Sender<VcpuCommand>,
     responses: Receiver<VcpuResponse>,
     counters: Arc<VcpuExitCounters>,
@@ -188,6 +201,113 @@ pub struct Started {
     pub vcpus_running_at: Instant,
     /// Time spent in each setup phase, in order (for `--timing` and the benchmarks).
     pub phases: Vec<(&'static str, Duration)>,
+}
+
+/// A restored machine whose vCPUs other than vCPU 0 run; vCPU 0 is [`CallerVcpu`], for the
+/// thread that called [`Machine::restore_here`] to run. [`Starting::wait_running`] (on
+/// another thread) waits until all run.
+pub struct Starting {
+    launched: Launched,
+    /// What to log once the vCPUs run.
+    notice: RestoreNotice,
+}
+
+/// What a restore logs about hypercalls, once its vCPUs run (formatting is not free).
+struct RestoreNotice {
+    policy: HypercallPolicy,
+    /// The hypercall features the guest's own CPUID still shows.
+    shown: u32,
+    quirk: Option<Result<(), hypercall::QuirkError>>,
+}
+
+impl RestoreNotice {
+    fn text(&self) -> String {
+        hypercall_notice(&self.policy, 0, self.shown, self.quirk.as_ref())
+    }
+}
+
+impl Starting {
+    /// Waits until every vCPU is about to enter KVM_RUN; then kicks the devices (requests
+    /// queued at the snapshot) and logs the hypercall notice, as a restore does.
+    pub fn wait_running(self) -> Started {
+        let Starting { launched, notice } = self;
+        let started = launched.wait();
+        // Requests the guest queued but the devices had not served at the snapshot.
+        started.machine.virtio.kick_all();
+        log(&notice.text());
+        started
+    }
+}
+
+/// vCPU 0 of a [`Machine::restore_here`], to run on the thread that called it.
+pub struct CallerVcpu {
+    vcpu: Vcpu,
+    context: VcpuContext,
+}
+
+impl CallerVcpu {
+    /// Runs the vCPU until the machine stops it (when the machine is dropped, or the guest
+    /// powers off and the machine is then stopped).
+    pub fn run(self) {
+        self.vcpu.run_loop(self.context);
+    }
+}
+
+/// A VM with its state applied and its vCPUs configured, not yet running.
+struct Assembled {
+    vm: Vm,
+    memory: GuestMemory,
+    bus: Arc<PortIoBus>,
+    devices: (EventFd, VirtioDevices),
+    vcpus: Vec<Vcpu>,
+    origin: Origin,
+    clock: PhaseClock,
+}
+
+/// A machine whose vCPU threads were started, and how to learn when they run.
+struct Launched {
+    machine: Machine,
+    events: Receiver<VmEvent>,
+    /// One instant per vCPU: when it was about to enter KVM_RUN for the first time.
+    started: Receiver<Instant>,
+    vcpus: usize,
+    clock: PhaseClock,
+    /// vCPU 0's statistics file, when its layout is still to be read.
+    deferred_stats: Option<File>,
+}
+
+impl Launched {
+    /// Waits until every vCPU is about to enter KVM_RUN.
+    fn wait(self) -> Started {
+        let Launched {
+            mut machine,
+            events,
+            started,
+            vcpus,
+            mut clock,
+            deferred_stats,
+        } = self;
+        // The instant the last vCPU was about to enter KVM_RUN (as its thread saw it: this
+        // thread's own wake-up is not restore latency).
+        let mut last_started: Option<Instant> = None;
+        for _ in 0..vcpus {
+            // An Err means a vCPU ended before starting; its failure shows up on first use.
+            if let Ok(at) = started.recv() {
+                last_started = last_started.max(Some(at));
+            }
+        }
+        let vcpus_running_at = last_started.unwrap_or_else(Instant::now);
+        clock.lap_until("start_vcpu_threads", vcpus_running_at);
+        if let (Some(fd), Some(handle)) = (deferred_stats, machine.vcpus.first_mut()) {
+            handle.stats = KvmStats::from_file(fd).ok();
+        }
+        Started {
+            machine,
+            events,
+            vcpus_running_at,
+            phases: clock.phases,
+        }
+    }
 }
 
 /// Stack of a vCPU thread.
@@ -272,8 +392,12 @@ impl PhaseClock {
     }
 
     fn lap(&mut self, phase: &'static str) {
-        let now = Instant::now();
-        self.phases.push((phase, now - self.last));
+        self.lap_until(phase, Instant::now());
+    }
+
+    fn lap_until(&mut self, phase: &'static str, now: Instant) {
+        self.phases
+            .push((phase, now.saturating_duration_since(self.last)));
         self.last = now;
     }
 }
@@ -429,15 +553,16 @@ impl Machine {
             vcpus.push(vcpu);
         }
         clock.lap("vcpus");
-        let started = Self::start(
+        let assembled = Assembled {
             vm,
             memory,
             bus,
-            (serial_interrupt, virtio),
+            devices: (serial_interrupt, virtio),
             vcpus,
-            Origin::default(),
+            origin: Origin::default(),
             clock,
-        );
+        };
+        let started = Self::launch(assembled, None).0.wait();
         log(&hypercall_notice(&policy, hidden, 0, quirk.as_ref()));
         Ok(started)
     }
@@ -462,6 +587,47 @@ impl Machine {
         output: SerialOutput,
         lazy: Option<&LazyOptions>,
     ) -> Result<Started, MachineError> {
+        let (incoming, state, loader) = Self::restore_prepare(directory, pv, lazy)?;
+        let started = Self::restore_into(incoming, &state, output, Some(directory.to_path_buf()))?;
+        if let Some(loader) = loader {
+            loader.vcpus_started(started.vcpus_running_at, started.machine.vm.fd.clone());
+        }
+        Ok(started)
+    }
+
+    /// [`Machine::restore`] with vCPU 0 left to the caller: the caller runs [`CallerVcpu::run`]
+    /// on this same thread, after handing [`Starting`] to another thread (which waits for the
+    /// vCPUs to run, then serves the machine). Starting a thread and waking it costs ~0.1-0.2
+    /// ms here, and more on a busy host, which a restore's vCPU 0 then does not wait for.
+    /// Must be called on a thread that lives as long as the process (the main thread): the
+    /// machine kicks it by its id.
+    pub fn restore_here(
+        directory: &Path,
+        pv: PvHypercalls,
+        output: SerialOutput,
+    ) -> Result<(Starting, CallerVcpu), MachineError> {
+        let (incoming, state, _) = Self::restore_prepare(directory, pv, None)?;
+        let (assembled, notice) =
+            Self::restore_assemble(incoming, &state, output, Some(directory.to_path_buf()))?;
+        let caller = vcpu::KickableThread::current();
+        let (parts, vcpu0) = Self::launch(assembled, Some(caller));
+        let vcpu0 = vcpu0.expect("launch keeps vCPU 0 for the caller");
+        Ok((
+            Starting {
+                launched: parts,
+                notice,
+            },
+            vcpu0,
+        ))
+    }
+
+    /// The part of a restore before any state is applied: the snapshot read, guest RAM
+    /// mapped, the KVM VM created.
+    fn restore_prepare(
+        directory: &Path,
+        pv: PvHypercalls,
+        lazy: Option<&LazyOptions>,
+    ) -> Result<(IncomingVm, SnapshotState, Option<LazyRestore>), MachineError> {
         let mut clock = PhaseClock::new();
         let policy = HypercallDecision::start(pv);
         let state = snapshot::read_state(directory)?;
@@ -494,11 +660,7 @@ impl Machine {
             policy,
             clock,
         };
-        let started = Self::restore_into(incoming, &state, output, Some(directory.to_path_buf()))?;
-        if let Some(loader) = loader {
-            loader.vcpus_started(started.vcpus_running_at, started.machine.vm.fd.clone());
-        }
-        Ok(started)
+        Ok((incoming, state, loader))
     }
 
     /// A VM for a guest arriving by migration: RAM of `regions` (anonymous, zero), a KVM VM
@@ -568,6 +730,23 @@ impl Machine {
         output: SerialOutput,
         restored_from: Option<PathBuf>,
     ) -> Result<Started, MachineError> {
+        let (assembled, notice) = Self::restore_assemble(incoming, state, output, restored_from)?;
+        let (parts, _) = Self::launch(assembled, None);
+        Ok(Starting {
+            launched: parts,
+            notice,
+        }
+        .wait_running())
+    }
+
+    /// A restore up to starting the vCPUs: VM-wide state, devices, vCPUs (their TSC moved
+    /// as kvmclock was), the hypercall policy; and the hypercall notice to log once they run.
+    fn restore_assemble(
+        incoming: IncomingVm,
+        state: &SnapshotState,
+        output: SerialOutput,
+        restored_from: Option<PathBuf>,
+    ) -> Result<(Assembled, RestoreNotice), MachineError> {
         let IncomingVm {
             vm,
             memory,
@@ -632,20 +811,18 @@ impl Machine {
         let policy = policy.finish();
         let quirk = apply_hypercall_policy(&vm, &policy);
         clock.lap("hypercall_policy");
-        let started = Self::start(
+        let assembled = Assembled {
             vm,
             memory,
             bus,
-            (serial_interrupt, virtio),
+            devices: (serial_interrupt, virtio),
             vcpus,
-            Origin {
+            origin: Origin {
                 restored_from,
                 prepared,
             },
             clock,
-        );
-        // Requests the guest queued but the devices had not served at the snapshot.
-        started.machine.virtio.kick_all();
+        };
         let shown = if policy.hypercalls_return {
             0
         } else {
@@ -655,19 +832,31 @@ impl Machine {
                 .filter_map(|vcpu| cpuid::pv_features_of(&vcpu.cpuid))
                 .fold(0, |shown, eax| shown | cpuid::hypercall_features(eax))
         };
-        log(&hypercall_notice(&policy, 0, shown, quirk.as_ref()));
-        Ok(started)
+        Ok((
+            assembled,
+            RestoreNotice {
+                policy,
+                shown,
+                quirk,
+            },
+        ))
     }
 
-    fn start(
-        vm: Vm,
-        memory: GuestMemory,
-        bus: Arc<PortIoBus>,
-        (serial_interrupt, virtio): (EventFd, VirtioDevices),
-        vcpus: Vec<Vcpu>,
-        origin: Origin,
-        mut clock: PhaseClock,
-    ) -> Started {
+    /// Starts a thread for every vCPU, except vCPU 0 when `caller` is given (the thread that
+    /// will run it: it is returned, to run there), and builds the machine.
+    fn launch(
+        assembled: Assembled,
+        caller: Option<vcpu::KickableThread>,
+    ) -> (Launched, Option<CallerVcpu>) {
+        let Assembled {
+            vm,
+            memory,
+            bus,
+            devices: (serial_interrupt, virtio),
+            vcpus,
+            origin,
+            clock,
+        } = assembled;
         let Origin {
             restored_from,
             prepared,
@@ -677,15 +866,22 @@ impl Machine {
         let (event_sender, events) = mpsc::channel();
         let (started_sender, started) = mpsc::channel();
         let mut handles = Vec::new();
+        let mut for_caller = None;
+        let mut deferred_stats = None;
         for vcpu in vcpus {
             let (command_sender, commands) = mpsc::channel();
             let (response_sender, responses) = mpsc::channel();
             let counters = Arc::new(VcpuExitCounters::default());
+            let index = vcpu.index;
             let (waiting, stats) = match prepared.next() {
                 Some(PreparedVcpu { thread, stats }) => (Some(thread), stats),
+                // The caller's vCPU: its statistics file is read once it runs (`wait`).
+                None if caller.is_some() && index == 0 => {
+                    deferred_stats = metrics::stats_file(&vcpu.fd).ok();
+                    (None, None)
+                }
                 None => (None, KvmStats::open(&vcpu.fd).ok()),
             };
-            let index = vcpu.index;
             let context = VcpuContext {
                 bus: bus.clone(),
                 commands,
@@ -694,18 +890,28 @@ impl Machine {
                 counters: counters.clone(),
                 started: started_sender.clone(),
             };
-            let run = move || vcpu.run_loop(context);
-            let thread = match waiting {
-                Some(waiting) => waiting.run(run),
-                None => std::thread::Builder::new()
-                    .name(format!("vcpu{index}"))
-                    .stack_size(VCPU_STACK_BYTES)
-                    .spawn(run)
-                    .expect("spawning a vCPU thread"),
+            let (thread, kickable) = match caller {
+                Some(caller) if index == 0 => {
+                    for_caller = Some(CallerVcpu { vcpu, context });
+                    (None, Some(caller))
+                }
+                _ => {
+                    let run = move || vcpu.run_loop(context);
+                    let thread = match waiting {
+                        Some(waiting) => waiting.run(run),
+                        None => std::thread::Builder::new()
+                            .name(format!("vcpu{index}"))
+                            .stack_size(VCPU_STACK_BYTES)
+                            .spawn(run)
+                            .expect("spawning a vCPU thread"),
+                    };
+                    (Some(thread), None)
+                }
             };
             handles.push(VcpuHandle {
                 index,
-                thread: Some(thread),
+                thread,
+                caller: kickable,
                 commands: command_sender,
                 responses,
                 counters,
@@ -713,17 +919,7 @@ impl Machine {
             });
         }
         drop(started_sender);
-        // The instant the last vCPU thread was about to enter KVM_RUN (as that thread saw
-        // it: this thread's own wake-up is not restore latency).
-        let mut last_started: Option<Instant> = None;
-        for _ in 0..handles.len() {
-            // An Err means a thread died before starting; its failure shows up on first use.
-            if let Ok(at) = started.recv() {
-                last_started = last_started.max(Some(at));
-            }
-        }
-        let vcpus_running_at = last_started.unwrap_or_else(Instant::now);
-        clock.lap("start_vcpu_threads");
+        let vcpus = handles.len();
         let machine = Machine {
             vm,
             memory,
@@ -739,12 +935,17 @@ impl Machine {
             virtio,
             host_released: false,
         };
-        Started {
-            machine,
-            events,
-            vcpus_running_at,
-            phases: clock.phases,
-        }
+        (
+            Launched {
+                machine,
+                events,
+                started,
+                vcpus,
+                clock,
+                deferred_stats,
+            },
+            for_caller,
+        )
     }
 
     /// The devices (the console forwarder writes guest input into `bus.serial`).
@@ -781,9 +982,7 @@ impl Machine {
             // A send fails only if the thread is gone; its missing answer reports that below.
             let _ = handle.commands.send(command());
             if kick {
-                if let Some(thread) = &handle.thread {
-                    let _ = thread.kill(vcpu::kick_signal());
-                }
+                handle.kick();
             }
         }
         let mut responses = Vec::new();
@@ -1001,13 +1200,23 @@ impl Machine {
     pub fn stop(&mut self) {
         for handle in &self.vcpus {
             let _ = handle.commands.send(VcpuCommand::Stop);
-            if let Some(thread) = &handle.thread {
-                let _ = thread.kill(vcpu::kick_signal());
-            }
+            handle.kick();
         }
         for handle in &mut self.vcpus {
             if let Some(thread) = handle.thread.take() {
                 let _ = thread.join();
+            } else if handle.caller.take().is_some() {
+                // Runs on its caller's thread, which cannot be joined: its answer says its
+                // run loop ended (or the channel closing, that it is gone).
+                let deadline = Instant::now() + VCPU_RESPONSE_TIMEOUT;
+                while let Ok(response) = handle
+                    .responses
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
+                    if matches!(response, VcpuResponse::Stopped) {
+                        break;
+                    }
+                }
             }
         }
     }
@@ -1019,8 +1228,8 @@ impl Drop for Machine {
     }
 }
 
-/// The hypercall decision (a probe, unless cached or forced), made on its own thread while
-/// the VM is set up: it costs nothing when cached and its own VM when not.
+/// The hypercall decision: in line when forced or cached, else a probe on its own thread
+/// while the VM is set up (the probe costs its own VM).
 enum HypercallDecision {
     Running(JoinHandle<HypercallPolicy>),
     Done(HypercallPolicy),
@@ -1028,8 +1237,11 @@ enum HypercallDecision {
 
 impl HypercallDecision {
     fn start(mode: PvHypercalls) -> Self {
-        if mode != PvHypercalls::Auto {
-            return Self::Done(hypercall::decide(mode));
+        // Forced or cached (every VM after the first since host boot): a few small reads,
+        // cheaper in line than a thread (its start, stack and heap arena are page faults,
+        // several µs each on a shadow-paging host, on the restore's critical path).
+        if let Some(policy) = hypercall::decide_without_probe(mode) {
+            return Self::Done(policy);
         }
         match std::thread::Builder::new()
             .name("hypercall-probe".into())

@@ -102,16 +102,27 @@ pub fn parse_stats_layout(
     Ok((data_offset, result))
 }
 
+/// The statistics file of a KVM vCPU or VM fd (KVM_GET_STATS_FD), for [`KvmStats::from_file`].
+/// A vCPU's must be asked for while it is not in KVM_RUN: every vCPU ioctl waits for the vCPU's
+/// mutex, which KVM_RUN holds (a halted guest's, indefinitely).
+pub fn stats_file(kvm_object: &impl AsRawFd) -> Result<File, StatsError> {
+    // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
+    let fd = unsafe { libc::ioctl(kvm_object.as_raw_fd(), KVM_GET_STATS_FD as _) };
+    if fd < 0 {
+        return Err(StatsError::Open(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 impl KvmStats {
     /// Opens the statistics of a KVM vCPU or VM fd.
     pub fn open(kvm_object: &impl AsRawFd) -> Result<Self, StatsError> {
-        // SAFETY: KVM_GET_STATS_FD takes no argument and returns a new fd or -1.
-        let fd = unsafe { libc::ioctl(kvm_object.as_raw_fd(), KVM_GET_STATS_FD as _) };
-        if fd < 0 {
-            return Err(StatsError::Open(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
+        Self::from_file(stats_file(kvm_object)?)
+    }
+
+    /// Reads the layout of a statistics file (plain reads: any thread, any time).
+    pub fn from_file(file: File) -> Result<Self, StatsError> {
         let mut header = [0u8; STATS_HEADER_SIZE];
         file.read_exact_at(&mut header, 0)
             .map_err(StatsError::Read)?;

@@ -422,12 +422,15 @@ fn a_deliberate_vmcall_raises_ud_and_the_vmm_stays_responsive() {
     let called = vmm.wait_for(VMCALL_CALLING, BOOT);
     vmm.wait_for_from(called, VMCALL_UD, Duration::from_secs(30));
     assert!(!vmm.output().contains(VMCALL_RETURNED), "{}", vmm.output());
-    assert!(
-        vmm.errors().contains("(--pv-hypercalls off)")
-            && vmm.errors().contains("VMCALL raises #UD"),
-        "{}",
-        vmm.errors()
-    );
+    // stderr is read by its own thread: the VMM's line may reach us after the guest's output.
+    let logged = || {
+        vmm.errors().contains("(--pv-hypercalls off)") && vmm.errors().contains("VMCALL raises #UD")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !logged() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(logged(), "{}", vmm.errors());
     wait_for_socket(&socket, BOOT);
     let api = socket.to_str().unwrap();
     let (ok, info, errors) = client(&["info", "--api", api]);

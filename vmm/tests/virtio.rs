@@ -124,16 +124,22 @@ fn idle_device_threads_use_no_cpu_and_devices_survive_snapshot_restore() {
         "--api-sock",
         socket.to_str().unwrap(),
     ]);
-    vmm.wait_for(READY_BANNER, BOOT);
-    wait_for_socket(&socket, BOOT);
-    // The devices are announced on the guest's command line (the test guest hashes it).
+    // The devices are announced on the guest's command line (the test guest hashes it). Wait
+    // for the whole ready line, hash included: the console arrives byte by byte, so a check
+    // made as soon as the banner shows can see the line cut short.
     let expected_cmdline = b"x virtio_mmio.device=4K@0xd0000000:5";
+    let ready = vmm.wait_for(READY_BANNER, BOOT);
+    let end = vmm.wait_for_from(ready, "\n", BOOT);
+    let line = vmm.output()[..end]
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
     assert!(
-        vmm.output()
-            .contains(&lull_vmm::test_guest::expected_ready_line(expected_cmdline)),
-        "{}",
-        vmm.output()
+        line.contains(&lull_vmm::test_guest::expected_ready_line(expected_cmdline)),
+        "the ready line names the devices' command line: {line:?}"
     );
+    wait_for_socket(&socket, BOOT);
     let before = thread_cpu_ticks(vmm.pid(), "virtio-blk0-io");
     assert_eq!(before.len(), 1, "one I/O thread: {before:?}");
     std::thread::sleep(Duration::from_secs(2));
@@ -681,6 +687,36 @@ fn lull_drives_virtio_gpio_lines_and_gets_a_line_interrupt_from_the_host() {
         "one event (-n 1), rising only: {monitored:?}"
     );
     wait_for_file(&log, "event line 1 (button): VALID", BOOT);
+
+    // Edges with no pause between them: the host pulses the button every 10 ms while gpiomon
+    // waits for 10 rising edges. The guest re-queues the line's event buffer from its
+    // interrupt thread, so edges arrive while that thread still runs; an interrupt raised then
+    // must not be lost (a kernel that masked the irqfd's edge-triggered line until the thread
+    // finished lost it here and gpiomon waited forever).
+    let from = vmm.output().len();
+    vmm.send(format!("gpiomon -n 10 -r {chip} 1\r").as_bytes());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pulser = {
+        let (stop, control) = (std::sync::Arc::clone(&stop), control.clone());
+        std::thread::spawn(move || {
+            let mut pulses = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(gpio_control(&control, "pulse button"), "ok");
+                pulses += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            pulses
+        })
+    };
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        vmm.wait_for_from(from, "lull> ", BOOT)
+    }));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pulses = pulser.join().unwrap();
+    let end = waited.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let storm = vmm.output()[from..end].to_string();
+    eprintln!("pulse storm: {pulses} pulses while gpiomon took 10 edges");
+    assert_eq!(storm.matches("RISING EDGE").count(), 10, "{storm:?}");
 
     // Snapshot while gpiomon waits (its event buffer held by the device), restore in a new
     // process (which binds the control socket again): the edge the host makes then reaches it.

@@ -137,3 +137,25 @@ fn check_kernel_toolchain() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Adds `target`'s standard library to the pinned toolchain with rustup if it is missing and
+/// rustup exists; whether the target is there afterwards. For optional targets (the musl build
+/// of lull-vmm): a failure is reported and the caller falls back.
+pub fn try_add_target(target: &str) -> bool {
+    let Some(targets) = rustup_installed("target") else {
+        return false;
+    };
+    if targets.iter().any(|t| t == target) {
+        return true;
+    }
+    eprintln!("xtask: the pinned toolchain lacks {target}; running: rustup target add {target}");
+    let added = Command::new("rustup")
+        .current_dir(crate::kernel::repo_root())
+        .args(["target", "add", target])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !added {
+        eprintln!("xtask: `rustup target add {target}` failed");
+    }
+    added
+}

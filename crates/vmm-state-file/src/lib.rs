@@ -125,8 +125,64 @@ pub fn decode(file: &[u8], supported_version: u32) -> Result<&[u8], StateFileErr
 }
 
 /// CRC-32/ISO-HDLC (reflected polynomial 0xEDB88320), the checksum zlib and PNG use.
+///
+/// Table-driven, eight bytes a step ("slice-by-8"): ~10 µs for a 12 KiB state here. Not
+/// crc32fast, which with its `std` feature (on in lull-vmm: the migration stream needs its
+/// PCLMULQDQ speed) first asks the CPU what it has, and CPUID traps to the hypervisor below
+/// on this project's hosts (~11 µs each): the first hash of a process cost 70-110 µs of CPU,
+/// on the restore's critical path. A snapshot state is a few KiB; the table loop is enough.
 pub fn crc32(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
+    let mut crc = !0u32;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let low = u32::from_le_bytes([word[0], word[1], word[2], word[3]]) ^ crc;
+        let high = u32::from_le_bytes([word[4], word[5], word[6], word[7]]);
+        crc = TABLES[7][(low & 0xff) as usize]
+            ^ TABLES[6][((low >> 8) & 0xff) as usize]
+            ^ TABLES[5][((low >> 16) & 0xff) as usize]
+            ^ TABLES[4][(low >> 24) as usize]
+            ^ TABLES[3][(high & 0xff) as usize]
+            ^ TABLES[2][((high >> 8) & 0xff) as usize]
+            ^ TABLES[1][((high >> 16) & 0xff) as usize]
+            ^ TABLES[0][(high >> 24) as usize];
+    }
+    for &byte in words.remainder() {
+        crc = (crc >> 8) ^ TABLES[0][((crc ^ u32::from(byte)) & 0xff) as usize];
+    }
+    !crc
+}
+
+/// `TABLES[0][b]`: the CRC of byte `b`; `TABLES[k][b]`: the same, followed by `k` zero bytes.
+static TABLES: [[u32; 256]; 8] = crc_tables();
+
+const fn crc_tables() -> [[u32; 256]; 8] {
+    let mut tables = [[0u32; 256]; 8];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut crc = byte as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 != 0 {
+                0xEDB8_8320 ^ (crc >> 1)
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        tables[0][byte] = crc;
+        byte += 1;
+    }
+    let mut byte = 0;
+    while byte < 256 {
+        let mut slice = 1;
+        while slice < 8 {
+            let previous = tables[slice - 1][byte];
+            tables[slice][byte] = (previous >> 8) ^ tables[0][(previous & 0xff) as usize];
+            slice += 1;
+        }
+        byte += 1;
+    }
+    tables
 }
 
 #[cfg(test)]
@@ -138,6 +194,19 @@ mod tests {
         // The catalogue check value for CRC-32/ISO-HDLC.
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
         assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn crc32_matches_crc32fast_at_every_length_and_alignment() {
+        let bytes: Vec<u8> = (0..1031u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for start in 0..9 {
+            for end in start..bytes.len() {
+                let slice = &bytes[start..end];
+                assert_eq!(crc32(slice), crc32fast::hash(slice), "{start}..{end}");
+            }
+        }
     }
 
     #[test]

@@ -529,7 +529,6 @@ fn postcopy_phase(phase: PostcopyPhase<'_>) -> Result<MigrationSummary, MigrateE
     let pending_pages = pending.count();
     let state_bytes = sender.send_state(state, Some(pending))?;
     let switched = Instant::now();
-    drop(log);
     control.update(|status| {
         status.state = MigrationState::Postcopy;
         status.bytes_left = pending_pages * PAGE_SIZE;
@@ -562,6 +561,10 @@ fn postcopy_phase(phase: PostcopyPhase<'_>) -> Result<MigrationSummary, MigrateE
         }
         Err(RecvTimeoutError::Timeout) => {}
     }
+    // Dirty logging off only now: it rewrites the memory slot (~0.4 ms of KVM work for 1 GiB
+    // here), which right after the switch competed with the destination for the host's CPUs
+    // while the guest ran nowhere.
+    drop(log);
     let served = sender.serve_postcopy(round, pending, &requests, rate, control, &mut running_ns);
     if running_ns.is_some() {
         // The guest runs there now: from here on there is no way back.

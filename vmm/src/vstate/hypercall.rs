@@ -156,12 +156,14 @@ pub fn decide(mode: PvHypercalls) -> HypercallPolicy {
     decide_with(mode, &cache_path(), probe)
 }
 
-/// [`decide`] with the cache file and the probe given (for tests).
-pub fn decide_with(
-    mode: PvHypercalls,
-    cache: &Path,
-    probe: impl FnOnce() -> Result<(Verdict, Duration), String>,
-) -> HypercallPolicy {
+/// The decision when it needs no probe: forced by `mode`, or a valid cached verdict; `None`
+/// when [`decide`] has a probe to run (or a cache problem to report). Cheap (a few small
+/// reads), so a restore takes it in line instead of paying for a thread.
+pub fn decide_without_probe(mode: PvHypercalls) -> Option<HypercallPolicy> {
+    decide_without_probe_with(mode, &cache_path())
+}
+
+fn decide_without_probe_with(mode: PvHypercalls, cache: &Path) -> Option<HypercallPolicy> {
     let forced = |hypercalls_return| HypercallPolicy {
         hypercalls_return,
         verdict: None,
@@ -169,26 +171,36 @@ pub fn decide_with(
         warnings: Vec::new(),
     };
     match mode {
-        PvHypercalls::On => return forced(true),
-        PvHypercalls::Off => return forced(false),
-        PvHypercalls::Auto => {}
-    }
-    let mut warnings = Vec::new();
-    let key = CacheKey::of_host();
-    match read_cache(cache, &key) {
-        Ok(Some(verdict)) => {
-            return HypercallPolicy {
+        PvHypercalls::On => Some(forced(true)),
+        PvHypercalls::Off => Some(forced(false)),
+        PvHypercalls::Auto => match read_cache(cache, &CacheKey::of_host()) {
+            Ok(Some(verdict)) => Some(HypercallPolicy {
                 hypercalls_return: verdict.hypercalls_return(),
                 verdict: Some(verdict),
                 source: Source::Cached(cache.to_path_buf()),
-                warnings,
-            }
-        }
-        Ok(None) => {}
-        Err(problem) => warnings.push(format!(
+                warnings: Vec::new(),
+            }),
+            Ok(None) | Err(_) => None,
+        },
+    }
+}
+
+/// [`decide`] with the cache file and the probe given (for tests).
+pub fn decide_with(
+    mode: PvHypercalls,
+    cache: &Path,
+    probe: impl FnOnce() -> Result<(Verdict, Duration), String>,
+) -> HypercallPolicy {
+    if let Some(policy) = decide_without_probe_with(mode, cache) {
+        return policy;
+    }
+    let mut warnings = Vec::new();
+    let key = CacheKey::of_host();
+    if let Err(problem) = read_cache(cache, &key) {
+        warnings.push(format!(
             "ignoring the hypercall probe cache {}: {problem}",
             cache.display()
-        )),
+        ));
     }
     match probe() {
         Ok((verdict, took)) => {

@@ -123,7 +123,7 @@ impl Uffd {
             let device = unsafe { OwnedFd::from_raw_fd(device) };
             // SAFETY: USERFAULTFD_IOC_NEW takes the new fd's flags by value and returns a
             // new fd or -1; no memory is passed.
-            let fd = unsafe { libc::ioctl(device.as_raw_fd(), USERFAULTFD_IOC_NEW, flags) };
+            let fd = unsafe { libc::ioctl(device.as_raw_fd(), USERFAULTFD_IOC_NEW as _, flags) };
             if fd < 0 {
                 return Err(syscall_error);
             }
