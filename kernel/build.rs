@@ -34,8 +34,14 @@ fn main() {
         .filter(|out| out.status.success())
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
     {
+        // Only paths that exist: cargo counts a missing one as changed on every build (a
+        // repository whose refs were never packed has no packed-refs), which rebuilt the
+        // whole kernel each time.
         for watched in ["HEAD", "refs/heads", "packed-refs"] {
-            println!("cargo:rerun-if-changed={git_dir}/{watched}");
+            let path = format!("{git_dir}/{watched}");
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
         }
     }
 

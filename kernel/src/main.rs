@@ -99,6 +99,8 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
             drivers::base::PARAMS,
             drivers::virtio::PARAMS,
             net::PARAMS,
+            #[cfg(feature = "ktest")]
+            ktest::PARAMS,
         ],
     );
     for problem in problems {
@@ -155,7 +157,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     smp::init(acpi);
     mm::kmap::init();
     sched::init(smp::possible_cpus());
-    request_serial_irq();
+    drivers::serial::request_boot_irq();
     drivers::base::init();
     drivers::acpi::init(acpi);
     kernel::random::init();
@@ -180,12 +182,19 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     // The boot code becomes CPU 0's idle thread; the work runs in kernel threads.
     // The tests stay on the boot CPU, where several of them expect to run.
     locking::set_system_running();
+    // The tests start once the probe has (they wait for it where they need devices); the
+    // shell starts it itself, once its first prompt is out (`shell::run`).
+    #[cfg(feature = "ktest")]
     drivers::start_device_probe();
     #[cfg(feature = "ktest")]
     let (name, main, cpus): (&str, fn() -> !, _) =
         ("ktest", ktest::run_and_exit, lull_sched::CpuSet::single(0));
     #[cfg(not(feature = "ktest"))]
-    let (name, main, cpus): (&str, fn() -> !, _) = ("shell", shell::run, lull_sched::CpuSet::ALL);
+    let (name, main, cpus): (&str, fn() -> !, _) = (
+        "shell",
+        || shell::run(drivers::start_device_probe),
+        lull_sched::CpuSet::ALL,
+    );
     if let Err(error) =
         sched::kthread_spawn(name, lull_sched::SchedClass::NORMAL, cpus, move || main())
     {
@@ -254,20 +263,6 @@ fn apply_console_params() {
         if let Some(level) = parsed.get_u64("loglevel") {
             printk::set_console_loglevel(level as u8);
         }
-    }
-}
-
-/// Routes COM1's interrupt to the shell (a thread under `threadirqs`, so after the scheduler).
-fn request_serial_irq() {
-    let gsi = irq::isa_irq_to_gsi(arch::serial::COM1_IRQ);
-    if let Err(why) = irq::request_irq(
-        gsi,
-        shell::serial_interrupt,
-        irq::IrqFlags::NONE,
-        "ttyS0",
-        irq::DevId::NONE,
-    ) {
-        pr_warn!("irq: COM1 input unavailable ({why}); the shell cannot read input");
     }
 }
 

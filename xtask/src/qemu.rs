@@ -233,6 +233,11 @@ impl Guest {
         })
     }
 
+    /// QEMU's process id (to read its memory use from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// QEMU's stderr lines so far, with the host's wall-clock time each was read (only with
     /// [`QemuConfig::separate_stderr`]).
     pub fn stderr_lines(&self) -> Vec<(std::time::SystemTime, String)> {

@@ -21,7 +21,7 @@ struct Counts {
 /// Shared counters of acquisitions and releases per kind; clones count into the same totals.
 #[derive(Clone, Debug, Default)]
 pub struct LeakTracker {
-    counts: Arc<spin::Mutex<BTreeMap<ResourceKind, Counts>>>,
+    counts: Arc<lull_spinlock::SpinLock<BTreeMap<ResourceKind, Counts>>>,
 }
 
 impl LeakTracker {

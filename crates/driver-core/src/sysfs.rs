@@ -46,7 +46,7 @@ impl DeviceModel {
             self.devices
                 .values()
                 .filter(|d| d.bus == bus)
-                .map(|d| d.name.clone()),
+                .map(|d| d.name.to_string()),
         ))
     }
 
@@ -62,21 +62,39 @@ impl DeviceModel {
             self.drivers
                 .values()
                 .filter(|d| d.bus == bus)
-                .map(|d| d.name.clone()),
+                .map(|d| d.name.to_string()),
         ))
     }
 
     /// `/sys/bus/BUS/drivers/DRV`: its bound devices, `bind`, `devres_fail_nth`, `unbind`,
     /// sorted.
     pub fn sysfs_driver_dir(&self, bus: &str, driver: &str) -> Result<Vec<String>, ModelError> {
-        self.find_driver(bus, driver)?;
+        let key = self.find_driver(bus, driver)?;
         let bound = self
             .devices
             .values()
             .filter(|d| d.bus == bus && d.state.driver() == Some(driver))
             .map(|d| d.name.clone());
-        let files = ["bind", "devres_fail_nth", "unbind"].map(String::from);
-        Ok(sorted(bound.chain(files)))
+        let files: &[&str] = if self.drivers[&key].suppress_bind_attrs {
+            &["devres_fail_nth"]
+        } else {
+            &["bind", "devres_fail_nth", "unbind"]
+        };
+        Ok(sorted(bound.chain(files.iter().map(|f| f.to_string()))))
+    }
+
+    /// The driver `driver` on `bus` if it has `bind`/`unbind` files (not suppressed).
+    fn find_driver_with_bind_attrs(
+        &self,
+        bus: &str,
+        driver: &str,
+        path: &str,
+    ) -> Result<u64, ModelError> {
+        let key = self.find_driver(bus, driver)?;
+        if self.drivers[&key].suppress_bind_attrs {
+            return Err(no_path(path));
+        }
+        Ok(key)
     }
 
     /// The target of `/sys/bus/BUS/devices/DEV/driver`: `Some("/sys/bus/BUS/drivers/DRV")`
@@ -153,7 +171,7 @@ impl DeviceModel {
             }
             ["sys", "bus", bus, "drivers", driver, "bind" | "unbind"] => {
                 // Write-only in Linux (mode 0200); reading gives nothing rather than an error.
-                self.find_driver(bus, driver)?;
+                self.find_driver_with_bind_attrs(bus, driver, path)?;
                 Ok(String::new())
             }
             ["sys", "kernel", "debug", "devices_deferred"] => Ok(self.devices_deferred_text()),
@@ -172,8 +190,14 @@ impl DeviceModel {
         let parts = components(path);
         let value = value.trim();
         match parts.as_slice() {
-            ["sys", "bus", bus, "drivers", driver, "bind"] => self.bind(bus, value, driver),
-            ["sys", "bus", bus, "drivers", driver, "unbind"] => self.unbind(bus, value, driver),
+            ["sys", "bus", bus, "drivers", driver, "bind"] => {
+                self.find_driver_with_bind_attrs(bus, driver, path)?;
+                self.bind(bus, value, driver)
+            }
+            ["sys", "bus", bus, "drivers", driver, "unbind"] => {
+                self.find_driver_with_bind_attrs(bus, driver, path)?;
+                self.unbind(bus, value, driver)
+            }
             ["sys", "bus", bus, "devices", device, "devres_fail_nth"] => {
                 self.find_device(bus, device)?;
                 let target = FaultTarget::Device(device.to_string());

@@ -1388,3 +1388,49 @@ fn failed_probe_adds_no_children() {
     assert!(model.sysfs_bus_devices("i2c").unwrap().is_empty());
     assert_eq!(model.device_count(), 1);
 }
+
+#[test]
+fn suppressed_bind_attrs_hide_bind_and_unbind_but_not_the_sweep() {
+    let env = Env::new();
+    let mut m = model();
+    m.add_device(DeviceDesc::new("pci", SMBUS, pci(0x8086, 0x2930, 0x0c0500)))
+        .unwrap();
+    m.register_driver(
+        DriverDesc::new(
+            "pci",
+            "console",
+            vec![PciMatchId::device(0x8086, 0x2930)],
+            TestDriver::new(&env, "console", six_steps()),
+        )
+        .suppress_bind_attrs(),
+    )
+    .unwrap();
+    assert_eq!(
+        m.sysfs_list("/sys/bus/pci/drivers/console").unwrap(),
+        [SMBUS, "devres_fail_nth"]
+    );
+    for file in ["bind", "unbind"] {
+        let path = format!("/sys/bus/pci/drivers/console/{file}");
+        assert!(matches!(
+            m.sysfs_write(&path, SMBUS),
+            Err(ModelError::NoSuchPath { .. })
+        ));
+        assert!(m.sysfs_read(&path).is_err());
+    }
+    assert_eq!(
+        m.device_state("pci", SMBUS).unwrap().driver(),
+        Some("console")
+    );
+    // The kernel's own paths still work: an unbind through the model, and the fault sweep.
+    m.unbind("pci", SMBUS, "console").unwrap();
+    let report = m
+        .sweep_probe_faults("pci", SMBUS, "console", &env.tracker)
+        .unwrap();
+    assert_eq!(report.acquisition_points, 6);
+    assert_eq!(
+        m.device_state("pci", SMBUS).unwrap().driver(),
+        Some("console")
+    );
+    m.unbind("pci", SMBUS, "console").unwrap();
+    assert_eq!(env.tracker.live_total(), 0);
+}

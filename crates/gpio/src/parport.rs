@@ -63,7 +63,7 @@ pub struct ParportChip<P: ParportIo> {
     io: P,
     parent: Option<alloc::string::String>,
     /// Serialises read-modify-write of the data and control registers between lines.
-    lock: spin::Mutex<()>,
+    lock: lull_spinlock::SpinLock<()>,
 }
 
 impl<P: ParportIo> ParportChip<P> {
@@ -72,7 +72,7 @@ impl<P: ParportIo> ParportChip<P> {
         Self {
             io,
             parent: parent.map(alloc::borrow::ToOwned::to_owned),
-            lock: spin::Mutex::new(()),
+            lock: lull_spinlock::SpinLock::new(()),
         }
     }
 
@@ -211,14 +211,17 @@ mod tests {
 
     #[derive(Clone, Default)]
     struct FakePort(
-        Arc<spin::Mutex<PortState>>,
+        Arc<lull_spinlock::SpinLock<PortState>>,
         Arc<core::sync::atomic::AtomicUsize>,
     );
 
     impl FakePort {
         fn new(status: u8) -> Self {
             Self(
-                Arc::new(spin::Mutex::new((Some([0, status, 0]), Vec::new()))),
+                Arc::new(lull_spinlock::SpinLock::new((
+                    Some([0, status, 0]),
+                    Vec::new(),
+                ))),
                 Arc::default(),
             )
         }

@@ -69,7 +69,7 @@ pub(crate) struct ChipShared {
     pub(crate) irq_capable: bool,
     pub(crate) names: Vec<Option<String>>,
     pub(crate) chip: Revocable<Box<dyn GpioChip>>,
-    pub(crate) state: spin::Mutex<ChipState>,
+    pub(crate) state: lull_spinlock::SpinLock<ChipState>,
 }
 
 impl ChipShared {
@@ -400,14 +400,14 @@ pub struct RemovedChip {
 /// registration call into chips (which may sleep) outside the registry's lock.
 #[derive(Default)]
 pub struct GpioRegistry {
-    chips: spin::Mutex<Vec<Arc<ChipShared>>>,
+    chips: lull_spinlock::SpinLock<Vec<Arc<ChipShared>>>,
 }
 
 impl GpioRegistry {
     /// An empty registry.
     pub const fn new() -> Self {
         Self {
-            chips: spin::Mutex::new(Vec::new()),
+            chips: lull_spinlock::SpinLock::new(Vec::new()),
         }
     }
 
@@ -478,7 +478,7 @@ impl GpioRegistry {
             irq_capable,
             names,
             chip: Revocable::new(chip),
-            state: spin::Mutex::new(ChipState { lines, seqno: 0 }),
+            state: lull_spinlock::SpinLock::new(ChipState { lines, seqno: 0 }),
         });
         let position = chips.partition_point(|c| c.number < number);
         chips.insert(position, shared.clone());

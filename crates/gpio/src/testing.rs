@@ -33,7 +33,7 @@ pub struct FakeChip {
     irq: bool,
     can_sleep: bool,
     parent: Option<String>,
-    state: Arc<spin::Mutex<FakeState>>,
+    state: Arc<lull_spinlock::SpinLock<FakeState>>,
 }
 
 impl FakeChip {
@@ -51,7 +51,7 @@ impl FakeChip {
             irq: true,
             can_sleep: false,
             parent: None,
-            state: Arc::new(spin::Mutex::new(FakeState {
+            state: Arc::new(lull_spinlock::SpinLock::new(FakeState {
                 levels: vec![false; lines],
                 directions: vec![Direction::Input; lines],
                 triggers: vec![IrqType::None; lines],

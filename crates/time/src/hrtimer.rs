@@ -302,8 +302,6 @@ pub struct HrTimerCpuBase<F> {
     /// Inside `interrupt`: programming is deferred to its end.
     in_interrupt: bool,
     counters: HrTimerCounters,
-    /// Timers restarted by their callback during this run, re-queued after it.
-    restarted: Vec<u32>,
 }
 
 impl<F: TimerFunction> HrTimerCpuBase<F> {
@@ -322,7 +320,6 @@ impl<F: TimerFunction> HrTimerCpuBase<F> {
             hres_active: false,
             in_interrupt: false,
             counters: HrTimerCounters::default(),
-            restarted: Vec::new(),
         }
     }
 
@@ -724,7 +721,10 @@ impl<F: TimerFunction> HrTimerCpuBase<F> {
         mut dispatch: impl FnMut(&mut FiringTimer<F>) -> HrTimerRestart,
     ) -> usize {
         let mut ran = 0;
-        self.restarted.clear();
+        // Timers restarted by their callback, chained through their (unused while not queued)
+        // `link` in firing order: no allocation in the interrupt, and no scratch list whose
+        // capacity would grow the first time a CPU restarts a timer.
+        let (mut restart_head, mut restart_tail) = (NO_SLOT, NO_SLOT);
         for clock in ClockId::ALL {
             let clock_now = self.clock_now(clock, now);
             while let Some(head) = self.queues[clock as usize].peek() {
@@ -767,20 +767,25 @@ impl<F: TimerFunction> HrTimerCpuBase<F> {
                 timer.soft_expires = firing.soft_expires;
                 timer.hard_expires = firing.hard_expires;
                 if restart == HrTimerRestart::Restart {
-                    self.restarted.push(index);
+                    match self.timers.get_mut(restart_tail as usize) {
+                        Some(tail) => tail.link = index,
+                        None => restart_head = index,
+                    }
+                    restart_tail = index;
                 }
             }
         }
-        let restarted = core::mem::take(&mut self.restarted);
-        for &index in &restarted {
-            let generation = self.timers[index as usize].generation;
-            let id = HrTimerId { index, generation };
-            if let Ok(timer) = self.timer(id) {
-                let (soft, hard) = (timer.soft_expires, timer.hard_expires);
-                let _ = self.enqueue(id, soft, HrTimerMode::Absolute, hard - soft, now, None);
-            }
+        let mut next = restart_head;
+        while let Some(timer) = self.timers.get_mut(next as usize) {
+            let index = next;
+            next = core::mem::replace(&mut timer.link, NO_SLOT);
+            let id = HrTimerId {
+                index,
+                generation: timer.generation,
+            };
+            let (soft, hard) = (timer.soft_expires, timer.hard_expires);
+            let _ = self.enqueue(id, soft, HrTimerMode::Absolute, hard - soft, now, None);
         }
-        self.restarted = restarted;
         ran
     }
 }

@@ -10,6 +10,8 @@ pub mod clocksource;
 pub mod gpio;
 pub mod i2c;
 pub mod pci;
+pub mod rtc;
+pub mod serial;
 pub mod sound;
 pub mod virtio;
 
@@ -52,11 +54,14 @@ pub fn start_device_probe() {
 
 /// The boot-time device set-up: buses' devices, then drivers (each driver probes what matches).
 fn probe_devices() {
-    // The network stack first: network drivers register their interfaces with it.
+    base::create_model();
+    // Then the network stack: network drivers register their interfaces with it.
     crate::net::init();
     acpi::add_bus_devices();
     pci::add_bus_devices();
     acpi::ged::register();
+    rtc::register();
+    serial::register();
     gpio::init();
     sound::init();
     virtio::init();

@@ -50,7 +50,7 @@ pub fn init(boot_line: &[u8], declarations: &[&[ParamSpec]]) -> Vec<Problem> {
             )));
         }
     }
-    let parsed = PARSED.call_once(|| registry.parse(stored));
+    let parsed = PARSED.call_once(|| registry.into_parsed(stored));
     let unknown = parsed.unknown();
     if !unknown.is_empty() {
         // One line, kept readable even for a megabyte of unknown words.

@@ -8,7 +8,7 @@ use alloc::string::{String, ToString};
 use lull_driver_core::DeviceState;
 use lull_gpio::LineConfig;
 
-use super::leaks::{quiet_snapshot, quietly, settles_to, sys_write};
+use super::leaks::{quiet_snapshot, quietly, settles_to, sweep_fails_every_acquisition, sys_write};
 use super::TestResult;
 use crate::drivers::base;
 use crate::drivers::gpio::GPIO;
@@ -112,27 +112,8 @@ pub fn parport_probe_fails_cleanly_at_every_acquisition() -> TestResult {
     let unbind = alloc::format!("/sys/bus/acpi/drivers/{DRIVER}/unbind");
     sys_write(&unbind, DEVICE)?;
     let before = quiet_snapshot();
-    let tracker = lull_devres::LeakTracker::new();
-    let report =
-        quietly(|| base::with_model(|m| m.sweep_probe_faults("acpi", DEVICE, DRIVER, &tracker)))
-            .ok_or("no driver model")?
-            .map_err(|e| alloc::format!("sweep: {e}"))?;
     // The port region and the chip registration.
-    ensure!(
-        report.acquisition_points == 2 && report.absorbed.is_empty(),
-        "acquisition points {} ({report:?})",
-        report.acquisition_points
-    );
-    ensure!(
-        report
-            .failures
-            .iter()
-            .all(|m| m.contains("parport: probe of PNP0400:00 failed with error -12")),
-        "messages {:?}",
-        report.failures
-    );
-    drop(report);
-    drop(tracker);
+    sweep_fails_every_acquisition("acpi", DEVICE, DRIVER, 2)?;
     // The sweep leaves the device bound: unbind and compare.
     ensure!(parport_chip().is_some(), "no chip after the sweep");
     sys_write(&unbind, DEVICE)?;

@@ -45,3 +45,32 @@ pub(super) fn quietly<R>(f: impl FnOnce() -> R) -> R {
     crate::kernel::printk::set_console_loglevel(level);
     result
 }
+
+/// Runs the driver model's fault sweep over `device`'s probe by `driver` (console quiet):
+/// every managed acquisition fails once in turn. It must find `points` of them, none absorbed
+/// by the probe, and each failure must be logged as Linux logs a probe's `-ENOMEM`. The device
+/// is left bound, as the sweep leaves it.
+pub(super) fn sweep_fails_every_acquisition(
+    bus: &str,
+    device: &str,
+    driver: &str,
+    points: usize,
+) -> Result<(), alloc::string::String> {
+    let tracker = lull_devres::LeakTracker::new();
+    let report = quietly(|| {
+        crate::drivers::base::with_model(|m| m.sweep_probe_faults(bus, device, driver, &tracker))
+    })
+    .ok_or("no driver model")?
+    .map_err(|e| alloc::format!("sweep: {e}"))?;
+    if report.acquisition_points != points || !report.absorbed.is_empty() {
+        return Err(alloc::format!(
+            "acquisition points {} (expected {points}) ({report:?})",
+            report.acquisition_points
+        ));
+    }
+    let message = alloc::format!("{driver}: probe of {device} failed with error -12");
+    if !report.failures.iter().all(|m| m.contains(&message)) {
+        return Err(alloc::format!("messages {:?}", report.failures));
+    }
+    Ok(())
+}

@@ -73,7 +73,9 @@ mod mm;
 mod net;
 mod paravirt;
 mod pci;
+mod rtc;
 mod sched_tests;
+mod serial;
 mod smp;
 mod sound;
 mod time_tests;
@@ -396,6 +398,18 @@ const TESTS: &[TestCase] = &[
         gpio::gpio_event_wakes_a_sleeping_gpiomon,
     ),
     (
+        "serial_driver_holds_the_console_and_failed_probes_give_it_back",
+        serial::serial_driver_holds_the_console_and_failed_probes_give_it_back,
+    ),
+    (
+        "rtc_cmos_reads_the_clock_and_gives_its_ports_back_at_unbind",
+        rtc::rtc_cmos_reads_the_clock_and_gives_its_ports_back_at_unbind,
+    ),
+    (
+        "rtc_cmos_unbind_bind_and_failed_probes_leak_nothing",
+        rtc::rtc_cmos_unbind_bind_and_failed_probes_leak_nothing,
+    ),
+    (
         "parport_lines_have_one_owner_and_outlive_no_unbind",
         gpio::parport_lines_have_one_owner_and_outlive_no_unbind,
     ),
@@ -432,6 +446,35 @@ fn needs_cpus(count: usize) -> TestResult {
         skip!("needs {count} CPUs, {online} online");
     }
     Ok(())
+}
+
+/// Selecting tests, for chasing one by hand (Linux's `kunit.filter_glob` in spirit): the test
+/// runner (xtask) passes neither and runs everything once.
+pub const PARAMS: &[lull_cmdline::ParamSpec] = &[
+    lull_cmdline::ParamSpec {
+        name: "ktest.filter",
+        kind: lull_cmdline::Kind::Str,
+        default: "",
+        help: "Run only the tests whose names contain one of these comma-separated words \
+               (the clock-device tests at boot always run).",
+    },
+    lull_cmdline::ParamSpec {
+        name: "ktest.repeat",
+        kind: lull_cmdline::Kind::U64 {
+            min: 1,
+            max: 100_000,
+        },
+        default: "1",
+        help: "Run the selected tests this many times over (each result line counts).",
+    },
+];
+
+/// Whether `name` is selected by `ktest.filter` (`words` empty: every test).
+fn selected(name: &str, words: &str) -> bool {
+    words.is_empty()
+        || words
+            .split(',')
+            .any(|word| !word.is_empty() && name.contains(word))
 }
 
 /// Tallies of the tests run so far (the clock-device tests run at boot, before the others).
@@ -479,8 +522,25 @@ pub fn run_and_exit() -> ! {
     if !probe_thread_gone {
         crate::pr_warn!("ktest: the probe thread has not exited after 5 s");
     }
-    for (name, test) in TESTS {
-        report(name, test());
+    let parsed = crate::kernel::params::parsed();
+    let words = parsed.get_str("ktest.filter").unwrap_or("");
+    let repeat = parsed.get_u64("ktest.repeat").unwrap_or(1);
+    if !words.is_empty() || repeat > 1 {
+        let chosen = TESTS
+            .iter()
+            .filter(|(name, _)| selected(name, words))
+            .count();
+        printk!(
+            "ktest: {chosen} of {} tests selected (ktest.filter={words:?}), {repeat} time(s)",
+            TESTS.len()
+        );
+    }
+    for _ in 0..repeat {
+        for (name, test) in TESTS {
+            if selected(name, words) {
+                report(name, test());
+            }
+        }
     }
     let failed = FAILED.load(Ordering::Relaxed);
     crate::kprintln!(

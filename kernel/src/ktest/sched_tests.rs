@@ -317,14 +317,39 @@ pub(super) fn two_busy_threads_share_one_cpu_by_preemption() -> TestResult {
             },
         )?);
     }
-    time::msleep(200);
-    let infos: Vec<_> = ids.iter().filter_map(|&id| sched::task_info(id)).collect();
+    // Shared means within 3:1 over a 200 ms window. Under TCG a host stall of the vCPU is
+    // charged to whichever thread was running (one window in a CI run had 151 against 50 ms),
+    // so up to 3 consecutive windows are measured and one that shares passes; a scheduler
+    // that does not preempt fails every one of them.
+    let sample = || -> Result<Vec<lull_sched::TaskInfo>, &'static str> {
+        let infos: Vec<_> = ids.iter().filter_map(|&id| sched::task_info(id)).collect();
+        if infos.len() != 2 {
+            return Err("busy threads vanished");
+        }
+        Ok(infos)
+    };
+    let mut last = sample();
+    let mut windows = Vec::new();
+    let mut shared = false;
+    for _ in 0..3 {
+        time::msleep(200);
+        let (Ok(then), Ok(now)) = (&last, sample()) else {
+            break;
+        };
+        let a = now[0].cpu_time_ns - then[0].cpu_time_ns;
+        let b = now[1].cpu_time_ns - then[1].cpu_time_ns;
+        windows.push((a / 1_000_000, b / 1_000_000));
+        last = Ok(now);
+        if a > 0 && b > 0 && a.min(b) * 3 > a.max(b) {
+            shared = true;
+            break;
+        }
+    }
     stop.store(true, Ordering::Release);
-    ensure!(infos.len() == 2, "busy threads vanished");
-    let (a, b) = (infos[0].cpu_time_ns, infos[1].cpu_time_ns);
+    let infos = last?;
     ensure!(
-        a > 0 && b > 0 && a.min(b) * 3 > a.max(b),
-        "CPU time {a} ns vs {b} ns: not shared by preemption"
+        shared,
+        "CPU time (ms) per 200 ms window {windows:?}: not shared by preemption"
     );
     ensure!(
         infos[0].involuntary_switches + infos[1].involuntary_switches >= 2,

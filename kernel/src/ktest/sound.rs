@@ -160,8 +160,24 @@ fn converter(nid: u8, tag: u8, format: u16) -> Result<(), alloc::string::String>
 
 /// 0.2 s of 48 kHz stereo silence on an output stream.
 fn hda_play_briefly() -> Result<hda::StreamStats, alloc::string::String> {
+    hda_play(8, None)
+}
+
+/// 0.2 s of 48 kHz stereo silence in `periods` periods of 1,024 bytes; with `stall`
+/// `(call, ns)` the `call`th refill first sleeps `ns` (a late stream thread).
+fn hda_play(
+    periods: usize,
+    stall: Option<(u32, u64)>,
+) -> Result<hda::StreamStats, alloc::string::String> {
+    let mut calls = 0;
     let mut left = 48_000 / 5 * 4;
     let mut fill = |period: &mut [u8]| {
+        calls += 1;
+        if let Some((call, ns)) = stall {
+            if calls == call {
+                crate::kernel::time::sleep_ns(ns);
+            }
+        }
         let n = period.len().min(left);
         left -= n;
         n
@@ -171,7 +187,7 @@ fn hda_play_briefly() -> Result<hda::StreamStats, alloc::string::String> {
         rate: 48_000,
         channels: 2,
         period_bytes: 1024,
-        periods: 8,
+        periods,
     };
     hda::run_stream(
         &config,
@@ -257,34 +273,19 @@ pub fn hda_plays_and_captures_by_interrupts() -> TestResult {
 /// underruns, and the stream still plays to its end.
 pub fn hda_late_refill_counts_underruns() -> TestResult {
     needs_hda()?;
-    let mut calls = 0;
-    let mut left = 48_000 / 5 * 4;
-    let mut fill = |period: &mut [u8]| {
-        calls += 1;
-        if calls == 10 {
-            crate::kernel::time::sleep_ns(100_000_000);
-        }
-        let n = period.len().min(left);
-        left -= n;
-        n
-    };
-    let config = hda::StreamConfig {
-        direction: hda::Direction::Playback,
-        rate: 48_000,
-        channels: 2,
-        period_bytes: 1024,
-        periods: 4,
-    };
-    let stats = hda::run_stream(
-        &config,
-        &mut |tag, format| converter(HDA_DAC, tag, format),
-        hda::StreamData::Play(&mut fill),
-    )?;
-    ensure!(stats.bytes == 48_000 / 5 * 4, "{stats:?}");
-    ensure!(
-        stats.underruns >= 4,
-        "a 100 ms stall on a 21 ms ring: {stats:?}"
-    );
+    // A 4,096-byte ring is 21.3 ms at 48 kHz stereo. A 100 ms stall loses 4 whole rings;
+    // a 27 ms one loses one ring and a bit, which LPIB alone (a position in the ring) cannot
+    // tell from 1.3 ms: the interrupt's count of finished periods must show it.
+    for stall_ms in [100, 27] {
+        let stats = hda_play(4, Some((10, stall_ms * 1_000_000)))?;
+        ensure!(stats.bytes == 48_000 / 5 * 4, "{stats:?}");
+        // Periods the link played stale: the stall's length less the ring that was queued.
+        let least = (stall_ms * 192 - 4096).div_ceil(1024);
+        ensure!(
+            stats.underruns >= least,
+            "a {stall_ms} ms stall on a 21 ms ring: {stats:?}, expected {least} or more"
+        );
+    }
     // And a stream with nothing late has none.
     let stats = hda_play_briefly()?;
     ensure!(stats.underruns == 0, "{stats:?}");

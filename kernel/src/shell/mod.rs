@@ -203,6 +203,15 @@ const COMMANDS: &[Command] = &[
         run: cmd_date,
     },
     Command {
+        name: "hwclock",
+        usage: "hwclock [-r|--show]",
+        help: "the CMOS RTC's time (UTC), read through the rtc_cmos driver",
+        run: |args, _| {
+            crate::drivers::wait_for_device_probe();
+            kprint!("{}", crate::drivers::rtc::cmd_hwclock(args));
+        },
+    },
+    Command {
         name: "sleep",
         usage: "sleep SECONDS",
         help: "sleep on an hrtimer (tickless idle meanwhile)",
@@ -809,7 +818,14 @@ fn i2c_tool(name: &str, args: &[&str]) {
     }
 }
 
-pub fn run() -> ! {
+/// The shell: init's commands (the words after `--` on the command line), then a prompt and
+/// a command at a time from the console, forever.
+///
+/// `start_probe` starts the boot-time device probe. It runs before init's commands (they may
+/// wait for devices), else right after the first prompt is printed: with the probe runnable
+/// beside it, the shell's first run (all first-time code for an instruction emulator) outlasted
+/// its slice, and the prompt waited for a preemption timer interrupt and the probe's turn.
+pub fn run(start_probe: fn()) -> ! {
     // A shutdown request (the power button) wakes the reader, which then powers off.
     crate::kernel::pm::register_atomic_notifier(crate::kernel::pm::Notifier {
         name: "shell",
@@ -820,6 +836,12 @@ pub fn run() -> ! {
     // Init's arguments (the words after `--` on the command line) run first, as commands
     // separated by `;`: `-- bench pvops 2000 ; poweroff` runs a benchmark with no console input.
     let init_args = crate::kernel::params::parsed().init_args().join(" ");
+    let mut start_probe = Some(start_probe);
+    if !init_args.trim().is_empty() {
+        if let Some(start) = start_probe.take() {
+            start();
+        }
+    }
     for command in init_args
         .split(';')
         .map(str::trim)
@@ -831,6 +853,9 @@ pub fn run() -> ! {
     let mut previous_was_cr = false;
     loop {
         kprint!("lull> ");
+        if let Some(start) = start_probe.take() {
+            start();
+        }
         let line = read_line(&mut previous_was_cr);
         execute(&line);
     }

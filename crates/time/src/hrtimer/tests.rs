@@ -173,6 +173,56 @@ fn restart_without_forward_does_not_loop() {
 }
 
 #[test]
+fn several_restarts_in_one_pass_are_all_requeued_and_the_rest_stay_free() {
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let ids: Vec<_> = (0..5u64)
+        .map(|n| {
+            let clock = if n % 2 == 0 {
+                ClockId::Monotonic
+            } else {
+                ClockId::Realtime
+            };
+            let id = base.create(clock, Named("p"), n).unwrap();
+            base.start(&mut device, id, 100 + n, HrTimerMode::Absolute, 0, 0, None)
+                .unwrap();
+            id
+        })
+        .collect();
+    // Timers 0, 1, 3 and 4 restart 1,000 ns later (across both clocks); 2 does not.
+    let mut fired = Vec::new();
+    let ran = base
+        .interrupt(&mut device, 200, |f| {
+            fired.push(f.data());
+            if f.data() == 2 {
+                return HrTimerRestart::NoRestart;
+            }
+            f.forward(1_000);
+            HrTimerRestart::Restart
+        })
+        .unwrap();
+    assert_eq!(ran, 5);
+    fired.sort();
+    assert_eq!(fired, [0, 1, 2, 3, 4]);
+    for (n, &id) in ids.iter().enumerate() {
+        assert_eq!(base.is_queued(id), n != 2, "timer {n}");
+    }
+    // The next pass fires exactly the four, once each; freeing timer 2 and creating a new
+    // timer reuses its slot cleanly (the free list was not touched by the restart chain).
+    base.destroy(&mut device, ids[2], 200).unwrap();
+    let again = base.create(ClockId::Monotonic, Named("new"), 9).unwrap();
+    assert_eq!(again.index, ids[2].index);
+    let mut fired = Vec::new();
+    base.interrupt(&mut device, 5_000, |f| {
+        fired.push(f.data());
+        HrTimerRestart::NoRestart
+    })
+    .unwrap();
+    fired.sort();
+    assert_eq!(fired, [0, 1, 3, 4]);
+}
+
+#[test]
 fn forward_outside_callback() {
     let mut base: HrTimerCpuBase<Named> = HrTimerCpuBase::new(0);
     let mut device = oneshot_device();

@@ -86,15 +86,30 @@ pub(super) fn reserve(base: u16, len: u16, owner: &'static str) -> Result<(), Cl
     claim(base, len, owner)
 }
 
+/// Takes back a range [`reserve`]d for `owner` at `base` (a driver of the model takes the
+/// device over); whether it was held.
+pub(super) fn unreserve(base: u16, owner: &'static str) -> bool {
+    let mut claims = CLAIMS.lock();
+    match claims
+        .iter_mut()
+        .find(|slot| matches!(slot, Some(c) if c.base == base && c.owner == owner))
+    {
+        Some(slot) => {
+            *slot = None;
+            true
+        }
+        None => false,
+    }
+}
+
 /// Reserves the ports of the devices arch drives directly. Called once at entry.
 pub(super) fn reserve_platform_ports() {
     for (base, len, owner) in [
         (0x20, 2, "pic1"),
         (0xA0, 2, "pic2"),
         (0x40, 4, "timer0 (PIT)"),
-        (0x70, 2, "rtc0 (CMOS)"),
         (super::power::DEBUG_EXIT_PORT, 4, "isa-debug-exit"),
-        (super::serial::COM1, 8, "serial (COM1)"),
+        (super::serial::COM1, 8, super::serial::BOOT_CLAIM),
         (0xCF8, 8, "PCI conf1"),
     ] {
         let _ = claim(base, len, owner);

@@ -17,6 +17,22 @@ const LSR_DATA_READY: u8 = 1 << 0;
 const LSR_TX_EMPTY: u8 = 1 << 5;
 const IER_RX_AVAILABLE: u8 = 1 << 0;
 
+/// The name of the boot's reservation of COM1's ports (`/proc/ioports`) until the `serial`
+/// driver takes the UART over.
+pub(super) const BOOT_CLAIM: &str = "serial (COM1)";
+
+/// Gives up the boot's reservation of COM1's ports, so the `serial` driver can claim them;
+/// whether it was held.
+pub fn release_boot_claim() -> bool {
+    super::io::unreserve(COM1, BOOT_CLAIM)
+}
+
+/// Reserves COM1's ports for the console again (the driver's probe failed after
+/// [`release_boot_claim`]).
+pub fn restore_boot_claim() {
+    let _ = super::io::reserve(COM1, 8, BOOT_CLAIM);
+}
+
 /// Programs COM1 for 115200 8N1; interrupts stay off until `set_rx_interrupt`.
 ///
 /// The FIFO control register is deliberately left as firmware set it: changing the FIFO

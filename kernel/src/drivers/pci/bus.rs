@@ -60,7 +60,7 @@ fn attribute(name: &str, attribute: Option<&str>) -> Option<String> {
 /// The driver bound to `address`, if any (lspci's "Kernel driver in use").
 pub fn bound_driver(name: &str) -> Option<String> {
     crate::drivers::base::with_model(|model| match model.device_state("pci", name) {
-        Some(DeviceState::Bound { driver, .. }) => Some(driver.clone()),
+        Some(DeviceState::Bound { driver, .. }) => Some(String::from(&**driver)),
         _ => None,
     })
     .flatten()

@@ -368,14 +368,19 @@ pub fn init() {
             name: String::from(DRIVER),
             ..PlatformDeviceId::default()
         };
-        // Linux requests these lines with the firmware's (here: no) trigger information; QEMU
-        // and Firecracker raise them level, active high.
+        // Edge, active high, as Linux treats these lines (an ISA IRQ without firmware trigger
+        // information): lull-vmm and Firecracker raise them through an irqfd, an edge that
+        // KVM's IOAPIC drops while the pin is masked. As level lines they were masked until
+        // the interrupt thread finished, and a buffer used in that window went unannounced
+        // until the next interrupt (gpiomon under a pulse storm waited forever). QEMU holds
+        // the line high while the status is non-zero and re-raises it on each change; the
+        // thread acknowledges the status, so the next change is a new edge.
         let res = Resources {
             device: device.clone(),
             base,
             size,
             irq,
-            flags: IrqFlags::TRIGGER_HIGH,
+            flags: IrqFlags::TRIGGER_RISING,
         };
         add_transport(device, id, res);
     }

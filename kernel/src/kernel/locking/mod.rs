@@ -94,13 +94,29 @@ impl CpuPinned for PreemptDisabled {
 
 impl Drop for PreemptDisabled {
     fn drop(&mut self) {
-        percpu::preempt_count_sub(1);
-        // Linux's `preempt_enable()`: a reschedule asked for while we could not be preempted
-        // happens now (only with interrupts on and nothing else holding preemption off).
-        if percpu::preempt_count() == 0 && percpu::need_resched() && cpu::interrupts_enabled() {
-            crate::kernel::sched::preempt_point();
-        }
+        preempt_enable();
     }
+}
+
+/// Linux's `preempt_enable()`: drops one level of the preemption count; a reschedule asked for
+/// while we could not be preempted happens now (only with interrupts on and nothing else
+/// holding preemption off).
+fn preempt_enable() {
+    percpu::preempt_count_sub(1);
+    if percpu::preempt_count() == 0 && percpu::need_resched() && cpu::interrupts_enabled() {
+        crate::kernel::sched::preempt_point();
+    }
+}
+
+/// Makes the portable crates' spin locks (gpiolib's line tables, devres' leak counters)
+/// disable preemption while held, as [`SpinLock`] does. Without it, a real-time interrupt
+/// thread spinning on such a lock held by a thread it preempted spins forever on one CPU
+/// (virtio-gpio's event thread and `gpiomon` did).
+fn install_portable_lock_hooks() {
+    lull_spinlock::set_preempt_hooks(lull_spinlock::PreemptHooks {
+        disable: || percpu::preempt_count_add(1),
+        enable: preempt_enable,
+    });
 }
 
 /// Whether this CPU runs a hard-interrupt handler.
@@ -203,6 +219,7 @@ pub fn init_spinlocks() {
         _ => SpinWait::Ticket,
     };
     sync::set_spin_wait(mode);
+    install_portable_lock_hooks();
     crate::printk!(
         "spinlock: {}{}",
         match mode {

@@ -138,7 +138,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
-fn unix_seconds(rtc: &crate::arch::rtc::RtcTime) -> i64 {
+pub fn unix_seconds(rtc: &crate::arch::rtc::RtcTime) -> i64 {
     days_from_civil(rtc.year as i64, rtc.month, rtc.day) * 86_400
         + rtc.hour as i64 * 3600
         + rtc.minute as i64 * 60

@@ -123,6 +123,10 @@ struct Slot {
     busy: AtomicBool,
     /// SDnSTS bits the interrupt saw and acknowledged, for the thread running the stream.
     seen: AtomicU8,
+    /// Buffer completions (BCIS) the interrupt saw since the stream started: one per period
+    /// the link finished, counted in hard-IRQ context, so it shows the whole rings that LPIB
+    /// (a position within the ring) cannot when the stream's thread wakes late.
+    periods_done: AtomicU64,
     wake: WaitQueue,
 }
 
@@ -186,6 +190,9 @@ fn interrupt(_irq: u32, _dev: DevId) -> IrqReturn {
         }
         let sts = mmio.read_u8(sd(index) + SD_STS);
         mmio.write_u8(sd(index) + SD_STS, sts & SD_STS_CLEAR);
+        if sts & SD_STS_BCIS != 0 {
+            slot.periods_done.fetch_add(1, Ordering::AcqRel);
+        }
         slot.seen.fetch_or(sts & SD_STS_CLEAR, Ordering::AcqRel);
         slot.wake.wake_all();
         handled = true;
@@ -366,21 +373,6 @@ pub fn format_word(rate: u32, channels: u8) -> Result<u16, String> {
     Err(alloc::format!(
         "hda: {rate} Hz is not 48 kHz or 44.1 kHz times 1-4 divided by 1-8"
     ))
-}
-
-/// The sample rate a format word (as [`format_word`] builds it) encodes.
-fn format_rate(format: u16) -> u32 {
-    let base = if format & 1 << 14 != 0 {
-        44_100
-    } else {
-        48_000
-    };
-    base * (u32::from(format >> 11 & 7) + 1) / (u32::from(format >> 8 & 7) + 1)
-}
-
-/// Bytes per frame of a 16-bit format word.
-fn frame_bytes(format: u16) -> u64 {
-    2 * (u64::from(format & 0xf) + 1)
 }
 
 /// What a stream did.
@@ -638,6 +630,7 @@ impl<'a> Stream<'a> {
         }
         prepare(tag, format)?;
         self.slot.seen.store(0, Ordering::Release);
+        self.slot.periods_done.store(0, Ordering::Release);
         let started = crate::kernel::time::uptime_ns();
         {
             let mmio = self.mmio()?;
@@ -649,9 +642,6 @@ impl<'a> Stream<'a> {
             );
         }
         let mut last_lpib: u64 = 0;
-        let mut last_wake = started;
-        // Bytes per second: whole rings the link may have gone round unseen between wake-ups.
-        let rate = u64::from(format_rate(format)) * frame_bytes(format);
         let mut position: u64 = 0; // bytes the link moved, from the start
         let mut delivered: u64 = 0; // capture: bytes given to the sink
         let mut taken: u64 = 0; // capture: periods read
@@ -682,6 +672,8 @@ impl<'a> Stream<'a> {
                     self.index
                 ));
             }
+            // The completions first: every period they count is behind the LPIB read after.
+            let completed = self.slot.periods_done.load(Ordering::Acquire) * pb as u64;
             let lpib = u64::from(self.mmio()?.read_u32(base + SD_LPIB));
             if lpib > ring {
                 pr_err!(
@@ -694,13 +686,17 @@ impl<'a> Stream<'a> {
             let moved = (lpib + ring - last_lpib) % ring;
             position += moved;
             last_lpib = lpib % ring;
-            // LPIB cannot show whole rings: a wake-up later than a ring's duration lost them
-            // (every period of each a late refill).
-            let now = crate::kernel::time::uptime_ns();
-            let expected = (now - last_wake).saturating_mul(rate) / 1_000_000_000;
-            last_wake = now;
-            if expected >= ring + pb as u64 {
-                self.stats.underruns += (expected - moved) / ring * periods as u64;
+            // LPIB cannot show whole rings: a wake-up a ring or more late lost them. The
+            // interrupt's count of finished periods can: the link is about there (LPIB and the
+            // interrupt may disagree by a little on real hardware: Linux's bdl_pos_adj) and
+            // less than a period beyond it. With k rings lost, `position` is behind it by
+            // more than k rings less a period; with none, by a little at most. So half a
+            // period tells the two apart, and the rest rounded up to rings is k (a ring is
+            // two periods or more). Two completions merged into one interrupt, under heavy
+            // load, undercount and leave `position` as LPIB says.
+            let half = pb as u64 / 2;
+            if completed > position + half {
+                position += (completed - position - half).div_ceil(ring) * ring;
             }
             let done = position / pb as u64; // periods completed
             match &mut data {
@@ -918,6 +914,7 @@ impl Driver for HdaDriver {
                 .map(|_| Slot {
                     busy: AtomicBool::new(false),
                     seen: AtomicU8::new(0),
+                    periods_done: AtomicU64::new(0),
                     wake: WaitQueue::new(),
                 })
                 .collect(),
