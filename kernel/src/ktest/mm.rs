@@ -275,3 +275,34 @@ pub(super) fn proc_iomem_nests_the_kernel_in_system_ram() -> TestResult {
     ensure!(!text.contains("not claimed"), "refused claims:\n{text}");
     Ok(())
 }
+
+/// `DmaBuffer::write_bytes`/`read_bytes` copy whole words and then a tail: every offset and
+/// length around a word boundary lands exactly where asked, and nothing beside it changes.
+pub(super) fn dma_buffer_byte_copies_are_exact_at_every_alignment() -> TestResult {
+    use crate::arch::dma::DmaBuffer;
+    let buffer = DmaBuffer::alloc(64).ok_or("DMA buffer of 64 bytes")?;
+    for offset in 0..9 {
+        for len in 0..20 {
+            buffer.write_bytes(0, &[0xee; 64]);
+            let data: alloc::vec::Vec<u8> = (0..len).map(|i| i as u8 + 1).collect();
+            buffer.write_bytes(offset, &data);
+            let mut whole = [0u8; 64];
+            buffer.read_bytes(0, &mut whole);
+            for (at, &byte) in whole.iter().enumerate() {
+                let expected = if (offset..offset + len).contains(&at) {
+                    (at - offset) as u8 + 1
+                } else {
+                    0xee
+                };
+                ensure!(
+                    byte == expected,
+                    "write of {len} at {offset}: byte {at} is {byte:#x}, not {expected:#x}"
+                );
+            }
+            let mut back = alloc::vec![0u8; len];
+            buffer.read_bytes(offset, &mut back);
+            ensure!(back == data, "read of {len} at {offset}: {back:?}");
+        }
+    }
+    Ok(())
+}

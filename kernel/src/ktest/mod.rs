@@ -92,6 +92,10 @@ const TESTS: &[TestCase] = &[
         mm::page_allocator_coalesces_on_hardware,
     ),
     ("zone_dma_matches_build", mm::zone_dma_matches_build),
+    (
+        "dma_buffer_byte_copies_are_exact_at_every_alignment",
+        mm::dma_buffer_byte_copies_are_exact_at_every_alignment,
+    ),
     ("freed_pages_are_writable", mm::freed_pages_are_writable),
     (
         "proc_iomem_nests_the_kernel_in_system_ram",

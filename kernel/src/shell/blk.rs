@@ -115,10 +115,12 @@ fn dispatch(args: &[&str]) -> Result<(), String> {
                 len,
                 DEFAULT_DEPTH,
                 |at, buffer| {
-                    let mut bytes = alloc::vec![0u8; buffer.len()];
-                    for (i, byte) in bytes.iter_mut().enumerate() {
-                        *byte = fill.unwrap_or_else(|| pattern_byte(offset + at + i as u64));
-                    }
+                    let bytes = match fill {
+                        Some(byte) => alloc::vec![byte; buffer.len()],
+                        None => (0..buffer.len() as u64)
+                            .map(|i| pattern_byte(offset + at + i))
+                            .collect(),
+                    };
                     buffer.write_bytes(0, &bytes);
                 },
                 |_, _| {},
