@@ -83,12 +83,11 @@ impl Parsed {
         let mut errors = Vec::new();
         let mut init_args = Vec::new();
         let mut non_utf8_init_args = Vec::new();
-        let mut name_scratch = Vec::new();
 
         for token in tokens(line) {
             match token {
                 Token::Param { name, value } => {
-                    let Some(index) = registry.index_of_with(name, &mut name_scratch) else {
+                    let Some(index) = registry.index_of(name) else {
                         unknown.push(render::param(name, value));
                         continue;
                     };

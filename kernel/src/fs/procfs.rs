@@ -59,10 +59,13 @@ impl core::fmt::Display for ProcError {
 
 /// Registers a file (replacing one with the same path). Subsystems call this at init.
 pub fn register(file: ProcFile) {
+    // Kept sorted by path: a binary search finds the place (or the file to replace), where a
+    // push and re-sort per call cost the boot a sort's worth of newly translated code.
     let mut files = FILES.lock();
-    files.retain(|existing| existing.path != file.path);
-    files.push(file);
-    files.sort_by(|a, b| a.path.cmp(b.path));
+    match files.binary_search_by(|existing| existing.path.cmp(file.path)) {
+        Ok(at) => files[at] = file,
+        Err(at) => files.insert(at, file),
+    }
 }
 
 /// Registers a generated directory (replacing one with the same path).
