@@ -80,7 +80,8 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     time::set_boot_tsc(entry_tsc);
     arch::set_emergency_print(printk::emergency_print);
     arch::init_boot_cpu();
-    let (tsc_hz, method) = time::calibrate();
+    // The PIT measures the TSC while memory and parameters are set up (no spinning of its own).
+    let calibration = time::start_calibration();
     printk!("{Version}");
 
     let mem_limit = params::early_mem_limit(boot.command_line);
@@ -111,6 +112,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     }
     apply_console_params();
     lockdep::init();
+    let (tsc_hz, method) = time::finish_calibration(calibration);
     printk!(
         "tsc: {}.{:03} MHz ({method})",
         tsc_hz / 1_000_000,

@@ -278,8 +278,8 @@ pub(super) fn clocksources_count_at_their_rate() -> TestResult {
         }
         let (counted_ns, base_ns) = best.ok_or("no sample")?;
         let ratio_per_mille = counted_ns * 1000 / base_ns.max(1);
-        // The TSC's frequency is only as good as its boot calibration (three 0.5 ms PIT
-        // windows), measured 2.5-5 % off the HPET under TCG on a loaded host (a refinement
+        // The TSC's frequency is only as good as its boot calibration (one PIT window over the
+        // boot's memory set-up, or three 0.5 ms ones), measured 2.5-5 % off the HPET under TCG on a loaded host (a refinement
         // against the HPET, as Linux's tsc_refine_calibration_work, would fix it); the others
         // count a fixed rate and must agree within 2 %.
         let tolerance = if name == "tsc" || timebase == "tsc" {

@@ -42,7 +42,7 @@ use crate::{pr_warn, printk};
 
 use crate::drivers::clocksource as devices;
 pub use crate::drivers::clocksource::{TickDevice, LOCAL_TIMER_VECTOR};
-pub use early::{calibrate, refine_tsc_hz, set_boot_tsc, tsc_hz};
+pub use early::{finish_calibration, refine_tsc_hz, set_boot_tsc, start_calibration, tsc_hz};
 pub use proc::{proc_timer_list, proc_timer_stats, proc_timer_stats_write};
 pub(crate) use sleep::with_sleep_timer;
 pub use sleep::{msleep, sleep_ns, sleep_until};
@@ -287,21 +287,58 @@ fn invariant_tsc() -> bool {
     cpu::cpuid(0x8000_0000, 0).eax >= 0x8000_0007 && cpu::cpuid(0x8000_0007, 0).edx & (1 << 8) != 0
 }
 
-/// Measures the LAPIC timer's input clock against the (calibrated) TSC over ~1 ms.
-fn calibrate_lapic_bus_hz() -> u64 {
+/// A LAPIC timer count read between two TSC reads: the count, the TSC at the middle, and how
+/// long the read took. A vCPU held up inside a read (its thread preempted on the host, or
+/// waiting for QEMU's lock for the APIC access) widens the bracket; a wide one at either end
+/// of the window made the bus look up to a fifth slower under host load, and every LAPIC
+/// period that short (five 1 ms periods in 4.1 ms).
+fn lapic_count_read() -> (u32, u64, u64) {
+    let before = cpu::rdtsc();
+    let count = apic::timer::current_count();
+    let after = cpu::rdtsc();
+    (count, before + (after - before) / 2, after - before)
+}
+
+/// The start of a LAPIC calibration window opened at the top of [`init`]: the clocksources
+/// are set up while it runs (milliseconds of first-time code under TCG), so the calibration
+/// rarely has to spin for its 1 ms.
+struct LapicWindow {
+    start_count: u32,
+    start_tsc: u64,
+    start_width: u64,
+}
+
+fn open_lapic_window() -> LapicWindow {
+    apic::timer::start_masked_count(u32::MAX);
+    // A warm-up read, discarded: under TCG the first one pays for translating this code.
+    let _ = lapic_count_read();
+    let (start_count, start_tsc, start_width) = lapic_count_read();
+    LapicWindow {
+        start_count,
+        start_tsc,
+        start_width,
+    }
+}
+
+/// Measures the LAPIC timer's input clock against the (calibrated) TSC over at least 1 ms:
+/// the window `open` started when both of its ends were read quickly, else fresh 1 ms windows.
+fn calibrate_lapic_bus_hz(open: LapicWindow) -> u64 {
     let tsc_hz = tsc_hz().max(1);
-    // A count read between two TSC reads: the count, the TSC at the middle, and how long the
-    // read took. A vCPU held up inside a read (its thread preempted on the host, or waiting
-    // for QEMU's lock for the APIC access) widens the bracket; a wide one at either end of the
-    // window made the bus look up to a fifth slower under host load, and every LAPIC period
-    // that short (five 1 ms periods in 4.1 ms).
-    let read = || {
-        let before = cpu::rdtsc();
-        let count = apic::timer::current_count();
-        let after = cpu::rdtsc();
-        (count, before + (after - before) / 2, after - before)
-    };
+    let read = lapic_count_read;
     let tight = tsc_hz / 200_000; // 5 us at each end of a 1 ms window: within 0.5 %
+    if open.start_width <= tight {
+        while cpu::rdtsc() - open.start_tsc < tsc_hz / 1000 {
+            core::hint::spin_loop();
+        }
+        let (end_count, end_tsc, end_width) = read();
+        // A count that reached zero stopped: the window says nothing then (over a minute at
+        // QEMU's bus rate; only a vCPU stopped that long gets there).
+        if end_width <= tight && end_count != 0 {
+            apic::timer::stop();
+            let ticks = open.start_count.saturating_sub(end_count) as u128;
+            return (ticks * tsc_hz as u128 / (end_tsc - open.start_tsc).max(1) as u128) as u64;
+        }
+    }
     let mut best = 0;
     // Attempt 0 is a 10 us warm-up, discarded: under TCG its reads include translating this
     // code (30-130 us brackets, measured), which would cost a whole 1 ms window.
@@ -335,6 +372,7 @@ fn calibrate_lapic_bus_hz() -> u64 {
 /// Registers clocksources, selects one (honouring `clocksource=`), starts timekeeping, and
 /// probes the clock event hardware. Called once on the boot CPU, interrupts disabled.
 pub fn init(acpi: Option<&AcpiInfo>) {
+    let lapic_window = open_lapic_window();
     let parsed = crate::kernel::params::parsed();
     let mut registry = ClockSourceRegistry::new();
     let mut sources: Vec<Box<dyn ClockSource + Send>> = Vec::new();
@@ -469,7 +507,7 @@ pub fn init(acpi: Option<&AcpiInfo>) {
     let hpet_routes = hpet
         .as_ref()
         .map_or(0, |h| h.route_capabilities(0) & 0x00ff_0000);
-    let lapic_bus_hz = calibrate_lapic_bus_hz();
+    let lapic_bus_hz = calibrate_lapic_bus_hz(lapic_window);
     let tsc_deadline = apic::timer::tsc_deadline_supported();
     printk!(
         "clockevents: lapic {} Hz{}{}{}",
