@@ -296,6 +296,35 @@ pub(super) fn clocksources_count_at_their_rate() -> TestResult {
     Ok(())
 }
 
+/// The boot's open PIT window (`pit::open_window`/`close_window`) against QEMU's 8254: a 2 ms
+/// window gives the TSC rate the boot settled on (within 1 %), and a window longer than the
+/// PIT's 55 ms count is refused (its OUT pin, read back, says the count ran out), not
+/// measured as a wrapped, far too short one.
+fn pit_window_measures_the_tsc_and_refuses_a_run_out() -> TestResult {
+    use crate::arch::pit;
+    let hz = time::tsc_hz();
+    let window = pit::open_window();
+    let measured = pit::close_window(window, 2386).ok_or("the PIT did not count")?;
+    let off_per_mille = measured.hz.abs_diff(hz) * 1000 / hz.max(1);
+    ensure!(
+        off_per_mille <= 10,
+        "a 2 ms window says {} Hz, the boot {hz} Hz (blur {} ppm)",
+        measured.hz,
+        measured.blur_ppm
+    );
+    let window = pit::open_window();
+    let start = crate::arch::cpu::rdtsc();
+    while crate::arch::cpu::rdtsc() - start < hz / 1000 * 60 {
+        core::hint::spin_loop();
+    }
+    let late = pit::close_window(window, 1);
+    ensure!(
+        late.is_none(),
+        "a 60 ms window (the count runs out at 55 ms) was measured: {late:?}"
+    );
+    Ok(())
+}
+
 /// The clock-hardware tests, run before the tick starts (while they have the devices to
 /// themselves): the clocksources' rates, the device list, and each clock event device.
 pub(super) fn device_tests() -> Vec<(String, TestResult)> {
@@ -303,6 +332,10 @@ pub(super) fn device_tests() -> Vec<(String, TestResult)> {
     cases.push((
         String::from("clocksources_count_at_their_rate"),
         clocksources_count_at_their_rate(),
+    ));
+    cases.push((
+        String::from("pit_window_measures_the_tsc_and_refuses_a_run_out"),
+        pit_window_measures_the_tsc_and_refuses_a_run_out(),
     ));
     let devices = time::available_devices();
     let names: Vec<&str> = devices.iter().map(|d| d.name()).collect();

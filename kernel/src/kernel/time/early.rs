@@ -47,9 +47,9 @@ pub fn finish_calibration(calibration: Calibration) -> (u64, &'static str) {
         Calibration::Known(hz) => (hz, "cpuid"),
         Calibration::Pit(window) => pit::close_window(window, 1790)
             .filter(|measurement| measurement.blur_ppm <= SHARP_LONG_WINDOW_PPM)
-            .map(|measurement| measurement.hz)
-            .or_else(pit_calibration)
-            .map_or((1_000_000_000, "assumed"), |hz| (hz, "PIT")),
+            .map(|measurement| (measurement.hz, "PIT, one window over the boot"))
+            .or_else(|| pit_calibration().map(|hz| (hz, "PIT, median of 0.5 ms windows")))
+            .unwrap_or((1_000_000_000, "assumed")),
     };
     TSC_HZ.store(hz, Ordering::Relaxed);
     (hz, method)

@@ -291,7 +291,9 @@ fn invariant_tsc() -> bool {
 /// long the read took. A vCPU held up inside a read (its thread preempted on the host, or
 /// waiting for QEMU's lock for the APIC access) widens the bracket; a wide one at either end
 /// of the window made the bus look up to a fifth slower under host load, and every LAPIC
-/// period that short (five 1 ms periods in 4.1 ms).
+/// period that short (five 1 ms periods in 4.1 ms). Never inlined, so that every read runs
+/// the code the first one translated (see `pit::bracketed_read`).
+#[inline(never)]
 fn lapic_count_read() -> (u32, u64, u64) {
     let before = cpu::rdtsc();
     let count = apic::timer::current_count();
