@@ -177,6 +177,8 @@ struct Shared {
     changed: Condvar,
     /// With `separate_stderr`: QEMU's stderr lines and when the host read each.
     stderr: Mutex<Vec<(std::time::SystemTime, String)>>,
+    /// When the host read the guest's first output byte.
+    first_output: Mutex<Option<Instant>>,
 }
 
 /// A running guest whose serial console the host reads and writes.
@@ -202,6 +204,7 @@ impl Guest {
             output: Mutex::new(Vec::new()),
             changed: Condvar::new(),
             stderr: Mutex::new(Vec::new()),
+            first_output: Mutex::new(None),
         });
         if config.separate_stderr {
             if let Some(stderr) = child.stderr.take() {
@@ -231,6 +234,15 @@ impl Guest {
             shared,
             consumed: 0,
         })
+    }
+
+    /// When the host read the guest's first output byte (`None` before any).
+    pub fn first_output_at(&self) -> Option<Instant> {
+        *self
+            .shared
+            .first_output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// QEMU's process id (to read its memory use from `/proc`).
@@ -379,7 +391,15 @@ fn pump(mut stream: Box<dyn Read + Send>, shared: &Shared) {
         match stream.read(&mut buffer) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                let now = Instant::now();
                 let mut output = shared.output.lock().unwrap_or_else(|e| e.into_inner());
+                if output.is_empty() {
+                    let mut first = shared
+                        .first_output
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    first.get_or_insert(now);
+                }
                 output.extend_from_slice(&buffer[..n]);
                 shared.changed.notify_all();
             }
