@@ -682,7 +682,20 @@ impl<F: TimerFunction> HrTimerCpuBase<F> {
         if next == self.expires_next {
             return Ok(());
         }
+        let earlier_head = next < self.expires_next;
         self.expires_next = next;
+        // A new head the device cannot reach sooner than it is already armed: leave the armed
+        // event. An expiry closer than the device's minimum delta (or already past) would be
+        // programmed at `now + min_delta`, which can be *later* than the event armed for the
+        // old head; moving it there made that old head's timer late (found by the property
+        // test `never_early_and_on_time`). The armed interrupt runs the new head as well.
+        if earlier_head && device.state() == ClockEventState::OneShot {
+            if let Some(armed) = device.next_event_ns() {
+                if armed <= next.max(now.saturating_add(device.min_delta_ns())) {
+                    return Ok(());
+                }
+            }
+        }
         program_tick_device(device, next, now).map_err(HrTimerError::Device)
     }
 

@@ -27,6 +27,50 @@ fn high_res_base(device: &mut ClockEvent<FakeEventDevice>) -> HrTimerCpuBase<Nam
     base
 }
 
+/// The sequence the property test `never_early_and_on_time` shrank to: timer 1 is armed for
+/// 1,297 ns; at 549 an already-due timer starts, which the device could only take at
+/// 549 + its minimum delta. The armed event must stay, and both run at it.
+#[test]
+fn a_due_timer_does_not_push_the_armed_event_later() {
+    let mut device = oneshot_device();
+    let mut base = high_res_base(&mut device);
+    let min_delta = device.min_delta_ns();
+    let ids: Vec<HrTimerId> = (0..3u64)
+        .map(|i| base.create(ClockId::Monotonic, Named("t"), i).unwrap())
+        .collect();
+    base.start(&mut device, ids[0], 549, HrTimerMode::Absolute, 0, 0, None)
+        .unwrap();
+    base.start(&mut device, ids[1], 1297, HrTimerMode::Absolute, 0, 0, None)
+        .unwrap();
+    let first = device.next_event_ns().unwrap();
+    let mut fired = Vec::new();
+    base.interrupt(&mut device, first, |f| {
+        fired.push(f.data());
+        HrTimerRestart::NoRestart
+    })
+    .unwrap();
+    assert_eq!(fired, [0]);
+    let armed = device.next_event_ns().unwrap();
+    assert!(armed <= 1297.max(first + min_delta), "armed at {armed}");
+    base.start(
+        &mut device,
+        ids[2],
+        first,
+        HrTimerMode::Absolute,
+        0,
+        first,
+        None,
+    )
+    .unwrap();
+    assert_eq!(device.next_event_ns(), Some(armed), "the armed event moved");
+    base.interrupt(&mut device, armed, |f| {
+        fired.push(f.data());
+        HrTimerRestart::NoRestart
+    })
+    .unwrap();
+    assert_eq!(fired, [0, 2, 1], "both at the armed event, in expiry order");
+}
+
 #[test]
 fn device_is_reprogrammed_only_when_the_head_changes() {
     let mut device = oneshot_device();
