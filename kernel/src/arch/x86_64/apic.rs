@@ -37,6 +37,8 @@ const LVT_MASKED: u32 = 1 << 16;
 
 static LAPIC_BASE: AtomicU64 = AtomicU64::new(0);
 
+// One copy for the ~20 callers (less boot code for TCG to translate).
+#[inline(never)]
 fn lapic_write(register: usize, value: u32) {
     let base = LAPIC_BASE.load(Ordering::Relaxed);
     if base == 0 {

@@ -29,6 +29,9 @@ impl IrqSafeHeap {
 // non-overlapping blocks of at least `layout.size()` bytes aligned to `layout.align()` from
 // the region given to `init`, under a lock that makes it safe to call from any context.
 unsafe impl GlobalAlloc for IrqSafeHeap {
+    // Out of line, so `realloc` and `alloc_zeroed` (the trait's defaults) call this copy
+    // instead of inlining their own: less boot code for TCG to translate.
+    #[inline(never)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.with(|heap| {
             heap.allocate_first_fit(layout)
@@ -36,6 +39,7 @@ unsafe impl GlobalAlloc for IrqSafeHeap {
         })
     }
 
+    #[inline(never)]
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
         if let Some(pointer) = NonNull::new(pointer) {
             // SAFETY: GlobalAlloc's contract: `pointer` came from `alloc` with this `layout`.

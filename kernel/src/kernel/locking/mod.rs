@@ -361,7 +361,8 @@ impl<T> IrqSafeLock<T> {
     /// Disables preemption and interrupts, then spins until the lock is ours. A named lock is
     /// checked by lockdep first (so an inversion is reported before it can deadlock).
     #[track_caller]
-    #[inline]
+    // One copy per lock type, not per call site (see `SpinCell::lock`).
+    #[inline(never)]
     pub fn lock(&self) -> IrqSafeGuard<'_, T> {
         let preempt = PreemptDisabled::new();
         let interrupts = InterruptsDisabled::new();
