@@ -608,8 +608,10 @@ pub fn start_tick() {
         high_res: parsed.get_bool("highres").unwrap_or(true),
         ..TickConfig::default()
     };
+    let mut has_watchdog = false;
     if let Some(clocks) = CLOCKS.lock().as_ref() {
         config.max_deferment_ns = clocks.timekeeper.max_deferment_ns();
+        has_watchdog = clocks.watchdog.is_some();
     }
     let config = *TICK_CONFIG.call_once(|| config);
     let vector = device_vector(&device);
@@ -629,24 +631,27 @@ pub fn start_tick() {
                 pr_warn!("tick: cannot start on {name}: {error:?}");
             }
             // The watchdog's first sample (its baseline) is taken now, so the TSC can be
-            // verified one interval (0.5 s) after boot.
-            let mut context = TimeContext::new(jiffies);
-            let _ = clocksource_watchdog(&mut context, 0);
-            let watchdog = percpu.timer_create(
-                WheelFunction {
-                    name: "clocksource_watchdog",
-                    function: clocksource_watchdog,
-                },
-                0,
-                true,
-            );
-            if let Ok(id) = watchdog {
-                let _ = percpu.timer_modify(
-                    id,
-                    jiffies.jiffies() + WATCHDOG_INTERVAL_JIFFIES,
-                    now,
-                    StartInfo::kernel("clocksource_start_watchdog"),
+            // verified one interval (0.5 s) after boot. Without a reference clock (microvm)
+            // there is nothing to sample and no timer to arm.
+            if has_watchdog {
+                let mut context = TimeContext::new(jiffies);
+                let _ = clocksource_watchdog(&mut context, 0);
+                let watchdog = percpu.timer_create(
+                    WheelFunction {
+                        name: "clocksource_watchdog",
+                        function: clocksource_watchdog,
+                    },
+                    0,
+                    true,
                 );
+                if let Ok(id) = watchdog {
+                    let _ = percpu.timer_modify(
+                        id,
+                        jiffies.jiffies() + WATCHDOG_INTERVAL_JIFFIES,
+                        now,
+                        StartInfo::kernel("clocksource_start_watchdog"),
+                    );
+                }
             }
             printk!(
                 "tick: {name} in {:?} mode, HZ={HZ}, nohz {}, highres {}",
