@@ -43,32 +43,8 @@ impl AcpiHandler for IdentityMapped {
         physical_address: usize,
         size: usize,
     ) -> PhysicalMapping<Self, T> {
-        let fits = |length: usize| {
-            physical_address >= 4096
-                && length <= MAX_TABLE
-                && physical_address
-                    .checked_add(length)
-                    .is_some_and(|end| end <= IDENTITY_MAPPED_END)
-        };
-        let mut inside = fits(size);
-        if inside && size == SDT_HEADER_LENGTH {
-            // A table header: the crate goes on to checksum `length` bytes from it, so a
-            // length running off the identity map must not get that far. (The RSDP is mapped
-            // with the same size; its signature tells it apart.)
-            let header = read_bytes(physical_address as u64, SDT_HEADER_LENGTH);
-            if &header[..8] != b"RSD PTR " {
-                let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-                inside = fits(length as usize);
-            }
-        }
-        let fits_zero_page = size.max(core::mem::size_of::<T>()) <= ZERO_PAGE.0.len();
-        let (virtual_address, length) = if inside {
-            (physical_address, size)
-        } else if fits_zero_page {
-            (ZERO_PAGE.0.as_ptr() as usize, size)
-        } else {
-            (ZERO_PAGE.0.as_ptr() as usize, 0)
-        };
+        let (virtual_address, length) =
+            mapping_for(physical_address, size, core::mem::size_of::<T>());
         let pointer = NonNull::new(virtual_address as *mut T).unwrap_or(NonNull::dangling());
         // SAFETY: `virtual_address` is either the identity-mapped physical range (firmware
         // tables stay reserved and mapped for the kernel's life) or the static zero page,
@@ -77,6 +53,40 @@ impl AcpiHandler for IdentityMapped {
     }
 
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
+}
+
+/// Where a mapping of `size` bytes at `physical_address` (for a `T` of `type_size` bytes)
+/// points, and how long it is: the identity map when the range (and, for a table header, the
+/// whole table it announces) lies inside it, else the zero page. Not generic, so the boot
+/// translates one copy of it rather than one per table type.
+#[inline(never)]
+fn mapping_for(physical_address: usize, size: usize, type_size: usize) -> (usize, usize) {
+    let fits = |length: usize| {
+        physical_address >= 4096
+            && length <= MAX_TABLE
+            && physical_address
+                .checked_add(length)
+                .is_some_and(|end| end <= IDENTITY_MAPPED_END)
+    };
+    let mut inside = fits(size);
+    if inside && size == SDT_HEADER_LENGTH {
+        // A table header: the crate goes on to checksum `length` bytes from it, so a
+        // length running off the identity map must not get that far. (The RSDP is mapped
+        // with the same size; its signature tells it apart.)
+        let header = read_bytes(physical_address as u64, SDT_HEADER_LENGTH);
+        if &header[..8] != b"RSD PTR " {
+            let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+            inside = fits(length as usize);
+        }
+    }
+    let fits_zero_page = size.max(type_size) <= ZERO_PAGE.0.len();
+    if inside {
+        (physical_address, size)
+    } else if fits_zero_page {
+        (ZERO_PAGE.0.as_ptr() as usize, size)
+    } else {
+        (ZERO_PAGE.0.as_ptr() as usize, 0)
+    }
 }
 
 fn convert(address: acpi::address::GenericAddress) -> Option<GenericAddress> {
