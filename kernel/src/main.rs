@@ -269,123 +269,130 @@ fn apply_console_params() {
 }
 
 fn register_proc_files() {
-    use fs::procfs::{register, ProcFile};
-    register(ProcFile {
-        path: "/proc/version",
-        read: Some(|| version_line() + "\n"),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/cmdline",
-        read: Some(|| String::from_utf8_lossy(params::command_line()).into_owned() + "\n"),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/meminfo",
-        read: Some(mm::meminfo),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/ioports",
-        // Devices are probed after the prompt; their claims and lines are what one reads this for.
-        read: Some(|| {
-            drivers::wait_for_device_probe();
-            kernel::ioports::proc_ioports()
-        }),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/interrupts",
-        // Devices are probed after the prompt; their claims and lines are what one reads this for.
-        read: Some(|| {
-            drivers::wait_for_device_probe();
-            irq::proc_interrupts()
-        }),
-        write: None,
-    });
+    fs::procfs::register_table(PROC_FILES);
     procfs::register_directory(procfs::ProcDirectory {
         path: "/proc/irq",
         read: irq::proc_irq_read,
         write: irq::proc_irq_write,
         list: irq::proc_irq_list,
     });
-    register(ProcFile {
-        path: "/proc/timer_list",
-        read: Some(time::proc_timer_list),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/timer_stats",
-        read: Some(time::proc_timer_stats),
-        write: Some(time::proc_timer_stats_write),
-    });
-    register(ProcFile {
-        path: "/proc/lockdep_stats",
-        read: Some(lockdep::proc_stats),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/partitions",
-        read: Some(block::proc_partitions),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/diskstats",
-        read: Some(block::proc_diskstats),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/iomem",
-        // Devices are probed after the prompt; their claims and lines are what one reads this for.
-        read: Some(|| {
-            drivers::wait_for_device_probe();
-            mm::iomem::proc_iomem()
-        }),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/stat",
-        read: Some(proc_stat),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/uptime",
-        read: Some(|| {
-            let ns = time::uptime_ns();
-            alloc::format!("{}.{:02}\n", ns / 1_000_000_000, (ns / 10_000_000) % 100)
-        }),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/sys/kernel/printk",
-        read: Some(|| alloc::format!("{}\n", printk::console_loglevel())),
-        write: Some(|value| {
-            let level: u8 = value
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse().ok())
-                .filter(|&v| v <= 8)
-                .ok_or_else(|| alloc::format!("expected a log level 0-8, got {value:?}"))?;
-            printk::set_console_loglevel(level);
-            Ok(())
-        }),
-    });
-    register(ProcFile {
-        path: "/proc/sysrq-trigger",
-        read: None,
-        write: Some(|value| match value.trim() {
-            "c" => {
-                crash_by_null_dereference();
-                Ok(())
-            }
-            "p" => panic!("sysrq: panic requested from /proc/sysrq-trigger"),
-            "o" => power_off(),
-            other => Err(alloc::format!(
-                "unknown sysrq command {other:?} (c: crash, p: panic, o: poweroff)"
-            )),
-        }),
-    });
 }
+
+/// The files the kernel itself provides from boot on (drivers add theirs when they bind).
+static PROC_FILES: &[fs::procfs::ProcFile] = {
+    use fs::procfs::ProcFile;
+    &[
+        ProcFile {
+            path: "/proc/version",
+            read: Some(|| version_line() + "\n"),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/cmdline",
+            read: Some(|| String::from_utf8_lossy(params::command_line()).into_owned() + "\n"),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/meminfo",
+            read: Some(mm::meminfo),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/ioports",
+            // Devices are probed after the prompt; their claims and lines are what one reads this for.
+            read: Some(|| {
+                drivers::wait_for_device_probe();
+                kernel::ioports::proc_ioports()
+            }),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/interrupts",
+            // Devices are probed after the prompt; their claims and lines are what one reads this for.
+            read: Some(|| {
+                drivers::wait_for_device_probe();
+                irq::proc_interrupts()
+            }),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/timer_list",
+            read: Some(time::proc_timer_list),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/timer_stats",
+            read: Some(time::proc_timer_stats),
+            write: Some(time::proc_timer_stats_write),
+        },
+        ProcFile {
+            path: "/proc/lockdep_stats",
+            read: Some(lockdep::proc_stats),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/partitions",
+            read: Some(block::proc_partitions),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/diskstats",
+            read: Some(block::proc_diskstats),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/iomem",
+            // Devices are probed after the prompt; their claims and lines are what one reads this for.
+            read: Some(|| {
+                drivers::wait_for_device_probe();
+                mm::iomem::proc_iomem()
+            }),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/stat",
+            read: Some(proc_stat),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/uptime",
+            read: Some(|| {
+                let ns = time::uptime_ns();
+                alloc::format!("{}.{:02}\n", ns / 1_000_000_000, (ns / 10_000_000) % 100)
+            }),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/sys/kernel/printk",
+            read: Some(|| alloc::format!("{}\n", printk::console_loglevel())),
+            write: Some(|value| {
+                let level: u8 = value
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&v| v <= 8)
+                    .ok_or_else(|| alloc::format!("expected a log level 0-8, got {value:?}"))?;
+                printk::set_console_loglevel(level);
+                Ok(())
+            }),
+        },
+        ProcFile {
+            path: "/proc/sysrq-trigger",
+            read: None,
+            write: Some(|value| match value.trim() {
+                "c" => {
+                    crash_by_null_dereference();
+                    Ok(())
+                }
+                "p" => panic!("sysrq: panic requested from /proc/sysrq-trigger"),
+                "o" => power_off(),
+                other => Err(alloc::format!(
+                    "unknown sysrq command {other:?} (c: crash, p: panic, o: poweroff)"
+                )),
+            }),
+        },
+    ]
+};
 
 /// sysrq 'c': a deliberate null-pointer read, to exercise the exception report.
 fn crash_by_null_dereference() {

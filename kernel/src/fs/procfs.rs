@@ -30,7 +30,10 @@ pub struct ProcDirectory {
     pub list: fn(relative: &str) -> Result<String, ProcError>,
 }
 
+/// Files registered one by one (drivers, at probe time).
 static FILES: IrqSafeLock<Vec<ProcFile>> = IrqSafeLock::new(Vec::new());
+/// Fixed tables of files, registered whole at boot.
+static TABLES: IrqSafeLock<Vec<&'static [ProcFile]>> = IrqSafeLock::new(Vec::new());
 /// Generated directories (a leaf lock, as `FILES`; neither is held while a handler runs).
 static DIRECTORIES: IrqSafeLock<Vec<ProcDirectory>> = IrqSafeLock::new(Vec::new());
 
@@ -57,22 +60,33 @@ impl core::fmt::Display for ProcError {
     }
 }
 
-/// Registers a file (replacing one with the same path). Subsystems call this at init.
+/// Registers a file (replacing one registered the same way with the same path; it also
+/// hides a table's file of that path).
 pub fn register(file: ProcFile) {
-    // Kept sorted by path: a binary search finds the place (or the file to replace), where a
-    // push and re-sort per call cost the boot a sort's worth of newly translated code.
     let mut files = FILES.lock();
-    match files.binary_search_by(|existing| existing.path.cmp(file.path)) {
-        Ok(at) => files[at] = file,
-        Err(at) => files.insert(at, file),
+    match files.iter_mut().find(|existing| existing.path == file.path) {
+        Some(existing) => *existing = file,
+        None => files.push(file),
     }
+}
+
+/// Registers a fixed table of files (a subsystem's files that exist from boot on). One
+/// pointer is stored: under TCG, where the boot pays for every new piece of code it runs, a
+/// table costs nothing per file.
+pub fn register_table(files: &'static [ProcFile]) {
+    TABLES.lock().push(files);
 }
 
 /// Registers a generated directory (replacing one with the same path).
 pub fn register_directory(directory: ProcDirectory) {
     let mut directories = DIRECTORIES.lock();
-    directories.retain(|existing| existing.path != directory.path);
-    directories.push(directory);
+    match directories
+        .iter_mut()
+        .find(|existing| existing.path == directory.path)
+    {
+        Some(existing) => *existing = directory,
+        None => directories.push(directory),
+    }
 }
 
 /// The generated directory holding `path`, and `path` relative to it.
@@ -89,7 +103,14 @@ fn find_directory(path: &str) -> Option<(ProcDirectory, String)> {
 
 fn find(path: &str) -> Option<ProcFile> {
     let path = path.trim_end_matches('/');
-    FILES.lock().iter().find(|file| file.path == path).copied()
+    let registered = FILES.lock().iter().find(|file| file.path == path).copied();
+    registered.or_else(|| {
+        TABLES
+            .lock()
+            .iter()
+            .find_map(|table| table.iter().find(|file| file.path == path))
+            .copied()
+    })
 }
 
 /// Reads a file.
@@ -119,6 +140,9 @@ pub fn list(directory: &str) -> Result<String, ProcError> {
     }
     let prefix = alloc::format!("{}/", directory.trim_end_matches('/'));
     let mut paths: Vec<&'static str> = FILES.lock().iter().map(|file| file.path).collect();
+    for table in TABLES.lock().iter() {
+        paths.extend(table.iter().map(|file| file.path));
+    }
     paths.extend(DIRECTORIES.lock().iter().map(|generated| generated.path));
     let mut names: Vec<&str> = paths
         .iter()

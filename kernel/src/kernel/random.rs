@@ -54,19 +54,21 @@ pub fn entropy_avail() -> u32 {
 
 /// Registers `/proc/sys/kernel/random/{entropy_avail,poolsize,bytes_mixed}`.
 pub fn init() {
-    procfs::register(ProcFile {
-        path: "/proc/sys/kernel/random/entropy_avail",
-        read: Some(|| alloc::format!("{}\n", entropy_avail())),
-        write: None,
-    });
-    procfs::register(ProcFile {
-        path: "/proc/sys/kernel/random/poolsize",
-        read: Some(|| alloc::format!("{POOL_BITS}\n")),
-        write: None,
-    });
-    procfs::register(ProcFile {
-        path: "/proc/sys/kernel/random/bytes_mixed",
-        read: Some(|| alloc::format!("{}\n", POOL.lock().bytes_mixed)),
-        write: None,
-    });
+    procfs::register_table(&[
+        ProcFile {
+            path: "/proc/sys/kernel/random/entropy_avail",
+            read: Some(|| alloc::format!("{}\n", entropy_avail())),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/sys/kernel/random/poolsize",
+            read: Some(|| alloc::format!("{POOL_BITS}\n")),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/sys/kernel/random/bytes_mixed",
+            read: Some(|| alloc::format!("{}\n", POOL.lock().bytes_mixed)),
+            write: None,
+        },
+    ]);
 }

@@ -219,17 +219,19 @@ pub fn proc_prt() -> String {
 }
 
 fn register_proc_files() {
-    use crate::fs::procfs::{register, ProcFile};
-    register(ProcFile {
-        path: "/proc/acpi/devices",
-        read: Some(proc_devices),
-        write: None,
-    });
-    register(ProcFile {
-        path: "/proc/acpi/prt",
-        read: Some(proc_prt),
-        write: None,
-    });
+    use crate::fs::procfs::{register_table, ProcFile};
+    register_table(&[
+        ProcFile {
+            path: "/proc/acpi/devices",
+            read: Some(proc_devices),
+            write: None,
+        },
+        ProcFile {
+            path: "/proc/acpi/prt",
+            read: Some(proc_prt),
+            write: None,
+        },
+    ]);
 }
 
 /// Model names of the ACPI devices added to the `acpi` bus, with their index in [`devices`].

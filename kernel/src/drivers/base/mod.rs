@@ -67,11 +67,11 @@ pub fn init() {
         write: sys_write,
         list: sys_list,
     });
-    procfs::register(ProcFile {
+    procfs::register_table(&[ProcFile {
         path: "/proc/devres_leaks",
         read: Some(|| alloc::format!("{}", devm::LeakSnapshot::take())),
         write: None,
-    });
+    }]);
 }
 
 /// Creates the registry and its buses and applies `devres.fail=`: the device probe's first
