@@ -75,6 +75,24 @@ pub fn power_off() -> ! {
     arch::power::power_off(acpi())
 }
 
+/// Every subsystem's kernel parameters. Declared at boot without re-checking each declaration
+/// (the ktest `every_parameter_declaration_is_valid` checks them all).
+pub const PARAM_TABLES: &[&[lull_cmdline::ParamSpec]] = &[
+    printk::PARAMS,
+    mm::PARAMS,
+    time::PARAMS,
+    smp::PARAMS,
+    irq::PARAMS,
+    lockdep::PARAMS,
+    locking::PARAMS,
+    kernel::paravirt::PARAMS,
+    drivers::base::PARAMS,
+    drivers::virtio::PARAMS,
+    net::PARAMS,
+    #[cfg(feature = "ktest")]
+    ktest::PARAMS,
+];
+
 /// Called by the arch entry code with the loader's boot information.
 pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
     time::set_boot_tsc(entry_tsc);
@@ -86,24 +104,7 @@ pub fn start_kernel(boot: BootInfo, entry_tsc: u64) -> ! {
 
     let mem_limit = params::early_mem_limit(boot.command_line);
     mm::init(&boot, mem_limit);
-    let problems = params::init(
-        boot.command_line,
-        &[
-            printk::PARAMS,
-            mm::PARAMS,
-            time::PARAMS,
-            smp::PARAMS,
-            irq::PARAMS,
-            lockdep::PARAMS,
-            locking::PARAMS,
-            kernel::paravirt::PARAMS,
-            drivers::base::PARAMS,
-            drivers::virtio::PARAMS,
-            net::PARAMS,
-            #[cfg(feature = "ktest")]
-            ktest::PARAMS,
-        ],
-    );
+    let problems = params::init(boot.command_line, PARAM_TABLES);
     for problem in problems {
         match problem {
             params::Problem::Error(line) => pr_err!("{line}"),

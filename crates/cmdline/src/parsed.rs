@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::kind::{parse_value, Kind, Problem, Value};
-use crate::registry::Registry;
+use crate::registry::{ParamSpec, Registry};
 use crate::render;
 use crate::tokenize::{split_word, tokens, Token};
 
@@ -147,7 +147,7 @@ impl Parsed {
     /// `None` only if `name` is not declared with one of those kinds (a bug in the caller).
     pub fn get_bool(&self, name: &str) -> Option<bool> {
         match self.value(name)? {
-            Value::Bool(value) => Some(*value),
+            Current::Bool(value) => Some(value),
             _ => None,
         }
     }
@@ -156,7 +156,7 @@ impl Parsed {
     /// else its default. `None` only if `name` is not declared with one of those kinds.
     pub fn get_u64(&self, name: &str) -> Option<u64> {
         match self.value(name)? {
-            Value::Number(value) => Some(*value),
+            Current::Number(value) => Some(value),
             _ => None,
         }
     }
@@ -165,8 +165,7 @@ impl Parsed {
     /// `None` only if `name` is not declared with one of those kinds.
     pub fn get_str(&self, name: &str) -> Option<&str> {
         match self.value(name)? {
-            Value::Text(value) => Some(value),
-            Value::Choice(value) => Some(value),
+            Current::Text(value) => Some(value),
             _ => None,
         }
     }
@@ -221,13 +220,40 @@ impl Parsed {
     }
 
     /// The effective value of a declared parameter: the accepted one, else the default.
-    fn value(&self, name: &str) -> Option<&Value> {
+    fn value(&self, name: &str) -> Option<Current<'_>> {
         let index = self.registry.index_of(name.as_bytes())?;
-        Some(
-            self.values[index]
-                .as_ref()
-                .unwrap_or(&self.registry.entries()[index].default),
-        )
+        match &self.values[index] {
+            Some(Value::Bool(value)) => Some(Current::Bool(*value)),
+            Some(Value::Number(value)) => Some(Current::Number(*value)),
+            Some(Value::Text(value)) => Some(Current::Text(value)),
+            Some(Value::Choice(value)) => Some(Current::Text(value)),
+            None => default_of(&self.registry.entries()[index].spec),
+        }
+    }
+}
+
+/// A parameter's effective value, borrowed from the parsed line or the declaration.
+enum Current<'a> {
+    Bool(bool),
+    Number(u64),
+    Text(&'a str),
+}
+
+/// A declaration's default, converted when it is asked for: a boot reads a few parameters, so
+/// converting every default at declaration would run conversions nothing needs. `None` when
+/// the kind refuses it (possible only for [`Registry::declare_all_trusted`] tables).
+fn default_of(spec: &ParamSpec) -> Option<Current<'static>> {
+    match spec.kind {
+        // A flag's default is "not given"; `declare` refuses any other.
+        Kind::Flag => Some(Current::Bool(false)),
+        // A `&str` is UTF-8 already: the text is its own value.
+        Kind::Str => Some(Current::Text(spec.default)),
+        kind => match parse_value(kind, Some(spec.default.as_bytes())).ok()? {
+            Value::Bool(value) => Some(Current::Bool(value)),
+            Value::Number(value) => Some(Current::Number(value)),
+            Value::Choice(value) => Some(Current::Text(value)),
+            Value::Text(_) => None,
+        },
     }
 }
 

@@ -4,7 +4,7 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::fmt;
 
-use crate::kind::{parse_value, Kind, Value};
+use crate::kind::{parse_value, Kind};
 use crate::parsed::Parsed;
 use crate::tokenize::normalize_name_byte;
 
@@ -125,7 +125,6 @@ impl core::error::Error for DeclareError {}
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) spec: ParamSpec,
-    pub(crate) default: Value,
 }
 
 /// The set of declared kernel parameters.
@@ -187,26 +186,50 @@ impl Registry {
     /// equal), a name that cannot be written on a command line, a kind that accepts nothing,
     /// and a default the kind does not accept.
     pub fn declare(&mut self, spec: ParamSpec) -> Result<(), DeclareError> {
-        let default = validate(&spec)?;
-        match self.search(spec.name.as_bytes()) {
-            Ok(_) => return Err(DeclareError::Duplicate { name: spec.name }),
-            Err(at) => self.by_name.insert(at, self.entries.len()),
-        }
-        self.entries.push(Entry { spec, default });
-        Ok(())
+        validate(&spec)?;
+        self.insert(spec)
     }
 
     /// Declares every parameter of `specs`, or none of them: on the first refusal the
     /// declarations this call already made are withdrawn and the error is returned.
     pub fn declare_all(&mut self, specs: &[ParamSpec]) -> Result<(), DeclareError> {
+        self.declare_table(specs, true)
+    }
+
+    /// [`declare_all`](Registry::declare_all) for a table a test has already declared with
+    /// `declare_all`: a name given twice is still refused, but names and defaults are not
+    /// checked again. A default the kind does not accept reads as no value at all (the
+    /// getters return `None`). The kernel declares its own tables this way at every boot,
+    /// where an instruction emulator pays for each new piece of code it runs, and checks them
+    /// in an in-kernel test.
+    pub fn declare_all_trusted(&mut self, specs: &[ParamSpec]) -> Result<(), DeclareError> {
+        self.declare_table(specs, false)
+    }
+
+    fn declare_table(&mut self, specs: &[ParamSpec], check: bool) -> Result<(), DeclareError> {
         let already_declared = self.entries.len();
         for spec in specs {
-            if let Err(error) = self.declare(*spec) {
+            let declared = if check {
+                self.declare(*spec)
+            } else {
+                self.insert(*spec)
+            };
+            if let Err(error) = declared {
                 self.entries.truncate(already_declared);
                 self.by_name.retain(|&index| index < already_declared);
                 return Err(error);
             }
         }
+        Ok(())
+    }
+
+    /// Adds a declaration unless its name (with `-` and `_` counted as equal) is taken.
+    fn insert(&mut self, spec: ParamSpec) -> Result<(), DeclareError> {
+        match self.search(spec.name.as_bytes()) {
+            Ok(_) => return Err(DeclareError::Duplicate { name: spec.name }),
+            Err(at) => self.by_name.insert(at, self.entries.len()),
+        }
+        self.entries.push(Entry { spec });
         Ok(())
     }
 
@@ -268,8 +291,9 @@ impl Registry {
     }
 }
 
-/// Checks a declaration on its own and returns its converted default.
-fn validate(spec: &ParamSpec) -> Result<Value, DeclareError> {
+/// Checks a declaration on its own: a writable name, a kind that accepts something, a default
+/// the kind accepts.
+fn validate(spec: &ParamSpec) -> Result<(), DeclareError> {
     let name = spec.name;
     let writable = spec
         .name
@@ -292,9 +316,11 @@ fn validate(spec: &ParamSpec) -> Result<Value, DeclareError> {
     };
     match spec.kind {
         // A flag's default is "not given": there is no way to write "off" for a flag.
-        Kind::Flag if spec.default.is_empty() => Ok(Value::Bool(false)),
+        Kind::Flag if spec.default.is_empty() => Ok(()),
         Kind::Flag => Err(invalid_default),
-        kind => parse_value(kind, Some(spec.default.as_bytes())).map_err(|_| invalid_default),
+        kind => parse_value(kind, Some(spec.default.as_bytes()))
+            .map(|_| ())
+            .map_err(|_| invalid_default),
     }
 }
 
@@ -345,6 +371,97 @@ mod tests {
         );
         assert_eq!(owned.init_args(), borrowed.init_args());
         assert_eq!(owned.registry().len(), 2);
+    }
+
+    const CHOICES: &[&str] = &["tsc", "hpet"];
+
+    fn table() -> [ParamSpec; 6] {
+        [
+            spec("quiet", Kind::Flag, ""),
+            spec("nohz", Kind::Bool, "on"),
+            spec(
+                "hz",
+                Kind::U64 {
+                    min: 100,
+                    max: 1000,
+                },
+                "250",
+            ),
+            spec("mem", Kind::Size, "64M"),
+            spec("root", Kind::Str, "/dev/vda"),
+            spec("clocksource", Kind::Choice(CHOICES), "hpet"),
+        ]
+    }
+
+    #[test]
+    fn a_trusted_table_reads_as_a_checked_one() {
+        for line in [
+            &b""[..],
+            b"quiet nohz=off hz=1000 mem=1G root=/dev/vdb clocksource=tsc",
+        ] {
+            let mut checked = Registry::new();
+            checked.declare_all(&table()).unwrap();
+            let mut trusted = Registry::new();
+            trusted.declare_all_trusted(&table()).unwrap();
+            let (checked, trusted) = (checked.parse(line), trusted.parse(line));
+            assert_eq!(trusted.flag("quiet"), checked.flag("quiet"));
+            assert_eq!(trusted.get_bool("nohz"), checked.get_bool("nohz"));
+            assert_eq!(trusted.get_u64("hz"), checked.get_u64("hz"));
+            assert_eq!(trusted.get_u64("mem"), checked.get_u64("mem"));
+            assert_eq!(trusted.get_str("root"), checked.get_str("root"));
+            assert_eq!(
+                trusted.get_str("clocksource"),
+                checked.get_str("clocksource")
+            );
+        }
+        let mut registry = Registry::new();
+        registry.declare_all_trusted(&table()).unwrap();
+        let parsed = registry.parse(b"");
+        assert_eq!(parsed.get_u64("mem"), Some(64 << 20));
+        assert_eq!(parsed.get_str("clocksource"), Some("hpet"));
+        assert_eq!(parsed.get_bool("nohz"), Some(true));
+    }
+
+    #[test]
+    fn a_trusted_table_still_refuses_a_name_twice_and_declares_nothing() {
+        let mut registry = Registry::new();
+        registry.declare_all_trusted(&table()).unwrap();
+        let again = [spec("new", Kind::Flag, ""), spec("quiet", Kind::Flag, "")];
+        assert_eq!(
+            registry.declare_all_trusted(&again),
+            Err(DeclareError::Duplicate { name: "quiet" })
+        );
+        assert_eq!(registry.len(), 6);
+        assert!(registry.spec("new").is_none());
+    }
+
+    #[test]
+    fn a_bad_default_in_a_trusted_table_reads_as_no_value() {
+        let bad = [
+            spec(
+                "hz",
+                Kind::U64 {
+                    min: 100,
+                    max: 1000,
+                },
+                "50",
+            ),
+            spec("clocksource", Kind::Choice(CHOICES), "pit"),
+        ];
+        let mut checked = Registry::new();
+        assert!(matches!(
+            checked.declare_all(&bad),
+            Err(DeclareError::InvalidDefault { name: "hz", .. })
+        ));
+        let mut registry = Registry::new();
+        registry.declare_all_trusted(&bad).unwrap();
+        let parsed = registry.parse(b"");
+        assert_eq!(parsed.get_u64("hz"), None);
+        assert_eq!(parsed.get_str("clocksource"), None);
+        // A value given on the line is converted as ever.
+        let parsed = registry.parse(b"hz=300 clocksource=tsc");
+        assert_eq!(parsed.get_u64("hz"), Some(300));
+        assert_eq!(parsed.get_str("clocksource"), Some("tsc"));
     }
 
     #[test]

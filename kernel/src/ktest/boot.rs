@@ -175,3 +175,22 @@ pub(super) fn io_port_claims_are_exclusive() -> TestResult {
     ensure!(again.owner() == "ktest", "owner not kept");
     Ok(())
 }
+
+/// Every subsystem's parameter declarations pass the checks the boot skips (a writable name,
+/// a kind that accepts something, a default the kind accepts), with no name declared twice.
+pub(super) fn every_parameter_declaration_is_valid() -> TestResult {
+    let mut registry = lull_cmdline::Registry::new();
+    let mut declared = 0;
+    for table in crate::PARAM_TABLES {
+        registry
+            .declare_all(table)
+            .map_err(|error| alloc::format!("{error}"))?;
+        declared += table.len();
+    }
+    ensure!(
+        registry.len() == declared && declared > 20,
+        "{declared} declarations, {} in the registry",
+        registry.len()
+    );
+    Ok(())
+}

@@ -123,6 +123,10 @@ const TESTS: &[TestCase] = &[
         boot::command_line_stored_exactly,
     ),
     (
+        "every_parameter_declaration_is_valid",
+        boot::every_parameter_declaration_is_valid,
+    ),
+    (
         "tsc_calibration_is_plausible",
         time_tests::tsc_calibration_is_plausible,
     ),
