@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::{backend, log_of, wait_for, Control, TempDir};
+use common::{backend, connect, log_of, wait_for, Control, TempDir};
 use lull_virtio_gpio::{
     irq_type, Message, IRQ_STATUS_VALID, MSG_GET_NAMES, MSG_GET_VALUE, MSG_IRQ_TYPE,
     MSG_SET_DIRECTION, MSG_SET_VALUE, STATUS_ERR, STATUS_OK, VIRTIO_F_VERSION_1, VIRTIO_GPIO_F_IRQ,
@@ -154,7 +153,7 @@ fn data_path(event_idx: bool) {
     let mut process = backend(&dir, &["--lines", "amp-enable,button,led0"]);
     let mut control = Control::connect(&dir.join("control.sock"));
 
-    let stream = UnixStream::connect(dir.join("gpio.sock")).unwrap();
+    let stream = connect(&dir.join("gpio.sock"));
     let mut frontend = Frontend::from_stream(stream, 2);
     frontend.set_owner().unwrap();
     let features = frontend.get_features().unwrap();
@@ -306,7 +305,7 @@ fn keep_listening_serves_the_next_front_end() {
     let dir = TempDir::new("keep-listening");
     let mut process = backend(&dir, &["--keep-listening", "--ngpio", "2"]);
     for round in 1..=2 {
-        let stream = UnixStream::connect(dir.join("gpio.sock")).unwrap();
+        let stream = connect(&dir.join("gpio.sock"));
         let mut frontend = Frontend::from_stream(stream, 2);
         frontend.set_owner().unwrap();
         let features = frontend.get_features().unwrap();

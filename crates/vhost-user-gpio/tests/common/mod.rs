@@ -93,6 +93,23 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
     }
 }
 
+/// Connects to a socket the back-end serves. The socket's file appears at bind(2), a moment
+/// before listen(2), and a connection in between is refused: so a refusal is retried for up to
+/// ten seconds. A refused connection was never accepted, so retrying takes nothing from the
+/// back-end (a back-end without --keep-listening serves one front-end only).
+pub fn connect(path: &Path) -> UnixStream {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => return stream,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("connecting to {}: {e}", path.display()),
+        }
+    }
+}
+
 pub fn backend(dir: &TempDir, extra: &[&str]) -> Guard {
     let child = Command::new(BACKEND)
         .arg("--socket")
@@ -124,7 +141,7 @@ pub struct Control(pub BufReader<UnixStream>);
 
 impl Control {
     pub fn connect(path: &Path) -> Self {
-        let stream = UnixStream::connect(path).expect("connecting to the control socket");
+        let stream = connect(path);
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
