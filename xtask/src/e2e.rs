@@ -3291,7 +3291,10 @@ impl GpioBackend {
             log,
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !(backend.socket.exists() && backend.control.exists()) {
+        // Ready when the control socket accepts a connection: the back-end listens on its
+        // vhost-user socket before it binds the control socket, and a socket's file appears
+        // at bind(2), a moment before listen(2).
+        while std::os::unix::net::UnixStream::connect(&backend.control).is_err() {
             ensure!(
                 std::time::Instant::now() < deadline,
                 "lull-gpio-backend made no sockets in 10 s"
