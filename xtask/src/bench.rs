@@ -29,21 +29,94 @@ fn time_to_marker(config: &QemuConfig, marker: &str) -> Result<(f64, f64, String
     Ok((elapsed, since_first, text))
 }
 
+/// The kernel the boot target was set and met with: the last commit of 2026-11-22, whose
+/// boot measured 9.6 ms (q35) and 8.8 ms (microvm) on that day's host (BENCHMARKS.md). Booted
+/// beside today's kernel, it tells how much of a change in the boot figures is the host's.
+const REFERENCE_COMMIT: &str = "a58e222";
+const REFERENCE_MS: &str = "9.6 ms q35, 8.8 ms microvm on 2026-11-22";
+
+/// Builds the reference kernel (its source from git, into `target/bench-reference/`); `None`
+/// with the reason when this clone does not have the commit (a shallow clone).
+fn reference_kernel() -> Result<Result<std::path::PathBuf, String>, String> {
+    use std::process::{Command, Stdio};
+    let root = kernel::repo_root();
+    let dir = root.join("target/bench-reference").join(REFERENCE_COMMIT);
+    let elf = dir.join("kernel/target/x86_64-unknown-none/release/lull");
+    if elf.exists() {
+        return Ok(Ok(elf));
+    }
+    let known = Command::new("git")
+        .current_dir(&root)
+        .args(["cat-file", "-e", &format!("{REFERENCE_COMMIT}^{{commit}}")])
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !known.success() {
+        return Ok(Err(format!(
+            "commit {REFERENCE_COMMIT} is not in this clone (a shallow clone?)"
+        )));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let archive = Command::new("sh")
+        .current_dir(&root)
+        .arg("-c")
+        .arg(format!(
+            "git archive {REFERENCE_COMMIT} kernel crates | tar -x -C '{}'",
+            dir.display()
+        ))
+        .status()
+        .map_err(|e| format!("cannot run git archive: {e}"))?;
+    if !archive.success() {
+        return Err(format!("git archive {REFERENCE_COMMIT} failed"));
+    }
+    println!(
+        "bench: building the reference kernel ({REFERENCE_COMMIT}) in {}",
+        dir.display()
+    );
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build
+        .current_dir(dir.join("kernel"))
+        .args(["build", "--quiet", "--release"]);
+    for key in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
+        build.env_remove(key);
+    }
+    let built = build
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !built.success() || !elf.exists() {
+        return Err(format!(
+            "building the reference kernel ({REFERENCE_COMMIT}) failed"
+        ));
+    }
+    Ok(Ok(elf))
+}
+
 /// Boot-to-prompt: median of 5 wall-clock runs, minus QEMU's own start-up (a kernel that
-/// prints one line at entry and halts), on q35 and microvm.
+/// prints one line at entry and halts), on q35 and microvm; and the reference kernel's first
+/// byte to prompt, booted alternately with today's.
 pub fn boot_time(runs: usize) -> Result<Vec<String>, String> {
     let shell = kernel::build(&Variant::shell(true))?;
     let baseline = kernel::build(&Variant {
         features: vec!["boot-baseline"],
         release: true,
     })?;
+    let reference = reference_kernel()?;
+    if let Err(why) = &reference {
+        println!("SKIPPED boot-reference: {why}");
+    }
     let mut rows = Vec::new();
     for machine in [Machine::Q35, Machine::Microvm] {
         let mut prompt = Vec::new();
         let mut base = Vec::new();
         let mut claimed = Vec::new();
         let mut from_banner = Vec::new();
+        let mut reference_banner = Vec::new();
         for _ in 0..runs {
+            if let Ok(reference) = &reference {
+                let mut config = QemuConfig::new(reference);
+                config.machine = machine;
+                reference_banner.push(time_to_marker(&config, "lull> ")?.1);
+            }
             let mut config = QemuConfig::new(&shell);
             config.machine = machine;
             let (ms, since_first, text) = time_to_marker(&config, "lull> ")?;
@@ -86,6 +159,20 @@ pub fn boot_time(runs: usize) -> Result<Vec<String>, String> {
         );
         println!("{row}");
         rows.push(row);
+        if !reference_banner.is_empty() {
+            let row = format!(
+                "boot-reference {machine:?}: first console byte to prompt {banner_ms:.1} ms, \
+                 the reference kernel ({REFERENCE_COMMIT}; {REFERENCE_MS}) {:.1} ms in the same \
+                 runs, alternating (median of {runs}); its code before the prompt: {} blocks",
+                median(&mut reference_banner),
+                match &reference {
+                    Ok(elf) => translated_before_prompt(elf, machine)?.0.to_string(),
+                    Err(_) => "-".into(),
+                }
+            );
+            println!("{row}");
+            rows.push(row);
+        }
         let mut touched = Vec::new();
         for (kernel, marker) in [(&shell, "lull> "), (&baseline, "lull-baseline")] {
             let mut config = QemuConfig::new(kernel);
