@@ -79,7 +79,7 @@ struct Options {
     gpio: Option<String>,
 }
 
-const KNOWN_FEATURES: &[&str] = &["zone-dma", "ktest", "boot-baseline"];
+const KNOWN_FEATURES: &[&str] = &["zone-dma", "ktest", "boot-baseline", "heap-trace"];
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
