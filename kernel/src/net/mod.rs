@@ -443,7 +443,10 @@ pub fn unregister_netdev(index: usize) {
             netif.up = false;
             netif.gone = true;
             netif.port.link = Link::Loopback;
-            netif.port.rx.clear();
+            // Freed, not cleared: the queue's capacity is however many frames once waited
+            // together, and a gone interface's heap must not depend on its last traffic (the
+            // unbind/bind leak tests saw 96 bytes come and go with a DHCP reply's timing).
+            netif.port.rx = VecDeque::new();
             netif.iface.update_ip_addrs(|addrs| addrs.clear());
             netif.iface.routes_mut().remove_default_ipv4_route();
             if let Some(handle) = netif.dhcp.take() {
@@ -462,7 +465,9 @@ pub fn unregister_netdev(index: usize) {
 
 /// One pass over every interface; returns how long until the stack next needs a poll.
 fn poll_once(stack: &mut Stack) -> Option<u64> {
-    let pending: Vec<(usize, Vec<u8>)> = RX_PENDING.lock().drain(..).collect();
+    // Taken whole, so the queue keeps no capacity between polls: a burst's size would
+    // otherwise stay in the heap as a high-water mark, and the leak tests compare heap bytes.
+    let pending = core::mem::take(&mut *RX_PENDING.lock());
     for (index, frame) in pending {
         if let Some(netif) = stack.netifs.get_mut(index).filter(|n| n.up) {
             netif.port.stats.rx_bytes += frame.len() as u64;
