@@ -341,6 +341,19 @@ pub struct IrqSafeGuard<'a, T> {
     _preempt: PreemptDisabled,
 }
 
+/// What [`IrqSafeLock::lock`] does before it spins, in that order: preemption off,
+/// interrupts off, lockdep told. It does not depend on the data's type, so it is one copy for
+/// every lock type (under TCG, less code translated at boot); returns whether lockdep tracks
+/// the lock.
+#[track_caller]
+#[inline(never)]
+fn irq_safe_enter(class: &LockClass) -> (PreemptDisabled, InterruptsDisabled, bool) {
+    let preempt = PreemptDisabled::new();
+    let interrupts = InterruptsDisabled::new();
+    let tracked = class.acquire(LockKind::Spin, AcquireKind::Blocking);
+    (preempt, interrupts, tracked)
+}
+
 impl<T> IrqSafeLock<T> {
     /// Creates an unlocked lock (not tracked by lockdep).
     pub const fn new(value: T) -> Self {
@@ -364,9 +377,7 @@ impl<T> IrqSafeLock<T> {
     // One copy per lock type, not per call site (see `SpinCell::lock`).
     #[inline(never)]
     pub fn lock(&self) -> IrqSafeGuard<'_, T> {
-        let preempt = PreemptDisabled::new();
-        let interrupts = InterruptsDisabled::new();
-        let tracked = self.class.acquire(LockKind::Spin, AcquireKind::Blocking);
+        let (preempt, interrupts, tracked) = irq_safe_enter(&self.class);
         IrqSafeGuard {
             guard: self.inner.lock(),
             class: tracked.then_some(&self.class),
