@@ -1158,7 +1158,11 @@ mod tests {
 
     #[test]
     fn cmdline_file_is_taken_byte_for_byte() {
-        let path = std::env::temp_dir().join(format!("lull-cmdline-{}", std::process::id()));
+        let path = tempfile::Builder::new()
+            .prefix("lull-cmdline-")
+            .tempfile()
+            .unwrap()
+            .into_temp_path();
         std::fs::write(&path, b"a b\n").unwrap();
         let Command::Run { config, .. } = parse(&args(&format!(
             "run --kernel k --cmdline-file {}",

@@ -109,11 +109,12 @@ pub fn read_state(directory: &Path) -> Result<SnapshotState, SnapshotError> {
 mod tests {
     use super::*;
 
-    fn directory(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("lull-vmm-snapshot-{name}-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A scratch directory, removed when the test ends.
+    fn directory(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("lull-vmm-snapshot-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn write_raw(dir: &Path, version: u32, payload: &[u8]) {
@@ -137,9 +138,10 @@ mod tests {
 
     #[test]
     fn wrong_version_is_refused_before_decoding() {
-        let dir = directory("version");
-        write_raw(&dir, SNAPSHOT_FORMAT_VERSION + 1, b"{}");
-        let error = read_state(&dir).unwrap_err();
+        let scratch = directory("version");
+        let dir = scratch.path();
+        write_raw(dir, SNAPSHOT_FORMAT_VERSION + 1, b"{}");
+        let error = read_state(dir).unwrap_err();
         assert!(matches!(
             error,
             SnapshotError::Envelope {
@@ -152,19 +154,20 @@ mod tests {
 
     #[test]
     fn corrupted_and_truncated_states_are_refused() {
-        let dir = directory("corrupt");
-        write_raw(&dir, SNAPSHOT_FORMAT_VERSION, b"{\"not\": \"a snapshot\"}");
+        let scratch = directory("corrupt");
+        let dir = scratch.path();
+        write_raw(dir, SNAPSHOT_FORMAT_VERSION, b"{\"not\": \"a snapshot\"}");
         let path = dir.join(STATE_FILE_NAME);
         let mut bytes = fs::read(&path).unwrap();
         bytes[30] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert!(read_state(&dir)
+        assert!(read_state(dir)
             .unwrap_err()
             .to_string()
             .contains("corrupted"));
         bytes[30] ^= 1;
         fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
-        assert!(read_state(&dir)
+        assert!(read_state(dir)
             .unwrap_err()
             .to_string()
             .contains("truncated"));
@@ -172,11 +175,9 @@ mod tests {
 
     #[test]
     fn valid_envelope_with_foreign_payload_is_a_decode_error() {
-        let dir = directory("foreign");
-        write_raw(&dir, SNAPSHOT_FORMAT_VERSION, b"{\"not\": \"a snapshot\"}");
-        assert!(matches!(
-            read_state(&dir),
-            Err(SnapshotError::Decode { .. })
-        ));
+        let scratch = directory("foreign");
+        let dir = scratch.path();
+        write_raw(dir, SNAPSHOT_FORMAT_VERSION, b"{\"not\": \"a snapshot\"}");
+        assert!(matches!(read_state(dir), Err(SnapshotError::Decode { .. })));
     }
 }

@@ -537,11 +537,12 @@ mod tests {
     use super::*;
     use vm_memory::Bytes;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("lull-vmm-memory-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A scratch directory, removed when the test ends.
+    fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("lull-vmm-memory-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -559,7 +560,8 @@ mod tests {
             .mmap
             .write_obj(0xdead_beefu32, GuestAddress(0x7f_fff0))
             .unwrap();
-        let path = temp_dir("roundtrip").join("memory");
+        let scratch = temp_dir("roundtrip");
+        let path = scratch.path().join("memory");
         let report = memory.write_file(&path).unwrap();
         assert_eq!(report.file_bytes, 8 << 20);
         assert_eq!(
@@ -618,7 +620,8 @@ mod tests {
         for n in [1, 2, 3, 4] {
             memory.mmap.write_obj(0x1000_u64 + n, page(n)).unwrap();
         }
-        let path = temp_dir("restored").join("memory");
+        let scratch = temp_dir("restored");
+        let path = scratch.path().join("memory");
         let state = memory.save().unwrap();
         memory.write_file(&path).unwrap();
 
@@ -685,7 +688,8 @@ mod tests {
         };
         assert_eq!(bits(memory.touched_pages().unwrap()), vec![3, 200]);
         // Restored from a file: the file's data pages count even if never touched since.
-        let path = temp_dir("touched").join("memory");
+        let scratch = temp_dir("touched");
+        let path = scratch.path().join("memory");
         memory.write_file(&path).unwrap();
         let restored = GuestMemory::restore(path, &memory.save().unwrap()).unwrap();
         restored.mmap.write_obj(1u8, page(100)).unwrap();
@@ -704,7 +708,8 @@ mod tests {
             size: 4 << 20,
         }];
         let memory = GuestMemory::anonymous(&regions).unwrap();
-        let path = temp_dir("truncated").join("memory");
+        let scratch = temp_dir("truncated");
+        let path = scratch.path().join("memory");
         memory.write_file(&path).unwrap();
         File::options()
             .write(true)

@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -222,9 +221,15 @@ impl Ring {
     }
 }
 
-pub fn temp_disk(name: &str, bytes: usize) -> PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("lull-vmm-virtio-{name}-{}.img", std::process::id()));
+/// A disk image of `bytes` with a known pattern, removed when the returned path is dropped
+/// (a device that opened it keeps its descriptor).
+pub fn temp_disk(name: &str, bytes: usize) -> tempfile::TempPath {
+    let path = tempfile::Builder::new()
+        .prefix(&format!("lull-vmm-virtio-{name}-"))
+        .suffix(".img")
+        .tempfile()
+        .unwrap()
+        .into_temp_path();
     let content: Vec<u8> = (0..bytes).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
     std::fs::write(&path, content).unwrap();
     path
@@ -233,7 +238,12 @@ pub fn temp_disk(name: &str, bytes: usize) -> PathBuf {
 fn block_device(
     name: &str,
     readonly: bool,
-) -> (MmioTransport, Arc<FakeInterrupt>, GuestMemoryMmap, PathBuf) {
+) -> (
+    MmioTransport,
+    Arc<FakeInterrupt>,
+    GuestMemoryMmap,
+    tempfile::TempPath,
+) {
     let path = temp_disk(name, 64 * 512);
     let memory = memory();
     let block = Block::open(&path, readonly).unwrap();
