@@ -109,12 +109,8 @@ pub fn read_state(directory: &Path) -> Result<SnapshotState, SnapshotError> {
 mod tests {
     use super::*;
 
-    /// A scratch directory, removed when the test ends.
     fn directory(name: &str) -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("lull-vmm-snapshot-{name}-"))
-            .tempdir()
-            .unwrap()
+        crate::testing::scratch_dir(&format!("snapshot-{name}"))
     }
 
     fn write_raw(dir: &Path, version: u32, payload: &[u8]) {

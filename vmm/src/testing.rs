@@ -61,3 +61,13 @@ pub fn skip(test: &str, reason: &str) {
         }
     }
 }
+
+/// A scratch directory for a unit test, named `lull-vmm-{name}-…` in the temp directory and
+/// removed when the returned guard is dropped.
+#[cfg(test)]
+pub(crate) fn scratch_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("lull-vmm-{name}-"))
+        .tempdir()
+        .unwrap()
+}

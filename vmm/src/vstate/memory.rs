@@ -537,12 +537,8 @@ mod tests {
     use super::*;
     use vm_memory::Bytes;
 
-    /// A scratch directory, removed when the test ends.
     fn temp_dir(name: &str) -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix(&format!("lull-vmm-memory-{name}-"))
-            .tempdir()
-            .unwrap()
+        crate::testing::scratch_dir(&format!("memory-{name}"))
     }
 
     #[test]

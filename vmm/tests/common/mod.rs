@@ -63,34 +63,35 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// A fresh scratch directory for one test, removed when the test ends, unless it failed:
 /// then it stays for a look, and its path is printed.
 pub fn scratch(test: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("lull-vmm-it-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
+    Scratch(
+        tempfile::Builder::new()
+            .prefix(&format!("lull-vmm-it-{test}-"))
+            .tempdir()
+            .unwrap(),
+    )
 }
 
 /// See [`scratch`].
-pub struct Scratch(PathBuf);
+pub struct Scratch(tempfile::TempDir);
 
 impl std::ops::Deref for Scratch {
     type Target = Path;
     fn deref(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 }
 
 impl AsRef<Path> for Scratch {
     fn as_ref(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("scratch directory kept: {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
+            self.0.disable_cleanup(true);
+            eprintln!("scratch directory kept: {}", self.0.path().display());
         }
     }
 }
