@@ -46,11 +46,10 @@ unsafe impl GlobalAlloc for IrqSafeHeap {
     #[inline(never)]
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
         if let Some(pointer) = NonNull::new(pointer) {
-            // SAFETY: GlobalAlloc's contract: `pointer` came from `alloc` with this `layout`.
             self.with(|heap| {
                 #[cfg(feature = "heap-trace")]
                 trace::forget(pointer.as_ptr() as usize);
-                // SAFETY: GlobalAlloc's contract, as above.
+                // SAFETY: GlobalAlloc's contract: `pointer` came from `alloc` with this `layout`.
                 unsafe { heap.deallocate(pointer, layout) }
             });
         }
