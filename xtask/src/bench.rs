@@ -77,23 +77,7 @@ fn reference_kernel() -> Result<Result<std::path::PathBuf, String>, String> {
         "bench: building the reference kernel ({REFERENCE_COMMIT}) in {}",
         dir.display()
     );
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build
-        .current_dir(dir.join("kernel"))
-        .args(["build", "--quiet", "--release"]);
-    for key in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET"] {
-        build.env_remove(key);
-    }
-    let built = build
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !built.success() || !elf.exists() {
-        return Ok(Err(format!(
-            "building the reference kernel ({REFERENCE_COMMIT}) in {} failed",
-            dir.display()
-        )));
-    }
-    Ok(Ok(elf))
+    Ok(kernel::build_in(&dir.join("kernel"), &Variant::shell(true)))
 }
 
 /// Boot-to-prompt: median of 5 wall-clock runs, minus QEMU's own start-up (a kernel that
@@ -164,16 +148,13 @@ pub fn boot_time(runs: usize) -> Result<Vec<String>, String> {
         );
         println!("{row}");
         rows.push(row);
-        if !reference_banner.is_empty() {
+        if let Ok(reference) = &reference {
             let row = format!(
                 "boot-reference {machine:?}: first console byte to prompt {banner_ms:.1} ms, \
                  the reference kernel ({REFERENCE_COMMIT}; {REFERENCE_MS}) {:.1} ms in the same \
                  runs, alternating (median of {runs}); its code before the prompt: {} blocks",
                 median(&mut reference_banner),
-                match &reference {
-                    Ok(elf) => translated_before_prompt(elf, machine)?.0.to_string(),
-                    Err(_) => "-".into(),
-                }
+                translated_before_prompt(reference, machine)?.0
             );
             println!("{row}");
             rows.push(row);

@@ -39,10 +39,19 @@ pub fn repo_root() -> PathBuf {
 /// Builds the kernel and returns the path of a copy of its ELF named after the variant (so
 /// several variants can be used side by side without rebuilding).
 pub fn build(variant: &Variant) -> Result<PathBuf, String> {
-    crate::tools::ensure_kernel_toolchain()?;
     let kernel_dir = repo_root().join("kernel");
+    let built = build_in(&kernel_dir, variant)?;
+    let named = built.with_file_name(variant.file_name());
+    std::fs::copy(&built, &named).map_err(|e| format!("copy {}: {e}", built.display()))?;
+    Ok(named)
+}
+
+/// Builds the kernel whose source is in `kernel_dir` (ours, or another commit's, as the boot
+/// bench's reference kernel) and returns the path of the ELF cargo wrote.
+pub fn build_in(kernel_dir: &Path, variant: &Variant) -> Result<PathBuf, String> {
+    crate::tools::ensure_kernel_toolchain()?;
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.current_dir(&kernel_dir).arg("build").arg("--quiet");
+    command.current_dir(kernel_dir).arg("build").arg("--quiet");
     if variant.release {
         command.arg("--release");
     }
@@ -57,12 +66,14 @@ pub fn build(variant: &Variant) -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
-        return Err(format!("kernel build failed ({variant:?})"));
+        return Err(format!(
+            "kernel build in {} failed ({variant:?})",
+            kernel_dir.display()
+        ));
     }
     let profile = if variant.release { "release" } else { "debug" };
-    let out_dir = kernel_dir.join("target/x86_64-unknown-none").join(profile);
-    let built = out_dir.join("lull");
-    let named = out_dir.join(variant.file_name());
-    std::fs::copy(&built, &named).map_err(|e| format!("copy {}: {e}", built.display()))?;
-    Ok(named)
+    Ok(kernel_dir
+        .join("target/x86_64-unknown-none")
+        .join(profile)
+        .join("lull"))
 }
