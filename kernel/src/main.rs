@@ -271,6 +271,12 @@ fn apply_console_params() {
 
 fn register_proc_files() {
     fs::procfs::register_table(PROC_FILES);
+    #[cfg(feature = "heap-trace")]
+    fs::procfs::register_table(&[fs::procfs::ProcFile {
+        path: "/proc/heap_live",
+        read: Some(arch::heap::trace::live),
+        write: None,
+    }]);
     procfs::register_directory(procfs::ProcDirectory {
         path: "/proc/irq",
         read: irq::proc_irq_read,

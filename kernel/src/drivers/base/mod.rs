@@ -72,12 +72,6 @@ pub fn init() {
         read: Some(|| alloc::format!("{}", devm::LeakSnapshot::take())),
         write: None,
     }]);
-    #[cfg(feature = "heap-trace")]
-    procfs::register_table(&[ProcFile {
-        path: "/proc/heap_live",
-        read: Some(crate::arch::heap::trace::live),
-        write: None,
-    }]);
 }
 
 /// Creates the registry and its buses and applies `devres.fail=`: the device probe's first
